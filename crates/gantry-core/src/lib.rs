@@ -1,0 +1,17 @@
+//! Gantry's pure core: the domain types every other crate speaks, and the
+//! deployment state machine.
+//!
+//! Nothing here does I/O, reads the clock or spawns anything. Time, health
+//! observations and the outcomes of effects come in as [`machine::Event`]s;
+//! what should happen next goes out as [`machine::Effect`]s. That keeps the
+//! rules of a deployment testable as data and lets a restarted controller
+//! re-derive what is left to do from the persisted [`machine::Deployment`].
+
+pub mod domain;
+pub mod machine;
+
+pub use domain::{DeploymentId, Digest, EnvName, InstanceRef, Millis, NameError, Version};
+pub use machine::{
+    step, Deployment, DeploymentKind, DeploySettings, Effect, Event, HealthSettings, Phase,
+    Transition,
+};

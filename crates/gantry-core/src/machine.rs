@@ -1,0 +1,531 @@
+//! The deployment state machine.
+//!
+//! `step(deployment, event, now)` returns the next deployment, the effects the
+//! runtime must carry out, and the lines for the deployment log. The runtime
+//! persists the event and the new state *before* it runs any effect, so every
+//! effect here is written to be idempotent: after a crash the runtime calls
+//! `step(.., Event::Resumed, ..)` and the machine re-emits whatever the
+//! current phase still needs.
+//!
+//! The phases of one deployment (a rollback is a deployment of the previous
+//! release, through the same phases):
+//!
+//! ```text
+//! Preparing → Starting → Verifying → Switching → Baking → Draining → Succeeded
+//!     │           │          │           │          │
+//!     ▼           └──────────┴─────┬─────┴──────────┘
+//!   Failed                   RollingBack → RolledBack
+//! ```
+//!
+//! While `Baking`, the new instances serve all traffic and the old ones stay
+//! running, so returning to the previous release is one routing change.
+
+use crate::domain::{DeploymentId, EnvName, InstanceRef, Millis, Version};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How the health of new instances is judged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthSettings {
+    /// Time between probes once an instance is serving.
+    pub interval_ms: u64,
+    /// Time between probes while waiting for a new instance to come up.
+    pub startup_interval_ms: u64,
+    /// Consecutive failed probes that make an instance unhealthy.
+    pub failure_threshold: u32,
+    /// How long new instances may take to become healthy.
+    pub start_timeout_ms: u64,
+}
+
+/// Everything about the environment that shapes one deployment, frozen at
+/// creation so that a config change cannot alter a deployment mid-flight.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploySettings {
+    pub instances: u32,
+    pub health: HealthSettings,
+    /// How long the new release serves alone, old instances still warm,
+    /// before the old ones are stopped.
+    pub bake_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentKind {
+    /// A new release requested by someone.
+    Deploy,
+    /// A return to an earlier release.
+    Rollback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Preparing,
+    Starting,
+    Verifying,
+    Switching,
+    Baking,
+    Draining,
+    Succeeded,
+    RollingBack,
+    RolledBack,
+    /// Stopped before anything changed in the environment (or a rollback
+    /// itself could not complete; the reason says which).
+    Failed,
+}
+
+impl Phase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::RolledBack | Phase::Failed)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Preparing => "preparing",
+            Phase::Starting => "starting",
+            Phase::Verifying => "verifying",
+            Phase::Switching => "switching",
+            Phase::Baking => "baking",
+            Phase::Draining => "draining",
+            Phase::Succeeded => "succeeded",
+            Phase::RollingBack => "rolling_back",
+            Phase::RolledBack => "rolled_back",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// What the engine knows about one new instance's health.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceHealth {
+    /// Has answered healthy at least once.
+    pub up: bool,
+    pub consecutive_failures: u32,
+    pub last_detail: String,
+}
+
+/// One deployment of one release into one environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: DeploymentId,
+    pub env: EnvName,
+    pub kind: DeploymentKind,
+    pub version: Version,
+    /// The release serving the environment when this deployment began.
+    pub previous_version: Option<Version>,
+    pub settings: DeploySettings,
+    pub phase: Phase,
+    pub phase_since: Millis,
+    pub created_at: Millis,
+    pub finished_at: Option<Millis>,
+    pub requested_by: String,
+    /// Instances of the previous release, kept until the new one has baked.
+    pub old_instances: Vec<InstanceRef>,
+    /// Instances of the release being deployed.
+    pub new_instances: Vec<InstanceRef>,
+    /// Whether the router currently sends traffic to `new_instances`.
+    pub traffic_on_new: bool,
+    pub health: BTreeMap<String, InstanceHealth>,
+    /// Why the deployment failed or was rolled back.
+    pub reason: Option<String>,
+}
+
+impl Deployment {
+    /// A deployment as it is created: nothing has happened yet. Feed it
+    /// `Event::Resumed` to get its first effects.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: DeploymentId,
+        env: EnvName,
+        kind: DeploymentKind,
+        version: Version,
+        previous_version: Option<Version>,
+        old_instances: Vec<InstanceRef>,
+        settings: DeploySettings,
+        requested_by: String,
+        now: Millis,
+    ) -> Deployment {
+        Deployment {
+            id,
+            env,
+            kind,
+            version,
+            previous_version,
+            settings,
+            phase: Phase::Preparing,
+            phase_since: now,
+            created_at: now,
+            finished_at: None,
+            requested_by,
+            old_instances,
+            new_instances: Vec::new(),
+            traffic_on_new: false,
+            health: BTreeMap::new(),
+            reason: None,
+        }
+    }
+}
+
+/// The answer of one health probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", content = "detail", rename_all = "snake_case")]
+pub enum Probe {
+    Healthy,
+    /// The instance answered, and the answer was bad (status, timeout).
+    Unhealthy(String),
+    /// Nothing listens yet. Counts as a failure only once the instance was up.
+    Unreachable(String),
+}
+
+/// Something that happened: the outcome of an effect, the passing of time,
+/// or a request from a person.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// The deployment was just created, or its controller restarted.
+    Resumed,
+    Prepared,
+    PrepareFailed { reason: String },
+    InstancesStarted { instances: Vec<InstanceRef> },
+    StartFailed { reason: String },
+    HealthObserved { instance: String, probe: Probe },
+    InstanceExited { instance: String, detail: String },
+    TrafficRouted { to_new: bool },
+    RouteFailed { reason: String },
+    InstancesStopped,
+    /// Time has passed; deadlines are checked against `now`.
+    Tick,
+    AbortRequested { by: String },
+}
+
+/// Work for the runtime. Each is idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Effect {
+    /// Verify the artifact and unpack it into its release directory.
+    PrepareRelease { version: Version },
+    /// Make sure `count` instances of `version` run for this deployment,
+    /// adopting any already started; answer with `InstancesStarted`.
+    StartInstances { version: Version, count: u32 },
+    /// Probe one instance at `at` (or at once if that has passed).
+    ProbeHealth { instance: InstanceRef, at: Millis },
+    /// Point the environment's router at `instances` (possibly none).
+    RouteTraffic { instances: Vec<InstanceRef>, to_new: bool },
+    StopInstances { instances: Vec<InstanceRef> },
+    /// Deliver `Event::Tick` at `at`.
+    WakeAt { at: Millis },
+}
+
+/// The result of one step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub deployment: Deployment,
+    pub effects: Vec<Effect>,
+    /// Lines for the deployment log (the standards' record of every step).
+    pub log: Vec<String>,
+}
+
+/// Advance `deployment` by one event.
+pub fn step(deployment: &Deployment, event: &Event, now: Millis) -> Transition {
+    let mut t = Transition {
+        deployment: deployment.clone(),
+        effects: Vec::new(),
+        log: Vec::new(),
+    };
+    if deployment.phase.is_terminal() {
+        // A finished deployment never moves again.
+        return t;
+    }
+    on_event(&mut t, event, now);
+    t
+}
+
+fn on_event(t: &mut Transition, event: &Event, now: Millis) {
+    let phase = t.deployment.phase;
+    match (phase, event) {
+        (_, Event::Resumed) => {
+            if t.deployment.created_at == now && phase == Phase::Preparing {
+                t.log.push(format!(
+                    "{} of {} to {} requested by {}",
+                    match t.deployment.kind {
+                        DeploymentKind::Deploy => "deployment",
+                        DeploymentKind::Rollback => "rollback",
+                    },
+                    t.deployment.version,
+                    t.deployment.env,
+                    t.deployment.requested_by
+                ));
+            } else {
+                t.log.push(format!("resumed in phase {}", phase.as_str()));
+            }
+            emit_phase_effects(t, now);
+        }
+        (_, Event::AbortRequested { by }) => {
+            let reason = format!("aborted by {by}");
+            if phase == Phase::Preparing {
+                fail(t, reason, now);
+            } else if phase != Phase::RollingBack {
+                roll_back(t, reason, now);
+            }
+        }
+
+        (Phase::Preparing, Event::Prepared) => {
+            t.log.push(format!("release {} verified and unpacked", t.deployment.version));
+            enter(t, Phase::Starting, now);
+        }
+        (Phase::Preparing, Event::PrepareFailed { reason }) => fail(t, reason.clone(), now),
+
+        (Phase::Starting, Event::InstancesStarted { instances }) => {
+            let d = &mut t.deployment;
+            d.new_instances = instances.clone();
+            d.health = instances
+                .iter()
+                .map(|i| (i.id.clone(), InstanceHealth::default()))
+                .collect();
+            let list: Vec<String> = instances.iter().map(|i| format!("{} on port {}", i.id, i.port)).collect();
+            t.log.push(format!("started {} instance(s): {}", instances.len(), list.join(", ")));
+            enter(t, Phase::Verifying, now);
+        }
+        (Phase::Starting, Event::StartFailed { reason }) => {
+            roll_back(t, format!("could not start instances: {reason}"), now)
+        }
+
+        (Phase::Verifying | Phase::Baking, Event::HealthObserved { instance, probe }) => {
+            on_health(t, instance, probe, now)
+        }
+        (Phase::Verifying | Phase::Baking, Event::InstanceExited { instance, detail }) => {
+            if t.deployment.health.contains_key(instance) {
+                roll_back(t, format!("instance {instance} exited: {detail}"), now);
+            }
+        }
+        (Phase::Verifying, Event::Tick) => {
+            let d = &t.deployment;
+            let deadline = d.phase_since + d.settings.health.start_timeout_ms as Millis;
+            if now >= deadline {
+                let waiting: Vec<String> = d
+                    .health
+                    .iter()
+                    .filter(|(_, h)| !h.up)
+                    .map(|(id, h)| format!("{id} ({})", h.last_detail))
+                    .collect();
+                let reason = format!(
+                    "instances did not become healthy within {}: {}",
+                    seconds(d.settings.health.start_timeout_ms),
+                    waiting.join(", ")
+                );
+                roll_back(t, reason, now);
+            }
+        }
+
+        (Phase::Switching, Event::TrafficRouted { to_new: true }) => {
+            t.deployment.traffic_on_new = true;
+            t.log.push(format!("traffic switched to {}", t.deployment.version));
+            enter(t, Phase::Baking, now);
+        }
+        (Phase::Switching, Event::RouteFailed { reason }) => {
+            roll_back(t, format!("could not switch traffic: {reason}"), now)
+        }
+
+        (Phase::Baking, Event::Tick) => {
+            let d = &t.deployment;
+            if now >= d.phase_since + d.settings.bake_ms as Millis {
+                t.log.push(format!("healthy through the {} bake", seconds(d.settings.bake_ms)));
+                enter(t, Phase::Draining, now);
+            }
+        }
+
+        (Phase::Draining, Event::InstancesStopped) => {
+            t.log.push("previous instances stopped".to_owned());
+            enter(t, Phase::Succeeded, now);
+        }
+
+        (Phase::RollingBack, Event::TrafficRouted { to_new: false }) => {
+            t.deployment.traffic_on_new = false;
+            match &t.deployment.previous_version {
+                Some(v) => t.log.push(format!("traffic returned to {v}")),
+                None => t.log.push("traffic withdrawn (no previous release)".to_owned()),
+            }
+            emit_phase_effects(t, now);
+        }
+        (Phase::RollingBack, Event::RouteFailed { reason }) => {
+            fail(t, format!("rollback could not restore routing: {reason}"), now)
+        }
+        (Phase::RollingBack, Event::InstancesStopped) => {
+            t.log.push("new instances stopped".to_owned());
+            t.deployment.new_instances.clear();
+            enter(t, Phase::RolledBack, now);
+        }
+
+        // Anything else is stale (a probe answered after the phase moved on,
+        // a tick for an old deadline): ignored on purpose.
+        _ => {}
+    }
+}
+
+fn on_health(t: &mut Transition, instance: &str, probe: &Probe, now: Millis) {
+    let phase = t.deployment.phase;
+    let settings = t.deployment.settings.health.clone();
+    let Some(inst) = t.deployment.new_instances.iter().find(|i| i.id == instance).cloned() else {
+        return;
+    };
+    let Some(h) = t.deployment.health.get_mut(instance) else {
+        return;
+    };
+    match probe {
+        Probe::Healthy => {
+            if !h.up {
+                t.log.push(format!("instance {instance} is healthy"));
+            } else if h.consecutive_failures > 0 {
+                t.log.push(format!(
+                    "instance {instance} recovered after {} failed probe(s)",
+                    h.consecutive_failures
+                ));
+            }
+            h.up = true;
+            h.consecutive_failures = 0;
+            h.last_detail = "healthy".to_owned();
+        }
+        Probe::Unhealthy(detail) | Probe::Unreachable(detail) => {
+            let counts = h.up || matches!(probe, Probe::Unhealthy(_));
+            h.last_detail = detail.clone();
+            if counts {
+                h.consecutive_failures += 1;
+                t.log.push(format!(
+                    "health check failed on {instance} ({}/{}): {detail}",
+                    h.consecutive_failures, settings.failure_threshold
+                ));
+                if h.consecutive_failures >= settings.failure_threshold {
+                    let reason = format!(
+                        "health check failed {} consecutive times on {instance} (threshold {}): {detail}",
+                        h.consecutive_failures, settings.failure_threshold
+                    );
+                    roll_back(t, reason, now);
+                    return;
+                }
+            }
+        }
+    }
+    let up = t.deployment.health.get(instance).is_some_and(|h| h.up);
+    match phase {
+        Phase::Verifying if t.deployment.health.values().all(|h| h.up) => {
+            t.log.push("all new instances healthy".to_owned());
+            enter(t, Phase::Switching, now);
+        }
+        Phase::Verifying => {
+            if !up {
+                t.effects.push(Effect::ProbeHealth {
+                    instance: inst,
+                    at: now + settings.startup_interval_ms as Millis,
+                });
+            }
+        }
+        _ => t.effects.push(Effect::ProbeHealth {
+            instance: inst,
+            at: now + settings.interval_ms as Millis,
+        }),
+    }
+}
+
+fn enter(t: &mut Transition, phase: Phase, now: Millis) {
+    let d = &mut t.deployment;
+    d.phase = phase;
+    d.phase_since = now;
+    if phase.is_terminal() {
+        d.finished_at = Some(now);
+    }
+    match phase {
+        Phase::Succeeded => t.log.push(format!("{} is live in {}", d.version, d.env)),
+        Phase::RolledBack => t.log.push(match &d.previous_version {
+            Some(v) => format!("rolled back: {v} serves {}", d.env),
+            None => format!("rolled back: nothing serves {}", d.env),
+        }),
+        Phase::Failed => {}
+        _ => t.log.push(format!("phase {}", phase.as_str())),
+    }
+    emit_phase_effects(t, now);
+}
+
+fn fail(t: &mut Transition, reason: String, now: Millis) {
+    t.log.push(format!("failed: {reason}"));
+    t.deployment.reason = Some(reason);
+    enter(t, Phase::Failed, now);
+}
+
+fn roll_back(t: &mut Transition, reason: String, now: Millis) {
+    t.log.push(format!("rolling back: {reason}"));
+    if t.deployment.reason.is_none() {
+        t.deployment.reason = Some(reason);
+    }
+    enter(t, Phase::RollingBack, now);
+}
+
+/// The effects a phase needs, derived from state alone so that a resumed
+/// deployment re-emits exactly what is still outstanding.
+fn emit_phase_effects(t: &mut Transition, now: Millis) {
+    let d = &t.deployment;
+    let effects = &mut t.effects;
+    match d.phase {
+        Phase::Preparing => effects.push(Effect::PrepareRelease { version: d.version.clone() }),
+        Phase::Starting => effects.push(Effect::StartInstances {
+            version: d.version.clone(),
+            count: d.settings.instances,
+        }),
+        Phase::Verifying => {
+            for i in &d.new_instances {
+                if !d.health.get(&i.id).is_some_and(|h| h.up) {
+                    effects.push(Effect::ProbeHealth { instance: i.clone(), at: now });
+                }
+            }
+            effects.push(Effect::WakeAt {
+                at: d.phase_since + d.settings.health.start_timeout_ms as Millis,
+            });
+        }
+        Phase::Switching => effects.push(Effect::RouteTraffic {
+            instances: d.new_instances.clone(),
+            to_new: true,
+        }),
+        Phase::Baking => {
+            if d.settings.bake_ms == 0 {
+                enter(t, Phase::Draining, now);
+                return;
+            }
+            for i in &d.new_instances {
+                effects.push(Effect::ProbeHealth {
+                    instance: i.clone(),
+                    at: now + d.settings.health.interval_ms as Millis,
+                });
+            }
+            effects.push(Effect::WakeAt { at: d.phase_since + d.settings.bake_ms as Millis });
+        }
+        Phase::Draining => {
+            if d.old_instances.is_empty() {
+                enter(t, Phase::Succeeded, now);
+                return;
+            }
+            effects.push(Effect::StopInstances { instances: d.old_instances.clone() });
+        }
+        Phase::RollingBack => {
+            if d.traffic_on_new {
+                effects.push(Effect::RouteTraffic {
+                    instances: d.old_instances.clone(),
+                    to_new: false,
+                });
+            } else if !d.new_instances.is_empty() {
+                effects.push(Effect::StopInstances { instances: d.new_instances.clone() });
+            } else {
+                enter(t, Phase::RolledBack, now);
+            }
+        }
+        Phase::Succeeded | Phase::RolledBack | Phase::Failed => {}
+    }
+}
+
+fn seconds(ms: u64) -> String {
+    if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    }
+}
+
+#[cfg(test)]
+mod tests;

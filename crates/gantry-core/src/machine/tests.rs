@@ -1,0 +1,293 @@
+//! Scripted transcripts of the state machine: events in, states and effects
+//! out, checked as snapshots (`INSTA_UPDATE=always cargo test` rewrites them).
+
+use super::*;
+use std::fmt::Write;
+
+fn settings() -> DeploySettings {
+    DeploySettings {
+        instances: 2,
+        health: HealthSettings {
+            interval_ms: 1000,
+            startup_interval_ms: 100,
+            failure_threshold: 3,
+            start_timeout_ms: 5000,
+        },
+        bake_ms: 3000,
+    }
+}
+
+fn inst(n: u16) -> InstanceRef {
+    InstanceRef { id: format!("i{n}"), port: 9000 + n }
+}
+
+fn first_deploy() -> Deployment {
+    Deployment::new(
+        1,
+        "production".parse().unwrap(),
+        DeploymentKind::Deploy,
+        Version::new(1, 1, 0),
+        Some(Version::new(1, 0, 0)),
+        vec![inst(1)],
+        settings(),
+        "alice".into(),
+        0,
+    )
+}
+
+/// Runs `script` and renders a transcript; also returns the last state.
+fn run(mut d: Deployment, script: &[(Millis, Event)]) -> (String, Deployment) {
+    let mut out = String::new();
+    for (now, event) in script {
+        let t = step(&d, event, *now);
+        writeln!(out, "@{now} {}", serde_json::to_string(event).unwrap()).unwrap();
+        writeln!(out, "  phase: {}", t.deployment.phase.as_str()).unwrap();
+        for e in &t.effects {
+            writeln!(out, "  effect: {}", serde_json::to_string(e).unwrap()).unwrap();
+        }
+        for l in &t.log {
+            writeln!(out, "  log: {l}").unwrap();
+        }
+        d = t.deployment;
+    }
+    (out, d)
+}
+
+fn healthy(i: u16) -> Event {
+    Event::HealthObserved { instance: format!("i{i}"), probe: Probe::Healthy }
+}
+
+#[test]
+fn successful_deployment() {
+    let (transcript, d) = run(
+        first_deploy(),
+        &[
+            (0, Event::Resumed),
+            (10, Event::Prepared),
+            (20, Event::InstancesStarted { instances: vec![inst(2), inst(3)] }),
+            (
+                30,
+                Event::HealthObserved {
+                    instance: "i2".into(),
+                    probe: Probe::Unreachable("connection refused".into()),
+                },
+            ),
+            (130, healthy(2)),
+            (140, healthy(3)),
+            (150, Event::TrafficRouted { to_new: true }),
+            (1150, healthy(2)),
+            (3150, Event::Tick),
+            (3160, Event::InstancesStopped),
+        ],
+    );
+    insta::assert_snapshot!(transcript);
+    assert_eq!(d.phase, Phase::Succeeded);
+    assert_eq!(d.finished_at, Some(3160));
+    assert!(d.reason.is_none());
+}
+
+#[test]
+fn failing_health_after_switch_returns_traffic_then_stops_new() {
+    let fail = || Event::HealthObserved {
+        instance: "i2".into(),
+        probe: Probe::Unhealthy("HTTP 500".into()),
+    };
+    let (transcript, d) = run(
+        first_deploy(),
+        &[
+            (0, Event::Resumed),
+            (10, Event::Prepared),
+            (20, Event::InstancesStarted { instances: vec![inst(2), inst(3)] }),
+            (30, healthy(2)),
+            (40, healthy(3)),
+            (50, Event::TrafficRouted { to_new: true }),
+            (1050, fail()),
+            (2050, fail()),
+            (3050, fail()),
+            (3060, Event::TrafficRouted { to_new: false }),
+            (3070, Event::InstancesStopped),
+        ],
+    );
+    insta::assert_snapshot!(transcript);
+    assert_eq!(d.phase, Phase::RolledBack);
+    assert!(!d.traffic_on_new);
+    assert!(d.reason.unwrap().contains("3 consecutive times on i2"));
+}
+
+#[test]
+fn instance_that_never_comes_up_times_out() {
+    let (transcript, d) = run(
+        first_deploy(),
+        &[
+            (0, Event::Resumed),
+            (10, Event::Prepared),
+            (20, Event::InstancesStarted { instances: vec![inst(2), inst(3)] }),
+            (30, healthy(2)),
+            (
+                40,
+                Event::HealthObserved {
+                    instance: "i3".into(),
+                    probe: Probe::Unreachable("connection refused".into()),
+                },
+            ),
+            (4000, Event::Tick),
+            (5020, Event::Tick),
+            (5030, Event::InstancesStopped),
+        ],
+    );
+    insta::assert_snapshot!(transcript);
+    assert_eq!(d.phase, Phase::RolledBack);
+    assert!(d.reason.unwrap().contains("within 5s: i3 (connection refused)"));
+}
+
+#[test]
+fn unreachable_during_startup_does_not_count_but_bad_answers_do() {
+    let (_, d) = run(
+        first_deploy(),
+        &[
+            (0, Event::Resumed),
+            (10, Event::Prepared),
+            (20, Event::InstancesStarted { instances: vec![inst(2)] }),
+        ],
+    );
+    let unreachable = Event::HealthObserved {
+        instance: "i2".into(),
+        probe: Probe::Unreachable("refused".into()),
+    };
+    let script: Vec<_> = (0..10).map(|n| (100 + n * 100, unreachable.clone())).collect();
+    let (_, d2) = run(d.clone(), &script);
+    assert_eq!(d2.phase, Phase::Verifying, "not listening yet is not a failure");
+    let bad = Event::HealthObserved { instance: "i2".into(), probe: Probe::Unhealthy("HTTP 503".into()) };
+    let (_, d3) = run(d, &[(100, bad.clone()), (200, bad.clone()), (300, bad)]);
+    assert_eq!(d3.phase, Phase::RollingBack);
+}
+
+#[test]
+fn prepare_failure_changes_nothing() {
+    let (transcript, d) = run(
+        first_deploy(),
+        &[(0, Event::Resumed), (5, Event::PrepareFailed { reason: "checksum mismatch".into() })],
+    );
+    insta::assert_snapshot!(transcript);
+    assert_eq!(d.phase, Phase::Failed);
+}
+
+#[test]
+fn resumed_reemits_what_the_phase_still_needs() {
+    let (_, d) = run(
+        first_deploy(),
+        &[
+            (0, Event::Resumed),
+            (10, Event::Prepared),
+            (20, Event::InstancesStarted { instances: vec![inst(2), inst(3)] }),
+            (30, healthy(2)),
+        ],
+    );
+    let t = step(&d, &Event::Resumed, 500);
+    assert_eq!(
+        t.effects,
+        vec![
+            Effect::ProbeHealth { instance: inst(3), at: 500 },
+            Effect::WakeAt { at: 5020 },
+        ],
+        "only the instance not yet up is probed, and the original deadline stands"
+    );
+
+    // Crash between routing back and stopping: resume re-issues the route back.
+    let mut rolling = d.clone();
+    rolling.phase = Phase::RollingBack;
+    rolling.traffic_on_new = true;
+    let t = step(&rolling, &Event::Resumed, 600);
+    assert_eq!(
+        t.effects,
+        vec![Effect::RouteTraffic { instances: vec![inst(1)], to_new: false }]
+    );
+}
+
+#[test]
+fn abort_during_bake_routes_back() {
+    let (_, d) = run(
+        first_deploy(),
+        &[
+            (0, Event::Resumed),
+            (10, Event::Prepared),
+            (20, Event::InstancesStarted { instances: vec![inst(2)] }),
+            (30, healthy(2)),
+            (40, Event::TrafficRouted { to_new: true }),
+            (50, Event::AbortRequested { by: "bob".into() }),
+        ],
+    );
+    assert_eq!(d.phase, Phase::RollingBack);
+    assert_eq!(d.reason.as_deref(), Some("aborted by bob"));
+}
+
+#[test]
+fn first_ever_deployment_has_nothing_to_drain() {
+    let mut d = first_deploy();
+    d.old_instances.clear();
+    d.previous_version = None;
+    d.settings.bake_ms = 0;
+    let (_, d) = run(
+        d,
+        &[
+            (0, Event::Resumed),
+            (10, Event::Prepared),
+            (20, Event::InstancesStarted { instances: vec![inst(2)] }),
+            (30, healthy(2)),
+            (40, Event::TrafficRouted { to_new: true }),
+        ],
+    );
+    assert_eq!(d.phase, Phase::Succeeded);
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_event() -> impl Strategy<Value = Event> {
+        let id = prop_oneof![Just("i1".to_owned()), Just("i2".to_owned()), Just("i3".to_owned())];
+        prop_oneof![
+            Just(Event::Resumed),
+            Just(Event::Prepared),
+            Just(Event::PrepareFailed { reason: "x".into() }),
+            Just(Event::InstancesStarted { instances: vec![inst(2), inst(3)] }),
+            Just(Event::StartFailed { reason: "x".into() }),
+            id.clone().prop_map(|i| Event::HealthObserved { instance: i, probe: Probe::Healthy }),
+            id.clone().prop_map(|i| Event::HealthObserved { instance: i, probe: Probe::Unhealthy("500".into()) }),
+            id.clone().prop_map(|i| Event::HealthObserved { instance: i, probe: Probe::Unreachable("refused".into()) }),
+            id.prop_map(|i| Event::InstanceExited { instance: i, detail: "exit 1".into() }),
+            any::<bool>().prop_map(|to_new| Event::TrafficRouted { to_new }),
+            Just(Event::RouteFailed { reason: "x".into() }),
+            Just(Event::InstancesStopped),
+            Just(Event::Tick),
+            Just(Event::AbortRequested { by: "bob".into() }),
+        ]
+    }
+
+    proptest! {
+        /// Whatever happens, in whatever order: a finished deployment never
+        /// moves again, a rolled-back one sends no traffic to the new release,
+        /// and a rollback always carries its reason.
+        #[test]
+        fn invariants_hold_for_any_event_sequence(events in prop::collection::vec(any_event(), 0..60)) {
+            let mut d = first_deploy();
+            let mut now = 0;
+            for e in &events {
+                now += 700;
+                let t = step(&d, e, now);
+                if d.phase.is_terminal() {
+                    prop_assert_eq!(&t.deployment, &d);
+                    prop_assert!(t.effects.is_empty());
+                }
+                if t.deployment.phase == Phase::RolledBack {
+                    prop_assert!(!t.deployment.traffic_on_new);
+                    prop_assert!(t.deployment.reason.is_some());
+                }
+                if t.deployment.phase == Phase::Succeeded {
+                    prop_assert!(t.deployment.traffic_on_new);
+                }
+                d = t.deployment;
+            }
+        }
+    }
+}
