@@ -1,1 +1,177 @@
-//! placeholder
+//! `gantry.toml`: one service, its health check and its environments.
+//!
+//! The file is parsed once into validated types ([`Config`]). Parsing never
+//! stops at the first problem: every error is collected with its file, line,
+//! column and field path, and warnings are kept apart from errors, so that
+//! `gantry validate` can show everything that is wrong in one go.
+//!
+//! Secrets are never values in this file: a secret names an environment
+//! variable or a file, and is resolved only when an instance starts.
+
+mod schema;
+mod walk;
+
+pub use schema::json_schema;
+
+use gantry_core::EnvName;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The starter file written by `gantry init`. It is tested to validate.
+pub const STARTER: &str = include_str!("starter.toml");
+
+/// Placeholders allowed in `service.args` and env values.
+pub const PLACEHOLDERS: &[&str] = &["{port}", "{release_dir}", "{version}", "{env}", "{instance}"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub service: Service,
+    pub health: Health,
+    pub signing: Signing,
+    /// In the order the file lists them.
+    pub environments: Vec<Environment>,
+}
+
+impl Config {
+    pub fn environment(&self, name: &str) -> Option<&Environment> {
+        self.environments.iter().find(|e| e.name.as_str() == name)
+    }
+    pub fn environment_names(&self) -> Vec<String> {
+        self.environments.iter().map(|e| e.name.to_string()).collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    /// Relative to the release directory, or absolute.
+    pub command: String,
+    pub args: Vec<String>,
+    /// The environment variable that carries the instance's port.
+    pub port_env: String,
+    pub env: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, SecretRef>,
+}
+
+/// Where a secret's value comes from. The value itself is never stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    Env(String),
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub path: String,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    pub failure_threshold: u32,
+    pub start_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Signing {
+    /// minisign public keys (the base64 line of a `.pub` file).
+    pub public_keys: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// Start the new release beside the old, verify, switch all traffic,
+    /// keep the old warm through the bake window.
+    BlueGreen,
+}
+
+impl Strategy {
+    pub const NAMES: &[&str] = &["blue-green"];
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Environment {
+    pub name: EnvName,
+    /// The public address the environment's router listens on.
+    pub listen: SocketAddr,
+    pub instances: u32,
+    pub strategy: Strategy,
+    pub bake_ms: u64,
+    pub require_signature: bool,
+    pub env: BTreeMap<String, String>,
+    pub secrets: BTreeMap<String, SecretRef>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// One problem in the file, located.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    /// Dotted field path, e.g. `environments.production.instances`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{}:{}:{}: {sev}: ", self.file, self.line, self.column)?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Why a config could not be loaded: every error, plus the warnings.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Unreadable { path: String, reason: String },
+    #[error("{} has {} error(s):\n{}", .file, .errors.len(), render(.errors))]
+    Invalid { file: String, errors: Vec<Diagnostic>, warnings: Vec<Diagnostic> },
+}
+
+fn render(ds: &[Diagnostic]) -> String {
+    ds.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n")
+}
+
+/// A valid config and the warnings found on the way.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Parse and validate `source`, naming it `file` in diagnostics.
+pub fn parse(file: &str, source: &str) -> Result<Loaded, ConfigError> {
+    let (config, diagnostics) = walk::decode(file, source);
+    let (errors, warnings): (Vec<_>, Vec<_>) =
+        diagnostics.into_iter().partition(|d| d.severity == Severity::Error);
+    match config {
+        Some(config) if errors.is_empty() => Ok(Loaded { config, warnings }),
+        _ => Err(ConfigError::Invalid { file: file.to_owned(), errors, warnings }),
+    }
+}
+
+/// Read and validate the file at `path`.
+pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+    let source = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    parse(&path.display().to_string(), &source)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,124 @@
+use super::*;
+
+fn errors_of(src: &str) -> Vec<String> {
+    match parse("gantry.toml", src) {
+        Ok(_) => vec![],
+        Err(ConfigError::Invalid { errors, .. }) => errors.iter().map(|d| d.to_string()).collect(),
+        Err(e) => vec![e.to_string()],
+    }
+}
+
+#[test]
+fn starter_file_is_valid_and_has_the_four_environments() {
+    let loaded = parse("gantry.toml", STARTER).expect("starter validates");
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    assert_eq!(
+        loaded.config.environment_names(),
+        ["development", "integration", "staging", "production"],
+        "file order is kept"
+    );
+    let prod = loaded.config.environment("production").unwrap();
+    assert_eq!(prod.instances, 2);
+    assert_eq!(prod.bake_ms, 30_000);
+    assert_eq!(prod.env.get("RUST_LOG").map(String::as_str), Some("warn"));
+    assert_eq!(loaded.config.health.failure_threshold, 3);
+}
+
+#[test]
+fn every_error_is_reported_at_once_with_location_and_path() {
+    let src = r#"
+[service]
+name = "hello"
+comand = "bin/hello"
+args = ["--port", "{prot}"]
+
+[health]
+path = "healthz"
+interval = "soon"
+failure_threshold = 0
+
+[environments.production]
+listen = "localhost"
+instances = "two"
+strategy = "canary"
+"#;
+    let errors = errors_of(src);
+    insta::assert_snapshot!(errors.join("\n"));
+    assert_eq!(errors.len(), 9, "{errors:#?}");
+}
+
+#[test]
+fn toml_syntax_errors_are_located() {
+    let errors = errors_of("[service]\nname = \"x\nfoo");
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].starts_with("gantry.toml:3:4: error: not valid TOML"), "{}", errors[0]);
+    assert!(errors[0].contains("not valid TOML"));
+}
+
+#[test]
+fn secrets_are_references_and_plain_secret_values_warn() {
+    let src = STARTER.replace(
+        "[service.secrets]",
+        "[service.secrets]\nDATABASE_URL = { env = \"HELLO_DB\" }\nAPI_TOKEN_FILE = { file = \"/run/secrets/t\" }\nBROKEN = { env = \"A\", file = \"/b\" }",
+    );
+    let errors = errors_of(&src);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("service.secrets.BROKEN: a secret needs exactly one of"), "{}", errors[0]);
+
+    let src = STARTER.replace("RUST_LOG = \"info\"", "RUST_LOG = \"info\"\nDB_PASSWORD = \"hunter2\"");
+    let loaded = parse("gantry.toml", &src).unwrap();
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(loaded.warnings[0].to_string().contains("DB_PASSWORD looks like a secret"));
+    assert!(!loaded.warnings[0].to_string().contains("hunter2"), "the value is never echoed");
+}
+
+#[test]
+fn reserved_and_duplicate_things_are_refused() {
+    let src = STARTER
+        .replace("RUST_LOG = \"info\"", "GANTRY_TOKEN = \"x\"")
+        .replace("127.0.0.1:8082", "127.0.0.1:8081");
+    let errors = errors_of(&src);
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors.iter().any(|e| e.contains("GANTRY_TOKEN is reserved")));
+    assert!(errors.iter().any(|e| e.contains("already used by environment \"development\"")));
+}
+
+#[test]
+fn require_signature_needs_keys() {
+    let src = STARTER.replace("require_signature = false", "require_signature = true");
+    let errors = errors_of(&src);
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].contains("environments.production.require_signature: requires at least one key"));
+}
+
+#[test]
+fn schema_and_decoder_know_the_same_keys() {
+    let schema: serde_json::Value = serde_json::from_str(&json_schema()).unwrap();
+    let props = |v: &serde_json::Value| -> Vec<String> {
+        let mut keys: Vec<String> = v["properties"].as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let sorted = |k: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = k.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    };
+    let defs = &schema["$defs"];
+    assert_eq!(props(&schema), sorted(walk::ROOT_KEYS));
+    assert_eq!(props(&defs["ServiceSection"]), sorted(walk::SERVICE_KEYS));
+    assert_eq!(props(&defs["HealthSection"]), sorted(walk::HEALTH_KEYS));
+    assert_eq!(props(&defs["SigningSection"]), sorted(walk::SIGNING_KEYS));
+    assert_eq!(props(&defs["EnvironmentSection"]), sorted(walk::ENV_KEYS));
+    assert_eq!(props(&defs["SecretSection"]), sorted(walk::SECRET_KEYS));
+}
+
+#[test]
+fn checked_in_schema_is_current() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schema/gantry.schema.json");
+    let checked_in = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        checked_in == json_schema(),
+        "schema/gantry.schema.json is stale; run `cargo run -- schema > schema/gantry.schema.json`"
+    );
+}

@@ -1,0 +1,562 @@
+//! Decoding the spanned TOML tree into [`Config`], collecting every problem.
+
+use crate::*;
+use std::ops::Range;
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+pub(crate) const ROOT_KEYS: &[&str] = &["service", "health", "signing", "environments"];
+pub(crate) const SERVICE_KEYS: &[&str] = &["name", "command", "args", "port_env", "env", "secrets"];
+pub(crate) const HEALTH_KEYS: &[&str] =
+    &["path", "interval", "timeout", "failure_threshold", "start_timeout"];
+pub(crate) const SIGNING_KEYS: &[&str] = &["public_keys"];
+pub(crate) const ENV_KEYS: &[&str] =
+    &["listen", "instances", "strategy", "bake", "require_signature", "env", "secrets"];
+pub(crate) const SECRET_KEYS: &[&str] = &["env", "file"];
+
+/// Environment variables Gantry sets itself; a config may not override them.
+const RESERVED_ENV_PREFIX: &str = "GANTRY_";
+
+type Val<'i> = Spanned<DeValue<'i>>;
+
+struct Walker<'s> {
+    file: &'s str,
+    source: &'s str,
+    diags: Vec<Diagnostic>,
+}
+
+impl<'s> Walker<'s> {
+    fn push(&mut self, severity: Severity, span: Range<usize>, path: &str, message: String) {
+        let (line, column) = line_col(self.source, span.start);
+        self.diags.push(Diagnostic {
+            severity,
+            file: self.file.to_owned(),
+            line,
+            column,
+            path: path.to_owned(),
+            message,
+        });
+    }
+    fn error(&mut self, span: Range<usize>, path: &str, message: impl Into<String>) {
+        self.push(Severity::Error, span, path, message.into());
+    }
+    fn warn(&mut self, span: Range<usize>, path: &str, message: impl Into<String>) {
+        self.push(Severity::Warning, span, path, message.into());
+    }
+
+    /// Reports keys of `table` that are not in `allowed`, with a suggestion.
+    fn check_keys(&mut self, table: &DeTable<'_>, path: &str, allowed: &[&str]) {
+        for (key, _) in table.iter() {
+            let k: &str = key.get_ref();
+            if !allowed.contains(&k) {
+                let hint = match closest(k, allowed) {
+                    Some(s) => format!("; did you mean {s:?}?"),
+                    None => String::new(),
+                };
+                self.error(
+                    key.span(),
+                    &join(path, k),
+                    format!("unknown key {k:?}{hint} (expected one of: {})", allowed.join(", ")),
+                );
+            }
+        }
+    }
+
+    fn table<'t, 'i>(&mut self, v: &'t Val<'i>, path: &str) -> Option<&'t DeTable<'i>> {
+        match v.get_ref() {
+            DeValue::Table(t) => Some(t),
+            other => {
+                self.error(v.span(), path, format!("expected a table, found {}", describe(other)));
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, v: &Val<'_>, path: &str) -> Option<String> {
+        match v.get_ref() {
+            DeValue::String(s) => Some(s.to_string()),
+            other => {
+                self.error(v.span(), path, format!("expected a string, found {}", describe(other)));
+                None
+            }
+        }
+    }
+
+    fn non_empty_string(&mut self, v: &Val<'_>, path: &str) -> Option<String> {
+        let s = self.string(v, path)?;
+        if s.trim().is_empty() {
+            self.error(v.span(), path, "must not be empty");
+            return None;
+        }
+        Some(s)
+    }
+
+    fn bool(&mut self, v: &Val<'_>, path: &str) -> Option<bool> {
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            other => {
+                self.error(v.span(), path, format!("expected true or false, found {}", describe(other)));
+                None
+            }
+        }
+    }
+
+    fn count(&mut self, v: &Val<'_>, path: &str, min: u64, max: u64) -> Option<u32> {
+        let n = match v.get_ref() {
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).ok(),
+            other => {
+                self.error(v.span(), path, format!("expected an integer, found {}", describe(other)));
+                return None;
+            }
+        };
+        match n {
+            Some(n) if n >= min as i64 && n <= max as i64 => Some(n as u32),
+            _ => {
+                self.error(v.span(), path, format!("expected an integer from {min} to {max}"));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, v: &Val<'_>, path: &str) -> Option<u64> {
+        let s = match v.get_ref() {
+            DeValue::String(s) => s.to_string(),
+            other => {
+                self.error(
+                    v.span(),
+                    path,
+                    format!("expected a duration string such as \"500ms\" or \"2s\", found {}", describe(other)),
+                );
+                return None;
+            }
+        };
+        match humantime::parse_duration(&s) {
+            Ok(d) if d.as_millis() <= u64::MAX as u128 => Some(d.as_millis() as u64),
+            _ => {
+                self.error(
+                    v.span(),
+                    path,
+                    format!("{s:?} is not a duration; expected e.g. \"500ms\", \"2s\", \"1m\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn string_list(&mut self, v: &Val<'_>, path: &str) -> Option<Vec<String>> {
+        let DeValue::Array(items) = v.get_ref() else {
+            self.error(v.span(), path, format!("expected an array of strings, found {}", describe(v.get_ref())));
+            return None;
+        };
+        let mut out = Vec::new();
+        let mut ok = true;
+        for (n, item) in items.iter().enumerate() {
+            match self.string(item, &format!("{path}[{n}]")) {
+                Some(s) => out.push(s),
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// A table of environment variables: NAME = "value".
+    fn env_vars(&mut self, v: &Val<'_>, path: &str) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        let Some(t) = self.table(v, path) else { return out };
+        for (key, value) in t.iter() {
+            let name: &str = key.get_ref();
+            let p = join(path, name);
+            self.check_env_name(key.span(), &p, name);
+            if let Some(s) = self.string(value, &p) {
+                check_placeholders(self, value.span(), &p, &s);
+                if looks_secret(name) {
+                    self.warn(
+                        key.span(),
+                        &p,
+                        format!("{name} looks like a secret; reference it under `secrets` instead of storing its value here"),
+                    );
+                }
+                out.insert(name.to_owned(), s);
+            }
+        }
+        out
+    }
+
+    fn secrets(&mut self, v: &Val<'_>, path: &str) -> BTreeMap<String, SecretRef> {
+        let mut out = BTreeMap::new();
+        let Some(t) = self.table(v, path) else { return out };
+        for (key, value) in t.iter() {
+            let name: &str = key.get_ref();
+            let p = join(path, name);
+            self.check_env_name(key.span(), &p, name);
+            let Some(st) = self.table(value, &p) else { continue };
+            self.check_keys(st, &p, SECRET_KEYS);
+            let from_env = st.get("env");
+            let from_file = st.get("file");
+            match (from_env, from_file) {
+                (Some(e), None) => {
+                    if let Some(s) = self.non_empty_string(e, &join(&p, "env")) {
+                        out.insert(name.to_owned(), SecretRef::Env(s));
+                    }
+                }
+                (None, Some(f)) => {
+                    if let Some(s) = self.non_empty_string(f, &join(&p, "file")) {
+                        out.insert(name.to_owned(), SecretRef::File(PathBuf::from(s)));
+                    }
+                }
+                _ => self.error(
+                    value.span(),
+                    &p,
+                    "a secret needs exactly one of `env = \"VARIABLE\"` or `file = \"/path\"`",
+                ),
+            }
+        }
+        out
+    }
+
+    fn check_env_name(&mut self, span: Range<usize>, path: &str, name: &str) {
+        let valid = !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        if !valid {
+            self.error(span, path, format!("{name:?} is not a valid environment variable name"));
+        } else if name.starts_with(RESERVED_ENV_PREFIX) {
+            self.error(span, path, format!("{name} is reserved: variables starting with {RESERVED_ENV_PREFIX} are set by Gantry"));
+        }
+    }
+}
+
+fn check_placeholders(w: &mut Walker<'_>, span: Range<usize>, path: &str, s: &str) {
+    let mut rest = s;
+    while let Some(start) = rest.find('{') {
+        let Some(len) = rest[start..].find('}') else { break };
+        let ph = &rest[start..start + len + 1];
+        if !PLACEHOLDERS.contains(&ph) {
+            w.error(
+                span.clone(),
+                path,
+                format!("unknown placeholder {ph}; known: {}", PLACEHOLDERS.join(" ")),
+            );
+        }
+        rest = &rest[start + len + 1..];
+    }
+}
+
+fn looks_secret(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    ["PASSWORD", "SECRET", "TOKEN", "PRIVATE_KEY", "API_KEY"].iter().any(|w| upper.contains(w))
+}
+
+pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnostic>) {
+    let mut w = Walker { file, source, diags: Vec::new() };
+    let root = match DeTable::parse(source) {
+        Ok(root) => root,
+        Err(e) => {
+            let span = e.span().unwrap_or(0..0);
+            w.error(span, "", format!("not valid TOML: {}", e.message().trim()));
+            return (None, w.diags);
+        }
+    };
+    let root_span = root.span();
+    let root = root.get_ref();
+    w.check_keys(root, "", ROOT_KEYS);
+
+    let service = match root.get("service") {
+        Some(v) => decode_service(&mut w, v),
+        None => {
+            w.error(root_span.start..root_span.start, "service", "missing required table [service]");
+            None
+        }
+    };
+    let health = match root.get("health") {
+        Some(v) => decode_health(&mut w, v),
+        None => {
+            w.error(root_span.start..root_span.start, "health", "missing required table [health]");
+            None
+        }
+    };
+    let signing = match root.get("signing") {
+        Some(v) => decode_signing(&mut w, v),
+        None => Some(Signing::default()),
+    };
+    let environments = match root.get("environments") {
+        Some(v) => decode_environments(&mut w, v, signing.as_ref()),
+        None => {
+            w.error(root_span.start..root_span.start, "environments", "missing required table [environments]; define at least one environment");
+            None
+        }
+    };
+    let config = match (service, health, signing, environments) {
+        (Some(service), Some(health), Some(signing), Some(environments)) => {
+            Some(Config { service, health, signing, environments })
+        }
+        _ => None,
+    };
+    let mut diags = w.diags;
+    diags.sort_by_key(|d| (d.line, d.column));
+    (config, diags)
+}
+
+fn decode_service(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Service> {
+    let t = w.table(v, "service")?;
+    w.check_keys(t, "service", SERVICE_KEYS);
+    let name = required(w, t, v, "service", "name", |w, v, p| {
+        let s = w.non_empty_string(v, p)?;
+        if !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            w.error(v.span(), p, format!("{s:?} may contain only letters, digits, '-' and '_'"));
+            return None;
+        }
+        Some(s)
+    });
+    let command = required(w, t, v, "service", "command", |w, v, p| w.non_empty_string(v, p));
+    let args = match t.get("args") {
+        Some(a) => w.string_list(a, "service.args").inspect(|args| {
+            for (n, arg) in args.iter().enumerate() {
+                check_placeholders(w, a.span(), &format!("service.args[{n}]"), arg);
+            }
+        }),
+        None => Some(Vec::new()),
+    };
+    let port_env = match t.get("port_env") {
+        Some(p) => w.non_empty_string(p, "service.port_env").inspect(|name| {
+            w.check_env_name(p.span(), "service.port_env", name);
+        }),
+        None => Some("PORT".to_owned()),
+    };
+    let env = t.get("env").map(|e| w.env_vars(e, "service.env")).unwrap_or_default();
+    let secrets = t.get("secrets").map(|s| w.secrets(s, "service.secrets")).unwrap_or_default();
+    Some(Service { name: name?, command: command?, args: args?, port_env: port_env?, env, secrets })
+}
+
+fn decode_health(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Health> {
+    let t = w.table(v, "health")?;
+    w.check_keys(t, "health", HEALTH_KEYS);
+    let path = required(w, t, v, "health", "path", |w, v, p| {
+        let s = w.string(v, p)?;
+        if !s.starts_with('/') {
+            w.error(v.span(), p, format!("{s:?} must be an absolute HTTP path starting with '/'"));
+            return None;
+        }
+        Some(s)
+    });
+    let interval = optional_duration(w, t, "health.interval", "interval", 1000);
+    let timeout = optional_duration(w, t, "health.timeout", "timeout", 1000);
+    let start_timeout = optional_duration(w, t, "health.start_timeout", "start_timeout", 30_000);
+    let threshold = match t.get("failure_threshold") {
+        Some(v) => w.count(v, "health.failure_threshold", 1, 100),
+        None => Some(3),
+    };
+    Some(Health {
+        path: path?,
+        interval_ms: interval?,
+        timeout_ms: timeout?,
+        failure_threshold: threshold?,
+        start_timeout_ms: start_timeout?,
+    })
+}
+
+fn decode_signing(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Signing> {
+    let t = w.table(v, "signing")?;
+    w.check_keys(t, "signing", SIGNING_KEYS);
+    let Some(keys_v) = t.get("public_keys") else { return Some(Signing::default()) };
+    let keys = w.string_list(keys_v, "signing.public_keys")?;
+    let mut ok = true;
+    for (n, k) in keys.iter().enumerate() {
+        // A minisign public key is 42 bytes, base64: 56 characters starting "RW".
+        if k.len() != 56 || !k.starts_with("RW") {
+            w.error(
+                keys_v.span(),
+                &format!("signing.public_keys[{n}]"),
+                "expected a minisign public key: the 56-character line starting with \"RW\" from a .pub file",
+            );
+            ok = false;
+        }
+    }
+    ok.then_some(Signing { public_keys: keys })
+}
+
+fn decode_environments(w: &mut Walker<'_>, v: &Val<'_>, signing: Option<&Signing>) -> Option<Vec<Environment>> {
+    let t = w.table(v, "environments")?;
+    if t.is_empty() {
+        w.error(v.span(), "environments", "define at least one environment");
+        return None;
+    }
+    // File order, not the map's sorted order: it is the promotion order.
+    let mut entries: Vec<_> = t.iter().collect();
+    entries.sort_by_key(|(k, _)| k.span().start);
+    let mut out = Vec::new();
+    let mut ok = true;
+    let mut listens: Vec<(SocketAddr, String)> = Vec::new();
+    for (key, value) in entries {
+        let name: &str = key.get_ref();
+        let path = join("environments", name);
+        let env_name = match name.parse::<EnvName>() {
+            Ok(n) => Some(n),
+            Err(e) => {
+                w.error(key.span(), &path, format!("bad environment name: {e}"));
+                None
+            }
+        };
+        match (env_name, decode_environment(w, value, &path, signing)) {
+            (Some(n), Some((listen, mut env))) => {
+                if let Some((_, other)) = listens.iter().find(|(a, _)| *a == listen) {
+                    w.error(
+                        value.span(),
+                        &join(&path, "listen"),
+                        format!("address {listen} is already used by environment {other:?}"),
+                    );
+                    ok = false;
+                }
+                listens.push((listen, name.to_owned()));
+                env.name = n;
+                out.push(env);
+            }
+            _ => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn decode_environment(
+    w: &mut Walker<'_>,
+    v: &Val<'_>,
+    path: &str,
+    signing: Option<&Signing>,
+) -> Option<(SocketAddr, Environment)> {
+    let t = w.table(v, path)?;
+    w.check_keys(t, path, ENV_KEYS);
+    let listen = required(w, t, v, path, "listen", |w, v, p| {
+        let s = w.string(v, p)?;
+        match s.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                w.error(v.span(), p, format!("{s:?} is not an address; expected IP:PORT such as \"127.0.0.1:8080\""));
+                None
+            }
+        }
+    });
+    let instances = match t.get("instances") {
+        Some(v) => w.count(v, &join(path, "instances"), 1, 64),
+        None => Some(1),
+    };
+    let strategy = match t.get("strategy") {
+        Some(v) => {
+            let p = join(path, "strategy");
+            match w.string(v, &p).as_deref() {
+                Some("blue-green") => Some(Strategy::BlueGreen),
+                Some(s @ ("canary" | "rolling")) => {
+                    w.error(v.span(), &p, format!("strategy {s:?} is not available yet; available: {}", Strategy::NAMES.join(", ")));
+                    None
+                }
+                Some(s) => {
+                    w.error(v.span(), &p, format!("unknown strategy {s:?}; expected one of: {}", Strategy::NAMES.join(", ")));
+                    None
+                }
+                None => None,
+            }
+        }
+        None => Some(Strategy::BlueGreen),
+    };
+    let bake = optional_duration(w, t, &join(path, "bake"), "bake", 10_000);
+    let require_signature = match t.get("require_signature") {
+        Some(rv) => {
+            let p = join(path, "require_signature");
+            let b = w.bool(rv, &p);
+            if b == Some(true) && signing.is_some_and(|s| s.public_keys.is_empty()) {
+                w.error(rv.span(), &p, "requires at least one key in signing.public_keys");
+                None
+            } else {
+                b
+            }
+        }
+        None => Some(false),
+    };
+    let env = t.get("env").map(|e| w.env_vars(e, &join(path, "env"))).unwrap_or_default();
+    let secrets = t.get("secrets").map(|s| w.secrets(s, &join(path, "secrets"))).unwrap_or_default();
+    let listen = listen?;
+    Some((
+        listen,
+        Environment {
+            name: "placeholder".parse().expect("valid literal"),
+            listen,
+            instances: instances?,
+            strategy: strategy?,
+            bake_ms: bake?,
+            require_signature: require_signature?,
+            env,
+            secrets,
+        },
+    ))
+}
+
+fn required<T>(
+    w: &mut Walker<'_>,
+    t: &DeTable<'_>,
+    parent: &Val<'_>,
+    path: &str,
+    key: &str,
+    f: impl FnOnce(&mut Walker<'_>, &Val<'_>, &str) -> Option<T>,
+) -> Option<T> {
+    let p = join(path, key);
+    match t.get(key) {
+        Some(v) => f(w, v, &p),
+        None => {
+            let s = parent.span();
+            w.error(s.start..s.start, &p, format!("missing required key {key:?}"));
+            None
+        }
+    }
+}
+
+fn optional_duration(w: &mut Walker<'_>, t: &DeTable<'_>, path: &str, key: &str, default_ms: u64) -> Option<u64> {
+    match t.get(key) {
+        Some(v) => {
+            let ms = w.duration(v, path)?;
+            if ms == 0 && key != "bake" {
+                w.error(v.span(), path, "must be longer than zero");
+                return None;
+            }
+            Some(ms)
+        }
+        None => Some(default_ms),
+    }
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
+}
+
+fn describe(v: &DeValue<'_>) -> String {
+    match v {
+        DeValue::String(s) => format!("string {s:?}"),
+        DeValue::Integer(i) => format!("integer {}", i.as_str()),
+        DeValue::Float(f) => format!("float {}", f.as_str()),
+        DeValue::Boolean(b) => format!("boolean {b}"),
+        DeValue::Datetime(d) => format!("datetime {d}"),
+        DeValue::Array(_) => "an array".to_owned(),
+        DeValue::Table(_) => "a table".to_owned(),
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(source: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(source.len());
+    let before = &source[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, source[line_start..offset].chars().count() + 1)
+}
+
+/// The allowed key closest to a mistyped one, if it is plausibly a typo.
+fn closest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    allowed
+        .iter()
+        .map(|a| (strsim::levenshtein(key, a), *a))
+        .filter(|(d, a)| *d <= 2.max(a.len() / 4))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, a)| a)
+}
