@@ -1,1 +1,109 @@
-//! placeholder
+//! Durable state.
+//!
+//! [`Store`] is the seam: the controller talks only to `dyn Store`, so a
+//! PostgreSQL store for several controllers can slot in later. It is
+//! synchronous on purpose: every call is a short transaction, and the
+//! runtime persists an event and the state it leads to in one call before
+//! it carries out any effect.
+//!
+//! [`Blobs`] keeps release artifacts content-addressed by SHA-256, written
+//! once and made read-only.
+
+mod blobs;
+mod sqlite;
+
+pub use blobs::{BlobError, Blobs};
+pub use sqlite::SqliteStore;
+
+use gantry_core::{Deployment, DeploymentId, Digest, EnvName, Event, InstanceRef, Millis, Transition, Version};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("environment {env} already has deployment {holder} of {version} in progress")]
+    EnvironmentBusy { env: String, holder: DeploymentId, version: String },
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("stored record is unreadable: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A registered release: an immutable artifact and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    pub version: Version,
+    pub digest: Digest,
+    pub size: u64,
+    /// `tar.gz`, `tar` or `executable`.
+    pub artifact_kind: String,
+    pub git_sha: Option<String>,
+    /// The minisign signature file, as text, if one was given.
+    pub signature: Option<String>,
+    /// The public key that verified the signature.
+    pub signed_by: Option<String>,
+    pub created_at: Millis,
+    pub created_by: String,
+}
+
+/// What inserting a release did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertOutcome {
+    Inserted,
+    /// The same version with the same content already exists: nothing changed.
+    AlreadyPresent,
+    /// The version exists with different content: refused.
+    Conflict { existing: Digest },
+}
+
+/// What serves an environment now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvState {
+    pub env: EnvName,
+    pub version: Version,
+    pub instances: Vec<InstanceRef>,
+    pub deployment: DeploymentId,
+    pub since: Millis,
+}
+
+/// One line of a deployment's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    pub at: Millis,
+    pub phase: String,
+    pub message: String,
+}
+
+pub trait Store: Send + Sync {
+    fn insert_release(&self, release: &ReleaseRecord) -> Result<InsertOutcome>;
+    fn release(&self, version: &Version) -> Result<Option<ReleaseRecord>>;
+    fn releases(&self) -> Result<Vec<ReleaseRecord>>;
+
+    /// Creates a deployment, refusing if the environment already has an
+    /// active one. `build` receives the new id.
+    fn create_deployment(
+        &self,
+        env: &EnvName,
+        build: &mut dyn FnMut(DeploymentId) -> Deployment,
+    ) -> Result<Deployment>;
+
+    /// Appends `event` and the state and log lines it led to, atomically.
+    /// A deployment that reaches `Succeeded` becomes its environment's current state.
+    fn record(&self, event: &Event, transition: &Transition, at: Millis) -> Result<()>;
+
+    fn deployment(&self, id: DeploymentId) -> Result<Option<Deployment>>;
+    /// Newest first.
+    fn deployments(&self, env: Option<&EnvName>, limit: usize) -> Result<Vec<Deployment>>;
+    fn active_deployments(&self) -> Result<Vec<Deployment>>;
+    fn log(&self, id: DeploymentId) -> Result<Vec<LogEntry>>;
+    fn events(&self, id: DeploymentId) -> Result<Vec<(Millis, Event)>>;
+
+    fn env_state(&self, env: &EnvName) -> Result<Option<EnvState>>;
+    fn env_states(&self) -> Result<Vec<EnvState>>;
+    /// The newest release that succeeded in `env` and is not `current`:
+    /// where `gantry rollback` goes by default.
+    fn last_good_other_than(&self, env: &EnvName, current: &Version) -> Result<Option<Version>>;
+    /// Every release that has succeeded in `env`.
+    fn succeeded_versions(&self, env: &EnvName) -> Result<Vec<Version>>;
+}

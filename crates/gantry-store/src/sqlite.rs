@@ -1,0 +1,363 @@
+//! The SQLite store: one file, WAL journal, `synchronous = FULL` so that a
+//! recorded event survives a crash of the controller or the machine.
+
+use crate::*;
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Migrations, applied in order; `PRAGMA user_version` counts how many ran.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE releases (
+    version       TEXT PRIMARY KEY,
+    digest        TEXT NOT NULL,
+    size          INTEGER NOT NULL,
+    artifact_kind TEXT NOT NULL,
+    git_sha       TEXT,
+    signature     TEXT,
+    signed_by     TEXT,
+    created_at    INTEGER NOT NULL,
+    created_by    TEXT NOT NULL
+);
+CREATE TABLE deployments (
+    id          INTEGER PRIMARY KEY,
+    env         TEXT NOT NULL,
+    version     TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    phase       TEXT NOT NULL,
+    active      INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    finished_at INTEGER,
+    state       TEXT NOT NULL
+);
+-- At most one deployment in progress per environment.
+CREATE UNIQUE INDEX deployments_one_active ON deployments(env) WHERE active = 1;
+CREATE INDEX deployments_env ON deployments(env, id);
+CREATE TABLE events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    deployment INTEGER NOT NULL REFERENCES deployments(id),
+    at         INTEGER NOT NULL,
+    event      TEXT NOT NULL
+);
+CREATE INDEX events_deployment ON events(deployment, seq);
+CREATE TABLE deployment_log (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    deployment INTEGER NOT NULL REFERENCES deployments(id),
+    at         INTEGER NOT NULL,
+    phase      TEXT NOT NULL,
+    message    TEXT NOT NULL
+);
+CREATE INDEX deployment_log_deployment ON deployment_log(deployment, seq);
+CREATE TABLE env_state (
+    env        TEXT PRIMARY KEY,
+    version    TEXT NOT NULL,
+    instances  TEXT NOT NULL,
+    deployment INTEGER NOT NULL REFERENCES deployments(id),
+    since      INTEGER NOT NULL
+);
+"#];
+
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SqliteStore")
+    }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("{what}: {e}"))
+}
+
+fn parse_version(s: &str) -> Result<Version> {
+    Version::parse(s).map_err(|e| corrupt("version", e))
+}
+
+impl SqliteStore {
+    pub fn open(path: &Path) -> Result<SqliteStore> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    pub fn in_memory() -> Result<SqliteStore> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<SqliteStore> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let applied: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let tx = conn.transaction()?;
+        for (n, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", n + 1)?;
+        }
+        tx.commit()?;
+        Ok(SqliteStore { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written
+        // (transactions roll back on drop), so a poisoned lock is still usable.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Reads a row; the outer error is SQLite's, the inner one a bad stored value.
+fn release_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ReleaseRecord>> {
+    let version: String = r.get(0)?;
+    let digest: String = r.get(1)?;
+    let (size, artifact_kind, git_sha) = (r.get::<_, i64>(2)?, r.get(3)?, r.get(4)?);
+    let (signature, signed_by, created_at, created_by) = (r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?);
+    Ok((|| {
+        Ok(ReleaseRecord {
+            version: parse_version(&version)?,
+            digest: Digest::try_from(digest).map_err(|e| corrupt("digest", e))?,
+            size: size as u64,
+            artifact_kind,
+            git_sha,
+            signature,
+            signed_by,
+            created_at,
+            created_by,
+        })
+    })())
+}
+
+const RELEASE_COLUMNS: &str =
+    "version, digest, size, artifact_kind, git_sha, signature, signed_by, created_at, created_by";
+
+fn deployment_from_json(s: &str) -> Result<Deployment> {
+    serde_json::from_str(s).map_err(|e| corrupt("deployment state", e))
+}
+
+impl Store for SqliteStore {
+    fn insert_release(&self, r: &ReleaseRecord) -> Result<InsertOutcome> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let existing: Option<String> = tx
+            .query_row("SELECT digest FROM releases WHERE version = ?1", [r.version.to_string()], |row| row.get(0))
+            .optional()?;
+        let outcome = match existing {
+            Some(d) if d == r.digest.as_hex() => InsertOutcome::AlreadyPresent,
+            Some(d) => InsertOutcome::Conflict { existing: Digest::try_from(d).map_err(|e| corrupt("digest", e))? },
+            None => {
+                tx.execute(
+                    &format!("INSERT INTO releases ({RELEASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                    params![
+                        r.version.to_string(),
+                        r.digest.as_hex(),
+                        r.size as i64,
+                        r.artifact_kind,
+                        r.git_sha,
+                        r.signature,
+                        r.signed_by,
+                        r.created_at,
+                        r.created_by
+                    ],
+                )?;
+                InsertOutcome::Inserted
+            }
+        };
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    fn release(&self, version: &Version) -> Result<Option<ReleaseRecord>> {
+        let conn = self.conn();
+        let row = conn
+            .query_row(
+                &format!("SELECT {RELEASE_COLUMNS} FROM releases WHERE version = ?1"),
+                [version.to_string()],
+                release_from_row,
+            )
+            .optional()?;
+        row.transpose()
+    }
+
+    fn releases(&self) -> Result<Vec<ReleaseRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!("SELECT {RELEASE_COLUMNS} FROM releases"))?;
+        let rows = stmt.query_map([], release_from_row)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row??);
+        }
+        out.sort_by(|a, b| a.version.cmp(&b.version));
+        Ok(out)
+    }
+
+    fn create_deployment(
+        &self,
+        env: &EnvName,
+        build: &mut dyn FnMut(DeploymentId) -> Deployment,
+    ) -> Result<Deployment> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let holder: Option<(i64, String)> = tx
+            .query_row(
+                "SELECT id, version FROM deployments WHERE env = ?1 AND active = 1",
+                [env.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((holder, version)) = holder {
+            return Err(StoreError::EnvironmentBusy { env: env.to_string(), holder, version });
+        }
+        let next: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM deployments", [], |r| r.get(0))?;
+        let d = build(next);
+        tx.execute(
+            "INSERT INTO deployments (id, env, version, kind, phase, active, created_at, finished_at, state)
+             VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6, NULL, ?7)",
+            params![
+                d.id,
+                d.env.as_str(),
+                d.version.to_string(),
+                serde_json::to_value(d.kind).map_err(|e| corrupt("kind", e))?.as_str().unwrap_or_default(),
+                d.phase.as_str(),
+                d.created_at,
+                serde_json::to_string(&d).map_err(|e| corrupt("deployment", e))?
+            ],
+        )?;
+        tx.commit()?;
+        Ok(d)
+    }
+
+    fn record(&self, event: &Event, t: &Transition, at: Millis) -> Result<()> {
+        let d = &t.deployment;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO events (deployment, at, event) VALUES (?1, ?2, ?3)",
+            params![d.id, at, serde_json::to_string(event).map_err(|e| corrupt("event", e))?],
+        )?;
+        for line in &t.log {
+            tx.execute(
+                "INSERT INTO deployment_log (deployment, at, phase, message) VALUES (?1, ?2, ?3, ?4)",
+                params![d.id, at, d.phase.as_str(), line],
+            )?;
+        }
+        tx.execute(
+            "UPDATE deployments SET phase = ?2, active = ?3, finished_at = ?4, state = ?5 WHERE id = ?1",
+            params![
+                d.id,
+                d.phase.as_str(),
+                !d.phase.is_terminal(),
+                d.finished_at,
+                serde_json::to_string(d).map_err(|e| corrupt("deployment", e))?
+            ],
+        )?;
+        if d.phase == gantry_core::Phase::Succeeded {
+            tx.execute(
+                "INSERT INTO env_state (env, version, instances, deployment, since) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(env) DO UPDATE SET version = ?2, instances = ?3, deployment = ?4, since = ?5",
+                params![
+                    d.env.as_str(),
+                    d.version.to_string(),
+                    serde_json::to_string(&d.new_instances).map_err(|e| corrupt("instances", e))?,
+                    d.id,
+                    at
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn deployment(&self, id: DeploymentId) -> Result<Option<Deployment>> {
+        let conn = self.conn();
+        let s: Option<String> = conn
+            .query_row("SELECT state FROM deployments WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?;
+        s.map(|s| deployment_from_json(&s)).transpose()
+    }
+
+    fn deployments(&self, env: Option<&EnvName>, limit: usize) -> Result<Vec<Deployment>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT state FROM deployments WHERE (?1 IS NULL OR env = ?1) ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![env.map(|e| e.as_str()), limit as i64], |r| r.get::<_, String>(0))?;
+        rows.map(|r| deployment_from_json(&r?)).collect()
+    }
+
+    fn active_deployments(&self) -> Result<Vec<Deployment>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT state FROM deployments WHERE active = 1 ORDER BY id")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|r| deployment_from_json(&r?)).collect()
+    }
+
+    fn log(&self, id: DeploymentId) -> Result<Vec<LogEntry>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT at, phase, message FROM deployment_log WHERE deployment = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([id], |r| Ok(LogEntry { at: r.get(0)?, phase: r.get(1)?, message: r.get(2)? }))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn events(&self, id: DeploymentId) -> Result<Vec<(Millis, Event)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT at, event FROM events WHERE deployment = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (at, e) = row?;
+            out.push((at, serde_json::from_str(&e).map_err(|e| corrupt("event", e))?));
+        }
+        Ok(out)
+    }
+
+    fn env_state(&self, env: &EnvName) -> Result<Option<EnvState>> {
+        Ok(self.env_states()?.into_iter().find(|s| &s.env == env))
+    }
+
+    fn env_states(&self) -> Result<Vec<EnvState>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT env, version, instances, deployment, since FROM env_state ORDER BY env")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get(3)?, r.get(4)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (env, version, instances, deployment, since) = row?;
+            out.push(EnvState {
+                env: env.parse().map_err(|e| corrupt("environment", e))?,
+                version: parse_version(&version)?,
+                instances: serde_json::from_str(&instances).map_err(|e| corrupt("instances", e))?,
+                deployment,
+                since,
+            });
+        }
+        Ok(out)
+    }
+
+    fn last_good_other_than(&self, env: &EnvName, current: &Version) -> Result<Option<Version>> {
+        let conn = self.conn();
+        let v: Option<String> = conn
+            .query_row(
+                "SELECT version FROM deployments WHERE env = ?1 AND phase = 'succeeded' AND version != ?2
+                 ORDER BY id DESC LIMIT 1",
+                params![env.as_str(), current.to_string()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        v.map(|v| parse_version(&v)).transpose()
+    }
+
+    fn succeeded_versions(&self, env: &EnvName) -> Result<Vec<Version>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT DISTINCT version FROM deployments WHERE env = ?1 AND phase = 'succeeded'",
+        )?;
+        let rows = stmt.query_map([env.as_str()], |r| r.get::<_, String>(0))?;
+        rows.map(|r| parse_version(&r?)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;
