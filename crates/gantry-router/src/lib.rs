@@ -1,1 +1,87 @@
-//! placeholder
+//! The data plane: a reverse proxy that carries an environment's user
+//! traffic to the instances of one or more release pools, by weight.
+//!
+//! It runs as its own process (`gantry router`), apart from the controller:
+//! it writes every configuration it accepts to disk before acknowledging it,
+//! starts from that file, and keeps serving if the controller dies. The
+//! controller changes it through a small admin API on loopback, guarded by a
+//! bearer token. A configuration change swaps one `Arc`, so requests in
+//! flight finish on the routing they started with.
+
+mod proxy;
+
+pub use proxy::{serve, RouterOptions};
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// Where traffic goes. `generation` only ever increases.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routing {
+    pub generation: u64,
+    pub pools: Vec<Pool>,
+}
+
+/// The instances of one release, and the share of traffic they get.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pool {
+    /// Usually the release version.
+    pub name: String,
+    /// Relative weight; pools with weight 0 get no new requests.
+    pub weight: u32,
+    pub upstreams: Vec<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RoutingError {
+    #[error("pool {0:?} has weight but no upstreams")]
+    EmptyPool(String),
+    #[error("pool names must be unique; {0:?} appears twice")]
+    DuplicatePool(String),
+}
+
+impl Routing {
+    pub fn validate(&self) -> Result<(), RoutingError> {
+        for (n, p) in self.pools.iter().enumerate() {
+            if p.weight > 0 && p.upstreams.is_empty() {
+                return Err(RoutingError::EmptyPool(p.name.clone()));
+            }
+            if self.pools[..n].iter().any(|q| q.name == p.name) {
+                return Err(RoutingError::DuplicatePool(p.name.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Request and error counts of one pool since the router started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolStats {
+    pub name: String,
+    pub requests: u64,
+    /// 5xx answers and failures to reach an upstream.
+    pub errors: u64,
+}
+
+/// What the router writes to `admin.json` in its state directory so the
+/// controller can find it again after either of them restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminInfo {
+    pub pid: u32,
+    pub admin: SocketAddr,
+    pub listen: SocketAddr,
+}
+
+pub const CONFIG_FILE: &str = "routing.json";
+pub const ADMIN_FILE: &str = "admin.json";
+
+/// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

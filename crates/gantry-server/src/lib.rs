@@ -1,1 +1,119 @@
-//! placeholder
+//! The controller process (`gantry server`): owns the store, the engine's
+//! runtime, the target and the routers, and serves the HTTP API.
+//!
+//! Only this crate speaks HTTP and JSON to the outside. It depends on the
+//! core for the rules, on the store for durability and on the router crate
+//! only for the routing types it sends to router processes.
+
+mod api;
+pub mod artifact;
+pub mod controller;
+pub mod routing;
+mod secret_file;
+pub mod target;
+
+pub use controller::Controller;
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Written to `DATA_DIR/server.json` so the CLI can find a running controller.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub pid: u32,
+    pub url: String,
+}
+
+pub const SERVER_FILE: &str = "server.json";
+pub const TOKEN_FILE: &str = "admin.token";
+
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub data_dir: PathBuf,
+    pub config_path: PathBuf,
+    pub listen: SocketAddr,
+    /// The gantry executable, run as `gantry router` for each environment.
+    pub exe: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Config(#[from] gantry_config::ConfigError),
+    #[error("data directory {path}: {reason}")]
+    DataDir { path: String, reason: String },
+    #[error("another controller is already using data directory {0}")]
+    Locked(String),
+    #[error(transparent)]
+    Store(#[from] gantry_store::StoreError),
+    #[error(transparent)]
+    Blobs(#[from] gantry_store::BlobError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("recovery failed: {0}")]
+    Recovery(String),
+}
+
+fn data_err(path: &Path) -> impl Fn(std::io::Error) -> ServerError + '_ {
+    move |e| ServerError::DataDir { path: path.display().to_string(), reason: e.to_string() }
+}
+
+/// Runs the controller until SIGTERM, SIGINT or `POST /api/v1/shutdown`.
+pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
+    let dir = &options.data_dir;
+    std::fs::create_dir_all(dir).map_err(data_err(dir))?;
+    let dir = dir.canonicalize().map_err(data_err(dir))?;
+    // One controller per data directory: the lock lives as long as the process.
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("controller.lock"))
+        .map_err(data_err(&dir))?;
+    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| ServerError::Locked(dir.display().to_string()))?;
+
+    let loaded = gantry_config::load(&options.config_path)?;
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let config = Arc::new(loaded.config);
+    let store = Arc::new(gantry_store::SqliteStore::open(&dir.join("gantry.db"))?);
+    let blobs = gantry_store::Blobs::open(dir.join("artifacts"))?;
+    let token = secret_file::load_or_create_token(&dir.join(TOKEN_FILE)).map_err(data_err(&dir))?;
+    let router_token = secret_file::load_or_create_token(&dir.join("router.token")).map_err(data_err(&dir))?;
+    let target = Arc::new(target::LocalTarget::new(&dir));
+    let router = Arc::new(routing::ProcessRouter::new(&dir, options.exe.clone(), router_token));
+    let controller = Controller::new(store, blobs, target, router, config);
+
+    let listener = tokio::net::TcpListener::bind(options.listen)
+        .await
+        .map_err(|source| ServerError::Listen { addr: options.listen, source })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: options.listen, source })?;
+
+    controller.recover().await.map_err(|e| ServerError::Recovery(e.to_string()))?;
+
+    let info = ServerInfo { pid: std::process::id(), url: format!("http://{addr}") };
+    secret_file::write(&dir.join(SERVER_FILE), &serde_json::to_string(&info).unwrap_or_default())
+        .map_err(data_err(&dir))?;
+    tracing::info!(url = %info.url, data_dir = %dir.display(), "controller serving");
+
+    let shutdown = Arc::new(tokio::sync::Notify::new());
+    let state = api::AppState { controller, token: Arc::new(token), shutdown: shutdown.clone() };
+    let app = api::router(state);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("can install a SIGTERM handler");
+            tokio::select! {
+                _ = shutdown.notified() => {}
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        })
+        .await;
+    let _ = std::fs::remove_file(dir.join(SERVER_FILE));
+    result.map_err(|source| ServerError::Listen { addr, source })
+}

@@ -26,6 +26,13 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
     move |source| BlobError::Io { path: path.display().to_string(), source }
 }
 
+/// SHA-256 of `bytes`, and their length.
+pub fn hash_bytes(bytes: &[u8]) -> (Digest, u64) {
+    let mut hasher = Sha256::new();
+    hasher.update(bytes);
+    (to_digest(hasher), bytes.len() as u64)
+}
+
 /// SHA-256 of everything `reader` yields, and its length.
 pub fn hash_reader(mut reader: impl Read) -> io::Result<(Digest, u64)> {
     let mut hasher = Sha256::new();
@@ -63,9 +70,7 @@ impl Blobs {
 
     /// Stores `bytes`, returning their digest. Storing the same content twice is a no-op.
     pub fn put(&self, bytes: &[u8]) -> Result<Digest, BlobError> {
-        let mut hasher = Sha256::new();
-        hasher.update(bytes);
-        let digest = to_digest(hasher);
+        let (digest, _) = hash_bytes(bytes);
         let path = self.path(&digest);
         if path.exists() {
             return Ok(digest);

@@ -12,7 +12,7 @@
 mod blobs;
 mod sqlite;
 
-pub use blobs::{BlobError, Blobs};
+pub use blobs::{hash_bytes, hash_reader, BlobError, Blobs};
 pub use sqlite::SqliteStore;
 
 use gantry_core::{Deployment, DeploymentId, Digest, EnvName, Event, InstanceRef, Millis, Transition, Version};

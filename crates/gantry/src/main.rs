@@ -1,1 +1,159 @@
-fn main(){}
+//! `gantry`: the one binary. The CLI is a client of the controller's HTTP
+//! API; `gantry server` is the controller, `gantry router` the data plane
+//! (started by the controller), and `gantry sample-service` the demo's
+//! workload.
+
+mod client;
+mod commands;
+mod demo;
+mod sample;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Exit codes: 1 error, 2 usage, 3 the deployment did not succeed, 4 invalid config.
+pub const EXIT_DEPLOY_FAILED: i32 = 3;
+pub const EXIT_INVALID_CONFIG: i32 = 4;
+
+#[derive(Parser)]
+#[command(name = "gantry", version, about = "Ship releases gradually, watch them, roll them back by themselves.")]
+pub struct Cli {
+    /// Controller data directory (finds the controller and its token).
+    #[arg(long, global = true, env = "GANTRY_DATA_DIR", default_value = ".gantry")]
+    pub data_dir: PathBuf,
+    /// Controller URL, e.g. http://127.0.0.1:7878 (default: from the data directory).
+    #[arg(long, global = true, env = "GANTRY_SERVER")]
+    pub server: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the whole loop on this machine in a temporary directory, and report.
+    Demo {
+        /// Keep the temporary data directory for inspection.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Write a commented starter gantry.toml.
+    Init {
+        #[arg(default_value = "gantry.toml")]
+        path: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check gantry.toml and report every problem at once.
+    Validate {
+        #[arg(long, default_value = "gantry.toml")]
+        config: PathBuf,
+    },
+    /// Print the JSON Schema of gantry.toml.
+    Schema,
+    /// Run the controller.
+    Server {
+        #[arg(long, default_value = "gantry.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        listen: std::net::SocketAddr,
+    },
+    /// Register and inspect releases.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// Deploy a registered release to an environment.
+    Deploy {
+        version: String,
+        #[arg(long)]
+        env: String,
+        /// Print the deployment id and return at once.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Return an environment to its last good release (or --to one).
+    Rollback {
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Stop a running deployment and roll it back.
+    Abort { id: i64 },
+    /// What runs where.
+    Status,
+    /// Deployments of an environment, newest first.
+    History {
+        #[arg(long)]
+        env: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// The deployment log: every step with its time.
+    Log { id: i64 },
+    /// Output of one instance.
+    Logs {
+        instance: String,
+        #[arg(long, default_value_t = 65536)]
+        bytes: u64,
+    },
+    /// Stop the controller (and with --workloads, every instance and router).
+    Shutdown {
+        #[arg(long)]
+        workloads: bool,
+    },
+    /// The data plane (started by the controller).
+    #[command(hide = true)]
+    Router {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        token_file: PathBuf,
+    },
+    /// The sample HTTP service used by the demo and tests.
+    #[command(hide = true)]
+    SampleService(sample::SampleArgs),
+}
+
+#[derive(Subcommand)]
+pub enum ReleaseCommand {
+    /// Register an artifact (tarball or executable) as VERSION.
+    Create {
+        version: String,
+        #[arg(long)]
+        artifact: PathBuf,
+        #[arg(long)]
+        git_sha: Option<String>,
+        /// A minisign signature of the artifact (.minisig).
+        #[arg(long)]
+        signature: Option<PathBuf>,
+    },
+    List,
+    Show { version: String },
+    /// Re-check every stored artifact's checksum.
+    Verify,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime starts");
+    let code = match runtime.block_on(commands::run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    // Do not wait for background tasks (e.g. a router's accept loop) on the way out.
+    runtime.shutdown_background();
+    std::process::exit(code);
+}
+
+pub type Exit = Result<i32>;

@@ -1,0 +1,274 @@
+//! The HTTP API under `/api/v1/`. JSON in and out; every error has the
+//! shape `{"error": {"code": "...", "message": "..."}}`, mapped here and
+//! nowhere else. Every route but `/healthz` needs the bearer token.
+
+use crate::controller::{ControlError, Controller, NewRelease};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use gantry_core::{DeploymentId, EnvName};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use tokio::sync::Notify;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub controller: Arc<Controller>,
+    pub token: Arc<String>,
+    pub shutdown: Arc<Notify>,
+}
+
+/// The largest artifact accepted.
+pub const MAX_ARTIFACT_BYTES: usize = 2 << 30;
+
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError { status, code, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<ControlError> for ApiError {
+    fn from(e: ControlError) -> Self {
+        let (status, code) = match &e {
+            ControlError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ControlError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            ControlError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ControlError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl From<gantry_store::StoreError> for ApiError {
+    fn from(e: gantry_store::StoreError) -> Self {
+        ControlError::from(e).into()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/releases", get(list_releases))
+        .route("/releases/verify", post(verify_releases))
+        .route(
+            "/releases/{version}",
+            put(create_release).get(show_release).layer(DefaultBodyLimit::max(MAX_ARTIFACT_BYTES)),
+        )
+        .route("/deployments", post(create_deployment).get(list_deployments))
+        .route("/deployments/{id}", get(show_deployment))
+        .route("/deployments/{id}/log", get(deployment_log))
+        .route("/deployments/{id}/abort", post(abort_deployment))
+        .route("/rollbacks", post(create_rollback))
+        .route("/status", get(status))
+        .route("/instances/{id}/log", get(instance_log))
+        .route("/shutdown", post(shutdown))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route") });
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(t) if constant_time_eq(t.as_bytes(), state.token.as_bytes()) => next.run(req).await,
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the bearer token is not valid").into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing bearer token: send `Authorization: Bearer <token>`",
+        )
+        .into_response(),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The acting identity. One admin token for now; users and roles come with governance.
+const ACTOR: &str = "admin";
+
+async fn list_releases(State(s): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(s.controller.store.releases()?).into_response())
+}
+
+async fn create_release(
+    State(s): State<AppState>,
+    Path(version): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let header = |name: &str| -> ApiResult<Option<String>> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str()
+                    .map(str::to_owned)
+                    .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("header {name} is not text")))
+            })
+            .transpose()
+    };
+    let signature = header("x-gantry-signature")?
+        .map(|b64| {
+            crate::artifact::decode_b64(&b64).map_err(|e| {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("header x-gantry-signature: {e}"))
+            })
+        })
+        .transpose()?;
+    let controller = s.controller.clone();
+    let git_sha = header("x-gantry-git-sha")?;
+    let (record, created) = tokio::task::spawn_blocking(move || {
+        controller.register_release(NewRelease { version: &version, bytes: &body, git_sha, signature, by: ACTOR })
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(record)).into_response())
+}
+
+async fn show_release(State(s): State<AppState>, Path(version): Path<String>) -> ApiResult<Response> {
+    Ok(Json(s.controller.release(&version)?).into_response())
+}
+
+async fn verify_releases(State(s): State<AppState>) -> ApiResult<Response> {
+    let c = s.controller.clone();
+    let results = tokio::task::spawn_blocking(move || c.verify_releases())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    Ok(Json(results).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployRequest {
+    env: String,
+    version: String,
+}
+
+async fn create_deployment(State(s): State<AppState>, body: Json<DeployRequest>) -> ApiResult<Response> {
+    let d = s.controller.deploy(&body.env, &body.version, ACTOR).await?;
+    Ok((StatusCode::CREATED, Json(d)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    env: String,
+    to: Option<String>,
+}
+
+async fn create_rollback(State(s): State<AppState>, body: Json<RollbackRequest>) -> ApiResult<Response> {
+    let d = s.controller.rollback(&body.env, body.to.as_deref(), ACTOR).await?;
+    Ok((StatusCode::CREATED, Json(d)).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    env: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_deployments(State(s): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Response> {
+    let env = match &q.env {
+        Some(e) => {
+            if s.controller.config.environment(e).is_none() {
+                return Err(ControlError::NotFound(format!(
+                    "environment {e:?} is not defined; known: {}",
+                    s.controller.config.environment_names().join(", ")
+                ))
+                .into());
+            }
+            Some(e.parse::<EnvName>().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.to_string()))?)
+        }
+        None => None,
+    };
+    let limit = q.limit.unwrap_or(50).min(1000);
+    Ok(Json(s.controller.store.deployments(env.as_ref(), limit)?).into_response())
+}
+
+fn deployment_or_404(s: &AppState, id: DeploymentId) -> ApiResult<gantry_core::Deployment> {
+    s.controller
+        .store
+        .deployment(id)?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("deployment {id} does not exist")))
+}
+
+async fn show_deployment(State(s): State<AppState>, Path(id): Path<DeploymentId>) -> ApiResult<Response> {
+    Ok(Json(deployment_or_404(&s, id)?).into_response())
+}
+
+async fn deployment_log(State(s): State<AppState>, Path(id): Path<DeploymentId>) -> ApiResult<Response> {
+    let d = deployment_or_404(&s, id)?;
+    let log = s.controller.store.log(id)?;
+    Ok(Json(json!({"deployment": d, "log": log})).into_response())
+}
+
+async fn abort_deployment(State(s): State<AppState>, Path(id): Path<DeploymentId>) -> ApiResult<Response> {
+    s.controller.abort(id, ACTOR)?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"aborting": id}))).into_response())
+}
+
+async fn status(State(s): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(json!({"service": s.controller.config.service.name, "environments": s.controller.status().await?}))
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    bytes: Option<u64>,
+}
+
+async fn instance_log(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Response> {
+    let text = s
+        .controller
+        .target
+        .logs(&id, q.bytes.unwrap_or(64 * 1024))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()))?;
+    Ok(text.into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ShutdownRequest {
+    #[serde(default)]
+    stop_workloads: bool,
+}
+
+async fn shutdown(State(s): State<AppState>, body: Option<Json<ShutdownRequest>>) -> ApiResult<Response> {
+    let req = body.map(|b| b.0).unwrap_or_default();
+    if req.stop_workloads {
+        s.controller.stop_workloads().await;
+    }
+    s.shutdown.notify_one();
+    Ok(Json(json!({"shutting_down": true, "stopped_workloads": req.stop_workloads})).into_response())
+}

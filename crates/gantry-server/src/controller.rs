@@ -1,0 +1,642 @@
+//! The controller: turns requests into deployments and drives each one by
+//! feeding the pure state machine and carrying out its effects.
+//!
+//! The order is always: step the machine, persist the event and new state,
+//! then run the effects. A controller killed anywhere in between finds the
+//! deployment in the store on restart and resumes it (`Event::Resumed`
+//! makes the machine re-emit what its phase still needs).
+
+use crate::artifact;
+use crate::routing::TrafficRouter;
+use crate::target::{LaunchSpec, Target};
+use gantry_config::{Config, Environment, SecretRef};
+use gantry_core::{
+    step, Deployment, DeploymentId, DeploymentKind, DeploySettings, Effect, EnvName, Event, HealthSettings,
+    InstanceRef, Millis, Version,
+};
+use gantry_core::machine::Probe;
+use gantry_router::Pool;
+use gantry_store::{Blobs, EnvState, InsertOutcome, ReleaseRecord, Store, StoreError};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Why a request was refused. The API maps each kind to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ControlError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::EnvironmentBusy { .. } => ControlError::Conflict(e.to_string()),
+            other => ControlError::Internal(other.to_string()),
+        }
+    }
+}
+
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// A new release as received by the API.
+#[derive(Debug)]
+pub struct NewRelease<'a> {
+    pub version: &'a str,
+    pub bytes: &'a [u8],
+    pub git_sha: Option<String>,
+    /// The `.minisig` file's text.
+    pub signature: Option<String>,
+    pub by: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VerifyResult {
+    pub version: String,
+    pub digest: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EnvStatus {
+    pub name: String,
+    pub listen: String,
+    pub version: Option<String>,
+    pub since: Option<Millis>,
+    pub instances: Vec<InstanceStatus>,
+    pub active_deployment: Option<DeploymentSummary>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InstanceStatus {
+    pub id: String,
+    pub port: u16,
+    pub running: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DeploymentSummary {
+    pub id: DeploymentId,
+    pub version: String,
+    pub phase: String,
+}
+
+pub struct Controller {
+    pub store: Arc<dyn Store>,
+    pub blobs: Blobs,
+    pub target: Arc<dyn Target>,
+    pub router: Arc<dyn TrafficRouter>,
+    pub config: Arc<Config>,
+    inboxes: Mutex<HashMap<DeploymentId, mpsc::UnboundedSender<Event>>>,
+    http: reqwest::Client,
+}
+
+impl Controller {
+    pub fn new(
+        store: Arc<dyn Store>,
+        blobs: Blobs,
+        target: Arc<dyn Target>,
+        router: Arc<dyn TrafficRouter>,
+        config: Arc<Config>,
+    ) -> Arc<Controller> {
+        let http = reqwest::Client::builder().no_proxy().build().expect("static client config is valid");
+        Arc::new(Controller { store, blobs, target, router, config, inboxes: Mutex::default(), http })
+    }
+
+    fn env(&self, name: &str) -> Result<&Environment, ControlError> {
+        self.config.environment(name).ok_or_else(|| {
+            ControlError::NotFound(format!(
+                "environment {name:?} is not defined; known: {}",
+                self.config.environment_names().join(", ")
+            ))
+        })
+    }
+
+    fn parse_version(s: &str) -> Result<Version, ControlError> {
+        Version::parse(s).map_err(|e| {
+            ControlError::Invalid(format!("{s:?} is not a semantic version (expected X.Y.Z, e.g. 1.4.2): {e}"))
+        })
+    }
+
+    fn registered(&self, version: &Version) -> Result<ReleaseRecord, ControlError> {
+        self.store.release(version)?.ok_or_else(|| {
+            ControlError::NotFound(format!(
+                "release {version} is not registered; `gantry release list` shows the registered ones"
+            ))
+        })
+    }
+
+    // ---- releases ----
+
+    pub fn register_release(&self, r: NewRelease<'_>) -> Result<(ReleaseRecord, bool), ControlError> {
+        let version = Self::parse_version(r.version)?;
+        let kind = artifact::detect_kind(r.bytes).map_err(ControlError::Invalid)?;
+        if let Some(sha) = &r.git_sha {
+            if !(7..=40).contains(&sha.len()) || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(ControlError::Invalid(format!(
+                    "git SHA {sha:?} is not a hex commit id of 7 to 40 characters"
+                )));
+            }
+        }
+        let signed_by = match &r.signature {
+            Some(sig) => Some(
+                artifact::verify_signature(r.bytes, sig, &self.config.signing.public_keys)
+                    .map_err(|e| ControlError::Invalid(format!("release {version} refused: {e}")))?,
+            ),
+            None => None,
+        };
+        let (digest, size) = gantry_store::hash_bytes(r.bytes);
+        let record = ReleaseRecord {
+            version: version.clone(),
+            digest: digest.clone(),
+            size,
+            artifact_kind: kind.to_owned(),
+            git_sha: r.git_sha.map(|s| s.to_ascii_lowercase()),
+            signature: r.signature,
+            signed_by,
+            created_at: now_ms(),
+            created_by: r.by.to_owned(),
+        };
+        // Check for a conflict before writing the blob, so a refused upload leaves nothing behind.
+        if let Some(existing) = self.store.release(&version)? {
+            if existing.digest != digest {
+                return Err(ControlError::Conflict(format!(
+                    "release {version} already exists with different content (sha256 {}); releases are immutable, use a new version",
+                    existing.digest
+                )));
+            }
+            return Ok((existing, false));
+        }
+        self.blobs.put(r.bytes).map_err(|e| ControlError::Internal(e.to_string()))?;
+        match self.store.insert_release(&record)? {
+            InsertOutcome::Inserted => Ok((record, true)),
+            InsertOutcome::AlreadyPresent => Ok((self.registered(&version)?, false)),
+            InsertOutcome::Conflict { existing } => Err(ControlError::Conflict(format!(
+                "release {version} already exists with different content (sha256 {existing})"
+            ))),
+        }
+    }
+
+    pub fn release(&self, version: &str) -> Result<ReleaseRecord, ControlError> {
+        self.registered(&Self::parse_version(version)?)
+    }
+
+    /// Re-hashes every stored artifact.
+    pub fn verify_releases(&self) -> Result<Vec<VerifyResult>, ControlError> {
+        Ok(self
+            .store
+            .releases()?
+            .into_iter()
+            .map(|r| {
+                let res = self.blobs.verify(&r.digest);
+                VerifyResult {
+                    version: r.version.to_string(),
+                    digest: r.digest.to_string(),
+                    ok: res.is_ok(),
+                    detail: match res {
+                        Ok(()) => "checksum verified".to_owned(),
+                        Err(e) => e.to_string(),
+                    },
+                }
+            })
+            .collect())
+    }
+
+    // ---- deployments ----
+
+    fn settings_for(&self, env: &Environment, kind: DeploymentKind) -> DeploySettings {
+        let h = &self.config.health;
+        DeploySettings {
+            instances: env.instances,
+            health: HealthSettings {
+                interval_ms: h.interval_ms,
+                startup_interval_ms: h.interval_ms.min(50),
+                failure_threshold: h.failure_threshold,
+                start_timeout_ms: h.start_timeout_ms,
+            },
+            // A rollback returns to a release already proven; keeping the
+            // faulty one warm would only delay stopping it.
+            bake_ms: match kind {
+                DeploymentKind::Deploy => env.bake_ms,
+                DeploymentKind::Rollback => 0,
+            },
+        }
+    }
+
+    async fn check_listen_free(&self, env: &Environment) -> Result<(), ControlError> {
+        if self.router.is_running(&env.name).await {
+            return Ok(());
+        }
+        std::net::TcpListener::bind(env.listen).map(drop).map_err(|e| {
+            ControlError::Conflict(format!(
+                "environment {} listens on {}, which is not available: {e}",
+                env.name, env.listen
+            ))
+        })
+    }
+
+    pub async fn deploy(self: &Arc<Self>, env: &str, version: &str, by: &str) -> Result<Deployment, ControlError> {
+        let env = self.env(env)?.clone();
+        let version = Self::parse_version(version)?;
+        let release = self.registered(&version)?;
+        if env.require_signature && release.signed_by.is_none() {
+            return Err(ControlError::Invalid(format!(
+                "environment {} requires a signed release; {version} was registered without a signature",
+                env.name
+            )));
+        }
+        self.check_listen_free(&env).await?;
+        self.create(&env, DeploymentKind::Deploy, version, by)
+    }
+
+    pub async fn rollback(self: &Arc<Self>, env: &str, to: Option<&str>, by: &str) -> Result<Deployment, ControlError> {
+        let env = self.env(env)?.clone();
+        let current = self.store.env_state(&env.name)?.ok_or_else(|| {
+            ControlError::Conflict(format!("nothing has been deployed to {}; there is nothing to roll back", env.name))
+        })?;
+        let target = match to {
+            Some(v) => {
+                let v = Self::parse_version(v)?;
+                self.registered(&v)?;
+                if v == current.version {
+                    return Err(ControlError::Invalid(format!("{v} is already serving {}", env.name)));
+                }
+                if !self.store.succeeded_versions(&env.name)?.contains(&v) {
+                    return Err(ControlError::Invalid(format!(
+                        "{v} never succeeded in {}; a rollback returns to a release that did",
+                        env.name
+                    )));
+                }
+                v
+            }
+            None => self.store.last_good_other_than(&env.name, &current.version)?.ok_or_else(|| {
+                ControlError::Conflict(format!(
+                    "{} has no earlier successful release than {} to roll back to",
+                    env.name, current.version
+                ))
+            })?,
+        };
+        self.check_listen_free(&env).await?;
+        self.create(&env, DeploymentKind::Rollback, target, by)
+    }
+
+    fn create(
+        self: &Arc<Self>,
+        env: &Environment,
+        kind: DeploymentKind,
+        version: Version,
+        by: &str,
+    ) -> Result<Deployment, ControlError> {
+        let current = self.store.env_state(&env.name)?;
+        let settings = self.settings_for(env, kind);
+        let now = now_ms();
+        let d = self.store.create_deployment(&env.name, &mut |id| {
+            Deployment::new(
+                id,
+                env.name.clone(),
+                kind,
+                version.clone(),
+                current.as_ref().map(|c| c.version.clone()),
+                current.as_ref().map(|c| c.instances.clone()).unwrap_or_default(),
+                settings.clone(),
+                by.to_owned(),
+                now,
+            )
+        })?;
+        self.launch(d.clone());
+        Ok(d)
+    }
+
+    pub fn abort(&self, id: DeploymentId, by: &str) -> Result<(), ControlError> {
+        let d = self
+            .store
+            .deployment(id)?
+            .ok_or_else(|| ControlError::NotFound(format!("deployment {id} does not exist")))?;
+        if d.phase.is_terminal() {
+            return Err(ControlError::Conflict(format!("deployment {id} already finished ({})", d.phase.as_str())));
+        }
+        let inboxes = self.inboxes.lock().unwrap_or_else(|p| p.into_inner());
+        match inboxes.get(&id) {
+            Some(tx) => {
+                let _ = tx.send(Event::AbortRequested { by: by.to_owned() });
+                Ok(())
+            }
+            None => Err(ControlError::Internal(format!("deployment {id} is not being driven"))),
+        }
+    }
+
+    /// Starts driving a deployment in the background.
+    pub fn launch(self: &Arc<Self>, d: Deployment) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.inboxes.lock().unwrap_or_else(|p| p.into_inner()).insert(d.id, tx.clone());
+        let _ = tx.send(Event::Resumed);
+        tokio::spawn(self.clone().drive(d, tx, rx));
+    }
+
+    async fn drive(
+        self: Arc<Self>,
+        mut d: Deployment,
+        tx: mpsc::UnboundedSender<Event>,
+        mut rx: mpsc::UnboundedReceiver<Event>,
+    ) {
+        while let Some(event) = rx.recv().await {
+            let now = now_ms();
+            let t = step(&d, &event, now);
+            if t.deployment == d && t.effects.is_empty() && t.log.is_empty() {
+                continue; // A stale event: nothing to record, nothing to do.
+            }
+            // Persist before acting. If the store refuses, act on nothing and retry.
+            if let Err(e) = self.store.record(&event, &t, now) {
+                tracing::error!(deployment = d.id, error = %e, "cannot record event; retrying in 1s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = tx.send(event);
+                continue;
+            }
+            for line in &t.log {
+                tracing::info!(deployment = d.id, env = %d.env, "{line}");
+            }
+            d = t.deployment;
+            for effect in t.effects {
+                tokio::spawn(self.clone().execute(d.clone(), effect, tx.clone()));
+            }
+            if d.phase.is_terminal() {
+                break;
+            }
+        }
+        self.inboxes.lock().unwrap_or_else(|p| p.into_inner()).remove(&d.id);
+    }
+
+    async fn execute(self: Arc<Self>, d: Deployment, effect: Effect, tx: mpsc::UnboundedSender<Event>) {
+        let event = match effect {
+            Effect::PrepareRelease { version } => match self.prepare(&d, &version).await {
+                Ok(()) => Event::Prepared,
+                Err(reason) => Event::PrepareFailed { reason },
+            },
+            Effect::StartInstances { version, count } => match self.start(&d, &version, count).await {
+                Ok(instances) => Event::InstancesStarted { instances },
+                Err(reason) => Event::StartFailed { reason },
+            },
+            Effect::ProbeHealth { instance, at } => {
+                sleep_until(at).await;
+                self.probe(&instance).await
+            }
+            Effect::RouteTraffic { instances, to_new } => {
+                let name = if to_new { Some(&d.version) } else { d.previous_version.as_ref() };
+                let pools = pools_for(name, &instances);
+                match self.route(&d.env, pools).await {
+                    Ok(()) => Event::TrafficRouted { to_new },
+                    Err(reason) => Event::RouteFailed { reason },
+                }
+            }
+            Effect::StopInstances { instances } => match self.target.stop(&instances).await {
+                Ok(()) => Event::InstancesStopped,
+                Err(e) => {
+                    tracing::error!(deployment = d.id, error = %e, "stop failed; retrying in 1s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let _ = tx.send(Event::Resumed);
+                    return;
+                }
+            },
+            Effect::WakeAt { at } => {
+                sleep_until(at).await;
+                Event::Tick
+            }
+        };
+        let _ = tx.send(event);
+    }
+
+    async fn prepare(&self, d: &Deployment, version: &Version) -> Result<(), String> {
+        let release = self.registered(version).map_err(|e| e.to_string())?;
+        let env = self.env(d.env.as_str()).map_err(|e| e.to_string())?;
+        let blobs = self.blobs.clone();
+        let digest = release.digest.clone();
+        let bytes = tokio::task::spawn_blocking(move || blobs.read(&digest))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("artifact of {version} failed verification: {e}"))?;
+        if env.require_signature {
+            let sig = release
+                .signature
+                .as_deref()
+                .ok_or_else(|| format!("environment {} requires a signed release; {version} has no signature", d.env))?;
+            artifact::verify_signature(&bytes, sig, &self.config.signing.public_keys)
+                .map_err(|e| format!("signature of {version}: {e}"))?;
+        }
+        self.target
+            .prepare(&release, &self.blobs.path(&release.digest))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Plain variables and resolved secrets for an environment.
+    fn launch_spec(&self, env: &Environment, deployment: DeploymentId, version: &Version, count: u32) -> Result<LaunchSpec, String> {
+        let svc = &self.config.service;
+        let mut vars: BTreeMap<String, String> = svc.env.clone();
+        vars.extend(env.env.clone());
+        let mut secrets = svc.secrets.clone();
+        secrets.extend(env.secrets.clone());
+        for (name, source) in secrets {
+            let value = match &source {
+                SecretRef::Env(var) => std::env::var(var)
+                    .map_err(|_| format!("secret {name}: environment variable {var} is not set on the controller"))?,
+                SecretRef::File(path) => std::fs::read_to_string(path)
+                    .map(|s| s.trim_end_matches('\n').to_owned())
+                    .map_err(|e| format!("secret {name}: cannot read {}: {e}", path.display()))?,
+            };
+            vars.insert(name, value);
+        }
+        Ok(LaunchSpec {
+            env: env.name.clone(),
+            deployment,
+            version: version.clone(),
+            count,
+            command: svc.command.clone(),
+            args: svc.args.clone(),
+            port_env: svc.port_env.clone(),
+            vars,
+        })
+    }
+
+    async fn start(&self, d: &Deployment, version: &Version, count: u32) -> Result<Vec<InstanceRef>, String> {
+        let env = self.env(d.env.as_str()).map_err(|e| e.to_string())?;
+        let spec = self.launch_spec(env, d.id, version, count)?;
+        self.target.ensure_instances(&spec).await.map_err(|e| e.to_string())
+    }
+
+    async fn probe(&self, instance: &InstanceRef) -> Event {
+        let h = &self.config.health;
+        let url = format!("http://127.0.0.1:{}{}", instance.port, h.path);
+        let result = self.http.get(&url).timeout(Duration::from_millis(h.timeout_ms)).send().await;
+        let probe = match result {
+            Ok(resp) if resp.status().is_success() => Probe::Healthy,
+            Ok(resp) => Probe::Unhealthy(format!("GET {} answered HTTP {}", h.path, resp.status().as_u16())),
+            Err(e) if e.is_timeout() => Probe::Unhealthy(format!("GET {} timed out after {}ms", h.path, h.timeout_ms)),
+            Err(e) => {
+                if let Some(detail) = self.target.exited(instance).await {
+                    return Event::InstanceExited { instance: instance.id.clone(), detail };
+                }
+                Probe::Unreachable(if e.is_connect() { "connection refused".to_owned() } else { e.to_string() })
+            }
+        };
+        Event::HealthObserved { instance: instance.id.clone(), probe }
+    }
+
+    async fn route(&self, env: &EnvName, pools: Vec<Pool>) -> Result<(), String> {
+        let listen = self.env(env.as_str()).map_err(|e| e.to_string())?.listen;
+        self.router.route(env, listen, pools).await.map_err(|e| e.to_string())
+    }
+
+    // ---- restart ----
+
+    /// After a restart: stop instances nobody owns, restart dead ones that
+    /// should serve, make sure every router runs, then resume deployments.
+    pub async fn recover(self: &Arc<Self>) -> Result<(), ControlError> {
+        let active = self.store.active_deployments()?;
+        let states = self.store.env_states()?;
+        let mut owned: HashSet<String> = HashSet::new();
+        for s in &states {
+            owned.extend(s.instances.iter().map(|i| i.id.clone()));
+        }
+        for d in &active {
+            owned.extend(d.old_instances.iter().chain(&d.new_instances).map(|i| i.id.clone()));
+        }
+        let active_ids: HashSet<DeploymentId> = active.iter().map(|d| d.id).collect();
+        let orphans: Vec<InstanceRef> = self
+            .target
+            .running()
+            .await
+            .into_iter()
+            .filter(|r| !owned.contains(&r.id) && !active_ids.contains(&r.deployment))
+            .map(|r| InstanceRef { id: r.id, port: r.port })
+            .collect();
+        if !orphans.is_empty() {
+            tracing::warn!(count = orphans.len(), "stopping instances that no deployment owns");
+            let _ = self.target.stop(&orphans).await;
+        }
+        for s in &states {
+            let Some(env) = self.config.environment(s.env.as_str()) else {
+                tracing::warn!(env = %s.env, "environment is no longer in the config; leaving it alone");
+                continue;
+            };
+            if let Some(d) = active.iter().find(|d| d.env == s.env) {
+                // The deployment decides where traffic goes; keep its router up meanwhile.
+                if !self.router.is_running(&s.env).await {
+                    let (name, inst) = if d.traffic_on_new {
+                        (Some(&d.version), &d.new_instances)
+                    } else {
+                        (d.previous_version.as_ref(), &d.old_instances)
+                    };
+                    let _ = self.route(&s.env, pools_for(name, inst)).await;
+                }
+                continue;
+            }
+            self.restore_env(env, s).await;
+        }
+        for d in active {
+            tracing::info!(deployment = d.id, phase = d.phase.as_str(), "resuming deployment");
+            self.launch(d);
+        }
+        Ok(())
+    }
+
+    async fn restore_env(&self, env: &Environment, s: &EnvState) {
+        match self.launch_spec(env, s.deployment, &s.version, s.instances.len() as u32) {
+            Ok(spec) => {
+                for i in &s.instances {
+                    if self.target.exited(i).await.is_some() {
+                        tracing::warn!(instance = %i.id, "instance was not running; starting it again");
+                        if let Err(e) = self.target.restart_instance(&spec, i).await {
+                            tracing::error!(instance = %i.id, error = %e, "could not restart instance");
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::error!(env = %env.name, error = %e, "cannot restart instances"),
+        }
+        if !self.router.is_running(&env.name).await {
+            if let Err(e) = self.route(&env.name, pools_for(Some(&s.version), &s.instances)).await {
+                tracing::error!(env = %env.name, error = %e, "cannot start router");
+            }
+        }
+    }
+
+    pub async fn status(&self) -> Result<Vec<EnvStatus>, ControlError> {
+        let states = self.store.env_states()?;
+        let active = self.store.active_deployments()?;
+        let mut out = Vec::new();
+        for env in &self.config.environments {
+            let state = states.iter().find(|s| s.env == env.name);
+            let mut instances = Vec::new();
+            for i in state.map(|s| s.instances.as_slice()).unwrap_or_default() {
+                instances.push(InstanceStatus {
+                    id: i.id.clone(),
+                    port: i.port,
+                    running: self.target.exited(i).await.is_none(),
+                });
+            }
+            out.push(EnvStatus {
+                name: env.name.to_string(),
+                listen: env.listen.to_string(),
+                version: state.map(|s| s.version.to_string()),
+                since: state.map(|s| s.since),
+                instances,
+                active_deployment: active.iter().find(|d| d.env == env.name).map(|d| DeploymentSummary {
+                    id: d.id,
+                    version: d.version.to_string(),
+                    phase: d.phase.as_str().to_owned(),
+                }),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stops every instance and router this controller runs.
+    pub async fn stop_workloads(&self) {
+        let running: Vec<InstanceRef> = self
+            .target
+            .running()
+            .await
+            .into_iter()
+            .map(|r| InstanceRef { id: r.id, port: r.port })
+            .collect();
+        let _ = self.target.stop(&running).await;
+        for env in &self.config.environments {
+            self.router.stop(&env.name).await;
+        }
+    }
+}
+
+fn pools_for(name: Option<&Version>, instances: &[InstanceRef]) -> Vec<Pool> {
+    if instances.is_empty() {
+        return Vec::new();
+    }
+    vec![Pool {
+        name: name.map(|v| v.to_string()).unwrap_or_else(|| "unknown".to_owned()),
+        weight: 100,
+        upstreams: instances
+            .iter()
+            .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], i.port)))
+            .collect(),
+    }]
+}
+
+async fn sleep_until(at: Millis) {
+    let delay = at - now_ms();
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+    }
+}

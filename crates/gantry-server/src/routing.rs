@@ -1,0 +1,177 @@
+//! Control of the data plane. [`TrafficRouter`] is the seam (a cloud load
+//! balancer or a Kubernetes service could sit behind it); [`ProcessRouter`]
+//! runs one `gantry router` process per environment and re-adopts it after
+//! a controller restart.
+
+use async_trait::async_trait;
+use gantry_core::EnvName;
+use gantry_router::{AdminInfo, Pool, Routing, ADMIN_FILE};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("router for {env} could not start: {reason}")]
+    Start { env: String, reason: String },
+    #[error("router for {env} refused the routing: {reason}")]
+    Refused { env: String, reason: String },
+}
+
+#[async_trait]
+pub trait TrafficRouter: Send + Sync {
+    /// Sends the environment's traffic to `pools`, starting its router if needed.
+    async fn route(&self, env: &EnvName, listen: SocketAddr, pools: Vec<Pool>) -> Result<(), RouteError>;
+    /// Whether the environment's router runs.
+    async fn is_running(&self, env: &EnvName) -> bool;
+    /// Stops the environment's router (used on shutdown with workloads).
+    async fn stop(&self, env: &EnvName);
+}
+
+pub struct ProcessRouter {
+    data_dir: PathBuf,
+    /// The gantry executable, run as `gantry router`.
+    exe: PathBuf,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl ProcessRouter {
+    pub fn new(data_dir: &Path, exe: PathBuf, token: String) -> ProcessRouter {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()
+            .expect("static client config is valid");
+        ProcessRouter { data_dir: data_dir.to_owned(), exe, token, http }
+    }
+
+    fn state_dir(&self, env: &EnvName) -> PathBuf {
+        self.data_dir.join("routers").join(env.as_str())
+    }
+
+    fn token_file(&self) -> PathBuf {
+        self.data_dir.join("router.token")
+    }
+
+    /// The router's admin info if it runs and answers.
+    async fn live(&self, env: &EnvName) -> Option<AdminInfo> {
+        let bytes = std::fs::read(self.state_dir(env).join(ADMIN_FILE)).ok()?;
+        let info: AdminInfo = serde_json::from_slice(&bytes).ok()?;
+        let ok = self
+            .http
+            .get(format!("http://{}/routing", info.admin))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        ok.then_some(info)
+    }
+
+    async fn ensure(&self, env: &EnvName, listen: SocketAddr) -> Result<AdminInfo, RouteError> {
+        let start_err = |reason: String| RouteError::Start { env: env.to_string(), reason };
+        if let Some(info) = self.live(env).await {
+            if info.listen == listen || listen.port() == 0 {
+                return Ok(info);
+            }
+            // The environment's address changed in the config: replace the router.
+            self.stop(env).await;
+        }
+        let dir = self.state_dir(env);
+        std::fs::create_dir_all(&dir).map_err(|e| start_err(e.to_string()))?;
+        let _ = std::fs::remove_file(dir.join(ADMIN_FILE));
+        crate::secret_file::write(&self.token_file(), &self.token).map_err(|e| start_err(e.to_string()))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("router.log"))
+            .map_err(|e| start_err(e.to_string()))?;
+        let log2 = log.try_clone().map_err(|e| start_err(e.to_string()))?;
+        let mut child = tokio::process::Command::new(&self.exe)
+            .arg("router")
+            .arg("--state-dir")
+            .arg(&dir)
+            .arg("--listen")
+            .arg(listen.to_string())
+            .arg("--token-file")
+            .arg(self.token_file())
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|e| start_err(format!("cannot run {}: {e}", self.exe.display())))?;
+        let pid = child.id();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(dir.join("router.log")).unwrap_or_default();
+                let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
+                return Err(start_err(format!("router exited ({status}): {last}")));
+            }
+            if let Some(info) = self.live(env).await {
+                if Some(info.pid) == pid {
+                    // Reap it in the background when it eventually ends.
+                    tokio::spawn(async move {
+                        let _ = child.wait().await;
+                    });
+                    return Ok(info);
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.start_kill();
+                return Err(start_err("router did not come up within 10s".to_owned()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[async_trait]
+impl TrafficRouter for ProcessRouter {
+    async fn route(&self, env: &EnvName, listen: SocketAddr, pools: Vec<Pool>) -> Result<(), RouteError> {
+        let info = self.ensure(env, listen).await?;
+        let refused = |reason: String| RouteError::Refused { env: env.to_string(), reason };
+        let current: Routing = self
+            .http
+            .get(format!("http://{}/routing", info.admin))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| refused(e.to_string()))?
+            .json()
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        let next = Routing { generation: current.generation + 1, pools };
+        let resp = self
+            .http
+            .put(format!("http://{}/routing", info.admin))
+            .bearer_auth(&self.token)
+            .json(&next)
+            .send()
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(refused(resp.text().await.unwrap_or_default()));
+        }
+        Ok(())
+    }
+
+    async fn is_running(&self, env: &EnvName) -> bool {
+        self.live(env).await.is_some()
+    }
+
+    async fn stop(&self, env: &EnvName) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        if let Some(info) = self.live(env).await {
+            let _ = kill(Pid::from_raw(info.pid as i32), Signal::SIGTERM);
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while self.live(env).await.is_some() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,332 @@
+//! Where instances run. [`Target`] is the seam: the local target below runs
+//! processes on this machine; SSH hosts and Kubernetes come later behind the
+//! same few methods. Every method is idempotent, because the runtime may
+//! repeat any of them after a crash.
+
+use async_trait::async_trait;
+use gantry_core::{DeploymentId, EnvName, InstanceRef, Version};
+use gantry_store::ReleaseRecord;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    #[error("cannot unpack release {version}: {reason}")]
+    Unpack { version: String, reason: String },
+    #[error("cannot start instance {instance}: {reason}")]
+    Start { instance: String, reason: String },
+    #[error("cannot stop instance {instance}: {reason}")]
+    Stop { instance: String, reason: String },
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Everything needed to start the instances of one deployment.
+#[derive(Clone)]
+pub struct LaunchSpec {
+    pub env: EnvName,
+    pub deployment: DeploymentId,
+    pub version: Version,
+    pub count: u32,
+    /// Relative to the release directory, or absolute.
+    pub command: String,
+    /// With placeholders still in; the target fills them per instance.
+    pub args: Vec<String>,
+    pub port_env: String,
+    /// Plain variables and resolved secrets. Never logged, never stored.
+    pub vars: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for LaunchSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Variables may hold secrets: show their names only.
+        f.debug_struct("LaunchSpec")
+            .field("env", &self.env)
+            .field("deployment", &self.deployment)
+            .field("version", &self.version)
+            .field("count", &self.count)
+            .field("command", &self.command)
+            .field("vars", &self.vars.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// An instance found running on the target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningInstance {
+    pub id: String,
+    pub pid: u32,
+    pub port: u16,
+    pub env: String,
+    pub version: String,
+    pub deployment: DeploymentId,
+}
+
+#[async_trait]
+pub trait Target: Send + Sync {
+    /// Makes the release's files available. Does nothing if already done.
+    async fn prepare(&self, release: &ReleaseRecord, artifact: &Path) -> Result<(), TargetError>;
+    /// Ensures `spec.count` instances of this deployment run, adopting the
+    /// ones already running, and returns all of them.
+    async fn ensure_instances(&self, spec: &LaunchSpec) -> Result<Vec<InstanceRef>, TargetError>;
+    /// Starts one instance again with its old id and port (after it died).
+    async fn restart_instance(&self, spec: &LaunchSpec, instance: &InstanceRef) -> Result<(), TargetError>;
+    /// Stops the instances; already stopped ones are fine.
+    async fn stop(&self, instances: &[InstanceRef]) -> Result<(), TargetError>;
+    /// `None` while the instance runs; why it is gone otherwise.
+    async fn exited(&self, instance: &InstanceRef) -> Option<String>;
+    /// Every instance of this controller running on the target.
+    async fn running(&self) -> Vec<RunningInstance>;
+    /// The last `max_bytes` of an instance's output.
+    async fn logs(&self, instance_id: &str, max_bytes: u64) -> Result<String, TargetError>;
+}
+
+/// Runs instances as processes on this machine.
+///
+/// Layout under the data directory: `releases/<version>/` (unpacked,
+/// read-only), `instances/<id>/output.log` and `meta.json`. Instances are
+/// started in their own process group, so they outlive the controller, and
+/// carry `GANTRY_INSTANCE_ID` and `GANTRY_DATA_DIR` in their environment, by
+/// which a restarted controller finds them again in `/proc`.
+pub struct LocalTarget {
+    data_dir: PathBuf,
+    /// Exit statuses of the children this controller started and reaped.
+    exits: Arc<Mutex<HashMap<String, String>>>,
+}
+
+impl LocalTarget {
+    pub fn new(data_dir: &Path) -> LocalTarget {
+        LocalTarget { data_dir: data_dir.to_owned(), exits: Arc::default() }
+    }
+
+    pub fn release_dir(&self, version: &Version) -> PathBuf {
+        self.data_dir.join("releases").join(version.to_string())
+    }
+
+    fn instance_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join("instances").join(id)
+    }
+
+    fn scan(&self) -> Vec<RunningInstance> {
+        let data_dir = self.data_dir.display().to_string();
+        let mut found = Vec::new();
+        let Ok(entries) = fs::read_dir("/proc") else { return found };
+        for entry in entries.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(environ) = fs::read(entry.path().join("environ")) else { continue };
+            let mut id = None;
+            let mut dir_matches = false;
+            for var in environ.split(|b| *b == 0) {
+                if let Some(v) = var.strip_prefix(b"GANTRY_INSTANCE_ID=") {
+                    id = Some(String::from_utf8_lossy(v).into_owned());
+                } else if let Some(v) = var.strip_prefix(b"GANTRY_DATA_DIR=") {
+                    dir_matches = v == data_dir.as_bytes();
+                }
+            }
+            let (Some(id), true) = (id, dir_matches) else { continue };
+            if let Some(meta) = self.read_meta(&id) {
+                found.push(RunningInstance { pid, ..meta });
+            }
+        }
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        found
+    }
+
+    fn read_meta(&self, id: &str) -> Option<RunningInstance> {
+        let bytes = fs::read(self.instance_dir(id).join("meta.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn spawn(&self, spec: &LaunchSpec, id: &str, port: u16) -> Result<(), TargetError> {
+        let err = |reason: String| TargetError::Start { instance: id.to_owned(), reason };
+        let release_dir = self.release_dir(&spec.version);
+        let dir = self.instance_dir(id);
+        fs::create_dir_all(&dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+        let fill = |s: &str| {
+            s.replace("{port}", &port.to_string())
+                .replace("{release_dir}", &release_dir.display().to_string())
+                .replace("{version}", &spec.version.to_string())
+                .replace("{env}", spec.env.as_str())
+                .replace("{instance}", id)
+        };
+        let program = if Path::new(&spec.command).is_absolute() {
+            PathBuf::from(&spec.command)
+        } else {
+            release_dir.join(&spec.command)
+        };
+        if !program.exists() {
+            return Err(err(format!("command {} does not exist in release {}", program.display(), spec.version)));
+        }
+        let meta = RunningInstance {
+            id: id.to_owned(),
+            pid: 0,
+            port,
+            env: spec.env.to_string(),
+            version: spec.version.to_string(),
+            deployment: spec.deployment,
+        };
+        fs::write(dir.join("meta.json"), serde_json::to_vec(&meta).unwrap_or_default())
+            .map_err(|e| err(e.to_string()))?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("output.log"))
+            .map_err(|e| err(format!("cannot open log: {e}")))?;
+        let log2 = log.try_clone().map_err(|e| err(e.to_string()))?;
+        let mut cmd = tokio::process::Command::new(&program);
+        cmd.args(spec.args.iter().map(|a| fill(a)))
+            .current_dir(&release_dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()))
+            .envs(spec.vars.iter().map(|(k, v)| (k, fill(v))))
+            .env(&spec.port_env, port.to_string())
+            .env("GANTRY_INSTANCE_ID", id)
+            .env("GANTRY_DATA_DIR", self.data_dir.display().to_string())
+            .env("GANTRY_RELEASE", spec.version.to_string())
+            .env("GANTRY_ENV", spec.env.as_str())
+            .stdin(std::process::Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = cmd.spawn().map_err(|e| err(format!("cannot run {}: {e}", program.display())))?;
+        tracing::info!(instance = id, pid = child.id(), port, "instance started");
+        // Reap the child so it does not linger as a zombie, and remember how it ended.
+        let exits = self.exits.clone();
+        let id = id.to_owned();
+        exits.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        tokio::spawn(async move {
+            let detail = match child.wait().await {
+                Ok(status) => describe_exit(status),
+                Err(e) => format!("could not wait for process: {e}"),
+            };
+            exits.lock().unwrap_or_else(|p| p.into_inner()).insert(id, detail);
+        });
+        Ok(())
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("process exited with status {code}"),
+        (None, Some(sig)) => format!("process killed by signal {sig}"),
+        _ => "process ended".to_owned(),
+    }
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[async_trait]
+impl Target for LocalTarget {
+    async fn prepare(&self, release: &ReleaseRecord, artifact: &Path) -> Result<(), TargetError> {
+        let dest = self.release_dir(&release.version);
+        if dest.exists() {
+            return Ok(());
+        }
+        let version = release.version.to_string();
+        let kind = release.artifact_kind.clone();
+        let artifact = artifact.to_owned();
+        tokio::task::spawn_blocking(move || crate::artifact::unpack(&kind, &artifact, &dest))
+            .await
+            .map_err(|e| TargetError::Unpack { version: version.clone(), reason: e.to_string() })?
+            .map_err(|reason| TargetError::Unpack { version, reason })
+    }
+
+    async fn ensure_instances(&self, spec: &LaunchSpec) -> Result<Vec<InstanceRef>, TargetError> {
+        let running = self.scan();
+        let mut out = Vec::new();
+        for n in 1..=spec.count {
+            let id = format!("{}-d{}-{n}", spec.env, spec.deployment);
+            if let Some(r) = running.iter().find(|r| r.id == id) {
+                tracing::info!(instance = %id, pid = r.pid, "adopted running instance");
+                out.push(InstanceRef { id, port: r.port });
+                continue;
+            }
+            let port = free_port().map_err(|e| TargetError::Start { instance: id.clone(), reason: e.to_string() })?;
+            self.spawn(spec, &id, port)?;
+            out.push(InstanceRef { id, port });
+        }
+        Ok(out)
+    }
+
+    async fn restart_instance(&self, spec: &LaunchSpec, instance: &InstanceRef) -> Result<(), TargetError> {
+        if self.scan().iter().any(|r| r.id == instance.id) {
+            return Ok(());
+        }
+        self.spawn(spec, &instance.id, instance.port)
+    }
+
+    async fn stop(&self, instances: &[InstanceRef]) -> Result<(), TargetError> {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let running = self.scan();
+        let targets: Vec<&RunningInstance> =
+            running.iter().filter(|r| instances.iter().any(|i| i.id == r.id)).collect();
+        for r in &targets {
+            // Graceful first: the instance finishes its in-flight requests.
+            let _ = kill(Pid::from_raw(r.pid as i32), Signal::SIGTERM);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let still: Vec<RunningInstance> =
+                self.scan().into_iter().filter(|r| targets.iter().any(|t| t.id == r.id)).collect();
+            if still.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                for r in &still {
+                    tracing::warn!(instance = %r.id, "did not stop within 10s; killing");
+                    let _ = kill(Pid::from_raw(r.pid as i32), Signal::SIGKILL);
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for i in instances {
+            tracing::info!(instance = %i.id, "instance stopped");
+        }
+        Ok(())
+    }
+
+    async fn exited(&self, instance: &InstanceRef) -> Option<String> {
+        if let Some(detail) = self.exits.lock().unwrap_or_else(|p| p.into_inner()).get(&instance.id) {
+            return Some(detail.clone());
+        }
+        if self.scan().iter().any(|r| r.id == instance.id) {
+            None
+        } else {
+            Some("process is not running".to_owned())
+        }
+    }
+
+    async fn running(&self) -> Vec<RunningInstance> {
+        self.scan()
+    }
+
+    async fn logs(&self, instance_id: &str, max_bytes: u64) -> Result<String, TargetError> {
+        use std::io::{Read, Seek, SeekFrom};
+        if instance_id.contains('/') || instance_id.contains("..") {
+            return Err(TargetError::Io(format!("bad instance id {instance_id:?}")));
+        }
+        let path = self.instance_dir(instance_id).join("output.log");
+        let mut f = fs::File::open(&path)
+            .map_err(|e| TargetError::Io(format!("no log for instance {instance_id}: {e}")))?;
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        f.seek(SeekFrom::Start(len.saturating_sub(max_bytes))).map_err(|e| TargetError::Io(e.to_string()))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).map_err(|e| TargetError::Io(e.to_string()))?;
+        Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+}

@@ -1,0 +1,307 @@
+//! One function per command. Each returns the process exit code.
+
+use crate::client::{self, Client};
+use crate::{Cli, Command, Exit, ReleaseCommand, EXIT_DEPLOY_FAILED, EXIT_INVALID_CONFIG};
+use anyhow::{bail, Context};
+use base64::Engine as _;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+pub async fn run(cli: Cli) -> Exit {
+    let data_dir = cli.data_dir.clone();
+    let server = cli.server.clone();
+    let connect = || client::connect(&data_dir, server.as_deref());
+    match cli.command {
+        Command::Demo { keep } => crate::demo::run(keep).await,
+        Command::Init { path, force } => init(&path, force),
+        Command::Validate { config } => validate(&config),
+        Command::Schema => {
+            print!("{}", gantry_config::json_schema());
+            Ok(0)
+        }
+        Command::Server { config, listen } => {
+            let exe = std::env::current_exe().context("cannot find the gantry executable")?;
+            gantry_server::run(gantry_server::ServerOptions { data_dir, config_path: config, listen, exe })
+                .await
+                .map(|()| 0)
+                .map_err(|e| match e {
+                    gantry_server::ServerError::Config(c) => anyhow::anyhow!("{c}"),
+                    other => other.into(),
+                })
+        }
+        Command::Router { state_dir, listen, token_file } => {
+            let admin_token = std::fs::read_to_string(&token_file)
+                .with_context(|| format!("cannot read router token {}", token_file.display()))?
+                .trim()
+                .to_owned();
+            gantry_router::serve(gantry_router::RouterOptions { state_dir, listen, admin_token }).await?;
+            Ok(0)
+        }
+        Command::SampleService(args) => crate::sample::run(args).await.map(|()| 0),
+        Command::Release(rc) => release(&connect()?, rc).await,
+        Command::Deploy { version, env, detach } => {
+            let c = connect()?;
+            let d = c.post("/deployments", json!({"env": env, "version": version})).await?;
+            follow(&c, &d, detach).await
+        }
+        Command::Rollback { env, to, detach } => {
+            let c = connect()?;
+            let d = c.post("/rollbacks", json!({"env": env, "to": to})).await?;
+            follow(&c, &d, detach).await
+        }
+        Command::Abort { id } => {
+            connect()?.post(&format!("/deployments/{id}/abort"), json!({})).await?;
+            println!("deployment {id}: abort requested");
+            Ok(0)
+        }
+        Command::Status => status(&connect()?).await,
+        Command::History { env, limit } => history(&connect()?, &env, limit).await,
+        Command::Log { id } => log(&connect()?, id).await,
+        Command::Logs { instance, bytes } => {
+            print!("{}", connect()?.get_text(&format!("/instances/{instance}/log?bytes={bytes}")).await?);
+            Ok(0)
+        }
+        Command::Shutdown { workloads } => {
+            connect()?.post("/shutdown", json!({"stop_workloads": workloads})).await?;
+            println!("controller stopping{}", if workloads { " with its instances and routers" } else { "" });
+            Ok(0)
+        }
+    }
+}
+
+fn init(path: &std::path::Path, force: bool) -> Exit {
+    if path.exists() && !force {
+        bail!("{} already exists; pass --force to overwrite it", path.display());
+    }
+    std::fs::write(path, gantry_config::STARTER).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("wrote {}; check it with `gantry validate --config {}`", path.display(), path.display());
+    Ok(0)
+}
+
+fn validate(path: &std::path::Path) -> Exit {
+    match gantry_config::load(path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("{w}");
+            }
+            println!(
+                "{} is valid: service {:?}, environments {}",
+                path.display(),
+                loaded.config.service.name,
+                loaded.config.environment_names().join(", ")
+            );
+            Ok(0)
+        }
+        Err(gantry_config::ConfigError::Invalid { errors, warnings, file }) => {
+            for d in errors.iter().chain(&warnings) {
+                eprintln!("{d}");
+            }
+            eprintln!("{file}: {} error(s), {} warning(s)", errors.len(), warnings.len());
+            Ok(EXIT_INVALID_CONFIG)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(EXIT_INVALID_CONFIG)
+        }
+    }
+}
+
+async fn release(c: &Client, rc: ReleaseCommand) -> Exit {
+    match rc {
+        ReleaseCommand::Create { version, artifact, git_sha, signature } => {
+            let bytes = std::fs::read(&artifact)
+                .with_context(|| format!("cannot read artifact {}", artifact.display()))?;
+            let sig = match &signature {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p)
+                        .with_context(|| format!("cannot read signature {}", p.display()))?;
+                    Some(base64::engine::general_purpose::STANDARD.encode(text))
+                }
+                None => None,
+            };
+            let r = c.put_artifact(&version, bytes, git_sha.as_deref(), sig).await?;
+            println!(
+                "release {} registered: sha256 {} ({} bytes, {}){}",
+                r["version"].as_str().unwrap_or("?"),
+                r["digest"].as_str().unwrap_or("?"),
+                r["size"],
+                r["artifact_kind"].as_str().unwrap_or("?"),
+                if r["signed_by"].is_string() { ", signature verified" } else { ", unsigned" }
+            );
+            Ok(0)
+        }
+        ReleaseCommand::List => {
+            let releases: Vec<Value> = c.get("/releases").await?;
+            println!("{:<14} {:<14} {:<10} {:>10}  {:<8} created", "VERSION", "SHA256", "GIT", "SIZE", "SIGNED");
+            for r in releases {
+                println!(
+                    "{:<14} {:<14} {:<10} {:>10}  {:<8} {}",
+                    r["version"].as_str().unwrap_or("?"),
+                    &r["digest"].as_str().unwrap_or("?")[..12],
+                    r["git_sha"].as_str().map(|s| &s[..s.len().min(8)]).unwrap_or("-"),
+                    r["size"],
+                    if r["signed_by"].is_string() { "yes" } else { "no" },
+                    time(&r["created_at"])
+                );
+            }
+            Ok(0)
+        }
+        ReleaseCommand::Show { version } => {
+            let r: Value = c.get(&format!("/releases/{version}")).await?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(0)
+        }
+        ReleaseCommand::Verify => {
+            let results: Vec<Value> = c.post("/releases/verify", json!({})).await.and_then(|v| {
+                client::ensure_ok(&v)?;
+                Ok(serde_json::from_value(v)?)
+            })?;
+            let mut bad = 0;
+            for r in &results {
+                let ok = r["ok"].as_bool() == Some(true);
+                bad += usize::from(!ok);
+                println!(
+                    "{} {:<14} {}",
+                    if ok { "ok " } else { "BAD" },
+                    r["version"].as_str().unwrap_or("?"),
+                    r["detail"].as_str().unwrap_or("")
+                );
+            }
+            println!("{} release(s) checked, {bad} failed", results.len());
+            Ok(if bad == 0 { 0 } else { 1 })
+        }
+    }
+}
+
+fn time(v: &Value) -> String {
+    v.as_i64()
+        .map(|ms| {
+            let t = std::time::UNIX_EPOCH + Duration::from_millis(ms as u64);
+            humantime::format_rfc3339_seconds(t).to_string()
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Shows a deployment's progress until it finishes; exit 3 unless it succeeded.
+pub async fn follow(c: &Client, d: &Value, detach: bool) -> Exit {
+    let id = d["id"].as_i64().context("answer has no deployment id")?;
+    if detach {
+        println!("{id}");
+        return Ok(0);
+    }
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("valid template"));
+    bar.enable_steady_tick(Duration::from_millis(100));
+    let mut shown = 0;
+    let finished = loop {
+        let v = c.send_get(&format!("/deployments/{id}/log")).await?;
+        let log = v["log"].as_array().cloned().unwrap_or_default();
+        for entry in &log[shown..] {
+            bar.println(format!("  {}  {}", clock(&entry["at"]), entry["message"].as_str().unwrap_or("")));
+        }
+        shown = log.len();
+        let dep = &v["deployment"];
+        let phase = dep["phase"].as_str().unwrap_or("?");
+        bar.set_message(format!("deployment {id}: {} {} → {}", phase, dep["version"].as_str().unwrap_or("?"), dep["env"].as_str().unwrap_or("?")));
+        if matches!(phase, "succeeded" | "rolled_back" | "failed") {
+            break dep.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    bar.finish_and_clear();
+    let phase = finished["phase"].as_str().unwrap_or("?");
+    let took = finished["finished_at"].as_i64().unwrap_or(0) - finished["created_at"].as_i64().unwrap_or(0);
+    match phase {
+        "succeeded" => {
+            println!("deployment {id} succeeded in {:.1}s: {} serves {}", took as f64 / 1000.0, finished["version"].as_str().unwrap_or("?"), finished["env"].as_str().unwrap_or("?"));
+            Ok(0)
+        }
+        _ => {
+            println!("deployment {id} {phase} after {:.1}s: {}", took as f64 / 1000.0, finished["reason"].as_str().unwrap_or("no reason recorded"));
+            Ok(EXIT_DEPLOY_FAILED)
+        }
+    }
+}
+
+fn clock(v: &Value) -> String {
+    let t = time(v);
+    let ms = v.as_i64().unwrap_or(0) % 1000;
+    // 2026-11-22T15:04:05Z → 15:04:05.123
+    t.get(11..19).map(|hms| format!("{hms}.{ms:03}")).unwrap_or(t)
+}
+
+async fn status(c: &Client) -> Exit {
+    let v = c.send_get("/status").await?;
+    println!("service {}", v["service"].as_str().unwrap_or("?"));
+    println!("{:<14} {:<22} {:<12} {:<10} {}", "ENVIRONMENT", "LISTEN", "RELEASE", "INSTANCES", "IN PROGRESS");
+    for e in v["environments"].as_array().cloned().unwrap_or_default() {
+        let inst = e["instances"].as_array().cloned().unwrap_or_default();
+        let up = inst.iter().filter(|i| i["running"].as_bool() == Some(true)).count();
+        let active = &e["active_deployment"];
+        println!(
+            "{:<14} {:<22} {:<12} {:<10} {}",
+            e["name"].as_str().unwrap_or("?"),
+            e["listen"].as_str().unwrap_or("?"),
+            e["version"].as_str().unwrap_or("-"),
+            format!("{up}/{}", inst.len()),
+            if active.is_object() {
+                format!("#{} {} ({})", active["id"], active["version"].as_str().unwrap_or("?"), active["phase"].as_str().unwrap_or("?"))
+            } else {
+                "-".into()
+            }
+        );
+    }
+    Ok(0)
+}
+
+async fn history(c: &Client, env: &str, limit: usize) -> Exit {
+    let list: Vec<Value> = c.get(&format!("/deployments?env={env}&limit={limit}")).await?;
+    println!("{:<5} {:<9} {:<10} {:<12} {:<20} {:>8}  REASON", "ID", "KIND", "VERSION", "OUTCOME", "STARTED", "TOOK");
+    for d in list {
+        let took = match d["finished_at"].as_i64() {
+            Some(f) => format!("{:.1}s", (f - d["created_at"].as_i64().unwrap_or(f)) as f64 / 1000.0),
+            None => "-".into(),
+        };
+        println!(
+            "{:<5} {:<9} {:<10} {:<12} {:<20} {:>8}  {}",
+            d["id"],
+            d["kind"].as_str().unwrap_or("?"),
+            d["version"].as_str().unwrap_or("?"),
+            d["phase"].as_str().unwrap_or("?"),
+            time(&d["created_at"]),
+            took,
+            d["reason"].as_str().unwrap_or("")
+        );
+    }
+    Ok(0)
+}
+
+async fn log(c: &Client, id: i64) -> Exit {
+    let v = c.send_get(&format!("/deployments/{id}/log")).await?;
+    let d = &v["deployment"];
+    println!(
+        "deployment {id}: {} of {} to {} by {} ({})",
+        d["kind"].as_str().unwrap_or("?"),
+        d["version"].as_str().unwrap_or("?"),
+        d["env"].as_str().unwrap_or("?"),
+        d["requested_by"].as_str().unwrap_or("?"),
+        d["phase"].as_str().unwrap_or("?")
+    );
+    if let Some(prev) = d["previous_version"].as_str() {
+        println!("previous release: {prev}");
+    }
+    for e in v["log"].as_array().cloned().unwrap_or_default() {
+        println!("{}  {:<13} {}", time(&e["at"]).replace('Z', &format!(".{:03}Z", e["at"].as_i64().unwrap_or(0) % 1000)), e["phase"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or(""));
+    }
+    if let Some(r) = d["reason"].as_str() {
+        println!("reason: {r}");
+    }
+    Ok(0)
+}
+
+impl Client {
+    pub async fn send_get(&self, path: &str) -> anyhow::Result<Value> {
+        self.get::<Value>(path).await
+    }
+}

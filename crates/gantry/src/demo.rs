@@ -1,0 +1,231 @@
+//! `gantry demo`: the whole loop on this machine, for real. A temporary data
+//! directory, a real controller process, three releases of the sample
+//! service through the four environments, one release caught failing its
+//! health check and rolled back by itself, and a timed manual rollback
+//! measured at the router. Prints a summary and exits 0 only if every step
+//! behaved as expected.
+
+use crate::client::{self, Client};
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const ENVIRONMENTS: [&str; 4] = ["development", "integration", "staging", "production"];
+
+struct Row {
+    what: String,
+    outcome: String,
+    seconds: f64,
+}
+
+pub async fn run(keep: bool) -> crate::Exit {
+    let tmp = tempfile::Builder::new().prefix("gantry-demo-").tempdir()?;
+    let dir = tmp.path().to_owned();
+    println!("gantry demo: data directory {}", dir.display());
+    let mut server = start_controller(&dir).await?;
+    let result = scenario(&dir).await;
+    // Stop everything the demo started, whatever happened.
+    if let Ok(c) = client::connect(&dir.join("data"), None) {
+        let _ = c.post("/shutdown", json!({"stop_workloads": true})).await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(10), server.wait()).await;
+    let _ = server.start_kill();
+    if keep {
+        let kept = tmp.keep();
+        println!("kept {}", kept.display());
+    }
+    match result {
+        Ok(rows) => {
+            println!("\nsummary");
+            println!("{:<48} {:<28} {:>8}", "STEP", "OUTCOME", "SECONDS");
+            for r in &rows {
+                println!("{:<48} {:<28} {:>8.2}", r.what, r.outcome, r.seconds);
+            }
+            println!("\ndemo passed");
+            Ok(0)
+        }
+        Err(e) => {
+            eprintln!("demo failed: {e:#}");
+            Ok(1)
+        }
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn start_controller(dir: &Path) -> Result<tokio::process::Child> {
+    let mut config = String::from(
+        r#"[service]
+name = "sample"
+command = "bin/gantry"
+args = ["sample-service", "--port", "{port}", "--settings", "sample.json"]
+
+[health]
+path = "/healthz"
+interval = "200ms"
+timeout = "500ms"
+failure_threshold = 3
+start_timeout = "5s"
+"#,
+    );
+    for env in ENVIRONMENTS {
+        let (instances, bake) = if env == "production" { (2, "1s") } else { (1, "500ms") };
+        config.push_str(&format!(
+            "\n[environments.{env}]\nlisten = \"127.0.0.1:{}\"\ninstances = {instances}\nbake = \"{bake}\"\n",
+            free_port()?
+        ));
+    }
+    let config_path = dir.join("gantry.toml");
+    std::fs::write(&config_path, config)?;
+    let exe = std::env::current_exe()?;
+    let data = dir.join("data");
+    let log = std::fs::File::create(dir.join("controller.log"))?;
+    let child = tokio::process::Command::new(&exe)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["server", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the controller")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !data.join(gantry_server::SERVER_FILE).exists() {
+        if Instant::now() > deadline {
+            bail!("controller did not start; see {}", dir.join("controller.log").display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!("controller started (log: {})", dir.join("controller.log").display());
+    Ok(child)
+}
+
+/// A release tarball of the sample service: the gantry binary and its settings.
+fn build_artifact(dir: &Path, version: &str, settings: Value) -> Result<PathBuf> {
+    let path = dir.join(format!("sample-{version}.tar.gz"));
+    let file = std::fs::File::create(&path)?;
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    let exe = std::env::current_exe()?;
+    tar.append_path_with_name(&exe, "bin/gantry")?;
+    let json = serde_json::to_vec_pretty(&settings)?;
+    let mut header = tar::Header::new_gnu();
+    header.set_size(json.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_cksum();
+    tar.append_data(&mut header, "sample.json", json.as_slice())?;
+    tar.into_inner()?.finish()?.flush()?;
+    Ok(path)
+}
+
+fn git_head() -> Option<String> {
+    let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).stderr(Stdio::null()).output().ok()?;
+    let sha = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (out.status.success() && sha.len() == 40).then_some(sha)
+}
+
+async fn deploy(c: &Client, env: &str, version: &str) -> Result<Value> {
+    let d = c.post("/deployments", json!({"env": env, "version": version})).await?;
+    wait_finished(c, d["id"].as_i64().context("no id")?).await
+}
+
+async fn wait_finished(c: &Client, id: i64) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let d: Value = c.get(&format!("/deployments/{id}")).await?;
+        if matches!(d["phase"].as_str(), Some("succeeded" | "rolled_back" | "failed")) {
+            return Ok(d);
+        }
+        ensure!(Instant::now() < deadline, "deployment {id} did not finish within 60s");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+fn took(d: &Value) -> f64 {
+    (d["finished_at"].as_i64().unwrap_or(0) - d["created_at"].as_i64().unwrap_or(0)) as f64 / 1000.0
+}
+
+async fn scenario(dir: &Path) -> Result<Vec<Row>> {
+    let data = dir.join("data");
+    let c = client::connect(&data, None)?;
+    let mut rows = Vec::new();
+    let sha = git_head();
+
+    println!("\n== registering three releases of the sample service");
+    let releases = [
+        ("1.0.0", json!({"version": "1.0.0"})),
+        ("1.1.0", json!({"version": "1.1.0"})),
+        ("1.2.0", json!({"version": "1.2.0", "unhealthy": true})),
+    ];
+    for (version, settings) in releases {
+        let artifact = build_artifact(dir, version, settings)?;
+        let bytes = std::fs::read(&artifact)?;
+        let r = c.put_artifact(version, bytes, sha.as_deref(), None).await?;
+        println!("  {version}: sha256 {} ({} bytes)", &r["digest"].as_str().unwrap_or("?")[..16], r["size"]);
+    }
+
+    for version in ["1.0.0", "1.1.0"] {
+        println!("\n== deploying {version} through the environments");
+        for env in ENVIRONMENTS {
+            let d = deploy(&c, env, version).await?;
+            let phase = d["phase"].as_str().unwrap_or("?");
+            println!("  {env:<12} {phase} in {:.2}s (deployment {})", took(&d), d["id"]);
+            ensure!(phase == "succeeded", "deploying {version} to {env} ended {phase}: {}", d["reason"]);
+            rows.push(Row { what: format!("deploy {version} to {env}"), outcome: "succeeded".into(), seconds: took(&d) });
+        }
+    }
+
+    println!("\n== deploying 1.2.0, whose health check fails, to development");
+    let d = deploy(&c, "development", "1.2.0").await?;
+    let phase = d["phase"].as_str().unwrap_or("?");
+    let reason = d["reason"].as_str().unwrap_or("");
+    println!("  {phase} in {:.2}s: {reason}", took(&d));
+    ensure!(phase == "rolled_back", "the unhealthy release was not rolled back (phase {phase})");
+    let failed_id = d["id"].as_i64().unwrap_or(0);
+    rows.push(Row { what: "deploy 1.2.0 (unhealthy) to development".into(), outcome: "rolled back by itself".into(), seconds: took(&d) });
+    let status: Value = c.get("/status").await?;
+    let dev = status["environments"].as_array().and_then(|a| a.iter().find(|e| e["name"] == "development").cloned()).unwrap_or_default();
+    ensure!(dev["version"] == "1.1.0", "development should still run 1.1.0, runs {}", dev["version"]);
+    println!("  development still serves {}", dev["version"].as_str().unwrap_or("?"));
+
+    println!("\n== rolling production back from 1.1.0 to 1.0.0, timed at the router");
+    let prod = status["environments"].as_array().and_then(|a| a.iter().find(|e| e["name"] == "production").cloned()).unwrap_or_default();
+    let listen = prod["listen"].as_str().context("production has no address")?.to_owned();
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let body = http.get(format!("http://{listen}/")).send().await?.text().await?;
+    ensure!(body.contains("1.1.0"), "production should serve 1.1.0 before the rollback, got {body:?}");
+    let started = Instant::now();
+    let r = c.post("/rollbacks", json!({"env": "production"})).await?;
+    // Serving "all traffic" = 20 consecutive answers from 1.0.0.
+    let mut streak = 0;
+    while streak < 20 {
+        ensure!(started.elapsed() < Duration::from_secs(60), "production never returned to 1.0.0");
+        match http.get(format!("http://{listen}/")).send().await {
+            Ok(resp) if resp.status().is_success() => {
+                let text = resp.text().await.unwrap_or_default();
+                streak = if text.contains("1.0.0") { streak + 1 } else { 0 };
+            }
+            _ => streak = 0,
+        }
+    }
+    let serving = started.elapsed().as_secs_f64();
+    let d = wait_finished(&c, r["id"].as_i64().context("no id")?).await?;
+    ensure!(d["phase"] == "succeeded", "rollback ended {}", d["phase"]);
+    println!("  1.0.0 served all traffic {serving:.2}s after the rollback was requested; the rollback finished in {:.2}s", took(&d));
+    rows.push(Row { what: "rollback production to 1.0.0 (router serves)".into(), outcome: "succeeded".into(), seconds: serving });
+
+    println!("\n== deployment log of the failed release");
+    let log: Value = c.get(&format!("/deployments/{failed_id}/log")).await?;
+    for e in log["log"].as_array().cloned().unwrap_or_default() {
+        println!("  {}", e["message"].as_str().unwrap_or(""));
+    }
+    Ok(rows)
+}
