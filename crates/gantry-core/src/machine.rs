@@ -131,7 +131,7 @@ pub struct Deployment {
 
 impl Deployment {
     /// A deployment as it is created: nothing has happened yet. Feed it
-    /// `Event::Resumed` to get its first effects.
+    /// `Event::Created` to get its first effects.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: DeploymentId,
@@ -181,7 +181,9 @@ pub enum Probe {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    /// The deployment was just created, or its controller restarted.
+    /// The deployment was just created.
+    Created,
+    /// The controller restarted while the deployment was in progress.
     Resumed,
     Prepared,
     PrepareFailed { reason: String },
@@ -242,9 +244,8 @@ pub fn step(deployment: &Deployment, event: &Event, now: Millis) -> Transition {
 fn on_event(t: &mut Transition, event: &Event, now: Millis) {
     let phase = t.deployment.phase;
     match (phase, event) {
-        (_, Event::Resumed) => {
-            if t.deployment.created_at == now && phase == Phase::Preparing {
-                t.log.push(format!(
+        (Phase::Preparing, Event::Created) => {
+            t.log.push(format!(
                     "{} of {} to {} requested by {}",
                     match t.deployment.kind {
                         DeploymentKind::Deploy => "deployment",
@@ -252,11 +253,12 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
                     },
                     t.deployment.version,
                     t.deployment.env,
-                    t.deployment.requested_by
-                ));
-            } else {
-                t.log.push(format!("resumed in phase {}", phase.as_str()));
-            }
+                t.deployment.requested_by
+            ));
+            emit_phase_effects(t, now);
+        }
+        (_, Event::Resumed) => {
+            t.log.push(format!("controller restarted; resuming in phase {}", phase.as_str()));
             emit_phase_effects(t, now);
         }
         (_, Event::AbortRequested { by }) => {

@@ -2,8 +2,8 @@
 
 use crate::*;
 use bytes::Bytes;
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
+use hyper::body::{Body as _, Incoming};
 use hyper::header::{HeaderValue, AUTHORIZATION, CONNECTION, HOST};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -35,7 +35,7 @@ struct State {
     routing: RwLock<Arc<Routing>>,
     counters: Mutex<Vec<(String, Arc<PoolCounters>)>>,
     next: AtomicU64,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, Body>,
     options: RouterOptions,
 }
 
@@ -92,6 +92,19 @@ impl State {
         None
     }
 
+    fn pool_size(&self, pool: &str) -> usize {
+        let routing = self.routing.read().unwrap_or_else(|p| p.into_inner()).clone();
+        routing.pools.iter().find(|p| p.name == pool).map_or(0, |p| p.upstreams.len())
+    }
+
+    /// The upstream after `current` in its pool, if the pool has another.
+    fn next_upstream(&self, pool: &str, current: SocketAddr) -> Option<SocketAddr> {
+        let routing = self.routing.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let p = routing.pools.iter().find(|p| p.name == pool)?;
+        let i = p.upstreams.iter().position(|u| *u == current)?;
+        (p.upstreams.len() > 1).then(|| p.upstreams[(i + 1) % p.upstreams.len()])
+    }
+
     fn apply(&self, routing: Routing) -> Result<(), String> {
         routing.validate().map_err(|e| e.to_string())?;
         let bytes = serde_json::to_vec_pretty(&routing).map_err(|e| e.to_string())?;
@@ -102,38 +115,55 @@ impl State {
     }
 }
 
-async fn proxy(state: Arc<State>, mut req: Request<Incoming>) -> Response<Body> {
+async fn proxy(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let Some((pool, upstream)) = state.pick() else {
         return text(StatusCode::SERVICE_UNAVAILABLE, "no release is serving this environment\n");
     };
-    let counters = state.counters(&pool);
-    counters.requests.fetch_add(1, Ordering::Relaxed);
-    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let uri: Uri = match format!("http://{upstream}{path}").parse() {
-        Ok(u) => u,
-        Err(_) => return text(StatusCode::BAD_REQUEST, "bad request target\n"),
-    };
-    let original_host = req.headers().get(HOST).cloned();
-    *req.uri_mut() = uri;
-    strip_hop_by_hop(req.headers_mut());
-    if let Some(h) = original_host {
-        req.headers_mut().insert("x-forwarded-host", h);
+    let (mut parts, body) = req.into_parts();
+    if let Some(h) = parts.headers.get(HOST).cloned() {
+        parts.headers.insert("x-forwarded-host", h);
     }
-    match state.client.request(req).await {
-        Ok(resp) => {
-            if resp.status().is_server_error() {
-                counters.errors.fetch_add(1, Ordering::Relaxed);
+    strip_hop_by_hop(&mut parts.headers);
+    let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    // A request without a body can be sent again if its upstream could not
+    // even be connected to (nothing reached it), e.g. an instance that died.
+    let replayable = body.is_end_stream();
+    let mut body = Some(body);
+    let mut upstream = upstream;
+    let attempts = if replayable { state.pool_size(&pool).clamp(1, 4) } else { 1 };
+    for attempt in 1..=attempts {
+        let counters = state.counters(&pool);
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+        let uri: Uri = match format!("http://{upstream}{path}").parse() {
+            Ok(u) => u,
+            Err(_) => return text(StatusCode::BAD_REQUEST, "bad request target\n"),
+        };
+        let mut p = parts.clone();
+        p.uri = uri;
+        let b = match body.take() {
+            Some(b) => b.boxed(),
+            None => Empty::new().map_err(|never| match never {}).boxed(),
+        };
+        match state.client.request(Request::from_parts(p, b)).await {
+            Ok(resp) => {
+                if resp.status().is_server_error() {
+                    counters.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                let (mut rparts, rbody) = resp.into_parts();
+                strip_hop_by_hop(&mut rparts.headers);
+                return Response::from_parts(rparts, rbody.boxed());
             }
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, body.boxed())
-        }
-        Err(e) => {
-            counters.errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%upstream, pool, error = %e, "upstream request failed");
-            text(StatusCode::BAD_GATEWAY, format!("upstream {upstream} failed: {e}\n"))
+            Err(e) => {
+                counters.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%upstream, pool, attempt, error = %e, "upstream request failed");
+                match state.next_upstream(&pool, upstream) {
+                    Some(next) if e.is_connect() && attempt < attempts => upstream = next,
+                    _ => return text(StatusCode::BAD_GATEWAY, format!("upstream {upstream} failed: {e}\n")),
+                }
+            }
         }
     }
+    text(StatusCode::BAD_GATEWAY, "no upstream could be reached\n")
 }
 
 fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {

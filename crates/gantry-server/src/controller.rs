@@ -317,7 +317,7 @@ impl Controller {
                 now,
             )
         })?;
-        self.launch(d.clone());
+        self.launch(d.clone(), Event::Created);
         Ok(d)
     }
 
@@ -339,11 +339,12 @@ impl Controller {
         }
     }
 
-    /// Starts driving a deployment in the background.
-    pub fn launch(self: &Arc<Self>, d: Deployment) {
+    /// Starts driving a deployment in the background, beginning with `first`
+    /// (`Created` for a new one, `Resumed` after a restart).
+    pub fn launch(self: &Arc<Self>, d: Deployment, first: Event) {
         let (tx, rx) = mpsc::unbounded_channel();
         self.inboxes.lock().unwrap_or_else(|p| p.into_inner()).insert(d.id, tx.clone());
-        let _ = tx.send(Event::Resumed);
+        let _ = tx.send(first);
         tokio::spawn(self.clone().drive(d, tx, rx));
     }
 
@@ -402,13 +403,13 @@ impl Controller {
                     Err(reason) => Event::RouteFailed { reason },
                 }
             }
-            Effect::StopInstances { instances } => match self.target.stop(&instances).await {
-                Ok(()) => Event::InstancesStopped,
-                Err(e) => {
-                    tracing::error!(deployment = d.id, error = %e, "stop failed; retrying in 1s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    let _ = tx.send(Event::Resumed);
-                    return;
+            Effect::StopInstances { instances } => loop {
+                match self.target.stop(&instances).await {
+                    Ok(()) => break Event::InstancesStopped,
+                    Err(e) => {
+                        tracing::error!(deployment = d.id, error = %e, "stop failed; retrying in 1s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
             },
             Effect::WakeAt { at } => {
@@ -548,7 +549,7 @@ impl Controller {
         }
         for d in active {
             tracing::info!(deployment = d.id, phase = d.phase.as_str(), "resuming deployment");
-            self.launch(d);
+            self.launch(d, Event::Resumed);
         }
         Ok(())
     }

@@ -62,7 +62,7 @@ fn successful_deployment() {
     let (transcript, d) = run(
         first_deploy(),
         &[
-            (0, Event::Resumed),
+            (0, Event::Created),
             (10, Event::Prepared),
             (20, Event::InstancesStarted { instances: vec![inst(2), inst(3)] }),
             (
@@ -95,7 +95,7 @@ fn failing_health_after_switch_returns_traffic_then_stops_new() {
     let (transcript, d) = run(
         first_deploy(),
         &[
-            (0, Event::Resumed),
+            (0, Event::Created),
             (10, Event::Prepared),
             (20, Event::InstancesStarted { instances: vec![inst(2), inst(3)] }),
             (30, healthy(2)),
@@ -119,7 +119,7 @@ fn instance_that_never_comes_up_times_out() {
     let (transcript, d) = run(
         first_deploy(),
         &[
-            (0, Event::Resumed),
+            (0, Event::Created),
             (10, Event::Prepared),
             (20, Event::InstancesStarted { instances: vec![inst(2), inst(3)] }),
             (30, healthy(2)),
@@ -145,7 +145,7 @@ fn unreachable_during_startup_does_not_count_but_bad_answers_do() {
     let (_, d) = run(
         first_deploy(),
         &[
-            (0, Event::Resumed),
+            (0, Event::Created),
             (10, Event::Prepared),
             (20, Event::InstancesStarted { instances: vec![inst(2)] }),
         ],
@@ -166,7 +166,7 @@ fn unreachable_during_startup_does_not_count_but_bad_answers_do() {
 fn prepare_failure_changes_nothing() {
     let (transcript, d) = run(
         first_deploy(),
-        &[(0, Event::Resumed), (5, Event::PrepareFailed { reason: "checksum mismatch".into() })],
+        &[(0, Event::Created), (5, Event::PrepareFailed { reason: "checksum mismatch".into() })],
     );
     insta::assert_snapshot!(transcript);
     assert_eq!(d.phase, Phase::Failed);
@@ -177,7 +177,7 @@ fn resumed_reemits_what_the_phase_still_needs() {
     let (_, d) = run(
         first_deploy(),
         &[
-            (0, Event::Resumed),
+            (0, Event::Created),
             (10, Event::Prepared),
             (20, Event::InstancesStarted { instances: vec![inst(2), inst(3)] }),
             (30, healthy(2)),
@@ -209,7 +209,7 @@ fn abort_during_bake_routes_back() {
     let (_, d) = run(
         first_deploy(),
         &[
-            (0, Event::Resumed),
+            (0, Event::Created),
             (10, Event::Prepared),
             (20, Event::InstancesStarted { instances: vec![inst(2)] }),
             (30, healthy(2)),
@@ -230,7 +230,7 @@ fn first_ever_deployment_has_nothing_to_drain() {
     let (_, d) = run(
         d,
         &[
-            (0, Event::Resumed),
+            (0, Event::Created),
             (10, Event::Prepared),
             (20, Event::InstancesStarted { instances: vec![inst(2)] }),
             (30, healthy(2)),
@@ -247,6 +247,7 @@ mod properties {
     fn any_event() -> impl Strategy<Value = Event> {
         let id = prop_oneof![Just("i1".to_owned()), Just("i2".to_owned()), Just("i3".to_owned())];
         prop_oneof![
+            Just(Event::Created),
             Just(Event::Resumed),
             Just(Event::Prepared),
             Just(Event::PrepareFailed { reason: "x".into() }),

@@ -1,1 +1,11 @@
+//! Integration tests of the `gantry` binary: a real controller process, real
+//! instances, real router processes, real SQLite and the real `minisign`.
+//! One test binary for the crate, so linking stays fast.
 
+mod harness;
+
+mod auth;
+mod config;
+mod crash;
+mod deploy;
+mod releases;

@@ -1,0 +1,321 @@
+//! A controller in a temporary directory, and helpers to drive it through the CLI.
+
+use serde_json::Value;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const GANTRY: &str = env!("CARGO_BIN_EXE_gantry");
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits for `cond` to hold, polling, and fails the test with `what` at the deadline.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code, 0, "command failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        self
+    }
+    #[track_caller]
+    pub fn fails_with(self, code: i32, needle: &str) -> Run {
+        assert_eq!(self.code, code, "unexpected exit code:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        let all = format!("{}{}", self.stdout, self.stderr);
+        assert!(all.contains(needle), "expected {needle:?} in output:\n{all}");
+        self
+    }
+}
+
+pub struct Gantry {
+    pub dir: tempfile::TempDir,
+    pub config: String,
+    pub server: Option<Child>,
+    pub ports: Vec<(String, u16)>,
+    /// Extra environment of the controller process.
+    pub server_env: Vec<(String, String)>,
+}
+
+/// The config used by most tests: fast probes, short bakes.
+pub fn test_config(ports: &[(String, u16)], bake: &str, extra: &str) -> String {
+    let mut s = String::from(
+        r#"[service]
+name = "sample"
+command = "bin/gantry"
+args = ["sample-service", "--port", "{port}", "--settings", "sample.json"]
+
+[health]
+path = "/healthz"
+interval = "100ms"
+timeout = "500ms"
+failure_threshold = 3
+start_timeout = "5s"
+"#,
+    );
+    s.push_str(extra);
+    for (env, port) in ports {
+        let instances = if env == "production" { 2 } else { 1 };
+        s.push_str(&format!(
+            "\n[environments.{env}]\nlisten = \"127.0.0.1:{port}\"\ninstances = {instances}\nbake = \"{bake}\"\n"
+        ));
+    }
+    s
+}
+
+impl Gantry {
+    /// A controller with the four standard environments.
+    pub fn start() -> Gantry {
+        Self::start_with("300ms", "")
+    }
+
+    pub fn start_with(bake: &str, extra: &str) -> Gantry {
+        Self::start_full(bake, extra, &[])
+    }
+
+    pub fn start_full(bake: &str, extra: &str, server_env: &[(&str, &str)]) -> Gantry {
+        let ports: Vec<(String, u16)> = ["development", "integration", "staging", "production"]
+            .iter()
+            .map(|e| (e.to_string(), free_port()))
+            .collect();
+        let config = test_config(&ports, bake, extra);
+        let server_env = server_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut g = Gantry { dir: tempfile::tempdir().unwrap(), config, server: None, ports, server_env };
+        std::fs::write(g.config_path(), &g.config).unwrap();
+        g.start_server();
+        g
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gantry.toml")
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn port(&self, env: &str) -> u16 {
+        self.ports.iter().find(|(e, _)| e == env).unwrap().1
+    }
+
+    pub fn start_server(&mut self) {
+        let _ = std::fs::remove_file(self.data().join("server.json"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("controller.log"))
+            .unwrap();
+        let child = Command::new(GANTRY)
+            .arg("--data-dir")
+            .arg(self.data())
+            .args(["server", "--listen", "127.0.0.1:0", "--config"])
+            .arg(self.config_path())
+            .envs(self.server_env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.server = Some(child);
+        let server_file = self.data().join("server.json");
+        wait_until("the controller to start", Duration::from_secs(20), || server_file.exists());
+    }
+
+    /// SIGKILL: no chance to clean up, as in a crash.
+    pub fn kill_server(&mut self) {
+        if let Some(mut c) = self.server.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn controller_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("controller.log")).unwrap_or_default()
+    }
+
+    pub fn gantry(&self, args: &[&str]) -> Run {
+        self.gantry_env(args, &[])
+    }
+
+    pub fn gantry_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let out = Command::new(GANTRY)
+            .arg("--data-dir")
+            .arg(self.data())
+            .args(args)
+            .env_remove("GANTRY_TOKEN")
+            .envs(env.iter().copied())
+            .env("GANTRY_LOG", "warn")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        Run::from(out)
+    }
+
+    /// A sample-service release whose binary is a link to the test build, so tests stay fast.
+    pub fn artifact(&self, version: &str, settings: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("sample-{version}-{}.tar", settings.len()));
+        make_artifact(&path, version, settings);
+        path
+    }
+
+    pub fn register(&self, version: &str, settings: &str) {
+        let artifact = self.artifact(version, settings);
+        self.gantry(&["release", "create", version, "--artifact", artifact.to_str().unwrap()]).ok();
+    }
+
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data().join("admin.token")).unwrap().trim().to_owned()
+    }
+
+    pub fn api_url(&self) -> String {
+        let v: Value = serde_json::from_slice(&std::fs::read(self.data().join("server.json")).unwrap()).unwrap();
+        v["url"].as_str().unwrap().to_owned()
+    }
+
+    /// GET on the API with the admin token, parsed.
+    pub fn api(&self, path: &str) -> Value {
+        let (status, body) = http(&self.api_url(), "GET", &format!("/api/v1{path}"), Some(&self.token()), "");
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub fn deployment(&self, id: i64) -> Value {
+        self.api(&format!("/deployments/{id}"))
+    }
+
+    pub fn wait_finished(&self, id: i64) -> Value {
+        let mut last = Value::Null;
+        wait_until(&format!("deployment {id} to finish"), Duration::from_secs(30), || {
+            last = self.deployment(id);
+            matches!(last["phase"].as_str(), Some("succeeded" | "rolled_back" | "failed"))
+        });
+        last
+    }
+
+    /// What the environment's router answers on `/`.
+    pub fn get_env(&self, env: &str) -> (u16, String) {
+        http(&format!("http://127.0.0.1:{}", self.port(env)), "GET", "/", None, "")
+    }
+
+    /// Instances of this controller running on the machine, from /proc.
+    pub fn running_instances(&self) -> Vec<String> {
+        let data = self.data().canonicalize().unwrap().display().to_string();
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            if entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()).is_none() {
+                continue;
+            }
+            let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
+            let vars: Vec<String> =
+                environ.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+            if vars.iter().any(|v| *v == format!("GANTRY_DATA_DIR={data}")) {
+                if let Some(id) = vars.iter().find_map(|v| v.strip_prefix("GANTRY_INSTANCE_ID=")) {
+                    out.push(id.to_owned());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+impl Drop for Gantry {
+    fn drop(&mut self) {
+        if self.server.is_some() {
+            let _ = self.gantry(&["shutdown", "--workloads"]);
+            if let Some(mut c) = self.server.take() {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+pub fn make_artifact(path: &Path, version: &str, settings: &str) {
+    let file = std::fs::File::create(path).unwrap();
+    let mut tar = tar::Builder::new(file);
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Symlink);
+    header.set_size(0);
+    header.set_mode(0o755);
+    tar.append_link(&mut header, "bin/gantry", GANTRY).unwrap();
+    let json = if settings.is_empty() {
+        format!("{{\"version\": \"{version}\"}}")
+    } else {
+        format!("{{\"version\": \"{version}\", {settings}}}")
+    };
+    let mut header = tar::Header::new_gnu();
+    header.set_size(json.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    tar.append_data(&mut header, "sample.json", json.as_bytes()).unwrap();
+    tar.finish().unwrap();
+}
+
+/// A minimal HTTP/1.1 client over a raw socket, to send exactly what a test needs.
+pub fn http(base: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let addr = base.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    // Undo chunked encoding well enough for the small bodies tests read.
+    let body = if resp.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(&body)
+    } else {
+        body
+    };
+    (status, body)
+}
+
+fn dechunk(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || after.len() < n {
+            break;
+        }
+        out.push_str(&after[..n]);
+        rest = after[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub fn deploy_id(run: &Run) -> i64 {
+    run.stdout.trim().parse().unwrap_or_else(|_| panic!("expected a deployment id, got {:?}", run.stdout))
+}
