@@ -23,7 +23,13 @@ use std::path::{Path, PathBuf};
 pub const STARTER: &str = include_str!("starter.toml");
 
 /// Placeholders allowed in `service.args` and env values.
-pub const PLACEHOLDERS: &[&str] = &["{port}", "{release_dir}", "{version}", "{env}", "{instance}"];
+pub const PLACEHOLDERS: &[&str] = &[
+    "{port}",
+    "{release_dir}",
+    "{version}",
+    "{env}",
+    "{instance}",
+];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -39,7 +45,10 @@ impl Config {
         self.environments.iter().find(|e| e.name.as_str() == name)
     }
     pub fn environment_names(&self) -> Vec<String> {
-        self.environments.iter().map(|e| e.name.to_string()).collect()
+        self.environments
+            .iter()
+            .map(|e| e.name.to_string())
+            .collect()
     }
 }
 
@@ -139,11 +148,18 @@ pub enum ConfigError {
     #[error("cannot read config file {path}: {reason}")]
     Unreadable { path: String, reason: String },
     #[error("{} has {} error(s):\n{}", .file, .errors.len(), render(.errors))]
-    Invalid { file: String, errors: Vec<Diagnostic>, warnings: Vec<Diagnostic> },
+    Invalid {
+        file: String,
+        errors: Vec<Diagnostic>,
+        warnings: Vec<Diagnostic>,
+    },
 }
 
 fn render(ds: &[Diagnostic]) -> String {
-    ds.iter().map(|d| format!("  {d}")).collect::<Vec<_>>().join("\n")
+    ds.iter()
+        .map(|d| format!("  {d}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A valid config and the warnings found on the way.
@@ -156,11 +172,16 @@ pub struct Loaded {
 /// Parse and validate `source`, naming it `file` in diagnostics.
 pub fn parse(file: &str, source: &str) -> Result<Loaded, ConfigError> {
     let (config, diagnostics) = walk::decode(file, source);
-    let (errors, warnings): (Vec<_>, Vec<_>) =
-        diagnostics.into_iter().partition(|d| d.severity == Severity::Error);
+    let (errors, warnings): (Vec<_>, Vec<_>) = diagnostics
+        .into_iter()
+        .partition(|d| d.severity == Severity::Error);
     match config {
         Some(config) if errors.is_empty() => Ok(Loaded { config, warnings }),
-        _ => Err(ConfigError::Invalid { file: file.to_owned(), errors, warnings }),
+        _ => Err(ConfigError::Invalid {
+            file: file.to_owned(),
+            errors,
+            warnings,
+        }),
     }
 }
 

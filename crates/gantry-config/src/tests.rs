@@ -51,7 +51,11 @@ strategy = "canary"
 fn toml_syntax_errors_are_located() {
     let errors = errors_of("[service]\nname = \"x\nfoo");
     assert_eq!(errors.len(), 1);
-    assert!(errors[0].starts_with("gantry.toml:3:4: error: not valid TOML"), "{}", errors[0]);
+    assert!(
+        errors[0].starts_with("gantry.toml:3:4: error: not valid TOML"),
+        "{}",
+        errors[0]
+    );
     assert!(errors[0].contains("not valid TOML"));
 }
 
@@ -63,13 +67,25 @@ fn secrets_are_references_and_plain_secret_values_warn() {
     );
     let errors = errors_of(&src);
     assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(errors[0].contains("service.secrets.BROKEN: a secret needs exactly one of"), "{}", errors[0]);
+    assert!(
+        errors[0].contains("service.secrets.BROKEN: a secret needs exactly one of"),
+        "{}",
+        errors[0]
+    );
 
-    let src = STARTER.replace("RUST_LOG = \"info\"", "RUST_LOG = \"info\"\nDB_PASSWORD = \"hunter2\"");
+    let src = STARTER.replace(
+        "RUST_LOG = \"info\"",
+        "RUST_LOG = \"info\"\nDB_PASSWORD = \"hunter2\"",
+    );
     let loaded = parse("gantry.toml", &src).unwrap();
     assert_eq!(loaded.warnings.len(), 1);
-    assert!(loaded.warnings[0].to_string().contains("DB_PASSWORD looks like a secret"));
-    assert!(!loaded.warnings[0].to_string().contains("hunter2"), "the value is never echoed");
+    assert!(loaded.warnings[0]
+        .to_string()
+        .contains("DB_PASSWORD looks like a secret"));
+    assert!(
+        !loaded.warnings[0].to_string().contains("hunter2"),
+        "the value is never echoed"
+    );
 }
 
 #[test]
@@ -79,8 +95,12 @@ fn reserved_and_duplicate_things_are_refused() {
         .replace("127.0.0.1:8082", "127.0.0.1:8081");
     let errors = errors_of(&src);
     assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(errors.iter().any(|e| e.contains("GANTRY_TOKEN is reserved")));
-    assert!(errors.iter().any(|e| e.contains("already used by environment \"development\"")));
+    assert!(errors
+        .iter()
+        .any(|e| e.contains("GANTRY_TOKEN is reserved")));
+    assert!(errors
+        .iter()
+        .any(|e| e.contains("already used by environment \"development\"")));
 }
 
 #[test]
@@ -88,14 +108,21 @@ fn require_signature_needs_keys() {
     let src = STARTER.replace("require_signature = false", "require_signature = true");
     let errors = errors_of(&src);
     assert_eq!(errors.len(), 1);
-    assert!(errors[0].contains("environments.production.require_signature: requires at least one key"));
+    assert!(
+        errors[0].contains("environments.production.require_signature: requires at least one key")
+    );
 }
 
 #[test]
 fn schema_and_decoder_know_the_same_keys() {
     let schema: serde_json::Value = serde_json::from_str(&json_schema()).unwrap();
     let props = |v: &serde_json::Value| -> Vec<String> {
-        let mut keys: Vec<String> = v["properties"].as_object().unwrap().keys().cloned().collect();
+        let mut keys: Vec<String> = v["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
         keys.sort();
         keys
     };
@@ -115,7 +142,10 @@ fn schema_and_decoder_know_the_same_keys() {
 
 #[test]
 fn checked_in_schema_is_current() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schema/gantry.schema.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../schema/gantry.schema.json"
+    );
     let checked_in = std::fs::read_to_string(path).unwrap_or_default();
     assert!(
         checked_in == json_schema(),

@@ -7,11 +7,23 @@ use toml::Spanned;
 
 pub(crate) const ROOT_KEYS: &[&str] = &["service", "health", "signing", "environments"];
 pub(crate) const SERVICE_KEYS: &[&str] = &["name", "command", "args", "port_env", "env", "secrets"];
-pub(crate) const HEALTH_KEYS: &[&str] =
-    &["path", "interval", "timeout", "failure_threshold", "start_timeout"];
+pub(crate) const HEALTH_KEYS: &[&str] = &[
+    "path",
+    "interval",
+    "timeout",
+    "failure_threshold",
+    "start_timeout",
+];
 pub(crate) const SIGNING_KEYS: &[&str] = &["public_keys"];
-pub(crate) const ENV_KEYS: &[&str] =
-    &["listen", "instances", "strategy", "bake", "require_signature", "env", "secrets"];
+pub(crate) const ENV_KEYS: &[&str] = &[
+    "listen",
+    "instances",
+    "strategy",
+    "bake",
+    "require_signature",
+    "env",
+    "secrets",
+];
 pub(crate) const SECRET_KEYS: &[&str] = &["env", "file"];
 
 /// Environment variables Gantry sets itself; a config may not override them.
@@ -56,7 +68,10 @@ impl<'s> Walker<'s> {
                 self.error(
                     key.span(),
                     &join(path, k),
-                    format!("unknown key {k:?}{hint} (expected one of: {})", allowed.join(", ")),
+                    format!(
+                        "unknown key {k:?}{hint} (expected one of: {})",
+                        allowed.join(", ")
+                    ),
                 );
             }
         }
@@ -66,7 +81,11 @@ impl<'s> Walker<'s> {
         match v.get_ref() {
             DeValue::Table(t) => Some(t),
             other => {
-                self.error(v.span(), path, format!("expected a table, found {}", describe(other)));
+                self.error(
+                    v.span(),
+                    path,
+                    format!("expected a table, found {}", describe(other)),
+                );
                 None
             }
         }
@@ -76,7 +95,11 @@ impl<'s> Walker<'s> {
         match v.get_ref() {
             DeValue::String(s) => Some(s.to_string()),
             other => {
-                self.error(v.span(), path, format!("expected a string, found {}", describe(other)));
+                self.error(
+                    v.span(),
+                    path,
+                    format!("expected a string, found {}", describe(other)),
+                );
                 None
             }
         }
@@ -95,7 +118,11 @@ impl<'s> Walker<'s> {
         match v.get_ref() {
             DeValue::Boolean(b) => Some(*b),
             other => {
-                self.error(v.span(), path, format!("expected true or false, found {}", describe(other)));
+                self.error(
+                    v.span(),
+                    path,
+                    format!("expected true or false, found {}", describe(other)),
+                );
                 None
             }
         }
@@ -105,14 +132,22 @@ impl<'s> Walker<'s> {
         let n = match v.get_ref() {
             DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).ok(),
             other => {
-                self.error(v.span(), path, format!("expected an integer, found {}", describe(other)));
+                self.error(
+                    v.span(),
+                    path,
+                    format!("expected an integer, found {}", describe(other)),
+                );
                 return None;
             }
         };
         match n {
             Some(n) if n >= min as i64 && n <= max as i64 => Some(n as u32),
             _ => {
-                self.error(v.span(), path, format!("expected an integer from {min} to {max}"));
+                self.error(
+                    v.span(),
+                    path,
+                    format!("expected an integer from {min} to {max}"),
+                );
                 None
             }
         }
@@ -125,7 +160,10 @@ impl<'s> Walker<'s> {
                 self.error(
                     v.span(),
                     path,
-                    format!("expected a duration string such as \"500ms\" or \"2s\", found {}", describe(other)),
+                    format!(
+                        "expected a duration string such as \"500ms\" or \"2s\", found {}",
+                        describe(other)
+                    ),
                 );
                 return None;
             }
@@ -145,7 +183,14 @@ impl<'s> Walker<'s> {
 
     fn string_list(&mut self, v: &Val<'_>, path: &str) -> Option<Vec<String>> {
         let DeValue::Array(items) = v.get_ref() else {
-            self.error(v.span(), path, format!("expected an array of strings, found {}", describe(v.get_ref())));
+            self.error(
+                v.span(),
+                path,
+                format!(
+                    "expected an array of strings, found {}",
+                    describe(v.get_ref())
+                ),
+            );
             return None;
         };
         let mut out = Vec::new();
@@ -162,7 +207,9 @@ impl<'s> Walker<'s> {
     /// A table of environment variables: NAME = "value".
     fn env_vars(&mut self, v: &Val<'_>, path: &str) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
-        let Some(t) = self.table(v, path) else { return out };
+        let Some(t) = self.table(v, path) else {
+            return out;
+        };
         for (key, value) in t.iter() {
             let name: &str = key.get_ref();
             let p = join(path, name);
@@ -184,12 +231,16 @@ impl<'s> Walker<'s> {
 
     fn secrets(&mut self, v: &Val<'_>, path: &str) -> BTreeMap<String, SecretRef> {
         let mut out = BTreeMap::new();
-        let Some(t) = self.table(v, path) else { return out };
+        let Some(t) = self.table(v, path) else {
+            return out;
+        };
         for (key, value) in t.iter() {
             let name: &str = key.get_ref();
             let p = join(path, name);
             self.check_env_name(key.span(), &p, name);
-            let Some(st) = self.table(value, &p) else { continue };
+            let Some(st) = self.table(value, &p) else {
+                continue;
+            };
             self.check_keys(st, &p, SECRET_KEYS);
             let from_env = st.get("env");
             let from_file = st.get("file");
@@ -219,7 +270,11 @@ impl<'s> Walker<'s> {
             && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             && !name.starts_with(|c: char| c.is_ascii_digit());
         if !valid {
-            self.error(span, path, format!("{name:?} is not a valid environment variable name"));
+            self.error(
+                span,
+                path,
+                format!("{name:?} is not a valid environment variable name"),
+            );
         } else if name.starts_with(RESERVED_ENV_PREFIX) {
             self.error(span, path, format!("{name} is reserved: variables starting with {RESERVED_ENV_PREFIX} are set by Gantry"));
         }
@@ -229,13 +284,18 @@ impl<'s> Walker<'s> {
 fn check_placeholders(w: &mut Walker<'_>, span: Range<usize>, path: &str, s: &str) {
     let mut rest = s;
     while let Some(start) = rest.find('{') {
-        let Some(len) = rest[start..].find('}') else { break };
+        let Some(len) = rest[start..].find('}') else {
+            break;
+        };
         let ph = &rest[start..start + len + 1];
         if !PLACEHOLDERS.contains(&ph) {
             w.error(
                 span.clone(),
                 path,
-                format!("unknown placeholder {ph}; known: {}", PLACEHOLDERS.join(" ")),
+                format!(
+                    "unknown placeholder {ph}; known: {}",
+                    PLACEHOLDERS.join(" ")
+                ),
             );
         }
         rest = &rest[start + len + 1..];
@@ -244,11 +304,17 @@ fn check_placeholders(w: &mut Walker<'_>, span: Range<usize>, path: &str, s: &st
 
 fn looks_secret(name: &str) -> bool {
     let upper = name.to_ascii_uppercase();
-    ["PASSWORD", "SECRET", "TOKEN", "PRIVATE_KEY", "API_KEY"].iter().any(|w| upper.contains(w))
+    ["PASSWORD", "SECRET", "TOKEN", "PRIVATE_KEY", "API_KEY"]
+        .iter()
+        .any(|w| upper.contains(w))
 }
 
 pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnostic>) {
-    let mut w = Walker { file, source, diags: Vec::new() };
+    let mut w = Walker {
+        file,
+        source,
+        diags: Vec::new(),
+    };
     let root = match DeTable::parse(source) {
         Ok(root) => root,
         Err(e) => {
@@ -264,14 +330,22 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
     let service = match root.get("service") {
         Some(v) => decode_service(&mut w, v),
         None => {
-            w.error(root_span.start..root_span.start, "service", "missing required table [service]");
+            w.error(
+                root_span.start..root_span.start,
+                "service",
+                "missing required table [service]",
+            );
             None
         }
     };
     let health = match root.get("health") {
         Some(v) => decode_health(&mut w, v),
         None => {
-            w.error(root_span.start..root_span.start, "health", "missing required table [health]");
+            w.error(
+                root_span.start..root_span.start,
+                "health",
+                "missing required table [health]",
+            );
             None
         }
     };
@@ -282,14 +356,21 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
     let environments = match root.get("environments") {
         Some(v) => decode_environments(&mut w, v, signing.as_ref()),
         None => {
-            w.error(root_span.start..root_span.start, "environments", "missing required table [environments]; define at least one environment");
+            w.error(
+                root_span.start..root_span.start,
+                "environments",
+                "missing required table [environments]; define at least one environment",
+            );
             None
         }
     };
     let config = match (service, health, signing, environments) {
-        (Some(service), Some(health), Some(signing), Some(environments)) => {
-            Some(Config { service, health, signing, environments })
-        }
+        (Some(service), Some(health), Some(signing), Some(environments)) => Some(Config {
+            service,
+            health,
+            signing,
+            environments,
+        }),
         _ => None,
     };
     let mut diags = w.diags;
@@ -302,13 +383,22 @@ fn decode_service(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Service> {
     w.check_keys(t, "service", SERVICE_KEYS);
     let name = required(w, t, v, "service", "name", |w, v, p| {
         let s = w.non_empty_string(v, p)?;
-        if !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            w.error(v.span(), p, format!("{s:?} may contain only letters, digits, '-' and '_'"));
+        if !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            w.error(
+                v.span(),
+                p,
+                format!("{s:?} may contain only letters, digits, '-' and '_'"),
+            );
             return None;
         }
         Some(s)
     });
-    let command = required(w, t, v, "service", "command", |w, v, p| w.non_empty_string(v, p));
+    let command = required(w, t, v, "service", "command", |w, v, p| {
+        w.non_empty_string(v, p)
+    });
     let args = match t.get("args") {
         Some(a) => w.string_list(a, "service.args").inspect(|args| {
             for (n, arg) in args.iter().enumerate() {
@@ -323,9 +413,22 @@ fn decode_service(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Service> {
         }),
         None => Some("PORT".to_owned()),
     };
-    let env = t.get("env").map(|e| w.env_vars(e, "service.env")).unwrap_or_default();
-    let secrets = t.get("secrets").map(|s| w.secrets(s, "service.secrets")).unwrap_or_default();
-    Some(Service { name: name?, command: command?, args: args?, port_env: port_env?, env, secrets })
+    let env = t
+        .get("env")
+        .map(|e| w.env_vars(e, "service.env"))
+        .unwrap_or_default();
+    let secrets = t
+        .get("secrets")
+        .map(|s| w.secrets(s, "service.secrets"))
+        .unwrap_or_default();
+    Some(Service {
+        name: name?,
+        command: command?,
+        args: args?,
+        port_env: port_env?,
+        env,
+        secrets,
+    })
 }
 
 fn decode_health(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Health> {
@@ -334,7 +437,11 @@ fn decode_health(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Health> {
     let path = required(w, t, v, "health", "path", |w, v, p| {
         let s = w.string(v, p)?;
         if !s.starts_with('/') {
-            w.error(v.span(), p, format!("{s:?} must be an absolute HTTP path starting with '/'"));
+            w.error(
+                v.span(),
+                p,
+                format!("{s:?} must be an absolute HTTP path starting with '/'"),
+            );
             return None;
         }
         Some(s)
@@ -358,7 +465,9 @@ fn decode_health(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Health> {
 fn decode_signing(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Signing> {
     let t = w.table(v, "signing")?;
     w.check_keys(t, "signing", SIGNING_KEYS);
-    let Some(keys_v) = t.get("public_keys") else { return Some(Signing::default()) };
+    let Some(keys_v) = t.get("public_keys") else {
+        return Some(Signing::default());
+    };
     let keys = w.string_list(keys_v, "signing.public_keys")?;
     let mut ok = true;
     for (n, k) in keys.iter().enumerate() {
@@ -375,7 +484,11 @@ fn decode_signing(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Signing> {
     ok.then_some(Signing { public_keys: keys })
 }
 
-fn decode_environments(w: &mut Walker<'_>, v: &Val<'_>, signing: Option<&Signing>) -> Option<Vec<Environment>> {
+fn decode_environments(
+    w: &mut Walker<'_>,
+    v: &Val<'_>,
+    signing: Option<&Signing>,
+) -> Option<Vec<Environment>> {
     let t = w.table(v, "environments")?;
     if t.is_empty() {
         w.error(v.span(), "environments", "define at least one environment");
@@ -430,7 +543,11 @@ fn decode_environment(
         match s.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
-                w.error(v.span(), p, format!("{s:?} is not an address; expected IP:PORT such as \"127.0.0.1:8080\""));
+                w.error(
+                    v.span(),
+                    p,
+                    format!("{s:?} is not an address; expected IP:PORT such as \"127.0.0.1:8080\""),
+                );
                 None
             }
         }
@@ -445,11 +562,25 @@ fn decode_environment(
             match w.string(v, &p).as_deref() {
                 Some("blue-green") => Some(Strategy::BlueGreen),
                 Some(s @ ("canary" | "rolling")) => {
-                    w.error(v.span(), &p, format!("strategy {s:?} is not available yet; available: {}", Strategy::NAMES.join(", ")));
+                    w.error(
+                        v.span(),
+                        &p,
+                        format!(
+                            "strategy {s:?} is not available yet; available: {}",
+                            Strategy::NAMES.join(", ")
+                        ),
+                    );
                     None
                 }
                 Some(s) => {
-                    w.error(v.span(), &p, format!("unknown strategy {s:?}; expected one of: {}", Strategy::NAMES.join(", ")));
+                    w.error(
+                        v.span(),
+                        &p,
+                        format!(
+                            "unknown strategy {s:?}; expected one of: {}",
+                            Strategy::NAMES.join(", ")
+                        ),
+                    );
                     None
                 }
                 None => None,
@@ -463,7 +594,11 @@ fn decode_environment(
             let p = join(path, "require_signature");
             let b = w.bool(rv, &p);
             if b == Some(true) && signing.is_some_and(|s| s.public_keys.is_empty()) {
-                w.error(rv.span(), &p, "requires at least one key in signing.public_keys");
+                w.error(
+                    rv.span(),
+                    &p,
+                    "requires at least one key in signing.public_keys",
+                );
                 None
             } else {
                 b
@@ -471,8 +606,14 @@ fn decode_environment(
         }
         None => Some(false),
     };
-    let env = t.get("env").map(|e| w.env_vars(e, &join(path, "env"))).unwrap_or_default();
-    let secrets = t.get("secrets").map(|s| w.secrets(s, &join(path, "secrets"))).unwrap_or_default();
+    let env = t
+        .get("env")
+        .map(|e| w.env_vars(e, &join(path, "env")))
+        .unwrap_or_default();
+    let secrets = t
+        .get("secrets")
+        .map(|s| w.secrets(s, &join(path, "secrets")))
+        .unwrap_or_default();
     let listen = listen?;
     Some((
         listen,
@@ -502,13 +643,23 @@ fn required<T>(
         Some(v) => f(w, v, &p),
         None => {
             let s = parent.span();
-            w.error(s.start..s.start, &p, format!("missing required key {key:?}"));
+            w.error(
+                s.start..s.start,
+                &p,
+                format!("missing required key {key:?}"),
+            );
             None
         }
     }
 }
 
-fn optional_duration(w: &mut Walker<'_>, t: &DeTable<'_>, path: &str, key: &str, default_ms: u64) -> Option<u64> {
+fn optional_duration(
+    w: &mut Walker<'_>,
+    t: &DeTable<'_>,
+    path: &str,
+    key: &str,
+    default_ms: u64,
+) -> Option<u64> {
     match t.get(key) {
         Some(v) => {
             let ms = w.duration(v, path)?;

@@ -49,7 +49,11 @@ impl TryFrom<String> for EnvName {
         }
         let mut chars = s.chars();
         let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase());
-        if !first_ok || !s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') {
+        if !first_ok
+            || !s
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
             return Err(NameError::BadCharacters(s));
         }
         Ok(EnvName(s))
@@ -93,10 +97,15 @@ impl Digest {
 impl TryFrom<String> for Digest {
     type Error = String;
     fn try_from(s: String) -> Result<Self, String> {
-        if s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()) {
+        if s.len() == 64
+            && s.chars()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        {
             Ok(Digest(s))
         } else {
-            Err(format!("{s:?} is not a lowercase hex SHA-256 digest (64 characters)"))
+            Err(format!(
+                "{s:?} is not a lowercase hex SHA-256 digest (64 characters)"
+            ))
         }
     }
 }
@@ -130,9 +139,18 @@ mod tests {
         assert!("production".parse::<EnvName>().is_ok());
         assert!("eu-west-2".parse::<EnvName>().is_ok());
         assert_eq!("".parse::<EnvName>(), Err(NameError::Empty));
-        assert!(matches!("Prod".parse::<EnvName>(), Err(NameError::BadCharacters(_))));
-        assert!(matches!("2prod".parse::<EnvName>(), Err(NameError::BadCharacters(_))));
-        assert!(matches!("../etc".parse::<EnvName>(), Err(NameError::BadCharacters(_))));
+        assert!(matches!(
+            "Prod".parse::<EnvName>(),
+            Err(NameError::BadCharacters(_))
+        ));
+        assert!(matches!(
+            "2prod".parse::<EnvName>(),
+            Err(NameError::BadCharacters(_))
+        ));
+        assert!(matches!(
+            "../etc".parse::<EnvName>(),
+            Err(NameError::BadCharacters(_))
+        ));
     }
 
     #[test]

@@ -12,6 +12,6 @@ pub mod machine;
 
 pub use domain::{DeploymentId, Digest, EnvName, InstanceRef, Millis, NameError, Version};
 pub use machine::{
-    step, Deployment, DeploymentKind, DeploySettings, Effect, Event, HealthSettings, Phase,
+    step, DeploySettings, Deployment, DeploymentKind, Effect, Event, HealthSettings, Phase,
     Transition,
 };

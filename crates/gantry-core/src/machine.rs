@@ -186,17 +186,35 @@ pub enum Event {
     /// The controller restarted while the deployment was in progress.
     Resumed,
     Prepared,
-    PrepareFailed { reason: String },
-    InstancesStarted { instances: Vec<InstanceRef> },
-    StartFailed { reason: String },
-    HealthObserved { instance: String, probe: Probe },
-    InstanceExited { instance: String, detail: String },
-    TrafficRouted { to_new: bool },
-    RouteFailed { reason: String },
+    PrepareFailed {
+        reason: String,
+    },
+    InstancesStarted {
+        instances: Vec<InstanceRef>,
+    },
+    StartFailed {
+        reason: String,
+    },
+    HealthObserved {
+        instance: String,
+        probe: Probe,
+    },
+    InstanceExited {
+        instance: String,
+        detail: String,
+    },
+    TrafficRouted {
+        to_new: bool,
+    },
+    RouteFailed {
+        reason: String,
+    },
     InstancesStopped,
     /// Time has passed; deadlines are checked against `now`.
     Tick,
-    AbortRequested { by: String },
+    AbortRequested {
+        by: String,
+    },
 }
 
 /// Work for the runtime. Each is idempotent.
@@ -204,17 +222,32 @@ pub enum Event {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Effect {
     /// Verify the artifact and unpack it into its release directory.
-    PrepareRelease { version: Version },
+    PrepareRelease {
+        version: Version,
+    },
     /// Make sure `count` instances of `version` run for this deployment,
     /// adopting any already started; answer with `InstancesStarted`.
-    StartInstances { version: Version, count: u32 },
+    StartInstances {
+        version: Version,
+        count: u32,
+    },
     /// Probe one instance at `at` (or at once if that has passed).
-    ProbeHealth { instance: InstanceRef, at: Millis },
+    ProbeHealth {
+        instance: InstanceRef,
+        at: Millis,
+    },
     /// Point the environment's router at `instances` (possibly none).
-    RouteTraffic { instances: Vec<InstanceRef>, to_new: bool },
-    StopInstances { instances: Vec<InstanceRef> },
+    RouteTraffic {
+        instances: Vec<InstanceRef>,
+        to_new: bool,
+    },
+    StopInstances {
+        instances: Vec<InstanceRef>,
+    },
     /// Deliver `Event::Tick` at `at`.
-    WakeAt { at: Millis },
+    WakeAt {
+        at: Millis,
+    },
 }
 
 /// The result of one step.
@@ -246,19 +279,22 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
     match (phase, event) {
         (Phase::Preparing, Event::Created) => {
             t.log.push(format!(
-                    "{} of {} to {} requested by {}",
-                    match t.deployment.kind {
-                        DeploymentKind::Deploy => "deployment",
-                        DeploymentKind::Rollback => "rollback",
-                    },
-                    t.deployment.version,
-                    t.deployment.env,
+                "{} of {} to {} requested by {}",
+                match t.deployment.kind {
+                    DeploymentKind::Deploy => "deployment",
+                    DeploymentKind::Rollback => "rollback",
+                },
+                t.deployment.version,
+                t.deployment.env,
                 t.deployment.requested_by
             ));
             emit_phase_effects(t, now);
         }
         (_, Event::Resumed) => {
-            t.log.push(format!("controller restarted; resuming in phase {}", phase.as_str()));
+            t.log.push(format!(
+                "controller restarted; resuming in phase {}",
+                phase.as_str()
+            ));
             emit_phase_effects(t, now);
         }
         (_, Event::AbortRequested { by }) => {
@@ -271,7 +307,10 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
         }
 
         (Phase::Preparing, Event::Prepared) => {
-            t.log.push(format!("release {} verified and unpacked", t.deployment.version));
+            t.log.push(format!(
+                "release {} verified and unpacked",
+                t.deployment.version
+            ));
             enter(t, Phase::Starting, now);
         }
         (Phase::Preparing, Event::PrepareFailed { reason }) => fail(t, reason.clone(), now),
@@ -283,8 +322,15 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
                 .iter()
                 .map(|i| (i.id.clone(), InstanceHealth::default()))
                 .collect();
-            let list: Vec<String> = instances.iter().map(|i| format!("{} on port {}", i.id, i.port)).collect();
-            t.log.push(format!("started {} instance(s): {}", instances.len(), list.join(", ")));
+            let list: Vec<String> = instances
+                .iter()
+                .map(|i| format!("{} on port {}", i.id, i.port))
+                .collect();
+            t.log.push(format!(
+                "started {} instance(s): {}",
+                instances.len(),
+                list.join(", ")
+            ));
             enter(t, Phase::Verifying, now);
         }
         (Phase::Starting, Event::StartFailed { reason }) => {
@@ -294,10 +340,10 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
         (Phase::Verifying | Phase::Baking, Event::HealthObserved { instance, probe }) => {
             on_health(t, instance, probe, now)
         }
-        (Phase::Verifying | Phase::Baking, Event::InstanceExited { instance, detail }) => {
-            if t.deployment.health.contains_key(instance) {
-                roll_back(t, format!("instance {instance} exited: {detail}"), now);
-            }
+        (Phase::Verifying | Phase::Baking, Event::InstanceExited { instance, detail })
+            if t.deployment.health.contains_key(instance) =>
+        {
+            roll_back(t, format!("instance {instance} exited: {detail}"), now);
         }
         (Phase::Verifying, Event::Tick) => {
             let d = &t.deployment;
@@ -320,7 +366,8 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
 
         (Phase::Switching, Event::TrafficRouted { to_new: true }) => {
             t.deployment.traffic_on_new = true;
-            t.log.push(format!("traffic switched to {}", t.deployment.version));
+            t.log
+                .push(format!("traffic switched to {}", t.deployment.version));
             enter(t, Phase::Baking, now);
         }
         (Phase::Switching, Event::RouteFailed { reason }) => {
@@ -330,7 +377,10 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
         (Phase::Baking, Event::Tick) => {
             let d = &t.deployment;
             if now >= d.phase_since + d.settings.bake_ms as Millis {
-                t.log.push(format!("healthy through the {} bake", seconds(d.settings.bake_ms)));
+                t.log.push(format!(
+                    "healthy through the {} bake",
+                    seconds(d.settings.bake_ms)
+                ));
                 enter(t, Phase::Draining, now);
             }
         }
@@ -344,13 +394,17 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
             t.deployment.traffic_on_new = false;
             match &t.deployment.previous_version {
                 Some(v) => t.log.push(format!("traffic returned to {v}")),
-                None => t.log.push("traffic withdrawn (no previous release)".to_owned()),
+                None => t
+                    .log
+                    .push("traffic withdrawn (no previous release)".to_owned()),
             }
             emit_phase_effects(t, now);
         }
-        (Phase::RollingBack, Event::RouteFailed { reason }) => {
-            fail(t, format!("rollback could not restore routing: {reason}"), now)
-        }
+        (Phase::RollingBack, Event::RouteFailed { reason }) => fail(
+            t,
+            format!("rollback could not restore routing: {reason}"),
+            now,
+        ),
         (Phase::RollingBack, Event::InstancesStopped) => {
             t.log.push("new instances stopped".to_owned());
             t.deployment.new_instances.clear();
@@ -366,7 +420,13 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
 fn on_health(t: &mut Transition, instance: &str, probe: &Probe, now: Millis) {
     let phase = t.deployment.phase;
     let settings = t.deployment.settings.health.clone();
-    let Some(inst) = t.deployment.new_instances.iter().find(|i| i.id == instance).cloned() else {
+    let Some(inst) = t
+        .deployment
+        .new_instances
+        .iter()
+        .find(|i| i.id == instance)
+        .cloned()
+    else {
         return;
     };
     let Some(h) = t.deployment.health.get_mut(instance) else {
@@ -466,7 +526,9 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
     let d = &t.deployment;
     let effects = &mut t.effects;
     match d.phase {
-        Phase::Preparing => effects.push(Effect::PrepareRelease { version: d.version.clone() }),
+        Phase::Preparing => effects.push(Effect::PrepareRelease {
+            version: d.version.clone(),
+        }),
         Phase::Starting => effects.push(Effect::StartInstances {
             version: d.version.clone(),
             count: d.settings.instances,
@@ -474,7 +536,10 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
         Phase::Verifying => {
             for i in &d.new_instances {
                 if !d.health.get(&i.id).is_some_and(|h| h.up) {
-                    effects.push(Effect::ProbeHealth { instance: i.clone(), at: now });
+                    effects.push(Effect::ProbeHealth {
+                        instance: i.clone(),
+                        at: now,
+                    });
                 }
             }
             effects.push(Effect::WakeAt {
@@ -496,14 +561,18 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
                     at: now + d.settings.health.interval_ms as Millis,
                 });
             }
-            effects.push(Effect::WakeAt { at: d.phase_since + d.settings.bake_ms as Millis });
+            effects.push(Effect::WakeAt {
+                at: d.phase_since + d.settings.bake_ms as Millis,
+            });
         }
         Phase::Draining => {
             if d.old_instances.is_empty() {
                 enter(t, Phase::Succeeded, now);
                 return;
             }
-            effects.push(Effect::StopInstances { instances: d.old_instances.clone() });
+            effects.push(Effect::StopInstances {
+                instances: d.old_instances.clone(),
+            });
         }
         Phase::RollingBack => {
             if d.traffic_on_new {
@@ -512,7 +581,9 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
                     to_new: false,
                 });
             } else if !d.new_instances.is_empty() {
-                effects.push(Effect::StopInstances { instances: d.new_instances.clone() });
+                effects.push(Effect::StopInstances {
+                    instances: d.new_instances.clone(),
+                });
             } else {
                 enter(t, Phase::RolledBack, now);
             }
@@ -522,7 +593,7 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
 }
 
 fn seconds(ms: u64) -> String {
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{:.1}s", ms as f64 / 1000.0)

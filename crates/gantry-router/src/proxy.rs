@@ -51,14 +51,19 @@ const HOP_BY_HOP: &[&str] = &[
 ];
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(msg.into())).map_err(|never| match never {}).boxed());
+    let mut r = Response::new(
+        Full::new(Bytes::from(msg.into()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *r.status_mut() = status;
     r
 }
 
 fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
     let mut r = text(status, serde_json::to_string(value).unwrap_or_default());
-    r.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
     r
 }
 
@@ -68,14 +73,21 @@ impl State {
         if let Some((_, c)) = all.iter().find(|(n, _)| n == pool) {
             return c.clone();
         }
-        let c = Arc::new(PoolCounters { requests: AtomicU64::new(0), errors: AtomicU64::new(0) });
+        let c = Arc::new(PoolCounters {
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        });
         all.push((pool.to_owned(), c.clone()));
         c
     }
 
     /// Picks a pool by weight and an upstream in it, round robin.
     fn pick(&self) -> Option<(String, SocketAddr)> {
-        let routing = self.routing.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let routing = self
+            .routing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let total: u64 = routing.pools.iter().map(|p| p.weight as u64).sum();
         if total == 0 {
             return None;
@@ -93,13 +105,25 @@ impl State {
     }
 
     fn pool_size(&self, pool: &str) -> usize {
-        let routing = self.routing.read().unwrap_or_else(|p| p.into_inner()).clone();
-        routing.pools.iter().find(|p| p.name == pool).map_or(0, |p| p.upstreams.len())
+        let routing = self
+            .routing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        routing
+            .pools
+            .iter()
+            .find(|p| p.name == pool)
+            .map_or(0, |p| p.upstreams.len())
     }
 
     /// The upstream after `current` in its pool, if the pool has another.
     fn next_upstream(&self, pool: &str, current: SocketAddr) -> Option<SocketAddr> {
-        let routing = self.routing.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let routing = self
+            .routing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let p = routing.pools.iter().find(|p| p.name == pool)?;
         let i = p.upstreams.iter().position(|u| *u == current)?;
         (p.upstreams.len() > 1).then(|| p.upstreams[(i + 1) % p.upstreams.len()])
@@ -109,7 +133,8 @@ impl State {
         routing.validate().map_err(|e| e.to_string())?;
         let bytes = serde_json::to_vec_pretty(&routing).map_err(|e| e.to_string())?;
         // On disk first: a router restarted after this answer serves the same.
-        write_atomic(&self.options.state_dir.join(CONFIG_FILE), &bytes).map_err(|e| e.to_string())?;
+        write_atomic(&self.options.state_dir.join(CONFIG_FILE), &bytes)
+            .map_err(|e| e.to_string())?;
         *self.routing.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routing);
         Ok(())
     }
@@ -117,20 +142,31 @@ impl State {
 
 async fn proxy(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let Some((pool, upstream)) = state.pick() else {
-        return text(StatusCode::SERVICE_UNAVAILABLE, "no release is serving this environment\n");
+        return text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no release is serving this environment\n",
+        );
     };
     let (mut parts, body) = req.into_parts();
     if let Some(h) = parts.headers.get(HOST).cloned() {
         parts.headers.insert("x-forwarded-host", h);
     }
     strip_hop_by_hop(&mut parts.headers);
-    let path = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    let path = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
     // A request without a body can be sent again if its upstream could not
     // even be connected to (nothing reached it), e.g. an instance that died.
     let replayable = body.is_end_stream();
     let mut body = Some(body);
     let mut upstream = upstream;
-    let attempts = if replayable { state.pool_size(&pool).clamp(1, 4) } else { 1 };
+    let attempts = if replayable {
+        state.pool_size(&pool).clamp(1, 4)
+    } else {
+        1
+    };
     for attempt in 1..=attempts {
         let counters = state.counters(&pool);
         counters.requests.fetch_add(1, Ordering::Relaxed);
@@ -158,7 +194,12 @@ async fn proxy(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
                 tracing::warn!(%upstream, pool, attempt, error = %e, "upstream request failed");
                 match state.next_upstream(&pool, upstream) {
                     Some(next) if e.is_connect() && attempt < attempts => upstream = next,
-                    _ => return text(StatusCode::BAD_GATEWAY, format!("upstream {upstream} failed: {e}\n")),
+                    _ => {
+                        return text(
+                            StatusCode::BAD_GATEWAY,
+                            format!("upstream {upstream} failed: {e}\n"),
+                        )
+                    }
                 }
             }
         }
@@ -173,7 +214,11 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
         .collect();
-    for h in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
+    for h in HOP_BY_HOP
+        .iter()
+        .copied()
+        .chain(named.iter().map(String::as_str))
+    {
         headers.remove(h);
     }
 }
@@ -189,7 +234,11 @@ async fn admin(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     }
     match (req.method().as_str(), req.uri().path()) {
         ("GET", "/routing") => {
-            let routing = state.routing.read().unwrap_or_else(|p| p.into_inner()).clone();
+            let routing = state
+                .routing
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
             json(StatusCode::OK, &*routing)
         }
         ("PUT", "/routing") => {
@@ -202,7 +251,14 @@ async fn admin(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
                 Err(e) => return text(StatusCode::BAD_REQUEST, format!("invalid routing: {e}\n")),
             };
             match state.apply(routing) {
-                Ok(()) => json(StatusCode::OK, &*state.routing.read().unwrap_or_else(|p| p.into_inner()).clone()),
+                Ok(()) => json(
+                    StatusCode::OK,
+                    &*state
+                        .routing
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone(),
+                ),
                 Err(e) => text(StatusCode::BAD_REQUEST, format!("routing refused: {e}\n")),
             }
         }
@@ -246,7 +302,10 @@ where
                 let state = state.clone();
                 async move { Ok::<_, std::convert::Infallible>(handler(state, req).await) }
             });
-            if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+            if let Err(e) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
@@ -257,7 +316,10 @@ where
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("state file {path}: {reason}")]
     State { path: String, reason: String },
 }
@@ -265,7 +327,10 @@ pub enum ServeError {
 /// Runs the router until the process ends.
 pub async fn serve(options: RouterOptions) -> Result<(), ServeError> {
     let config_path = options.state_dir.join(CONFIG_FILE);
-    let state_err = |reason: String| ServeError::State { path: config_path.display().to_string(), reason };
+    let state_err = |reason: String| ServeError::State {
+        path: config_path.display().to_string(),
+        reason,
+    };
     std::fs::create_dir_all(&options.state_dir).map_err(|e| state_err(e.to_string()))?;
     let routing = match std::fs::read(&config_path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| state_err(e.to_string()))?,
@@ -274,14 +339,30 @@ pub async fn serve(options: RouterOptions) -> Result<(), ServeError> {
     };
     let public = TcpListener::bind(options.listen)
         .await
-        .map_err(|source| ServeError::Listen { addr: options.listen, source })?;
+        .map_err(|source| ServeError::Listen {
+            addr: options.listen,
+            source,
+        })?;
     let admin_addr: SocketAddr = "127.0.0.1:0".parse().expect("valid literal");
     let admin_listener =
-        TcpListener::bind(admin_addr).await.map_err(|source| ServeError::Listen { addr: admin_addr, source })?;
+        TcpListener::bind(admin_addr)
+            .await
+            .map_err(|source| ServeError::Listen {
+                addr: admin_addr,
+                source,
+            })?;
     let info = AdminInfo {
         pid: std::process::id(),
-        admin: admin_listener.local_addr().map_err(|source| ServeError::Listen { addr: admin_addr, source })?,
-        listen: public.local_addr().map_err(|source| ServeError::Listen { addr: options.listen, source })?,
+        admin: admin_listener
+            .local_addr()
+            .map_err(|source| ServeError::Listen {
+                addr: admin_addr,
+                source,
+            })?,
+        listen: public.local_addr().map_err(|source| ServeError::Listen {
+            addr: options.listen,
+            source,
+        })?,
     };
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
@@ -297,7 +378,8 @@ pub async fn serve(options: RouterOptions) -> Result<(), ServeError> {
     });
     // Announce only once both listeners are bound.
     let info_json = serde_json::to_vec(&info).expect("admin info serializes");
-    write_atomic(&options.state_dir.join(ADMIN_FILE), &info_json).map_err(|e| state_err(e.to_string()))?;
+    write_atomic(&options.state_dir.join(ADMIN_FILE), &info_json)
+        .map_err(|e| state_err(e.to_string()))?;
     tracing::info!(listen = %info.listen, admin = %info.admin, "router serving");
     tokio::spawn(accept_loop(admin_listener, state.clone(), admin));
     accept_loop(public, state, proxy).await;

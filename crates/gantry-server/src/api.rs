@@ -33,7 +33,11 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into() }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -64,15 +68,39 @@ impl From<gantry_store::StoreError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// `Json<T>` whose rejections (bad JSON, unknown or missing fields, wrong
+/// content type) come back in the API's error shape.
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(rejection) => Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_body",
+                format!("request body: {}", rejection.body_text()),
+            )),
+        }
+    }
+}
+
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/releases", get(list_releases))
         .route("/releases/verify", post(verify_releases))
         .route(
             "/releases/{version}",
-            put(create_release).get(show_release).layer(DefaultBodyLimit::max(MAX_ARTIFACT_BYTES)),
+            put(create_release)
+                .get(show_release)
+                .layer(DefaultBodyLimit::max(MAX_ARTIFACT_BYTES)),
         )
-        .route("/deployments", post(create_deployment).get(list_deployments))
+        .route(
+            "/deployments",
+            post(create_deployment).get(list_deployments),
+        )
         .route("/deployments/{id}", get(show_deployment))
         .route("/deployments/{id}/log", get(deployment_log))
         .route("/deployments/{id}/abort", post(abort_deployment))
@@ -81,7 +109,9 @@ pub fn router(state: AppState) -> Router {
         .route("/instances/{id}/log", get(instance_log))
         .route("/shutdown", post(shutdown))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route") });
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")
+        });
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(|| async { "ok\n" }))
@@ -96,7 +126,12 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
         Some(t) if constant_time_eq(t.as_bytes(), state.token.as_bytes()) => next.run(req).await,
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the bearer token is not valid").into_response(),
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the bearer token is not valid",
+        )
+        .into_response(),
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -127,31 +162,52 @@ async fn create_release(
         headers
             .get(name)
             .map(|v| {
-                v.to_str()
-                    .map(str::to_owned)
-                    .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("header {name} is not text")))
+                v.to_str().map(str::to_owned).map_err(|_| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid",
+                        format!("header {name} is not text"),
+                    )
+                })
             })
             .transpose()
     };
     let signature = header("x-gantry-signature")?
         .map(|b64| {
             crate::artifact::decode_b64(&b64).map_err(|e| {
-                ApiError::new(StatusCode::BAD_REQUEST, "invalid", format!("header x-gantry-signature: {e}"))
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    format!("header x-gantry-signature: {e}"),
+                )
             })
         })
         .transpose()?;
     let controller = s.controller.clone();
     let git_sha = header("x-gantry-git-sha")?;
     let (record, created) = tokio::task::spawn_blocking(move || {
-        controller.register_release(NewRelease { version: &version, bytes: &body, git_sha, signature, by: ACTOR })
+        controller.register_release(NewRelease {
+            version: &version,
+            bytes: &body,
+            git_sha,
+            signature,
+            by: ACTOR,
+        })
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
     Ok((status, Json(record)).into_response())
 }
 
-async fn show_release(State(s): State<AppState>, Path(version): Path<String>) -> ApiResult<Response> {
+async fn show_release(
+    State(s): State<AppState>,
+    Path(version): Path<String>,
+) -> ApiResult<Response> {
     Ok(Json(s.controller.release(&version)?).into_response())
 }
 
@@ -159,7 +215,9 @@ async fn verify_releases(State(s): State<AppState>) -> ApiResult<Response> {
     let c = s.controller.clone();
     let results = tokio::task::spawn_blocking(move || c.verify_releases())
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
     Ok(Json(results).into_response())
 }
 
@@ -170,7 +228,10 @@ struct DeployRequest {
     version: String,
 }
 
-async fn create_deployment(State(s): State<AppState>, body: Json<DeployRequest>) -> ApiResult<Response> {
+async fn create_deployment(
+    State(s): State<AppState>,
+    Body(body): Body<DeployRequest>,
+) -> ApiResult<Response> {
     let d = s.controller.deploy(&body.env, &body.version, ACTOR).await?;
     Ok((StatusCode::CREATED, Json(d)).into_response())
 }
@@ -182,8 +243,14 @@ struct RollbackRequest {
     to: Option<String>,
 }
 
-async fn create_rollback(State(s): State<AppState>, body: Json<RollbackRequest>) -> ApiResult<Response> {
-    let d = s.controller.rollback(&body.env, body.to.as_deref(), ACTOR).await?;
+async fn create_rollback(
+    State(s): State<AppState>,
+    Body(body): Body<RollbackRequest>,
+) -> ApiResult<Response> {
+    let d = s
+        .controller
+        .rollback(&body.env, body.to.as_deref(), ACTOR)
+        .await?;
     Ok((StatusCode::CREATED, Json(d)).into_response())
 }
 
@@ -193,42 +260,60 @@ struct ListQuery {
     limit: Option<usize>,
 }
 
-async fn list_deployments(State(s): State<AppState>, Query(q): Query<ListQuery>) -> ApiResult<Response> {
-    let env = match &q.env {
-        Some(e) => {
-            if s.controller.config.environment(e).is_none() {
-                return Err(ControlError::NotFound(format!(
-                    "environment {e:?} is not defined; known: {}",
-                    s.controller.config.environment_names().join(", ")
-                ))
-                .into());
+async fn list_deployments(
+    State(s): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Response> {
+    let env =
+        match &q.env {
+            Some(e) => {
+                if s.controller.config.environment(e).is_none() {
+                    return Err(ControlError::NotFound(format!(
+                        "environment {e:?} is not defined; known: {}",
+                        s.controller.config.environment_names().join(", ")
+                    ))
+                    .into());
+                }
+                Some(e.parse::<EnvName>().map_err(|e| {
+                    ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.to_string())
+                })?)
             }
-            Some(e.parse::<EnvName>().map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.to_string()))?)
-        }
-        None => None,
-    };
+            None => None,
+        };
     let limit = q.limit.unwrap_or(50).min(1000);
     Ok(Json(s.controller.store.deployments(env.as_ref(), limit)?).into_response())
 }
 
 fn deployment_or_404(s: &AppState, id: DeploymentId) -> ApiResult<gantry_core::Deployment> {
-    s.controller
-        .store
-        .deployment(id)?
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("deployment {id} does not exist")))
+    s.controller.store.deployment(id)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("deployment {id} does not exist"),
+        )
+    })
 }
 
-async fn show_deployment(State(s): State<AppState>, Path(id): Path<DeploymentId>) -> ApiResult<Response> {
+async fn show_deployment(
+    State(s): State<AppState>,
+    Path(id): Path<DeploymentId>,
+) -> ApiResult<Response> {
     Ok(Json(deployment_or_404(&s, id)?).into_response())
 }
 
-async fn deployment_log(State(s): State<AppState>, Path(id): Path<DeploymentId>) -> ApiResult<Response> {
+async fn deployment_log(
+    State(s): State<AppState>,
+    Path(id): Path<DeploymentId>,
+) -> ApiResult<Response> {
     let d = deployment_or_404(&s, id)?;
     let log = s.controller.store.log(id)?;
     Ok(Json(json!({"deployment": d, "log": log})).into_response())
 }
 
-async fn abort_deployment(State(s): State<AppState>, Path(id): Path<DeploymentId>) -> ApiResult<Response> {
+async fn abort_deployment(
+    State(s): State<AppState>,
+    Path(id): Path<DeploymentId>,
+) -> ApiResult<Response> {
     s.controller.abort(id, ACTOR)?;
     Ok((StatusCode::ACCEPTED, Json(json!({"aborting": id}))).into_response())
 }
@@ -257,18 +342,23 @@ async fn instance_log(
     Ok(text.into_response())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ShutdownRequest {
     #[serde(default)]
     stop_workloads: bool,
 }
 
-async fn shutdown(State(s): State<AppState>, body: Option<Json<ShutdownRequest>>) -> ApiResult<Response> {
-    let req = body.map(|b| b.0).unwrap_or_default();
+async fn shutdown(
+    State(s): State<AppState>,
+    Body(req): Body<ShutdownRequest>,
+) -> ApiResult<Response> {
     if req.stop_workloads {
         s.controller.stop_workloads().await;
     }
     s.shutdown.notify_one();
-    Ok(Json(json!({"shutting_down": true, "stopped_workloads": req.stop_workloads})).into_response())
+    Ok(
+        Json(json!({"shutting_down": true, "stopped_workloads": req.stop_workloads}))
+            .into_response(),
+    )
 }

@@ -24,20 +24,26 @@ pub fn detect_kind(bytes: &[u8]) -> Result<&'static str, String> {
 pub fn unpack(kind: &str, artifact: &Path, dest: &Path) -> Result<(), String> {
     let parent = dest.parent().ok_or("release directory has no parent")?;
     fs::create_dir_all(parent).map_err(|e| e.to_string())?;
-    let tmp = tempfile::Builder::new().prefix(".unpack-").tempdir_in(parent).map_err(|e| e.to_string())?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".unpack-")
+        .tempdir_in(parent)
+        .map_err(|e| e.to_string())?;
     let file = fs::File::open(artifact).map_err(|e| format!("cannot open artifact: {e}"))?;
     match kind {
         "tar.gz" => tar::Archive::new(flate2::read::GzDecoder::new(file))
             .unpack(tmp.path())
             .map_err(|e| format!("bad tar.gz archive: {e}"))?,
-        "tar" => tar::Archive::new(file).unpack(tmp.path()).map_err(|e| format!("bad tar archive: {e}"))?,
+        "tar" => tar::Archive::new(file)
+            .unpack(tmp.path())
+            .map_err(|e| format!("bad tar archive: {e}"))?,
         "executable" => {
             let bin = tmp.path().join("bin");
             fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
             let exe = bin.join("app");
             fs::copy(artifact, &exe).map_err(|e| e.to_string())?;
             use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(&exe, fs::Permissions::from_mode(0o555)).map_err(|e| e.to_string())?;
+            fs::set_permissions(&exe, fs::Permissions::from_mode(0o555))
+                .map_err(|e| e.to_string())?;
         }
         other => return Err(format!("unknown artifact kind {other:?}")),
     }
@@ -84,7 +90,9 @@ pub fn verify_signature(bytes: &[u8], signature: &str, keys: &[String]) -> Resul
             Err(e) => last = e.to_string(),
         }
     }
-    Err(format!("signature does not verify against any configured public key ({last})"))
+    Err(format!(
+        "signature does not verify against any configured public key ({last})"
+    ))
 }
 
 pub fn decode_b64(s: &str) -> Result<String, String> {

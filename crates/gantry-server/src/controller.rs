@@ -10,11 +10,11 @@ use crate::artifact;
 use crate::routing::TrafficRouter;
 use crate::target::{LaunchSpec, Target};
 use gantry_config::{Config, Environment, SecretRef};
-use gantry_core::{
-    step, Deployment, DeploymentId, DeploymentKind, DeploySettings, Effect, EnvName, Event, HealthSettings,
-    InstanceRef, Millis, Version,
-};
 use gantry_core::machine::Probe;
+use gantry_core::{
+    step, DeploySettings, Deployment, DeploymentId, DeploymentKind, Effect, EnvName, Event,
+    HealthSettings, InstanceRef, Millis, Version,
+};
 use gantry_router::Pool;
 use gantry_store::{Blobs, EnvState, InsertOutcome, ReleaseRecord, Store, StoreError};
 use serde::Serialize;
@@ -113,8 +113,19 @@ impl Controller {
         router: Arc<dyn TrafficRouter>,
         config: Arc<Config>,
     ) -> Arc<Controller> {
-        let http = reqwest::Client::builder().no_proxy().build().expect("static client config is valid");
-        Arc::new(Controller { store, blobs, target, router, config, inboxes: Mutex::default(), http })
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("static client config is valid");
+        Arc::new(Controller {
+            store,
+            blobs,
+            target,
+            router,
+            config,
+            inboxes: Mutex::default(),
+            http,
+        })
     }
 
     fn env(&self, name: &str) -> Result<&Environment, ControlError> {
@@ -128,7 +139,9 @@ impl Controller {
 
     fn parse_version(s: &str) -> Result<Version, ControlError> {
         Version::parse(s).map_err(|e| {
-            ControlError::Invalid(format!("{s:?} is not a semantic version (expected X.Y.Z, e.g. 1.4.2): {e}"))
+            ControlError::Invalid(format!(
+                "{s:?} is not a semantic version (expected X.Y.Z, e.g. 1.4.2): {e}"
+            ))
         })
     }
 
@@ -142,7 +155,10 @@ impl Controller {
 
     // ---- releases ----
 
-    pub fn register_release(&self, r: NewRelease<'_>) -> Result<(ReleaseRecord, bool), ControlError> {
+    pub fn register_release(
+        &self,
+        r: NewRelease<'_>,
+    ) -> Result<(ReleaseRecord, bool), ControlError> {
         let version = Self::parse_version(r.version)?;
         let kind = artifact::detect_kind(r.bytes).map_err(ControlError::Invalid)?;
         if let Some(sha) = &r.git_sha {
@@ -155,7 +171,9 @@ impl Controller {
         let signed_by = match &r.signature {
             Some(sig) => Some(
                 artifact::verify_signature(r.bytes, sig, &self.config.signing.public_keys)
-                    .map_err(|e| ControlError::Invalid(format!("release {version} refused: {e}")))?,
+                    .map_err(|e| {
+                        ControlError::Invalid(format!("release {version} refused: {e}"))
+                    })?,
             ),
             None => None,
         };
@@ -181,7 +199,9 @@ impl Controller {
             }
             return Ok((existing, false));
         }
-        self.blobs.put(r.bytes).map_err(|e| ControlError::Internal(e.to_string()))?;
+        self.blobs
+            .put(r.bytes)
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
         match self.store.insert_release(&record)? {
             InsertOutcome::Inserted => Ok((record, true)),
             InsertOutcome::AlreadyPresent => Ok((self.registered(&version)?, false)),
@@ -241,15 +261,22 @@ impl Controller {
         if self.router.is_running(&env.name).await {
             return Ok(());
         }
-        std::net::TcpListener::bind(env.listen).map(drop).map_err(|e| {
-            ControlError::Conflict(format!(
-                "environment {} listens on {}, which is not available: {e}",
-                env.name, env.listen
-            ))
-        })
+        std::net::TcpListener::bind(env.listen)
+            .map(drop)
+            .map_err(|e| {
+                ControlError::Conflict(format!(
+                    "environment {} listens on {}, which is not available: {e}",
+                    env.name, env.listen
+                ))
+            })
     }
 
-    pub async fn deploy(self: &Arc<Self>, env: &str, version: &str, by: &str) -> Result<Deployment, ControlError> {
+    pub async fn deploy(
+        self: &Arc<Self>,
+        env: &str,
+        version: &str,
+        by: &str,
+    ) -> Result<Deployment, ControlError> {
         let env = self.env(env)?.clone();
         let version = Self::parse_version(version)?;
         let release = self.registered(&version)?;
@@ -263,17 +290,28 @@ impl Controller {
         self.create(&env, DeploymentKind::Deploy, version, by)
     }
 
-    pub async fn rollback(self: &Arc<Self>, env: &str, to: Option<&str>, by: &str) -> Result<Deployment, ControlError> {
+    pub async fn rollback(
+        self: &Arc<Self>,
+        env: &str,
+        to: Option<&str>,
+        by: &str,
+    ) -> Result<Deployment, ControlError> {
         let env = self.env(env)?.clone();
         let current = self.store.env_state(&env.name)?.ok_or_else(|| {
-            ControlError::Conflict(format!("nothing has been deployed to {}; there is nothing to roll back", env.name))
+            ControlError::Conflict(format!(
+                "nothing has been deployed to {}; there is nothing to roll back",
+                env.name
+            ))
         })?;
         let target = match to {
             Some(v) => {
                 let v = Self::parse_version(v)?;
                 self.registered(&v)?;
                 if v == current.version {
-                    return Err(ControlError::Invalid(format!("{v} is already serving {}", env.name)));
+                    return Err(ControlError::Invalid(format!(
+                        "{v} is already serving {}",
+                        env.name
+                    )));
                 }
                 if !self.store.succeeded_versions(&env.name)?.contains(&v) {
                     return Err(ControlError::Invalid(format!(
@@ -283,12 +321,15 @@ impl Controller {
                 }
                 v
             }
-            None => self.store.last_good_other_than(&env.name, &current.version)?.ok_or_else(|| {
-                ControlError::Conflict(format!(
-                    "{} has no earlier successful release than {} to roll back to",
-                    env.name, current.version
-                ))
-            })?,
+            None => self
+                .store
+                .last_good_other_than(&env.name, &current.version)?
+                .ok_or_else(|| {
+                    ControlError::Conflict(format!(
+                        "{} has no earlier successful release than {} to roll back to",
+                        env.name, current.version
+                    ))
+                })?,
         };
         self.check_listen_free(&env).await?;
         self.create(&env, DeploymentKind::Rollback, target, by)
@@ -311,7 +352,10 @@ impl Controller {
                 kind,
                 version.clone(),
                 current.as_ref().map(|c| c.version.clone()),
-                current.as_ref().map(|c| c.instances.clone()).unwrap_or_default(),
+                current
+                    .as_ref()
+                    .map(|c| c.instances.clone())
+                    .unwrap_or_default(),
                 settings.clone(),
                 by.to_owned(),
                 now,
@@ -327,7 +371,10 @@ impl Controller {
             .deployment(id)?
             .ok_or_else(|| ControlError::NotFound(format!("deployment {id} does not exist")))?;
         if d.phase.is_terminal() {
-            return Err(ControlError::Conflict(format!("deployment {id} already finished ({})", d.phase.as_str())));
+            return Err(ControlError::Conflict(format!(
+                "deployment {id} already finished ({})",
+                d.phase.as_str()
+            )));
         }
         let inboxes = self.inboxes.lock().unwrap_or_else(|p| p.into_inner());
         match inboxes.get(&id) {
@@ -335,7 +382,9 @@ impl Controller {
                 let _ = tx.send(Event::AbortRequested { by: by.to_owned() });
                 Ok(())
             }
-            None => Err(ControlError::Internal(format!("deployment {id} is not being driven"))),
+            None => Err(ControlError::Internal(format!(
+                "deployment {id} is not being driven"
+            ))),
         }
     }
 
@@ -343,7 +392,10 @@ impl Controller {
     /// (`Created` for a new one, `Resumed` after a restart).
     pub fn launch(self: &Arc<Self>, d: Deployment, first: Event) {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.inboxes.lock().unwrap_or_else(|p| p.into_inner()).insert(d.id, tx.clone());
+        self.inboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(d.id, tx.clone());
         let _ = tx.send(first);
         tokio::spawn(self.clone().drive(d, tx, rx));
     }
@@ -378,25 +430,39 @@ impl Controller {
                 break;
             }
         }
-        self.inboxes.lock().unwrap_or_else(|p| p.into_inner()).remove(&d.id);
+        self.inboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&d.id);
     }
 
-    async fn execute(self: Arc<Self>, d: Deployment, effect: Effect, tx: mpsc::UnboundedSender<Event>) {
+    async fn execute(
+        self: Arc<Self>,
+        d: Deployment,
+        effect: Effect,
+        tx: mpsc::UnboundedSender<Event>,
+    ) {
         let event = match effect {
             Effect::PrepareRelease { version } => match self.prepare(&d, &version).await {
                 Ok(()) => Event::Prepared,
                 Err(reason) => Event::PrepareFailed { reason },
             },
-            Effect::StartInstances { version, count } => match self.start(&d, &version, count).await {
-                Ok(instances) => Event::InstancesStarted { instances },
-                Err(reason) => Event::StartFailed { reason },
-            },
+            Effect::StartInstances { version, count } => {
+                match self.start(&d, &version, count).await {
+                    Ok(instances) => Event::InstancesStarted { instances },
+                    Err(reason) => Event::StartFailed { reason },
+                }
+            }
             Effect::ProbeHealth { instance, at } => {
                 sleep_until(at).await;
                 self.probe(&instance).await
             }
             Effect::RouteTraffic { instances, to_new } => {
-                let name = if to_new { Some(&d.version) } else { d.previous_version.as_ref() };
+                let name = if to_new {
+                    Some(&d.version)
+                } else {
+                    d.previous_version.as_ref()
+                };
                 let pools = pools_for(name, &instances);
                 match self.route(&d.env, pools).await {
                     Ok(()) => Event::TrafficRouted { to_new },
@@ -430,10 +496,12 @@ impl Controller {
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("artifact of {version} failed verification: {e}"))?;
         if env.require_signature {
-            let sig = release
-                .signature
-                .as_deref()
-                .ok_or_else(|| format!("environment {} requires a signed release; {version} has no signature", d.env))?;
+            let sig = release.signature.as_deref().ok_or_else(|| {
+                format!(
+                    "environment {} requires a signed release; {version} has no signature",
+                    d.env
+                )
+            })?;
             artifact::verify_signature(&bytes, sig, &self.config.signing.public_keys)
                 .map_err(|e| format!("signature of {version}: {e}"))?;
         }
@@ -444,7 +512,13 @@ impl Controller {
     }
 
     /// Plain variables and resolved secrets for an environment.
-    fn launch_spec(&self, env: &Environment, deployment: DeploymentId, version: &Version, count: u32) -> Result<LaunchSpec, String> {
+    fn launch_spec(
+        &self,
+        env: &Environment,
+        deployment: DeploymentId,
+        version: &Version,
+        count: u32,
+    ) -> Result<LaunchSpec, String> {
         let svc = &self.config.service;
         let mut vars: BTreeMap<String, String> = svc.env.clone();
         vars.extend(env.env.clone());
@@ -452,8 +526,11 @@ impl Controller {
         secrets.extend(env.secrets.clone());
         for (name, source) in secrets {
             let value = match &source {
-                SecretRef::Env(var) => std::env::var(var)
-                    .map_err(|_| format!("secret {name}: environment variable {var} is not set on the controller"))?,
+                SecretRef::Env(var) => std::env::var(var).map_err(|_| {
+                    format!(
+                        "secret {name}: environment variable {var} is not set on the controller"
+                    )
+                })?,
                 SecretRef::File(path) => std::fs::read_to_string(path)
                     .map(|s| s.trim_end_matches('\n').to_owned())
                     .map_err(|e| format!("secret {name}: cannot read {}: {e}", path.display()))?,
@@ -472,33 +549,65 @@ impl Controller {
         })
     }
 
-    async fn start(&self, d: &Deployment, version: &Version, count: u32) -> Result<Vec<InstanceRef>, String> {
+    async fn start(
+        &self,
+        d: &Deployment,
+        version: &Version,
+        count: u32,
+    ) -> Result<Vec<InstanceRef>, String> {
         let env = self.env(d.env.as_str()).map_err(|e| e.to_string())?;
         let spec = self.launch_spec(env, d.id, version, count)?;
-        self.target.ensure_instances(&spec).await.map_err(|e| e.to_string())
+        self.target
+            .ensure_instances(&spec)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn probe(&self, instance: &InstanceRef) -> Event {
         let h = &self.config.health;
         let url = format!("http://127.0.0.1:{}{}", instance.port, h.path);
-        let result = self.http.get(&url).timeout(Duration::from_millis(h.timeout_ms)).send().await;
+        let result = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_millis(h.timeout_ms))
+            .send()
+            .await;
         let probe = match result {
             Ok(resp) if resp.status().is_success() => Probe::Healthy,
-            Ok(resp) => Probe::Unhealthy(format!("GET {} answered HTTP {}", h.path, resp.status().as_u16())),
-            Err(e) if e.is_timeout() => Probe::Unhealthy(format!("GET {} timed out after {}ms", h.path, h.timeout_ms)),
+            Ok(resp) => Probe::Unhealthy(format!(
+                "GET {} answered HTTP {}",
+                h.path,
+                resp.status().as_u16()
+            )),
+            Err(e) if e.is_timeout() => {
+                Probe::Unhealthy(format!("GET {} timed out after {}ms", h.path, h.timeout_ms))
+            }
             Err(e) => {
                 if let Some(detail) = self.target.exited(instance).await {
-                    return Event::InstanceExited { instance: instance.id.clone(), detail };
+                    return Event::InstanceExited {
+                        instance: instance.id.clone(),
+                        detail,
+                    };
                 }
-                Probe::Unreachable(if e.is_connect() { "connection refused".to_owned() } else { e.to_string() })
+                Probe::Unreachable(if e.is_connect() {
+                    "connection refused".to_owned()
+                } else {
+                    e.to_string()
+                })
             }
         };
-        Event::HealthObserved { instance: instance.id.clone(), probe }
+        Event::HealthObserved {
+            instance: instance.id.clone(),
+            probe,
+        }
     }
 
     async fn route(&self, env: &EnvName, pools: Vec<Pool>) -> Result<(), String> {
         let listen = self.env(env.as_str()).map_err(|e| e.to_string())?.listen;
-        self.router.route(env, listen, pools).await.map_err(|e| e.to_string())
+        self.router
+            .route(env, listen, pools)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     // ---- restart ----
@@ -513,7 +622,12 @@ impl Controller {
             owned.extend(s.instances.iter().map(|i| i.id.clone()));
         }
         for d in &active {
-            owned.extend(d.old_instances.iter().chain(&d.new_instances).map(|i| i.id.clone()));
+            owned.extend(
+                d.old_instances
+                    .iter()
+                    .chain(&d.new_instances)
+                    .map(|i| i.id.clone()),
+            );
         }
         let active_ids: HashSet<DeploymentId> = active.iter().map(|d| d.id).collect();
         let orphans: Vec<InstanceRef> = self
@@ -522,10 +636,16 @@ impl Controller {
             .await
             .into_iter()
             .filter(|r| !owned.contains(&r.id) && !active_ids.contains(&r.deployment))
-            .map(|r| InstanceRef { id: r.id, port: r.port })
+            .map(|r| InstanceRef {
+                id: r.id,
+                port: r.port,
+            })
             .collect();
         if !orphans.is_empty() {
-            tracing::warn!(count = orphans.len(), "stopping instances that no deployment owns");
+            tracing::warn!(
+                count = orphans.len(),
+                "stopping instances that no deployment owns"
+            );
             let _ = self.target.stop(&orphans).await;
         }
         for s in &states {
@@ -548,7 +668,11 @@ impl Controller {
             self.restore_env(env, s).await;
         }
         for d in active {
-            tracing::info!(deployment = d.id, phase = d.phase.as_str(), "resuming deployment");
+            tracing::info!(
+                deployment = d.id,
+                phase = d.phase.as_str(),
+                "resuming deployment"
+            );
             self.launch(d, Event::Resumed);
         }
         Ok(())
@@ -569,7 +693,10 @@ impl Controller {
             Err(e) => tracing::error!(env = %env.name, error = %e, "cannot restart instances"),
         }
         if !self.router.is_running(&env.name).await {
-            if let Err(e) = self.route(&env.name, pools_for(Some(&s.version), &s.instances)).await {
+            if let Err(e) = self
+                .route(&env.name, pools_for(Some(&s.version), &s.instances))
+                .await
+            {
                 tracing::error!(env = %env.name, error = %e, "cannot start router");
             }
         }
@@ -595,10 +722,12 @@ impl Controller {
                 version: state.map(|s| s.version.to_string()),
                 since: state.map(|s| s.since),
                 instances,
-                active_deployment: active.iter().find(|d| d.env == env.name).map(|d| DeploymentSummary {
-                    id: d.id,
-                    version: d.version.to_string(),
-                    phase: d.phase.as_str().to_owned(),
+                active_deployment: active.iter().find(|d| d.env == env.name).map(|d| {
+                    DeploymentSummary {
+                        id: d.id,
+                        version: d.version.to_string(),
+                        phase: d.phase.as_str().to_owned(),
+                    }
                 }),
             });
         }
@@ -612,7 +741,10 @@ impl Controller {
             .running()
             .await
             .into_iter()
-            .map(|r| InstanceRef { id: r.id, port: r.port })
+            .map(|r| InstanceRef {
+                id: r.id,
+                port: r.port,
+            })
             .collect();
         let _ = self.target.stop(&running).await;
         for env in &self.config.environments {
@@ -626,7 +758,9 @@ fn pools_for(name: Option<&Version>, instances: &[InstanceRef]) -> Vec<Pool> {
         return Vec::new();
     }
     vec![Pool {
-        name: name.map(|v| v.to_string()).unwrap_or_else(|| "unknown".to_owned()),
+        name: name
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "unknown".to_owned()),
         weight: 100,
         upstreams: instances
             .iter()

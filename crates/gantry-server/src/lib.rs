@@ -51,13 +51,19 @@ pub enum ServerError {
     #[error(transparent)]
     Blobs(#[from] gantry_store::BlobError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("recovery failed: {0}")]
     Recovery(String),
 }
 
 fn data_err(path: &Path) -> impl Fn(std::io::Error) -> ServerError + '_ {
-    move |e| ServerError::DataDir { path: path.display().to_string(), reason: e.to_string() }
+    move |e| ServerError::DataDir {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
 }
 
 /// Runs the controller until SIGTERM, SIGINT or `POST /api/v1/shutdown`.
@@ -83,30 +89,57 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
     let store = Arc::new(gantry_store::SqliteStore::open(&dir.join("gantry.db"))?);
     let blobs = gantry_store::Blobs::open(dir.join("artifacts"))?;
     let token = secret_file::load_or_create_token(&dir.join(TOKEN_FILE)).map_err(data_err(&dir))?;
-    let router_token = secret_file::load_or_create_token(&dir.join("router.token")).map_err(data_err(&dir))?;
+    let router_token =
+        secret_file::load_or_create_token(&dir.join("router.token")).map_err(data_err(&dir))?;
     let target = Arc::new(target::LocalTarget::new(&dir));
-    let router = Arc::new(routing::ProcessRouter::new(&dir, options.exe.clone(), router_token));
+    let router = Arc::new(routing::ProcessRouter::new(
+        &dir,
+        options.exe.clone(),
+        router_token,
+    ));
     let controller = Controller::new(store, blobs, target, router, config);
 
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
-        .map_err(|source| ServerError::Listen { addr: options.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| ServerError::Listen { addr: options.listen, source })?;
+        .map_err(|source| ServerError::Listen {
+            addr: options.listen,
+            source,
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| ServerError::Listen {
+            addr: options.listen,
+            source,
+        })?;
 
-    controller.recover().await.map_err(|e| ServerError::Recovery(e.to_string()))?;
+    controller
+        .recover()
+        .await
+        .map_err(|e| ServerError::Recovery(e.to_string()))?;
 
-    let info = ServerInfo { pid: std::process::id(), url: format!("http://{addr}") };
-    secret_file::write(&dir.join(SERVER_FILE), &serde_json::to_string(&info).unwrap_or_default())
-        .map_err(data_err(&dir))?;
+    let info = ServerInfo {
+        pid: std::process::id(),
+        url: format!("http://{addr}"),
+    };
+    secret_file::write(
+        &dir.join(SERVER_FILE),
+        &serde_json::to_string(&info).unwrap_or_default(),
+    )
+    .map_err(data_err(&dir))?;
     tracing::info!(url = %info.url, data_dir = %dir.display(), "controller serving");
 
     let shutdown = Arc::new(tokio::sync::Notify::new());
-    let state = api::AppState { controller, token: Arc::new(token), shutdown: shutdown.clone() };
+    let state = api::AppState {
+        controller,
+        token: Arc::new(token),
+        shutdown: shutdown.clone(),
+    };
     let app = api::router(state);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("can install a SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("can install a SIGTERM handler");
             tokio::select! {
                 _ = shutdown.notified() => {}
                 _ = term.recv() => {}

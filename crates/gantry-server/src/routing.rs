@@ -21,7 +21,12 @@ pub enum RouteError {
 #[async_trait]
 pub trait TrafficRouter: Send + Sync {
     /// Sends the environment's traffic to `pools`, starting its router if needed.
-    async fn route(&self, env: &EnvName, listen: SocketAddr, pools: Vec<Pool>) -> Result<(), RouteError>;
+    async fn route(
+        &self,
+        env: &EnvName,
+        listen: SocketAddr,
+        pools: Vec<Pool>,
+    ) -> Result<(), RouteError>;
     /// Whether the environment's router runs.
     async fn is_running(&self, env: &EnvName) -> bool;
     /// Stops the environment's router (used on shutdown with workloads).
@@ -43,7 +48,12 @@ impl ProcessRouter {
             .no_proxy()
             .build()
             .expect("static client config is valid");
-        ProcessRouter { data_dir: data_dir.to_owned(), exe, token, http }
+        ProcessRouter {
+            data_dir: data_dir.to_owned(),
+            exe,
+            token,
+            http,
+        }
     }
 
     fn state_dir(&self, env: &EnvName) -> PathBuf {
@@ -70,7 +80,10 @@ impl ProcessRouter {
     }
 
     async fn ensure(&self, env: &EnvName, listen: SocketAddr) -> Result<AdminInfo, RouteError> {
-        let start_err = |reason: String| RouteError::Start { env: env.to_string(), reason };
+        let start_err = |reason: String| RouteError::Start {
+            env: env.to_string(),
+            reason,
+        };
         if let Some(info) = self.live(env).await {
             if info.listen == listen || listen.port() == 0 {
                 return Ok(info);
@@ -81,7 +94,8 @@ impl ProcessRouter {
         let dir = self.state_dir(env);
         std::fs::create_dir_all(&dir).map_err(|e| start_err(e.to_string()))?;
         let _ = std::fs::remove_file(dir.join(ADMIN_FILE));
-        crate::secret_file::write(&self.token_file(), &self.token).map_err(|e| start_err(e.to_string()))?;
+        crate::secret_file::write(&self.token_file(), &self.token)
+            .map_err(|e| start_err(e.to_string()))?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -108,7 +122,12 @@ impl ProcessRouter {
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 let log = std::fs::read_to_string(dir.join("router.log")).unwrap_or_default();
-                let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").to_owned();
+                let last = log
+                    .lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("")
+                    .to_owned();
                 return Err(start_err(format!("router exited ({status}): {last}")));
             }
             if let Some(info) = self.live(env).await {
@@ -131,9 +150,17 @@ impl ProcessRouter {
 
 #[async_trait]
 impl TrafficRouter for ProcessRouter {
-    async fn route(&self, env: &EnvName, listen: SocketAddr, pools: Vec<Pool>) -> Result<(), RouteError> {
+    async fn route(
+        &self,
+        env: &EnvName,
+        listen: SocketAddr,
+        pools: Vec<Pool>,
+    ) -> Result<(), RouteError> {
         let info = self.ensure(env, listen).await?;
-        let refused = |reason: String| RouteError::Refused { env: env.to_string(), reason };
+        let refused = |reason: String| RouteError::Refused {
+            env: env.to_string(),
+            reason,
+        };
         let current: Routing = self
             .http
             .get(format!("http://{}/routing", info.admin))
@@ -144,7 +171,10 @@ impl TrafficRouter for ProcessRouter {
             .json()
             .await
             .map_err(|e| refused(e.to_string()))?;
-        let next = Routing { generation: current.generation + 1, pools };
+        let next = Routing {
+            generation: current.generation + 1,
+            pools,
+        };
         let resp = self
             .http
             .put(format!("http://{}/routing", info.admin))

@@ -76,7 +76,11 @@ pub trait Target: Send + Sync {
     /// ones already running, and returns all of them.
     async fn ensure_instances(&self, spec: &LaunchSpec) -> Result<Vec<InstanceRef>, TargetError>;
     /// Starts one instance again with its old id and port (after it died).
-    async fn restart_instance(&self, spec: &LaunchSpec, instance: &InstanceRef) -> Result<(), TargetError>;
+    async fn restart_instance(
+        &self,
+        spec: &LaunchSpec,
+        instance: &InstanceRef,
+    ) -> Result<(), TargetError>;
     /// Stops the instances; already stopped ones are fine.
     async fn stop(&self, instances: &[InstanceRef]) -> Result<(), TargetError>;
     /// `None` while the instance runs; why it is gone otherwise.
@@ -102,7 +106,10 @@ pub struct LocalTarget {
 
 impl LocalTarget {
     pub fn new(data_dir: &Path) -> LocalTarget {
-        LocalTarget { data_dir: data_dir.to_owned(), exits: Arc::default() }
+        LocalTarget {
+            data_dir: data_dir.to_owned(),
+            exits: Arc::default(),
+        }
     }
 
     pub fn release_dir(&self, version: &Version) -> PathBuf {
@@ -116,12 +123,20 @@ impl LocalTarget {
     fn scan(&self) -> Vec<RunningInstance> {
         let data_dir = self.data_dir.display().to_string();
         let mut found = Vec::new();
-        let Ok(entries) = fs::read_dir("/proc") else { return found };
+        let Ok(entries) = fs::read_dir("/proc") else {
+            return found;
+        };
         for entry in entries.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
-            let Ok(environ) = fs::read(entry.path().join("environ")) else { continue };
+            let Ok(environ) = fs::read(entry.path().join("environ")) else {
+                continue;
+            };
             let mut id = None;
             let mut dir_matches = false;
             for var in environ.split(|b| *b == 0) {
@@ -131,7 +146,9 @@ impl LocalTarget {
                     dir_matches = v == data_dir.as_bytes();
                 }
             }
-            let (Some(id), true) = (id, dir_matches) else { continue };
+            let (Some(id), true) = (id, dir_matches) else {
+                continue;
+            };
             if let Some(meta) = self.read_meta(&id) {
                 found.push(RunningInstance { pid, ..meta });
             }
@@ -146,10 +163,14 @@ impl LocalTarget {
     }
 
     fn spawn(&self, spec: &LaunchSpec, id: &str, port: u16) -> Result<(), TargetError> {
-        let err = |reason: String| TargetError::Start { instance: id.to_owned(), reason };
+        let err = |reason: String| TargetError::Start {
+            instance: id.to_owned(),
+            reason,
+        };
         let release_dir = self.release_dir(&spec.version);
         let dir = self.instance_dir(id);
-        fs::create_dir_all(&dir).map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+        fs::create_dir_all(&dir)
+            .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
         let fill = |s: &str| {
             s.replace("{port}", &port.to_string())
                 .replace("{release_dir}", &release_dir.display().to_string())
@@ -163,7 +184,11 @@ impl LocalTarget {
             release_dir.join(&spec.command)
         };
         if !program.exists() {
-            return Err(err(format!("command {} does not exist in release {}", program.display(), spec.version)));
+            return Err(err(format!(
+                "command {} does not exist in release {}",
+                program.display(),
+                spec.version
+            )));
         }
         let meta = RunningInstance {
             id: id.to_owned(),
@@ -173,8 +198,11 @@ impl LocalTarget {
             version: spec.version.to_string(),
             deployment: spec.deployment,
         };
-        fs::write(dir.join("meta.json"), serde_json::to_vec(&meta).unwrap_or_default())
-            .map_err(|e| err(e.to_string()))?;
+        fs::write(
+            dir.join("meta.json"),
+            serde_json::to_vec(&meta).unwrap_or_default(),
+        )
+        .map_err(|e| err(e.to_string()))?;
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -185,7 +213,10 @@ impl LocalTarget {
         cmd.args(spec.args.iter().map(|a| fill(a)))
             .current_dir(&release_dir)
             .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()))
+            .env(
+                "PATH",
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+            )
             .envs(spec.vars.iter().map(|(k, v)| (k, fill(v))))
             .env(&spec.port_env, port.to_string())
             .env("GANTRY_INSTANCE_ID", id)
@@ -197,7 +228,9 @@ impl LocalTarget {
             .stderr(log2)
             .process_group(0)
             .kill_on_drop(false);
-        let mut child = cmd.spawn().map_err(|e| err(format!("cannot run {}: {e}", program.display())))?;
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| err(format!("cannot run {}: {e}", program.display())))?;
         tracing::info!(instance = id, pid = child.id(), port, "instance started");
         // Reap the child so it does not linger as a zombie, and remember how it ended.
         let exits = self.exits.clone();
@@ -208,7 +241,10 @@ impl LocalTarget {
                 Ok(status) => describe_exit(status),
                 Err(e) => format!("could not wait for process: {e}"),
             };
-            exits.lock().unwrap_or_else(|p| p.into_inner()).insert(id, detail);
+            exits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, detail);
         });
         Ok(())
     }
@@ -240,7 +276,10 @@ impl Target for LocalTarget {
         let artifact = artifact.to_owned();
         tokio::task::spawn_blocking(move || crate::artifact::unpack(&kind, &artifact, &dest))
             .await
-            .map_err(|e| TargetError::Unpack { version: version.clone(), reason: e.to_string() })?
+            .map_err(|e| TargetError::Unpack {
+                version: version.clone(),
+                reason: e.to_string(),
+            })?
             .map_err(|reason| TargetError::Unpack { version, reason })
     }
 
@@ -254,14 +293,21 @@ impl Target for LocalTarget {
                 out.push(InstanceRef { id, port: r.port });
                 continue;
             }
-            let port = free_port().map_err(|e| TargetError::Start { instance: id.clone(), reason: e.to_string() })?;
+            let port = free_port().map_err(|e| TargetError::Start {
+                instance: id.clone(),
+                reason: e.to_string(),
+            })?;
             self.spawn(spec, &id, port)?;
             out.push(InstanceRef { id, port });
         }
         Ok(out)
     }
 
-    async fn restart_instance(&self, spec: &LaunchSpec, instance: &InstanceRef) -> Result<(), TargetError> {
+    async fn restart_instance(
+        &self,
+        spec: &LaunchSpec,
+        instance: &InstanceRef,
+    ) -> Result<(), TargetError> {
         if self.scan().iter().any(|r| r.id == instance.id) {
             return Ok(());
         }
@@ -272,16 +318,21 @@ impl Target for LocalTarget {
         use nix::sys::signal::{kill, Signal};
         use nix::unistd::Pid;
         let running = self.scan();
-        let targets: Vec<&RunningInstance> =
-            running.iter().filter(|r| instances.iter().any(|i| i.id == r.id)).collect();
+        let targets: Vec<&RunningInstance> = running
+            .iter()
+            .filter(|r| instances.iter().any(|i| i.id == r.id))
+            .collect();
         for r in &targets {
             // Graceful first: the instance finishes its in-flight requests.
             let _ = kill(Pid::from_raw(r.pid as i32), Signal::SIGTERM);
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let still: Vec<RunningInstance> =
-                self.scan().into_iter().filter(|r| targets.iter().any(|t| t.id == r.id)).collect();
+            let still: Vec<RunningInstance> = self
+                .scan()
+                .into_iter()
+                .filter(|r| targets.iter().any(|t| t.id == r.id))
+                .collect();
             if still.is_empty() {
                 break;
             }
@@ -301,7 +352,12 @@ impl Target for LocalTarget {
     }
 
     async fn exited(&self, instance: &InstanceRef) -> Option<String> {
-        if let Some(detail) = self.exits.lock().unwrap_or_else(|p| p.into_inner()).get(&instance.id) {
+        if let Some(detail) = self
+            .exits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&instance.id)
+        {
             return Some(detail.clone());
         }
         if self.scan().iter().any(|r| r.id == instance.id) {
@@ -324,9 +380,11 @@ impl Target for LocalTarget {
         let mut f = fs::File::open(&path)
             .map_err(|e| TargetError::Io(format!("no log for instance {instance_id}: {e}")))?;
         let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        f.seek(SeekFrom::Start(len.saturating_sub(max_bytes))).map_err(|e| TargetError::Io(e.to_string()))?;
+        f.seek(SeekFrom::Start(len.saturating_sub(max_bytes)))
+            .map_err(|e| TargetError::Io(e.to_string()))?;
         let mut buf = Vec::new();
-        f.read_to_end(&mut buf).map_err(|e| TargetError::Io(e.to_string()))?;
+        f.read_to_end(&mut buf)
+            .map_err(|e| TargetError::Io(e.to_string()))?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
 }

@@ -23,7 +23,10 @@ pub struct Blobs {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
-    move |source| BlobError::Io { path: path.display().to_string(), source }
+    move |source| BlobError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// SHA-256 of `bytes`, and their length.
@@ -78,9 +81,15 @@ impl Blobs {
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir).map_err(io_err(&self.dir))?;
         tmp.write_all(bytes).map_err(io_err(&path))?;
         tmp.as_file().sync_all().map_err(io_err(&path))?;
-        let mut perms = tmp.as_file().metadata().map_err(io_err(&path))?.permissions();
+        let mut perms = tmp
+            .as_file()
+            .metadata()
+            .map_err(io_err(&path))?
+            .permissions();
         perms.set_readonly(true);
-        tmp.as_file().set_permissions(perms).map_err(io_err(&path))?;
+        tmp.as_file()
+            .set_permissions(perms)
+            .map_err(io_err(&path))?;
         tmp.persist(&path).map_err(|e| io_err(&path)(e.error))?;
         Ok(digest)
     }
@@ -91,13 +100,18 @@ impl Blobs {
         let file = match fs::File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(BlobError::Missing { expected: digest.clone() })
+                return Err(BlobError::Missing {
+                    expected: digest.clone(),
+                })
             }
             Err(e) => return Err(io_err(&path)(e)),
         };
         let (actual, _) = hash_reader(io::BufReader::new(file)).map_err(io_err(&path))?;
         if &actual != digest {
-            return Err(BlobError::Mismatch { expected: digest.clone(), actual });
+            return Err(BlobError::Mismatch {
+                expected: digest.clone(),
+                actual,
+            });
         }
         Ok(())
     }
@@ -118,7 +132,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let blobs = Blobs::open(dir.path()).unwrap();
         let d = blobs.put(b"hello").unwrap();
-        assert_eq!(d.as_hex(), "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824");
+        assert_eq!(
+            d.as_hex(),
+            "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+        );
         assert_eq!(blobs.put(b"hello").unwrap(), d);
         blobs.verify(&d).unwrap();
 

@@ -15,13 +15,19 @@ mod sqlite;
 pub use blobs::{hash_bytes, hash_reader, BlobError, Blobs};
 pub use sqlite::SqliteStore;
 
-use gantry_core::{Deployment, DeploymentId, Digest, EnvName, Event, InstanceRef, Millis, Transition, Version};
+use gantry_core::{
+    Deployment, DeploymentId, Digest, EnvName, Event, InstanceRef, Millis, Transition, Version,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("environment {env} already has deployment {holder} of {version} in progress")]
-    EnvironmentBusy { env: String, holder: DeploymentId, version: String },
+    EnvironmentBusy {
+        env: String,
+        holder: DeploymentId,
+        version: String,
+    },
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
     #[error("stored record is unreadable: {0}")]
@@ -54,7 +60,9 @@ pub enum InsertOutcome {
     /// The same version with the same content already exists: nothing changed.
     AlreadyPresent,
     /// The version exists with different content: refused.
-    Conflict { existing: Digest },
+    Conflict {
+        existing: Digest,
+    },
 }
 
 /// What serves an environment now.

@@ -97,7 +97,9 @@ impl SqliteStore {
             tx.pragma_update(None, "user_version", n + 1)?;
         }
         tx.commit()?;
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -112,7 +114,8 @@ fn release_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<ReleaseRec
     let version: String = r.get(0)?;
     let digest: String = r.get(1)?;
     let (size, artifact_kind, git_sha) = (r.get::<_, i64>(2)?, r.get(3)?, r.get(4)?);
-    let (signature, signed_by, created_at, created_by) = (r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?);
+    let (signature, signed_by, created_at, created_by) =
+        (r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?);
     Ok((|| {
         Ok(ReleaseRecord {
             version: parse_version(&version)?,
@@ -140,11 +143,17 @@ impl Store for SqliteStore {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let existing: Option<String> = tx
-            .query_row("SELECT digest FROM releases WHERE version = ?1", [r.version.to_string()], |row| row.get(0))
+            .query_row(
+                "SELECT digest FROM releases WHERE version = ?1",
+                [r.version.to_string()],
+                |row| row.get(0),
+            )
             .optional()?;
         let outcome = match existing {
             Some(d) if d == r.digest.as_hex() => InsertOutcome::AlreadyPresent,
-            Some(d) => InsertOutcome::Conflict { existing: Digest::try_from(d).map_err(|e| corrupt("digest", e))? },
+            Some(d) => InsertOutcome::Conflict {
+                existing: Digest::try_from(d).map_err(|e| corrupt("digest", e))?,
+            },
             None => {
                 tx.execute(
                     &format!("INSERT INTO releases ({RELEASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
@@ -206,9 +215,17 @@ impl Store for SqliteStore {
             )
             .optional()?;
         if let Some((holder, version)) = holder {
-            return Err(StoreError::EnvironmentBusy { env: env.to_string(), holder, version });
+            return Err(StoreError::EnvironmentBusy {
+                env: env.to_string(),
+                holder,
+                version,
+            });
         }
-        let next: i64 = tx.query_row("SELECT COALESCE(MAX(id), 0) + 1 FROM deployments", [], |r| r.get(0))?;
+        let next: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(id), 0) + 1 FROM deployments",
+            [],
+            |r| r.get(0),
+        )?;
         let d = build(next);
         tx.execute(
             "INSERT INTO deployments (id, env, version, kind, phase, active, created_at, finished_at, state)
@@ -233,7 +250,11 @@ impl Store for SqliteStore {
         let tx = conn.transaction()?;
         tx.execute(
             "INSERT INTO events (deployment, at, event) VALUES (?1, ?2, ?3)",
-            params![d.id, at, serde_json::to_string(event).map_err(|e| corrupt("event", e))?],
+            params![
+                d.id,
+                at,
+                serde_json::to_string(event).map_err(|e| corrupt("event", e))?
+            ],
         )?;
         for line in &t.log {
             tx.execute(
@@ -271,7 +292,9 @@ impl Store for SqliteStore {
     fn deployment(&self, id: DeploymentId) -> Result<Option<Deployment>> {
         let conn = self.conn();
         let s: Option<String> = conn
-            .query_row("SELECT state FROM deployments WHERE id = ?1", [id], |r| r.get(0))
+            .query_row("SELECT state FROM deployments WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
             .optional()?;
         s.map(|s| deployment_from_json(&s)).transpose()
     }
@@ -281,33 +304,47 @@ impl Store for SqliteStore {
         let mut stmt = conn.prepare(
             "SELECT state FROM deployments WHERE (?1 IS NULL OR env = ?1) ORDER BY id DESC LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![env.map(|e| e.as_str()), limit as i64], |r| r.get::<_, String>(0))?;
+        let rows = stmt.query_map(params![env.map(|e| e.as_str()), limit as i64], |r| {
+            r.get::<_, String>(0)
+        })?;
         rows.map(|r| deployment_from_json(&r?)).collect()
     }
 
     fn active_deployments(&self) -> Result<Vec<Deployment>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT state FROM deployments WHERE active = 1 ORDER BY id")?;
+        let mut stmt =
+            conn.prepare("SELECT state FROM deployments WHERE active = 1 ORDER BY id")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         rows.map(|r| deployment_from_json(&r?)).collect()
     }
 
     fn log(&self, id: DeploymentId) -> Result<Vec<LogEntry>> {
         let conn = self.conn();
-        let mut stmt =
-            conn.prepare("SELECT at, phase, message FROM deployment_log WHERE deployment = ?1 ORDER BY seq")?;
-        let rows = stmt.query_map([id], |r| Ok(LogEntry { at: r.get(0)?, phase: r.get(1)?, message: r.get(2)? }))?;
+        let mut stmt = conn.prepare(
+            "SELECT at, phase, message FROM deployment_log WHERE deployment = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([id], |r| {
+            Ok(LogEntry {
+                at: r.get(0)?,
+                phase: r.get(1)?,
+                message: r.get(2)?,
+            })
+        })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     fn events(&self, id: DeploymentId) -> Result<Vec<(Millis, Event)>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT at, event FROM events WHERE deployment = ?1 ORDER BY seq")?;
+        let mut stmt =
+            conn.prepare("SELECT at, event FROM events WHERE deployment = ?1 ORDER BY seq")?;
         let rows = stmt.query_map([id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
         for row in rows {
             let (at, e) = row?;
-            out.push((at, serde_json::from_str(&e).map_err(|e| corrupt("event", e))?));
+            out.push((
+                at,
+                serde_json::from_str(&e).map_err(|e| corrupt("event", e))?,
+            ));
         }
         Ok(out)
     }
@@ -318,9 +355,17 @@ impl Store for SqliteStore {
 
     fn env_states(&self) -> Result<Vec<EnvState>> {
         let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT env, version, instances, deployment, since FROM env_state ORDER BY env")?;
+        let mut stmt = conn.prepare(
+            "SELECT env, version, instances, deployment, since FROM env_state ORDER BY env",
+        )?;
         let rows = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get(3)?, r.get(4)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get(3)?,
+                r.get(4)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {

@@ -25,8 +25,8 @@ pub fn connect(data_dir: &Path, server: Option<&str>) -> Result<Client> {
                     data_dir.display()
                 )
             })?;
-            let info: gantry_server::ServerInfo =
-                serde_json::from_slice(&bytes).with_context(|| format!("{} is not valid", path.display()))?;
+            let info: gantry_server::ServerInfo = serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is not valid", path.display()))?;
             info.url
         }
     };
@@ -35,7 +35,12 @@ pub fn connect(data_dir: &Path, server: Option<&str>) -> Result<Client> {
         _ => {
             let path: PathBuf = data_dir.join(gantry_server::TOKEN_FILE);
             std::fs::read_to_string(&path)
-                .with_context(|| format!("no API token: set GANTRY_TOKEN or make {} readable", path.display()))?
+                .with_context(|| {
+                    format!(
+                        "no API token: set GANTRY_TOKEN or make {} readable",
+                        path.display()
+                    )
+                })?
                 .trim()
                 .to_owned()
         }
@@ -51,7 +56,10 @@ impl Client {
 
     pub async fn send(&self, req: reqwest::RequestBuilder) -> Result<Value> {
         let resp = req.bearer_auth(&self.token).send().await.with_context(|| {
-            format!("cannot reach the controller at {}; is `gantry server` running?", self.base)
+            format!(
+                "cannot reach the controller at {}; is `gantry server` running?",
+                self.base
+            )
         })?;
         let status = resp.status();
         let text = resp.text().await?;
@@ -59,7 +67,10 @@ impl Client {
         if status.is_success() {
             return Ok(body);
         }
-        let msg = body["error"]["message"].as_str().map(str::to_owned).unwrap_or_else(|| body.to_string());
+        let msg = body["error"]["message"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| body.to_string());
         Err(ApiFailure { message: msg }.into())
     }
 
@@ -86,7 +97,10 @@ impl Client {
         git_sha: Option<&str>,
         signature_b64: Option<String>,
     ) -> Result<Value> {
-        let mut req = self.http.put(self.url(&format!("/releases/{version}"))).body(bytes);
+        let mut req = self
+            .http
+            .put(self.url(&format!("/releases/{version}")))
+            .body(bytes);
         if let Some(sha) = git_sha {
             req = req.header("x-gantry-git-sha", sha);
         }

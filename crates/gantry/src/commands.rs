@@ -22,27 +22,47 @@ pub async fn run(cli: Cli) -> Exit {
         }
         Command::Server { config, listen } => {
             let exe = std::env::current_exe().context("cannot find the gantry executable")?;
-            gantry_server::run(gantry_server::ServerOptions { data_dir, config_path: config, listen, exe })
-                .await
-                .map(|()| 0)
-                .map_err(|e| match e {
-                    gantry_server::ServerError::Config(c) => anyhow::anyhow!("{c}"),
-                    other => other.into(),
-                })
+            gantry_server::run(gantry_server::ServerOptions {
+                data_dir,
+                config_path: config,
+                listen,
+                exe,
+            })
+            .await
+            .map(|()| 0)
+            .map_err(|e| match e {
+                gantry_server::ServerError::Config(c) => anyhow::anyhow!("{c}"),
+                other => other.into(),
+            })
         }
-        Command::Router { state_dir, listen, token_file } => {
+        Command::Router {
+            state_dir,
+            listen,
+            token_file,
+        } => {
             let admin_token = std::fs::read_to_string(&token_file)
                 .with_context(|| format!("cannot read router token {}", token_file.display()))?
                 .trim()
                 .to_owned();
-            gantry_router::serve(gantry_router::RouterOptions { state_dir, listen, admin_token }).await?;
+            gantry_router::serve(gantry_router::RouterOptions {
+                state_dir,
+                listen,
+                admin_token,
+            })
+            .await?;
             Ok(0)
         }
         Command::SampleService(args) => crate::sample::run(args).await.map(|()| 0),
         Command::Release(rc) => release(&connect()?, rc).await,
-        Command::Deploy { version, env, detach } => {
+        Command::Deploy {
+            version,
+            env,
+            detach,
+        } => {
             let c = connect()?;
-            let d = c.post("/deployments", json!({"env": env, "version": version})).await?;
+            let d = c
+                .post("/deployments", json!({"env": env, "version": version}))
+                .await?;
             follow(&c, &d, detach).await
         }
         Command::Rollback { env, to, detach } => {
@@ -51,7 +71,9 @@ pub async fn run(cli: Cli) -> Exit {
             follow(&c, &d, detach).await
         }
         Command::Abort { id } => {
-            connect()?.post(&format!("/deployments/{id}/abort"), json!({})).await?;
+            connect()?
+                .post(&format!("/deployments/{id}/abort"), json!({}))
+                .await?;
             println!("deployment {id}: abort requested");
             Ok(0)
         }
@@ -59,12 +81,26 @@ pub async fn run(cli: Cli) -> Exit {
         Command::History { env, limit } => history(&connect()?, &env, limit).await,
         Command::Log { id } => log(&connect()?, id).await,
         Command::Logs { instance, bytes } => {
-            print!("{}", connect()?.get_text(&format!("/instances/{instance}/log?bytes={bytes}")).await?);
+            print!(
+                "{}",
+                connect()?
+                    .get_text(&format!("/instances/{instance}/log?bytes={bytes}"))
+                    .await?
+            );
             Ok(0)
         }
         Command::Shutdown { workloads } => {
-            connect()?.post("/shutdown", json!({"stop_workloads": workloads})).await?;
-            println!("controller stopping{}", if workloads { " with its instances and routers" } else { "" });
+            connect()?
+                .post("/shutdown", json!({"stop_workloads": workloads}))
+                .await?;
+            println!(
+                "controller stopping{}",
+                if workloads {
+                    " with its instances and routers"
+                } else {
+                    ""
+                }
+            );
             Ok(0)
         }
     }
@@ -72,10 +108,18 @@ pub async fn run(cli: Cli) -> Exit {
 
 fn init(path: &std::path::Path, force: bool) -> Exit {
     if path.exists() && !force {
-        bail!("{} already exists; pass --force to overwrite it", path.display());
+        bail!(
+            "{} already exists; pass --force to overwrite it",
+            path.display()
+        );
     }
-    std::fs::write(path, gantry_config::STARTER).with_context(|| format!("cannot write {}", path.display()))?;
-    println!("wrote {}; check it with `gantry validate --config {}`", path.display(), path.display());
+    std::fs::write(path, gantry_config::STARTER)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!(
+        "wrote {}; check it with `gantry validate --config {}`",
+        path.display(),
+        path.display()
+    );
     Ok(0)
 }
 
@@ -93,11 +137,19 @@ fn validate(path: &std::path::Path) -> Exit {
             );
             Ok(0)
         }
-        Err(gantry_config::ConfigError::Invalid { errors, warnings, file }) => {
+        Err(gantry_config::ConfigError::Invalid {
+            errors,
+            warnings,
+            file,
+        }) => {
             for d in errors.iter().chain(&warnings) {
                 eprintln!("{d}");
             }
-            eprintln!("{file}: {} error(s), {} warning(s)", errors.len(), warnings.len());
+            eprintln!(
+                "{file}: {} error(s), {} warning(s)",
+                errors.len(),
+                warnings.len()
+            );
             Ok(EXIT_INVALID_CONFIG)
         }
         Err(e) => {
@@ -109,7 +161,12 @@ fn validate(path: &std::path::Path) -> Exit {
 
 async fn release(c: &Client, rc: ReleaseCommand) -> Exit {
     match rc {
-        ReleaseCommand::Create { version, artifact, git_sha, signature } => {
+        ReleaseCommand::Create {
+            version,
+            artifact,
+            git_sha,
+            signature,
+        } => {
             let bytes = std::fs::read(&artifact)
                 .with_context(|| format!("cannot read artifact {}", artifact.display()))?;
             let sig = match &signature {
@@ -120,28 +177,44 @@ async fn release(c: &Client, rc: ReleaseCommand) -> Exit {
                 }
                 None => None,
             };
-            let r = c.put_artifact(&version, bytes, git_sha.as_deref(), sig).await?;
+            let r = c
+                .put_artifact(&version, bytes, git_sha.as_deref(), sig)
+                .await?;
             println!(
                 "release {} registered: sha256 {} ({} bytes, {}){}",
                 r["version"].as_str().unwrap_or("?"),
                 r["digest"].as_str().unwrap_or("?"),
                 r["size"],
                 r["artifact_kind"].as_str().unwrap_or("?"),
-                if r["signed_by"].is_string() { ", signature verified" } else { ", unsigned" }
+                if r["signed_by"].is_string() {
+                    ", signature verified"
+                } else {
+                    ", unsigned"
+                }
             );
             Ok(0)
         }
         ReleaseCommand::List => {
             let releases: Vec<Value> = c.get("/releases").await?;
-            println!("{:<14} {:<14} {:<10} {:>10}  {:<8} created", "VERSION", "SHA256", "GIT", "SIZE", "SIGNED");
+            println!(
+                "{:<14} {:<14} {:<10} {:>10}  {:<8} created",
+                "VERSION", "SHA256", "GIT", "SIZE", "SIGNED"
+            );
             for r in releases {
                 println!(
                     "{:<14} {:<14} {:<10} {:>10}  {:<8} {}",
                     r["version"].as_str().unwrap_or("?"),
                     &r["digest"].as_str().unwrap_or("?")[..12],
-                    r["git_sha"].as_str().map(|s| &s[..s.len().min(8)]).unwrap_or("-"),
+                    r["git_sha"]
+                        .as_str()
+                        .map(|s| &s[..s.len().min(8)])
+                        .unwrap_or("-"),
                     r["size"],
-                    if r["signed_by"].is_string() { "yes" } else { "no" },
+                    if r["signed_by"].is_string() {
+                        "yes"
+                    } else {
+                        "no"
+                    },
                     time(&r["created_at"])
                 );
             }
@@ -153,10 +226,11 @@ async fn release(c: &Client, rc: ReleaseCommand) -> Exit {
             Ok(0)
         }
         ReleaseCommand::Verify => {
-            let results: Vec<Value> = c.post("/releases/verify", json!({})).await.and_then(|v| {
-                client::ensure_ok(&v)?;
-                Ok(serde_json::from_value(v)?)
-            })?;
+            let results: Vec<Value> =
+                c.post("/releases/verify", json!({})).await.and_then(|v| {
+                    client::ensure_ok(&v)?;
+                    Ok(serde_json::from_value(v)?)
+                })?;
             let mut bad = 0;
             for r in &results {
                 let ok = r["ok"].as_bool() == Some(true);
@@ -191,19 +265,31 @@ pub async fn follow(c: &Client, d: &Value, detach: bool) -> Exit {
         return Ok(0);
     }
     let bar = ProgressBar::new_spinner();
-    bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}").expect("valid template"));
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+            .expect("valid template"),
+    );
     bar.enable_steady_tick(Duration::from_millis(100));
     let mut shown = 0;
     let finished = loop {
         let v = c.send_get(&format!("/deployments/{id}/log")).await?;
         let log = v["log"].as_array().cloned().unwrap_or_default();
         for entry in &log[shown..] {
-            bar.println(format!("  {}  {}", clock(&entry["at"]), entry["message"].as_str().unwrap_or("")));
+            bar.println(format!(
+                "  {}  {}",
+                clock(&entry["at"]),
+                entry["message"].as_str().unwrap_or("")
+            ));
         }
         shown = log.len();
         let dep = &v["deployment"];
         let phase = dep["phase"].as_str().unwrap_or("?");
-        bar.set_message(format!("deployment {id}: {} {} → {}", phase, dep["version"].as_str().unwrap_or("?"), dep["env"].as_str().unwrap_or("?")));
+        bar.set_message(format!(
+            "deployment {id}: {} {} → {}",
+            phase,
+            dep["version"].as_str().unwrap_or("?"),
+            dep["env"].as_str().unwrap_or("?")
+        ));
         if matches!(phase, "succeeded" | "rolled_back" | "failed") {
             break dep.clone();
         }
@@ -211,14 +297,24 @@ pub async fn follow(c: &Client, d: &Value, detach: bool) -> Exit {
     };
     bar.finish_and_clear();
     let phase = finished["phase"].as_str().unwrap_or("?");
-    let took = finished["finished_at"].as_i64().unwrap_or(0) - finished["created_at"].as_i64().unwrap_or(0);
+    let took = finished["finished_at"].as_i64().unwrap_or(0)
+        - finished["created_at"].as_i64().unwrap_or(0);
     match phase {
         "succeeded" => {
-            println!("deployment {id} succeeded in {:.1}s: {} serves {}", took as f64 / 1000.0, finished["version"].as_str().unwrap_or("?"), finished["env"].as_str().unwrap_or("?"));
+            println!(
+                "deployment {id} succeeded in {:.1}s: {} serves {}",
+                took as f64 / 1000.0,
+                finished["version"].as_str().unwrap_or("?"),
+                finished["env"].as_str().unwrap_or("?")
+            );
             Ok(0)
         }
         _ => {
-            println!("deployment {id} {phase} after {:.1}s: {}", took as f64 / 1000.0, finished["reason"].as_str().unwrap_or("no reason recorded"));
+            println!(
+                "deployment {id} {phase} after {:.1}s: {}",
+                took as f64 / 1000.0,
+                finished["reason"].as_str().unwrap_or("no reason recorded")
+            );
             Ok(EXIT_DEPLOY_FAILED)
         }
     }
@@ -228,16 +324,24 @@ fn clock(v: &Value) -> String {
     let t = time(v);
     let ms = v.as_i64().unwrap_or(0) % 1000;
     // 2026-11-22T15:04:05Z → 15:04:05.123
-    t.get(11..19).map(|hms| format!("{hms}.{ms:03}")).unwrap_or(t)
+    t.get(11..19)
+        .map(|hms| format!("{hms}.{ms:03}"))
+        .unwrap_or(t)
 }
 
 async fn status(c: &Client) -> Exit {
     let v = c.send_get("/status").await?;
     println!("service {}", v["service"].as_str().unwrap_or("?"));
-    println!("{:<14} {:<22} {:<12} {:<10} {}", "ENVIRONMENT", "LISTEN", "RELEASE", "INSTANCES", "IN PROGRESS");
+    println!(
+        "{:<14} {:<22} {:<12} {:<10} IN PROGRESS",
+        "ENVIRONMENT", "LISTEN", "RELEASE", "INSTANCES"
+    );
     for e in v["environments"].as_array().cloned().unwrap_or_default() {
         let inst = e["instances"].as_array().cloned().unwrap_or_default();
-        let up = inst.iter().filter(|i| i["running"].as_bool() == Some(true)).count();
+        let up = inst
+            .iter()
+            .filter(|i| i["running"].as_bool() == Some(true))
+            .count();
         let active = &e["active_deployment"];
         println!(
             "{:<14} {:<22} {:<12} {:<10} {}",
@@ -246,7 +350,12 @@ async fn status(c: &Client) -> Exit {
             e["version"].as_str().unwrap_or("-"),
             format!("{up}/{}", inst.len()),
             if active.is_object() {
-                format!("#{} {} ({})", active["id"], active["version"].as_str().unwrap_or("?"), active["phase"].as_str().unwrap_or("?"))
+                format!(
+                    "#{} {} ({})",
+                    active["id"],
+                    active["version"].as_str().unwrap_or("?"),
+                    active["phase"].as_str().unwrap_or("?")
+                )
             } else {
                 "-".into()
             }
@@ -256,11 +365,19 @@ async fn status(c: &Client) -> Exit {
 }
 
 async fn history(c: &Client, env: &str, limit: usize) -> Exit {
-    let list: Vec<Value> = c.get(&format!("/deployments?env={env}&limit={limit}")).await?;
-    println!("{:<5} {:<9} {:<10} {:<12} {:<20} {:>8}  REASON", "ID", "KIND", "VERSION", "OUTCOME", "STARTED", "TOOK");
+    let list: Vec<Value> = c
+        .get(&format!("/deployments?env={env}&limit={limit}"))
+        .await?;
+    println!(
+        "{:<5} {:<9} {:<10} {:<12} {:<20} {:>8}  REASON",
+        "ID", "KIND", "VERSION", "OUTCOME", "STARTED", "TOOK"
+    );
     for d in list {
         let took = match d["finished_at"].as_i64() {
-            Some(f) => format!("{:.1}s", (f - d["created_at"].as_i64().unwrap_or(f)) as f64 / 1000.0),
+            Some(f) => format!(
+                "{:.1}s",
+                (f - d["created_at"].as_i64().unwrap_or(f)) as f64 / 1000.0
+            ),
             None => "-".into(),
         };
         println!(
@@ -292,7 +409,15 @@ async fn log(c: &Client, id: i64) -> Exit {
         println!("previous release: {prev}");
     }
     for e in v["log"].as_array().cloned().unwrap_or_default() {
-        println!("{}  {:<13} {}", time(&e["at"]).replace('Z', &format!(".{:03}Z", e["at"].as_i64().unwrap_or(0) % 1000)), e["phase"].as_str().unwrap_or(""), e["message"].as_str().unwrap_or(""));
+        println!(
+            "{}  {:<13} {}",
+            time(&e["at"]).replace(
+                'Z',
+                &format!(".{:03}Z", e["at"].as_i64().unwrap_or(0) % 1000)
+            ),
+            e["phase"].as_str().unwrap_or(""),
+            e["message"].as_str().unwrap_or("")
+        );
     }
     if let Some(r) = d["reason"].as_str() {
         println!("reason: {r}");

@@ -55,7 +55,9 @@ pub async fn run(keep: bool) -> crate::Exit {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn start_controller(dir: &Path) -> Result<tokio::process::Child> {
@@ -74,7 +76,11 @@ start_timeout = "5s"
 "#,
     );
     for env in ENVIRONMENTS {
-        let (instances, bake) = if env == "production" { (2, "1s") } else { (1, "500ms") };
+        let (instances, bake) = if env == "production" {
+            (2, "1s")
+        } else {
+            (1, "500ms")
+        };
         config.push_str(&format!(
             "\n[environments.{env}]\nlisten = \"127.0.0.1:{}\"\ninstances = {instances}\nbake = \"{bake}\"\n",
             free_port()?
@@ -99,11 +105,17 @@ start_timeout = "5s"
     let deadline = Instant::now() + Duration::from_secs(20);
     while !data.join(gantry_server::SERVER_FILE).exists() {
         if Instant::now() > deadline {
-            bail!("controller did not start; see {}", dir.join("controller.log").display());
+            bail!(
+                "controller did not start; see {}",
+                dir.join("controller.log").display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("controller started (log: {})", dir.join("controller.log").display());
+    println!(
+        "controller started (log: {})",
+        dir.join("controller.log").display()
+    );
     Ok(child)
 }
 
@@ -127,13 +139,19 @@ fn build_artifact(dir: &Path, version: &str, settings: Value) -> Result<PathBuf>
 }
 
 fn git_head() -> Option<String> {
-    let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).stderr(Stdio::null()).output().ok()?;
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
     let sha = String::from_utf8(out.stdout).ok()?.trim().to_owned();
     (out.status.success() && sha.len() == 40).then_some(sha)
 }
 
 async fn deploy(c: &Client, env: &str, version: &str) -> Result<Value> {
-    let d = c.post("/deployments", json!({"env": env, "version": version})).await?;
+    let d = c
+        .post("/deployments", json!({"env": env, "version": version}))
+        .await?;
     wait_finished(c, d["id"].as_i64().context("no id")?).await
 }
 
@@ -141,10 +159,16 @@ async fn wait_finished(c: &Client, id: i64) -> Result<Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let d: Value = c.get(&format!("/deployments/{id}")).await?;
-        if matches!(d["phase"].as_str(), Some("succeeded" | "rolled_back" | "failed")) {
+        if matches!(
+            d["phase"].as_str(),
+            Some("succeeded" | "rolled_back" | "failed")
+        ) {
             return Ok(d);
         }
-        ensure!(Instant::now() < deadline, "deployment {id} did not finish within 60s");
+        ensure!(
+            Instant::now() < deadline,
+            "deployment {id} did not finish within 60s"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -169,7 +193,11 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
         let artifact = build_artifact(dir, version, settings)?;
         let bytes = std::fs::read(&artifact)?;
         let r = c.put_artifact(version, bytes, sha.as_deref(), None).await?;
-        println!("  {version}: sha256 {} ({} bytes)", &r["digest"].as_str().unwrap_or("?")[..16], r["size"]);
+        println!(
+            "  {version}: sha256 {} ({} bytes)",
+            &r["digest"].as_str().unwrap_or("?")[..16],
+            r["size"]
+        );
     }
 
     for version in ["1.0.0", "1.1.0"] {
@@ -177,9 +205,21 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
         for env in ENVIRONMENTS {
             let d = deploy(&c, env, version).await?;
             let phase = d["phase"].as_str().unwrap_or("?");
-            println!("  {env:<12} {phase} in {:.2}s (deployment {})", took(&d), d["id"]);
-            ensure!(phase == "succeeded", "deploying {version} to {env} ended {phase}: {}", d["reason"]);
-            rows.push(Row { what: format!("deploy {version} to {env}"), outcome: "succeeded".into(), seconds: took(&d) });
+            println!(
+                "  {env:<12} {phase} in {:.2}s (deployment {})",
+                took(&d),
+                d["id"]
+            );
+            ensure!(
+                phase == "succeeded",
+                "deploying {version} to {env} ended {phase}: {}",
+                d["reason"]
+            );
+            rows.push(Row {
+                what: format!("deploy {version} to {env}"),
+                outcome: "succeeded".into(),
+                seconds: took(&d),
+            });
         }
     }
 
@@ -188,30 +228,68 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
     let phase = d["phase"].as_str().unwrap_or("?");
     let reason = d["reason"].as_str().unwrap_or("");
     println!("  {phase} in {:.2}s: {reason}", took(&d));
-    ensure!(phase == "rolled_back", "the unhealthy release was not rolled back (phase {phase})");
+    ensure!(
+        phase == "rolled_back",
+        "the unhealthy release was not rolled back (phase {phase})"
+    );
     let failed_id = d["id"].as_i64().unwrap_or(0);
-    rows.push(Row { what: "deploy 1.2.0 (unhealthy) to development".into(), outcome: "rolled back by itself".into(), seconds: took(&d) });
+    rows.push(Row {
+        what: "deploy 1.2.0 (unhealthy) to development".into(),
+        outcome: "rolled back by itself".into(),
+        seconds: took(&d),
+    });
     let status: Value = c.get("/status").await?;
-    let dev = status["environments"].as_array().and_then(|a| a.iter().find(|e| e["name"] == "development").cloned()).unwrap_or_default();
-    ensure!(dev["version"] == "1.1.0", "development should still run 1.1.0, runs {}", dev["version"]);
-    println!("  development still serves {}", dev["version"].as_str().unwrap_or("?"));
+    let dev = status["environments"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == "development").cloned())
+        .unwrap_or_default();
+    ensure!(
+        dev["version"] == "1.1.0",
+        "development should still run 1.1.0, runs {}",
+        dev["version"]
+    );
+    println!(
+        "  development still serves {}",
+        dev["version"].as_str().unwrap_or("?")
+    );
 
     println!("\n== rolling production back from 1.1.0 to 1.0.0, timed at the router");
-    let prod = status["environments"].as_array().and_then(|a| a.iter().find(|e| e["name"] == "production").cloned()).unwrap_or_default();
-    let listen = prod["listen"].as_str().context("production has no address")?.to_owned();
+    let prod = status["environments"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == "production").cloned())
+        .unwrap_or_default();
+    let listen = prod["listen"]
+        .as_str()
+        .context("production has no address")?
+        .to_owned();
     let http = reqwest::Client::builder().no_proxy().build()?;
-    let body = http.get(format!("http://{listen}/")).send().await?.text().await?;
-    ensure!(body.contains("1.1.0"), "production should serve 1.1.0 before the rollback, got {body:?}");
+    let body = http
+        .get(format!("http://{listen}/"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    ensure!(
+        body.contains("1.1.0"),
+        "production should serve 1.1.0 before the rollback, got {body:?}"
+    );
     let started = Instant::now();
     let r = c.post("/rollbacks", json!({"env": "production"})).await?;
     // Serving "all traffic" = 20 consecutive answers from 1.0.0.
     let mut streak = 0;
     while streak < 20 {
-        ensure!(started.elapsed() < Duration::from_secs(60), "production never returned to 1.0.0");
+        ensure!(
+            started.elapsed() < Duration::from_secs(60),
+            "production never returned to 1.0.0"
+        );
         match http.get(format!("http://{listen}/")).send().await {
             Ok(resp) if resp.status().is_success() => {
                 let text = resp.text().await.unwrap_or_default();
-                streak = if text.contains("1.0.0") { streak + 1 } else { 0 };
+                streak = if text.contains("1.0.0") {
+                    streak + 1
+                } else {
+                    0
+                };
             }
             _ => streak = 0,
         }
@@ -220,7 +298,11 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
     let d = wait_finished(&c, r["id"].as_i64().context("no id")?).await?;
     ensure!(d["phase"] == "succeeded", "rollback ended {}", d["phase"]);
     println!("  1.0.0 served all traffic {serving:.2}s after the rollback was requested; the rollback finished in {:.2}s", took(&d));
-    rows.push(Row { what: "rollback production to 1.0.0 (router serves)".into(), outcome: "succeeded".into(), seconds: serving });
+    rows.push(Row {
+        what: "rollback production to 1.0.0 (router serves)".into(),
+        outcome: "succeeded".into(),
+        seconds: serving,
+    });
 
     println!("\n== deployment log of the failed release");
     let log: Value = c.get(&format!("/deployments/{failed_id}/log")).await?;

@@ -17,10 +17,19 @@ pub const EXIT_DEPLOY_FAILED: i32 = 3;
 pub const EXIT_INVALID_CONFIG: i32 = 4;
 
 #[derive(Parser)]
-#[command(name = "gantry", version, about = "Ship releases gradually, watch them, roll them back by themselves.")]
+#[command(
+    name = "gantry",
+    version,
+    about = "Ship releases gradually, watch them, roll them back by themselves."
+)]
 pub struct Cli {
     /// Controller data directory (finds the controller and its token).
-    #[arg(long, global = true, env = "GANTRY_DATA_DIR", default_value = ".gantry")]
+    #[arg(
+        long,
+        global = true,
+        env = "GANTRY_DATA_DIR",
+        default_value = ".gantry"
+    )]
     pub data_dir: PathBuf,
     /// Controller URL, e.g. http://127.0.0.1:7878 (default: from the data directory).
     #[arg(long, global = true, env = "GANTRY_SERVER")]
@@ -133,7 +142,9 @@ pub enum ReleaseCommand {
         signature: Option<PathBuf>,
     },
     List,
-    Show { version: String },
+    Show {
+        version: String,
+    },
     /// Re-check every stored artifact's checksum.
     Verify,
 }
@@ -142,8 +153,14 @@ fn main() {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime starts");
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
     let code = match runtime.block_on(commands::run(cli)) {
         Ok(code) => code,
         Err(e) => {

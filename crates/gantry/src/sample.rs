@@ -51,7 +51,8 @@ struct App {
 pub async fn run(args: SampleArgs) -> Result<()> {
     let mut s: SampleSettings = match &args.settings {
         Some(path) => serde_json::from_slice(
-            &std::fs::read(path).with_context(|| format!("cannot read settings {}", path.display()))?,
+            &std::fs::read(path)
+                .with_context(|| format!("cannot read settings {}", path.display()))?,
         )
         .with_context(|| format!("settings {} are not valid", path.display()))?,
         None => SampleSettings::default(),
@@ -63,9 +64,15 @@ pub async fn run(args: SampleArgs) -> Result<()> {
     s.crash_after = f.crash_after.or(s.crash_after);
     s.unhealthy = f.unhealthy.or(s.unhealthy);
     if let Some(r) = s.error_rate {
-        anyhow::ensure!((0.0..=1.0).contains(&r), "--error-rate must be between 0 and 1, got {r}");
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&r),
+            "--error-rate must be between 0 and 1, got {r}"
+        );
     }
-    let app = Arc::new(App { s, served: AtomicU64::new(0) });
+    let app = Arc::new(App {
+        s,
+        served: AtomicU64::new(0),
+    });
     let router = axum::Router::new()
         .route("/", get(root))
         .route("/healthz", get(health))
@@ -73,11 +80,16 @@ pub async fn run(args: SampleArgs) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
         .await
         .with_context(|| format!("cannot listen on 127.0.0.1:{}", args.port))?;
-    eprintln!("sample service {} listening on 127.0.0.1:{}", app.s.version.as_deref().unwrap_or("?"), args.port);
+    eprintln!(
+        "sample service {} listening on 127.0.0.1:{}",
+        app.s.version.as_deref().unwrap_or("?"),
+        args.port
+    );
     axum::serve(listener, router)
         .with_graceful_shutdown(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("can install a SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("can install a SIGTERM handler");
             term.recv().await;
             eprintln!("SIGTERM: finishing in-flight requests");
         })
@@ -101,7 +113,10 @@ async fn root(State(app): State<Arc<App>>) -> impl IntoResponse {
     let rate = app.s.error_rate.unwrap_or(0.0);
     let fails = ((n as f64) * rate).floor() > (((n - 1) as f64) * rate).floor();
     if fails {
-        (StatusCode::INTERNAL_SERVER_ERROR, format!("error from {version}\n"))
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("error from {version}\n"),
+        )
     } else {
         (StatusCode::OK, format!("hello from {version}\n"))
     }

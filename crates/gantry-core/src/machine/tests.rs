@@ -18,7 +18,10 @@ fn settings() -> DeploySettings {
 }
 
 fn inst(n: u16) -> InstanceRef {
-    InstanceRef { id: format!("i{n}"), port: 9000 + n }
+    InstanceRef {
+        id: format!("i{n}"),
+        port: 9000 + n,
+    }
 }
 
 fn first_deploy() -> Deployment {
@@ -54,7 +57,10 @@ fn run(mut d: Deployment, script: &[(Millis, Event)]) -> (String, Deployment) {
 }
 
 fn healthy(i: u16) -> Event {
-    Event::HealthObserved { instance: format!("i{i}"), probe: Probe::Healthy }
+    Event::HealthObserved {
+        instance: format!("i{i}"),
+        probe: Probe::Healthy,
+    }
 }
 
 #[test]
@@ -64,7 +70,12 @@ fn successful_deployment() {
         &[
             (0, Event::Created),
             (10, Event::Prepared),
-            (20, Event::InstancesStarted { instances: vec![inst(2), inst(3)] }),
+            (
+                20,
+                Event::InstancesStarted {
+                    instances: vec![inst(2), inst(3)],
+                },
+            ),
             (
                 30,
                 Event::HealthObserved {
@@ -97,7 +108,12 @@ fn failing_health_after_switch_returns_traffic_then_stops_new() {
         &[
             (0, Event::Created),
             (10, Event::Prepared),
-            (20, Event::InstancesStarted { instances: vec![inst(2), inst(3)] }),
+            (
+                20,
+                Event::InstancesStarted {
+                    instances: vec![inst(2), inst(3)],
+                },
+            ),
             (30, healthy(2)),
             (40, healthy(3)),
             (50, Event::TrafficRouted { to_new: true }),
@@ -121,7 +137,12 @@ fn instance_that_never_comes_up_times_out() {
         &[
             (0, Event::Created),
             (10, Event::Prepared),
-            (20, Event::InstancesStarted { instances: vec![inst(2), inst(3)] }),
+            (
+                20,
+                Event::InstancesStarted {
+                    instances: vec![inst(2), inst(3)],
+                },
+            ),
             (30, healthy(2)),
             (
                 40,
@@ -137,7 +158,10 @@ fn instance_that_never_comes_up_times_out() {
     );
     insta::assert_snapshot!(transcript);
     assert_eq!(d.phase, Phase::RolledBack);
-    assert!(d.reason.unwrap().contains("within 5s: i3 (connection refused)"));
+    assert!(d
+        .reason
+        .unwrap()
+        .contains("within 5s: i3 (connection refused)"));
 }
 
 #[test]
@@ -147,17 +171,31 @@ fn unreachable_during_startup_does_not_count_but_bad_answers_do() {
         &[
             (0, Event::Created),
             (10, Event::Prepared),
-            (20, Event::InstancesStarted { instances: vec![inst(2)] }),
+            (
+                20,
+                Event::InstancesStarted {
+                    instances: vec![inst(2)],
+                },
+            ),
         ],
     );
     let unreachable = Event::HealthObserved {
         instance: "i2".into(),
         probe: Probe::Unreachable("refused".into()),
     };
-    let script: Vec<_> = (0..10).map(|n| (100 + n * 100, unreachable.clone())).collect();
+    let script: Vec<_> = (0..10)
+        .map(|n| (100 + n * 100, unreachable.clone()))
+        .collect();
     let (_, d2) = run(d.clone(), &script);
-    assert_eq!(d2.phase, Phase::Verifying, "not listening yet is not a failure");
-    let bad = Event::HealthObserved { instance: "i2".into(), probe: Probe::Unhealthy("HTTP 503".into()) };
+    assert_eq!(
+        d2.phase,
+        Phase::Verifying,
+        "not listening yet is not a failure"
+    );
+    let bad = Event::HealthObserved {
+        instance: "i2".into(),
+        probe: Probe::Unhealthy("HTTP 503".into()),
+    };
     let (_, d3) = run(d, &[(100, bad.clone()), (200, bad.clone()), (300, bad)]);
     assert_eq!(d3.phase, Phase::RollingBack);
 }
@@ -166,7 +204,15 @@ fn unreachable_during_startup_does_not_count_but_bad_answers_do() {
 fn prepare_failure_changes_nothing() {
     let (transcript, d) = run(
         first_deploy(),
-        &[(0, Event::Created), (5, Event::PrepareFailed { reason: "checksum mismatch".into() })],
+        &[
+            (0, Event::Created),
+            (
+                5,
+                Event::PrepareFailed {
+                    reason: "checksum mismatch".into(),
+                },
+            ),
+        ],
     );
     insta::assert_snapshot!(transcript);
     assert_eq!(d.phase, Phase::Failed);
@@ -179,7 +225,12 @@ fn resumed_reemits_what_the_phase_still_needs() {
         &[
             (0, Event::Created),
             (10, Event::Prepared),
-            (20, Event::InstancesStarted { instances: vec![inst(2), inst(3)] }),
+            (
+                20,
+                Event::InstancesStarted {
+                    instances: vec![inst(2), inst(3)],
+                },
+            ),
             (30, healthy(2)),
         ],
     );
@@ -187,7 +238,10 @@ fn resumed_reemits_what_the_phase_still_needs() {
     assert_eq!(
         t.effects,
         vec![
-            Effect::ProbeHealth { instance: inst(3), at: 500 },
+            Effect::ProbeHealth {
+                instance: inst(3),
+                at: 500
+            },
             Effect::WakeAt { at: 5020 },
         ],
         "only the instance not yet up is probed, and the original deadline stands"
@@ -200,7 +254,10 @@ fn resumed_reemits_what_the_phase_still_needs() {
     let t = step(&rolling, &Event::Resumed, 600);
     assert_eq!(
         t.effects,
-        vec![Effect::RouteTraffic { instances: vec![inst(1)], to_new: false }]
+        vec![Effect::RouteTraffic {
+            instances: vec![inst(1)],
+            to_new: false
+        }]
     );
 }
 
@@ -211,7 +268,12 @@ fn abort_during_bake_routes_back() {
         &[
             (0, Event::Created),
             (10, Event::Prepared),
-            (20, Event::InstancesStarted { instances: vec![inst(2)] }),
+            (
+                20,
+                Event::InstancesStarted {
+                    instances: vec![inst(2)],
+                },
+            ),
             (30, healthy(2)),
             (40, Event::TrafficRouted { to_new: true }),
             (50, Event::AbortRequested { by: "bob".into() }),
@@ -232,7 +294,12 @@ fn first_ever_deployment_has_nothing_to_drain() {
         &[
             (0, Event::Created),
             (10, Event::Prepared),
-            (20, Event::InstancesStarted { instances: vec![inst(2)] }),
+            (
+                20,
+                Event::InstancesStarted {
+                    instances: vec![inst(2)],
+                },
+            ),
             (30, healthy(2)),
             (40, Event::TrafficRouted { to_new: true }),
         ],
@@ -245,18 +312,36 @@ mod properties {
     use proptest::prelude::*;
 
     fn any_event() -> impl Strategy<Value = Event> {
-        let id = prop_oneof![Just("i1".to_owned()), Just("i2".to_owned()), Just("i3".to_owned())];
+        let id = prop_oneof![
+            Just("i1".to_owned()),
+            Just("i2".to_owned()),
+            Just("i3".to_owned())
+        ];
         prop_oneof![
             Just(Event::Created),
             Just(Event::Resumed),
             Just(Event::Prepared),
             Just(Event::PrepareFailed { reason: "x".into() }),
-            Just(Event::InstancesStarted { instances: vec![inst(2), inst(3)] }),
+            Just(Event::InstancesStarted {
+                instances: vec![inst(2), inst(3)]
+            }),
             Just(Event::StartFailed { reason: "x".into() }),
-            id.clone().prop_map(|i| Event::HealthObserved { instance: i, probe: Probe::Healthy }),
-            id.clone().prop_map(|i| Event::HealthObserved { instance: i, probe: Probe::Unhealthy("500".into()) }),
-            id.clone().prop_map(|i| Event::HealthObserved { instance: i, probe: Probe::Unreachable("refused".into()) }),
-            id.prop_map(|i| Event::InstanceExited { instance: i, detail: "exit 1".into() }),
+            id.clone().prop_map(|i| Event::HealthObserved {
+                instance: i,
+                probe: Probe::Healthy
+            }),
+            id.clone().prop_map(|i| Event::HealthObserved {
+                instance: i,
+                probe: Probe::Unhealthy("500".into())
+            }),
+            id.clone().prop_map(|i| Event::HealthObserved {
+                instance: i,
+                probe: Probe::Unreachable("refused".into())
+            }),
+            id.prop_map(|i| Event::InstanceExited {
+                instance: i,
+                detail: "exit 1".into()
+            }),
             any::<bool>().prop_map(|to_new| Event::TrafficRouted { to_new }),
             Just(Event::RouteFailed { reason: "x".into() }),
             Just(Event::InstancesStopped),

@@ -25,7 +25,12 @@ fn new_deployment(id: DeploymentId, env: &str, v: &str) -> Deployment {
         vec![],
         DeploySettings {
             instances: 1,
-            health: HealthSettings { interval_ms: 1000, startup_interval_ms: 100, failure_threshold: 3, start_timeout_ms: 1000 },
+            health: HealthSettings {
+                interval_ms: 1000,
+                startup_interval_ms: 100,
+                failure_threshold: 3,
+                start_timeout_ms: 1000,
+            },
             bake_ms: 0,
         },
         "admin".into(),
@@ -36,12 +41,34 @@ fn new_deployment(id: DeploymentId, env: &str, v: &str) -> Deployment {
 #[test]
 fn releases_are_immutable() {
     let store = SqliteStore::in_memory().unwrap();
-    assert_eq!(store.insert_release(&release("1.0.0", 'a')).unwrap(), InsertOutcome::Inserted);
-    assert_eq!(store.insert_release(&release("1.0.0", 'a')).unwrap(), InsertOutcome::AlreadyPresent);
-    assert!(matches!(store.insert_release(&release("1.0.0", 'b')).unwrap(), InsertOutcome::Conflict { .. }));
-    assert_eq!(store.release(&Version::new(1, 0, 0)).unwrap().unwrap().digest.as_hex(), "a".repeat(64));
+    assert_eq!(
+        store.insert_release(&release("1.0.0", 'a')).unwrap(),
+        InsertOutcome::Inserted
+    );
+    assert_eq!(
+        store.insert_release(&release("1.0.0", 'a')).unwrap(),
+        InsertOutcome::AlreadyPresent
+    );
+    assert!(matches!(
+        store.insert_release(&release("1.0.0", 'b')).unwrap(),
+        InsertOutcome::Conflict { .. }
+    ));
+    assert_eq!(
+        store
+            .release(&Version::new(1, 0, 0))
+            .unwrap()
+            .unwrap()
+            .digest
+            .as_hex(),
+        "a".repeat(64)
+    );
     store.insert_release(&release("0.9.0", 'c')).unwrap();
-    let versions: Vec<String> = store.releases().unwrap().iter().map(|r| r.version.to_string()).collect();
+    let versions: Vec<String> = store
+        .releases()
+        .unwrap()
+        .iter()
+        .map(|r| r.version.to_string())
+        .collect();
     assert_eq!(versions, ["0.9.0", "1.0.0"], "sorted by semver");
 }
 
@@ -49,27 +76,57 @@ fn releases_are_immutable() {
 fn one_active_deployment_per_environment() {
     let store = SqliteStore::in_memory().unwrap();
     let env: EnvName = "staging".parse().unwrap();
-    let d = store.create_deployment(&env, &mut |id| new_deployment(id, "staging", "1.0.0")).unwrap();
-    let err = store.create_deployment(&env, &mut |id| new_deployment(id, "staging", "1.1.0")).unwrap_err();
-    assert_eq!(err.to_string(), "environment staging already has deployment 1 of 1.0.0 in progress");
+    let d = store
+        .create_deployment(&env, &mut |id| new_deployment(id, "staging", "1.0.0"))
+        .unwrap();
+    let err = store
+        .create_deployment(&env, &mut |id| new_deployment(id, "staging", "1.1.0"))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "environment staging already has deployment 1 of 1.0.0 in progress"
+    );
     // Another environment is free.
-    store.create_deployment(&"production".parse().unwrap(), &mut |id| new_deployment(id, "production", "1.0.0")).unwrap();
+    store
+        .create_deployment(&"production".parse().unwrap(), &mut |id| {
+            new_deployment(id, "production", "1.0.0")
+        })
+        .unwrap();
 
     // Finishing frees the environment and records what serves it.
     let mut done = d.clone();
     done.phase = Phase::Succeeded;
     done.finished_at = Some(200);
-    let t = Transition { deployment: done, effects: vec![], log: vec!["live".into()] };
+    let t = Transition {
+        deployment: done,
+        effects: vec![],
+        log: vec!["live".into()],
+    };
     store.record(&Event::InstancesStopped, &t, 200).unwrap();
     let state = store.env_state(&env).unwrap().unwrap();
     assert_eq!(state.version, Version::new(1, 0, 0));
     assert_eq!(state.deployment, d.id);
     assert_eq!(store.log(d.id).unwrap()[0].message, "live");
-    assert_eq!(store.events(d.id).unwrap(), vec![(200, Event::InstancesStopped)]);
-    assert!(store.create_deployment(&env, &mut |id| new_deployment(id, "staging", "1.1.0")).is_ok());
+    assert_eq!(
+        store.events(d.id).unwrap(),
+        vec![(200, Event::InstancesStopped)]
+    );
+    assert!(store
+        .create_deployment(&env, &mut |id| new_deployment(id, "staging", "1.1.0"))
+        .is_ok());
     assert_eq!(store.active_deployments().unwrap().len(), 2);
-    assert_eq!(store.last_good_other_than(&env, &Version::new(1, 1, 0)).unwrap(), Some(Version::new(1, 0, 0)));
-    assert_eq!(store.last_good_other_than(&env, &Version::new(1, 0, 0)).unwrap(), None);
+    assert_eq!(
+        store
+            .last_good_other_than(&env, &Version::new(1, 1, 0))
+            .unwrap(),
+        Some(Version::new(1, 0, 0))
+    );
+    assert_eq!(
+        store
+            .last_good_other_than(&env, &Version::new(1, 0, 0))
+            .unwrap(),
+        None
+    );
 }
 
 #[test]
@@ -81,5 +138,9 @@ fn state_survives_reopening() {
         store.insert_release(&release("2.0.0", 'd')).unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.releases().unwrap().len(), 1, "migrations are not re-applied, data kept");
+    assert_eq!(
+        store.releases().unwrap().len(),
+        1,
+        "migrations are not re-applied, data kept"
+    );
 }

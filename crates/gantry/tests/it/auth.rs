@@ -6,18 +6,28 @@ fn api_requires_the_bearer_token() {
     let url = g.api_url();
     let (status, body) = http(&url, "GET", "/api/v1/releases", None, "");
     assert_eq!(status, 401);
-    assert!(body.contains("\"code\":\"unauthorized\"") && body.contains("missing bearer token"), "{body}");
+    assert!(
+        body.contains("\"code\":\"unauthorized\"") && body.contains("missing bearer token"),
+        "{body}"
+    );
     let (status, body) = http(&url, "GET", "/api/v1/releases", Some("not-the-token"), "");
     assert_eq!(status, 401);
     assert!(body.contains("the bearer token is not valid"), "{body}");
     let (status, _) = http(&url, "POST", "/api/v1/shutdown", Some("wrong"), "{}");
     assert_eq!(status, 401, "a refused shutdown changes nothing");
-    assert_eq!(http(&url, "GET", "/api/v1/releases", Some(&g.token()), "").0, 200);
+    assert_eq!(
+        http(&url, "GET", "/api/v1/releases", Some(&g.token()), "").0,
+        200
+    );
     // The CLI with a wrong token says so.
-    g.gantry_env(&["release", "list"], &[("GANTRY_TOKEN", "wrong")]).fails_with(1, "the bearer token is not valid");
+    g.gantry_env(&["release", "list"], &[("GANTRY_TOKEN", "wrong")])
+        .fails_with(1, "the bearer token is not valid");
     // The token file is private to the controller's user.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(g.data().join("admin.token")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(g.data().join("admin.token"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -26,12 +36,27 @@ fn malformed_requests_get_clear_errors() {
     let g = Gantry::start();
     let url = g.api_url();
     let t = g.token();
-    let (status, body) = http(&url, "POST", "/api/v1/deployments", Some(&t), "{\"env\": \"staging\"}");
+    let (status, body) = http(
+        &url,
+        "POST",
+        "/api/v1/deployments",
+        Some(&t),
+        "{\"env\": \"staging\"}",
+    );
     assert_eq!(status, 422, "{body}");
-    assert!(body.contains("version"), "{body}");
-    let (status, body) = http(&url, "POST", "/api/v1/deployments", Some(&t), "{\"env\": \"staging\", \"version\": \"1.0.0\", \"force\": true}");
+    assert!(body.contains("\"code\":\"invalid_body\"") && body.contains("missing field `version`"), "{body}");
+    let (status, body) = http(
+        &url,
+        "POST",
+        "/api/v1/deployments",
+        Some(&t),
+        "{\"env\": \"staging\", \"version\": \"1.0.0\", \"force\": true}",
+    );
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("unknown field `force`"), "{body}");
+    let (status, body) = http(&url, "POST", "/api/v1/deployments", Some(&t), "{not json");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("\"code\":\"invalid_body\""), "{body}");
     let (status, body) = http(&url, "GET", "/api/v1/nope", Some(&t), "");
     assert_eq!(status, 404);
     assert!(body.contains("\"code\":\"not_found\""), "{body}");
@@ -48,5 +73,6 @@ fn a_second_controller_on_the_same_data_dir_is_refused() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("another controller is already using data directory"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("another controller is already using data directory"));
 }

@@ -2,8 +2,16 @@ use crate::harness::*;
 use std::process::Command;
 
 fn gantry_in(dir: &std::path::Path, args: &[&str]) -> Run {
-    let out = Command::new(GANTRY).current_dir(dir).args(args).output().unwrap();
-    Run { code: out.status.code().unwrap_or(-1), stdout: String::from_utf8_lossy(&out.stdout).into(), stderr: String::from_utf8_lossy(&out.stderr).into() }
+    let out = Command::new(GANTRY)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into(),
+        stderr: String::from_utf8_lossy(&out.stderr).into(),
+    }
 }
 
 #[test]
@@ -11,7 +19,12 @@ fn init_writes_a_valid_starter_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     gantry_in(dir.path(), &["init"]).ok();
     let run = gantry_in(dir.path(), &["validate"]).ok();
-    assert!(run.stdout.contains("environments development, integration, staging, production"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("environments development, integration, staging, production"),
+        "{}",
+        run.stdout
+    );
     gantry_in(dir.path(), &["init"]).fails_with(1, "already exists; pass --force");
     gantry_in(dir.path(), &["init", "--force"]).ok();
 }
@@ -21,30 +34,59 @@ fn validate_reports_every_error_with_location_and_exits_4() {
     let dir = tempfile::tempdir().unwrap();
     let bad = gantry_config::STARTER
         .replace("command = \"bin/hello\"", "comand = \"bin/hello\"")
-        .replace("instances = 2\nstrategy = \"blue-green\"\nbake = \"30s\"", "instances = \"many\"\nstrategy = \"blue-green\"\nbake = \"30s\"")
-        .replace("failure_threshold = 3", "failure_threshold = 3\nretries = 2");
+        .replace(
+            "instances = 2\nstrategy = \"blue-green\"\nbake = \"30s\"",
+            "instances = \"many\"\nstrategy = \"blue-green\"\nbake = \"30s\"",
+        )
+        .replace(
+            "failure_threshold = 3",
+            "failure_threshold = 3\nretries = 2",
+        );
     std::fs::write(dir.path().join("gantry.toml"), bad).unwrap();
     let run = gantry_in(dir.path(), &["validate"]);
     assert_eq!(run.code, 4, "{}", run.stderr);
     let lines: Vec<&str> = run.stderr.lines().collect();
     assert!(lines.iter().any(|l| l.starts_with("gantry.toml:7:1: error: service.comand: unknown key \"comand\"; did you mean \"command\"?")), "{}", run.stderr);
-    assert!(lines.iter().any(|l| l.contains("error: service.command: missing required key \"command\"")), "{}", run.stderr);
-    assert!(lines.iter().any(|l| l.contains("error: health.retries: unknown key")), "{}", run.stderr);
-    assert!(lines.iter().any(|l| l.contains("environments.production.instances: expected an integer, found string \"many\"")), "{}", run.stderr);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("error: service.command: missing required key \"command\"")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("error: health.retries: unknown key")),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        lines.iter().any(|l| l.contains(
+            "environments.production.instances: expected an integer, found string \"many\""
+        )),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("4 error(s)"), "{}", run.stderr);
 }
 
 #[test]
 fn validate_names_a_missing_file() {
     let dir = tempfile::tempdir().unwrap();
-    gantry_in(dir.path(), &["validate", "--config", "nope.toml"]).fails_with(4, "cannot read config file nope.toml");
+    gantry_in(dir.path(), &["validate", "--config", "nope.toml"])
+        .fails_with(4, "cannot read config file nope.toml");
 }
 
 #[test]
 fn schema_command_prints_the_checked_in_schema() {
     let dir = tempfile::tempdir().unwrap();
     let run = gantry_in(dir.path(), &["schema"]).ok();
-    let checked_in = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../schema/gantry.schema.json")).unwrap();
+    let checked_in = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../schema/gantry.schema.json"
+    ))
+    .unwrap();
     assert_eq!(run.stdout, checked_in);
 }
 
@@ -52,8 +94,20 @@ fn schema_command_prints_the_checked_in_schema() {
 fn server_refuses_an_invalid_config_with_every_error() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("gantry.toml"), "[service]\nname = 3\n").unwrap();
-    let run = gantry_in(dir.path(), &["--data-dir", "d", "server", "--listen", "127.0.0.1:0"]);
+    let run = gantry_in(
+        dir.path(),
+        &["--data-dir", "d", "server", "--listen", "127.0.0.1:0"],
+    );
     assert_eq!(run.code, 1);
-    assert!(run.stderr.contains("service.name: expected a string, found integer 3"), "{}", run.stderr);
-    assert!(run.stderr.contains("missing required table [health]"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("service.name: expected a string, found integer 3"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("missing required table [health]"),
+        "{}",
+        run.stderr
+    );
 }

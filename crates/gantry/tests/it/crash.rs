@@ -11,8 +11,13 @@ fn killed_mid_bake_the_deployment_resumes_and_users_see_no_failure() {
     g.register("1.0.0", "");
     g.register("1.1.0", "");
     g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
-    let id = deploy_id(&g.gantry(&["deploy", "1.1.0", "--env", "production", "--detach"]).ok());
-    wait_until("the bake", Duration::from_secs(10), || g.deployment(id)["phase"] == "baking");
+    let id = deploy_id(
+        &g.gantry(&["deploy", "1.1.0", "--env", "production", "--detach"])
+            .ok(),
+    );
+    wait_until("the bake", Duration::from_secs(10), || {
+        g.deployment(id)["phase"] == "baking"
+    });
 
     // Constant user traffic while the controller dies and comes back.
     let port = g.port("production");
@@ -39,10 +44,24 @@ fn killed_mid_bake_the_deployment_resumes_and_users_see_no_failure() {
 
     assert_eq!(d["phase"], "succeeded", "{d}");
     let log = g.gantry(&["log", &id.to_string()]).ok();
-    assert!(log.stdout.contains("controller restarted; resuming in phase baking"), "{}", log.stdout);
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "no user request failed ({} succeeded)", ok.load(Ordering::Relaxed));
+    assert!(
+        log.stdout
+            .contains("controller restarted; resuming in phase baking"),
+        "{}",
+        log.stdout
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no user request failed ({} succeeded)",
+        ok.load(Ordering::Relaxed)
+    );
     assert!(ok.load(Ordering::Relaxed) > 10);
-    assert_eq!(g.running_instances(), ["production-d2-1", "production-d2-2"], "nothing leaked or doubled");
+    assert_eq!(
+        g.running_instances(),
+        ["production-d2-1", "production-d2-2"],
+        "nothing leaked or doubled"
+    );
     assert_eq!(g.get_env("production").1, "hello from 1.1.0\n");
 }
 
@@ -55,7 +74,14 @@ fn killed_at_any_point_a_deployment_ends_cleanly_after_restart() {
     g.gantry(&["deploy", "1.0.0", "--env", "staging"]).ok();
     // Kill at different moments of a good and of a failing deployment.
     let mut n = 0;
-    for (version, delay_ms) in [("1.1.0", 0), ("1.0.0", 40), ("1.1.0", 120), ("1.2.0", 30), ("1.0.0", 250), ("1.2.0", 150)] {
+    for (version, delay_ms) in [
+        ("1.1.0", 0),
+        ("1.0.0", 40),
+        ("1.1.0", 120),
+        ("1.2.0", 30),
+        ("1.0.0", 250),
+        ("1.2.0", 150),
+    ] {
         n += 1;
         let run = g.gantry(&["deploy", version, "--env", "staging", "--detach"]);
         let id = deploy_id(&run.ok());
@@ -64,18 +90,43 @@ fn killed_at_any_point_a_deployment_ends_cleanly_after_restart() {
         g.start_server();
         let d = g.wait_finished(id);
         let phase = d["phase"].as_str().unwrap().to_owned();
-        let expected = if version == "1.2.0" { "rolled_back" } else { "succeeded" };
-        assert_eq!(phase, expected, "round {n}: deploying {version}, killed after {delay_ms}ms: {d}");
+        let expected = if version == "1.2.0" {
+            "rolled_back"
+        } else {
+            "succeeded"
+        };
+        assert_eq!(
+            phase, expected,
+            "round {n}: deploying {version}, killed after {delay_ms}ms: {d}"
+        );
         // Exactly the instances that serve the environment run.
         let state = g.api("/status");
-        let env = state["environments"].as_array().unwrap().iter().find(|e| e["name"] == "staging").unwrap().clone();
-        let mut serving: Vec<String> =
-            env["instances"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect();
+        let env = state["environments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "staging")
+            .unwrap()
+            .clone();
+        let mut serving: Vec<String> = env["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .collect();
         serving.sort();
-        wait_until("only serving instances to run", Duration::from_secs(10), || g.running_instances() == serving);
+        wait_until(
+            "only serving instances to run",
+            Duration::from_secs(10),
+            || g.running_instances() == serving,
+        );
         let (status, body) = g.get_env("staging");
         assert_eq!(status, 200, "round {n}");
-        assert_eq!(body, format!("hello from {}\n", env["version"].as_str().unwrap()), "round {n}");
+        assert_eq!(
+            body,
+            format!("hello from {}\n", env["version"].as_str().unwrap()),
+            "round {n}"
+        );
     }
 }
 
@@ -89,14 +140,34 @@ fn a_restarted_controller_adopts_running_instances_and_restarts_dead_ones() {
     g.kill_server();
     // While the controller is down one instance dies.
     let (victim, victim_pid) = pids_before[0].clone();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(victim_pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
-    wait_until("the victim to die", Duration::from_secs(5), || !g.running_instances().contains(&victim));
-    assert_eq!(g.get_env("production").0, 200, "the router still serves from the survivor");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("the victim to die", Duration::from_secs(5), || {
+        !g.running_instances().contains(&victim)
+    });
+    assert_eq!(
+        g.get_env("production").0,
+        200,
+        "the router still serves from the survivor"
+    );
     g.start_server();
-    wait_until("the dead instance to be restarted", Duration::from_secs(10), || g.running_instances().len() == 2);
+    wait_until(
+        "the dead instance to be restarted",
+        Duration::from_secs(10),
+        || g.running_instances().len() == 2,
+    );
     let pids_after = instance_pids(&g);
-    assert_eq!(pids_after[1], pids_before[1], "the live instance was adopted, not replaced");
-    assert_ne!(pids_after[0].1, victim_pid, "the dead one runs again under its id");
+    assert_eq!(
+        pids_after[1], pids_before[1],
+        "the live instance was adopted, not replaced"
+    );
+    assert_ne!(
+        pids_after[0].1, victim_pid,
+        "the dead one runs again under its id"
+    );
     assert_eq!(pids_after[0].0, victim);
 }
 
@@ -104,13 +175,20 @@ fn instance_pids(g: &Gantry) -> Vec<(String, u32)> {
     let data = g.data().canonicalize().unwrap().display().to_string();
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(env) = std::fs::read(e.path().join("environ")) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(e.path().join("environ")) else {
+            continue;
+        };
         let env = String::from_utf8_lossy(&env).into_owned();
         if !env.contains(&format!("GANTRY_DATA_DIR={data}\0")) {
             continue;
         }
-        if let Some(id) = env.split('\0').find_map(|v| v.strip_prefix("GANTRY_INSTANCE_ID=")) {
+        if let Some(id) = env
+            .split('\0')
+            .find_map(|v| v.strip_prefix("GANTRY_INSTANCE_ID="))
+        {
             out.push((id.to_owned(), pid));
         }
     }

@@ -7,39 +7,94 @@ fn deploy_then_roll_back_serves_the_previous_release() {
     g.register("1.0.0", "");
     g.register("1.1.0", "");
     let run = g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
-    assert!(run.stdout.contains("succeeded") && run.stdout.contains("1.0.0 serves production"), "{}", run.stdout);
-    assert_eq!(g.get_env("production"), (200, "hello from 1.0.0\n".to_owned()));
+    assert!(
+        run.stdout.contains("succeeded") && run.stdout.contains("1.0.0 serves production"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        g.get_env("production"),
+        (200, "hello from 1.0.0\n".to_owned())
+    );
     g.gantry(&["deploy", "1.1.0", "--env", "production"]).ok();
-    assert_eq!(g.get_env("production"), (200, "hello from 1.1.0\n".to_owned()));
+    assert_eq!(
+        g.get_env("production"),
+        (200, "hello from 1.1.0\n".to_owned())
+    );
     let instances = g.running_instances();
-    assert_eq!(instances, ["production-d2-1", "production-d2-2"], "old instances were stopped");
+    assert_eq!(
+        instances,
+        ["production-d2-1", "production-d2-2"],
+        "old instances were stopped"
+    );
 
     let run = g.gantry(&["rollback", "--env", "production"]).ok();
-    assert!(run.stdout.contains("1.0.0 serves production"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("1.0.0 serves production"),
+        "{}",
+        run.stdout
+    );
     for _ in 0..20 {
-        assert_eq!(g.get_env("production"), (200, "hello from 1.0.0\n".to_owned()));
+        assert_eq!(
+            g.get_env("production"),
+            (200, "hello from 1.0.0\n".to_owned())
+        );
     }
     let status = g.gantry(&["status"]).ok();
-    let line = status.stdout.lines().find(|l| l.starts_with("production")).unwrap().to_owned();
+    let line = status
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("production"))
+        .unwrap()
+        .to_owned();
     assert!(line.contains("1.0.0") && line.contains("2/2"), "{line}");
 
     let history = g.gantry(&["history", "--env", "production"]).ok();
     let rows: Vec<&str> = history.stdout.lines().skip(1).collect();
     assert_eq!(rows.len(), 3, "{}", history.stdout);
-    assert!(rows[0].contains("rollback") && rows[0].contains("1.0.0") && rows[0].contains("succeeded"), "{}", rows[0]);
-    assert!(rows[2].starts_with("1 "), "newest first: {}", history.stdout);
+    assert!(
+        rows[0].contains("rollback") && rows[0].contains("1.0.0") && rows[0].contains("succeeded"),
+        "{}",
+        rows[0]
+    );
+    assert!(
+        rows[2].starts_with("1 "),
+        "newest first: {}",
+        history.stdout
+    );
 
     // The deployment log has every step with a timestamp.
     let log = g.gantry(&["log", "3"]).ok();
-    for step in ["rollback of 1.0.0 to production requested by admin", "release 1.0.0 verified and unpacked", "started 2 instance(s)", "all new instances healthy", "traffic switched to 1.0.0", "previous instances stopped", "1.0.0 is live in production"] {
-        assert!(log.stdout.contains(step), "missing {step:?} in:\n{}", log.stdout);
+    for step in [
+        "rollback of 1.0.0 to production requested by admin",
+        "release 1.0.0 verified and unpacked",
+        "started 2 instance(s)",
+        "all new instances healthy",
+        "traffic switched to 1.0.0",
+        "previous instances stopped",
+        "1.0.0 is live in production",
+    ] {
+        assert!(
+            log.stdout.contains(step),
+            "missing {step:?} in:\n{}",
+            log.stdout
+        );
     }
-    assert!(log.stdout.lines().nth(2).unwrap().starts_with("20"), "lines start with a timestamp:\n{}", log.stdout);
+    assert!(
+        log.stdout.lines().nth(2).unwrap().starts_with("20"),
+        "lines start with a timestamp:\n{}",
+        log.stdout
+    );
 
     // Instance output is kept and viewable.
     let out = g.gantry(&["logs", "production-d3-1"]).ok();
-    assert!(out.stdout.contains("sample service 1.0.0 listening"), "{}", out.stdout);
-    g.gantry(&["logs", "nope"]).fails_with(1, "no log for instance nope");
+    assert!(
+        out.stdout.contains("sample service 1.0.0 listening"),
+        "{}",
+        out.stdout
+    );
+    g.gantry(&["logs", "nope"])
+        .fails_with(1, "no log for instance nope");
 }
 
 #[test]
@@ -56,8 +111,16 @@ fn an_instance_that_never_becomes_healthy_is_rolled_back_with_the_reason() {
         d["reason"],
         "health check failed 3 consecutive times on staging-d2-1 (threshold 3): GET /healthz answered HTTP 503"
     );
-    assert_eq!(g.get_env("staging"), (200, "hello from 1.0.0\n".to_owned()), "the old release kept serving");
-    assert_eq!(g.running_instances(), ["staging-d1-1"], "the failed instance was stopped");
+    assert_eq!(
+        g.get_env("staging"),
+        (200, "hello from 1.0.0\n".to_owned()),
+        "the old release kept serving"
+    );
+    assert_eq!(
+        g.running_instances(),
+        ["staging-d1-1"],
+        "the failed instance was stopped"
+    );
 }
 
 #[test]
@@ -66,7 +129,10 @@ fn an_instance_that_crashes_at_start_is_rolled_back() {
     // A release whose settings the sample service refuses: it exits at once.
     g.register("1.0.0", "\"error_rate\": 7.0");
     let run = g.gantry(&["deploy", "1.0.0", "--env", "development"]);
-    run.fails_with(3, "instance development-d1-1 exited: process exited with status 1");
+    run.fails_with(
+        3,
+        "instance development-d1-1 exited: process exited with status 1",
+    );
     assert!(g.running_instances().is_empty());
 }
 
@@ -76,34 +142,61 @@ fn a_release_that_crashes_under_traffic_during_the_bake_is_rolled_back() {
     g.register("1.0.0", "");
     g.register("1.1.0", "\"crash_after\": 2");
     g.gantry(&["deploy", "1.0.0", "--env", "development"]).ok();
-    let id = deploy_id(&g.gantry(&["deploy", "1.1.0", "--env", "development", "--detach"]).ok());
-    wait_until("traffic on 1.1.0", Duration::from_secs(10), || g.deployment(id)["phase"] == "baking");
+    let id = deploy_id(
+        &g.gantry(&["deploy", "1.1.0", "--env", "development", "--detach"])
+            .ok(),
+    );
+    wait_until("traffic on 1.1.0", Duration::from_secs(10), || {
+        g.deployment(id)["phase"] == "baking"
+    });
     // Three user requests: the third makes 1.1.0 exit.
     for _ in 0..3 {
         let _ = g.get_env("development");
     }
     let d = g.wait_finished(id);
     assert_eq!(d["phase"], "rolled_back");
-    assert!(d["reason"].as_str().unwrap().contains("exited: process exited with status 3"), "{d}");
-    assert_eq!(g.get_env("development"), (200, "hello from 1.0.0\n".to_owned()));
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("exited: process exited with status 3"),
+        "{d}"
+    );
+    assert_eq!(
+        g.get_env("development"),
+        (200, "hello from 1.0.0\n".to_owned())
+    );
 }
 
 #[test]
 fn unknown_environments_and_versions_are_refused() {
     let g = Gantry::start();
     g.register("1.0.0", "");
-    g.gantry(&["deploy", "1.0.0", "--env", "prod"])
-        .fails_with(1, "environment \"prod\" is not defined; known: development, integration, staging, production");
-    g.gantry(&["deploy", "3.0.0", "--env", "staging"]).fails_with(1, "release 3.0.0 is not registered");
-    g.gantry(&["deploy", "latest", "--env", "staging"]).fails_with(1, "\"latest\" is not a semantic version");
-    g.gantry(&["rollback", "--env", "staging"]).fails_with(1, "nothing has been deployed to staging");
-    g.gantry(&["history", "--env", "qa"]).fails_with(1, "environment \"qa\" is not defined");
+    g.gantry(&["deploy", "1.0.0", "--env", "prod"]).fails_with(
+        1,
+        "environment \"prod\" is not defined; known: development, integration, staging, production",
+    );
+    g.gantry(&["deploy", "3.0.0", "--env", "staging"])
+        .fails_with(1, "release 3.0.0 is not registered");
+    g.gantry(&["deploy", "latest", "--env", "staging"])
+        .fails_with(1, "\"latest\" is not a semantic version");
+    g.gantry(&["rollback", "--env", "staging"])
+        .fails_with(1, "nothing has been deployed to staging");
+    g.gantry(&["history", "--env", "qa"])
+        .fails_with(1, "environment \"qa\" is not defined");
     g.gantry(&["deploy", "1.0.0", "--env", "staging"]).ok();
-    g.gantry(&["rollback", "--env", "staging"]).fails_with(1, "no earlier successful release than 1.0.0");
-    g.gantry(&["rollback", "--env", "staging", "--to", "1.0.0"]).fails_with(1, "1.0.0 is already serving staging");
+    g.gantry(&["rollback", "--env", "staging"])
+        .fails_with(1, "no earlier successful release than 1.0.0");
+    g.gantry(&["rollback", "--env", "staging", "--to", "1.0.0"])
+        .fails_with(1, "1.0.0 is already serving staging");
     g.register("1.1.0", "");
-    g.gantry(&["rollback", "--env", "staging", "--to", "1.1.0"]).fails_with(1, "1.1.0 never succeeded in staging");
-    assert_eq!(g.api("/deployments").as_array().unwrap().len(), 1, "no refused request created a deployment");
+    g.gantry(&["rollback", "--env", "staging", "--to", "1.1.0"])
+        .fails_with(1, "1.1.0 never succeeded in staging");
+    assert_eq!(
+        g.api("/deployments").as_array().unwrap().len(),
+        1,
+        "no refused request created a deployment"
+    );
 }
 
 #[test]
@@ -111,11 +204,20 @@ fn one_deployment_per_environment_at_a_time() {
     let g = Gantry::start_with("3s", "");
     g.register("1.0.0", "");
     g.register("1.1.0", "");
-    let id = deploy_id(&g.gantry(&["deploy", "1.0.0", "--env", "integration", "--detach"]).ok());
+    let id = deploy_id(
+        &g.gantry(&["deploy", "1.0.0", "--env", "integration", "--detach"])
+            .ok(),
+    );
     g.gantry(&["deploy", "1.1.0", "--env", "integration"])
-        .fails_with(1, &format!("environment integration already has deployment {id} of 1.0.0 in progress"));
+        .fails_with(
+            1,
+            &format!("environment integration already has deployment {id} of 1.0.0 in progress"),
+        );
     // Other environments are not blocked.
-    let other = deploy_id(&g.gantry(&["deploy", "1.1.0", "--env", "development", "--detach"]).ok());
+    let other = deploy_id(
+        &g.gantry(&["deploy", "1.1.0", "--env", "development", "--detach"])
+            .ok(),
+    );
     assert_eq!(g.wait_finished(id)["phase"], "succeeded");
     assert_eq!(g.wait_finished(other)["phase"], "succeeded");
 }
@@ -125,10 +227,14 @@ fn a_port_already_in_use_is_refused_before_anything_starts() {
     let g = Gantry::start();
     g.register("1.0.0", "");
     let _squatter = std::net::TcpListener::bind(("127.0.0.1", g.port("staging"))).unwrap();
-    g.gantry(&["deploy", "1.0.0", "--env", "staging"]).fails_with(
-        1,
-        &format!("environment staging listens on 127.0.0.1:{}, which is not available", g.port("staging")),
-    );
+    g.gantry(&["deploy", "1.0.0", "--env", "staging"])
+        .fails_with(
+            1,
+            &format!(
+                "environment staging listens on 127.0.0.1:{}, which is not available",
+                g.port("staging")
+            ),
+        );
     assert!(g.running_instances().is_empty());
     assert_eq!(g.api("/deployments"), serde_json::json!([]));
 }
@@ -139,14 +245,23 @@ fn abort_rolls_back_a_running_deployment() {
     g.register("1.0.0", "");
     g.register("1.1.0", "");
     g.gantry(&["deploy", "1.0.0", "--env", "development"]).ok();
-    let id = deploy_id(&g.gantry(&["deploy", "1.1.0", "--env", "development", "--detach"]).ok());
-    wait_until("the bake", Duration::from_secs(10), || g.deployment(id)["phase"] == "baking");
+    let id = deploy_id(
+        &g.gantry(&["deploy", "1.1.0", "--env", "development", "--detach"])
+            .ok(),
+    );
+    wait_until("the bake", Duration::from_secs(10), || {
+        g.deployment(id)["phase"] == "baking"
+    });
     g.gantry(&["abort", &id.to_string()]).ok();
     let d = g.wait_finished(id);
     assert_eq!(d["phase"], "rolled_back");
     assert_eq!(d["reason"], "aborted by admin");
-    assert_eq!(g.get_env("development"), (200, "hello from 1.0.0\n".to_owned()));
-    g.gantry(&["abort", &id.to_string()]).fails_with(1, "already finished");
+    assert_eq!(
+        g.get_env("development"),
+        (200, "hello from 1.0.0\n".to_owned())
+    );
+    g.gantry(&["abort", &id.to_string()])
+        .fails_with(1, "already finished");
 }
 
 #[test]
@@ -167,7 +282,10 @@ fn a_resolved_secret_is_given_to_the_instance_and_nowhere_else() {
     g.register("1.0.0", "");
     g.gantry(&["deploy", "1.0.0", "--env", "development"]).ok();
     // The instance has it.
-    let data = format!("GANTRY_DATA_DIR={}\0", g.data().canonicalize().unwrap().display());
+    let data = format!(
+        "GANTRY_DATA_DIR={}\0",
+        g.data().canonicalize().unwrap().display()
+    );
     let pid = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
@@ -180,12 +298,17 @@ fn a_resolved_secret_is_given_to_the_instance_and_nowhere_else() {
                 .unwrap_or(false)
         })
         .expect("instance process");
-    let environ = String::from_utf8_lossy(&std::fs::read(pid.path().join("environ")).unwrap()).into_owned();
+    let environ =
+        String::from_utf8_lossy(&std::fs::read(pid.path().join("environ")).unwrap()).into_owned();
     assert!(environ.contains(&format!("SAMPLE_SECRET={secret}")));
     // The store, the artifacts, the logs and the API do not.
     for entry in walk(&g.data()) {
         let bytes = std::fs::read(&entry).unwrap_or_default();
-        assert!(!String::from_utf8_lossy(&bytes).contains(secret), "secret found in {}", entry.display());
+        assert!(
+            !String::from_utf8_lossy(&bytes).contains(secret),
+            "secret found in {}",
+            entry.display()
+        );
     }
     assert!(!g.controller_log().contains(secret));
     assert!(!g.api("/deployments/1").to_string().contains(secret));

@@ -10,14 +10,21 @@ use std::time::{Duration, Instant};
 pub const GANTRY: &str = env!("CARGO_BIN_EXE_gantry");
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Waits for `cond` to hold, polling, and fails the test with `what` at the deadline.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -38,14 +45,25 @@ impl Run {
     }
     #[track_caller]
     pub fn ok(self) -> Run {
-        assert_eq!(self.code, 0, "command failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, 0,
+            "command failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
     #[track_caller]
     pub fn fails_with(self, code: i32, needle: &str) -> Run {
-        assert_eq!(self.code, code, "unexpected exit code:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.code, code,
+            "unexpected exit code:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         let all = format!("{}{}", self.stdout, self.stderr);
-        assert!(all.contains(needle), "expected {needle:?} in output:\n{all}");
+        assert!(
+            all.contains(needle),
+            "expected {needle:?} in output:\n{all}"
+        );
         self
     }
 }
@@ -101,8 +119,17 @@ impl Gantry {
             .map(|e| (e.to_string(), free_port()))
             .collect();
         let config = test_config(&ports, bake, extra);
-        let server_env = server_env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut g = Gantry { dir: tempfile::tempdir().unwrap(), config, server: None, ports, server_env };
+        let server_env = server_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let mut g = Gantry {
+            dir: tempfile::tempdir().unwrap(),
+            config,
+            server: None,
+            ports,
+            server_env,
+        };
         std::fs::write(g.config_path(), &g.config).unwrap();
         g.start_server();
         g
@@ -140,7 +167,9 @@ impl Gantry {
             .unwrap();
         self.server = Some(child);
         let server_file = self.data().join("server.json");
-        wait_until("the controller to start", Duration::from_secs(20), || server_file.exists());
+        wait_until("the controller to start", Duration::from_secs(20), || {
+            server_file.exists()
+        });
     }
 
     /// SIGKILL: no chance to clean up, as in a crash.
@@ -175,28 +204,49 @@ impl Gantry {
 
     /// A sample-service release whose binary is a link to the test build, so tests stay fast.
     pub fn artifact(&self, version: &str, settings: &str) -> PathBuf {
-        let path = self.dir.path().join(format!("sample-{version}-{}.tar", settings.len()));
+        let path = self
+            .dir
+            .path()
+            .join(format!("sample-{version}-{}.tar", settings.len()));
         make_artifact(&path, version, settings);
         path
     }
 
     pub fn register(&self, version: &str, settings: &str) {
         let artifact = self.artifact(version, settings);
-        self.gantry(&["release", "create", version, "--artifact", artifact.to_str().unwrap()]).ok();
+        self.gantry(&[
+            "release",
+            "create",
+            version,
+            "--artifact",
+            artifact.to_str().unwrap(),
+        ])
+        .ok();
     }
 
     pub fn token(&self) -> String {
-        std::fs::read_to_string(self.data().join("admin.token")).unwrap().trim().to_owned()
+        std::fs::read_to_string(self.data().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 
     pub fn api_url(&self) -> String {
-        let v: Value = serde_json::from_slice(&std::fs::read(self.data().join("server.json")).unwrap()).unwrap();
+        let v: Value =
+            serde_json::from_slice(&std::fs::read(self.data().join("server.json")).unwrap())
+                .unwrap();
         v["url"].as_str().unwrap().to_owned()
     }
 
     /// GET on the API with the admin token, parsed.
     pub fn api(&self, path: &str) -> Value {
-        let (status, body) = http(&self.api_url(), "GET", &format!("/api/v1{path}"), Some(&self.token()), "");
+        let (status, body) = http(
+            &self.api_url(),
+            "GET",
+            &format!("/api/v1{path}"),
+            Some(&self.token()),
+            "",
+        );
         assert_eq!(status, 200, "{path}: {body}");
         serde_json::from_str(&body).unwrap()
     }
@@ -207,16 +257,29 @@ impl Gantry {
 
     pub fn wait_finished(&self, id: i64) -> Value {
         let mut last = Value::Null;
-        wait_until(&format!("deployment {id} to finish"), Duration::from_secs(30), || {
-            last = self.deployment(id);
-            matches!(last["phase"].as_str(), Some("succeeded" | "rolled_back" | "failed"))
-        });
+        wait_until(
+            &format!("deployment {id} to finish"),
+            Duration::from_secs(30),
+            || {
+                last = self.deployment(id);
+                matches!(
+                    last["phase"].as_str(),
+                    Some("succeeded" | "rolled_back" | "failed")
+                )
+            },
+        );
         last
     }
 
     /// What the environment's router answers on `/`.
     pub fn get_env(&self, env: &str) -> (u16, String) {
-        http(&format!("http://127.0.0.1:{}", self.port(env)), "GET", "/", None, "")
+        http(
+            &format!("http://127.0.0.1:{}", self.port(env)),
+            "GET",
+            "/",
+            None,
+            "",
+        )
     }
 
     /// Instances of this controller running on the machine, from /proc.
@@ -224,14 +287,26 @@ impl Gantry {
         let data = self.data().canonicalize().unwrap().display().to_string();
         let mut out = Vec::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            if entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()).is_none() {
+            if entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+                .is_none()
+            {
                 continue;
             }
-            let Ok(environ) = std::fs::read(entry.path().join("environ")) else { continue };
-            let vars: Vec<String> =
-                environ.split(|b| *b == 0).map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+                continue;
+            };
+            let vars: Vec<String> = environ
+                .split(|b| *b == 0)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect();
             if vars.iter().any(|v| *v == format!("GANTRY_DATA_DIR={data}")) {
-                if let Some(id) = vars.iter().find_map(|v| v.strip_prefix("GANTRY_INSTANCE_ID=")) {
+                if let Some(id) = vars
+                    .iter()
+                    .find_map(|v| v.strip_prefix("GANTRY_INSTANCE_ID="))
+                {
                     out.push(id.to_owned());
                 }
             }
@@ -274,16 +349,25 @@ pub fn make_artifact(path: &Path, version: &str, settings: &str) {
     header.set_size(json.len() as u64);
     header.set_mode(0o644);
     header.set_cksum();
-    tar.append_data(&mut header, "sample.json", json.as_bytes()).unwrap();
+    tar.append_data(&mut header, "sample.json", json.as_bytes())
+        .unwrap();
     tar.finish().unwrap();
 }
 
 /// A minimal HTTP/1.1 client over a raw socket, to send exactly what a test needs.
-pub fn http(base: &str, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+pub fn http(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
     let addr = base.trim_start_matches("http://");
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -291,10 +375,20 @@ pub fn http(base: &str, method: &str, path: &str, token: Option<&str>, body: &st
     s.write_all(req.as_bytes()).unwrap();
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
-    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     // Undo chunked encoding well enough for the small bodies tests read.
-    let body = if resp.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if resp
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(&body)
     } else {
         body
@@ -306,7 +400,9 @@ fn dechunk(s: &str) -> String {
     let mut out = String::new();
     let mut rest = s;
     while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if n == 0 || after.len() < n {
             break;
         }
@@ -317,5 +413,8 @@ fn dechunk(s: &str) -> String {
 }
 
 pub fn deploy_id(run: &Run) -> i64 {
-    run.stdout.trim().parse().unwrap_or_else(|_| panic!("expected a deployment id, got {:?}", run.stdout))
+    run.stdout
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("expected a deployment id, got {:?}", run.stdout))
 }

@@ -6,22 +6,58 @@ fn releases_are_registered_content_addressed_and_immutable() {
     let g = Gantry::start();
     let a = g.artifact("1.0.0", "");
     let run = g
-        .gantry(&["release", "create", "1.0.0", "--artifact", a.to_str().unwrap(), "--git-sha", "0123456789abcdef0123456789abcdef01234567"])
+        .gantry(&[
+            "release",
+            "create",
+            "1.0.0",
+            "--artifact",
+            a.to_str().unwrap(),
+            "--git-sha",
+            "0123456789abcdef0123456789abcdef01234567",
+        ])
         .ok();
-    assert!(run.stdout.contains("release 1.0.0 registered: sha256"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("release 1.0.0 registered: sha256"),
+        "{}",
+        run.stdout
+    );
     // Same content again: accepted, nothing changes.
-    g.gantry(&["release", "create", "1.0.0", "--artifact", a.to_str().unwrap()]).ok();
+    g.gantry(&[
+        "release",
+        "create",
+        "1.0.0",
+        "--artifact",
+        a.to_str().unwrap(),
+    ])
+    .ok();
     // Different content under the same version: refused.
     let other = g.artifact("1.0.0", "\"latency_ms\": 1");
-    g.gantry(&["release", "create", "1.0.0", "--artifact", other.to_str().unwrap()])
-        .fails_with(1, "release 1.0.0 already exists with different content");
+    g.gantry(&[
+        "release",
+        "create",
+        "1.0.0",
+        "--artifact",
+        other.to_str().unwrap(),
+    ])
+    .fails_with(1, "release 1.0.0 already exists with different content");
     let r = g.api("/releases/1.0.0");
     assert_eq!(r["git_sha"], "0123456789abcdef0123456789abcdef01234567");
-    let blob = g.data().join("artifacts/sha256").join(r["digest"].as_str().unwrap());
-    assert_eq!(std::fs::read(&blob).unwrap(), std::fs::read(&a).unwrap(), "stored by its SHA-256");
+    let blob = g
+        .data()
+        .join("artifacts/sha256")
+        .join(r["digest"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read(&blob).unwrap(),
+        std::fs::read(&a).unwrap(),
+        "stored by its SHA-256"
+    );
     assert!(std::fs::metadata(&blob).unwrap().permissions().readonly());
     let list = g.gantry(&["release", "list"]).ok();
-    assert!(list.stdout.contains("1.0.0") && list.stdout.contains("01234567"), "{}", list.stdout);
+    assert!(
+        list.stdout.contains("1.0.0") && list.stdout.contains("01234567"),
+        "{}",
+        list.stdout
+    );
 }
 
 #[test]
@@ -29,19 +65,48 @@ fn bad_release_input_is_refused_and_changes_nothing() {
     let g = Gantry::start();
     let a = g.artifact("1.0.0", "");
     let a = a.to_str().unwrap();
-    g.gantry(&["release", "create", "1.0", "--artifact", a]).fails_with(1, "\"1.0\" is not a semantic version");
-    g.gantry(&["release", "create", "v1.0.0", "--artifact", a]).fails_with(1, "is not a semantic version");
-    g.gantry(&["release", "create", "1.0.0", "--artifact", "/no/such/file.tar"])
-        .fails_with(1, "cannot read artifact /no/such/file.tar");
+    g.gantry(&["release", "create", "1.0", "--artifact", a])
+        .fails_with(1, "\"1.0\" is not a semantic version");
+    g.gantry(&["release", "create", "v1.0.0", "--artifact", a])
+        .fails_with(1, "is not a semantic version");
+    g.gantry(&[
+        "release",
+        "create",
+        "1.0.0",
+        "--artifact",
+        "/no/such/file.tar",
+    ])
+    .fails_with(1, "cannot read artifact /no/such/file.tar");
     let junk = g.dir.path().join("junk.bin");
     std::fs::write(&junk, b"just some bytes").unwrap();
-    g.gantry(&["release", "create", "1.0.0", "--artifact", junk.to_str().unwrap()])
-        .fails_with(1, "neither a tarball (.tar, .tar.gz) nor an executable");
-    g.gantry(&["release", "create", "1.0.0", "--artifact", a, "--git-sha", "not-a-sha"])
-        .fails_with(1, "git SHA \"not-a-sha\" is not a hex commit id");
-    g.gantry(&["release", "show", "9.9.9"]).fails_with(1, "release 9.9.9 is not registered");
-    assert_eq!(g.api("/releases"), serde_json::json!([]), "nothing was registered");
-    let blobs: Vec<_> = std::fs::read_dir(g.data().join("artifacts/sha256")).unwrap().collect();
+    g.gantry(&[
+        "release",
+        "create",
+        "1.0.0",
+        "--artifact",
+        junk.to_str().unwrap(),
+    ])
+    .fails_with(1, "neither a tarball (.tar, .tar.gz) nor an executable");
+    g.gantry(&[
+        "release",
+        "create",
+        "1.0.0",
+        "--artifact",
+        a,
+        "--git-sha",
+        "not-a-sha",
+    ])
+    .fails_with(1, "git SHA \"not-a-sha\" is not a hex commit id");
+    g.gantry(&["release", "show", "9.9.9"])
+        .fails_with(1, "release 9.9.9 is not registered");
+    assert_eq!(
+        g.api("/releases"),
+        serde_json::json!([]),
+        "nothing was registered"
+    );
+    let blobs: Vec<_> = std::fs::read_dir(g.data().join("artifacts/sha256"))
+        .unwrap()
+        .collect();
     assert!(blobs.is_empty(), "no artifact was stored");
 }
 
@@ -51,7 +116,10 @@ fn verify_detects_a_tampered_artifact() {
     g.register("1.0.0", "");
     g.register("1.1.0", "");
     g.gantry(&["release", "verify"]).ok();
-    let digest = g.api("/releases/1.1.0")["digest"].as_str().unwrap().to_owned();
+    let digest = g.api("/releases/1.1.0")["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let blob = g.data().join("artifacts/sha256").join(&digest);
     let mut perms = std::fs::metadata(&blob).unwrap().permissions();
     #[allow(clippy::permissions_set_readonly_false)]
@@ -63,13 +131,29 @@ fn verify_detects_a_tampered_artifact() {
     let run = g.gantry(&["release", "verify"]);
     assert_eq!(run.code, 1, "{}", run.stdout);
     assert!(run.stdout.contains("ok  1.0.0"), "{}", run.stdout);
-    let bad = run.stdout.lines().find(|l| l.starts_with("BAD 1.1.0")).unwrap_or_else(|| panic!("{}", run.stdout));
-    assert!(bad.contains(&format!("artifact {digest} is corrupt")), "{bad}");
+    let bad = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("BAD 1.1.0"))
+        .unwrap_or_else(|| panic!("{}", run.stdout));
+    assert!(
+        bad.contains(&format!("artifact {digest} is corrupt")),
+        "{bad}"
+    );
     // And a deployment of it refuses to start.
-    let id = deploy_id(&g.gantry(&["deploy", "1.1.0", "--env", "development", "--detach"]).ok());
+    let id = deploy_id(
+        &g.gantry(&["deploy", "1.1.0", "--env", "development", "--detach"])
+            .ok(),
+    );
     let d = g.wait_finished(id);
     assert_eq!(d["phase"], "failed");
-    assert!(d["reason"].as_str().unwrap().contains("failed verification"), "{d}");
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("failed verification"),
+        "{d}"
+    );
 }
 
 struct KeyPair {
@@ -87,15 +171,33 @@ fn minisign_keypair(dir: &std::path::Path) -> KeyPair {
         .arg(&secret)
         .output()
         .expect("minisign is installed (the test command installs it)");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = std::fs::read_to_string(&public).unwrap();
     let public_line = text.lines().nth(1).unwrap().to_owned();
-    KeyPair { public_line, secret }
+    KeyPair {
+        public_line,
+        secret,
+    }
 }
 
 fn minisign_sign(key: &KeyPair, file: &std::path::Path) -> std::path::PathBuf {
-    let out = Command::new("minisign").arg("-S").arg("-s").arg(&key.secret).arg("-m").arg(file).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("minisign")
+        .arg("-S")
+        .arg("-s")
+        .arg(&key.secret)
+        .arg("-m")
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     std::path::PathBuf::from(format!("{}.minisig", file.display()))
 }
 
@@ -106,7 +208,10 @@ fn minisign_signatures_are_verified_and_required_where_configured() {
     let extra = format!("\n[signing]\npublic_keys = [\"{}\"]\n", key.public_line);
     let mut g = Gantry::start_with("300ms", &extra);
     // Production requires signatures.
-    g.config = g.config.replace("instances = 2\nbake = \"300ms\"", "instances = 2\nbake = \"300ms\"\nrequire_signature = true");
+    g.config = g.config.replace(
+        "instances = 2\nbake = \"300ms\"",
+        "instances = 2\nbake = \"300ms\"\nrequire_signature = true",
+    );
     assert!(g.config.contains("require_signature = true"));
     std::fs::write(g.config_path(), &g.config).unwrap();
     g.gantry(&["shutdown"]).ok();
@@ -117,10 +222,21 @@ fn minisign_signatures_are_verified_and_required_where_configured() {
     let signed = g.artifact("2.0.0", "");
     let sig = minisign_sign(&key, &signed);
     let run = g
-        .gantry(&["release", "create", "2.0.0", "--artifact", signed.to_str().unwrap(), "--signature", sig.to_str().unwrap()])
+        .gantry(&[
+            "release",
+            "create",
+            "2.0.0",
+            "--artifact",
+            signed.to_str().unwrap(),
+            "--signature",
+            sig.to_str().unwrap(),
+        ])
         .ok();
     assert!(run.stdout.contains("signature verified"), "{}", run.stdout);
-    assert_eq!(g.api("/releases/2.0.0")["signed_by"], key.public_line.as_str());
+    assert_eq!(
+        g.api("/releases/2.0.0")["signed_by"],
+        key.public_line.as_str()
+    );
 
     // A tampered artifact with the original signature is refused.
     let tampered = g.dir.path().join("tampered.tar");
@@ -128,20 +244,41 @@ fn minisign_signatures_are_verified_and_required_where_configured() {
     let n = bytes.len() - 1100;
     bytes[n] ^= 0x20;
     std::fs::write(&tampered, bytes).unwrap();
-    g.gantry(&["release", "create", "2.0.1", "--artifact", tampered.to_str().unwrap(), "--signature", sig.to_str().unwrap()])
-        .fails_with(1, "signature does not verify");
-    g.gantry(&["release", "show", "2.0.1"]).fails_with(1, "not registered");
+    g.gantry(&[
+        "release",
+        "create",
+        "2.0.1",
+        "--artifact",
+        tampered.to_str().unwrap(),
+        "--signature",
+        sig.to_str().unwrap(),
+    ])
+    .fails_with(1, "signature does not verify");
+    g.gantry(&["release", "show", "2.0.1"])
+        .fails_with(1, "not registered");
 
     // A signature that is not minisign's format.
     let junk_sig = g.dir.path().join("junk.minisig");
     std::fs::write(&junk_sig, "untrusted comment: x\nnot base64!\n").unwrap();
-    g.gantry(&["release", "create", "2.0.2", "--artifact", signed.to_str().unwrap(), "--signature", junk_sig.to_str().unwrap()])
-        .fails_with(1, "signature is not in minisign format");
+    g.gantry(&[
+        "release",
+        "create",
+        "2.0.2",
+        "--artifact",
+        signed.to_str().unwrap(),
+        "--signature",
+        junk_sig.to_str().unwrap(),
+    ])
+    .fails_with(1, "signature is not in minisign format");
 
     // An unsigned release may go to development but not to production.
     g.register("2.1.0", "");
     g.gantry(&["deploy", "2.1.0", "--env", "production"])
         .fails_with(1, "environment production requires a signed release; 2.1.0 was registered without a signature");
-    assert_eq!(g.api("/deployments"), serde_json::json!([]), "no deployment was created");
+    assert_eq!(
+        g.api("/deployments"),
+        serde_json::json!([]),
+        "no deployment was created"
+    );
     g.gantry(&["deploy", "2.0.0", "--env", "production"]).ok();
 }

@@ -1,0 +1,131 @@
+//! The router against real upstream HTTP servers on loopback.
+
+use bytes::Bytes;
+use gantry_router::{AdminInfo, Pool, Routing, RouterOptions, ADMIN_FILE};
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// An upstream that answers every request with `name`.
+async fn upstream(name: &'static str) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req| async move {
+                    Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(name))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn start_router(dir: &Path) -> AdminInfo {
+    let _ = std::fs::remove_file(dir.join(ADMIN_FILE));
+    let options = RouterOptions {
+        state_dir: dir.to_owned(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        admin_token: "t0ken".into(),
+    };
+    tokio::spawn(gantry_router::serve(options));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Ok(bytes) = std::fs::read(dir.join(ADMIN_FILE)) {
+            return serde_json::from_slice(&bytes).unwrap();
+        }
+        assert!(Instant::now() < deadline, "router did not start");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let req = Request::get(format!("http://{addr}{path}")).body(Full::new(Bytes::new())).unwrap();
+    let resp = client().request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn put_routing(info: &AdminInfo, token: &str, routing: &Routing) -> u16 {
+    let req = Request::put(format!("http://{}/routing", info.admin))
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::new(Bytes::from(serde_json::to_vec(routing).unwrap())))
+        .unwrap();
+    client().request(req).await.unwrap().status().as_u16()
+}
+
+fn routing(generation: u64, pools: Vec<(&str, u32, Vec<SocketAddr>)>) -> Routing {
+    Routing {
+        generation,
+        pools: pools
+            .into_iter()
+            .map(|(name, weight, upstreams)| Pool { name: name.into(), weight, upstreams })
+            .collect(),
+    }
+}
+
+#[tokio::test]
+async fn traffic_is_split_by_weight_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let info = start_router(dir.path()).await;
+    assert_eq!(get(info.listen, "/").await.0, 503, "no routing yet");
+    let (a, b) = (upstream("stable").await, upstream("canary").await);
+    let r = routing(1, vec![("stable", 3, vec![a]), ("canary", 1, vec![b])]);
+    assert_eq!(put_routing(&info, "t0ken", &r).await, 200);
+    let mut canary = 0;
+    for _ in 0..400 {
+        let (status, body) = get(info.listen, "/").await;
+        assert_eq!(status, 200);
+        canary += usize::from(body == "canary");
+    }
+    assert_eq!(canary, 100, "weight 1 of 4 gets exactly a quarter");
+}
+
+#[tokio::test]
+async fn admin_needs_the_token_and_refuses_bad_routing() {
+    let dir = tempfile::tempdir().unwrap();
+    let info = start_router(dir.path()).await;
+    let a = upstream("a").await;
+    assert_eq!(put_routing(&info, "wrong", &routing(1, vec![("a", 1, vec![a])])).await, 401);
+    assert_eq!(put_routing(&info, "t0ken", &routing(1, vec![("a", 1, vec![])])).await, 400, "weight without upstreams");
+    assert_eq!(get(info.listen, "/").await.0, 503, "refused routings change nothing");
+}
+
+#[tokio::test]
+async fn the_last_routing_survives_a_router_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let info = start_router(dir.path()).await;
+    let a = upstream("persisted").await;
+    assert_eq!(put_routing(&info, "t0ken", &routing(7, vec![("a", 1, vec![a])])).await, 200);
+    // A second router started from the same state directory serves the same.
+    let again = start_router(dir.path()).await;
+    assert_ne!(again.listen, info.listen);
+    assert_eq!(get(again.listen, "/x?y=1").await, (200, "persisted".to_owned()));
+}
+
+#[tokio::test]
+async fn a_dead_upstream_is_skipped_for_requests_without_a_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let info = start_router(dir.path()).await;
+    let live = upstream("live").await;
+    let dead: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }; // closed again: nothing listens there
+    assert_eq!(put_routing(&info, "t0ken", &routing(1, vec![("p", 1, vec![dead, live])])).await, 200);
+    for _ in 0..20 {
+        assert_eq!(get(info.listen, "/").await, (200, "live".to_owned()));
+    }
+}
