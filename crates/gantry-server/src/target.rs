@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use gantry_core::{DeploymentId, EnvName, InstanceRef, Version};
 use gantry_store::ReleaseRecord;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io;
 use std::net::TcpListener;
@@ -102,6 +102,8 @@ pub struct LocalTarget {
     data_dir: PathBuf,
     /// Exit statuses of the children this controller started and reaped.
     exits: Arc<Mutex<HashMap<String, String>>>,
+    /// Instances this controller process started (and so will reap).
+    spawned: Mutex<HashSet<String>>,
 }
 
 impl LocalTarget {
@@ -109,6 +111,7 @@ impl LocalTarget {
         LocalTarget {
             data_dir: data_dir.to_owned(),
             exits: Arc::default(),
+            spawned: Mutex::default(),
         }
     }
 
@@ -236,6 +239,10 @@ impl LocalTarget {
         let exits = self.exits.clone();
         let id = id.to_owned();
         exits.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.spawned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone());
         tokio::spawn(async move {
             let detail = match child.wait().await {
                 Ok(status) => describe_exit(status),

@@ -275,11 +275,17 @@ pub async fn follow(c: &Client, d: &Value, detach: bool) -> Exit {
         let v = c.send_get(&format!("/deployments/{id}/log")).await?;
         let log = v["log"].as_array().cloned().unwrap_or_default();
         for entry in &log[shown..] {
-            bar.println(format!(
+            let line = format!(
                 "  {}  {}",
                 clock(&entry["at"]),
                 entry["message"].as_str().unwrap_or("")
-            ));
+            );
+            // A hidden bar (output is not a terminal) would swallow the line.
+            if bar.is_hidden() {
+                println!("{line}");
+            } else {
+                bar.println(line);
+            }
         }
         shown = log.len();
         let dep = &v["deployment"];

@@ -1,7 +1,7 @@
 //! The router against real upstream HTTP servers on loopback.
 
 use bytes::Bytes;
-use gantry_router::{AdminInfo, Pool, Routing, RouterOptions, ADMIN_FILE};
+use gantry_router::{AdminInfo, Pool, RouterOptions, Routing, ADMIN_FILE};
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -21,7 +21,9 @@ async fn upstream(name: &'static str) -> SocketAddr {
                 let svc = hyper::service::service_fn(move |_req| async move {
                     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(name))))
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
@@ -51,7 +53,9 @@ fn client() -> Client<HttpConnector, Full<Bytes>> {
 }
 
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let req = Request::get(format!("http://{addr}{path}")).body(Full::new(Bytes::new())).unwrap();
+    let req = Request::get(format!("http://{addr}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
     let resp = client().request(req).await.unwrap();
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -71,7 +75,11 @@ fn routing(generation: u64, pools: Vec<(&str, u32, Vec<SocketAddr>)>) -> Routing
         generation,
         pools: pools
             .into_iter()
-            .map(|(name, weight, upstreams)| Pool { name: name.into(), weight, upstreams })
+            .map(|(name, weight, upstreams)| Pool {
+                name: name.into(),
+                weight,
+                upstreams,
+            })
             .collect(),
     }
 }
@@ -98,9 +106,20 @@ async fn admin_needs_the_token_and_refuses_bad_routing() {
     let dir = tempfile::tempdir().unwrap();
     let info = start_router(dir.path()).await;
     let a = upstream("a").await;
-    assert_eq!(put_routing(&info, "wrong", &routing(1, vec![("a", 1, vec![a])])).await, 401);
-    assert_eq!(put_routing(&info, "t0ken", &routing(1, vec![("a", 1, vec![])])).await, 400, "weight without upstreams");
-    assert_eq!(get(info.listen, "/").await.0, 503, "refused routings change nothing");
+    assert_eq!(
+        put_routing(&info, "wrong", &routing(1, vec![("a", 1, vec![a])])).await,
+        401
+    );
+    assert_eq!(
+        put_routing(&info, "t0ken", &routing(1, vec![("a", 1, vec![])])).await,
+        400,
+        "weight without upstreams"
+    );
+    assert_eq!(
+        get(info.listen, "/").await.0,
+        503,
+        "refused routings change nothing"
+    );
 }
 
 #[tokio::test]
@@ -108,11 +127,17 @@ async fn the_last_routing_survives_a_router_restart() {
     let dir = tempfile::tempdir().unwrap();
     let info = start_router(dir.path()).await;
     let a = upstream("persisted").await;
-    assert_eq!(put_routing(&info, "t0ken", &routing(7, vec![("a", 1, vec![a])])).await, 200);
+    assert_eq!(
+        put_routing(&info, "t0ken", &routing(7, vec![("a", 1, vec![a])])).await,
+        200
+    );
     // A second router started from the same state directory serves the same.
     let again = start_router(dir.path()).await;
     assert_ne!(again.listen, info.listen);
-    assert_eq!(get(again.listen, "/x?y=1").await, (200, "persisted".to_owned()));
+    assert_eq!(
+        get(again.listen, "/x?y=1").await,
+        (200, "persisted".to_owned())
+    );
 }
 
 #[tokio::test]
@@ -124,7 +149,15 @@ async fn a_dead_upstream_is_skipped_for_requests_without_a_body() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     }; // closed again: nothing listens there
-    assert_eq!(put_routing(&info, "t0ken", &routing(1, vec![("p", 1, vec![dead, live])])).await, 200);
+    assert_eq!(
+        put_routing(
+            &info,
+            "t0ken",
+            &routing(1, vec![("p", 1, vec![dead, live])])
+        )
+        .await,
+        200
+    );
     for _ in 0..20 {
         assert_eq!(get(info.listen, "/").await, (200, "live".to_owned()));
     }

@@ -44,7 +44,10 @@ fn malformed_requests_get_clear_errors() {
         "{\"env\": \"staging\"}",
     );
     assert_eq!(status, 422, "{body}");
-    assert!(body.contains("\"code\":\"invalid_body\"") && body.contains("missing field `version`"), "{body}");
+    assert!(
+        body.contains("\"code\":\"invalid_body\"") && body.contains("missing field `version`"),
+        "{body}"
+    );
     let (status, body) = http(
         &url,
         "POST",
