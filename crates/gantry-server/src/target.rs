@@ -367,6 +367,18 @@ impl Target for LocalTarget {
         {
             return Some(detail.clone());
         }
+        // Our own children are reaped by us, and every end is recorded above;
+        // /proc cannot be trusted for them (before exec a child still shows
+        // our environment, a zombie shows none).
+        if self
+            .spawned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&instance.id)
+        {
+            return None;
+        }
+        // Adopted after a restart: only /proc can tell.
         if self.scan().iter().any(|r| r.id == instance.id) {
             None
         } else {

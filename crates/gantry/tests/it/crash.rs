@@ -15,9 +15,7 @@ fn killed_mid_bake_the_deployment_resumes_and_users_see_no_failure() {
         &g.gantry(&["deploy", "1.1.0", "--env", "production", "--detach"])
             .ok(),
     );
-    wait_until("the bake", Duration::from_secs(10), || {
-        g.deployment(id)["phase"] == "baking"
-    });
+    g.wait_phase(id, "baking");
 
     // Constant user traffic while the controller dies and comes back.
     let port = g.port("production");

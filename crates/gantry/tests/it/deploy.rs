@@ -1,5 +1,4 @@
 use crate::harness::*;
-use std::time::Duration;
 
 #[test]
 fn deploy_then_roll_back_serves_the_previous_release() {
@@ -146,9 +145,7 @@ fn a_release_that_crashes_under_traffic_during_the_bake_is_rolled_back() {
         &g.gantry(&["deploy", "1.1.0", "--env", "development", "--detach"])
             .ok(),
     );
-    wait_until("traffic on 1.1.0", Duration::from_secs(10), || {
-        g.deployment(id)["phase"] == "baking"
-    });
+    g.wait_phase(id, "baking");
     // Three user requests: the third makes 1.1.0 exit.
     for _ in 0..3 {
         let _ = g.get_env("development");
@@ -249,9 +246,7 @@ fn abort_rolls_back_a_running_deployment() {
         &g.gantry(&["deploy", "1.1.0", "--env", "development", "--detach"])
             .ok(),
     );
-    wait_until("the bake", Duration::from_secs(10), || {
-        g.deployment(id)["phase"] == "baking"
-    });
+    g.wait_phase(id, "baking");
     g.gantry(&["abort", &id.to_string()]).ok();
     let d = g.wait_finished(id);
     assert_eq!(d["phase"], "rolled_back");

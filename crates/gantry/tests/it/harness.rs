@@ -271,6 +271,26 @@ impl Gantry {
         last
     }
 
+    /// Waits for deployment `id` to reach `phase`; fails at once if it finishes first.
+    pub fn wait_phase(&self, id: i64, phase: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let d = self.deployment(id);
+            if d["phase"] == phase {
+                return;
+            }
+            let finished = matches!(
+                d["phase"].as_str(),
+                Some("succeeded" | "rolled_back" | "failed")
+            );
+            assert!(
+                !finished && Instant::now() < deadline,
+                "deployment {id} never reached {phase}: {d}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// What the environment's router answers on `/`.
     pub fn get_env(&self, env: &str) -> (u16, String) {
         http(
