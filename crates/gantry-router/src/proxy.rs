@@ -157,9 +157,16 @@ async fn proxy(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
-    // A request without a body can be sent again if its upstream could not
-    // even be connected to (nothing reached it), e.g. an instance that died.
+    // A request without a body can be sent to another upstream when its
+    // first one could not be connected to (nothing reached it). A safe
+    // method (GET, HEAD, OPTIONS) is also retried when the connection broke
+    // before any answer, as happens with an instance that dies while its
+    // listening socket still accepts.
     let replayable = body.is_end_stream();
+    let safe = matches!(
+        parts.method,
+        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS
+    );
     let mut body = Some(body);
     let mut upstream = upstream;
     let attempts = if replayable {
@@ -193,7 +200,7 @@ async fn proxy(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
                 counters.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%upstream, pool, attempt, error = %e, "upstream request failed");
                 match state.next_upstream(&pool, upstream) {
-                    Some(next) if e.is_connect() && attempt < attempts => upstream = next,
+                    Some(next) if (e.is_connect() || safe) && attempt < attempts => upstream = next,
                     _ => {
                         return text(
                             StatusCode::BAD_GATEWAY,

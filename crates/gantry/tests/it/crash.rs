@@ -146,10 +146,12 @@ fn a_restarted_controller_adopts_running_instances_and_restarts_dead_ones() {
     wait_until("the victim to die", Duration::from_secs(5), || {
         !g.running_instances().contains(&victim)
     });
+    let (status, body) = g.get_env("production");
+    let router_log =
+        std::fs::read_to_string(g.data().join("routers/production/router.log")).unwrap_or_default();
     assert_eq!(
-        g.get_env("production").0,
-        200,
-        "the router still serves from the survivor"
+        status, 200,
+        "the router still serves from the survivor: {body}\nrouter log:\n{router_log}"
     );
     g.start_server();
     wait_until(
