@@ -327,28 +327,9 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
     let root = root.get_ref();
     w.check_keys(root, "", ROOT_KEYS);
 
-    let service = match root.get("service") {
-        Some(v) => decode_service(&mut w, v),
-        None => {
-            w.error(
-                root_span.start..root_span.start,
-                "service",
-                "missing required table [service]",
-            );
-            None
-        }
-    };
-    let health = match root.get("health") {
-        Some(v) => decode_health(&mut w, v),
-        None => {
-            w.error(
-                root_span.start..root_span.start,
-                "health",
-                "missing required table [health]",
-            );
-            None
-        }
-    };
+    let at_start = root_span.start..root_span.start;
+    let service = required_table(&mut w, root, &at_start, "service", decode_service);
+    let health = required_table(&mut w, root, &at_start, "health", decode_health);
     let signing = match root.get("signing") {
         Some(v) => decode_signing(&mut w, v),
         None => Some(Signing::default()),
@@ -357,7 +338,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
         Some(v) => decode_environments(&mut w, v, signing.as_ref()),
         None => {
             w.error(
-                root_span.start..root_span.start,
+                at_start,
                 "environments",
                 "missing required table [environments]; define at least one environment",
             );
@@ -376,6 +357,23 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
     let mut diags = w.diags;
     diags.sort_by_key(|d| (d.line, d.column));
     (config, diags)
+}
+
+/// Decodes the top-level table `name`, reporting it missing at `at`.
+fn required_table<T>(
+    w: &mut Walker<'_>,
+    root: &DeTable<'_>,
+    at: &Range<usize>,
+    name: &str,
+    decode: impl FnOnce(&mut Walker<'_>, &Val<'_>) -> Option<T>,
+) -> Option<T> {
+    match root.get(name) {
+        Some(v) => decode(w, v),
+        None => {
+            w.error(at.clone(), name, format!("missing required table [{name}]"));
+            None
+        }
+    }
 }
 
 fn decode_service(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Service> {

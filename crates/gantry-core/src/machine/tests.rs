@@ -56,6 +56,18 @@ fn run(mut d: Deployment, script: &[(Millis, Event)]) -> (String, Deployment) {
     (out, d)
 }
 
+/// Created, prepared and started with instances `ids` (at 0, 10 and 20 ms), then `rest`.
+fn started_then(ids: &[u16], rest: Vec<(Millis, Event)>) -> Vec<(Millis, Event)> {
+    let instances = ids.iter().map(|n| inst(*n)).collect();
+    let mut script = vec![
+        (0, Event::Created),
+        (10, Event::Prepared),
+        (20, Event::InstancesStarted { instances }),
+    ];
+    script.extend(rest);
+    script
+}
+
 fn healthy(i: u16) -> Event {
     Event::HealthObserved {
         instance: format!("i{i}"),
@@ -67,29 +79,24 @@ fn healthy(i: u16) -> Event {
 fn successful_deployment() {
     let (transcript, d) = run(
         first_deploy(),
-        &[
-            (0, Event::Created),
-            (10, Event::Prepared),
-            (
-                20,
-                Event::InstancesStarted {
-                    instances: vec![inst(2), inst(3)],
-                },
-            ),
-            (
-                30,
-                Event::HealthObserved {
-                    instance: "i2".into(),
-                    probe: Probe::Unreachable("connection refused".into()),
-                },
-            ),
-            (130, healthy(2)),
-            (140, healthy(3)),
-            (150, Event::TrafficRouted { to_new: true }),
-            (1150, healthy(2)),
-            (3150, Event::Tick),
-            (3160, Event::InstancesStopped),
-        ],
+        &started_then(
+            &[2, 3],
+            vec![
+                (
+                    30,
+                    Event::HealthObserved {
+                        instance: "i2".into(),
+                        probe: Probe::Unreachable("connection refused".into()),
+                    },
+                ),
+                (130, healthy(2)),
+                (140, healthy(3)),
+                (150, Event::TrafficRouted { to_new: true }),
+                (1150, healthy(2)),
+                (3150, Event::Tick),
+                (3160, Event::InstancesStopped),
+            ],
+        ),
     );
     insta::assert_snapshot!(transcript);
     assert_eq!(d.phase, Phase::Succeeded);
@@ -105,24 +112,19 @@ fn failing_health_after_switch_returns_traffic_then_stops_new() {
     };
     let (transcript, d) = run(
         first_deploy(),
-        &[
-            (0, Event::Created),
-            (10, Event::Prepared),
-            (
-                20,
-                Event::InstancesStarted {
-                    instances: vec![inst(2), inst(3)],
-                },
-            ),
-            (30, healthy(2)),
-            (40, healthy(3)),
-            (50, Event::TrafficRouted { to_new: true }),
-            (1050, fail()),
-            (2050, fail()),
-            (3050, fail()),
-            (3060, Event::TrafficRouted { to_new: false }),
-            (3070, Event::InstancesStopped),
-        ],
+        &started_then(
+            &[2, 3],
+            vec![
+                (30, healthy(2)),
+                (40, healthy(3)),
+                (50, Event::TrafficRouted { to_new: true }),
+                (1050, fail()),
+                (2050, fail()),
+                (3050, fail()),
+                (3060, Event::TrafficRouted { to_new: false }),
+                (3070, Event::InstancesStopped),
+            ],
+        ),
     );
     insta::assert_snapshot!(transcript);
     assert_eq!(d.phase, Phase::RolledBack);
@@ -134,27 +136,22 @@ fn failing_health_after_switch_returns_traffic_then_stops_new() {
 fn instance_that_never_comes_up_times_out() {
     let (transcript, d) = run(
         first_deploy(),
-        &[
-            (0, Event::Created),
-            (10, Event::Prepared),
-            (
-                20,
-                Event::InstancesStarted {
-                    instances: vec![inst(2), inst(3)],
-                },
-            ),
-            (30, healthy(2)),
-            (
-                40,
-                Event::HealthObserved {
-                    instance: "i3".into(),
-                    probe: Probe::Unreachable("connection refused".into()),
-                },
-            ),
-            (4000, Event::Tick),
-            (5020, Event::Tick),
-            (5030, Event::InstancesStopped),
-        ],
+        &started_then(
+            &[2, 3],
+            vec![
+                (30, healthy(2)),
+                (
+                    40,
+                    Event::HealthObserved {
+                        instance: "i3".into(),
+                        probe: Probe::Unreachable("connection refused".into()),
+                    },
+                ),
+                (4000, Event::Tick),
+                (5020, Event::Tick),
+                (5030, Event::InstancesStopped),
+            ],
+        ),
     );
     insta::assert_snapshot!(transcript);
     assert_eq!(d.phase, Phase::RolledBack);
@@ -166,19 +163,7 @@ fn instance_that_never_comes_up_times_out() {
 
 #[test]
 fn unreachable_during_startup_does_not_count_but_bad_answers_do() {
-    let (_, d) = run(
-        first_deploy(),
-        &[
-            (0, Event::Created),
-            (10, Event::Prepared),
-            (
-                20,
-                Event::InstancesStarted {
-                    instances: vec![inst(2)],
-                },
-            ),
-        ],
-    );
+    let (_, d) = run(first_deploy(), &started_then(&[2], vec![]));
     let unreachable = Event::HealthObserved {
         instance: "i2".into(),
         probe: Probe::Unreachable("refused".into()),
@@ -222,17 +207,7 @@ fn prepare_failure_changes_nothing() {
 fn resumed_reemits_what_the_phase_still_needs() {
     let (_, d) = run(
         first_deploy(),
-        &[
-            (0, Event::Created),
-            (10, Event::Prepared),
-            (
-                20,
-                Event::InstancesStarted {
-                    instances: vec![inst(2), inst(3)],
-                },
-            ),
-            (30, healthy(2)),
-        ],
+        &started_then(&[2, 3], vec![(30, healthy(2))]),
     );
     let t = step(&d, &Event::Resumed, 500);
     assert_eq!(
@@ -265,19 +240,14 @@ fn resumed_reemits_what_the_phase_still_needs() {
 fn abort_during_bake_routes_back() {
     let (_, d) = run(
         first_deploy(),
-        &[
-            (0, Event::Created),
-            (10, Event::Prepared),
-            (
-                20,
-                Event::InstancesStarted {
-                    instances: vec![inst(2)],
-                },
-            ),
-            (30, healthy(2)),
-            (40, Event::TrafficRouted { to_new: true }),
-            (50, Event::AbortRequested { by: "bob".into() }),
-        ],
+        &started_then(
+            &[2],
+            vec![
+                (30, healthy(2)),
+                (40, Event::TrafficRouted { to_new: true }),
+                (50, Event::AbortRequested { by: "bob".into() }),
+            ],
+        ),
     );
     assert_eq!(d.phase, Phase::RollingBack);
     assert_eq!(d.reason.as_deref(), Some("aborted by bob"));
@@ -291,18 +261,13 @@ fn first_ever_deployment_has_nothing_to_drain() {
     d.settings.bake_ms = 0;
     let (_, d) = run(
         d,
-        &[
-            (0, Event::Created),
-            (10, Event::Prepared),
-            (
-                20,
-                Event::InstancesStarted {
-                    instances: vec![inst(2)],
-                },
-            ),
-            (30, healthy(2)),
-            (40, Event::TrafficRouted { to_new: true }),
-        ],
+        &started_then(
+            &[2],
+            vec![
+                (30, healthy(2)),
+                (40, Event::TrafficRouted { to_new: true }),
+            ],
+        ),
     );
     assert_eq!(d.phase, Phase::Succeeded);
 }
