@@ -7,6 +7,7 @@
 //! rules of a deployment testable as data and lets a restarted controller
 //! re-derive what is left to do from the persisted [`machine::Deployment`].
 
+pub mod analysis;
 pub mod domain;
 pub mod machine;
 

@@ -1,0 +1,373 @@
+//! Live analysis of a canary against its stable release.
+//!
+//! Every rule of the standards becomes a count of events and a null rate:
+//! "error rate above 1%" is *canary errors among canary requests, null rate
+//! 1%*; "P99 above 3× baseline" is *canary requests slower than 3× the
+//! baseline P99, null rate 1%* (if more than 1% are that slow, the P99 is
+//! above it); the live comparison is *errors that were the canary's among
+//! all errors, null rate = the canary's share of traffic*. Each count is
+//! judged by the same anytime-valid test ([`evidence`]), so a rule fires as
+//! soon as the evidence is strong, and checking every second costs no extra
+//! false alarms. The false-rollback budget `alpha` is split evenly between
+//! the enabled rules, so together they stay within it.
+//!
+//! A rule without enough data says so ([`RuleStatus::NotEnoughData`])
+//! instead of passing on silence.
+
+pub mod evidence;
+
+use serde::{Deserialize, Serialize};
+
+/// Which rules run and their thresholds. Defaults are the standards' numbers,
+/// the stricter where two documents differ.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AnalysisPolicy {
+    /// Chance of rolling back a canary that is no worse, over the whole rollout.
+    pub alpha: f64,
+    /// Canary requests before any rule may judge.
+    pub min_requests: u64,
+    /// Absolute error rate (standards: 1%).
+    pub max_error_rate: Option<f64>,
+    /// Error rate above the baseline, in points (monitoring: +0.5 points).
+    pub max_error_rate_increase: Option<f64>,
+    /// Error rate above the baseline, relative (workflow: +50%).
+    pub max_error_rate_ratio: Option<f64>,
+    /// P99 latency as a multiple of the baseline P99 (standards: 3×).
+    pub max_p99_factor: Option<f64>,
+    /// P50 latency as a multiple of the baseline P50 (monitoring: +50%).
+    pub max_p50_factor: Option<f64>,
+    /// Compare the canary's errors against stable's, live.
+    pub compare_errors: bool,
+    /// Compare canary and stable requests slower than this multiple of the baseline P99.
+    pub compare_slow_factor: Option<f64>,
+    /// Relative worsening of the error rate still called "no worse" for early promotion.
+    pub promotion_margin: f64,
+}
+
+impl Default for AnalysisPolicy {
+    fn default() -> Self {
+        AnalysisPolicy {
+            alpha: 0.01,
+            min_requests: 50,
+            max_error_rate: Some(0.01),
+            max_error_rate_increase: Some(0.005),
+            max_error_rate_ratio: Some(1.5),
+            max_p99_factor: Some(3.0),
+            max_p50_factor: Some(1.5),
+            compare_errors: true,
+            compare_slow_factor: Some(3.0),
+            promotion_margin: 0.5,
+        }
+    }
+}
+
+/// The stable release's health before any traffic moved: the standards' "health baseline".
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Baseline {
+    pub requests: u64,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// Latency limits derived from the baseline; the runtime counts requests above each.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LatencyLimits {
+    pub p99_ms: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub compare_ms: Option<f64>,
+}
+
+pub fn latency_limits(policy: &AnalysisPolicy, baseline: &Baseline) -> LatencyLimits {
+    let known = baseline.requests > 0 && baseline.p99_ms > 0.0;
+    LatencyLimits {
+        p99_ms: policy
+            .max_p99_factor
+            .filter(|_| known)
+            .map(|f| f * baseline.p99_ms),
+        p50_ms: policy
+            .max_p50_factor
+            .filter(|_| known)
+            .map(|f| f * baseline.p50_ms),
+        compare_ms: policy
+            .compare_slow_factor
+            .filter(|_| known)
+            .map(|f| f * baseline.p99_ms),
+    }
+}
+
+/// What one pool served since the analysis (or the step) began.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub requests: u64,
+    pub errors: u64,
+    /// Requests slower than `LatencyLimits::p99_ms`.
+    pub over_p99_limit: u64,
+    /// Requests slower than `LatencyLimits::p50_ms`.
+    pub over_p50_limit: u64,
+    /// Requests slower than `LatencyLimits::compare_ms`.
+    pub over_compare_limit: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleKind {
+    ErrorRate,
+    ErrorRateIncrease,
+    ErrorRateRatio,
+    P99Latency,
+    P50Latency,
+    ErrorsVsStable,
+    SlowVsStable,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleStatus {
+    NotEnoughData,
+    Passing,
+    Failing,
+}
+
+/// One rule's state: what it saw, against what, with how much evidence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleReport {
+    pub rule: RuleKind,
+    pub description: String,
+    pub status: RuleStatus,
+    /// Observed rate (events / samples).
+    pub observed: f64,
+    /// The null rate the rule tests against.
+    pub threshold: f64,
+    pub events: u64,
+    pub samples: u64,
+    /// Evidence so far, and the evidence that makes the rule fire.
+    pub evidence: f64,
+    pub needed: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    /// A rule fired: roll back.
+    Fail { rule: RuleKind, summary: String },
+    /// Enough evidence that the canary is no worse than stable.
+    NoWorse { evidence: f64 },
+    /// Nothing fired yet; `waiting` tells if some rule still lacks data.
+    Continue { waiting: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Analysis {
+    pub reports: Vec<RuleReport>,
+    pub verdict: Verdict,
+}
+
+/// An upper confidence bound of a rate (Wilson, z = 2.576 ≈ 99%), so that a
+/// noisy baseline makes thresholds looser, never falsely tighter.
+pub fn upper_bound(events: u64, samples: u64) -> f64 {
+    if samples == 0 {
+        return 1.0;
+    }
+    let z = 2.576f64;
+    let n = samples as f64;
+    let p = events as f64 / n;
+    let centre = p + z * z / (2.0 * n);
+    let spread = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+    ((centre + spread) / (1.0 + z * z / n)).min(1.0)
+}
+
+struct Test {
+    rule: RuleKind,
+    description: String,
+    events: u64,
+    samples: u64,
+    p0: f64,
+    /// A live comparison: judged once there is traffic, even with no events
+    /// (none on either side is a pass, not a lack of data).
+    comparison: bool,
+}
+
+/// Judges `canary` against `stable` and the baseline.
+pub fn analyse(
+    policy: &AnalysisPolicy,
+    baseline: &Baseline,
+    canary: &Counts,
+    stable: &Counts,
+) -> Analysis {
+    let base_ucb = upper_bound(baseline.errors, baseline.requests);
+    let share = if canary.requests + stable.requests == 0 {
+        0.0
+    } else {
+        canary.requests as f64 / (canary.requests + stable.requests) as f64
+    };
+    let limits = latency_limits(policy, baseline);
+    let pct = |r: f64| format!("{:.2}%", r * 100.0);
+    let mut tests = Vec::new();
+    let one_sample = |rule, description: String, events, p0| Test {
+        rule,
+        description,
+        events,
+        samples: canary.requests,
+        p0,
+        comparison: false,
+    };
+    if let Some(max) = policy.max_error_rate {
+        tests.push(one_sample(
+            RuleKind::ErrorRate,
+            format!("canary error rate above {}", pct(max)),
+            canary.errors,
+            max,
+        ));
+    }
+    if let Some(inc) = policy.max_error_rate_increase {
+        let p0 = base_ucb + inc;
+        tests.push(one_sample(
+            RuleKind::ErrorRateIncrease,
+            format!(
+                "canary error rate above baseline + {:.1} points ({})",
+                inc * 100.0,
+                pct(p0)
+            ),
+            canary.errors,
+            p0,
+        ));
+    }
+    if let Some(ratio) = policy.max_error_rate_ratio {
+        let p0 = base_ucb * ratio;
+        tests.push(one_sample(
+            RuleKind::ErrorRateRatio,
+            format!(
+                "canary error rate more than {:.0}% above baseline ({})",
+                (ratio - 1.0) * 100.0,
+                pct(p0)
+            ),
+            canary.errors,
+            p0,
+        ));
+    }
+    if let (Some(limit), Some(f)) = (limits.p99_ms, policy.max_p99_factor) {
+        tests.push(one_sample(
+            RuleKind::P99Latency,
+            format!("canary P99 above {f}× baseline ({limit:.1} ms): over 1% of requests slower"),
+            canary.over_p99_limit,
+            0.01,
+        ));
+    }
+    if let (Some(limit), Some(f)) = (limits.p50_ms, policy.max_p50_factor) {
+        tests.push(one_sample(
+            RuleKind::P50Latency,
+            format!("canary P50 above {f}× baseline ({limit:.1} ms): over half of requests slower"),
+            canary.over_p50_limit,
+            0.5,
+        ));
+    }
+    if policy.compare_errors {
+        tests.push(Test {
+            rule: RuleKind::ErrorsVsStable,
+            description: format!(
+                "canary's share of errors above its share of traffic ({})",
+                pct(share)
+            ),
+            events: canary.errors,
+            samples: canary.errors + stable.errors,
+            p0: share,
+            comparison: true,
+        });
+    }
+    if let (Some(limit), Some(f)) = (limits.compare_ms, policy.compare_slow_factor) {
+        tests.push(Test {
+            rule: RuleKind::SlowVsStable,
+            description: format!(
+                "canary's share of requests slower than {f}× baseline P99 ({limit:.1} ms) above its share of traffic"
+            ),
+            events: canary.over_compare_limit,
+            samples: canary.over_compare_limit + stable.over_compare_limit,
+            p0: share,
+            comparison: true,
+        });
+    }
+
+    let needed = tests.len().max(1) as f64 / policy.alpha;
+    let mut reports = Vec::with_capacity(tests.len());
+    let mut waiting = false;
+    let mut failed: Option<(RuleKind, String)> = None;
+    for t in tests {
+        let e = evidence::evidence(t.events, t.samples, t.p0);
+        let enough = canary.requests >= policy.min_requests
+            && t.p0 < 1.0
+            && (t.comparison || e >= needed || could_reach(t.samples, t.p0, needed));
+        let status = if !enough {
+            waiting = true;
+            RuleStatus::NotEnoughData
+        } else if e >= needed {
+            RuleStatus::Failing
+        } else {
+            RuleStatus::Passing
+        };
+        let observed = if t.samples == 0 {
+            0.0
+        } else {
+            t.events as f64 / t.samples as f64
+        };
+        if status == RuleStatus::Failing && failed.is_none() {
+            failed = Some((
+                t.rule,
+                format!(
+                    "{}: observed {} ({} of {}) against {}, evidence {:.0} ≥ {:.0}",
+                    t.description,
+                    pct(observed),
+                    t.events,
+                    t.samples,
+                    pct(t.p0),
+                    e.min(1e12),
+                    needed
+                ),
+            ));
+        }
+        reports.push(RuleReport {
+            rule: t.rule,
+            description: t.description,
+            status,
+            observed,
+            threshold: t.p0,
+            events: t.events,
+            samples: t.samples,
+            evidence: e,
+            needed,
+        });
+    }
+    let verdict = match failed {
+        Some((rule, summary)) => Verdict::Fail { rule, summary },
+        None => {
+            let no_worse = no_worse_evidence(policy, canary, stable, share);
+            if !waiting && no_worse >= needed {
+                Verdict::NoWorse { evidence: no_worse }
+            } else {
+                Verdict::Continue { waiting }
+            }
+        }
+    };
+    Analysis { reports, verdict }
+}
+
+/// Whether `samples` trials could ever reach `needed` (all of them events).
+/// Past 64 trials any null rate up to 1/2 could (2^64/65 dwarfs any sane
+/// 1/alpha), which spares the search on the hot path.
+fn could_reach(samples: u64, p0: f64, needed: f64) -> bool {
+    (samples >= 64 && p0 <= 0.5) || samples >= evidence::min_trials_to_reach(p0, needed)
+}
+
+/// Evidence that the canary's errors are *not* more than `1 + margin` times
+/// stable's: against "the canary's share of errors is at least p1".
+fn no_worse_evidence(policy: &AnalysisPolicy, canary: &Counts, stable: &Counts, share: f64) -> f64 {
+    if share <= 0.0 || share >= 1.0 {
+        return 0.0;
+    }
+    let r = 1.0 + policy.promotion_margin;
+    let p1 = r * share / (r * share + 1.0 - share);
+    evidence::evidence_at_least(canary.errors, canary.errors + stable.errors, p1)
+}
+
+#[cfg(test)]
+mod tests;
