@@ -55,13 +55,25 @@ impl Routing {
     }
 }
 
-/// Request and error counts of one pool since the router started.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What one pool served since the router started. Counts only grow, so the
+/// difference of two snapshots is what happened in between.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PoolStats {
     pub name: String,
     pub requests: u64,
     /// 5xx answers and failures to reach an upstream.
     pub errors: u64,
+    /// Latency (time to the upstream's response head) of answered requests.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// For each limit asked for (`/stats?above_ms=…`), answered requests slower than it.
+    pub slower_than: Vec<SlowerThan>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlowerThan {
+    pub limit_ms: f64,
+    pub requests: u64,
 }
 
 /// What the router writes to `admin.json` in its state directory so the

@@ -29,6 +29,55 @@ pub struct RouterOptions {
 struct PoolCounters {
     requests: AtomicU64,
     errors: AtomicU64,
+    /// Microseconds to the response head; HDR, 3 significant digits.
+    latency: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl PoolCounters {
+    fn new() -> PoolCounters {
+        PoolCounters {
+            requests: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            // 1 µs to 1 h at 3 significant digits; longer answers are clamped to 1 h.
+            // (An auto-resizing histogram would clamp everything: saturating_record does not resize.)
+            latency: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                    .expect("static bounds are valid"),
+            ),
+        }
+    }
+
+    fn record_latency(&self, started: std::time::Instant) {
+        let micros = started.elapsed().as_micros().min(u64::MAX as u128) as u64;
+        self.latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .saturating_record(micros.max(1));
+    }
+
+    fn stats(&self, name: &str, limits_ms: &[f64]) -> PoolStats {
+        let h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let ms = |us: u64| us as f64 / 1000.0;
+        PoolStats {
+            name: name.to_owned(),
+            requests: self.requests.load(Ordering::Relaxed),
+            errors: self.errors.load(Ordering::Relaxed),
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            slower_than: limits_ms
+                .iter()
+                .map(|&limit_ms| {
+                    let limit_us = (limit_ms * 1000.0).max(0.0) as u64;
+                    // Values within the histogram's precision of the limit count as not slower.
+                    let at_most = h.count_between(0, limit_us);
+                    SlowerThan {
+                        limit_ms,
+                        requests: h.len().saturating_sub(at_most),
+                    }
+                })
+                .collect(),
+        }
+    }
 }
 
 struct State {
@@ -73,10 +122,7 @@ impl State {
         if let Some((_, c)) = all.iter().find(|(n, _)| n == pool) {
             return c.clone();
         }
-        let c = Arc::new(PoolCounters {
-            requests: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-        });
+        let c = Arc::new(PoolCounters::new());
         all.push((pool.to_owned(), c.clone()));
         c
     }
@@ -187,8 +233,10 @@ async fn proxy(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             Some(b) => b.boxed(),
             None => Empty::new().map_err(|never| match never {}).boxed(),
         };
+        let started = std::time::Instant::now();
         match state.client.request(Request::from_parts(p, b)).await {
             Ok(resp) => {
+                counters.record_latency(started);
                 if resp.status().is_server_error() {
                     counters.errors.fetch_add(1, Ordering::Relaxed);
                 }
@@ -270,19 +318,35 @@ async fn admin(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             }
         }
         ("GET", "/stats") => {
+            let limits = match parse_limits(req.uri().query()) {
+                Ok(l) => l,
+                Err(e) => return text(StatusCode::BAD_REQUEST, e),
+            };
             let all = state.counters.lock().unwrap_or_else(|p| p.into_inner());
-            let stats: Vec<PoolStats> = all
-                .iter()
-                .map(|(name, c)| PoolStats {
-                    name: name.clone(),
-                    requests: c.requests.load(Ordering::Relaxed),
-                    errors: c.errors.load(Ordering::Relaxed),
-                })
-                .collect();
+            let stats: Vec<PoolStats> =
+                all.iter().map(|(name, c)| c.stats(name, &limits)).collect();
             json(StatusCode::OK, &stats)
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `above_ms=120,60.5` → [120.0, 60.5].
+fn parse_limits(query: Option<&str>) -> Result<Vec<f64>, String> {
+    let Some(list) = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("above_ms="))
+    else {
+        return Ok(Vec::new());
+    };
+    list.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| match s.parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+            _ => Err(format!("above_ms: {s:?} is not a number of milliseconds\n")),
+        })
+        .collect()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

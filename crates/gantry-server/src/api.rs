@@ -106,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .route("/deployments/{id}/abort", post(abort_deployment))
         .route("/rollbacks", post(create_rollback))
         .route("/status", get(status))
+        .route("/traffic", get(traffic))
         .route("/instances/{id}/log", get(instance_log))
         .route("/shutdown", post(shutdown))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -361,4 +362,52 @@ async fn shutdown(
         Json(json!({"shutting_down": true, "stopped_workloads": req.stop_workloads}))
             .into_response(),
     )
+}
+
+#[derive(Deserialize)]
+struct TrafficQuery {
+    env: String,
+    /// Comma-separated latency limits in milliseconds.
+    above_ms: Option<String>,
+}
+
+/// What each release pool of an environment served, from its router.
+async fn traffic(State(s): State<AppState>, Query(q): Query<TrafficQuery>) -> ApiResult<Response> {
+    let env = s.controller.config.environment(&q.env).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "environment {:?} is not defined; known: {}",
+                q.env,
+                s.controller.config.environment_names().join(", ")
+            ),
+        )
+    })?;
+    let mut limits = Vec::new();
+    for part in q
+        .above_ms
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .filter(|p| !p.is_empty())
+    {
+        match part.parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => limits.push(v),
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    format!("above_ms: {part:?} is not a number of milliseconds"),
+                ))
+            }
+        }
+    }
+    let stats = s
+        .controller
+        .metrics
+        .pool_stats(&env.name, &limits)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "unavailable", e.to_string()))?;
+    Ok(Json(stats).into_response())
 }

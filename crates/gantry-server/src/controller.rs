@@ -7,7 +7,7 @@
 //! makes the machine re-emit what its phase still needs).
 
 use crate::artifact;
-use crate::routing::TrafficRouter;
+use crate::routing::{MetricProvider, TrafficRouter};
 use crate::target::{LaunchSpec, Target};
 use gantry_config::{Config, Environment, SecretRef};
 use gantry_core::machine::Probe;
@@ -100,6 +100,7 @@ pub struct Controller {
     pub blobs: Blobs,
     pub target: Arc<dyn Target>,
     pub router: Arc<dyn TrafficRouter>,
+    pub metrics: Arc<dyn MetricProvider>,
     pub config: Arc<Config>,
     inboxes: Mutex<HashMap<DeploymentId, mpsc::UnboundedSender<Event>>>,
     http: reqwest::Client,
@@ -111,6 +112,7 @@ impl Controller {
         blobs: Blobs,
         target: Arc<dyn Target>,
         router: Arc<dyn TrafficRouter>,
+        metrics: Arc<dyn MetricProvider>,
         config: Arc<Config>,
     ) -> Arc<Controller> {
         let http = reqwest::Client::builder()
@@ -122,6 +124,7 @@ impl Controller {
             blobs,
             target,
             router,
+            metrics,
             config,
             inboxes: Mutex::default(),
             http,

@@ -97,7 +97,7 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
         options.exe.clone(),
         router_token,
     ));
-    let controller = Controller::new(store, blobs, target, router, config);
+    let controller = Controller::new(store, blobs, target, router.clone(), router, config);
 
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await

@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 use gantry_core::EnvName;
-use gantry_router::{AdminInfo, Pool, Routing, ADMIN_FILE};
+use gantry_router::{AdminInfo, Pool, PoolStats, Routing, ADMIN_FILE};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +16,25 @@ pub enum RouteError {
     Start { env: String, reason: String },
     #[error("router for {env} refused the routing: {reason}")]
     Refused { env: String, reason: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("no traffic figures for {env}: {reason}")]
+pub struct MetricError {
+    pub env: String,
+    pub reason: String,
+}
+
+/// Where the figures of a rollout come from: per pool, requests, errors and
+/// latency, with counts of requests slower than given limits. The router's
+/// own counters now; Prometheus is the next implementation.
+#[async_trait]
+pub trait MetricProvider: Send + Sync {
+    async fn pool_stats(
+        &self,
+        env: &EnvName,
+        slower_than_ms: &[f64],
+    ) -> Result<Vec<PoolStats>, MetricError>;
 }
 
 #[async_trait]
@@ -203,5 +222,39 @@ impl TrafficRouter for ProcessRouter {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
+    }
+}
+
+#[async_trait]
+impl MetricProvider for ProcessRouter {
+    async fn pool_stats(
+        &self,
+        env: &EnvName,
+        slower_than_ms: &[f64],
+    ) -> Result<Vec<PoolStats>, MetricError> {
+        let err = |reason: String| MetricError {
+            env: env.to_string(),
+            reason,
+        };
+        let info = self
+            .live(env)
+            .await
+            .ok_or_else(|| err("its router is not running".to_owned()))?;
+        let limits: Vec<String> = slower_than_ms.iter().map(|l| l.to_string()).collect();
+        let resp = self
+            .http
+            .get(format!(
+                "http://{}/stats?above_ms={}",
+                info.admin,
+                limits.join(",")
+            ))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| err(e.to_string()))?;
+        if !resp.status().is_success() {
+            return Err(err(resp.text().await.unwrap_or_default()));
+        }
+        resp.json().await.map_err(|e| err(e.to_string()))
     }
 }

@@ -12,6 +12,11 @@ use std::time::{Duration, Instant};
 
 /// An upstream that answers every request with `name`.
 async fn upstream(name: &'static str) -> SocketAddr {
+    slow_upstream(name, 0).await
+}
+
+/// An upstream that answers with `name` after `delay_ms`.
+async fn slow_upstream(name: &'static str, delay_ms: u64) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -19,6 +24,7 @@ async fn upstream(name: &'static str) -> SocketAddr {
             let (stream, _) = listener.accept().await.unwrap();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |_req| async move {
+                    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
                     Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(name))))
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -161,4 +167,41 @@ async fn a_dead_upstream_is_skipped_for_requests_without_a_body() {
     for _ in 0..20 {
         assert_eq!(get(info.listen, "/").await, (200, "live".to_owned()));
     }
+}
+
+async fn stats(info: &AdminInfo, query: &str) -> (u16, String) {
+    let req = Request::get(format!("http://{}/stats{query}", info.admin))
+        .header("authorization", "Bearer t0ken")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn latency_is_recorded_per_pool_and_counted_against_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let info = start_router(dir.path()).await;
+    let (fast, slow) = (upstream("fast").await, slow_upstream("slow", 60).await);
+    let r = routing(1, vec![("fast", 1, vec![fast]), ("slow", 1, vec![slow])]);
+    assert_eq!(put_routing(&info, "t0ken", &r).await, 200);
+    for _ in 0..20 {
+        assert_eq!(get(info.listen, "/").await.0, 200);
+    }
+    let (status, body) = stats(&info, "?above_ms=30,1000").await;
+    assert_eq!(status, 200, "{body}");
+    let pools: Vec<gantry_router::PoolStats> = serde_json::from_str(&body).unwrap();
+    let pool = |n: &str| pools.iter().find(|p| p.name == n).unwrap().clone();
+    let (f, s) = (pool("fast"), pool("slow"));
+    assert_eq!((f.requests, s.requests), (10, 10));
+    assert_eq!(f.slower_than[0].requests, 0, "{f:?}");
+    assert_eq!(
+        s.slower_than[0].requests, 10,
+        "every slow answer took over 30 ms: {s:?}"
+    );
+    assert_eq!(s.slower_than[1].requests, 0, "none took a second: {s:?}");
+    assert!(s.p50_ms >= 60.0 && f.p99_ms < 30.0, "{s:?} {f:?}");
+    assert_eq!(stats(&info, "?above_ms=soon").await.0, 400);
 }

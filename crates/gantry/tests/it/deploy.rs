@@ -321,3 +321,52 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn the_router_counts_what_each_release_served() {
+    let g = Gantry::start();
+    g.register("1.0.0", "\"error_rate\": 0.25");
+    g.gantry(&["deploy", "1.0.0", "--env", "integration"]).ok();
+    let url = g.api_url();
+    let (status, body) = http(
+        &url,
+        "GET",
+        "/api/v1/traffic?env=integration&above_ms=abc",
+        Some(&g.token()),
+        "",
+    );
+    assert_eq!(status, 400, "{body}");
+    for _ in 0..40 {
+        let _ = g.get_env("integration");
+    }
+    let pools = g.api("/traffic?env=integration&above_ms=0,60000");
+    let pool = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "1.0.0")
+        .expect("a pool named after the release")
+        .clone();
+    assert_eq!(pool["requests"], 40, "{pool}");
+    assert_eq!(
+        pool["errors"], 10,
+        "one request in four fails by design: {pool}"
+    );
+    assert_eq!(
+        pool["slower_than"][0]["requests"], 40,
+        "every answer takes some time: {pool}"
+    );
+    assert_eq!(
+        pool["slower_than"][1]["requests"], 0,
+        "none takes a minute: {pool}"
+    );
+    let (status, body) = http(
+        &url,
+        "GET",
+        "/api/v1/traffic?env=staging",
+        Some(&g.token()),
+        "",
+    );
+    assert_eq!(status, 409, "nothing deployed there yet: {body}");
+    assert!(body.contains("its router is not running"), "{body}");
+}
