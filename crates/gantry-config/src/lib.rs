@@ -31,11 +31,13 @@ pub const PLACEHOLDERS: &[&str] = &[
     "{instance}",
 ];
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub service: Service,
     pub health: Health,
     pub signing: Signing,
+    /// The rules that judge a canary (the standards' numbers by default).
+    pub analysis: AnalysisPolicy,
     /// In the order the file lists them.
     pub environments: Vec<Environment>,
 }
@@ -86,15 +88,52 @@ pub struct Signing {
     pub public_keys: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Strategy {
     /// Start the new release beside the old, verify, switch all traffic,
     /// keep the old warm through the bake window.
     BlueGreen,
+    /// Shift traffic in steps, judging the new release live at each.
+    Canary(Canary),
 }
 
 impl Strategy {
-    pub const NAMES: &[&str] = &["blue-green"];
+    pub const NAMES: &[&str] = &["blue-green", "canary"];
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Canary {
+    pub steps: Vec<CanaryStep>,
+    pub interval_ms: u64,
+    pub max_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CanaryStep {
+    pub weight: u32,
+    pub pause: Pause,
+}
+
+pub use gantry_core::analysis::AnalysisPolicy;
+pub use gantry_core::machine::Pause;
+
+impl Canary {
+    /// The standards' 10 → 50 → 100, two minutes a step.
+    pub fn standard() -> Canary {
+        let pause = Pause::For { ms: 120_000 };
+        Canary {
+            steps: vec![
+                CanaryStep { weight: 10, pause },
+                CanaryStep { weight: 50, pause },
+                CanaryStep {
+                    weight: 100,
+                    pause: Pause::For { ms: 0 },
+                },
+            ],
+            interval_ms: 1000,
+            max_wait_ms: 600_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,6 +17,9 @@ pub(crate) struct File {
     health: HealthSection,
     #[serde(default)]
     signing: Option<SigningSection>,
+    /// Rules that judge a canary; the standards' numbers by default.
+    #[serde(default)]
+    analysis: Option<AnalysisSection>,
     /// Environments in promotion order, e.g. development, integration, staging, production.
     environments: BTreeMap<String, EnvironmentSection>,
 }
@@ -104,12 +107,84 @@ struct EnvironmentSection {
     env: BTreeMap<String, String>,
     #[serde(default)]
     secrets: BTreeMap<String, SecretSection>,
+    /// Steps of a canary rollout (with strategy = "canary"); default 10% → 50% → 100%, 2 minutes a step.
+    #[serde(default)]
+    canary: Option<CanarySection>,
 }
 
 #[derive(JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 enum StrategyName {
     BlueGreen,
+    Canary,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct CanarySection {
+    /// Rising weights, the last 100.
+    #[serde(default)]
+    steps: Vec<StepSection>,
+    /// Time between two looks at the metrics (default 1s).
+    #[serde(default)]
+    interval: Option<String>,
+    /// Longest a timed step waits for enough data before rolling back (default 10m).
+    #[serde(default)]
+    max_wait: Option<String>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct StepSection {
+    /// Percent of traffic to the new release.
+    #[schemars(range(min = 1, max = 100))]
+    weight: u32,
+    /// A duration such as "2m", or "until-promoted". Required except on the last step.
+    #[serde(default)]
+    pause: Option<String>,
+}
+
+/// A rule's threshold, or false to turn the rule off.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+enum Threshold {
+    Number(f64),
+    Off(bool),
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct AnalysisSection {
+    /// Chance of rolling back a canary that is no worse, over a whole rollout (default 0.01).
+    #[serde(default)]
+    alpha: Option<f64>,
+    /// Canary requests before any rule judges (default 50).
+    #[serde(default)]
+    min_requests: Option<u64>,
+    /// Absolute error rate (default 0.01).
+    #[serde(default)]
+    max_error_rate: Option<Threshold>,
+    /// Error rate above the baseline, as a fraction (default 0.005, i.e. 0.5 points).
+    #[serde(default)]
+    max_error_rate_increase: Option<Threshold>,
+    /// Error rate as a multiple of the baseline (default 1.5).
+    #[serde(default)]
+    max_error_rate_ratio: Option<Threshold>,
+    /// P99 latency as a multiple of the baseline P99 (default 3).
+    #[serde(default)]
+    max_p99_factor: Option<Threshold>,
+    /// P50 latency as a multiple of the baseline P50 (default 1.5).
+    #[serde(default)]
+    max_p50_factor: Option<Threshold>,
+    /// Compare canary errors with stable's live (default true).
+    #[serde(default)]
+    compare_errors: Option<bool>,
+    /// Compare requests slower than this multiple of the baseline P99 (default 3).
+    #[serde(default)]
+    compare_slow_factor: Option<Threshold>,
+    /// Relative worsening still called "no worse" for early promotion (default 0.5).
+    #[serde(default)]
+    promotion_margin: Option<f64>,
 }
 
 /// The schema as pretty JSON, as checked in under `schema/`.

@@ -40,7 +40,7 @@ failure_threshold = 0
 [environments.production]
 listen = "localhost"
 instances = "two"
-strategy = "canary"
+strategy = "rolling"
 "#;
     let errors = errors_of(src);
     insta::assert_snapshot!(errors.join("\n"));
@@ -138,6 +138,9 @@ fn schema_and_decoder_know_the_same_keys() {
     assert_eq!(props(&defs["SigningSection"]), sorted(walk::SIGNING_KEYS));
     assert_eq!(props(&defs["EnvironmentSection"]), sorted(walk::ENV_KEYS));
     assert_eq!(props(&defs["SecretSection"]), sorted(walk::SECRET_KEYS));
+    assert_eq!(props(&defs["CanarySection"]), sorted(walk::CANARY_KEYS));
+    assert_eq!(props(&defs["StepSection"]), sorted(walk::STEP_KEYS));
+    assert_eq!(props(&defs["AnalysisSection"]), sorted(walk::ANALYSIS_KEYS));
 }
 
 #[test]
@@ -150,5 +153,86 @@ fn checked_in_schema_is_current() {
     assert!(
         checked_in == json_schema(),
         "schema/gantry.schema.json is stale; run `cargo run -- schema > schema/gantry.schema.json`"
+    );
+}
+
+#[test]
+fn canary_steps_and_analysis_rules_are_validated() {
+    let src = STARTER.replace(
+        "[environments.production]\nlisten = \"127.0.0.1:8080\"\ninstances = 2\nstrategy = \"blue-green\"",
+        "[environments.production]\nlisten = \"127.0.0.1:8080\"\ninstances = 2\nstrategy = \"canary\"\ncanary = { steps = [{ weight = 50, pause = \"1m\" }, { weight = 20 }, { weight = 80 }] }",
+    ) + "\n[analysis]\nmax_error_rate = 0.02\nmax_p95_factor = 2\nalpha = 2\n";
+    let errors = errors_of(&src);
+    let joined = errors.join("\n");
+    assert!(
+        joined.contains(
+            "environments.production.canary.steps[1]: a step before the last needs a pause"
+        ),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("steps[1].weight: weights must rise step by step; 20 follows 50"),
+        "{joined}"
+    );
+    assert!(
+        joined
+            .contains("steps[2].weight: the last step must send all traffic (weight 100), not 80"),
+        "{joined}"
+    );
+    assert!(joined.contains("analysis.max_p95_factor: unknown key \"max_p95_factor\"; did you mean \"max_p99_factor\"?"), "{joined}");
+    assert!(
+        joined.contains("analysis.alpha: expected a number from 0.000000001 to 0.5"),
+        "{joined}"
+    );
+    assert_eq!(errors.len(), 5, "{joined}");
+}
+
+#[test]
+fn a_canary_config_becomes_steps_and_rules() {
+    let src = STARTER.replace(
+        "[environments.production]\nlisten = \"127.0.0.1:8080\"\ninstances = 2\nstrategy = \"blue-green\"",
+        "[environments.production]\nlisten = \"127.0.0.1:8080\"\ninstances = 2\nstrategy = \"canary\"\ncanary = { steps = [{ weight = 10, pause = \"30s\" }, { weight = 50, pause = \"until-promoted\" }, { weight = 100 }], interval = \"500ms\" }",
+    ) + "\n[analysis]\nmax_error_rate = 0.02\nmax_p50_factor = false\n";
+    let config = parse("gantry.toml", &src).unwrap().config;
+    let Strategy::Canary(c) = &config.environment("production").unwrap().strategy else {
+        panic!("canary")
+    };
+    assert_eq!(
+        c.steps,
+        [
+            CanaryStep {
+                weight: 10,
+                pause: Pause::For { ms: 30_000 }
+            },
+            CanaryStep {
+                weight: 50,
+                pause: Pause::UntilPromoted
+            },
+            CanaryStep {
+                weight: 100,
+                pause: Pause::For { ms: 0 }
+            },
+        ]
+    );
+    assert_eq!(c.interval_ms, 500);
+    assert_eq!(config.analysis.max_error_rate, Some(0.02));
+    assert_eq!(
+        config.analysis.max_p50_factor, None,
+        "false turns a rule off"
+    );
+    assert_eq!(
+        config.analysis.max_p99_factor,
+        Some(3.0),
+        "others keep the standards' defaults"
+    );
+    // strategy = "canary" without a table: the standards' 10 → 50 → 100.
+    let src = STARTER.replace(
+        "strategy = \"blue-green\"\nbake = \"10s\"",
+        "strategy = \"canary\"\nbake = \"10s\"",
+    );
+    let config = parse("gantry.toml", &src).unwrap().config;
+    assert_eq!(
+        config.environment("staging").unwrap().strategy,
+        Strategy::Canary(Canary::standard())
     );
 }

@@ -5,7 +5,7 @@ use std::ops::Range;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-pub(crate) const ROOT_KEYS: &[&str] = &["service", "health", "signing", "environments"];
+pub(crate) const ROOT_KEYS: &[&str] = &["service", "health", "signing", "analysis", "environments"];
 pub(crate) const SERVICE_KEYS: &[&str] = &["name", "command", "args", "port_env", "env", "secrets"];
 pub(crate) const HEALTH_KEYS: &[&str] = &[
     "path",
@@ -23,8 +23,23 @@ pub(crate) const ENV_KEYS: &[&str] = &[
     "require_signature",
     "env",
     "secrets",
+    "canary",
 ];
 pub(crate) const SECRET_KEYS: &[&str] = &["env", "file"];
+pub(crate) const CANARY_KEYS: &[&str] = &["steps", "interval", "max_wait"];
+pub(crate) const STEP_KEYS: &[&str] = &["weight", "pause"];
+pub(crate) const ANALYSIS_KEYS: &[&str] = &[
+    "alpha",
+    "min_requests",
+    "max_error_rate",
+    "max_error_rate_increase",
+    "max_error_rate_ratio",
+    "max_p99_factor",
+    "max_p50_factor",
+    "compare_errors",
+    "compare_slow_factor",
+    "promotion_margin",
+];
 
 /// Environment variables Gantry sets itself; a config may not override them.
 const RESERVED_ENV_PREFIX: &str = "GANTRY_";
@@ -150,6 +165,51 @@ impl<'s> Walker<'s> {
                 );
                 None
             }
+        }
+    }
+
+    /// A number (integer or float) within `min..=max`.
+    fn number(&mut self, v: &Val<'_>, path: &str, min: f64, max: f64) -> Option<f64> {
+        let n = match v.get_ref() {
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .map(|n| n as f64),
+            DeValue::Float(f) => f.as_str().replace('_', "").parse::<f64>().ok(),
+            other => {
+                self.error(
+                    v.span(),
+                    path,
+                    format!("expected a number, found {}", describe(other)),
+                );
+                return None;
+            }
+        };
+        match n {
+            Some(n) if n.is_finite() && n >= min && n <= max => Some(n),
+            _ => {
+                self.error(
+                    v.span(),
+                    path,
+                    format!("expected a number from {min} to {max}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A rule threshold: a number, or `false` to turn the rule off.
+    fn threshold(&mut self, v: &Val<'_>, path: &str, min: f64, max: f64) -> Option<Option<f64>> {
+        match v.get_ref() {
+            DeValue::Boolean(false) => Some(None),
+            DeValue::Boolean(true) => {
+                self.error(
+                    v.span(),
+                    path,
+                    "expected a number, or false to turn the rule off",
+                );
+                None
+            }
+            _ => self.number(v, path, min, max).map(Some),
         }
     }
 
@@ -334,6 +394,10 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
         Some(v) => decode_signing(&mut w, v),
         None => Some(Signing::default()),
     };
+    let analysis = match root.get("analysis") {
+        Some(v) => decode_analysis(&mut w, v),
+        None => Some(AnalysisPolicy::default()),
+    };
     let environments = match root.get("environments") {
         Some(v) => decode_environments(&mut w, v, signing.as_ref()),
         None => {
@@ -345,13 +409,16 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
             None
         }
     };
-    let config = match (service, health, signing, environments) {
-        (Some(service), Some(health), Some(signing), Some(environments)) => Some(Config {
-            service,
-            health,
-            signing,
-            environments,
-        }),
+    let config = match (service, health, signing, analysis, environments) {
+        (Some(service), Some(health), Some(signing), Some(analysis), Some(environments)) => {
+            Some(Config {
+                service,
+                health,
+                signing,
+                analysis,
+                environments,
+            })
+        }
         _ => None,
     };
     let mut diags = w.diags;
@@ -374,6 +441,162 @@ fn required_table<T>(
             None
         }
     }
+}
+
+fn decode_analysis(w: &mut Walker<'_>, v: &Val<'_>) -> Option<AnalysisPolicy> {
+    let t = w.table(v, "analysis")?;
+    w.check_keys(t, "analysis", ANALYSIS_KEYS);
+    let mut p = AnalysisPolicy::default();
+    let mut ok = true;
+    for (key, value) in t.iter() {
+        let key: &str = key.get_ref();
+        let path = join("analysis", key);
+        let good = match key {
+            "alpha" => w
+                .number(value, &path, 1e-9, 0.5)
+                .map(|n| p.alpha = n)
+                .is_some(),
+            "min_requests" => w
+                .count(value, &path, 1, 1_000_000)
+                .map(|n| p.min_requests = n as u64)
+                .is_some(),
+            "max_error_rate" => w
+                .threshold(value, &path, 0.0, 1.0)
+                .map(|n| p.max_error_rate = n)
+                .is_some(),
+            "max_error_rate_increase" => w
+                .threshold(value, &path, 0.0, 1.0)
+                .map(|n| p.max_error_rate_increase = n)
+                .is_some(),
+            "max_error_rate_ratio" => w
+                .threshold(value, &path, 1.0, 1000.0)
+                .map(|n| p.max_error_rate_ratio = n)
+                .is_some(),
+            "max_p99_factor" => w
+                .threshold(value, &path, 1.0, 1000.0)
+                .map(|n| p.max_p99_factor = n)
+                .is_some(),
+            "max_p50_factor" => w
+                .threshold(value, &path, 1.0, 1000.0)
+                .map(|n| p.max_p50_factor = n)
+                .is_some(),
+            "compare_errors" => w.bool(value, &path).map(|b| p.compare_errors = b).is_some(),
+            "compare_slow_factor" => w
+                .threshold(value, &path, 1.0, 1000.0)
+                .map(|n| p.compare_slow_factor = n)
+                .is_some(),
+            "promotion_margin" => w
+                .number(value, &path, 0.0, 10.0)
+                .map(|n| p.promotion_margin = n)
+                .is_some(),
+            _ => true, // reported by check_keys
+        };
+        ok &= good;
+    }
+    ok.then_some(p)
+}
+
+fn decode_canary(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<Canary> {
+    let t = w.table(v, path)?;
+    w.check_keys(t, path, CANARY_KEYS);
+    let std = Canary::standard();
+    let interval_ms = optional_duration(w, t, &join(path, "interval"), "interval", std.interval_ms);
+    let max_wait_ms = optional_duration(w, t, &join(path, "max_wait"), "max_wait", std.max_wait_ms);
+    let steps = match t.get("steps") {
+        None => Some(std.steps),
+        Some(sv) => decode_steps(w, sv, &join(path, "steps")),
+    };
+    Some(Canary {
+        steps: steps?,
+        interval_ms: interval_ms?,
+        max_wait_ms: max_wait_ms?,
+    })
+}
+
+fn decode_steps(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<Vec<CanaryStep>> {
+    let DeValue::Array(items) = v.get_ref() else {
+        w.error(v.span(), path, format!("expected an array of steps such as [{{ weight = 10, pause = \"2m\" }}, {{ weight = 100 }}], found {}", describe(v.get_ref())));
+        return None;
+    };
+    if items.is_empty() {
+        w.error(
+            v.span(),
+            path,
+            "needs at least one step; the last has weight 100",
+        );
+        return None;
+    }
+    let mut steps = Vec::new();
+    let mut ok = true;
+    let mut previous = 0;
+    for (n, item) in items.iter().enumerate() {
+        let p = format!("{path}[{n}]");
+        let last = n + 1 == items.len();
+        let Some(st) = w.table(item, &p) else {
+            ok = false;
+            continue;
+        };
+        w.check_keys(st, &p, STEP_KEYS);
+        let weight = match st.get("weight") {
+            Some(wv) => w.count(wv, &join(&p, "weight"), 1, 100),
+            None => {
+                w.error(
+                    item.span(),
+                    &p,
+                    "missing required key \"weight\" (percent of traffic, 1 to 100)",
+                );
+                None
+            }
+        };
+        if let Some(weight) = weight {
+            if weight <= previous {
+                w.error(
+                    item.span(),
+                    &join(&p, "weight"),
+                    format!("weights must rise step by step; {weight} follows {previous}"),
+                );
+                ok = false;
+            }
+            if last && weight != 100 {
+                w.error(
+                    item.span(),
+                    &join(&p, "weight"),
+                    format!("the last step must send all traffic (weight 100), not {weight}"),
+                );
+                ok = false;
+            }
+            previous = weight;
+        }
+        let pause = match st.get("pause") {
+            Some(pv) => {
+                let pp = join(&p, "pause");
+                match pv.get_ref() {
+                    DeValue::String(s) if s.as_ref() == "until-promoted" => {
+                        Some(Pause::UntilPromoted)
+                    }
+                    DeValue::String(_) => w.duration(pv, &pp).map(|ms| Pause::For { ms }),
+                    other => {
+                        w.error(pv.span(), &pp, format!("expected a duration such as \"2m\" or \"until-promoted\", found {}", describe(other)));
+                        None
+                    }
+                }
+            }
+            None if last => Some(Pause::For { ms: 0 }),
+            None => {
+                w.error(
+                    item.span(),
+                    &p,
+                    "a step before the last needs a pause: a duration such as \"2m\", or \"until-promoted\" to wait for `gantry promote`",
+                );
+                None
+            }
+        };
+        match (weight, pause) {
+            (Some(weight), Some(pause)) => steps.push(CanaryStep { weight, pause }),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(steps)
 }
 
 fn decode_service(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Service> {
@@ -559,7 +782,11 @@ fn decode_environment(
             let p = join(path, "strategy");
             match w.string(v, &p).as_deref() {
                 Some("blue-green") => Some(Strategy::BlueGreen),
-                Some(s @ ("canary" | "rolling")) => {
+                Some("canary") => match t.get("canary") {
+                    Some(c) => decode_canary(w, c, &join(path, "canary")).map(Strategy::Canary),
+                    None => Some(Strategy::Canary(Canary::standard())),
+                },
+                Some(s @ "rolling") => {
                     w.error(
                         v.span(),
                         &p,
@@ -586,6 +813,13 @@ fn decode_environment(
         }
         None => Some(Strategy::BlueGreen),
     };
+    if let (Some(c), Some(Strategy::BlueGreen)) = (t.get("canary"), &strategy) {
+        w.error(
+            c.span(),
+            &join(path, "canary"),
+            "canary steps are set but the strategy is \"blue-green\"; set strategy = \"canary\"",
+        );
+    }
     let bake = optional_duration(w, t, &join(path, "bake"), "bake", 10_000);
     let require_signature = match t.get("require_signature") {
         Some(rv) => {

@@ -20,7 +20,11 @@
 //! While `Baking`, the new instances serve all traffic and the old ones stay
 //! running, so returning to the previous release is one routing change.
 
+use crate::analysis::{Baseline, Counts, LatencyLimits};
 use crate::domain::{DeploymentId, EnvName, InstanceRef, Millis, Version};
+
+mod canary;
+pub use canary::{CanarySettings, CanaryState, CanaryStep, Pause};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -39,13 +43,17 @@ pub struct HealthSettings {
 
 /// Everything about the environment that shapes one deployment, frozen at
 /// creation so that a config change cannot alter a deployment mid-flight.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeploySettings {
     pub instances: u32,
     pub health: HealthSettings,
     /// How long the new release serves alone, old instances still warm,
     /// before the old ones are stopped.
     pub bake_ms: u64,
+    /// Shift traffic in steps with live analysis instead of all at once.
+    /// Used only when a previous release serves (there is nothing to compare with otherwise).
+    #[serde(default)]
+    pub canary: Option<CanarySettings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +71,10 @@ pub enum Phase {
     Preparing,
     Starting,
     Verifying,
+    /// Canary: snapshotting the stable release's health before any traffic moves.
+    Baselining,
+    /// Canary: a share of traffic on the new release, judged live.
+    Canary,
     Switching,
     Baking,
     Draining,
@@ -83,6 +95,8 @@ impl Phase {
             Phase::Preparing => "preparing",
             Phase::Starting => "starting",
             Phase::Verifying => "verifying",
+            Phase::Baselining => "baselining",
+            Phase::Canary => "canary",
             Phase::Switching => "switching",
             Phase::Baking => "baking",
             Phase::Draining => "draining",
@@ -104,7 +118,7 @@ pub struct InstanceHealth {
 }
 
 /// One deployment of one release into one environment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Deployment {
     pub id: DeploymentId,
     pub env: EnvName,
@@ -127,6 +141,9 @@ pub struct Deployment {
     pub health: BTreeMap<String, InstanceHealth>,
     /// Why the deployment failed or was rolled back.
     pub reason: Option<String>,
+    /// Progress of a canary rollout.
+    #[serde(default)]
+    pub canary: Option<CanaryState>,
 }
 
 impl Deployment {
@@ -161,6 +178,7 @@ impl Deployment {
             traffic_on_new: false,
             health: BTreeMap::new(),
             reason: None,
+            canary: None,
         }
     }
 }
@@ -178,7 +196,7 @@ pub enum Probe {
 
 /// Something that happened: the outcome of an effect, the passing of time,
 /// or a request from a person.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// The deployment was just created.
@@ -215,10 +233,31 @@ pub enum Event {
     AbortRequested {
         by: String,
     },
+    /// Canary: the stable release's health before the shift.
+    BaselineObserved {
+        baseline: Baseline,
+    },
+    /// Canary: cumulative counts of both pools, from the metric provider.
+    MetricsObserved {
+        canary: Counts,
+        stable: Counts,
+    },
+    MetricsUnavailable {
+        reason: String,
+    },
+    PromoteRequested {
+        by: String,
+    },
+    PauseRequested {
+        by: String,
+    },
+    ResumeRequested {
+        by: String,
+    },
 }
 
 /// Work for the runtime. Each is idempotent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Effect {
     /// Verify the artifact and unpack it into its release directory.
@@ -248,10 +287,23 @@ pub enum Effect {
     WakeAt {
         at: Millis,
     },
+    /// Canary: measure the stable pool; answer with `BaselineObserved`.
+    ObserveBaseline,
+    /// Canary: send `weight`% of traffic to the new instances, the rest to the old.
+    ShiftTraffic {
+        weight: u32,
+        stable: Vec<InstanceRef>,
+        canary: Vec<InstanceRef>,
+    },
+    /// Canary: read both pools' counts at `at`; answer with `MetricsObserved`.
+    ObserveMetrics {
+        limits: LatencyLimits,
+        at: Millis,
+    },
 }
 
 /// The result of one step.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Transition {
     pub deployment: Deployment,
     pub effects: Vec<Effect>,
@@ -364,6 +416,17 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
             }
         }
 
+        (Phase::Baselining | Phase::Canary, _) if canary::handles(event) => {
+            canary::on_event(t, event, now)
+        }
+        (Phase::Canary, Event::HealthObserved { instance, probe }) => {
+            on_health(t, instance, probe, now)
+        }
+        (Phase::Canary, Event::InstanceExited { instance, detail })
+            if t.deployment.health.contains_key(instance) =>
+        {
+            roll_back(t, format!("instance {instance} exited: {detail}"), now);
+        }
         (Phase::Switching, Event::TrafficRouted { to_new: true }) => {
             t.deployment.traffic_on_new = true;
             t.log
@@ -470,7 +533,13 @@ fn on_health(t: &mut Transition, instance: &str, probe: &Probe, now: Millis) {
     match phase {
         Phase::Verifying if t.deployment.health.values().all(|h| h.up) => {
             t.log.push("all new instances healthy".to_owned());
-            enter(t, Phase::Switching, now);
+            let d = &t.deployment;
+            let next = if d.settings.canary.is_some() && !d.old_instances.is_empty() {
+                Phase::Baselining
+            } else {
+                Phase::Switching
+            };
+            enter(t, next, now);
         }
         Phase::Verifying => {
             if !up {
@@ -487,7 +556,7 @@ fn on_health(t: &mut Transition, instance: &str, probe: &Probe, now: Millis) {
     }
 }
 
-fn enter(t: &mut Transition, phase: Phase, now: Millis) {
+pub(crate) fn enter(t: &mut Transition, phase: Phase, now: Millis) {
     let d = &mut t.deployment;
     d.phase = phase;
     d.phase_since = now;
@@ -512,7 +581,7 @@ fn fail(t: &mut Transition, reason: String, now: Millis) {
     enter(t, Phase::Failed, now);
 }
 
-fn roll_back(t: &mut Transition, reason: String, now: Millis) {
+pub(crate) fn roll_back(t: &mut Transition, reason: String, now: Millis) {
     t.log.push(format!("rolling back: {reason}"));
     if t.deployment.reason.is_none() {
         t.deployment.reason = Some(reason);
@@ -546,6 +615,7 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
                 at: d.phase_since + d.settings.health.start_timeout_ms as Millis,
             });
         }
+        Phase::Baselining | Phase::Canary => canary::emit_phase_effects(t, now),
         Phase::Switching => effects.push(Effect::RouteTraffic {
             instances: d.new_instances.clone(),
             to_new: true,
@@ -592,7 +662,7 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
     }
 }
 
-fn seconds(ms: u64) -> String {
+pub(crate) fn seconds(ms: u64) -> String {
     if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {

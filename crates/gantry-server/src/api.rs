@@ -104,6 +104,9 @@ pub fn router(state: AppState) -> Router {
         .route("/deployments/{id}", get(show_deployment))
         .route("/deployments/{id}/log", get(deployment_log))
         .route("/deployments/{id}/abort", post(abort_deployment))
+        .route("/deployments/{id}/promote", post(promote_deployment))
+        .route("/deployments/{id}/pause", post(pause_deployment))
+        .route("/deployments/{id}/resume", post(resume_deployment))
         .route("/rollbacks", post(create_rollback))
         .route("/status", get(status))
         .route("/traffic", get(traffic))
@@ -317,6 +320,45 @@ async fn abort_deployment(
 ) -> ApiResult<Response> {
     s.controller.abort(id, ACTOR)?;
     Ok((StatusCode::ACCEPTED, Json(json!({"aborting": id}))).into_response())
+}
+
+async fn promote_deployment(
+    State(s): State<AppState>,
+    Path(id): Path<DeploymentId>,
+) -> ApiResult<Response> {
+    s.controller.request(
+        id,
+        gantry_core::Event::PromoteRequested {
+            by: ACTOR.to_owned(),
+        },
+    )?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"promoting": id}))).into_response())
+}
+
+async fn pause_deployment(
+    State(s): State<AppState>,
+    Path(id): Path<DeploymentId>,
+) -> ApiResult<Response> {
+    s.controller.request(
+        id,
+        gantry_core::Event::PauseRequested {
+            by: ACTOR.to_owned(),
+        },
+    )?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"pausing": id}))).into_response())
+}
+
+async fn resume_deployment(
+    State(s): State<AppState>,
+    Path(id): Path<DeploymentId>,
+) -> ApiResult<Response> {
+    s.controller.request(
+        id,
+        gantry_core::Event::ResumeRequested {
+            by: ACTOR.to_owned(),
+        },
+    )?;
+    Ok((StatusCode::ACCEPTED, Json(json!({"resuming": id}))).into_response())
 }
 
 async fn status(State(s): State<AppState>) -> ApiResult<Response> {

@@ -9,8 +9,9 @@
 use crate::artifact;
 use crate::routing::{MetricProvider, TrafficRouter};
 use crate::target::{LaunchSpec, Target};
-use gantry_config::{Config, Environment, SecretRef};
-use gantry_core::machine::Probe;
+use gantry_config::{Config, Environment, SecretRef, Strategy};
+use gantry_core::analysis::{Baseline, Counts, LatencyLimits};
+use gantry_core::machine::{CanarySettings, CanaryStep, Probe};
 use gantry_core::{
     step, DeploySettings, Deployment, DeploymentId, DeploymentKind, Effect, EnvName, Event,
     HealthSettings, InstanceRef, Millis, Version,
@@ -257,6 +258,23 @@ impl Controller {
                 DeploymentKind::Deploy => env.bake_ms,
                 DeploymentKind::Rollback => 0,
             },
+            // A rollback goes straight back: no canary steps on the way.
+            canary: match (&env.strategy, kind) {
+                (Strategy::Canary(c), DeploymentKind::Deploy) => Some(CanarySettings {
+                    steps: c
+                        .steps
+                        .iter()
+                        .map(|s| CanaryStep {
+                            weight: s.weight,
+                            pause: s.pause,
+                        })
+                        .collect(),
+                    analysis: self.config.analysis.clone(),
+                    interval_ms: c.interval_ms,
+                    max_wait_ms: c.max_wait_ms,
+                }),
+                _ => None,
+            },
         }
     }
 
@@ -369,26 +387,7 @@ impl Controller {
     }
 
     pub fn abort(&self, id: DeploymentId, by: &str) -> Result<(), ControlError> {
-        let d = self
-            .store
-            .deployment(id)?
-            .ok_or_else(|| ControlError::NotFound(format!("deployment {id} does not exist")))?;
-        if d.phase.is_terminal() {
-            return Err(ControlError::Conflict(format!(
-                "deployment {id} already finished ({})",
-                d.phase.as_str()
-            )));
-        }
-        let inboxes = self.inboxes.lock().unwrap_or_else(|p| p.into_inner());
-        match inboxes.get(&id) {
-            Some(tx) => {
-                let _ = tx.send(Event::AbortRequested { by: by.to_owned() });
-                Ok(())
-            }
-            None => Err(ControlError::Internal(format!(
-                "deployment {id} is not being driven"
-            ))),
-        }
+        self.request(id, Event::AbortRequested { by: by.to_owned() })
     }
 
     /// Starts driving a deployment in the background, beginning with `first`
@@ -485,8 +484,130 @@ impl Controller {
                 sleep_until(at).await;
                 Event::Tick
             }
+            Effect::ObserveBaseline => {
+                let (stable_name, _) = pool_names(&d);
+                let baseline = match self.metrics.pool_stats(&d.env, &[]).await {
+                    Ok(pools) => pools
+                        .iter()
+                        .find(|p| p.name == stable_name)
+                        .map(|p| Baseline {
+                            requests: p.requests,
+                            errors: p.errors,
+                            p50_ms: p.p50_ms,
+                            p99_ms: p.p99_ms,
+                        })
+                        .unwrap_or_default(),
+                    Err(e) => {
+                        tracing::warn!(deployment = d.id, error = %e, "no baseline; rules relative to it are off");
+                        Baseline::default()
+                    }
+                };
+                Event::BaselineObserved { baseline }
+            }
+            Effect::ShiftTraffic {
+                weight,
+                stable,
+                canary,
+            } => {
+                let (stable_name, canary_name) = pool_names(&d);
+                let pools = vec![
+                    Pool {
+                        name: stable_name,
+                        weight: 100 - weight.min(100),
+                        upstreams: upstreams(&stable),
+                    },
+                    Pool {
+                        name: canary_name,
+                        weight: weight.min(100),
+                        upstreams: upstreams(&canary),
+                    },
+                ];
+                match self.route(&d.env, pools).await {
+                    Ok(()) => Event::TrafficRouted { to_new: true },
+                    Err(reason) => Event::RouteFailed { reason },
+                }
+            }
+            Effect::ObserveMetrics { limits, at } => {
+                sleep_until(at).await;
+                self.observe_metrics(&d, &limits).await
+            }
         };
         let _ = tx.send(event);
+    }
+
+    /// Both pools' cumulative counts, with requests over each latency limit.
+    async fn observe_metrics(&self, d: &Deployment, limits: &LatencyLimits) -> Event {
+        let asked: Vec<f64> = [limits.p99_ms, limits.p50_ms, limits.compare_ms]
+            .into_iter()
+            .flatten()
+            .collect();
+        let pools = match self.metrics.pool_stats(&d.env, &asked).await {
+            Ok(p) => p,
+            Err(e) => {
+                return Event::MetricsUnavailable {
+                    reason: e.to_string(),
+                }
+            }
+        };
+        let (stable_name, canary_name) = pool_names(d);
+        let counts = |name: &str| -> Counts {
+            // A pool that has not served yet has no counters: zero.
+            let Some(p) = pools.iter().find(|p| p.name == name) else {
+                return Counts::default();
+            };
+            let over = |limit: Option<f64>| {
+                limit
+                    .and_then(|l| p.slower_than.iter().find(|s| s.limit_ms == l))
+                    .map_or(0, |s| s.requests)
+            };
+            Counts {
+                requests: p.requests,
+                errors: p.errors,
+                over_p99_limit: over(limits.p99_ms),
+                over_p50_limit: over(limits.p50_ms),
+                over_compare_limit: over(limits.compare_ms),
+            }
+        };
+        Event::MetricsObserved {
+            canary: counts(&canary_name),
+            stable: counts(&stable_name),
+        }
+    }
+
+    /// Sends a person's request (promote, pause, resume, abort) to a running deployment.
+    pub fn request(&self, id: DeploymentId, event: Event) -> Result<(), ControlError> {
+        let d = self
+            .store
+            .deployment(id)?
+            .ok_or_else(|| ControlError::NotFound(format!("deployment {id} does not exist")))?;
+        if d.phase.is_terminal() {
+            return Err(ControlError::Conflict(format!(
+                "deployment {id} already finished ({})",
+                d.phase.as_str()
+            )));
+        }
+        let canary_only = matches!(
+            event,
+            Event::PromoteRequested { .. }
+                | Event::PauseRequested { .. }
+                | Event::ResumeRequested { .. }
+        );
+        if canary_only && d.phase != gantry_core::Phase::Canary {
+            return Err(ControlError::Conflict(format!(
+                "deployment {id} is {}, not in a canary step; promote, pause and resume act on canary steps",
+                d.phase.as_str()
+            )));
+        }
+        let inboxes = self.inboxes.lock().unwrap_or_else(|p| p.into_inner());
+        match inboxes.get(&id) {
+            Some(tx) => {
+                let _ = tx.send(event);
+                Ok(())
+            }
+            None => Err(ControlError::Internal(format!(
+                "deployment {id} is not being driven"
+            ))),
+        }
     }
 
     async fn prepare(&self, d: &Deployment, version: &Version) -> Result<(), String> {
@@ -756,6 +877,29 @@ impl Controller {
     }
 }
 
+/// Names of the stable and canary pools of a canary rollout; distinct even
+/// when a release is deployed over itself.
+fn pool_names(d: &Deployment) -> (String, String) {
+    let stable = d
+        .previous_version
+        .as_ref()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "stable".to_owned());
+    let canary = d.version.to_string();
+    if stable == canary {
+        (stable, format!("{canary} (deployment {})", d.id))
+    } else {
+        (stable, canary)
+    }
+}
+
+fn upstreams(instances: &[InstanceRef]) -> Vec<std::net::SocketAddr> {
+    instances
+        .iter()
+        .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], i.port)))
+        .collect()
+}
+
 fn pools_for(name: Option<&Version>, instances: &[InstanceRef]) -> Vec<Pool> {
     if instances.is_empty() {
         return Vec::new();
@@ -765,10 +909,7 @@ fn pools_for(name: Option<&Version>, instances: &[InstanceRef]) -> Vec<Pool> {
             .map(|v| v.to_string())
             .unwrap_or_else(|| "unknown".to_owned()),
         weight: 100,
-        upstreams: instances
-            .iter()
-            .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], i.port)))
-            .collect(),
+        upstreams: upstreams(instances),
     }]
 }
 

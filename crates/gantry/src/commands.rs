@@ -70,13 +70,10 @@ pub async fn run(cli: Cli) -> Exit {
             let d = c.post("/rollbacks", json!({"env": env, "to": to})).await?;
             follow(&c, &d, detach).await
         }
-        Command::Abort { id } => {
-            connect()?
-                .post(&format!("/deployments/{id}/abort"), json!({}))
-                .await?;
-            println!("deployment {id}: abort requested");
-            Ok(0)
-        }
+        Command::Abort { id } => request(&connect()?, id, "abort").await,
+        Command::Promote { id } => request(&connect()?, id, "promote").await,
+        Command::Pause { id } => request(&connect()?, id, "pause").await,
+        Command::Resume { id } => request(&connect()?, id, "resume").await,
         Command::Status => status(&connect()?).await,
         Command::History { env, limit } => history(&connect()?, &env, limit).await,
         Command::Log { id } => log(&connect()?, id).await,
@@ -104,6 +101,14 @@ pub async fn run(cli: Cli) -> Exit {
             Ok(0)
         }
     }
+}
+
+/// Asks a running deployment to abort, promote, pause or resume.
+async fn request(c: &Client, id: i64, what: &str) -> Exit {
+    c.post(&format!("/deployments/{id}/{what}"), json!({}))
+        .await?;
+    println!("deployment {id}: {what} requested");
+    Ok(0)
 }
 
 fn init(path: &std::path::Path, force: bool) -> Exit {

@@ -91,6 +91,12 @@ pub enum Command {
     },
     /// Stop a running deployment and roll it back.
     Abort { id: i64 },
+    /// Move a canary to its next step now.
+    Promote { id: i64 },
+    /// Hold a canary at its current step (analysis goes on and can still roll back).
+    Pause { id: i64 },
+    /// Let a paused canary's step clock run again.
+    Resume { id: i64 },
     /// What runs where.
     Status,
     /// Deployments of an environment, newest first.

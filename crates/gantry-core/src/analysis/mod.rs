@@ -220,7 +220,9 @@ pub fn analyse(
             max,
         ));
     }
-    if let Some(inc) = policy.max_error_rate_increase {
+    // Without a baseline the rules relative to it are off (not waiting forever).
+    let has_baseline = baseline.requests > 0;
+    if let Some(inc) = policy.max_error_rate_increase.filter(|_| has_baseline) {
         let p0 = base_ucb + inc;
         tests.push(one_sample(
             RuleKind::ErrorRateIncrease,
@@ -233,7 +235,7 @@ pub fn analyse(
             p0,
         ));
     }
-    if let Some(ratio) = policy.max_error_rate_ratio {
+    if let Some(ratio) = policy.max_error_rate_ratio.filter(|_| has_baseline) {
         let p0 = base_ucb * ratio;
         tests.push(one_sample(
             RuleKind::ErrorRateRatio,

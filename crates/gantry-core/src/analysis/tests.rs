@@ -137,23 +137,20 @@ fn slow_canary_requests_fail_the_latency_rules() {
 }
 
 #[test]
-fn without_a_baseline_the_relative_rules_cannot_fire() {
+fn without_a_baseline_the_relative_rules_are_off() {
     let a = analyse(
         &AnalysisPolicy::default(),
         &Baseline::default(),
         &counts(1000, 5),
         &counts(9000, 45),
     );
-    let ratio = a
-        .reports
-        .iter()
-        .find(|r| r.rule == RuleKind::ErrorRateRatio)
-        .unwrap();
-    assert_eq!(ratio.status, RuleStatus::NotEnoughData);
-    assert!(
-        !a.reports.iter().any(|r| r.rule == RuleKind::P99Latency),
-        "no latency limits without a baseline"
+    let rules: Vec<RuleKind> = a.reports.iter().map(|r| r.rule).collect();
+    assert_eq!(
+        rules,
+        [RuleKind::ErrorRate, RuleKind::ErrorsVsStable],
+        "no baseline: no relative or latency rules"
     );
+    assert_eq!(a.verdict, Verdict::Continue { waiting: false });
 }
 
 #[test]

@@ -14,6 +14,7 @@ fn settings() -> DeploySettings {
             start_timeout_ms: 5000,
         },
         bake_ms: 3000,
+        canary: None,
     }
 }
 
@@ -340,5 +341,240 @@ mod properties {
                 d = t.deployment;
             }
         }
+    }
+}
+
+mod canary {
+    use super::*;
+    use crate::analysis::{AnalysisPolicy, Baseline, Counts};
+
+    fn canary_deploy(pause: Pause) -> Deployment {
+        let mut d = first_deploy();
+        d.settings.canary = Some(CanarySettings {
+            steps: vec![
+                CanaryStep { weight: 10, pause },
+                CanaryStep { weight: 50, pause },
+                CanaryStep {
+                    weight: 100,
+                    pause: Pause::For { ms: 0 },
+                },
+            ],
+            analysis: AnalysisPolicy::default(),
+            interval_ms: 1000,
+            max_wait_ms: 60_000,
+        });
+        d
+    }
+
+    fn up(d: Deployment) -> Deployment {
+        run(d, &started_then(&[2], vec![(30, healthy(2))])).1
+    }
+
+    fn baseline() -> Baseline {
+        Baseline {
+            requests: 10_000,
+            errors: 10,
+            p50_ms: 10.0,
+            p99_ms: 40.0,
+        }
+    }
+
+    fn metrics(canary: (u64, u64), stable: (u64, u64)) -> Event {
+        Event::MetricsObserved {
+            canary: Counts {
+                requests: canary.0,
+                errors: canary.1,
+                ..Counts::default()
+            },
+            stable: Counts {
+                requests: stable.0,
+                errors: stable.1,
+                ..Counts::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_healthy_canary_walks_its_steps_and_completes() {
+        let (transcript, d) = run(
+            up(canary_deploy(Pause::For { ms: 2000 })),
+            &[
+                (
+                    40,
+                    Event::BaselineObserved {
+                        baseline: baseline(),
+                    },
+                ),
+                (50, Event::TrafficRouted { to_new: true }),
+                (50, metrics((0, 0), (0, 0))),
+                (1050, metrics((100, 0), (900, 1))),
+                (2050, metrics((200, 0), (1800, 2))),
+                (2060, Event::TrafficRouted { to_new: true }),
+                (2060, metrics((200, 0), (1800, 2))),
+                (4060, metrics((1200, 1), (2800, 3))),
+                (4070, Event::TrafficRouted { to_new: true }),
+                (4070, metrics((1200, 1), (2800, 3))),
+                (4080, metrics((1300, 1), (2800, 3))),
+                (4090, Event::InstancesStopped),
+            ],
+        );
+        insta::assert_snapshot!(transcript);
+        assert_eq!(d.phase, Phase::Succeeded);
+    }
+
+    #[test]
+    fn an_error_regression_rolls_back_with_the_figures() {
+        let (transcript, d) = run(
+            up(canary_deploy(Pause::For { ms: 60_000 })),
+            &[
+                (
+                    40,
+                    Event::BaselineObserved {
+                        baseline: baseline(),
+                    },
+                ),
+                (50, Event::TrafficRouted { to_new: true }),
+                (50, metrics((0, 0), (0, 0))),
+                (1050, metrics((100, 0), (900, 1))),
+                (5050, metrics((400, 20), (3600, 4))),
+                (5060, Event::TrafficRouted { to_new: false }),
+                (5070, Event::InstancesStopped),
+            ],
+        );
+        insta::assert_snapshot!(transcript);
+        assert_eq!(d.phase, Phase::RolledBack);
+        let reason = d.reason.unwrap();
+        assert!(
+            reason.starts_with(
+                "canary analysis at 10%: canary error rate above 1.00%: observed 5.00% (20 of 400)"
+            ),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_step_that_waits_for_promotion_moves_only_when_promoted() {
+        let (_, d) = run(
+            up(canary_deploy(Pause::UntilPromoted)),
+            &[
+                (
+                    40,
+                    Event::BaselineObserved {
+                        baseline: baseline(),
+                    },
+                ),
+                (50, Event::TrafficRouted { to_new: true }),
+                (50, metrics((0, 0), (0, 0))),
+                (100_000, metrics((10_000, 0), (90_000, 9))),
+            ],
+        );
+        assert_eq!(
+            d.canary.as_ref().unwrap().weight,
+            10,
+            "time alone does not move it"
+        );
+        let t = step(&d, &Event::PromoteRequested { by: "carol".into() }, 100_010);
+        assert_eq!(t.log, ["promoted by carol at 10%"]);
+        assert!(
+            matches!(t.effects[..], [Effect::ShiftTraffic { weight: 50, .. }]),
+            "{:?}",
+            t.effects
+        );
+    }
+
+    #[test]
+    fn a_pause_stops_the_clock_but_not_the_analysis() {
+        let (_, d) = run(
+            up(canary_deploy(Pause::For { ms: 2000 })),
+            &[
+                (
+                    40,
+                    Event::BaselineObserved {
+                        baseline: baseline(),
+                    },
+                ),
+                (50, Event::TrafficRouted { to_new: true }),
+                (50, metrics((0, 0), (0, 0))),
+                (60, Event::PauseRequested { by: "dan".into() }),
+                (5000, metrics((500, 0), (4500, 4))),
+            ],
+        );
+        assert_eq!(
+            d.canary.as_ref().unwrap().weight,
+            10,
+            "paused: no promotion by time"
+        );
+        let t = step(&d, &metrics((600, 30), (5400, 5)), 6000);
+        assert_eq!(
+            t.deployment.phase,
+            Phase::RollingBack,
+            "a paused canary is still rolled back"
+        );
+    }
+
+    #[test]
+    fn no_traffic_rolls_back_after_the_longest_wait() {
+        let (_, d) = run(
+            up(canary_deploy(Pause::For { ms: 2000 })),
+            &[
+                (
+                    40,
+                    Event::BaselineObserved {
+                        baseline: baseline(),
+                    },
+                ),
+                (50, Event::TrafficRouted { to_new: true }),
+                (50, metrics((0, 0), (0, 0))),
+                (30_000, metrics((3, 0), (27, 0))),
+                (60_100, metrics((5, 0), (45, 0))),
+            ],
+        );
+        assert_eq!(d.phase, Phase::RollingBack);
+        assert!(d
+            .reason
+            .unwrap()
+            .contains("could not be judged within 60s: not enough data"));
+    }
+
+    #[test]
+    fn a_restart_mid_step_keeps_the_step_start() {
+        let (_, d) = run(
+            up(canary_deploy(Pause::For { ms: 2000 })),
+            &[
+                (
+                    40,
+                    Event::BaselineObserved {
+                        baseline: baseline(),
+                    },
+                ),
+                (50, Event::TrafficRouted { to_new: true }),
+                (50, metrics((7, 0), (63, 0))),
+            ],
+        );
+        let t = step(&d, &Event::Resumed, 500);
+        assert_eq!(
+            t.deployment
+                .canary
+                .as_ref()
+                .unwrap()
+                .step_start
+                .unwrap()
+                .0
+                .requests,
+            7
+        );
+        assert!(
+            t.effects
+                .iter()
+                .any(|e| matches!(e, Effect::ObserveMetrics { at: 500, .. })),
+            "{:?}",
+            t.effects
+        );
+        assert!(
+            !t.effects
+                .iter()
+                .any(|e| matches!(e, Effect::ShiftTraffic { .. })),
+            "weights already applied"
+        );
     }
 }

@@ -32,6 +32,7 @@ fn new_deployment(id: DeploymentId, env: &str, v: &str) -> Deployment {
                 start_timeout_ms: 1000,
             },
             bake_ms: 0,
+            canary: None,
         },
         "admin".into(),
         100,

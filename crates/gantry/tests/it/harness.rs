@@ -113,12 +113,21 @@ impl Gantry {
         Self::start_full(bake, extra, &[])
     }
 
+    /// A controller whose config ends with `tail` (which extends the production table, the last one).
+    pub fn start_with_tail(bake: &str, tail: &str) -> Gantry {
+        Self::start_config(bake, "", &[], tail)
+    }
+
     pub fn start_full(bake: &str, extra: &str, server_env: &[(&str, &str)]) -> Gantry {
+        Self::start_config(bake, extra, server_env, "")
+    }
+
+    fn start_config(bake: &str, extra: &str, server_env: &[(&str, &str)], tail: &str) -> Gantry {
         let ports: Vec<(String, u16)> = ["development", "integration", "staging", "production"]
             .iter()
             .map(|e| (e.to_string(), free_port()))
             .collect();
-        let config = test_config(&ports, bake, extra);
+        let config = test_config(&ports, bake, extra) + tail;
         let server_env = server_env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -1,0 +1,351 @@
+//! Canary rollouts: the new release takes a share of traffic in steps, each
+//! judged live against the stable release by [`crate::analysis`].
+//!
+//! ```text
+//! Verifying → Baselining → Canary(step 0 … step n, last at 100%) → Draining
+//!                              │ a rule fails, or no data in time
+//!                              ▼
+//!                         RollingBack
+//! ```
+//!
+//! Each step has its own anytime-valid tests on the counts since the step
+//! began, with `alpha / steps` of the false-rollback budget, so the whole
+//! rollout stays within `alpha` however many times it is looked at.
+
+use super::{enter, roll_back, seconds, Deployment, Effect, Event, Phase, Transition};
+use crate::analysis::{
+    analyse, latency_limits, Analysis, AnalysisPolicy, Baseline, Counts, LatencyLimits, RuleStatus,
+    Verdict,
+};
+use crate::domain::Millis;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CanarySettings {
+    /// Weights increase and the last is 100.
+    pub steps: Vec<CanaryStep>,
+    pub analysis: AnalysisPolicy,
+    /// Time between two looks at the metrics.
+    pub interval_ms: u64,
+    /// Longest a timed step waits for enough data before rolling back.
+    pub max_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CanaryStep {
+    pub weight: u32,
+    pub pause: Pause,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Pause {
+    /// Move on after this long if no rule failed and every rule had data.
+    For { ms: u64 },
+    /// Move on when someone runs `gantry promote`.
+    UntilPromoted,
+}
+
+/// Where a canary rollout stands.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CanaryState {
+    pub step: usize,
+    /// Weight the router confirmed for the new release (0 before the first shift).
+    pub weight: u32,
+    pub baseline: Baseline,
+    pub limits: Option<LatencyLimits>,
+    /// Cumulative counts (canary, stable) when the current step began.
+    pub step_start: Option<(Counts, Counts)>,
+    pub step_started_at: Millis,
+    pub paused_at: Option<Millis>,
+    pub waiting_logged: bool,
+    /// The latest judgement, for status and the log.
+    pub last: Option<Analysis>,
+}
+
+pub(super) fn handles(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::BaselineObserved { .. }
+            | Event::MetricsObserved { .. }
+            | Event::MetricsUnavailable { .. }
+            | Event::PromoteRequested { .. }
+            | Event::PauseRequested { .. }
+            | Event::ResumeRequested { .. }
+            | Event::TrafficRouted { to_new: true }
+    )
+}
+
+fn settings(d: &Deployment) -> &CanarySettings {
+    d.settings
+        .canary
+        .as_ref()
+        .expect("canary phases only run with canary settings")
+}
+
+fn state(t: &mut Transition) -> &mut CanaryState {
+    t.deployment.canary.get_or_insert_with(CanaryState::default)
+}
+
+/// The policy for one step: its share of the budget; at 100% there is no
+/// stable traffic left to compare with.
+fn step_policy(s: &CanarySettings, weight: u32) -> AnalysisPolicy {
+    let mut p = s.analysis.clone();
+    p.alpha /= s.steps.len().max(1) as f64;
+    if weight >= 100 {
+        p.compare_errors = false;
+        p.compare_slow_factor = None;
+    }
+    p
+}
+
+fn delta(now: &Counts, start: &Counts) -> Counts {
+    Counts {
+        requests: now.requests.saturating_sub(start.requests),
+        errors: now.errors.saturating_sub(start.errors),
+        over_p99_limit: now.over_p99_limit.saturating_sub(start.over_p99_limit),
+        over_p50_limit: now.over_p50_limit.saturating_sub(start.over_p50_limit),
+        over_compare_limit: now
+            .over_compare_limit
+            .saturating_sub(start.over_compare_limit),
+    }
+}
+
+pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
+    match (t.deployment.phase, event) {
+        (Phase::Baselining, Event::BaselineObserved { baseline }) => {
+            let limits = latency_limits(&settings(&t.deployment).analysis, baseline);
+            t.log.push(if baseline.requests == 0 {
+                "health baseline: the stable release has served no traffic yet; baseline rules are off".to_owned()
+            } else {
+                format!(
+                    "health baseline of {}: {} requests, error rate {:.2}%, P50 {:.1} ms, P99 {:.1} ms",
+                    t.deployment.previous_version.as_ref().map(|v| v.to_string()).unwrap_or_default(),
+                    baseline.requests,
+                    100.0 * baseline.errors as f64 / baseline.requests as f64,
+                    baseline.p50_ms,
+                    baseline.p99_ms
+                )
+            });
+            t.deployment.canary = Some(CanaryState {
+                baseline: baseline.clone(),
+                limits: Some(limits),
+                ..CanaryState::default()
+            });
+            enter(t, Phase::Canary, now);
+        }
+        (Phase::Canary, Event::TrafficRouted { to_new: true }) => {
+            let first = !t.deployment.traffic_on_new;
+            t.deployment.traffic_on_new = true;
+            let step = state(t).step;
+            let weight = settings(&t.deployment).steps[step].weight;
+            let st = state(t);
+            st.weight = weight;
+            st.step_start = None;
+            st.step_started_at = now;
+            st.waiting_logged = false;
+            let version = t.deployment.version.clone();
+            t.log.push(format!("traffic: {weight}% to {version}"));
+            if first {
+                probe_all(t, now);
+            }
+            // A step without a pause is a pass-through: nothing to wait for.
+            if settings(&t.deployment).steps[step].pause == (Pause::For { ms: 0 }) {
+                return advance(t, now);
+            }
+            observe(t, now);
+        }
+        (Phase::Canary, Event::MetricsObserved { canary, stable }) => {
+            on_metrics(t, canary, stable, now)
+        }
+        (Phase::Canary, Event::MetricsUnavailable { reason }) => {
+            if !state(t).waiting_logged {
+                t.log.push(format!("metrics unavailable: {reason}"));
+                state(t).waiting_logged = true;
+            }
+            check_wait(t, now, "metrics are unavailable".to_owned());
+            if t.deployment.phase == Phase::Canary {
+                schedule(t, now);
+            }
+        }
+        (Phase::Canary, Event::PromoteRequested { by }) => {
+            let weight = state(t).weight;
+            t.log.push(format!("promoted by {by} at {weight}%"));
+            advance(t, now);
+        }
+        (Phase::Canary, Event::PauseRequested { by })
+            if t.deployment
+                .canary
+                .as_ref()
+                .is_some_and(|c| c.paused_at.is_none()) =>
+        {
+            state(t).paused_at = Some(now);
+            t.log.push(format!(
+                "paused by {by}; analysis continues and can still roll back"
+            ));
+        }
+        (Phase::Canary, Event::ResumeRequested { by }) => {
+            if let Some(at) = state(t).paused_at.take() {
+                state(t).step_started_at += now - at;
+                t.log.push(format!(
+                    "resumed by {by} after {}",
+                    seconds((now - at).max(0) as u64)
+                ));
+            }
+        }
+        _ => {}
+    }
+}
+
+fn on_metrics(t: &mut Transition, canary: &Counts, stable: &Counts, now: Millis) {
+    let Some((c0, s0)) = state(t).step_start else {
+        state(t).step_start = Some((*canary, *stable));
+        schedule(t, now);
+        return;
+    };
+    let s = settings(&t.deployment).clone();
+    let st = state(t).clone();
+    let step = &s.steps[st.step];
+    let (dc, ds) = (delta(canary, &c0), delta(stable, &s0));
+    let analysis = analyse(&step_policy(&s, st.weight), &st.baseline, &dc, &ds);
+    let verdict = analysis.verdict.clone();
+    let waiting_rules: Vec<String> = analysis
+        .reports
+        .iter()
+        .filter(|r| r.status == RuleStatus::NotEnoughData)
+        .map(|r| format!("{:?}", r.rule))
+        .collect();
+    state(t).last = Some(analysis);
+    match verdict {
+        Verdict::Fail { summary, .. } => {
+            return roll_back(
+                t,
+                format!("canary analysis at {}%: {summary}", st.weight),
+                now,
+            );
+        }
+        Verdict::NoWorse { evidence } if st.weight < 100 && st.paused_at.is_none() => {
+            t.log.push(format!(
+                "canary no worse than stable at {}% (evidence {evidence:.0}, {} canary requests)",
+                st.weight, dc.requests
+            ));
+            return advance(t, now);
+        }
+        Verdict::NoWorse { .. } | Verdict::Continue { .. } => {}
+    }
+    let waiting = matches!(verdict, Verdict::Continue { waiting: true });
+    if st.paused_at.is_none() {
+        if let Pause::For { ms } = step.pause {
+            let elapsed = (now - st.step_started_at).max(0) as u64;
+            if elapsed >= ms && !waiting {
+                t.log.push(format!(
+                    "step {}% passed: no rule failed in {} ({} canary requests)",
+                    st.weight,
+                    seconds(elapsed),
+                    dc.requests
+                ));
+                return advance(t, now);
+            }
+            if elapsed >= ms && waiting && !st.waiting_logged {
+                t.log.push(format!(
+                    "not enough data yet at {}%: {}",
+                    st.weight,
+                    waiting_rules.join(", ")
+                ));
+                state(t).waiting_logged = true;
+            }
+            if waiting {
+                check_wait(
+                    t,
+                    now,
+                    format!("not enough data ({})", waiting_rules.join(", ")),
+                );
+                if t.deployment.phase != Phase::Canary {
+                    return;
+                }
+            }
+        }
+    }
+    schedule(t, now);
+}
+
+/// Rolls back a timed step that has waited too long for data.
+fn check_wait(t: &mut Transition, now: Millis, why: String) {
+    let s = settings(&t.deployment);
+    let st = t.deployment.canary.clone().unwrap_or_default();
+    if st.paused_at.is_some() || !matches!(s.steps[st.step].pause, Pause::For { .. }) {
+        return;
+    }
+    let elapsed = (now - st.step_started_at).max(0) as u64;
+    if elapsed >= s.max_wait_ms {
+        let reason = format!(
+            "canary at {}% could not be judged within {}: {why}",
+            st.weight,
+            seconds(s.max_wait_ms)
+        );
+        roll_back(t, reason, now);
+    }
+}
+
+fn advance(t: &mut Transition, now: Millis) {
+    let steps = settings(&t.deployment).steps.clone();
+    let st = state(t);
+    st.step += 1;
+    st.paused_at = None;
+    if st.step >= steps.len() {
+        t.log
+            .push("canary complete: all traffic on the new release".to_owned());
+        return enter(t, Phase::Draining, now);
+    }
+    emit_phase_effects(t, now);
+}
+
+fn schedule(t: &mut Transition, now: Millis) {
+    let at = now + settings(&t.deployment).interval_ms as Millis;
+    let limits = state(t).limits.unwrap_or(LatencyLimits {
+        p99_ms: None,
+        p50_ms: None,
+        compare_ms: None,
+    });
+    t.effects.push(Effect::ObserveMetrics { limits, at });
+}
+
+fn observe(t: &mut Transition, now: Millis) {
+    let limits = state(t).limits.unwrap_or(LatencyLimits {
+        p99_ms: None,
+        p50_ms: None,
+        compare_ms: None,
+    });
+    t.effects.push(Effect::ObserveMetrics { limits, at: now });
+}
+
+fn probe_all(t: &mut Transition, now: Millis) {
+    let at = now + t.deployment.settings.health.interval_ms as Millis;
+    for i in t.deployment.new_instances.clone() {
+        t.effects.push(Effect::ProbeHealth { instance: i, at });
+    }
+}
+
+/// What the canary phases need, from state alone (also after a restart).
+pub(super) fn emit_phase_effects(t: &mut Transition, now: Millis) {
+    match t.deployment.phase {
+        Phase::Baselining => t.effects.push(Effect::ObserveBaseline),
+        Phase::Canary => {
+            let steps = &settings(&t.deployment).steps;
+            let st = t.deployment.canary.clone().unwrap_or_default();
+            let wanted = steps[st.step].weight;
+            if st.weight != wanted {
+                t.effects.push(Effect::ShiftTraffic {
+                    weight: wanted,
+                    stable: t.deployment.old_instances.clone(),
+                    canary: t.deployment.new_instances.clone(),
+                });
+            } else {
+                // Resumed mid-step: keep judging from the same step start, probe again.
+                observe(t, now);
+                probe_all(t, now);
+            }
+        }
+        _ => {}
+    }
+}

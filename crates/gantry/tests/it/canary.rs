@@ -1,0 +1,181 @@
+//! Canary rollouts end to end: real router, real instances, constant load.
+
+use crate::harness::*;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const CANARY: &str = r#"strategy = "canary"
+canary = { steps = [{ weight = 10, pause = "2s" }, { weight = 50, pause = "2s" }, { weight = 100 }], interval = "250ms", max_wait = "20s" }
+"#;
+
+/// Sequential requests to an environment until stopped (at most 60 s of them).
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(port: u16) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let thread = {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                    let (status, _) =
+                        http(&format!("http://127.0.0.1:{port}"), "GET", "/", None, "");
+                    if status == 200 { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(3));
+                }
+            })
+        };
+        Load {
+            stop,
+            ok,
+            failed,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn setup(third: &str) -> (Gantry, Load) {
+    let g = Gantry::start_with_tail("300ms", CANARY);
+    g.register("1.0.0", "");
+    g.register("1.1.0", "");
+    g.register("1.2.0", third);
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let load = Load::start(g.port("production"));
+    // Some stable traffic first, for the health baseline.
+    wait_until("stable traffic", Duration::from_secs(10), || {
+        load.ok.load(Ordering::Relaxed) > 200
+    });
+    (g, load)
+}
+
+#[test]
+fn a_healthy_canary_is_promoted_step_by_step_without_failed_requests() {
+    let (g, load) = setup("");
+    let run = g.gantry(&["deploy", "1.1.0", "--env", "production"]).ok();
+    let (ok, failed) = load.finish();
+    for line in [
+        "health baseline of 1.0.0:",
+        "traffic: 10% to 1.1.0",
+        "step 10% passed: no rule failed",
+        "traffic: 50% to 1.1.0",
+        "traffic: 100% to 1.1.0",
+        "canary complete",
+        "1.1.0 is live in production",
+    ] {
+        assert!(
+            run.stdout.contains(line),
+            "missing {line:?} in:\n{}",
+            run.stdout
+        );
+    }
+    assert_eq!(failed, 0, "no user request failed ({ok} succeeded)");
+    assert_eq!(g.get_env("production").1, "hello from 1.1.0\n");
+    // The router counted both pools.
+    let pools = g.api("/traffic?env=production");
+    let served: u64 = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["requests"].as_u64().unwrap())
+        .sum();
+    assert!(served >= ok, "router saw {served}, users got {ok}");
+}
+
+#[test]
+fn an_error_regression_in_the_canary_is_caught_and_rolled_back() {
+    // 1.2.0 fails one request in ten.
+    let (g, load) = setup("\"error_rate\": 0.1");
+    let run = g.gantry(&["deploy", "1.2.0", "--env", "production"]);
+    let (_, failed) = load.finish();
+    run.fails_with(3, "rolled_back");
+    let d = g.api("/deployments?env=production&limit=1")[0].clone();
+    let reason = d["reason"].as_str().unwrap();
+    assert!(reason.starts_with("canary analysis at 10%: "), "{reason}");
+    assert!(
+        reason.contains("observed") && reason.contains("evidence"),
+        "the figures are recorded: {reason}"
+    );
+    assert_eq!(d["canary"]["weight"], 10, "caught before the 50% step");
+    let last = &d["canary"]["last"]["reports"];
+    assert!(
+        last.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["status"] == "failing"),
+        "{last}"
+    );
+    assert_eq!(g.get_env("production").1, "hello from 1.0.0\n");
+    // Only the canary's share of requests could fail: about 10% × 10%.
+    assert!(failed > 0 && failed < 60, "{failed} user requests failed");
+    let log = g.gantry(&["log", &d["id"].to_string()]).ok();
+    assert!(
+        log.stdout.contains("rolling back: canary analysis at 10%"),
+        "{}",
+        log.stdout
+    );
+}
+
+#[test]
+fn a_step_held_for_promotion_waits_for_gantry_promote() {
+    let tail = CANARY.replace(
+        r#"{ weight = 50, pause = "2s" }"#,
+        r#"{ weight = 50, pause = "until-promoted" }"#,
+    );
+    let g = Gantry::start_with_tail("300ms", &tail);
+    g.register("1.0.0", "");
+    g.register("1.1.0", "");
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let load = Load::start(g.port("production"));
+    wait_until("stable traffic", Duration::from_secs(10), || {
+        load.ok.load(Ordering::Relaxed) > 200
+    });
+    let id = deploy_id(
+        &g.gantry(&["deploy", "1.1.0", "--env", "production", "--detach"])
+            .ok(),
+    );
+    wait_until("the 50% step", Duration::from_secs(20), || {
+        g.deployment(id)["canary"]["weight"] == 50
+    });
+    std::thread::sleep(Duration::from_secs(3)); // longer than any timed step: it must not move
+    assert_eq!(g.deployment(id)["canary"]["weight"], 50);
+    g.gantry(&["pause", &id.to_string()]).ok();
+    g.gantry(&["resume", &id.to_string()]).ok();
+    g.gantry(&["promote", &id.to_string()]).ok();
+    let d = g.wait_finished(id);
+    let (_, failed) = load.finish();
+    assert_eq!(d["phase"], "succeeded", "{d}");
+    assert_eq!(failed, 0);
+    let log = g.gantry(&["log", &id.to_string()]).ok();
+    for line in [
+        "paused by admin",
+        "resumed by admin",
+        "promoted by admin at 50%",
+    ] {
+        assert!(
+            log.stdout.contains(line),
+            "missing {line:?}:\n{}",
+            log.stdout
+        );
+    }
+    g.gantry(&["promote", &id.to_string()])
+        .fails_with(1, "already finished");
+}
