@@ -85,6 +85,11 @@ start_timeout = "5s"
             "\n[environments.{env}]\nlisten = \"127.0.0.1:{}\"\ninstances = {instances}\nbake = \"{bake}\"\n",
             free_port()?
         ));
+        if env == "production" {
+            config.push_str(
+                "strategy = \"canary\"\ncanary = { steps = [{ weight = 10, pause = \"10s\" }, { weight = 50, pause = \"3s\" }, { weight = 100 }], interval = \"200ms\", max_wait = \"20s\" }\n",
+            );
+        }
     }
     let config_path = dir.join("gantry.toml");
     std::fs::write(&config_path, config)?;
@@ -183,12 +188,14 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let sha = git_head();
 
-    println!("\n== registering three releases of the sample service");
+    println!("\n== registering four releases of the sample service");
     let releases = [
         ("1.0.0", json!({"version": "1.0.0"})),
         ("1.1.0", json!({"version": "1.1.0"})),
         ("1.2.0", json!({"version": "1.2.0", "unhealthy": true})),
+        ("1.3.0", json!({"version": "1.3.0", "error_rate": 0.05})),
     ];
+    let mut load: Option<Load> = None;
     for (version, settings) in releases {
         let artifact = build_artifact(dir, version, settings)?;
         let bytes = std::fs::read(&artifact)?;
@@ -220,6 +227,11 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
                 outcome: "succeeded".into(),
                 seconds: took(&d),
             });
+            if env == "production" && load.is_none() {
+                let prod = env_listen(&c, "production").await?;
+                println!("  (user traffic to production starts now: ~200 requests/s, bounded to 2 minutes)");
+                load = Some(Load::start(format!("http://{prod}/")));
+            }
         }
     }
 
@@ -252,6 +264,47 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
         "  development still serves {}",
         dev["version"].as_str().unwrap_or("?")
     );
+
+    println!(
+        "\n== deploying 1.3.0, which fails 5% of requests, to production as a canary under load"
+    );
+    let d = deploy(&c, "production", "1.3.0").await?;
+    let phase = d["phase"].as_str().unwrap_or("?");
+    println!(
+        "  {phase} in {:.2}s: {}",
+        took(&d),
+        d["reason"].as_str().unwrap_or("")
+    );
+    ensure!(
+        phase == "rolled_back",
+        "the faulty canary was not rolled back (phase {phase})"
+    );
+    ensure!(
+        d["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("canary analysis at")),
+        "rolled back for another reason than analysis: {}",
+        d["reason"]
+    );
+    if let Some(reports) = d["canary"]["last"]["reports"].as_array() {
+        for r in reports {
+            println!(
+                "    {:<15} {:<14} observed {:>6.2}% ({} of {}) vs {:>6.2}%  {}",
+                r["status"].as_str().unwrap_or("?"),
+                r["rule"].as_str().unwrap_or("?"),
+                r["observed"].as_f64().unwrap_or(0.0) * 100.0,
+                r["events"],
+                r["samples"],
+                r["threshold"].as_f64().unwrap_or(0.0) * 100.0,
+                r["description"].as_str().unwrap_or("")
+            );
+        }
+    }
+    rows.push(Row {
+        what: "deploy 1.3.0 (5% errors) to production".into(),
+        outcome: format!("caught at {}% by analysis", d["canary"]["weight"]),
+        seconds: took(&d),
+    });
 
     println!("\n== rolling production back from 1.1.0 to 1.0.0, timed at the router");
     let prod = status["environments"]
@@ -304,10 +357,83 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
         seconds: serving,
     });
 
+    if let Some(load) = load.take() {
+        let (ok, canary_errors, other_failures) = load.finish().await;
+        println!(
+            "\n== user traffic to production: {ok} answered, {canary_errors} errors from the faulty 1.3.0 canary, {other_failures} other failures"
+        );
+        ensure!(
+            other_failures == 0,
+            "{other_failures} user requests failed outside the faulty canary"
+        );
+        rows.push(Row {
+            what: format!(
+                "user requests during production rollouts: {}",
+                ok + canary_errors
+            ),
+            outcome: format!("{other_failures} failed (+{canary_errors} from 1.3.0)"),
+            seconds: 0.0,
+        });
+    }
+
     println!("\n== deployment log of the failed release");
     let log: Value = c.get(&format!("/deployments/{failed_id}/log")).await?;
     for e in log["log"].as_array().cloned().unwrap_or_default() {
         println!("  {}", e["message"].as_str().unwrap_or(""));
     }
     Ok(rows)
+}
+
+async fn env_listen(c: &Client, env: &str) -> Result<String> {
+    let status: Value = c.get("/status").await?;
+    status["environments"]
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == env))
+        .and_then(|e| e["listen"].as_str())
+        .map(str::to_owned)
+        .context("environment has no address")
+}
+
+/// Steady user traffic in the background, bounded in time.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<(u64, u64, u64)>,
+}
+
+impl Load {
+    fn start(url: String) -> Load {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let http = reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("static client config");
+            let (mut ok, mut canary_errors, mut other) = (0u64, 0u64, 0u64);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match http.get(&url).send().await {
+                    Ok(r) if r.status().is_success() => ok += 1,
+                    Ok(r) => {
+                        let body = r.text().await.unwrap_or_default();
+                        if body.contains("error from 1.3.0") {
+                            canary_errors += 1
+                        } else {
+                            other += 1
+                        }
+                    }
+                    Err(_) => other += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(4)).await;
+            }
+            (ok, canary_errors, other)
+        });
+        Load { stop, task }
+    }
+
+    async fn finish(self) -> (u64, u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap_or((0, 0, u64::MAX))
+    }
 }

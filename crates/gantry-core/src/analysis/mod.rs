@@ -78,21 +78,21 @@ pub struct LatencyLimits {
     pub compare_ms: Option<f64>,
 }
 
+/// Latency limits are never below this: differences of a few milliseconds
+/// (a sub-millisecond loopback service, scheduler noise) are not judged.
+pub const LATENCY_FLOOR_MS: f64 = 5.0;
+
 pub fn latency_limits(policy: &AnalysisPolicy, baseline: &Baseline) -> LatencyLimits {
     let known = baseline.requests > 0 && baseline.p99_ms > 0.0;
+    let limit = |factor: Option<f64>, of: f64| {
+        factor
+            .filter(|_| known)
+            .map(|f| (f * of).max(LATENCY_FLOOR_MS))
+    };
     LatencyLimits {
-        p99_ms: policy
-            .max_p99_factor
-            .filter(|_| known)
-            .map(|f| f * baseline.p99_ms),
-        p50_ms: policy
-            .max_p50_factor
-            .filter(|_| known)
-            .map(|f| f * baseline.p50_ms),
-        compare_ms: policy
-            .compare_slow_factor
-            .filter(|_| known)
-            .map(|f| f * baseline.p99_ms),
+        p99_ms: limit(policy.max_p99_factor, baseline.p99_ms),
+        p50_ms: limit(policy.max_p50_factor, baseline.p50_ms),
+        compare_ms: limit(policy.compare_slow_factor, baseline.p99_ms),
     }
 }
 

@@ -160,3 +160,25 @@ fn upper_bound_is_above_the_rate_and_tightens_with_samples() {
     let tight = upper_bound(10, 10_000);
     assert!(loose > 0.001 && tight > 0.001 && tight < loose);
 }
+
+#[test]
+fn latency_limits_follow_the_baseline_above_a_floor() {
+    let p = AnalysisPolicy::default();
+    let l = latency_limits(&p, &baseline());
+    assert_eq!(
+        (l.p99_ms, l.p50_ms, l.compare_ms),
+        (Some(120.0), Some(15.0), Some(120.0))
+    );
+    let fast = Baseline {
+        requests: 1000,
+        errors: 0,
+        p50_ms: 0.4,
+        p99_ms: 1.0,
+    };
+    let l = latency_limits(&p, &fast);
+    assert_eq!(
+        (l.p99_ms, l.p50_ms),
+        (Some(LATENCY_FLOOR_MS), Some(LATENCY_FLOOR_MS))
+    );
+    assert_eq!(latency_limits(&p, &Baseline::default()).p99_ms, None);
+}
