@@ -29,8 +29,23 @@ pub struct RouterOptions {
 struct PoolCounters {
     requests: AtomicU64,
     errors: AtomicU64,
-    /// Microseconds to the response head; HDR, 3 significant digits.
-    latency: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Microseconds to the response head; HDR, 3 significant digits. One
+    /// shard per worker so workers never wait on each other; merged on read.
+    latency: Vec<Mutex<hdrhistogram::Histogram<u64>>>,
+}
+
+/// Histogram shards per pool: workers beyond this share shards.
+const SHARDS: usize = 16;
+
+thread_local! {
+    /// This thread's worker number, which picks its histogram shard.
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn new_histogram() -> hdrhistogram::Histogram<u64> {
+    // 1 µs to 1 h at 3 significant digits; longer answers are clamped to 1 h.
+    // (An auto-resizing histogram would clamp everything: saturating_record does not resize.)
+    hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("static bounds are valid")
 }
 
 impl PoolCounters {
@@ -38,25 +53,25 @@ impl PoolCounters {
         PoolCounters {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
-            // 1 µs to 1 h at 3 significant digits; longer answers are clamped to 1 h.
-            // (An auto-resizing histogram would clamp everything: saturating_record does not resize.)
-            latency: Mutex::new(
-                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                    .expect("static bounds are valid"),
-            ),
+            latency: (0..SHARDS).map(|_| Mutex::new(new_histogram())).collect(),
         }
     }
 
     fn record_latency(&self, started: std::time::Instant) {
         let micros = started.elapsed().as_micros().min(u64::MAX as u128) as u64;
-        self.latency
+        let shard = WORKER.with(|w| w.get()) % SHARDS;
+        self.latency[shard]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .saturating_record(micros.max(1));
     }
 
     fn stats(&self, name: &str, limits_ms: &[f64]) -> PoolStats {
-        let h = self.latency.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h = new_histogram();
+        for shard in &self.latency {
+            // Same bounds everywhere, so adding cannot fail.
+            let _ = h.add(&*shard.lock().unwrap_or_else(|p| p.into_inner()));
+        }
         let ms = |us: u64| us as f64 / 1000.0;
         PoolStats {
             name: name.to_owned(),
@@ -81,10 +96,11 @@ impl PoolCounters {
 }
 
 struct State {
-    routing: RwLock<Arc<Routing>>,
+    /// The routing in force with each pool's counters, swapped whole.
+    live: RwLock<Arc<Live>>,
+    /// Counters by pool name, kept across routings so figures keep adding up.
     counters: Mutex<Vec<(String, Arc<PoolCounters>)>>,
     next: AtomicU64,
-    client: Client<HttpConnector, Body>,
     options: RouterOptions,
 }
 
@@ -98,6 +114,15 @@ const HOP_BY_HOP: &[&str] = &[
     "trailer",
     "upgrade",
 ];
+
+/// A routing ready to serve: pools with their counters and the total weight.
+struct Live {
+    routing: Routing,
+    counters: Vec<Arc<PoolCounters>>,
+    /// Each pool's upstreams as URI authorities, made once per routing.
+    authorities: Vec<Vec<hyper::http::uri::Authority>>,
+    total_weight: u64,
+}
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
     let mut r = Response::new(
@@ -127,52 +152,58 @@ impl State {
         c
     }
 
-    /// Picks a pool by weight and an upstream in it, round robin.
-    fn pick(&self) -> Option<(String, SocketAddr)> {
-        let routing = self
-            .routing
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let total: u64 = routing.pools.iter().map(|p| p.weight as u64).sum();
-        if total == 0 {
+    fn make_live(&self, routing: Routing) -> Live {
+        let counters = routing
+            .pools
+            .iter()
+            .map(|p| self.counters(&p.name))
+            .collect();
+        let total_weight = routing.pools.iter().map(|p| p.weight as u64).sum();
+        let authorities = routing
+            .pools
+            .iter()
+            .map(|p| {
+                p.upstreams
+                    .iter()
+                    .map(|u| {
+                        u.to_string()
+                            .parse()
+                            .expect("a socket address is a valid authority")
+                    })
+                    .collect()
+            })
+            .collect();
+        Live {
+            routing,
+            counters,
+            authorities,
+            total_weight,
+        }
+    }
+
+    fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Picks a pool by weight and an upstream in it, round robin: indexes
+    /// into the returned snapshot, which the request keeps to its end.
+    fn pick(&self) -> Option<(Arc<Live>, usize, usize)> {
+        let live = self.live();
+        if live.total_weight == 0 {
             return None;
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut slot = n % total;
-        for pool in &routing.pools {
+        let mut slot = n % live.total_weight;
+        let mut found = None;
+        for (i, pool) in live.routing.pools.iter().enumerate() {
             if slot < pool.weight as u64 {
-                let upstream = pool.upstreams[(n / total) as usize % pool.upstreams.len()];
-                return Some((pool.name.clone(), upstream));
+                found = Some((i, (n / live.total_weight) as usize % pool.upstreams.len()));
+                break;
             }
             slot -= pool.weight as u64;
         }
-        None
-    }
-
-    fn pool_size(&self, pool: &str) -> usize {
-        let routing = self
-            .routing
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        routing
-            .pools
-            .iter()
-            .find(|p| p.name == pool)
-            .map_or(0, |p| p.upstreams.len())
-    }
-
-    /// The upstream after `current` in its pool, if the pool has another.
-    fn next_upstream(&self, pool: &str, current: SocketAddr) -> Option<SocketAddr> {
-        let routing = self
-            .routing
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let p = routing.pools.iter().find(|p| p.name == pool)?;
-        let i = p.upstreams.iter().position(|u| *u == current)?;
-        (p.upstreams.len() > 1).then(|| p.upstreams[(i + 1) % p.upstreams.len()])
+        let (pool, upstream) = found?;
+        Some((live, pool, upstream))
     }
 
     fn apply(&self, routing: Routing) -> Result<(), String> {
@@ -181,28 +212,32 @@ impl State {
         // On disk first: a router restarted after this answer serves the same.
         write_atomic(&self.options.state_dir.join(CONFIG_FILE), &bytes)
             .map_err(|e| e.to_string())?;
-        *self.routing.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routing);
+        let live = Arc::new(self.make_live(routing));
+        *self.live.write().unwrap_or_else(|p| p.into_inner()) = live;
         Ok(())
     }
 }
 
-async fn proxy(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
-    let Some((pool, upstream)) = state.pick() else {
+type UpstreamClient = Client<HttpConnector, Body>;
+
+async fn proxy(
+    state: Arc<State>,
+    client: UpstreamClient,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let Some((live, pool_index, first)) = state.pick() else {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "no release is serving this environment\n",
         );
     };
+    let pool = &live.routing.pools[pool_index];
+    let counters = &live.counters[pool_index];
     let (mut parts, body) = req.into_parts();
     if let Some(h) = parts.headers.get(HOST).cloned() {
         parts.headers.insert("x-forwarded-host", h);
     }
     strip_hop_by_hop(&mut parts.headers);
-    let path = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
     // A request without a body can be sent to another upstream when its
     // first one could not be connected to (nothing reached it). A safe
     // method (GET, HEAD, OPTIONS) is also retried when the connection broke
@@ -213,28 +248,40 @@ async fn proxy(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         parts.method,
         hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS
     );
-    let mut body = Some(body);
-    let mut upstream = upstream;
     let attempts = if replayable {
-        state.pool_size(&pool).clamp(1, 4)
+        pool.upstreams.len().clamp(1, 4)
     } else {
         1
     };
-    for attempt in 1..=attempts {
-        let counters = state.counters(&pool);
+    let mut body = Some(body);
+    for attempt in 0..attempts {
+        let upstream = pool.upstreams[(first + attempt) % pool.upstreams.len()];
         counters.requests.fetch_add(1, Ordering::Relaxed);
-        let uri: Uri = match format!("http://{upstream}{path}").parse() {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        let authority =
+            live.authorities[pool_index][(first + attempt) % pool.upstreams.len()].clone();
+        let uri = match Uri::builder()
+            .scheme("http")
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+        {
             Ok(u) => u,
             Err(_) => return text(StatusCode::BAD_REQUEST, "bad request target\n"),
         };
-        let mut p = parts.clone();
+        // Keep the original parts only while another attempt may need them.
+        let mut p = if attempt + 1 < attempts {
+            parts.clone()
+        } else {
+            std::mem::replace(&mut parts, Request::new(()).into_parts().0)
+        };
         p.uri = uri;
         let b = match body.take() {
             Some(b) => b.boxed(),
             None => Empty::new().map_err(|never| match never {}).boxed(),
         };
         let started = std::time::Instant::now();
-        match state.client.request(Request::from_parts(p, b)).await {
+        match client.request(Request::from_parts(p, b)).await {
             Ok(resp) => {
                 counters.record_latency(started);
                 if resp.status().is_server_error() {
@@ -246,15 +293,13 @@ async fn proxy(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             }
             Err(e) => {
                 counters.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%upstream, pool, attempt, error = %e, "upstream request failed");
-                match state.next_upstream(&pool, upstream) {
-                    Some(next) if (e.is_connect() || safe) && attempt < attempts => upstream = next,
-                    _ => {
-                        return text(
-                            StatusCode::BAD_GATEWAY,
-                            format!("upstream {upstream} failed: {e}\n"),
-                        )
-                    }
+                tracing::warn!(%upstream, pool = %pool.name, attempt, error = %e, "upstream request failed");
+                let retry = (e.is_connect() || safe) && attempt + 1 < attempts;
+                if !retry {
+                    return text(
+                        StatusCode::BAD_GATEWAY,
+                        format!("upstream {upstream} failed: {e}\n"),
+                    );
                 }
             }
         }
@@ -263,18 +308,20 @@ async fn proxy(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
 }
 
 fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
-    let named: Vec<String> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
-        .collect();
-    for h in HOP_BY_HOP
-        .iter()
-        .copied()
-        .chain(named.iter().map(String::as_str))
-    {
-        headers.remove(h);
+    // Headers named by Connection are hop-by-hop too; most requests have none.
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<String> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
+            .collect();
+        for h in &named {
+            headers.remove(h.as_str());
+        }
+    }
+    for h in HOP_BY_HOP {
+        headers.remove(*h);
     }
 }
 
@@ -288,14 +335,7 @@ async fn admin(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         return text(StatusCode::UNAUTHORIZED, "missing or wrong admin token\n");
     }
     match (req.method().as_str(), req.uri().path()) {
-        ("GET", "/routing") => {
-            let routing = state
-                .routing
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            json(StatusCode::OK, &*routing)
-        }
+        ("GET", "/routing") => json(StatusCode::OK, &state.live().routing),
         ("PUT", "/routing") => {
             let body = match req.into_body().collect().await {
                 Ok(b) => b.to_bytes(),
@@ -306,14 +346,7 @@ async fn admin(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
                 Err(e) => return text(StatusCode::BAD_REQUEST, format!("invalid routing: {e}\n")),
             };
             match state.apply(routing) {
-                Ok(()) => json(
-                    StatusCode::OK,
-                    &*state
-                        .routing
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .clone(),
-                ),
+                Ok(()) => json(StatusCode::OK, &state.live().routing),
                 Err(e) => text(StatusCode::BAD_REQUEST, format!("routing refused: {e}\n")),
             }
         }
@@ -355,7 +388,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 async fn accept_loop<F, Fut>(listener: TcpListener, state: Arc<State>, handler: F)
 where
-    F: Fn(Arc<State>, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    F: Fn(Arc<State>, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
 {
     loop {
@@ -368,9 +401,10 @@ where
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let handler = handler.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let state = state.clone();
+                let (state, handler) = (state.clone(), handler.clone());
                 async move { Ok::<_, std::convert::Infallible>(handler(state, req).await) }
             });
             if let Err(e) = http1::Builder::new()
@@ -380,6 +414,60 @@ where
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+fn upstream_client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .build(connector)
+}
+
+/// A listening socket that other workers may bind too (SO_REUSEPORT): the
+/// kernel spreads connections across them.
+fn bind_shared(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// Serves user traffic with one single-threaded worker per core, each with
+/// its own listener and its own pool of upstream connections, the way nginx
+/// runs its workers: no work stealing, no shared connection pool.
+fn start_workers(listeners: Vec<std::net::TcpListener>, state: Arc<State>) {
+    for (n, listener) in listeners.into_iter().enumerate() {
+        let state = state.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("router-worker-{n}"))
+            .spawn(move || {
+                WORKER.with(|w| w.set(n));
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(r) => r,
+                    Err(e) => return tracing::error!(error = %e, "worker runtime failed to start"),
+                };
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => {
+                            let client = upstream_client();
+                            accept_loop(l, state, move |s, req| proxy(s, client.clone(), req)).await
+                        }
+                        Err(e) => tracing::error!(error = %e, "worker cannot use its listener"),
+                    }
+                });
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a router worker");
+        }
     }
 }
 
@@ -408,12 +496,21 @@ pub async fn serve(options: RouterOptions) -> Result<(), ServeError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Routing::default(),
         Err(e) => return Err(state_err(e.to_string())),
     };
-    let public = TcpListener::bind(options.listen)
-        .await
-        .map_err(|source| ServeError::Listen {
-            addr: options.listen,
-            source,
-        })?;
+    // One listener per worker, all on the same address; the first fixes the
+    // port when the address asks for any (port 0).
+    let listen_err = |source| ServeError::Listen {
+        addr: options.listen,
+        source,
+    };
+    let first = bind_shared(options.listen).map_err(listen_err)?;
+    let bound = first.local_addr().map_err(listen_err)?;
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 16);
+    let mut public = vec![first];
+    for _ in 1..workers {
+        public.push(bind_shared(bound).map_err(listen_err)?);
+    }
     let admin_addr: SocketAddr = "127.0.0.1:0".parse().expect("valid literal");
     let admin_listener =
         TcpListener::bind(admin_addr)
@@ -430,29 +527,28 @@ pub async fn serve(options: RouterOptions) -> Result<(), ServeError> {
                 addr: admin_addr,
                 source,
             })?,
-        listen: public.local_addr().map_err(|source| ServeError::Listen {
-            addr: options.listen,
-            source,
-        })?,
+        listen: bound,
     };
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(30))
-        .build(connector);
     let state = Arc::new(State {
-        routing: RwLock::new(Arc::new(routing)),
+        live: RwLock::new(Arc::new(Live {
+            routing: Routing::default(),
+            counters: Vec::new(),
+            authorities: Vec::new(),
+            total_weight: 0,
+        })),
         counters: Mutex::new(Vec::new()),
         next: AtomicU64::new(0),
-        client,
         options: options.clone(),
     });
+    // The routing from disk, with its counters.
+    let live = Arc::new(state.make_live(routing));
+    *state.live.write().unwrap_or_else(|p| p.into_inner()) = live;
     // Announce only once both listeners are bound.
     let info_json = serde_json::to_vec(&info).expect("admin info serializes");
     write_atomic(&options.state_dir.join(ADMIN_FILE), &info_json)
         .map_err(|e| state_err(e.to_string()))?;
     tracing::info!(listen = %info.listen, admin = %info.admin, "router serving");
-    tokio::spawn(accept_loop(admin_listener, state.clone(), admin));
-    accept_loop(public, state, proxy).await;
+    start_workers(public, state.clone());
+    accept_loop(admin_listener, state, admin).await;
     Ok(())
 }

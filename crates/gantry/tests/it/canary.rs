@@ -179,3 +179,49 @@ fn a_step_held_for_promotion_waits_for_gantry_promote() {
     g.gantry(&["promote", &id.to_string()])
         .fails_with(1, "already finished");
 }
+
+#[test]
+fn a_controller_killed_mid_canary_resumes_and_no_user_request_fails() {
+    let tail = CANARY.replace(
+        r#"pause = "2s" }, { weight = 50"#,
+        r#"pause = "4s" }, { weight = 50"#,
+    );
+    let mut g = Gantry::start_with_tail("300ms", &tail);
+    g.register("1.0.0", "");
+    g.register("1.1.0", "");
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let load = Load::start(g.port("production"));
+    wait_until("stable traffic", Duration::from_secs(10), || {
+        load.ok.load(Ordering::Relaxed) > 200
+    });
+    let id = deploy_id(
+        &g.gantry(&["deploy", "1.1.0", "--env", "production", "--detach"])
+            .ok(),
+    );
+    wait_until("the 10% step", Duration::from_secs(20), || {
+        g.deployment(id)["canary"]["weight"] == 10
+    });
+    g.kill_server();
+    std::thread::sleep(Duration::from_millis(500)); // the router keeps serving both pools meanwhile
+    g.start_server();
+    let d = g.wait_finished(id);
+    let (ok, failed) = load.finish();
+    assert_eq!(d["phase"], "succeeded", "{d}");
+    assert_eq!(failed, 0, "no user request failed ({ok} succeeded)");
+    let log = g.gantry(&["log", &id.to_string()]).ok();
+    assert!(
+        log.stdout
+            .contains("controller restarted; resuming in phase canary"),
+        "{}",
+        log.stdout
+    );
+    assert!(
+        log.stdout.contains("traffic: 50% to 1.1.0"),
+        "{}",
+        log.stdout
+    );
+    assert_eq!(
+        g.running_instances(),
+        ["production-d2-1", "production-d2-2"]
+    );
+}
