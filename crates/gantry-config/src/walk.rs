@@ -446,50 +446,48 @@ fn required_table<T>(
 fn decode_analysis(w: &mut Walker<'_>, v: &Val<'_>) -> Option<AnalysisPolicy> {
     let t = w.table(v, "analysis")?;
     w.check_keys(t, "analysis", ANALYSIS_KEYS);
+    // Rule thresholds: a number in range, or false to turn the rule off.
+    type Field = fn(&mut AnalysisPolicy) -> &mut Option<f64>;
+    let thresholds: [(&str, f64, f64, Field); 6] = [
+        ("max_error_rate", 0.0, 1.0, |p| &mut p.max_error_rate),
+        ("max_error_rate_increase", 0.0, 1.0, |p| {
+            &mut p.max_error_rate_increase
+        }),
+        ("max_error_rate_ratio", 1.0, 1000.0, |p| {
+            &mut p.max_error_rate_ratio
+        }),
+        ("max_p99_factor", 1.0, 1000.0, |p| &mut p.max_p99_factor),
+        ("max_p50_factor", 1.0, 1000.0, |p| &mut p.max_p50_factor),
+        ("compare_slow_factor", 1.0, 1000.0, |p| {
+            &mut p.compare_slow_factor
+        }),
+    ];
     let mut p = AnalysisPolicy::default();
     let mut ok = true;
     for (key, value) in t.iter() {
         let key: &str = key.get_ref();
         let path = join("analysis", key);
-        let good = match key {
-            "alpha" => w
-                .number(value, &path, 1e-9, 0.5)
-                .map(|n| p.alpha = n)
-                .is_some(),
-            "min_requests" => w
-                .count(value, &path, 1, 1_000_000)
-                .map(|n| p.min_requests = n as u64)
-                .is_some(),
-            "max_error_rate" => w
-                .threshold(value, &path, 0.0, 1.0)
-                .map(|n| p.max_error_rate = n)
-                .is_some(),
-            "max_error_rate_increase" => w
-                .threshold(value, &path, 0.0, 1.0)
-                .map(|n| p.max_error_rate_increase = n)
-                .is_some(),
-            "max_error_rate_ratio" => w
-                .threshold(value, &path, 1.0, 1000.0)
-                .map(|n| p.max_error_rate_ratio = n)
-                .is_some(),
-            "max_p99_factor" => w
-                .threshold(value, &path, 1.0, 1000.0)
-                .map(|n| p.max_p99_factor = n)
-                .is_some(),
-            "max_p50_factor" => w
-                .threshold(value, &path, 1.0, 1000.0)
-                .map(|n| p.max_p50_factor = n)
-                .is_some(),
-            "compare_errors" => w.bool(value, &path).map(|b| p.compare_errors = b).is_some(),
-            "compare_slow_factor" => w
-                .threshold(value, &path, 1.0, 1000.0)
-                .map(|n| p.compare_slow_factor = n)
-                .is_some(),
-            "promotion_margin" => w
-                .number(value, &path, 0.0, 10.0)
-                .map(|n| p.promotion_margin = n)
-                .is_some(),
-            _ => true, // reported by check_keys
+        let good = if let Some((_, min, max, field)) = thresholds.iter().find(|(k, ..)| *k == key) {
+            w.threshold(value, &path, *min, *max)
+                .map(|n| *field(&mut p) = n)
+                .is_some()
+        } else {
+            match key {
+                "alpha" => w
+                    .number(value, &path, 1e-9, 0.5)
+                    .map(|n| p.alpha = n)
+                    .is_some(),
+                "min_requests" => w
+                    .count(value, &path, 1, 1_000_000)
+                    .map(|n| p.min_requests = n as u64)
+                    .is_some(),
+                "compare_errors" => w.bool(value, &path).map(|b| p.compare_errors = b).is_some(),
+                "promotion_margin" => w
+                    .number(value, &path, 0.0, 10.0)
+                    .map(|n| p.promotion_margin = n)
+                    .is_some(),
+                _ => true, // reported by check_keys
+            }
         };
         ok &= good;
     }

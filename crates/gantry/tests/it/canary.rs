@@ -53,14 +53,16 @@ impl Load {
     }
 }
 
-fn setup(third: &str) -> (Gantry, Load) {
-    let g = Gantry::start_with_tail("300ms", CANARY);
+/// Production as a canary environment (`tail`), 1.0.0 serving it under load
+/// long enough for a baseline, and `releases` registered beside 1.0.0.
+fn setup(tail: &str, releases: &[(&str, &str)]) -> (Gantry, Load) {
+    let g = Gantry::start_with_tail("300ms", tail);
     g.register("1.0.0", "");
-    g.register("1.1.0", "");
-    g.register("1.2.0", third);
+    for (version, settings) in releases {
+        g.register(version, settings);
+    }
     g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
     let load = Load::start(g.port("production"));
-    // Some stable traffic first, for the health baseline.
     wait_until("stable traffic", Duration::from_secs(10), || {
         load.ok.load(Ordering::Relaxed) > 200
     });
@@ -69,7 +71,7 @@ fn setup(third: &str) -> (Gantry, Load) {
 
 #[test]
 fn a_healthy_canary_is_promoted_step_by_step_without_failed_requests() {
-    let (g, load) = setup("");
+    let (g, load) = setup(CANARY, &[("1.1.0", "")]);
     let run = g.gantry(&["deploy", "1.1.0", "--env", "production"]).ok();
     let (ok, failed) = load.finish();
     for line in [
@@ -103,7 +105,7 @@ fn a_healthy_canary_is_promoted_step_by_step_without_failed_requests() {
 #[test]
 fn an_error_regression_in_the_canary_is_caught_and_rolled_back() {
     // 1.2.0 fails one request in ten.
-    let (g, load) = setup("\"error_rate\": 0.1");
+    let (g, load) = setup(CANARY, &[("1.2.0", "\"error_rate\": 0.1")]);
     let run = g.gantry(&["deploy", "1.2.0", "--env", "production"]);
     let (_, failed) = load.finish();
     run.fails_with(3, "rolled_back");
@@ -140,14 +142,7 @@ fn a_step_held_for_promotion_waits_for_gantry_promote() {
         r#"{ weight = 50, pause = "2s" }"#,
         r#"{ weight = 50, pause = "until-promoted" }"#,
     );
-    let g = Gantry::start_with_tail("300ms", &tail);
-    g.register("1.0.0", "");
-    g.register("1.1.0", "");
-    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
-    let load = Load::start(g.port("production"));
-    wait_until("stable traffic", Duration::from_secs(10), || {
-        load.ok.load(Ordering::Relaxed) > 200
-    });
+    let (g, load) = setup(&tail, &[("1.1.0", "")]);
     let id = deploy_id(
         &g.gantry(&["deploy", "1.1.0", "--env", "production", "--detach"])
             .ok(),
@@ -186,14 +181,7 @@ fn a_controller_killed_mid_canary_resumes_and_no_user_request_fails() {
         r#"pause = "2s" }, { weight = 50"#,
         r#"pause = "4s" }, { weight = 50"#,
     );
-    let mut g = Gantry::start_with_tail("300ms", &tail);
-    g.register("1.0.0", "");
-    g.register("1.1.0", "");
-    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
-    let load = Load::start(g.port("production"));
-    wait_until("stable traffic", Duration::from_secs(10), || {
-        load.ok.load(Ordering::Relaxed) > 200
-    });
+    let (mut g, load) = setup(&tail, &[("1.1.0", "")]);
     let id = deploy_id(
         &g.gantry(&["deploy", "1.1.0", "--env", "production", "--detach"])
             .ok(),
