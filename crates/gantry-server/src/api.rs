@@ -314,51 +314,71 @@ async fn deployment_log(
     Ok(Json(json!({"deployment": d, "log": log})).into_response())
 }
 
+/// A person's request to a running deployment, answered 202 with what was asked.
+fn act(
+    s: &AppState,
+    id: DeploymentId,
+    event: gantry_core::Event,
+    what: &str,
+) -> ApiResult<Response> {
+    s.controller.request(id, event)?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ what: id }))).into_response())
+}
+
 async fn abort_deployment(
     State(s): State<AppState>,
     Path(id): Path<DeploymentId>,
 ) -> ApiResult<Response> {
-    s.controller.abort(id, ACTOR)?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"aborting": id}))).into_response())
+    act(
+        &s,
+        id,
+        gantry_core::Event::AbortRequested {
+            by: ACTOR.to_owned(),
+        },
+        "aborting",
+    )
 }
 
 async fn promote_deployment(
     State(s): State<AppState>,
     Path(id): Path<DeploymentId>,
 ) -> ApiResult<Response> {
-    s.controller.request(
+    act(
+        &s,
         id,
         gantry_core::Event::PromoteRequested {
             by: ACTOR.to_owned(),
         },
-    )?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"promoting": id}))).into_response())
+        "promoting",
+    )
 }
 
 async fn pause_deployment(
     State(s): State<AppState>,
     Path(id): Path<DeploymentId>,
 ) -> ApiResult<Response> {
-    s.controller.request(
+    act(
+        &s,
         id,
         gantry_core::Event::PauseRequested {
             by: ACTOR.to_owned(),
         },
-    )?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"pausing": id}))).into_response())
+        "pausing",
+    )
 }
 
 async fn resume_deployment(
     State(s): State<AppState>,
     Path(id): Path<DeploymentId>,
 ) -> ApiResult<Response> {
-    s.controller.request(
+    act(
+        &s,
         id,
         gantry_core::Event::ResumeRequested {
             by: ACTOR.to_owned(),
         },
-    )?;
-    Ok((StatusCode::ACCEPTED, Json(json!({"resuming": id}))).into_response())
+        "resuming",
+    )
 }
 
 async fn status(State(s): State<AppState>) -> ApiResult<Response> {

@@ -386,10 +386,6 @@ impl Controller {
         Ok(d)
     }
 
-    pub fn abort(&self, id: DeploymentId, by: &str) -> Result<(), ControlError> {
-        self.request(id, Event::AbortRequested { by: by.to_owned() })
-    }
-
     /// Starts driving a deployment in the background, beginning with `first`
     /// (`Created` for a new one, `Resumed` after a restart).
     pub fn launch(self: &Arc<Self>, d: Deployment, first: Event) {
