@@ -85,6 +85,17 @@ pub struct AdminInfo {
     pub listen: SocketAddr,
 }
 
+/// Parses `120,60.5` (milliseconds, comma-separated) as asked of `/stats?above_ms=`.
+pub fn parse_latency_limits(list: &str) -> Result<Vec<f64>, String> {
+    list.split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| match s.parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+            _ => Err(format!("above_ms: {s:?} is not a number of milliseconds")),
+        })
+        .collect()
+}
+
 pub const CONFIG_FILE: &str = "routing.json";
 pub const ADMIN_FILE: &str = "admin.json";
 

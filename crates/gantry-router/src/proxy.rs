@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -330,7 +331,7 @@ async fn admin(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let authorized = req
         .headers()
         .get(AUTHORIZATION)
-        .is_some_and(|v| constant_time_eq(v.as_bytes(), expected.as_bytes()));
+        .is_some_and(|v| bool::from(v.as_bytes().ct_eq(expected.as_bytes())));
     if !authorized {
         return text(StatusCode::UNAUTHORIZED, "missing or wrong admin token\n");
     }
@@ -366,24 +367,12 @@ async fn admin(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
 
 /// `above_ms=120,60.5` → [120.0, 60.5].
 fn parse_limits(query: Option<&str>) -> Result<Vec<f64>, String> {
-    let Some(list) = query
+    let list = query
         .into_iter()
         .flat_map(|q| q.split('&'))
         .find_map(|kv| kv.strip_prefix("above_ms="))
-    else {
-        return Ok(Vec::new());
-    };
-    list.split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| match s.parse::<f64>() {
-            Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-            _ => Err(format!("above_ms: {s:?} is not a number of milliseconds\n")),
-        })
-        .collect()
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        .unwrap_or("");
+    crate::parse_latency_limits(list).map_err(|e| format!("{e}\n"))
 }
 
 async fn accept_loop<F, Fut>(listener: TcpListener, state: Arc<State>, handler: F)

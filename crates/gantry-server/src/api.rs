@@ -9,10 +9,11 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use gantry_core::{DeploymentId, EnvName};
+use gantry_core::DeploymentId;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
+use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
 #[derive(Clone)]
@@ -103,10 +104,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/deployments/{id}", get(show_deployment))
         .route("/deployments/{id}/log", get(deployment_log))
-        .route("/deployments/{id}/abort", post(abort_deployment))
-        .route("/deployments/{id}/promote", post(promote_deployment))
-        .route("/deployments/{id}/pause", post(pause_deployment))
-        .route("/deployments/{id}/resume", post(resume_deployment))
+        .route("/deployments/{id}/{action}", post(act_on_deployment))
         .route("/rollbacks", post(create_rollback))
         .route("/status", get(status))
         .route("/traffic", get(traffic))
@@ -129,7 +127,7 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        Some(t) if constant_time_eq(t.as_bytes(), state.token.as_bytes()) => next.run(req).await,
+        Some(t) if bool::from(t.as_bytes().ct_eq(state.token.as_bytes())) => next.run(req).await,
         Some(_) => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -143,10 +141,6 @@ async fn require_token(State(state): State<AppState>, req: Request, next: Next) 
         )
         .into_response(),
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The acting identity. One admin token for now; users and roles come with governance.
@@ -268,22 +262,10 @@ async fn list_deployments(
     State(s): State<AppState>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Response> {
-    let env =
-        match &q.env {
-            Some(e) => {
-                if s.controller.config.environment(e).is_none() {
-                    return Err(ControlError::NotFound(format!(
-                        "environment {e:?} is not defined; known: {}",
-                        s.controller.config.environment_names().join(", ")
-                    ))
-                    .into());
-                }
-                Some(e.parse::<EnvName>().map_err(|e| {
-                    ApiError::new(StatusCode::BAD_REQUEST, "invalid", e.to_string())
-                })?)
-            }
-            None => None,
-        };
+    let env = match &q.env {
+        Some(e) => Some(s.controller.env(e)?.name.clone()),
+        None => None,
+    };
     let limit = q.limit.unwrap_or(50).min(1000);
     Ok(Json(s.controller.store.deployments(env.as_ref(), limit)?).into_response())
 }
@@ -314,71 +296,30 @@ async fn deployment_log(
     Ok(Json(json!({"deployment": d, "log": log})).into_response())
 }
 
-/// A person's request to a running deployment, answered 202 with what was asked.
-fn act(
-    s: &AppState,
-    id: DeploymentId,
-    event: gantry_core::Event,
-    what: &str,
+/// A person's request to a running deployment (`abort`, `promote`, `pause`,
+/// `resume`), answered 202 with what was asked.
+async fn act_on_deployment(
+    State(s): State<AppState>,
+    Path((id, action)): Path<(DeploymentId, String)>,
 ) -> ApiResult<Response> {
+    let by = ACTOR.to_owned();
+    let (event, doing) = match action.as_str() {
+        "abort" => (gantry_core::Event::AbortRequested { by }, "aborting"),
+        "promote" => (gantry_core::Event::PromoteRequested { by }, "promoting"),
+        "pause" => (gantry_core::Event::PauseRequested { by }, "pausing"),
+        "resume" => (gantry_core::Event::ResumeRequested { by }, "resuming"),
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!(
+                    "no action {other:?} on a deployment; known: abort, promote, pause, resume"
+                ),
+            ))
+        }
+    };
     s.controller.request(id, event)?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ what: id }))).into_response())
-}
-
-async fn abort_deployment(
-    State(s): State<AppState>,
-    Path(id): Path<DeploymentId>,
-) -> ApiResult<Response> {
-    act(
-        &s,
-        id,
-        gantry_core::Event::AbortRequested {
-            by: ACTOR.to_owned(),
-        },
-        "aborting",
-    )
-}
-
-async fn promote_deployment(
-    State(s): State<AppState>,
-    Path(id): Path<DeploymentId>,
-) -> ApiResult<Response> {
-    act(
-        &s,
-        id,
-        gantry_core::Event::PromoteRequested {
-            by: ACTOR.to_owned(),
-        },
-        "promoting",
-    )
-}
-
-async fn pause_deployment(
-    State(s): State<AppState>,
-    Path(id): Path<DeploymentId>,
-) -> ApiResult<Response> {
-    act(
-        &s,
-        id,
-        gantry_core::Event::PauseRequested {
-            by: ACTOR.to_owned(),
-        },
-        "pausing",
-    )
-}
-
-async fn resume_deployment(
-    State(s): State<AppState>,
-    Path(id): Path<DeploymentId>,
-) -> ApiResult<Response> {
-    act(
-        &s,
-        id,
-        gantry_core::Event::ResumeRequested {
-            by: ACTOR.to_owned(),
-        },
-        "resuming",
-    )
+    Ok((StatusCode::ACCEPTED, Json(json!({ doing: id }))).into_response())
 }
 
 async fn status(State(s): State<AppState>) -> ApiResult<Response> {
@@ -435,36 +376,9 @@ struct TrafficQuery {
 
 /// What each release pool of an environment served, from its router.
 async fn traffic(State(s): State<AppState>, Query(q): Query<TrafficQuery>) -> ApiResult<Response> {
-    let env = s.controller.config.environment(&q.env).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!(
-                "environment {:?} is not defined; known: {}",
-                q.env,
-                s.controller.config.environment_names().join(", ")
-            ),
-        )
-    })?;
-    let mut limits = Vec::new();
-    for part in q
-        .above_ms
-        .as_deref()
-        .unwrap_or("")
-        .split(',')
-        .filter(|p| !p.is_empty())
-    {
-        match part.parse::<f64>() {
-            Ok(v) if v.is_finite() && v >= 0.0 => limits.push(v),
-            _ => {
-                return Err(ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid",
-                    format!("above_ms: {part:?} is not a number of milliseconds"),
-                ))
-            }
-        }
-    }
+    let env = s.controller.env(&q.env)?;
+    let limits = gantry_router::parse_latency_limits(q.above_ms.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e))?;
     let stats = s
         .controller
         .metrics

@@ -132,7 +132,8 @@ impl Controller {
         })
     }
 
-    fn env(&self, name: &str) -> Result<&Environment, ControlError> {
+    /// The environment named `name`, or an error naming the known ones.
+    pub fn env(&self, name: &str) -> Result<&Environment, ControlError> {
         self.config.environment(name).ok_or_else(|| {
             ControlError::NotFound(format!(
                 "environment {name:?} is not defined; known: {}",

@@ -71,7 +71,7 @@ pub struct Baseline {
 }
 
 /// Latency limits derived from the baseline; the runtime counts requests above each.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct LatencyLimits {
     pub p99_ms: Option<f64>,
     pub p50_ms: Option<f64>,

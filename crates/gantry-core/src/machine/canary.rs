@@ -300,23 +300,16 @@ fn advance(t: &mut Transition, now: Millis) {
     emit_phase_effects(t, now);
 }
 
+/// The next look at the metrics, one interval from now.
 fn schedule(t: &mut Transition, now: Millis) {
     let at = now + settings(&t.deployment).interval_ms as Millis;
-    let limits = state(t).limits.unwrap_or(LatencyLimits {
-        p99_ms: None,
-        p50_ms: None,
-        compare_ms: None,
-    });
-    t.effects.push(Effect::ObserveMetrics { limits, at });
+    observe(t, at);
 }
 
-fn observe(t: &mut Transition, now: Millis) {
-    let limits = state(t).limits.unwrap_or(LatencyLimits {
-        p99_ms: None,
-        p50_ms: None,
-        compare_ms: None,
-    });
-    t.effects.push(Effect::ObserveMetrics { limits, at: now });
+/// A look at both pools' counts at `at`.
+fn observe(t: &mut Transition, at: Millis) {
+    let limits = state(t).limits.unwrap_or_default();
+    t.effects.push(Effect::ObserveMetrics { limits, at });
 }
 
 fn probe_all(t: &mut Transition, now: Millis) {

@@ -60,6 +60,19 @@ fn malformed_requests_get_clear_errors() {
     let (status, body) = http(&url, "POST", "/api/v1/deployments", Some(&t), "{not json");
     assert_eq!(status, 422, "{body}");
     assert!(body.contains("\"code\":\"invalid_body\""), "{body}");
+    let (status, body) = http(
+        &url,
+        "POST",
+        "/api/v1/deployments/1/explode",
+        Some(&t),
+        "{}",
+    );
+    assert_eq!(status, 404, "{body}");
+    let message: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        message["error"]["message"],
+        "no action \"explode\" on a deployment; known: abort, promote, pause, resume"
+    );
     let (status, body) = http(&url, "GET", "/api/v1/nope", Some(&t), "");
     assert_eq!(status, 404);
     assert!(body.contains("\"code\":\"not_found\""), "{body}");

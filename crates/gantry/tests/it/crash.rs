@@ -133,7 +133,7 @@ fn a_restarted_controller_adopts_running_instances_and_restarts_dead_ones() {
     let mut g = Gantry::start();
     g.register("1.0.0", "");
     g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
-    let pids_before = instance_pids(&g);
+    let pids_before = g.instance_processes();
     assert_eq!(pids_before.len(), 2);
     g.kill_server();
     // While the controller is down one instance dies.
@@ -159,7 +159,7 @@ fn a_restarted_controller_adopts_running_instances_and_restarts_dead_ones() {
         Duration::from_secs(10),
         || g.running_instances().len() == 2,
     );
-    let pids_after = instance_pids(&g);
+    let pids_after = g.instance_processes();
     assert_eq!(
         pids_after[1], pids_before[1],
         "the live instance was adopted, not replaced"
@@ -169,29 +169,4 @@ fn a_restarted_controller_adopts_running_instances_and_restarts_dead_ones() {
         "the dead one runs again under its id"
     );
     assert_eq!(pids_after[0].0, victim);
-}
-
-fn instance_pids(g: &Gantry) -> Vec<(String, u32)> {
-    let data = g.data().canonicalize().unwrap().display().to_string();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(env) = std::fs::read(e.path().join("environ")) else {
-            continue;
-        };
-        let env = String::from_utf8_lossy(&env).into_owned();
-        if !env.contains(&format!("GANTRY_DATA_DIR={data}\0")) {
-            continue;
-        }
-        if let Some(id) = env
-            .split('\0')
-            .find_map(|v| v.strip_prefix("GANTRY_INSTANCE_ID="))
-        {
-            out.push((id.to_owned(), pid));
-        }
-    }
-    out.sort();
-    out
 }

@@ -277,24 +277,13 @@ fn a_resolved_secret_is_given_to_the_instance_and_nowhere_else() {
     g.register("1.0.0", "");
     g.gantry(&["deploy", "1.0.0", "--env", "development"]).ok();
     // The instance has it.
-    let data = format!(
-        "GANTRY_DATA_DIR={}\0",
-        g.data().canonicalize().unwrap().display()
-    );
-    let pid = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .find(|e| {
-            std::fs::read(e.path().join("environ"))
-                .map(|env| {
-                    let env = String::from_utf8_lossy(&env);
-                    env.contains("GANTRY_INSTANCE_ID=development-d1-1\0") && env.contains(&data)
-                })
-                .unwrap_or(false)
-        })
+    let (_, pid) = g
+        .instance_processes()
+        .into_iter()
+        .find(|(id, _)| id == "development-d1-1")
         .expect("instance process");
-    let environ =
-        String::from_utf8_lossy(&std::fs::read(pid.path().join("environ")).unwrap()).into_owned();
+    let environ = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap())
+        .into_owned();
     assert!(environ.contains(&format!("SAMPLE_SECRET={secret}")));
     // The store, the artifacts, the logs and the API do not.
     for entry in walk(&g.data()) {

@@ -313,17 +313,27 @@ impl Gantry {
 
     /// Instances of this controller running on the machine, from /proc.
     pub fn running_instances(&self) -> Vec<String> {
-        let data = self.data().canonicalize().unwrap().display().to_string();
+        self.instance_processes()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// (instance id, pid) of this controller's instances, sorted by id.
+    pub fn instance_processes(&self) -> Vec<(String, u32)> {
+        let data = format!(
+            "GANTRY_DATA_DIR={}",
+            self.data().canonicalize().unwrap().display()
+        );
         let mut out = Vec::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            if entry
+            let Some(pid) = entry
                 .file_name()
                 .to_str()
                 .and_then(|s| s.parse::<u32>().ok())
-                .is_none()
-            {
+            else {
                 continue;
-            }
+            };
             let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
                 continue;
             };
@@ -331,12 +341,12 @@ impl Gantry {
                 .split(|b| *b == 0)
                 .map(|v| String::from_utf8_lossy(v).into_owned())
                 .collect();
-            if vars.iter().any(|v| *v == format!("GANTRY_DATA_DIR={data}")) {
+            if vars.contains(&data) {
                 if let Some(id) = vars
                     .iter()
                     .find_map(|v| v.strip_prefix("GANTRY_INSTANCE_ID="))
                 {
-                    out.push(id.to_owned());
+                    out.push((id.to_owned(), pid));
                 }
             }
         }
