@@ -95,11 +95,40 @@ pub enum Strategy {
     BlueGreen,
     /// Shift traffic in steps, judging the new release live at each.
     Canary(Canary),
+    /// Replace instances in batches, each healthy before the next.
+    Rolling(Rolling),
 }
 
 impl Strategy {
-    pub const NAMES: &[&str] = &["blue-green", "canary"];
+    pub const NAMES: &[&str] = &["blue-green", "canary", "rolling"];
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rolling {
+    pub max_surge: u32,
+    pub max_unavailable: u32,
+}
+
+impl Rolling {
+    /// One extra instance at a time, none out of service.
+    pub fn standard() -> Rolling {
+        Rolling {
+            max_surge: 1,
+            max_unavailable: 0,
+        }
+    }
+}
+
+/// How the router keeps one user on one release during a rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sticky {
+    /// A cookie of this name, set by the router on a user's first answer.
+    Cookie(String),
+    /// A header of this name (lowercase) that clients send, e.g. a user id.
+    Header(String),
+}
+
+pub use gantry_core::machine::{SmokeCheck, SmokeProbe, SmokeSettings};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Canary {
@@ -136,7 +165,7 @@ impl Canary {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Environment {
     pub name: EnvName,
     /// The public address the environment's router listens on.
@@ -147,6 +176,9 @@ pub struct Environment {
     pub require_signature: bool,
     pub env: BTreeMap<String, String>,
     pub secrets: BTreeMap<String, SecretRef>,
+    /// Checks run against new instances before they take traffic.
+    pub smoke: Option<SmokeSettings>,
+    pub sticky: Option<Sticky>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -110,6 +110,15 @@ struct EnvironmentSection {
     /// Steps of a canary rollout (with strategy = "canary"); default 10% → 50% → 100%, 2 minutes a step.
     #[serde(default)]
     canary: Option<CanarySection>,
+    /// Batches of a rolling update (with strategy = "rolling"); default max_surge 1, max_unavailable 0.
+    #[serde(default)]
+    rolling: Option<RollingSection>,
+    /// Checks run against each new instance before it takes traffic.
+    #[serde(default)]
+    smoke: Option<SmokeSection>,
+    /// Keep a user on one release during a rollout. Exactly one of `cookie` or `header`.
+    #[serde(default)]
+    sticky: Option<StickySection>,
 }
 
 #[derive(JsonSchema)]
@@ -117,6 +126,84 @@ struct EnvironmentSection {
 enum StrategyName {
     BlueGreen,
     Canary,
+    Rolling,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RollingSection {
+    /// Instances that may run above `instances` during the update (default 1).
+    #[serde(default)]
+    max_surge: Option<u32>,
+    /// Instances that may be out of service below `instances` (default 0).
+    #[serde(default)]
+    max_unavailable: Option<u32>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct SmokeSection {
+    /// The whole suite's time limit (default 5m).
+    #[serde(default)]
+    timeout: Option<String>,
+    /// Failed non-critical checks, as a share, above which the rollout pauses for a decision (default 0.1).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1))]
+    max_noncritical_failure_ratio: Option<f64>,
+    checks: Vec<CheckSection>,
+}
+
+/// One check: exactly one of `path` (HTTP) or `command`.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct CheckSection {
+    /// Unique within the environment.
+    name: String,
+    /// A failure rolls back at once (default true).
+    #[serde(default)]
+    critical: Option<bool>,
+    /// One attempt's time limit (default 10s).
+    #[serde(default)]
+    timeout: Option<String>,
+    /// HTTP method (default GET).
+    #[serde(default)]
+    method: Option<String>,
+    /// Request path on the instance, starting with '/'.
+    #[serde(default)]
+    path: Option<String>,
+    /// Expected HTTP status (default 200).
+    #[serde(default)]
+    #[schemars(range(min = 100, max = 599))]
+    expect_status: Option<u16>,
+    /// Text the body must contain.
+    #[serde(default)]
+    body_contains: Option<String>,
+    /// A JSON field of the body and the value it must equal.
+    #[serde(default)]
+    json: Option<JsonCheckSection>,
+    /// A program and its arguments, run without a shell with GANTRY_SMOKE_URL set; exit 0 passes.
+    #[serde(default)]
+    command: Option<Vec<String>>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct JsonCheckSection {
+    /// RFC 6901 pointer, e.g. "/status".
+    pointer: String,
+    /// The value the field must equal.
+    equals: serde_json::Value,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct StickySection {
+    /// Cookie the router sets on a user's first answer and reads after.
+    #[serde(default)]
+    cookie: Option<String>,
+    /// Header clients send (e.g. a user id).
+    #[serde(default)]
+    header: Option<String>,
 }
 
 #[derive(JsonSchema)]

@@ -40,7 +40,7 @@ failure_threshold = 0
 [environments.production]
 listen = "localhost"
 instances = "two"
-strategy = "rolling"
+strategy = "linear"
 "#;
     let errors = errors_of(src);
     insta::assert_snapshot!(errors.join("\n"));
@@ -141,6 +141,14 @@ fn schema_and_decoder_know_the_same_keys() {
     assert_eq!(props(&defs["CanarySection"]), sorted(walk::CANARY_KEYS));
     assert_eq!(props(&defs["StepSection"]), sorted(walk::STEP_KEYS));
     assert_eq!(props(&defs["AnalysisSection"]), sorted(walk::ANALYSIS_KEYS));
+    assert_eq!(props(&defs["RollingSection"]), sorted(walk::ROLLING_KEYS));
+    assert_eq!(props(&defs["SmokeSection"]), sorted(walk::SMOKE_KEYS));
+    assert_eq!(props(&defs["CheckSection"]), sorted(walk::CHECK_KEYS));
+    assert_eq!(
+        props(&defs["JsonCheckSection"]),
+        sorted(walk::JSON_CHECK_KEYS)
+    );
+    assert_eq!(props(&defs["StickySection"]), sorted(walk::STICKY_KEYS));
 }
 
 #[test]
@@ -234,5 +242,138 @@ fn a_canary_config_becomes_steps_and_rules() {
     assert_eq!(
         config.environment("staging").unwrap().strategy,
         Strategy::Canary(Canary::standard())
+    );
+}
+
+const BASE: &str = r#"
+[service]
+name = "hello"
+command = "bin/hello"
+
+[health]
+path = "/healthz"
+
+[environments.production]
+listen = "127.0.0.1:8080"
+instances = 3
+"#;
+
+#[test]
+fn rolling_smoke_and_sticky_settings_are_decoded() {
+    let src = format!(
+        r#"{BASE}strategy = "rolling"
+rolling = {{ max_surge = 2 }}
+sticky = {{ header = "X-User" }}
+
+[environments.production.smoke]
+timeout = "1m"
+
+[[environments.production.smoke.checks]]
+name = "home"
+path = "/"
+body_contains = "hello"
+
+[[environments.production.smoke.checks]]
+name = "status"
+path = "/status.json"
+critical = false
+json = {{ pointer = "/ok", equals = true }}
+
+[[environments.production.smoke.checks]]
+name = "script"
+command = ["./smoke.sh", "--quick"]
+timeout = "30s"
+"#
+    );
+    let loaded = parse("gantry.toml", &src).expect("valid");
+    let prod = loaded.config.environment("production").unwrap();
+    assert_eq!(
+        prod.strategy,
+        Strategy::Rolling(Rolling {
+            max_surge: 2,
+            max_unavailable: 0
+        })
+    );
+    assert_eq!(prod.sticky, Some(Sticky::Header("x-user".into())));
+    let smoke = prod.smoke.as_ref().unwrap();
+    assert_eq!(smoke.timeout_ms, 60_000);
+    assert_eq!(smoke.checks.len(), 3);
+    assert!(smoke.checks[0].critical);
+    assert!(!smoke.checks[1].critical);
+    match &smoke.checks[1].probe {
+        SmokeProbe::Http {
+            json_pointer,
+            json_equals,
+            expect_status,
+            method,
+            ..
+        } => {
+            assert_eq!(json_pointer.as_deref(), Some("/ok"));
+            assert_eq!(json_equals.as_deref(), Some("true"));
+            assert_eq!((*expect_status, method.as_str()), (200, "GET"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        smoke.checks[2].probe,
+        SmokeProbe::Command {
+            argv: vec!["./smoke.sh".into(), "--quick".into()]
+        }
+    );
+    assert_eq!(smoke.checks[2].timeout_ms, 30_000);
+}
+
+#[test]
+fn bad_rolling_smoke_and_sticky_settings_are_refused() {
+    let src = format!(
+        r#"{BASE}strategy = "rolling"
+rolling = {{ max_surge = 0, max_unavailable = 0 }}
+sticky = {{ cookie = "a b", header = "x" }}
+
+[environments.production.smoke]
+timeout = "soon"
+
+[[environments.production.smoke.checks]]
+name = "home"
+path = "home"
+method = "FETCH"
+expect_status = 700
+
+[[environments.production.smoke.checks]]
+name = "home"
+command = []
+body_contains = "x"
+
+[[environments.production.smoke.checks]]
+name = "both"
+path = "/"
+command = ["true"]
+json = {{ pointer = "status" }}
+"#
+    );
+    let errors = errors_of(&src);
+    let want = [
+        "environments.production.rolling: max_surge and max_unavailable are both 0",
+        "environments.production.sticky: set exactly one of cookie",
+        "environments.production.smoke.timeout: \"soon\" is not a duration",
+        "environments.production.smoke.checks[0].path: \"home\" is not a request path",
+        "environments.production.smoke.checks[0].method: unknown method \"FETCH\"",
+        "environments.production.smoke.checks[0].expect_status: expected an integer from 100 to 599",
+        "environments.production.smoke.checks[1].body_contains: body_contains applies to HTTP checks",
+        "environments.production.smoke.checks[1].command: expected a program and its arguments",
+        "environments.production.smoke.checks[2]: set exactly one of path",
+    ];
+    for w in want {
+        assert!(
+            errors.iter().any(|e| e.contains(w)),
+            "missing {w:?} in {errors:#?}"
+        );
+    }
+    // Settings for another strategy are a mistake, not silently ignored.
+    let src = format!("{BASE}strategy = \"canary\"\nrolling = {{ max_surge = 1 }}\n");
+    let errors = errors_of(&src);
+    assert!(
+        errors[0].contains("rolling settings are set but the strategy is not \"rolling\""),
+        "{errors:?}"
     );
 }

@@ -2,6 +2,10 @@
 
 use crate::*;
 use std::ops::Range;
+
+mod rollout;
+#[cfg(test)]
+pub(crate) use rollout::{CHECK_KEYS, JSON_CHECK_KEYS, ROLLING_KEYS, SMOKE_KEYS, STICKY_KEYS};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
@@ -24,6 +28,9 @@ pub(crate) const ENV_KEYS: &[&str] = &[
     "env",
     "secrets",
     "canary",
+    "rolling",
+    "smoke",
+    "sticky",
 ];
 pub(crate) const SECRET_KEYS: &[&str] = &["env", "file"];
 pub(crate) const CANARY_KEYS: &[&str] = &["steps", "interval", "max_wait"];
@@ -784,16 +791,9 @@ fn decode_environment(
                     Some(c) => decode_canary(w, c, &join(path, "canary")).map(Strategy::Canary),
                     None => Some(Strategy::Canary(Canary::standard())),
                 },
-                Some(s @ "rolling") => {
-                    w.error(
-                        v.span(),
-                        &p,
-                        format!(
-                            "strategy {s:?} is not available yet; available: {}",
-                            Strategy::NAMES.join(", ")
-                        ),
-                    );
-                    None
+                Some("rolling") => {
+                    rollout::decode_rolling(w, t.get("rolling"), &join(path, "rolling"), instances)
+                        .map(Strategy::Rolling)
                 }
                 Some(s) => {
                     w.error(
@@ -811,13 +811,29 @@ fn decode_environment(
         }
         None => Some(Strategy::BlueGreen),
     };
-    if let (Some(c), Some(Strategy::BlueGreen)) = (t.get("canary"), &strategy) {
-        w.error(
-            c.span(),
-            &join(path, "canary"),
-            "canary steps are set but the strategy is \"blue-green\"; set strategy = \"canary\"",
-        );
+    for (key, wanted) in [("canary", "canary"), ("rolling", "rolling")] {
+        let mismatch = match &strategy {
+            Some(Strategy::Canary(_)) => wanted != "canary",
+            Some(Strategy::Rolling(_)) => wanted != "rolling",
+            Some(Strategy::BlueGreen) => true,
+            None => false,
+        };
+        if let (Some(c), true) = (t.get(key), mismatch) {
+            w.error(
+                c.span(),
+                &join(path, key),
+                format!("{key} settings are set but the strategy is not {wanted:?}; set strategy = {wanted:?}"),
+            );
+        }
     }
+    let smoke = match t.get("smoke") {
+        Some(sv) => rollout::decode_smoke(w, sv, &join(path, "smoke")).map(Some),
+        None => Some(None),
+    };
+    let sticky = match t.get("sticky") {
+        Some(sv) => rollout::decode_sticky(w, sv, &join(path, "sticky")).map(Some),
+        None => Some(None),
+    };
     let bake = optional_duration(w, t, &join(path, "bake"), "bake", 10_000);
     let require_signature = match t.get("require_signature") {
         Some(rv) => {
@@ -856,6 +872,8 @@ fn decode_environment(
             require_signature: require_signature?,
             env,
             secrets,
+            smoke: smoke?,
+            sticky: sticky?,
         },
     ))
 }

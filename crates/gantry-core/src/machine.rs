@@ -24,8 +24,12 @@ use crate::analysis::{Baseline, Counts, LatencyLimits};
 use crate::domain::{DeploymentId, EnvName, InstanceRef, Millis, Version};
 
 mod canary;
+mod rolling;
+mod smoke;
 pub use canary::{CanarySettings, CanaryState, CanaryStep, Pause};
+pub use rolling::{RollStage, RollingSettings, RollingState};
 use serde::{Deserialize, Serialize};
+pub use smoke::{SmokeCheck, SmokeProbe, SmokeResult, SmokeSettings, SmokeState};
 use std::collections::BTreeMap;
 
 /// How the health of new instances is judged.
@@ -54,6 +58,13 @@ pub struct DeploySettings {
     /// Used only when a previous release serves (there is nothing to compare with otherwise).
     #[serde(default)]
     pub canary: Option<CanarySettings>,
+    /// Replace instances in batches instead of starting a whole new pool.
+    /// Used only when a previous release serves.
+    #[serde(default)]
+    pub rolling: Option<RollingSettings>,
+    /// Checks run against the new instances before they take traffic.
+    #[serde(default)]
+    pub smoke: Option<SmokeSettings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,12 +82,16 @@ pub enum Phase {
     Preparing,
     Starting,
     Verifying,
+    /// Smoke checks on the new instances, which take no traffic yet.
+    Smoke,
     /// Canary: snapshotting the stable release's health before any traffic moves.
     Baselining,
     /// Canary: a share of traffic on the new release, judged live.
     Canary,
     Switching,
     Baking,
+    /// Rolling update: batches of old instances replaced by new ones.
+    Rolling,
     Draining,
     Succeeded,
     RollingBack,
@@ -95,6 +110,8 @@ impl Phase {
             Phase::Preparing => "preparing",
             Phase::Starting => "starting",
             Phase::Verifying => "verifying",
+            Phase::Smoke => "smoke",
+            Phase::Rolling => "rolling",
             Phase::Baselining => "baselining",
             Phase::Canary => "canary",
             Phase::Switching => "switching",
@@ -144,6 +161,12 @@ pub struct Deployment {
     /// Progress of a canary rollout.
     #[serde(default)]
     pub canary: Option<CanaryState>,
+    /// Progress of a rolling update.
+    #[serde(default)]
+    pub rolling: Option<RollingState>,
+    /// Results of the smoke checks.
+    #[serde(default)]
+    pub smoke: Option<SmokeState>,
 }
 
 impl Deployment {
@@ -179,6 +202,8 @@ impl Deployment {
             health: BTreeMap::new(),
             reason: None,
             canary: None,
+            rolling: None,
+            smoke: None,
         }
     }
 }
@@ -254,6 +279,15 @@ pub enum Event {
     ResumeRequested {
         by: String,
     },
+    /// Every smoke check ran against every new instance.
+    SmokeFinished {
+        results: Vec<SmokeResult>,
+    },
+    /// Rollback of a rolling update: the retired old instances run again.
+    InstancesRestored,
+    RestoreFailed {
+        reason: String,
+    },
 }
 
 /// Work for the runtime. Each is idempotent.
@@ -299,6 +333,16 @@ pub enum Effect {
     ObserveMetrics {
         limits: LatencyLimits,
         at: Millis,
+    },
+    /// Run the smoke checks against `instances`; answer with `SmokeFinished`.
+    RunSmoke {
+        instances: Vec<InstanceRef>,
+    },
+    /// Start these stopped instances of `version` again with their old
+    /// identities and ports, and wait until they answer healthy.
+    RestoreInstances {
+        version: Version,
+        instances: Vec<InstanceRef>,
     },
 }
 
@@ -348,6 +392,9 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
                 phase.as_str()
             ));
             emit_phase_effects(t, now);
+            if phase == Phase::Rolling {
+                rolling::reprobe_up(t, now);
+            }
         }
         (_, Event::AbortRequested { by }) => {
             let reason = format!("aborted by {by}");
@@ -363,7 +410,12 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
                 "release {} verified and unpacked",
                 t.deployment.version
             ));
-            enter(t, Phase::Starting, now);
+            let d = &t.deployment;
+            if d.settings.rolling.is_some() && !d.old_instances.is_empty() {
+                rolling::begin(t, now);
+            } else {
+                enter(t, Phase::Starting, now);
+            }
         }
         (Phase::Preparing, Event::PrepareFailed { reason }) => fail(t, reason.clone(), now),
 
@@ -416,6 +468,19 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
             }
         }
 
+        (Phase::Rolling, _) => rolling::on_event(t, event, now),
+        (Phase::Smoke, Event::SmokeFinished { results }) => {
+            let passed = smoke::judge(t, results, now) == smoke::SmokeOutcome::Pass;
+            go_on_after_smoke(t, passed, now);
+        }
+        (Phase::Smoke, Event::PromoteRequested { by }) => {
+            let released = smoke::release_hold(t, by);
+            go_on_after_smoke(t, released, now);
+        }
+        (Phase::Smoke, Event::Tick) => {
+            let since = t.deployment.phase_since;
+            smoke::check_deadline(t, since, now);
+        }
         (Phase::Baselining | Phase::Canary, _) if canary::handles(event) => {
             canary::on_event(t, event, now)
         }
@@ -455,6 +520,7 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
 
         (Phase::RollingBack, Event::TrafficRouted { to_new: false }) => {
             t.deployment.traffic_on_new = false;
+            rolling::on_rolled_back_traffic(t);
             match &t.deployment.previous_version {
                 Some(v) => t.log.push(format!("traffic returned to {v}")),
                 None => t
@@ -466,6 +532,12 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
         (Phase::RollingBack, Event::RouteFailed { reason }) => fail(
             t,
             format!("rollback could not restore routing: {reason}"),
+            now,
+        ),
+        (Phase::RollingBack, Event::InstancesRestored) => rolling::on_restored(t),
+        (Phase::RollingBack, Event::RestoreFailed { reason }) => fail(
+            t,
+            format!("rollback could not restart the previous instances: {reason}"),
             now,
         ),
         (Phase::RollingBack, Event::InstancesStopped) => {
@@ -480,7 +552,7 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
     }
 }
 
-fn on_health(t: &mut Transition, instance: &str, probe: &Probe, now: Millis) {
+pub(crate) fn on_health(t: &mut Transition, instance: &str, probe: &Probe, now: Millis) {
     let phase = t.deployment.phase;
     let settings = t.deployment.settings.health.clone();
     let Some(inst) = t
@@ -533,14 +605,14 @@ fn on_health(t: &mut Transition, instance: &str, probe: &Probe, now: Millis) {
     match phase {
         Phase::Verifying if t.deployment.health.values().all(|h| h.up) => {
             t.log.push("all new instances healthy".to_owned());
-            let d = &t.deployment;
-            let next = if d.settings.canary.is_some() && !d.old_instances.is_empty() {
-                Phase::Baselining
+            let next = if smoke::configured(t) {
+                Phase::Smoke
             } else {
-                Phase::Switching
+                after_verified(&t.deployment)
             };
             enter(t, next, now);
         }
+        Phase::Rolling => rolling::after_probe(t, inst, up, now),
         Phase::Verifying => {
             if !up {
                 t.effects.push(Effect::ProbeHealth {
@@ -553,6 +625,22 @@ fn on_health(t: &mut Transition, instance: &str, probe: &Probe, now: Millis) {
             instance: inst,
             at: now + settings.interval_ms as Millis,
         }),
+    }
+}
+
+fn go_on_after_smoke(t: &mut Transition, passed: bool, now: Millis) {
+    if passed {
+        let next = after_verified(&t.deployment);
+        enter(t, next, now);
+    }
+}
+
+/// Where a deployment goes once its new instances are healthy and smoke-checked.
+fn after_verified(d: &Deployment) -> Phase {
+    if d.settings.canary.is_some() && !d.old_instances.is_empty() {
+        Phase::Baselining
+    } else {
+        Phase::Switching
     }
 }
 
@@ -592,6 +680,10 @@ pub(crate) fn roll_back(t: &mut Transition, reason: String, now: Millis) {
 /// The effects a phase needs, derived from state alone so that a resumed
 /// deployment re-emits exactly what is still outstanding.
 fn emit_phase_effects(t: &mut Transition, now: Millis) {
+    let rollback_step = match t.deployment.phase {
+        Phase::RollingBack => rolling::rollback_effect(t),
+        _ => None,
+    };
     let d = &t.deployment;
     let effects = &mut t.effects;
     match d.phase {
@@ -615,6 +707,8 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
                 at: d.phase_since + d.settings.health.start_timeout_ms as Millis,
             });
         }
+        Phase::Smoke => smoke::emit(t, d.phase_since),
+        Phase::Rolling => rolling::emit_phase_effects(t, now),
         Phase::Baselining | Phase::Canary => canary::emit_phase_effects(t, now),
         Phase::Switching => effects.push(Effect::RouteTraffic {
             instances: d.new_instances.clone(),
@@ -645,7 +739,9 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
             });
         }
         Phase::RollingBack => {
-            if d.traffic_on_new {
+            if let Some(e) = rollback_step {
+                effects.push(e);
+            } else if d.traffic_on_new {
                 effects.push(Effect::RouteTraffic {
                     instances: d.old_instances.clone(),
                     to_new: false,

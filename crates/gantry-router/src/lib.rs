@@ -20,7 +20,23 @@ use std::path::Path;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Routing {
     pub generation: u64,
+    /// Oldest release first: with sticky assignment, the last pool takes
+    /// the top of the hash range, so a user on the newest release stays on
+    /// it while its weight grows.
     pub pools: Vec<Pool>,
+    #[serde(default)]
+    pub affinity: Option<Affinity>,
+}
+
+/// How one user keeps to one release: requests carrying the same key go to
+/// the same pool for as long as the weights do not move it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", content = "name", rename_all = "snake_case")]
+pub enum Affinity {
+    /// A cookie the router sets (a random id) on a user's first answer.
+    Cookie(String),
+    /// A header clients send, e.g. a user id. Requests without it are spread by weight.
+    Header(String),
 }
 
 /// The instances of one release, and the share of traffic they get.

@@ -4,8 +4,7 @@ use crate::*;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
 use hyper::body::{Body as _, Incoming};
-use hyper::header::{HeaderValue, AUTHORIZATION, CONNECTION, HOST};
-use hyper::server::conn::http1;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONNECTION, COOKIE, HOST, SET_COOKIE};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -187,14 +186,22 @@ impl State {
     }
 
     /// Picks a pool by weight and an upstream in it, round robin: indexes
-    /// into the returned snapshot, which the request keeps to its end.
-    fn pick(&self) -> Option<(Arc<Live>, usize, usize)> {
-        let live = self.live();
+    /// into the given snapshot, which the request keeps to its end. With a
+    /// sticky key the pool follows from the key's hash instead of the turn.
+    fn pick(&self, live: Arc<Live>, sticky: Option<u64>) -> Option<(Arc<Live>, usize, usize)> {
         if live.total_weight == 0 {
             return None;
         }
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut slot = n % live.total_weight;
+        let mut slot = match sticky {
+            // A point on a fixed scale, so it lands in the same pool while
+            // that pool's share of the total does not shrink.
+            Some(h) => {
+                ((h % STICKY_SCALE) as u128 * live.total_weight as u128 / STICKY_SCALE as u128)
+                    as u64
+            }
+            None => n % live.total_weight,
+        };
         let mut found = None;
         for (i, pool) in live.routing.pools.iter().enumerate() {
             if slot < pool.weight as u64 {
@@ -221,12 +228,78 @@ impl State {
 
 type UpstreamClient = Client<HttpConnector, Body>;
 
+const STICKY_SCALE: u64 = 1 << 32;
+
+/// FNV-1a with a final mix: a stable hash (the same in every router process
+/// and version), so a user's key maps to the same point after a restart.
+fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h
+}
+
+/// The value of cookie `name` in a request's Cookie headers.
+fn cookie_value<'h>(headers: &'h hyper::HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name && !v.is_empty()).then_some(v)
+        })
+}
+
+/// A new random session id for a sticky cookie.
+fn new_session_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{:016x}", h.finish())
+}
+
+/// The sticky key of a request, and the cookie to set when the router made one up.
+fn sticky_key(live: &Live, headers: &hyper::HeaderMap) -> (Option<u64>, Option<String>) {
+    match &live.routing.affinity {
+        None => (None, None),
+        Some(Affinity::Header(name)) => (
+            headers
+                .get(name.as_str())
+                .map(|v| stable_hash(v.as_bytes())),
+            None,
+        ),
+        Some(Affinity::Cookie(name)) => match cookie_value(headers, name) {
+            Some(v) => (Some(stable_hash(v.as_bytes())), None),
+            None => {
+                let id = new_session_id();
+                (
+                    Some(stable_hash(id.as_bytes())),
+                    Some(format!("{name}={id}; Path=/; HttpOnly; SameSite=Lax")),
+                )
+            }
+        },
+    }
+}
+
 async fn proxy(
     state: Arc<State>,
     client: UpstreamClient,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let Some((live, pool_index, first)) = state.pick() else {
+    let live = state.live();
+    let (sticky, set_cookie) = sticky_key(&live, req.headers());
+    let Some((live, pool_index, first)) = state.pick(live, sticky) else {
         return text(
             StatusCode::SERVICE_UNAVAILABLE,
             "no release is serving this environment\n",
@@ -235,9 +308,22 @@ async fn proxy(
     let pool = &live.routing.pools[pool_index];
     let counters = &live.counters[pool_index];
     let (mut parts, body) = req.into_parts();
+    let client_version = parts.version;
+    // HTTP/2 carries the host as the URI's authority; upstreams speak
+    // HTTP/1.1 and want it as a Host header.
+    if !parts.headers.contains_key(HOST) {
+        if let Some(a) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            parts.headers.insert(HOST, a);
+        }
+    }
     if let Some(h) = parts.headers.get(HOST).cloned() {
         parts.headers.insert("x-forwarded-host", h);
     }
+    parts.version = hyper::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     // A request without a body can be sent to another upstream when its
     // first one could not be connected to (nothing reached it). A safe
@@ -290,6 +376,13 @@ async fn proxy(
                 }
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
+                rparts.version = client_version;
+                if let Some(c) = set_cookie
+                    .as_deref()
+                    .and_then(|c| HeaderValue::from_str(c).ok())
+                {
+                    rparts.headers.append(SET_COOKIE, c);
+                }
                 return Response::from_parts(rparts, rbody.boxed());
             }
             Err(e) => {
@@ -396,7 +489,9 @@ where
                 let (state, handler) = (state.clone(), handler.clone());
                 async move { Ok::<_, std::convert::Infallible>(handler(state, req).await) }
             });
-            if let Err(e) = http1::Builder::new()
+            // HTTP/1.1, or HTTP/2 when the client opens with its preface
+            // (prior knowledge, as gRPC and h2c clients do).
+            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {

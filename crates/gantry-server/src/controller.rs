@@ -11,12 +11,12 @@ use crate::routing::{MetricProvider, TrafficRouter};
 use crate::target::{LaunchSpec, Target};
 use gantry_config::{Config, Environment, SecretRef, Strategy};
 use gantry_core::analysis::{Baseline, Counts, LatencyLimits};
-use gantry_core::machine::{CanarySettings, CanaryStep, Probe};
+use gantry_core::machine::{CanarySettings, CanaryStep, Probe, RollStage, RollingSettings};
 use gantry_core::{
     step, DeploySettings, Deployment, DeploymentId, DeploymentKind, Effect, EnvName, Event,
     HealthSettings, InstanceRef, Millis, Version,
 };
-use gantry_router::Pool;
+use gantry_router::{Affinity, Pool};
 use gantry_store::{Blobs, EnvState, InsertOutcome, ReleaseRecord, Store, StoreError};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -105,6 +105,8 @@ pub struct Controller {
     pub config: Arc<Config>,
     inboxes: Mutex<HashMap<DeploymentId, mpsc::UnboundedSender<Event>>>,
     http: reqwest::Client,
+    /// Set once workloads are being stopped on purpose: no router revival.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Controller {
@@ -129,6 +131,7 @@ impl Controller {
             config,
             inboxes: Mutex::default(),
             http,
+            stopping: Default::default(),
         })
     }
 
@@ -276,6 +279,15 @@ impl Controller {
                 }),
                 _ => None,
             },
+            // A rollback returns to what served before, all at once.
+            rolling: match (&env.strategy, kind) {
+                (Strategy::Rolling(r), DeploymentKind::Deploy) => Some(RollingSettings {
+                    max_surge: r.max_surge,
+                    max_unavailable: r.max_unavailable,
+                }),
+                _ => None,
+            },
+            smoke: env.smoke.clone(),
         }
     }
 
@@ -528,6 +540,19 @@ impl Controller {
                 sleep_until(at).await;
                 self.observe_metrics(&d, &limits).await
             }
+            Effect::RunSmoke { instances } => {
+                let Some(settings) = d.settings.smoke.as_ref() else {
+                    return; // Not configured: the machine never asks.
+                };
+                let results = crate::smoke::run_suite(&self.http, settings, &instances).await;
+                Event::SmokeFinished { results }
+            }
+            Effect::RestoreInstances { version, instances } => {
+                match self.restore(&d, &version, &instances).await {
+                    Ok(()) => Event::InstancesRestored,
+                    Err(reason) => Event::RestoreFailed { reason },
+                }
+            }
         };
         let _ = tx.send(event);
     }
@@ -583,15 +608,22 @@ impl Controller {
                 d.phase.as_str()
             )));
         }
-        let canary_only = matches!(
-            event,
-            Event::PromoteRequested { .. }
-                | Event::PauseRequested { .. }
-                | Event::ResumeRequested { .. }
-        );
-        if canary_only && d.phase != gantry_core::Phase::Canary {
+        use gantry_core::Phase;
+        let held_smoke = d.smoke.as_ref().is_some_and(|s| s.held)
+            && (d.phase == Phase::Smoke
+                || d.rolling
+                    .as_ref()
+                    .is_some_and(|r| r.stage == RollStage::Smoke));
+        let allowed = match event {
+            Event::PromoteRequested { .. } => d.phase == Phase::Canary || held_smoke,
+            Event::PauseRequested { .. } | Event::ResumeRequested { .. } => {
+                d.phase == Phase::Canary
+            }
+            _ => true,
+        };
+        if !allowed {
             return Err(ControlError::Conflict(format!(
-                "deployment {id} is {}, not in a canary step; promote, pause and resume act on canary steps",
+                "deployment {id} is {}: promote acts on a canary step or on smoke checks waiting for a decision; pause and resume act on canary steps",
                 d.phase.as_str()
             )));
         }
@@ -684,6 +716,51 @@ impl Controller {
             .map_err(|e| e.to_string())
     }
 
+    /// Starts stopped instances again with their old ids and ports, and
+    /// waits until each answers its health check.
+    async fn restore(
+        &self,
+        d: &Deployment,
+        version: &Version,
+        instances: &[InstanceRef],
+    ) -> Result<(), String> {
+        let env = self.env(d.env.as_str()).map_err(|e| e.to_string())?;
+        let spec = self.launch_spec(env, d.id, version, instances.len() as u32)?;
+        for i in instances {
+            self.target
+                .restart_instance(&spec, i)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let deadline = now_ms() + d.settings.health.start_timeout_ms as Millis;
+        for i in instances {
+            loop {
+                match self.probe(i).await {
+                    Event::HealthObserved {
+                        probe: Probe::Healthy,
+                        ..
+                    } => break,
+                    Event::InstanceExited { detail, .. } => {
+                        return Err(format!("{} exited: {detail}", i.id))
+                    }
+                    _ if now_ms() >= deadline => {
+                        return Err(format!(
+                            "{} did not become healthy within {}ms",
+                            i.id, d.settings.health.start_timeout_ms
+                        ))
+                    }
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(
+                            d.settings.health.startup_interval_ms,
+                        ))
+                        .await
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn probe(&self, instance: &InstanceRef) -> Event {
         let h = &self.config.health;
         let url = format!("http://127.0.0.1:{}{}", instance.port, h.path);
@@ -724,11 +801,60 @@ impl Controller {
     }
 
     async fn route(&self, env: &EnvName, pools: Vec<Pool>) -> Result<(), String> {
-        let listen = self.env(env.as_str()).map_err(|e| e.to_string())?.listen;
+        let env_config = self.env(env.as_str()).map_err(|e| e.to_string())?;
+        let affinity = env_config.sticky.as_ref().map(|s| match s {
+            gantry_config::Sticky::Cookie(name) => Affinity::Cookie(name.clone()),
+            gantry_config::Sticky::Header(name) => Affinity::Header(name.clone()),
+        });
         self.router
-            .route(env, listen, pools)
+            .route(env, env_config.listen, pools, affinity)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    /// Keeps every environment's router running: one that died (killed,
+    /// crashed) is started again and serves its last routing from disk.
+    /// Deployments in flight see its counters start over and judge on.
+    pub fn spawn_router_watchdog(self: &Arc<Self>, every: Duration) {
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(c) = this.upgrade() else { return };
+                c.revive_routers().await;
+            }
+        });
+    }
+
+    async fn revive_routers(&self) {
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let mut envs: HashSet<EnvName> = HashSet::new();
+        if let Ok(states) = self.store.env_states() {
+            envs.extend(states.into_iter().map(|s| s.env));
+        }
+        if let Ok(active) = self.store.active_deployments() {
+            // Only those that have routed: before that there may be no router on purpose.
+            envs.extend(
+                active
+                    .into_iter()
+                    .filter(|d| d.traffic_on_new || !d.old_instances.is_empty())
+                    .map(|d| d.env),
+            );
+        }
+        for env in envs {
+            let Ok(config) = self.env(env.as_str()) else {
+                continue;
+            };
+            match self.router.revive(&env, config.listen).await {
+                Ok(true) => {
+                    tracing::warn!(env = %env, "router was not running; started it again with its last routing")
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!(env = %env, error = %e, "cannot start router"),
+            }
+        }
     }
 
     // ---- restart ----
@@ -857,6 +983,8 @@ impl Controller {
 
     /// Stops every instance and router this controller runs.
     pub async fn stop_workloads(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         let running: Vec<InstanceRef> = self
             .target
             .running()

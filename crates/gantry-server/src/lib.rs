@@ -10,6 +10,7 @@ pub mod artifact;
 pub mod controller;
 pub mod routing;
 mod secret_file;
+mod smoke;
 pub mod target;
 
 pub use controller::Controller;
@@ -116,6 +117,7 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
         .recover()
         .await
         .map_err(|e| ServerError::Recovery(e.to_string()))?;
+    controller.spawn_router_watchdog(std::time::Duration::from_millis(500));
 
     let info = ServerInfo {
         pid: std::process::id(),

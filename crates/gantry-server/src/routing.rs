@@ -5,7 +5,7 @@
 
 use async_trait::async_trait;
 use gantry_core::EnvName;
-use gantry_router::{AdminInfo, Pool, PoolStats, Routing, ADMIN_FILE};
+use gantry_router::{AdminInfo, Affinity, Pool, PoolStats, Routing, ADMIN_FILE};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,7 +45,11 @@ pub trait TrafficRouter: Send + Sync {
         env: &EnvName,
         listen: SocketAddr,
         pools: Vec<Pool>,
+        affinity: Option<Affinity>,
     ) -> Result<(), RouteError>;
+    /// Starts the environment's router again if it is not running, serving
+    /// its last routing. True if it had to be started.
+    async fn revive(&self, env: &EnvName, listen: SocketAddr) -> Result<bool, RouteError>;
     /// Whether the environment's router runs.
     async fn is_running(&self, env: &EnvName) -> bool;
     /// Stops the environment's router (used on shutdown with workloads).
@@ -174,6 +178,7 @@ impl TrafficRouter for ProcessRouter {
         env: &EnvName,
         listen: SocketAddr,
         pools: Vec<Pool>,
+        affinity: Option<Affinity>,
     ) -> Result<(), RouteError> {
         let info = self.ensure(env, listen).await?;
         let refused = |reason: String| RouteError::Refused {
@@ -193,6 +198,7 @@ impl TrafficRouter for ProcessRouter {
         let next = Routing {
             generation: current.generation + 1,
             pools,
+            affinity,
         };
         let resp = self
             .http
@@ -210,6 +216,21 @@ impl TrafficRouter for ProcessRouter {
 
     async fn is_running(&self, env: &EnvName) -> bool {
         self.live(env).await.is_some()
+    }
+
+    async fn revive(&self, env: &EnvName, listen: SocketAddr) -> Result<bool, RouteError> {
+        if self.live(env).await.is_some() {
+            return Ok(false);
+        }
+        // Never started for this environment: nothing to revive.
+        if !self
+            .state_dir(env)
+            .join(gantry_router::CONFIG_FILE)
+            .exists()
+        {
+            return Ok(false);
+        }
+        self.ensure(env, listen).await.map(|_| true)
     }
 
     async fn stop(&self, env: &EnvName) {

@@ -203,6 +203,17 @@ fn on_metrics(t: &mut Transition, canary: &Counts, stable: &Counts, now: Millis)
         schedule(t, now);
         return;
     };
+    if canary.requests < c0.requests || stable.requests < s0.requests {
+        // Counts only grow, unless the router restarted and began again at
+        // zero: judge the step from the new counters on.
+        let weight = state(t).weight;
+        t.log.push(format!(
+            "traffic counters restarted (router restart?); step {weight}% is judged from here"
+        ));
+        state(t).step_start = Some((*canary, *stable));
+        schedule(t, now);
+        return;
+    }
     let s = settings(&t.deployment).clone();
     let st = state(t).clone();
     let step = &s.steps[st.step];

@@ -15,6 +15,8 @@ fn settings() -> DeploySettings {
         },
         bake_ms: 3000,
         canary: None,
+        rolling: None,
+        smoke: None,
     }
 }
 
@@ -313,7 +315,51 @@ mod properties {
             Just(Event::InstancesStopped),
             Just(Event::Tick),
             Just(Event::AbortRequested { by: "bob".into() }),
+            Just(Event::InstancesRestored),
+            Just(Event::PromoteRequested { by: "bob".into() }),
+            any::<bool>().prop_map(|passed| Event::SmokeFinished {
+                results: vec![SmokeResult {
+                    check: "home".into(),
+                    instance: "i2".into(),
+                    critical: true,
+                    passed,
+                    detail: String::new(),
+                    elapsed_ms: 1,
+                }]
+            }),
         ]
+    }
+
+    /// A blue-green deployment, one with smoke checks, or a rolling update.
+    fn any_deployment() -> impl Strategy<Value = Deployment> {
+        (0..3u8).prop_map(|kind| {
+            let mut d = first_deploy();
+            match kind {
+                1 => {
+                    d.settings.smoke = Some(SmokeSettings {
+                        checks: vec![SmokeCheck {
+                            name: "home".into(),
+                            critical: true,
+                            timeout_ms: 100,
+                            probe: SmokeProbe::Command {
+                                argv: vec!["true".into()],
+                            },
+                        }],
+                        timeout_ms: 1000,
+                        max_noncritical_failure_ratio: 0.1,
+                    })
+                }
+                2 => {
+                    d.old_instances = vec![inst(1), inst(4)];
+                    d.settings.rolling = Some(RollingSettings {
+                        max_surge: 1,
+                        max_unavailable: 0,
+                    })
+                }
+                _ => {}
+            }
+            d
+        })
     }
 
     proptest! {
@@ -321,8 +367,11 @@ mod properties {
         /// moves again, a rolled-back one sends no traffic to the new release,
         /// and a rollback always carries its reason.
         #[test]
-        fn invariants_hold_for_any_event_sequence(events in prop::collection::vec(any_event(), 0..60)) {
-            let mut d = first_deploy();
+        fn invariants_hold_for_any_event_sequence(
+            start in any_deployment(),
+            events in prop::collection::vec(any_event(), 0..60),
+        ) {
+            let mut d = start;
             let mut now = 0;
             for e in &events {
                 now += 700;
@@ -334,6 +383,8 @@ mod properties {
                 if t.deployment.phase == Phase::RolledBack {
                     prop_assert!(!t.deployment.traffic_on_new);
                     prop_assert!(t.deployment.reason.is_some());
+                    // Every retired old instance was started again.
+                    prop_assert!(t.deployment.rolling.as_ref().is_none_or(|r| r.retired.is_empty()));
                 }
                 if t.deployment.phase == Phase::Succeeded {
                     prop_assert!(t.deployment.traffic_on_new);
@@ -577,4 +628,328 @@ mod canary {
             "weights already applied"
         );
     }
+}
+
+mod rolling {
+    use super::*;
+
+    fn rolling_deploy(old: &[u16], surge: u32, unavailable: u32) -> Deployment {
+        let mut s = settings();
+        s.instances = old.len() as u32;
+        s.rolling = Some(RollingSettings {
+            max_surge: surge,
+            max_unavailable: unavailable,
+        });
+        Deployment::new(
+            3,
+            "production".parse().unwrap(),
+            DeploymentKind::Deploy,
+            Version::new(1, 1, 0),
+            Some(Version::new(1, 0, 0)),
+            old.iter().map(|n| inst(*n)).collect(),
+            s,
+            "alice".into(),
+            0,
+        )
+    }
+
+    fn started(ids: &[u16]) -> Event {
+        Event::InstancesStarted {
+            instances: ids.iter().map(|n| inst(*n)).collect(),
+        }
+    }
+
+    /// Routing of one effect as (new, old) instance ids, if it routes.
+    fn routing(e: &Effect) -> Option<(Vec<String>, Vec<String>)> {
+        match e {
+            Effect::ShiftTraffic { stable, canary, .. } => Some((
+                canary.iter().map(|i| i.id.clone()).collect(),
+                stable.iter().map(|i| i.id.clone()).collect(),
+            )),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn surge_one_replaces_each_instance_after_its_successor_serves() {
+        let (transcript, d) = run(
+            rolling_deploy(&[1, 2], 1, 0),
+            &[
+                (0, Event::Created),
+                (10, Event::Prepared),
+                (20, started(&[11])),
+                (30, healthy(11)),
+                (40, Event::TrafficRouted { to_new: true }),
+                (50, Event::InstancesStopped),
+                (60, started(&[11, 12])),
+                (70, healthy(12)),
+                (80, Event::TrafficRouted { to_new: true }),
+                (90, Event::InstancesStopped),
+                (100, Event::InstancesStopped),
+            ],
+        );
+        insta::assert_snapshot!(transcript);
+        assert_eq!(d.phase, Phase::Succeeded);
+        assert!(d.traffic_on_new);
+    }
+
+    #[test]
+    fn with_no_surge_an_old_instance_leaves_the_routing_before_a_new_one_starts() {
+        let d = rolling_deploy(&[1, 2], 0, 1);
+        let t = step(&d, &Event::Created, 0);
+        let t = step(&t.deployment, &Event::Prepared, 10);
+        // Room first: i2 out of the routing, i1 alone serves.
+        let route = t.effects.iter().find_map(routing).expect("routes first");
+        assert_eq!(route, (vec![], vec!["i1".to_owned()]));
+        assert!(!t
+            .effects
+            .iter()
+            .any(|e| matches!(e, Effect::StartInstances { .. })));
+        let t = step(&t.deployment, &Event::TrafficRouted { to_new: true }, 20);
+        assert!(t.effects.contains(&Effect::StopInstances {
+            instances: vec![inst(2)]
+        }));
+        let t = step(&t.deployment, &Event::InstancesStopped, 30);
+        assert!(t.effects.contains(&Effect::StartInstances {
+            version: Version::new(1, 1, 0),
+            count: 1
+        }));
+    }
+
+    #[test]
+    fn a_failing_batch_rolls_back_by_restarting_the_retired_instances() {
+        let (transcript, d) = run(
+            rolling_deploy(&[1, 2], 1, 0),
+            &[
+                (0, Event::Created),
+                (10, Event::Prepared),
+                (20, started(&[11])),
+                (30, healthy(11)),
+                (40, Event::TrafficRouted { to_new: true }),
+                (50, Event::InstancesStopped),
+                (60, started(&[11, 12])),
+                (
+                    70,
+                    Event::InstanceExited {
+                        instance: "i12".into(),
+                        detail: "exit status 3".into(),
+                    },
+                ),
+                // Traffic back on i1, the old instance still running.
+                (80, Event::TrafficRouted { to_new: false }),
+                (90, Event::InstancesRestored),
+                (100, Event::TrafficRouted { to_new: false }),
+                (110, Event::InstancesStopped),
+            ],
+        );
+        insta::assert_snapshot!(transcript);
+        assert_eq!(d.phase, Phase::RolledBack);
+        assert!(!d.traffic_on_new);
+        assert!(d.reason.as_deref().unwrap().contains("i12 exited"));
+    }
+
+    #[test]
+    fn a_restart_mid_batch_resumes_the_stage() {
+        let d = rolling_deploy(&[1, 2], 1, 0);
+        let mut d2 = d.clone();
+        for (now, e) in [
+            (0, Event::Created),
+            (10, Event::Prepared),
+            (20, started(&[11])),
+        ] {
+            d2 = step(&d2, &e, now).deployment;
+        }
+        let t = step(&d2, &Event::Resumed, 500);
+        assert!(t.effects.contains(&Effect::ProbeHealth {
+            instance: inst(11),
+            at: 500
+        }));
+        assert!(t.effects.iter().any(|e| matches!(e, Effect::WakeAt { .. })));
+    }
+}
+
+mod smoke_checks {
+    use super::*;
+
+    fn check(name: &str, critical: bool) -> SmokeCheck {
+        SmokeCheck {
+            name: name.into(),
+            critical,
+            timeout_ms: 1000,
+            probe: SmokeProbe::Http {
+                method: "GET".into(),
+                path: "/".into(),
+                expect_status: 200,
+                body_contains: None,
+                json_pointer: None,
+                json_equals: None,
+            },
+        }
+    }
+
+    fn with_smoke(checks: Vec<SmokeCheck>) -> Deployment {
+        let mut d = first_deploy();
+        d.settings.smoke = Some(SmokeSettings {
+            checks,
+            timeout_ms: 60_000,
+            max_noncritical_failure_ratio: 0.1,
+        });
+        d
+    }
+
+    fn result(check: &str, critical: bool, passed: bool) -> SmokeResult {
+        SmokeResult {
+            check: check.into(),
+            instance: "i2".into(),
+            critical,
+            passed,
+            detail: if passed { "HTTP 200" } else { "HTTP 500" }.into(),
+            elapsed_ms: 3,
+        }
+    }
+
+    fn healthy_script(rest: Vec<(Millis, Event)>) -> Vec<(Millis, Event)> {
+        let mut s = started_then(&[2], vec![(30, healthy(2))]);
+        s.extend(rest);
+        s
+    }
+
+    #[test]
+    fn smoke_runs_before_any_traffic_and_passing_goes_on_to_switch() {
+        let (transcript, d) = run(
+            with_smoke(vec![check("home", true)]),
+            &healthy_script(vec![(
+                40,
+                Event::SmokeFinished {
+                    results: vec![result("home", true, true)],
+                },
+            )]),
+        );
+        insta::assert_snapshot!(transcript);
+        assert_eq!(d.phase, Phase::Switching);
+        assert!(!d.traffic_on_new);
+    }
+
+    #[test]
+    fn a_critical_failure_rolls_back_without_touching_traffic() {
+        let (_, d) = run(
+            with_smoke(vec![check("home", true)]),
+            &healthy_script(vec![(
+                40,
+                Event::SmokeFinished {
+                    results: vec![result("home", true, false)],
+                },
+            )]),
+        );
+        assert_eq!(d.phase, Phase::RollingBack);
+        assert!(!d.traffic_on_new);
+        assert!(d
+            .reason
+            .unwrap()
+            .contains("critical smoke check failed: home on i2"));
+    }
+
+    #[test]
+    fn many_noncritical_failures_wait_for_a_person_few_only_warn() {
+        let checks: Vec<SmokeCheck> = (0..10).map(|n| check(&format!("c{n}"), false)).collect();
+        let results = |failed: usize| -> Vec<SmokeResult> {
+            (0..10)
+                .map(|n| result(&format!("c{n}"), false, n >= failed))
+                .collect()
+        };
+        // 1 of 10 (10%) is not above the limit: go on, with a warning.
+        let (_, d) = run(
+            with_smoke(checks.clone()),
+            &healthy_script(vec![(
+                40,
+                Event::SmokeFinished {
+                    results: results(1),
+                },
+            )]),
+        );
+        assert_eq!(d.phase, Phase::Switching);
+        // 2 of 10: held, the deadline no longer applies, promote goes on.
+        let (_, d) = run(
+            with_smoke(checks),
+            &healthy_script(vec![
+                (
+                    40,
+                    Event::SmokeFinished {
+                        results: results(2),
+                    },
+                ),
+                (120_000, Event::Tick),
+            ]),
+        );
+        assert_eq!(d.phase, Phase::Smoke);
+        assert!(d.smoke.as_ref().unwrap().held);
+        let t = step(&d, &Event::PromoteRequested { by: "carol".into() }, 130_000);
+        assert_eq!(t.deployment.phase, Phase::Switching);
+        let t = step(&d, &Event::AbortRequested { by: "carol".into() }, 130_000);
+        assert_eq!(t.deployment.phase, Phase::RollingBack);
+    }
+
+    #[test]
+    fn a_suite_past_its_time_limit_rolls_back() {
+        let (_, d) = run(
+            with_smoke(vec![check("home", true)]),
+            &healthy_script(vec![(30 + 60_000, Event::Tick)]),
+        );
+        assert_eq!(d.phase, Phase::RollingBack);
+        assert!(d.reason.unwrap().contains("did not finish within 60s"));
+    }
+}
+
+#[test]
+fn counters_that_start_again_at_zero_restart_the_step_judgement() {
+    use crate::analysis::{AnalysisPolicy, Counts};
+    let mut d = first_deploy();
+    d.settings.canary = Some(CanarySettings {
+        steps: vec![
+            CanaryStep {
+                weight: 10,
+                pause: Pause::For { ms: 60_000 },
+            },
+            CanaryStep {
+                weight: 100,
+                pause: Pause::For { ms: 0 },
+            },
+        ],
+        analysis: AnalysisPolicy::default(),
+        interval_ms: 1000,
+        max_wait_ms: 120_000,
+    });
+    d.phase = Phase::Canary;
+    d.traffic_on_new = true;
+    d.canary = Some(CanaryState {
+        weight: 10,
+        step_start: Some((
+            Counts {
+                requests: 500,
+                ..Counts::default()
+            },
+            Counts {
+                requests: 4500,
+                ..Counts::default()
+            },
+        )),
+        ..CanaryState::default()
+    });
+    let t = step(
+        &d,
+        &Event::MetricsObserved {
+            canary: Counts {
+                requests: 3,
+                ..Counts::default()
+            },
+            stable: Counts {
+                requests: 30,
+                ..Counts::default()
+            },
+        },
+        5000,
+    );
+    let start = t.deployment.canary.unwrap().step_start.unwrap();
+    assert_eq!((start.0.requests, start.1.requests), (3, 30));
+    assert!(t.log[0].contains("counters restarted"));
 }

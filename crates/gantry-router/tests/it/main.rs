@@ -1,7 +1,7 @@
 //! The router against real upstream HTTP servers on loopback.
 
 use bytes::Bytes;
-use gantry_router::{AdminInfo, Pool, RouterOptions, Routing, ADMIN_FILE};
+use gantry_router::{AdminInfo, Affinity, Pool, RouterOptions, Routing, ADMIN_FILE};
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -87,6 +87,7 @@ fn routing(generation: u64, pools: Vec<(&str, u32, Vec<SocketAddr>)>) -> Routing
                 upstreams,
             })
             .collect(),
+        affinity: None,
     }
 }
 
@@ -204,4 +205,145 @@ async fn latency_is_recorded_per_pool_and_counted_against_limits() {
     assert_eq!(s.slower_than[1].requests, 0, "none took a second: {s:?}");
     assert!(s.p50_ms >= 60.0 && f.p99_ms < 30.0, "{s:?} {f:?}");
     assert_eq!(stats(&info, "?above_ms=soon").await.0, 400);
+}
+
+/// A router splitting 90/10 between "stable" and "canary", with `affinity`.
+async fn sticky_routing_setup(affinity: Affinity) -> (tempfile::TempDir, AdminInfo) {
+    let dir = tempfile::tempdir().unwrap();
+    let info = start_router(dir.path()).await;
+    let (a, b) = (upstream("stable").await, upstream("canary").await);
+    let mut r = routing(1, vec![("stable", 90, vec![a]), ("canary", 10, vec![b])]);
+    r.affinity = Some(affinity);
+    assert_eq!(put_routing(&info, "t0ken", &r).await, 200);
+    (dir, info)
+}
+
+async fn get_with(addr: SocketAddr, header: (&str, &str)) -> (String, Option<String>) {
+    let req = Request::get(format!("http://{addr}/"))
+        .header(header.0, header.1)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (String::from_utf8_lossy(&body).into_owned(), cookie)
+}
+
+#[tokio::test]
+async fn a_sticky_header_keeps_each_user_on_one_release_as_the_canary_grows() {
+    let (_dir, info) = sticky_routing_setup(Affinity::Header("x-user".into())).await;
+    let mut first = Vec::new();
+    for user in 0..200 {
+        let id = format!("user-{user}");
+        let (pool, _) = get_with(info.listen, ("x-user", &id)).await;
+        for _ in 0..3 {
+            assert_eq!(
+                get_with(info.listen, ("x-user", &id)).await.0,
+                pool,
+                "{id} moved"
+            );
+        }
+        first.push(pool);
+    }
+    let on_canary = first.iter().filter(|p| *p == "canary").count();
+    assert!(
+        (5..=40).contains(&on_canary),
+        "about 10% of 200 users: {on_canary}"
+    );
+    // The canary grows to 50%: everyone on it stays, others join.
+    let (a, b) = (upstream("stable").await, upstream("canary").await);
+    let mut r = routing(2, vec![("stable", 50, vec![a]), ("canary", 50, vec![b])]);
+    r.affinity = Some(Affinity::Header("x-user".into()));
+    assert_eq!(put_routing(&info, "t0ken", &r).await, 200);
+    let mut now_on_canary = 0;
+    for (user, before) in first.iter().enumerate() {
+        let (pool, _) = get_with(info.listen, ("x-user", &format!("user-{user}"))).await;
+        if before == "canary" {
+            assert_eq!(pool, "canary", "user-{user} left the canary as it grew");
+        }
+        now_on_canary += usize::from(pool == "canary");
+    }
+    assert!(
+        now_on_canary > on_canary && (60..=140).contains(&now_on_canary),
+        "{now_on_canary}"
+    );
+}
+
+#[tokio::test]
+async fn a_sticky_cookie_is_set_once_and_then_followed() {
+    let (_dir, info) = sticky_routing_setup(Affinity::Cookie("gantry_session".into())).await;
+    let mut seen_canary = false;
+    for _ in 0..60 {
+        let (pool, cookie) = get_with(info.listen, ("accept", "*/*")).await;
+        let cookie = cookie.expect("a new user gets a session cookie");
+        assert!(
+            cookie.starts_with("gantry_session=") && cookie.contains("HttpOnly"),
+            "{cookie}"
+        );
+        let pair = cookie.split(';').next().unwrap().to_owned();
+        for _ in 0..3 {
+            let (again, set) =
+                get_with(info.listen, ("cookie", &format!("theme=dark; {pair}"))).await;
+            assert_eq!(again, pool, "the cookie keeps the user on {pool}");
+            assert!(set.is_none(), "no new cookie for a known user");
+        }
+        seen_canary |= pool == "canary";
+    }
+    assert!(seen_canary, "some of 60 new users land on the 10% canary");
+}
+
+#[tokio::test]
+async fn http2_clients_are_served_and_forwarded_as_http1() {
+    let dir = tempfile::tempdir().unwrap();
+    let info = start_router(dir.path()).await;
+    // An upstream that reports the version and Host it received.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let host = req
+                            .headers()
+                            .get("host")
+                            .map(|h| h.to_str().unwrap().to_owned());
+                        let text = format!("{:?} {}", req.version(), host.unwrap_or_default());
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                            text,
+                        ))))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    assert_eq!(
+        put_routing(&info, "t0ken", &routing(1, vec![("a", 1, vec![up])])).await,
+        200
+    );
+    let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    for n in 0..20 {
+        let req = Request::get(format!("http://{}/item/{n}", info.listen))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = h2
+            .request(req)
+            .await
+            .expect("h2 request through the router");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), hyper::Version::HTTP_2);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            format!("HTTP/1.1 {}", info.listen)
+        );
+    }
 }

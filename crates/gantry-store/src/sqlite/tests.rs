@@ -33,6 +33,8 @@ fn new_deployment(id: DeploymentId, env: &str, v: &str) -> Deployment {
             },
             bake_ms: 0,
             canary: None,
+            rolling: None,
+            smoke: None,
         },
         "admin".into(),
         100,

@@ -1,57 +1,12 @@
 //! Canary rollouts end to end: real router, real instances, constant load.
 
 use crate::harness::*;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const CANARY: &str = r#"strategy = "canary"
 canary = { steps = [{ weight = 10, pause = "2s" }, { weight = 50, pause = "2s" }, { weight = 100 }], interval = "250ms", max_wait = "20s" }
 "#;
-
-/// Sequential requests to an environment until stopped (at most 60 s of them).
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(port: u16) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let thread = {
-            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
-            std::thread::spawn(move || {
-                let deadline = std::time::Instant::now() + Duration::from_secs(60);
-                while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
-                    let (status, _) =
-                        http(&format!("http://127.0.0.1:{port}"), "GET", "/", None, "");
-                    if status == 200 { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
-                    std::thread::sleep(Duration::from_millis(3));
-                }
-            })
-        };
-        Load {
-            stop,
-            ok,
-            failed,
-            thread: Some(thread),
-        }
-    }
-
-    fn finish(mut self) -> (u64, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().unwrap();
-        }
-        (
-            self.ok.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
-        )
-    }
-}
 
 /// Production as a canary environment (`tail`), 1.0.0 serving it under load
 /// long enough for a baseline, and `releases` registered beside 1.0.0.

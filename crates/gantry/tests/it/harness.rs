@@ -5,9 +5,48 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const GANTRY: &str = env!("CARGO_BIN_EXE_gantry");
+
+/// Longest any one CLI command may take in a test before it counts as hung.
+const CLI_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Waits for `child` with a deadline, reading its output meanwhile; kills it
+/// and fails the test when the deadline passes.
+fn output_within(mut child: Child, deadline: Duration, what: &[&str]) -> Output {
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stdout.read_to_end(&mut b);
+        b
+    });
+    let err = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = stderr.read_to_end(&mut b);
+        b
+    });
+    let end = Instant::now() + deadline;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("gantry {what:?} did not finish within {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -206,9 +245,11 @@ impl Gantry {
             .envs(env.iter().copied())
             .env("GANTRY_LOG", "warn")
             .stdin(Stdio::null())
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .unwrap();
-        Run::from(out)
+        Run::from(output_within(out, CLI_DEADLINE, args))
     }
 
     /// A sample-service release whose binary is a link to the test build, so tests stay fast.
@@ -401,9 +442,21 @@ pub fn http(
     token: Option<&str>,
     body: &str,
 ) -> (u16, String) {
+    try_http(base, method, path, token, body)
+        .unwrap_or_else(|e| panic!("{method} {base}{path}: {e}"))
+}
+
+/// [`http`], with connection failures as errors instead of panics.
+pub fn try_http(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> std::io::Result<(u16, String)> {
     let addr = base.trim_start_matches("http://");
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
@@ -411,9 +464,9 @@ pub fn http(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(req.as_bytes())?;
     let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
+    s.read_to_string(&mut resp)?;
     let status = resp
         .split(' ')
         .nth(1)
@@ -432,7 +485,7 @@ pub fn http(
     } else {
         body
     };
-    (status, body)
+    Ok((status, body))
 }
 
 fn dechunk(s: &str) -> String {
@@ -456,4 +509,49 @@ pub fn deploy_id(run: &Run) -> i64 {
         .trim()
         .parse()
         .unwrap_or_else(|_| panic!("expected a deployment id, got {:?}", run.stdout))
+}
+
+/// Sequential requests to an environment until stopped (at most 60 s of them).
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    pub ok: Arc<AtomicU64>,
+    pub failed: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(port: u16) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let thread = {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                    let answer =
+                        try_http(&format!("http://127.0.0.1:{port}"), "GET", "/", None, "");
+                    let good = matches!(answer, Ok((200, _)));
+                    if good { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(3));
+                }
+            })
+        };
+        Load {
+            stop,
+            ok,
+            failed,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn finish(mut self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
 }

@@ -10,3 +10,4 @@ mod config;
 mod crash;
 mod deploy;
 mod releases;
+mod rollout;

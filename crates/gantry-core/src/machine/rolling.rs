@@ -1,0 +1,443 @@
+//! Rolling updates: the old release's instances are replaced in batches,
+//! each new batch healthy and taking traffic before the old ones it
+//! replaces are stopped.
+//!
+//! ```text
+//! Preparing → Rolling: for each batch
+//!   [Unroute → Stop]   old instances, only when the surge leaves no room
+//!   Start → Verify → [Smoke, first batch] → Route → [Stop]   surplus old instances
+//! → Draining → Succeeded
+//! ```
+//!
+//! Kubernetes' two numbers bound each batch: at most `instances + max_surge`
+//! instances run, and at least `instances - max_unavailable` serve. The
+//! router's weights follow the instance counts, so every instance takes an
+//! equal share whichever release it runs.
+//!
+//! A rollback routes traffic to the old instances still running, starts the
+//! retired ones again with their old identities (`RestoreInstances`), routes
+//! to all of them, then stops the new ones.
+
+use super::{enter, on_health, roll_back, seconds, smoke, Effect, Event, Phase};
+use super::{Deployment, Transition};
+use crate::domain::{InstanceRef, Millis};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollingSettings {
+    /// Instances that may run above the configured count during the update.
+    pub max_surge: u32,
+    /// Instances that may be out of service below the configured count.
+    pub max_unavailable: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "stage", rename_all = "snake_case")]
+pub enum RollStage {
+    /// Taking old instances out of the routing to make room for a batch.
+    Unroute { retire: Vec<InstanceRef> },
+    /// Stopping old instances no longer routed.
+    Stop { retire: Vec<InstanceRef> },
+    /// Starting the batch: `count` new instances in all.
+    Start { count: u32 },
+    /// Waiting for the batch to answer healthy.
+    Verify,
+    /// Smoke checks on the first batch, before it takes traffic.
+    Smoke,
+    /// Giving the batch its share, and taking `retire` out of the routing.
+    Route { retire: Vec<InstanceRef> },
+}
+
+/// Where a rolling update stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollingState {
+    /// Batches begun so far.
+    pub batch: u32,
+    /// How many of `new_instances` take traffic.
+    pub routed: u32,
+    /// Old instances already stopped.
+    pub retired: Vec<InstanceRef>,
+    pub stage: RollStage,
+    pub stage_since: Millis,
+    /// Rollback: retired instances run again but take no traffic yet.
+    #[serde(default)]
+    pub restored_unrouted: bool,
+    /// Rollback: traffic went back to the old instances still running.
+    #[serde(default)]
+    pub rollback_routed: bool,
+}
+
+fn settings(d: &Deployment) -> RollingSettings {
+    d.settings
+        .rolling
+        .expect("rolling phases only run with rolling settings")
+}
+
+/// Old instances not retired yet.
+fn survivors(d: &Deployment) -> Vec<InstanceRef> {
+    let retired = d
+        .rolling
+        .as_ref()
+        .map(|r| r.retired.as_slice())
+        .unwrap_or_default();
+    d.old_instances
+        .iter()
+        .filter(|i| !retired.contains(i))
+        .cloned()
+        .collect()
+}
+
+fn without(list: &[InstanceRef], remove: &[InstanceRef]) -> Vec<InstanceRef> {
+    list.iter()
+        .filter(|i| !remove.contains(i))
+        .cloned()
+        .collect()
+}
+
+/// Percent of traffic for `new` instances next to `old` ones: equal shares.
+fn weight(new: usize, old: usize) -> u32 {
+    match (new, old) {
+        (0, _) => 0,
+        (_, 0) => 100,
+        (n, o) => ((100 * n + (n + o) / 2) / (n + o)).clamp(1, 99) as u32,
+    }
+}
+
+/// Enters the rolling phase from `Preparing`.
+pub(super) fn begin(t: &mut Transition, now: Millis) {
+    t.deployment.phase = Phase::Rolling;
+    t.deployment.phase_since = now;
+    let s = settings(&t.deployment);
+    t.log.push(format!(
+        "phase rolling: {} instance(s), max surge {}, max unavailable {}",
+        t.deployment.settings.instances, s.max_surge, s.max_unavailable
+    ));
+    t.deployment.rolling = Some(RollingState {
+        batch: 0,
+        routed: 0,
+        retired: Vec::new(),
+        stage: RollStage::Verify,
+        stage_since: now,
+        restored_unrouted: false,
+        rollback_routed: false,
+    });
+    plan_next(t, now);
+}
+
+fn set_stage(t: &mut Transition, stage: RollStage, now: Millis) {
+    if let Some(r) = t.deployment.rolling.as_mut() {
+        r.stage = stage;
+        r.stage_since = now;
+    }
+    emit_phase_effects(t, now);
+}
+
+/// The next batch, or the end of the update.
+fn plan_next(t: &mut Transition, now: Millis) {
+    let d = &t.deployment;
+    let s = settings(d);
+    let n = d.settings.instances as usize;
+    let routed = d.rolling.as_ref().map_or(0, |r| r.routed) as usize;
+    let old = survivors(d);
+    if routed >= n {
+        t.log.push(format!(
+            "rolling update complete: {n} instance(s) of {} serve",
+            d.version
+        ));
+        return enter(t, Phase::Draining, now);
+    }
+    let batch = (s.max_surge + s.max_unavailable).max(1) as usize;
+    let k = batch.min(n - routed);
+    let excess = (old.len() + routed + k).saturating_sub(n + s.max_surge as usize);
+    if excess > 0 {
+        // Retire from the end of the list, as Kubernetes scales down the newest first.
+        let retire = old[old.len() - excess.min(old.len())..].to_vec();
+        return set_stage(t, RollStage::Unroute { retire }, now);
+    }
+    if let Some(r) = t.deployment.rolling.as_mut() {
+        r.batch += 1;
+    }
+    let count = (routed + k) as u32;
+    let batch_no = t.deployment.rolling.as_ref().map_or(0, |r| r.batch);
+    t.log.push(format!(
+        "batch {batch_no}: starting {k} instance(s) of {} ({count} of {n})",
+        t.deployment.version
+    ));
+    set_stage(t, RollStage::Start { count }, now);
+}
+
+fn stage(t: &Transition) -> Option<RollStage> {
+    t.deployment.rolling.as_ref().map(|r| r.stage.clone())
+}
+
+pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
+    let Some(current) = stage(t) else { return };
+    match (current, event) {
+        (RollStage::Unroute { retire }, Event::TrafficRouted { to_new: true }) => {
+            let ids: Vec<&str> = retire.iter().map(|i| i.id.as_str()).collect();
+            t.log
+                .push(format!("took {} out of the routing", ids.join(", ")));
+            set_stage(t, RollStage::Stop { retire }, now);
+        }
+        (RollStage::Stop { retire }, Event::InstancesStopped) => {
+            let ids: Vec<&str> = retire.iter().map(|i| i.id.as_str()).collect();
+            t.log.push(format!("stopped {}", ids.join(", ")));
+            if let Some(r) = t.deployment.rolling.as_mut() {
+                for i in retire {
+                    if !r.retired.contains(&i) {
+                        r.retired.push(i);
+                    }
+                }
+            }
+            plan_next(t, now);
+        }
+        (RollStage::Start { .. }, Event::InstancesStarted { instances }) => {
+            let d = &mut t.deployment;
+            let fresh: Vec<String> = instances
+                .iter()
+                .filter(|i| !d.health.contains_key(&i.id))
+                .map(|i| format!("{} on port {}", i.id, i.port))
+                .collect();
+            for i in instances {
+                d.health.entry(i.id.clone()).or_default();
+            }
+            d.new_instances = instances.clone();
+            t.log.push(format!("started {}", fresh.join(", ")));
+            set_stage(t, RollStage::Verify, now);
+        }
+        (RollStage::Start { .. }, Event::StartFailed { reason }) => {
+            roll_back(t, format!("could not start instances: {reason}"), now)
+        }
+        (_, Event::HealthObserved { instance, probe }) => on_health(t, instance, probe, now),
+        (_, Event::InstanceExited { instance, detail })
+            if t.deployment.health.contains_key(instance) =>
+        {
+            roll_back(t, format!("instance {instance} exited: {detail}"), now);
+        }
+        (RollStage::Verify, Event::Tick) => {
+            let d = &t.deployment;
+            let since = d.rolling.as_ref().map_or(d.phase_since, |r| r.stage_since);
+            if now >= since + d.settings.health.start_timeout_ms as Millis {
+                let waiting: Vec<String> = d
+                    .health
+                    .iter()
+                    .filter(|(_, h)| !h.up)
+                    .map(|(id, h)| format!("{id} ({})", h.last_detail))
+                    .collect();
+                let reason = format!(
+                    "instances did not become healthy within {}: {}",
+                    seconds(d.settings.health.start_timeout_ms),
+                    waiting.join(", ")
+                );
+                roll_back(t, reason, now);
+            }
+        }
+        (RollStage::Smoke, Event::SmokeFinished { results }) => {
+            let passed = smoke::judge(t, results, now) == smoke::SmokeOutcome::Pass;
+            route_batch_if(t, passed, now);
+        }
+        (RollStage::Smoke, Event::PromoteRequested { by }) => {
+            let released = smoke::release_hold(t, by);
+            route_batch_if(t, released, now);
+        }
+        (RollStage::Smoke, Event::Tick) => {
+            let since = t.deployment.rolling.as_ref().map_or(now, |r| r.stage_since);
+            smoke::check_deadline(t, since, now);
+        }
+        (RollStage::Route { retire }, Event::TrafficRouted { to_new: true }) => {
+            let d = &mut t.deployment;
+            d.traffic_on_new = true;
+            let n = d.new_instances.len();
+            if let Some(r) = d.rolling.as_mut() {
+                r.routed = n as u32;
+            }
+            let serving_old = survivors(d).len() - retire.len();
+            t.log.push(format!(
+                "traffic: {n} instance(s) of {} and {serving_old} of {} ({}% to the new release)",
+                t.deployment.version,
+                t.deployment
+                    .previous_version
+                    .as_ref()
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+                weight(n, serving_old)
+            ));
+            if retire.is_empty() {
+                plan_next(t, now);
+            } else {
+                set_stage(t, RollStage::Stop { retire }, now);
+            }
+        }
+        (_, Event::RouteFailed { reason }) => {
+            roll_back(t, format!("could not route traffic: {reason}"), now)
+        }
+        _ => {}
+    }
+}
+
+fn route_batch_if(t: &mut Transition, go: bool, now: Millis) {
+    if go {
+        route_batch(t, now);
+    }
+}
+
+/// After the batch is healthy (and smoke-checked): its share of traffic.
+fn route_batch(t: &mut Transition, now: Millis) {
+    let d = &t.deployment;
+    let n = d.settings.instances as usize;
+    let old = survivors(d);
+    let surplus = (old.len() + d.new_instances.len()).saturating_sub(n);
+    let retire = old[old.len() - surplus.min(old.len())..].to_vec();
+    set_stage(t, RollStage::Route { retire }, now);
+}
+
+/// Called by the shared health handling once an instance's probe is judged.
+pub(super) fn after_probe(t: &mut Transition, inst: InstanceRef, up: bool, now: Millis) {
+    let health = t.deployment.settings.health.clone();
+    if stage(t) == Some(RollStage::Verify) {
+        let all_up = t
+            .deployment
+            .new_instances
+            .iter()
+            .all(|i| t.deployment.health.get(&i.id).is_some_and(|h| h.up));
+        if all_up {
+            t.log.push("batch healthy".to_owned());
+            let first = t.deployment.rolling.as_ref().is_some_and(|r| r.routed == 0);
+            if first && smoke::configured(t) {
+                return set_stage(t, RollStage::Smoke, now);
+            }
+            route_batch(t, now);
+        }
+    }
+    // Every new instance stays watched through the later batches.
+    let wait = if up {
+        health.interval_ms
+    } else {
+        health.startup_interval_ms
+    };
+    t.effects.push(Effect::ProbeHealth {
+        instance: inst,
+        at: now + wait as Millis,
+    });
+}
+
+/// After a restart: the probes of instances already up were lost with the
+/// old process; the stage's own effects cover the rest.
+pub(super) fn reprobe_up(t: &mut Transition, now: Millis) {
+    let d = &t.deployment;
+    for i in &d.new_instances {
+        if d.health.get(&i.id).is_some_and(|h| h.up) {
+            t.effects.push(Effect::ProbeHealth {
+                instance: i.clone(),
+                at: now,
+            });
+        }
+    }
+}
+
+/// What the current stage needs, from state alone (also after a restart).
+pub(super) fn emit_phase_effects(t: &mut Transition, now: Millis) {
+    let Some(r) = t.deployment.rolling.clone() else {
+        return;
+    };
+    let d = &t.deployment;
+    let routed: Vec<InstanceRef> = d
+        .new_instances
+        .iter()
+        .take(r.routed as usize)
+        .cloned()
+        .collect();
+    match r.stage {
+        RollStage::Unroute { retire } => {
+            let stable = without(&survivors(d), &retire);
+            t.effects.push(Effect::ShiftTraffic {
+                weight: weight(routed.len(), stable.len()),
+                stable,
+                canary: routed,
+            });
+        }
+        RollStage::Stop { retire } => t.effects.push(Effect::StopInstances { instances: retire }),
+        RollStage::Start { count } => t.effects.push(Effect::StartInstances {
+            version: d.version.clone(),
+            count,
+        }),
+        RollStage::Verify => {
+            // Instances already up keep their own chain of probes.
+            for i in &d.new_instances {
+                if !d.health.get(&i.id).is_some_and(|h| h.up) {
+                    t.effects.push(Effect::ProbeHealth {
+                        instance: i.clone(),
+                        at: now,
+                    });
+                }
+            }
+            t.effects.push(Effect::WakeAt {
+                at: r.stage_since + d.settings.health.start_timeout_ms as Millis,
+            });
+        }
+        RollStage::Smoke => smoke::emit(t, r.stage_since),
+        RollStage::Route { retire } => {
+            let stable = without(&survivors(d), &retire);
+            t.effects.push(Effect::ShiftTraffic {
+                weight: weight(d.new_instances.len(), stable.len()),
+                stable,
+                canary: d.new_instances.clone(),
+            });
+        }
+    }
+}
+
+/// The rollback's next effect when old instances were retired, or `None`
+/// to go on as for any other strategy.
+pub(super) fn rollback_effect(t: &Transition) -> Option<Effect> {
+    let d = &t.deployment;
+    let r = d.rolling.as_ref()?;
+    let old_version = d.previous_version.clone()?;
+    if r.restored_unrouted {
+        return Some(Effect::RouteTraffic {
+            instances: d.old_instances.clone(),
+            to_new: false,
+        });
+    }
+    let alive = survivors(d);
+    if !r.rollback_routed && !alive.is_empty() {
+        // Off the new release first, onto every old instance still running
+        // (also those taken out of the routing for a batch).
+        return Some(Effect::RouteTraffic {
+            instances: alive,
+            to_new: false,
+        });
+    }
+    if r.retired.is_empty() {
+        return None;
+    }
+    // With no old instance left, the new ones serve until the old return.
+    Some(Effect::RestoreInstances {
+        version: old_version,
+        instances: r.retired.clone(),
+    })
+}
+
+/// Rollback: the retired instances run again.
+pub(super) fn on_restored(t: &mut Transition) {
+    if let Some(r) = t.deployment.rolling.as_mut() {
+        let ids: Vec<&str> = r.retired.iter().map(|i| i.id.as_str()).collect();
+        t.log.push(format!(
+            "restarted {} of the previous release",
+            ids.join(", ")
+        ));
+        r.retired.clear();
+        r.restored_unrouted = true;
+    }
+    if let Some(e) = rollback_effect(t) {
+        t.effects.push(e);
+    }
+}
+
+/// Rollback: traffic is on the old instances named in the last routing.
+pub(super) fn on_rolled_back_traffic(t: &mut Transition) {
+    if let Some(r) = t.deployment.rolling.as_mut() {
+        r.restored_unrouted = false;
+        r.rollback_routed = true;
+    }
+}

@@ -1,0 +1,232 @@
+//! Rolling updates, smoke checks, sticky routing and a router that dies
+//! mid-rollout, end to end: real router, real instances, constant load.
+
+use crate::harness::*;
+use std::time::Duration;
+
+/// 1.0.0 serving production (2 instances, config `tail`) under load.
+fn serving(tail: &str, releases: &[(&str, &str)]) -> (Gantry, Load) {
+    let g = Gantry::start_with_tail("300ms", tail);
+    g.register("1.0.0", "");
+    for (version, settings) in releases {
+        g.register(version, settings);
+    }
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let load = Load::start(g.port("production"));
+    wait_until("traffic", Duration::from_secs(10), || {
+        load.ok.load(std::sync::atomic::Ordering::Relaxed) > 100
+    });
+    (g, load)
+}
+
+fn log_of(g: &Gantry, id: i64) -> String {
+    g.gantry(&["log", &id.to_string()]).ok().stdout
+}
+
+fn assert_lines(text: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn a_rolling_update_replaces_instances_one_by_one_without_failed_requests() {
+    let tail = "strategy = \"rolling\"\nrolling = { max_surge = 1, max_unavailable = 0 }\nsticky = { cookie = \"sid\" }\n";
+    let (g, load) = serving(tail, &[("1.1.0", "")]);
+    g.gantry(&["deploy", "1.1.0", "--env", "production"]).ok();
+    let (ok, failed) = load.finish();
+    assert_eq!(failed, 0, "no user request failed ({ok} succeeded)");
+    let id = g.api("/deployments?env=production&limit=1")[0]["id"]
+        .as_i64()
+        .unwrap();
+    assert_lines(
+        &log_of(&g, id),
+        &[
+            "phase rolling: 2 instance(s), max surge 1, max unavailable 0",
+            "batch 1: starting 1 instance(s) of 1.1.0 (1 of 2)",
+            "traffic: 1 instance(s) of 1.1.0 and 1 of 1.0.0 (50% to the new release)",
+            "stopped production-d1-2",
+            "batch 2: starting 1 instance(s) of 1.1.0 (2 of 2)",
+            "traffic: 2 instance(s) of 1.1.0 and 0 of 1.0.0",
+            "rolling update complete",
+            "1.1.0 is live in production",
+        ],
+    );
+    assert_eq!(
+        g.running_instances(),
+        [format!("production-d{id}-1"), format!("production-d{id}-2")]
+    );
+    assert_eq!(g.get_env("production").1, "hello from 1.1.0\n");
+    // The sticky setting reached the router with the routing.
+    let routing: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(g.data().join("routers/production/routing.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        routing["affinity"],
+        serde_json::json!({"by": "cookie", "name": "sid"})
+    );
+}
+
+#[test]
+fn a_failed_rolling_batch_restarts_the_retired_instances_and_rolls_back() {
+    // No surge: an old instance makes room first; the new one never gets healthy.
+    let tail = "strategy = \"rolling\"\nrolling = { max_surge = 0, max_unavailable = 1 }\n";
+    let (g, load) = serving(tail, &[("1.2.0", "\"unhealthy\": true")]);
+    let before = g.running_instances();
+    let run = g.gantry(&["deploy", "1.2.0", "--env", "production"]);
+    let (ok, failed) = load.finish();
+    run.fails_with(3, "rolled_back");
+    assert_eq!(
+        failed, 0,
+        "the remaining old instance served alone ({ok} succeeded)"
+    );
+    let d = g.api("/deployments?env=production&limit=1")[0].clone();
+    assert!(
+        d["reason"]
+            .as_str()
+            .unwrap()
+            .contains("health check failed 3 consecutive times on production-d2-1"),
+        "{d}"
+    );
+    assert_lines(
+        &log_of(&g, d["id"].as_i64().unwrap()),
+        &[
+            "took production-d1-2 out of the routing",
+            "stopped production-d1-2",
+            "restarted production-d1-2 of the previous release",
+            "rolled back: 1.0.0 serves production",
+        ],
+    );
+    assert_eq!(
+        g.running_instances(),
+        before,
+        "both old instances run again"
+    );
+    assert_eq!(g.get_env("production").1, "hello from 1.0.0\n");
+}
+
+const SMOKE: &str = r#"
+[environments.production.smoke]
+timeout = "20s"
+
+[[environments.production.smoke.checks]]
+name = "home"
+path = "/"
+body_contains = "hello from 1."
+
+[[environments.production.smoke.checks]]
+name = "script-sees-the-instance"
+command = ["sh", "-c", "case \"$GANTRY_SMOKE_URL\" in http://127.0.0.1:*) exit 0;; *) exit 1;; esac"]
+"#;
+
+#[test]
+fn blue_green_smoke_checks_run_before_traffic_and_a_critical_failure_rolls_back() {
+    let failing = format!(
+        "{SMOKE}\n[[environments.production.smoke.checks]]\nname = \"still-on-1.0\"\npath = \"/\"\nbody_contains = \"from 1.0\"\n"
+    );
+    let (g, load) = serving(&failing, &[("1.1.0", "")]);
+    let run = g.gantry(&["deploy", "1.1.0", "--env", "production"]);
+    let (_, failed) = load.finish();
+    run.fails_with(3, "rolled_back");
+    assert_eq!(failed, 0);
+    let d = g.api("/deployments?env=production&limit=1")[0].clone();
+    let reason = d["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("critical smoke check failed: still-on-1.0 on production-d2-"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains(r#"body does not contain "from 1.0""#),
+        "{reason}"
+    );
+    let results = d["smoke"]["results"].as_array().unwrap();
+    assert_eq!(results.len(), 6, "3 checks × 2 instances: {results:?}");
+    assert_eq!(results.iter().filter(|r| r["passed"] == true).count(), 4);
+    // The new release never took a user request.
+    let pools = g.api("/traffic?env=production");
+    let new_pool = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "1.1.0");
+    assert!(
+        new_pool.is_none_or(|p| p["requests"] == 0),
+        "1.1.0 got traffic: {pools}"
+    );
+}
+
+#[test]
+fn failed_noncritical_smoke_checks_wait_for_a_decision() {
+    let noncritical = format!(
+        "{SMOKE}\n[[environments.production.smoke.checks]]\nname = \"still-on-1.0\"\npath = \"/\"\nbody_contains = \"from 1.0\"\ncritical = false\n"
+    );
+    let (g, load) = serving(&noncritical, &[("1.1.0", "")]);
+    let id = deploy_id(
+        &g.gantry(&["deploy", "1.1.0", "--env", "production", "--detach"])
+            .ok(),
+    );
+    wait_until("the smoke hold", Duration::from_secs(20), || {
+        g.deployment(id)["smoke"]["held"] == true
+    });
+    assert_eq!(g.deployment(id)["phase"], "smoke");
+    assert_eq!(g.get_env("production").1, "hello from 1.0.0\n");
+    g.gantry(&["pause", &id.to_string()])
+        .fails_with(1, "pause and resume act on canary steps");
+    g.gantry(&["promote", &id.to_string()]).ok();
+    let d = g.wait_finished(id);
+    let (_, failed) = load.finish();
+    assert_eq!(d["phase"], "succeeded", "{d}");
+    assert_eq!(failed, 0);
+    assert_lines(
+        &log_of(&g, id),
+        &[
+            "smoke checks: 4 of 6 passed",
+            "warning: smoke check still-on-1.0 failed on production-d2-1: body does not contain",
+            "paused for a decision: 2 of 2 non-critical smoke checks failed",
+            "admin accepted the failed non-critical smoke checks",
+        ],
+    );
+}
+
+#[test]
+fn a_router_killed_mid_canary_is_restarted_and_the_rollout_finishes() {
+    let tail = r#"strategy = "canary"
+canary = { steps = [{ weight = 10, pause = "3s" }, { weight = 50, pause = "2s" }, { weight = 100 }], interval = "250ms", max_wait = "20s" }
+"#;
+    let (g, load) = serving(tail, &[("1.1.0", "")]);
+    let id = deploy_id(
+        &g.gantry(&["deploy", "1.1.0", "--env", "production", "--detach"])
+            .ok(),
+    );
+    wait_until("the 10% step", Duration::from_secs(20), || {
+        g.deployment(id)["canary"]["weight"] == 10
+    });
+    let admin = g.data().join("routers/production/admin.json");
+    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(&admin).unwrap()).unwrap();
+    let pid = info["pid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until("a new router", Duration::from_secs(10), || {
+        std::fs::read(&admin)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["pid"].as_i64() != Some(pid as i64))
+    });
+    let d = g.wait_finished(id);
+    let (ok, failed) = load.finish();
+    assert!(
+        d["phase"] == "succeeded" || d["phase"] == "rolled_back",
+        "ends promoted or rolled back: {d}"
+    );
+    // Requests fail only while no router listens: a bounded blip, not an outage.
+    assert!(failed < ok / 10, "{failed} failed, {ok} succeeded");
+    assert!(g
+        .controller_log()
+        .contains("router was not running; started it again"));
+    let (status, _) = g.get_env("production");
+    assert_eq!(status, 200, "the environment serves after the rollout");
+}
