@@ -76,10 +76,10 @@ start_timeout = "5s"
 "#,
     );
     for env in ENVIRONMENTS {
-        let (instances, bake) = if env == "production" {
-            (2, "1s")
-        } else {
-            (1, "500ms")
+        let (instances, bake) = match env {
+            "production" => (2, "1s"),
+            "staging" => (2, "0s"),
+            _ => (1, "500ms"),
         };
         config.push_str(&format!(
             "\n[environments.{env}]\nlisten = \"127.0.0.1:{}\"\ninstances = {instances}\nbake = \"{bake}\"\n",
@@ -88,6 +88,12 @@ start_timeout = "5s"
         if env == "production" {
             config.push_str(
                 "strategy = \"canary\"\ncanary = { steps = [{ weight = 10, pause = \"10s\" }, { weight = 50, pause = \"3s\" }, { weight = 100 }], interval = \"200ms\", max_wait = \"20s\" }\n",
+            );
+        }
+        if env == "staging" {
+            // A rolling update, smoke-checked before its first batch takes traffic.
+            config.push_str(
+                "strategy = \"rolling\"\nrolling = { max_surge = 1, max_unavailable = 0 }\n\n[environments.staging.smoke]\ntimeout = \"30s\"\n\n[[environments.staging.smoke.checks]]\nname = \"home\"\npath = \"/\"\nbody_contains = \"hello from\"\n",
             );
         }
     }
