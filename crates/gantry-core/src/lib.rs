@@ -8,6 +8,7 @@
 //! re-derive what is left to do from the persisted [`machine::Deployment`].
 
 pub mod analysis;
+pub mod audit;
 pub mod domain;
 pub mod machine;
 

@@ -110,7 +110,10 @@ pub fn router(state: AppState) -> Router {
         .route("/traffic", get(traffic))
         .route("/instances/{id}/log", get(instance_log))
         .route("/shutdown", post(shutdown))
+        .route("/audit", get(list_audit))
+        .route("/audit/verify", get(verify_audit))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(middleware::from_fn_with_state(state.clone(), audit_actions))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")
         });
@@ -118,6 +121,96 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(state)
+}
+
+/// Request and error bodies kept on the audit trail are cut at this size.
+const AUDIT_BODY_LIMIT: usize = 64 * 1024;
+
+/// Puts every action on the audit trail: each request that changes
+/// something (anything but GET and HEAD), whatever its outcome, and every
+/// request refused for its credentials. JSON request bodies are kept (the
+/// API takes no secrets in them); artifacts are not.
+async fn audit_actions(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    // This layer sits on the router nested under /api/v1, which sees paths without it.
+    let path = format!("/api/v1{}", req.uri().path());
+    let read_only = method == axum::http::Method::GET || method == axum::http::Method::HEAD;
+    let json_in = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let git_sha = req
+        .headers()
+        .get("x-gantry-git-sha")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (req, request_json) = if json_in && !read_only {
+        let (parts, body) = req.into_parts();
+        match axum::body::to_bytes(body, AUDIT_BODY_LIMIT).await {
+            Ok(bytes) => {
+                let v: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+                (Request::from_parts(parts, axum::body::Body::from(bytes)), v)
+            }
+            Err(_) => {
+                return ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!("request body is over {AUDIT_BODY_LIMIT} bytes"),
+                )
+                .into_response()
+            }
+        }
+    } else {
+        (req, None)
+    };
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let refused_credentials = status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
+    if read_only && !refused_credentials {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, AUDIT_BODY_LIMIT)
+        .await
+        .unwrap_or_default();
+    let answer: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+    let outcome = if status.is_success() {
+        "done"
+    } else if status.is_client_error() {
+        "refused"
+    } else {
+        "failed"
+    };
+    let subject = answer
+        .as_ref()
+        .and_then(|a| a.get("id"))
+        .and_then(|id| id.as_i64())
+        .map_or_else(|| path.clone(), |id| format!("deployment {id}"));
+    let detail = json!({
+        "request": request_json,
+        "git_sha": git_sha,
+        "error": answer.as_ref().and_then(|a| a.pointer("/error/message")),
+        "version": answer.as_ref().and_then(|a| a.get("version")),
+        "env": answer.as_ref().and_then(|a| a.get("env")),
+    });
+    let entry = gantry_core::audit::AuditEntry {
+        at: crate::controller::now_ms(),
+        actor: if refused_credentials {
+            "anonymous"
+        } else {
+            ACTOR
+        }
+        .to_owned(),
+        action: format!("{method} {path}"),
+        subject,
+        outcome: format!("{outcome} {}", status.as_u16()),
+        detail: detail.to_string(),
+    };
+    if let Err(e) = state.controller.store.append_audit(entry) {
+        tracing::error!(error = %e, "cannot write the audit record");
+    }
+    Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -386,4 +479,47 @@ async fn traffic(State(s): State<AppState>, Query(q): Query<TrafficQuery>) -> Ap
         .await
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "unavailable", e.to_string()))?;
     Ok(Json(stats).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+/// Records after `after`, oldest first, and the anchor of a pruned trail.
+async fn list_audit(State(s): State<AppState>, Query(q): Query<AuditQuery>) -> ApiResult<Response> {
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let records = s.controller.store.audit_records(q.after, limit)?;
+    let anchor = s.controller.store.audit_anchor()?;
+    Ok(Json(json!({
+        "anchor": anchor.map(|(seq, hash)| json!({"seq": seq, "hash": hash})),
+        "records": records,
+    }))
+    .into_response())
+}
+
+/// Verifies the whole stored chain; names the first record that breaks it.
+async fn verify_audit(State(s): State<AppState>) -> ApiResult<Response> {
+    let store = &s.controller.store;
+    let anchor = store.audit_anchor()?;
+    let mut all = Vec::new();
+    loop {
+        let after = all
+            .last()
+            .map_or(0, |r: &gantry_core::audit::AuditRecord| r.seq);
+        let page = store.audit_records(after, 10_000)?;
+        if page.is_empty() {
+            break;
+        }
+        all.extend(page);
+    }
+    let result = gantry_core::audit::verify(&all, anchor.as_ref().map(|(q, h)| (*q, h.as_str())));
+    Ok(Json(match result {
+        Ok(n) => json!({"ok": true, "records": n, "first_seq": all.first().map(|r| r.seq), "last_seq": all.last().map(|r| r.seq)}),
+        Err(b) => json!({"ok": false, "records": all.len(), "first_bad_seq": b.seq, "reason": b.reason}),
+    })
+    .into_response())
 }

@@ -13,6 +13,7 @@ mod blobs;
 mod sqlite;
 
 pub use blobs::{hash_bytes, hash_reader, BlobError, Blobs};
+pub use gantry_core::audit::{AuditEntry, AuditRecord};
 pub use sqlite::SqliteStore;
 
 use gantry_core::{
@@ -114,4 +115,14 @@ pub trait Store: Send + Sync {
     fn last_good_other_than(&self, env: &EnvName, current: &Version) -> Result<Option<Version>>;
     /// Every release that has succeeded in `env`.
     fn succeeded_versions(&self, env: &EnvName) -> Result<Vec<Version>>;
+
+    /// Numbers, chains and stores one audit record.
+    fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord>;
+    /// Records after `after_seq`, oldest first.
+    fn audit_records(&self, after_seq: u64, limit: usize) -> Result<Vec<AuditRecord>>;
+    /// `(seq, hash)` of the last pruned record, which the first kept one links to.
+    fn audit_anchor(&self) -> Result<Option<(u64, String)>>;
+    /// Drops records older than `before` (always keeping the newest), keeping
+    /// the chain verifiable from the new anchor. Returns how many were dropped.
+    fn prune_audit(&self, before: Millis) -> Result<usize>;
 }

@@ -7,7 +7,8 @@ use std::path::Path;
 use std::sync::Mutex;
 
 /// Migrations, applied in order; `PRAGMA user_version` counts how many ran.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE releases (
     version       TEXT PRIMARY KEY,
     digest        TEXT NOT NULL,
@@ -55,7 +56,67 @@ CREATE TABLE env_state (
     deployment INTEGER NOT NULL REFERENCES deployments(id),
     since      INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+-- The audit trail: append-only, each record chained to the one before by SHA-256.
+CREATE TABLE audit (
+    seq       INTEGER PRIMARY KEY,
+    at        INTEGER NOT NULL,
+    actor     TEXT NOT NULL,
+    action    TEXT NOT NULL,
+    subject   TEXT NOT NULL,
+    outcome   TEXT NOT NULL,
+    detail    TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash      TEXT NOT NULL
+);
+CREATE TRIGGER audit_append_only BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'audit records are append-only'); END;
+-- The last pruned record, which the first kept one links to.
+CREATE TABLE audit_anchor (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    seq  INTEGER NOT NULL,
+    hash TEXT NOT NULL
+);
+"#,
+];
+
+/// Appends `entry` to the audit chain inside `tx`.
+fn append_audit_tx(tx: &rusqlite::Transaction<'_>, entry: AuditEntry) -> Result<AuditRecord> {
+    let last: Option<(u64, String)> = tx
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let last = match last {
+        Some(l) => Some(l),
+        None => tx
+            .query_row("SELECT seq, hash FROM audit_anchor WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?,
+    };
+    let record = gantry_core::audit::chain(entry, last.as_ref().map(|(s, h)| (*s, h.as_str())));
+    let e = &record.entry;
+    tx.execute(
+        "INSERT INTO audit (seq, at, actor, action, subject, outcome, detail, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![
+            record.seq,
+            e.at,
+            e.actor,
+            e.action,
+            e.subject,
+            e.outcome,
+            e.detail,
+            record.prev_hash,
+            record.hash
+        ],
+    )?;
+    Ok(record)
+}
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -272,6 +333,30 @@ impl Store for SqliteStore {
                 serde_json::to_string(d).map_err(|e| corrupt("deployment", e))?
             ],
         )?;
+        if d.phase.is_terminal() {
+            // The outcome is on the audit trail in the same transaction as the state.
+            let detail = serde_json::json!({
+                "env": d.env.as_str(),
+                "version": d.version.to_string(),
+                "previous_version": d.previous_version.as_ref().map(|v| v.to_string()),
+                "kind": d.kind,
+                "requested_by": d.requested_by,
+                "reason": d.reason,
+                "analysis": d.canary.as_ref().and_then(|c| c.last.as_ref()),
+                "smoke": d.smoke.as_ref().map(|s| &s.results),
+            });
+            append_audit_tx(
+                &tx,
+                AuditEntry {
+                    at,
+                    actor: "gantry".to_owned(),
+                    action: "deployment.finished".to_owned(),
+                    subject: format!("deployment {}", d.id),
+                    outcome: d.phase.as_str().to_owned(),
+                    detail: detail.to_string(),
+                },
+            )?;
+        }
         if d.phase == gantry_core::Phase::Succeeded {
             tx.execute(
                 "INSERT INTO env_state (env, version, instances, deployment, since) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -401,6 +486,73 @@ impl Store for SqliteStore {
         )?;
         let rows = stmt.query_map([env.as_str()], |r| r.get::<_, String>(0))?;
         rows.map(|r| parse_version(&r?)).collect()
+    }
+
+    fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let record = append_audit_tx(&tx, entry)?;
+        tx.commit()?;
+        Ok(record)
+    }
+
+    fn audit_records(&self, after_seq: u64, limit: usize) -> Result<Vec<AuditRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT seq, at, actor, action, subject, outcome, detail, prev_hash, hash
+             FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![after_seq, limit as i64], |r| {
+            Ok(AuditRecord {
+                seq: r.get(0)?,
+                entry: AuditEntry {
+                    at: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    subject: r.get(4)?,
+                    outcome: r.get(5)?,
+                    detail: r.get(6)?,
+                },
+                prev_hash: r.get(7)?,
+                hash: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn audit_anchor(&self) -> Result<Option<(u64, String)>> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row("SELECT seq, hash FROM audit_anchor WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?)
+    }
+
+    fn prune_audit(&self, before: Millis) -> Result<usize> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        // The newest record older than `before` becomes the anchor; the
+        // newest record of all is always kept so the chain has a head.
+        let last: Option<(u64, String)> = tx
+            .query_row(
+                "SELECT seq, hash FROM audit WHERE at < ?1
+                   AND seq < (SELECT MAX(seq) FROM audit) ORDER BY seq DESC LIMIT 1",
+                params![before],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((seq, hash)) = last else {
+            return Ok(0);
+        };
+        let removed = tx.execute("DELETE FROM audit WHERE seq <= ?1", params![seq])?;
+        tx.execute(
+            "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            params![seq, hash],
+        )?;
+        tx.commit()?;
+        Ok(removed)
     }
 }
 

@@ -77,6 +77,7 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Status => status(&connect()?).await,
         Command::History { env, limit } => history(&connect()?, &env, limit).await,
         Command::Log { id } => log(&connect()?, id).await,
+        Command::Audit(cmd) => crate::audit::run(connect, cmd).await,
         Command::Logs { instance, bytes } => {
             print!(
                 "{}",
@@ -253,7 +254,7 @@ async fn release(c: &Client, rc: ReleaseCommand) -> Exit {
     }
 }
 
-fn time(v: &Value) -> String {
+pub fn time(v: &Value) -> String {
     v.as_i64()
         .map(|ms| {
             let t = std::time::UNIX_EPOCH + Duration::from_millis(ms as u64);

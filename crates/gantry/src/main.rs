@@ -3,6 +3,7 @@
 //! (started by the controller), and `gantry sample-service` the demo's
 //! workload.
 
+mod audit;
 mod client;
 mod commands;
 mod demo;
@@ -12,7 +13,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-/// Exit codes: 1 error, 2 usage, 3 the deployment did not succeed, 4 invalid config.
+/// Exit codes: 1 error, 2 usage, 3 the deployment did not succeed, 4 invalid config,
+/// 5 the audit trail is broken.
 pub const EXIT_DEPLOY_FAILED: i32 = 3;
 pub const EXIT_INVALID_CONFIG: i32 = 4;
 
@@ -108,6 +110,9 @@ pub enum Command {
     },
     /// The deployment log: every step with its time.
     Log { id: i64 },
+    /// The audit trail: who did what, when, to what, with which outcome.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Output of one instance.
     Logs {
         instance: String,

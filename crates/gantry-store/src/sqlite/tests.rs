@@ -147,3 +147,59 @@ fn state_survives_reopening() {
         "migrations are not re-applied, data kept"
     );
 }
+
+fn audit_entry(at: Millis, action: &str) -> AuditEntry {
+    AuditEntry {
+        at,
+        actor: "alice".into(),
+        action: action.into(),
+        subject: "release 1.0.0".into(),
+        outcome: "done 201".into(),
+        detail: "{}".into(),
+    }
+}
+
+#[test]
+fn the_audit_trail_chains_refuses_updates_and_stays_verifiable_after_pruning() {
+    let store = SqliteStore::in_memory().unwrap();
+    for n in 0..5 {
+        store
+            .append_audit(audit_entry(1000 * n, "PUT /api/v1/releases/1.0.0"))
+            .unwrap();
+    }
+    let all = store.audit_records(0, 100).unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert_eq!(gantry_core::audit::verify(&all, None), Ok(5));
+    // The table refuses edits.
+    let err = store
+        .conn()
+        .execute("UPDATE audit SET actor = 'mallory' WHERE seq = 2", [])
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    // Pruning what is older than 2.5 s keeps 3..5, anchored on 2.
+    assert_eq!(store.prune_audit(2500).unwrap(), 3);
+    let kept = store.audit_records(0, 100).unwrap();
+    assert_eq!(kept.iter().map(|r| r.seq).collect::<Vec<_>>(), [4, 5]);
+    let anchor = store.audit_anchor().unwrap().unwrap();
+    assert_eq!(anchor, (3, all[2].hash.clone()));
+    assert_eq!(
+        gantry_core::audit::verify(&kept, Some((anchor.0, &anchor.1))),
+        Ok(2)
+    );
+    // New records continue the chain; pruning everything keeps the newest.
+    store
+        .append_audit(audit_entry(9000, "POST /api/v1/deployments"))
+        .unwrap();
+    assert_eq!(store.prune_audit(i64::MAX).unwrap(), 2);
+    let kept = store.audit_records(0, 100).unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].seq, 6);
+    let anchor = store.audit_anchor().unwrap().unwrap();
+    assert_eq!(
+        gantry_core::audit::verify(&kept, Some((anchor.0, &anchor.1))),
+        Ok(1)
+    );
+}
