@@ -38,6 +38,7 @@ pub struct Config {
     pub signing: Signing,
     /// The rules that judge a canary (the standards' numbers by default).
     pub analysis: AnalysisPolicy,
+    pub retention: Retention,
     /// In the order the file lists them.
     pub environments: Vec<Environment>,
 }
@@ -86,6 +87,22 @@ pub struct Health {
 pub struct Signing {
     /// minisign public keys (the base64 line of a `.pub` file).
     pub public_keys: Vec<String>,
+}
+
+/// How long records are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Audit records older than this are pruned (the chain stays verifiable).
+    pub audit_ms: u64,
+}
+
+impl Retention {
+    /// The standards: a year.
+    pub fn standard() -> Retention {
+        Retention {
+            audit_ms: 365 * 86_400_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,8 +20,19 @@ pub(crate) struct File {
     /// Rules that judge a canary; the standards' numbers by default.
     #[serde(default)]
     analysis: Option<AnalysisSection>,
+    /// How long records are kept.
+    #[serde(default)]
+    retention: Option<RetentionSection>,
     /// Environments in promotion order, e.g. development, integration, staging, production.
     environments: BTreeMap<String, EnvironmentSection>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct RetentionSection {
+    /// Audit records older than this are pruned, e.g. "365d" (the default; at least a day).
+    #[serde(default)]
+    audit: Option<String>,
 }
 
 #[derive(JsonSchema)]

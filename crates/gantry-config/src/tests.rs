@@ -20,6 +20,10 @@ fn starter_file_is_valid_and_has_the_four_environments() {
     let prod = loaded.config.environment("production").unwrap();
     assert_eq!(prod.instances, 2);
     assert_eq!(prod.bake_ms, 30_000);
+    assert_eq!(
+        loaded.config.environment("staging").unwrap().strategy,
+        Strategy::Rolling(Rolling::standard())
+    );
     assert_eq!(prod.env.get("RUST_LOG").map(String::as_str), Some("warn"));
     assert_eq!(loaded.config.health.failure_threshold, 3);
 }
@@ -142,6 +146,10 @@ fn schema_and_decoder_know_the_same_keys() {
     assert_eq!(props(&defs["StepSection"]), sorted(walk::STEP_KEYS));
     assert_eq!(props(&defs["AnalysisSection"]), sorted(walk::ANALYSIS_KEYS));
     assert_eq!(props(&defs["RollingSection"]), sorted(walk::ROLLING_KEYS));
+    assert_eq!(
+        props(&defs["RetentionSection"]),
+        sorted(walk::RETENTION_KEYS)
+    );
     assert_eq!(props(&defs["SmokeSection"]), sorted(walk::SMOKE_KEYS));
     assert_eq!(props(&defs["CheckSection"]), sorted(walk::CHECK_KEYS));
     assert_eq!(
@@ -235,12 +243,12 @@ fn a_canary_config_becomes_steps_and_rules() {
     );
     // strategy = "canary" without a table: the standards' 10 → 50 → 100.
     let src = STARTER.replace(
-        "strategy = \"blue-green\"\nbake = \"10s\"",
-        "strategy = \"canary\"\nbake = \"10s\"",
+        "strategy = \"blue-green\"\nbake = \"2s\"",
+        "strategy = \"canary\"\nbake = \"2s\"",
     );
     let config = parse("gantry.toml", &src).unwrap().config;
     assert_eq!(
-        config.environment("staging").unwrap().strategy,
+        config.environment("integration").unwrap().strategy,
         Strategy::Canary(Canary::standard())
     );
 }
@@ -374,6 +382,26 @@ json = {{ pointer = "status" }}
     let errors = errors_of(&src);
     assert!(
         errors[0].contains("rolling settings are set but the strategy is not \"rolling\""),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn retention_defaults_to_a_year_and_refuses_less_than_a_day() {
+    let loaded = parse("gantry.toml", BASE).unwrap();
+    assert_eq!(loaded.config.retention.audit_ms, 365 * 86_400_000);
+    let src = format!("[retention]\naudit = \"400d\"\n{BASE}");
+    assert_eq!(
+        parse("gantry.toml", &src)
+            .unwrap()
+            .config
+            .retention
+            .audit_ms,
+        400 * 86_400_000
+    );
+    let errors = errors_of(&format!("[retention]\naudit = \"1h\"\n{BASE}"));
+    assert!(
+        errors[0].contains("retention.audit: must be at least one day"),
         "{errors:?}"
     );
 }

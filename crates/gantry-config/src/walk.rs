@@ -9,7 +9,15 @@ pub(crate) use rollout::{CHECK_KEYS, JSON_CHECK_KEYS, ROLLING_KEYS, SMOKE_KEYS, 
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-pub(crate) const ROOT_KEYS: &[&str] = &["service", "health", "signing", "analysis", "environments"];
+pub(crate) const ROOT_KEYS: &[&str] = &[
+    "service",
+    "health",
+    "signing",
+    "analysis",
+    "retention",
+    "environments",
+];
+pub(crate) const RETENTION_KEYS: &[&str] = &["audit"];
 pub(crate) const SERVICE_KEYS: &[&str] = &["name", "command", "args", "port_env", "env", "secrets"];
 pub(crate) const HEALTH_KEYS: &[&str] = &[
     "path",
@@ -47,6 +55,8 @@ pub(crate) const ANALYSIS_KEYS: &[&str] = &[
     "compare_slow_factor",
     "promotion_margin",
 ];
+
+const DAY_MS: u64 = 86_400_000;
 
 /// Environment variables Gantry sets itself; a config may not override them.
 const RESERVED_ENV_PREFIX: &str = "GANTRY_";
@@ -405,6 +415,30 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
         Some(v) => decode_analysis(&mut w, v),
         None => Some(AnalysisPolicy::default()),
     };
+    let retention = match root.get("retention") {
+        Some(v) => w.table(v, "retention").and_then(|t| {
+            w.check_keys(t, "retention", RETENTION_KEYS);
+            let audit_ms = match t.get("audit") {
+                Some(a) => {
+                    let ms = w.duration(a, "retention.audit")?;
+                    if ms < DAY_MS {
+                        w.error(
+                            a.span(),
+                            "retention.audit",
+                            "must be at least one day (the standards keep audit records a year)",
+                        );
+                        return None;
+                    }
+                    Some(ms)
+                }
+                None => Some(Retention::standard().audit_ms),
+            };
+            Some(Retention {
+                audit_ms: audit_ms?,
+            })
+        }),
+        None => Some(Retention::standard()),
+    };
     let environments = match root.get("environments") {
         Some(v) => decode_environments(&mut w, v, signing.as_ref()),
         None => {
@@ -416,16 +450,22 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
             None
         }
     };
-    let config = match (service, health, signing, analysis, environments) {
-        (Some(service), Some(health), Some(signing), Some(analysis), Some(environments)) => {
-            Some(Config {
-                service,
-                health,
-                signing,
-                analysis,
-                environments,
-            })
-        }
+    let config = match (service, health, signing, analysis, retention, environments) {
+        (
+            Some(service),
+            Some(health),
+            Some(signing),
+            Some(analysis),
+            Some(retention),
+            Some(environments),
+        ) => Some(Config {
+            service,
+            health,
+            signing,
+            analysis,
+            retention,
+            environments,
+        }),
         _ => None,
     };
     let mut diags = w.diags;

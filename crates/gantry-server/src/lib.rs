@@ -118,6 +118,7 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
         .await
         .map_err(|e| ServerError::Recovery(e.to_string()))?;
     controller.spawn_router_watchdog(std::time::Duration::from_millis(500));
+    controller.spawn_audit_retention();
 
     let info = ServerInfo {
         pid: std::process::id(),
