@@ -450,22 +450,8 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
             roll_back(t, format!("instance {instance} exited: {detail}"), now);
         }
         (Phase::Verifying, Event::Tick) => {
-            let d = &t.deployment;
-            let deadline = d.phase_since + d.settings.health.start_timeout_ms as Millis;
-            if now >= deadline {
-                let waiting: Vec<String> = d
-                    .health
-                    .iter()
-                    .filter(|(_, h)| !h.up)
-                    .map(|(id, h)| format!("{id} ({})", h.last_detail))
-                    .collect();
-                let reason = format!(
-                    "instances did not become healthy within {}: {}",
-                    seconds(d.settings.health.start_timeout_ms),
-                    waiting.join(", ")
-                );
-                roll_back(t, reason, now);
-            }
+            let since = t.deployment.phase_since;
+            check_start_deadline(t, since, now);
         }
 
         (Phase::Rolling, _) => rolling::on_event(t, event, now),
@@ -626,6 +612,27 @@ pub(crate) fn on_health(t: &mut Transition, instance: &str, probe: &Probe, now: 
             at: now + settings.interval_ms as Millis,
         }),
     }
+}
+
+/// Rolls back when new instances waiting since `since` are still not all up
+/// after the start timeout, naming those that are not.
+pub(crate) fn check_start_deadline(t: &mut Transition, since: Millis, now: Millis) {
+    let d = &t.deployment;
+    if now < since + d.settings.health.start_timeout_ms as Millis {
+        return;
+    }
+    let waiting: Vec<String> = d
+        .health
+        .iter()
+        .filter(|(_, h)| !h.up)
+        .map(|(id, h)| format!("{id} ({})", h.last_detail))
+        .collect();
+    let reason = format!(
+        "instances did not become healthy within {}: {}",
+        seconds(d.settings.health.start_timeout_ms),
+        waiting.join(", ")
+    );
+    roll_back(t, reason, now);
 }
 
 fn go_on_after_smoke(t: &mut Transition, passed: bool, now: Millis) {

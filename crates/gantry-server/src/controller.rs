@@ -292,7 +292,14 @@ impl Controller {
     }
 
     async fn check_listen_free(&self, env: &Environment) -> Result<(), ControlError> {
-        if self.router.is_running(&env.name).await {
+        // A deployment in progress may be starting the router this very
+        // moment; the store refuses the second deployment with a clearer reason.
+        let busy = self
+            .store
+            .active_deployments()?
+            .iter()
+            .any(|d| d.env == env.name);
+        if busy || self.router.is_running(&env.name).await {
             return Ok(());
         }
         std::net::TcpListener::bind(env.listen)

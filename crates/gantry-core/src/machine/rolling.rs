@@ -18,7 +18,7 @@
 //! retired ones again with their old identities (`RestoreInstances`), routes
 //! to all of them, then stops the new ones.
 
-use super::{enter, on_health, roll_back, seconds, smoke, Effect, Event, Phase};
+use super::{check_start_deadline, enter, on_health, roll_back, smoke, Effect, Event, Phase};
 use super::{Deployment, Transition};
 use crate::domain::{InstanceRef, Millis};
 use serde::{Deserialize, Serialize};
@@ -217,20 +217,7 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
         (RollStage::Verify, Event::Tick) => {
             let d = &t.deployment;
             let since = d.rolling.as_ref().map_or(d.phase_since, |r| r.stage_since);
-            if now >= since + d.settings.health.start_timeout_ms as Millis {
-                let waiting: Vec<String> = d
-                    .health
-                    .iter()
-                    .filter(|(_, h)| !h.up)
-                    .map(|(id, h)| format!("{id} ({})", h.last_detail))
-                    .collect();
-                let reason = format!(
-                    "instances did not become healthy within {}: {}",
-                    seconds(d.settings.health.start_timeout_ms),
-                    waiting.join(", ")
-                );
-                roll_back(t, reason, now);
-            }
+            check_start_deadline(t, since, now);
         }
         (RollStage::Smoke, Event::SmokeFinished { results }) => {
             let passed = smoke::judge(t, results, now) == smoke::SmokeOutcome::Pass;

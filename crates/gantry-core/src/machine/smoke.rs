@@ -81,6 +81,15 @@ pub(super) enum SmokeOutcome {
     RolledBack,
 }
 
+/// The suite's time limit (0 when there is no suite).
+fn suite_timeout(t: &Transition) -> u64 {
+    t.deployment
+        .settings
+        .smoke
+        .as_ref()
+        .map_or(0, |s| s.timeout_ms)
+}
+
 /// Whether the deployment has checks to run.
 pub(super) fn configured(t: &Transition) -> bool {
     t.deployment
@@ -96,12 +105,7 @@ pub(super) fn emit(t: &mut Transition, started: Millis) {
     if state.held || state.done {
         return;
     }
-    let timeout = t
-        .deployment
-        .settings
-        .smoke
-        .as_ref()
-        .map_or(0, |s| s.timeout_ms);
+    let timeout = suite_timeout(t);
     t.effects.push(Effect::RunSmoke {
         instances: t.deployment.new_instances.clone(),
     });
@@ -184,12 +188,7 @@ pub(super) fn release_hold(t: &mut Transition, by: &str) -> bool {
 /// Rolls back a suite that ran past its time limit (not while held).
 pub(super) fn check_deadline(t: &mut Transition, started: Millis, now: Millis) -> bool {
     let state = t.deployment.smoke.clone().unwrap_or_default();
-    let timeout = t
-        .deployment
-        .settings
-        .smoke
-        .as_ref()
-        .map_or(0, |s| s.timeout_ms);
+    let timeout = suite_timeout(t);
     if state.held || state.done || now < started + timeout as Millis {
         return false;
     }

@@ -1,32 +1,15 @@
 //! Canary rollouts end to end: real router, real instances, constant load.
 
 use crate::harness::*;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const CANARY: &str = r#"strategy = "canary"
 canary = { steps = [{ weight = 10, pause = "2s" }, { weight = 50, pause = "2s" }, { weight = 100 }], interval = "250ms", max_wait = "20s" }
 "#;
 
-/// Production as a canary environment (`tail`), 1.0.0 serving it under load
-/// long enough for a baseline, and `releases` registered beside 1.0.0.
-fn setup(tail: &str, releases: &[(&str, &str)]) -> (Gantry, Load) {
-    let g = Gantry::start_with_tail("300ms", tail);
-    g.register("1.0.0", "");
-    for (version, settings) in releases {
-        g.register(version, settings);
-    }
-    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
-    let load = Load::start(g.port("production"));
-    wait_until("stable traffic", Duration::from_secs(10), || {
-        load.ok.load(Ordering::Relaxed) > 200
-    });
-    (g, load)
-}
-
 #[test]
 fn a_healthy_canary_is_promoted_step_by_step_without_failed_requests() {
-    let (g, load) = setup(CANARY, &[("1.1.0", "")]);
+    let (g, load) = serving(CANARY, &[("1.1.0", "")]);
     let run = g.gantry(&["deploy", "1.1.0", "--env", "production"]).ok();
     let (ok, failed) = load.finish();
     for line in [
@@ -60,7 +43,7 @@ fn a_healthy_canary_is_promoted_step_by_step_without_failed_requests() {
 #[test]
 fn an_error_regression_in_the_canary_is_caught_and_rolled_back() {
     // 1.2.0 fails one request in ten.
-    let (g, load) = setup(CANARY, &[("1.2.0", "\"error_rate\": 0.1")]);
+    let (g, load) = serving(CANARY, &[("1.2.0", "\"error_rate\": 0.1")]);
     let run = g.gantry(&["deploy", "1.2.0", "--env", "production"]);
     let (_, failed) = load.finish();
     run.fails_with(3, "rolled_back");
@@ -97,7 +80,7 @@ fn a_step_held_for_promotion_waits_for_gantry_promote() {
         r#"{ weight = 50, pause = "2s" }"#,
         r#"{ weight = 50, pause = "until-promoted" }"#,
     );
-    let (g, load) = setup(&tail, &[("1.1.0", "")]);
+    let (g, load) = serving(&tail, &[("1.1.0", "")]);
     let id = deploy_id(
         &g.gantry(&["deploy", "1.1.0", "--env", "production", "--detach"])
             .ok(),
@@ -136,7 +119,7 @@ fn a_controller_killed_mid_canary_resumes_and_no_user_request_fails() {
         r#"pause = "2s" }, { weight = 50"#,
         r#"pause = "4s" }, { weight = 50"#,
     );
-    let (mut g, load) = setup(&tail, &[("1.1.0", "")]);
+    let (mut g, load) = serving(&tail, &[("1.1.0", "")]);
     let id = deploy_id(
         &g.gantry(&["deploy", "1.1.0", "--env", "production", "--detach"])
             .ok(),

@@ -555,3 +555,19 @@ impl Load {
         )
     }
 }
+
+/// Production configured by `tail` (which extends its table), 1.0.0 serving it
+/// under load long enough for a canary's baseline, and `releases` registered.
+pub fn serving(tail: &str, releases: &[(&str, &str)]) -> (Gantry, Load) {
+    let g = Gantry::start_with_tail("300ms", tail);
+    g.register("1.0.0", "");
+    for (version, settings) in releases {
+        g.register(version, settings);
+    }
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let load = Load::start(g.port("production"));
+    wait_until("stable traffic", Duration::from_secs(10), || {
+        load.ok.load(Ordering::Relaxed) > 200
+    });
+    (g, load)
+}

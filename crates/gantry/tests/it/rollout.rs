@@ -4,21 +4,6 @@
 use crate::harness::*;
 use std::time::Duration;
 
-/// 1.0.0 serving production (2 instances, config `tail`) under load.
-fn serving(tail: &str, releases: &[(&str, &str)]) -> (Gantry, Load) {
-    let g = Gantry::start_with_tail("300ms", tail);
-    g.register("1.0.0", "");
-    for (version, settings) in releases {
-        g.register(version, settings);
-    }
-    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
-    let load = Load::start(g.port("production"));
-    wait_until("traffic", Duration::from_secs(10), || {
-        load.ok.load(std::sync::atomic::Ordering::Relaxed) > 100
-    });
-    (g, load)
-}
-
 fn log_of(g: &Gantry, id: i64) -> String {
     g.gantry(&["log", &id.to_string()]).ok().stdout
 }
