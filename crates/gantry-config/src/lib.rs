@@ -161,6 +161,8 @@ pub struct CanaryStep {
 }
 
 pub use gantry_core::analysis::AnalysisPolicy;
+pub use gantry_core::evidence::GatePolicy;
+pub use gantry_core::governance::{ApprovalPolicy, FreezeWindow};
 pub use gantry_core::machine::Pause;
 
 impl Canary {
@@ -196,6 +198,16 @@ pub struct Environment {
     /// Checks run against new instances before they take traffic.
     pub smoke: Option<SmokeSettings>,
     pub sticky: Option<Sticky>,
+    /// A release may skip this environment on its way along the promotion path.
+    pub optional: bool,
+    /// Deploy each new release here as soon as it is created (gates permitting).
+    pub auto_deploy: bool,
+    /// Approvals, lead time and emergency review ([`ApprovalPolicy::none`] if not set).
+    pub approval: ApprovalPolicy,
+    /// Windows in which only emergency changes deploy.
+    pub freezes: Vec<FreezeWindow>,
+    /// Evidence a release needs before it deploys here.
+    pub gates: GatePolicy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -130,6 +130,85 @@ struct EnvironmentSection {
     /// Keep a user on one release during a rollout. Exactly one of `cookie` or `header`.
     #[serde(default)]
     sticky: Option<StickySection>,
+    /// A release may skip this environment on its way along the promotion path.
+    #[serde(default)]
+    optional: Option<bool>,
+    /// Deploy each new release here when it is created (its gates permitting).
+    #[serde(default)]
+    auto_deploy: Option<bool>,
+    /// Approvals a change needs here; none if absent.
+    #[serde(default)]
+    approval: Option<ApprovalSection>,
+    /// Windows in which only emergency changes deploy.
+    #[serde(default)]
+    freeze: Vec<FreezeSection>,
+    /// Evidence a release needs before it deploys here; each gate defaults to the standards' number.
+    #[serde(default)]
+    gates: Option<GatesSection>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ApprovalSection {
+    /// Approvals from the approver role (default 1; the requester's own never counts).
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 10))]
+    required: Option<u32>,
+    /// How long a normal change waits after it is requested: "5 business days" (default) or a duration.
+    #[serde(default)]
+    lead_time: Option<String>,
+    /// Within how long an emergency change must get its approvals afterwards (default "2days").
+    #[serde(default)]
+    emergency_review: Option<String>,
+    /// Whether standard (pre-approved) changes skip approvals here (default false).
+    #[serde(default)]
+    allow_standard: Option<bool>,
+}
+
+/// Either `from` and `to`, or `weekly`.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct FreezeSection {
+    name: String,
+    /// RFC 3339 instant, e.g. "2026-12-20T00:00:00Z".
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    weekly: Option<WeeklySection>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct WeeklySection {
+    /// Weekday and time in UTC, e.g. "fri 16:00".
+    from: String,
+    /// Weekday and time in UTC, e.g. "mon 08:00".
+    to: String,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct GatesSection {
+    /// Unit test pass rate in percent (default 100), or false.
+    #[serde(default)]
+    unit: Option<Threshold>,
+    /// Integration test pass rate in percent (default 95), or false.
+    #[serde(default)]
+    integration: Option<Threshold>,
+    /// Line coverage in percent (default 80), or false.
+    #[serde(default)]
+    coverage: Option<Threshold>,
+    /// Worst security finding allowed: low, medium (default), high, critical; or false.
+    #[serde(default)]
+    max_severity: Option<serde_json::Value>,
+    /// An earlier environment where a rollback rehearsal must have passed.
+    #[serde(default)]
+    rehearsal_in: Option<String>,
+    /// Whether an approved deployment plan is needed (default false).
+    #[serde(default)]
+    plan: Option<bool>,
 }
 
 #[derive(JsonSchema)]

@@ -146,6 +146,10 @@ fn schema_and_decoder_know_the_same_keys() {
     assert_eq!(props(&defs["StepSection"]), sorted(walk::STEP_KEYS));
     assert_eq!(props(&defs["AnalysisSection"]), sorted(walk::ANALYSIS_KEYS));
     assert_eq!(props(&defs["RollingSection"]), sorted(walk::ROLLING_KEYS));
+    assert_eq!(props(&defs["ApprovalSection"]), sorted(walk::APPROVAL_KEYS));
+    assert_eq!(props(&defs["FreezeSection"]), sorted(walk::FREEZE_KEYS));
+    assert_eq!(props(&defs["WeeklySection"]), sorted(walk::WEEKLY_KEYS));
+    assert_eq!(props(&defs["GatesSection"]), sorted(walk::GATE_KEYS));
     assert_eq!(
         props(&defs["RetentionSection"]),
         sorted(walk::RETENTION_KEYS)
@@ -403,5 +407,44 @@ fn retention_defaults_to_a_year_and_refuses_less_than_a_day() {
     assert!(
         errors[0].contains("retention.audit: must be at least one day"),
         "{errors:?}"
+    );
+}
+
+#[test]
+fn governance_tables_are_decoded_and_bad_ones_named() {
+    let loaded = parse("gantry.toml", STARTER).unwrap();
+    let prod = loaded.config.environment("production").unwrap();
+    assert_eq!(prod.approval.required, 1);
+    assert_eq!(
+        prod.approval.lead_time,
+        gantry_core::governance::LeadTime::BusinessDays(5)
+    );
+    assert_eq!(prod.gates, GatePolicy::standard());
+    assert_eq!(prod.freezes.len(), 1);
+    assert!(!loaded.config.environment("staging").unwrap().optional);
+
+    let src = STARTER.replace(
+        "required = 1\nlead_time = \"5 business days\"",
+        "required = 11\nlead_time = \"five business days\"",
+    )
+    .replace("weekly = { from = \"fri 16:00\", to = \"mon 08:00\" }", "weekly = { from = \"friday 4pm\", to = \"mon 08:00\" }")
+    .replace("max_severity = \"medium\"", "max_severity = \"severe\"")
+        + "\n[[environments.staging.freeze]]\nname = \"backwards\"\nfrom = \"2027-01-02T00:00:00Z\"\nto = \"2027-01-01T00:00:00Z\"\n";
+    let errors = errors_of(&src).join("\n");
+    for needle in [
+        "environments.production.approval.required: expected an integer from 0 to 10",
+        "environments.production.approval.lead_time: \"five\" business days: expected a whole number from 0 to 60",
+        "environments.production.freeze[0].weekly.from: \"friday 4pm\" is not a weekday and time",
+        "environments.production.gates.max_severity: unknown severity \"severe\"",
+        "environments.staging.freeze[0].to: must be later than from",
+    ] {
+        assert!(errors.contains(needle), "{needle:?} in:\n{errors}");
+    }
+    // rehearsal_in is checked against the environments only once they all decode.
+    let src = STARTER.replace("# rehearsal_in = \"staging\"", "rehearsal_in = \"qa\"");
+    let errors = errors_of(&src).join("\n");
+    assert!(
+        errors.contains("environments.production.gates.rehearsal_in: \"qa\" is not an environment before production"),
+        "{errors}"
     );
 }

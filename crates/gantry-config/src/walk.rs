@@ -3,7 +3,10 @@
 use crate::*;
 use std::ops::Range;
 
+mod governance;
 mod rollout;
+#[cfg(test)]
+pub(crate) use governance::{APPROVAL_KEYS, FREEZE_KEYS, GATE_KEYS, WEEKLY_KEYS};
 #[cfg(test)]
 pub(crate) use rollout::{CHECK_KEYS, JSON_CHECK_KEYS, ROLLING_KEYS, SMOKE_KEYS, STICKY_KEYS};
 use toml::de::{DeTable, DeValue};
@@ -39,6 +42,11 @@ pub(crate) const ENV_KEYS: &[&str] = &[
     "rolling",
     "smoke",
     "sticky",
+    "optional",
+    "auto_deploy",
+    "approval",
+    "freeze",
+    "gates",
 ];
 pub(crate) const SECRET_KEYS: &[&str] = &["env", "file"];
 pub(crate) const CANARY_KEYS: &[&str] = &["steps", "interval", "max_wait"];
@@ -793,6 +801,25 @@ fn decode_environments(
             _ => ok = false,
         }
     }
+    for (n, env) in out.iter().enumerate() {
+        if let Some(r) = &env.gates.rehearsal_in {
+            if !out[..n].iter().any(|e| e.name.as_str() == r) {
+                let p = join(
+                    &join(&join("environments", env.name.as_str()), "gates"),
+                    "rehearsal_in",
+                );
+                w.error(
+                    v.span().start..v.span().start,
+                    &p,
+                    format!(
+                        "{r:?} is not an environment before {} in the promotion order",
+                        env.name
+                    ),
+                );
+                ok = false;
+            }
+        }
+    }
     ok.then_some(out)
 }
 
@@ -875,6 +902,24 @@ fn decode_environment(
         None => Some(None),
     };
     let bake = optional_duration(w, t, &join(path, "bake"), "bake", 10_000);
+    let flag = |w: &mut Walker<'_>, key: &str| match t.get(key) {
+        Some(b) => w.bool(b, &join(path, key)),
+        None => Some(false),
+    };
+    let optional = flag(w, "optional");
+    let auto_deploy = flag(w, "auto_deploy");
+    let approval = match t.get("approval") {
+        Some(a) => governance::decode_approval(w, a, &join(path, "approval")),
+        None => Some(ApprovalPolicy::none()),
+    };
+    let freezes = match t.get("freeze") {
+        Some(f) => governance::decode_freezes(w, f, &join(path, "freeze")),
+        None => Some(Vec::new()),
+    };
+    let gates = match t.get("gates") {
+        Some(g) => governance::decode_gates(w, g, &join(path, "gates")),
+        None => Some(GatePolicy::none()),
+    };
     let require_signature = match t.get("require_signature") {
         Some(rv) => {
             let p = join(path, "require_signature");
@@ -914,6 +959,11 @@ fn decode_environment(
             secrets,
             smoke: smoke?,
             sticky: sticky?,
+            optional: optional?,
+            auto_deploy: auto_deploy?,
+            approval: approval?,
+            freezes: freezes?,
+            gates: gates?,
         },
     ))
 }

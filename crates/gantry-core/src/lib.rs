@@ -10,6 +10,8 @@
 pub mod analysis;
 pub mod audit;
 pub mod domain;
+pub mod evidence;
+pub mod governance;
 pub mod machine;
 
 pub use domain::{DeploymentId, Digest, EnvName, InstanceRef, Millis, NameError, Version};

@@ -11,7 +11,7 @@
 //! release, through the same phases):
 //!
 //! ```text
-//! Preparing → Starting → Verifying → Switching → Baking → Draining → Succeeded
+//! [AwaitingApproval →] Preparing → Starting → Verifying → Switching → Baking → Draining → Succeeded
 //!     │           │          │           │          │
 //!     ▼           └──────────┴─────┬─────┴──────────┘
 //!   Failed                   RollingBack → RolledBack
@@ -22,6 +22,7 @@
 
 use crate::analysis::{Baseline, Counts, LatencyLimits};
 use crate::domain::{DeploymentId, EnvName, InstanceRef, Millis, Version};
+use crate::governance::{active_freeze, rfc3339, Approval, ChangeControl, FreezeWindow};
 
 mod canary;
 mod rolling;
@@ -65,6 +66,9 @@ pub struct DeploySettings {
     /// Checks run against the new instances before they take traffic.
     #[serde(default)]
     pub smoke: Option<SmokeSettings>,
+    /// Windows in which only emergency changes start.
+    #[serde(default)]
+    pub freezes: Vec<FreezeWindow>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +83,8 @@ pub enum DeploymentKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
+    /// Waiting for approvals, a lead time or the end of a freeze; nothing has changed yet.
+    AwaitingApproval,
     Preparing,
     Starting,
     Verifying,
@@ -107,6 +113,7 @@ impl Phase {
     }
     pub fn as_str(self) -> &'static str {
         match self {
+            Phase::AwaitingApproval => "awaiting_approval",
             Phase::Preparing => "preparing",
             Phase::Starting => "starting",
             Phase::Verifying => "verifying",
@@ -167,6 +174,10 @@ pub struct Deployment {
     /// Results of the smoke checks.
     #[serde(default)]
     pub smoke: Option<SmokeState>,
+    /// The change type and its approvals (none for a rollback or an
+    /// environment without an approval policy).
+    #[serde(default)]
+    pub change: Option<ChangeControl>,
 }
 
 impl Deployment {
@@ -204,7 +215,22 @@ impl Deployment {
             canary: None,
             rolling: None,
             smoke: None,
+            change: None,
         }
+    }
+
+    /// The same deployment, carrying out `change`.
+    pub fn with_change(mut self, change: ChangeControl) -> Deployment {
+        self.change = Some(change);
+        self
+    }
+
+    /// Names of those who approved or rejected, in order.
+    pub fn approvers(&self) -> Vec<String> {
+        self.change
+            .iter()
+            .flat_map(|c| c.approvals.iter().map(|a| a.by.clone()))
+            .collect()
     }
 }
 
@@ -287,6 +313,15 @@ pub enum Event {
     InstancesRestored,
     RestoreFailed {
         reason: String,
+    },
+    /// A person with the approver role approved the change.
+    Approved {
+        by: String,
+        comment: String,
+    },
+    Rejected {
+        by: String,
+        comment: String,
     },
 }
 
@@ -374,17 +409,59 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
     let phase = t.deployment.phase;
     match (phase, event) {
         (Phase::Preparing, Event::Created) => {
+            let d = &t.deployment;
+            let change = d
+                .change
+                .as_ref()
+                .map(|c| {
+                    let why = c
+                        .reason
+                        .as_deref()
+                        .map(|r| format!(": {r}"))
+                        .unwrap_or_default();
+                    format!(" ({} change{why})", c.change.as_str())
+                })
+                .unwrap_or_default();
             t.log.push(format!(
-                "{} of {} to {} requested by {}",
-                match t.deployment.kind {
+                "{} of {} to {} requested by {}{change}",
+                match d.kind {
                     DeploymentKind::Deploy => "deployment",
                     DeploymentKind::Rollback => "rollback",
                 },
-                t.deployment.version,
-                t.deployment.env,
-                t.deployment.requested_by
+                d.version,
+                d.env,
+                d.requested_by
             ));
-            emit_phase_effects(t, now);
+            if let Some(c) = &d.change {
+                if c.required_after > 0 {
+                    t.log.push(format!(
+                        "emergency change: needs {} approval(s) afterwards, by {}",
+                        c.required_after,
+                        c.review_by.map(rfc3339).unwrap_or_default()
+                    ));
+                }
+            }
+            if approval::waits(&t.deployment, now).is_some() {
+                enter(t, Phase::AwaitingApproval, now);
+            } else {
+                emit_phase_effects(t, now);
+            }
+        }
+        (Phase::AwaitingApproval, Event::Tick) => emit_phase_effects(t, now),
+        (_, Event::Approved { by, comment }) => {
+            approval::record(t, by, comment, true, now);
+            if phase == Phase::AwaitingApproval {
+                emit_phase_effects(t, now);
+            }
+        }
+        (_, Event::Rejected { by, comment }) => {
+            approval::record(t, by, comment, false, now);
+            let reason = format!("rejected by {by}: {comment}");
+            if phase == Phase::AwaitingApproval {
+                fail(t, reason, now);
+            } else if phase != Phase::RollingBack {
+                roll_back(t, reason, now);
+            }
         }
         (_, Event::Resumed) => {
             t.log.push(format!(
@@ -398,7 +475,7 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
         }
         (_, Event::AbortRequested { by }) => {
             let reason = format!("aborted by {by}");
-            if phase == Phase::Preparing {
+            if matches!(phase, Phase::Preparing | Phase::AwaitingApproval) {
                 fail(t, reason, now);
             } else if phase != Phase::RollingBack {
                 roll_back(t, reason, now);
@@ -694,6 +771,18 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
     let d = &t.deployment;
     let effects = &mut t.effects;
     match d.phase {
+        Phase::AwaitingApproval => match approval::waits(d, now) {
+            Some((why, until)) => {
+                t.log.push(format!("waiting: {why}"));
+                if let Some(at) = until {
+                    t.effects.push(Effect::WakeAt { at });
+                }
+            }
+            None => {
+                t.log.push("approved; starting".to_owned());
+                enter(t, Phase::Preparing, now);
+            }
+        },
         Phase::Preparing => effects.push(Effect::PrepareRelease {
             version: d.version.clone(),
         }),
@@ -762,6 +851,65 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
             }
         }
         Phase::Succeeded | Phase::RolledBack | Phase::Failed => {}
+    }
+}
+
+/// Approvals, lead times and freezes before a deployment may start.
+mod approval {
+    use super::*;
+
+    /// What the deployment still waits for, and until when if time alone
+    /// ends the wait; `None` when it may start.
+    pub(super) fn waits(d: &Deployment, now: Millis) -> Option<(String, Option<Millis>)> {
+        let c = d.change.as_ref()?;
+        let approved = c.approvals.iter().filter(|a| a.approved).count() as u32;
+        if approved < c.required_before {
+            return Some((
+                format!(
+                    "{} of {} approval(s) from the approver role",
+                    approved, c.required_before
+                ),
+                c.start_after.filter(|&at| at > now),
+            ));
+        }
+        if let Some(at) = c.start_after.filter(|&at| at > now) {
+            return Some((
+                format!(
+                    "the lead time of a {} change ends at {}",
+                    c.change.as_str(),
+                    rfc3339(at)
+                ),
+                Some(at),
+            ));
+        }
+        if c.change != crate::governance::ChangeType::Emergency {
+            if let Some((f, until)) = active_freeze(&d.settings.freezes, now) {
+                return Some((
+                    format!("{} is frozen ({}) until {}", d.env, f.name, rfc3339(until)),
+                    Some(until),
+                ));
+            }
+        }
+        None
+    }
+
+    pub(super) fn record(t: &mut Transition, by: &str, comment: &str, approved: bool, now: Millis) {
+        let Some(c) = t.deployment.change.as_mut() else {
+            return;
+        };
+        c.approvals.push(Approval {
+            by: by.to_owned(),
+            at: now,
+            approved,
+            comment: comment.to_owned(),
+        });
+        let verdict = if approved { "approved" } else { "rejected" };
+        let comment = if comment.is_empty() {
+            String::new()
+        } else {
+            format!(": {comment}")
+        };
+        t.log.push(format!("{verdict} by {by}{comment}"));
     }
 }
 

@@ -1,19 +1,22 @@
 //! The HTTP API under `/api/v1/`. JSON in and out; every error has the
 //! shape `{"error": {"code": "...", "message": "..."}}`, mapped here and
-//! nowhere else. Every route but `/healthz` needs the bearer token.
+//! nowhere else. Every route but `/healthz` needs a bearer token: the
+//! controller's own (`admin.token`) or a user's, and each action needs a
+//! role that grants it (`permission_for`).
 
 use crate::controller::{ControlError, Controller, NewRelease};
+use crate::governance::Identity;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
+use gantry_core::governance::Permission;
 use gantry_core::DeploymentId;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 use tokio::sync::Notify;
 
 #[derive(Clone)]
@@ -25,6 +28,8 @@ pub struct AppState {
 
 /// The largest artifact accepted.
 pub const MAX_ARTIFACT_BYTES: usize = 2 << 30;
+/// The largest evidence report accepted.
+pub const MAX_EVIDENCE_BYTES: usize = 64 << 20;
 
 pub struct ApiError {
     status: StatusCode,
@@ -55,6 +60,7 @@ impl From<ControlError> for ApiError {
             ControlError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ControlError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             ControlError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ControlError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ControlError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         ApiError::new(status, code, e.to_string())
@@ -112,7 +118,20 @@ pub fn router(state: AppState) -> Router {
         .route("/shutdown", post(shutdown))
         .route("/audit", get(list_audit))
         .route("/audit/verify", get(verify_audit))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .route("/whoami", get(whoami))
+        .route("/users", get(list_users).post(create_user))
+        .route("/tokens", get(list_tokens).post(create_token))
+        .route("/tokens/{id}/revoke", post(revoke_token))
+        .route("/deployments/{id}/approve", post(approve))
+        .route("/deployments/{id}/reject", post(reject))
+        .route("/approvals", get(pending_approvals))
+        .route("/releases/{version}/evidence", get(list_evidence))
+        .route(
+            "/releases/{version}/evidence/{kind}",
+            put(add_evidence).layer(DefaultBodyLimit::max(MAX_EVIDENCE_BYTES)),
+        )
+        .route("/gates", get(gates))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), audit_actions))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")
@@ -196,12 +215,10 @@ async fn audit_actions(State(state): State<AppState>, req: Request, next: Next) 
     });
     let entry = gantry_core::audit::AuditEntry {
         at: crate::controller::now_ms(),
-        actor: if refused_credentials {
-            "anonymous"
-        } else {
-            ACTOR
-        }
-        .to_owned(),
+        actor: parts
+            .extensions
+            .get::<Identity>()
+            .map_or_else(|| "anonymous".to_owned(), |who| who.user.clone()),
         action: format!("{method} {path}"),
         subject,
         outcome: format!("{outcome} {}", status.as_u16()),
@@ -213,31 +230,60 @@ async fn audit_actions(State(state): State<AppState>, req: Request, next: Next) 
     Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
-async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Which permission an API route needs. One table, so that what each
+/// role may do is readable in one place.
+fn permission_for(method: &axum::http::Method, path: &str) -> Permission {
+    let read = method == axum::http::Method::GET || method == axum::http::Method::HEAD;
+    if path.starts_with("/users") || path.starts_with("/tokens") || path == "/shutdown" {
+        Permission::Administer
+    } else if path.ends_with("/approve") || path.ends_with("/reject") {
+        Permission::Approve
+    } else if read {
+        Permission::Read
+    } else {
+        Permission::Deploy
+    }
+}
+
+/// Resolves the bearer token to an identity, checks the route's
+/// permission, and hands the identity to the handler and (through the
+/// response) to the audit trail.
+async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let presented = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match presented {
-        Some(t) if bool::from(t.as_bytes().ct_eq(state.token.as_bytes())) => next.run(req).await,
-        Some(_) => ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the bearer token is not valid",
-        )
-        .into_response(),
-        None => ApiError::new(
+    let Some(presented) = presented else {
+        return ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing bearer token: send `Authorization: Bearer <token>`",
         )
-        .into_response(),
-    }
+        .into_response();
+    };
+    let who = match state.controller.identify(presented, &state.token) {
+        Ok(who) => who,
+        Err(e) => {
+            return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+                .into_response()
+        }
+    };
+    let needed = permission_for(req.method(), req.uri().path());
+    let mut resp = match who.may(needed) {
+        Ok(()) => {
+            req.extensions_mut().insert(who.clone());
+            next.run(req).await
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    };
+    resp.extensions_mut().insert(who);
+    resp
 }
 
-/// The acting identity. One admin token for now; users and roles come with governance.
-const ACTOR: &str = "admin";
+async fn whoami(Extension(who): Extension<Identity>) -> Response {
+    Json(who).into_response()
+}
 
 async fn list_releases(State(s): State<AppState>) -> ApiResult<Response> {
     Ok(Json(s.controller.store.releases()?).into_response())
@@ -245,6 +291,7 @@ async fn list_releases(State(s): State<AppState>) -> ApiResult<Response> {
 
 async fn create_release(
     State(s): State<AppState>,
+    Extension(who): Extension<Identity>,
     Path(version): Path<String>,
     headers: HeaderMap,
     body: axum::body::Bytes,
@@ -282,12 +329,15 @@ async fn create_release(
             bytes: &body,
             git_sha,
             signature,
-            by: ACTOR,
+            by: &who.user,
         })
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     let status = if created {
+        let c = s.controller.clone();
+        let version = record.version.clone();
+        tokio::spawn(async move { c.auto_deploy_after(None, &version).await });
         StatusCode::CREATED
     } else {
         StatusCode::OK
@@ -317,13 +367,28 @@ async fn verify_releases(State(s): State<AppState>) -> ApiResult<Response> {
 struct DeployRequest {
     env: String,
     version: String,
+    /// standard, normal or emergency; by default normal where approvals are
+    /// required, standard elsewhere.
+    change: Option<String>,
+    /// Why the change is made (kept on the deployment and the audit trail).
+    reason: Option<String>,
 }
 
 async fn create_deployment(
     State(s): State<AppState>,
+    Extension(who): Extension<Identity>,
     Body(body): Body<DeployRequest>,
 ) -> ApiResult<Response> {
-    let d = s.controller.deploy(&body.env, &body.version, ACTOR).await?;
+    let d = s
+        .controller
+        .deploy(
+            &body.env,
+            &body.version,
+            &who.user,
+            body.change.as_deref(),
+            body.reason,
+        )
+        .await?;
     Ok((StatusCode::CREATED, Json(d)).into_response())
 }
 
@@ -336,11 +401,12 @@ struct RollbackRequest {
 
 async fn create_rollback(
     State(s): State<AppState>,
+    Extension(who): Extension<Identity>,
     Body(body): Body<RollbackRequest>,
 ) -> ApiResult<Response> {
     let d = s
         .controller
-        .rollback(&body.env, body.to.as_deref(), ACTOR)
+        .rollback(&body.env, body.to.as_deref(), &who.user)
         .await?;
     Ok((StatusCode::CREATED, Json(d)).into_response())
 }
@@ -373,11 +439,17 @@ fn deployment_or_404(s: &AppState, id: DeploymentId) -> ApiResult<gantry_core::D
     })
 }
 
+/// The deployment, with every verdict given on it (including those given
+/// after an emergency change finished).
 async fn show_deployment(
     State(s): State<AppState>,
     Path(id): Path<DeploymentId>,
 ) -> ApiResult<Response> {
-    Ok(Json(deployment_or_404(&s, id)?).into_response())
+    let d = deployment_or_404(&s, id)?;
+    let mut v = serde_json::to_value(&d)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    v["approvals"] = serde_json::to_value(s.controller.store.approvals(id)?).unwrap_or_default();
+    Ok(Json(v).into_response())
 }
 
 async fn deployment_log(
@@ -393,9 +465,10 @@ async fn deployment_log(
 /// `resume`), answered 202 with what was asked.
 async fn act_on_deployment(
     State(s): State<AppState>,
+    Extension(who): Extension<Identity>,
     Path((id, action)): Path<(DeploymentId, String)>,
 ) -> ApiResult<Response> {
-    let by = ACTOR.to_owned();
+    let by = who.user;
     let (event, doing) = match action.as_str() {
         "abort" => (gantry_core::Event::AbortRequested { by }, "aborting"),
         "promote" => (gantry_core::Event::PromoteRequested { by }, "promoting"),
@@ -521,5 +594,178 @@ async fn verify_audit(State(s): State<AppState>) -> ApiResult<Response> {
         Ok(n) => json!({"ok": true, "records": n, "first_seq": all.first().map(|r| r.seq), "last_seq": all.last().map(|r| r.seq)}),
         Err(b) => json!({"ok": false, "records": all.len(), "first_bad_seq": b.seq, "reason": b.reason}),
     })
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    name: String,
+    roles: Vec<String>,
+}
+
+async fn create_user(
+    State(s): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Body(body): Body<NewUser>,
+) -> ApiResult<Response> {
+    let user = s.controller.add_user(&body.name, &body.roles, &who.user)?;
+    Ok((StatusCode::CREATED, Json(user)).into_response())
+}
+
+async fn list_users(State(s): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(s.controller.store.users()?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    user: String,
+    label: Option<String>,
+    /// A duration such as "90d"; no expiry if absent.
+    expires_in: Option<String>,
+}
+
+/// Issues a token. Its secret is in this answer only; the store keeps a hash.
+async fn create_token(
+    State(s): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Body(body): Body<NewToken>,
+) -> ApiResult<Response> {
+    let expires = body
+        .expires_in
+        .as_deref()
+        .map(|e| {
+            humantime::parse_duration(e)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .map(|d| d.as_millis() as u64)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid",
+                        format!("expires_in: {e:?} is not a duration such as \"90d\" or \"12h\""),
+                    )
+                })
+        })
+        .transpose()?;
+    let issued = s
+        .controller
+        .create_token(&body.user, body.label, expires, &who.user)?;
+    Ok((StatusCode::CREATED, Json(issued)).into_response())
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    user: Option<String>,
+}
+
+async fn list_tokens(
+    State(s): State<AppState>,
+    Query(q): Query<TokenQuery>,
+) -> ApiResult<Response> {
+    Ok(Json(s.controller.store.tokens(q.user.as_deref())?).into_response())
+}
+
+async fn revoke_token(
+    State(s): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(s.controller.revoke_token(&id, &who.user)?).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Verdict {
+    #[serde(default)]
+    comment: String,
+}
+
+async fn give_verdict(
+    s: &AppState,
+    who: &Identity,
+    id: DeploymentId,
+    approved: bool,
+    comment: &str,
+) -> ApiResult<Response> {
+    s.controller.give_verdict(id, who, approved, comment)?;
+    let verdict = if approved { "approved" } else { "rejected" };
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ verdict: id, "by": who.user })),
+    )
+        .into_response())
+}
+
+async fn approve(
+    State(s): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Path(id): Path<DeploymentId>,
+    Body(body): Body<Verdict>,
+) -> ApiResult<Response> {
+    give_verdict(&s, &who, id, true, &body.comment).await
+}
+
+async fn reject(
+    State(s): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Path(id): Path<DeploymentId>,
+    Body(body): Body<Verdict>,
+) -> ApiResult<Response> {
+    give_verdict(&s, &who, id, false, &body.comment).await
+}
+
+/// Deployments waiting for approval and emergency changes still owed theirs.
+async fn pending_approvals(State(s): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(s.controller.pending_approvals()?).into_response())
+}
+
+#[derive(Deserialize)]
+struct EvidenceQuery {
+    /// The report's file name, kept with it.
+    file: Option<String>,
+}
+
+async fn add_evidence(
+    State(s): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Path((version, kind)): Path<(String, String)>,
+    Query(q): Query<EvidenceQuery>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let file = q.file.unwrap_or_else(|| format!("{kind}-report"));
+    let record = s
+        .controller
+        .add_evidence(&version, &kind, &file, &body, &who.user)?;
+    Ok((StatusCode::CREATED, Json(record)).into_response())
+}
+
+async fn list_evidence(
+    State(s): State<AppState>,
+    Path(version): Path<String>,
+) -> ApiResult<Response> {
+    let release = s.controller.release(&version)?;
+    Ok(Json(s.controller.store.evidence(&release.version)?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GatesQuery {
+    version: String,
+    env: String,
+}
+
+/// Each gate a release must pass to enter an environment.
+async fn gates(State(s): State<AppState>, Query(q): Query<GatesQuery>) -> ApiResult<Response> {
+    let env = s.controller.env(&q.env)?.clone();
+    let release = s.controller.release(&q.version)?;
+    let results = s.controller.gates(&release.version, &env)?;
+    Ok(Json(json!({
+        "version": release.version.to_string(),
+        "env": env.name.as_str(),
+        "passed": results.iter().all(|g| g.passed),
+        "gates": results,
+    }))
     .into_response())
 }

@@ -33,6 +33,9 @@ pub enum ControlError {
     Invalid(String),
     #[error("{0}")]
     Conflict(String),
+    /// The caller's roles do not allow it, or a rule forbids this caller.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -288,6 +291,7 @@ impl Controller {
                 _ => None,
             },
             smoke: env.smoke.clone(),
+            freezes: env.freezes.clone(),
         }
     }
 
@@ -312,11 +316,15 @@ impl Controller {
             })
     }
 
+    /// A new deployment of `version` into `env`, once the release passed the
+    /// promotion path, the gates, the change type's rules and the freezes.
     pub async fn deploy(
         self: &Arc<Self>,
         env: &str,
         version: &str,
         by: &str,
+        change: Option<&str>,
+        reason: Option<String>,
     ) -> Result<Deployment, ControlError> {
         let env = self.env(env)?.clone();
         let version = Self::parse_version(version)?;
@@ -327,8 +335,9 @@ impl Controller {
                 env.name
             )));
         }
+        let change = self.admit(&env, &version, change, reason)?;
         self.check_listen_free(&env).await?;
-        self.create(&env, DeploymentKind::Deploy, version, by)
+        self.create(&env, DeploymentKind::Deploy, version, by, Some(change))
     }
 
     pub async fn rollback(
@@ -373,7 +382,9 @@ impl Controller {
                 })?,
         };
         self.check_listen_free(&env).await?;
-        self.create(&env, DeploymentKind::Rollback, target, by)
+        // A rollback returns to a release that already served here: it is
+        // the way out of trouble, so no gate, approval or freeze holds it.
+        self.create(&env, DeploymentKind::Rollback, target, by, None)
     }
 
     fn create(
@@ -382,12 +393,13 @@ impl Controller {
         kind: DeploymentKind,
         version: Version,
         by: &str,
+        change: Option<gantry_core::governance::ChangeControl>,
     ) -> Result<Deployment, ControlError> {
         let current = self.store.env_state(&env.name)?;
         let settings = self.settings_for(env, kind);
         let now = now_ms();
         let d = self.store.create_deployment(&env.name, &mut |id| {
-            Deployment::new(
+            let d = Deployment::new(
                 id,
                 env.name.clone(),
                 kind,
@@ -400,7 +412,11 @@ impl Controller {
                 settings.clone(),
                 by.to_owned(),
                 now,
-            )
+            );
+            match &change {
+                Some(c) => d.with_change(c.clone()),
+                None => d,
+            }
         })?;
         self.launch(d.clone(), Event::Created);
         Ok(d)
@@ -452,6 +468,9 @@ impl Controller {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&d.id);
+        if d.phase == gantry_core::Phase::Succeeded && d.kind == DeploymentKind::Deploy {
+            self.auto_deploy_after(Some(&d.env), &d.version).await;
+        }
     }
 
     async fn execute(

@@ -8,6 +8,7 @@
 mod api;
 pub mod artifact;
 pub mod controller;
+pub mod governance;
 pub mod routing;
 mod secret_file;
 mod smoke;

@@ -14,6 +14,8 @@ mod sqlite;
 
 pub use blobs::{hash_bytes, hash_reader, BlobError, Blobs};
 pub use gantry_core::audit::{AuditEntry, AuditRecord};
+pub use gantry_core::evidence::{EvidenceKind, Report};
+pub use gantry_core::governance::{Approval, Role};
 pub use sqlite::SqliteStore;
 
 use gantry_core::{
@@ -84,7 +86,66 @@ pub struct LogEntry {
     pub message: String,
 }
 
-pub trait Store: Send + Sync {
+/// A person who may use the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    pub roles: Vec<Role>,
+    pub created_at: Millis,
+    pub created_by: String,
+}
+
+/// An API token. The secret is never stored, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub id: String,
+    pub user: String,
+    pub label: Option<String>,
+    #[serde(skip_serializing, default)]
+    pub secret_hash: String,
+    pub created_at: Millis,
+    pub created_by: String,
+    pub expires_at: Option<Millis>,
+    pub revoked_at: Option<Millis>,
+    pub revoked_by: Option<String>,
+}
+
+/// A report attached to a release.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvidenceRecord {
+    pub id: i64,
+    pub version: Version,
+    pub kind: EvidenceKind,
+    /// SHA-256 of the file as uploaded (kept among the blobs).
+    pub digest: Digest,
+    pub file_name: String,
+    pub report: Report,
+    pub added_at: Millis,
+    pub added_by: String,
+}
+
+/// Users, tokens, approvals and evidence.
+pub trait GovernanceStore: Send + Sync {
+    /// False if the name is taken.
+    fn create_user(&self, user: &User) -> Result<bool>;
+    fn user(&self, name: &str) -> Result<Option<User>>;
+    fn users(&self) -> Result<Vec<User>>;
+    fn create_token(&self, token: &TokenRecord) -> Result<()>;
+    fn token(&self, id: &str) -> Result<Option<TokenRecord>>;
+    fn tokens(&self, user: Option<&str>) -> Result<Vec<TokenRecord>>;
+    /// False if there is no such token or it was already revoked.
+    fn revoke_token(&self, id: &str, by: &str, at: Millis) -> Result<bool>;
+    /// Every verdict on a deployment, oldest first.
+    fn approvals(&self, deployment: DeploymentId) -> Result<Vec<Approval>>;
+    /// A verdict on a finished deployment (an emergency change approved
+    /// afterwards). Verdicts on a running one go through [`Store::record`].
+    /// False if that person already gave one.
+    fn add_late_approval(&self, deployment: DeploymentId, approval: &Approval) -> Result<bool>;
+    fn add_evidence(&self, evidence: &EvidenceRecord) -> Result<i64>;
+    fn evidence(&self, version: &Version) -> Result<Vec<EvidenceRecord>>;
+}
+
+pub trait Store: GovernanceStore + Send + Sync {
     fn insert_release(&self, release: &ReleaseRecord) -> Result<InsertOutcome>;
     fn release(&self, version: &Version) -> Result<Option<ReleaseRecord>>;
     fn releases(&self) -> Result<Vec<ReleaseRecord>>;

@@ -90,6 +90,17 @@ impl Client {
         }
     }
 
+    /// PUTs raw bytes with query parameters.
+    pub async fn put_bytes(
+        &self,
+        path: &str,
+        query: &[(&str, &str)],
+        bytes: Vec<u8>,
+    ) -> Result<Value> {
+        self.send(self.http.put(self.url(path)).query(query).body(bytes))
+            .await
+    }
+
     pub async fn put_artifact(
         &self,
         version: &str,

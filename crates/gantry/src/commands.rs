@@ -58,12 +58,35 @@ pub async fn run(cli: Cli) -> Exit {
             version,
             env,
             detach,
+            change,
+            reason,
         } => {
             let c = connect()?;
             let d = c
-                .post("/deployments", json!({"env": env, "version": version}))
+                .post(
+                    "/deployments",
+                    json!({"env": env, "version": version, "change": change, "reason": reason}),
+                )
                 .await?;
             follow(&c, &d, detach).await
+        }
+        Command::Approve { id, comment } => {
+            crate::governance::verdict(&connect()?, id, true, comment).await
+        }
+        Command::Reject { id, comment } => {
+            crate::governance::verdict(&connect()?, id, false, comment).await
+        }
+        Command::Approvals => crate::governance::approvals(&connect()?).await,
+        Command::User(cmd) => crate::governance::user(&connect()?, cmd).await,
+        Command::Token(cmd) => crate::governance::token(&connect()?, cmd).await,
+        Command::Evidence(cmd) => crate::governance::evidence(&connect()?, cmd).await,
+        Command::Gates { version, env } => {
+            crate::governance::gates(&connect()?, &version, &env).await
+        }
+        Command::Whoami => {
+            let v = connect()?.send_get("/whoami").await?;
+            println!("{} ({})", v["user"].as_str().unwrap_or("?"), v["roles"]);
+            Ok(0)
         }
         Command::Rollback { env, to, detach } => {
             let c = connect()?;
@@ -304,6 +327,13 @@ pub async fn follow(c: &Client, d: &Value, detach: bool) -> Exit {
         ));
         if matches!(phase, "succeeded" | "rolled_back" | "failed") {
             break dep.clone();
+        }
+        if phase == "awaiting_approval" {
+            bar.finish_and_clear();
+            println!(
+                "deployment {id} awaits approval: `gantry approve {id}` by an approver; `gantry log {id}` shows what it waits for"
+            );
+            return Ok(0);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };

@@ -92,8 +92,10 @@ start_timeout = "5s"
         }
         if env == "staging" {
             // A rolling update, smoke-checked before its first batch takes traffic.
+            // Optional on the promotion path, so that the faulty 1.3.0 can go from
+            // integration to production and be caught there by live analysis.
             config.push_str(
-                "strategy = \"rolling\"\nrolling = { max_surge = 1, max_unavailable = 0 }\n\n[environments.staging.smoke]\ntimeout = \"30s\"\n\n[[environments.staging.smoke.checks]]\nname = \"home\"\npath = \"/\"\nbody_contains = \"hello from\"\n",
+                "optional = true\nstrategy = \"rolling\"\nrolling = { max_surge = 1, max_unavailable = 0 }\n\n[environments.staging.smoke]\ntimeout = \"30s\"\n\n[[environments.staging.smoke.checks]]\nname = \"home\"\npath = \"/\"\nbody_contains = \"hello from\"\n",
             );
         }
     }
@@ -271,9 +273,21 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
         dev["version"].as_str().unwrap_or("?")
     );
 
-    println!(
-        "\n== deploying 1.3.0, which fails 5% of requests, to production as a canary under load"
-    );
+    println!("\n== 1.3.0, which fails 5% of requests, on its promotion path (staging is optional)");
+    for env in ["development", "integration"] {
+        let d = deploy(&c, env, "1.3.0").await?;
+        let phase = d["phase"].as_str().unwrap_or("?");
+        println!(
+            "  {env:<12} {phase} in {:.2}s (no analysis there: blue-green)",
+            took(&d)
+        );
+        ensure!(
+            phase == "succeeded",
+            "deploying 1.3.0 to {env} ended {phase}: {}",
+            d["reason"]
+        );
+    }
+    println!("\n== deploying 1.3.0 to production as a canary under load");
     let d = deploy(&c, "production", "1.3.0").await?;
     let phase = d["phase"].as_str().unwrap_or("?");
     println!(

@@ -7,6 +7,7 @@ mod audit;
 mod client;
 mod commands;
 mod demo;
+mod governance;
 mod sample;
 
 use anyhow::Result;
@@ -14,7 +15,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 /// Exit codes: 1 error, 2 usage, 3 the deployment did not succeed, 4 invalid config,
-/// 5 the audit trail is broken.
+/// 5 the audit trail is broken, 6 a gate fails.
 pub const EXIT_DEPLOY_FAILED: i32 = 3;
 pub const EXIT_INVALID_CONFIG: i32 = 4;
 
@@ -81,7 +82,45 @@ pub enum Command {
         /// Print the deployment id and return at once.
         #[arg(long)]
         detach: bool,
+        /// standard, normal or emergency (default: normal where approvals are
+        /// required, standard elsewhere).
+        #[arg(long)]
+        change: Option<String>,
+        /// Why: kept on the deployment and the audit trail.
+        #[arg(long)]
+        reason: Option<String>,
     },
+    /// Approve a deployment (approver role; never your own).
+    Approve {
+        id: i64,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject a deployment: a waiting one fails, a running emergency change rolls back.
+    Reject {
+        id: i64,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Deployments awaiting approval and emergency changes still owed theirs.
+    Approvals,
+    /// Users and their roles.
+    #[command(subcommand)]
+    User(governance::UserCommand),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(governance::TokenCommand),
+    /// Test, security and coverage reports attached to a release.
+    #[command(subcommand)]
+    Evidence(governance::EvidenceCommand),
+    /// Whether a release may enter an environment: each gate, pass or fail and why.
+    Gates {
+        version: String,
+        #[arg(long)]
+        env: String,
+    },
+    /// Who the API token belongs to.
+    Whoami,
     /// Return an environment to its last good release (or --to one).
     Rollback {
         #[arg(long)]

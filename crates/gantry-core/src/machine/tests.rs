@@ -17,6 +17,7 @@ fn settings() -> DeploySettings {
         canary: None,
         rolling: None,
         smoke: None,
+        freezes: Vec::new(),
     }
 }
 
@@ -317,6 +318,14 @@ mod properties {
             Just(Event::AbortRequested { by: "bob".into() }),
             Just(Event::InstancesRestored),
             Just(Event::PromoteRequested { by: "bob".into() }),
+            Just(Event::Approved {
+                by: "carol".into(),
+                comment: "ok".into()
+            }),
+            Just(Event::Rejected {
+                by: "dave".into(),
+                comment: "no".into()
+            }),
             any::<bool>().prop_map(|passed| Event::SmokeFinished {
                 results: vec![SmokeResult {
                     check: "home".into(),
@@ -330,11 +339,13 @@ mod properties {
         ]
     }
 
-    /// A blue-green deployment, one with smoke checks, or a rolling update.
+    /// A blue-green deployment, one with smoke checks, a rolling update, or
+    /// a normal change that needs an approval and a lead time.
     fn any_deployment() -> impl Strategy<Value = Deployment> {
-        (0..3u8).prop_map(|kind| {
+        (0..4u8).prop_map(|kind| {
             let mut d = first_deploy();
             match kind {
+                3 => d = d.with_change(normal_change(1, 5000)),
                 1 => {
                     d.settings.smoke = Some(SmokeSettings {
                         checks: vec![SmokeCheck {
@@ -388,6 +399,13 @@ mod properties {
                 }
                 if t.deployment.phase == Phase::Succeeded {
                     prop_assert!(t.deployment.traffic_on_new);
+                }
+                // Nothing starts before its approvals and its lead time.
+                if d.phase == Phase::AwaitingApproval && t.deployment.phase == Phase::Preparing {
+                    let c = t.deployment.change.as_ref().unwrap();
+                    let approved = c.approvals.iter().filter(|a| a.approved).count() as u32;
+                    prop_assert!(approved >= c.required_before);
+                    prop_assert!(c.start_after.is_none_or(|at| now >= at));
                 }
                 d = t.deployment;
             }
@@ -952,4 +970,93 @@ fn counters_that_start_again_at_zero_restart_the_step_judgement() {
     let start = t.deployment.canary.unwrap().step_start.unwrap();
     assert_eq!((start.0.requests, start.1.requests), (3, 30));
     assert!(t.log[0].contains("counters restarted"));
+}
+
+fn normal_change(required: u32, lead_ms: u64) -> crate::governance::ChangeControl {
+    use crate::governance::*;
+    let policy = ApprovalPolicy {
+        required,
+        lead_time: LeadTime::Ms(lead_ms),
+        emergency_review_ms: 60_000,
+        allow_standard: false,
+    };
+    plan_change(
+        "production",
+        &policy,
+        ChangeType::Normal,
+        Some("new search".into()),
+        &[],
+        0,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_normal_change_waits_for_its_approvals_and_lead_time() {
+    let d = first_deploy().with_change(normal_change(2, 5000));
+    let approve = |by: &str| Event::Approved {
+        by: by.into(),
+        comment: "looks fine".into(),
+    };
+    let (transcript, d) = run(
+        d,
+        &[
+            (0, Event::Created),
+            (100, approve("bob")),
+            (200, Event::Resumed),
+            (300, approve("carol")),
+            (5000, Event::Tick),
+        ],
+    );
+    insta::assert_snapshot!(transcript);
+    assert_eq!(d.phase, Phase::Preparing);
+}
+
+#[test]
+fn a_rejection_ends_a_waiting_change_and_rolls_back_a_running_emergency() {
+    let d = first_deploy().with_change(normal_change(1, 0));
+    let reject = Event::Rejected {
+        by: "bob".into(),
+        comment: "not this week".into(),
+    };
+    let (_, waiting) = run(d, &[(0, Event::Created), (10, reject.clone())]);
+    assert_eq!(waiting.phase, Phase::Failed);
+    assert_eq!(
+        waiting.reason.as_deref(),
+        Some("rejected by bob: not this week")
+    );
+    assert!(waiting.new_instances.is_empty());
+
+    use crate::governance::*;
+    let policy = ApprovalPolicy {
+        required: 1,
+        ..ApprovalPolicy::none()
+    };
+    let emergency =
+        plan_change("production", &policy, ChangeType::Emergency, None, &[], 0).unwrap();
+    let d = first_deploy().with_change(emergency);
+    let (_, running) = run(d, &started_then(&[2, 3], vec![(30, reject)]));
+    assert_eq!(running.phase, Phase::RollingBack);
+}
+
+#[test]
+fn an_approved_change_waits_out_a_freeze() {
+    use crate::governance::*;
+    let mut d = first_deploy().with_change(normal_change(0, 0));
+    d.settings.freezes = vec![FreezeWindow {
+        name: "launch".into(),
+        when: FreezeSpan::Once {
+            from: 0,
+            to: 60_000,
+        },
+    }];
+    let t = step(&d, &Event::Created, 10);
+    assert_eq!(t.deployment.phase, Phase::AwaitingApproval);
+    assert!(
+        t.effects.contains(&Effect::WakeAt { at: 60_000 }),
+        "{:?}",
+        t.effects
+    );
+    let t = step(&t.deployment, &Event::Tick, 60_000);
+    assert_eq!(t.deployment.phase, Phase::Preparing);
 }

@@ -35,6 +35,7 @@ fn new_deployment(id: DeploymentId, env: &str, v: &str) -> Deployment {
             canary: None,
             rolling: None,
             smoke: None,
+            freezes: Vec::new(),
         },
         "admin".into(),
         100,
@@ -202,4 +203,79 @@ fn the_audit_trail_chains_refuses_updates_and_stays_verifiable_after_pruning() {
         gantry_core::audit::verify(&kept, Some((anchor.0, &anchor.1))),
         Ok(1)
     );
+}
+
+#[test]
+fn verdicts_are_kept_with_the_state_they_led_to_once_per_person() {
+    let store = SqliteStore::in_memory().unwrap();
+    let env: EnvName = "production".parse().unwrap();
+    let d = store
+        .create_deployment(&env, &mut |id| new_deployment(id, "production", "1.0.0"))
+        .unwrap();
+    let approved = Event::Approved {
+        by: "bob".into(),
+        comment: "fine".into(),
+    };
+    let t = gantry_core::step(&d, &approved, 200);
+    store.record(&approved, &t, 200).unwrap();
+    // A second verdict by the same person is ignored, not an error that
+    // would stop the deployment being recorded.
+    let again = Event::Rejected {
+        by: "bob".into(),
+        comment: "changed my mind".into(),
+    };
+    store.record(&again, &t, 300).unwrap();
+    let approvals = store.approvals(d.id).unwrap();
+    assert_eq!(approvals.len(), 1);
+    assert!(approvals[0].approved);
+    let late = Approval {
+        by: "carol".into(),
+        at: 400,
+        approved: true,
+        comment: String::new(),
+    };
+    assert!(store.add_late_approval(d.id, &late).unwrap());
+    assert!(!store.add_late_approval(d.id, &late).unwrap());
+    assert_eq!(store.approvals(d.id).unwrap().len(), 2);
+    assert!(store
+        .log(d.id)
+        .unwrap()
+        .iter()
+        .any(|l| l.message == "approved afterwards by carol"));
+}
+
+#[test]
+fn tokens_are_revoked_once_and_users_are_unique() {
+    let store = SqliteStore::in_memory().unwrap();
+    let user = User {
+        name: "alice".into(),
+        roles: vec![Role::Deployer, Role::Approver],
+        created_at: 1,
+        created_by: "admin".into(),
+    };
+    assert!(store.create_user(&user).unwrap());
+    assert!(!store.create_user(&user).unwrap());
+    assert_eq!(store.user("alice").unwrap(), Some(user));
+    let token = TokenRecord {
+        id: "t1".into(),
+        user: "alice".into(),
+        label: None,
+        secret_hash: "h".repeat(64),
+        created_at: 1,
+        created_by: "admin".into(),
+        expires_at: None,
+        revoked_at: None,
+        revoked_by: None,
+    };
+    store.create_token(&token).unwrap();
+    assert!(store.revoke_token("t1", "admin", 5).unwrap());
+    assert!(!store.revoke_token("t1", "admin", 6).unwrap());
+    assert_eq!(store.token("t1").unwrap().unwrap().revoked_at, Some(5));
+    // A token for a user who does not exist is refused by the schema.
+    let orphan = TokenRecord {
+        id: "t2".into(),
+        user: "nobody".into(),
+        ..token
+    };
+    assert!(store.create_token(&orphan).is_err());
 }

@@ -116,8 +116,24 @@ pub struct Gantry {
     pub server_env: Vec<(String, String)>,
 }
 
-/// The config used by most tests: fast probes, short bakes.
-pub fn test_config(ports: &[(String, u16)], bake: &str, extra: &str) -> String {
+/// How strictly a test config enforces the promotion path.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Lifecycle {
+    /// Every environment but production is optional, so a test can deploy
+    /// straight to the environment it is about.
+    Loose,
+    Strict,
+    /// Strict, and development and integration deploy new releases by themselves.
+    Automatic,
+}
+
+/// The config used by the tests: fast probes, short bakes.
+pub fn lifecycle_config(
+    ports: &[(String, u16)],
+    bake: &str,
+    extra: &str,
+    lifecycle: Lifecycle,
+) -> String {
     let mut s = String::from(
         r#"[service]
 name = "sample"
@@ -138,6 +154,12 @@ start_timeout = "5s"
         s.push_str(&format!(
             "\n[environments.{env}]\nlisten = \"127.0.0.1:{port}\"\ninstances = {instances}\nbake = \"{bake}\"\n"
         ));
+        if lifecycle == Lifecycle::Loose && env != "production" {
+            s.push_str("optional = true\n");
+        }
+        if lifecycle == Lifecycle::Automatic && (env == "development" || env == "integration") {
+            s.push_str("auto_deploy = true\n");
+        }
     }
     s
 }
@@ -162,11 +184,26 @@ impl Gantry {
     }
 
     fn start_config(bake: &str, extra: &str, server_env: &[(&str, &str)], tail: &str) -> Gantry {
+        Self::start_lifecycle(bake, extra, server_env, tail, Lifecycle::Loose)
+    }
+
+    /// A controller whose promotion path is `lifecycle`, its config ending with `tail`.
+    pub fn start_governed(lifecycle: Lifecycle, tail: &str) -> Gantry {
+        Self::start_lifecycle("100ms", "", &[], tail, lifecycle)
+    }
+
+    fn start_lifecycle(
+        bake: &str,
+        extra: &str,
+        server_env: &[(&str, &str)],
+        tail: &str,
+        lifecycle: Lifecycle,
+    ) -> Gantry {
         let ports: Vec<(String, u16)> = ["development", "integration", "staging", "production"]
             .iter()
             .map(|e| (e.to_string(), free_port()))
             .collect();
-        let config = test_config(&ports, bake, extra) + tail;
+        let config = lifecycle_config(&ports, bake, extra, lifecycle) + tail;
         let server_env = server_env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -10,5 +10,6 @@ mod canary;
 mod config;
 mod crash;
 mod deploy;
+mod governance;
 mod releases;
 mod rollout;

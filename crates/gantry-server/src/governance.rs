@@ -1,0 +1,560 @@
+//! Who is calling, what a release must show before it enters an
+//! environment, and approvals: the controller's side of governance. The
+//! rules themselves are pure, in `gantry_core::governance` and
+//! `gantry_core::evidence`; this module feeds them from the store.
+
+use crate::controller::{now_ms, ControlError, Controller};
+use gantry_config::Environment;
+use gantry_core::evidence::{self, Evidence, EvidenceKind, GateResult, Report};
+use gantry_core::governance::{
+    self, allowed, Approval, ChangeControl, ChangeType, Permission, Role,
+};
+use gantry_core::{Deployment, DeploymentId, Event, Millis, Version};
+use gantry_store::{EvidenceRecord, TokenRecord, User};
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq;
+
+/// The caller of an API request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    pub user: String,
+    pub roles: Vec<Role>,
+}
+
+impl Identity {
+    /// The holder of the controller's own token (`admin.token`).
+    pub fn bootstrap_admin() -> Identity {
+        Identity {
+            user: "admin".to_owned(),
+            roles: vec![Role::Admin],
+        }
+    }
+
+    pub fn may(&self, p: Permission) -> Result<(), ControlError> {
+        if allowed(&self.roles, p) {
+            return Ok(());
+        }
+        let roles: Vec<&str> = self.roles.iter().map(|r| r.as_str()).collect();
+        Err(ControlError::Forbidden(format!(
+            "{} ({}) may not {}: that needs a role that grants it ({})",
+            self.user,
+            roles.join(", "),
+            p.as_str(),
+            match p {
+                Permission::Read => "viewer, deployer, approver or admin",
+                Permission::Deploy => "deployer or admin",
+                Permission::Approve => "approver or admin",
+                Permission::Administer => "admin",
+            }
+        )))
+    }
+}
+
+/// Who starts automatic deployments.
+pub const AUTO_ACTOR: &str = "gantry";
+
+/// Tokens are `gantry_<id>_<secret>`: the id finds the record, the secret's
+/// SHA-256 is compared in constant time.
+const TOKEN_PREFIX: &str = "gantry_";
+
+fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+fn random_hex(bytes: usize) -> Result<String, ControlError> {
+    let mut buf = vec![0u8; bytes];
+    getrandom::fill(&mut buf).map_err(|e| ControlError::Internal(format!("no randomness: {e}")))?;
+    Ok(hex::encode(buf))
+}
+
+/// A token as issued: shown once, never stored.
+#[derive(Debug, Serialize)]
+pub struct IssuedToken {
+    pub id: String,
+    pub user: String,
+    pub token: String,
+    pub expires_at: Option<Millis>,
+}
+
+/// Why a presented token was refused (answered 401).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenRefusal {
+    #[error("the bearer token is not valid")]
+    Invalid,
+    #[error("token {id} was revoked")]
+    Revoked { id: String },
+    #[error("token {id} expired at {at}")]
+    Expired { id: String, at: String },
+    #[error("cannot check the token: {0}")]
+    Store(String),
+}
+
+impl Controller {
+    /// Who holds `presented`: the bootstrap admin (its token compared with
+    /// `admin_token`) or a user with a live token.
+    pub fn identify(&self, presented: &str, admin_token: &str) -> Result<Identity, TokenRefusal> {
+        if bool::from(presented.as_bytes().ct_eq(admin_token.as_bytes())) {
+            return Ok(Identity::bootstrap_admin());
+        }
+        let (id, secret) = presented
+            .strip_prefix(TOKEN_PREFIX)
+            .and_then(|rest| rest.split_once('_'))
+            .ok_or(TokenRefusal::Invalid)?;
+        let record = self
+            .store
+            .token(id)
+            .map_err(|e| TokenRefusal::Store(e.to_string()))?
+            .ok_or(TokenRefusal::Invalid)?;
+        if !bool::from(
+            hash_secret(secret)
+                .as_bytes()
+                .ct_eq(record.secret_hash.as_bytes()),
+        ) {
+            return Err(TokenRefusal::Invalid);
+        }
+        if record.revoked_at.is_some() {
+            return Err(TokenRefusal::Revoked { id: record.id });
+        }
+        if let Some(at) = record.expires_at.filter(|&at| at <= now_ms()) {
+            return Err(TokenRefusal::Expired {
+                id: record.id,
+                at: governance::rfc3339(at),
+            });
+        }
+        let user = self
+            .store
+            .user(&record.user)
+            .map_err(|e| TokenRefusal::Store(e.to_string()))?
+            .ok_or(TokenRefusal::Invalid)?;
+        Ok(Identity {
+            user: user.name,
+            roles: user.roles,
+        })
+    }
+
+    pub fn add_user(&self, name: &str, roles: &[String], by: &str) -> Result<User, ControlError> {
+        let valid_name = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+        if !valid_name || name == "admin" || name == "gantry" || name == "anonymous" {
+            return Err(ControlError::Invalid(format!(
+                "user name {name:?}: expected 1 to 64 letters, digits, '-', '_', '.' or '@', and not admin, gantry or anonymous"
+            )));
+        }
+        if roles.is_empty() {
+            return Err(ControlError::Invalid(format!(
+                "user {name}: give at least one role ({})",
+                Role::NAMES.join(", ")
+            )));
+        }
+        let mut parsed = roles
+            .iter()
+            .map(|r| Role::parse(r))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ControlError::Invalid(format!("user {name}: {e}")))?;
+        parsed.sort();
+        parsed.dedup();
+        let user = User {
+            name: name.to_owned(),
+            roles: parsed,
+            created_at: now_ms(),
+            created_by: by.to_owned(),
+        };
+        if !self.store.create_user(&user)? {
+            return Err(ControlError::Conflict(format!(
+                "user {name} already exists"
+            )));
+        }
+        Ok(user)
+    }
+
+    pub fn create_token(
+        &self,
+        user: &str,
+        label: Option<String>,
+        expires_in_ms: Option<u64>,
+        by: &str,
+    ) -> Result<IssuedToken, ControlError> {
+        if self.store.user(user)?.is_none() {
+            return Err(ControlError::NotFound(format!(
+                "user {user} does not exist; `gantry user add` creates one"
+            )));
+        }
+        let id = random_hex(8)?;
+        let secret = random_hex(32)?;
+        let now = now_ms();
+        let expires_at = expires_in_ms.map(|ms| now + ms as Millis);
+        self.store.create_token(&TokenRecord {
+            id: id.clone(),
+            user: user.to_owned(),
+            label,
+            secret_hash: hash_secret(&secret),
+            created_at: now,
+            created_by: by.to_owned(),
+            expires_at,
+            revoked_at: None,
+            revoked_by: None,
+        })?;
+        Ok(IssuedToken {
+            token: format!("{TOKEN_PREFIX}{id}_{secret}"),
+            id,
+            user: user.to_owned(),
+            expires_at,
+        })
+    }
+
+    pub fn revoke_token(&self, id: &str, by: &str) -> Result<TokenRecord, ControlError> {
+        let existing = self
+            .store
+            .token(id)?
+            .ok_or_else(|| ControlError::NotFound(format!("token {id} does not exist")))?;
+        if existing.revoked_at.is_some() {
+            return Err(ControlError::Conflict(format!(
+                "token {id} is already revoked"
+            )));
+        }
+        self.store.revoke_token(id, by, now_ms())?;
+        Ok(self.store.token(id)?.unwrap_or(existing))
+    }
+
+    // ---- evidence and gates ----
+
+    /// Parses and attaches a report to a release. Nothing is stored unless
+    /// the report parses.
+    pub fn add_evidence(
+        &self,
+        version: &str,
+        kind: &str,
+        file_name: &str,
+        bytes: &[u8],
+        by: &str,
+    ) -> Result<EvidenceRecord, ControlError> {
+        let kind = EvidenceKind::parse_uploadable(kind).map_err(ControlError::Invalid)?;
+        let release = self.release(version)?;
+        let report = evidence::parse(kind, bytes).map_err(|e| {
+            ControlError::Invalid(format!(
+                "{file_name}: not a valid {} report: {e}",
+                kind.as_str()
+            ))
+        })?;
+        self.attach(&release.version, kind, file_name, bytes, report, by)
+    }
+
+    fn attach(
+        &self,
+        version: &Version,
+        kind: EvidenceKind,
+        file_name: &str,
+        bytes: &[u8],
+        report: Report,
+        by: &str,
+    ) -> Result<EvidenceRecord, ControlError> {
+        let digest = self
+            .blobs
+            .put(bytes)
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
+        let mut record = EvidenceRecord {
+            id: 0,
+            version: version.clone(),
+            kind,
+            digest,
+            file_name: file_name.to_owned(),
+            report,
+            added_at: now_ms(),
+            added_by: by.to_owned(),
+        };
+        record.id = self.store.add_evidence(&record)?;
+        Ok(record)
+    }
+
+    /// Records what Gantry itself established (a rehearsal, an approved plan).
+    pub fn record_evidence(
+        &self,
+        version: &Version,
+        kind: EvidenceKind,
+        file_name: &str,
+        document: &[u8],
+        report: Report,
+        by: &str,
+    ) -> Result<EvidenceRecord, ControlError> {
+        self.attach(version, kind, file_name, document, report, by)
+    }
+
+    /// Each gate of `env` for `version`, passed or not and why.
+    pub fn gates(
+        &self,
+        version: &Version,
+        env: &Environment,
+    ) -> Result<Vec<GateResult>, ControlError> {
+        let evidence: Vec<Evidence> = self
+            .store
+            .evidence(version)?
+            .into_iter()
+            .map(|e| Evidence {
+                id: e.id,
+                kind: e.kind,
+                report: e.report,
+                added_at: e.added_at,
+            })
+            .collect();
+        let mut results = evidence::evaluate(&env.gates, env.name.as_str(), &evidence);
+        if let Some(path) = self.promotion_gate(version, env)? {
+            results.insert(0, path);
+        }
+        Ok(results)
+    }
+
+    /// The promotion path as a gate: every earlier, non-optional environment
+    /// must have run `version` successfully. `None` for the first environment.
+    fn promotion_gate(
+        &self,
+        version: &Version,
+        env: &Environment,
+    ) -> Result<Option<GateResult>, ControlError> {
+        let envs = &self.config.environments;
+        let Some(pos) = envs.iter().position(|e| e.name == env.name) else {
+            return Ok(None);
+        };
+        if pos == 0 {
+            return Ok(None);
+        }
+        let mut missing = Vec::new();
+        for earlier in envs[..pos].iter().filter(|e| !e.optional) {
+            if !self
+                .store
+                .succeeded_versions(&earlier.name)?
+                .contains(version)
+            {
+                missing.push(earlier.name.to_string());
+            }
+        }
+        let path: Vec<String> = envs
+            .iter()
+            .map(|e| {
+                if e.optional {
+                    format!("{} (optional)", e.name)
+                } else {
+                    e.name.to_string()
+                }
+            })
+            .collect();
+        Ok(Some(GateResult {
+            gate: "promotion path".to_owned(),
+            passed: missing.is_empty(),
+            detail: if missing.is_empty() {
+                format!(
+                    "succeeded in every earlier environment of {}",
+                    path.join(" → ")
+                )
+            } else {
+                format!(
+                    "{version} has not succeeded in {} yet; the path is {}",
+                    missing.join(", "),
+                    path.join(" → ")
+                )
+            },
+            evidence: None,
+        }))
+    }
+
+    /// Everything a new deployment must satisfy before it is created: the
+    /// promotion path, the gates, the change type and the freezes. Returns
+    /// the change it carries out.
+    pub(crate) fn admit(
+        &self,
+        env: &Environment,
+        version: &Version,
+        change: Option<&str>,
+        reason: Option<String>,
+    ) -> Result<ChangeControl, ControlError> {
+        let change = match change {
+            Some(c) => ChangeType::parse(c).map_err(ControlError::Invalid)?,
+            None if env.approval.required > 0 => ChangeType::Normal,
+            None => ChangeType::Standard,
+        };
+        let failed: Vec<String> = self
+            .gates(version, env)?
+            .into_iter()
+            .filter(|g| !g.passed)
+            .map(|g| format!("{}: {}", g.gate, g.detail))
+            .collect();
+        if !failed.is_empty() {
+            return Err(ControlError::Conflict(format!(
+                "{version} may not enter {}; failed gate(s):\n  {}",
+                env.name,
+                failed.join("\n  ")
+            )));
+        }
+        governance::plan_change(
+            env.name.as_str(),
+            &env.approval,
+            change,
+            reason,
+            &env.freezes,
+            now_ms(),
+        )
+        .map_err(|e| ControlError::Conflict(e.to_string()))
+    }
+
+    /// Deploys `version` to the environment after `from` on the promotion
+    /// path (the first one when `from` is `None`) if that one has
+    /// `auto_deploy`. Its gates still apply; a refusal is audited, not raised.
+    pub async fn auto_deploy_after(
+        self: &std::sync::Arc<Self>,
+        from: Option<&gantry_core::EnvName>,
+        version: &Version,
+    ) {
+        let envs = &self.config.environments;
+        let next = match from {
+            None => envs.first(),
+            Some(name) => envs
+                .iter()
+                .position(|e| &e.name == name)
+                .and_then(|i| envs.get(i + 1)),
+        };
+        let Some(next) = next.filter(|e| e.auto_deploy) else {
+            return;
+        };
+        let outcome = self
+            .deploy(
+                next.name.as_str(),
+                &version.to_string(),
+                AUTO_ACTOR,
+                None,
+                None,
+            )
+            .await;
+        let (result, detail) = match &outcome {
+            Ok(d) => ("done".to_owned(), serde_json::json!({"deployment": d.id})),
+            Err(e) => (
+                "refused".to_owned(),
+                serde_json::json!({"error": e.to_string()}),
+            ),
+        };
+        if let Err(e) = &outcome {
+            tracing::warn!(env = %next.name, %version, error = %e, "automatic deployment refused");
+        }
+        let entry = gantry_core::audit::AuditEntry {
+            at: now_ms(),
+            actor: AUTO_ACTOR.to_owned(),
+            action: "deployment.auto".to_owned(),
+            subject: format!("release {version} to {}", next.name),
+            outcome: result,
+            detail: detail.to_string(),
+        };
+        if let Err(e) = self.store.append_audit(entry) {
+            tracing::error!(error = %e, "cannot write the audit record");
+        }
+    }
+
+    // ---- approvals ----
+
+    /// One approver's verdict on a deployment: passed to the running
+    /// deployment, or kept on a finished emergency change.
+    pub fn give_verdict(
+        &self,
+        id: DeploymentId,
+        who: &Identity,
+        approved: bool,
+        comment: &str,
+    ) -> Result<Deployment, ControlError> {
+        who.may(Permission::Approve)?;
+        let d = self
+            .store
+            .deployment(id)?
+            .ok_or_else(|| ControlError::NotFound(format!("deployment {id} does not exist")))?;
+        let given: Vec<String> = self
+            .store
+            .approvals(id)?
+            .into_iter()
+            .map(|a| a.by)
+            .collect();
+        governance::check_approval(
+            &d.requested_by,
+            d.change.as_ref(),
+            d.phase.is_terminal(),
+            &given,
+            &who.user,
+        )
+        .map_err(|e| match e {
+            governance::ApprovalRefusal::Initiator { .. } => ControlError::Forbidden(e.to_string()),
+            _ => ControlError::Conflict(e.to_string()),
+        })?;
+        if d.phase.is_terminal() {
+            let late = Approval {
+                by: who.user.clone(),
+                at: now_ms(),
+                approved,
+                comment: comment.to_owned(),
+            };
+            if !self.store.add_late_approval(id, &late)? {
+                return Err(ControlError::Conflict(format!(
+                    "{} already gave a verdict on this deployment",
+                    who.user
+                )));
+            }
+        } else {
+            let by = who.user.clone();
+            let comment = comment.to_owned();
+            self.request(
+                id,
+                if approved {
+                    Event::Approved { by, comment }
+                } else {
+                    Event::Rejected { by, comment }
+                },
+            )?;
+        }
+        Ok(d)
+    }
+
+    /// Deployments waiting for approvals, and emergency changes whose
+    /// approvals are missing (overdue once past their review time).
+    pub fn pending_approvals(&self) -> Result<Vec<PendingApproval>, ControlError> {
+        let now = now_ms();
+        let mut out = Vec::new();
+        for d in self.store.deployments(None, 1000)? {
+            let Some(c) = &d.change else { continue };
+            let approvals = self.store.approvals(d.id)?;
+            let approved = approvals.iter().filter(|a| a.approved).count() as u32;
+            let waiting = d.phase == gantry_core::Phase::AwaitingApproval;
+            let emergency_open = c.change == ChangeType::Emergency && approved < c.required_after;
+            if !(waiting || emergency_open) {
+                continue;
+            }
+            out.push(PendingApproval {
+                deployment: d.id,
+                env: d.env.to_string(),
+                version: d.version.to_string(),
+                change: c.change,
+                requested_by: d.requested_by.clone(),
+                phase: d.phase.as_str().to_owned(),
+                approved,
+                required: c.required_before.max(c.required_after),
+                review_by: c.review_by,
+                overdue: emergency_open && c.review_by.is_some_and(|at| at < now),
+                approvals,
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct PendingApproval {
+    pub deployment: DeploymentId,
+    pub env: String,
+    pub version: String,
+    pub change: ChangeType,
+    pub requested_by: String,
+    pub phase: String,
+    pub approved: u32,
+    pub required: u32,
+    pub review_by: Option<Millis>,
+    /// An emergency change past its review time without its approvals.
+    pub overdue: bool,
+    pub approvals: Vec<Approval>,
+}

@@ -1,0 +1,277 @@
+//! Commands for people and rules: users, tokens, approvals, evidence, gates.
+
+use crate::client::Client;
+use crate::Exit;
+use anyhow::Context;
+use clap::Subcommand;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+/// `gantry gates` when a gate fails.
+pub const EXIT_GATES_FAILED: i32 = 6;
+
+#[derive(Subcommand)]
+pub enum UserCommand {
+    /// Add a user with one or more roles (viewer, deployer, approver, admin).
+    Add {
+        name: String,
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+    },
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Issue an API token for a user; it is printed once and never stored.
+    Create {
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        label: Option<String>,
+        /// Lifetime, e.g. 90d or 12h (default: no expiry).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum EvidenceCommand {
+    /// Attach a report to a release: JUnit XML (unit, integration), SARIF
+    /// (security), Cobertura XML or LCOV (coverage).
+    Add {
+        version: String,
+        #[arg(long)]
+        kind: String,
+        file: PathBuf,
+    },
+    /// The evidence attached to a release.
+    List { version: String },
+}
+
+fn when(v: &Value) -> String {
+    v.as_i64()
+        .map(gantry_core::governance::rfc3339)
+        .unwrap_or_else(|| "-".to_owned())
+}
+
+pub async fn user(c: &Client, cmd: UserCommand) -> Exit {
+    match cmd {
+        UserCommand::Add { name, roles } => {
+            let u = c
+                .post("/users", json!({"name": name, "roles": roles}))
+                .await?;
+            println!(
+                "user {} added with role(s) {}",
+                u["name"].as_str().unwrap_or("?"),
+                u["roles"]
+            );
+        }
+        UserCommand::List => {
+            let users: Vec<Value> = c.get("/users").await?;
+            println!("{:<24} {:<28} {:<22} BY", "NAME", "ROLES", "CREATED");
+            for u in users {
+                let roles: Vec<&str> = u["roles"]
+                    .as_array()
+                    .map(|r| r.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                println!(
+                    "{:<24} {:<28} {:<22} {}",
+                    u["name"].as_str().unwrap_or("?"),
+                    roles.join(","),
+                    when(&u["created_at"]),
+                    u["created_by"].as_str().unwrap_or("?")
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+pub async fn token(c: &Client, cmd: TokenCommand) -> Exit {
+    match cmd {
+        TokenCommand::Create {
+            user,
+            label,
+            expires,
+        } => {
+            let t = c
+                .post(
+                    "/tokens",
+                    json!({"user": user, "label": label, "expires_in": expires}),
+                )
+                .await?;
+            eprintln!(
+                "token {} for {} (expires {}); shown once, store it now:",
+                t["id"].as_str().unwrap_or("?"),
+                t["user"].as_str().unwrap_or("?"),
+                when(&t["expires_at"])
+            );
+            println!("{}", t["token"].as_str().unwrap_or(""));
+        }
+        TokenCommand::List { user } => {
+            let path = match user {
+                Some(u) => format!("/tokens?user={u}"),
+                None => "/tokens".to_owned(),
+            };
+            let tokens: Vec<Value> = c.get(&path).await?;
+            println!(
+                "{:<18} {:<16} {:<12} {:<22} {:<22} STATE",
+                "ID", "USER", "LABEL", "CREATED", "EXPIRES"
+            );
+            for t in tokens {
+                let state = if t["revoked_at"].is_i64() {
+                    format!("revoked by {}", t["revoked_by"].as_str().unwrap_or("?"))
+                } else {
+                    "active".to_owned()
+                };
+                println!(
+                    "{:<18} {:<16} {:<12} {:<22} {:<22} {state}",
+                    t["id"].as_str().unwrap_or("?"),
+                    t["user"].as_str().unwrap_or("?"),
+                    t["label"].as_str().unwrap_or("-"),
+                    when(&t["created_at"]),
+                    when(&t["expires_at"]),
+                );
+            }
+        }
+        TokenCommand::Revoke { id } => {
+            c.post(&format!("/tokens/{id}/revoke"), json!({})).await?;
+            println!("token {id} revoked");
+        }
+    }
+    Ok(0)
+}
+
+pub async fn verdict(c: &Client, id: i64, approve: bool, comment: Option<String>) -> Exit {
+    let what = if approve { "approve" } else { "reject" };
+    let v = c
+        .post(
+            &format!("/deployments/{id}/{what}"),
+            json!({"comment": comment.unwrap_or_default()}),
+        )
+        .await?;
+    println!(
+        "deployment {id}: {}d by {}",
+        what,
+        v["by"].as_str().unwrap_or("?")
+    );
+    Ok(0)
+}
+
+pub async fn approvals(c: &Client) -> Exit {
+    let pending: Vec<Value> = c.get("/approvals").await?;
+    if pending.is_empty() {
+        println!("nothing awaits approval");
+        return Ok(0);
+    }
+    println!(
+        "{:<6} {:<12} {:<10} {:<10} {:<12} {:<9} {:<22} STATE",
+        "ID", "ENV", "VERSION", "CHANGE", "BY", "APPROVED", "REVIEW BY"
+    );
+    for p in pending {
+        let state = if p["overdue"].as_bool() == Some(true) {
+            "OVERDUE".to_owned()
+        } else {
+            p["phase"].as_str().unwrap_or("?").to_owned()
+        };
+        println!(
+            "{:<6} {:<12} {:<10} {:<10} {:<12} {:<9} {:<22} {state}",
+            p["deployment"],
+            p["env"].as_str().unwrap_or("?"),
+            p["version"].as_str().unwrap_or("?"),
+            p["change"].as_str().unwrap_or("?"),
+            p["requested_by"].as_str().unwrap_or("?"),
+            format!("{}/{}", p["approved"], p["required"]),
+            when(&p["review_by"]),
+        );
+    }
+    Ok(0)
+}
+
+pub async fn evidence(c: &Client, cmd: EvidenceCommand) -> Exit {
+    match cmd {
+        EvidenceCommand::Add {
+            version,
+            kind,
+            file,
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "report".to_owned());
+            let e = c
+                .put_bytes(
+                    &format!("/releases/{version}/evidence/{kind}"),
+                    &[("file", name.as_str())],
+                    bytes,
+                )
+                .await?;
+            println!(
+                "evidence {} attached to {version}: {} ({}, sha256 {})",
+                e["id"],
+                summary(&e),
+                e["kind"].as_str().unwrap_or("?"),
+                &e["digest"].as_str().unwrap_or("?")
+                    [..12.min(e["digest"].as_str().unwrap_or("?").len())]
+            );
+        }
+        EvidenceCommand::List { version } => {
+            let list: Vec<Value> = c.get(&format!("/releases/{version}/evidence")).await?;
+            for e in list {
+                println!(
+                    "{:<4} {:<12} {:<24} {:<22} {:<10} {}",
+                    e["id"],
+                    e["kind"].as_str().unwrap_or("?"),
+                    e["file_name"].as_str().unwrap_or("?"),
+                    when(&e["added_at"]),
+                    e["added_by"].as_str().unwrap_or("?"),
+                    summary(&e)
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+/// The report's one-line summary, as the core words it.
+fn summary(e: &Value) -> String {
+    serde_json::from_value::<gantry_core::evidence::Report>(e["report"].clone())
+        .map(|r| r.summary())
+        .unwrap_or_else(|_| e["report"].to_string())
+}
+
+pub async fn gates(c: &Client, version: &str, env: &str) -> Exit {
+    let v = c
+        .send_get(&format!("/gates?version={version}&env={env}"))
+        .await?;
+    println!("gates for {version} → {env}:");
+    for g in v["gates"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "  {} {:<20} {}",
+            if g["passed"].as_bool() == Some(true) {
+                "PASS"
+            } else {
+                "FAIL"
+            },
+            g["gate"].as_str().unwrap_or("?"),
+            g["detail"].as_str().unwrap_or("")
+        );
+    }
+    if v["passed"].as_bool() == Some(true) {
+        println!("all gates pass");
+        Ok(0)
+    } else {
+        println!("{version} may not enter {env} yet");
+        Ok(EXIT_GATES_FAILED)
+    }
+}

@@ -1,0 +1,432 @@
+//! Governance as a user meets it: users, roles and tokens; approvals and
+//! change types; freezes; evidence, gates and the promotion path.
+
+use crate::harness::*;
+use serde_json::Value;
+use std::time::Duration;
+
+/// Adds a user with `roles` and returns a fresh token for them.
+fn user(g: &Gantry, name: &str, roles: &[&str]) -> String {
+    let mut args = vec!["user", "add", name];
+    for r in roles {
+        args.extend(["--role", r]);
+    }
+    g.gantry(&args).ok();
+    let run = g.gantry(&["token", "create", "--user", name]).ok();
+    let token = run.stdout.trim().to_owned();
+    assert!(token.starts_with("gantry_"), "{}", run.stdout);
+    token
+}
+
+fn as_user(g: &Gantry, token: &str, args: &[&str]) -> Run {
+    g.gantry_env(args, &[("GANTRY_TOKEN", token)])
+}
+
+fn audit_records(g: &Gantry) -> Vec<Value> {
+    g.api("/audit")["records"].as_array().unwrap().clone()
+}
+
+#[test]
+fn roles_decide_what_each_token_may_do() {
+    let g = Gantry::start();
+    let viewer = user(&g, "vic", &["viewer"]);
+    let deployer = user(&g, "alice", &["deployer"]);
+    g.register("1.0.0", "");
+    let url = g.api_url();
+
+    as_user(&g, &viewer, &["release", "list"]).ok();
+    as_user(&g, &viewer, &["whoami"]).ok();
+    as_user(&g, &viewer, &["deploy", "1.0.0", "--env", "development"])
+        .fails_with(1, "vic (viewer) may not deploy");
+    as_user(
+        &g,
+        &deployer,
+        &["user", "add", "mallory", "--role", "admin"],
+    )
+    .fails_with(1, "alice (deployer) may not administer");
+    assert!(
+        !g.gantry(&["user", "list"]).ok().stdout.contains("mallory"),
+        "a refused action changes nothing"
+    );
+    // The refusal is on the audit trail, with who was refused.
+    let refused = audit_records(&g)
+        .into_iter()
+        .find(|r| r["actor"] == "vic" && r["outcome"] == "refused 403")
+        .expect("the refused deploy is audited");
+    assert_eq!(refused["action"], "POST /api/v1/deployments");
+
+    // The deployer deploys under their own name.
+    let d = deploy_id(&as_user(
+        &g,
+        &deployer,
+        &["deploy", "1.0.0", "--env", "development", "--detach"],
+    ));
+    assert_eq!(g.wait_finished(d)["requested_by"], "alice");
+
+    // Only a hash of the secret is stored, and never shown.
+    let tokens = g.gantry(&["token", "list"]).ok().stdout;
+    let secret = deployer.rsplit('_').next().unwrap();
+    assert!(!tokens.contains(secret));
+    let db = std::fs::read(g.data().join("gantry.db")).unwrap();
+    assert!(
+        !db.windows(secret.len()).any(|w| w == secret.as_bytes()),
+        "the token's secret is not in the database"
+    );
+
+    // Revoked: refused with the reason.
+    let id = deployer.split('_').nth(1).unwrap();
+    g.gantry(&["token", "revoke", id]).ok();
+    as_user(&g, &deployer, &["release", "list"]).fails_with(1, &format!("token {id} was revoked"));
+    g.gantry(&["token", "revoke", id])
+        .fails_with(1, "already revoked");
+
+    // Expired: refused with when.
+    g.gantry(&["user", "add", "temp", "--role", "viewer"]).ok();
+    let short = g
+        .gantry(&["token", "create", "--user", "temp", "--expires", "300ms"])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    as_user(&g, &short, &["release", "list"]).ok();
+    wait_until("the token to expire", Duration::from_secs(5), || {
+        http(&url, "GET", "/api/v1/releases", Some(&short), "").0 == 401
+    });
+    let (_, body) = http(&url, "GET", "/api/v1/releases", Some(&short), "");
+    assert!(body.contains("expired at"), "{body}");
+
+    // Bad input: unknown role, duplicate user, token for nobody.
+    g.gantry(&["user", "add", "x", "--role", "superuser"])
+        .fails_with(1, "unknown role \"superuser\"");
+    g.gantry(&["user", "add", "vic", "--role", "viewer"])
+        .fails_with(1, "user vic already exists");
+    g.gantry(&["token", "create", "--user", "nobody"])
+        .fails_with(1, "user nobody does not exist");
+}
+
+const APPROVAL: &str = r#"
+[environments.production.approval]
+required = 1
+lead_time = "0s"
+emergency_review = "2s"
+"#;
+
+#[test]
+fn production_waits_for_an_approver_who_is_not_the_requester() {
+    let g = Gantry::start_with_tail("100ms", APPROVAL);
+    // Alice may approve others' changes, never her own.
+    let alice = user(&g, "alice", &["deployer", "approver"]);
+    let bob = user(&g, "bob", &["approver"]);
+    g.register("1.0.0", "");
+    g.register("1.1.0", "");
+
+    // Standard changes need no approval in production only if allowed.
+    as_user(
+        &g,
+        &alice,
+        &[
+            "deploy",
+            "1.0.0",
+            "--env",
+            "production",
+            "--change",
+            "standard",
+        ],
+    )
+    .fails_with(1, "standard changes are not allowed in production");
+    let run = as_user(
+        &g,
+        &alice,
+        &[
+            "deploy",
+            "1.0.0",
+            "--env",
+            "production",
+            "--reason",
+            "first release",
+        ],
+    )
+    .ok();
+    assert!(run.stdout.contains("awaits approval"), "{}", run.stdout);
+    let d = g.api("/approvals")[0]["deployment"].as_i64().unwrap();
+    g.wait_phase(d, "awaiting_approval");
+    assert!(
+        g.running_instances().is_empty(),
+        "nothing starts before approval"
+    );
+
+    as_user(&g, &alice, &["approve", &d.to_string()])
+        .fails_with(1, "alice requested this deployment and cannot approve");
+    as_user(&g, &alice, &["deploy", "1.1.0", "--env", "production"])
+        .fails_with(1, "already has deployment");
+    as_user(
+        &g,
+        &bob,
+        &["approve", &d.to_string(), "--comment", "plan reviewed"],
+    )
+    .ok();
+    as_user(&g, &bob, &["approve", &d.to_string()]).fails_with(1, "bob already gave a verdict");
+    let done = g.wait_finished(d);
+    assert_eq!(done["phase"], "succeeded", "{done}");
+    assert_eq!(done["change"]["change"], "normal");
+    assert_eq!(done["approvals"][0]["by"], "bob");
+    assert_eq!(done["approvals"][0]["comment"], "plan reviewed");
+    let log = g.gantry(&["log", &d.to_string()]).ok().stdout;
+    assert!(log.contains("approved by bob: plan reviewed"), "{log}");
+    assert!(log.contains("(normal change: first release)"), "{log}");
+    assert!(audit_records(&g).iter().any(|r| r["actor"] == "bob"
+        && r["action"] == format!("POST /api/v1/deployments/{d}/approve")
+        && r["outcome"] == "done 202"));
+
+    // A rejection ends a waiting deployment before anything starts.
+    let d2 = deploy_id(&as_user(
+        &g,
+        &alice,
+        &["deploy", "1.1.0", "--env", "production", "--detach"],
+    ));
+    g.wait_phase(d2, "awaiting_approval");
+    as_user(
+        &g,
+        &bob,
+        &["reject", &d2.to_string(), "--comment", "not today"],
+    )
+    .ok();
+    let rejected = g.wait_finished(d2);
+    assert_eq!(rejected["phase"], "failed");
+    assert_eq!(rejected["reason"], "rejected by bob: not today");
+    assert_eq!(g.get_env("production").1, "hello from 1.0.0\n");
+
+    // An emergency goes at once, and is owed its approval afterwards.
+    let d3 = deploy_id(&as_user(
+        &g,
+        &alice,
+        &[
+            "deploy",
+            "1.1.0",
+            "--env",
+            "production",
+            "--change",
+            "emergency",
+            "--detach",
+        ],
+    ));
+    assert_eq!(g.wait_finished(d3)["phase"], "succeeded");
+    let owed = g.gantry(&["approvals"]).ok().stdout;
+    assert!(owed.contains("emergency"), "{owed}");
+    wait_until(
+        "the emergency review to be overdue",
+        Duration::from_secs(10),
+        || {
+            g.api("/approvals")
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["deployment"] == d3 && p["overdue"] == true)
+        },
+    );
+    assert!(g.gantry(&["approvals"]).ok().stdout.contains("OVERDUE"));
+    as_user(
+        &g,
+        &bob,
+        &["approve", &d3.to_string(), "--comment", "hotfix ok"],
+    )
+    .ok();
+    assert!(!g
+        .api("/approvals")
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["deployment"] == d3));
+    assert_eq!(g.deployment(d3)["approvals"][0]["by"], "bob");
+}
+
+#[test]
+fn a_freeze_refuses_all_but_emergencies() {
+    let g = Gantry::start_with_tail(
+        "100ms",
+        r#"
+[[environments.production.freeze]]
+name = "the long freeze"
+from = "2000-01-01T00:00:00Z"
+to = "2999-01-01T00:00:00Z"
+"#,
+    );
+    g.register("1.0.0", "");
+    g.gantry(&["deploy", "1.0.0", "--env", "production"])
+        .fails_with(
+            1,
+            "production is frozen (the long freeze) until 2999-01-01T00:00:00Z",
+        );
+    assert!(g.api("/deployments").as_array().unwrap().is_empty());
+    // Other environments are not frozen.
+    g.gantry(&["deploy", "1.0.0", "--env", "staging"]).ok();
+    let run = g
+        .gantry(&[
+            "deploy",
+            "1.0.0",
+            "--env",
+            "production",
+            "--change",
+            "emergency",
+            "--reason",
+            "outage",
+        ])
+        .ok();
+    assert!(run.stdout.contains("succeeded"), "{}", run.stdout);
+}
+
+fn write(g: &Gantry, name: &str, text: &str) -> String {
+    let p = g.dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_owned()
+}
+
+fn junit(pass: u32, fail: u32) -> String {
+    let mut s = String::from("<testsuites><testsuite name=\"t\">");
+    for i in 0..pass {
+        s.push_str(&format!("<testcase classname=\"t\" name=\"ok{i}\"/>"));
+    }
+    for i in 0..fail {
+        s.push_str(&format!(
+            "<testcase classname=\"t\" name=\"bad{i}\"><failure message=\"x\"/></testcase>"
+        ));
+    }
+    s + "</testsuite></testsuites>"
+}
+
+const SARIF_CRITICAL: &str = r#"{"version":"2.1.0","runs":[{"tool":{"driver":{"name":"scanner"}},
+ "results":[{"ruleId":"CVE-1","level":"error","properties":{"security-severity":"9.1"},"message":{"text":"remote code execution"}}]}]}"#;
+const SARIF_CLEAN: &str = r#"{"version":"2.1.0","runs":[{"tool":{"driver":{"name":"scanner"}},
+ "results":[{"ruleId":"style","level":"note","message":{"text":"long line"}}]}]}"#;
+
+#[test]
+fn evidence_gates_and_the_promotion_path() {
+    let g = Gantry::start_governed(Lifecycle::Strict, "\n[environments.production.gates]\n");
+    g.register("1.0.0", "");
+
+    // Bad evidence is refused and nothing is attached.
+    let bad_xml = write(
+        &g,
+        "bad.xml",
+        "<testsuites><testsuite><testcase name=\"a\">",
+    );
+    g.gantry(&["evidence", "add", "1.0.0", "--kind", "unit", &bad_xml])
+        .fails_with(
+            1,
+            "bad.xml: not a valid unit report: JUnit XML: malformed XML",
+        );
+    let cut = write(&g, "cut.info", "SF:src/lib.rs\nDA:1,1\n");
+    g.gantry(&["evidence", "add", "1.0.0", "--kind", "coverage", &cut])
+        .fails_with(
+            1,
+            "truncated: the record for src/lib.rs has no end_of_record",
+        );
+    let sarif_cut = write(&g, "cut.sarif", &SARIF_CLEAN[..40]);
+    g.gantry(&["evidence", "add", "1.0.0", "--kind", "security", &sarif_cut])
+        .fails_with(1, "SARIF: malformed JSON");
+    let good = write(&g, "unit.xml", &junit(10, 0));
+    g.gantry(&["evidence", "add", "9.9.9", "--kind", "unit", &good])
+        .fails_with(1, "release 9.9.9 is not registered");
+    g.gantry(&["evidence", "add", "1.0.0", "--kind", "rehearsal", &good])
+        .fails_with(1, "recorded by Gantry itself");
+    assert!(g
+        .api("/releases/1.0.0/evidence")
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    // Evidence that fails the standards' numbers.
+    let failing_unit = write(&g, "unit-fail.xml", &junit(99, 1));
+    g.gantry(&["evidence", "add", "1.0.0", "--kind", "unit", &failing_unit])
+        .ok();
+    let integration = write(&g, "integration.xml", &junit(96, 4));
+    g.gantry(&[
+        "evidence",
+        "add",
+        "1.0.0",
+        "--kind",
+        "integration",
+        &integration,
+    ])
+    .ok();
+    let critical = write(&g, "scan.sarif", SARIF_CRITICAL);
+    g.gantry(&["evidence", "add", "1.0.0", "--kind", "security", &critical])
+        .ok();
+    let lcov = write(&g, "lcov.info", "SF:a.rs\nLF:100\nLH:85\nend_of_record\n");
+    g.gantry(&["evidence", "add", "1.0.0", "--kind", "coverage", &lcov])
+        .ok();
+
+    let gates = g
+        .gantry(&["gates", "1.0.0", "--env", "production"])
+        .fails_with(6, "may not enter production");
+    for line in [
+        "FAIL promotion path",
+        "has not succeeded in development, integration, staging yet",
+        "FAIL unit tests",
+        "PASS integration tests",
+        "PASS coverage",
+        "FAIL security findings",
+        "CVE-1: remote code execution",
+    ] {
+        assert!(
+            gates.stdout.contains(line),
+            "{line:?} in:\n{}",
+            gates.stdout
+        );
+    }
+    g.gantry(&["deploy", "1.0.0", "--env", "production"])
+        .fails_with(1, "failed gate(s)");
+    // The promotion path holds for environments without gates too.
+    g.gantry(&["deploy", "1.0.0", "--env", "staging"])
+        .fails_with(1, "has not succeeded in development, integration yet");
+
+    // Newer, passing evidence, and the path walked in order.
+    g.gantry(&["evidence", "add", "1.0.0", "--kind", "unit", &good])
+        .ok();
+    let clean = write(&g, "clean.sarif", SARIF_CLEAN);
+    g.gantry(&["evidence", "add", "1.0.0", "--kind", "security", &clean])
+        .ok();
+    for env in ["development", "integration", "staging"] {
+        g.gantry(&["deploy", "1.0.0", "--env", env]).ok();
+    }
+    g.gantry(&["gates", "1.0.0", "--env", "production"]).ok();
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let listed = g.gantry(&["evidence", "list", "1.0.0"]).ok().stdout;
+    assert!(
+        listed.contains("100 tests: 99 passed, 1 failed"),
+        "{listed}"
+    );
+    assert!(listed.contains("85.0% line coverage"), "{listed}");
+}
+
+#[test]
+fn new_releases_deploy_themselves_along_the_automatic_part_of_the_path() {
+    let g = Gantry::start_governed(Lifecycle::Automatic, "");
+    g.register("1.0.0", "");
+    wait_until(
+        "1.0.0 to reach integration by itself",
+        Duration::from_secs(30),
+        || g.api("/status")["environments"][1]["version"] == "1.0.0",
+    );
+    let history = g.api("/deployments");
+    let envs: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|d| d["env"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        envs,
+        ["development", "integration"],
+        "staging never deploys by itself"
+    );
+    assert!(history
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["requested_by"] == "gantry"));
+    assert!(audit_records(&g).iter().any(
+        |r| r["action"] == "deployment.auto" && r["subject"] == "release 1.0.0 to integration"
+    ));
+}
