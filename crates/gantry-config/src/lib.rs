@@ -94,6 +94,9 @@ pub struct Signing {
 pub struct Retention {
     /// Audit records older than this are pruned (the chain stays verifiable).
     pub audit_ms: u64,
+    /// Finished deployments (with their events, log and approvals) older than
+    /// this are pruned; the one each environment runs is always kept.
+    pub deployments_ms: u64,
 }
 
 impl Retention {
@@ -101,6 +104,7 @@ impl Retention {
     pub fn standard() -> Retention {
         Retention {
             audit_ms: 365 * 86_400_000,
+            deployments_ms: 365 * 86_400_000,
         }
     }
 }

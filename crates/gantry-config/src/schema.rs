@@ -33,6 +33,10 @@ struct RetentionSection {
     /// Audit records older than this are pruned, e.g. "365d" (the default; at least a day).
     #[serde(default)]
     audit: Option<String>,
+    /// Finished deployments older than this are pruned, e.g. "365d" (the default; at least a
+    /// day); the one each environment runs is always kept.
+    #[serde(default)]
+    deployments: Option<String>,
 }
 
 #[derive(JsonSchema)]

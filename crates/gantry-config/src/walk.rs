@@ -20,7 +20,7 @@ pub(crate) const ROOT_KEYS: &[&str] = &[
     "retention",
     "environments",
 ];
-pub(crate) const RETENTION_KEYS: &[&str] = &["audit"];
+pub(crate) const RETENTION_KEYS: &[&str] = &["audit", "deployments"];
 pub(crate) const SERVICE_KEYS: &[&str] = &["name", "command", "args", "port_env", "env", "secrets"];
 pub(crate) const HEALTH_KEYS: &[&str] = &[
     "path",
@@ -426,23 +426,28 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
     let retention = match root.get("retention") {
         Some(v) => w.table(v, "retention").and_then(|t| {
             w.check_keys(t, "retention", RETENTION_KEYS);
-            let audit_ms = match t.get("audit") {
+            let mut at_least_a_day = |key: &str, default: u64| match t.get(key) {
                 Some(a) => {
-                    let ms = w.duration(a, "retention.audit")?;
+                    let path = join("retention", key);
+                    let ms = w.duration(a, &path)?;
                     if ms < DAY_MS {
                         w.error(
                             a.span(),
-                            "retention.audit",
-                            "must be at least one day (the standards keep audit records a year)",
+                            &path,
+                            "must be at least one day (the standards keep these records a year)",
                         );
                         return None;
                     }
                     Some(ms)
                 }
-                None => Some(Retention::standard().audit_ms),
+                None => Some(default),
             };
+            let standard = Retention::standard();
+            let audit_ms = at_least_a_day("audit", standard.audit_ms);
+            let deployments_ms = at_least_a_day("deployments", standard.deployments_ms);
             Some(Retention {
                 audit_ms: audit_ms?,
+                deployments_ms: deployments_ms?,
             })
         }),
         None => Some(Retention::standard()),

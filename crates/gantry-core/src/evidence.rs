@@ -135,7 +135,12 @@ pub enum Report {
         detail: String,
     },
     /// A deployment plan and who approved it.
-    Plan { env: String, approved_by: String },
+    Plan {
+        env: String,
+        approved_by: String,
+        #[serde(default)]
+        comment: String,
+    },
 }
 
 impl Report {
@@ -225,8 +230,17 @@ impl Report {
                     format!(": {detail}")
                 }
             ),
-            Report::Plan { env, approved_by } => {
-                format!("deployment plan for {env} approved by {approved_by}")
+            Report::Plan {
+                env,
+                approved_by,
+                comment,
+            } => {
+                let comment = if comment.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {comment}")
+                };
+                format!("deployment plan for {env} approved by {approved_by}{comment}")
             }
         }
     }

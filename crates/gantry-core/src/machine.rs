@@ -913,7 +913,7 @@ mod approval {
     }
 }
 
-pub(crate) fn seconds(ms: u64) -> String {
+pub fn seconds(ms: u64) -> String {
     if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {

@@ -131,6 +131,9 @@ pub fn router(state: AppState) -> Router {
             put(add_evidence).layer(DefaultBodyLimit::max(MAX_EVIDENCE_BYTES)),
         )
         .route("/gates", get(gates))
+        .route("/rehearsals", post(start_rehearsal))
+        .route("/plans", get(show_plan))
+        .route("/plans/approve", post(approve_plan))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), audit_actions))
         .fallback(|| async {
@@ -768,4 +771,56 @@ async fn gates(State(s): State<AppState>, Query(q): Query<GatesQuery>) -> ApiRes
         "gates": results,
     }))
     .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RehearsalRequest {
+    env: String,
+    version: String,
+}
+
+/// Starts a rollback rehearsal; its outcome becomes `rehearsal` evidence.
+async fn start_rehearsal(
+    State(s): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Body(body): Body<RehearsalRequest>,
+) -> ApiResult<Response> {
+    s.controller
+        .start_rehearsal(&body.env, &body.version, &who.user)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"rehearsing": body.version, "env": body.env})),
+    )
+        .into_response())
+}
+
+/// The deployment plan of a release for an environment, as Markdown.
+async fn show_plan(State(s): State<AppState>, Query(q): Query<GatesQuery>) -> ApiResult<Response> {
+    Ok(Json(s.controller.plan(&q.version, &q.env)?).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanApproval {
+    version: String,
+    env: String,
+    #[serde(default)]
+    comment: String,
+}
+
+/// Approves the plan as it renders now; it is attached to the release.
+async fn approve_plan(
+    State(s): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Body(body): Body<PlanApproval>,
+) -> ApiResult<Response> {
+    let (plan, evidence) =
+        s.controller
+            .approve_plan(&body.version, &body.env, &who.user, &body.comment)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"version": plan.version, "env": plan.env, "digest": plan.digest, "evidence": evidence.id, "by": who.user})),
+    )
+        .into_response())
 }

@@ -336,6 +336,9 @@ impl Controller {
             )));
         }
         let change = self.admit(&env, &version, change, reason)?;
+        if change.change == gantry_core::governance::ChangeType::Emergency {
+            self.supersede_waiting(&env.name, by).await?;
+        }
         self.check_listen_free(&env).await?;
         self.create(&env, DeploymentKind::Deploy, version, by, Some(change))
     }
@@ -838,9 +841,10 @@ impl Controller {
             .map_err(|e| e.to_string())
     }
 
-    /// Prunes audit records past the configured retention now and then
-    /// daily; the store keeps an anchor so the chain stays verifiable.
-    pub fn spawn_audit_retention(self: &Arc<Self>) {
+    /// Prunes audit records and finished deployments past the configured
+    /// retention, now and then daily; the store keeps an anchor so the audit
+    /// chain stays verifiable, and never drops what an environment runs.
+    pub fn spawn_retention(self: &Arc<Self>) {
         let this = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -850,6 +854,12 @@ impl Controller {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(records = n, "pruned audit records past retention"),
                     Err(e) => tracing::error!(error = %e, "cannot prune the audit trail"),
+                }
+                let before = now_ms() - c.config.retention.deployments_ms as Millis;
+                match c.store.prune_deployments(before) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deployments = n, "pruned deployments past retention"),
+                    Err(e) => tracing::error!(error = %e, "cannot prune deployments"),
                 }
                 drop(c);
                 tokio::time::sleep(Duration::from_secs(86_400)).await;

@@ -9,6 +9,7 @@ mod api;
 pub mod artifact;
 pub mod controller;
 pub mod governance;
+mod plan;
 pub mod routing;
 mod secret_file;
 mod smoke;
@@ -119,7 +120,7 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
         .await
         .map_err(|e| ServerError::Recovery(e.to_string()))?;
     controller.spawn_router_watchdog(std::time::Duration::from_millis(500));
-    controller.spawn_audit_retention();
+    controller.spawn_retention();
 
     let info = ServerInfo {
         pid: std::process::id(),

@@ -186,4 +186,8 @@ pub trait Store: GovernanceStore + Send + Sync {
     /// Drops records older than `before` (always keeping the newest), keeping
     /// the chain verifiable from the new anchor. Returns how many were dropped.
     fn prune_audit(&self, before: Millis) -> Result<usize>;
+    /// Drops deployments that finished before `before` with their events,
+    /// log lines and approvals, except those an environment's current state
+    /// points at. Returns how many were dropped.
+    fn prune_deployments(&self, before: Millis) -> Result<usize>;
 }

@@ -605,6 +605,25 @@ impl Store for SqliteStore {
         tx.commit()?;
         Ok(removed)
     }
+
+    fn prune_deployments(&self, before: Millis) -> Result<usize> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let doomed = "SELECT id FROM deployments WHERE active = 0 AND finished_at IS NOT NULL
+              AND finished_at < ?1 AND id NOT IN (SELECT deployment FROM env_state)";
+        for table in ["events", "deployment_log", "approvals"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE deployment IN ({doomed})"),
+                params![before],
+            )?;
+        }
+        let removed = tx.execute(
+            &format!("DELETE FROM deployments WHERE id IN ({doomed})"),
+            params![before],
+        )?;
+        tx.commit()?;
+        Ok(removed)
+    }
 }
 
 fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<User>> {

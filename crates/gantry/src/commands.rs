@@ -83,6 +83,82 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Gates { version, env } => {
             crate::governance::gates(&connect()?, &version, &env).await
         }
+        Command::Plan {
+            version,
+            env,
+            output,
+            approve,
+            comment,
+        } => {
+            let c = connect()?;
+            if approve {
+                let v = c
+                    .post(
+                        "/plans/approve",
+                        json!({"version": version, "env": env, "comment": comment.unwrap_or_default()}),
+                    )
+                    .await?;
+                println!(
+                    "plan for {version} → {env} approved by {} (sha256 {}), attached as evidence {}",
+                    v["by"].as_str().unwrap_or("?"),
+                    v["digest"].as_str().unwrap_or("?"),
+                    v["evidence"]
+                );
+                return Ok(0);
+            }
+            let v = c
+                .send_get(&format!("/plans?version={version}&env={env}"))
+                .await?;
+            let markdown = v["markdown"].as_str().unwrap_or_default();
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, markdown)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    println!("wrote the plan to {}", path.display());
+                }
+                None => print!("{markdown}"),
+            }
+            Ok(0)
+        }
+        Command::ReleaseNotes {
+            version,
+            repo,
+            since,
+            until,
+            known_issues,
+            date,
+        } => {
+            let (since, until) = match (since, until) {
+                (Some(s), Some(u)) => (Some(s), Some(u)),
+                (s, u) => {
+                    // The registered releases know their commits; without a
+                    // controller, the tags decide.
+                    let registered = match connect() {
+                        Ok(c) => c.get::<Vec<Value>>("/releases").await.ok(),
+                        Err(_) => None,
+                    };
+                    let (prev, this) = registered
+                        .map(|rs| commits_of(&rs, &version))
+                        .unwrap_or_default();
+                    (s.or(prev), u.or(this))
+                }
+            };
+            let today = gantry_core::governance::rfc3339(gantry_server::controller::now_ms());
+            let (path, text) = crate::release_notes::write(&crate::release_notes::Options {
+                version,
+                repo,
+                until,
+                since,
+                known_issues,
+                date: date.unwrap_or_else(|| today[..10].to_owned()),
+            })?;
+            print!("{text}");
+            eprintln!("wrote {}", path.display());
+            Ok(0)
+        }
+        Command::Rehearse { version, env } => {
+            crate::governance::rehearse(&connect()?, &version, &env).await
+        }
         Command::Whoami => {
             let v = connect()?.send_get("/whoami").await?;
             println!("{} ({})", v["user"].as_str().unwrap_or("?"), v["roles"]);
@@ -471,4 +547,26 @@ impl Client {
     pub async fn send_get(&self, path: &str) -> anyhow::Result<Value> {
         self.get::<Value>(path).await
     }
+}
+
+/// The git commits of the newest registered release before `version` and of
+/// `version` itself, where they were registered with one.
+fn commits_of(releases: &[Value], version: &str) -> (Option<String>, Option<String>) {
+    let Ok(target) = semver::Version::parse(version) else {
+        return (None, None);
+    };
+    let parsed = releases.iter().filter_map(|r| {
+        let v = semver::Version::parse(r["version"].as_str()?).ok()?;
+        Some((v, r["git_sha"].as_str()?.to_owned()))
+    });
+    let mut prev: Option<(semver::Version, String)> = None;
+    let mut this = None;
+    for (v, sha) in parsed {
+        if v == target {
+            this = Some(sha);
+        } else if v < target && prev.as_ref().is_none_or(|(p, _)| v > *p) {
+            prev = Some((v, sha));
+        }
+    }
+    (prev.map(|(_, s)| s), this)
 }

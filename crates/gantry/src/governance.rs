@@ -275,3 +275,33 @@ pub async fn gates(c: &Client, version: &str, env: &str) -> Exit {
         Ok(EXIT_GATES_FAILED)
     }
 }
+
+/// Starts a rehearsal and waits for its evidence.
+pub async fn rehearse(c: &Client, version: &str, env: &str) -> Exit {
+    let before: Vec<Value> = c.get(&format!("/releases/{version}/evidence")).await?;
+    let last = before
+        .iter()
+        .filter_map(|e| e["id"].as_i64())
+        .max()
+        .unwrap_or(0);
+    c.post("/rehearsals", json!({"env": env, "version": version}))
+        .await?;
+    println!("rehearsing {version} in {env}: deploy, roll back, deploy again");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
+    loop {
+        let list: Vec<Value> = c.get(&format!("/releases/{version}/evidence")).await?;
+        if let Some(e) = list
+            .iter()
+            .find(|e| e["kind"] == "rehearsal" && e["id"].as_i64().unwrap_or(0) > last)
+        {
+            println!("{}", summary(e));
+            let passed = e["report"]["passed"].as_bool() == Some(true);
+            return Ok(if passed { 0 } else { crate::EXIT_DEPLOY_FAILED });
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no rehearsal outcome after an hour; `gantry history --env {env}` shows its deployments"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

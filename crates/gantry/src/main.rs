@@ -8,6 +8,7 @@ mod client;
 mod commands;
 mod demo;
 mod governance;
+mod release_notes;
 mod sample;
 
 use anyhow::Result;
@@ -121,6 +122,47 @@ pub enum Command {
     },
     /// Who the API token belongs to.
     Whoami,
+    /// The deployment plan of VERSION for ENV (Markdown), or approve it with --approve.
+    Plan {
+        version: String,
+        #[arg(long)]
+        env: String,
+        /// Write the plan to this file instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Approve the plan as it stands (approver role); it is attached to the release.
+        #[arg(long)]
+        approve: bool,
+        #[arg(long, requires = "approve")]
+        comment: Option<String>,
+    },
+    /// Release notes from the conventional commits since the previous release,
+    /// written to docs/releases/VERSION.md of the repository.
+    ReleaseNotes {
+        version: String,
+        /// The service's git repository.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// Start of the range (default: the previous registered release's commit, else the
+        /// newest v* tag before it).
+        #[arg(long)]
+        since: Option<String>,
+        /// End of the range (default: the release's registered commit, else HEAD).
+        #[arg(long)]
+        until: Option<String>,
+        /// A known issue to list (repeatable); those already in the file are kept.
+        #[arg(long = "known-issue")]
+        known_issues: Vec<String>,
+        /// The release date (default: today, UTC).
+        #[arg(long)]
+        date: Option<String>,
+    },
+    /// Rollback rehearsal: deploy VERSION, roll back, deploy it again; recorded as evidence.
+    Rehearse {
+        version: String,
+        #[arg(long)]
+        env: String,
+    },
     /// Return an environment to its last good release (or --to one).
     Rollback {
         #[arg(long)]

@@ -279,3 +279,42 @@ fn tokens_are_revoked_once_and_users_are_unique() {
     };
     assert!(store.create_token(&orphan).is_err());
 }
+
+#[test]
+fn pruning_deployments_keeps_what_runs_and_what_is_recent() {
+    let store = SqliteStore::in_memory().unwrap();
+    let env: EnvName = "production".parse().unwrap();
+    let mut ids = Vec::new();
+    // Three deployments that succeed one after the other, finishing at 1000, 2000, 3000.
+    for (n, at) in [(0, 1000), (1, 2000), (2, 3000)] {
+        let d = store
+            .create_deployment(&env, &mut |id| {
+                new_deployment(id, "production", &format!("1.{n}.0"))
+            })
+            .unwrap();
+        let mut t = gantry_core::step(&d, &Event::Created, at);
+        t.deployment.phase = Phase::Succeeded;
+        t.deployment.finished_at = Some(at);
+        store.record(&Event::Created, &t, at).unwrap();
+        ids.push(d.id);
+    }
+    let waiting = store
+        .create_deployment(&env, &mut |id| new_deployment(id, "production", "2.0.0"))
+        .unwrap();
+    // Everything finished before 2500 goes, except what production runs (the third).
+    assert_eq!(store.prune_deployments(2500).unwrap(), 2);
+    assert!(store.deployment(ids[0]).unwrap().is_none());
+    assert!(store.log(ids[0]).unwrap().is_empty());
+    assert!(store.events(ids[1]).unwrap().is_empty());
+    assert!(store.deployment(ids[2]).unwrap().is_some());
+    assert!(
+        store.deployment(waiting.id).unwrap().is_some(),
+        "active ones stay"
+    );
+    assert_eq!(
+        store.prune_deployments(10_000).unwrap(),
+        0,
+        "the running release stays"
+    );
+    assert_eq!(store.env_state(&env).unwrap().unwrap().deployment, ids[2]);
+}

@@ -196,7 +196,14 @@ fn production_waits_for_an_approver_who_is_not_the_requester() {
     assert_eq!(rejected["reason"], "rejected by bob: not today");
     assert_eq!(g.get_env("production").1, "hello from 1.0.0\n");
 
-    // An emergency goes at once, and is owed its approval afterwards.
+    // An emergency goes at once, even past a change still waiting for approval,
+    // and is owed its approval afterwards.
+    let waiting = deploy_id(&as_user(
+        &g,
+        &alice,
+        &["deploy", "1.1.0", "--env", "production", "--detach"],
+    ));
+    g.wait_phase(waiting, "awaiting_approval");
     let d3 = deploy_id(&as_user(
         &g,
         &alice,
@@ -211,6 +218,12 @@ fn production_waits_for_an_approver_who_is_not_the_requester() {
         ],
     ));
     assert_eq!(g.wait_finished(d3)["phase"], "succeeded");
+    let superseded = g.deployment(waiting);
+    assert_eq!(superseded["phase"], "failed");
+    assert_eq!(
+        superseded["reason"],
+        "aborted by alice, superseded by an emergency change"
+    );
     let owed = g.gantry(&["approvals"]).ok().stdout;
     assert!(owed.contains("emergency"), "{owed}");
     wait_until(
@@ -429,4 +442,167 @@ fn new_releases_deploy_themselves_along_the_automatic_part_of_the_path() {
     assert!(audit_records(&g).iter().any(
         |r| r["action"] == "deployment.auto" && r["subject"] == "release 1.0.0 to integration"
     ));
+}
+
+#[test]
+fn a_rollback_rehearsal_is_recorded_and_opens_its_gate() {
+    let g = Gantry::start_with_tail(
+        "100ms",
+        r#"
+[environments.production.gates]
+unit = false
+integration = false
+coverage = false
+max_severity = false
+rehearsal_in = "staging"
+"#,
+    );
+    g.register("1.0.0", "");
+    g.register("1.1.0", "");
+    g.register("1.2.0", "\"unhealthy\": true");
+    g.gantry(&["rehearse", "1.1.0", "--env", "staging"])
+        .fails_with(1, "nothing serves staging yet");
+    g.gantry(&["deploy", "1.0.0", "--env", "staging"]).ok();
+    g.gantry(&["rehearse", "1.0.0", "--env", "staging"])
+        .fails_with(1, "staging already serves 1.0.0");
+    g.gantry(&["gates", "1.1.0", "--env", "production"])
+        .fails_with(6, "no rollback rehearsal in staging evidence attached");
+
+    let run = g.gantry(&["rehearse", "1.1.0", "--env", "staging"]).ok();
+    assert!(
+        run.stdout.contains("rollback rehearsal in staging passed"),
+        "{}",
+        run.stdout
+    );
+    let history = g.api("/deployments?env=staging");
+    let kinds: Vec<(&str, &str)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(3)
+        .rev()
+        .map(|d| (d["kind"].as_str().unwrap(), d["version"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("deploy", "1.1.0"),
+            ("rollback", "1.0.0"),
+            ("deploy", "1.1.0")
+        ]
+    );
+    assert_eq!(g.get_env("staging").1, "hello from 1.1.0\n");
+    g.gantry(&["gates", "1.1.0", "--env", "production"]).ok();
+    g.gantry(&["deploy", "1.1.0", "--env", "production"]).ok();
+
+    // A release that cannot even deploy fails its rehearsal, and its gate says why.
+    g.gantry(&["rehearse", "1.2.0", "--env", "staging"])
+        .fails_with(3, "rollback rehearsal in staging failed");
+    let gates = g
+        .gantry(&["gates", "1.2.0", "--env", "production"])
+        .fails_with(6, "FAIL rollback rehearsal");
+    assert!(
+        gates.stdout.contains("health check failed"),
+        "{}",
+        gates.stdout
+    );
+    assert_eq!(g.get_env("staging").1, "hello from 1.1.0\n");
+}
+
+#[test]
+fn a_deployment_plan_is_rendered_approved_and_gates_production() {
+    let g = Gantry::start_with_tail(
+        "100ms",
+        r#"
+[environments.production.gates]
+unit = false
+integration = false
+coverage = false
+max_severity = false
+plan = true
+
+[environments.production.approval]
+required = 1
+lead_time = "0s"
+"#,
+    );
+    let alice = user(&g, "alice", &["deployer"]);
+    let bob = user(&g, "bob", &["approver"]);
+    g.register("1.0.0", "");
+    let plan = g
+        .gantry(&["plan", "1.0.0", "--env", "production"])
+        .ok()
+        .stdout;
+    for needle in [
+        "# Deployment plan: sample 1.0.0 to production",
+        "## Purpose",
+        "## Scope",
+        "## Preconditions",
+        "## Deployment Steps",
+        "## Validation",
+        "## Rollback Plan",
+        "## Communications",
+        "## Review and Approval",
+        "- [ ] deployment plan: no approved deployment plan for production evidence attached",
+        "1. Verify the artifact of 1.0.0 against its SHA-256",
+        "3. Wait until every new instance is healthy, with no user traffic on them",
+        "a normal change needs 1 approval(s)",
+        "- Currently serving: nothing",
+        "This plan has not been approved yet",
+    ] {
+        assert!(plan.contains(needle), "{needle:?} in:\n{plan}");
+    }
+    g.gantry(&["gates", "1.0.0", "--env", "production"])
+        .fails_with(6, "FAIL deployment plan");
+
+    as_user(
+        &g,
+        &alice,
+        &["plan", "1.0.0", "--env", "production", "--approve"],
+    )
+    .fails_with(1, "alice (deployer) may not approve");
+    as_user(
+        &g,
+        &bob,
+        &[
+            "plan",
+            "1.0.0",
+            "--env",
+            "production",
+            "--approve",
+            "--comment",
+            "reviewed with ops",
+        ],
+    )
+    .ok();
+    g.gantry(&["gates", "1.0.0", "--env", "production"]).ok();
+    let out = g.dir.path().join("plan.md");
+    g.gantry(&[
+        "plan",
+        "1.0.0",
+        "--env",
+        "production",
+        "--output",
+        out.to_str().unwrap(),
+    ])
+    .ok();
+    let written = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        written.contains("Plan approved by bob at ") && written.contains(": reviewed with ops"),
+        "{written}"
+    );
+    assert!(
+        written.contains("- [x] deployment plan: deployment plan for production approved by bob"),
+        "{written}"
+    );
+    // The approved text itself is kept, checksummed, as evidence.
+    let evidence = g.api("/releases/1.0.0/evidence");
+    let plan_evidence = evidence
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "plan")
+        .unwrap();
+    assert_eq!(plan_evidence["added_by"], "bob");
+    assert_eq!(plan_evidence["file_name"], "plan-production-1.0.0.md");
 }

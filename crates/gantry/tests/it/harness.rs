@@ -252,9 +252,27 @@ impl Gantry {
             .unwrap();
         self.server = Some(child);
         let server_file = self.data().join("server.json");
-        wait_until("the controller to start", Duration::from_secs(20), || {
-            server_file.exists()
-        });
+        // Generous: SQLite's fsyncs can stall on a busy machine. A controller
+        // that exits is reported at once, with its log.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !server_file.exists() {
+            if let Some(status) = self
+                .server
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "the controller exited ({status}):\n{}",
+                    self.controller_log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the controller did not start within 60s:\n{}",
+                self.controller_log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL: no chance to clean up, as in a crash.

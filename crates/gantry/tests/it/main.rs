@@ -11,5 +11,6 @@ mod config;
 mod crash;
 mod deploy;
 mod governance;
+mod notes;
 mod releases;
 mod rollout;
