@@ -41,6 +41,67 @@ pub struct Config {
     pub retention: Retention,
     /// In the order the file lists them.
     pub environments: Vec<Environment>,
+    /// Who hears about deployments, and how.
+    pub notify: Vec<NotifyChannel>,
+}
+
+/// A secret-bearing setting: written in the file (warned about) or referenced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    Plain(String),
+    Secret(SecretRef),
+}
+
+/// One notification channel (`[[notify]]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotifyChannel {
+    pub name: String,
+    pub kind: gantry_core::notify::ChannelKind,
+    /// The events it hears (the standards' routing for its kind by default).
+    pub events: Vec<gantry_core::notify::NoticeKind>,
+    /// Only these environments; all when empty.
+    pub environments: Vec<EnvName>,
+    pub target: NotifyTarget,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotifyTarget {
+    /// A Slack incoming webhook.
+    Slack {
+        url: Credential,
+    },
+    /// PagerDuty Events API v2.
+    Pagerduty {
+        routing_key: Credential,
+        url: String,
+    },
+    Email(EmailChannel),
+    /// A JSON POST signed with HMAC-SHA256 of the secret.
+    Webhook {
+        url: String,
+        secret: Credential,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmailChannel {
+    pub host: String,
+    pub port: u16,
+    pub tls: SmtpTls,
+    pub username: Option<String>,
+    pub password: Option<Credential>,
+    pub from: String,
+    pub to: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// Plain SMTP (loopback relays only).
+    None,
+    /// Upgrade with STARTTLS (required).
+    StartTls,
+    /// TLS from the first byte (SMTPS).
+    Tls,
 }
 
 impl Config {

@@ -23,8 +23,75 @@ pub(crate) struct File {
     /// How long records are kept.
     #[serde(default)]
     retention: Option<RetentionSection>,
+    /// Channels that hear about deployments: Slack, PagerDuty, email, signed webhooks.
+    #[serde(default)]
+    notify: Vec<NotifySection>,
     /// Environments in promotion order, e.g. development, integration, staging, production.
     environments: BTreeMap<String, EnvironmentSection>,
+}
+
+/// A secret as a plain string (warned about) or a reference.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+enum CredentialValue {
+    Plain(String),
+    Secret(SecretSection),
+}
+
+#[derive(JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum ChannelKindName {
+    Slack,
+    Pagerduty,
+    Email,
+    Webhook,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct NotifySection {
+    /// Unique among channels; names the channel in delivery records.
+    name: String,
+    kind: ChannelKindName,
+    /// scheduled, approval_requested, starting, complete, failed, rollback_initiated
+    /// (default: the standards' routing for the kind).
+    #[serde(default)]
+    events: Vec<String>,
+    /// Only these environments (default: all).
+    #[serde(default)]
+    environments: Vec<String>,
+    /// Slack: the incoming webhook URL; webhook: where to POST; PagerDuty: the Events API v2 URL.
+    #[serde(default)]
+    url: Option<CredentialValue>,
+    /// PagerDuty integration (routing) key.
+    #[serde(default)]
+    routing_key: Option<CredentialValue>,
+    /// Webhook: the HMAC-SHA256 key its payloads are signed with.
+    #[serde(default)]
+    secret: Option<CredentialValue>,
+    /// Email: the SMTP server.
+    #[serde(default)]
+    smtp: Option<SmtpSection>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Vec<String>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct SmtpSection {
+    host: String,
+    /// Default 587 (starttls), 465 (tls), 25 (none).
+    #[serde(default)]
+    port: Option<u16>,
+    /// none, starttls (default) or tls.
+    #[serde(default)]
+    tls: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<CredentialValue>,
 }
 
 #[derive(JsonSchema)]

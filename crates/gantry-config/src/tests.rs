@@ -150,6 +150,8 @@ fn schema_and_decoder_know_the_same_keys() {
     assert_eq!(props(&defs["FreezeSection"]), sorted(walk::FREEZE_KEYS));
     assert_eq!(props(&defs["WeeklySection"]), sorted(walk::WEEKLY_KEYS));
     assert_eq!(props(&defs["GatesSection"]), sorted(walk::GATE_KEYS));
+    assert_eq!(props(&defs["NotifySection"]), sorted(walk::NOTIFY_KEYS));
+    assert_eq!(props(&defs["SmtpSection"]), sorted(walk::SMTP_KEYS));
     assert_eq!(
         props(&defs["RetentionSection"]),
         sorted(walk::RETENTION_KEYS)
@@ -447,4 +449,84 @@ fn governance_tables_are_decoded_and_bad_ones_named() {
         errors.contains("environments.production.gates.rehearsal_in: \"qa\" is not an environment before production"),
         "{errors}"
     );
+}
+
+#[test]
+fn notification_channels_are_validated() {
+    let good = STARTER.to_owned()
+        + r#"
+[[notify]]
+name = "hooks"
+kind = "webhook"
+url = "http://127.0.0.1:9/hook"
+secret = { env = "HOOK_SECRET" }
+environments = ["production"]
+
+[[notify]]
+name = "mail"
+kind = "email"
+smtp = { host = "smtp.example.com" }
+from = "gantry@example.com"
+to = ["ops@example.com"]
+"#;
+    let loaded = parse("gantry.toml", &good).expect("valid channels");
+    assert_eq!(loaded.config.notify.len(), 2);
+    let mail = &loaded.config.notify[1];
+    assert!(
+        matches!(&mail.target, NotifyTarget::Email(e) if e.port == 587 && e.tls == SmtpTls::StartTls)
+    );
+    assert_eq!(
+        mail.events,
+        gantry_core::notify::NoticeKind::standard_for(gantry_core::notify::ChannelKind::Email)
+    );
+
+    let bad = STARTER.to_owned()
+        + r#"
+[[notify]]
+name = "a"
+kind = "teams"
+
+[[notify]]
+name = "b"
+kind = "webhook"
+url = "http://x"
+
+[[notify]]
+name = "c"
+kind = "slack"
+url = "http://x"
+events = ["deployed"]
+
+[[notify]]
+name = "d"
+kind = "pagerduty"
+routing_key = "plain-key"
+environments = ["qa"]
+
+[[notify]]
+name = "e"
+kind = "email"
+smtp = { host = "h", tls = "ssl" }
+from = "not-an-address"
+to = []
+"#;
+    let errors = errors_of(&bad).join("\n");
+    for needle in [
+        "notify[0].kind: unknown channel kind \"teams\"",
+        "notify[1].secret: a webhook (its payloads are signed with HMAC-SHA256) channel needs \"secret\"",
+        "notify[2].events: unknown event \"deployed\"",
+        "notify[3].environments: \"qa\" is not an environment",
+        "notify[4].smtp.tls: unknown tls mode \"ssl\"",
+        "notify[4].to: give at least one recipient",
+    ] {
+        assert!(errors.contains(needle), "{needle:?} in:\n{errors}");
+    }
+    // A plain secret is allowed, and warned about.
+    let plain = STARTER.to_owned()
+        + "\n[[notify]]\nname = \"pd\"\nkind = \"pagerduty\"\nrouting_key = \"abc\"\n";
+    let loaded = parse("gantry.toml", &plain).unwrap();
+    assert!(loaded
+        .warnings
+        .iter()
+        .any(|w| w.path == "notify[0].routing_key"));
 }

@@ -4,9 +4,12 @@ use crate::*;
 use std::ops::Range;
 
 mod governance;
+mod notify;
 mod rollout;
 #[cfg(test)]
 pub(crate) use governance::{APPROVAL_KEYS, FREEZE_KEYS, GATE_KEYS, WEEKLY_KEYS};
+#[cfg(test)]
+pub(crate) use notify::{NOTIFY_KEYS, SMTP_KEYS};
 #[cfg(test)]
 pub(crate) use rollout::{CHECK_KEYS, JSON_CHECK_KEYS, ROLLING_KEYS, SMOKE_KEYS, STICKY_KEYS};
 use toml::de::{DeTable, DeValue};
@@ -18,6 +21,7 @@ pub(crate) const ROOT_KEYS: &[&str] = &[
     "signing",
     "analysis",
     "retention",
+    "notify",
     "environments",
 ];
 pub(crate) const RETENTION_KEYS: &[&str] = &["audit", "deployments"];
@@ -323,31 +327,33 @@ impl<'s> Walker<'s> {
             let name: &str = key.get_ref();
             let p = join(path, name);
             self.check_env_name(key.span(), &p, name);
-            let Some(st) = self.table(value, &p) else {
-                continue;
-            };
-            self.check_keys(st, &p, SECRET_KEYS);
-            let from_env = st.get("env");
-            let from_file = st.get("file");
-            match (from_env, from_file) {
-                (Some(e), None) => {
-                    if let Some(s) = self.non_empty_string(e, &join(&p, "env")) {
-                        out.insert(name.to_owned(), SecretRef::Env(s));
-                    }
-                }
-                (None, Some(f)) => {
-                    if let Some(s) = self.non_empty_string(f, &join(&p, "file")) {
-                        out.insert(name.to_owned(), SecretRef::File(PathBuf::from(s)));
-                    }
-                }
-                _ => self.error(
-                    value.span(),
-                    &p,
-                    "a secret needs exactly one of `env = \"VARIABLE\"` or `file = \"/path\"`",
-                ),
+            if let Some(secret) = self.secret_ref(value, &p) {
+                out.insert(name.to_owned(), secret);
             }
         }
         out
+    }
+
+    /// `{ env = "VARIABLE" }` or `{ file = "/path" }`.
+    fn secret_ref(&mut self, value: &Val<'_>, p: &str) -> Option<SecretRef> {
+        let st = self.table(value, p)?;
+        self.check_keys(st, p, SECRET_KEYS);
+        match (st.get("env"), st.get("file")) {
+            (Some(e), None) => self
+                .non_empty_string(e, &join(p, "env"))
+                .map(SecretRef::Env),
+            (None, Some(f)) => self
+                .non_empty_string(f, &join(p, "file"))
+                .map(|s| SecretRef::File(PathBuf::from(s))),
+            _ => {
+                self.error(
+                    value.span(),
+                    p,
+                    "a secret needs exactly one of `env = \"VARIABLE\"` or `file = \"/path\"`",
+                );
+                None
+            }
+        }
     }
 
     fn check_env_name(&mut self, span: Range<usize>, path: &str, name: &str) {
@@ -463,7 +469,24 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
             None
         }
     };
-    let config = match (service, health, signing, analysis, retention, environments) {
+    let env_names: Vec<String> = environments
+        .iter()
+        .flatten()
+        .map(|e| e.name.to_string())
+        .collect();
+    let notify = match root.get("notify") {
+        Some(v) => notify::decode_notify(&mut w, v, &env_names),
+        None => Some(Vec::new()),
+    };
+    let config = match (
+        service,
+        health,
+        signing,
+        analysis,
+        retention,
+        environments,
+        notify,
+    ) {
         (
             Some(service),
             Some(health),
@@ -471,6 +494,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
             Some(analysis),
             Some(retention),
             Some(environments),
+            Some(notify),
         ) => Some(Config {
             service,
             health,
@@ -478,6 +502,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
             analysis,
             retention,
             environments,
+            notify,
         }),
         _ => None,
     };

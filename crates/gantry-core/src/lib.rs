@@ -13,6 +13,7 @@ pub mod domain;
 pub mod evidence;
 pub mod governance;
 pub mod machine;
+pub mod notify;
 
 pub use domain::{DeploymentId, Digest, EnvName, InstanceRef, Millis, NameError, Version};
 pub use machine::{

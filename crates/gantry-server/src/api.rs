@@ -134,14 +134,22 @@ pub fn router(state: AppState) -> Router {
         .route("/rehearsals", post(start_rehearsal))
         .route("/plans", get(show_plan))
         .route("/plans/approve", post(approve_plan))
+        .route("/notifications", get(list_deliveries))
+        .route("/events", get(live_events))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), audit_actions))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")
         });
+    let metrics = Router::new()
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .nest("/api/v1", api)
+        .merge(metrics)
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/status", get(status_html))
+        .route("/status.json", get(status_json))
         .with_state(state)
 }
 
@@ -823,4 +831,74 @@ async fn approve_plan(
         Json(json!({"version": plan.version, "env": plan.env, "digest": plan.digest, "evidence": evidence.id, "by": who.user})),
     )
         .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeliveryQuery {
+    deployment: Option<DeploymentId>,
+    limit: Option<usize>,
+}
+
+/// Notification deliveries and their outcomes, newest first.
+async fn list_deliveries(
+    State(s): State<AppState>,
+    Query(q): Query<DeliveryQuery>,
+) -> ApiResult<Response> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    Ok(Json(s.controller.store.deliveries(q.deployment, limit)?).into_response())
+}
+
+/// Server-sent events: every recorded step of every deployment, and every
+/// notice, as they happen. A subscriber that falls behind is told how many
+/// it missed and goes on.
+async fn live_events(State(s): State<AppState>) -> Response {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let rx = s.controller.events.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let event = match rx.recv().await {
+            Ok(e) => {
+                let kind = match &e {
+                    crate::controller::LiveEvent::Step { .. } => "step",
+                    crate::controller::LiveEvent::Notice(_) => "notice",
+                };
+                let data = serde_json::to_string(&e).unwrap_or_default();
+                SseEvent::default().event(kind).data(data)
+            }
+            Err(RecvError::Lagged(n)) => SseEvent::default().event("lagged").data(n.to_string()),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), rx))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
+    let c = s.controller.clone();
+    let text = tokio::task::spawn_blocking(move || c.metrics_text())
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// The public status page: no token, nothing but states and incidents.
+async fn status_json(State(s): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(s.controller.status_page().await?).into_response())
+}
+
+async fn status_html(State(s): State<AppState>) -> ApiResult<Response> {
+    let page = s.controller.status_page().await?;
+    Ok(axum::response::Html(crate::observe::status_html(&page)?).into_response())
 }

@@ -9,7 +9,7 @@
 use crate::artifact;
 use crate::routing::{MetricProvider, TrafficRouter};
 use crate::target::{LaunchSpec, Target};
-use gantry_config::{Config, Environment, SecretRef, Strategy};
+use gantry_config::{Config, Environment, Strategy};
 use gantry_core::analysis::{Baseline, Counts, LatencyLimits};
 use gantry_core::machine::{CanarySettings, CanaryStep, Probe, RollStage, RollingSettings};
 use gantry_core::{
@@ -99,6 +99,21 @@ pub struct DeploymentSummary {
     pub phase: String,
 }
 
+/// What live views hear: each recorded step of a deployment, and each notice.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LiveEvent {
+    Step {
+        deployment: DeploymentId,
+        env: String,
+        version: String,
+        phase: String,
+        log: Vec<String>,
+        at: Millis,
+    },
+    Notice(gantry_core::notify::Notice),
+}
+
 pub struct Controller {
     pub store: Arc<dyn Store>,
     pub blobs: Blobs,
@@ -107,7 +122,11 @@ pub struct Controller {
     pub metrics: Arc<dyn MetricProvider>,
     pub config: Arc<Config>,
     inboxes: Mutex<HashMap<DeploymentId, mpsc::UnboundedSender<Event>>>,
-    http: reqwest::Client,
+    pub(crate) http: reqwest::Client,
+    /// Live deployment events for server-sent-event subscribers.
+    pub events: tokio::sync::broadcast::Sender<LiveEvent>,
+    /// Wakes the notification dispatcher.
+    pub(crate) dispatch: Arc<tokio::sync::Notify>,
     /// Set once workloads are being stopped on purpose: no router revival.
     stopping: std::sync::atomic::AtomicBool,
 }
@@ -134,6 +153,8 @@ impl Controller {
             config,
             inboxes: Mutex::default(),
             http,
+            events: tokio::sync::broadcast::channel(1024).0,
+            dispatch: Arc::new(tokio::sync::Notify::new()),
             stopping: Default::default(),
         })
     }
@@ -459,6 +480,15 @@ impl Controller {
             for line in &t.log {
                 tracing::info!(deployment = d.id, env = %d.env, "{line}");
             }
+            self.announce(&event, &d, &t.deployment, now);
+            let _ = self.events.send(LiveEvent::Step {
+                deployment: d.id,
+                env: d.env.to_string(),
+                version: d.version.to_string(),
+                phase: t.deployment.phase.as_str().to_owned(),
+                log: t.log.clone(),
+                at: now,
+            });
             d = t.deployment;
             for effect in t.effects {
                 tokio::spawn(self.clone().execute(d.clone(), effect, tx.clone()));
@@ -707,16 +737,7 @@ impl Controller {
         let mut secrets = svc.secrets.clone();
         secrets.extend(env.secrets.clone());
         for (name, source) in secrets {
-            let value = match &source {
-                SecretRef::Env(var) => std::env::var(var).map_err(|_| {
-                    format!(
-                        "secret {name}: environment variable {var} is not set on the controller"
-                    )
-                })?,
-                SecretRef::File(path) => std::fs::read_to_string(path)
-                    .map(|s| s.trim_end_matches('\n').to_owned())
-                    .map_err(|e| format!("secret {name}: cannot read {}: {e}", path.display()))?,
-            };
+            let value = crate::secret_file::resolve(&name, &source)?;
             vars.insert(name, value);
         }
         Ok(LaunchSpec {

@@ -9,6 +9,8 @@ mod api;
 pub mod artifact;
 pub mod controller;
 pub mod governance;
+mod notify;
+mod observe;
 mod plan;
 pub mod routing;
 mod secret_file;
@@ -121,6 +123,7 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
         .map_err(|e| ServerError::Recovery(e.to_string()))?;
     controller.spawn_router_watchdog(std::time::Duration::from_millis(500));
     controller.spawn_retention();
+    controller.spawn_notifier();
 
     let info = ServerInfo {
         pid: std::process::id(),

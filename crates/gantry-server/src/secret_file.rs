@@ -41,3 +41,16 @@ pub fn load_or_create_token(path: &Path) -> std::io::Result<String> {
         Err(e) => Err(e),
     }
 }
+
+/// The value of secret `name`, read from where it is referenced; the error
+/// names the secret and the source, never a value.
+pub fn resolve(name: &str, source: &gantry_config::SecretRef) -> Result<String, String> {
+    match source {
+        gantry_config::SecretRef::Env(var) => std::env::var(var).map_err(|_| {
+            format!("secret {name}: environment variable {var} is not set on the controller")
+        }),
+        gantry_config::SecretRef::File(path) => std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches('\n').to_owned())
+            .map_err(|e| format!("secret {name}: cannot read {}: {e}", path.display())),
+    }
+}

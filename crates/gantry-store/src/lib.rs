@@ -145,7 +145,49 @@ pub trait GovernanceStore: Send + Sync {
     fn evidence(&self, version: &Version) -> Result<Vec<EvidenceRecord>>;
 }
 
-pub trait Store: GovernanceStore + Send + Sync {
+/// One notice to one channel, until it is delivered or given up on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: i64,
+    pub channel: String,
+    pub notice: gantry_core::notify::Notice,
+    /// `pending`, `delivered` or `failed` (given up after the last attempt).
+    pub status: String,
+    pub attempts: u32,
+    /// When the next attempt is due (pending ones).
+    pub next_at: Millis,
+    pub last_error: Option<String>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+/// Notification deliveries: queued before they are sent, so a restart
+/// resumes them.
+pub trait DeliveryStore: Send + Sync {
+    /// Queues `notice` for each channel, due at once.
+    fn queue_deliveries(
+        &self,
+        notice: &gantry_core::notify::Notice,
+        channels: &[String],
+        at: Millis,
+    ) -> Result<Vec<i64>>;
+    /// Pending deliveries due at `now`, oldest first.
+    fn due_deliveries(&self, now: Millis, limit: usize) -> Result<Vec<Delivery>>;
+    /// Records an attempt's outcome.
+    fn update_delivery(
+        &self,
+        id: i64,
+        status: &str,
+        attempts: u32,
+        next_at: Millis,
+        last_error: Option<&str>,
+        at: Millis,
+    ) -> Result<()>;
+    /// Newest first; of one deployment if given.
+    fn deliveries(&self, deployment: Option<DeploymentId>, limit: usize) -> Result<Vec<Delivery>>;
+}
+
+pub trait Store: GovernanceStore + DeliveryStore + Send + Sync {
     fn insert_release(&self, release: &ReleaseRecord) -> Result<InsertOutcome>;
     fn release(&self, version: &Version) -> Result<Option<ReleaseRecord>>;
     fn releases(&self) -> Result<Vec<ReleaseRecord>>;

@@ -122,6 +122,23 @@ CREATE INDEX evidence_version ON evidence(version, id);
 CREATE TRIGGER evidence_append_only BEFORE UPDATE ON evidence
 BEGIN SELECT RAISE(ABORT, 'evidence is append-only'); END;
 "#,
+    r#"
+-- Notifications: queued before they are sent; retried until delivered or given up.
+CREATE TABLE deliveries (
+    id         INTEGER PRIMARY KEY,
+    deployment INTEGER NOT NULL,
+    channel    TEXT NOT NULL,
+    notice     TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    attempts   INTEGER NOT NULL,
+    next_at    INTEGER NOT NULL,
+    last_error TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX deliveries_due ON deliveries(status, next_at);
+CREATE INDEX deliveries_deployment ON deliveries(deployment, id);
+"#,
 ];
 
 /// Appends `entry` to the audit chain inside `tx`.
@@ -611,7 +628,7 @@ impl Store for SqliteStore {
         let tx = conn.transaction()?;
         let doomed = "SELECT id FROM deployments WHERE active = 0 AND finished_at IS NOT NULL
               AND finished_at < ?1 AND id NOT IN (SELECT deployment FROM env_state)";
-        for table in ["events", "deployment_log", "approvals"] {
+        for table in ["events", "deployment_log", "approvals", "deliveries"] {
             tx.execute(
                 &format!("DELETE FROM {table} WHERE deployment IN ({doomed})"),
                 params![before],
@@ -834,6 +851,89 @@ impl GovernanceStore for SqliteStore {
             });
         }
         Ok(out)
+    }
+}
+
+const DELIVERY_COLUMNS: &str =
+    "id, channel, notice, status, attempts, next_at, last_error, created_at, updated_at";
+
+fn delivery_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Delivery>> {
+    let notice: String = r.get(2)?;
+    let notice = match serde_json::from_str(&notice) {
+        Ok(n) => n,
+        Err(e) => return Ok(Err(corrupt("notice", e))),
+    };
+    Ok(Ok(Delivery {
+        id: r.get(0)?,
+        channel: r.get(1)?,
+        notice,
+        status: r.get(3)?,
+        attempts: r.get(4)?,
+        next_at: r.get(5)?,
+        last_error: r.get(6)?,
+        created_at: r.get(7)?,
+        updated_at: r.get(8)?,
+    }))
+}
+
+impl DeliveryStore for SqliteStore {
+    fn queue_deliveries(
+        &self,
+        notice: &gantry_core::notify::Notice,
+        channels: &[String],
+        at: Millis,
+    ) -> Result<Vec<i64>> {
+        let json = serde_json::to_string(notice).map_err(|e| corrupt("notice", e))?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut ids = Vec::new();
+        for channel in channels {
+            tx.execute(
+                "INSERT INTO deliveries (deployment, channel, notice, status, attempts, next_at, created_at, updated_at)
+                 VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4, ?4)",
+                params![notice.deployment, channel, json, at],
+            )?;
+            ids.push(tx.last_insert_rowid());
+        }
+        tx.commit()?;
+        Ok(ids)
+    }
+
+    fn due_deliveries(&self, now: Millis, limit: usize) -> Result<Vec<Delivery>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE status = 'pending' AND next_at <= ?1
+             ORDER BY next_at, id LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![now, limit as i64], delivery_from_row)?;
+        rows.map(|r| r?).collect()
+    }
+
+    fn update_delivery(
+        &self,
+        id: i64,
+        status: &str,
+        attempts: u32,
+        next_at: Millis,
+        last_error: Option<&str>,
+        at: Millis,
+    ) -> Result<()> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE deliveries SET status = ?2, attempts = ?3, next_at = ?4, last_error = ?5, updated_at = ?6 WHERE id = ?1",
+            params![id, status, attempts, next_at, last_error, at],
+        )?;
+        Ok(())
+    }
+
+    fn deliveries(&self, deployment: Option<DeploymentId>, limit: usize) -> Result<Vec<Delivery>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE (?1 IS NULL OR deployment = ?1)
+             ORDER BY id DESC LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![deployment, limit as i64], delivery_from_row)?;
+        rows.map(|r| r?).collect()
     }
 }
 

@@ -159,6 +159,30 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Rehearse { version, env } => {
             crate::governance::rehearse(&connect()?, &version, &env).await
         }
+        Command::Notifications { deployment, limit } => {
+            let mut path = format!("/notifications?limit={limit}");
+            if let Some(d) = deployment {
+                path.push_str(&format!("&deployment={d}"));
+            }
+            let list: Vec<Value> = connect()?.get(&path).await?;
+            println!(
+                "{:<6} {:<14} {:<20} {:<6} {:<10} {:<8} LAST ERROR",
+                "ID", "CHANNEL", "EVENT", "DEPL", "STATUS", "ATTEMPTS"
+            );
+            for d in list {
+                println!(
+                    "{:<6} {:<14} {:<20} {:<6} {:<10} {:<8} {}",
+                    d["id"],
+                    d["channel"].as_str().unwrap_or("?"),
+                    d["notice"]["kind"].as_str().unwrap_or("?"),
+                    d["notice"]["deployment"],
+                    d["status"].as_str().unwrap_or("?"),
+                    d["attempts"],
+                    d["last_error"].as_str().unwrap_or("")
+                );
+            }
+            Ok(0)
+        }
         Command::Whoami => {
             let v = connect()?.send_get("/whoami").await?;
             println!("{} ({})", v["user"].as_str().unwrap_or("?"), v["roles"]);

@@ -122,6 +122,13 @@ pub enum Command {
     },
     /// Who the API token belongs to.
     Whoami,
+    /// Notification deliveries and their outcomes, newest first.
+    Notifications {
+        #[arg(long)]
+        deployment: Option<i64>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
     /// The deployment plan of VERSION for ENV (Markdown), or approve it with --approve.
     Plan {
         version: String,

@@ -12,5 +12,6 @@ mod crash;
 mod deploy;
 mod governance;
 mod notes;
+mod notify;
 mod releases;
 mod rollout;

@@ -1,0 +1,435 @@
+//! Delivering notices: Slack incoming webhooks, PagerDuty Events API v2,
+//! email over SMTP, and webhooks signed with HMAC-SHA256.
+//!
+//! A notice is queued in the store (one delivery per channel) right after
+//! the transition that caused it is recorded; a dispatcher task sends what
+//! is due, retrying with exponential backoff, and records every outcome. It
+//! runs apart from the deployments, so a slow or dead channel never holds
+//! up a deployment or a rollback, and a restart resumes what was pending.
+
+use crate::controller::{now_ms, Controller};
+use gantry_config::{Credential, EmailChannel, NotifyChannel, NotifyTarget, SmtpTls};
+use gantry_core::notify::{Notice, NoticeKind};
+use gantry_core::{Deployment, Event, Millis};
+use gantry_store::Delivery;
+use hmac::{Hmac, Mac};
+use serde_json::json;
+use sha2::Sha256;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Attempts before a delivery is given up: after 1, 2, 4, 8 and 16 s.
+pub const MAX_ATTEMPTS: u32 = 6;
+/// How long one attempt may take.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+/// A delivery being attempted is leased for this long, so that it is not
+/// sent twice; an attempt cut short by a crash is retried after it.
+const LEASE_MS: Millis = 60_000;
+
+fn credential(name: &str, c: &Credential) -> Result<String, String> {
+    match c {
+        Credential::Plain(s) => Ok(s.clone()),
+        Credential::Secret(r) => crate::secret_file::resolve(name, r),
+    }
+}
+
+/// `sha256=<hex>` of HMAC-SHA256(secret, "<timestamp>.<body>"): binding the
+/// timestamp lets a receiver refuse replays.
+pub fn webhook_signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// The Slack message: a readable line and the facts under it.
+pub fn slack_payload(service: &str, n: &Notice) -> serde_json::Value {
+    let icon = match n.kind {
+        NoticeKind::Complete => ":white_check_mark:",
+        NoticeKind::Failed => ":x:",
+        NoticeKind::RollbackInitiated => ":rewind:",
+        NoticeKind::ApprovalRequested => ":raising_hand:",
+        NoticeKind::Starting => ":rocket:",
+        NoticeKind::Scheduled => ":calendar:",
+    };
+    let headline = n.headline(service);
+    let mut facts = vec![
+        format!("*Environment:* {}", n.env),
+        format!("*Version:* {}", n.version),
+        format!("*Requested by:* {}", n.requested_by),
+    ];
+    if let Some(p) = &n.previous_version {
+        facts.push(format!("*Previous:* {p}"));
+    }
+    if let Some(r) = &n.reason {
+        facts.push(format!("*Reason:* {r}"));
+    }
+    json!({
+        "text": format!("{icon} {headline}"),
+        "blocks": [
+            {"type": "section", "text": {"type": "mrkdwn", "text": format!("{icon} *{headline}*")}},
+            {"type": "section", "text": {"type": "mrkdwn", "text": facts.join("\n")}},
+            {"type": "context", "elements": [{"type": "mrkdwn", "text": format!("Gantry · deployment {} · `gantry log {}`", n.deployment, n.deployment)}]}
+        ]
+    })
+}
+
+/// The PagerDuty event: a rollback or a failure triggers an incident keyed
+/// by the deployment; the rollback's completion (service restored) resolves it.
+pub fn pagerduty_payload(
+    service: &str,
+    routing_key: &str,
+    n: &Notice,
+) -> Option<serde_json::Value> {
+    let dedup_key = format!("gantry/{service}/{}/deployment-{}", n.env, n.deployment);
+    let (action, severity) = match (n.kind, n.phase.as_str()) {
+        (NoticeKind::RollbackInitiated, _) => ("trigger", "error"),
+        (NoticeKind::Failed, "rolled_back") => ("resolve", "info"),
+        (NoticeKind::Failed, _) => ("trigger", "critical"),
+        _ => return None,
+    };
+    if action == "resolve" {
+        return Some(json!({
+            "routing_key": routing_key,
+            "event_action": "resolve",
+            "dedup_key": dedup_key,
+        }));
+    }
+    let mut summary = n.headline(service);
+    summary.truncate(1024);
+    Some(json!({
+        "routing_key": routing_key,
+        "event_action": action,
+        "dedup_key": dedup_key,
+        "payload": {
+            "summary": summary,
+            "source": format!("gantry/{service}/{}", n.env),
+            "severity": severity,
+            "component": service,
+            "group": n.env,
+            "class": "deployment",
+            "custom_details": n,
+        }
+    }))
+}
+
+/// The email: subject and plain-text body.
+pub fn email_text(service: &str, n: &Notice) -> (String, String) {
+    let subject = format!("[gantry] {}", n.headline(service));
+    let mut body = format!("{}\n\n", n.headline(service));
+    body.push_str(&format!(
+        "Service:      {service}\nEnvironment:  {}\nVersion:      {}\n",
+        n.env, n.version
+    ));
+    if let Some(p) = &n.previous_version {
+        body.push_str(&format!("Previous:     {p}\n"));
+    }
+    body.push_str(&format!(
+        "Deployment:   {}\nRequested by: {}\nState:        {}\n",
+        n.deployment, n.requested_by, n.phase
+    ));
+    if let Some(r) = &n.reason {
+        body.push_str(&format!("Reason:       {r}\n"));
+    }
+    if let Some(at) = n.start_after {
+        body.push_str(&format!(
+            "Not before:   {}\n",
+            gantry_core::governance::rfc3339(at)
+        ));
+    }
+    body.push_str(&format!("\nThe full log: gantry log {}\n", n.deployment));
+    (subject, body)
+}
+
+impl Controller {
+    /// Queues the notices a recorded transition gives, for every channel
+    /// that wants them, and wakes the dispatcher. Never fails a deployment.
+    pub(crate) fn announce(
+        &self,
+        event: &Event,
+        before: &Deployment,
+        after: &Deployment,
+        now: Millis,
+    ) {
+        for notice in gantry_core::notify::notices(event, before, after, now) {
+            let channels: Vec<String> = self
+                .config
+                .notify
+                .iter()
+                .filter(|c| c.events.contains(&notice.kind))
+                .filter(|c| c.environments.is_empty() || c.environments.contains(&after.env))
+                .map(|c| c.name.clone())
+                .collect();
+            let _ = self
+                .events
+                .send(crate::controller::LiveEvent::Notice(notice.clone()));
+            if channels.is_empty() {
+                continue;
+            }
+            match self.store.queue_deliveries(&notice, &channels, now) {
+                Ok(_) => self.dispatch.notify_one(),
+                Err(e) => tracing::error!(error = %e, "cannot queue notifications"),
+            }
+        }
+    }
+
+    /// Sends due deliveries until the controller goes away.
+    pub fn spawn_notifier(self: &Arc<Self>) {
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(c) = this.upgrade() else { return };
+                let now = now_ms();
+                match c.store.due_deliveries(now, 32) {
+                    Ok(due) => {
+                        for d in due {
+                            // Lease it, then attempt it apart from the others.
+                            let _ = c.store.update_delivery(
+                                d.id,
+                                "pending",
+                                d.attempts,
+                                now + LEASE_MS,
+                                d.last_error.as_deref(),
+                                now,
+                            );
+                            tokio::spawn(c.clone().attempt(d));
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %e, "cannot read due notifications"),
+                }
+                let wake = c.dispatch.clone();
+                drop(c);
+                let _ = tokio::time::timeout(Duration::from_millis(250), wake.notified()).await;
+            }
+        });
+    }
+
+    async fn attempt(self: Arc<Self>, d: Delivery) {
+        let Some(channel) = self.config.notify.iter().find(|c| c.name == d.channel) else {
+            let _ = self.store.update_delivery(
+                d.id,
+                "failed",
+                d.attempts,
+                0,
+                Some("the channel is no longer configured"),
+                now_ms(),
+            );
+            return;
+        };
+        let result = match tokio::time::timeout(ATTEMPT_TIMEOUT, self.send(channel, &d)).await {
+            Ok(r) => r,
+            Err(_) => Err(format!("no answer within {}s", ATTEMPT_TIMEOUT.as_secs())),
+        };
+        let attempts = d.attempts + 1;
+        let now = now_ms();
+        let outcome = match &result {
+            Ok(()) => self
+                .store
+                .update_delivery(d.id, "delivered", attempts, now, None, now),
+            Err(e) if attempts >= MAX_ATTEMPTS => {
+                tracing::warn!(channel = %d.channel, error = %e, "notification given up");
+                self.store
+                    .update_delivery(d.id, "failed", attempts, now, Some(e), now)
+            }
+            Err(e) => {
+                let backoff = 1000 * (1 << (attempts - 1).min(10)) as Millis;
+                self.store
+                    .update_delivery(d.id, "pending", attempts, now + backoff, Some(e), now)
+            }
+        };
+        if let Err(e) = outcome {
+            tracing::error!(error = %e, "cannot record a notification attempt");
+        }
+        self.dispatch.notify_one();
+    }
+
+    async fn send(&self, channel: &NotifyChannel, d: &Delivery) -> Result<(), String> {
+        let service = &self.config.service.name;
+        let n = &d.notice;
+        let post = |url: String, body: serde_json::Value| async move {
+            let resp = self
+                .http
+                .post(&url)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| format!("POST failed: {e}"))?;
+            let status = resp.status();
+            if status.is_success() {
+                Ok(())
+            } else {
+                let text = resp.text().await.unwrap_or_default();
+                Err(format!(
+                    "answered {status}: {}",
+                    text.chars().take(200).collect::<String>()
+                ))
+            }
+        };
+        match &channel.target {
+            NotifyTarget::Slack { url } => {
+                let url = credential(&format!("notify {} url", channel.name), url)?;
+                post(url, slack_payload(service, n)).await
+            }
+            NotifyTarget::Pagerduty { routing_key, url } => {
+                let key = credential(&format!("notify {} routing_key", channel.name), routing_key)?;
+                match pagerduty_payload(service, &key, n) {
+                    Some(body) => post(url.clone(), body).await,
+                    None => Ok(()), // Nothing PagerDuty acts on.
+                }
+            }
+            NotifyTarget::Webhook { url, secret } => {
+                let secret = credential(&format!("notify {} secret", channel.name), secret)?;
+                let body = serde_json::to_vec(&json!({
+                    "service": service,
+                    "event": n.kind,
+                    "headline": n.headline(service),
+                    "delivery": d.id,
+                    "notice": n,
+                }))
+                .map_err(|e| e.to_string())?;
+                let timestamp = now_ms() / 1000;
+                let resp = self
+                    .http
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .header("x-gantry-event", n.kind.as_str())
+                    .header("x-gantry-delivery", d.id.to_string())
+                    .header("x-gantry-timestamp", timestamp.to_string())
+                    .header(
+                        "x-gantry-signature",
+                        webhook_signature(secret.as_bytes(), timestamp, &body),
+                    )
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| format!("POST failed: {e}"))?;
+                if resp.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("answered {}", resp.status()))
+                }
+            }
+            NotifyTarget::Email(e) => send_email(&channel.name, e, service, n).await,
+        }
+    }
+}
+
+async fn send_email(
+    channel: &str,
+    e: &EmailChannel,
+    service: &str,
+    n: &Notice,
+) -> Result<(), String> {
+    use lettre::message::header::ContentType;
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+    let (subject, body) = email_text(service, n);
+    let mut message = Message::builder()
+        .from(
+            e.from
+                .parse()
+                .map_err(|x| format!("from {:?}: {x}", e.from))?,
+        )
+        .subject(subject)
+        .header(ContentType::TEXT_PLAIN);
+    for to in &e.to {
+        message = message.to(to.parse().map_err(|x| format!("to {to:?}: {x}"))?);
+    }
+    let message = message.body(body).map_err(|x| x.to_string())?;
+    let builder = match e.tls {
+        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&e.host),
+        SmtpTls::StartTls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(&e.host)
+            .map_err(|x| x.to_string())?,
+        SmtpTls::Tls => {
+            AsyncSmtpTransport::<Tokio1Executor>::relay(&e.host).map_err(|x| x.to_string())?
+        }
+    };
+    let mut builder = builder.port(e.port).timeout(Some(ATTEMPT_TIMEOUT));
+    if let Some(user) = &e.username {
+        let password = match &e.password {
+            Some(p) => credential(&format!("notify {channel} password"), p)?,
+            None => String::new(),
+        };
+        builder = builder.credentials(Credentials::new(user.clone(), password));
+    }
+    builder
+        .build()
+        .send(message)
+        .await
+        .map(drop)
+        .map_err(|x| format!("SMTP {}:{}: {x}", e.host, e.port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_core::DeploymentKind;
+
+    fn notice(kind: NoticeKind, phase: &str) -> Notice {
+        Notice {
+            kind,
+            deployment: 12,
+            env: "production".into(),
+            version: "1.3.0".into(),
+            previous_version: Some("1.2.0".into()),
+            deployment_kind: DeploymentKind::Deploy,
+            requested_by: "alice".into(),
+            phase: phase.into(),
+            reason: Some("error rate 5.0% above 1%".into()),
+            start_after: None,
+            at: 0,
+        }
+    }
+
+    #[test]
+    fn pagerduty_triggers_on_rollback_and_resolves_on_recovery_per_deployment() {
+        let trigger = pagerduty_payload(
+            "shop",
+            "key",
+            &notice(NoticeKind::RollbackInitiated, "rolling_back"),
+        )
+        .unwrap();
+        assert_eq!(trigger["event_action"], "trigger");
+        assert_eq!(trigger["dedup_key"], "gantry/shop/production/deployment-12");
+        assert_eq!(trigger["payload"]["severity"], "error");
+        assert_eq!(trigger["payload"]["source"], "gantry/shop/production");
+        assert!(trigger["payload"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("rollback initiated"));
+        let resolve =
+            pagerduty_payload("shop", "key", &notice(NoticeKind::Failed, "rolled_back")).unwrap();
+        assert_eq!(resolve["event_action"], "resolve");
+        assert_eq!(resolve["dedup_key"], trigger["dedup_key"]);
+        assert!(resolve.get("payload").is_none());
+        let failed =
+            pagerduty_payload("shop", "key", &notice(NoticeKind::Failed, "failed")).unwrap();
+        assert_eq!(failed["payload"]["severity"], "critical");
+        assert!(
+            pagerduty_payload("shop", "key", &notice(NoticeKind::Starting, "preparing")).is_none()
+        );
+    }
+
+    #[test]
+    fn slack_messages_are_readable() {
+        let p = slack_payload("shop", &notice(NoticeKind::Failed, "rolled_back"));
+        assert_eq!(
+            p["text"],
+            ":x: shop 1.3.0 to production rolled back (deployment 12): error rate 5.0% above 1%"
+        );
+        assert_eq!(p["blocks"][0]["type"], "section");
+        assert!(p["blocks"][1]["text"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("*Previous:* 1.2.0"));
+    }
+
+    #[test]
+    fn webhook_signatures_bind_the_timestamp() {
+        let a = webhook_signature(b"k", 1, b"{}");
+        assert!(a.starts_with("sha256=") && a.len() == 7 + 64);
+        assert_ne!(a, webhook_signature(b"k", 2, b"{}"));
+        assert_ne!(a, webhook_signature(b"j", 1, b"{}"));
+    }
+}

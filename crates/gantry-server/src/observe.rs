@@ -1,0 +1,361 @@
+//! What the controller shows about itself: the public status page and its
+//! JSON, and Prometheus metrics. Both are derived from the store on each
+//! request, so they agree with the records and survive restarts.
+
+use crate::controller::{now_ms, ControlError, Controller};
+use gantry_core::analysis::Verdict;
+use gantry_core::notify::{environment_status, ServiceStatus};
+use gantry_core::{Deployment, DeploymentKind, Phase};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+/// How far back the status page lists incidents.
+const INCIDENT_WINDOW_MS: i64 = 30 * 86_400_000;
+
+#[derive(Debug, Serialize)]
+pub struct StatusPage {
+    pub service: String,
+    /// The worst of the environments.
+    pub status: ServiceStatus,
+    pub label: &'static str,
+    pub environments: Vec<EnvironmentStatus>,
+    /// Rollbacks and failures of the last 30 days, newest first.
+    pub incidents: Vec<Incident>,
+    pub generated_at: i64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EnvironmentStatus {
+    pub name: String,
+    pub status: ServiceStatus,
+    pub label: &'static str,
+    pub version: Option<String>,
+    pub since: Option<i64>,
+    /// The deployment in progress or scheduled, if any.
+    pub deployment: Option<ActiveDeployment>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ActiveDeployment {
+    pub id: i64,
+    pub version: String,
+    pub phase: String,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Incident {
+    pub env: String,
+    pub deployment: i64,
+    pub version: String,
+    pub outcome: String,
+    pub reason: Option<String>,
+    pub started_at: i64,
+    pub resolved_at: Option<i64>,
+}
+
+/// Why a deployment did not succeed, as a small set of metric labels.
+pub fn reason_class(d: &Deployment) -> &'static str {
+    if let Some(Verdict::Fail { .. }) = d
+        .canary
+        .as_ref()
+        .and_then(|c| c.last.as_ref())
+        .map(|a| &a.verdict)
+    {
+        return "analysis";
+    }
+    let r = d.reason.as_deref().unwrap_or("");
+    if r.starts_with("health check failed") {
+        "health_check"
+    } else if r.starts_with("smoke") || r.contains("smoke check") {
+        "smoke_check"
+    } else if r.starts_with("instances did not become healthy") || r.starts_with("could not start")
+    {
+        "start"
+    } else if r.contains(" exited") {
+        "instance_exited"
+    } else if r.starts_with("aborted by") {
+        "aborted"
+    } else if r.starts_with("rejected by") {
+        "rejected"
+    } else if r.contains("canary") || r.contains("analysis") {
+        "analysis"
+    } else {
+        "other"
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    env: String,
+    kind: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EnvLabel {
+    env: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RollbackReason {
+    env: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabel {
+    env: String,
+    verdict: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeliveryLabel {
+    channel: String,
+    event: String,
+    status: String,
+}
+
+impl Controller {
+    pub async fn status_page(&self) -> Result<StatusPage, ControlError> {
+        let states = self.store.env_states()?;
+        let active = self.store.active_deployments()?;
+        let now = now_ms();
+        let mut environments = Vec::new();
+        for env in &self.config.environments {
+            let state = states.iter().find(|s| s.env == env.name);
+            let running = active.iter().find(|d| d.env == env.name);
+            // While a deployment runs, its phase says how things are; at
+            // rest, every serving instance must be up.
+            let mut healthy = true;
+            if running.is_none() {
+                for i in state.map(|s| s.instances.as_slice()).unwrap_or_default() {
+                    healthy &= self.target.exited(i).await.is_none();
+                }
+            }
+            let status = environment_status(running, healthy);
+            environments.push(EnvironmentStatus {
+                name: env.name.to_string(),
+                status,
+                label: status.label(),
+                version: state.map(|s| s.version.to_string()),
+                since: state.map(|s| s.since),
+                deployment: running.map(|d| ActiveDeployment {
+                    id: d.id,
+                    version: d.version.to_string(),
+                    phase: d.phase.as_str().to_owned(),
+                    weight: d.canary.as_ref().map(|c| c.weight),
+                }),
+            });
+        }
+        let incidents = self
+            .store
+            .deployments(None, 200)?
+            .into_iter()
+            // A rollback touched the service; a failure before anything
+            // changed (refused, rejected, bad artifact) did not, unless the
+            // rollback itself failed.
+            .filter(|d| {
+                let failed_rollback = d.phase == Phase::Failed
+                    && d.reason
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with("rollback could not"));
+                (matches!(d.phase, Phase::RolledBack | Phase::RollingBack) || failed_rollback)
+                    && d.created_at >= now - INCIDENT_WINDOW_MS
+            })
+            .take(20)
+            .map(|d| Incident {
+                env: d.env.to_string(),
+                deployment: d.id,
+                version: d.version.to_string(),
+                outcome: d.phase.as_str().to_owned(),
+                reason: d.reason.clone(),
+                started_at: d.created_at,
+                resolved_at: d.finished_at,
+            })
+            .collect();
+        let status = environments
+            .iter()
+            .map(|e| e.status)
+            .max()
+            .unwrap_or(ServiceStatus::Operational);
+        Ok(StatusPage {
+            service: self.config.service.name.clone(),
+            status,
+            label: status.label(),
+            environments,
+            incidents,
+            generated_at: now,
+        })
+    }
+
+    /// Gantry's own metrics in the Prometheus text format.
+    pub fn metrics_text(&self) -> Result<String, ControlError> {
+        let mut registry = Registry::with_prefix("gantry");
+        let deployments = Family::<Outcome, Counter>::default();
+        let in_progress = Family::<EnvLabel, Gauge>::default();
+        let durations = Family::<Outcome, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0,
+            ])
+        });
+        let rollbacks = Family::<RollbackReason, Counter>::default();
+        let verdicts = Family::<VerdictLabel, Counter>::default();
+        let deliveries = Family::<DeliveryLabel, Counter>::default();
+        for env in &self.config.environments {
+            in_progress
+                .get_or_create(&EnvLabel {
+                    env: env.name.to_string(),
+                })
+                .set(0);
+        }
+        for d in self.store.deployments(None, 100_000)? {
+            let env = d.env.to_string();
+            if !d.phase.is_terminal() {
+                in_progress.get_or_create(&EnvLabel { env }).inc();
+                continue;
+            }
+            let labels = Outcome {
+                env: env.clone(),
+                kind: match d.kind {
+                    DeploymentKind::Deploy => "deploy",
+                    DeploymentKind::Rollback => "rollback",
+                }
+                .to_owned(),
+                outcome: d.phase.as_str().to_owned(),
+            };
+            deployments.get_or_create(&labels).inc();
+            if let Some(f) = d.finished_at {
+                durations
+                    .get_or_create(&labels)
+                    .observe((f - d.created_at).max(0) as f64 / 1000.0);
+            }
+            if d.phase == Phase::RolledBack {
+                rollbacks
+                    .get_or_create(&RollbackReason {
+                        env: env.clone(),
+                        reason: reason_class(&d).to_owned(),
+                    })
+                    .inc();
+            }
+            if let Some(a) = d.canary.as_ref().and_then(|c| c.last.as_ref()) {
+                let verdict = match a.verdict {
+                    Verdict::Fail { .. } => "fail",
+                    Verdict::NoWorse { .. } => "no_worse",
+                    Verdict::Continue { .. } => "continue",
+                };
+                verdicts
+                    .get_or_create(&VerdictLabel {
+                        env,
+                        verdict: verdict.to_owned(),
+                    })
+                    .inc();
+            }
+        }
+        for d in self.store.deliveries(None, 100_000)? {
+            deliveries
+                .get_or_create(&DeliveryLabel {
+                    channel: d.channel,
+                    event: d.notice.kind.as_str().to_owned(),
+                    status: d.status,
+                })
+                .inc();
+        }
+        registry.register(
+            "deployments",
+            "Finished deployments by environment, kind and outcome",
+            deployments,
+        );
+        registry.register(
+            "deployments_in_progress",
+            "Deployments in progress or waiting, by environment",
+            in_progress,
+        );
+        registry.register(
+            "deployment_duration_seconds",
+            "Time from request to outcome of finished deployments",
+            durations,
+        );
+        registry.register("rollbacks", "Deployments rolled back, by reason", rollbacks);
+        registry.register(
+            "analysis_verdicts",
+            "The last canary analysis verdict of each canary deployment",
+            verdicts,
+        );
+        registry.register(
+            "notification_deliveries",
+            "Notification deliveries by channel, event and status",
+            deliveries,
+        );
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .map_err(|e| ControlError::Internal(format!("metrics: {e}")))?;
+        Ok(out)
+    }
+}
+
+const STATUS_HTML: &str = r#"<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="10">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ page.service }} status</title>
+<style>
+body{font-family:system-ui,sans-serif;max-width:48rem;margin:2rem auto;padding:0 1rem;color:#1b1f24}
+.badge{display:inline-block;padding:.2rem .6rem;border-radius:.4rem;color:#fff;font-weight:600}
+.operational{background:#1a7f37}.scheduled_maintenance{background:#0969da}
+.degraded_performance{background:#bf8700}.service_disruption{background:#cf222e}
+table{border-collapse:collapse;width:100%}td,th{text-align:left;padding:.4rem;border-bottom:1px solid #d0d7de}
+small{color:#57606a}
+</style></head><body>
+<h1>{{ page.service }}</h1>
+<p id="overall"><span class="badge {{ page.status }}">{{ page.label }}</span></p>
+<h2>Environments</h2>
+<table><tr><th>Environment</th><th>Status</th><th>Release</th><th>Now</th></tr>
+{% for e in page.environments %}<tr id="env-{{ e.name }}"><td>{{ e.name }}</td><td><span class="badge {{ e.status }}">{{ e.label }}</span></td>
+<td>{{ e.version or "—" }}</td><td>{% if e.deployment %}deploying {{ e.deployment.version }} ({{ e.deployment.phase }}{% if e.deployment.weight %}, {{ e.deployment.weight }}%{% endif %}){% endif %}</td></tr>
+{% endfor %}</table>
+<h2>Recent incidents</h2>
+{% for i in page.incidents %}<p class="incident"><b>{{ i.env }}</b>: {{ i.version }} {{ i.outcome | replace("_", " ") }}{% if i.reason %}: {{ i.reason }}{% endif %}<br><small>deployment {{ i.deployment }}, {{ i.started }}{% if i.resolved %} – {{ i.resolved }}{% endif %}</small></p>
+{% else %}<p>No incidents in the last 30 days.</p>{% endfor %}
+<p><small>Updated {{ generated }} · <a href="/status.json">JSON</a></small></p>
+</body></html>
+"#;
+
+/// The status page as HTML (escaped by the template engine).
+pub fn status_html(page: &StatusPage) -> Result<String, ControlError> {
+    #[derive(Serialize)]
+    struct Shown<'a> {
+        #[serde(flatten)]
+        incident: &'a Incident,
+        started: String,
+        resolved: Option<String>,
+    }
+    let incidents: Vec<Shown<'_>> = page
+        .incidents
+        .iter()
+        .map(|i| Shown {
+            incident: i,
+            started: gantry_core::governance::rfc3339(i.started_at),
+            resolved: i.resolved_at.map(gantry_core::governance::rfc3339),
+        })
+        .collect();
+    let mut engine = minijinja::Environment::new();
+    engine.set_auto_escape_callback(|_| minijinja::AutoEscape::Html);
+    let mut value =
+        serde_json::to_value(page).map_err(|e| ControlError::Internal(e.to_string()))?;
+    value["incidents"] =
+        serde_json::to_value(incidents).map_err(|e| ControlError::Internal(e.to_string()))?;
+    engine
+        .render_str(
+            STATUS_HTML,
+            minijinja::context! {
+                page => value,
+                generated => gantry_core::governance::rfc3339(page.generated_at),
+            },
+        )
+        .map_err(|e| ControlError::Internal(format!("status page: {e}")))
+}
