@@ -149,6 +149,7 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/status", get(status_html))
+        .route("/", get(dashboard))
         .route("/status.json", get(status_json))
         .with_state(state)
 }
@@ -901,4 +902,14 @@ async fn status_json(State(s): State<AppState>) -> ApiResult<Response> {
 async fn status_html(State(s): State<AppState>) -> ApiResult<Response> {
     let page = s.controller.status_page().await?;
     Ok(axum::response::Html(crate::observe::status_html(&page)?).into_response())
+}
+
+/// The dashboard: one static page (no build step) that signs in with a
+/// token and reads everything through this API. The page itself holds no data.
+async fn dashboard() -> Response {
+    (
+        [(axum::http::header::CACHE_CONTROL, "no-store")],
+        axum::response::Html(include_str!("dashboard.html")),
+    )
+        .into_response()
 }

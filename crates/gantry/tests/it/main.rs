@@ -9,6 +9,7 @@ mod auth;
 mod canary;
 mod config;
 mod crash;
+mod dashboard;
 mod deploy;
 mod governance;
 mod notes;

@@ -234,6 +234,19 @@ secret = {{ env = "TEST_HOOK_SECRET" }}
     assert!(complete.contains("To: ops@example.com"), "{complete}");
 
     // Every delivery is recorded; the dead channel keeps retrying, recorded with its error.
+    // The outcome is recorded just after the receiver answers.
+    wait_until(
+        "the retried delivery and the dead channel's error to be recorded",
+        Duration::from_secs(20),
+        || {
+            let recorded = deliveries(&g);
+            recorded.iter().any(|d| {
+                d["channel"] == "hooks" && d["attempts"] == 2 && d["status"] == "delivered"
+            }) && recorded
+                .iter()
+                .any(|d| d["channel"] == "nowhere" && d["last_error"].is_string())
+        },
+    );
     let recorded = deliveries(&g);
     let delivered_hook = recorded
         .iter()
