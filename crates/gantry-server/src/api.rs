@@ -6,7 +6,7 @@
 
 use crate::controller::{ControlError, Controller, NewRelease};
 use crate::governance::Identity;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -75,6 +75,8 @@ impl From<gantry_store::StoreError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+pub mod openapi;
+
 /// `Json<T>` whose rejections (bad JSON, unknown or missing fields, wrong
 /// content type) come back in the API's error shape.
 struct Body<T>(T);
@@ -89,6 +91,48 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_body",
                 format!("request body: {}", rejection.body_text()),
+            )),
+        }
+    }
+}
+
+/// `axum::extract::Path` whose rejections come back in the API's error shape.
+struct Path<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(r) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("path: {}", r.body_text()),
+            )),
+        }
+    }
+}
+
+/// `axum::extract::Query` whose rejections come back in the API's error shape.
+struct Query<T>(T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(r) => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid",
+                format!("query: {}", r.body_text()),
             )),
         }
     }
@@ -140,6 +184,13 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), audit_actions))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method; /openapi.json lists what each takes",
+            )
         });
     let metrics = Router::new()
         .route("/metrics", get(metrics))
@@ -151,6 +202,7 @@ pub fn router(state: AppState) -> Router {
         .route("/status", get(status_html))
         .route("/", get(dashboard))
         .route("/status.json", get(status_json))
+        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .with_state(state)
 }
 
@@ -374,7 +426,7 @@ async fn verify_releases(State(s): State<AppState>) -> ApiResult<Response> {
     Ok(Json(results).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct DeployRequest {
     env: String,
@@ -404,7 +456,7 @@ async fn create_deployment(
     Ok((StatusCode::CREATED, Json(d)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RollbackRequest {
     env: String,
@@ -423,7 +475,7 @@ async fn create_rollback(
     Ok((StatusCode::CREATED, Json(d)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct ListQuery {
     env: Option<String>,
     limit: Option<usize>,
@@ -505,7 +557,7 @@ async fn status(State(s): State<AppState>) -> ApiResult<Response> {
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct LogQuery {
     bytes: Option<u64>,
 }
@@ -524,7 +576,7 @@ async fn instance_log(
     Ok(text.into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct ShutdownRequest {
     #[serde(default)]
@@ -545,7 +597,7 @@ async fn shutdown(
     )
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct TrafficQuery {
     env: String,
     /// Comma-separated latency limits in milliseconds.
@@ -566,7 +618,7 @@ async fn traffic(State(s): State<AppState>, Query(q): Query<TrafficQuery>) -> Ap
     Ok(Json(stats).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
     #[serde(default)]
@@ -609,7 +661,7 @@ async fn verify_audit(State(s): State<AppState>) -> ApiResult<Response> {
     .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUser {
     name: String,
@@ -629,7 +681,7 @@ async fn list_users(State(s): State<AppState>) -> ApiResult<Response> {
     Ok(Json(s.controller.store.users()?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
     user: String,
@@ -667,7 +719,7 @@ async fn create_token(
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct TokenQuery {
     user: Option<String>,
 }
@@ -687,7 +739,7 @@ async fn revoke_token(
     Ok(Json(s.controller.revoke_token(&id, &who.user)?).into_response())
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Verdict {
     #[serde(default)]
@@ -733,7 +785,7 @@ async fn pending_approvals(State(s): State<AppState>) -> ApiResult<Response> {
     Ok(Json(s.controller.pending_approvals()?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct EvidenceQuery {
     /// The report's file name, kept with it.
     file: Option<String>,
@@ -761,7 +813,7 @@ async fn list_evidence(
     Ok(Json(s.controller.store.evidence(&release.version)?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct GatesQuery {
     version: String,
@@ -782,7 +834,7 @@ async fn gates(State(s): State<AppState>, Query(q): Query<GatesQuery>) -> ApiRes
     .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RehearsalRequest {
     env: String,
@@ -809,7 +861,7 @@ async fn show_plan(State(s): State<AppState>, Query(q): Query<GatesQuery>) -> Ap
     Ok(Json(s.controller.plan(&q.version, &q.env)?).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct PlanApproval {
     version: String,
@@ -834,7 +886,7 @@ async fn approve_plan(
         .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct DeliveryQuery {
     deployment: Option<DeploymentId>,

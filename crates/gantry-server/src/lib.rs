@@ -19,6 +19,11 @@ pub mod target;
 
 pub use controller::Controller;
 
+/// The OpenAPI 3 document of the API (as served at `/openapi.json`).
+pub fn openapi_document() -> String {
+    api::openapi::document_text()
+}
+
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

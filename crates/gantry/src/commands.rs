@@ -20,6 +20,10 @@ pub async fn run(cli: Cli) -> Exit {
             print!("{}", gantry_config::json_schema());
             Ok(0)
         }
+        Command::Openapi => {
+            print!("{}", gantry_server::openapi_document());
+            Ok(0)
+        }
         Command::Server { config, listen } => {
             let exe = std::env::current_exe().context("cannot find the gantry executable")?;
             gantry_server::run(gantry_server::ServerOptions {

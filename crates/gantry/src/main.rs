@@ -65,6 +65,8 @@ pub enum Command {
     },
     /// Print the JSON Schema of gantry.toml.
     Schema,
+    /// Print the OpenAPI 3 document of the controller's HTTP API.
+    Openapi,
     /// Run the controller.
     Server {
         #[arg(long, default_value = "gantry.toml")]

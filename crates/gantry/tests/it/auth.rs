@@ -92,3 +92,68 @@ fn a_second_controller_on_the_same_data_dir_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("another controller is already using data directory"));
 }
+
+#[test]
+fn every_refusal_is_json_and_changes_nothing() {
+    let g = Gantry::start();
+    let url = g.api_url();
+    let t = g.token();
+    let error_of = |(code, body): (u16, String)| -> (u16, String) {
+        let v: serde_json::Value =
+            serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON ({code}): {body}"));
+        (
+            code,
+            v["error"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    let (code, msg) = error_of(http(
+        &url,
+        "GET",
+        "/api/v1/deployments/not-a-number",
+        Some(&t),
+        "",
+    ));
+    assert_eq!(code, 400);
+    assert!(msg.starts_with("path:"), "{msg}");
+    let (code, msg) = error_of(http(
+        &url,
+        "GET",
+        "/api/v1/deployments?limit=lots",
+        Some(&t),
+        "",
+    ));
+    assert_eq!(code, 400);
+    assert!(msg.starts_with("query:"), "{msg}");
+    let (code, msg) = error_of(http(&url, "DELETE", "/api/v1/releases", Some(&t), ""));
+    assert_eq!(code, 405);
+    assert!(msg.contains("does not take that method"), "{msg}");
+    // An oversized JSON body is refused before anything reads it.
+    let huge = format!(
+        "{{\"env\": \"staging\", \"version\": \"{}\"}}",
+        "9".repeat(100_000)
+    );
+    let (code, msg) = error_of(http(&url, "POST", "/api/v1/deployments", Some(&t), &huge));
+    assert_eq!(code, 413);
+    assert!(msg.contains("request body is over"), "{msg}");
+    assert!(g.api("/deployments").as_array().unwrap().is_empty());
+    // A viewer may look, not approve.
+    g.gantry(&["user", "add", "vera", "--role", "viewer"]).ok();
+    let viewer = g
+        .gantry(&["token", "create", "--user", "vera"])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let (code, msg) = error_of(http(
+        &url,
+        "POST",
+        "/api/v1/deployments/1/approve",
+        Some(&viewer),
+        "{}",
+    ));
+    assert_eq!(code, 403);
+    assert!(msg.contains("vera (viewer) may not approve"), "{msg}");
+}

@@ -14,5 +14,6 @@ mod deploy;
 mod governance;
 mod notes;
 mod notify;
+mod openapi;
 mod releases;
 mod rollout;
