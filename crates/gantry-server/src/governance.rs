@@ -240,10 +240,12 @@ impl Controller {
                 kind.as_str()
             ))
         })?;
-        self.attach(&release.version, kind, file_name, bytes, report, by)
+        self.record_evidence(&release.version, kind, file_name, bytes, report, by)
     }
 
-    fn attach(
+    /// Keeps `bytes` among the blobs and records what they establish: an
+    /// uploaded report, or what Gantry itself found (a rehearsal, an approved plan).
+    pub fn record_evidence(
         &self,
         version: &Version,
         kind: EvidenceKind,
@@ -268,19 +270,6 @@ impl Controller {
         };
         record.id = self.store.add_evidence(&record)?;
         Ok(record)
-    }
-
-    /// Records what Gantry itself established (a rehearsal, an approved plan).
-    pub fn record_evidence(
-        &self,
-        version: &Version,
-        kind: EvidenceKind,
-        file_name: &str,
-        document: &[u8],
-        report: Report,
-        by: &str,
-    ) -> Result<EvidenceRecord, ControlError> {
-        self.attach(version, kind, file_name, document, report, by)
     }
 
     /// Each gate of `env` for `version`, passed or not and why.
@@ -472,21 +461,40 @@ impl Controller {
                 by: format!("{by}, superseded by an emergency change"),
             },
         )?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while std::time::Instant::now() < deadline {
-            let done = self
+        let gone = self
+            .watch_deployment(waiting.id, std::time::Duration::from_secs(10), |d| {
+                d.phase.is_terminal()
+            })
+            .await?;
+        gone.map(drop).ok_or_else(|| {
+            ControlError::Conflict(format!(
+                "deployment {} waiting for approval in {env} did not give way within 10s",
+                waiting.id
+            ))
+        })
+    }
+
+    /// Polls deployment `id` until `done` holds (`Some`) or `limit` passes (`None`).
+    async fn watch_deployment(
+        &self,
+        id: DeploymentId,
+        limit: std::time::Duration,
+        done: impl Fn(&Deployment) -> bool,
+    ) -> Result<Option<Deployment>, ControlError> {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let d = self
                 .store
-                .deployment(waiting.id)?
-                .is_none_or(|d| d.phase.is_terminal());
-            if done {
-                return Ok(());
+                .deployment(id)?
+                .ok_or_else(|| ControlError::NotFound(format!("deployment {id} does not exist")))?;
+            if done(&d) {
+                return Ok(Some(d));
             }
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            if std::time::Instant::now() > deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        Err(ControlError::Conflict(format!(
-            "deployment {} waiting for approval in {env} did not give way within 10s",
-            waiting.id
-        )))
     }
 
     // ---- approvals ----
@@ -745,42 +753,32 @@ impl Controller {
     /// a rehearsal failed. One that waits for approval is aborted: a
     /// rehearsal belongs where no approval is needed.
     async fn await_success(&self, id: DeploymentId, step: &str) -> Result<Deployment, String> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
-        loop {
-            let d = self
-                .store
-                .deployment(id)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("deployment {id} vanished"))?;
-            match d.phase {
-                gantry_core::Phase::Succeeded => return Ok(d),
-                p if p.is_terminal() => {
-                    return Err(format!(
-                        "{step} (deployment {id}) ended {}: {}",
-                        p.as_str(),
-                        d.reason.unwrap_or_default()
-                    ))
-                }
-                gantry_core::Phase::AwaitingApproval => {
-                    let _ = self.request(
-                        id,
-                        Event::AbortRequested {
-                            by: AUTO_ACTOR.to_owned(),
-                        },
-                    );
-                    return Err(format!(
-                        "{step} (deployment {id}) needs approval in {}; rehearse where none is needed",
-                        d.env
-                    ));
-                }
-                _ => {}
+        let d = self
+            .watch_deployment(id, std::time::Duration::from_secs(3600), |d| {
+                d.phase.is_terminal() || d.phase == gantry_core::Phase::AwaitingApproval
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{step} (deployment {id}) did not finish within an hour"))?;
+        match d.phase {
+            gantry_core::Phase::Succeeded => Ok(d),
+            gantry_core::Phase::AwaitingApproval => {
+                let _ = self.request(
+                    id,
+                    Event::AbortRequested {
+                        by: AUTO_ACTOR.to_owned(),
+                    },
+                );
+                Err(format!(
+                    "{step} (deployment {id}) needs approval in {}; rehearse where none is needed",
+                    d.env
+                ))
             }
-            if std::time::Instant::now() > deadline {
-                return Err(format!(
-                    "{step} (deployment {id}) did not finish within an hour"
-                ));
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            p => Err(format!(
+                "{step} (deployment {id}) ended {}: {}",
+                p.as_str(),
+                d.reason.unwrap_or_default()
+            )),
         }
     }
 }

@@ -56,12 +56,6 @@ pub enum EvidenceCommand {
     List { version: String },
 }
 
-fn when(v: &Value) -> String {
-    v.as_i64()
-        .map(gantry_core::governance::rfc3339)
-        .unwrap_or_else(|| "-".to_owned())
-}
-
 pub async fn user(c: &Client, cmd: UserCommand) -> Exit {
     match cmd {
         UserCommand::Add { name, roles } => {
@@ -86,7 +80,7 @@ pub async fn user(c: &Client, cmd: UserCommand) -> Exit {
                     "{:<24} {:<28} {:<22} {}",
                     u["name"].as_str().unwrap_or("?"),
                     roles.join(","),
-                    when(&u["created_at"]),
+                    crate::commands::time(&u["created_at"]),
                     u["created_by"].as_str().unwrap_or("?")
                 );
             }
@@ -112,7 +106,7 @@ pub async fn token(c: &Client, cmd: TokenCommand) -> Exit {
                 "token {} for {} (expires {}); shown once, store it now:",
                 t["id"].as_str().unwrap_or("?"),
                 t["user"].as_str().unwrap_or("?"),
-                when(&t["expires_at"])
+                crate::commands::time(&t["expires_at"])
             );
             println!("{}", t["token"].as_str().unwrap_or(""));
         }
@@ -137,8 +131,8 @@ pub async fn token(c: &Client, cmd: TokenCommand) -> Exit {
                     t["id"].as_str().unwrap_or("?"),
                     t["user"].as_str().unwrap_or("?"),
                     t["label"].as_str().unwrap_or("-"),
-                    when(&t["created_at"]),
-                    when(&t["expires_at"]),
+                    crate::commands::time(&t["created_at"]),
+                    crate::commands::time(&t["expires_at"]),
                 );
             }
         }
@@ -190,7 +184,7 @@ pub async fn approvals(c: &Client) -> Exit {
             p["change"].as_str().unwrap_or("?"),
             p["requested_by"].as_str().unwrap_or("?"),
             format!("{}/{}", p["approved"], p["required"]),
-            when(&p["review_by"]),
+            crate::commands::time(&p["review_by"]),
         );
     }
     Ok(0)
@@ -233,7 +227,7 @@ pub async fn evidence(c: &Client, cmd: EvidenceCommand) -> Exit {
                     e["id"],
                     e["kind"].as_str().unwrap_or("?"),
                     e["file_name"].as_str().unwrap_or("?"),
-                    when(&e["added_at"]),
+                    crate::commands::time(&e["added_at"]),
                     e["added_by"].as_str().unwrap_or("?"),
                     summary(&e)
                 );
