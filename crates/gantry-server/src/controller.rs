@@ -471,7 +471,8 @@ impl Controller {
                 continue; // A stale event: nothing to record, nothing to do.
             }
             // Persist before acting. If the store refuses, act on nothing and retry.
-            if let Err(e) = self.store.record(&event, &t, now) {
+            let outbox = self.outbox(&event, &d, &t.deployment, now);
+            if let Err(e) = self.store.record(&event, &t, now, &outbox) {
                 tracing::error!(deployment = d.id, error = %e, "cannot record event; retrying in 1s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let _ = tx.send(event);
@@ -480,7 +481,7 @@ impl Controller {
             for line in &t.log {
                 tracing::info!(deployment = d.id, env = %d.env, "{line}");
             }
-            self.announce(&event, &d, &t.deployment, now);
+            self.announced(outbox);
             let _ = self.events.send(LiveEvent::Step {
                 deployment: d.id,
                 env: d.env.to_string(),

@@ -11,7 +11,7 @@ use crate::controller::{now_ms, Controller};
 use gantry_config::{Credential, EmailChannel, NotifyChannel, NotifyTarget, SmtpTls};
 use gantry_core::notify::{Notice, NoticeKind};
 use gantry_core::{Deployment, Event, Millis};
-use gantry_store::Delivery;
+use gantry_store::{Delivery, Outgoing};
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
@@ -143,34 +143,42 @@ pub fn email_text(service: &str, n: &Notice) -> (String, String) {
 }
 
 impl Controller {
-    /// Queues the notices a recorded transition gives, for every channel
-    /// that wants them, and wakes the dispatcher. Never fails a deployment.
-    pub(crate) fn announce(
+    /// The notices a transition gives, each with the channels that want it.
+    /// They are recorded with the transition, so a crash loses none.
+    pub(crate) fn outbox(
         &self,
         event: &Event,
         before: &Deployment,
         after: &Deployment,
         now: Millis,
-    ) {
-        for notice in gantry_core::notify::notices(event, before, after, now) {
-            let channels: Vec<String> = self
-                .config
-                .notify
-                .iter()
-                .filter(|c| c.events.contains(&notice.kind))
-                .filter(|c| c.environments.is_empty() || c.environments.contains(&after.env))
-                .map(|c| c.name.clone())
-                .collect();
+    ) -> Vec<Outgoing> {
+        gantry_core::notify::notices(event, before, after, now)
+            .into_iter()
+            .map(|notice| Outgoing {
+                channels: self
+                    .config
+                    .notify
+                    .iter()
+                    .filter(|c| c.events.contains(&notice.kind))
+                    .filter(|c| c.environments.is_empty() || c.environments.contains(&after.env))
+                    .map(|c| c.name.clone())
+                    .collect(),
+                notice,
+            })
+            .collect()
+    }
+
+    /// After the transition is recorded: live views hear the notices, and the
+    /// dispatcher wakes for the queued deliveries.
+    pub(crate) fn announced(&self, outbox: Vec<Outgoing>) {
+        let queued = outbox.iter().any(|o| !o.channels.is_empty());
+        for o in outbox {
             let _ = self
                 .events
-                .send(crate::controller::LiveEvent::Notice(notice.clone()));
-            if channels.is_empty() {
-                continue;
-            }
-            match self.store.queue_deliveries(&notice, &channels, now) {
-                Ok(_) => self.dispatch.notify_one(),
-                Err(e) => tracing::error!(error = %e, "cannot queue notifications"),
-            }
+                .send(crate::controller::LiveEvent::Notice(o.notice));
+        }
+        if queued {
+            self.dispatch.notify_one();
         }
     }
 

@@ -145,6 +145,13 @@ pub trait GovernanceStore: Send + Sync {
     fn evidence(&self, version: &Version) -> Result<Vec<EvidenceRecord>>;
 }
 
+/// A notice and the channels that are to hear it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub notice: gantry_core::notify::Notice,
+    pub channels: Vec<String>,
+}
+
 /// One notice to one channel, until it is delivered or given up on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Delivery {
@@ -161,16 +168,9 @@ pub struct Delivery {
     pub updated_at: Millis,
 }
 
-/// Notification deliveries: queued before they are sent, so a restart
-/// resumes them.
+/// Notification deliveries: queued with the transition that gives them
+/// ([`Store::record`]), before they are sent, so a restart resumes them.
 pub trait DeliveryStore: Send + Sync {
-    /// Queues `notice` for each channel, due at once.
-    fn queue_deliveries(
-        &self,
-        notice: &gantry_core::notify::Notice,
-        channels: &[String],
-        at: Millis,
-    ) -> Result<Vec<i64>>;
     /// Pending deliveries due at `now`, oldest first.
     fn due_deliveries(&self, now: Millis, limit: usize) -> Result<Vec<Delivery>>;
     /// Records an attempt's outcome.
@@ -200,9 +200,16 @@ pub trait Store: GovernanceStore + DeliveryStore + Send + Sync {
         build: &mut dyn FnMut(DeploymentId) -> Deployment,
     ) -> Result<Deployment>;
 
-    /// Appends `event` and the state and log lines it led to, atomically.
-    /// A deployment that reaches `Succeeded` becomes its environment's current state.
-    fn record(&self, event: &Event, transition: &Transition, at: Millis) -> Result<()>;
+    /// Appends `event`, the state and log lines it led to, and the notices it
+    /// gives (queued for their channels), atomically. A deployment that
+    /// reaches `Succeeded` becomes its environment's current state.
+    fn record(
+        &self,
+        event: &Event,
+        transition: &Transition,
+        at: Millis,
+        outbox: &[Outgoing],
+    ) -> Result<()>;
 
     fn deployment(&self, id: DeploymentId) -> Result<Option<Deployment>>;
     /// Newest first.

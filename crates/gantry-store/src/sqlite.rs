@@ -365,7 +365,7 @@ impl Store for SqliteStore {
         Ok(d)
     }
 
-    fn record(&self, event: &Event, t: &Transition, at: Millis) -> Result<()> {
+    fn record(&self, event: &Event, t: &Transition, at: Millis, outbox: &[Outgoing]) -> Result<()> {
         let d = &t.deployment;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -424,6 +424,9 @@ impl Store for SqliteStore {
                     detail: detail.to_string(),
                 },
             )?;
+        }
+        for out in outbox {
+            insert_deliveries(&tx, &out.notice, &out.channels, at)?;
         }
         if d.phase == gantry_core::Phase::Succeeded {
             tx.execute(
@@ -876,29 +879,25 @@ fn delivery_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Delivery>
     }))
 }
 
-impl DeliveryStore for SqliteStore {
-    fn queue_deliveries(
-        &self,
-        notice: &gantry_core::notify::Notice,
-        channels: &[String],
-        at: Millis,
-    ) -> Result<Vec<i64>> {
-        let json = serde_json::to_string(notice).map_err(|e| corrupt("notice", e))?;
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        let mut ids = Vec::new();
-        for channel in channels {
-            tx.execute(
-                "INSERT INTO deliveries (deployment, channel, notice, status, attempts, next_at, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4, ?4)",
-                params![notice.deployment, channel, json, at],
-            )?;
-            ids.push(tx.last_insert_rowid());
-        }
-        tx.commit()?;
-        Ok(ids)
+/// Queues `notice` for each of `channels` inside `tx`, due at once.
+fn insert_deliveries(
+    tx: &rusqlite::Transaction<'_>,
+    notice: &gantry_core::notify::Notice,
+    channels: &[String],
+    at: Millis,
+) -> Result<()> {
+    let json = serde_json::to_string(notice).map_err(|e| corrupt("notice", e))?;
+    for channel in channels {
+        tx.execute(
+            "INSERT INTO deliveries (deployment, channel, notice, status, attempts, next_at, created_at, updated_at)
+             VALUES (?1, ?2, ?3, 'pending', 0, ?4, ?4, ?4)",
+            params![notice.deployment, channel, json, at],
+        )?;
     }
+    Ok(())
+}
 
+impl DeliveryStore for SqliteStore {
     fn due_deliveries(&self, now: Millis, limit: usize) -> Result<Vec<Delivery>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(

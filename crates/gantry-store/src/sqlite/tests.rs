@@ -106,7 +106,9 @@ fn one_active_deployment_per_environment() {
         effects: vec![],
         log: vec!["live".into()],
     };
-    store.record(&Event::InstancesStopped, &t, 200).unwrap();
+    store
+        .record(&Event::InstancesStopped, &t, 200, &[])
+        .unwrap();
     let state = store.env_state(&env).unwrap().unwrap();
     assert_eq!(state.version, Version::new(1, 0, 0));
     assert_eq!(state.deployment, d.id);
@@ -217,14 +219,14 @@ fn verdicts_are_kept_with_the_state_they_led_to_once_per_person() {
         comment: "fine".into(),
     };
     let t = gantry_core::step(&d, &approved, 200);
-    store.record(&approved, &t, 200).unwrap();
+    store.record(&approved, &t, 200, &[]).unwrap();
     // A second verdict by the same person is ignored, not an error that
     // would stop the deployment being recorded.
     let again = Event::Rejected {
         by: "bob".into(),
         comment: "changed my mind".into(),
     };
-    store.record(&again, &t, 300).unwrap();
+    store.record(&again, &t, 300, &[]).unwrap();
     let approvals = store.approvals(d.id).unwrap();
     assert_eq!(approvals.len(), 1);
     assert!(approvals[0].approved);
@@ -295,7 +297,7 @@ fn pruning_deployments_keeps_what_runs_and_what_is_recent() {
         let mut t = gantry_core::step(&d, &Event::Created, at);
         t.deployment.phase = Phase::Succeeded;
         t.deployment.finished_at = Some(at);
-        store.record(&Event::Created, &t, at).unwrap();
+        store.record(&Event::Created, &t, at, &[]).unwrap();
         ids.push(d.id);
     }
     let waiting = store
@@ -317,4 +319,32 @@ fn pruning_deployments_keeps_what_runs_and_what_is_recent() {
         "the running release stays"
     );
     assert_eq!(store.env_state(&env).unwrap().unwrap().deployment, ids[2]);
+}
+
+#[test]
+fn notices_are_queued_with_the_transition_that_gives_them() {
+    let store = SqliteStore::in_memory().unwrap();
+    let env: EnvName = "production".parse().unwrap();
+    let d = store
+        .create_deployment(&env, &mut |id| new_deployment(id, "production", "1.0.0"))
+        .unwrap();
+    let t = gantry_core::step(&d, &Event::Created, 150);
+    let notices = gantry_core::notify::notices(&Event::Created, &d, &t.deployment, 150);
+    assert!(!notices.is_empty());
+    let outbox: Vec<Outgoing> = notices
+        .into_iter()
+        .map(|notice| Outgoing {
+            notice,
+            channels: vec!["team".into(), "pager".into()],
+        })
+        .collect();
+    store.record(&Event::Created, &t, 150, &outbox).unwrap();
+    let due = store.due_deliveries(150, 100).unwrap();
+    assert_eq!(due.len(), outbox.len() * 2);
+    assert!(due.iter().all(|d| d.status == "pending" && d.attempts == 0));
+    store
+        .update_delivery(due[0].id, "delivered", 1, 150, None, 160)
+        .unwrap();
+    assert_eq!(store.due_deliveries(200, 100).unwrap().len(), due.len() - 1);
+    assert_eq!(store.deliveries(Some(d.id), 100).unwrap().len(), due.len());
 }
