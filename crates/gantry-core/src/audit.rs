@@ -14,7 +14,7 @@ use sha2::{Digest as _, Sha256};
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// What happened, before it is numbered and chained.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuditEntry {
     pub at: Millis,
     /// Who: a user, `gantry` for the controller's own decisions, `anonymous`.
@@ -30,7 +30,7 @@ pub struct AuditEntry {
 }
 
 /// One record of the trail as stored and exported (one JSON line each).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuditRecord {
     pub seq: u64,
     #[serde(flatten)]

@@ -28,7 +28,9 @@ pub enum NameError {
 ///
 /// Restricted to a DNS-label-like alphabet because it becomes part of paths,
 /// process labels and URLs.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct EnvName(String);
 
@@ -80,7 +82,9 @@ impl fmt::Display for EnvName {
 }
 
 /// A SHA-256 digest, lowercase hex. Artifacts are addressed by it.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct Digest(String);
 
@@ -124,7 +128,9 @@ impl fmt::Display for Digest {
 
 /// One running instance of a release, as the engine sees it: an id the
 /// target can find it by and the port it serves on.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct InstanceRef {
     pub id: String,
     pub port: u16,

@@ -10,7 +10,19 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// What a piece of evidence is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum EvidenceKind {
     Unit,
@@ -56,7 +68,19 @@ impl EvidenceKind {
 }
 
 /// Severity of a security finding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum FindingSeverity {
     Low,
@@ -100,7 +124,7 @@ impl FindingSeverity {
 }
 
 /// What a report says, reduced to what the gates need.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "format", rename_all = "snake_case")]
 pub enum Report {
     Junit {
@@ -554,7 +578,7 @@ pub fn parse_lcov(text: &str) -> Result<Report, ParseError> {
 }
 
 /// An environment's gates. `None` turns a gate off.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct GatePolicy {
     pub unit_pass_pct: Option<f64>,
     pub integration_pass_pct: Option<f64>,
@@ -602,7 +626,7 @@ impl GatePolicy {
 }
 
 /// One piece of evidence as the gates see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Evidence {
     pub id: i64,
     pub kind: EvidenceKind,
@@ -611,7 +635,7 @@ pub struct Evidence {
 }
 
 /// One gate's verdict.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct GateResult {
     pub gate: String,
     pub passed: bool,

@@ -9,7 +9,19 @@ use std::fmt;
 const DAY_MS: Millis = 86_400_000;
 
 /// A user's role. A user may hold several.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Reads everything but users and tokens.
@@ -64,7 +76,7 @@ impl fmt::Display for Role {
 }
 
 /// What an API action needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Permission {
     Read,
@@ -92,7 +104,7 @@ pub fn allowed(roles: &[Role], p: Permission) -> bool {
 }
 
 /// The standards' change types.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeType {
     /// Pre-approved and low risk: goes ahead at once where the environment allows it.
@@ -129,7 +141,7 @@ impl ChangeType {
 }
 
 /// A lead time: a plain duration, or business days (Monday to Friday, UTC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LeadTime {
     Ms(u64),
@@ -179,7 +191,7 @@ pub fn add_business_days(from: Millis, n: u32) -> Millis {
 }
 
 /// What an environment asks of a change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ApprovalPolicy {
     /// Approvals from the approver role before a normal change starts (and
     /// after an emergency one, within `emergency_review_ms`).
@@ -204,7 +216,7 @@ impl ApprovalPolicy {
 }
 
 /// One person's verdict on a deployment.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Approval {
     pub by: String,
     pub at: Millis,
@@ -213,7 +225,7 @@ pub struct Approval {
 }
 
 /// The change a deployment carries out, and where its approvals stand.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ChangeControl {
     pub change: ChangeType,
     pub reason: Option<String>,
@@ -332,13 +344,13 @@ pub fn check_approval(
 }
 
 /// A period in which an environment takes only emergency changes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct FreezeWindow {
     pub name: String,
     pub when: FreezeSpan,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FreezeSpan {
     /// From one instant to another.

@@ -34,7 +34,7 @@ pub use smoke::{SmokeCheck, SmokeProbe, SmokeResult, SmokeSettings, SmokeState};
 use std::collections::BTreeMap;
 
 /// How the health of new instances is judged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HealthSettings {
     /// Time between probes once an instance is serving.
     pub interval_ms: u64,
@@ -48,7 +48,7 @@ pub struct HealthSettings {
 
 /// Everything about the environment that shapes one deployment, frozen at
 /// creation so that a config change cannot alter a deployment mid-flight.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeploySettings {
     pub instances: u32,
     pub health: HealthSettings,
@@ -71,7 +71,7 @@ pub struct DeploySettings {
     pub freezes: Vec<FreezeWindow>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeploymentKind {
     /// A new release requested by someone.
@@ -80,7 +80,7 @@ pub enum DeploymentKind {
     Rollback,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Waiting for approvals, a lead time or the end of a freeze; nothing has changed yet.
@@ -133,7 +133,7 @@ impl Phase {
 }
 
 /// What the engine knows about one new instance's health.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InstanceHealth {
     /// Has answered healthy at least once.
     pub up: bool,
@@ -142,7 +142,7 @@ pub struct InstanceHealth {
 }
 
 /// One deployment of one release into one environment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Deployment {
     pub id: DeploymentId,
     pub env: EnvName,
@@ -235,7 +235,7 @@ impl Deployment {
 }
 
 /// The answer of one health probe.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "status", content = "detail", rename_all = "snake_case")]
 pub enum Probe {
     Healthy,
@@ -247,7 +247,7 @@ pub enum Probe {
 
 /// Something that happened: the outcome of an effect, the passing of time,
 /// or a request from a person.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// The deployment was just created.
@@ -326,7 +326,7 @@ pub enum Event {
 }
 
 /// Work for the runtime. Each is idempotent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Effect {
     /// Verify the artifact and unpack it into its release directory.

@@ -7,7 +7,19 @@ use crate::machine::{Deployment, DeploymentKind, Event, Phase};
 use serde::{Deserialize, Serialize};
 
 /// The standards' notification events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum NoticeKind {
     /// Requested; with a start time when it must wait (lead time, approvals, freeze).
@@ -75,7 +87,7 @@ impl NoticeKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ChannelKind {
     Slack,
@@ -85,7 +97,7 @@ pub enum ChannelKind {
 }
 
 /// One thing to tell, with what a reader needs to act on it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Notice {
     pub kind: NoticeKind,
     pub deployment: DeploymentId,
@@ -213,7 +225,9 @@ pub fn notices(event: &Event, before: &Deployment, after: &Deployment, now: Mill
 }
 
 /// The standards' status page states, best to worst.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ServiceStatus {
     Operational,

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 /// Where traffic goes. `generation` only ever increases.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Routing {
     pub generation: u64,
     /// Oldest release first: with sticky assignment, the last pool takes
@@ -30,7 +30,7 @@ pub struct Routing {
 
 /// How one user keeps to one release: requests carrying the same key go to
 /// the same pool for as long as the weights do not move it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "by", content = "name", rename_all = "snake_case")]
 pub enum Affinity {
     /// A cookie the router sets (a random id) on a user's first answer.
@@ -40,7 +40,7 @@ pub enum Affinity {
 }
 
 /// The instances of one release, and the share of traffic they get.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Pool {
     /// Usually the release version.
     pub name: String,
@@ -73,7 +73,7 @@ impl Routing {
 
 /// What one pool served since the router started. Counts only grow, so the
 /// difference of two snapshots is what happened in between.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PoolStats {
     pub name: String,
     pub requests: u64,
@@ -86,7 +86,7 @@ pub struct PoolStats {
     pub slower_than: Vec<SlowerThan>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SlowerThan {
     pub limit_ms: f64,
     pub requests: u64,
@@ -94,7 +94,7 @@ pub struct SlowerThan {
 
 /// What the router writes to `admin.json` in its state directory so the
 /// controller can find it again after either of them restarts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AdminInfo {
     pub pid: u32,
     pub admin: SocketAddr,

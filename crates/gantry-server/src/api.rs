@@ -75,6 +75,82 @@ impl From<gantry_store::StoreError> for ApiError {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+// Answers that are not a domain type of their own, named so the OpenAPI
+// document can describe them.
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct DeploymentView {
+    #[serde(flatten)]
+    deployment: gantry_core::Deployment,
+    /// Every verdict, including those given after an emergency change finished.
+    approvals: Vec<gantry_core::governance::Approval>,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct DeploymentLog {
+    deployment: gantry_core::Deployment,
+    log: Vec<gantry_store::LogEntry>,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct StatusView {
+    service: String,
+    environments: Vec<crate::controller::EnvStatus>,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct ShutdownAnswer {
+    shutting_down: bool,
+    stopped_workloads: bool,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct AuditAnchor {
+    seq: u64,
+    hash: String,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct AuditPage {
+    /// The last pruned record, which the first kept one links to.
+    anchor: Option<AuditAnchor>,
+    records: Vec<gantry_core::audit::AuditRecord>,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct AuditVerdict {
+    ok: bool,
+    records: usize,
+    first_seq: Option<u64>,
+    last_seq: Option<u64>,
+    /// The first edited, removed or reordered record.
+    first_bad_seq: Option<u64>,
+    reason: Option<String>,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct GatesView {
+    version: String,
+    env: String,
+    passed: bool,
+    gates: Vec<gantry_core::evidence::GateResult>,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct RehearsalAnswer {
+    rehearsing: String,
+    env: String,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct PlanApproved {
+    version: String,
+    env: String,
+    digest: String,
+    evidence: i64,
+    by: String,
+}
+
 pub mod openapi;
 
 /// `Json<T>` whose rejections (bad JSON, unknown or missing fields, wrong
@@ -509,11 +585,11 @@ async fn show_deployment(
     State(s): State<AppState>,
     Path(id): Path<DeploymentId>,
 ) -> ApiResult<Response> {
-    let d = deployment_or_404(&s, id)?;
-    let mut v = serde_json::to_value(&d)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    v["approvals"] = serde_json::to_value(s.controller.store.approvals(id)?).unwrap_or_default();
-    Ok(Json(v).into_response())
+    Ok(Json(DeploymentView {
+        deployment: deployment_or_404(&s, id)?,
+        approvals: s.controller.store.approvals(id)?,
+    })
+    .into_response())
 }
 
 async fn deployment_log(
@@ -522,7 +598,7 @@ async fn deployment_log(
 ) -> ApiResult<Response> {
     let d = deployment_or_404(&s, id)?;
     let log = s.controller.store.log(id)?;
-    Ok(Json(json!({"deployment": d, "log": log})).into_response())
+    Ok(Json(DeploymentLog { deployment: d, log }).into_response())
 }
 
 /// A person's request to a running deployment (`abort`, `promote`, `pause`,
@@ -553,8 +629,11 @@ async fn act_on_deployment(
 }
 
 async fn status(State(s): State<AppState>) -> ApiResult<Response> {
-    Ok(Json(json!({"service": s.controller.config.service.name, "environments": s.controller.status().await?}))
-        .into_response())
+    Ok(Json(StatusView {
+        service: s.controller.config.service.name.clone(),
+        environments: s.controller.status().await?,
+    })
+    .into_response())
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -591,10 +670,11 @@ async fn shutdown(
         s.controller.stop_workloads().await;
     }
     s.shutdown.notify_one();
-    Ok(
-        Json(json!({"shutting_down": true, "stopped_workloads": req.stop_workloads}))
-            .into_response(),
-    )
+    Ok(Json(ShutdownAnswer {
+        shutting_down: true,
+        stopped_workloads: req.stop_workloads,
+    })
+    .into_response())
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -631,10 +711,10 @@ async fn list_audit(State(s): State<AppState>, Query(q): Query<AuditQuery>) -> A
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     let records = s.controller.store.audit_records(q.after, limit)?;
     let anchor = s.controller.store.audit_anchor()?;
-    Ok(Json(json!({
-        "anchor": anchor.map(|(seq, hash)| json!({"seq": seq, "hash": hash})),
-        "records": records,
-    }))
+    Ok(Json(AuditPage {
+        anchor: anchor.map(|(seq, hash)| AuditAnchor { seq, hash }),
+        records,
+    })
     .into_response())
 }
 
@@ -654,9 +734,24 @@ async fn verify_audit(State(s): State<AppState>) -> ApiResult<Response> {
         all.extend(page);
     }
     let result = gantry_core::audit::verify(&all, anchor.as_ref().map(|(q, h)| (*q, h.as_str())));
+    let (first_seq, last_seq) = (all.first().map(|r| r.seq), all.last().map(|r| r.seq));
     Ok(Json(match result {
-        Ok(n) => json!({"ok": true, "records": n, "first_seq": all.first().map(|r| r.seq), "last_seq": all.last().map(|r| r.seq)}),
-        Err(b) => json!({"ok": false, "records": all.len(), "first_bad_seq": b.seq, "reason": b.reason}),
+        Ok(n) => AuditVerdict {
+            ok: true,
+            records: n,
+            first_seq,
+            last_seq,
+            first_bad_seq: None,
+            reason: None,
+        },
+        Err(b) => AuditVerdict {
+            ok: false,
+            records: all.len(),
+            first_seq,
+            last_seq,
+            first_bad_seq: Some(b.seq),
+            reason: Some(b.reason),
+        },
     })
     .into_response())
 }
@@ -741,7 +836,7 @@ async fn revoke_token(
 
 #[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct Verdict {
+struct VerdictRequest {
     #[serde(default)]
     comment: String,
 }
@@ -766,7 +861,7 @@ async fn approve(
     State(s): State<AppState>,
     Extension(who): Extension<Identity>,
     Path(id): Path<DeploymentId>,
-    Body(body): Body<Verdict>,
+    Body(body): Body<VerdictRequest>,
 ) -> ApiResult<Response> {
     give_verdict(&s, &who, id, true, &body.comment).await
 }
@@ -775,7 +870,7 @@ async fn reject(
     State(s): State<AppState>,
     Extension(who): Extension<Identity>,
     Path(id): Path<DeploymentId>,
-    Body(body): Body<Verdict>,
+    Body(body): Body<VerdictRequest>,
 ) -> ApiResult<Response> {
     give_verdict(&s, &who, id, false, &body.comment).await
 }
@@ -825,12 +920,12 @@ async fn gates(State(s): State<AppState>, Query(q): Query<GatesQuery>) -> ApiRes
     let env = s.controller.env(&q.env)?.clone();
     let release = s.controller.release(&q.version)?;
     let results = s.controller.gates(&release.version, &env)?;
-    Ok(Json(json!({
-        "version": release.version.to_string(),
-        "env": env.name.as_str(),
-        "passed": results.iter().all(|g| g.passed),
-        "gates": results,
-    }))
+    Ok(Json(GatesView {
+        version: release.version.to_string(),
+        env: env.name.to_string(),
+        passed: results.iter().all(|g| g.passed),
+        gates: results,
+    })
     .into_response())
 }
 
@@ -851,7 +946,10 @@ async fn start_rehearsal(
         .start_rehearsal(&body.env, &body.version, &who.user)?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"rehearsing": body.version, "env": body.env})),
+        Json(RehearsalAnswer {
+            rehearsing: body.version,
+            env: body.env,
+        }),
     )
         .into_response())
 }
@@ -881,7 +979,13 @@ async fn approve_plan(
             .approve_plan(&body.version, &body.env, &who.user, &body.comment)?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"version": plan.version, "env": plan.env, "digest": plan.digest, "evidence": evidence.id, "by": who.user})),
+        Json(PlanApproved {
+            version: plan.version,
+            env: plan.env,
+            digest: plan.digest,
+            evidence: evidence.id,
+            by: who.user,
+        }),
     )
         .into_response())
 }

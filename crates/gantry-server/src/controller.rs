@@ -67,7 +67,7 @@ pub struct NewRelease<'a> {
     pub by: &'a str,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct VerifyResult {
     pub version: String,
     pub digest: String,
@@ -75,7 +75,7 @@ pub struct VerifyResult {
     pub detail: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct EnvStatus {
     pub name: String,
     pub listen: String,
@@ -85,14 +85,14 @@ pub struct EnvStatus {
     pub active_deployment: Option<DeploymentSummary>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct InstanceStatus {
     pub id: String,
     pub port: u16,
     pub running: bool,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct DeploymentSummary {
     pub id: DeploymentId,
     pub version: String,
@@ -100,7 +100,7 @@ pub struct DeploymentSummary {
 }
 
 /// What live views hear: each recorded step of a deployment, and each notice.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LiveEvent {
     Step {

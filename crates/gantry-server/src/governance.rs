@@ -16,7 +16,7 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq;
 
 /// The caller of an API request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Identity {
     pub user: String,
     pub roles: Vec<Role>,
@@ -69,7 +69,7 @@ fn random_hex(bytes: usize) -> Result<String, ControlError> {
 }
 
 /// A token as issued: shown once, never stored.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct IssuedToken {
     pub id: String,
     pub user: String,
@@ -590,7 +590,7 @@ impl Controller {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct PendingApproval {
     pub deployment: DeploymentId,
     pub env: String,

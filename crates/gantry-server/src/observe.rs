@@ -17,7 +17,7 @@ use serde::Serialize;
 /// How far back the status page lists incidents.
 const INCIDENT_WINDOW_MS: i64 = 30 * 86_400_000;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct StatusPage {
     pub service: String,
     /// The worst of the environments.
@@ -29,7 +29,7 @@ pub struct StatusPage {
     pub generated_at: i64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct EnvironmentStatus {
     pub name: String,
     pub status: ServiceStatus,
@@ -40,7 +40,7 @@ pub struct EnvironmentStatus {
     pub deployment: Option<ActiveDeployment>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct ActiveDeployment {
     pub id: i64,
     pub version: String,
@@ -48,7 +48,7 @@ pub struct ActiveDeployment {
     pub weight: Option<u32>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Incident {
     pub env: String,
     pub deployment: i64,
@@ -327,7 +327,7 @@ small{color:#57606a}
 
 /// The status page as HTML (escaped by the template engine).
 pub fn status_html(page: &StatusPage) -> Result<String, ControlError> {
-    #[derive(Serialize)]
+    #[derive(Serialize, schemars::JsonSchema)]
     struct Shown<'a> {
         #[serde(flatten)]
         incident: &'a Incident,

@@ -15,7 +15,7 @@ const TEMPLATE: &str = include_str!("plan.md");
 const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
 
 /// A rendered plan and the SHA-256 of its text.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Plan {
     pub version: String,
     pub env: String,
@@ -23,20 +23,20 @@ pub struct Plan {
     pub markdown: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 struct Freeze {
     name: String,
     when: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 struct Check {
     name: String,
     critical: bool,
     what: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 struct PlanApproval {
     by: String,
     at: String,

@@ -40,7 +40,7 @@ pub enum StoreError {
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A registered release: an immutable artifact and where it came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ReleaseRecord {
     pub version: Version,
     pub digest: Digest,
@@ -69,7 +69,7 @@ pub enum InsertOutcome {
 }
 
 /// What serves an environment now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EnvState {
     pub env: EnvName,
     pub version: Version,
@@ -79,7 +79,7 @@ pub struct EnvState {
 }
 
 /// One line of a deployment's log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LogEntry {
     pub at: Millis,
     pub phase: String,
@@ -87,7 +87,7 @@ pub struct LogEntry {
 }
 
 /// A person who may use the API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct User {
     pub name: String,
     pub roles: Vec<Role>,
@@ -96,7 +96,7 @@ pub struct User {
 }
 
 /// An API token. The secret is never stored, only its SHA-256.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TokenRecord {
     pub id: String,
     pub user: String,
@@ -111,7 +111,7 @@ pub struct TokenRecord {
 }
 
 /// A report attached to a release.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct EvidenceRecord {
     pub id: i64,
     pub version: Version,
@@ -153,7 +153,7 @@ pub struct Outgoing {
 }
 
 /// One notice to one channel, until it is delivered or given up on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Delivery {
     pub id: i64,
     pub channel: String,

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 /// Which rules run and their thresholds. Defaults are the standards' numbers,
 /// the stricter where two documents differ.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AnalysisPolicy {
     /// Chance of rolling back a canary that is no worse, over the whole rollout.
     pub alpha: f64,
@@ -62,7 +62,7 @@ impl Default for AnalysisPolicy {
 }
 
 /// The stable release's health before any traffic moved: the standards' "health baseline".
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Baseline {
     pub requests: u64,
     pub errors: u64,
@@ -71,7 +71,7 @@ pub struct Baseline {
 }
 
 /// Latency limits derived from the baseline; the runtime counts requests above each.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct LatencyLimits {
     pub p99_ms: Option<f64>,
     pub p50_ms: Option<f64>,
@@ -97,7 +97,9 @@ pub fn latency_limits(policy: &AnalysisPolicy, baseline: &Baseline) -> LatencyLi
 }
 
 /// What one pool served since the analysis (or the step) began.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 pub struct Counts {
     pub requests: u64,
     pub errors: u64,
@@ -109,7 +111,7 @@ pub struct Counts {
     pub over_compare_limit: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleKind {
     ErrorRate,
@@ -121,7 +123,7 @@ pub enum RuleKind {
     SlowVsStable,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleStatus {
     NotEnoughData,
@@ -130,7 +132,7 @@ pub enum RuleStatus {
 }
 
 /// One rule's state: what it saw, against what, with how much evidence.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RuleReport {
     pub rule: RuleKind,
     pub description: String,
@@ -146,7 +148,7 @@ pub struct RuleReport {
     pub needed: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "verdict", rename_all = "snake_case")]
 pub enum Verdict {
     /// A rule fired: roll back.
@@ -157,7 +159,7 @@ pub enum Verdict {
     Continue { waiting: bool },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Analysis {
     pub reports: Vec<RuleReport>,
     pub verdict: Verdict,

@@ -20,7 +20,7 @@ use crate::analysis::{
 use crate::domain::Millis;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CanarySettings {
     /// Weights increase and the last is 100.
     pub steps: Vec<CanaryStep>,
@@ -31,13 +31,13 @@ pub struct CanarySettings {
     pub max_wait_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CanaryStep {
     pub weight: u32,
     pub pause: Pause,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Pause {
     /// Move on after this long if no rule failed and every rule had data.
@@ -47,7 +47,7 @@ pub enum Pause {
 }
 
 /// Where a canary rollout stands.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CanaryState {
     pub step: usize,
     /// Weight the router confirmed for the new release (0 before the first shift).

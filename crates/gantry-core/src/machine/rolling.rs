@@ -23,7 +23,7 @@ use super::{Deployment, Transition};
 use crate::domain::{InstanceRef, Millis};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RollingSettings {
     /// Instances that may run above the configured count during the update.
     pub max_surge: u32,
@@ -31,7 +31,7 @@ pub struct RollingSettings {
     pub max_unavailable: u32,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "stage", rename_all = "snake_case")]
 pub enum RollStage {
     /// Taking old instances out of the routing to make room for a batch.
@@ -49,7 +49,7 @@ pub enum RollStage {
 }
 
 /// Where a rolling update stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RollingState {
     /// Batches begun so far.
     pub batch: u32,

@@ -12,7 +12,7 @@ use crate::domain::Millis;
 use serde::{Deserialize, Serialize};
 
 /// The checks of an environment and the time the whole suite may take.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SmokeSettings {
     pub checks: Vec<SmokeCheck>,
     /// The whole suite, all instances included, must finish within this.
@@ -21,7 +21,7 @@ pub struct SmokeSettings {
     pub max_noncritical_failure_ratio: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SmokeCheck {
     pub name: String,
     /// A failure rolls back at once.
@@ -32,7 +32,7 @@ pub struct SmokeCheck {
 }
 
 /// What one check does against one instance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SmokeProbe {
     /// An HTTP request to the instance; passes on the expected status, and
@@ -52,7 +52,7 @@ pub enum SmokeProbe {
 }
 
 /// The outcome of one check on one instance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SmokeResult {
     pub check: String,
     pub instance: String,
@@ -64,7 +64,7 @@ pub struct SmokeResult {
 }
 
 /// Where the smoke suite of a deployment stands.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct SmokeState {
     pub results: Vec<SmokeResult>,
     /// Waiting for a person: too many non-critical checks failed.

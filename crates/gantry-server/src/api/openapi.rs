@@ -136,7 +136,7 @@ fn operations() -> Vec<Op> {
             JsonOf(202, "what was asked"),
         ),
         Op {
-            body: Some(schema::<Verdict>),
+            body: Some(schema::<VerdictRequest>),
             ..op(
                 "post",
                 "/api/v1/deployments/{id}/approve",
@@ -146,7 +146,7 @@ fn operations() -> Vec<Op> {
             )
         },
         Op {
-            body: Some(schema::<Verdict>),
+            body: Some(schema::<VerdictRequest>),
             ..op(
                 "post",
                 "/api/v1/deployments/{id}/reject",
@@ -406,6 +406,57 @@ fn operations() -> Vec<Op> {
     ]
 }
 
+/// The schema of each JSON answer: the types the handlers serialize.
+fn reply_schema(method: &str, path: &str) -> Option<SchemaFn> {
+    use crate::governance::{Identity, IssuedToken, PendingApproval};
+    use gantry_core::Deployment;
+    use gantry_store::{Delivery, EvidenceRecord, ReleaseRecord, TokenRecord, User};
+    Some(match (method, path) {
+        ("get", "/api/v1/releases") => schema::<Vec<ReleaseRecord>>,
+        ("post", "/api/v1/releases/verify") => schema::<Vec<crate::controller::VerifyResult>>,
+        ("put" | "get", "/api/v1/releases/{version}") => schema::<ReleaseRecord>,
+        ("post", "/api/v1/deployments" | "/api/v1/rollbacks") => schema::<Deployment>,
+        ("get", "/api/v1/deployments") => schema::<Vec<Deployment>>,
+        ("get", "/api/v1/deployments/{id}") => schema::<DeploymentView>,
+        ("get", "/api/v1/deployments/{id}/log") => schema::<DeploymentLog>,
+        ("post", "/api/v1/deployments/{id}/{action}") => ids_by_word,
+        ("post", "/api/v1/deployments/{id}/approve" | "/api/v1/deployments/{id}/reject") => {
+            verdict_answer
+        }
+        ("get", "/api/v1/status") => schema::<StatusView>,
+        ("get", "/api/v1/traffic") => schema::<Vec<gantry_router::PoolStats>>,
+        ("post", "/api/v1/shutdown") => schema::<ShutdownAnswer>,
+        ("get", "/api/v1/audit") => schema::<AuditPage>,
+        ("get", "/api/v1/audit/verify") => schema::<AuditVerdict>,
+        ("get", "/api/v1/whoami") => schema::<Identity>,
+        ("get", "/api/v1/users") => schema::<Vec<User>>,
+        ("post", "/api/v1/users") => schema::<User>,
+        ("get", "/api/v1/tokens") => schema::<Vec<TokenRecord>>,
+        ("post", "/api/v1/tokens") => schema::<IssuedToken>,
+        ("post", "/api/v1/tokens/{id}/revoke") => schema::<TokenRecord>,
+        ("get", "/api/v1/approvals") => schema::<Vec<PendingApproval>>,
+        ("get", "/api/v1/releases/{version}/evidence") => schema::<Vec<EvidenceRecord>>,
+        ("put", "/api/v1/releases/{version}/evidence/{kind}") => schema::<EvidenceRecord>,
+        ("get", "/api/v1/gates") => schema::<GatesView>,
+        ("post", "/api/v1/rehearsals") => schema::<RehearsalAnswer>,
+        ("get", "/api/v1/plans") => schema::<crate::plan::Plan>,
+        ("post", "/api/v1/plans/approve") => schema::<PlanApproved>,
+        ("get", "/api/v1/notifications") => schema::<Vec<Delivery>>,
+        ("get", "/status.json") => schema::<crate::observe::StatusPage>,
+        _ => return None,
+    })
+}
+
+/// `{"aborting": 12}`: the word for what was asked, and the deployment.
+fn ids_by_word(_: &mut SchemaGenerator) -> Schema {
+    schemars::json_schema!({"type": "object", "additionalProperties": {"type": "integer", "format": "int64"}, "minProperties": 1, "maxProperties": 1})
+}
+
+/// `{"approved": 12, "by": "bob"}` or `{"rejected": 12, "by": "bob"}`.
+fn verdict_answer(_: &mut SchemaGenerator) -> Schema {
+    schemars::json_schema!({"type": "object", "required": ["by"], "properties": {"approved": {"type": "integer", "format": "int64"}, "rejected": {"type": "integer", "format": "int64"}, "by": {"type": "string"}}})
+}
+
 fn path_parameters(path: &str) -> Vec<Value> {
     path.split('/')
         .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
@@ -460,7 +511,11 @@ fn error_response(description: &str) -> Value {
 
 /// The whole document.
 pub fn document() -> Value {
+    // Requests are what the handlers accept; answers what they write.
     let mut g = SchemaSettings::openapi3().into_generator();
+    let mut replies = SchemaSettings::openapi3()
+        .with(|s| s.contract = schemars::generate::Contract::Serialize)
+        .into_generator();
     let mut paths = Map::new();
     for op in operations() {
         let mut parameters = path_parameters(op.path);
@@ -469,10 +524,16 @@ pub fn document() -> Value {
         }
         let mut responses = Map::new();
         let ok = match op.answer {
-            JsonOf(code, d) => (
-                code,
-                json!({"description": d, "content": {"application/json": {"schema": {}}}}),
-            ),
+            JsonOf(code, d) => {
+                let schema = match reply_schema(op.method, op.path) {
+                    Some(f) => f(&mut replies).to_value(),
+                    None => json!({}),
+                };
+                (
+                    code,
+                    json!({"description": d, "content": {"application/json": {"schema": schema}}}),
+                )
+            }
             Text(d) => (
                 200,
                 json!({"description": d, "content": {"text/plain": {"schema": {"type": "string"}}}}),
@@ -554,6 +615,13 @@ pub fn document() -> Value {
         entry[op.method] = operation;
     }
     let mut schemas: Map<String, Value> = g.take_definitions(true).into_iter().collect();
+    for (name, schema) in replies.take_definitions(true) {
+        let taken = schemas.insert(name.clone(), schema.clone());
+        assert!(
+            taken.is_none_or(|t| t == schema),
+            "{name} is both a request and an answer, with different schemas"
+        );
+    }
     schemas.insert(
         "Error".into(),
         json!({"type": "object", "required": ["error"], "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}}),
@@ -634,6 +702,20 @@ mod tests {
             .collect();
         let routed: std::collections::BTreeSet<(String, String)> = routed.into_iter().collect();
         assert_eq!(routed, documented);
+    }
+
+    #[test]
+    fn every_json_answer_has_a_schema() {
+        for op in operations() {
+            if let JsonOf(..) = op.answer {
+                assert!(
+                    op.path == "/openapi.json" || reply_schema(op.method, op.path).is_some(),
+                    "{} {} has no answer schema",
+                    op.method,
+                    op.path
+                );
+            }
+        }
     }
 
     #[test]
