@@ -50,6 +50,15 @@ pub fn connect(data_dir: &Path, server: Option<&str>) -> Result<Client> {
 }
 
 impl Client {
+    /// The same controller, acting as the holder of `token`.
+    pub fn as_holder_of(&self, token: String) -> Client {
+        Client {
+            base: self.base.clone(),
+            token,
+            http: self.http.clone(),
+        }
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/api/v1{path}", self.base)
     }

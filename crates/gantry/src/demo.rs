@@ -86,6 +86,8 @@ start_timeout = "5s"
             free_port()?
         ));
         if env == "production" {
+            // Production changes need an approver who is not the requester.
+            config.push_str("approval = { required = 1, lead_time = \"0s\" }\n");
             config.push_str(
                 "strategy = \"canary\"\ncanary = { steps = [{ weight = 10, pause = \"10s\" }, { weight = 50, pause = \"3s\" }, { weight = 100 }], interval = \"200ms\", max_wait = \"20s\" }\n",
             );
@@ -161,11 +163,40 @@ fn git_head() -> Option<String> {
     (out.status.success() && sha.len() == 40).then_some(sha)
 }
 
-async fn deploy(c: &Client, env: &str, version: &str) -> Result<Value> {
+/// Deploys and waits for the outcome; a deployment that waits for approval
+/// is approved by `approver` (someone other than the requester).
+async fn deploy(c: &Client, approver: &Client, env: &str, version: &str) -> Result<Value> {
     let d = c
         .post("/deployments", json!({"env": env, "version": version}))
         .await?;
-    wait_finished(c, d["id"].as_i64().context("no id")?).await
+    let id = d["id"].as_i64().context("no id")?;
+    if wait_started(c, id).await? {
+        let v = approver
+            .post(
+                &format!("/deployments/{id}/approve"),
+                json!({"comment": "reviewed in the demo"}),
+            )
+            .await?;
+        println!(
+            "  {env:<12} deployment {id} awaited approval; approved by {}",
+            v["by"].as_str().unwrap_or("?")
+        );
+    }
+    wait_finished(c, id).await
+}
+
+/// Whether the deployment waits for approval (true) or has started (false).
+async fn wait_started(c: &Client, id: i64) -> Result<bool> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d: Value = c.get(&format!("/deployments/{id}")).await?;
+        match d["phase"].as_str() {
+            Some("awaiting_approval") => return Ok(true),
+            Some("preparing") if Instant::now() < deadline => {}
+            _ => return Ok(false),
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn wait_finished(c: &Client, id: i64) -> Result<Value> {
@@ -196,6 +227,20 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let sha = git_head();
 
+    println!("\n== an approver for production (the requester may not approve their own change)");
+    c.post("/users", json!({"name": "avery", "roles": ["approver"]}))
+        .await?;
+    let issued = c
+        .post("/tokens", json!({"user": "avery", "expires_in": "1h"}))
+        .await?;
+    let approver = c.as_holder_of(
+        issued["token"]
+            .as_str()
+            .context("no token in the answer")?
+            .to_owned(),
+    );
+    println!("  user avery (approver) with a token that expires in an hour");
+
     println!("\n== registering four releases of the sample service");
     let releases = [
         ("1.0.0", json!({"version": "1.0.0"})),
@@ -218,7 +263,7 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
     for version in ["1.0.0", "1.1.0"] {
         println!("\n== deploying {version} through the environments");
         for env in ENVIRONMENTS {
-            let d = deploy(&c, env, version).await?;
+            let d = deploy(&c, &approver, env, version).await?;
             let phase = d["phase"].as_str().unwrap_or("?");
             println!(
                 "  {env:<12} {phase} in {:.2}s (deployment {})",
@@ -244,7 +289,7 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
     }
 
     println!("\n== deploying 1.2.0, whose health check fails, to development");
-    let d = deploy(&c, "development", "1.2.0").await?;
+    let d = deploy(&c, &approver, "development", "1.2.0").await?;
     let phase = d["phase"].as_str().unwrap_or("?");
     let reason = d["reason"].as_str().unwrap_or("");
     println!("  {phase} in {:.2}s: {reason}", took(&d));
@@ -275,7 +320,7 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
 
     println!("\n== 1.3.0, which fails 5% of requests, on its promotion path (staging is optional)");
     for env in ["development", "integration"] {
-        let d = deploy(&c, env, "1.3.0").await?;
+        let d = deploy(&c, &approver, env, "1.3.0").await?;
         let phase = d["phase"].as_str().unwrap_or("?");
         println!(
             "  {env:<12} {phase} in {:.2}s (no analysis there: blue-green)",
@@ -288,7 +333,7 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
         );
     }
     println!("\n== deploying 1.3.0 to production as a canary under load");
-    let d = deploy(&c, "production", "1.3.0").await?;
+    let d = deploy(&c, &approver, "production", "1.3.0").await?;
     let phase = d["phase"].as_str().unwrap_or("?");
     println!(
         "  {phase} in {:.2}s: {}",
@@ -395,6 +440,36 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
             seconds: 0.0,
         });
     }
+
+    println!("\n== the record");
+    let verdict: Value = c.get("/audit/verify").await?;
+    ensure!(
+        verdict["ok"] == true,
+        "the audit trail does not verify: {verdict}"
+    );
+    println!(
+        "  audit trail: {} records, hash chain verified",
+        verdict["records"]
+    );
+    rows.push(Row {
+        what: format!("audit trail: {} records", verdict["records"]),
+        outcome: "chain verified".into(),
+        seconds: 0.0,
+    });
+    let status: Value = c.get("/deployments?limit=1000").await?;
+    let approved = status
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|d| {
+                    d["change"]["approvals"]
+                        .as_array()
+                        .is_some_and(|v| !v.is_empty())
+                })
+                .count()
+        })
+        .unwrap_or(0);
+    println!("  {approved} production deployment(s) approved by avery; see `gantry audit list`");
 
     println!("\n== deployment log of the failed release");
     let log: Value = c.get(&format!("/deployments/{failed_id}/log")).await?;
