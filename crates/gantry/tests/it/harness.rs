@@ -48,12 +48,23 @@ fn output_within(mut child: Child, deadline: Duration, what: &[&str]) -> Output 
     }
 }
 
+/// A port nothing listens on now, and that this test process has not
+/// handed out before: the kernel may offer a just-released port again, and
+/// two environments of one config (or two tests) must not get the same one.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Waits for `cond` to hold, polling, and fails the test with `what` at the deadline.
