@@ -13,6 +13,21 @@ pub type Version = semver::Version;
 /// Identifier of a deployment, assigned by the store in creation order.
 pub type DeploymentId = i64;
 
+/// A unit enum from the name it has on the wire (its serde name), or an
+/// error naming what it is and the names it may have.
+pub fn parse_name<T: serde::de::DeserializeOwned>(
+    what: &str,
+    s: &str,
+    names: &[&str],
+) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+        format!(
+            "unknown {what} {s:?}; expected one of: {}",
+            names.join(", ")
+        )
+    })
+}
+
 /// Why a name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {

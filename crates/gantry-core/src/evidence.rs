@@ -90,16 +90,10 @@ pub enum FindingSeverity {
 }
 
 impl FindingSeverity {
+    pub const NAMES: &[&str] = &["low", "medium", "high", "critical"];
+
     pub fn parse(s: &str) -> Result<FindingSeverity, String> {
-        match s {
-            "low" => Ok(Self::Low),
-            "medium" => Ok(Self::Medium),
-            "high" => Ok(Self::High),
-            "critical" => Ok(Self::Critical),
-            other => Err(format!(
-                "unknown severity {other:?}; expected low, medium, high or critical"
-            )),
-        }
+        crate::domain::parse_name("severity", s, Self::NAMES)
     }
     pub fn as_str(self) -> &'static str {
         match self {

@@ -38,16 +38,7 @@ impl Role {
     pub const NAMES: &[&str] = &["viewer", "deployer", "approver", "admin"];
 
     pub fn parse(s: &str) -> Result<Role, String> {
-        match s {
-            "viewer" => Ok(Role::Viewer),
-            "deployer" => Ok(Role::Deployer),
-            "approver" => Ok(Role::Approver),
-            "admin" => Ok(Role::Admin),
-            other => Err(format!(
-                "unknown role {other:?}; expected one of: {}",
-                Role::NAMES.join(", ")
-            )),
-        }
+        crate::domain::parse_name("role", s, Self::NAMES)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -120,15 +111,7 @@ impl ChangeType {
     pub const NAMES: &[&str] = &["standard", "normal", "emergency"];
 
     pub fn parse(s: &str) -> Result<ChangeType, String> {
-        match s {
-            "standard" => Ok(ChangeType::Standard),
-            "normal" => Ok(ChangeType::Normal),
-            "emergency" => Ok(ChangeType::Emergency),
-            other => Err(format!(
-                "unknown change type {other:?}; expected one of: {}",
-                ChangeType::NAMES.join(", ")
-            )),
-        }
+        crate::domain::parse_name("change type", s, Self::NAMES)
     }
 
     pub fn as_str(self) -> &'static str {

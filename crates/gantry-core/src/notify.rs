@@ -42,12 +42,7 @@ impl NoticeKind {
     ];
 
     pub fn parse(s: &str) -> Result<NoticeKind, String> {
-        serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
-            format!(
-                "unknown event {s:?}; expected one of: {}",
-                Self::NAMES.join(", ")
-            )
-        })
+        crate::domain::parse_name("event", s, Self::NAMES)
     }
 
     pub fn as_str(self) -> &'static str {

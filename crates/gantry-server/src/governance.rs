@@ -565,9 +565,12 @@ impl Controller {
         let mut out = Vec::new();
         for d in self.store.deployments(None, 1000)? {
             let Some(c) = &d.change else { continue };
+            let waiting = d.phase == gantry_core::Phase::AwaitingApproval;
+            if !waiting && c.change != ChangeType::Emergency {
+                continue;
+            }
             let approvals = self.store.approvals(d.id)?;
             let approved = approvals.iter().filter(|a| a.approved).count() as u32;
-            let waiting = d.phase == gantry_core::Phase::AwaitingApproval;
             let emergency_open = c.change == ChangeType::Emergency && approved < c.required_after;
             if !(waiting || emergency_open) {
                 continue;

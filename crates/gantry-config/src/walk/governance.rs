@@ -109,17 +109,7 @@ pub(super) fn decode_freezes(
 fn decode_freeze(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<FreezeWindow> {
     let t = w.table(v, path)?;
     w.check_keys(t, path, FREEZE_KEYS);
-    let name = match t.get("name") {
-        Some(n) => w.non_empty_string(n, &join(path, "name")),
-        None => {
-            w.error(
-                v.span(),
-                &join(path, "name"),
-                "missing required key \"name\"",
-            );
-            None
-        }
-    };
+    let name = super::required(w, t, v, path, "name", |w, v, p| w.non_empty_string(v, p));
     let when = match (t.get("from"), t.get("to"), t.get("weekly")) {
         (Some(f), Some(to), None) => {
             let from = instant(w, f, &join(path, "from"));

@@ -104,17 +104,7 @@ fn decode_channel(
 ) -> Option<NotifyChannel> {
     let t = w.table(v, path)?;
     w.check_keys(t, path, NOTIFY_KEYS);
-    let name = match t.get("name") {
-        Some(n) => w.non_empty_string(n, &join(path, "name")),
-        None => {
-            w.error(
-                v.span(),
-                &join(path, "name"),
-                "missing required key \"name\"",
-            );
-            None
-        }
-    };
+    let name = super::required(w, t, v, path, "name", |w, v, p| w.non_empty_string(v, p));
     let kind = match t.get("kind") {
         Some(k) => {
             let p = join(path, "kind");
@@ -242,17 +232,9 @@ fn decode_email(
     let sp = join(path, "smtp");
     let st = w.table(smtp_v, &sp)?;
     w.check_keys(st, &sp, SMTP_KEYS);
-    let host = match st.get("host") {
-        Some(h) => w.non_empty_string(h, &join(&sp, "host")),
-        None => {
-            w.error(
-                smtp_v.span(),
-                &join(&sp, "host"),
-                "missing required key \"host\"",
-            );
-            None
-        }
-    };
+    let host = super::required(w, st, smtp_v, &sp, "host", |w, v, p| {
+        w.non_empty_string(v, p)
+    });
     let tls = match st.get("tls") {
         Some(tv) => {
             let p = join(&sp, "tls");
