@@ -126,6 +126,28 @@ pub struct Service {
     pub port_env: String,
     pub env: BTreeMap<String, String>,
     pub secrets: BTreeMap<String, SecretRef>,
+    /// The user instances run as when the controller is root (default `nobody`).
+    pub run_as: Option<String>,
+    pub sandbox: Sandbox,
+}
+
+/// Landlock confinement of instances: what they may reach beyond the system
+/// directories, their release and their scratch directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    pub enabled: bool,
+    pub read: Vec<PathBuf>,
+    pub write: Vec<PathBuf>,
+}
+
+impl Default for Sandbox {
+    fn default() -> Sandbox {
+        Sandbox {
+            enabled: true,
+            read: Vec::new(),
+            write: Vec::new(),
+        }
+    }
 }
 
 /// Where a secret's value comes from. The value itself is never stored.

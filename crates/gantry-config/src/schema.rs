@@ -125,6 +125,33 @@ struct ServiceSection {
     /// Secrets by reference, resolved when an instance starts.
     #[serde(default)]
     secrets: BTreeMap<String, SecretSection>,
+    /// The user instances run as when the controller runs as root (default "nobody"; never root).
+    #[serde(default)]
+    run_as: Option<String>,
+    /// Landlock confinement of instances: `false` turns it off; a table adds paths.
+    #[serde(default)]
+    sandbox: Option<SandboxSection>,
+}
+
+/// `false`, or the paths an instance may reach beyond its release, the system
+/// directories and its scratch directory.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum SandboxSection {
+    Enabled(bool),
+    Paths(SandboxPaths),
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct SandboxPaths {
+    /// Absolute paths the instance may read (and execute).
+    #[serde(default)]
+    read: Vec<String>,
+    /// Absolute paths the instance may write.
+    #[serde(default)]
+    write: Vec<String>,
 }
 
 /// Exactly one of `env` or `file`.

@@ -25,7 +25,10 @@ pub(crate) const ROOT_KEYS: &[&str] = &[
     "environments",
 ];
 pub(crate) const RETENTION_KEYS: &[&str] = &["audit", "deployments"];
-pub(crate) const SERVICE_KEYS: &[&str] = &["name", "command", "args", "port_env", "env", "secrets"];
+pub(crate) const SERVICE_KEYS: &[&str] = &[
+    "name", "command", "args", "port_env", "env", "secrets", "run_as", "sandbox",
+];
+const SANDBOX_KEYS: &[&str] = &["read", "write"];
 pub(crate) const HEALTH_KEYS: &[&str] = &[
     "path",
     "interval",
@@ -725,6 +728,38 @@ fn decode_service(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Service> {
         .get("secrets")
         .map(|s| w.secrets(s, "service.secrets"))
         .unwrap_or_default();
+    let run_as = match t.get("run_as") {
+        Some(v) => w.non_empty_string(v, "service.run_as").and_then(|name| {
+            let ok = name.len() <= 32
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !ok {
+                w.error(
+                    v.span(),
+                    "service.run_as",
+                    format!(
+                        "{name:?} is not a user name (letters, digits, '-', '_', '.'; at most 32)"
+                    ),
+                );
+                return None;
+            }
+            if name == "root" {
+                w.error(
+                    v.span(),
+                    "service.run_as",
+                    "instances must not run as root: a deployed release is untrusted code",
+                );
+                return None;
+            }
+            Some(Some(name))
+        }),
+        None => Some(None),
+    };
+    let sandbox = match t.get("sandbox") {
+        Some(v) => decode_sandbox(w, v),
+        None => Some(Sandbox::default()),
+    };
     Some(Service {
         name: name?,
         command: command?,
@@ -732,6 +767,46 @@ fn decode_service(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Service> {
         port_env: port_env?,
         env,
         secrets,
+        run_as: run_as?,
+        sandbox: sandbox?,
+    })
+}
+
+/// `sandbox = false`, or `sandbox = { read = [...], write = [...] }` of absolute paths.
+fn decode_sandbox(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Sandbox> {
+    if let DeValue::Boolean(enabled) = v.get_ref() {
+        return Some(Sandbox {
+            enabled: *enabled,
+            ..Sandbox::default()
+        });
+    }
+    let t = w.table(v, "service.sandbox")?;
+    w.check_keys(t, "service.sandbox", SANDBOX_KEYS);
+    let mut paths = |key: &str| -> Option<Vec<PathBuf>> {
+        let Some(list) = t.get(key) else {
+            return Some(Vec::new());
+        };
+        let at = format!("service.sandbox.{key}");
+        let items = w.string_list(list, &at)?;
+        let mut ok = true;
+        for (n, p) in items.iter().enumerate() {
+            if !p.starts_with('/') || p.contains('\0') || p.split('/').any(|c| c == "..") {
+                w.error(
+                    list.span(),
+                    &format!("{at}[{n}]"),
+                    format!("{p:?} must be an absolute path without \"..\""),
+                );
+                ok = false;
+            }
+        }
+        ok.then(|| items.into_iter().map(PathBuf::from).collect())
+    };
+    let read = paths("read");
+    let write = paths("write");
+    Some(Sandbox {
+        enabled: true,
+        read: read?,
+        write: write?,
     })
 }
 

@@ -645,7 +645,10 @@ pub(crate) fn on_health(t: &mut Transition, instance: &str, probe: &Probe, now: 
             h.last_detail = "healthy".to_owned();
         }
         Probe::Unhealthy(detail) | Probe::Unreachable(detail) => {
-            let counts = h.up || matches!(probe, Probe::Unhealthy(_));
+            // Warm-up is not failure: until an instance has answered healthy
+            // once, only the start timeout (or its exit) fails it. Many real
+            // services answer 503 while they load.
+            let counts = h.up;
             h.last_detail = detail.clone();
             if counts {
                 h.consecutive_failures += 1;

@@ -58,19 +58,27 @@ pub fn unpack(kind: &str, artifact: &Path, dest: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Release trees are read-only for everyone and readable by the instances'
+/// user: directories 0555, files 0444 (0555 if the archive made them
+/// executable), whatever modes the archive carried (no world-writable or
+/// set-id bits survive).
 fn make_read_only(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
-        let meta = entry.metadata()?;
+        let meta = fs::symlink_metadata(entry.path())?;
         if meta.is_dir() {
             make_read_only(&entry.path())?;
         } else if meta.is_file() {
-            let mode = meta.permissions().mode() & !0o222;
+            let mode = if meta.permissions().mode() & 0o111 != 0 {
+                0o555
+            } else {
+                0o444
+            };
             fs::set_permissions(entry.path(), fs::Permissions::from_mode(mode))?;
         }
     }
-    Ok(())
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o555))
 }
 
 /// Verifies a minisign signature over `bytes` against any of `keys`,

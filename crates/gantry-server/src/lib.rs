@@ -7,7 +7,9 @@
 
 mod api;
 pub mod artifact;
+pub mod confine;
 pub mod controller;
+mod data_dir;
 pub mod governance;
 mod notify;
 mod observe;
@@ -65,6 +67,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot confine instances: {0}")]
+    Confine(String),
     #[error("recovery failed: {0}")]
     Recovery(String),
 }
@@ -78,6 +82,10 @@ fn data_err(path: &Path) -> impl Fn(std::io::Error) -> ServerError + '_ {
 
 /// Runs the controller until SIGTERM, SIGINT or `POST /api/v1/shutdown`.
 pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
+    // Everything the controller creates is its own alone (the database with
+    // its WAL, tokens, logs, artifacts); what instances must reach is opened
+    // up explicitly below.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let dir = &options.data_dir;
     std::fs::create_dir_all(dir).map_err(data_err(dir))?;
     let dir = dir.canonicalize().map_err(data_err(dir))?;
@@ -101,7 +109,22 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
     let token = secret_file::load_or_create_token(&dir.join(TOKEN_FILE)).map_err(data_err(&dir))?;
     let router_token =
         secret_file::load_or_create_token(&dir.join("router.token")).map_err(data_err(&dir))?;
-    let target = Arc::new(target::LocalTarget::new(&dir));
+    let (confinement, warnings) = confine::Confinement::plan(options.exe.clone(), &config.service)
+        .map_err(|e| ServerError::Confine(e.to_string()))?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    match confinement.probe().await {
+        Ok(status) if status == "landlock FullyEnforced" || status == "not requested" => {
+            tracing::info!(run_as = ?confinement.run_as.as_ref().map(|u| &u.name), landlock = %status, "instances are confined")
+        }
+        Ok(status) => tracing::warn!(
+            "instances are only partly confined: the kernel gave {status} (Linux 6.12 or later enforces every rule)"
+        ),
+        Err(e) => tracing::warn!("instances are not confined by Landlock: {e}"),
+    }
+    data_dir::tighten(&dir, confinement.switches_user()).map_err(data_err(&dir))?;
+    let target = Arc::new(target::LocalTarget::new(&dir, confinement));
     let router = Arc::new(routing::ProcessRouter::new(
         &dir,
         options.exe.clone(),

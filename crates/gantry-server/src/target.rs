@@ -3,6 +3,7 @@
 //! same few methods. Every method is idempotent, because the runtime may
 //! repeat any of them after a crash.
 
+use crate::confine::{self, Confinement};
 use async_trait::async_trait;
 use gantry_core::{DeploymentId, EnvName, InstanceRef, Version};
 use gantry_store::ReleaseRecord;
@@ -94,12 +95,19 @@ pub trait Target: Send + Sync {
 /// Runs instances as processes on this machine.
 ///
 /// Layout under the data directory: `releases/<version>/` (unpacked,
-/// read-only), `instances/<id>/output.log` and `meta.json`. Instances are
-/// started in their own process group, so they outlive the controller, and
-/// carry `GANTRY_INSTANCE_ID` and `GANTRY_DATA_DIR` in their environment, by
-/// which a restarted controller finds them again in `/proc`.
+/// read-only), `instances/<id>/output.log` and `meta.json` (the controller's
+/// only), `scratch/<id>/` (the instance's own writable directory, its `HOME`
+/// and `TMPDIR`). Instances are started confined ([`Confinement`]) in their
+/// own process group, so they outlive the controller, with a clean
+/// environment: the config's variables and secrets, the port, `PATH`, and
+/// `GANTRY_INSTANCE_ID`/`GANTRY_CONTROLLER` by which a restarted controller
+/// finds them again in `/proc` (the latter a digest of the data directory,
+/// not its path).
 pub struct LocalTarget {
     data_dir: PathBuf,
+    confinement: Confinement,
+    /// `GANTRY_CONTROLLER` of this controller's instances.
+    marker: String,
     /// Exit statuses of the children this controller started and reaped.
     exits: Arc<Mutex<HashMap<String, String>>>,
     /// Instances this controller process started (and so will reap).
@@ -107,9 +115,11 @@ pub struct LocalTarget {
 }
 
 impl LocalTarget {
-    pub fn new(data_dir: &Path) -> LocalTarget {
+    pub fn new(data_dir: &Path, confinement: Confinement) -> LocalTarget {
         LocalTarget {
             data_dir: data_dir.to_owned(),
+            confinement,
+            marker: controller_marker(data_dir),
             exits: Arc::default(),
             spawned: Mutex::default(),
         }
@@ -123,8 +133,31 @@ impl LocalTarget {
         self.data_dir.join("instances").join(id)
     }
 
+    fn scratch_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join("scratch").join(id)
+    }
+
+    /// A fresh, empty scratch directory owned by the instance's user.
+    fn make_scratch(&self, id: &str) -> io::Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.scratch_dir(id);
+        if dir.exists() {
+            fs::remove_dir_all(&dir)?;
+        }
+        fs::create_dir_all(&dir)?;
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        if let Some(u) = &self.confinement.run_as {
+            nix::unistd::chown(
+                &dir,
+                Some(nix::unistd::Uid::from_raw(u.uid)),
+                Some(nix::unistd::Gid::from_raw(u.gid)),
+            )
+            .map_err(io::Error::from)?;
+        }
+        Ok(dir)
+    }
+
     fn scan(&self) -> Vec<RunningInstance> {
-        let data_dir = self.data_dir.display().to_string();
         let mut found = Vec::new();
         let Ok(entries) = fs::read_dir("/proc") else {
             return found;
@@ -145,8 +178,8 @@ impl LocalTarget {
             for var in environ.split(|b| *b == 0) {
                 if let Some(v) = var.strip_prefix(b"GANTRY_INSTANCE_ID=") {
                     id = Some(String::from_utf8_lossy(v).into_owned());
-                } else if let Some(v) = var.strip_prefix(b"GANTRY_DATA_DIR=") {
-                    dir_matches = v == data_dir.as_bytes();
+                } else if let Some(v) = var.strip_prefix(b"GANTRY_CONTROLLER=") {
+                    dir_matches = v == self.marker.as_bytes();
                 }
             }
             let (Some(id), true) = (id, dir_matches) else {
@@ -193,6 +226,19 @@ impl LocalTarget {
                 spec.version
             )));
         }
+        // A relative command runs from the release directory (the working
+        // directory), so the instance's user needs no way through the data
+        // directory; a command that links outside the release is allowed to
+        // be read and run by itself, nothing next to it.
+        let run = if Path::new(&spec.command).is_absolute() {
+            program.clone()
+        } else {
+            Path::new(".").join(&spec.command)
+        };
+        let exec_file = program
+            .canonicalize()
+            .ok()
+            .filter(|p| !confine::is_within(p, &release_dir));
         let meta = RunningInstance {
             id: id.to_owned(),
             pid: 0,
@@ -206,24 +252,33 @@ impl LocalTarget {
             serde_json::to_vec(&meta).unwrap_or_default(),
         )
         .map_err(|e| err(e.to_string()))?;
+        let scratch = self
+            .make_scratch(id)
+            .map_err(|e| err(format!("cannot make its scratch directory: {e}")))?;
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("output.log"))
             .map_err(|e| err(format!("cannot open log: {e}")))?;
         let log2 = log.try_clone().map_err(|e| err(e.to_string()))?;
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.args(spec.args.iter().map(|a| fill(a)))
-            .current_dir(&release_dir)
+        let mut cmd = self.confinement.command(
+            &run,
+            spec.args.iter().map(|a| fill(a)),
+            exec_file.as_deref(),
+            &scratch,
+        );
+        // A clean environment: nothing of the controller's (its token, its
+        // data directory, its secrets) reaches the instance unless the config
+        // names it.
+        cmd.current_dir(&release_dir)
             .env_clear()
-            .env(
-                "PATH",
-                std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
-            )
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", &scratch)
+            .env("TMPDIR", &scratch)
             .envs(spec.vars.iter().map(|(k, v)| (k, fill(v))))
             .env(&spec.port_env, port.to_string())
             .env("GANTRY_INSTANCE_ID", id)
-            .env("GANTRY_DATA_DIR", self.data_dir.display().to_string())
+            .env("GANTRY_CONTROLLER", &self.marker)
             .env("GANTRY_RELEASE", spec.version.to_string())
             .env("GANTRY_ENV", spec.env.as_str())
             .stdin(std::process::Stdio::null())
@@ -255,6 +310,15 @@ impl LocalTarget {
         });
         Ok(())
     }
+}
+
+/// The `GANTRY_CONTROLLER` value of the instances of the controller whose
+/// (canonical) data directory is `data_dir`: it tells them apart from another
+/// controller's without telling the instance where the data directory is.
+pub fn controller_marker(data_dir: &Path) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(data_dir.as_os_str().as_encoded_bytes());
+    hex::encode(&digest[..8])
 }
 
 fn describe_exit(status: std::process::ExitStatus) -> String {
@@ -353,6 +417,10 @@ impl Target for LocalTarget {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         for i in instances {
+            if i.id.contains('/') || i.id.contains("..") {
+                continue;
+            }
+            let _ = fs::remove_dir_all(self.scratch_dir(&i.id));
             tracing::info!(instance = %i.id, "instance stopped");
         }
         Ok(())

@@ -251,6 +251,16 @@ pub enum ReleaseCommand {
 }
 
 fn main() {
+    // `gantry confine ...` starts an instance confined, in the controller's
+    // stead. Its arguments are the controller's own format, not a CLI, and it
+    // runs before any thread starts: it changes user and execs the instance.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv
+        .get(1)
+        .is_some_and(|a| a == gantry_server::confine::SUBCOMMAND)
+    {
+        std::process::exit(gantry_server::confine::launch(&argv[2..]));
+    }
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -30,6 +30,10 @@ pub struct SampleSettings {
     /// Answer /healthz with 503.
     #[arg(long)]
     pub unhealthy: Option<bool>,
+    /// Answer /healthz with 503 for this long after start, as a service
+    /// loading a cache does.
+    #[arg(long)]
+    pub warmup_ms: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -46,6 +50,7 @@ pub struct SampleArgs {
 struct App {
     s: SampleSettings,
     served: AtomicU64,
+    started: std::time::Instant,
 }
 
 pub async fn run(args: SampleArgs) -> Result<()> {
@@ -63,6 +68,7 @@ pub async fn run(args: SampleArgs) -> Result<()> {
     s.latency_ms = f.latency_ms.or(s.latency_ms);
     s.crash_after = f.crash_after.or(s.crash_after);
     s.unhealthy = f.unhealthy.or(s.unhealthy);
+    s.warmup_ms = f.warmup_ms.or(s.warmup_ms);
     if let Some(r) = s.error_rate {
         anyhow::ensure!(
             (0.0..=1.0).contains(&r),
@@ -72,6 +78,7 @@ pub async fn run(args: SampleArgs) -> Result<()> {
     let app = Arc::new(App {
         s,
         served: AtomicU64::new(0),
+        started: std::time::Instant::now(),
     });
     let router = axum::Router::new()
         .route("/", get(root))
@@ -123,7 +130,13 @@ async fn root(State(app): State<Arc<App>>) -> impl IntoResponse {
 }
 
 async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
-    if app.s.unhealthy == Some(true) {
+    let warming = app
+        .s
+        .warmup_ms
+        .is_some_and(|ms| app.started.elapsed() < Duration::from_millis(ms));
+    if warming {
+        (StatusCode::SERVICE_UNAVAILABLE, "warming up\n")
+    } else if app.s.unhealthy == Some(true) {
         (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
     } else {
         (StatusCode::OK, "ok\n")

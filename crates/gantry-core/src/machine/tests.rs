@@ -166,27 +166,42 @@ fn instance_that_never_comes_up_times_out() {
 }
 
 #[test]
-fn unreachable_during_startup_does_not_count_but_bad_answers_do() {
+fn warm_up_answers_do_not_count_until_healthy_once() {
     let (_, d) = run(first_deploy(), &started_then(&[2], vec![]));
-    let unreachable = Event::HealthObserved {
+    let probe = |p: Probe| Event::HealthObserved {
         instance: "i2".into(),
-        probe: Probe::Unreachable("refused".into()),
+        probe: p,
     };
-    let script: Vec<_> = (0..10)
-        .map(|n| (100 + n * 100, unreachable.clone()))
+    // Not listening, then 503 while loading: 40 answers, far past the threshold of 3.
+    let mut script: Vec<_> = (0..10)
+        .map(|n| (100 + n * 50, probe(Probe::Unreachable("refused".into()))))
         .collect();
-    let (_, d2) = run(d.clone(), &script);
-    assert_eq!(
-        d2.phase,
-        Phase::Verifying,
-        "not listening yet is not a failure"
-    );
-    let bad = Event::HealthObserved {
-        instance: "i2".into(),
-        probe: Probe::Unhealthy("HTTP 503".into()),
-    };
-    let (_, d3) = run(d, &[(100, bad.clone()), (200, bad.clone()), (300, bad)]);
-    assert_eq!(d3.phase, Phase::RollingBack);
+    script.extend((0..30).map(|n| (700 + n * 50, probe(Probe::Unhealthy("HTTP 503".into())))));
+    let (_, warming) = run(d.clone(), &script);
+    assert_eq!(warming.phase, Phase::Verifying, "warm-up is not failure");
+    assert_eq!(warming.health["i2"].consecutive_failures, 0);
+    assert_eq!(warming.health["i2"].last_detail, "HTTP 503");
+
+    // Once healthy, the threshold applies to bad answers.
+    let mut after = script.clone();
+    after.push((2300, healthy(2)));
+    after.push((2310, Event::TrafficRouted { to_new: true }));
+    let (_, up) = run(d.clone(), &after);
+    assert_eq!(up.phase, Phase::Baking);
+    let bad = probe(Probe::Unhealthy("HTTP 500".into()));
+    let (_, failed) = run(up, &[(3300, bad.clone()), (4300, bad.clone()), (5300, bad)]);
+    assert_eq!(failed.phase, Phase::RollingBack);
+    assert!(failed.reason.unwrap().contains("3 consecutive times on i2"));
+
+    // An instance that never answers healthy fails at the start timeout, naming its last answer.
+    let mut stuck = script;
+    stuck.push((5100, Event::Tick));
+    let (_, timed_out) = run(d, &stuck);
+    assert_eq!(timed_out.phase, Phase::RollingBack);
+    assert!(timed_out
+        .reason
+        .unwrap()
+        .contains("did not become healthy within 5s: i2 (HTTP 503)"));
 }
 
 #[test]

@@ -69,7 +69,7 @@ fn actions_and_refusals_are_recorded_and_any_tampering_is_named() {
     assert!(detail["reason"]
         .as_str()
         .unwrap()
-        .contains("health check failed"));
+        .contains("did not become healthy"));
 
     // An export verifies offline; edits, removals and reorderings are named.
     assert!(verify_lines(&g, &lines).ok().stdout.contains("intact"));

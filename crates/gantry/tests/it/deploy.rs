@@ -106,9 +106,10 @@ fn an_instance_that_never_becomes_healthy_is_rolled_back_with_the_reason() {
     run.fails_with(3, "rolled_back");
     let d = g.api("/deployments?env=staging&limit=1")[0].clone();
     assert_eq!(d["phase"], "rolled_back");
+    // It never answered healthy, so only the start timeout fails it (warm-up is not failure).
     assert_eq!(
         d["reason"],
-        "health check failed 3 consecutive times on staging-d2-1 (threshold 3): GET /healthz answered HTTP 503"
+        "instances did not become healthy within 5s: staging-d2-1 (GET /healthz answered HTTP 503)"
     );
     assert_eq!(
         g.get_env("staging"),
@@ -120,6 +121,18 @@ fn an_instance_that_never_becomes_healthy_is_rolled_back_with_the_reason() {
         ["staging-d1-1"],
         "the failed instance was stopped"
     );
+}
+
+#[test]
+fn a_service_that_answers_503_while_warming_up_is_not_rolled_back() {
+    // Probes run every 50 ms at start and the threshold is 3: before, the
+    // third 503 (0.15 s in) rolled this release back.
+    let g = Gantry::start();
+    g.register("1.0.0", "\"warmup_ms\": 1500");
+    g.gantry(&["deploy", "1.0.0", "--env", "staging"]).ok();
+    let d = g.api("/deployments?env=staging&limit=1")[0].clone();
+    assert_eq!(d["phase"], "succeeded");
+    assert_eq!(g.get_env("staging"), (200, "hello from 1.0.0\n".to_owned()));
 }
 
 #[test]

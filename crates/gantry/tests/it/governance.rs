@@ -502,7 +502,7 @@ rehearsal_in = "staging"
         .gantry(&["gates", "1.2.0", "--env", "production"])
         .fails_with(6, "FAIL rollback rehearsal");
     assert!(
-        gates.stdout.contains("health check failed"),
+        gates.stdout.contains("did not become healthy"),
         "{}",
         gates.stdout
     );

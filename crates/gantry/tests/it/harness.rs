@@ -429,8 +429,8 @@ impl Gantry {
     /// (instance id, pid) of this controller's instances, sorted by id.
     pub fn instance_processes(&self) -> Vec<(String, u32)> {
         let data = format!(
-            "GANTRY_DATA_DIR={}",
-            self.data().canonicalize().unwrap().display()
+            "GANTRY_CONTROLLER={}",
+            gantry_server::target::controller_marker(&self.data().canonicalize().unwrap())
         );
         let mut out = Vec::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -478,6 +478,47 @@ impl Drop for Gantry {
     }
 }
 
+/// The gantry binary as instances run it. Instances run as `nobody` when the
+/// tests run as root, so the binary must be reachable by any user: the test
+/// build is used where it is (every directory above it searchable by
+/// others), else a copy in a world-readable directory beside the system's
+/// temporary files, shared by test runs of the same build.
+pub fn instance_binary() -> &'static str {
+    static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        use std::os::unix::fs::PermissionsExt;
+        let reachable = Path::new(GANTRY)
+            .ancestors()
+            .skip(1)
+            .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
+        if reachable {
+            return GANTRY.to_owned();
+        }
+        let meta = std::fs::metadata(GANTRY).unwrap();
+        let mtime = meta
+            .modified()
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "gantry-test-bin-{}-{}",
+            meta.len(),
+            mtime.as_nanos()
+        ));
+        let path = dir.join("gantry");
+        if !path.exists() {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+            // Copy aside and rename, so parallel tests never run a half-copied binary.
+            let tmp = dir.join(format!("gantry.{}", std::process::id()));
+            std::fs::copy(GANTRY, &tmp).unwrap();
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::rename(&tmp, &path).unwrap();
+        }
+        path.display().to_string()
+    })
+}
+
 pub fn make_artifact(path: &Path, version: &str, settings: &str) {
     let file = std::fs::File::create(path).unwrap();
     let mut tar = tar::Builder::new(file);
@@ -485,7 +526,8 @@ pub fn make_artifact(path: &Path, version: &str, settings: &str) {
     header.set_entry_type(tar::EntryType::Symlink);
     header.set_size(0);
     header.set_mode(0o755);
-    tar.append_link(&mut header, "bin/gantry", GANTRY).unwrap();
+    tar.append_link(&mut header, "bin/gantry", instance_binary())
+        .unwrap();
     let json = if settings.is_empty() {
         format!("{{\"version\": \"{version}\"}}")
     } else {

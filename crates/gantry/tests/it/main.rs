@@ -12,6 +12,7 @@ mod crash;
 mod dashboard;
 mod deploy;
 mod governance;
+mod isolation;
 mod notes;
 mod notify;
 mod openapi;

@@ -312,7 +312,7 @@ fn the_status_page_is_public_and_follows_the_standards_states() {
         "{html}"
     );
     assert!(
-        html.contains("1.1.0 rolled back: health check failed"),
+        html.contains("1.1.0 rolled back: instances did not become healthy"),
         "{html}"
     );
     let (_, body) = http(&url, "GET", "/status.json", None, "");
@@ -372,7 +372,7 @@ fn metrics_and_the_live_event_stream() {
     for needle in [
         "gantry_deployments_total{env=\"development\",kind=\"deploy\",outcome=\"succeeded\"} 1",
         "gantry_deployments_total{env=\"development\",kind=\"deploy\",outcome=\"rolled_back\"} 1",
-        "gantry_rollbacks_total{env=\"development\",reason=\"health_check\"} 1",
+        "gantry_rollbacks_total{env=\"development\",reason=\"start\"} 1",
         "gantry_deployments_in_progress{env=\"production\"} 0",
         "gantry_deployment_duration_seconds_count{env=\"development\",kind=\"deploy\",outcome=\"succeeded\"} 1",
     ] {

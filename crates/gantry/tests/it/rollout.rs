@@ -71,7 +71,7 @@ fn a_failed_rolling_batch_restarts_the_retired_instances_and_rolls_back() {
         d["reason"]
             .as_str()
             .unwrap()
-            .contains("health check failed 3 consecutive times on production-d2-1"),
+            .contains("did not become healthy within 5s: production-d2-1"),
         "{d}"
     );
     assert_lines(
