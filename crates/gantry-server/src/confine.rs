@@ -200,10 +200,10 @@ impl Confinement {
         out
     }
 
-    /// Runs the launcher once with this confinement around `/bin/true`-like
-    /// self-check and reports what the kernel enforced, so the controller can
-    /// warn at start rather than leave an operator believing in a sandbox the
-    /// kernel does not have.
+    /// Runs the launcher once with this confinement (restricting itself and
+    /// exiting instead of running an instance) and reports what the kernel
+    /// enforced, so the controller can warn at start rather than leave an
+    /// operator believing in a sandbox the kernel does not have.
     pub async fn probe(&self) -> Result<String, String> {
         if !self.landlock {
             return Ok("not requested".into());

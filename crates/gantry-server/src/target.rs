@@ -180,6 +180,10 @@ impl LocalTarget {
                     id = Some(String::from_utf8_lossy(v).into_owned());
                 } else if let Some(v) = var.strip_prefix(b"GANTRY_CONTROLLER=") {
                     dir_matches = v == self.marker.as_bytes();
+                } else if let Some(v) = var.strip_prefix(b"GANTRY_DATA_DIR=") {
+                    // Instances started before confinement carried the path
+                    // itself: still ours to adopt or stop after an upgrade.
+                    dir_matches = v == self.data_dir.as_os_str().as_encoded_bytes();
                 }
             }
             let (Some(id), true) = (id, dir_matches) else {

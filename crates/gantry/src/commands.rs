@@ -26,18 +26,22 @@ pub async fn run(cli: Cli) -> Exit {
         }
         Command::Server { config, listen } => {
             let exe = std::env::current_exe().context("cannot find the gantry executable")?;
-            gantry_server::run(gantry_server::ServerOptions {
+            match gantry_server::run(gantry_server::ServerOptions {
                 data_dir,
                 config_path: config,
                 listen,
                 exe,
             })
             .await
-            .map(|()| 0)
-            .map_err(|e| match e {
-                gantry_server::ServerError::Config(c) => anyhow::anyhow!("{c}"),
-                other => other.into(),
-            })
+            {
+                Ok(()) => Ok(0),
+                // An invalid config exits 4, as `gantry validate` does.
+                Err(gantry_server::ServerError::Config(c)) => {
+                    eprintln!("error: {c}");
+                    Ok(crate::EXIT_INVALID_CONFIG)
+                }
+                Err(other) => Err(other.into()),
+            }
         }
         Command::Router {
             state_dir,

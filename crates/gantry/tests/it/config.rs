@@ -98,7 +98,7 @@ fn server_refuses_an_invalid_config_with_every_error() {
         dir.path(),
         &["--data-dir", "d", "server", "--listen", "127.0.0.1:0"],
     );
-    assert_eq!(run.code, 1);
+    assert_eq!(run.code, 4, "an invalid configuration exits 4");
     assert!(
         run.stderr
             .contains("service.name: expected a string, found integer 3"),
