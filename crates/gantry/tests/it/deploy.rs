@@ -273,13 +273,17 @@ fn abort_rolls_back_a_running_deployment() {
 }
 
 #[test]
-fn secrets_reach_the_instance_but_are_never_stored() {
+fn an_unset_secret_fails_the_start_naming_it_and_nothing_runs() {
     let extra = "\n[service.secrets]\nSAMPLE_SECRET = { env = \"GANTRY_TEST_SECRET_SOURCE\" }\n";
     let g = Gantry::start_with("300ms", extra);
     g.register("1.0.0", "");
     // The controller was started without the variable: the start fails, naming it.
     let run = g.gantry(&["deploy", "1.0.0", "--env", "development"]);
     run.fails_with(3, "secret SAMPLE_SECRET: environment variable GANTRY_TEST_SECRET_SOURCE is not set on the controller");
+    assert!(
+        g.running_instances().is_empty(),
+        "no instance started without its secret"
+    );
 }
 
 #[test]
