@@ -530,3 +530,494 @@ to = []
         .iter()
         .any(|w| w.path == "notify[0].routing_key"));
 }
+
+/// Every error of `src`, as diagnostics (empty when it is valid).
+fn diagnostics_of(src: &str) -> Vec<Diagnostic> {
+    match parse("gantry.toml", src) {
+        Ok(_) => vec![],
+        Err(ConfigError::Invalid { errors, .. }) => errors,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// 1-based line of the first occurrence of `needle` in `src`.
+fn line_of(src: &str, needle: &str) -> usize {
+    let at = src
+        .find(needle)
+        .unwrap_or_else(|| panic!("{needle:?} not in source"));
+    src[..at].matches('\n').count() + 1
+}
+
+/// `src` with the first `old` after `section` replaced by `new`.
+fn mutate(src: &str, section: &str, old: &str, new: &str) -> String {
+    let start = src
+        .find(section)
+        .unwrap_or_else(|| panic!("no {section:?}"));
+    let at = start
+        + src[start..]
+            .find(old)
+            .unwrap_or_else(|| panic!("no {old:?} after {section:?}"));
+    format!("{}{new}{}", &src[..at], &src[at + old.len()..])
+}
+
+#[test]
+fn listens_on_overlapping_addresses_are_refused() {
+    // Routers bind with SO_REUSEPORT, so the kernel would not refuse these:
+    // the wildcard environment would take the other's traffic.
+    for (first, second) in [
+        ("0.0.0.0:8081", "127.0.0.1:8081"),
+        ("127.0.0.1:8081", "0.0.0.0:8081"),
+        ("[::]:8081", "127.0.0.1:8081"),
+        ("0.0.0.0:8081", "[::]:8081"),
+        ("[::ffff:127.0.0.1]:8081", "127.0.0.1:8081"),
+        ("127.0.0.1:8081", "127.0.0.1:8081"),
+    ] {
+        let src = STARTER
+            .replace("\"127.0.0.1:8081\"", &format!("{first:?}"))
+            .replace("\"127.0.0.1:8082\"", &format!("{second:?}"));
+        let errors = diagnostics_of(&src);
+        assert_eq!(errors.len(), 1, "{first} / {second}: {errors:#?}");
+        let e = &errors[0];
+        assert_eq!(e.path, "environments.integration.listen");
+        assert_eq!(e.line, line_of(&src, "[environments.integration]") + 1);
+        assert_eq!(e.column, "listen = ".len() + 1, "{e}");
+        assert!(
+            e.message
+                .contains(&format!("{second:?} overlaps {first:?}"))
+                && e.message.contains("environment \"development\""),
+            "{e}"
+        );
+    }
+    // Different ports, or different specific addresses, are fine.
+    for (first, second) in [
+        ("0.0.0.0:8081", "127.0.0.1:8082"),
+        ("127.0.0.1:8081", "127.0.0.2:8081"),
+        ("0.0.0.0:8081", "[::1]:8081"),
+    ] {
+        let src = STARTER
+            .replace("\"127.0.0.1:8081\"", &format!("{first:?}"))
+            .replace("\"127.0.0.1:8082\"", &format!("{second:?}"));
+        assert_eq!(diagnostics_of(&src), [], "{first} / {second}");
+    }
+}
+
+#[test]
+fn nul_bytes_in_anything_passed_to_exec_are_refused() {
+    let smoke = "\n[environments.staging.smoke]\n[[environments.staging.smoke.checks]]\nname = \"script\"\ncommand = [\"./smoke.sh\", \"a\\u0000b\"]\n";
+    let cases: [(String, &str); 6] = [
+        (
+            STARTER.replace("command = \"bin/hello\"", "command = \"bin/he\\u0000llo\""),
+            "service.command",
+        ),
+        (
+            STARTER.replace(
+                "args = [\"--port\", \"{port}\"]",
+                "args = [\"--port\\u0000\", \"{port}\"]",
+            ),
+            "service.args[0]",
+        ),
+        (
+            STARTER.replace("RUST_LOG = \"info\"", "RUST_LOG = \"in\\u0000fo\""),
+            "service.env.RUST_LOG",
+        ),
+        (
+            STARTER.replace("RUST_LOG = \"warn\"", "RUST_LOG = \"\\u0000\""),
+            "environments.production.env.RUST_LOG",
+        ),
+        (
+            STARTER.replace(
+                "[service.secrets]",
+                "[service.secrets]\nKEY = { file = \"/run/k\\u0000\" }",
+            ),
+            "service.secrets.KEY.file",
+        ),
+        (
+            mutate(
+                STARTER,
+                "[environments.staging]",
+                "\n[environments.production]",
+                &format!("{smoke}\n[environments.production]"),
+            ),
+            "environments.staging.smoke.checks[0].command[1]",
+        ),
+    ];
+    for (src, path) in cases {
+        let errors = diagnostics_of(&src);
+        assert_eq!(errors.len(), 1, "{path}: {errors:#?}");
+        assert_eq!(errors[0].path, path);
+        assert!(errors[0].message.contains("NUL"), "{}", errors[0]);
+        assert_eq!(errors[0].line, line_of(&src, "\\u0000"), "{}", errors[0]);
+    }
+}
+
+#[test]
+fn secret_references_must_name_a_possible_variable() {
+    for (name, expected) in [
+        ("A=B", "must not contain '='"),
+        ("A\\u0000B", "must not contain NUL"),
+        ("", "must not be empty"),
+    ] {
+        let src = STARTER.replace(
+            "[service.secrets]",
+            &format!("[service.secrets]\nDATABASE_URL = {{ env = \"{name}\" }}"),
+        );
+        let errors = diagnostics_of(&src);
+        assert_eq!(errors.len(), 1, "{name}: {errors:#?}");
+        assert_eq!(errors[0].path, "service.secrets.DATABASE_URL.env");
+        assert!(errors[0].message.contains(expected), "{}", errors[0]);
+    }
+    // The same rule for a channel's secret.
+    let src = STARTER.to_owned()
+        + "\n[[notify]]\nname = \"pd\"\nkind = \"pagerduty\"\nrouting_key = { env = \"PD=KEY\" }\n";
+    let errors = diagnostics_of(&src);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].path, "notify[0].routing_key.env");
+}
+
+#[test]
+fn health_and_smoke_paths_are_request_paths() {
+    for bad in [
+        "/healthz\\r\\nX-Injected: 1",
+        "/health z",
+        "healthz",
+        "/a\\tb",
+        "",
+    ] {
+        let src = STARTER.replace("path = \"/healthz\"", &format!("path = \"{bad}\""));
+        let errors = diagnostics_of(&src);
+        assert_eq!(errors.len(), 1, "{bad}: {errors:#?}");
+        assert_eq!(errors[0].path, "health.path");
+        assert!(
+            errors[0]
+                .message
+                .contains("expected an absolute path starting with '/'"),
+            "{}",
+            errors[0]
+        );
+        let smoke = format!("\n[environments.staging.smoke]\n[[environments.staging.smoke.checks]]\nname = \"home\"\npath = \"{bad}\"\n");
+        let src = mutate(
+            STARTER,
+            "[environments.staging]",
+            "\n[environments.production]",
+            &format!("{smoke}\n[environments.production]"),
+        );
+        let errors = diagnostics_of(&src);
+        assert_eq!(errors.len(), 1, "{bad}: {errors:#?}");
+        assert_eq!(errors[0].path, "environments.staging.smoke.checks[0].path");
+    }
+}
+
+fn webhook(url: &str) -> String {
+    STARTER.to_owned()
+        + &format!(
+            "\n[[notify]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"{url}\"\nsecret = {{ env = \"HOOK_SECRET\" }}\n"
+        )
+}
+
+#[test]
+fn notification_urls_must_be_http_urls() {
+    for good in [
+        "http://127.0.0.1:9/hook",
+        "https://hooks.example.com/gantry?team=ops",
+        "https://[::1]:8443/x",
+    ] {
+        assert_eq!(diagnostics_of(&webhook(good)), [], "{good}");
+    }
+    for (bad, expected) in [
+        ("file:///etc/passwd", "scheme \"file\""),
+        ("not a url", "spaces"),
+        ("not-a-url", "not a URL"),
+        ("http://example.com:99999/", "not a URL"),
+        (
+            "http://example.com/\\r\\nX-Injected: 1",
+            "control characters",
+        ),
+        ("http://exa mple.com/", "spaces"),
+        ("http://", "not a URL"),
+        ("mailto:ops@example.com", "scheme \"mailto\""),
+    ] {
+        let src = webhook(bad);
+        let errors = diagnostics_of(&src);
+        assert_eq!(errors.len(), 1, "{bad}: {errors:#?}");
+        let e = &errors[0];
+        assert_eq!(e.path, "notify[0].url");
+        assert_eq!(e.line, line_of(&src, &format!("url = \"{bad}")));
+        assert!(
+            e.message.contains("expected an http:// or https:// URL"),
+            "{e}"
+        );
+        assert!(e.message.contains(expected), "{bad}: {e}");
+    }
+    // PagerDuty's URL and a Slack URL written in the file obey the same rule.
+    let src = STARTER.to_owned()
+        + "\n[[notify]]\nname = \"pd\"\nkind = \"pagerduty\"\nrouting_key = { env = \"PD\" }\nurl = \"ftp://events.example.com/\"\n\n[[notify]]\nname = \"chat\"\nkind = \"slack\"\nurl = \"javascript:alert(1)\"\n";
+    let paths: Vec<String> = diagnostics_of(&src).into_iter().map(|d| d.path).collect();
+    assert_eq!(paths, ["notify[0].url", "notify[1].url"]);
+}
+
+fn mail(smtp: &str, from: &str, to: &str) -> String {
+    STARTER.to_owned()
+        + &format!(
+            "\n[[notify]]\nname = \"mail\"\nkind = \"email\"\nsmtp = {{ {smtp} }}\nfrom = \"{from}\"\nto = [\"{to}\"]\n"
+        )
+}
+
+#[test]
+fn email_fields_refuse_line_breaks_and_bad_addresses() {
+    let ok = mail(
+        "host = \"smtp.example.com\", username = \"gantry\", password = { env = \"SMTP_PASSWORD\" }",
+        "Gantry <gantry@example.com>",
+        "ops@example.com",
+    );
+    assert_eq!(diagnostics_of(&ok), []);
+    let host = "host = \"smtp.example.com\"";
+    for (src, path) in [
+        (
+            mail(
+                "host = \"smtp.example.com\\r\\nRCPT TO:<x@y>\"",
+                "g@example.com",
+                "o@example.com",
+            ),
+            "notify[0].smtp.host",
+        ),
+        (
+            mail(
+                "host = \"smtp example.com\"",
+                "g@example.com",
+                "o@example.com",
+            ),
+            "notify[0].smtp.host",
+        ),
+        (
+            mail(
+                "host = \"smtp.example.com\", username = \"u\\nAUTH\"",
+                "g@example.com",
+                "o@example.com",
+            ),
+            "notify[0].smtp.username",
+        ),
+        (
+            mail(
+                host,
+                "g@example.com\\r\\nBcc: all@example.com",
+                "o@example.com",
+            ),
+            "notify[0].from",
+        ),
+        (
+            mail(
+                host,
+                "g@example.com",
+                "o@example.com\\nBcc: all@example.com",
+            ),
+            "notify[0].to[0]",
+        ),
+        (mail(host, "g@example.com", "o@"), "notify[0].to[0]"),
+        (
+            mail(host, "g@example.com", "a@example.com, b@example.com"),
+            "notify[0].to[0]",
+        ),
+        (mail(host, "nobody", "o@example.com"), "notify[0].from"),
+    ] {
+        let errors = diagnostics_of(&src);
+        assert_eq!(errors.len(), 1, "{path}: {errors:#?}");
+        assert_eq!(errors[0].path, path, "{}", errors[0]);
+    }
+}
+
+#[test]
+fn an_smtp_password_is_never_sent_in_plain_text_off_this_machine() {
+    let pw = "password = { env = \"SMTP_PASSWORD\" }, username = \"gantry\"";
+    let src = mail(
+        &format!("host = \"smtp.example.com\", tls = \"none\", {pw}"),
+        "g@example.com",
+        "o@example.com",
+    );
+    let errors = diagnostics_of(&src);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].path, "notify[0].smtp.password");
+    assert!(
+        errors[0].message.contains("tls = \"none\""),
+        "{}",
+        errors[0]
+    );
+    // ...and the channel's other mistakes are still reported beside it.
+    let src = mail(
+        &format!("host = \"smtp.example.com\", tls = \"none\", {pw}"),
+        "nobody",
+        "o@example.com",
+    );
+    let paths: Vec<String> = diagnostics_of(&src).into_iter().map(|d| d.path).collect();
+    assert_eq!(paths, ["notify[0].smtp.password", "notify[0].from"]);
+    // Loopback relays may take plain text, and TLS may carry a password anywhere.
+    for smtp in [
+        format!("host = \"127.0.0.1\", tls = \"none\", {pw}"),
+        format!("host = \"localhost\", tls = \"none\", {pw}"),
+        format!("host = \"::1\", tls = \"none\", {pw}"),
+        format!("host = \"smtp.example.com\", tls = \"starttls\", {pw}"),
+        "host = \"smtp.example.com\", tls = \"none\"".to_owned(),
+    ] {
+        assert_eq!(
+            diagnostics_of(&mail(&smtp, "g@example.com", "o@example.com")),
+            [],
+            "{smtp}"
+        );
+    }
+}
+
+#[test]
+fn one_bad_field_gives_exactly_one_error_at_that_field() {
+    // The starter, with cross-references between environments to break.
+    let base = STARTER.replace("# rehearsal_in = \"staging\"", "rehearsal_in = \"staging\"")
+        + "\n[[notify]]\nname = \"hook\"\nkind = \"webhook\"\nurl = \"https://hooks.example.com/gantry\"\nsecret = { env = \"HOOK_SECRET\" }\nenvironments = [\"staging\", \"production\"]\n";
+    assert_eq!(diagnostics_of(&base), []);
+    let cases = [
+        ("[service]", "command = \"bin/hello\"", "command = \"\""),
+        ("[service]", "\"{port}\"", "\"{prot}\""),
+        ("[service.env]", "RUST_LOG = \"info\"", "RUST_LOG = 1"),
+        ("[health]", "path = \"/healthz\"", "path = \"healthz\""),
+        ("[health]", "interval = \"1s\"", "interval = \"soon\""),
+        ("[health]", "failure_threshold = 3", "failure_threshold = 0"),
+        ("[signing]", "public_keys = []", "public_keys = [\"x\"]"),
+        ("[retention]", "audit = \"365d\"", "audit = \"1h\""),
+        (
+            "[environments.development]",
+            "listen = \"127.0.0.1:8081\"",
+            "listen = \"127.0.0.1:99999\"",
+        ),
+        (
+            "[environments.development]",
+            "instances = 1",
+            "instances = 0",
+        ),
+        ("[service]", "name = \"hello\"", "name = \"hel lo\""),
+        (
+            "[environments.production.approval]",
+            "lead_time = \"5 business days\"",
+            "lead_time = \"soon\"",
+        ),
+        (
+            "[[notify]]\nname = \"hook\"",
+            "{ env = \"HOOK_SECRET\" }",
+            "{ env = \"HOOK=SECRET\" }",
+        ),
+        (
+            "[environments.integration]",
+            "strategy = \"blue-green\"",
+            "strategy = \"linear\"",
+        ),
+        (
+            "[environments.staging]",
+            "bake = \"10s\"",
+            "bake = \"10 parsecs\"",
+        ),
+        ("[environments.staging]", "bake = \"10s\"", "baek = \"10s\""),
+        (
+            "[environments.staging]",
+            "listen = \"127.0.0.1:8083\"",
+            "listen = \"nowhere\"",
+        ),
+        (
+            "[environments.staging]",
+            "instances = 2",
+            "instances = \"two\"",
+        ),
+        (
+            "[environments.staging]",
+            "strategy = \"rolling\"",
+            "strategy = \"linear\"",
+        ),
+        ("[environments.staging]", "max_surge = 1", "max_surge = -1"),
+        (
+            "[environments.production]",
+            "strategy = \"blue-green\"",
+            "strategy = 7",
+        ),
+        (
+            "[environments.production]",
+            "bake = \"30s\"",
+            "bake = \"forever\"",
+        ),
+        (
+            "[environments.production]",
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"0.0.0.0:8083\"",
+        ),
+        (
+            "[environments.production]",
+            "require_signature = false",
+            "require_signature = \"no\"",
+        ),
+        (
+            "[environments.production.approval]",
+            "required = 1",
+            "required = 11",
+        ),
+        (
+            "[environments.production.gates]",
+            "unit = 100",
+            "unit = 101",
+        ),
+        (
+            "[environments.production.gates]",
+            "max_severity = \"medium\"",
+            "max_severity = \"severe\"",
+        ),
+        (
+            "[environments.production.gates]",
+            "rehearsal_in = \"staging\"",
+            "rehearsal_in = \"qa\"",
+        ),
+        (
+            "[[environments.production.freeze]]",
+            "from = \"fri 16:00\"",
+            "from = \"friday\"",
+        ),
+        (
+            "[environments.production.env]",
+            "RUST_LOG = \"warn\"",
+            "RUST_LOG = false",
+        ),
+        (
+            "[[notify]]\nname = \"hook\"",
+            "kind = \"webhook\"",
+            "kind = \"teams\"",
+        ),
+        (
+            "[[notify]]\nname = \"hook\"",
+            "url = \"https://hooks.example.com/gantry\"",
+            "url = \"not a url\"",
+        ),
+        (
+            "[[notify]]\nname = \"hook\"",
+            "\"staging\", \"production\"",
+            "\"staging\", \"qa\"",
+        ),
+    ];
+    for (section, old, new) in cases {
+        let src = mutate(&base, section, old, new);
+        let errors = diagnostics_of(&src);
+        assert_eq!(
+            errors.len(),
+            1,
+            "{new:?} in {section} gives {} errors:\n{}",
+            errors.len(),
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let start = src.find(section).unwrap();
+        let line = line_of(&src[start..], new) + src[..start].matches('\n').count();
+        assert_eq!(errors[0].line, line, "{new:?} in {section}: {}", errors[0]);
+    }
+    // A broken [environments] table is one error, not one more for every
+    // channel that names an environment.
+    let src = "environments = 5\n".to_owned()
+        + &base[..base.find("[environments.development]").unwrap()]
+        + &base[base.find("[[notify]]\nname = \"hook\"").unwrap()..];
+    let errors = diagnostics_of(&src);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].path, "environments");
+}

@@ -1,6 +1,7 @@
 //! Decoding the spanned TOML tree into [`Config`], collecting every problem.
 
 use crate::*;
+use std::net::IpAddr;
 use std::ops::Range;
 
 mod governance;
@@ -296,6 +297,49 @@ impl<'s> Walker<'s> {
         ok.then_some(out)
     }
 
+    /// A list of strings handed to exec (a program and its arguments).
+    fn exec_list(&mut self, v: &Val<'_>, path: &str) -> Option<Vec<String>> {
+        let list = self.string_list(v, path)?;
+        let DeValue::Array(items) = v.get_ref() else {
+            return None;
+        };
+        let mut ok = true;
+        for (n, (item, s)) in items.iter().zip(&list).enumerate() {
+            ok &= self.exec_safe(item.span(), &format!("{path}[{n}]"), s);
+        }
+        ok.then_some(list)
+    }
+
+    /// Refuses a NUL character in a string handed to exec (program,
+    /// argument, environment, file name): the OS cannot carry one, so the
+    /// instance would otherwise fail only when a deployment starts it.
+    fn exec_safe(&mut self, span: Range<usize>, path: &str, s: &str) -> bool {
+        if !s.contains('\0') {
+            return true;
+        }
+        self.error(
+            span,
+            path,
+            "contains a NUL character (\\u0000), which programs' arguments, environment and file names cannot carry; remove it",
+        );
+        false
+    }
+
+    /// An HTTP request path: absolute, without spaces or control
+    /// characters (a line break would split the request and inject headers).
+    fn request_path(&mut self, v: &Val<'_>, path: &str) -> Option<String> {
+        let s = self.string(v, path)?;
+        if s.starts_with('/') && !s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Some(s);
+        }
+        self.error(
+            v.span(),
+            path,
+            format!("{s:?} is not a request path; expected an absolute path starting with '/', without spaces or control characters, such as \"/healthz\""),
+        );
+        None
+    }
+
     /// A table of environment variables: NAME = "value".
     fn env_vars(&mut self, v: &Val<'_>, path: &str) -> BTreeMap<String, String> {
         let mut out = BTreeMap::new();
@@ -308,6 +352,7 @@ impl<'s> Walker<'s> {
             self.check_env_name(key.span(), &p, name);
             if let Some(s) = self.string(value, &p) {
                 check_placeholders(self, value.span(), &p, &s);
+                self.exec_safe(value.span(), &p, &s);
                 if looks_secret(name) {
                     self.warn(
                         key.span(),
@@ -342,12 +387,30 @@ impl<'s> Walker<'s> {
         let st = self.table(value, p)?;
         self.check_keys(st, p, SECRET_KEYS);
         match (st.get("env"), st.get("file")) {
-            (Some(e), None) => self
-                .non_empty_string(e, &join(p, "env"))
-                .map(SecretRef::Env),
-            (None, Some(f)) => self
-                .non_empty_string(f, &join(p, "file"))
-                .map(|s| SecretRef::File(PathBuf::from(s))),
+            (Some(e), None) => {
+                let ep = join(p, "env");
+                let name = self.non_empty_string(e, &ep)?;
+                // The OS cannot look these up: std::env::var refuses them.
+                let problem = if name.contains('=') {
+                    "must not contain '='"
+                } else if name.contains('\0') {
+                    "must not contain NUL (\\u0000)"
+                } else {
+                    return Some(SecretRef::Env(name));
+                };
+                self.error(
+                    e.span(),
+                    &ep,
+                    format!("{name:?} {problem}; expected the name of a variable in the controller's environment, such as \"DATABASE_URL\""),
+                );
+                None
+            }
+            (None, Some(f)) => {
+                let fp = join(p, "file");
+                let file = self.non_empty_string(f, &fp)?;
+                self.exec_safe(f.span(), &fp, &file)
+                    .then(|| SecretRef::File(PathBuf::from(file)))
+            }
             _ => {
                 self.error(
                     value.span(),
@@ -461,7 +524,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
         }),
         None => Some(Retention::standard()),
     };
-    let environments = match root.get("environments") {
+    let (env_names, environments) = match root.get("environments") {
         Some(v) => decode_environments(&mut w, v, signing.as_ref()),
         None => {
             w.error(
@@ -469,16 +532,11 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
                 "environments",
                 "missing required table [environments]; define at least one environment",
             );
-            None
+            (None, None)
         }
     };
-    let env_names: Vec<String> = environments
-        .iter()
-        .flatten()
-        .map(|e| e.name.to_string())
-        .collect();
     let notify = match root.get("notify") {
-        Some(v) => notify::decode_notify(&mut w, v, &env_names),
+        Some(v) => notify::decode_notify(&mut w, v, env_names.as_deref()),
         None => Some(Vec::new()),
     };
     let config = match (
@@ -704,10 +762,11 @@ fn decode_service(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Service> {
         Some(s)
     });
     let command = required(w, t, v, "service", "command", |w, v, p| {
-        w.non_empty_string(v, p)
+        let s = w.non_empty_string(v, p)?;
+        w.exec_safe(v.span(), p, &s).then_some(s)
     });
     let args = match t.get("args") {
-        Some(a) => w.string_list(a, "service.args").inspect(|args| {
+        Some(a) => w.exec_list(a, "service.args").inspect(|args| {
             for (n, arg) in args.iter().enumerate() {
                 check_placeholders(w, a.span(), &format!("service.args[{n}]"), arg);
             }
@@ -813,18 +872,7 @@ fn decode_sandbox(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Sandbox> {
 fn decode_health(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Health> {
     let t = w.table(v, "health")?;
     w.check_keys(t, "health", HEALTH_KEYS);
-    let path = required(w, t, v, "health", "path", |w, v, p| {
-        let s = w.string(v, p)?;
-        if !s.starts_with('/') {
-            w.error(
-                v.span(),
-                p,
-                format!("{s:?} must be an absolute HTTP path starting with '/'"),
-            );
-            return None;
-        }
-        Some(s)
-    });
+    let path = required(w, t, v, "health", "path", |w, v, p| w.request_path(v, p));
     let interval = optional_duration(w, t, "health.interval", "interval", 1000);
     let timeout = optional_duration(w, t, "health.timeout", "timeout", 1000);
     let start_timeout = optional_duration(w, t, "health.start_timeout", "start_timeout", 30_000);
@@ -863,23 +911,34 @@ fn decode_signing(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Signing> {
     ok.then_some(Signing { public_keys: keys })
 }
 
+/// Every environment, and the names of all of them. The names are kept even
+/// where an environment's other fields fail, so that what refers to an
+/// environment (`rehearsal_in`, a channel's `environments`) still finds it:
+/// one bad value makes one error, not more about its neighbours. No names
+/// when the table itself is unusable: then nothing can be checked against it.
 fn decode_environments(
     w: &mut Walker<'_>,
     v: &Val<'_>,
     signing: Option<&Signing>,
-) -> Option<Vec<Environment>> {
-    let t = w.table(v, "environments")?;
+) -> (Option<Vec<String>>, Option<Vec<Environment>>) {
+    let Some(t) = w.table(v, "environments") else {
+        return (None, None);
+    };
     if t.is_empty() {
         w.error(v.span(), "environments", "define at least one environment");
-        return None;
+        return (None, None);
     }
     // File order, not the map's sorted order: it is the promotion order.
     let mut entries: Vec<_> = t.iter().collect();
     entries.sort_by_key(|(k, _)| k.span().start);
+    let names: Vec<String> = entries
+        .iter()
+        .map(|(k, _)| k.get_ref().to_string())
+        .collect();
     let mut out = Vec::new();
     let mut ok = true;
-    let mut listens: Vec<(SocketAddr, String)> = Vec::new();
-    for (key, value) in entries {
+    let mut listens: Vec<(SocketAddr, &str)> = Vec::new();
+    for (key, value) in &entries {
         let name: &str = key.get_ref();
         let path = join("environments", name);
         let env_name = match name.parse::<EnvName>() {
@@ -889,43 +948,93 @@ fn decode_environments(
                 None
             }
         };
-        match (env_name, decode_environment(w, value, &path, signing)) {
-            (Some(n), Some((listen, mut env))) => {
-                if let Some((_, other)) = listens.iter().find(|(a, _)| *a == listen) {
-                    w.error(
-                        value.span(),
-                        &join(&path, "listen"),
-                        format!("address {listen} is already used by environment {other:?}"),
-                    );
-                    ok = false;
-                }
-                listens.push((listen, name.to_owned()));
+        let (listen, env) = decode_environment(w, value, &path, signing);
+        if let Some(listen) = listen {
+            let taken = listens
+                .iter()
+                .find_map(|(a, other)| Some((a, other, overlap(*a, listen)?)));
+            if let Some((a, other, why)) = taken {
+                w.error(
+                    span_at(value, &["listen"]).unwrap_or(value.span()),
+                    &join(&path, "listen"),
+                    format!("\"{listen}\" overlaps \"{a}\", already used by environment {other:?} ({why}): both routers would take its connections; give each environment a port of its own"),
+                );
+                ok = false;
+            }
+            listens.push((listen, name));
+        }
+        match (env_name, env) {
+            (Some(n), Some(mut env)) => {
                 env.name = n;
                 out.push(env);
             }
             _ => ok = false,
         }
     }
-    for (n, env) in out.iter().enumerate() {
-        if let Some(r) = &env.gates.rehearsal_in {
-            if !out[..n].iter().any(|e| e.name.as_str() == r) {
-                let p = join(
-                    &join(&join("environments", env.name.as_str()), "gates"),
-                    "rehearsal_in",
-                );
-                w.error(
-                    v.span().start..v.span().start,
-                    &p,
-                    format!(
-                        "{r:?} is not an environment before {} in the promotion order",
-                        env.name
-                    ),
-                );
-                ok = false;
-            }
+    for env in &out {
+        let Some(r) = &env.gates.rehearsal_in else {
+            continue;
+        };
+        let at = names.iter().position(|n| n == env.name.as_str());
+        if names[..at.unwrap_or(0)].contains(r) {
+            continue;
         }
+        let value = entries
+            .iter()
+            .find(|(k, _)| k.get_ref() == env.name.as_str());
+        let span = value
+            .and_then(|(_, v)| span_at(v, &["gates", "rehearsal_in"]))
+            .unwrap_or(v.span().start..v.span().start);
+        let p = join(
+            &join("environments", env.name.as_str()),
+            "gates.rehearsal_in",
+        );
+        w.error(
+            span,
+            &p,
+            format!(
+                "{r:?} is not an environment before {} in the promotion order; expected one of: {}",
+                env.name,
+                names[..at.unwrap_or(0)].join(", ")
+            ),
+        );
+        ok = false;
     }
-    ok.then_some(out)
+    (Some(names), ok.then_some(out))
+}
+
+/// Why two router addresses would share connections, if they would. Routers
+/// bind with SO_REUSEPORT, so the OS does not refuse the second: it would
+/// quietly split or take the first environment's traffic.
+fn overlap(a: SocketAddr, b: SocketAddr) -> Option<&'static str> {
+    if a.port() != b.port() || a.port() == 0 {
+        return None;
+    }
+    let (a, b) = (a.ip().to_canonical(), b.ip().to_canonical());
+    let every_v6 = |ip: IpAddr| matches!(ip, IpAddr::V6(v6) if v6.is_unspecified());
+    let every_v4 = |ip: IpAddr| matches!(ip, IpAddr::V4(v4) if v4.is_unspecified());
+    if a == b {
+        Some("the same address and port")
+    } else if every_v6(a) || every_v6(b) {
+        // Dual-stack: "::" takes IPv4 connections too.
+        Some("\"::\" listens on every address, IPv4 included, at that port")
+    } else if (every_v4(a) && b.is_ipv4()) || (every_v4(b) && a.is_ipv4()) {
+        Some("\"0.0.0.0\" listens on every IPv4 address at that port")
+    } else {
+        None
+    }
+}
+
+/// The span of the value at `keys` below the table `v`, if it is there.
+fn span_at(v: &Val<'_>, keys: &[&str]) -> Option<Range<usize>> {
+    let mut v = v;
+    for key in keys {
+        let DeValue::Table(t) = v.get_ref() else {
+            return None;
+        };
+        v = t.get(*key)?;
+    }
+    Some(v.span())
 }
 
 fn decode_environment(
@@ -933,8 +1042,10 @@ fn decode_environment(
     v: &Val<'_>,
     path: &str,
     signing: Option<&Signing>,
-) -> Option<(SocketAddr, Environment)> {
-    let t = w.table(v, path)?;
+) -> (Option<SocketAddr>, Option<Environment>) {
+    let Some(t) = w.table(v, path) else {
+        return (None, None);
+    };
     w.check_keys(t, path, ENV_KEYS);
     let listen = required(w, t, v, path, "listen", |w, v, p| {
         let s = w.string(v, p)?;
@@ -1050,12 +1161,10 @@ fn decode_environment(
         .get("secrets")
         .map(|s| w.secrets(s, &join(path, "secrets")))
         .unwrap_or_default();
-    let listen = listen?;
-    Some((
-        listen,
-        Environment {
+    let env = (|| {
+        Some(Environment {
             name: "placeholder".parse().expect("valid literal"),
-            listen,
+            listen: listen?,
             instances: instances?,
             strategy: strategy?,
             bake_ms: bake?,
@@ -1069,8 +1178,9 @@ fn decode_environment(
             approval: approval?,
             freezes: freezes?,
             gates: gates?,
-        },
-    ))
+        })
+    })();
+    (listen, env)
 }
 
 fn required<T>(

@@ -4,6 +4,7 @@ use super::{describe, join, Val, Walker};
 use crate::{Credential, EmailChannel, NotifyChannel, NotifyTarget, SmtpTls};
 use gantry_core::notify::{ChannelKind, NoticeKind};
 use gantry_core::EnvName;
+use std::net::IpAddr;
 use toml::de::DeValue;
 
 pub(crate) const NOTIFY_KEYS: &[&str] = &[
@@ -26,7 +27,7 @@ const PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 pub(super) fn decode_notify(
     w: &mut Walker<'_>,
     v: &Val<'_>,
-    env_names: &[String],
+    env_names: Option<&[String]>,
 ) -> Option<Vec<NotifyChannel>> {
     let DeValue::Array(items) = v.get_ref() else {
         w.error(
@@ -100,7 +101,7 @@ fn decode_channel(
     w: &mut Walker<'_>,
     v: &Val<'_>,
     path: &str,
-    env_names: &[String],
+    env_names: Option<&[String]>,
 ) -> Option<NotifyChannel> {
     let t = w.table(v, path)?;
     w.check_keys(t, path, NOTIFY_KEYS);
@@ -160,6 +161,8 @@ fn decode_channel(
             let names = w.string_list(e, &p)?;
             let mut out = Vec::new();
             for n in names {
+                // Unknown environments (the table is broken): already an error.
+                let env_names = env_names?;
                 if !env_names.contains(&n) {
                     w.error(
                         e.span(),
@@ -180,11 +183,16 @@ fn decode_channel(
     let target = match kind {
         ChannelKind::Slack => {
             let u = required(w, t, v, path, "url", "slack")?;
-            credential(w, u, &join(path, "url"), false).map(|url| NotifyTarget::Slack { url })
+            let p = join(path, "url");
+            match u.get_ref() {
+                DeValue::String(_) => http_url(w, u, &p).map(Credential::Plain),
+                _ => credential(w, u, &p, false),
+            }
+            .map(|url| NotifyTarget::Slack { url })
         }
         ChannelKind::Webhook => {
             let u = required(w, t, v, path, "url", "webhook")?;
-            let url = w.non_empty_string(u, &join(path, "url"));
+            let url = http_url(w, u, &join(path, "url"));
             let s = required(
                 w,
                 t,
@@ -203,7 +211,7 @@ fn decode_channel(
             let k = required(w, t, v, path, "routing_key", "pagerduty")?;
             let routing_key = credential(w, k, &join(path, "routing_key"), true);
             let url = match t.get("url") {
-                Some(u) => w.non_empty_string(u, &join(path, "url")),
+                Some(u) => http_url(w, u, &join(path, "url")),
                 None => Some(PAGERDUTY_URL.to_owned()),
             };
             Some(NotifyTarget::Pagerduty {
@@ -233,7 +241,18 @@ fn decode_email(
     let st = w.table(smtp_v, &sp)?;
     w.check_keys(st, &sp, SMTP_KEYS);
     let host = super::required(w, st, smtp_v, &sp, "host", |w, v, p| {
-        w.non_empty_string(v, p)
+        let host = w.non_empty_string(v, p)?;
+        let ok = host.parse::<IpAddr>().is_ok()
+            || (!host.contains(|c: char| c.is_control() || c.is_whitespace() || c == ':')
+                && url::Host::parse(&host).is_ok());
+        if !ok {
+            w.error(
+                v.span(),
+                p,
+                format!("{host:?} is not a host name or IP address; expected e.g. \"smtp.example.com\" or \"127.0.0.1\""),
+            );
+        }
+        ok.then_some(host)
     });
     let tls = match st.get("tls") {
         Some(tv) => {
@@ -264,29 +283,61 @@ fn decode_email(
         }),
     };
     let username = match st.get("username") {
-        Some(u) => w.non_empty_string(u, &join(&sp, "username")).map(Some),
+        Some(u) => {
+            let p = join(&sp, "username");
+            w.non_empty_string(u, &p).and_then(|name| {
+                if name.contains(|c: char| c.is_control()) {
+                    w.error(
+                        u.span(),
+                        &p,
+                        "contains control characters (such as a line break), which would break the SMTP dialogue; expected a user name",
+                    );
+                    return None;
+                }
+                Some(Some(name))
+            })
+        }
         None => Some(None),
     };
     let password = match st.get("password") {
-        Some(pv) => credential(w, pv, &join(&sp, "password"), true).map(Some),
+        Some(pv) => {
+            let p = join(&sp, "password");
+            let password = credential(w, pv, &p, true);
+            match (tls, &host, password) {
+                (Some(SmtpTls::None), Some(h), Some(_)) if !is_loopback(h) => {
+                    w.error(
+                        pv.span(),
+                        &p,
+                        format!("the password would cross the network in plain text: tls = \"none\" to {h:?}, which is not this machine; use tls = \"starttls\" or \"tls\", or a relay on localhost"),
+                    );
+                    None
+                }
+                (_, _, password) => password.map(Some),
+            }
+        }
         None => Some(None),
     };
-    let from = required(w, t, v, path, "from", "email")
-        .and_then(|f| w.non_empty_string(f, &join(path, "from")));
-    let to = required(w, t, v, path, "to", "email").and_then(|tv| {
-        let list = w.string_list(tv, &join(path, "to"))?;
-        if list.is_empty() {
-            w.error(tv.span(), &join(path, "to"), "give at least one recipient");
-            return None;
-        }
-        Some(list)
+    let from = required(w, t, v, path, "from", "email").and_then(|f| {
+        let p = join(path, "from");
+        let addr = w.string(f, &p)?;
+        mailbox(w, f, &p, &addr).then_some(addr)
     });
-    for addr in from.iter().chain(to.iter().flatten()) {
-        if !addr.contains('@') {
-            w.error(v.span(), path, format!("{addr:?} is not an email address"));
+    let to = required(w, t, v, path, "to", "email").and_then(|tv| {
+        let p = join(path, "to");
+        let list = w.string_list(tv, &p)?;
+        if list.is_empty() {
+            w.error(tv.span(), &p, "give at least one recipient");
             return None;
         }
-    }
+        let DeValue::Array(items) = tv.get_ref() else {
+            return None;
+        };
+        let mut ok = true;
+        for (n, (item, addr)) in items.iter().zip(&list).enumerate() {
+            ok &= mailbox(w, item, &format!("{p}[{n}]"), addr);
+        }
+        ok.then_some(list)
+    });
     Some(EmailChannel {
         host: host?,
         port: port?,
@@ -296,4 +347,82 @@ fn decode_email(
         from: from?,
         to: to?,
     })
+}
+
+/// A URL Gantry posts notifications to: absolute http or https with a host.
+/// Spaces and control characters are refused before parsing, because URL
+/// parsing silently drops line breaks and tabs (what runs would differ from
+/// what was written). The value is not echoed: a Slack URL is itself a secret.
+fn http_url(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<String> {
+    let s = w.non_empty_string(v, path)?;
+    let problem = if s.contains(|c: char| c.is_control()) {
+        "it contains control characters (such as a line break)".to_owned()
+    } else if s.contains(char::is_whitespace) {
+        "it contains spaces".to_owned()
+    } else {
+        match url::Url::parse(&s) {
+            Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+                format!("its scheme {:?} is not http or https", u.scheme())
+            }
+            Ok(u) if u.host().is_none() => "it has no host".to_owned(),
+            Ok(_) => return Some(s),
+            Err(e) => format!("it is not a URL ({e})"),
+        }
+    };
+    w.error(
+        v.span(),
+        path,
+        format!("{problem}; expected an http:// or https:// URL such as \"https://hooks.example.com/gantry\""),
+    );
+    None
+}
+
+/// Whether an SMTP host is this machine, where plain text stays local.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+/// Checks one mailbox, `user@host` or `Name <user@host>`, the forms the
+/// mailer accepts: a broken one would otherwise show only when the first
+/// mail fails, and a line break in one would inject headers.
+fn mailbox(w: &mut Walker<'_>, v: &Val<'_>, path: &str, s: &str) -> bool {
+    let problem = mailbox_problem(s);
+    if let Some(problem) = problem {
+        w.error(
+            v.span(),
+            path,
+            format!("{s:?} is not an email address: {problem}; expected e.g. \"ops@example.com\" or \"Ops <ops@example.com>\""),
+        );
+    }
+    problem.is_none()
+}
+
+fn mailbox_problem(s: &str) -> Option<&'static str> {
+    if s.contains(|c: char| c.is_control()) {
+        return Some("it contains control characters (such as a line break)");
+    }
+    let s = s.trim();
+    let addr = match s.strip_suffix('>') {
+        Some(rest) => match rest.rsplit_once('<') {
+            Some((_, addr)) => addr,
+            None => return Some("it has '>' without '<'"),
+        },
+        None => s,
+    };
+    if addr.contains(|c: char| c.is_whitespace() || "<>,;\"()[]\\".contains(c)) {
+        return Some("one address only, without spaces, commas or brackets");
+    }
+    let Some((local, domain)) = addr.rsplit_once('@') else {
+        return Some("it has no '@'");
+    };
+    if local.is_empty() || local.contains('@') {
+        return Some("the part before '@' is not a mailbox name");
+    }
+    if domain.is_empty() || domain.contains(':') || url::Host::parse(domain).is_err() {
+        return Some("the part after '@' is not a host name");
+    }
+    None
 }

@@ -181,7 +181,7 @@ fn decode_check(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<SmokeChec
                 }
             }
             let p = join(path, "command");
-            match w.string_list(cv, &p) {
+            match w.exec_list(cv, &p) {
                 Some(argv) if !argv.is_empty() && !argv[0].trim().is_empty() => {
                     Some(SmokeProbe::Command { argv })
                 }
@@ -220,20 +220,7 @@ fn decode_http(
     path: &str,
 ) -> Option<SmokeProbe> {
     let p = join(path, "path");
-    let req_path = w.string(pv, &p).and_then(|s| {
-        if s.starts_with('/') && !s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            Some(s)
-        } else {
-            w.error(
-                pv.span(),
-                &p,
-                format!(
-                    "{s:?} is not a request path; expected one starting with '/', without spaces"
-                ),
-            );
-            None
-        }
-    });
+    let req_path = w.request_path(pv, &p);
     let method = match t.get("method") {
         Some(mv) => {
             let mp = join(path, "method");
