@@ -454,6 +454,11 @@ struct AnalysisSection {
     /// Compare canary errors with stable's live (default true).
     #[serde(default)]
     compare_errors: Option<bool>,
+    /// Compare the canary's share of 4xx answers with its share of traffic
+    /// (default true); 4xx never count in the absolute error-rate rules.
+    /// false turns the comparison off (e.g. for a release that retires routes).
+    #[serde(default)]
+    compare_client_errors: Option<bool>,
     /// Compare requests slower than this multiple of the baseline P99 (default 3).
     #[serde(default)]
     compare_slow_factor: Option<Threshold>,

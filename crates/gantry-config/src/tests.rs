@@ -273,6 +273,26 @@ instances = 3
 "#;
 
 #[test]
+fn the_4xx_comparison_is_on_by_default_and_can_be_turned_off() {
+    let config = parse("gantry.toml", STARTER).unwrap().config;
+    assert!(config.analysis.compare_client_errors, "on by default");
+    let off = parse(
+        "gantry.toml",
+        &(STARTER.to_owned() + "\n[analysis]\ncompare_client_errors = false\n"),
+    )
+    .unwrap()
+    .config;
+    assert!(!off.analysis.compare_client_errors);
+    assert!(off.analysis.compare_errors, "the 5xx comparison stays on");
+    let errors = errors_of(&(STARTER.to_owned() + "\n[analysis]\ncompare_client_errors = 0.1\n"));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("analysis.compare_client_errors: expected true or false, found"),
+        "{errors:?}"
+    );
+}
+
+#[test]
 fn rolling_smoke_and_sticky_settings_are_decoded() {
     let src = format!(
         r#"{BASE}strategy = "rolling"

@@ -68,6 +68,7 @@ pub(crate) const ANALYSIS_KEYS: &[&str] = &[
     "max_p99_factor",
     "max_p50_factor",
     "compare_errors",
+    "compare_client_errors",
     "compare_slow_factor",
     "promotion_margin",
 ];
@@ -628,6 +629,10 @@ fn decode_analysis(w: &mut Walker<'_>, v: &Val<'_>) -> Option<AnalysisPolicy> {
                     .map(|n| p.min_requests = n as u64)
                     .is_some(),
                 "compare_errors" => w.bool(value, &path).map(|b| p.compare_errors = b).is_some(),
+                "compare_client_errors" => w
+                    .bool(value, &path)
+                    .map(|b| p.compare_client_errors = b)
+                    .is_some(),
                 "promotion_margin" => w
                     .number(value, &path, 0.0, 10.0)
                     .map(|n| p.promotion_margin = n)

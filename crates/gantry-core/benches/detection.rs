@@ -3,12 +3,14 @@
 //! Traffic: 200 requests/s, 10% to the canary (20/s), judged every second on
 //! the counts since the canary started, with the default policy (the
 //! standards' rules, alpha = 1%). A 60 s health baseline of stable comes first.
-//! Latency model: 99% of requests take 5–20 ms, 1% take 20–40 ms.
+//! Latency model: 99% of requests take 5–20 ms, 1% take 20–40 ms. Both
+//! releases answer 2% of requests with a 4xx (clients asking for what is not
+//! there) unless a scenario says otherwise.
 //!
 //! Run: `cargo bench -p gantry-core --bench detection` (figures in docs/benchmarks.md).
 
 use gantry_core::analysis::{
-    analyse, latency_limits, AnalysisPolicy, Baseline, Counts, LatencyLimits, Verdict,
+    analyse, latency_limits, AnalysisPolicy, Baseline, Counts, LatencyLimits, RuleKind, Verdict,
 };
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -16,16 +18,20 @@ use rand::{Rng, SeedableRng};
 const RPS: u64 = 200;
 const CANARY_SHARE: f64 = 0.10;
 const BASE_ERROR: f64 = 0.001;
+const BASE_CLIENT_ERROR: f64 = 0.02;
 
 #[derive(Clone, Copy)]
 struct Release {
     error_rate: f64,
+    /// Share of answers that are 4xx (among those that are not errors).
+    client_error_rate: f64,
     /// Fraction of requests made slow (200 ms, far beyond 3× the stable P99).
     slow_fraction: f64,
 }
 
 const HEALTHY: Release = Release {
     error_rate: BASE_ERROR,
+    client_error_rate: BASE_CLIENT_ERROR,
     slow_fraction: 0.0,
 };
 
@@ -44,6 +50,8 @@ fn serve(rng: &mut SmallRng, r: Release, n: u64, limits: &LatencyLimits, c: &mut
         c.requests += 1;
         if rng.random::<f64>() < r.error_rate {
             c.errors += 1;
+        } else if rng.random::<f64>() < r.client_error_rate {
+            c.client_errors += 1;
         }
         let l = latency_ms(rng, r);
         c.over_p99_limit += u64::from(limits.p99_ms.is_some_and(|x| l > x));
@@ -66,8 +74,9 @@ fn baseline(rng: &mut SmallRng) -> Baseline {
     }
 }
 
-/// Seconds until the analysis fails the canary, or None within `horizon`.
-fn rollout(seed: u64, canary: Release, horizon: u64) -> Option<u64> {
+/// Seconds until the analysis fails the canary and the rule that failed it,
+/// or None within `horizon`.
+fn rollout(seed: u64, canary: Release, horizon: u64) -> Option<(u64, RuleKind)> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let policy = AnalysisPolicy::default();
     let base = baseline(&mut rng);
@@ -77,8 +86,8 @@ fn rollout(seed: u64, canary: Release, horizon: u64) -> Option<u64> {
     for second in 1..=horizon {
         serve(&mut rng, canary, per_canary, &limits, &mut c);
         serve(&mut rng, HEALTHY, RPS - per_canary, &limits, &mut s);
-        if let Verdict::Fail { .. } = analyse(&policy, &base, &c, &s).verdict {
-            return Some(second);
+        if let Verdict::Fail { rule, .. } = analyse(&policy, &base, &c, &s).verdict {
+            return Some((second, rule));
         }
     }
     None
@@ -91,10 +100,17 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 fn detection(name: &str, canary: Release, runs: u64, horizon: u64) {
     let started = std::time::Instant::now();
     let mut times: Vec<u64> = Vec::new();
+    let mut by_rule: Vec<(RuleKind, u64)> = Vec::new();
     let mut missed = 0;
     for seed in 0..runs {
         match rollout(seed, canary, horizon) {
-            Some(t) => times.push(t),
+            Some((t, rule)) => {
+                times.push(t);
+                match by_rule.iter_mut().find(|(r, _)| *r == rule) {
+                    Some((_, n)) => *n += 1,
+                    None => by_rule.push((rule, 1)),
+                }
+            }
             None => missed += 1,
         }
     }
@@ -109,6 +125,8 @@ fn detection(name: &str, canary: Release, runs: u64, horizon: u64) {
         times.len(),
         started.elapsed().as_secs_f64()
     );
+    let rules: Vec<String> = by_rule.iter().map(|(r, n)| format!("{r:?} {n}")).collect();
+    println!("{:<44} caught by: {}", "", rules.join(", "));
 }
 
 fn main() {
@@ -120,7 +138,7 @@ fn main() {
         "errors 0.1% → 5%",
         Release {
             error_rate: 0.05,
-            slow_fraction: 0.0,
+            ..HEALTHY
         },
         1000 / scale,
         120,
@@ -129,7 +147,7 @@ fn main() {
         "errors 0.1% → 1%",
         Release {
             error_rate: 0.01,
-            slow_fraction: 0.0,
+            ..HEALTHY
         },
         1000 / scale,
         600,
@@ -137,11 +155,29 @@ fn main() {
     detection(
         "latency: 5% of canary requests > 3× stable P99",
         Release {
-            error_rate: BASE_ERROR,
             slow_fraction: 0.05,
+            ..HEALTHY
         },
         1000 / scale,
         120,
+    );
+    detection(
+        "4xx 2% → 20% (a fifth answered 404)",
+        Release {
+            client_error_rate: 0.20,
+            ..HEALTHY
+        },
+        1000 / scale,
+        120,
+    );
+    detection(
+        "4xx 2% → 4%",
+        Release {
+            client_error_rate: 0.04,
+            ..HEALTHY
+        },
+        1000 / scale,
+        600,
     );
     detection(
         "no regression (false rollbacks), 180 s each",

@@ -79,6 +79,10 @@ pub struct PoolStats {
     pub requests: u64,
     /// 5xx answers and failures to reach an upstream.
     pub errors: u64,
+    /// 4xx answers from upstreams (not in `errors`). Absent from a router
+    /// older than this field: none counted.
+    #[serde(default)]
+    pub client_errors: u64,
     /// Latency (time to the upstream's response head) of answered requests.
     pub p50_ms: f64,
     pub p99_ms: f64,

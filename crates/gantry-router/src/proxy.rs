@@ -28,7 +28,10 @@ pub struct RouterOptions {
 
 struct PoolCounters {
     requests: AtomicU64,
+    /// 5xx answers and attempts that got no answer.
     errors: AtomicU64,
+    /// 4xx answers.
+    client_errors: AtomicU64,
     /// Microseconds to the response head; HDR, 3 significant digits. One
     /// shard per worker so workers never wait on each other; merged on read.
     latency: Vec<Mutex<hdrhistogram::Histogram<u64>>>,
@@ -53,6 +56,7 @@ impl PoolCounters {
         PoolCounters {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            client_errors: AtomicU64::new(0),
             latency: (0..SHARDS).map(|_| Mutex::new(new_histogram())).collect(),
         }
     }
@@ -77,6 +81,7 @@ impl PoolCounters {
             name: name.to_owned(),
             requests: self.requests.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            client_errors: self.client_errors.load(Ordering::Relaxed),
             p50_ms: ms(h.value_at_quantile(0.50)),
             p99_ms: ms(h.value_at_quantile(0.99)),
             slower_than: limits_ms
@@ -373,6 +378,8 @@ async fn proxy(
                 counters.record_latency(started);
                 if resp.status().is_server_error() {
                     counters.errors.fetch_add(1, Ordering::Relaxed);
+                } else if resp.status().is_client_error() {
+                    counters.client_errors.fetch_add(1, Ordering::Relaxed);
                 }
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);

@@ -645,6 +645,7 @@ impl Controller {
             Counts {
                 requests: p.requests,
                 errors: p.errors,
+                client_errors: p.client_errors,
                 over_p99_limit: over(limits.p99_ms),
                 over_p50_limit: over(limits.p50_ms),
                 over_compare_limit: over(limits.compare_ms),

@@ -154,6 +154,18 @@ fn analysis_rules(c: &Controller) -> Vec<String> {
     if let Some(x) = a.max_p50_factor {
         out.push(format!("P50 latency above {x}× the baseline rolls back"));
     }
+    if a.compare_errors {
+        out.push(
+            "the canary's share of errors (5xx, no answer) above its share of traffic rolls back"
+                .to_owned(),
+        );
+    }
+    if a.compare_client_errors {
+        out.push(
+            "the canary's share of 4xx answers above its share of traffic rolls back (4xx count in no other rule)"
+                .to_owned(),
+        );
+    }
     out.push(format!(
         "each rule is an anytime-valid sequential test; false-rollback budget {}",
         a.alpha

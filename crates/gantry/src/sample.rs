@@ -1,5 +1,5 @@
 //! The sample service used by the demo and the tests: a tiny HTTP server
-//! whose version, error rate, latency and crash point are set by flags or by
+//! whose version, error rates, latency and crash point are set by flags or by
 //! a JSON settings file shipped inside its release.
 
 use anyhow::{Context, Result};
@@ -21,6 +21,10 @@ pub struct SampleSettings {
     /// Fraction of requests to / answered with HTTP 500, 0.0 to 1.0.
     #[arg(long)]
     pub error_rate: Option<f64>,
+    /// Fraction of requests to / answered with HTTP 404, 0.0 to 1.0 (a
+    /// release that lost a route).
+    #[arg(long)]
+    pub client_error_rate: Option<f64>,
     /// Added latency per request to /, in milliseconds.
     #[arg(long)]
     pub latency_ms: Option<u64>,
@@ -65,15 +69,21 @@ pub async fn run(args: SampleArgs) -> Result<()> {
     let f = args.flags;
     s.version = f.version.or(s.version);
     s.error_rate = f.error_rate.or(s.error_rate);
+    s.client_error_rate = f.client_error_rate.or(s.client_error_rate);
     s.latency_ms = f.latency_ms.or(s.latency_ms);
     s.crash_after = f.crash_after.or(s.crash_after);
     s.unhealthy = f.unhealthy.or(s.unhealthy);
     s.warmup_ms = f.warmup_ms.or(s.warmup_ms);
-    if let Some(r) = s.error_rate {
-        anyhow::ensure!(
-            (0.0..=1.0).contains(&r),
-            "--error-rate must be between 0 and 1, got {r}"
-        );
+    for (flag, rate) in [
+        ("--error-rate", s.error_rate),
+        ("--client-error-rate", s.client_error_rate),
+    ] {
+        if let Some(r) = rate {
+            anyhow::ensure!(
+                (0.0..=1.0).contains(&r),
+                "{flag} must be between 0 and 1, got {r}"
+            );
+        }
     }
     let app = Arc::new(App {
         s,
@@ -116,17 +126,22 @@ async fn root(State(app): State<Arc<App>>) -> impl IntoResponse {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let version = app.s.version.clone().unwrap_or_else(|| "unknown".into());
-    // Deterministic error spacing: request n fails when floor(n*rate) steps up.
-    let rate = app.s.error_rate.unwrap_or(0.0);
-    let fails = ((n as f64) * rate).floor() > (((n - 1) as f64) * rate).floor();
-    if fails {
+    if steps_up(n, app.s.error_rate) {
         (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("error from {version}\n"),
         )
+    } else if steps_up(n, app.s.client_error_rate) {
+        (StatusCode::NOT_FOUND, format!("not found in {version}\n"))
     } else {
         (StatusCode::OK, format!("hello from {version}\n"))
     }
+}
+
+/// Deterministic spacing: request `n` is picked when `floor(n * rate)` steps up.
+fn steps_up(n: u64, rate: Option<f64>) -> bool {
+    let rate = rate.unwrap_or(0.0);
+    ((n as f64) * rate).floor() > (((n - 1) as f64) * rate).floor()
 }
 
 async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {

@@ -5,7 +5,9 @@
 //! 1%*; "P99 above 3× baseline" is *canary requests slower than 3× the
 //! baseline P99, null rate 1%* (if more than 1% are that slow, the P99 is
 //! above it); the live comparison is *errors that were the canary's among
-//! all errors, null rate = the canary's share of traffic*. Each count is
+//! all errors, null rate = the canary's share of traffic*, and likewise for
+//! client errors (4xx), which are no error of the service on their own but
+//! are when the canary answers them out of proportion. Each count is
 //! judged by the same anytime-valid test ([`evidence`]), so a rule fires as
 //! soon as the evidence is strong, and checking every second costs no extra
 //! false alarms. The false-rollback budget `alpha` is split evenly between
@@ -38,6 +40,13 @@ pub struct AnalysisPolicy {
     pub max_p50_factor: Option<f64>,
     /// Compare the canary's errors against stable's, live.
     pub compare_errors: bool,
+    /// Compare the canary's 4xx answers against stable's, live. A 4xx is the
+    /// client's fault when both releases answer it alike (no absolute rule
+    /// counts it); a canary answering a larger share of them (404 on a route
+    /// it lost) is a regression. Absent in deployments stored before the rule
+    /// existed, which ran without it.
+    #[serde(default)]
+    pub compare_client_errors: bool,
     /// Compare canary and stable requests slower than this multiple of the baseline P99.
     pub compare_slow_factor: Option<f64>,
     /// Relative worsening of the error rate still called "no worse" for early promotion.
@@ -55,6 +64,7 @@ impl Default for AnalysisPolicy {
             max_p99_factor: Some(3.0),
             max_p50_factor: Some(1.5),
             compare_errors: true,
+            compare_client_errors: true,
             compare_slow_factor: Some(3.0),
             promotion_margin: 0.5,
         }
@@ -102,7 +112,11 @@ pub fn latency_limits(policy: &AnalysisPolicy, baseline: &Baseline) -> LatencyLi
 )]
 pub struct Counts {
     pub requests: u64,
+    /// 5xx answers and requests that got no answer.
     pub errors: u64,
+    /// 4xx answers; not in `errors`. Absent in events stored before it was counted.
+    #[serde(default)]
+    pub client_errors: u64,
     /// Requests slower than `LatencyLimits::p99_ms`.
     pub over_p99_limit: u64,
     /// Requests slower than `LatencyLimits::p50_ms`.
@@ -120,6 +134,7 @@ pub enum RuleKind {
     P99Latency,
     P50Latency,
     ErrorsVsStable,
+    ClientErrorsVsStable,
     SlowVsStable,
 }
 
@@ -275,6 +290,19 @@ pub fn analyse(
             ),
             events: canary.errors,
             samples: canary.errors + stable.errors,
+            p0: share,
+            comparison: true,
+        });
+    }
+    if policy.compare_client_errors {
+        tests.push(Test {
+            rule: RuleKind::ClientErrorsVsStable,
+            description: format!(
+                "canary's share of 4xx answers above its share of traffic ({})",
+                pct(share)
+            ),
+            events: canary.client_errors,
+            samples: canary.client_errors + stable.client_errors,
             p0: share,
             comparison: true,
         });

@@ -118,6 +118,7 @@ fn slow_canary_requests_fail_the_latency_rules() {
         over_p99_limit: 20,
         over_p50_limit: 30,
         over_compare_limit: 20,
+        ..Counts::default()
     };
     let stable = Counts {
         requests: 3600,
@@ -125,6 +126,7 @@ fn slow_canary_requests_fail_the_latency_rules() {
         over_p99_limit: 1,
         over_p50_limit: 200,
         over_compare_limit: 1,
+        ..Counts::default()
     };
     let a = analyse(&AnalysisPolicy::default(), &baseline(), &canary, &stable);
     let failing: Vec<RuleKind> = a
@@ -147,7 +149,11 @@ fn without_a_baseline_the_relative_rules_are_off() {
     let rules: Vec<RuleKind> = a.reports.iter().map(|r| r.rule).collect();
     assert_eq!(
         rules,
-        [RuleKind::ErrorRate, RuleKind::ErrorsVsStable],
+        [
+            RuleKind::ErrorRate,
+            RuleKind::ErrorsVsStable,
+            RuleKind::ClientErrorsVsStable
+        ],
         "no baseline: no relative or latency rules"
     );
     assert_eq!(a.verdict, Verdict::Continue { waiting: false });
@@ -181,4 +187,156 @@ fn latency_limits_follow_the_baseline_above_a_floor() {
         (Some(LATENCY_FLOOR_MS), Some(LATENCY_FLOOR_MS))
     );
     assert_eq!(latency_limits(&p, &Baseline::default()).p99_ms, None);
+}
+
+fn with_client_errors(requests: u64, client_errors: u64) -> Counts {
+    Counts {
+        requests,
+        client_errors,
+        ..Counts::default()
+    }
+}
+
+fn report(a: &Analysis, rule: RuleKind) -> &RuleReport {
+    a.reports
+        .iter()
+        .find(|r| r.rule == rule)
+        .unwrap_or_else(|| panic!("no {rule:?} in {:#?}", a.reports))
+}
+
+#[test]
+fn a_canary_answering_404_to_a_fifth_of_its_requests_fails_the_client_error_rule() {
+    // 10% of traffic; the canary answers 80 of its 400 requests with a 4xx, stable none.
+    let a = analyse(
+        &AnalysisPolicy::default(),
+        &baseline(),
+        &with_client_errors(400, 80),
+        &with_client_errors(3600, 0),
+    );
+    let Verdict::Fail { rule, summary } = &a.verdict else {
+        panic!("{:?}", a.verdict)
+    };
+    assert_eq!(*rule, RuleKind::ClientErrorsVsStable);
+    assert!(
+        summary.starts_with("canary's share of 4xx answers above its share of traffic (10.00%): observed 100.00% (80 of 80) against 10.00%, evidence"),
+        "{summary}"
+    );
+    // 4xx answers are not errors for the absolute rules.
+    for rule in [
+        RuleKind::ErrorRate,
+        RuleKind::ErrorRateIncrease,
+        RuleKind::ErrorRateRatio,
+        RuleKind::ErrorsVsStable,
+    ] {
+        let r = report(&a, rule);
+        assert_eq!((r.status, r.events), (RuleStatus::Passing, 0), "{r:?}");
+    }
+}
+
+#[test]
+fn equal_shares_of_4xx_pass_and_the_switch_turns_the_rule_off() {
+    // Both answer 5% of requests with a 4xx (clients asking for what is not there).
+    let (canary, stable) = (
+        with_client_errors(2_000, 100),
+        with_client_errors(18_000, 900),
+    );
+    let a = analyse(&AnalysisPolicy::default(), &baseline(), &canary, &stable);
+    let r = report(&a, RuleKind::ClientErrorsVsStable);
+    assert_eq!(r.status, RuleStatus::Passing, "{r:?}");
+    assert_eq!((r.events, r.samples), (100, 1_000));
+    assert!((r.observed - 0.1).abs() < 1e-9 && (r.threshold - 0.1).abs() < 1e-9);
+    assert!(
+        !matches!(a.verdict, Verdict::Fail { .. }),
+        "{:?}",
+        a.verdict
+    );
+    // None on either side: judged (a pass), not waiting for data.
+    let a = analyse(
+        &AnalysisPolicy::default(),
+        &baseline(),
+        &with_client_errors(2_000, 0),
+        &with_client_errors(18_000, 0),
+    );
+    assert_eq!(
+        report(&a, RuleKind::ClientErrorsVsStable).status,
+        RuleStatus::Passing
+    );
+    // Off: the same 404-answering canary is not judged on its 4xx.
+    let off = AnalysisPolicy {
+        compare_client_errors: false,
+        ..Default::default()
+    };
+    let a = analyse(
+        &off,
+        &baseline(),
+        &with_client_errors(400, 80),
+        &with_client_errors(3600, 0),
+    );
+    assert!(a
+        .reports
+        .iter()
+        .all(|r| r.rule != RuleKind::ClientErrorsVsStable));
+    assert!(
+        !matches!(a.verdict, Verdict::Fail { .. }),
+        "{:?}",
+        a.verdict
+    );
+}
+
+#[test]
+fn the_false_rollback_budget_is_split_across_every_rule_including_client_errors() {
+    let policy = AnalysisPolicy::default();
+    let a = analyse(&policy, &baseline(), &counts(2_000, 2), &counts(18_000, 18));
+    assert_eq!(a.reports.len(), 8, "{:#?}", a.reports);
+    for r in &a.reports {
+        assert!((r.needed - 8.0 / policy.alpha).abs() < 1e-6, "{r:?}");
+    }
+    let off = AnalysisPolicy {
+        compare_client_errors: false,
+        ..policy.clone()
+    };
+    let a = analyse(&off, &baseline(), &counts(2_000, 2), &counts(18_000, 18));
+    assert_eq!(a.reports.len(), 7);
+    assert!((a.reports[0].needed - 7.0 / policy.alpha).abs() < 1e-6);
+}
+
+/// Canary and stable answer 4xx alike (a fixed share of requests); the
+/// canary takes 10% of 200 requests/s, judged every second for two minutes
+/// on the counts since it started, with the seeds fixed so the figure repeats.
+fn simulated_client_error_alarms(canary_rate: f64, stable_rate: f64, runs: u64) -> u64 {
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    let policy = AnalysisPolicy::default();
+    let mut alarms = 0;
+    for seed in 0..runs {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let (mut c, mut s) = (Counts::default(), Counts::default());
+        for _second in 0..120 {
+            for (n, rate, pool) in [(20, canary_rate, &mut c), (180, stable_rate, &mut s)] {
+                pool.requests += n;
+                pool.client_errors += (0..n).filter(|_| rng.random::<f64>() < rate).count() as u64;
+            }
+            let a = analyse(&policy, &baseline(), &c, &s);
+            if report(&a, RuleKind::ClientErrorsVsStable).status == RuleStatus::Failing {
+                alarms += 1;
+                break;
+            }
+        }
+    }
+    alarms
+}
+
+#[test]
+fn equal_4xx_shares_stay_within_the_rules_false_alarm_budget_in_a_seeded_simulation() {
+    // The rule's share of the budget is alpha / 8 = 0.125% per rollout, so
+    // over 1,000 two-minute rollouts at most 1.25 alarms are allowed.
+    let runs = 1000;
+    let budget = runs as f64 * AnalysisPolicy::default().alpha / 8.0;
+    let alarms = simulated_client_error_alarms(0.05, 0.05, runs);
+    assert!(
+        alarms as f64 <= budget,
+        "{alarms} of {runs} healthy rollouts rolled back; budget {budget}"
+    );
+    // The same simulation catches every canary answering a fifth of its requests with 404.
+    assert_eq!(simulated_client_error_alarms(0.20, 0.05, 50), 50);
 }

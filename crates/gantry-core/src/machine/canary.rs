@@ -94,6 +94,7 @@ fn step_policy(s: &CanarySettings, weight: u32) -> AnalysisPolicy {
     p.alpha /= s.steps.len().max(1) as f64;
     if weight >= 100 {
         p.compare_errors = false;
+        p.compare_client_errors = false;
         p.compare_slow_factor = None;
     }
     p
@@ -103,6 +104,7 @@ fn delta(now: &Counts, start: &Counts) -> Counts {
     Counts {
         requests: now.requests.saturating_sub(start.requests),
         errors: now.errors.saturating_sub(start.errors),
+        client_errors: now.client_errors.saturating_sub(start.client_errors),
         over_p99_limit: now.over_p99_limit.saturating_sub(start.over_p99_limit),
         over_p50_limit: now.over_p50_limit.saturating_sub(start.over_p50_limit),
         over_compare_limit: now

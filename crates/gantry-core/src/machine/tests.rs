@@ -596,6 +596,82 @@ mod canary {
         );
     }
 
+    /// (requests, 4xx answers) of each pool.
+    fn client_error_metrics(canary: (u64, u64), stable: (u64, u64)) -> Event {
+        Event::MetricsObserved {
+            canary: Counts {
+                requests: canary.0,
+                client_errors: canary.1,
+                ..Counts::default()
+            },
+            stable: Counts {
+                requests: stable.0,
+                client_errors: stable.1,
+                ..Counts::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_canary_answering_404_out_of_proportion_rolls_back_naming_the_rule() {
+        let (_, d) = run(
+            up(canary_deploy(Pause::For { ms: 60_000 })),
+            &[
+                (
+                    40,
+                    Event::BaselineObserved {
+                        baseline: baseline(),
+                    },
+                ),
+                (50, Event::TrafficRouted { to_new: true }),
+                // The step starts with 4xx already counted on both sides: only what follows counts.
+                (50, client_error_metrics((1000, 300), (9000, 300))),
+                (1050, client_error_metrics((1100, 300), (9900, 330))),
+                (5050, client_error_metrics((1400, 380), (12_600, 390))),
+            ],
+        );
+        assert_eq!(d.phase, Phase::RollingBack);
+        let reason = d.reason.unwrap();
+        assert!(
+            reason.starts_with(
+                "canary analysis at 10%: canary's share of 4xx answers above its share of traffic (10.00%): observed 47.06% (80 of 170) against 10.00%"
+            ),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn at_the_last_step_there_is_no_stable_traffic_to_compare_4xx_with() {
+        let mut d = up(canary_deploy(Pause::For { ms: 60_000 }));
+        d.settings.canary.as_mut().unwrap().steps = vec![CanaryStep {
+            weight: 100,
+            pause: Pause::For { ms: 60_000 },
+        }];
+        let (_, d) = run(
+            d,
+            &[
+                (
+                    40,
+                    Event::BaselineObserved {
+                        baseline: baseline(),
+                    },
+                ),
+                (50, Event::TrafficRouted { to_new: true }),
+                (50, client_error_metrics((0, 0), (9000, 0))),
+                (5050, client_error_metrics((400, 80), (9000, 0))),
+            ],
+        );
+        assert_eq!(d.phase, Phase::Canary, "{:?}", d.reason);
+        let last = d.canary.unwrap().last.unwrap();
+        assert!(
+            last.reports
+                .iter()
+                .all(|r| r.rule != crate::analysis::RuleKind::ClientErrorsVsStable),
+            "{:#?}",
+            last.reports
+        );
+    }
+
     #[test]
     fn no_traffic_rolls_back_after_the_longest_wait() {
         let (_, d) = run(

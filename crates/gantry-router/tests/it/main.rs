@@ -207,6 +207,71 @@ async fn latency_is_recorded_per_pool_and_counted_against_limits() {
     assert_eq!(stats(&info, "?above_ms=soon").await.0, 400);
 }
 
+/// An upstream that answers `/status/N` with status N and anything else with 200.
+async fn status_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let status = req
+                            .uri()
+                            .path()
+                            .strip_prefix("/status/")
+                            .and_then(|s| s.parse::<u16>().ok())
+                            .unwrap_or(200);
+                        let mut resp = Response::new(Full::new(Bytes::from("answer")));
+                        *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        Ok::<_, std::convert::Infallible>(resp)
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn client_errors_are_counted_per_pool_apart_from_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let info = start_router(dir.path()).await;
+    let answering = status_upstream().await;
+    let r = routing(1, vec![("p", 1, vec![answering])]);
+    assert_eq!(put_routing(&info, "t0ken", &r).await, 200);
+    let mut sent = Vec::new();
+    for path in [
+        "/",
+        "/status/404",
+        "/status/404",
+        "/status/410",
+        "/status/429",
+    ]
+    .into_iter()
+    .chain(["/status/500", "/status/503", "/status/302", "/"])
+    {
+        sent.push(get(info.listen, path).await.0);
+    }
+    assert_eq!(sent, [200, 404, 404, 410, 429, 500, 503, 302, 200]);
+    let (status, body) = stats(&info, "").await;
+    assert_eq!(status, 200, "{body}");
+    let pools: Vec<gantry_router::PoolStats> = serde_json::from_str(&body).unwrap();
+    let p = pools.iter().find(|p| p.name == "p").unwrap();
+    assert_eq!(
+        (p.requests, p.errors, p.client_errors),
+        (9, 2, 4),
+        "4xx apart from 5xx: {p:?}"
+    );
+    assert!(
+        body.contains("\"client_errors\":4"),
+        "in the /stats JSON: {body}"
+    );
+}
+
 /// A router splitting 90/10 between "stable" and "canary", with `affinity`.
 async fn sticky_routing_setup(affinity: Affinity) -> (tempfile::TempDir, AdminInfo) {
     let dir = tempfile::tempdir().unwrap();

@@ -75,6 +75,71 @@ fn an_error_regression_in_the_canary_is_caught_and_rolled_back() {
 }
 
 #[test]
+fn a_canary_answering_404_to_a_fifth_of_its_requests_is_rolled_back_by_the_4xx_rule() {
+    // 1.2.0 answers one request in five with 404 and never with a 5xx.
+    let (g, load) = serving(CANARY, &[("1.2.0", "\"client_error_rate\": 0.2")]);
+    let plan = g
+        .gantry(&["plan", "1.2.0", "--env", "production"])
+        .ok()
+        .stdout;
+    assert!(
+        plan.contains("the canary's share of 4xx answers above its share of traffic rolls back"),
+        "the plan says what counts:\n{plan}"
+    );
+    let run = g.gantry(&["deploy", "1.2.0", "--env", "production"]);
+    let (_, failed) = load.finish();
+    run.fails_with(3, "rolled_back");
+    let d = g.api("/deployments?env=production&limit=1")[0].clone();
+    let reason = d["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(
+            "canary analysis at 10%: canary's share of 4xx answers above its share of traffic ("
+        ),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("observed") && reason.contains("evidence"),
+        "the figures are recorded: {reason}"
+    );
+    assert_eq!(d["canary"]["weight"], 10, "caught before the 50% step");
+    let reports = d["canary"]["last"]["reports"].as_array().unwrap();
+    let status = |rule: &str| {
+        reports
+            .iter()
+            .find(|r| r["rule"] == rule)
+            .unwrap_or_else(|| panic!("no {rule} in {reports:?}"))["status"]
+            .clone()
+    };
+    assert_eq!(status("client_errors_vs_stable"), "failing");
+    // A 404 is no error for the absolute rules.
+    assert_eq!(status("error_rate"), "passing");
+    assert_eq!(status("errors_vs_stable"), "passing");
+    assert_eq!(g.get_env("production").1, "hello from 1.0.0\n");
+    // Only the canary's 404s reached users: about a fifth of its 10%.
+    assert!(
+        failed > 0 && failed < 100,
+        "{failed} user requests got no 200"
+    );
+    // The router counted them per pool, apart from errors.
+    let pools = g.api("/traffic?env=production");
+    let canary = pools
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "1.2.0")
+        .unwrap_or_else(|| panic!("{pools}"));
+    assert!(canary["client_errors"].as_u64().unwrap() > 0, "{canary}");
+    assert_eq!(canary["errors"], 0, "{canary}");
+    let log = g.gantry(&["log", &d["id"].to_string()]).ok();
+    assert!(
+        log.stdout
+            .contains("rolling back: canary analysis at 10%: canary's share of 4xx answers"),
+        "{}",
+        log.stdout
+    );
+}
+
+#[test]
 fn a_step_held_for_promotion_waits_for_gantry_promote() {
     let tail = CANARY.replace(
         r#"{ weight = 50, pause = "2s" }"#,

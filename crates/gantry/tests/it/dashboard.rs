@@ -142,11 +142,12 @@ fn sign_in_approve_and_watch_a_rollout_live() {
         until(&c, "the current step", "document.querySelector('#steps li.current').textContent === '20%'").await;
         until(
             &c,
-            "both charts with points",
-            "['#chart-errors', '#chart-latency'].every(id => ['canary', 'stable'].every(cls => { const p = document.querySelector(id + ' polyline.' + cls); return p && p.getAttribute('points').split(' ').length >= 4; }))",
+            "every chart with points",
+            "['#chart-errors', '#chart-client-errors', '#chart-latency'].every(id => ['canary', 'stable'].every(cls => { const p = document.querySelector(id + ' polyline.' + cls); return p && p.getAttribute('points').split(' ').length >= 4; }))",
         )
         .await;
         until(&c, "judged rules", "document.querySelectorAll('#rules tr[data-rule]').length >= 3").await;
+        until(&c, "the 4xx rule listed", "document.querySelector('#rules tr[data-rule=client_errors_vs_stable]')").await;
         until(&c, "healthy instances", "[...document.querySelectorAll('#instances .badge')].some(b => b.textContent === 'healthy')").await;
         until(&c, "the approval in the log", "document.querySelector('#log').textContent.includes('approved by bob')").await;
         let png = c.screenshot().await.unwrap();
