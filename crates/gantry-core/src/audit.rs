@@ -11,8 +11,8 @@
 mod checkpoint;
 
 pub use checkpoint::{
-    parse_public_key, prune_entry, public_key_hex, verify_trail, Checkpoint, SignatureError,
-    Trail, Verified, PRUNE_ACTION,
+    parse_public_key, prune_entry, public_key_hex, verify_trail, Checkpoint, SignatureError, Trail,
+    Verified, PRUNE_ACTION,
 };
 /// The signing key type of checkpoints, re-exported so callers need not name the crate.
 pub use ed25519_dalek::{SigningKey, VerifyingKey};

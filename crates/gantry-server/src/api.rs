@@ -814,12 +814,12 @@ async fn verify_audit(State(s): State<AppState>) -> ApiResult<Response> {
     let key = gantry_core::audit::parse_public_key(&s.controller.audit_public_key()?)
         .map_err(|e| ControlError::Internal(e.to_string()))?;
     let checkpoint_bad = checkpoint.as_ref().and_then(|c| {
-        c.check_signature(Some(&key)).err().map(|e| {
-            gantry_core::audit::ChainBreak {
+        c.check_signature(Some(&key))
+            .err()
+            .map(|e| gantry_core::audit::ChainBreak {
                 seq: c.seq,
                 reason: format!("the stored checkpoint of record {}: {e}", c.seq),
-            }
-        })
+            })
     });
     let result = match checkpoint_bad {
         Some(b) => Err(b),

@@ -277,8 +277,14 @@ mod tests {
             ]
         );
         // Another peer has its own allowance; a third of the window brings one back.
-        assert_eq!(l.admit("10.0.0.2".parse().unwrap(), t0, 0), RefusalVerdict::Record);
-        assert_eq!(l.admit(p, t0 + Duration::from_secs(20), 0), RefusalVerdict::Record);
+        assert_eq!(
+            l.admit("10.0.0.2".parse().unwrap(), t0, 0),
+            RefusalVerdict::Record
+        );
+        assert_eq!(
+            l.admit(p, t0 + Duration::from_secs(20), 0),
+            RefusalVerdict::Record
+        );
         assert_eq!(
             l.admit(p, t0 + Duration::from_secs(20), 0),
             RefusalVerdict::Count { first: false }
@@ -310,7 +316,10 @@ mod tests {
             let p = IpAddr::from([10, 0, 0, last]);
             assert_eq!(l.admit(p, t0, 0), RefusalVerdict::Record);
         }
-        assert_eq!(l.admit(IpAddr::from([10, 0, 0, 3]), t0, 0), RefusalVerdict::Record);
+        assert_eq!(
+            l.admit(IpAddr::from([10, 0, 0, 3]), t0, 0),
+            RefusalVerdict::Record
+        );
         assert_eq!(
             l.admit(IpAddr::from([10, 0, 0, 4]), t0, 0),
             RefusalVerdict::Count { first: true }

@@ -224,9 +224,11 @@ fn append_audit_tx(tx: &rusqlite::Transaction<'_>, entry: AuditEntry) -> Result<
 
 /// `(seq, hash)` of the last record handed out: `(0, genesis)` before any.
 fn audit_head_tx(conn: &Connection) -> Result<(u64, String)> {
-    Ok(conn.query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
-        Ok((r.get(0)?, r.get(1)?))
-    })?)
+    Ok(
+        conn.query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?,
+    )
 }
 
 pub struct SqliteStore {

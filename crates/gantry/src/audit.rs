@@ -196,7 +196,9 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
             if let Some(cp) = &checkpoint {
                 let pinned = match (&public_key, &client) {
                     (Some(k), _) => Some(read_public_key(k)?),
-                    (None, Some(c)) => Some(c.get::<PublicKey>("/audit/public-key").await?.public_key),
+                    (None, Some(c)) => {
+                        Some(c.get::<PublicKey>("/audit/public-key").await?.public_key)
+                    }
                     (None, None) => {
                         eprintln!(
                             "warning: the checkpoint's signature is checked against the key written in it; pass --public-key to pin the key"
@@ -249,8 +251,8 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
 }
 
 fn read_checkpoint(path: &Path) -> anyhow::Result<Checkpoint> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| {
         format!(
             "{}: not an audit checkpoint (the JSON `gantry audit checkpoint` prints)",

@@ -161,7 +161,10 @@ fn pruned_to(r: &AuditRecord) -> Option<(u64, String)> {
         return None;
     }
     let d: serde_json::Value = serde_json::from_str(&r.entry.detail).ok()?;
-    Some((d["anchor_seq"].as_u64()?, d["anchor_hash"].as_str()?.to_owned()))
+    Some((
+        d["anchor_seq"].as_u64()?,
+        d["anchor_hash"].as_str()?.to_owned(),
+    ))
 }
 
 /// A trail as read from the store or an export.
@@ -191,7 +194,10 @@ pub struct Verified {
 /// the checkpoint names with that hash, is not shorter, and that any records
 /// dropped since were dropped by an audited prune. Check the checkpoint's
 /// signature first ([`Checkpoint::check_signature`]).
-pub fn verify_trail(trail: Trail<'_>, checkpoint: Option<&Checkpoint>) -> Result<Verified, ChainBreak> {
+pub fn verify_trail(
+    trail: Trail<'_>,
+    checkpoint: Option<&Checkpoint>,
+) -> Result<Verified, ChainBreak> {
     let n = verify(trail.records, trail.anchor)?;
     let (anchor_seq, anchor_hash) = trail.anchor.unwrap_or((0, GENESIS));
     let (last_seq, last_hash) = trail
@@ -220,7 +226,9 @@ pub fn verify_trail(trail: Trail<'_>, checkpoint: Option<&Checkpoint>) -> Result
         if at_head.is_some_and(|h| h != head_hash) {
             return Err(ChainBreak {
                 seq: head_seq,
-                reason: "differs from the head the store recorded: the end of the trail was rewritten".to_owned(),
+                reason:
+                    "differs from the head the store recorded: the end of the trail was rewritten"
+                        .to_owned(),
             });
         }
     }
@@ -290,8 +298,7 @@ pub fn verify_trail(trail: Trail<'_>, checkpoint: Option<&Checkpoint>) -> Result
     // The anchor moved since the checkpoint: a prune appended after the
     // checkpoint's record must name exactly this anchor.
     let prune = trail.records.iter().find(|r| {
-        r.seq > cp.seq
-            && pruned_to(r).is_some_and(|(s, h)| s == anchor_seq && h == anchor_hash)
+        r.seq > cp.seq && pruned_to(r).is_some_and(|(s, h)| s == anchor_seq && h == anchor_hash)
     });
     match prune {
         Some(p) => {
@@ -341,7 +348,11 @@ mod tests {
         t.last().map_or((0, GENESIS), |r| (r.seq, r.hash.as_str()))
     }
 
-    fn check(records: &[AuditRecord], anchor: Option<(u64, &str)>, cp: &Checkpoint) -> Result<Verified, ChainBreak> {
+    fn check(
+        records: &[AuditRecord],
+        anchor: Option<(u64, &str)>,
+        cp: &Checkpoint,
+    ) -> Result<Verified, ChainBreak> {
         verify_trail(
             Trail {
                 records,

@@ -220,7 +220,10 @@ fn audit_records_are_never_deleted_nor_their_numbers_reused() {
     for (sql, needle) in [
         ("DELETE FROM audit WHERE seq = 5", "append-only"),
         ("DELETE FROM audit", "append-only"),
-        ("INSERT INTO audit_anchor (id, seq, hash) VALUES (1, 2, 'forged')", "kept record"),
+        (
+            "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, 2, 'forged')",
+            "kept record",
+        ),
         ("UPDATE audit_head SET seq = 3", "only moves forward"),
         ("DELETE FROM audit_head", "never deleted"),
         (

@@ -110,7 +110,12 @@ fn trail_with_checkpoint() -> (Gantry, std::path::PathBuf, String) {
     let g = Gantry::start();
     g.register("1.0.0", "");
     g.gantry(&["deploy", "1.0.0", "--env", "development"]).ok();
-    let key = g.gantry(&["audit", "public-key"]).ok().stdout.trim().to_owned();
+    let key = g
+        .gantry(&["audit", "public-key"])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
     assert_eq!(key.len(), 64, "{key}");
     let cp = g.data().join("../auditor-checkpoint.json");
     g.gantry(&["audit", "checkpoint", "--output", cp.to_str().unwrap()])
@@ -184,7 +189,11 @@ fn the_key_file_is_private_and_a_plain_delete_is_refused() {
     }
     // The stored checkpoints are signed with the printed key.
     let stored: String = db
-        .query_row("SELECT public_key FROM audit_checkpoints LIMIT 1", [], |r| r.get(0))
+        .query_row(
+            "SELECT public_key FROM audit_checkpoints LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
     assert_eq!(stored, key);
 }
@@ -202,8 +211,10 @@ fn deleting_the_newest_records_is_found_and_their_numbers_are_not_reused() {
         at_cp - 2
     ))
     .unwrap();
-    g.gantry(&["audit", "verify"])
-        .fails_with(5, &format!("records {}..{end} were removed from the end", at_cp - 1));
+    g.gantry(&["audit", "verify"]).fails_with(
+        5,
+        &format!("records {}..{end} were removed from the end", at_cp - 1),
+    );
     // The next record takes a new number: the gap stays visible.
     g.register("2.0.0", "");
     assert!(max_seq(&db) > end, "sequence numbers are not reused");
@@ -215,9 +226,14 @@ fn deleting_the_newest_records_is_found_and_their_numbers_are_not_reused() {
     // auditor's checkpoint does not.
     db.execute(&format!("DELETE FROM audit WHERE seq > {}", at_cp - 2), [])
         .unwrap();
-    db.execute_batch("DROP TRIGGER audit_head_forward;").unwrap();
+    db.execute_batch("DROP TRIGGER audit_head_forward;")
+        .unwrap();
     cover_tracks(&db);
-    assert!(g.gantry(&["audit", "verify"]).ok().stdout.contains("intact"));
+    assert!(g
+        .gantry(&["audit", "verify"])
+        .ok()
+        .stdout
+        .contains("intact"));
     verify_against(&g, &cp, &key).fails_with(
         5,
         &format!(
@@ -255,9 +271,14 @@ fn a_rewrite_with_every_later_hash_recomputed_is_found_by_the_checkpoint() {
         .unwrap();
         prev = r.hash.clone();
     }
-    db.execute_batch("DROP TRIGGER audit_head_forward;").unwrap();
+    db.execute_batch("DROP TRIGGER audit_head_forward;")
+        .unwrap();
     cover_tracks(&db);
-    assert!(g.gantry(&["audit", "verify"]).ok().stdout.contains("intact"));
+    assert!(g
+        .gantry(&["audit", "verify"])
+        .ok()
+        .stdout
+        .contains("intact"));
     verify_against(&g, &cp, &key).fails_with(
         5,
         &format!("BROKEN at record {at_cp}: its hash differs from the checkpoint"),
@@ -280,7 +301,11 @@ fn a_rewrite_with_every_later_hash_recomputed_is_found_by_the_checkpoint() {
     // A checkpoint altered by hand, or checked against another key, is refused.
     let text = std::fs::read_to_string(&cp).unwrap();
     let altered = g.data().join("../altered.json");
-    std::fs::write(&altered, text.replace(&format!("\"seq\": {at_cp}"), "\"seq\": 2")).unwrap();
+    std::fs::write(
+        &altered,
+        text.replace(&format!("\"seq\": {at_cp}"), "\"seq\": 2"),
+    )
+    .unwrap();
     verify_against(&g, &altered, &key).fails_with(5, "signature does not match");
     verify_against(&g, &cp, &"ab".repeat(32)).fails_with(1, "--public-key");
 }
@@ -299,11 +324,13 @@ fn deleting_the_oldest_records_under_a_forged_anchor_is_found() {
     ))
     .unwrap();
     cover_tracks(&db);
-    assert!(g.gantry(&["audit", "verify"]).ok().stdout.contains("intact"));
-    verify_against(&g, &cp, &key).fails_with(
-        5,
-        "records 1..3 were removed since the checkpoint of",
-    );
+    assert!(g
+        .gantry(&["audit", "verify"])
+        .ok()
+        .stdout
+        .contains("intact"));
+    verify_against(&g, &cp, &key)
+        .fails_with(5, "records 1..3 were removed since the checkpoint of");
 }
 
 #[test]
@@ -321,7 +348,10 @@ fn token_less_requests_are_refused_without_growing_the_audit_trail_much() {
         .unwrap()
     };
     let before = size(&db);
-    let body = format!("{{\"env\": \"development\", \"version\": \"{}\"}}", "9".repeat(60_000));
+    let body = format!(
+        "{{\"env\": \"development\", \"version\": \"{}\"}}",
+        "9".repeat(60_000)
+    );
     for _ in 0..200 {
         let (code, _) = http(&url, "POST", "/api/v1/deployments", None, &body);
         assert_eq!(code, 401);

@@ -140,7 +140,11 @@ fn a_token_minted_for_someone_else_gives_no_verdicts_and_every_mint_is_audited()
     as_user(&g, &alice, &["token", "create", "--user", "alice"]).ok();
     // Bob mints his own with it, which revokes the one the admin minted.
     let run = as_user(&g, &for_bob, &["token", "create", "--user", "bob"]).ok();
-    assert!(run.stderr.contains(&format!("token {bob_id}")), "{}", run.stderr);
+    assert!(
+        run.stderr.contains(&format!("token {bob_id}")),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains("is revoked"), "{}", run.stderr);
     let bob = run.stdout.trim().to_owned();
     as_user(&g, &for_bob, &["whoami"]).fails_with(1, &format!("token {bob_id} was revoked"));
@@ -150,7 +154,9 @@ fn a_token_minted_for_someone_else_gives_no_verdicts_and_every_mint_is_audited()
     // The trail says who minted which token for whom, and with which.
     let minted: Vec<Value> = audit_records(&g)
         .into_iter()
-        .filter(|r| r["action"] == "token.created" && r["subject"].as_str().unwrap().ends_with("for bob"))
+        .filter(|r| {
+            r["action"] == "token.created" && r["subject"].as_str().unwrap().ends_with("for bob")
+        })
         .map(|r| {
             let mut detail: Value = serde_json::from_str(r["detail"].as_str().unwrap()).unwrap();
             detail["actor"] = r["actor"].clone();
@@ -168,10 +174,16 @@ fn a_token_minted_for_someone_else_gives_no_verdicts_and_every_mint_is_audited()
     let bob_own_id = bob.split('_').nth(1).unwrap();
     let approval = audit_records(&g)
         .into_iter()
-        .find(|r| r["action"] == format!("POST /api/v1/deployments/{d}/approve") && r["outcome"] == "done 202")
+        .find(|r| {
+            r["action"] == format!("POST /api/v1/deployments/{d}/approve")
+                && r["outcome"] == "done 202"
+        })
         .unwrap();
     let detail: Value = serde_json::from_str(approval["detail"].as_str().unwrap()).unwrap();
-    assert_eq!(detail["token"], bob_own_id, "the verdict names the token it was given with");
+    assert_eq!(
+        detail["token"], bob_own_id,
+        "the verdict names the token it was given with"
+    );
 }
 
 const APPROVAL: &str = r#"
