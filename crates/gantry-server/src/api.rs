@@ -118,6 +118,8 @@ struct AuditPage {
     anchor: Option<AuditAnchor>,
     /// The last record the store handed out: the trail must reach it.
     head: AuditAnchor,
+    /// The newest checkpoint the controller signed: the trail must hold it.
+    checkpoint: Option<gantry_core::audit::Checkpoint>,
     records: Vec<gantry_core::audit::AuditRecord>,
 }
 
@@ -765,9 +767,11 @@ async fn list_audit(State(s): State<AppState>, Query(q): Query<AuditQuery>) -> A
     let (seq, hash) = s.controller.store.audit_head()?;
     let records = s.controller.store.audit_records(q.after, limit)?;
     let anchor = s.controller.store.audit_anchor()?;
+    let checkpoint = s.controller.store.latest_audit_checkpoint()?;
     Ok(Json(AuditPage {
         anchor: anchor.map(|(seq, hash)| AuditAnchor { seq, hash }),
         head: AuditAnchor { seq, hash },
+        checkpoint,
         records,
     })
     .into_response())

@@ -64,6 +64,8 @@ struct Page {
     anchor: Option<Anchor>,
     /// Absent from controllers older than the checkpoints.
     head: Option<Anchor>,
+    /// The newest checkpoint the controller signed.
+    checkpoint: Option<Checkpoint>,
     records: Vec<AuditRecord>,
 }
 
@@ -77,6 +79,8 @@ struct PublicKey {
 struct Fetched {
     anchor: Option<Anchor>,
     head: Option<Anchor>,
+    /// The controller's newest stored checkpoint (not in an export).
+    stored: Option<Checkpoint>,
     records: Vec<AuditRecord>,
 }
 
@@ -189,9 +193,11 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
                     (Some(c), fetched)
                 }
             };
-            let checkpoint = match &checkpoint {
-                Some(path) => Some(read_checkpoint(path)?),
-                None => None,
+            // Without the auditor's checkpoint, the controller's newest one
+            // (which an attacker with the data directory can remove or re-sign).
+            let (checkpoint, kept_by_auditor) = match &checkpoint {
+                Some(path) => (Some(read_checkpoint(path)?), true),
+                None => (fetched.stored.clone(), false),
             };
             if let Some(cp) = &checkpoint {
                 let pinned = match (&public_key, &client) {
@@ -230,7 +236,12 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
                     println!("audit trail intact: {} record(s){range}", v.records);
                     if let Some(cp) = &checkpoint {
                         println!(
-                            "holds the checkpoint of record {} signed {} ({} record(s) since)",
+                            "holds the {} checkpoint of record {} signed {} ({} record(s) since)",
+                            if kept_by_auditor {
+                                "given"
+                            } else {
+                                "controller's newest"
+                            },
                             cp.seq,
                             gantry_core::governance::rfc3339(cp.at),
                             v.newer_than_checkpoint
@@ -274,17 +285,19 @@ fn read_public_key(given: &str) -> anyhow::Result<String> {
 
 async fn fetch_all(c: &Client) -> anyhow::Result<Fetched> {
     let mut records: Vec<AuditRecord> = Vec::new();
-    let (mut anchor, mut head) = (None, None);
+    let (mut anchor, mut head, mut stored) = (None, None, None);
     loop {
         let after = records.last().map_or(0, |r| r.seq);
         let page: Page = c.get(&format!("/audit?after={after}&limit=10000")).await?;
         anchor = anchor.or(page.anchor);
         // The head as first seen: records appended while paging are past it.
         head = head.or(page.head);
+        stored = stored.or(page.checkpoint);
         if page.records.is_empty() {
             return Ok(Fetched {
                 anchor,
                 head,
+                stored,
                 records,
             });
         }
@@ -317,6 +330,7 @@ fn read_export(path: &Path) -> anyhow::Result<Fetched> {
     Ok(Fetched {
         anchor,
         head: None,
+        stored: None,
         records,
     })
 }
