@@ -4,7 +4,18 @@
 //!
 //! Pruning old records keeps the chain verifiable: the store remembers the
 //! sequence number and hash of the last record it dropped (the anchor), and
-//! the first record kept must link to it.
+//! the first record kept must link to it. Signed checkpoints
+//! ([`Checkpoint`]) anchor the chain outside the database, so that a trail
+//! cut short or rewritten past a checkpoint is found too.
+
+mod checkpoint;
+
+pub use checkpoint::{
+    parse_public_key, prune_entry, public_key_hex, verify_trail, Checkpoint, SignatureError, Trail,
+    Verified, PRUNE_ACTION,
+};
+/// The signing key type of checkpoints, re-exported so callers need not name the crate.
+pub use ed25519_dalek::{SigningKey, VerifyingKey};
 
 use crate::domain::Millis;
 use serde::{Deserialize, Serialize};

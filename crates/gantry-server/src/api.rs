@@ -24,6 +24,8 @@ pub struct AppState {
     pub controller: Arc<Controller>,
     pub token: Arc<String>,
     pub shutdown: Arc<Notify>,
+    /// Bounds how fast refused, unauthenticated requests grow the audit trail.
+    pub refusals: Arc<crate::audit::RefusalLimiter>,
 }
 
 /// The largest artifact accepted.
@@ -114,7 +116,18 @@ struct AuditAnchor {
 struct AuditPage {
     /// The last pruned record, which the first kept one links to.
     anchor: Option<AuditAnchor>,
+    /// The last record the store handed out: the trail must reach it.
+    head: AuditAnchor,
+    /// The newest checkpoint the controller signed: the trail must hold it.
+    checkpoint: Option<gantry_core::audit::Checkpoint>,
     records: Vec<gantry_core::audit::AuditRecord>,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+struct AuditPublicKey {
+    algorithm: &'static str,
+    /// The Ed25519 public key that signs checkpoints, hex.
+    public_key: String,
 }
 
 #[derive(serde::Serialize, schemars::JsonSchema)]
@@ -126,6 +139,8 @@ struct AuditVerdict {
     /// The first edited, removed or reordered record.
     first_bad_seq: Option<u64>,
     reason: Option<String>,
+    /// The newest checkpoint the controller signed, checked too.
+    checkpoint_seq: Option<u64>,
 }
 
 #[derive(serde::Serialize, schemars::JsonSchema)]
@@ -238,6 +253,8 @@ pub fn router(state: AppState) -> Router {
         .route("/shutdown", post(shutdown))
         .route("/audit", get(list_audit))
         .route("/audit/verify", get(verify_audit))
+        .route("/audit/checkpoint", get(audit_checkpoint))
+        .route("/audit/public-key", get(audit_public_key))
         .route("/whoami", get(whoami))
         .route("/users", get(list_users).post(create_user))
         .route("/tokens", get(list_tokens).post(create_token))
@@ -288,9 +305,16 @@ const AUDIT_BODY_LIMIT: usize = 64 * 1024;
 /// Puts every action on the audit trail: each request that changes
 /// something (anything but GET and HEAD), whatever its outcome, and every
 /// request refused for its credentials. JSON request bodies are kept (the
-/// API takes no secrets in them); artifacts are not.
+/// API takes no secrets in them); artifacts are not. A refused request is
+/// kept without its body (method, path, reason, peer), and refusals of
+/// requests without valid credentials are rate-limited per peer
+/// (`RefusalLimiter`), so token-less clients cannot grow the trail at will.
 async fn audit_actions(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
     // This layer sits on the router nested under /api/v1, which sees paths without it.
     let path = format!("/api/v1{}", req.uri().path());
     let read_only = method == axum::http::Method::GET || method == axum::http::Method::HEAD;
@@ -334,6 +358,24 @@ async fn audit_actions(State(state): State<AppState>, req: Request, next: Next) 
         .await
         .unwrap_or_default();
     let answer: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+    let who = parts.extensions.get::<Identity>();
+    let at = crate::controller::now_ms();
+    if status == StatusCode::UNAUTHORIZED && who.is_none() {
+        let ip = peer.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+        let limiter = &state.refusals;
+        if let crate::audit::RefusalVerdict::Count { first } =
+            limiter.admit(ip, std::time::Instant::now(), at)
+        {
+            if first {
+                let (limiter, store) = (limiter.clone(), state.controller.store.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(limiter.limits().window).await;
+                    limiter.flush(&*store, ip, crate::controller::now_ms());
+                });
+            }
+            return Response::from_parts(parts, axum::body::Body::from(bytes));
+        }
+    }
     let outcome = if status.is_success() {
         "done"
     } else if status.is_client_error() {
@@ -346,19 +388,28 @@ async fn audit_actions(State(state): State<AppState>, req: Request, next: Next) 
         .and_then(|a| a.get("id"))
         .and_then(|id| id.as_i64())
         .map_or_else(|| path.clone(), |id| format!("deployment {id}"));
-    let detail = json!({
-        "request": request_json,
-        "git_sha": git_sha,
-        "error": answer.as_ref().and_then(|a| a.pointer("/error/message")),
-        "version": answer.as_ref().and_then(|a| a.get("version")),
-        "env": answer.as_ref().and_then(|a| a.get("env")),
-    });
+    let error = answer.as_ref().and_then(|a| a.pointer("/error/message"));
+    let token = who.and_then(|w| w.token.as_deref());
+    let detail = if refused_credentials {
+        // Not the body: what was refused, why, and from where is enough.
+        json!({
+            "error": error,
+            "peer": peer.map(|p| p.to_string()),
+            "token": token,
+        })
+    } else {
+        json!({
+            "request": request_json,
+            "git_sha": git_sha,
+            "error": error,
+            "version": answer.as_ref().and_then(|a| a.get("version")),
+            "env": answer.as_ref().and_then(|a| a.get("env")),
+            "token": token,
+        })
+    };
     let entry = gantry_core::audit::AuditEntry {
-        at: crate::controller::now_ms(),
-        actor: parts
-            .extensions
-            .get::<Identity>()
-            .map_or_else(|| "anonymous".to_owned(), |who| who.user.clone()),
+        at,
+        actor: who.map_or_else(|| "anonymous".to_owned(), |who| who.user.clone()),
         action: format!("{method} {path}"),
         subject,
         outcome: format!("{outcome} {}", status.as_u16()),
@@ -374,7 +425,11 @@ async fn audit_actions(State(state): State<AppState>, req: Request, next: Next) 
 /// role may do is readable in one place.
 fn permission_for(method: &axum::http::Method, path: &str) -> Permission {
     let read = method == axum::http::Method::GET || method == axum::http::Method::HEAD;
-    if path.starts_with("/users") || path.starts_with("/tokens") || path == "/shutdown" {
+    if path == "/tokens" && method == axum::http::Method::POST {
+        // Anyone may mint a token for themself; `create_token` holds minting
+        // for another user to admins.
+        Permission::Read
+    } else if path.starts_with("/users") || path.starts_with("/tokens") || path == "/shutdown" {
         Permission::Administer
     } else if path.ends_with("/approve") || path.ends_with("/reject") {
         Permission::Approve
@@ -709,19 +764,40 @@ struct AuditQuery {
 /// Records after `after`, oldest first, and the anchor of a pruned trail.
 async fn list_audit(State(s): State<AppState>, Query(q): Query<AuditQuery>) -> ApiResult<Response> {
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let (seq, hash) = s.controller.store.audit_head()?;
     let records = s.controller.store.audit_records(q.after, limit)?;
     let anchor = s.controller.store.audit_anchor()?;
+    let checkpoint = s.controller.store.latest_audit_checkpoint()?;
     Ok(Json(AuditPage {
         anchor: anchor.map(|(seq, hash)| AuditAnchor { seq, hash }),
+        head: AuditAnchor { seq, hash },
+        checkpoint,
         records,
     })
     .into_response())
 }
 
-/// Verifies the whole stored chain; names the first record that breaks it.
+/// A signed checkpoint of the chain's head now, for an auditor to keep.
+async fn audit_checkpoint(State(s): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(s.controller.audit_checkpoint()?).into_response())
+}
+
+async fn audit_public_key(State(s): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(AuditPublicKey {
+        algorithm: "ed25519",
+        public_key: s.controller.audit_public_key()?,
+    })
+    .into_response())
+}
+
+/// Verifies the whole stored chain, that it reaches the head the store
+/// recorded, and that it holds the newest checkpoint the controller signed;
+/// names the first record that breaks it.
 async fn verify_audit(State(s): State<AppState>) -> ApiResult<Response> {
     let store = &s.controller.store;
+    let head = store.audit_head()?;
     let anchor = store.audit_anchor()?;
+    let checkpoint = store.latest_audit_checkpoint()?;
     let mut all = Vec::new();
     loop {
         let after = all
@@ -733,16 +809,37 @@ async fn verify_audit(State(s): State<AppState>) -> ApiResult<Response> {
         }
         all.extend(page);
     }
-    let result = gantry_core::audit::verify(&all, anchor.as_ref().map(|(q, h)| (*q, h.as_str())));
+    let trail = gantry_core::audit::Trail {
+        records: &all,
+        anchor: anchor.as_ref().map(|(q, h)| (*q, h.as_str())),
+        head: Some((head.0, &head.1)),
+    };
+    // A stored checkpoint counts only if the controller's own key signed it.
+    let key = gantry_core::audit::parse_public_key(&s.controller.audit_public_key()?)
+        .map_err(|e| ControlError::Internal(e.to_string()))?;
+    let checkpoint_bad = checkpoint.as_ref().and_then(|c| {
+        c.check_signature(Some(&key))
+            .err()
+            .map(|e| gantry_core::audit::ChainBreak {
+                seq: c.seq,
+                reason: format!("the stored checkpoint of record {}: {e}", c.seq),
+            })
+    });
+    let result = match checkpoint_bad {
+        Some(b) => Err(b),
+        None => gantry_core::audit::verify_trail(trail, checkpoint.as_ref()),
+    };
     let (first_seq, last_seq) = (all.first().map(|r| r.seq), all.last().map(|r| r.seq));
+    let checkpoint_seq = checkpoint.as_ref().map(|c| c.seq);
     Ok(Json(match result {
-        Ok(n) => AuditVerdict {
+        Ok(v) => AuditVerdict {
             ok: true,
-            records: n,
+            records: v.records,
             first_seq,
             last_seq,
             first_bad_seq: None,
             reason: None,
+            checkpoint_seq,
         },
         Err(b) => AuditVerdict {
             ok: false,
@@ -751,6 +848,7 @@ async fn verify_audit(State(s): State<AppState>) -> ApiResult<Response> {
             last_seq,
             first_bad_seq: Some(b.seq),
             reason: Some(b.reason),
+            checkpoint_seq,
         },
     })
     .into_response())
@@ -810,7 +908,7 @@ async fn create_token(
         .transpose()?;
     let issued = s
         .controller
-        .create_token(&body.user, body.label, expires, &who.user)?;
+        .create_token(&body.user, body.label, expires, &who)?;
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
 

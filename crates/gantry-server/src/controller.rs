@@ -129,6 +129,8 @@ pub struct Controller {
     pub(crate) dispatch: Arc<tokio::sync::Notify>,
     /// Set once workloads are being stopped on purpose: no router revival.
     stopping: std::sync::atomic::AtomicBool,
+    /// Signs audit checkpoints; loaded from `audit.key` at start.
+    pub(crate) audit_key: std::sync::OnceLock<gantry_core::audit::SigningKey>,
 }
 
 impl Controller {
@@ -156,7 +158,13 @@ impl Controller {
             events: tokio::sync::broadcast::channel(1024).0,
             dispatch: Arc::new(tokio::sync::Notify::new()),
             stopping: Default::default(),
+            audit_key: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Installs the key that signs audit checkpoints (once; later calls are ignored).
+    pub fn set_audit_key(&self, key: gantry_core::audit::SigningKey) {
+        let _ = self.audit_key.set(key);
     }
 
     /// The environment named `name`, or an error naming the known ones.
@@ -873,9 +881,15 @@ impl Controller {
             loop {
                 let Some(c) = this.upgrade() else { return };
                 let before = now_ms() - c.config.retention.audit_ms as Millis;
-                match c.store.prune_audit(before) {
+                match c.store.prune_audit(before, now_ms()) {
                     Ok(0) => {}
-                    Ok(n) => tracing::info!(records = n, "pruned audit records past retention"),
+                    Ok(n) => {
+                        tracing::info!(records = n, "pruned audit records past retention");
+                        // Sign the new anchor at once.
+                        if let Err(e) = c.audit_checkpoint() {
+                            tracing::error!(error = %e, "cannot sign an audit checkpoint");
+                        }
+                    }
                     Err(e) => tracing::error!(error = %e, "cannot prune the audit trail"),
                 }
                 let before = now_ms() - c.config.retention.deployments_ms as Millis;

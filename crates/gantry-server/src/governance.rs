@@ -20,6 +20,13 @@ use subtle::ConstantTimeEq;
 pub struct Identity {
     pub user: String,
     pub roles: Vec<Role>,
+    /// The id of the token presented (none for the controller's own token).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Who minted that token, when it was not its user: such a token may do
+    /// what the user's roles allow except give verdicts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub minted_by: Option<String>,
 }
 
 impl Identity {
@@ -28,11 +35,25 @@ impl Identity {
         Identity {
             user: "admin".to_owned(),
             roles: vec![Role::Admin],
+            token: None,
+            minted_by: None,
         }
     }
 
+    /// Whether the roles grant `p`. Separation of duties: a verdict needs a
+    /// token its holder minted themself, so whoever minted a token for
+    /// someone else (an admin, typically) cannot approve as them with it.
     pub fn may(&self, p: Permission) -> Result<(), ControlError> {
         if allowed(&self.roles, p) {
+            if let (Permission::Approve, Some(minter)) = (p, &self.minted_by) {
+                return Err(ControlError::Forbidden(format!(
+                    "{user} may not give verdicts with token {id}: {minter} minted it, not {user}; \
+                     a verdict needs a token {user} minted themself \
+                     (`gantry token create --user {user}` run with this token gives one and revokes this one)",
+                    user = self.user,
+                    id = self.token.as_deref().unwrap_or("?"),
+                )));
+            }
             return Ok(());
         }
         let roles: Vec<&str> = self.roles.iter().map(|r| r.as_str()).collect();
@@ -75,6 +96,12 @@ pub struct IssuedToken {
     pub user: String,
     pub token: String,
     pub expires_at: Option<Millis>,
+    /// Who minted it; when not `user`, it may not give verdicts.
+    pub minted_by: String,
+    /// The token this one was exchanged for: minted by someone else, and
+    /// revoked by the exchange.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<String>,
 }
 
 /// Why a presented token was refused (answered 401).
@@ -127,9 +154,12 @@ impl Controller {
             .user(&record.user)
             .map_err(|e| TokenRefusal::Store(e.to_string()))?
             .ok_or(TokenRefusal::Invalid)?;
+        let minted_by = (record.created_by != user.name).then_some(record.created_by);
         Ok(Identity {
             user: user.name,
             roles: user.roles,
+            token: Some(record.id),
+            minted_by,
         })
     }
 
@@ -171,13 +201,26 @@ impl Controller {
         Ok(user)
     }
 
+    /// Mints a token for `user`. Only `user` themself or an admin may; a
+    /// token minted by someone else may not give verdicts. A user who mints
+    /// their own token with one someone else minted for them exchanges it:
+    /// that one is revoked, so a handed-over token cannot have been quietly
+    /// exchanged by whoever minted it. Either way it is on the audit trail,
+    /// with who minted for whom and with which token.
     pub fn create_token(
         &self,
         user: &str,
         label: Option<String>,
         expires_in_ms: Option<u64>,
-        by: &str,
+        by: &Identity,
     ) -> Result<IssuedToken, ControlError> {
+        if by.user != user {
+            if let Err(ControlError::Forbidden(why)) = by.may(Permission::Administer) {
+                return Err(ControlError::Forbidden(format!(
+                    "{why}; a token for {user} is minted by {user} or by an admin"
+                )));
+            }
+        }
         if self.store.user(user)?.is_none() {
             return Err(ControlError::NotFound(format!(
                 "user {user} does not exist; `gantry user add` creates one"
@@ -193,16 +236,43 @@ impl Controller {
             label,
             secret_hash: hash_secret(&secret),
             created_at: now,
-            created_by: by.to_owned(),
+            created_by: by.user.clone(),
             expires_at,
             revoked_at: None,
             revoked_by: None,
         })?;
+        let exchanged = match (&by.token, &by.minted_by) {
+            (Some(old), Some(_)) if by.user == user => {
+                self.store.revoke_token(old, &by.user, now_ms())?;
+                Some(old.clone())
+            }
+            _ => None,
+        };
+        let entry = gantry_core::audit::AuditEntry {
+            at: now,
+            actor: by.user.clone(),
+            action: "token.created".to_owned(),
+            subject: format!("token {id} for {user}"),
+            outcome: "done".to_owned(),
+            detail: serde_json::json!({
+                "user": user,
+                "minted_by": by.user,
+                "may_give_verdicts": by.user == user,
+                "with_token": by.token,
+                "with_token_minted_by": by.minted_by,
+                "revoked": exchanged,
+                "expires_at": expires_at,
+            })
+            .to_string(),
+        };
+        self.store.append_audit(entry)?;
         Ok(IssuedToken {
             token: format!("{TOKEN_PREFIX}{id}_{secret}"),
             id,
             user: user.to_owned(),
             expires_at,
+            minted_by: by.user.clone(),
+            revoked: exchanged,
         })
     }
 

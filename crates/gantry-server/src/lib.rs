@@ -7,6 +7,7 @@
 
 mod api;
 pub mod artifact;
+pub mod audit;
 pub mod confine;
 pub mod controller;
 mod data_dir;
@@ -130,7 +131,10 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
         options.exe.clone(),
         router_token,
     ));
+    let audit_key =
+        audit::load_or_create_key(&dir.join(audit::KEY_FILE)).map_err(data_err(&dir))?;
     let controller = Controller::new(store, blobs, target, router.clone(), router, config);
+    controller.set_audit_key(audit_key);
 
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
@@ -152,6 +156,7 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
     controller.spawn_router_watchdog(std::time::Duration::from_millis(500));
     controller.spawn_retention();
     controller.spawn_notifier();
+    controller.spawn_audit_checkpoints(audit::CHECKPOINT_EVERY);
 
     let info = ServerInfo {
         pid: std::process::id(),
@@ -169,8 +174,11 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
         controller,
         token: Arc::new(token),
         shutdown: shutdown.clone(),
+        refusals: Arc::new(audit::RefusalLimiter::new(audit::RefusalLimits::default())),
     };
     let app = api::router(state);
+    // The peer's address goes on the audit trail with a refused request.
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let mut term =

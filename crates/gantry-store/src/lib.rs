@@ -13,7 +13,7 @@ mod blobs;
 mod sqlite;
 
 pub use blobs::{hash_bytes, hash_reader, BlobError, Blobs};
-pub use gantry_core::audit::{AuditEntry, AuditRecord};
+pub use gantry_core::audit::{AuditEntry, AuditRecord, Checkpoint};
 pub use gantry_core::evidence::{EvidenceKind, Report};
 pub use gantry_core::governance::{Approval, Role};
 pub use sqlite::SqliteStore;
@@ -232,9 +232,17 @@ pub trait Store: GovernanceStore + DeliveryStore + Send + Sync {
     fn audit_records(&self, after_seq: u64, limit: usize) -> Result<Vec<AuditRecord>>;
     /// `(seq, hash)` of the last pruned record, which the first kept one links to.
     fn audit_anchor(&self) -> Result<Option<(u64, String)>>;
+    /// `(seq, hash)` of the last record handed out (`(0, genesis)` before
+    /// any): it only moves forward, so numbers are never reused.
+    fn audit_head(&self) -> Result<(u64, String)>;
     /// Drops records older than `before` (always keeping the newest), keeping
-    /// the chain verifiable from the new anchor. Returns how many were dropped.
-    fn prune_audit(&self, before: Millis) -> Result<usize>;
+    /// the chain verifiable from the new anchor; first appends a record
+    /// (at `now`) naming that anchor, so the drop is itself on the trail.
+    /// Returns how many were dropped. The only way records leave the table.
+    fn prune_audit(&self, before: Millis, now: Millis) -> Result<usize>;
+    /// Keeps a signed checkpoint of the head.
+    fn add_audit_checkpoint(&self, checkpoint: &Checkpoint) -> Result<()>;
+    fn latest_audit_checkpoint(&self) -> Result<Option<Checkpoint>>;
     /// Drops deployments that finished before `before` with their events,
     /// log lines and approvals, except those an environment's current state
     /// points at. Returns how many were dropped.

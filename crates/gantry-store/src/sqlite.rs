@@ -139,26 +139,66 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_due ON deliveries(status, next_at);
 CREATE INDEX deliveries_deployment ON deliveries(deployment, id);
 "#,
+    r#"
+-- The audit chain's head: the last sequence number handed out and its hash.
+-- It only moves forward, so a record removed behind the store's back leaves
+-- a gap at the end that `verify` names, and no sequence number is reused.
+CREATE TABLE audit_head (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    seq  INTEGER NOT NULL,
+    hash TEXT NOT NULL
+);
+INSERT INTO audit_head (id, seq, hash)
+SELECT 1, seq, hash FROM (
+    SELECT seq, hash FROM audit
+    UNION ALL SELECT seq, hash FROM audit_anchor
+    UNION ALL SELECT 0, '0000000000000000000000000000000000000000000000000000000000000000'
+) ORDER BY seq DESC LIMIT 1;
+CREATE TRIGGER audit_head_forward BEFORE UPDATE ON audit_head WHEN NEW.seq <= OLD.seq
+BEGIN SELECT RAISE(ABORT, 'the audit head only moves forward'); END;
+CREATE TRIGGER audit_head_kept BEFORE DELETE ON audit_head
+BEGIN SELECT RAISE(ABORT, 'the audit head is never deleted'); END;
+-- Records are appended past the head only.
+CREATE TRIGGER audit_append_past_head BEFORE INSERT ON audit
+WHEN NEW.seq <= (SELECT seq FROM audit_head WHERE id = 1)
+BEGIN SELECT RAISE(ABORT, 'audit sequence numbers are never reused'); END;
+-- Records are deleted only at or below the anchor, which only the prune path
+-- moves (and it appends a record naming the new anchor first).
+CREATE TRIGGER audit_delete_below_anchor BEFORE DELETE ON audit
+WHEN OLD.seq > COALESCE((SELECT seq FROM audit_anchor WHERE id = 1), 0)
+BEGIN SELECT RAISE(ABORT, 'audit records are append-only: only pruning drops them, up to the anchor it records'); END;
+-- The anchor only moves forward, onto a kept record with that very hash.
+CREATE TRIGGER audit_anchor_on_record BEFORE INSERT ON audit_anchor
+WHEN NOT EXISTS (SELECT 1 FROM audit WHERE seq = NEW.seq AND hash = NEW.hash)
+BEGIN SELECT RAISE(ABORT, 'the audit anchor must be a kept record'); END;
+CREATE TRIGGER audit_anchor_forward BEFORE UPDATE ON audit_anchor
+WHEN NEW.seq <= OLD.seq OR NOT EXISTS (SELECT 1 FROM audit WHERE seq = NEW.seq AND hash = NEW.hash)
+BEGIN SELECT RAISE(ABORT, 'the audit anchor only moves forward, onto a kept record'); END;
+CREATE TRIGGER audit_anchor_kept BEFORE DELETE ON audit_anchor
+BEGIN SELECT RAISE(ABORT, 'the audit anchor is never deleted'); END;
+-- Signed checkpoints of the head (the key is outside the database).
+CREATE TABLE audit_checkpoints (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq         INTEGER NOT NULL,
+    hash        TEXT NOT NULL,
+    anchor_seq  INTEGER NOT NULL,
+    anchor_hash TEXT NOT NULL,
+    at          INTEGER NOT NULL,
+    public_key  TEXT NOT NULL,
+    signature   TEXT NOT NULL
+);
+CREATE TRIGGER audit_checkpoints_append_only BEFORE UPDATE ON audit_checkpoints
+BEGIN SELECT RAISE(ABORT, 'audit checkpoints are append-only'); END;
+CREATE TRIGGER audit_checkpoints_below_anchor BEFORE DELETE ON audit_checkpoints
+WHEN OLD.seq > COALESCE((SELECT seq FROM audit_anchor WHERE id = 1), 0)
+BEGIN SELECT RAISE(ABORT, 'audit checkpoints are dropped only with the records they name'); END;
+"#,
 ];
 
-/// Appends `entry` to the audit chain inside `tx`.
+/// Appends `entry` to the audit chain inside `tx`, after the recorded head.
 fn append_audit_tx(tx: &rusqlite::Transaction<'_>, entry: AuditEntry) -> Result<AuditRecord> {
-    let last: Option<(u64, String)> = tx
-        .query_row(
-            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .optional()?;
-    let last = match last {
-        Some(l) => Some(l),
-        None => tx
-            .query_row("SELECT seq, hash FROM audit_anchor WHERE id = 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?,
-    };
-    let record = gantry_core::audit::chain(entry, last.as_ref().map(|(s, h)| (*s, h.as_str())));
+    let (seq, hash) = audit_head_tx(tx)?;
+    let record = gantry_core::audit::chain(entry, Some((seq, hash.as_str())));
     let e = &record.entry;
     tx.execute(
         "INSERT INTO audit (seq, at, actor, action, subject, outcome, detail, prev_hash, hash)
@@ -175,7 +215,20 @@ fn append_audit_tx(tx: &rusqlite::Transaction<'_>, entry: AuditEntry) -> Result<
             record.hash
         ],
     )?;
+    tx.execute(
+        "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1",
+        params![record.seq, record.hash],
+    )?;
     Ok(record)
+}
+
+/// `(seq, hash)` of the last record handed out: `(0, genesis)` before any.
+fn audit_head_tx(conn: &Connection) -> Result<(u64, String)> {
+    Ok(
+        conn.query_row("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?,
+    )
 }
 
 pub struct SqliteStore {
@@ -600,7 +653,11 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
-    fn prune_audit(&self, before: Millis) -> Result<usize> {
+    fn audit_head(&self) -> Result<(u64, String)> {
+        audit_head_tx(&self.conn())
+    }
+
+    fn prune_audit(&self, before: Millis, now: Millis) -> Result<usize> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         // The newest record older than `before` becomes the anchor; the
@@ -616,14 +673,69 @@ impl Store for SqliteStore {
         let Some((seq, hash)) = last else {
             return Ok(0);
         };
-        let removed = tx.execute("DELETE FROM audit WHERE seq <= ?1", params![seq])?;
+        let dropping: usize = tx.query_row(
+            "SELECT COUNT(*) FROM audit WHERE seq <= ?1",
+            params![seq],
+            |r| r.get(0),
+        )?;
+        // First the record that names the new anchor, then the anchor (the
+        // triggers hold it to a kept record, moving forward), then the drop
+        // (the triggers allow it only up to the anchor).
+        append_audit_tx(
+            &tx,
+            gantry_core::audit::prune_entry((seq, &hash), before, dropping, now),
+        )?;
         tx.execute(
             "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, ?1, ?2)
              ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
             params![seq, hash],
         )?;
+        let removed = tx.execute("DELETE FROM audit WHERE seq <= ?1", params![seq])?;
+        tx.execute(
+            "DELETE FROM audit_checkpoints WHERE seq <= ?1",
+            params![seq],
+        )?;
         tx.commit()?;
         Ok(removed)
+    }
+
+    fn add_audit_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO audit_checkpoints (seq, hash, anchor_seq, anchor_hash, at, public_key, signature)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                cp.seq,
+                cp.hash,
+                cp.anchor_seq,
+                cp.anchor_hash,
+                cp.at,
+                cp.public_key,
+                cp.signature
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn latest_audit_checkpoint(&self) -> Result<Option<Checkpoint>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT seq, hash, anchor_seq, anchor_hash, at, public_key, signature
+                 FROM audit_checkpoints ORDER BY id DESC LIMIT 1",
+                [],
+                |r| {
+                    Ok(Checkpoint {
+                        seq: r.get(0)?,
+                        hash: r.get(1)?,
+                        anchor_seq: r.get(2)?,
+                        anchor_hash: r.get(3)?,
+                        at: r.get(4)?,
+                        public_key: r.get(5)?,
+                        signature: r.get(6)?,
+                    })
+                },
+            )
+            .optional()?)
     }
 
     fn prune_deployments(&self, before: Millis) -> Result<usize> {

@@ -1,9 +1,10 @@
-//! `gantry audit`: read, export and verify the hash-chained audit trail.
+//! `gantry audit`: read, export and verify the hash-chained audit trail,
+//! and take the signed checkpoints an auditor keeps to verify it against.
 
 use crate::client::Client;
 use crate::Exit;
 use anyhow::{bail, Context};
-use gantry_core::audit::{verify, AuditRecord};
+use gantry_core::audit::{verify_trail, AuditRecord, Checkpoint, Trail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::io::{BufRead, Write};
@@ -31,16 +32,55 @@ pub enum AuditCommand {
         output: Option<std::path::PathBuf>,
     },
     /// Check that no record was edited, removed or reordered; names the first bad one.
+    /// With `--checkpoint`, also that the trail was not cut short or rewritten
+    /// past a checkpoint kept earlier.
     Verify {
         /// Verify an export instead of the controller's trail (no controller needed).
         #[arg(long)]
         file: Option<std::path::PathBuf>,
+        /// A checkpoint kept earlier (`gantry audit checkpoint`): the trail must
+        /// still hold the record it names with that hash, and not be shorter.
+        #[arg(long)]
+        checkpoint: Option<std::path::PathBuf>,
+        /// The public key the checkpoint must be signed with (hex, or a file
+        /// holding it); default: the controller's, or with `--file` the one
+        /// written in the checkpoint.
+        #[arg(long, requires = "checkpoint")]
+        public_key: Option<String>,
     },
+    /// Print a signed checkpoint of the trail's head now (JSON): keep it
+    /// outside the controller's machine to verify against later.
+    Checkpoint {
+        /// Write here instead of standard output.
+        #[arg(long)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Print the public key that signs checkpoints (hex): pin it.
+    PublicKey,
 }
 
 #[derive(Deserialize)]
 struct Page {
     anchor: Option<Anchor>,
+    /// Absent from controllers older than the checkpoints.
+    head: Option<Anchor>,
+    /// The newest checkpoint the controller signed.
+    checkpoint: Option<Checkpoint>,
+    records: Vec<AuditRecord>,
+}
+
+#[derive(Deserialize)]
+struct PublicKey {
+    public_key: String,
+}
+
+/// A trail as fetched or read: its anchor, the head the store recorded (not
+/// in an export) and its records.
+struct Fetched {
+    anchor: Option<Anchor>,
+    head: Option<Anchor>,
+    /// The controller's newest stored checkpoint (not in an export).
+    stored: Option<Checkpoint>,
     records: Vec<AuditRecord>,
 }
 
@@ -96,7 +136,9 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
             Ok(0)
         }
         AuditCommand::Export { output } => {
-            let (anchor, records) = fetch_all(&connect()?).await?;
+            let Fetched {
+                anchor, records, ..
+            } = fetch_all(&connect()?).await?;
             let mut out: Box<dyn Write> = match &output {
                 Some(p) => Box::new(std::io::BufWriter::new(
                     std::fs::File::create(p)
@@ -116,19 +158,98 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
             }
             Ok(0)
         }
-        AuditCommand::Verify { file } => {
-            let (anchor, records) = match file {
-                Some(path) => read_export(&path)?,
-                None => fetch_all(&connect()?).await?,
+        AuditCommand::Checkpoint { output } => {
+            let cp: Checkpoint = connect()?.get("/audit/checkpoint").await?;
+            let text = serde_json::to_string_pretty(&cp)? + "\n";
+            match output {
+                Some(p) => {
+                    std::fs::write(&p, text)
+                        .with_context(|| format!("cannot write {}", p.display()))?;
+                    eprintln!(
+                        "checkpoint of record {} written to {}; keep it away from the controller's machine",
+                        cp.seq,
+                        p.display()
+                    );
+                }
+                None => print!("{text}"),
+            }
+            Ok(0)
+        }
+        AuditCommand::PublicKey => {
+            let k: PublicKey = connect()?.get("/audit/public-key").await?;
+            println!("{}", k.public_key);
+            Ok(0)
+        }
+        AuditCommand::Verify {
+            file,
+            checkpoint,
+            public_key,
+        } => {
+            let (client, fetched) = match &file {
+                Some(path) => (None, read_export(path)?),
+                None => {
+                    let c = connect()?;
+                    let fetched = fetch_all(&c).await?;
+                    (Some(c), fetched)
+                }
             };
-            let anchor_ref = anchor.as_ref().map(|a| (a.seq, a.hash.as_str()));
-            match verify(&records, anchor_ref) {
-                Ok(n) => {
+            // Without the auditor's checkpoint, the controller's newest one
+            // (which an attacker with the data directory can remove or re-sign).
+            let (checkpoint, kept_by_auditor) = match &checkpoint {
+                Some(path) => (Some(read_checkpoint(path)?), true),
+                None => (fetched.stored.clone(), false),
+            };
+            if let Some(cp) = &checkpoint {
+                let pinned = match (&public_key, &client) {
+                    (Some(k), _) => Some(read_public_key(k)?),
+                    (None, Some(c)) => {
+                        Some(c.get::<PublicKey>("/audit/public-key").await?.public_key)
+                    }
+                    (None, None) => {
+                        eprintln!(
+                            "warning: the checkpoint's signature is checked against the key written in it; pass --public-key to pin the key"
+                        );
+                        None
+                    }
+                };
+                let pinned = pinned
+                    .map(|k| gantry_core::audit::parse_public_key(&k))
+                    .transpose()
+                    .context("--public-key")?;
+                if let Err(e) = cp.check_signature(pinned.as_ref()) {
+                    println!("audit checkpoint REFUSED: {e}");
+                    return Ok(EXIT_CHAIN_BROKEN);
+                }
+            }
+            let trail = Trail {
+                records: &fetched.records,
+                anchor: fetched.anchor.as_ref().map(|a| (a.seq, a.hash.as_str())),
+                head: fetched.head.as_ref().map(|a| (a.seq, a.hash.as_str())),
+            };
+            match verify_trail(trail, checkpoint.as_ref()) {
+                Ok(v) => {
+                    let records = &fetched.records;
                     let range = match (records.first(), records.last()) {
                         (Some(f), Some(l)) => format!(" (records {} to {})", f.seq, l.seq),
                         _ => String::new(),
                     };
-                    println!("audit trail intact: {n} record(s){range}");
+                    println!("audit trail intact: {} record(s){range}", v.records);
+                    if let Some(cp) = &checkpoint {
+                        println!(
+                            "holds the {} checkpoint of record {} signed {} ({} record(s) since)",
+                            if kept_by_auditor {
+                                "given"
+                            } else {
+                                "controller's newest"
+                            },
+                            cp.seq,
+                            gantry_core::governance::rfc3339(cp.at),
+                            v.newer_than_checkpoint
+                        );
+                    }
+                    if let Some((from, to, by)) = v.pruned_since_checkpoint {
+                        println!("records {from}..{to} were pruned since, as record {by} says");
+                    }
                     Ok(0)
                 }
                 Err(b) => {
@@ -140,22 +261,52 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
     }
 }
 
-async fn fetch_all(c: &Client) -> anyhow::Result<(Option<Anchor>, Vec<AuditRecord>)> {
+fn read_checkpoint(path: &Path) -> anyhow::Result<Checkpoint> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not an audit checkpoint (the JSON `gantry audit checkpoint` prints)",
+            path.display()
+        )
+    })
+}
+
+/// A key given as hex, or the path of a file holding it.
+fn read_public_key(given: &str) -> anyhow::Result<String> {
+    let path = Path::new(given);
+    if path.is_file() {
+        return std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .with_context(|| format!("cannot read {}", path.display()));
+    }
+    Ok(given.trim().to_owned())
+}
+
+async fn fetch_all(c: &Client) -> anyhow::Result<Fetched> {
     let mut records: Vec<AuditRecord> = Vec::new();
-    let mut anchor = None;
+    let (mut anchor, mut head, mut stored) = (None, None, None);
     loop {
         let after = records.last().map_or(0, |r| r.seq);
         let page: Page = c.get(&format!("/audit?after={after}&limit=10000")).await?;
         anchor = anchor.or(page.anchor);
+        // The head as first seen: records appended while paging are past it.
+        head = head.or(page.head);
+        stored = stored.or(page.checkpoint);
         if page.records.is_empty() {
-            return Ok((anchor, records));
+            return Ok(Fetched {
+                anchor,
+                head,
+                stored,
+                records,
+            });
         }
         records.extend(page.records);
     }
 }
 
 /// Reads an export; a line that is not a record is an error naming its line.
-fn read_export(path: &Path) -> anyhow::Result<(Option<Anchor>, Vec<AuditRecord>)> {
+fn read_export(path: &Path) -> anyhow::Result<Fetched> {
     let file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut anchor = None;
@@ -176,5 +327,10 @@ fn read_export(path: &Path) -> anyhow::Result<(Option<Anchor>, Vec<AuditRecord>)
             .with_context(|| format!("{}:{}: not an audit record", path.display(), n + 1))?;
         records.push(r);
     }
-    Ok((anchor, records))
+    Ok(Fetched {
+        anchor,
+        head: None,
+        stored: None,
+        records,
+    })
 }

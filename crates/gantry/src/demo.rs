@@ -233,13 +233,24 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
     let issued = c
         .post("/tokens", json!({"user": "avery", "expires_in": "1h"}))
         .await?;
-    let approver = c.as_holder_of(
+    let enrolment = c.as_holder_of(
         issued["token"]
             .as_str()
             .context("no token in the answer")?
             .to_owned(),
     );
-    println!("  user avery (approver) with a token that expires in an hour");
+    // A token the admin minted may not give verdicts: avery mints her own
+    // with it (which revokes it), so nobody else holds what she approves with.
+    let own = enrolment
+        .post("/tokens", json!({"user": "avery", "expires_in": "1h"}))
+        .await?;
+    let approver = c.as_holder_of(
+        own["token"]
+            .as_str()
+            .context("no token in the answer")?
+            .to_owned(),
+    );
+    println!("  user avery (approver) with a token she minted herself, expiring in an hour");
 
     println!("\n== registering four releases of the sample service");
     let releases = [

@@ -102,10 +102,21 @@ pub async fn token(c: &Client, cmd: TokenCommand) -> Exit {
                     json!({"user": user, "label": label, "expires_in": expires}),
                 )
                 .await?;
-            eprintln!(
-                "token {} for {} (expires {}); shown once, store it now:",
+            let (id, user) = (
                 t["id"].as_str().unwrap_or("?"),
                 t["user"].as_str().unwrap_or("?"),
+            );
+            if let Some(old) = t["revoked"].as_str() {
+                eprintln!("token {old}, which someone else minted for {user}, is revoked: this one replaces it");
+            }
+            if t["minted_by"].as_str().is_some_and(|by| by != user) {
+                eprintln!(
+                    "minted by {} for {user}: it may not give verdicts; {user} mints their own with it (`gantry token create --user {user}`, which revokes this one)",
+                    t["minted_by"].as_str().unwrap_or("?")
+                );
+            }
+            eprintln!(
+                "token {id} for {user} (expires {}); shown once, store it now:",
                 crate::commands::time(&t["expires_at"])
             );
             println!("{}", t["token"].as_str().unwrap_or(""));

@@ -215,9 +215,23 @@ fn operations() -> Vec<Op> {
         op(
             "get",
             "/api/v1/audit/verify",
-            "Verify the hash chain; names the first bad record",
+            "Verify the hash chain, its head and the newest signed checkpoint; names the first bad record",
             Read,
             JsonOf(200, "the verdict"),
+        ),
+        op(
+            "get",
+            "/api/v1/audit/checkpoint",
+            "A signed checkpoint of the chain's head now, for an auditor to keep",
+            Read,
+            JsonOf(200, "the checkpoint"),
+        ),
+        op(
+            "get",
+            "/api/v1/audit/public-key",
+            "The Ed25519 public key that signs audit checkpoints",
+            Read,
+            JsonOf(200, "the public key"),
         ),
         op(
             "get",
@@ -258,8 +272,8 @@ fn operations() -> Vec<Op> {
             ..op(
                 "post",
                 "/api/v1/tokens",
-                "Issue a token; its secret is in this answer only",
-                Administer,
+                "Issue a token for oneself (anyone) or for another user (admins only; such a token may not give verdicts); its secret is in this answer only",
+                Read,
                 JsonOf(201, "the token"),
             )
         },
@@ -428,6 +442,8 @@ fn reply_schema(method: &str, path: &str) -> Option<SchemaFn> {
         ("post", "/api/v1/shutdown") => schema::<ShutdownAnswer>,
         ("get", "/api/v1/audit") => schema::<AuditPage>,
         ("get", "/api/v1/audit/verify") => schema::<AuditVerdict>,
+        ("get", "/api/v1/audit/checkpoint") => schema::<gantry_core::audit::Checkpoint>,
+        ("get", "/api/v1/audit/public-key") => schema::<AuditPublicKey>,
         ("get", "/api/v1/whoami") => schema::<Identity>,
         ("get", "/api/v1/users") => schema::<Vec<User>>,
         ("post", "/api/v1/users") => schema::<User>,

@@ -182,29 +182,69 @@ fn the_audit_trail_chains_refuses_updates_and_stays_verifiable_after_pruning() {
         .execute("UPDATE audit SET actor = 'mallory' WHERE seq = 2", [])
         .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
-    // Pruning what is older than 2.5 s keeps 3..5, anchored on 2.
-    assert_eq!(store.prune_audit(2500).unwrap(), 3);
+    // Pruning what is older than 2.5 s drops 1..3, anchored on 3, after a
+    // record that names the anchor.
+    assert_eq!(store.prune_audit(2500, 9000).unwrap(), 3);
     let kept = store.audit_records(0, 100).unwrap();
-    assert_eq!(kept.iter().map(|r| r.seq).collect::<Vec<_>>(), [4, 5]);
+    assert_eq!(kept.iter().map(|r| r.seq).collect::<Vec<_>>(), [4, 5, 6]);
+    assert_eq!(kept[2].entry.action, gantry_core::audit::PRUNE_ACTION);
+    assert!(kept[2].entry.detail.contains(&all[2].hash));
     let anchor = store.audit_anchor().unwrap().unwrap();
     assert_eq!(anchor, (3, all[2].hash.clone()));
     assert_eq!(
         gantry_core::audit::verify(&kept, Some((anchor.0, &anchor.1))),
-        Ok(2)
+        Ok(3)
     );
     // New records continue the chain; pruning everything keeps the newest.
     store
         .append_audit(audit_entry(9000, "POST /api/v1/deployments"))
         .unwrap();
-    assert_eq!(store.prune_audit(i64::MAX).unwrap(), 2);
+    assert_eq!(store.prune_audit(i64::MAX, 9500).unwrap(), 3);
     let kept = store.audit_records(0, 100).unwrap();
-    assert_eq!(kept.len(), 1);
-    assert_eq!(kept[0].seq, 6);
+    assert_eq!(kept.iter().map(|r| r.seq).collect::<Vec<_>>(), [7, 8]);
     let anchor = store.audit_anchor().unwrap().unwrap();
+    assert_eq!(anchor.0, 6);
     assert_eq!(
         gantry_core::audit::verify(&kept, Some((anchor.0, &anchor.1))),
-        Ok(1)
+        Ok(2)
     );
+}
+
+#[test]
+fn audit_records_are_never_deleted_nor_their_numbers_reused() {
+    let store = SqliteStore::in_memory().unwrap();
+    for n in 0..5 {
+        store.append_audit(audit_entry(n, "POST /x")).unwrap();
+    }
+    let conn = store.conn();
+    for (sql, needle) in [
+        ("DELETE FROM audit WHERE seq = 5", "append-only"),
+        ("DELETE FROM audit", "append-only"),
+        (
+            "INSERT INTO audit_anchor (id, seq, hash) VALUES (1, 2, 'forged')",
+            "kept record",
+        ),
+        ("UPDATE audit_head SET seq = 3", "only moves forward"),
+        ("DELETE FROM audit_head", "never deleted"),
+        (
+            "INSERT INTO audit (seq, at, actor, action, subject, outcome, detail, prev_hash, hash)
+             VALUES (3, 0, 'm', 'a', 's', 'o', 'd', 'p', 'h')",
+            "never reused",
+        ),
+    ] {
+        let err = conn.execute(sql, []).unwrap_err();
+        assert!(err.to_string().contains(needle), "{sql}: {err}");
+    }
+    // Someone who drops the guard removes the newest records: the next record
+    // still takes a new number, and the gap shows.
+    conn.execute_batch("DROP TRIGGER audit_delete_below_anchor; DELETE FROM audit WHERE seq > 3;")
+        .unwrap();
+    drop(conn);
+    let next = store.append_audit(audit_entry(9, "POST /y")).unwrap();
+    assert_eq!(next.seq, 6);
+    let kept = store.audit_records(0, 100).unwrap();
+    let e = gantry_core::audit::verify(&kept, None).unwrap_err();
+    assert!(e.reason.contains("records 4..5 are missing"), "{e}");
 }
 
 #[test]

@@ -103,3 +103,284 @@ fn actions_and_refusals_are_recorded_and_any_tampering_is_named() {
         .fails_with(5, "BROKEN at record 4");
     assert!(out.stdout.contains("edited"), "{}", out.stdout);
 }
+
+/// A controller with some history, the auditor's checkpoint of it (kept
+/// outside the data directory) and the pinned public key, then more history.
+fn trail_with_checkpoint() -> (Gantry, std::path::PathBuf, String) {
+    let g = Gantry::start();
+    g.register("1.0.0", "");
+    g.gantry(&["deploy", "1.0.0", "--env", "development"]).ok();
+    let key = g
+        .gantry(&["audit", "public-key"])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    assert_eq!(key.len(), 64, "{key}");
+    let cp = g.data().join("../auditor-checkpoint.json");
+    g.gantry(&["audit", "checkpoint", "--output", cp.to_str().unwrap()])
+        .ok();
+    g.register("1.1.0", "");
+    g.gantry(&["deploy", "1.1.0", "--env", "development"]).ok();
+    g.gantry(&[
+        "audit",
+        "verify",
+        "--checkpoint",
+        cp.to_str().unwrap(),
+        "--public-key",
+        &key,
+    ])
+    .ok();
+    (g, cp, key)
+}
+
+fn checkpoint_seq(cp: &std::path::Path) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cp).unwrap()).unwrap();
+    v["seq"].as_u64().unwrap()
+}
+
+fn verify_against(g: &Gantry, cp: &std::path::Path, key: &str) -> Run {
+    g.gantry(&[
+        "audit",
+        "verify",
+        "--checkpoint",
+        cp.to_str().unwrap(),
+        "--public-key",
+        key,
+    ])
+}
+
+fn db(g: &Gantry) -> rusqlite::Connection {
+    rusqlite::Connection::open(g.data().join("gantry.db")).unwrap()
+}
+
+fn max_seq(db: &rusqlite::Connection) -> u64 {
+    db.query_row("SELECT MAX(seq) FROM audit", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// What an attacker with the data directory does after changing records:
+/// drop every guard, point the head at the new end, and remove the
+/// controller's own checkpoints (they could re-sign them with the key too).
+fn cover_tracks(db: &rusqlite::Connection) {
+    db.execute_batch(
+        "DROP TRIGGER IF EXISTS audit_head_forward;
+         DROP TRIGGER IF EXISTS audit_checkpoints_below_anchor;
+         UPDATE audit_head SET seq = (SELECT MAX(seq) FROM audit),
+                               hash = (SELECT hash FROM audit ORDER BY seq DESC LIMIT 1);
+         DELETE FROM audit_checkpoints;",
+    )
+    .unwrap();
+}
+
+#[test]
+fn the_key_file_is_private_and_a_plain_delete_is_refused() {
+    let (g, _, key) = trail_with_checkpoint();
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(g.data().join("audit.key")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let db = db(&g);
+    for sql in [
+        "DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit)",
+        "DELETE FROM audit WHERE seq = 1",
+    ] {
+        let err = db.execute(sql, []).unwrap_err();
+        assert!(err.to_string().contains("append-only"), "{sql}: {err}");
+    }
+    // The stored checkpoints are signed with the printed key.
+    let stored: String = db
+        .query_row(
+            "SELECT public_key FROM audit_checkpoints LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, key);
+}
+
+#[test]
+fn deleting_the_newest_records_is_found_and_their_numbers_are_not_reused() {
+    let (g, cp, key) = trail_with_checkpoint();
+    let db = db(&g);
+    let (end, at_cp) = (max_seq(&db), checkpoint_seq(&cp));
+    assert!(end > at_cp + 2);
+    // Naively: drop the guard and delete the newest records, cutting into
+    // what the checkpoint covers.
+    db.execute_batch(&format!(
+        "DROP TRIGGER audit_delete_below_anchor; DELETE FROM audit WHERE seq > {};",
+        at_cp - 2
+    ))
+    .unwrap();
+    g.gantry(&["audit", "verify"]).fails_with(
+        5,
+        &format!("records {}..{end} were removed from the end", at_cp - 1),
+    );
+    // The next record takes a new number: the gap stays visible.
+    g.register("2.0.0", "");
+    assert!(max_seq(&db) > end, "sequence numbers are not reused");
+    g.gantry(&["audit", "verify"])
+        .fails_with(5, &format!("records {}..{end} are missing", at_cp - 1));
+
+    // Thoroughly: also delete the new ones, rewind the head, drop the
+    // controller's checkpoints. The chain alone now looks whole; the
+    // auditor's checkpoint does not.
+    db.execute(&format!("DELETE FROM audit WHERE seq > {}", at_cp - 2), [])
+        .unwrap();
+    db.execute_batch(
+        "DROP TRIGGER audit_head_forward;
+         UPDATE audit_head SET seq = (SELECT MAX(seq) FROM audit),
+                               hash = (SELECT hash FROM audit ORDER BY seq DESC LIMIT 1);",
+    )
+    .unwrap();
+    // The controller's own newest checkpoint still tells...
+    g.gantry(&["audit", "verify"])
+        .fails_with(5, "(the trail was cut short)");
+    // ...until that is gone too.
+    cover_tracks(&db);
+    assert!(g
+        .gantry(&["audit", "verify"])
+        .ok()
+        .stdout
+        .contains("intact"));
+    verify_against(&g, &cp, &key).fails_with(
+        5,
+        &format!(
+            "records {}..{at_cp} were removed (the trail was cut short)",
+            at_cp - 1
+        ),
+    );
+}
+
+#[test]
+fn a_rewrite_with_every_later_hash_recomputed_is_found_by_the_checkpoint() {
+    let (g, cp, key) = trail_with_checkpoint();
+    let db = db(&g);
+    let at_cp = checkpoint_seq(&cp);
+    let export = g.data().join("../before.jsonl");
+    g.gantry(&["audit", "export", "--output", export.to_str().unwrap()])
+        .ok();
+    // Rewrite record 3 and recompute every hash after it, as someone with
+    // the database file can.
+    db.execute_batch("DROP TRIGGER audit_append_only;").unwrap();
+    let mut rows: Vec<gantry_core::audit::AuditRecord> = std::fs::read_to_string(&export)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    rows[2].entry.actor = "mallory".into();
+    let mut prev = rows[2].prev_hash.clone();
+    for r in &mut rows[2..] {
+        r.prev_hash = prev.clone();
+        r.hash = gantry_core::audit::record_hash(r.seq, &r.entry, &r.prev_hash);
+        db.execute(
+            "UPDATE audit SET actor = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4",
+            rusqlite::params![r.entry.actor, r.prev_hash, r.hash, r.seq],
+        )
+        .unwrap();
+        prev = r.hash.clone();
+    }
+    db.execute_batch("DROP TRIGGER audit_head_forward;")
+        .unwrap();
+    cover_tracks(&db);
+    assert!(g
+        .gantry(&["audit", "verify"])
+        .ok()
+        .stdout
+        .contains("intact"));
+    verify_against(&g, &cp, &key).fails_with(
+        5,
+        &format!("BROKEN at record {at_cp}: its hash differs from the checkpoint"),
+    );
+    // The same with an export, offline.
+    let forged = g.data().join("../forged.jsonl");
+    g.gantry(&["audit", "export", "--output", forged.to_str().unwrap()])
+        .ok();
+    g.gantry(&[
+        "audit",
+        "verify",
+        "--file",
+        forged.to_str().unwrap(),
+        "--checkpoint",
+        cp.to_str().unwrap(),
+        "--public-key",
+        &key,
+    ])
+    .fails_with(5, "the trail was rewritten at or before record");
+    // A checkpoint altered by hand, or checked against another key, is refused.
+    let text = std::fs::read_to_string(&cp).unwrap();
+    let altered = g.data().join("../altered.json");
+    std::fs::write(
+        &altered,
+        text.replace(&format!("\"seq\": {at_cp}"), "\"seq\": 2"),
+    )
+    .unwrap();
+    verify_against(&g, &altered, &key).fails_with(5, "signature does not match");
+    verify_against(&g, &cp, &"ab".repeat(32)).fails_with(1, "--public-key");
+}
+
+#[test]
+fn deleting_the_oldest_records_under_a_forged_anchor_is_found() {
+    let (g, cp, key) = trail_with_checkpoint();
+    let db = db(&g);
+    let hash3: String = db
+        .query_row("SELECT hash FROM audit WHERE seq = 3", [], |r| r.get(0))
+        .unwrap();
+    db.execute_batch(&format!(
+        "DROP TRIGGER audit_delete_below_anchor; DROP TRIGGER audit_anchor_on_record;
+         DELETE FROM audit WHERE seq <= 3;
+         INSERT INTO audit_anchor (id, seq, hash) VALUES (1, 3, '{hash3}');"
+    ))
+    .unwrap();
+    cover_tracks(&db);
+    assert!(g
+        .gantry(&["audit", "verify"])
+        .ok()
+        .stdout
+        .contains("intact"));
+    verify_against(&g, &cp, &key)
+        .fails_with(5, "records 1..3 were removed since the checkpoint of");
+}
+
+#[test]
+fn token_less_requests_are_refused_without_growing_the_audit_trail_much() {
+    let g = Gantry::start();
+    let url = g.api_url();
+    let db = rusqlite::Connection::open(g.data().join("gantry.db")).unwrap();
+    let size = |db: &rusqlite::Connection| -> (i64, i64) {
+        db.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(length(action) + length(subject) + length(outcome)
+                + length(detail) + length(actor) + 150), 0) FROM audit",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap()
+    };
+    let before = size(&db);
+    let body = format!(
+        "{{\"env\": \"development\", \"version\": \"{}\"}}",
+        "9".repeat(60_000)
+    );
+    for _ in 0..200 {
+        let (code, _) = http(&url, "POST", "/api/v1/deployments", None, &body);
+        assert_eq!(code, 401);
+    }
+    let (code, _) = http(&url, "POST", "/api/v1/deployments", Some("wrong"), &body);
+    assert_eq!(code, 401);
+    let after = size(&db);
+    let (records, bytes) = (after.0 - before.0, after.1 - before.1);
+    assert!(records <= 21, "{records} records for 201 refusals");
+    assert!(bytes < 16 * 1024, "{bytes} bytes for 201 refusals");
+    // What is recorded says what was refused, why and from where, not the body.
+    let (detail, outcome): (String, String) = db
+        .query_row(
+            "SELECT detail, outcome FROM audit WHERE actor = 'anonymous' ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(outcome, "refused 401");
+    assert!(detail.contains("missing bearer token"), "{detail}");
+    assert!(detail.contains("\"peer\":\"127.0.0.1\""), "{detail}");
+    assert!(!detail.contains("9999"), "{detail}");
+    assert!(g.api("/deployments").as_array().unwrap().is_empty());
+}

@@ -83,8 +83,18 @@ fn sign_in_approve_and_watch_a_rollout_live() {
         .stdout
         .trim()
         .to_owned();
-    let bob = g
+    // Bob approves with a token he minted himself (with the admin's, which that revokes).
+    let for_bob = g
         .gantry(&["token", "create", "--user", "bob"])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned();
+    let bob = g
+        .gantry_env(
+            &["token", "create", "--user", "bob"],
+            &[("GANTRY_TOKEN", &for_bob)],
+        )
         .ok()
         .stdout
         .trim()

@@ -5,13 +5,23 @@ use crate::harness::*;
 use serde_json::Value;
 use std::time::Duration;
 
-/// Adds a user with `roles` and returns a fresh token for them.
+/// Adds a user with `roles` and returns a token they minted themselves
+/// (with the one the admin minted for them, which that revokes).
 fn user(g: &Gantry, name: &str, roles: &[&str]) -> String {
     let mut args = vec!["user", "add", name];
     for r in roles {
         args.extend(["--role", r]);
     }
     g.gantry(&args).ok();
+    let enrolment = minted_by_admin(g, name);
+    let run = as_user(g, &enrolment, &["token", "create", "--user", name]).ok();
+    let token = run.stdout.trim().to_owned();
+    assert!(token.starts_with("gantry_"), "{}", run.stdout);
+    token
+}
+
+/// A token the admin mints for `name`.
+fn minted_by_admin(g: &Gantry, name: &str) -> String {
     let run = g.gantry(&["token", "create", "--user", name]).ok();
     let token = run.stdout.trim().to_owned();
     assert!(token.starts_with("gantry_"), "{}", run.stdout);
@@ -102,6 +112,78 @@ fn roles_decide_what_each_token_may_do() {
         .fails_with(1, "user vic already exists");
     g.gantry(&["token", "create", "--user", "nobody"])
         .fails_with(1, "user nobody does not exist");
+}
+
+#[test]
+fn a_token_minted_for_someone_else_gives_no_verdicts_and_every_mint_is_audited() {
+    let g = Gantry::start_with_tail("100ms", APPROVAL);
+    let alice = user(&g, "alice", &["deployer"]);
+    g.gantry(&["user", "add", "bob", "--role", "approver"]).ok();
+    let for_bob = minted_by_admin(&g, "bob");
+    g.register("1.0.0", "");
+    let d = deploy_id(&as_user(
+        &g,
+        &alice,
+        &["deploy", "1.0.0", "--env", "production", "--detach"],
+    ));
+    g.wait_phase(d, "awaiting_approval");
+
+    // The admin who minted bob's token cannot approve as bob with it.
+    let bob_id = for_bob.split('_').nth(1).unwrap().to_owned();
+    as_user(&g, &for_bob, &["approve", &d.to_string()]).fails_with(
+        1,
+        &format!("bob may not give verdicts with token {bob_id}: admin minted it, not bob"),
+    );
+    // Minting for someone else is for admins only; for oneself, anyone may.
+    as_user(&g, &alice, &["token", "create", "--user", "bob"])
+        .fails_with(1, "a token for bob is minted by bob or by an admin");
+    as_user(&g, &alice, &["token", "create", "--user", "alice"]).ok();
+    // Bob mints his own with it, which revokes the one the admin minted.
+    let run = as_user(&g, &for_bob, &["token", "create", "--user", "bob"]).ok();
+    assert!(
+        run.stderr.contains(&format!("token {bob_id}")),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("is revoked"), "{}", run.stderr);
+    let bob = run.stdout.trim().to_owned();
+    as_user(&g, &for_bob, &["whoami"]).fails_with(1, &format!("token {bob_id} was revoked"));
+    as_user(&g, &bob, &["approve", &d.to_string()]).ok();
+    assert_eq!(g.wait_finished(d)["phase"], "succeeded");
+
+    // The trail says who minted which token for whom, and with which.
+    let minted: Vec<Value> = audit_records(&g)
+        .into_iter()
+        .filter(|r| {
+            r["action"] == "token.created" && r["subject"].as_str().unwrap().ends_with("for bob")
+        })
+        .map(|r| {
+            let mut detail: Value = serde_json::from_str(r["detail"].as_str().unwrap()).unwrap();
+            detail["actor"] = r["actor"].clone();
+            detail
+        })
+        .collect();
+    assert_eq!(minted.len(), 2, "{minted:?}");
+    assert_eq!(minted[0]["actor"], "admin");
+    assert_eq!(minted[0]["may_give_verdicts"], false);
+    assert_eq!(minted[1]["actor"], "bob");
+    assert_eq!(minted[1]["may_give_verdicts"], true);
+    assert_eq!(minted[1]["with_token"], bob_id.as_str());
+    assert_eq!(minted[1]["with_token_minted_by"], "admin");
+    assert_eq!(minted[1]["revoked"], bob_id.as_str());
+    let bob_own_id = bob.split('_').nth(1).unwrap();
+    let approval = audit_records(&g)
+        .into_iter()
+        .find(|r| {
+            r["action"] == format!("POST /api/v1/deployments/{d}/approve")
+                && r["outcome"] == "done 202"
+        })
+        .unwrap();
+    let detail: Value = serde_json::from_str(approval["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        detail["token"], bob_own_id,
+        "the verdict names the token it was given with"
+    );
 }
 
 const APPROVAL: &str = r#"
