@@ -3,9 +3,12 @@
 use crate::*;
 use std::ops::Range;
 
+mod artifacts;
 mod governance;
 mod notify;
 mod rollout;
+#[cfg(test)]
+pub(crate) use artifacts::ARTIFACT_KEYS;
 #[cfg(test)]
 pub(crate) use governance::{APPROVAL_KEYS, FREEZE_KEYS, GATE_KEYS, WEEKLY_KEYS};
 #[cfg(test)]
@@ -21,6 +24,7 @@ pub(crate) const ROOT_KEYS: &[&str] = &[
     "signing",
     "analysis",
     "retention",
+    "artifacts",
     "notify",
     "environments",
 ];
@@ -458,6 +462,10 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
         }),
         None => Some(Retention::standard()),
     };
+    let artifacts = match root.get("artifacts") {
+        Some(v) => artifacts::decode_artifacts(&mut w, v),
+        None => Some(ArtifactLimits::standard()),
+    };
     let environments = match root.get("environments") {
         Some(v) => decode_environments(&mut w, v, signing.as_ref()),
         None => {
@@ -484,6 +492,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
         signing,
         analysis,
         retention,
+        artifacts,
         environments,
         notify,
     ) {
@@ -493,6 +502,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
             Some(signing),
             Some(analysis),
             Some(retention),
+            Some(artifacts),
             Some(environments),
             Some(notify),
         ) => Some(Config {
@@ -501,6 +511,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
             signing,
             analysis,
             retention,
+            artifacts,
             environments,
             notify,
         }),

@@ -4,6 +4,7 @@
 //! repeat any of them after a crash.
 
 use async_trait::async_trait;
+use gantry_config::ArtifactLimits;
 use gantry_core::{DeploymentId, EnvName, InstanceRef, Version};
 use gantry_store::ReleaseRecord;
 use serde::{Deserialize, Serialize};
@@ -70,8 +71,15 @@ pub struct RunningInstance {
 
 #[async_trait]
 pub trait Target: Send + Sync {
-    /// Makes the release's files available. Does nothing if already done.
-    async fn prepare(&self, release: &ReleaseRecord, artifact: &Path) -> Result<(), TargetError>;
+    /// Makes the release's files available, unpacked within `limits`, and
+    /// checks that files already there are still what was unpacked. Returns
+    /// what it had to repair (for the deployment log); nothing if all was well.
+    async fn prepare(
+        &self,
+        release: &ReleaseRecord,
+        artifact: &Path,
+        limits: &ArtifactLimits,
+    ) -> Result<Vec<String>, TargetError>;
     /// Ensures `spec.count` instances of this deployment run, adopting the
     /// ones already running, and returns all of them.
     async fn ensure_instances(&self, spec: &LaunchSpec) -> Result<Vec<InstanceRef>, TargetError>;
@@ -117,6 +125,15 @@ impl LocalTarget {
 
     pub fn release_dir(&self, version: &Version) -> PathBuf {
         self.data_dir.join("releases").join(version.to_string())
+    }
+
+    /// The manifest of a release directory, kept outside the tree (a
+    /// version never starts with '.', so `.manifests` is no release's name).
+    pub fn manifest_path(&self, version: &Version) -> PathBuf {
+        self.data_dir
+            .join("releases")
+            .join(".manifests")
+            .join(format!("{version}.json"))
     }
 
     fn instance_dir(&self, id: &str) -> PathBuf {
@@ -273,21 +290,28 @@ fn free_port() -> io::Result<u16> {
 
 #[async_trait]
 impl Target for LocalTarget {
-    async fn prepare(&self, release: &ReleaseRecord, artifact: &Path) -> Result<(), TargetError> {
+    async fn prepare(
+        &self,
+        release: &ReleaseRecord,
+        artifact: &Path,
+        limits: &ArtifactLimits,
+    ) -> Result<Vec<String>, TargetError> {
         let dest = self.release_dir(&release.version);
-        if dest.exists() {
-            return Ok(());
-        }
+        let manifest = self.manifest_path(&release.version);
         let version = release.version.to_string();
         let kind = release.artifact_kind.clone();
+        let digest = release.digest.to_string();
         let artifact = artifact.to_owned();
-        tokio::task::spawn_blocking(move || crate::artifact::unpack(&kind, &artifact, &dest))
-            .await
-            .map_err(|e| TargetError::Unpack {
-                version: version.clone(),
-                reason: e.to_string(),
-            })?
-            .map_err(|reason| TargetError::Unpack { version, reason })
+        let limits = *limits;
+        tokio::task::spawn_blocking(move || {
+            crate::artifact::ensure_release(&kind, &artifact, &digest, &dest, &manifest, &limits)
+        })
+        .await
+        .map_err(|e| TargetError::Unpack {
+            version: version.clone(),
+            reason: e.to_string(),
+        })?
+        .map_err(|reason| TargetError::Unpack { version, reason })
     }
 
     async fn ensure_instances(&self, spec: &LaunchSpec) -> Result<Vec<InstanceRef>, TargetError> {
