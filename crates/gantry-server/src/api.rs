@@ -511,8 +511,7 @@ async fn receive_artifact(
     body: axum::body::Body,
 ) -> ApiResult<gantry_store::Staged> {
     use futures_util::StreamExt as _;
-    let internal =
-        |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e);
+    let internal = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e);
     let mut incoming = blobs.incoming().map_err(|e| internal(e.to_string()))?;
     // Disk writes and hashing happen on a blocking thread; the channel's
     // bound keeps a fast client from queueing the body in memory.
@@ -567,12 +566,7 @@ async fn show_release(
 }
 
 async fn verify_releases(State(s): State<AppState>) -> ApiResult<Response> {
-    let c = s.controller.clone();
-    let results = tokio::task::spawn_blocking(move || c.verify_releases())
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??;
+    let results = s.controller.verify_releases().await?;
     Ok(Json(results).into_response())
 }
 

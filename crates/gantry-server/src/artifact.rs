@@ -34,7 +34,9 @@ pub fn detect_kind(path: &Path) -> Result<&'static str, String> {
         flate2::read::MultiGzDecoder::new(file)
             .take(512)
             .read_to_end(&mut first)
-            .map_err(|e| format!("artifact starts like gzip but is not a valid gzip stream: {e}"))?;
+            .map_err(|e| {
+                format!("artifact starts like gzip but is not a valid gzip stream: {e}")
+            })?;
         if is_tar_header(&first) {
             Ok("tar.gz")
         } else {
@@ -59,7 +61,13 @@ fn is_tar_header(block: &[u8]) -> bool {
     let sum: u32 = block[..512]
         .iter()
         .enumerate()
-        .map(|(n, b)| if (148..156).contains(&n) { 32 } else { *b as u32 })
+        .map(|(n, b)| {
+            if (148..156).contains(&n) {
+                32
+            } else {
+                *b as u32
+            }
+        })
         .sum();
     let field = String::from_utf8_lossy(&block[148..156]);
     let field = field.trim_matches(|c: char| c == '\0' || c == ' ');
@@ -79,7 +87,11 @@ fn open_archive(kind: &str, artifact: &Path) -> Result<Box<dyn Read>, String> {
 }
 
 /// Checks an artifact against the limits without unpacking it.
-pub fn check(kind: &str, artifact: &Path, limits: &ArtifactLimits) -> Result<archive::Totals, String> {
+pub fn check(
+    kind: &str,
+    artifact: &Path,
+    limits: &ArtifactLimits,
+) -> Result<archive::Totals, String> {
     match kind {
         "executable" => {
             let size = fs::metadata(artifact)
@@ -200,11 +212,16 @@ pub fn unpack(
                 .map_err(|e| e.to_string())?;
         }
         kind => {
-            archive::walk(open_archive(kind, artifact)?, limits, archive::Sink::Unpack(&tmp))?;
+            archive::walk(
+                open_archive(kind, artifact)?,
+                limits,
+                archive::Sink::Unpack(&tmp),
+            )?;
         }
     }
     tree::seal(&tmp)?;
-    let entries = tree::describe(&tmp).map_err(|e| format!("cannot describe the unpacked tree: {e}"))?;
+    let entries =
+        tree::describe(&tmp).map_err(|e| format!("cannot describe the unpacked tree: {e}"))?;
     write_manifest(
         manifest,
         &tree::Manifest {
@@ -264,7 +281,8 @@ pub fn verify_signature(path: &Path, signature: &str, keys: &[String]) -> Result
                 continue;
             }
         };
-        let mut file = fs::File::open(path).map_err(|e| format!("cannot read the artifact: {e}"))?;
+        let mut file =
+            fs::File::open(path).map_err(|e| format!("cannot read the artifact: {e}"))?;
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = file

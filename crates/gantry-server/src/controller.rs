@@ -293,25 +293,39 @@ impl Controller {
         self.registered(&Self::parse_version(version)?)
     }
 
-    /// Re-hashes every stored artifact.
-    pub fn verify_releases(&self) -> Result<Vec<VerifyResult>, ControlError> {
-        Ok(self
-            .store
-            .releases()?
-            .into_iter()
-            .map(|r| {
-                let res = self.blobs.verify(&r.digest);
-                VerifyResult {
-                    version: r.version.to_string(),
-                    digest: r.digest.to_string(),
-                    ok: res.is_ok(),
-                    detail: match res {
-                        Ok(()) => "checksum verified".to_owned(),
-                        Err(e) => e.to_string(),
-                    },
-                }
-            })
-            .collect())
+    /// Re-hashes every stored artifact, and checks each release directory
+    /// already unpacked against its manifest (without repairing it: the
+    /// next deployment of that release does).
+    pub async fn verify_releases(&self) -> Result<Vec<VerifyResult>, ControlError> {
+        let mut results = Vec::new();
+        for r in self.store.releases()? {
+            let blobs = self.blobs.clone();
+            let digest = r.digest.clone();
+            let artifact = tokio::task::spawn_blocking(move || blobs.verify(&digest))
+                .await
+                .map_err(|e| ControlError::Internal(e.to_string()))?;
+            let (ok, detail) = match artifact {
+                Err(e) => (false, e.to_string()),
+                Ok(()) => match self.target.check_release(&r).await {
+                    None => (true, "checksum verified".to_owned()),
+                    Some(Ok(())) => (
+                        true,
+                        "checksum verified; release directory matches its manifest".to_owned(),
+                    ),
+                    Some(Err(why)) => (
+                        false,
+                        format!("checksum verified, but the release directory does not match its manifest ({why}); its next deployment unpacks it again"),
+                    ),
+                },
+            };
+            results.push(VerifyResult {
+                version: r.version.to_string(),
+                digest: r.digest.to_string(),
+                ok,
+                detail,
+            });
+        }
+        Ok(results)
     }
 
     // ---- deployments ----

@@ -80,6 +80,10 @@ pub trait Target: Send + Sync {
         artifact: &Path,
         limits: &ArtifactLimits,
     ) -> Result<Vec<String>, TargetError>;
+    /// Checks the release's files on the target against what was unpacked,
+    /// without repairing them: `None` when they are not there, else why
+    /// they differ, if they do.
+    async fn check_release(&self, release: &ReleaseRecord) -> Option<Result<(), String>>;
     /// Ensures `spec.count` instances of this deployment run, adopting the
     /// ones already running, and returns all of them.
     async fn ensure_instances(&self, spec: &LaunchSpec) -> Result<Vec<InstanceRef>, TargetError>;
@@ -312,6 +316,20 @@ impl Target for LocalTarget {
             reason: e.to_string(),
         })?
         .map_err(|reason| TargetError::Unpack { version, reason })
+    }
+
+    async fn check_release(&self, release: &ReleaseRecord) -> Option<Result<(), String>> {
+        let dest = self.release_dir(&release.version);
+        if fs::symlink_metadata(&dest).is_err() {
+            return None;
+        }
+        let manifest = self.manifest_path(&release.version);
+        let digest = release.digest.to_string();
+        let checked = tokio::task::spawn_blocking(move || {
+            crate::artifact::compare_with_manifest(&dest, &manifest, &digest)
+        })
+        .await;
+        Some(checked.unwrap_or_else(|e| Err(e.to_string())))
     }
 
     async fn ensure_instances(&self, spec: &LaunchSpec) -> Result<Vec<InstanceRef>, TargetError> {

@@ -266,7 +266,10 @@ mod tests {
         assert_eq!(fs::read(staged.path()).unwrap(), b"hello");
         let d = blobs.commit(staged).unwrap();
         blobs.verify(&d).unwrap();
-        assert!(fs::metadata(blobs.path(&d)).unwrap().permissions().readonly());
+        assert!(fs::metadata(blobs.path(&d))
+            .unwrap()
+            .permissions()
+            .readonly());
 
         // Refused uploads (dropped) and crashed ones (found at open) leave nothing.
         let mut dropped = blobs.incoming().unwrap();
@@ -280,7 +283,11 @@ mod tests {
                 .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
                 .collect()
         };
-        assert_eq!(names(&blobs.dir).len(), 2, "the blob and the crashed upload");
+        assert_eq!(
+            names(&blobs.dir).len(),
+            2,
+            "the blob and the crashed upload"
+        );
         let blobs = Blobs::open(dir.path()).unwrap();
         assert_eq!(names(&blobs.dir), [d.as_hex().to_owned()]);
     }

@@ -62,8 +62,13 @@ impl Totals {
 
 /// `2147483648` → "2 GiB"; sizes that are not a whole unit stay in bytes.
 pub fn human_size(bytes: u64) -> String {
-    for (unit, factor) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if bytes >= factor && bytes % factor == 0 {
+    for (unit, factor) in [
+        ("TiB", 1u64 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ] {
+        if bytes >= factor && bytes.is_multiple_of(factor) {
             return format!("{} {unit}", bytes / factor);
         }
     }
@@ -280,8 +285,8 @@ fn relative_path(raw: &[u8]) -> Result<String, String> {
 
 fn checked_text<'a>(raw: &'a [u8], what: &str) -> Result<&'a str, String> {
     let lossy = || String::from_utf8_lossy(raw).into_owned();
-    let text = std::str::from_utf8(raw)
-        .map_err(|_| format!("{what} {:?} is not UTF-8", lossy()))?;
+    let text =
+        std::str::from_utf8(raw).map_err(|_| format!("{what} {:?} is not UTF-8", lossy()))?;
     if text.len() > MAX_PATH_BYTES {
         return Err(format!(
             "{what} path is {} bytes long; at most {MAX_PATH_BYTES} are accepted",
@@ -289,7 +294,9 @@ fn checked_text<'a>(raw: &'a [u8], what: &str) -> Result<&'a str, String> {
         ));
     }
     if text.chars().any(char::is_control) {
-        return Err(format!("{what} {text:?} has a control character in its name"));
+        return Err(format!(
+            "{what} {text:?} has a control character in its name"
+        ));
     }
     Ok(text)
 }

@@ -11,7 +11,14 @@ use tar::EntryType;
 struct RawTar(Vec<u8>);
 
 impl RawTar {
-    fn entry(&mut self, name: &str, kind: EntryType, link: &str, data: &[u8], mode: u32) -> &mut Self {
+    fn entry(
+        &mut self,
+        name: &str,
+        kind: EntryType,
+        link: &str,
+        data: &[u8],
+        mode: u32,
+    ) -> &mut Self {
         let mut h = tar::Header::new_gnu();
         h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
         h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
@@ -69,9 +76,21 @@ impl Fixture {
     fn manifest(&self) -> PathBuf {
         self.releases().join(".manifests/1.0.0.json")
     }
-    fn ensure(&self, kind: &str, bytes: &[u8], limits: &ArtifactLimits) -> Result<Vec<String>, String> {
+    fn ensure(
+        &self,
+        kind: &str,
+        bytes: &[u8],
+        limits: &ArtifactLimits,
+    ) -> Result<Vec<String>, String> {
         let artifact = self.artifact(bytes);
-        ensure_release(kind, &artifact, DIGEST, &self.dest(), &self.manifest(), limits)
+        ensure_release(
+            kind,
+            &artifact,
+            DIGEST,
+            &self.dest(),
+            &self.manifest(),
+            limits,
+        )
     }
     /// What is in `releases/` besides manifests.
     fn leftovers(&self) -> Vec<String> {
@@ -117,8 +136,12 @@ fn a_gzip_bomb_is_refused_at_check_and_unpack_and_leaves_nothing() {
     assert!(f.leftovers().is_empty(), "{:?}", f.leftovers());
     assert!(!f.manifest().exists());
     // Within the default limits it unpacks.
-    f.ensure("tar.gz", &gz, &ArtifactLimits::standard()).unwrap();
-    assert_eq!(fs::metadata(f.dest().join("zeros")).unwrap().len(), 64 << 20);
+    f.ensure("tar.gz", &gz, &ArtifactLimits::standard())
+        .unwrap();
+    assert_eq!(
+        fs::metadata(f.dest().join("zeros")).unwrap().len(),
+        64 << 20
+    );
 }
 
 #[test]
@@ -288,7 +311,11 @@ fn a_tree_that_differs_from_its_manifest_is_named_and_unpacked_again() {
     let bytes = tar.bytes();
     let std = ArtifactLimits::standard();
     assert_eq!(f.ensure("tar", &bytes, &std).unwrap(), Vec::<String>::new());
-    assert_eq!(f.ensure("tar", &bytes, &std).unwrap(), Vec::<String>::new(), "unchanged: nothing to repair");
+    assert_eq!(
+        f.ensure("tar", &bytes, &std).unwrap(),
+        Vec::<String>::new(),
+        "unchanged: nothing to repair"
+    );
 
     let app = f.dest().join("bin/app");
     fs::set_permissions(&app, fs::Permissions::from_mode(0o755)).unwrap();
@@ -306,7 +333,10 @@ fn a_tree_that_differs_from_its_manifest_is_named_and_unpacked_again() {
     // A mode changed, a file added, a file removed: each is found.
     fs::set_permissions(f.dest().join("etc"), fs::Permissions::from_mode(0o777)).unwrap();
     let notes = f.ensure("tar", &bytes, &std).unwrap();
-    assert!(notes[0].contains("etc: mode is 0777, expected 0555"), "{notes:?}");
+    assert!(
+        notes[0].contains("etc: mode is 0777, expected 0555"),
+        "{notes:?}"
+    );
     let etc = f.dest().join("etc");
     fs::set_permissions(&etc, fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(etc.join("extra"), "x").unwrap();
@@ -346,5 +376,8 @@ fn gzip_is_a_tarball_only_when_it_holds_a_tar_header() {
     let mut bad = tar.bytes();
     bad[0] ^= 1;
     assert!(detect_kind(&f.artifact(&bad)).is_err());
-    assert_eq!(detect_kind(&f.artifact(b"#!/bin/sh\n")).unwrap(), "executable");
+    assert_eq!(
+        detect_kind(&f.artifact(b"#!/bin/sh\n")).unwrap(),
+        "executable"
+    );
 }

@@ -71,7 +71,8 @@ fn seal_dir(dir: &Path, canonical_root: &Path, rel: &str) -> Result<(), String> 
         } else {
             format!("{rel}/{name}")
         };
-        let meta = fs::symlink_metadata(&path).map_err(|e| format!("cannot read {child:?}: {e}"))?;
+        let meta =
+            fs::symlink_metadata(&path).map_err(|e| format!("cannot read {child:?}: {e}"))?;
         let ft = meta.file_type();
         if ft.is_dir() {
             seal_dir(&path, canonical_root, &child)?;
@@ -85,12 +86,16 @@ fn seal_dir(dir: &Path, canonical_root: &Path, rel: &str) -> Result<(), String> 
                 }
                 Err(_) => {
                     return Err(format!(
-                        "symbolic link {child:?} points to nothing in the release (dangling or a loop)"
-                    ))
+                    "symbolic link {child:?} points to nothing in the release (dangling or a loop)"
+                ))
                 }
             }
         } else if ft.is_file() {
-            let mode = if meta.mode() & 0o111 != 0 { 0o555 } else { 0o444 };
+            let mode = if meta.mode() & 0o111 != 0 {
+                0o555
+            } else {
+                0o444
+            };
             if meta.mode() & 0o7777 != mode {
                 fs::set_permissions(&path, fs::Permissions::from_mode(mode))
                     .map_err(|e| format!("cannot make {child:?} read-only: {e}"))?;
@@ -178,11 +183,9 @@ pub fn first_difference(expected: &[TreeEntry], actual: &[TreeEntry]) -> Option<
         (None, None) => None,
         (Some(e), None) => Some(format!("{} is missing", e.path)),
         (None, Some(a)) => Some(format!("{} was added", a.path)),
-        (Some(e), Some(a)) if e.path == a.path => Some(format!(
-            "{}: {}",
-            e.path,
-            describe_change(&e.kind, &a.kind)
-        )),
+        (Some(e), Some(a)) if e.path == a.path => {
+            Some(format!("{}: {}", e.path, describe_change(&e.kind, &a.kind)))
+        }
         (Some(e), Some(a)) => {
             let known: HashSet<&str> = expected.iter().map(|e| e.path.as_str()).collect();
             if known.contains(a.path.as_str()) {
