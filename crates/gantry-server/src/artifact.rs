@@ -122,6 +122,9 @@ pub fn ensure_release(
     limits: &ArtifactLimits,
 ) -> Result<Vec<String>, String> {
     let _one_at_a_time = PREPARING.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(parent) = dest.parent() {
+        remove_leftovers(parent);
+    }
     let mut notes = Vec::new();
     if fs::symlink_metadata(dest).is_ok() {
         let started = std::time::Instant::now();
@@ -142,6 +145,24 @@ pub fn ensure_release(
     }
     unpack(kind, artifact, digest, dest, manifest, limits)?;
     Ok(notes)
+}
+
+/// Removes trees a crash left half-unpacked or half-replaced. Only under
+/// [`PREPARING`], and one controller owns a data directory, so none of
+/// them is in use.
+fn remove_leftovers(releases: &Path) {
+    let Ok(entries) = fs::read_dir(releases) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".unpack-") || name.starts_with(".stale-") {
+            if let Err(e) = tree::remove(&entry.path()) {
+                tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove a leftover release tree");
+            }
+        }
+    }
 }
 
 /// Why the tree at `dest` is not what its manifest says, if it is not.

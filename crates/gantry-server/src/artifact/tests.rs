@@ -255,6 +255,16 @@ fn entries_that_reach_outside_the_tree_or_are_devices_are_refused() {
             },
             "has a control character in its name",
         ),
+        (
+            {
+                // A long name is read into memory: it is bounded first.
+                let mut t = RawTar::default();
+                t.entry("././@LongLink", EntryType::GNULongName, "", &[b'a'; 100 << 10], 0o644)
+                    .file("x", b"1", 0o644);
+                t
+            },
+            "archive has an extension header (long name or PAX record) of 102400 bytes",
+        ),
     ];
     for (tar, want) in cases {
         let f = Fixture::new();
@@ -380,4 +390,35 @@ fn gzip_is_a_tarball_only_when_it_holds_a_tar_header() {
         detect_kind(&f.artifact(b"#!/bin/sh\n")).unwrap(),
         "executable"
     );
+}
+
+#[test]
+fn long_names_and_pax_records_are_read_and_crash_leftovers_removed() {
+    let f = Fixture::new();
+    let long = format!("deep/{}/file.txt", "d".repeat(150));
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_size(2);
+    h.set_mode(0o644);
+    builder.append_data(&mut h, &long, &b"hi"[..]).unwrap();
+    builder
+        .append_pax_extensions([("path", "pax/named.txt".as_bytes())])
+        .unwrap();
+    let mut h = tar::Header::new_ustar();
+    h.set_path("ignored-name").unwrap();
+    h.set_size(3);
+    h.set_mode(0o644);
+    h.set_cksum();
+    builder.append(&h, &b"pax"[..]).unwrap();
+    let bytes = builder.into_inner().unwrap();
+    // A crash left a half-unpacked tree behind.
+    let leftover = f.releases().join(".unpack-crashed/sub");
+    fs::create_dir_all(&leftover).unwrap();
+    fs::set_permissions(&leftover, fs::Permissions::from_mode(0o555)).unwrap();
+    f.ensure("tar", &bytes, &ArtifactLimits::standard())
+        .unwrap();
+    assert_eq!(fs::read(f.dest().join(&long)).unwrap(), b"hi");
+    assert_eq!(fs::read(f.dest().join("pax/named.txt")).unwrap(), b"pax");
+    assert!(!f.dest().join("ignored-name").exists());
+    assert_eq!(f.leftovers(), ["1.0.0"]);
 }
