@@ -39,6 +39,8 @@ pub struct Config {
     /// The rules that judge a canary (the standards' numbers by default).
     pub analysis: AnalysisPolicy,
     pub retention: Retention,
+    /// How large an artifact may unpack.
+    pub artifacts: ArtifactLimits,
     /// In the order the file lists them.
     pub environments: Vec<Environment>,
     /// Who hears about deployments, and how.
@@ -189,6 +191,32 @@ impl Retention {
             audit_ms: 365 * 86_400_000,
             deployments_ms: 365 * 86_400_000,
         }
+    }
+}
+
+/// Bounds on what an artifact may unpack to (`[artifacts]`), so a small
+/// archive cannot fill the disk or the inode table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArtifactLimits {
+    /// The most bytes an archive's entries may hold altogether.
+    pub max_unpacked_bytes: u64,
+    /// The most entries (files, directories, links) an archive may hold.
+    pub max_entries: u64,
+}
+
+impl ArtifactLimits {
+    /// 2 GiB (the upload limit) in at most 100,000 entries.
+    pub fn standard() -> ArtifactLimits {
+        ArtifactLimits {
+            max_unpacked_bytes: 2 << 30,
+            max_entries: 100_000,
+        }
+    }
+}
+
+impl Default for ArtifactLimits {
+    fn default() -> Self {
+        Self::standard()
     }
 }
 

@@ -23,6 +23,9 @@ pub(crate) struct File {
     /// How long records are kept.
     #[serde(default)]
     retention: Option<RetentionSection>,
+    /// How large a release archive may unpack.
+    #[serde(default)]
+    artifacts: Option<ArtifactsSection>,
     /// Channels that hear about deployments: Slack, PagerDuty, email, signed webhooks.
     #[serde(default)]
     notify: Vec<NotifySection>,
@@ -104,6 +107,25 @@ struct RetentionSection {
     /// day); the one each environment runs is always kept.
     #[serde(default)]
     deployments: Option<String>,
+}
+
+/// A size: a number of bytes, or a string such as "512MiB" or "2GiB".
+#[derive(JsonSchema)]
+#[serde(untagged)]
+enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct ArtifactsSection {
+    /// The most an archive may unpack to, all entries together (default "2GiB").
+    #[serde(default)]
+    max_unpacked_size: Option<SizeValue>,
+    /// The most entries (files, directories, links) an archive may hold (default 100000).
+    #[serde(default)]
+    max_entries: Option<u32>,
 }
 
 #[derive(JsonSchema)]

@@ -156,6 +156,10 @@ fn schema_and_decoder_know_the_same_keys() {
         props(&defs["RetentionSection"]),
         sorted(walk::RETENTION_KEYS)
     );
+    assert_eq!(
+        props(&defs["ArtifactsSection"]),
+        sorted(walk::ARTIFACT_KEYS)
+    );
     assert_eq!(props(&defs["SmokeSection"]), sorted(walk::SMOKE_KEYS));
     assert_eq!(props(&defs["CheckSection"]), sorted(walk::CHECK_KEYS));
     assert_eq!(
@@ -430,6 +434,46 @@ fn retention_defaults_to_a_year_and_refuses_less_than_a_day() {
         errors[0].contains("retention.audit: must be at least one day"),
         "{errors:?}"
     );
+}
+
+#[test]
+fn artifact_limits_default_and_are_validated() {
+    let loaded = parse("gantry.toml", BASE).unwrap();
+    assert_eq!(loaded.config.artifacts, ArtifactLimits::standard());
+    let src = format!("[artifacts]\nmax_unpacked_size = \"512MiB\"\nmax_entries = 500\n{BASE}");
+    assert_eq!(
+        parse("gantry.toml", &src).unwrap().config.artifacts,
+        ArtifactLimits {
+            max_unpacked_bytes: 512 << 20,
+            max_entries: 500
+        }
+    );
+    let src = format!("[artifacts]\nmax_unpacked_size = 1048576\n{BASE}");
+    assert_eq!(
+        parse("gantry.toml", &src)
+            .unwrap()
+            .config
+            .artifacts
+            .max_unpacked_bytes,
+        1 << 20
+    );
+    let errors = errors_of(&format!(
+        "[artifacts]\nmax_unpacked_size = \"2 parsecs\"\nmax_entries = 0\nmax_size = 1\n{BASE}"
+    ));
+    let joined = errors.join("\n");
+    assert!(
+        joined.contains("artifacts.max_unpacked_size: expected a size such as \"512MiB\""),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("artifacts.max_entries: expected an integer from 1 to"),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("artifacts.max_size: unknown key \"max_size\""),
+        "{joined}"
+    );
+    assert_eq!(errors.len(), 3, "no phantom errors: {joined}");
 }
 
 #[test]

@@ -4,9 +4,12 @@ use crate::*;
 use std::net::IpAddr;
 use std::ops::Range;
 
+mod artifacts;
 mod governance;
 mod notify;
 mod rollout;
+#[cfg(test)]
+pub(crate) use artifacts::ARTIFACT_KEYS;
 #[cfg(test)]
 pub(crate) use governance::{APPROVAL_KEYS, FREEZE_KEYS, GATE_KEYS, WEEKLY_KEYS};
 #[cfg(test)]
@@ -22,6 +25,7 @@ pub(crate) const ROOT_KEYS: &[&str] = &[
     "signing",
     "analysis",
     "retention",
+    "artifacts",
     "notify",
     "environments",
 ];
@@ -525,6 +529,10 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
         }),
         None => Some(Retention::standard()),
     };
+    let artifacts = match root.get("artifacts") {
+        Some(v) => artifacts::decode_artifacts(&mut w, v),
+        None => Some(ArtifactLimits::standard()),
+    };
     let (env_names, environments) = match root.get("environments") {
         Some(v) => decode_environments(&mut w, v, signing.as_ref()),
         None => {
@@ -546,6 +554,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
         signing,
         analysis,
         retention,
+        artifacts,
         environments,
         notify,
     ) {
@@ -555,6 +564,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
             Some(signing),
             Some(analysis),
             Some(retention),
+            Some(artifacts),
             Some(environments),
             Some(notify),
         ) => Some(Config {
@@ -563,6 +573,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
             signing,
             analysis,
             retention,
+            artifacts,
             environments,
             notify,
         }),

@@ -235,9 +235,8 @@ pub fn router(state: AppState) -> Router {
         .route("/releases/verify", post(verify_releases))
         .route(
             "/releases/{version}",
-            put(create_release)
-                .get(show_release)
-                .layer(DefaultBodyLimit::max(MAX_ARTIFACT_BYTES)),
+            // The artifact is streamed to disk, bounded there, not buffered.
+            put(create_release).get(show_release),
         )
         .route(
             "/deployments",
@@ -489,7 +488,7 @@ async fn create_release(
     Extension(who): Extension<Identity>,
     Path(version): Path<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: axum::body::Body,
 ) -> ApiResult<Response> {
     let header = |name: &str| -> ApiResult<Option<String>> {
         headers
@@ -516,12 +515,20 @@ async fn create_release(
             })
         })
         .transpose()?;
-    let controller = s.controller.clone();
     let git_sha = header("x-gantry-git-sha")?;
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_ARTIFACT_BYTES as u64) {
+        return Err(artifact_too_large());
+    }
+    let artifact = receive_artifact(&s.controller.blobs, body).await?;
+    let controller = s.controller.clone();
     let (record, created) = tokio::task::spawn_blocking(move || {
         controller.register_release(NewRelease {
             version: &version,
-            bytes: &body,
+            artifact,
             git_sha,
             signature,
             by: &who.user,
@@ -540,6 +547,72 @@ async fn create_release(
     Ok((status, Json(record)).into_response())
 }
 
+fn artifact_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        format!(
+            "artifact is larger than {}, the most accepted",
+            crate::artifact::archive::human_size(MAX_ARTIFACT_BYTES as u64)
+        ),
+    )
+}
+
+/// Streams a request body into the blob store's directory while hashing it,
+/// never holding more than a few chunks in memory, and refusing it past
+/// [`MAX_ARTIFACT_BYTES`]. A refused or broken upload leaves no file.
+async fn receive_artifact(
+    blobs: &gantry_store::Blobs,
+    body: axum::body::Body,
+) -> ApiResult<gantry_store::Staged> {
+    use futures_util::StreamExt as _;
+    let internal = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e);
+    let mut incoming = blobs.incoming().map_err(|e| internal(e.to_string()))?;
+    // Disk writes and hashing happen on a blocking thread; the channel's
+    // bound keeps a fast client from queueing the body in memory.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<axum::body::Bytes>(8);
+    let writer = tokio::task::spawn_blocking(move || {
+        while let Some(chunk) = rx.blocking_recv() {
+            incoming.write(&chunk)?;
+        }
+        incoming.finish()
+    });
+    let mut stream = body.into_data_stream();
+    let mut received: u64 = 0;
+    let mut failure = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(e) => {
+                failure = Some(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_body",
+                    format!("request body: {e}"),
+                ));
+                break;
+            }
+        };
+        received += chunk.len() as u64;
+        if received > MAX_ARTIFACT_BYTES as u64 {
+            failure = Some(artifact_too_large());
+            break;
+        }
+        if tx.send(chunk).await.is_err() {
+            break; // The writer failed; its error is below.
+        }
+    }
+    drop(tx);
+    // Wait for the writer either way, so a refused upload's file is gone before we answer.
+    let staged = writer
+        .await
+        .map_err(|e| internal(e.to_string()))?
+        .map_err(|e| internal(e.to_string()));
+    match failure {
+        Some(e) => Err(e),
+        None => staged,
+    }
+}
+
 async fn show_release(
     State(s): State<AppState>,
     Path(version): Path<String>,
@@ -548,12 +621,7 @@ async fn show_release(
 }
 
 async fn verify_releases(State(s): State<AppState>) -> ApiResult<Response> {
-    let c = s.controller.clone();
-    let results = tokio::task::spawn_blocking(move || c.verify_releases())
-        .await
-        .map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })??;
+    let results = s.controller.verify_releases().await?;
     Ok(Json(results).into_response())
 }
 

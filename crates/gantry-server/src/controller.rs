@@ -56,11 +56,18 @@ pub fn now_ms() -> Millis {
         .unwrap_or(0)
 }
 
+/// The longest version accepted: it names the release's directory (and
+/// its manifest), which must fit a file name (255 bytes) with room to spare.
+pub const MAX_VERSION_LEN: usize = 128;
+/// The longest signature accepted; minisign's are a few hundred bytes.
+pub const MAX_SIGNATURE_LEN: usize = 4096;
+
 /// A new release as received by the API.
 #[derive(Debug)]
 pub struct NewRelease<'a> {
     pub version: &'a str,
-    pub bytes: &'a [u8],
+    /// The uploaded artifact, hashed, not yet in the store.
+    pub artifact: gantry_store::Staged,
     pub git_sha: Option<String>,
     /// The `.minisig` file's text.
     pub signature: Option<String>,
@@ -131,6 +138,9 @@ pub struct Controller {
     stopping: std::sync::atomic::AtomicBool,
     /// Signs audit checkpoints; loaded from `audit.key` at start.
     pub(crate) audit_key: std::sync::OnceLock<gantry_core::audit::SigningKey>,
+    /// Lines for a deployment's log that an effect produced besides its
+    /// event; the drive loop records them with that event.
+    notes: Mutex<HashMap<DeploymentId, Vec<String>>>,
 }
 
 impl Controller {
@@ -159,6 +169,7 @@ impl Controller {
             dispatch: Arc::new(tokio::sync::Notify::new()),
             stopping: Default::default(),
             audit_key: std::sync::OnceLock::new(),
+            notes: Mutex::default(),
         })
     }
 
@@ -175,6 +186,25 @@ impl Controller {
                 self.config.environment_names().join(", ")
             ))
         })
+    }
+
+    fn add_notes(&self, id: DeploymentId, lines: Vec<String>) {
+        if !lines.is_empty() {
+            self.notes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(id)
+                .or_default()
+                .extend(lines);
+        }
+    }
+
+    fn take_notes(&self, id: DeploymentId) -> Vec<String> {
+        self.notes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+            .unwrap_or_default()
     }
 
     fn parse_version(s: &str) -> Result<Version, ControlError> {
@@ -199,8 +229,13 @@ impl Controller {
         &self,
         r: NewRelease<'_>,
     ) -> Result<(ReleaseRecord, bool), ControlError> {
+        if r.version.len() > MAX_VERSION_LEN {
+            return Err(ControlError::Invalid(format!(
+                "version is {} characters long; at most {MAX_VERSION_LEN} are accepted (it names the release's directory)",
+                r.version.len()
+            )));
+        }
         let version = Self::parse_version(r.version)?;
-        let kind = artifact::detect_kind(r.bytes).map_err(ControlError::Invalid)?;
         if let Some(sha) = &r.git_sha {
             if !(7..=40).contains(&sha.len()) || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
                 return Err(ControlError::Invalid(format!(
@@ -208,28 +243,26 @@ impl Controller {
                 )));
             }
         }
+        if let Some(sig) = &r.signature {
+            if sig.len() > MAX_SIGNATURE_LEN {
+                return Err(ControlError::Invalid(format!(
+                    "signature is {} bytes long; a minisign signature file is at most {MAX_SIGNATURE_LEN}",
+                    sig.len()
+                )));
+            }
+        }
+        let staged = r.artifact;
+        let refused = |e: String| ControlError::Invalid(format!("release {version} refused: {e}"));
+        let kind = artifact::detect_kind(staged.path()).map_err(ControlError::Invalid)?;
         let signed_by = match &r.signature {
             Some(sig) => Some(
-                artifact::verify_signature(r.bytes, sig, &self.config.signing.public_keys)
-                    .map_err(|e| {
-                        ControlError::Invalid(format!("release {version} refused: {e}"))
-                    })?,
+                artifact::verify_signature(staged.path(), sig, &self.config.signing.public_keys)
+                    .map_err(refused)?,
             ),
             None => None,
         };
-        let (digest, size) = gantry_store::hash_bytes(r.bytes);
-        let record = ReleaseRecord {
-            version: version.clone(),
-            digest: digest.clone(),
-            size,
-            artifact_kind: kind.to_owned(),
-            git_sha: r.git_sha.map(|s| s.to_ascii_lowercase()),
-            signature: r.signature,
-            signed_by,
-            created_at: now_ms(),
-            created_by: r.by.to_owned(),
-        };
-        // Check for a conflict before writing the blob, so a refused upload leaves nothing behind.
+        // Check for a conflict before storing the blob, so a refused upload leaves nothing behind.
+        let digest = staged.digest().clone();
         if let Some(existing) = self.store.release(&version)? {
             if existing.digest != digest {
                 return Err(ControlError::Conflict(format!(
@@ -239,8 +272,21 @@ impl Controller {
             }
             return Ok((existing, false));
         }
+        // A release that could never unpack is refused now, not at its first deployment.
+        artifact::check(kind, staged.path(), &self.config.artifacts).map_err(refused)?;
+        let record = ReleaseRecord {
+            version: version.clone(),
+            digest: digest.clone(),
+            size: staged.size(),
+            artifact_kind: kind.to_owned(),
+            git_sha: r.git_sha.map(|s| s.to_ascii_lowercase()),
+            signature: r.signature,
+            signed_by,
+            created_at: now_ms(),
+            created_by: r.by.to_owned(),
+        };
         self.blobs
-            .put(r.bytes)
+            .commit(staged)
             .map_err(|e| ControlError::Internal(e.to_string()))?;
         match self.store.insert_release(&record)? {
             InsertOutcome::Inserted => Ok((record, true)),
@@ -255,25 +301,39 @@ impl Controller {
         self.registered(&Self::parse_version(version)?)
     }
 
-    /// Re-hashes every stored artifact.
-    pub fn verify_releases(&self) -> Result<Vec<VerifyResult>, ControlError> {
-        Ok(self
-            .store
-            .releases()?
-            .into_iter()
-            .map(|r| {
-                let res = self.blobs.verify(&r.digest);
-                VerifyResult {
-                    version: r.version.to_string(),
-                    digest: r.digest.to_string(),
-                    ok: res.is_ok(),
-                    detail: match res {
-                        Ok(()) => "checksum verified".to_owned(),
-                        Err(e) => e.to_string(),
-                    },
-                }
-            })
-            .collect())
+    /// Re-hashes every stored artifact, and checks each release directory
+    /// already unpacked against its manifest (without repairing it: the
+    /// next deployment of that release does).
+    pub async fn verify_releases(&self) -> Result<Vec<VerifyResult>, ControlError> {
+        let mut results = Vec::new();
+        for r in self.store.releases()? {
+            let blobs = self.blobs.clone();
+            let digest = r.digest.clone();
+            let artifact = tokio::task::spawn_blocking(move || blobs.verify(&digest))
+                .await
+                .map_err(|e| ControlError::Internal(e.to_string()))?;
+            let (ok, detail) = match artifact {
+                Err(e) => (false, e.to_string()),
+                Ok(()) => match self.target.check_release(&r).await {
+                    None => (true, "checksum verified".to_owned()),
+                    Some(Ok(())) => (
+                        true,
+                        "checksum verified; release directory matches its manifest".to_owned(),
+                    ),
+                    Some(Err(why)) => (
+                        false,
+                        format!("checksum verified, but the release directory does not match its manifest ({why}); its next deployment unpacks it again"),
+                    ),
+                },
+            };
+            results.push(VerifyResult {
+                version: r.version.to_string(),
+                digest: r.digest.to_string(),
+                ok,
+                detail,
+            });
+        }
+        Ok(results)
     }
 
     // ---- deployments ----
@@ -474,7 +534,13 @@ impl Controller {
     ) {
         while let Some(event) = rx.recv().await {
             let now = now_ms();
-            let t = step(&d, &event, now);
+            let mut t = step(&d, &event, now);
+            // What an effect found on the way (a repaired release directory)
+            // goes on the log before the line of the event it led to.
+            let notes = self.take_notes(d.id);
+            if !notes.is_empty() {
+                t.log.splice(0..0, notes);
+            }
             if t.deployment == d && t.effects.is_empty() && t.log.is_empty() {
                 continue; // A stale event: nothing to record, nothing to do.
             }
@@ -523,7 +589,10 @@ impl Controller {
     ) {
         let event = match effect {
             Effect::PrepareRelease { version } => match self.prepare(&d, &version).await {
-                Ok(()) => Event::Prepared,
+                Ok(repairs) => {
+                    self.add_notes(d.id, repairs);
+                    Event::Prepared
+                }
                 Err(reason) => Event::PrepareFailed { reason },
             },
             Effect::StartInstances { version, count } => {
@@ -708,27 +777,35 @@ impl Controller {
         }
     }
 
-    async fn prepare(&self, d: &Deployment, version: &Version) -> Result<(), String> {
+    /// Re-hashes the artifact, checks its signature where the environment
+    /// requires one, and has the target unpack (or re-check) it. Returns
+    /// what the target had to repair, for the deployment log.
+    async fn prepare(&self, d: &Deployment, version: &Version) -> Result<Vec<String>, String> {
         let release = self.registered(version).map_err(|e| e.to_string())?;
         let env = self.env(d.env.as_str()).map_err(|e| e.to_string())?;
         let blobs = self.blobs.clone();
         let digest = release.digest.clone();
-        let bytes = tokio::task::spawn_blocking(move || blobs.read(&digest))
+        tokio::task::spawn_blocking(move || blobs.verify(&digest))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("artifact of {version} failed verification: {e}"))?;
+        let path = self.blobs.path(&release.digest);
         if env.require_signature {
-            let sig = release.signature.as_deref().ok_or_else(|| {
+            let sig = release.signature.clone().ok_or_else(|| {
                 format!(
                     "environment {} requires a signed release; {version} has no signature",
                     d.env
                 )
             })?;
-            artifact::verify_signature(&bytes, sig, &self.config.signing.public_keys)
+            let keys = self.config.signing.public_keys.clone();
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || artifact::verify_signature(&path, &sig, &keys))
+                .await
+                .map_err(|e| e.to_string())?
                 .map_err(|e| format!("signature of {version}: {e}"))?;
         }
         self.target
-            .prepare(&release, &self.blobs.path(&release.digest))
+            .prepare(&release, &path, &self.config.artifacts)
             .await
             .map_err(|e| e.to_string())
     }

@@ -5,6 +5,7 @@
 
 use crate::confine::{self, Confinement};
 use async_trait::async_trait;
+use gantry_config::ArtifactLimits;
 use gantry_core::{DeploymentId, EnvName, InstanceRef, Version};
 use gantry_store::ReleaseRecord;
 use serde::{Deserialize, Serialize};
@@ -71,8 +72,19 @@ pub struct RunningInstance {
 
 #[async_trait]
 pub trait Target: Send + Sync {
-    /// Makes the release's files available. Does nothing if already done.
-    async fn prepare(&self, release: &ReleaseRecord, artifact: &Path) -> Result<(), TargetError>;
+    /// Makes the release's files available, unpacked within `limits`, and
+    /// checks that files already there are still what was unpacked. Returns
+    /// what it had to repair (for the deployment log); nothing if all was well.
+    async fn prepare(
+        &self,
+        release: &ReleaseRecord,
+        artifact: &Path,
+        limits: &ArtifactLimits,
+    ) -> Result<Vec<String>, TargetError>;
+    /// Checks the release's files on the target against what was unpacked,
+    /// without repairing them: `None` when they are not there, else why
+    /// they differ, if they do.
+    async fn check_release(&self, release: &ReleaseRecord) -> Option<Result<(), String>>;
     /// Ensures `spec.count` instances of this deployment run, adopting the
     /// ones already running, and returns all of them.
     async fn ensure_instances(&self, spec: &LaunchSpec) -> Result<Vec<InstanceRef>, TargetError>;
@@ -127,6 +139,15 @@ impl LocalTarget {
 
     pub fn release_dir(&self, version: &Version) -> PathBuf {
         self.data_dir.join("releases").join(version.to_string())
+    }
+
+    /// The manifest of a release directory, kept outside the tree (a
+    /// version never starts with '.', so `.manifests` is no release's name).
+    pub fn manifest_path(&self, version: &Version) -> PathBuf {
+        self.data_dir
+            .join("releases")
+            .join(".manifests")
+            .join(format!("{version}.json"))
     }
 
     fn instance_dir(&self, id: &str) -> PathBuf {
@@ -341,21 +362,42 @@ fn free_port() -> io::Result<u16> {
 
 #[async_trait]
 impl Target for LocalTarget {
-    async fn prepare(&self, release: &ReleaseRecord, artifact: &Path) -> Result<(), TargetError> {
+    async fn prepare(
+        &self,
+        release: &ReleaseRecord,
+        artifact: &Path,
+        limits: &ArtifactLimits,
+    ) -> Result<Vec<String>, TargetError> {
         let dest = self.release_dir(&release.version);
-        if dest.exists() {
-            return Ok(());
-        }
+        let manifest = self.manifest_path(&release.version);
         let version = release.version.to_string();
         let kind = release.artifact_kind.clone();
+        let digest = release.digest.to_string();
         let artifact = artifact.to_owned();
-        tokio::task::spawn_blocking(move || crate::artifact::unpack(&kind, &artifact, &dest))
-            .await
-            .map_err(|e| TargetError::Unpack {
-                version: version.clone(),
-                reason: e.to_string(),
-            })?
-            .map_err(|reason| TargetError::Unpack { version, reason })
+        let limits = *limits;
+        tokio::task::spawn_blocking(move || {
+            crate::artifact::ensure_release(&kind, &artifact, &digest, &dest, &manifest, &limits)
+        })
+        .await
+        .map_err(|e| TargetError::Unpack {
+            version: version.clone(),
+            reason: e.to_string(),
+        })?
+        .map_err(|reason| TargetError::Unpack { version, reason })
+    }
+
+    async fn check_release(&self, release: &ReleaseRecord) -> Option<Result<(), String>> {
+        let dest = self.release_dir(&release.version);
+        if fs::symlink_metadata(&dest).is_err() {
+            return None;
+        }
+        let manifest = self.manifest_path(&release.version);
+        let digest = release.digest.to_string();
+        let checked = tokio::task::spawn_blocking(move || {
+            crate::artifact::compare_with_manifest(&dest, &manifest, &digest)
+        })
+        .await;
+        Some(checked.unwrap_or_else(|e| Err(e.to_string())))
     }
 
     async fn ensure_instances(&self, spec: &LaunchSpec) -> Result<Vec<InstanceRef>, TargetError> {

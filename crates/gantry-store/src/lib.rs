@@ -12,7 +12,7 @@
 mod blobs;
 mod sqlite;
 
-pub use blobs::{hash_bytes, hash_reader, BlobError, Blobs};
+pub use blobs::{hash_bytes, hash_reader, BlobError, Blobs, Incoming, Staged};
 pub use gantry_core::audit::{AuditEntry, AuditRecord, Checkpoint};
 pub use gantry_core::evidence::{EvidenceKind, Report};
 pub use gantry_core::governance::{Approval, Role};

@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod artifacts;
 mod audit;
 mod auth;
 mod canary;
