@@ -571,7 +571,10 @@ mod tests {
         let text = "POST https://hooks.slack.com/services/T0/B0/XYZ failed; \
                     path /services/T0/B0/XYZ; pw and token=abc";
         let cleaned = r.clean(text);
-        assert!(!cleaned.contains("XYZ") && !cleaned.contains("abc"), "{cleaned}");
+        assert!(
+            !cleaned.contains("XYZ") && !cleaned.contains("abc"),
+            "{cleaned}"
+        );
         assert!(!cleaned.contains(":pw") && cleaned.contains("[redacted]"));
         // An empty secret redacts nothing.
         assert_eq!(r.clean("plain"), "plain");

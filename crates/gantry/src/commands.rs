@@ -24,13 +24,26 @@ pub async fn run(cli: Cli) -> Exit {
             print!("{}", gantry_server::openapi_document());
             Ok(0)
         }
-        Command::Server { config, listen } => {
+        Command::Server {
+            config,
+            listen,
+            header_timeout,
+            idle_timeout,
+            max_connections,
+        } => {
             let exe = std::env::current_exe().context("cannot find the gantry executable")?;
+            let d = gantry_server::API_LIMITS;
+            let limits = gantry_server::ConnectionLimits {
+                header_timeout: header_timeout.map_or(d.header_timeout, Into::into),
+                idle_timeout: idle_timeout.map_or(d.idle_timeout, Into::into),
+                max_connections: max_connections.unwrap_or(d.max_connections),
+            };
             gantry_server::run(gantry_server::ServerOptions {
                 data_dir,
                 config_path: config,
                 listen,
                 exe,
+                limits,
             })
             .await
             .map(|()| 0)
@@ -52,6 +65,7 @@ pub async fn run(cli: Cli) -> Exit {
                 state_dir,
                 listen,
                 admin_token,
+                limits: gantry_router::listener::ConnectionLimits::PUBLIC,
             })
             .await?;
             Ok(0)

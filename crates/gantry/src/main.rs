@@ -73,6 +73,16 @@ pub enum Command {
         config: PathBuf,
         #[arg(long, default_value = "127.0.0.1:7878")]
         listen: std::net::SocketAddr,
+        /// Time a client has to send a request's headers; an idle HTTP/1
+        /// connection waits as long for its next request [default: 10s].
+        #[arg(long)]
+        header_timeout: Option<humantime::Duration>,
+        /// Time a connection may stay open with no request in flight [default: 60s].
+        #[arg(long)]
+        idle_timeout: Option<humantime::Duration>,
+        /// Connections served at once; more wait to be accepted [default: 256].
+        #[arg(long)]
+        max_connections: Option<usize>,
     },
     /// Register and inspect releases.
     #[command(subcommand)]

@@ -11,6 +11,7 @@ mod config;
 mod crash;
 mod dashboard;
 mod deploy;
+mod edges;
 mod governance;
 mod notes;
 mod notify;

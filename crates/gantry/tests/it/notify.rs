@@ -595,7 +595,10 @@ to = ["ops@example.com"]
             ("the database", &db),
             ("the controller log", &log),
         ] {
-            assert!(!text.contains(secret.as_str()), "{secret} in {what}:\n{text}");
+            assert!(
+                !text.contains(secret.as_str()),
+                "{secret} in {what}:\n{text}"
+            );
         }
     }
 }
