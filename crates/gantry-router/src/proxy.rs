@@ -424,11 +424,21 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
 }
 
 async fn admin(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
-    let expected = format!("Bearer {}", state.options.admin_token);
+    // The scheme's name is case-insensitive (RFC 6750 §2.1).
     let authorized = req
         .headers()
         .get(AUTHORIZATION)
-        .is_some_and(|v| bool::from(v.as_bytes().ct_eq(expected.as_bytes())));
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .is_some_and(|(scheme, token)| {
+            scheme.eq_ignore_ascii_case("bearer")
+                && bool::from(
+                    token
+                        .trim_start_matches(' ')
+                        .as_bytes()
+                        .ct_eq(state.options.admin_token.as_bytes()),
+                )
+        });
     if !authorized {
         return text(StatusCode::UNAUTHORIZED, "missing or wrong admin token\n");
     }

@@ -110,3 +110,202 @@ fn the_api_cuts_off_slow_clients_and_bounds_its_connections() {
     });
     assert!(stopping.elapsed() < Duration::from_secs(10));
 }
+
+/// Adds a user with `roles` and returns a fresh token for them.
+fn user(g: &Gantry, name: &str, roles: &[&str]) -> String {
+    let mut args = vec!["user", "add", name];
+    for r in roles {
+        args.extend(["--role", r]);
+    }
+    g.gantry(&args).ok();
+    g.gantry(&["token", "create", "--user", name])
+        .ok()
+        .stdout
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn the_public_status_page_names_no_one_and_quotes_no_comment() {
+    let g = Gantry::start_with_tail(
+        "60s",
+        "\n[environments.production.approval]\nrequired = 1\nlead_time = \"0s\"\n",
+    );
+    let alice = user(&g, "alice", &["deployer"]);
+    let bob = user(&g, "bobapprover", &["approver"]);
+    g.register("1.0.0", "");
+    // An emergency goes at once; bob rejects it while it bakes, with a comment.
+    let id = deploy_id(
+        &g.gantry_env(
+            &[
+                "deploy",
+                "1.0.0",
+                "--env",
+                "production",
+                "--change",
+                "emergency",
+                "--detach",
+            ],
+            &[("GANTRY_TOKEN", &alice)],
+        )
+        .ok(),
+    );
+    g.wait_phase(id, "baking");
+    let comment = "the payments team says the vault key is wrong";
+    g.gantry_env(
+        &["reject", &id.to_string(), "--comment", comment],
+        &[("GANTRY_TOKEN", &bob)],
+    )
+    .ok();
+    let d = g.wait_finished(id);
+    assert_eq!(d["phase"], "rolled_back", "{d}");
+    // The API (behind a token) keeps the whole story.
+    assert!(d["reason"].as_str().unwrap().contains(comment), "{d}");
+
+    let url = g.api_url();
+    let (_, json) = http(&url, "GET", "/status.json", None, "");
+    let (_, html) = http(&url, "GET", "/status", None, "");
+    let page: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(page["incidents"][0]["deployment"], id, "{json}");
+    assert_eq!(
+        page["incidents"][0]["reason"], "stopped at review",
+        "{json}"
+    );
+    assert!(html.contains("stopped at review"), "{html}");
+    for (what, text) in [("status.json", &json), ("status", &html)] {
+        for secret in ["bobapprover", "alice", "payments", "vault key"] {
+            assert!(
+                !text.contains(secret),
+                "{secret} on the public {what}: {text}"
+            );
+        }
+    }
+}
+
+/// The status line and the headers of an answer, names lowercased.
+fn head(base: &str, method: &str, path: &str, auth: Option<&str>) -> (u16, String, String) {
+    let addr = base.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, head.to_ascii_lowercase(), body.to_owned())
+}
+
+#[test]
+fn pages_outside_the_api_answer_with_bodies_and_security_headers() {
+    let g = Gantry::start();
+    let url = g.api_url();
+    // 404 and 405 outside /api/v1 say what happened.
+    for (method, path, code, needle) in [
+        ("GET", "/nothing-here", 404, "not_found"),
+        ("POST", "/status", 405, "method_not_allowed"),
+        ("DELETE", "/", 405, "method_not_allowed"),
+    ] {
+        let (got, head, body) = head(&url, method, path, None);
+        assert_eq!(got, code, "{method} {path}: {head}");
+        let v: serde_json::Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}: {body:?}"));
+        assert_eq!(v["error"]["code"], needle, "{body}");
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+
+    // The dashboard: a policy allowing exactly its own inline script and
+    // style, never framed, not sniffed, no referrer.
+    let (code, head_text, page) = head(&url, "GET", "/", None);
+    assert_eq!(code, 200);
+    let csp = head_text
+        .lines()
+        .find_map(|l| l.strip_prefix("content-security-policy: "))
+        .expect("a content-security-policy")
+        .to_owned();
+    let inline = |tag: &str| {
+        let body = page.split(&format!("<{tag}>")).nth(1).unwrap();
+        let body = body.split(&format!("</{tag}>")).next().unwrap();
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        // Header values were lowercased above; compare the same way.
+        format!(
+            "'sha256-{}'",
+            base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(body))
+        )
+        .to_ascii_lowercase()
+    };
+    assert!(
+        csp.contains(&format!("script-src {}", inline("script"))),
+        "{csp}"
+    );
+    assert!(
+        csp.contains(&format!("style-src {}", inline("style"))),
+        "{csp}"
+    );
+    for directive in [
+        "default-src 'none'",
+        "frame-ancestors 'none'",
+        "connect-src 'self'",
+    ] {
+        assert!(csp.contains(directive), "{directive} in {csp}");
+    }
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    for path in [
+        "/",
+        "/status",
+        "/status.json",
+        "/api/v1/whoami",
+        "/nothing-here",
+    ] {
+        let (_, head_text, _) = head(&url, "GET", path, None);
+        for header in [
+            "x-frame-options: deny",
+            "x-content-type-options: nosniff",
+            "referrer-policy: no-referrer",
+        ] {
+            assert!(
+                head_text.contains(header),
+                "{header} on {path}: {head_text}"
+            );
+        }
+    }
+    let (_, status_head, _) = head(&url, "GET", "/status", None);
+    assert!(status_head.contains("content-security-policy: default-src 'none'"));
+}
+
+#[test]
+fn the_bearer_scheme_is_case_insensitive() {
+    let g = Gantry::start();
+    let url = g.api_url();
+    let token = g.token();
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let (code, _, body) = head(
+            &url,
+            "GET",
+            "/api/v1/whoami",
+            Some(&format!("{scheme} {token}")),
+        );
+        assert_eq!(code, 200, "{scheme}: {body}");
+    }
+    for wrong in [
+        format!("Basic {token}"),
+        format!("Bearer{token}"),
+        "Bearer ".to_owned(),
+    ] {
+        let (code, _, _) = head(&url, "GET", "/api/v1/whoami", Some(&wrong));
+        assert_eq!(code, 401, "{wrong:?}");
+    }
+}
