@@ -1,6 +1,7 @@
 //! `gantry audit`: read, export and verify the hash-chained audit trail.
 
 use crate::client::Client;
+use crate::term::{errln, outln};
 use crate::Exit;
 use anyhow::{bail, Context};
 use gantry_core::audit::{verify, AuditRecord};
@@ -62,13 +63,17 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
             let page: Page = connect()?
                 .get(&format!("/audit?after={after}&limit={limit}"))
                 .await?;
-            println!(
+            outln!(
                 "{:>5}  {:<20} {:<10} {:<14} {:<40} SUBJECT",
-                "SEQ", "AT", "ACTOR", "OUTCOME", "ACTION"
+                "SEQ",
+                "AT",
+                "ACTOR",
+                "OUTCOME",
+                "ACTION"
             );
             for r in page.records {
                 let e = &r.entry;
-                println!(
+                outln!(
                     "{:>5}  {:<20} {:<10} {:<14} {:<40} {}",
                     r.seq,
                     crate::commands::time(&Value::from(e.at)),
@@ -92,7 +97,7 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
             if let Ok(detail) = serde_json::from_str::<Value>(&r.entry.detail) {
                 v["detail"] = detail;
             }
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?);
             Ok(0)
         }
         AuditCommand::Export { output } => {
@@ -112,7 +117,7 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
             }
             out.flush()?;
             if let Some(p) = output {
-                eprintln!("{} record(s) written to {}", records.len(), p.display());
+                errln!("{} record(s) written to {}", records.len(), p.display());
             }
             Ok(0)
         }
@@ -128,11 +133,11 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
                         (Some(f), Some(l)) => format!(" (records {} to {})", f.seq, l.seq),
                         _ => String::new(),
                     };
-                    println!("audit trail intact: {n} record(s){range}");
+                    outln!("audit trail intact: {n} record(s){range}");
                     Ok(0)
                 }
                 Err(b) => {
-                    println!("audit trail BROKEN at record {}: {}", b.seq, b.reason);
+                    outln!("audit trail BROKEN at record {}: {}", b.seq, b.reason);
                     Ok(EXIT_CHAIN_BROKEN)
                 }
             }

@@ -1,6 +1,7 @@
 //! One function per command. Each returns the process exit code.
 
 use crate::client::{self, Client};
+use crate::term::{errln, out, outln};
 use crate::{Cli, Command, Exit, ReleaseCommand, EXIT_DEPLOY_FAILED, EXIT_INVALID_CONFIG};
 use anyhow::{bail, Context};
 use base64::Engine as _;
@@ -17,11 +18,11 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Init { path, force } => init(&path, force),
         Command::Validate { config } => validate(&config),
         Command::Schema => {
-            print!("{}", gantry_config::json_schema());
+            out!("{}", gantry_config::json_schema());
             Ok(0)
         }
         Command::Openapi => {
-            print!("{}", gantry_server::openapi_document());
+            out!("{}", gantry_server::openapi_document());
             Ok(0)
         }
         Command::Server {
@@ -116,7 +117,7 @@ pub async fn run(cli: Cli) -> Exit {
                         json!({"version": version, "env": env, "comment": comment.unwrap_or_default()}),
                     )
                     .await?;
-                println!(
+                outln!(
                     "plan for {version} → {env} approved by {} (sha256 {}), attached as evidence {}",
                     v["by"].as_str().unwrap_or("?"),
                     v["digest"].as_str().unwrap_or("?"),
@@ -132,9 +133,9 @@ pub async fn run(cli: Cli) -> Exit {
                 Some(path) => {
                     std::fs::write(&path, markdown)
                         .with_context(|| format!("cannot write {}", path.display()))?;
-                    println!("wrote the plan to {}", path.display());
+                    outln!("wrote the plan to {}", path.display());
                 }
-                None => print!("{markdown}"),
+                None => out!("{markdown}"),
             }
             Ok(0)
         }
@@ -170,8 +171,8 @@ pub async fn run(cli: Cli) -> Exit {
                 known_issues,
                 date: date.unwrap_or_else(|| today[..10].to_owned()),
             })?;
-            print!("{text}");
-            eprintln!("wrote {}", path.display());
+            out!("{text}");
+            errln!("wrote {}", path.display());
             Ok(0)
         }
         Command::Rehearse { version, env } => {
@@ -183,12 +184,17 @@ pub async fn run(cli: Cli) -> Exit {
                 path.push_str(&format!("&deployment={d}"));
             }
             let list: Vec<Value> = connect()?.get(&path).await?;
-            println!(
+            outln!(
                 "{:<6} {:<14} {:<20} {:<6} {:<10} {:<8} LAST ERROR",
-                "ID", "CHANNEL", "EVENT", "DEPL", "STATUS", "ATTEMPTS"
+                "ID",
+                "CHANNEL",
+                "EVENT",
+                "DEPL",
+                "STATUS",
+                "ATTEMPTS"
             );
             for d in list {
-                println!(
+                outln!(
                     "{:<6} {:<14} {:<20} {:<6} {:<10} {:<8} {}",
                     d["id"],
                     d["channel"].as_str().unwrap_or("?"),
@@ -203,7 +209,7 @@ pub async fn run(cli: Cli) -> Exit {
         }
         Command::Whoami => {
             let v = connect()?.send_get("/whoami").await?;
-            println!("{} ({})", v["user"].as_str().unwrap_or("?"), v["roles"]);
+            outln!("{} ({})", v["user"].as_str().unwrap_or("?"), v["roles"]);
             Ok(0)
         }
         Command::Rollback { env, to, detach } => {
@@ -220,7 +226,7 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Log { id } => log(&connect()?, id).await,
         Command::Audit(cmd) => crate::audit::run(connect, cmd).await,
         Command::Logs { instance, bytes } => {
-            print!(
+            out!(
                 "{}",
                 connect()?
                     .get_text(&format!("/instances/{instance}/log?bytes={bytes}"))
@@ -232,7 +238,7 @@ pub async fn run(cli: Cli) -> Exit {
             connect()?
                 .post("/shutdown", json!({"stop_workloads": workloads}))
                 .await?;
-            println!(
+            outln!(
                 "controller stopping{}",
                 if workloads {
                     " with its instances and routers"
@@ -249,7 +255,7 @@ pub async fn run(cli: Cli) -> Exit {
 async fn request(c: &Client, id: i64, what: &str) -> Exit {
     c.post(&format!("/deployments/{id}/{what}"), json!({}))
         .await?;
-    println!("deployment {id}: {what} requested");
+    outln!("deployment {id}: {what} requested");
     Ok(0)
 }
 
@@ -262,7 +268,7 @@ fn init(path: &std::path::Path, force: bool) -> Exit {
     }
     std::fs::write(path, gantry_config::STARTER)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    println!(
+    outln!(
         "wrote {}; check it with `gantry validate --config {}`",
         path.display(),
         path.display()
@@ -274,9 +280,9 @@ fn validate(path: &std::path::Path) -> Exit {
     match gantry_config::load(path) {
         Ok(loaded) => {
             for w in &loaded.warnings {
-                eprintln!("{w}");
+                errln!("{w}");
             }
-            println!(
+            outln!(
                 "{} is valid: service {:?}, environments {}",
                 path.display(),
                 loaded.config.service.name,
@@ -290,9 +296,9 @@ fn validate(path: &std::path::Path) -> Exit {
             file,
         }) => {
             for d in errors.iter().chain(&warnings) {
-                eprintln!("{d}");
+                errln!("{d}");
             }
-            eprintln!(
+            errln!(
                 "{file}: {} error(s), {} warning(s)",
                 errors.len(),
                 warnings.len()
@@ -300,7 +306,7 @@ fn validate(path: &std::path::Path) -> Exit {
             Ok(EXIT_INVALID_CONFIG)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             Ok(EXIT_INVALID_CONFIG)
         }
     }
@@ -327,7 +333,7 @@ async fn release(c: &Client, rc: ReleaseCommand) -> Exit {
             let r = c
                 .put_artifact(&version, bytes, git_sha.as_deref(), sig)
                 .await?;
-            println!(
+            outln!(
                 "release {} registered: sha256 {} ({} bytes, {}){}",
                 r["version"].as_str().unwrap_or("?"),
                 r["digest"].as_str().unwrap_or("?"),
@@ -343,12 +349,16 @@ async fn release(c: &Client, rc: ReleaseCommand) -> Exit {
         }
         ReleaseCommand::List => {
             let releases: Vec<Value> = c.get("/releases").await?;
-            println!(
+            outln!(
                 "{:<14} {:<14} {:<10} {:>10}  {:<8} created",
-                "VERSION", "SHA256", "GIT", "SIZE", "SIGNED"
+                "VERSION",
+                "SHA256",
+                "GIT",
+                "SIZE",
+                "SIGNED"
             );
             for r in releases {
-                println!(
+                outln!(
                     "{:<14} {:<14} {:<10} {:>10}  {:<8} {}",
                     r["version"].as_str().unwrap_or("?"),
                     &r["digest"].as_str().unwrap_or("?")[..12],
@@ -369,7 +379,7 @@ async fn release(c: &Client, rc: ReleaseCommand) -> Exit {
         }
         ReleaseCommand::Show { version } => {
             let r: Value = c.get(&format!("/releases/{version}")).await?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
+            outln!("{}", serde_json::to_string_pretty(&r)?);
             Ok(0)
         }
         ReleaseCommand::Verify => {
@@ -382,14 +392,14 @@ async fn release(c: &Client, rc: ReleaseCommand) -> Exit {
             for r in &results {
                 let ok = r["ok"].as_bool() == Some(true);
                 bad += usize::from(!ok);
-                println!(
+                outln!(
                     "{} {:<14} {}",
                     if ok { "ok " } else { "BAD" },
                     r["version"].as_str().unwrap_or("?"),
                     r["detail"].as_str().unwrap_or("")
                 );
             }
-            println!("{} release(s) checked, {bad} failed", results.len());
+            outln!("{} release(s) checked, {bad} failed", results.len());
             Ok(if bad == 0 { 0 } else { 1 })
         }
     }
@@ -408,7 +418,7 @@ pub fn time(v: &Value) -> String {
 pub async fn follow(c: &Client, d: &Value, detach: bool) -> Exit {
     let id = d["id"].as_i64().context("answer has no deployment id")?;
     if detach {
-        println!("{id}");
+        outln!("{id}");
         return Ok(0);
     }
     let bar = ProgressBar::new_spinner();
@@ -429,26 +439,27 @@ pub async fn follow(c: &Client, d: &Value, detach: bool) -> Exit {
             );
             // A hidden bar (output is not a terminal) would swallow the line.
             if bar.is_hidden() {
-                println!("{line}");
+                outln!("{line}");
             } else {
-                bar.println(line);
+                bar.println(crate::term::clean(&line));
             }
         }
         shown = log.len();
         let dep = &v["deployment"];
         let phase = dep["phase"].as_str().unwrap_or("?");
-        bar.set_message(format!(
+        let status = format!(
             "deployment {id}: {} {} → {}",
             phase,
             dep["version"].as_str().unwrap_or("?"),
             dep["env"].as_str().unwrap_or("?")
-        ));
+        );
+        bar.set_message(crate::term::clean(&status).into_owned());
         if matches!(phase, "succeeded" | "rolled_back" | "failed") {
             break dep.clone();
         }
         if phase == "awaiting_approval" {
             bar.finish_and_clear();
-            println!(
+            outln!(
                 "deployment {id} awaits approval: `gantry approve {id}` by an approver; `gantry log {id}` shows what it waits for"
             );
             return Ok(0);
@@ -461,7 +472,7 @@ pub async fn follow(c: &Client, d: &Value, detach: bool) -> Exit {
         - finished["created_at"].as_i64().unwrap_or(0);
     match phase {
         "succeeded" => {
-            println!(
+            outln!(
                 "deployment {id} succeeded in {:.1}s: {} serves {}",
                 took as f64 / 1000.0,
                 finished["version"].as_str().unwrap_or("?"),
@@ -470,7 +481,7 @@ pub async fn follow(c: &Client, d: &Value, detach: bool) -> Exit {
             Ok(0)
         }
         _ => {
-            println!(
+            outln!(
                 "deployment {id} {phase} after {:.1}s: {}",
                 took as f64 / 1000.0,
                 finished["reason"].as_str().unwrap_or("no reason recorded")
@@ -491,10 +502,13 @@ fn clock(v: &Value) -> String {
 
 async fn status(c: &Client) -> Exit {
     let v = c.send_get("/status").await?;
-    println!("service {}", v["service"].as_str().unwrap_or("?"));
-    println!(
+    outln!("service {}", v["service"].as_str().unwrap_or("?"));
+    outln!(
         "{:<14} {:<22} {:<12} {:<10} IN PROGRESS",
-        "ENVIRONMENT", "LISTEN", "RELEASE", "INSTANCES"
+        "ENVIRONMENT",
+        "LISTEN",
+        "RELEASE",
+        "INSTANCES"
     );
     for e in v["environments"].as_array().cloned().unwrap_or_default() {
         let inst = e["instances"].as_array().cloned().unwrap_or_default();
@@ -503,7 +517,7 @@ async fn status(c: &Client) -> Exit {
             .filter(|i| i["running"].as_bool() == Some(true))
             .count();
         let active = &e["active_deployment"];
-        println!(
+        outln!(
             "{:<14} {:<22} {:<12} {:<10} {}",
             e["name"].as_str().unwrap_or("?"),
             e["listen"].as_str().unwrap_or("?"),
@@ -528,9 +542,14 @@ async fn history(c: &Client, env: &str, limit: usize) -> Exit {
     let list: Vec<Value> = c
         .get(&format!("/deployments?env={env}&limit={limit}"))
         .await?;
-    println!(
+    outln!(
         "{:<5} {:<9} {:<10} {:<12} {:<20} {:>8}  REASON",
-        "ID", "KIND", "VERSION", "OUTCOME", "STARTED", "TOOK"
+        "ID",
+        "KIND",
+        "VERSION",
+        "OUTCOME",
+        "STARTED",
+        "TOOK"
     );
     for d in list {
         let took = match d["finished_at"].as_i64() {
@@ -540,7 +559,7 @@ async fn history(c: &Client, env: &str, limit: usize) -> Exit {
             ),
             None => "-".into(),
         };
-        println!(
+        outln!(
             "{:<5} {:<9} {:<10} {:<12} {:<20} {:>8}  {}",
             d["id"],
             d["kind"].as_str().unwrap_or("?"),
@@ -557,7 +576,7 @@ async fn history(c: &Client, env: &str, limit: usize) -> Exit {
 async fn log(c: &Client, id: i64) -> Exit {
     let v = c.send_get(&format!("/deployments/{id}/log")).await?;
     let d = &v["deployment"];
-    println!(
+    outln!(
         "deployment {id}: {} of {} to {} by {} ({})",
         d["kind"].as_str().unwrap_or("?"),
         d["version"].as_str().unwrap_or("?"),
@@ -566,10 +585,10 @@ async fn log(c: &Client, id: i64) -> Exit {
         d["phase"].as_str().unwrap_or("?")
     );
     if let Some(prev) = d["previous_version"].as_str() {
-        println!("previous release: {prev}");
+        outln!("previous release: {prev}");
     }
     for e in v["log"].as_array().cloned().unwrap_or_default() {
-        println!(
+        outln!(
             "{}  {:<13} {}",
             time(&e["at"]).replace(
                 'Z',
@@ -580,7 +599,7 @@ async fn log(c: &Client, id: i64) -> Exit {
         );
     }
     if let Some(r) = d["reason"].as_str() {
-        println!("reason: {r}");
+        outln!("reason: {r}");
     }
     Ok(0)
 }

@@ -10,10 +10,12 @@ mod demo;
 mod governance;
 mod release_notes;
 mod sample;
+mod term;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use term::errln;
 
 /// Exit codes: 1 error, 2 usage, 3 the deployment did not succeed, 4 invalid config,
 /// 5 the audit trail is broken, 6 a gate fails.
@@ -275,7 +277,13 @@ fn main() {
     let code = match runtime.block_on(commands::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // A reader gone mid-export: end as quietly as a print would.
+            for cause in e.chain() {
+                if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                    term::exit_if_broken_pipe(io);
+                }
+            }
+            errln!("error: {e:#}");
             1
         }
     };

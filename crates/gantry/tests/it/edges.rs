@@ -309,3 +309,115 @@ fn the_bearer_scheme_is_case_insensitive() {
         assert_eq!(code, 401, "{wrong:?}");
     }
 }
+
+/// Bytes a terminal would act on: C0 controls but newline and tab, DEL, and C1 controls.
+fn terminal_controls(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|c| c.is_control() && *c != '\n' && *c != '\t')
+        .collect()
+}
+
+#[test]
+fn text_from_others_cannot_drive_the_terminal() {
+    let g = Gantry::start_with_tail(
+        "100ms",
+        "\n[environments.production.approval]\nrequired = 1\nlead_time = \"0s\"\n",
+    );
+    let alice = user(&g, "alice", &["deployer"]);
+    let bob = user(&g, "bob", &["approver"]);
+    g.register("1.0.0", "");
+    // Retitle the window, clear the screen, go back over the line.
+    let nasty = "\u{1b}]0;owned\u{7}\u{1b}[2J\rall fine \u{9b}31m";
+    let id = deploy_id(
+        &g.gantry_env(
+            &[
+                "deploy",
+                "1.0.0",
+                "--env",
+                "production",
+                "--detach",
+                "--reason",
+                nasty,
+            ],
+            &[("GANTRY_TOKEN", &alice)],
+        )
+        .ok(),
+    );
+    g.wait_phase(id, "awaiting_approval");
+    g.gantry_env(
+        &["reject", &id.to_string(), "--comment", nasty],
+        &[("GANTRY_TOKEN", &bob)],
+    )
+    .ok();
+    g.wait_finished(id);
+    for args in [
+        vec!["log".to_owned(), id.to_string()],
+        vec![
+            "history".to_owned(),
+            "--env".to_owned(),
+            "production".to_owned(),
+        ],
+        vec!["audit".to_owned(), "list".to_owned()],
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = g.gantry(&args).ok();
+        assert!(
+            terminal_controls(&run.stdout).is_empty(),
+            "gantry {args:?} printed controls: {:?}",
+            run.stdout
+        );
+        if args[0] != "audit" {
+            assert!(
+                run.stdout
+                    .contains("\\x1b]0;owned\\x07\\x1b[2J\\x0dall fine \\x9b31m"),
+                "gantry {args:?} shows the text escaped: {}",
+                run.stdout
+            );
+        }
+    }
+}
+
+#[test]
+fn a_closed_pipe_ends_the_cli_quietly() {
+    use std::process::{Command, Stdio};
+    let g = Gantry::start();
+    g.register("1.0.0", "");
+    let id = deploy_id(
+        &g.gantry(&["deploy", "1.0.0", "--env", "development", "--detach"])
+            .ok(),
+    );
+    g.wait_finished(id);
+    for args in [
+        vec!["log".to_owned(), id.to_string()],
+        vec!["release".into(), "list".into()],
+    ] {
+        let mut child = Command::new(GANTRY)
+            .arg("--data-dir")
+            .arg(g.data())
+            .args(&args)
+            .env_remove("GANTRY_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before the first line is written, as `head` does after its lines.
+        drop(child.stdout.take());
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let mut status = None;
+        wait_until("the CLI to exit", Duration::from_secs(30), || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        });
+        let status = status.unwrap();
+        assert!(!stderr.contains("panicked"), "gantry {args:?}: {stderr}");
+        assert!(stderr.is_empty(), "gantry {args:?} ends quietly: {stderr}");
+        assert_eq!(status.code(), Some(141), "gantry {args:?}: {status}");
+    }
+}
