@@ -499,3 +499,23 @@ async fn over_the_connection_limit_a_request_waits_until_a_slot_frees() {
         assert_eq!(h.await.unwrap().0, 200);
     }
 }
+
+#[tokio::test]
+async fn the_admin_bearer_scheme_is_case_insensitive() {
+    let dir = tempfile::tempdir().unwrap();
+    let info = start_router(dir.path()).await;
+    for (auth, want) in [
+        ("Bearer t0ken", 200),
+        ("bearer t0ken", 200),
+        ("BEARER t0ken", 200),
+        ("Basic t0ken", 401),
+        ("bearer wrong", 401),
+    ] {
+        let req = Request::get(format!("http://{}/routing", info.admin))
+            .header("authorization", auth)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let status = client().request(req).await.unwrap().status().as_u16();
+        assert_eq!(status, want, "{auth}");
+    }
+}
