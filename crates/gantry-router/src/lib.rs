@@ -8,6 +8,7 @@
 //! bearer token. A configuration change swaps one `Arc`, so requests in
 //! flight finish on the routing they started with.
 
+pub mod listener;
 mod proxy;
 
 pub use proxy::{serve, RouterOptions};

@@ -1,5 +1,6 @@
 //! The proxy and its admin API.
 
+use crate::listener::{Bounds, ConnectionLimits};
 use crate::*;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full};
@@ -8,7 +9,7 @@ use hyper::header::{HeaderValue, AUTHORIZATION, CONNECTION, COOKIE, HOST, SET_CO
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode, Uri};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -24,6 +25,9 @@ pub struct RouterOptions {
     pub listen: SocketAddr,
     /// Bearer token the admin API requires.
     pub admin_token: String,
+    /// Timeouts and the connection limit of the public listener (the admin
+    /// listener has [`ConnectionLimits::ADMIN`]).
+    pub limits: ConnectionLimits,
 }
 
 struct PoolCounters {
@@ -427,11 +431,21 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
 }
 
 async fn admin(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
-    let expected = format!("Bearer {}", state.options.admin_token);
+    // The scheme's name is case-insensitive (RFC 6750 §2.1).
     let authorized = req
         .headers()
         .get(AUTHORIZATION)
-        .is_some_and(|v| bool::from(v.as_bytes().ct_eq(expected.as_bytes())));
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .is_some_and(|(scheme, token)| {
+            scheme.eq_ignore_ascii_case("bearer")
+                && bool::from(
+                    token
+                        .trim_start_matches(' ')
+                        .as_bytes()
+                        .ct_eq(state.options.admin_token.as_bytes()),
+                )
+        });
     if !authorized {
         return text(StatusCode::UNAUTHORIZED, "missing or wrong admin token\n");
     }
@@ -475,37 +489,26 @@ fn parse_limits(query: Option<&str>) -> Result<Vec<f64>, String> {
     crate::parse_latency_limits(list).map_err(|e| format!("{e}\n"))
 }
 
-async fn accept_loop<F, Fut>(listener: TcpListener, state: Arc<State>, handler: F)
+/// Serves `handler` on `listener` within `bounds`, until the process ends.
+async fn accept_loop<F, Fut>(listener: TcpListener, bounds: Bounds, state: Arc<State>, handler: F)
 where
     F: Fn(Arc<State>, Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<Body>> + Send + 'static,
 {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let handler = handler.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let (state, handler) = (state.clone(), handler.clone());
-                async move { Ok::<_, std::convert::Infallible>(handler(state, req).await) }
-            });
-            // HTTP/1.1, or HTTP/2 when the client opens with its preface
-            // (prior knowledge, as gRPC and h2c clients do).
-            if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
-    }
+    let service = service_fn(move |req| {
+        let (state, handler) = (state.clone(), handler.clone());
+        async move { Ok::<_, std::convert::Infallible>(handler(state, req).await) }
+    });
+    // HTTP/1.1, or HTTP/2 when the client opens with its preface
+    // (prior knowledge, as gRPC and h2c clients do).
+    crate::listener::serve(
+        listener,
+        &bounds,
+        service,
+        std::future::pending(),
+        std::time::Duration::ZERO,
+    )
+    .await;
 }
 
 fn upstream_client() -> UpstreamClient {
@@ -533,8 +536,10 @@ fn bind_shared(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// its own listener and its own pool of upstream connections, the way nginx
 /// runs its workers: no work stealing, no shared connection pool.
 fn start_workers(listeners: Vec<std::net::TcpListener>, state: Arc<State>) {
+    // One connection limit over all workers.
+    let bounds = Bounds::new(state.options.limits);
     for (n, listener) in listeners.into_iter().enumerate() {
-        let state = state.clone();
+        let (state, bounds) = (state.clone(), bounds.clone());
         let spawned = std::thread::Builder::new()
             .name(format!("router-worker-{n}"))
             .spawn(move || {
@@ -550,7 +555,10 @@ fn start_workers(listeners: Vec<std::net::TcpListener>, state: Arc<State>) {
                     match TcpListener::from_std(listener) {
                         Ok(l) => {
                             let client = upstream_client();
-                            accept_loop(l, state, move |s, req| proxy(s, client.clone(), req)).await
+                            accept_loop(l, bounds, state, move |s, req| {
+                                proxy(s, client.clone(), req)
+                            })
+                            .await
                         }
                         Err(e) => tracing::error!(error = %e, "worker cannot use its listener"),
                     }
@@ -582,6 +590,16 @@ pub async fn serve(options: RouterOptions) -> Result<(), ServeError> {
         reason,
     };
     std::fs::create_dir_all(&options.state_dir).map_err(|e| state_err(e.to_string()))?;
+    // Each user connection may hold an upstream connection too.
+    let open_files = crate::listener::raise_open_files_limit();
+    let wanted = 2 * options.limits.max_connections as u64 + 256;
+    if open_files < wanted {
+        tracing::warn!(
+            open_files,
+            max_connections = options.limits.max_connections,
+            "the open files limit may be reached before the connection limit"
+        );
+    }
     let routing = match std::fs::read(&config_path) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| state_err(e.to_string()))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Routing::default(),
@@ -640,6 +658,12 @@ pub async fn serve(options: RouterOptions) -> Result<(), ServeError> {
         .map_err(|e| state_err(e.to_string()))?;
     tracing::info!(listen = %info.listen, admin = %info.admin, "router serving");
     start_workers(public, state.clone());
-    accept_loop(admin_listener, state, admin).await;
+    accept_loop(
+        admin_listener,
+        Bounds::new(ConnectionLimits::ADMIN),
+        state,
+        admin,
+    )
+    .await;
     Ok(())
 }

@@ -167,6 +167,7 @@ struct PlanApproved {
 }
 
 pub mod openapi;
+mod pages;
 
 /// `Json<T>` whose rejections (bad JSON, unknown or missing fields, wrong
 /// content type) come back in the API's error shape.
@@ -295,6 +296,21 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(dashboard))
         .route("/status.json", get(status_json))
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such page: the dashboard is at /, the API under /api/v1",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this page does not take that method",
+            )
+        })
+        .layer(middleware::from_fn(pages::security_headers))
         .with_state(state)
 }
 
@@ -439,6 +455,14 @@ fn permission_for(method: &axum::http::Method, path: &str) -> Permission {
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header; the scheme's
+/// name is case-insensitive (RFC 6750 §2.1, RFC 9110 §11.1).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
 /// Resolves the bearer token to an identity, checks the route's
 /// permission, and hands the identity to the handler and (through the
 /// response) to the audit trail.
@@ -447,7 +471,7 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(bearer_token);
     let Some(presented) = presented else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -1223,15 +1247,16 @@ async fn status_json(State(s): State<AppState>) -> ApiResult<Response> {
 
 async fn status_html(State(s): State<AppState>) -> ApiResult<Response> {
     let page = s.controller.status_page().await?;
-    Ok(axum::response::Html(crate::observe::status_html(&page)?).into_response())
+    Ok(pages::html(crate::observe::status_html(&page)?))
 }
 
 /// The dashboard: one static page (no build step) that signs in with a
 /// token and reads everything through this API. The page itself holds no data.
 async fn dashboard() -> Response {
-    (
-        [(axum::http::header::CACHE_CONTROL, "no-store")],
-        axum::response::Html(include_str!("dashboard.html")),
-    )
-        .into_response()
+    let mut resp = pages::html(include_str!("dashboard.html").to_owned());
+    resp.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    resp
 }

@@ -49,7 +49,22 @@ pub struct ServerOptions {
     pub listen: SocketAddr,
     /// The gantry executable, run as `gantry router` for each environment.
     pub exe: PathBuf,
+    /// Timeouts and the connection limit of the API listener.
+    pub limits: ConnectionLimits,
 }
+
+pub use gantry_router::listener::ConnectionLimits;
+
+/// The API listener's bounds unless told otherwise: the API serves
+/// operators, CI and dashboards, far fewer clients than the router.
+pub const API_LIMITS: ConnectionLimits = ConnectionLimits {
+    header_timeout: std::time::Duration::from_secs(10),
+    idle_timeout: std::time::Duration::from_secs(60),
+    max_connections: 256,
+};
+
+/// How long open API connections (e.g. event streams) get to finish at shutdown.
+const SHUTDOWN_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -177,20 +192,33 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
         refusals: Arc::new(audit::RefusalLimiter::new(audit::RefusalLimits::default())),
     };
     let app = api::router(state);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| ServerError::Listen { addr, source })?;
+    let stop = async move {
+        tokio::select! {
+            _ = shutdown.notified() => {}
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    };
     // The peer's address goes on the audit trail with a refused request.
-    let app = app.into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("can install a SIGTERM handler");
-            tokio::select! {
-                _ = shutdown.notified() => {}
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        })
-        .await;
+    let with_peer = move |peer: Option<SocketAddr>| {
+        let app = match peer {
+            Some(peer) => app
+                .clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+            None => app.clone(),
+        };
+        hyper_util::service::TowerToHyperService::new(app)
+    };
+    gantry_router::listener::serve_per_peer(
+        listener,
+        &gantry_router::listener::Bounds::new(options.limits),
+        with_peer,
+        stop,
+        SHUTDOWN_DRAIN,
+    )
+    .await;
     let _ = std::fs::remove_file(dir.join(SERVER_FILE));
-    result.map_err(|source| ServerError::Listen { addr, source })
+    Ok(())
 }

@@ -43,7 +43,24 @@ pub fn webhook_signature(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// The Slack message: a readable line and the facts under it.
+/// Text made safe for Slack's `mrkdwn`: `&`, `<` and `>` escaped as Slack
+/// asks, so a reason or a name cannot ping `<!channel>`, mention a user or
+/// smuggle a link.
+pub fn slack_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The Slack message: a readable line and the facts under it. Every piece
+/// of text from a notice is escaped; the markup around it is Gantry's own.
 pub fn slack_payload(service: &str, n: &Notice) -> serde_json::Value {
     let icon = match n.kind {
         NoticeKind::Complete => ":white_check_mark:",
@@ -53,17 +70,17 @@ pub fn slack_payload(service: &str, n: &Notice) -> serde_json::Value {
         NoticeKind::Starting => ":rocket:",
         NoticeKind::Scheduled => ":calendar:",
     };
-    let headline = n.headline(service);
+    let headline = slack_escape(&n.headline(service));
     let mut facts = vec![
-        format!("*Environment:* {}", n.env),
-        format!("*Version:* {}", n.version),
-        format!("*Requested by:* {}", n.requested_by),
+        format!("*Environment:* {}", slack_escape(&n.env)),
+        format!("*Version:* {}", slack_escape(&n.version)),
+        format!("*Requested by:* {}", slack_escape(&n.requested_by)),
     ];
     if let Some(p) = &n.previous_version {
-        facts.push(format!("*Previous:* {p}"));
+        facts.push(format!("*Previous:* {}", slack_escape(p)));
     }
     if let Some(r) = &n.reason {
-        facts.push(format!("*Reason:* {r}"));
+        facts.push(format!("*Reason:* {}", slack_escape(r)));
     }
     json!({
         "text": format!("{icon} {headline}"),
@@ -241,6 +258,7 @@ impl Controller {
                     .update_delivery(d.id, "failed", attempts, now, Some(e), now)
             }
             Err(e) => {
+                tracing::warn!(channel = %d.channel, attempt = attempts, error = %e, "notification attempt failed; will retry");
                 let backoff = 1000 * (1 << (attempts - 1).min(10)) as Millis;
                 self.store
                     .update_delivery(d.id, "pending", attempts, now + backoff, Some(e), now)
@@ -252,42 +270,44 @@ impl Controller {
         self.dispatch.notify_one();
     }
 
+    /// One attempt at a delivery. Whatever goes wrong, the error text is
+    /// passed through the channel's [`Redactor`] first: it is stored, shown
+    /// to viewers and logged, and a receiver may echo what it was sent.
     async fn send(&self, channel: &NotifyChannel, d: &Delivery) -> Result<(), String> {
+        let mut secrets = Redactor::default();
+        self.send_redacting(channel, d, &mut secrets)
+            .await
+            .map_err(|e| secrets.clean(&e))
+    }
+
+    async fn send_redacting(
+        &self,
+        channel: &NotifyChannel,
+        d: &Delivery,
+        secrets: &mut Redactor,
+    ) -> Result<(), String> {
         let service = &self.config.service.name;
         let n = &d.notice;
-        let post = |url: String, body: serde_json::Value| async move {
-            let resp = self
-                .http
-                .post(&url)
-                .json(&body)
-                .send()
-                .await
-                .map_err(|e| format!("POST failed: {e}"))?;
-            let status = resp.status();
-            if status.is_success() {
-                Ok(())
-            } else {
-                let text = resp.text().await.unwrap_or_default();
-                Err(format!(
-                    "answered {status}: {}",
-                    text.chars().take(200).collect::<String>()
-                ))
-            }
-        };
         match &channel.target {
             NotifyTarget::Slack { url } => {
                 let url = credential(&format!("notify {} url", channel.name), url)?;
-                post(url, slack_payload(service, n)).await
+                // The whole address of a Slack webhook is its secret.
+                secrets.add_url(&url, true);
+                self.post_json(&url, &slack_payload(service, n)).await
             }
             NotifyTarget::Pagerduty { routing_key, url } => {
                 let key = credential(&format!("notify {} routing_key", channel.name), routing_key)?;
+                secrets.add(&key);
+                secrets.add_url(url, false);
                 match pagerduty_payload(service, &key, n) {
-                    Some(body) => post(url.clone(), body).await,
+                    Some(body) => self.post_json(url, &body).await,
                     None => Ok(()), // Nothing PagerDuty acts on.
                 }
             }
             NotifyTarget::Webhook { url, secret } => {
                 let secret = credential(&format!("notify {} secret", channel.name), secret)?;
+                secrets.add(&secret);
+                secrets.add_url(url, false);
                 let body = serde_json::to_vec(&json!({
                     "service": service,
                     "event": n.kind,
@@ -311,15 +331,102 @@ impl Controller {
                     .body(body)
                     .send()
                     .await
-                    .map_err(|e| format!("POST failed: {e}"))?;
-                if resp.status().is_success() {
-                    Ok(())
-                } else {
-                    Err(format!("answered {}", resp.status()))
-                }
+                    .map_err(request_error)?;
+                answered(resp).await
             }
-            NotifyTarget::Email(e) => send_email(&channel.name, e, service, n).await,
+            NotifyTarget::Email(e) => send_email(&channel.name, e, service, n, secrets).await,
         }
+    }
+
+    async fn post_json(&self, url: &str, body: &serde_json::Value) -> Result<(), String> {
+        let resp = self
+            .http
+            .post(url)
+            .json(body)
+            .send()
+            .await
+            .map_err(request_error)?;
+        answered(resp).await
+    }
+}
+
+/// A receiver's answer: success, or its status and the start of its body.
+async fn answered(resp: reqwest::Response) -> Result<(), String> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let text = resp.text().await.unwrap_or_default();
+    Err(format!(
+        "answered {status}: {}",
+        text.chars().take(200).collect::<String>()
+    ))
+}
+
+/// A request that got no answer, described by its causes without the URL
+/// (reqwest puts the URL in its errors, and a webhook URL may be a secret).
+fn request_error(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = format!("POST failed: {e}");
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
+}
+
+/// The secrets of one delivery attempt, to be cut out of any error text
+/// before it is stored, shown or logged.
+#[derive(Default)]
+struct Redactor {
+    secrets: Vec<String>,
+}
+
+impl Redactor {
+    const MASK: &'static str = "[redacted]";
+
+    fn add(&mut self, secret: &str) {
+        if !secret.is_empty() && !self.secrets.iter().any(|s| s == secret) {
+            self.secrets.push(secret.to_owned());
+        }
+    }
+
+    /// A URL's secret parts: its password and query always, and when the
+    /// whole address is the secret (Slack), the URL and its path too.
+    fn add_url(&mut self, url: &str, whole: bool) {
+        if whole {
+            self.add(url);
+        }
+        let Ok(parsed) = reqwest::Url::parse(url) else {
+            // Unparsable: nothing to pick apart; the request fails before it leaves.
+            self.add(url);
+            return;
+        };
+        if whole {
+            self.add(parsed.as_str());
+            if parsed.path() != "/" {
+                self.add(parsed.path());
+            }
+        }
+        if let Some(p) = parsed.password() {
+            self.add(p);
+        }
+        if let Some(q) = parsed.query() {
+            self.add(q);
+        }
+    }
+
+    /// `text` with every secret replaced by `[redacted]`, longest first so
+    /// that a secret containing another is cut whole.
+    fn clean(&self, text: &str) -> String {
+        let mut secrets: Vec<&String> = self.secrets.iter().collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        let mut out = text.to_owned();
+        for s in secrets {
+            out = out.replace(s.as_str(), Self::MASK);
+        }
+        out
     }
 }
 
@@ -328,7 +435,9 @@ async fn send_email(
     e: &EmailChannel,
     service: &str,
     n: &Notice,
+    secrets: &mut Redactor,
 ) -> Result<(), String> {
+    use base64::Engine as _;
     use lettre::message::header::ContentType;
     use lettre::transport::smtp::authentication::Credentials;
     use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
@@ -359,6 +468,14 @@ async fn send_email(
             Some(p) => credential(&format!("notify {channel} password"), p)?,
             None => String::new(),
         };
+        // The password, and the forms AUTH PLAIN and LOGIN send it in,
+        // should a server quote them back in its refusal.
+        let b64 = base64::engine::general_purpose::STANDARD;
+        secrets.add(&password);
+        if !password.is_empty() {
+            secrets.add(&b64.encode(&password));
+            secrets.add(&b64.encode(format!("\0{user}\0{password}")));
+        }
         builder = builder.credentials(Credentials::new(user.clone(), password));
     }
     builder
@@ -431,6 +548,36 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("*Previous:* 1.2.0"));
+    }
+
+    #[test]
+    fn slack_text_cannot_mention_or_link() {
+        let mut n = notice(NoticeKind::Failed, "rolled_back");
+        n.reason = Some("<!channel> see <http://evil|here> & more".into());
+        n.requested_by = "<@U123>".into();
+        let p = slack_payload("shop", &n).to_string();
+        assert!(!p.contains('<') && !p.contains('>'), "{p}");
+        assert!(p.contains("&lt;!channel&gt; see &lt;http://evil|here&gt; &amp; more"));
+        assert!(p.contains("&lt;@U123&gt;"));
+        assert_eq!(slack_escape("a&b<c>d"), "a&amp;b&lt;c&gt;d");
+    }
+
+    #[test]
+    fn redaction_cuts_every_form_of_a_secret() {
+        let mut r = Redactor::default();
+        r.add_url("https://hooks.slack.com/services/T0/B0/XYZ", true);
+        r.add_url("https://user:pw@example.com/hook?token=abc", false);
+        r.add("");
+        let text = "POST https://hooks.slack.com/services/T0/B0/XYZ failed; \
+                    path /services/T0/B0/XYZ; pw and token=abc";
+        let cleaned = r.clean(text);
+        assert!(
+            !cleaned.contains("XYZ") && !cleaned.contains("abc"),
+            "{cleaned}"
+        );
+        assert!(!cleaned.contains(":pw") && cleaned.contains("[redacted]"));
+        // An empty secret redacts nothing.
+        assert_eq!(r.clean("plain"), "plain");
     }
 
     #[test]

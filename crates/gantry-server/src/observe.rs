@@ -90,6 +90,31 @@ pub fn reason_class(d: &Deployment) -> &'static str {
     }
 }
 
+/// Why a change was rolled back, as the public status page says it: one
+/// fixed phrase per kind of cause. The recorded reason can name people
+/// (who aborted or rejected it), instances and ports, and carry free text
+/// (a rejection's comment); that stays behind the API's token.
+pub fn public_reason(d: &Deployment) -> Option<&'static str> {
+    if d.phase == Phase::Failed
+        && d.reason
+            .as_deref()
+            .is_some_and(|r| r.starts_with("rollback could not"))
+    {
+        return Some("the rollback could not complete");
+    }
+    d.reason.as_ref()?;
+    Some(match reason_class(d) {
+        "health_check" => "health check failed",
+        "smoke_check" => "smoke checks failed",
+        "start" => "the new release did not start",
+        "instance_exited" => "an instance of the new release exited",
+        "aborted" => "stopped by an operator",
+        "rejected" => "stopped at review",
+        "analysis" => "the canary analysis found a regression",
+        _ => "stopped",
+    })
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Outcome {
     env: String,
@@ -174,7 +199,7 @@ impl Controller {
                 deployment: d.id,
                 version: d.version.to_string(),
                 outcome: d.phase.as_str().to_owned(),
-                reason: d.reason.clone(),
+                reason: public_reason(&d).map(str::to_owned),
                 started_at: d.created_at,
                 resolved_at: d.finished_at,
             })

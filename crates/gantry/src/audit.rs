@@ -2,6 +2,7 @@
 //! and take the signed checkpoints an auditor keeps to verify it against.
 
 use crate::client::Client;
+use crate::term::{errln, outln};
 use crate::Exit;
 use anyhow::{bail, Context};
 use gantry_core::audit::{verify_trail, AuditRecord, Checkpoint, Trail};
@@ -102,13 +103,17 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
             let page: Page = connect()?
                 .get(&format!("/audit?after={after}&limit={limit}"))
                 .await?;
-            println!(
+            outln!(
                 "{:>5}  {:<20} {:<10} {:<14} {:<40} SUBJECT",
-                "SEQ", "AT", "ACTOR", "OUTCOME", "ACTION"
+                "SEQ",
+                "AT",
+                "ACTOR",
+                "OUTCOME",
+                "ACTION"
             );
             for r in page.records {
                 let e = &r.entry;
-                println!(
+                outln!(
                     "{:>5}  {:<20} {:<10} {:<14} {:<40} {}",
                     r.seq,
                     crate::commands::time(&Value::from(e.at)),
@@ -132,7 +137,7 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
             if let Ok(detail) = serde_json::from_str::<Value>(&r.entry.detail) {
                 v["detail"] = detail;
             }
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?);
             Ok(0)
         }
         AuditCommand::Export { output } => {
@@ -154,7 +159,7 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
             }
             out.flush()?;
             if let Some(p) = output {
-                eprintln!("{} record(s) written to {}", records.len(), p.display());
+                errln!("{} record(s) written to {}", records.len(), p.display());
             }
             Ok(0)
         }
@@ -165,7 +170,7 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
                 Some(p) => {
                     std::fs::write(&p, text)
                         .with_context(|| format!("cannot write {}", p.display()))?;
-                    eprintln!(
+                    errln!(
                         "checkpoint of record {} written to {}; keep it away from the controller's machine",
                         cp.seq,
                         p.display()
@@ -177,7 +182,7 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
         }
         AuditCommand::PublicKey => {
             let k: PublicKey = connect()?.get("/audit/public-key").await?;
-            println!("{}", k.public_key);
+            outln!("{}", k.public_key);
             Ok(0)
         }
         AuditCommand::Verify {
@@ -206,7 +211,7 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
                         Some(c.get::<PublicKey>("/audit/public-key").await?.public_key)
                     }
                     (None, None) => {
-                        eprintln!(
+                        errln!(
                             "warning: the checkpoint's signature is checked against the key written in it; pass --public-key to pin the key"
                         );
                         None
@@ -217,7 +222,7 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
                     .transpose()
                     .context("--public-key")?;
                 if let Err(e) = cp.check_signature(pinned.as_ref()) {
-                    println!("audit checkpoint REFUSED: {e}");
+                    outln!("audit checkpoint REFUSED: {e}");
                     return Ok(EXIT_CHAIN_BROKEN);
                 }
             }
@@ -233,9 +238,9 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
                         (Some(f), Some(l)) => format!(" (records {} to {})", f.seq, l.seq),
                         _ => String::new(),
                     };
-                    println!("audit trail intact: {} record(s){range}", v.records);
+                    outln!("audit trail intact: {} record(s){range}", v.records);
                     if let Some(cp) = &checkpoint {
-                        println!(
+                        outln!(
                             "holds the {} checkpoint of record {} signed {} ({} record(s) since)",
                             if kept_by_auditor {
                                 "given"
@@ -248,12 +253,12 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
                         );
                     }
                     if let Some((from, to, by)) = v.pruned_since_checkpoint {
-                        println!("records {from}..{to} were pruned since, as record {by} says");
+                        outln!("records {from}..{to} were pruned since, as record {by} says");
                     }
                     Ok(0)
                 }
                 Err(b) => {
-                    println!("audit trail BROKEN at record {}: {}", b.seq, b.reason);
+                    outln!("audit trail BROKEN at record {}: {}", b.seq, b.reason);
                     Ok(EXIT_CHAIN_BROKEN)
                 }
             }

@@ -1,6 +1,7 @@
 //! One function per command. Each returns the process exit code.
 
 use crate::client::{self, Client};
+use crate::term::{errln, out, outln};
 use crate::{Cli, Command, Exit, ReleaseCommand, EXIT_DEPLOY_FAILED, EXIT_INVALID_CONFIG};
 use anyhow::{bail, Context};
 use base64::Engine as _;
@@ -17,27 +18,40 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Init { path, force } => init(&path, force),
         Command::Validate { config } => validate(&config),
         Command::Schema => {
-            print!("{}", gantry_config::json_schema());
+            out!("{}", gantry_config::json_schema());
             Ok(0)
         }
         Command::Openapi => {
-            print!("{}", gantry_server::openapi_document());
+            out!("{}", gantry_server::openapi_document());
             Ok(0)
         }
-        Command::Server { config, listen } => {
+        Command::Server {
+            config,
+            listen,
+            header_timeout,
+            idle_timeout,
+            max_connections,
+        } => {
             let exe = std::env::current_exe().context("cannot find the gantry executable")?;
+            let d = gantry_server::API_LIMITS;
+            let limits = gantry_server::ConnectionLimits {
+                header_timeout: header_timeout.map_or(d.header_timeout, Into::into),
+                idle_timeout: idle_timeout.map_or(d.idle_timeout, Into::into),
+                max_connections: max_connections.unwrap_or(d.max_connections),
+            };
             match gantry_server::run(gantry_server::ServerOptions {
                 data_dir,
                 config_path: config,
                 listen,
                 exe,
+                limits,
             })
             .await
             {
                 Ok(()) => Ok(0),
                 // An invalid config exits 4, as `gantry validate` does.
                 Err(gantry_server::ServerError::Config(c)) => {
-                    eprintln!("error: {c}");
+                    errln!("error: {c}");
                     Ok(crate::EXIT_INVALID_CONFIG)
                 }
                 Err(other) => Err(other.into()),
@@ -56,6 +70,7 @@ pub async fn run(cli: Cli) -> Exit {
                 state_dir,
                 listen,
                 admin_token,
+                limits: gantry_router::listener::ConnectionLimits::PUBLIC,
             })
             .await?;
             Ok(0)
@@ -106,7 +121,7 @@ pub async fn run(cli: Cli) -> Exit {
                         json!({"version": version, "env": env, "comment": comment.unwrap_or_default()}),
                     )
                     .await?;
-                println!(
+                outln!(
                     "plan for {version} → {env} approved by {} (sha256 {}), attached as evidence {}",
                     v["by"].as_str().unwrap_or("?"),
                     v["digest"].as_str().unwrap_or("?"),
@@ -122,9 +137,9 @@ pub async fn run(cli: Cli) -> Exit {
                 Some(path) => {
                     std::fs::write(&path, markdown)
                         .with_context(|| format!("cannot write {}", path.display()))?;
-                    println!("wrote the plan to {}", path.display());
+                    outln!("wrote the plan to {}", path.display());
                 }
-                None => print!("{markdown}"),
+                None => out!("{markdown}"),
             }
             Ok(0)
         }
@@ -160,8 +175,8 @@ pub async fn run(cli: Cli) -> Exit {
                 known_issues,
                 date: date.unwrap_or_else(|| today[..10].to_owned()),
             })?;
-            print!("{text}");
-            eprintln!("wrote {}", path.display());
+            out!("{text}");
+            errln!("wrote {}", path.display());
             Ok(0)
         }
         Command::Rehearse { version, env } => {
@@ -173,12 +188,17 @@ pub async fn run(cli: Cli) -> Exit {
                 path.push_str(&format!("&deployment={d}"));
             }
             let list: Vec<Value> = connect()?.get(&path).await?;
-            println!(
+            outln!(
                 "{:<6} {:<14} {:<20} {:<6} {:<10} {:<8} LAST ERROR",
-                "ID", "CHANNEL", "EVENT", "DEPL", "STATUS", "ATTEMPTS"
+                "ID",
+                "CHANNEL",
+                "EVENT",
+                "DEPL",
+                "STATUS",
+                "ATTEMPTS"
             );
             for d in list {
-                println!(
+                outln!(
                     "{:<6} {:<14} {:<20} {:<6} {:<10} {:<8} {}",
                     d["id"],
                     d["channel"].as_str().unwrap_or("?"),
@@ -193,7 +213,7 @@ pub async fn run(cli: Cli) -> Exit {
         }
         Command::Whoami => {
             let v = connect()?.send_get("/whoami").await?;
-            println!("{} ({})", v["user"].as_str().unwrap_or("?"), v["roles"]);
+            outln!("{} ({})", v["user"].as_str().unwrap_or("?"), v["roles"]);
             Ok(0)
         }
         Command::Rollback { env, to, detach } => {
@@ -210,7 +230,7 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Log { id } => log(&connect()?, id).await,
         Command::Audit(cmd) => crate::audit::run(connect, cmd).await,
         Command::Logs { instance, bytes } => {
-            print!(
+            out!(
                 "{}",
                 connect()?
                     .get_text(&format!("/instances/{instance}/log?bytes={bytes}"))
@@ -222,7 +242,7 @@ pub async fn run(cli: Cli) -> Exit {
             connect()?
                 .post("/shutdown", json!({"stop_workloads": workloads}))
                 .await?;
-            println!(
+            outln!(
                 "controller stopping{}",
                 if workloads {
                     " with its instances and routers"
@@ -239,7 +259,7 @@ pub async fn run(cli: Cli) -> Exit {
 async fn request(c: &Client, id: i64, what: &str) -> Exit {
     c.post(&format!("/deployments/{id}/{what}"), json!({}))
         .await?;
-    println!("deployment {id}: {what} requested");
+    outln!("deployment {id}: {what} requested");
     Ok(0)
 }
 
@@ -252,7 +272,7 @@ fn init(path: &std::path::Path, force: bool) -> Exit {
     }
     std::fs::write(path, gantry_config::STARTER)
         .with_context(|| format!("cannot write {}", path.display()))?;
-    println!(
+    outln!(
         "wrote {}; check it with `gantry validate --config {}`",
         path.display(),
         path.display()
@@ -264,9 +284,9 @@ fn validate(path: &std::path::Path) -> Exit {
     match gantry_config::load(path) {
         Ok(loaded) => {
             for w in &loaded.warnings {
-                eprintln!("{w}");
+                errln!("{w}");
             }
-            println!(
+            outln!(
                 "{} is valid: service {:?}, environments {}",
                 path.display(),
                 loaded.config.service.name,
@@ -280,9 +300,9 @@ fn validate(path: &std::path::Path) -> Exit {
             file,
         }) => {
             for d in errors.iter().chain(&warnings) {
-                eprintln!("{d}");
+                errln!("{d}");
             }
-            eprintln!(
+            errln!(
                 "{file}: {} error(s), {} warning(s)",
                 errors.len(),
                 warnings.len()
@@ -290,7 +310,7 @@ fn validate(path: &std::path::Path) -> Exit {
             Ok(EXIT_INVALID_CONFIG)
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             Ok(EXIT_INVALID_CONFIG)
         }
     }
@@ -317,7 +337,7 @@ async fn release(c: &Client, rc: ReleaseCommand) -> Exit {
             let r = c
                 .put_artifact(&version, bytes, git_sha.as_deref(), sig)
                 .await?;
-            println!(
+            outln!(
                 "release {} registered: sha256 {} ({} bytes, {}){}",
                 r["version"].as_str().unwrap_or("?"),
                 r["digest"].as_str().unwrap_or("?"),
@@ -333,12 +353,16 @@ async fn release(c: &Client, rc: ReleaseCommand) -> Exit {
         }
         ReleaseCommand::List => {
             let releases: Vec<Value> = c.get("/releases").await?;
-            println!(
+            outln!(
                 "{:<14} {:<14} {:<10} {:>10}  {:<8} created",
-                "VERSION", "SHA256", "GIT", "SIZE", "SIGNED"
+                "VERSION",
+                "SHA256",
+                "GIT",
+                "SIZE",
+                "SIGNED"
             );
             for r in releases {
-                println!(
+                outln!(
                     "{:<14} {:<14} {:<10} {:>10}  {:<8} {}",
                     r["version"].as_str().unwrap_or("?"),
                     &r["digest"].as_str().unwrap_or("?")[..12],
@@ -359,7 +383,7 @@ async fn release(c: &Client, rc: ReleaseCommand) -> Exit {
         }
         ReleaseCommand::Show { version } => {
             let r: Value = c.get(&format!("/releases/{version}")).await?;
-            println!("{}", serde_json::to_string_pretty(&r)?);
+            outln!("{}", serde_json::to_string_pretty(&r)?);
             Ok(0)
         }
         ReleaseCommand::Verify => {
@@ -372,14 +396,14 @@ async fn release(c: &Client, rc: ReleaseCommand) -> Exit {
             for r in &results {
                 let ok = r["ok"].as_bool() == Some(true);
                 bad += usize::from(!ok);
-                println!(
+                outln!(
                     "{} {:<14} {}",
                     if ok { "ok " } else { "BAD" },
                     r["version"].as_str().unwrap_or("?"),
                     r["detail"].as_str().unwrap_or("")
                 );
             }
-            println!("{} release(s) checked, {bad} failed", results.len());
+            outln!("{} release(s) checked, {bad} failed", results.len());
             Ok(if bad == 0 { 0 } else { 1 })
         }
     }
@@ -398,7 +422,7 @@ pub fn time(v: &Value) -> String {
 pub async fn follow(c: &Client, d: &Value, detach: bool) -> Exit {
     let id = d["id"].as_i64().context("answer has no deployment id")?;
     if detach {
-        println!("{id}");
+        outln!("{id}");
         return Ok(0);
     }
     let bar = ProgressBar::new_spinner();
@@ -419,26 +443,27 @@ pub async fn follow(c: &Client, d: &Value, detach: bool) -> Exit {
             );
             // A hidden bar (output is not a terminal) would swallow the line.
             if bar.is_hidden() {
-                println!("{line}");
+                outln!("{line}");
             } else {
-                bar.println(line);
+                bar.println(crate::term::clean(&line));
             }
         }
         shown = log.len();
         let dep = &v["deployment"];
         let phase = dep["phase"].as_str().unwrap_or("?");
-        bar.set_message(format!(
+        let status = format!(
             "deployment {id}: {} {} → {}",
             phase,
             dep["version"].as_str().unwrap_or("?"),
             dep["env"].as_str().unwrap_or("?")
-        ));
+        );
+        bar.set_message(crate::term::clean(&status).into_owned());
         if matches!(phase, "succeeded" | "rolled_back" | "failed") {
             break dep.clone();
         }
         if phase == "awaiting_approval" {
             bar.finish_and_clear();
-            println!(
+            outln!(
                 "deployment {id} awaits approval: `gantry approve {id}` by an approver; `gantry log {id}` shows what it waits for"
             );
             return Ok(0);
@@ -451,7 +476,7 @@ pub async fn follow(c: &Client, d: &Value, detach: bool) -> Exit {
         - finished["created_at"].as_i64().unwrap_or(0);
     match phase {
         "succeeded" => {
-            println!(
+            outln!(
                 "deployment {id} succeeded in {:.1}s: {} serves {}",
                 took as f64 / 1000.0,
                 finished["version"].as_str().unwrap_or("?"),
@@ -460,7 +485,7 @@ pub async fn follow(c: &Client, d: &Value, detach: bool) -> Exit {
             Ok(0)
         }
         _ => {
-            println!(
+            outln!(
                 "deployment {id} {phase} after {:.1}s: {}",
                 took as f64 / 1000.0,
                 finished["reason"].as_str().unwrap_or("no reason recorded")
@@ -481,10 +506,13 @@ fn clock(v: &Value) -> String {
 
 async fn status(c: &Client) -> Exit {
     let v = c.send_get("/status").await?;
-    println!("service {}", v["service"].as_str().unwrap_or("?"));
-    println!(
+    outln!("service {}", v["service"].as_str().unwrap_or("?"));
+    outln!(
         "{:<14} {:<22} {:<12} {:<10} IN PROGRESS",
-        "ENVIRONMENT", "LISTEN", "RELEASE", "INSTANCES"
+        "ENVIRONMENT",
+        "LISTEN",
+        "RELEASE",
+        "INSTANCES"
     );
     for e in v["environments"].as_array().cloned().unwrap_or_default() {
         let inst = e["instances"].as_array().cloned().unwrap_or_default();
@@ -493,7 +521,7 @@ async fn status(c: &Client) -> Exit {
             .filter(|i| i["running"].as_bool() == Some(true))
             .count();
         let active = &e["active_deployment"];
-        println!(
+        outln!(
             "{:<14} {:<22} {:<12} {:<10} {}",
             e["name"].as_str().unwrap_or("?"),
             e["listen"].as_str().unwrap_or("?"),
@@ -518,9 +546,14 @@ async fn history(c: &Client, env: &str, limit: usize) -> Exit {
     let list: Vec<Value> = c
         .get(&format!("/deployments?env={env}&limit={limit}"))
         .await?;
-    println!(
+    outln!(
         "{:<5} {:<9} {:<10} {:<12} {:<20} {:>8}  REASON",
-        "ID", "KIND", "VERSION", "OUTCOME", "STARTED", "TOOK"
+        "ID",
+        "KIND",
+        "VERSION",
+        "OUTCOME",
+        "STARTED",
+        "TOOK"
     );
     for d in list {
         let took = match d["finished_at"].as_i64() {
@@ -530,7 +563,7 @@ async fn history(c: &Client, env: &str, limit: usize) -> Exit {
             ),
             None => "-".into(),
         };
-        println!(
+        outln!(
             "{:<5} {:<9} {:<10} {:<12} {:<20} {:>8}  {}",
             d["id"],
             d["kind"].as_str().unwrap_or("?"),
@@ -547,7 +580,7 @@ async fn history(c: &Client, env: &str, limit: usize) -> Exit {
 async fn log(c: &Client, id: i64) -> Exit {
     let v = c.send_get(&format!("/deployments/{id}/log")).await?;
     let d = &v["deployment"];
-    println!(
+    outln!(
         "deployment {id}: {} of {} to {} by {} ({})",
         d["kind"].as_str().unwrap_or("?"),
         d["version"].as_str().unwrap_or("?"),
@@ -556,10 +589,10 @@ async fn log(c: &Client, id: i64) -> Exit {
         d["phase"].as_str().unwrap_or("?")
     );
     if let Some(prev) = d["previous_version"].as_str() {
-        println!("previous release: {prev}");
+        outln!("previous release: {prev}");
     }
     for e in v["log"].as_array().cloned().unwrap_or_default() {
-        println!(
+        outln!(
             "{}  {:<13} {}",
             time(&e["at"]).replace(
                 'Z',
@@ -570,7 +603,7 @@ async fn log(c: &Client, id: i64) -> Exit {
         );
     }
     if let Some(r) = d["reason"].as_str() {
-        println!("reason: {r}");
+        outln!("reason: {r}");
     }
     Ok(0)
 }

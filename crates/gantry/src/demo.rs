@@ -6,6 +6,7 @@
 //! behaved as expected.
 
 use crate::client::{self, Client};
+use crate::term::{errln, outln};
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -24,7 +25,7 @@ struct Row {
 pub async fn run(keep: bool) -> crate::Exit {
     let tmp = tempfile::Builder::new().prefix("gantry-demo-").tempdir()?;
     let dir = tmp.path().to_owned();
-    println!("gantry demo: data directory {}", dir.display());
+    outln!("gantry demo: data directory {}", dir.display());
     let mut server = start_controller(&dir).await?;
     let result = scenario(&dir).await;
     // Stop everything the demo started, whatever happened.
@@ -35,20 +36,20 @@ pub async fn run(keep: bool) -> crate::Exit {
     let _ = server.start_kill();
     if keep {
         let kept = tmp.keep();
-        println!("kept {}", kept.display());
+        outln!("kept {}", kept.display());
     }
     match result {
         Ok(rows) => {
-            println!("\nsummary");
-            println!("{:<48} {:<28} {:>8}", "STEP", "OUTCOME", "SECONDS");
+            outln!("\nsummary");
+            outln!("{:<48} {:<28} {:>8}", "STEP", "OUTCOME", "SECONDS");
             for r in &rows {
-                println!("{:<48} {:<28} {:>8.2}", r.what, r.outcome, r.seconds);
+                outln!("{:<48} {:<28} {:>8.2}", r.what, r.outcome, r.seconds);
             }
-            println!("\ndemo passed");
+            outln!("\ndemo passed");
             Ok(0)
         }
         Err(e) => {
-            eprintln!("demo failed: {e:#}");
+            errln!("demo failed: {e:#}");
             Ok(1)
         }
     }
@@ -127,7 +128,7 @@ start_timeout = "5s"
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!(
+    outln!(
         "controller started (log: {})",
         dir.join("controller.log").display()
     );
@@ -177,7 +178,7 @@ async fn deploy(c: &Client, approver: &Client, env: &str, version: &str) -> Resu
                 json!({"comment": "reviewed in the demo"}),
             )
             .await?;
-        println!(
+        outln!(
             "  {env:<12} deployment {id} awaited approval; approved by {}",
             v["by"].as_str().unwrap_or("?")
         );
@@ -227,7 +228,7 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
     let sha = git_head();
 
-    println!("\n== an approver for production (the requester may not approve their own change)");
+    outln!("\n== an approver for production (the requester may not approve their own change)");
     c.post("/users", json!({"name": "avery", "roles": ["approver"]}))
         .await?;
     let issued = c
@@ -250,9 +251,9 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
             .context("no token in the answer")?
             .to_owned(),
     );
-    println!("  user avery (approver) with a token she minted herself, expiring in an hour");
+    outln!("  user avery (approver) with a token she minted herself, expiring in an hour");
 
-    println!("\n== registering four releases of the sample service");
+    outln!("\n== registering four releases of the sample service");
     let releases = [
         ("1.0.0", json!({"version": "1.0.0"})),
         ("1.1.0", json!({"version": "1.1.0"})),
@@ -264,7 +265,7 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
         let artifact = build_artifact(dir, version, settings)?;
         let bytes = std::fs::read(&artifact)?;
         let r = c.put_artifact(version, bytes, sha.as_deref(), None).await?;
-        println!(
+        outln!(
             "  {version}: sha256 {} ({} bytes)",
             &r["digest"].as_str().unwrap_or("?")[..16],
             r["size"]
@@ -272,11 +273,11 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
     }
 
     for version in ["1.0.0", "1.1.0"] {
-        println!("\n== deploying {version} through the environments");
+        outln!("\n== deploying {version} through the environments");
         for env in ENVIRONMENTS {
             let d = deploy(&c, &approver, env, version).await?;
             let phase = d["phase"].as_str().unwrap_or("?");
-            println!(
+            outln!(
                 "  {env:<12} {phase} in {:.2}s (deployment {})",
                 took(&d),
                 d["id"]
@@ -293,17 +294,17 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
             });
             if env == "production" && load.is_none() {
                 let prod = env_listen(&c, "production").await?;
-                println!("  (user traffic to production starts now: ~200 requests/s, bounded to 2 minutes)");
+                outln!("  (user traffic to production starts now: ~200 requests/s, bounded to 2 minutes)");
                 load = Some(Load::start(format!("http://{prod}/")));
             }
         }
     }
 
-    println!("\n== deploying 1.2.0, whose health check fails, to development");
+    outln!("\n== deploying 1.2.0, whose health check fails, to development");
     let d = deploy(&c, &approver, "development", "1.2.0").await?;
     let phase = d["phase"].as_str().unwrap_or("?");
     let reason = d["reason"].as_str().unwrap_or("");
-    println!("  {phase} in {:.2}s: {reason}", took(&d));
+    outln!("  {phase} in {:.2}s: {reason}", took(&d));
     ensure!(
         phase == "rolled_back",
         "the unhealthy release was not rolled back (phase {phase})"
@@ -324,16 +325,16 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
         "development should still run 1.1.0, runs {}",
         dev["version"]
     );
-    println!(
+    outln!(
         "  development still serves {}",
         dev["version"].as_str().unwrap_or("?")
     );
 
-    println!("\n== 1.3.0, which fails 5% of requests, on its promotion path (staging is optional)");
+    outln!("\n== 1.3.0, which fails 5% of requests, on its promotion path (staging is optional)");
     for env in ["development", "integration"] {
         let d = deploy(&c, &approver, env, "1.3.0").await?;
         let phase = d["phase"].as_str().unwrap_or("?");
-        println!(
+        outln!(
             "  {env:<12} {phase} in {:.2}s (no analysis there: blue-green)",
             took(&d)
         );
@@ -343,10 +344,10 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
             d["reason"]
         );
     }
-    println!("\n== deploying 1.3.0 to production as a canary under load");
+    outln!("\n== deploying 1.3.0 to production as a canary under load");
     let d = deploy(&c, &approver, "production", "1.3.0").await?;
     let phase = d["phase"].as_str().unwrap_or("?");
-    println!(
+    outln!(
         "  {phase} in {:.2}s: {}",
         took(&d),
         d["reason"].as_str().unwrap_or("")
@@ -364,7 +365,7 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
     );
     if let Some(reports) = d["canary"]["last"]["reports"].as_array() {
         for r in reports {
-            println!(
+            outln!(
                 "    {:<15} {:<14} observed {:>6.2}% ({} of {}) vs {:>6.2}%  {}",
                 r["status"].as_str().unwrap_or("?"),
                 r["rule"].as_str().unwrap_or("?"),
@@ -382,7 +383,7 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
         seconds: took(&d),
     });
 
-    println!("\n== rolling production back from 1.1.0 to 1.0.0, timed at the router");
+    outln!("\n== rolling production back from 1.1.0 to 1.0.0, timed at the router");
     let prod = status["environments"]
         .as_array()
         .and_then(|a| a.iter().find(|e| e["name"] == "production").cloned())
@@ -426,7 +427,7 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
     let serving = started.elapsed().as_secs_f64();
     let d = wait_finished(&c, r["id"].as_i64().context("no id")?).await?;
     ensure!(d["phase"] == "succeeded", "rollback ended {}", d["phase"]);
-    println!("  1.0.0 served all traffic {serving:.2}s after the rollback was requested; the rollback finished in {:.2}s", took(&d));
+    outln!("  1.0.0 served all traffic {serving:.2}s after the rollback was requested; the rollback finished in {:.2}s", took(&d));
     rows.push(Row {
         what: "rollback production to 1.0.0 (router serves)".into(),
         outcome: "succeeded".into(),
@@ -435,7 +436,7 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
 
     if let Some(load) = load.take() {
         let (ok, canary_errors, other_failures) = load.finish().await;
-        println!(
+        outln!(
             "\n== user traffic to production: {ok} answered, {canary_errors} errors from the faulty 1.3.0 canary, {other_failures} other failures"
         );
         ensure!(
@@ -452,13 +453,13 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
         });
     }
 
-    println!("\n== the record");
+    outln!("\n== the record");
     let verdict: Value = c.get("/audit/verify").await?;
     ensure!(
         verdict["ok"] == true,
         "the audit trail does not verify: {verdict}"
     );
-    println!(
+    outln!(
         "  audit trail: {} records, hash chain verified",
         verdict["records"]
     );
@@ -480,12 +481,12 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
                 .count()
         })
         .unwrap_or(0);
-    println!("  {approved} production deployment(s) approved by avery; see `gantry audit list`");
+    outln!("  {approved} production deployment(s) approved by avery; see `gantry audit list`");
 
-    println!("\n== deployment log of the failed release");
+    outln!("\n== deployment log of the failed release");
     let log: Value = c.get(&format!("/deployments/{failed_id}/log")).await?;
     for e in log["log"].as_array().cloned().unwrap_or_default() {
-        println!("  {}", e["message"].as_str().unwrap_or(""));
+        outln!("  {}", e["message"].as_str().unwrap_or(""));
     }
     Ok(rows)
 }

@@ -1,6 +1,7 @@
 //! Commands for people and rules: users, tokens, approvals, evidence, gates.
 
 use crate::client::Client;
+use crate::term::{errln, outln};
 use crate::Exit;
 use anyhow::Context;
 use clap::Subcommand;
@@ -62,7 +63,7 @@ pub async fn user(c: &Client, cmd: UserCommand) -> Exit {
             let u = c
                 .post("/users", json!({"name": name, "roles": roles}))
                 .await?;
-            println!(
+            outln!(
                 "user {} added with role(s) {}",
                 u["name"].as_str().unwrap_or("?"),
                 u["roles"]
@@ -70,13 +71,13 @@ pub async fn user(c: &Client, cmd: UserCommand) -> Exit {
         }
         UserCommand::List => {
             let users: Vec<Value> = c.get("/users").await?;
-            println!("{:<24} {:<28} {:<22} BY", "NAME", "ROLES", "CREATED");
+            outln!("{:<24} {:<28} {:<22} BY", "NAME", "ROLES", "CREATED");
             for u in users {
                 let roles: Vec<&str> = u["roles"]
                     .as_array()
                     .map(|r| r.iter().filter_map(Value::as_str).collect())
                     .unwrap_or_default();
-                println!(
+                outln!(
                     "{:<24} {:<28} {:<22} {}",
                     u["name"].as_str().unwrap_or("?"),
                     roles.join(","),
@@ -107,19 +108,19 @@ pub async fn token(c: &Client, cmd: TokenCommand) -> Exit {
                 t["user"].as_str().unwrap_or("?"),
             );
             if let Some(old) = t["revoked"].as_str() {
-                eprintln!("token {old}, which someone else minted for {user}, is revoked: this one replaces it");
+                errln!("token {old}, which someone else minted for {user}, is revoked: this one replaces it");
             }
             if t["minted_by"].as_str().is_some_and(|by| by != user) {
-                eprintln!(
+                errln!(
                     "minted by {} for {user}: it may not give verdicts; {user} mints their own with it (`gantry token create --user {user}`, which revokes this one)",
                     t["minted_by"].as_str().unwrap_or("?")
                 );
             }
-            eprintln!(
+            errln!(
                 "token {id} for {user} (expires {}); shown once, store it now:",
                 crate::commands::time(&t["expires_at"])
             );
-            println!("{}", t["token"].as_str().unwrap_or(""));
+            outln!("{}", t["token"].as_str().unwrap_or(""));
         }
         TokenCommand::List { user } => {
             let path = match user {
@@ -127,9 +128,13 @@ pub async fn token(c: &Client, cmd: TokenCommand) -> Exit {
                 None => "/tokens".to_owned(),
             };
             let tokens: Vec<Value> = c.get(&path).await?;
-            println!(
+            outln!(
                 "{:<18} {:<16} {:<12} {:<22} {:<22} STATE",
-                "ID", "USER", "LABEL", "CREATED", "EXPIRES"
+                "ID",
+                "USER",
+                "LABEL",
+                "CREATED",
+                "EXPIRES"
             );
             for t in tokens {
                 let state = if t["revoked_at"].is_i64() {
@@ -137,7 +142,7 @@ pub async fn token(c: &Client, cmd: TokenCommand) -> Exit {
                 } else {
                     "active".to_owned()
                 };
-                println!(
+                outln!(
                     "{:<18} {:<16} {:<12} {:<22} {:<22} {state}",
                     t["id"].as_str().unwrap_or("?"),
                     t["user"].as_str().unwrap_or("?"),
@@ -149,7 +154,7 @@ pub async fn token(c: &Client, cmd: TokenCommand) -> Exit {
         }
         TokenCommand::Revoke { id } => {
             c.post(&format!("/tokens/{id}/revoke"), json!({})).await?;
-            println!("token {id} revoked");
+            outln!("token {id} revoked");
         }
     }
     Ok(0)
@@ -163,7 +168,7 @@ pub async fn verdict(c: &Client, id: i64, approve: bool, comment: Option<String>
             json!({"comment": comment.unwrap_or_default()}),
         )
         .await?;
-    println!(
+    outln!(
         "deployment {id}: {}d by {}",
         what,
         v["by"].as_str().unwrap_or("?")
@@ -174,12 +179,18 @@ pub async fn verdict(c: &Client, id: i64, approve: bool, comment: Option<String>
 pub async fn approvals(c: &Client) -> Exit {
     let pending: Vec<Value> = c.get("/approvals").await?;
     if pending.is_empty() {
-        println!("nothing awaits approval");
+        outln!("nothing awaits approval");
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:<6} {:<12} {:<10} {:<10} {:<12} {:<9} {:<22} STATE",
-        "ID", "ENV", "VERSION", "CHANGE", "BY", "APPROVED", "REVIEW BY"
+        "ID",
+        "ENV",
+        "VERSION",
+        "CHANGE",
+        "BY",
+        "APPROVED",
+        "REVIEW BY"
     );
     for p in pending {
         let state = if p["overdue"].as_bool() == Some(true) {
@@ -187,7 +198,7 @@ pub async fn approvals(c: &Client) -> Exit {
         } else {
             p["phase"].as_str().unwrap_or("?").to_owned()
         };
-        println!(
+        outln!(
             "{:<6} {:<12} {:<10} {:<10} {:<12} {:<9} {:<22} {state}",
             p["deployment"],
             p["env"].as_str().unwrap_or("?"),
@@ -221,7 +232,7 @@ pub async fn evidence(c: &Client, cmd: EvidenceCommand) -> Exit {
                     bytes,
                 )
                 .await?;
-            println!(
+            outln!(
                 "evidence {} attached to {version}: {} ({}, sha256 {})",
                 e["id"],
                 summary(&e),
@@ -233,7 +244,7 @@ pub async fn evidence(c: &Client, cmd: EvidenceCommand) -> Exit {
         EvidenceCommand::List { version } => {
             let list: Vec<Value> = c.get(&format!("/releases/{version}/evidence")).await?;
             for e in list {
-                println!(
+                outln!(
                     "{:<4} {:<12} {:<24} {:<22} {:<10} {}",
                     e["id"],
                     e["kind"].as_str().unwrap_or("?"),
@@ -259,9 +270,9 @@ pub async fn gates(c: &Client, version: &str, env: &str) -> Exit {
     let v = c
         .send_get(&format!("/gates?version={version}&env={env}"))
         .await?;
-    println!("gates for {version} → {env}:");
+    outln!("gates for {version} → {env}:");
     for g in v["gates"].as_array().cloned().unwrap_or_default() {
-        println!(
+        outln!(
             "  {} {:<20} {}",
             if g["passed"].as_bool() == Some(true) {
                 "PASS"
@@ -273,10 +284,10 @@ pub async fn gates(c: &Client, version: &str, env: &str) -> Exit {
         );
     }
     if v["passed"].as_bool() == Some(true) {
-        println!("all gates pass");
+        outln!("all gates pass");
         Ok(0)
     } else {
-        println!("{version} may not enter {env} yet");
+        outln!("{version} may not enter {env} yet");
         Ok(EXIT_GATES_FAILED)
     }
 }
@@ -291,7 +302,7 @@ pub async fn rehearse(c: &Client, version: &str, env: &str) -> Exit {
         .unwrap_or(0);
     c.post("/rehearsals", json!({"env": env, "version": version}))
         .await?;
-    println!("rehearsing {version} in {env}: deploy, roll back, deploy again");
+    outln!("rehearsing {version} in {env}: deploy, roll back, deploy again");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
     loop {
         let list: Vec<Value> = c.get(&format!("/releases/{version}/evidence")).await?;
@@ -299,7 +310,7 @@ pub async fn rehearse(c: &Client, version: &str, env: &str) -> Exit {
             .iter()
             .find(|e| e["kind"] == "rehearsal" && e["id"].as_i64().unwrap_or(0) > last)
         {
-            println!("{}", summary(e));
+            outln!("{}", summary(e));
             let passed = e["report"]["passed"].as_bool() == Some(true);
             return Ok(if passed { 0 } else { crate::EXIT_DEPLOY_FAILED });
         }

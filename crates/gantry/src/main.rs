@@ -10,10 +10,12 @@ mod demo;
 mod governance;
 mod release_notes;
 mod sample;
+mod term;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
+use term::errln;
 
 /// Exit codes: 1 error, 2 usage, 3 the deployment did not succeed, 4 invalid config,
 /// 5 the audit trail is broken, 6 a gate fails.
@@ -73,6 +75,16 @@ pub enum Command {
         config: PathBuf,
         #[arg(long, default_value = "127.0.0.1:7878")]
         listen: std::net::SocketAddr,
+        /// Time a client has to send a request's headers; an idle HTTP/1
+        /// connection waits as long for its next request [default: 10s].
+        #[arg(long)]
+        header_timeout: Option<humantime::Duration>,
+        /// Time a connection may stay open with no request in flight [default: 60s].
+        #[arg(long)]
+        idle_timeout: Option<humantime::Duration>,
+        /// Connections served at once; more wait to be accepted [default: 256].
+        #[arg(long)]
+        max_connections: Option<usize>,
     },
     /// Register and inspect releases.
     #[command(subcommand)]
@@ -275,7 +287,13 @@ fn main() {
     let code = match runtime.block_on(commands::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // A reader gone mid-export: end as quietly as a print would.
+            for cause in e.chain() {
+                if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                    term::exit_if_broken_pipe(io);
+                }
+            }
+            errln!("error: {e:#}");
             1
         }
     };

@@ -1,6 +1,7 @@
 //! The router against real upstream HTTP servers on loopback.
 
 use bytes::Bytes;
+use gantry_router::listener::ConnectionLimits;
 use gantry_router::{AdminInfo, Affinity, Pool, RouterOptions, Routing, ADMIN_FILE};
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response};
@@ -37,11 +38,16 @@ async fn slow_upstream(name: &'static str, delay_ms: u64) -> SocketAddr {
 }
 
 async fn start_router(dir: &Path) -> AdminInfo {
+    start_router_with(dir, ConnectionLimits::PUBLIC).await
+}
+
+async fn start_router_with(dir: &Path, limits: ConnectionLimits) -> AdminInfo {
     let _ = std::fs::remove_file(dir.join(ADMIN_FILE));
     let options = RouterOptions {
         state_dir: dir.to_owned(),
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_token: "t0ken".into(),
+        limits,
     };
     tokio::spawn(gantry_router::serve(options));
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -410,5 +416,171 @@ async fn http2_clients_are_served_and_forwarded_as_http1() {
             String::from_utf8_lossy(&body),
             format!("HTTP/1.1 {}", info.listen)
         );
+    }
+}
+
+/// Sends `opening`, then one more header line every `every`, until the
+/// server closes the connection; answers how long that took, or `None` if
+/// it was still open at `deadline`.
+async fn trickle(
+    addr: SocketAddr,
+    opening: &[u8],
+    every: Duration,
+    deadline: Duration,
+) -> Option<Duration> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(opening).await.unwrap();
+    let mut n = 0;
+    while started.elapsed() < deadline {
+        let mut buf = [0u8; 1024];
+        match tokio::time::timeout(every, s.read(&mut buf)).await {
+            // Closed (or reset): done. Whatever it answered first, it then closes.
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            Ok(Ok(_)) => continue,
+            Err(_) => {
+                n += 1;
+                if s.write_all(format!("x-slow-{n}: 1\r\n").as_bytes())
+                    .await
+                    .is_err()
+                {
+                    return Some(started.elapsed());
+                }
+            }
+        }
+    }
+    None
+}
+
+const TEST_LIMITS: ConnectionLimits = ConnectionLimits {
+    header_timeout: Duration::from_secs(2),
+    idle_timeout: Duration::from_secs(3),
+    max_connections: 3,
+};
+
+#[tokio::test]
+async fn slow_and_silent_clients_are_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let info = start_router_with(dir.path(), TEST_LIMITS).await;
+    let a = upstream("a").await;
+    assert_eq!(
+        put_routing(&info, "t0ken", &routing(1, vec![("a", 1, vec![a])])).await,
+        200
+    );
+    let second = Duration::from_secs(1);
+    let bound = TEST_LIMITS.header_timeout + Duration::from_secs(2);
+    let probes = [
+        // A header line a second: the head never completes.
+        (
+            "trickled headers",
+            &b"GET / HTTP/1.1\r\nhost: x\r\n"[..],
+            bound,
+        ),
+        // Connected, then nothing at all.
+        ("a silent client", &b""[..], bound),
+        // A partial HTTP/2 preface.
+        ("half a preface", &b"PRI * HTTP/2.0\r\n"[..], bound),
+        // A whole preface, then no request: idle HTTP/2.
+        (
+            "an idle HTTP/2 connection",
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00"[..],
+            TEST_LIMITS.idle_timeout + Duration::from_secs(2),
+        ),
+    ];
+    // All at once, each on its own task.
+    let running: Vec<_> = probes
+        .iter()
+        .map(|(_, opening, bound)| {
+            let (opening, deadline) = (opening.to_vec(), *bound + Duration::from_secs(10));
+            tokio::spawn(async move { trickle(info.listen, &opening, second, deadline).await })
+        })
+        .collect();
+    for ((what, _, bound), probe) in probes.iter().zip(running) {
+        let took = probe.await.unwrap();
+        let took = took.unwrap_or_else(|| panic!("{what}: still open after {bound:?} + 10s"));
+        assert!(took <= *bound, "{what}: closed only after {took:?}");
+    }
+    // An HTTP/1 keep-alive connection waits for its next request no longer.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let started = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(info.listen).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(bound + Duration::from_secs(10), s.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "keep-alive connection still open");
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    assert!(
+        started.elapsed() <= bound,
+        "closed after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn over_the_connection_limit_a_request_waits_until_a_slot_frees() {
+    let dir = tempfile::tempdir().unwrap();
+    let info = start_router_with(dir.path(), TEST_LIMITS).await;
+    let slow = slow_upstream("slow", 2500).await;
+    let r = routing(1, vec![("slow", 1, vec![slow])]);
+    assert_eq!(put_routing(&info, "t0ken", &r).await, 200);
+    // Every slot held by a request in flight...
+    let held: Vec<_> = (0..TEST_LIMITS.max_connections)
+        .map(|_| tokio::spawn(async move { get(info.listen, "/").await }))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = stats(&info, "").await;
+        let pools: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if pools[0]["requests"].as_u64() == Some(TEST_LIMITS.max_connections as u64) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the held requests never arrived: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ...so one more is not served yet,
+    let waiting = tokio::spawn(async move { get(info.listen, "/").await });
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (_, body) = stats(&info, "").await;
+    let pools: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        pools[0]["requests"].as_u64(),
+        Some(TEST_LIMITS.max_connections as u64),
+        "a request was taken past the connection limit"
+    );
+    assert!(!waiting.is_finished());
+    // and is served once a held one is done.
+    let answer = tokio::time::timeout(Duration::from_secs(15), waiting)
+        .await
+        .expect("served once a slot freed")
+        .unwrap();
+    assert_eq!(answer, (200, "slow".to_owned()));
+    for h in held {
+        assert_eq!(h.await.unwrap().0, 200);
+    }
+}
+
+#[tokio::test]
+async fn the_admin_bearer_scheme_is_case_insensitive() {
+    let dir = tempfile::tempdir().unwrap();
+    let info = start_router(dir.path()).await;
+    for (auth, want) in [
+        ("Bearer t0ken", 200),
+        ("bearer t0ken", 200),
+        ("BEARER t0ken", 200),
+        ("Basic t0ken", 401),
+        ("bearer wrong", 401),
+    ] {
+        let req = Request::get(format!("http://{}/routing", info.admin))
+            .header("authorization", auth)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let status = client().request(req).await.unwrap().status().as_u16();
+        assert_eq!(status, want, "{auth}");
     }
 }

@@ -158,6 +158,14 @@ fn sign_in_approve_and_watch_a_rollout_live() {
         .await;
         until(&c, "judged rules", "document.querySelectorAll('#rules tr[data-rule]').length >= 3").await;
         until(&c, "the 4xx rule listed", "document.querySelector('#rules tr[data-rule=client_errors_vs_stable]')").await;
+        // Under the Content-Security-Policy the page's own style applies and
+        // its bars get their widths (set through the DOM, not style attributes).
+        until(
+            &c,
+            "styled bars with widths",
+            "[...document.querySelectorAll('#rules .bar')].every(b => getComputedStyle(b).minWidth === '128px' && b.firstElementChild.style.width.endsWith('%'))",
+        )
+        .await;
         until(&c, "healthy instances", "[...document.querySelectorAll('#instances .badge')].some(b => b.textContent === 'healthy')").await;
         until(&c, "the approval in the log", "document.querySelector('#log').textContent.includes('approved by bob')").await;
         let png = c.screenshot().await.unwrap();

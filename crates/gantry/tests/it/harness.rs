@@ -125,6 +125,8 @@ pub struct Gantry {
     pub ports: Vec<(String, u16)>,
     /// Extra environment of the controller process.
     pub server_env: Vec<(String, String)>,
+    /// Extra arguments of `gantry server`.
+    pub server_args: Vec<String>,
 }
 
 /// How strictly a test config enforces the promotion path.
@@ -205,12 +207,28 @@ impl Gantry {
         Self::start_lifecycle("100ms", "", &[], tail, lifecycle)
     }
 
+    /// A controller started with extra `gantry server` arguments.
+    pub fn start_with_server_args(server_args: &[&str]) -> Gantry {
+        Self::start_args("300ms", "", &[], "", Lifecycle::Loose, server_args)
+    }
+
     fn start_lifecycle(
         bake: &str,
         extra: &str,
         server_env: &[(&str, &str)],
         tail: &str,
         lifecycle: Lifecycle,
+    ) -> Gantry {
+        Self::start_args(bake, extra, server_env, tail, lifecycle, &[])
+    }
+
+    fn start_args(
+        bake: &str,
+        extra: &str,
+        server_env: &[(&str, &str)],
+        tail: &str,
+        lifecycle: Lifecycle,
+        server_args: &[&str],
     ) -> Gantry {
         let ports: Vec<(String, u16)> = ["development", "integration", "staging", "production"]
             .iter()
@@ -227,6 +245,7 @@ impl Gantry {
             server: None,
             ports,
             server_env,
+            server_args: server_args.iter().map(|a| a.to_string()).collect(),
         };
         std::fs::write(g.config_path(), &g.config).unwrap();
         g.start_server();
@@ -257,6 +276,7 @@ impl Gantry {
             .arg(self.data())
             .args(["server", "--listen", "127.0.0.1:0", "--config"])
             .arg(self.config_path())
+            .args(&self.server_args)
             .envs(self.server_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())

@@ -12,6 +12,7 @@ mod config;
 mod crash;
 mod dashboard;
 mod deploy;
+mod edges;
 mod governance;
 mod isolation;
 mod notes;

@@ -379,3 +379,226 @@ fn metrics_and_the_live_event_stream() {
         assert!(text.contains(needle), "{needle:?} in:\n{text}");
     }
 }
+
+/// An HTTP server that answers every request 500 with the whole request
+/// quoted back in its body, as some proxies and misconfigured receivers do.
+fn echo_500() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut request = String::new();
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                request.push_str(&line);
+                if line == "\r\n" {
+                    break;
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = std::io::Read::read_exact(&mut reader, &mut body);
+            request.push_str(&String::from_utf8_lossy(&body));
+            // The request line, then the body: a sender keeps only the start of an answer.
+            let line = request.lines().next().unwrap_or("").to_owned();
+            let echo = format!("{line}\n{}", String::from_utf8_lossy(&body));
+            let _ = write!(
+                stream,
+                "HTTP/1.1 500 Echo\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{echo}",
+                echo.len()
+            );
+        }
+    });
+    port
+}
+
+/// An SMTP server that offers AUTH and refuses it, quoting the credentials
+/// it was sent in its refusal.
+fn smtp_refusing() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let _ = write!(stream, "220 refuser ESMTP\r\n");
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let said = line.trim_end();
+                    let verb = said.split(' ').next().unwrap_or("").to_ascii_uppercase();
+                    let answer = match verb.as_str() {
+                        "EHLO" => "250-refuser\r\n250 AUTH PLAIN LOGIN\r\n".to_owned(),
+                        "QUIT" => {
+                            let _ = write!(stream, "221 bye\r\n");
+                            return;
+                        }
+                        _ => format!("535 5.7.8 refused: {said}\r\n"),
+                    };
+                    if stream.write_all(answer.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn secrets_stay_out_of_delivery_errors_the_log_and_the_database() {
+    use base64::Engine as _;
+    let echo = echo_500();
+    let closed = free_port();
+    let smtp = smtp_refusing();
+    let slack_closed = format!("http://127.0.0.1:{closed}/services/T0/B0/slackClosedSecret");
+    let slack_echo = format!("http://127.0.0.1:{echo}/services/T0/B0/slackEchoSecret");
+    let extra = format!(
+        r#"
+[[notify]]
+name = "chat-closed"
+kind = "slack"
+url = {{ env = "TEST_SLACK_CLOSED" }}
+
+[[notify]]
+name = "chat-echo"
+kind = "slack"
+url = {{ env = "TEST_SLACK_ECHO" }}
+
+[[notify]]
+name = "oncall"
+kind = "pagerduty"
+routing_key = {{ env = "TEST_PD_KEY" }}
+url = "http://127.0.0.1:{echo}/v2/enqueue"
+
+[[notify]]
+name = "hooks"
+kind = "webhook"
+url = "http://127.0.0.1:{echo}/hook?token=hookQuerySecret"
+secret = {{ env = "TEST_HOOK_SECRET" }}
+
+[[notify]]
+name = "hooks-closed"
+kind = "webhook"
+url = "http://127.0.0.1:{closed}/hook?token=hookQuerySecret"
+secret = {{ env = "TEST_HOOK_SECRET" }}
+
+[[notify]]
+name = "mail"
+kind = "email"
+smtp = {{ host = "127.0.0.1", port = {smtp}, tls = "none", username = "gantry", password = {{ env = "TEST_SMTP_PASSWORD" }} }}
+from = "gantry@example.com"
+to = ["ops@example.com"]
+"#
+    );
+    let g = Gantry::start_full(
+        "100ms",
+        &extra,
+        &[
+            ("TEST_SLACK_CLOSED", &slack_closed),
+            ("TEST_SLACK_ECHO", &slack_echo),
+            ("TEST_PD_KEY", "pdRoutingKeySecret"),
+            ("TEST_HOOK_SECRET", "hookSigningSecret"),
+            ("TEST_SMTP_PASSWORD", "smtpPasswordSecret"),
+        ],
+    );
+    g.register("1.0.0", "");
+    g.register("1.1.0", "\"unhealthy\": true");
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    // A rollback, so that PagerDuty has something to hear.
+    g.gantry(&["deploy", "1.1.0", "--env", "production"])
+        .fails_with(3, "rolled_back");
+
+    let channels = [
+        "chat-closed",
+        "chat-echo",
+        "oncall",
+        "hooks",
+        "hooks-closed",
+        "mail",
+    ];
+    wait_until(
+        "every channel to record a failed attempt",
+        Duration::from_secs(30),
+        || {
+            let recorded = deliveries(&g);
+            channels.iter().all(|c| {
+                recorded
+                    .iter()
+                    .any(|d| d["channel"] == *c && d["last_error"].is_string())
+            })
+        },
+    );
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let secrets = [
+        "slackClosedSecret".to_owned(),
+        "slackEchoSecret".to_owned(),
+        "pdRoutingKeySecret".to_owned(),
+        "hookQuerySecret".to_owned(),
+        "hookSigningSecret".to_owned(),
+        "smtpPasswordSecret".to_owned(),
+        b64.encode("smtpPasswordSecret"),
+        b64.encode("\0gantry\0smtpPasswordSecret"),
+    ];
+    let recorded = deliveries(&g);
+    // The failures are real and say what went wrong, without the secrets.
+    let some_error = |c: &str, needle: &str| {
+        recorded.iter().any(|d| {
+            d["channel"] == c && d["last_error"].as_str().is_some_and(|e| e.contains(needle))
+        })
+    };
+    for (channel, needle) in [
+        ("chat-closed", "POST failed"),
+        ("hooks-closed", "POST failed"),
+        // The echoed path of the Slack URL, the routing key, the webhook's
+        // query token and the SMTP credentials were cut out.
+        ("chat-echo", "POST [redacted]"),
+        ("oncall", "\"routing_key\":\"[redacted]\""),
+        ("hooks", "/hook?[redacted]"),
+        ("mail", "535"),
+        ("mail", "[redacted]"),
+    ] {
+        assert!(
+            some_error(channel, needle),
+            "{channel}: {needle:?} in {recorded:#?}"
+        );
+    }
+
+    let api = serde_json::to_string(&recorded).unwrap();
+    let cli = g.gantry(&["notifications"]).ok().stdout;
+    // What SQLite holds: the database and its write-ahead log.
+    let mut db = Vec::new();
+    for f in ["gantry.db", "gantry.db-wal"] {
+        db.extend(std::fs::read(g.data().join(f)).unwrap_or_default());
+    }
+    let db = String::from_utf8_lossy(&db).into_owned();
+    let log = g.controller_log();
+    assert!(
+        log.contains("notification attempt failed"),
+        "failed attempts are logged:\n{log}"
+    );
+    for secret in &secrets {
+        for (what, text) in [
+            ("the API", &api),
+            ("the CLI", &cli),
+            ("the database", &db),
+            ("the controller log", &log),
+        ] {
+            assert!(
+                !text.contains(secret.as_str()),
+                "{secret} in {what}:\n{text}"
+            );
+        }
+    }
+}
