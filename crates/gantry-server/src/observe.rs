@@ -106,7 +106,7 @@ pub fn public_reason(d: &Deployment) -> Option<&'static str> {
     Some(match reason_class(d) {
         "health_check" => "health check failed",
         "smoke_check" => "smoke checks failed",
-        "start" => "the new release did not start",
+        "start" => "the new release did not become healthy in time",
         "instance_exited" => "an instance of the new release exited",
         "aborted" => "stopped by an operator",
         "rejected" => "stopped at review",

@@ -111,28 +111,14 @@ fn the_api_cuts_off_slow_clients_and_bounds_its_connections() {
     assert!(stopping.elapsed() < Duration::from_secs(10));
 }
 
-/// Adds a user with `roles` and returns a fresh token for them.
-fn user(g: &Gantry, name: &str, roles: &[&str]) -> String {
-    let mut args = vec!["user", "add", name];
-    for r in roles {
-        args.extend(["--role", r]);
-    }
-    g.gantry(&args).ok();
-    g.gantry(&["token", "create", "--user", name])
-        .ok()
-        .stdout
-        .trim()
-        .to_owned()
-}
-
 #[test]
 fn the_public_status_page_names_no_one_and_quotes_no_comment() {
     let g = Gantry::start_with_tail(
         "60s",
         "\n[environments.production.approval]\nrequired = 1\nlead_time = \"0s\"\n",
     );
-    let alice = user(&g, "alice", &["deployer"]);
-    let bob = user(&g, "bobapprover", &["approver"]);
+    let alice = g.enrol("alice", &["deployer"]);
+    let bob = g.enrol("bobapprover", &["approver"]);
     g.register("1.0.0", "");
     // An emergency goes at once; bob rejects it while it bakes, with a comment.
     let id = deploy_id(
@@ -323,8 +309,8 @@ fn text_from_others_cannot_drive_the_terminal() {
         "100ms",
         "\n[environments.production.approval]\nrequired = 1\nlead_time = \"0s\"\n",
     );
-    let alice = user(&g, "alice", &["deployer"]);
-    let bob = user(&g, "bob", &["approver"]);
+    let alice = g.enrol("alice", &["deployer"]);
+    let bob = g.enrol("bob", &["approver"]);
     g.register("1.0.0", "");
     // Retitle the window, clear the screen, go back over the line.
     let nasty = "\u{1b}]0;owned\u{7}\u{1b}[2J\rall fine \u{9b}31m";

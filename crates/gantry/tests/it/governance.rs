@@ -7,19 +7,6 @@ use std::time::Duration;
 
 /// Adds a user with `roles` and returns a token they minted themselves
 /// (with the one the admin minted for them, which that revokes).
-fn user(g: &Gantry, name: &str, roles: &[&str]) -> String {
-    let mut args = vec!["user", "add", name];
-    for r in roles {
-        args.extend(["--role", r]);
-    }
-    g.gantry(&args).ok();
-    let enrolment = minted_by_admin(g, name);
-    let run = as_user(g, &enrolment, &["token", "create", "--user", name]).ok();
-    let token = run.stdout.trim().to_owned();
-    assert!(token.starts_with("gantry_"), "{}", run.stdout);
-    token
-}
-
 /// A token the admin mints for `name`.
 fn minted_by_admin(g: &Gantry, name: &str) -> String {
     let run = g.gantry(&["token", "create", "--user", name]).ok();
@@ -39,8 +26,8 @@ fn audit_records(g: &Gantry) -> Vec<Value> {
 #[test]
 fn roles_decide_what_each_token_may_do() {
     let g = Gantry::start();
-    let viewer = user(&g, "vic", &["viewer"]);
-    let deployer = user(&g, "alice", &["deployer"]);
+    let viewer = g.enrol("vic", &["viewer"]);
+    let deployer = g.enrol("alice", &["deployer"]);
     g.register("1.0.0", "");
     let url = g.api_url();
 
@@ -117,7 +104,7 @@ fn roles_decide_what_each_token_may_do() {
 #[test]
 fn a_token_minted_for_someone_else_gives_no_verdicts_and_every_mint_is_audited() {
     let g = Gantry::start_with_tail("100ms", APPROVAL);
-    let alice = user(&g, "alice", &["deployer"]);
+    let alice = g.enrol("alice", &["deployer"]);
     g.gantry(&["user", "add", "bob", "--role", "approver"]).ok();
     let for_bob = minted_by_admin(&g, "bob");
     g.register("1.0.0", "");
@@ -197,8 +184,8 @@ emergency_review = "2s"
 fn production_waits_for_an_approver_who_is_not_the_requester() {
     let g = Gantry::start_with_tail("100ms", APPROVAL);
     // Alice may approve others' changes, never her own.
-    let alice = user(&g, "alice", &["deployer", "approver"]);
-    let bob = user(&g, "bob", &["approver"]);
+    let alice = g.enrol("alice", &["deployer", "approver"]);
+    let bob = g.enrol("bob", &["approver"]);
     g.register("1.0.0", "");
     g.register("1.1.0", "");
 
@@ -608,8 +595,8 @@ required = 1
 lead_time = "0s"
 "#,
     );
-    let alice = user(&g, "alice", &["deployer"]);
-    let bob = user(&g, "bob", &["approver"]);
+    let alice = g.enrol("alice", &["deployer"]);
+    let bob = g.enrol("bob", &["approver"]);
     g.register("1.0.0", "");
     let plan = g
         .gantry(&["plan", "1.0.0", "--env", "production"])

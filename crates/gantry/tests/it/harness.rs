@@ -362,6 +362,32 @@ impl Gantry {
         .ok();
     }
 
+    /// Adds a user with `roles` and returns a token they minted themselves
+    /// (one the admin mints for them may not give verdicts): the admin's
+    /// enrolment token is exchanged, which revokes it.
+    pub fn enrol(&self, name: &str, roles: &[&str]) -> String {
+        let mut args = vec!["user", "add", name];
+        for r in roles {
+            args.extend(["--role", r]);
+        }
+        self.gantry(&args).ok();
+        let enrolment = self
+            .gantry(&["token", "create", "--user", name])
+            .ok()
+            .stdout
+            .trim()
+            .to_owned();
+        let run = self
+            .gantry_env(
+                &["token", "create", "--user", name],
+                &[("GANTRY_TOKEN", &enrolment)],
+            )
+            .ok();
+        let token = run.stdout.trim().to_owned();
+        assert!(token.starts_with("gantry_"), "{}", run.stdout);
+        token
+    }
+
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.data().join("admin.token"))
             .unwrap()

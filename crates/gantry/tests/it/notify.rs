@@ -312,7 +312,7 @@ fn the_status_page_is_public_and_follows_the_standards_states() {
         "{html}"
     );
     assert!(
-        html.contains("1.1.0 rolled back: instances did not become healthy"),
+        html.contains("1.1.0 rolled back: the new release did not become healthy in time"),
         "{html}"
     );
     let (_, body) = http(&url, "GET", "/status.json", None, "");
