@@ -462,5 +462,8 @@ mod parse;
 #[cfg(test)]
 mod tests;
 
-pub use input::{MAX_JSON_DEPTH, MAX_REPORT_BYTES, MAX_XML_DEPTH, MAX_XML_NODES};
+pub use input::{
+    MAX_JSON_DEPTH, MAX_JSON_VALUES, MAX_REPORT_BYTES, MAX_XML_ATTRIBUTES, MAX_XML_DEPTH,
+    MAX_XML_NODES,
+};
 pub use parse::{parse, ParseError};

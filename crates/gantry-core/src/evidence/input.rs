@@ -18,9 +18,16 @@ pub const MAX_XML_DEPTH: usize = 256;
 /// The deepest array/object nesting accepted in a JSON report (SARIF);
 /// below serde_json's own recursion limit of 128, so this check speaks first.
 pub const MAX_JSON_DEPTH: usize = 64;
-/// The most XML nodes (elements, text, comments) one report may hold: bounds
-/// the parsed tree's memory, which is about 100 bytes a node.
+/// The most XML nodes (elements, text, comments) one report may hold. The
+/// parsed tree takes about 70 bytes a node, 15 times the bytes of `<a/>`, so
+/// the size limit alone would let a report take a gigabyte. A 64 MiB
+/// Cobertura report of real lines holds about 3 million nodes.
 pub const MAX_XML_NODES: u32 = 4_000_000;
+/// The most attributes one XML report may hold (about 70 bytes each parsed).
+pub const MAX_XML_ATTRIBUTES: usize = 4_000_000;
+/// The most values (array items, object entries) one JSON report may hold:
+/// about 35 bytes each parsed, 17 times the bytes of `0,`.
+pub const MAX_JSON_VALUES: usize = 4_000_000;
 
 /// Refuses a report larger than [`MAX_REPORT_BYTES`].
 pub(super) fn check_size(format: &'static str, len: usize) -> Result<(), ParseError> {
@@ -45,7 +52,7 @@ pub(super) fn decode<'a>(
     check_size(format, bytes.len())?;
     let utf16 = |big_endian: bool| -> Result<Cow<'a, str>, ParseError> {
         let body = &bytes[2..];
-        if body.len() % 2 != 0 {
+        if !body.len().is_multiple_of(2) {
             return Err(err(
                 format,
                 "not UTF-16 text: it starts with a UTF-16 byte-order mark but has an odd number of bytes",
@@ -100,25 +107,47 @@ fn past(text: &[u8], from: usize, end: &[u8]) -> Option<usize> {
         .map(|i| from + i + end.len())
 }
 
-/// The index of the first `>` at or after `from` outside a quoted value,
-/// and whether a `[` (an internal DTD subset) came before it.
-fn tag_end(text: &[u8], from: usize) -> Option<(usize, bool)> {
+/// Where a tag ends: the index of the first `>` at or after `from` outside
+/// a quoted value, or of a `[` before it (an internal DTD subset), with the
+/// number of `=` on the way (its attributes).
+struct TagEnd {
+    at: usize,
+    bracket: bool,
+    attributes: usize,
+}
+
+fn tag_end(text: &[u8], from: usize) -> Option<TagEnd> {
     let mut quote = None;
+    let mut attributes = 0;
     for (i, &b) in text.iter().enumerate().skip(from) {
+        let end = |bracket| TagEnd {
+            at: i,
+            bracket,
+            attributes,
+        };
         match (quote, b) {
             (Some(q), _) if b == q => quote = None,
             (Some(_), _) => {}
             (None, b'"' | b'\'') => quote = Some(b),
-            (None, b'[') => return Some((i, true)),
-            (None, b'>') => return Some((i, false)),
+            (None, b'=') => attributes += 1,
+            (None, b'[') => return Some(end(true)),
+            (None, b'>') => return Some(end(false)),
             _ => {}
         }
     }
     None
 }
 
+fn too_many(format: &'static str, limit: usize, what: &str) -> ParseError {
+    err(
+        format,
+        format!("the report has more than {limit} {what}; refused before parsing"),
+    )
+}
+
 /// Checks an XML report before it is parsed: elements nest at most
-/// [`MAX_XML_DEPTH`] deep, and a DOCTYPE names an external DTD at most (the
+/// [`MAX_XML_DEPTH`] deep, it has at most [`MAX_XML_NODES`] elements and
+/// [`MAX_XML_ATTRIBUTES`] attributes, and a DOCTYPE names an external DTD at most (the
 /// line Cobertura writes). An internal subset, where entities are declared,
 /// is refused. The scan reads each byte once and never recurses; it knows
 /// comments, CDATA sections, processing instructions and quoted attribute
@@ -126,7 +155,7 @@ fn tag_end(text: &[u8], from: usize) -> Option<(usize, bool)> {
 /// sense of is left for the parser to refuse.
 pub(super) fn check_xml(format: &'static str, text: &str) -> Result<(), ParseError> {
     let b = text.as_bytes();
-    let mut depth = 0usize;
+    let (mut depth, mut elements, mut attributes) = (0usize, 0usize, 0usize);
     let mut i = 0;
     while let Some(lt) = b[i..].iter().position(|&c| c == b'<').map(|p| i + p) {
         let rest = &b[lt..];
@@ -138,7 +167,7 @@ pub(super) fn check_xml(format: &'static str, text: &str) -> Result<(), ParseErr
             past(b, lt + 2, b"?>")
         } else if rest.starts_with(b"<!") {
             match tag_end(b, lt + 2) {
-                Some((_, true)) if rest.starts_with(b"<!DOCTYPE") => {
+                Some(TagEnd { bracket: true, .. }) if rest.starts_with(b"<!DOCTYPE") => {
                     return Err(err(
                         format,
                         format!(
@@ -148,7 +177,7 @@ pub(super) fn check_xml(format: &'static str, text: &str) -> Result<(), ParseErr
                         ),
                     ))
                 }
-                Some((gt, _)) => Some(gt + 1),
+                Some(end) => Some(end.at + 1),
                 None => None,
             }
         } else if rest.starts_with(b"</") {
@@ -157,11 +186,29 @@ pub(super) fn check_xml(format: &'static str, text: &str) -> Result<(), ParseErr
         } else {
             // A start tag; `[` inside one is no DTD, so only `>` ends it.
             let mut end = tag_end(b, lt + 1);
-            while let Some((at, true)) = end {
+            while let Some(TagEnd {
+                at,
+                bracket: true,
+                attributes: before,
+            }) = end
+            {
+                attributes += before;
                 end = tag_end(b, at + 1);
             }
             match end {
-                Some((gt, _)) => {
+                Some(TagEnd {
+                    at: gt,
+                    attributes: these,
+                    ..
+                }) => {
+                    elements += 1;
+                    attributes += these;
+                    if elements > MAX_XML_NODES as usize {
+                        return Err(too_many(format, MAX_XML_NODES as usize, "elements"));
+                    }
+                    if attributes > MAX_XML_ATTRIBUTES {
+                        return Err(too_many(format, MAX_XML_ATTRIBUTES, "attributes"));
+                    }
                     if b[gt - 1] != b'/' {
                         depth += 1;
                         if depth > MAX_XML_DEPTH {
@@ -189,10 +236,14 @@ pub(super) fn check_xml(format: &'static str, text: &str) -> Result<(), ParseErr
 }
 
 /// Checks a JSON report before it is parsed: arrays and objects nest at
-/// most [`MAX_JSON_DEPTH`] deep. One pass over the bytes, skipping strings.
+/// most [`MAX_JSON_DEPTH`] deep and hold at most [`MAX_JSON_VALUES`] values
+/// in all. One pass over the bytes, skipping strings.
 pub(super) fn check_json(format: &'static str, text: &str) -> Result<(), ParseError> {
     let b = text.as_bytes();
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    // Each value but the first in a container follows a comma, and each
+    // container opens with a bracket: together they count every value.
+    let mut values = 0usize;
     for (i, &c) in b.iter().enumerate() {
         if in_string {
             match c {
@@ -205,7 +256,9 @@ pub(super) fn check_json(format: &'static str, text: &str) -> Result<(), ParseEr
         }
         match c {
             b'"' => in_string = true,
+            b',' => values += 1,
             b'[' | b'{' => {
+                values += 1;
                 depth += 1;
                 if depth > MAX_JSON_DEPTH {
                     return Err(err(
@@ -220,6 +273,9 @@ pub(super) fn check_json(format: &'static str, text: &str) -> Result<(), ParseEr
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
+        }
+        if values > MAX_JSON_VALUES {
+            return Err(too_many(format, MAX_JSON_VALUES, "values"));
         }
     }
     Ok(())

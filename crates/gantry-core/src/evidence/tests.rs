@@ -293,11 +293,13 @@ fn deeply_nested_xml_is_refused_before_parsing() {
 
 #[test]
 fn the_depth_limit_sits_far_below_the_stack() {
-    // The deepest report accepted parses on a thread with an eighth of the
-    // 2 MiB stack a tokio worker or blocking thread has.
-    let report = deep_junit(MAX_XML_DEPTH - 2);
+    // The deepest report accepted parses on a thread with a quarter of the
+    // 2 MiB stack a tokio worker or blocking thread has. (Measured: it needs
+    // under 192 KiB in a release build and under 256 KiB in a debug one;
+    // 2 MiB overflows at about 3,000 levels in release.)
+    let report = deep_junit(MAX_XML_DEPTH - 1);
     let parsed = std::thread::Builder::new()
-        .stack_size(256 << 10)
+        .stack_size(512 << 10)
         .spawn(move || parse(EvidenceKind::Unit, report.as_bytes()))
         .unwrap()
         .join()
@@ -597,4 +599,38 @@ fn byte_order_marks_and_utf16_are_read() {
     );
     let e = parse(EvidenceKind::Unit, &[0xFF, 0xFE, b'<']).unwrap_err();
     assert!(e.message.contains("odd number of bytes"), "{e}");
+}
+
+#[test]
+fn reports_that_would_parse_into_a_huge_tree_are_refused_before_parsing() {
+    // Each of these is well under the size limit, but parsed it would take
+    // 15 to 20 times its size in memory.
+    let elements = format!(
+        "<testsuites>{}<testcase name=\"t\"/></testsuites>",
+        "<a/>".repeat(MAX_XML_NODES as usize)
+    );
+    let e = parse(EvidenceKind::Unit, elements.as_bytes()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "JUnit XML: the report has more than 4000000 elements; refused before parsing"
+    );
+    let twelve = r#"<a a="" b="" c="" d="" e="" f="" g="" h="" i="" j="" k="" l=""/>"#;
+    let attributes = format!(
+        "<coverage>{}</coverage>",
+        twelve.repeat(MAX_XML_ATTRIBUTES / 12 + 1)
+    );
+    let e = parse(EvidenceKind::Coverage, attributes.as_bytes()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "Cobertura XML: the report has more than 4000000 attributes; refused before parsing"
+    );
+    let values = format!(
+        r#"{{"version":"2.1.0","runs":[],"x":[{}0]}}"#,
+        "0,".repeat(MAX_JSON_VALUES)
+    );
+    let e = parse(EvidenceKind::Security, values.as_bytes()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "SARIF: the report has more than 4000000 values; refused before parsing"
+    );
 }
