@@ -107,22 +107,22 @@ fn past(text: &[u8], from: usize, end: &[u8]) -> Option<usize> {
         .map(|i| from + i + end.len())
 }
 
-/// Where a tag ends: the index of the first `>` at or after `from` outside
-/// a quoted value, or of a `[` before it (an internal DTD subset), with the
-/// number of `=` on the way (its attributes).
+/// Where a tag that opened before `from` ends: at the first `>` outside a
+/// quoted value, or, for a DOCTYPE, at a `[` before it, which opens an
+/// internal subset. Counts the `=` on the way: the tag's attributes.
 struct TagEnd {
     at: usize,
-    bracket: bool,
+    internal_subset: bool,
     attributes: usize,
 }
 
-fn tag_end(text: &[u8], from: usize) -> Option<TagEnd> {
+fn tag_end(text: &[u8], from: usize, doctype: bool) -> Option<TagEnd> {
     let mut quote = None;
     let mut attributes = 0;
     for (i, &b) in text.iter().enumerate().skip(from) {
-        let end = |bracket| TagEnd {
+        let end = |internal_subset| TagEnd {
             at: i,
-            bracket,
+            internal_subset,
             attributes,
         };
         match (quote, b) {
@@ -130,7 +130,7 @@ fn tag_end(text: &[u8], from: usize) -> Option<TagEnd> {
             (Some(_), _) => {}
             (None, b'"' | b'\'') => quote = Some(b),
             (None, b'=') => attributes += 1,
-            (None, b'[') => return Some(end(true)),
+            (None, b'[') if doctype => return Some(end(true)),
             (None, b'>') => return Some(end(false)),
             _ => {}
         }
@@ -146,10 +146,11 @@ fn too_many(format: &'static str, limit: usize, what: &str) -> ParseError {
 }
 
 /// Checks an XML report before it is parsed: elements nest at most
-/// [`MAX_XML_DEPTH`] deep, it has at most [`MAX_XML_NODES`] elements and
-/// [`MAX_XML_ATTRIBUTES`] attributes, and a DOCTYPE names an external DTD at most (the
-/// line Cobertura writes). An internal subset, where entities are declared,
-/// is refused. The scan reads each byte once and never recurses; it knows
+/// [`MAX_XML_DEPTH`] deep, there are at most [`MAX_XML_NODES`] elements
+/// and [`MAX_XML_ATTRIBUTES`] attributes, and a DOCTYPE names an external
+/// DTD at most (the line Cobertura writes); an internal subset, where
+/// entities are declared, is refused. The scan reads each byte once and
+/// never recurses; it knows
 /// comments, CDATA sections, processing instructions and quoted attribute
 /// values, so markup inside them is not counted. Anything it cannot make
 /// sense of is left for the parser to refuse.
@@ -166,8 +167,9 @@ pub(super) fn check_xml(format: &'static str, text: &str) -> Result<(), ParseErr
         } else if rest.starts_with(b"<?") {
             past(b, lt + 2, b"?>")
         } else if rest.starts_with(b"<!") {
-            match tag_end(b, lt + 2) {
-                Some(TagEnd { bracket: true, .. }) if rest.starts_with(b"<!DOCTYPE") => {
+            let doctype = rest.starts_with(b"<!DOCTYPE");
+            match tag_end(b, lt + 2, doctype) {
+                Some(end) if end.internal_subset => {
                     return Err(err(
                         format,
                         format!(
@@ -177,56 +179,36 @@ pub(super) fn check_xml(format: &'static str, text: &str) -> Result<(), ParseErr
                         ),
                     ))
                 }
-                Some(end) => Some(end.at + 1),
-                None => None,
+                end => end.map(|end| end.at + 1),
             }
         } else if rest.starts_with(b"</") {
             depth = depth.saturating_sub(1);
             past(b, lt + 2, b">")
         } else {
-            // A start tag; `[` inside one is no DTD, so only `>` ends it.
-            let mut end = tag_end(b, lt + 1);
-            while let Some(TagEnd {
-                at,
-                bracket: true,
-                attributes: before,
-            }) = end
-            {
-                attributes += before;
-                end = tag_end(b, at + 1);
-            }
-            match end {
-                Some(TagEnd {
-                    at: gt,
-                    attributes: these,
-                    ..
-                }) => {
-                    elements += 1;
-                    attributes += these;
-                    if elements > MAX_XML_NODES as usize {
-                        return Err(too_many(format, MAX_XML_NODES as usize, "elements"));
-                    }
-                    if attributes > MAX_XML_ATTRIBUTES {
-                        return Err(too_many(format, MAX_XML_ATTRIBUTES, "attributes"));
-                    }
-                    if b[gt - 1] != b'/' {
-                        depth += 1;
-                        if depth > MAX_XML_DEPTH {
-                            return Err(err(
-                                format,
-                                format!(
-                                    "line {}: elements are nested more than {MAX_XML_DEPTH} levels deep; \
-                                     refused before parsing",
-                                    line_at(b, lt)
-                                ),
-                            ));
-                        }
-                    }
-                    Some(gt + 1)
-                }
-                None => None,
-            }
+            tag_end(b, lt + 1, false).map(|end| {
+                elements += 1;
+                attributes += end.attributes;
+                let empty_element = b[end.at - 1] == b'/';
+                depth += usize::from(!empty_element);
+                end.at + 1
+            })
         };
+        if depth > MAX_XML_DEPTH {
+            return Err(err(
+                format,
+                format!(
+                    "line {}: elements are nested more than {MAX_XML_DEPTH} levels deep; \
+                     refused before parsing",
+                    line_at(b, lt)
+                ),
+            ));
+        }
+        if elements > MAX_XML_NODES as usize {
+            return Err(too_many(format, MAX_XML_NODES as usize, "elements"));
+        }
+        if attributes > MAX_XML_ATTRIBUTES {
+            return Err(too_many(format, MAX_XML_ATTRIBUTES, "attributes"));
+        }
         // Unterminated markup: everything before it was counted, and the
         // parser stops there with its own error.
         let Some(next) = next else { break };
