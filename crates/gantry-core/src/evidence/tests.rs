@@ -634,3 +634,79 @@ fn reports_that_would_parse_into_a_huge_tree_are_refused_before_parsing() {
         "SARIF: the report has more than 4000000 values; refused before parsing"
     );
 }
+
+mod depth_scan {
+    use super::super::input::check_xml;
+    use super::MAX_XML_DEPTH;
+    use proptest::prelude::*;
+
+    /// Text that looks like markup: element tags, brackets, quotes.
+    fn look_alike() -> impl Strategy<Value = String> {
+        let piece = prop::sample::select(vec![
+            "<a>", "</a>", "<a/>", ">", "]]", "?", "'", "\"", "[", "=", " ",
+        ]);
+        prop::collection::vec(piece, 0..8).prop_map(|v| v.concat())
+    }
+
+    /// Markup that is not an element, though it may hold what looks like one.
+    fn noise() -> impl Strategy<Value = String> {
+        prop_oneof![
+            look_alike().prop_map(|b| format!("<!--{b}-->")),
+            look_alike()
+                .prop_filter("ends a CDATA section", |b| !b.contains("]]>"))
+                .prop_map(|b| format!("<![CDATA[{b}]]>")),
+            look_alike()
+                .prop_filter("ends a PI", |b| !b.contains("?>"))
+                .prop_map(|b| format!("<?pi {b}?>")),
+            look_alike().prop_map(|b| {
+                let text = b.replace('<', "&lt;");
+                format!(
+                    r#"<e v="{}" w='{}'/>"#,
+                    text.replace('"', ""),
+                    text.replace('\'', "")
+                )
+            }),
+            Just("text &amp; more > still text".to_owned()),
+            Just(String::new()),
+        ]
+    }
+
+    /// One level: an open tag with a quoted attribute that may hold `>`, `[`
+    /// and `'`, and noise before it.
+    fn level() -> impl Strategy<Value = String> {
+        (look_alike(), noise()).prop_map(|(value, noise)| {
+            format!(
+                r#"{noise}<l v="{}">"#,
+                value.replace('<', "&lt;").replace('"', "")
+            )
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// The scan refuses exactly the documents the parser would descend
+        /// deeper than the limit into: it never counts noise as nesting, and
+        /// no noise hides an element from it.
+        #[test]
+        fn the_scan_counts_the_depth_the_parser_sees(
+            levels in prop::collection::vec(level(), MAX_XML_DEPTH - 6..MAX_XML_DEPTH + 6),
+            inner in noise(),
+        ) {
+            let doc = format!("<r>{}{inner}{}</r>", levels.concat(), "</l>".repeat(levels.len()));
+            let parsed = roxmltree::Document::parse(&doc);
+            // The generator writes well-formed XML only.
+            prop_assert!(parsed.is_ok(), "{:?}", parsed.err());
+            let parsed = parsed.unwrap();
+            // How many elements are open at once; an empty element (`<e/>`,
+            // always written so here) has no content to descend into.
+            let depth = parsed
+                .descendants()
+                .filter(|n| n.is_element() && !n.has_tag_name("e"))
+                .map(|n| n.ancestors().filter(|a| a.is_element()).count())
+                .max()
+                .unwrap_or(0);
+            prop_assert!(depth > levels.len());
+            prop_assert_eq!(check_xml("t", &doc).is_ok(), depth <= MAX_XML_DEPTH);
+        }
+    }
+}
