@@ -410,15 +410,15 @@ fn parse_lcov(text: &str) -> Result<Report, ParseError> {
             });
         } else if line == "end_of_record" {
             let rec = open.take().ok_or_else(|| at("end_of_record without SF:"))?;
-            for (summary, said, counted, what) in [
-                ("LF", rec.lines_found, rec.da_found, "lines"),
-                ("LH", rec.lines_hit, rec.da_hit, "lines hit"),
+            for (summary, said, counted) in [
+                ("LF", rec.lines_found, rec.da_found),
+                ("LH", rec.lines_hit, rec.da_hit),
             ] {
                 if let Some((said, on)) = said.filter(|(said, _)| *said != counted) {
                     return Err(err(
                         LCOV,
                         format!(
-                            "line {on}: the record for {} says {summary}:{said} but its DA: lines give {counted} {what}",
+                            "line {on}: the record for {} says {summary}:{said} but its DA: lines give {summary}:{counted}",
                             rec.path
                         ),
                     ));

@@ -429,13 +429,12 @@ fn lcov_coverage_comes_from_the_da_records() {
     let e = parse(EvidenceKind::Coverage, lying.as_bytes()).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "LCOV: line 6: the record for src/lib.rs says LH:2 but its DA: lines give 1 lines hit"
+        "LCOV: line 6: the record for src/lib.rs says LH:2 but its DA: lines give LH:1"
     );
     let lying = LCOV.replace("LF:2", "LF:20");
     let e = parse(EvidenceKind::Coverage, lying.as_bytes()).unwrap_err();
     assert!(
-        e.message
-            .contains("says LF:20 but its DA: lines give 2 lines"),
+        e.message.contains("says LF:20 but its DA: lines give LF:2"),
         "{e}"
     );
     // A summary with no DA: lines behind it measures nothing.
