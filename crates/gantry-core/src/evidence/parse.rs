@@ -7,7 +7,7 @@
 
 use super::input::{self, MAX_XML_NODES};
 use super::{EvidenceKind, FindingSeverity, Report};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 const JUNIT: &str = "JUnit XML";
 const SARIF: &str = "SARIF";
@@ -133,7 +133,10 @@ fn parse_junit(text: &str) -> Result<Report, ParseError> {
 /// A `security-severity` property of `on`, if it has one: a score from 0 to
 /// 10, as a number or a numeric string. Anything else is refused rather than
 /// read as low: a scanner that wrote `"NaN"` did not mean "harmless".
-fn security_severity(on: &serde_json::Value, at: &str) -> Result<Option<f64>, ParseError> {
+fn security_severity(
+    on: &serde_json::Value,
+    at: impl Fn() -> String,
+) -> Result<Option<f64>, ParseError> {
     use serde_json::Value;
     let Some(raw) = on.pointer("/properties/security-severity") else {
         return Ok(None);
@@ -147,7 +150,10 @@ fn security_severity(on: &serde_json::Value, at: &str) -> Result<Option<f64>, Pa
         Some(s) if s.is_finite() && (0.0..=10.0).contains(&s) => Ok(Some(s)),
         _ => Err(err(
             SARIF,
-            format!("{at}: security-severity {raw} is not a score from 0 to 10"),
+            format!(
+                "{}: security-severity {raw} is not a score from 0 to 10",
+                at()
+            ),
         )),
     }
 }
@@ -197,8 +203,17 @@ fn parse_sarif(text: &str) -> Result<Report, ParseError> {
             .into_iter()
             .flatten()
             .enumerate()
-            .map(|(j, rule)| security_severity(rule, &format!("runs[{i}].tool.driver.rules[{j}]")))
+            .map(|(j, rule)| {
+                security_severity(rule, || format!("runs[{i}].tool.driver.rules[{j}]"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
+        // Looked up once per result: a map keeps a large log linear.
+        let mut rule_by_id: HashMap<&str, usize> = HashMap::new();
+        for (j, rule) in rules.into_iter().flatten().enumerate() {
+            if let Some(id) = rule.get("id").and_then(Value::as_str) {
+                rule_by_id.entry(id).or_insert(j);
+            }
+        }
         let results = match run.get("results") {
             None | Some(Value::Null) => continue,
             Some(Value::Array(r)) => r,
@@ -211,14 +226,9 @@ fn parse_sarif(text: &str) -> Result<Report, ParseError> {
                 .and_then(Value::as_u64)
                 .and_then(|ix| usize::try_from(ix).ok())
                 .filter(|&ix| rules.is_some_and(|rs| ix < rs.len()))
-                .or_else(|| {
-                    rules.and_then(|rs| {
-                        rs.iter()
-                            .position(|x| x.get("id").and_then(Value::as_str) == rule_id)
-                    })
-                });
+                .or_else(|| rule_id.and_then(|id| rule_by_id.get(id).copied()));
             let rule = rule_index.and_then(|ix| rules.and_then(|rs| rs.get(ix)));
-            let score = match security_severity(r, &format!("runs[{i}].results[{k}]"))? {
+            let score = match security_severity(r, || format!("runs[{i}].results[{k}]"))? {
                 Some(s) => Some(s),
                 None => rule_index.and_then(|ix| rule_scores[ix]),
             };
@@ -288,20 +298,18 @@ fn parse_cobertura(text: &str) -> Result<Report, ParseError> {
     }
     let (mut valid, mut covered) = (0u64, 0u64);
     for line in root.descendants().filter(|n| n.has_tag_name("line")) {
-        let row = doc.text_pos_at(line.range().start).row;
+        // Only on error: finding the row scans the text from its start.
+        let at = |message: String| {
+            let row = doc.text_pos_at(line.range().start).row;
+            err(COBERTURA, format!("line {row}: {message}"))
+        };
         let count = |name: &str| -> Result<u64, ParseError> {
-            let v = line.attribute(name).ok_or_else(|| {
-                err(
-                    COBERTURA,
-                    format!("line {row}: <line> has no {name} attribute"),
-                )
-            })?;
-            v.trim().parse::<u64>().map_err(|_| {
-                err(
-                    COBERTURA,
-                    format!("line {row}: <line {name}={v:?}> is not a whole number ≥ 0"),
-                )
-            })
+            let v = line
+                .attribute(name)
+                .ok_or_else(|| at(format!("<line> has no {name} attribute")))?;
+            v.trim()
+                .parse::<u64>()
+                .map_err(|_| at(format!("<line {name}={v:?}> is not a whole number ≥ 0")))
         };
         count("number")?;
         let hits = count("hits")?;

@@ -709,3 +709,39 @@ mod depth_scan {
         }
     }
 }
+
+#[test]
+fn large_honest_reports_parse_in_linear_time() {
+    // Each took time in the square of its size: finding a Cobertura line's
+    // row scanned the text from the start for every line, and every SARIF
+    // result searched the rules one by one. Here both finish in well under
+    // a second; before, minutes.
+    let lines: String = (1..=100_000)
+        .map(|n| format!("<line number=\"{n}\" hits=\"{}\"/>\n", n % 2))
+        .collect();
+    let cobertura = format!(
+        r#"<coverage lines-valid="100000" lines-covered="50000"><packages><package><classes><class filename="a.rs"><lines>{lines}</lines></class></classes></package></packages></coverage>"#
+    );
+    let sarif_rules: Vec<String> = (0..50_000)
+        .map(|n| format!(r#"{{"id":"R{n}","properties":{{"security-severity":"5"}}}}"#))
+        .collect();
+    let sarif_results: Vec<String> = (0..50_000)
+        .map(|n| format!(r#"{{"ruleId":"R{n}","message":{{"text":"m"}}}}"#))
+        .collect();
+    let sarif = format!(
+        r#"{{"version":"2.1.0","runs":[{{"tool":{{"driver":{{"name":"t","rules":[{}]}}}},"results":[{}]}}]}}"#,
+        sarif_rules.join(","),
+        sarif_results.join(",")
+    );
+    let started = std::time::Instant::now();
+    let c = parse(EvidenceKind::Coverage, cobertura.as_bytes()).unwrap();
+    assert_eq!(c.coverage_pct(), Some(50.0));
+    let Report::Sarif { findings, .. } = parse(EvidenceKind::Security, sarif.as_bytes()).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(findings.get(&FindingSeverity::Medium), Some(&50_000));
+    // A wide margin: a slow shared machine, a debug build.
+    let took = started.elapsed();
+    assert!(took < std::time::Duration::from_secs(20), "{took:?}");
+}
