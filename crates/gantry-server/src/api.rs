@@ -30,8 +30,8 @@ pub struct AppState {
 
 /// The largest artifact accepted.
 pub const MAX_ARTIFACT_BYTES: usize = 2 << 30;
-/// The largest evidence report accepted.
-pub const MAX_EVIDENCE_BYTES: usize = 64 << 20;
+/// The largest evidence report accepted: the parsers' own limit.
+pub const MAX_EVIDENCE_BYTES: usize = gantry_core::evidence::MAX_REPORT_BYTES;
 
 pub struct ApiError {
     status: StatusCode,
@@ -1084,9 +1084,14 @@ async fn add_evidence(
     body: axum::body::Bytes,
 ) -> ApiResult<Response> {
     let file = q.file.unwrap_or_else(|| format!("{kind}-report"));
-    let record = s
-        .controller
-        .add_evidence(&version, &kind, &file, &body, &who.user)?;
+    // Parsing a large report is CPU work, and storing it is blocking I/O:
+    // neither may hold up an async worker.
+    let controller = s.controller.clone();
+    let record = tokio::task::spawn_blocking(move || {
+        controller.add_evidence(&version, &kind, &file, &body, &who.user)
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
     Ok((StatusCode::CREATED, Json(record)).into_response())
 }
 

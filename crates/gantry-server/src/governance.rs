@@ -79,6 +79,10 @@ pub const AUTO_ACTOR: &str = "gantry";
 /// SHA-256 is compared in constant time.
 const TOKEN_PREFIX: &str = "gantry_";
 
+/// Held while an uploaded report is parsed, so that concurrent uploads
+/// cannot multiply the memory a parse takes (see `gantry_core::evidence`'s limits).
+static REPORT_PARSING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
@@ -293,7 +297,7 @@ impl Controller {
     // ---- evidence and gates ----
 
     /// Parses and attaches a report to a release. Nothing is stored unless
-    /// the report parses.
+    /// the report parses. Blocks: call it off the async workers.
     pub fn add_evidence(
         &self,
         version: &str,
@@ -304,7 +308,14 @@ impl Controller {
     ) -> Result<EvidenceRecord, ControlError> {
         let kind = EvidenceKind::parse_uploadable(kind).map_err(ControlError::Invalid)?;
         let release = self.release(version)?;
-        let report = evidence::parse(kind, bytes).map_err(|e| {
+        // One report is parsed at a time: a hostile one within the limits
+        // may still take some hundreds of megabytes while it is parsed.
+        let parsing = REPORT_PARSING
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let parsed = evidence::parse(kind, bytes);
+        drop(parsing);
+        let report = parsed.map_err(|e| {
             ControlError::Invalid(format!(
                 "{file_name}: not a valid {} report: {e}",
                 kind.as_str()

@@ -434,7 +434,14 @@ fn evidence_gates_and_the_promotion_path() {
     let critical = write(&g, "scan.sarif", SARIF_CRITICAL);
     g.gantry(&["evidence", "add", "1.0.0", "--kind", "security", &critical])
         .ok();
-    let lcov = write(&g, "lcov.info", "SF:a.rs\nLF:100\nLH:85\nend_of_record\n");
+    let da: String = (1..=100)
+        .map(|n| format!("DA:{n},{}\n", u32::from(n <= 85)))
+        .collect();
+    let lcov = write(
+        &g,
+        "lcov.info",
+        &format!("SF:a.rs\n{da}LF:100\nLH:85\nend_of_record\n"),
+    );
     g.gantry(&["evidence", "add", "1.0.0", "--kind", "coverage", &lcov])
         .ok();
 
@@ -479,6 +486,88 @@ fn evidence_gates_and_the_promotion_path() {
         "{listed}"
     );
     assert!(listed.contains("85.0% line coverage"), "{listed}");
+}
+
+/// PUTs a report to the API as CI would, as XML (the test harness's `http`
+/// sends JSON, whose bodies the audit layer caps at 64 KB).
+fn put_report(g: &Gantry, path: &str, report: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let url = g.api_url();
+    let addr = url.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "PUT /api/v1{path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{report}",
+        g.token(),
+        report.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        resp.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default(),
+    )
+}
+
+#[test]
+fn hostile_reports_are_refused_and_the_controller_keeps_answering() {
+    let g = Gantry::start();
+    g.register("1.0.0", "");
+    // A 1.4 MB JUnit file nested 200,000 deep, straight at the API: it used
+    // to overflow the stack of an async worker and abort the controller.
+    let deep_junit = format!(
+        r#"<testsuites>{}<testcase name="t"/>{}</testsuites>"#,
+        "<testsuite>".repeat(200_000),
+        "</testsuite>".repeat(200_000)
+    );
+    let (status, body) = put_report(
+        &g,
+        "/releases/1.0.0/evidence/unit?file=deep.xml",
+        &deep_junit,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains(
+            "deep.xml: not a valid unit report: JUnit XML: line 1: elements are nested more than 256 levels deep"
+        ),
+        "{body}"
+    );
+    // A 21 KB Cobertura file nested 3,070 deep, through the CLI.
+    let deep_cobertura = format!(
+        r#"<coverage>{}<class><lines><line number="1" hits="1"/></lines></class>{}</coverage>"#,
+        "<a>".repeat(3_070),
+        "</a>".repeat(3_070)
+    );
+    let path = write(&g, "coverage.xml", &deep_cobertura);
+    g.gantry(&["evidence", "add", "1.0.0", "--kind", "coverage", &path])
+        .fails_with(
+            1,
+            "coverage.xml: not a valid coverage report: Cobertura XML: line 1: elements are nested more than 256 levels deep",
+        );
+    // The controller is still there, nothing was attached, and a sound
+    // report is still taken.
+    assert!(g
+        .api("/releases/1.0.0/evidence")
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let good = write(&g, "unit.xml", &junit(3, 0));
+    g.gantry(&["evidence", "add", "1.0.0", "--kind", "unit", &good])
+        .ok();
+    assert_eq!(
+        g.api("/releases/1.0.0/evidence").as_array().unwrap().len(),
+        1
+    );
 }
 
 #[test]
