@@ -152,10 +152,7 @@ impl Controller {
         metrics: Arc<dyn MetricProvider>,
         config: Arc<Config>,
     ) -> Arc<Controller> {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("static client config is valid");
+        let http = http_client();
         Arc::new(Controller {
             store,
             blobs,
@@ -1173,6 +1170,18 @@ impl Controller {
 
 /// Names of the stable and canary pools of a canary rollout; distinct even
 /// when a release is deployed over itself.
+/// The controller's HTTP client. Instances answer its probes and smoke
+/// checks: a release must not be able to send the controller elsewhere, so a
+/// redirect is an answer, never followed (nor for notifications, whose
+/// bodies carry secrets).
+pub(crate) fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("static client config is valid")
+}
+
 fn pool_names(d: &Deployment) -> (String, String) {
     let stable = d
         .previous_version

@@ -13,6 +13,28 @@ use std::time::{Duration, Instant};
 const COMMAND_DETAIL_BYTES: usize = 300;
 /// Body kept from a failed HTTP check, for the log.
 const BODY_DETAIL_CHARS: usize = 120;
+/// The most of an answer a smoke check reads: a release is untrusted and
+/// must not make the controller hold gigabytes.
+const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The body as text, refused past `limit` bytes.
+async fn read_bounded(mut resp: reqwest::Response, limit: usize) -> Result<String, String> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("body unreadable: {e}"))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(format!(
+                "body is larger than {} KiB; smoke checks read at most that",
+                limit / 1024
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
 
 pub async fn run_suite(
     http: &reqwest::Client,
@@ -115,10 +137,9 @@ async fn http_check(
             }
         })?;
     let status = resp.status().as_u16();
-    let body = resp
-        .text()
+    let body = read_bounded(resp, MAX_BODY_BYTES)
         .await
-        .map_err(|e| format!("HTTP {status}, body unreadable: {e}"))?;
+        .map_err(|e| format!("HTTP {status}, {e}"))?;
     let excerpt: String = body.chars().take(BODY_DETAIL_CHARS).collect();
     if status != expect.status {
         return Err(format!(
@@ -173,4 +194,93 @@ async fn command_check(argv: &[String], base: &str, limit: Duration) -> Result<S
     let start = text.len().saturating_sub(COMMAND_DETAIL_BYTES);
     let tail = text.get(start..).unwrap_or(text);
     Err(format!("{program} failed ({}): {tail}", out.status))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    /// A one-shot HTTP server (a release's instance) that answers `head`
+    /// then `body_len` bytes of `x`.
+    async fn instance(head: &'static str, body_len: usize) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let _ = s
+                    .write_all(format!("{head}Content-Length: {body_len}\r\n\r\n").as_bytes())
+                    .await;
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut left = body_len;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if s.write_all(&chunk[..n]).await.is_err() {
+                        break;
+                    }
+                    left -= n;
+                }
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn client() -> reqwest::Client {
+        crate::controller::http_client()
+    }
+
+    fn expect_ok() -> HttpExpectation<'static> {
+        HttpExpectation {
+            status: 200,
+            body_contains: Some("x"),
+            json: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_release_cannot_make_a_smoke_check_read_an_endless_body() {
+        let url = instance("HTTP/1.1 200 OK\r\n", 64 << 20).await;
+        let err = http_check(
+            &client(),
+            "GET",
+            &url,
+            Duration::from_secs(10),
+            &expect_ok(),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.contains("body is larger than 1024 KiB"), "{err}");
+        // A body within the bound is read and judged.
+        let url = instance("HTTP/1.1 200 OK\r\n", 1000).await;
+        http_check(
+            &client(),
+            "GET",
+            &url,
+            Duration::from_secs(10),
+            &expect_ok(),
+        )
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_redirect_is_an_answer_not_followed() {
+        let target = instance("HTTP/1.1 200 OK\r\n", 10).await;
+        let head: &'static str = Box::leak(
+            format!("HTTP/1.1 302 Found\r\nLocation: {target}/elsewhere\r\n").into_boxed_str(),
+        );
+        let url = instance(head, 0).await;
+        let err = http_check(
+            &client(),
+            "GET",
+            &url,
+            Duration::from_secs(10),
+            &expect_ok(),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.starts_with("HTTP 302, expected 200"), "{err}");
+    }
 }
