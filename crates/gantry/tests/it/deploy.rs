@@ -228,8 +228,9 @@ fn one_deployment_per_environment_at_a_time() {
         &g.gantry(&["deploy", "1.1.0", "--env", "development", "--detach"])
             .ok(),
     );
-    assert_eq!(g.wait_finished(id)["phase"], "succeeded");
-    assert_eq!(g.wait_finished(other)["phase"], "succeeded");
+    let (first, second) = (g.wait_finished(id), g.wait_finished(other));
+    assert_eq!(first["phase"], "succeeded", "{first}");
+    assert_eq!(second["phase"], "succeeded", "{second}");
 }
 
 #[test]
