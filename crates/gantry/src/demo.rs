@@ -141,6 +141,8 @@ fn build_artifact(dir: &Path, version: &str, settings: Value) -> Result<PathBuf>
     let file = std::fs::File::create(&path)?;
     let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
     let mut tar = tar::Builder::new(gz);
+    // Gantry refuses sparse entries; a freshly linked binary may have holes.
+    tar.sparse(false);
     let exe = std::env::current_exe()?;
     tar.append_path_with_name(&exe, "bin/gantry")?;
     let json = serde_json::to_vec_pretty(&settings)?;

@@ -16,7 +16,7 @@ const CLI_DEADLINE: Duration = Duration::from_secs(120);
 
 /// Waits for `child` with a deadline, reading its output meanwhile; kills it
 /// and fails the test when the deadline passes.
-fn output_within(mut child: Child, deadline: Duration, what: &[&str]) -> Output {
+pub fn output_within(mut child: Child, deadline: Duration, what: &[&str]) -> Output {
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
     let out = std::thread::spawn(move || {

@@ -11,6 +11,7 @@ mod canary;
 mod config;
 mod crash;
 mod dashboard;
+mod demo;
 mod deploy;
 mod edges;
 mod governance;
