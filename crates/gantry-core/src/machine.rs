@@ -806,7 +806,12 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
                 at: d.phase_since + d.settings.health.start_timeout_ms as Millis,
             });
         }
-        Phase::Smoke => smoke::emit(t, d.phase_since),
+        Phase::Smoke => {
+            if smoke::emit(t, d.phase_since) == smoke::SmokeStart::NothingToRun {
+                let next = after_verified(&t.deployment);
+                enter(t, next, now);
+            }
+        }
         Phase::Rolling => rolling::emit_phase_effects(t, now),
         Phase::Baselining | Phase::Canary => canary::emit_phase_effects(t, now),
         Phase::Switching => effects.push(Effect::RouteTraffic {

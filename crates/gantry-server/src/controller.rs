@@ -675,11 +675,7 @@ impl Controller {
                 self.observe_metrics(&d, &limits).await
             }
             Effect::RunSmoke { instances } => {
-                let Some(settings) = d.settings.smoke.as_ref() else {
-                    return; // Not configured: the machine never asks.
-                };
-                let results = crate::smoke::run_suite(&self.http, settings, &instances).await;
-                Event::SmokeFinished { results }
+                crate::smoke::answer(&self.http, d.settings.smoke.as_ref(), &instances).await
             }
             Effect::RestoreInstances { version, instances } => {
                 match self.restore(&d, &version, &instances).await {

@@ -6,7 +6,7 @@
 //! shell, with `GANTRY_SMOKE_URL` naming the instance.
 
 use gantry_core::machine::{SmokeCheck, SmokeProbe, SmokeResult, SmokeSettings};
-use gantry_core::InstanceRef;
+use gantry_core::{Event, InstanceRef};
 use std::time::{Duration, Instant};
 
 /// Output kept from a failed command, for the log.
@@ -34,6 +34,26 @@ async fn read_bounded(mut resp: reqwest::Response, limit: usize) -> Result<Strin
         body.extend_from_slice(&chunk);
     }
     Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The answer to a `RunSmoke` effect: always an event, so the deployment
+/// never waits for one that cannot come. The machine emits `RunSmoke` only
+/// with checks configured; should a deployment arrive without them anyway,
+/// an empty suite is reported, which the machine judges as nothing failed
+/// (the same rule as a deployment with no checks, which skips the phase).
+pub async fn answer(
+    http: &reqwest::Client,
+    settings: Option<&SmokeSettings>,
+    instances: &[InstanceRef],
+) -> Event {
+    let results = match settings {
+        Some(settings) => run_suite(http, settings, instances).await,
+        None => {
+            tracing::warn!("smoke checks asked for without any configured; reporting an empty suite");
+            Vec::new()
+        }
+    };
+    Event::SmokeFinished { results }
 }
 
 pub async fn run_suite(
@@ -282,5 +302,47 @@ mod tests {
         .await
         .unwrap_err();
         assert!(err.starts_with("HTTP 302, expected 200"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn run_smoke_is_always_answered_with_an_event_even_without_settings() {
+        let url = instance("HTTP/1.1 200 OK\r\n", 10).await;
+        let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+        let instances = [InstanceRef {
+            id: "i1".into(),
+            port,
+        }];
+        // Without settings: an empty suite, not silence (which left the
+        // deployment waiting for ever).
+        assert_eq!(
+            answer(&client(), None, &instances).await,
+            Event::SmokeFinished {
+                results: Vec::new()
+            }
+        );
+        // With settings: the checks really run against the instance.
+        let settings = SmokeSettings {
+            checks: vec![SmokeCheck {
+                name: "home".into(),
+                critical: true,
+                timeout_ms: 10_000,
+                probe: SmokeProbe::Http {
+                    method: "GET".into(),
+                    path: "/".into(),
+                    expect_status: 200,
+                    body_contains: Some("x".into()),
+                    json_pointer: None,
+                    json_equals: None,
+                },
+            }],
+            timeout_ms: 10_000,
+            max_noncritical_failure_ratio: 0.1,
+        };
+        let Event::SmokeFinished { results } = answer(&client(), Some(&settings), &instances).await
+        else {
+            panic!("RunSmoke must be answered with SmokeFinished");
+        };
+        assert_eq!(results.len(), 1);
+        assert!(results[0].passed, "{:?}", results[0]);
     }
 }

@@ -362,7 +362,11 @@ pub(super) fn emit_phase_effects(t: &mut Transition, now: Millis) {
                 at: r.stage_since + d.settings.health.start_timeout_ms as Millis,
             });
         }
-        RollStage::Smoke => smoke::emit(t, r.stage_since),
+        RollStage::Smoke => {
+            if smoke::emit(t, r.stage_since) == smoke::SmokeStart::NothingToRun {
+                route_batch(t, now);
+            }
+        }
         RollStage::Route { retire } => {
             let stable = without(&survivors(d), &retire);
             t.effects.push(Effect::ShiftTraffic {

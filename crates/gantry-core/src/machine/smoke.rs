@@ -99,11 +99,30 @@ pub(super) fn configured(t: &Transition) -> bool {
         .is_some_and(|s| !s.checks.is_empty())
 }
 
-/// Effects that run the suite (once) and bound it in time.
-pub(super) fn emit(t: &mut Transition, started: Millis) {
+/// What entering (or resuming) the smoke phase asks for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum SmokeStart {
+    /// `RunSmoke` (unless already run) and its deadline are emitted; wait for them.
+    Waiting,
+    /// There are no checks to run (a deployment stored in this phase whose
+    /// settings carry none): nothing is emitted, the caller goes on as after
+    /// a passed suite instead of waiting for an answer that cannot come.
+    NothingToRun,
+}
+
+/// Effects that run the suite (once) and bound it in time. `RunSmoke` is
+/// only ever emitted with checks configured, so the runtime always has a
+/// suite to answer it with.
+pub(super) fn emit(t: &mut Transition, started: Millis) -> SmokeStart {
+    if !configured(t) {
+        t.log
+            .push("no smoke checks configured; going on without them".to_owned());
+        t.deployment.smoke.get_or_insert_with(SmokeState::default).done = true;
+        return SmokeStart::NothingToRun;
+    }
     let state = t.deployment.smoke.clone().unwrap_or_default();
     if state.held || state.done {
-        return;
+        return SmokeStart::Waiting;
     }
     let timeout = suite_timeout(t);
     t.effects.push(Effect::RunSmoke {
@@ -112,6 +131,7 @@ pub(super) fn emit(t: &mut Transition, started: Millis) {
     t.effects.push(Effect::WakeAt {
         at: started + timeout as Millis,
     });
+    SmokeStart::Waiting
 }
 
 /// Judges a finished suite and records it on the deployment.

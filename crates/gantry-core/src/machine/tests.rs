@@ -857,6 +857,47 @@ mod rolling {
         assert!(d.reason.as_deref().unwrap().contains("i12 exited"));
     }
 
+    /// A rolling update stored at its smoke stage without checks routes the
+    /// batch instead of waiting for a `RunSmoke` answer.
+    #[test]
+    fn resumed_at_the_smoke_stage_without_checks_routes_the_batch() {
+        let mut d = rolling_deploy(&[1, 2], 1, 0);
+        d.settings.smoke = Some(SmokeSettings {
+            checks: vec![SmokeCheck {
+                name: "home".into(),
+                critical: true,
+                timeout_ms: 100,
+                probe: SmokeProbe::Command {
+                    argv: vec!["true".into()],
+                },
+            }],
+            timeout_ms: 1000,
+            max_noncritical_failure_ratio: 0.1,
+        });
+        for (now, e) in [
+            (0, Event::Created),
+            (10, Event::Prepared),
+            (20, started(&[11])),
+            (30, healthy(11)),
+        ] {
+            d = step(&d, &e, now).deployment;
+        }
+        assert_eq!(d.rolling.as_ref().unwrap().stage, RollStage::Smoke);
+        d.settings.smoke = None;
+        let t = step(&d, &Event::Resumed, 500);
+        assert!(
+            !t.effects
+                .iter()
+                .any(|e| matches!(e, Effect::RunSmoke { .. })),
+            "{:?}",
+            t.effects
+        );
+        assert_eq!(
+            t.effects.iter().find_map(routing),
+            Some((vec!["i11".to_owned()], vec!["i1".to_owned()]))
+        );
+    }
+
     #[test]
     fn a_restart_mid_batch_resumes_the_stage() {
         let d = rolling_deploy(&[1, 2], 1, 0);
@@ -996,6 +1037,71 @@ mod smoke_checks {
         assert_eq!(t.deployment.phase, Phase::Switching);
         let t = step(&d, &Event::AbortRequested { by: "carol".into() }, 130_000);
         assert_eq!(t.deployment.phase, Phase::RollingBack);
+    }
+
+    /// A deployment stored in the smoke phase whose settings carry no checks
+    /// (none at all, or an empty list) must not wait for a `RunSmoke` answer:
+    /// the machine goes on as it does when no checks are configured.
+    #[test]
+    fn resumed_in_smoke_without_checks_goes_on_instead_of_waiting() {
+        let (_, in_smoke) = run(
+            with_smoke(vec![check("home", true)]),
+            &healthy_script(vec![]),
+        );
+        assert_eq!(in_smoke.phase, Phase::Smoke);
+        for settings in [
+            None,
+            Some(SmokeSettings {
+                checks: Vec::new(),
+                timeout_ms: 60_000,
+                max_noncritical_failure_ratio: 0.1,
+            }),
+        ] {
+            let mut d = in_smoke.clone();
+            d.settings.smoke = settings;
+            let t = step(&d, &Event::Resumed, 100);
+            assert!(
+                !t.effects
+                    .iter()
+                    .any(|e| matches!(e, Effect::RunSmoke { .. })),
+                "{:?}",
+                t.effects
+            );
+            assert_eq!(t.deployment.phase, Phase::Switching, "{:?}", t.log);
+            assert!(t.deployment.reason.is_none());
+            assert!(t
+                .log
+                .iter()
+                .any(|l| l.contains("no smoke checks configured")));
+        }
+    }
+
+    /// The runtime's defensive answer to a `RunSmoke` it cannot run (an
+    /// empty suite) passes: nothing failed.
+    #[test]
+    fn an_empty_suite_passes() {
+        let (_, d) = run(
+            with_smoke(vec![check("home", true)]),
+            &healthy_script(vec![(
+                40,
+                Event::SmokeFinished {
+                    results: Vec::new(),
+                },
+            )]),
+        );
+        assert_eq!(d.phase, Phase::Switching);
+    }
+
+    /// Every `RunSmoke` the machine emits comes with checks to run.
+    #[test]
+    fn run_smoke_is_emitted_only_with_checks_configured() {
+        let (transcript, _) = run(first_deploy(), &healthy_script(vec![]));
+        assert!(!transcript.contains("run_smoke"), "{transcript}");
+        let (transcript, _) = run(
+            with_smoke(vec![check("home", true)]),
+            &healthy_script(vec![]),
+        );
+        assert!(transcript.contains("run_smoke"), "{transcript}");
     }
 
     #[test]
