@@ -1,6 +1,7 @@
 //! Canary rollouts end to end: real router, real instances, constant load.
 
 use crate::harness::*;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const CANARY: &str = r#"strategy = "canary"
@@ -153,8 +154,16 @@ fn a_step_held_for_promotion_waits_for_gantry_promote() {
     wait_until("the 50% step", Duration::from_secs(20), || {
         g.deployment(id)["canary"]["weight"] == 50
     });
-    std::thread::sleep(Duration::from_secs(3)); // longer than any timed step: it must not move
-    assert_eq!(g.deployment(id)["canary"]["weight"], 50);
+    // A property over a window, not a wait: for longer than any timed step
+    // (2 s here) the step must not move; checked at every poll of the window.
+    holds_throughout(
+        "the held step to stay at 50%",
+        Duration::from_secs(3),
+        || {
+            let d = g.deployment(id);
+            d["phase"] == "canary" && d["canary"]["weight"] == 50
+        },
+    );
     g.gantry(&["pause", &id.to_string()]).ok();
     g.gantry(&["resume", &id.to_string()]).ok();
     g.gantry(&["promote", &id.to_string()]).ok();
@@ -193,7 +202,29 @@ fn a_controller_killed_mid_canary_resumes_and_no_user_request_fails() {
         g.deployment(id)["canary"]["weight"] == 10
     });
     g.kill_server();
-    std::thread::sleep(Duration::from_millis(500)); // the router keeps serving both pools meanwhile
+    // With the controller down the router keeps serving both pools: users
+    // keep getting answers, and both releases answer.
+    let served_before = load.ok.load(Ordering::Relaxed);
+    wait_until(
+        "100 more user requests served with the controller down",
+        Duration::from_secs(20),
+        || load.ok.load(Ordering::Relaxed) >= served_before + 100,
+    );
+    let mut answered = std::collections::BTreeSet::new();
+    wait_until(
+        "both pools to answer with the controller down",
+        Duration::from_secs(20),
+        || {
+            let (status, body) = g.get_env("production");
+            assert_eq!(status, 200, "{body}");
+            answered.insert(body);
+            answered.len() == 2
+        },
+    );
+    assert_eq!(
+        answered.into_iter().collect::<Vec<_>>(),
+        ["hello from 1.0.0\n", "hello from 1.1.0\n"]
+    );
     g.start_server();
     let d = g.wait_finished(id);
     let (ok, failed) = load.finish();

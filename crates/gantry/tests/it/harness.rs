@@ -79,6 +79,27 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// Asserts `cond` at every poll for the whole of `window`: a property over a
+/// span of time ("it must not move for 3 s"), not a wait. The window is the
+/// point of the check, so it is never cut short; each poll that sees the
+/// property broken fails at once, naming when.
+pub fn holds_throughout(what: &str, window: Duration, mut cond: impl FnMut() -> bool) {
+    let started = Instant::now();
+    let mut polls = 0u32;
+    loop {
+        polls += 1;
+        assert!(
+            cond(),
+            "{what} stopped holding after {:?} (poll {polls})",
+            started.elapsed()
+        );
+        if started.elapsed() >= window {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub struct Run {
     pub code: i32,
     pub stdout: String,
