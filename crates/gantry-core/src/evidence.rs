@@ -5,6 +5,9 @@
 //! each into a small [`Report`]; a file that is malformed, truncated, too
 //! large or too deeply nested, or whose summary disagrees with its records,
 //! is refused with what was wrong and where. [`evaluate`] holds every gate.
+//!
+//! (The canary analysis's statistical evidence, its e-values, is another
+//! thing: [`crate::analysis::e_values`].)
 
 use crate::domain::Millis;
 use serde::{Deserialize, Serialize};

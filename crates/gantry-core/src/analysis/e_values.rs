@@ -1,4 +1,6 @@
-//! Anytime-valid evidence against "the rate is at most p0".
+//! E-values: anytime-valid evidence against "the rate is at most p0"
+//! (the canary analysis's statistics; the release reports a gate judges
+//! are [`crate::evidence`]).
 //!
 //! Observations are Bernoulli events (a request that erred, a request that
 //! was slow, an error that was the canary's). Under the null hypothesis each

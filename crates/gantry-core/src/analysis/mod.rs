@@ -8,7 +8,7 @@
 //! all errors, null rate = the canary's share of traffic*, and likewise for
 //! client errors (4xx), which are no error of the service on their own but
 //! are when the canary answers them out of proportion. Each count is
-//! judged by the same anytime-valid test ([`evidence`]), so a rule fires as
+//! judged by the same anytime-valid test ([`e_values`]), so a rule fires as
 //! soon as the evidence is strong, and checking every second costs no extra
 //! false alarms. The false-rollback budget `alpha` is split evenly between
 //! the enabled rules, so together they stay within it.
@@ -16,7 +16,7 @@
 //! A rule without enough data says so ([`RuleStatus::NotEnoughData`])
 //! instead of passing on silence.
 
-pub mod evidence;
+pub mod e_values;
 
 use serde::{Deserialize, Serialize};
 
@@ -325,7 +325,7 @@ pub fn analyse(
     let mut waiting = false;
     let mut failed: Option<(RuleKind, String)> = None;
     for t in tests {
-        let e = evidence::evidence(t.events, t.samples, t.p0);
+        let e = e_values::evidence(t.events, t.samples, t.p0);
         let enough = canary.requests >= policy.min_requests
             && t.p0 < 1.0
             && (t.comparison || e >= needed || could_reach(t.samples, t.p0, needed));
@@ -387,7 +387,7 @@ pub fn analyse(
 /// Past 64 trials any null rate up to 1/2 could (2^64/65 dwarfs any sane
 /// 1/alpha), which spares the search on the hot path.
 fn could_reach(samples: u64, p0: f64, needed: f64) -> bool {
-    (samples >= 64 && p0 <= 0.5) || samples >= evidence::min_trials_to_reach(p0, needed)
+    (samples >= 64 && p0 <= 0.5) || samples >= e_values::min_trials_to_reach(p0, needed)
 }
 
 /// Evidence that the canary's errors are *not* more than `1 + margin` times
@@ -398,7 +398,7 @@ fn no_worse_evidence(policy: &AnalysisPolicy, canary: &Counts, stable: &Counts, 
     }
     let r = 1.0 + policy.promotion_margin;
     let p1 = r * share / (r * share + 1.0 - share);
-    evidence::evidence_at_least(canary.errors, canary.errors + stable.errors, p1)
+    e_values::evidence_at_least(canary.errors, canary.errors + stable.errors, p1)
 }
 
 #[cfg(test)]
