@@ -49,7 +49,9 @@ pub async fn answer(
     let results = match settings {
         Some(settings) => run_suite(http, settings, instances).await,
         None => {
-            tracing::warn!("smoke checks asked for without any configured; reporting an empty suite");
+            tracing::warn!(
+                "smoke checks asked for without any configured; reporting an empty suite"
+            );
             Vec::new()
         }
     };

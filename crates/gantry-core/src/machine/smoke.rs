@@ -117,7 +117,10 @@ pub(super) fn emit(t: &mut Transition, started: Millis) -> SmokeStart {
     if !configured(t) {
         t.log
             .push("no smoke checks configured; going on without them".to_owned());
-        t.deployment.smoke.get_or_insert_with(SmokeState::default).done = true;
+        t.deployment
+            .smoke
+            .get_or_insert_with(SmokeState::default)
+            .done = true;
         return SmokeStart::NothingToRun;
     }
     let state = t.deployment.smoke.clone().unwrap_or_default();

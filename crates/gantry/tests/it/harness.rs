@@ -100,6 +100,34 @@ pub fn holds_throughout(what: &str, window: Duration, mut cond: impl FnMut() -> 
     }
 }
 
+#[test]
+fn holds_throughout_checks_the_whole_window_and_fails_on_a_break() {
+    let started = Instant::now();
+    let mut polls = 0;
+    holds_throughout("always", Duration::from_millis(300), || {
+        polls += 1;
+        true
+    });
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(polls > 2, "polled {polls} times");
+    let started = Instant::now();
+    let broke = std::panic::catch_unwind(|| {
+        holds_throughout("a property", Duration::from_secs(5), || {
+            started.elapsed() < Duration::from_millis(200)
+        })
+    })
+    .unwrap_err();
+    let message = broke.downcast_ref::<String>().unwrap();
+    assert!(
+        message.starts_with("a property stopped holding after"),
+        "{message}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "failed at the first broken poll"
+    );
+}
+
 pub struct Run {
     pub code: i32,
     pub stdout: String,
