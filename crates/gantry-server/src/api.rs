@@ -314,16 +314,21 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Request and error bodies kept on the audit trail are cut at this size.
+/// The most of a JSON request the audit layer reads (a larger one is
+/// refused 413), and of an answer (a larger one is passed on unread).
 const AUDIT_BODY_LIMIT: usize = 64 * 1024;
 
 /// Puts every action on the audit trail: each request that changes
 /// something (anything but GET and HEAD), whatever its outcome, and every
-/// request refused for its credentials. JSON request bodies are kept (the
-/// API takes no secrets in them); artifacts are not. A refused request is
+/// request refused for its credentials or whose token could not be
+/// checked. JSON request bodies are kept (the API takes no secrets in
+/// them); artifacts are not. A refused request is
 /// kept without its body (method, path, reason, peer), and refusals of
 /// requests without valid credentials are rate-limited per peer
 /// (`RefusalLimiter`), so token-less clients cannot grow the trail at will.
+/// The layer never changes an answer: one over [`AUDIT_BODY_LIMIT`] reaches
+/// the client as it was, and its record says it was not read. The subject
+/// is what the handler names ([`AuditSubject`]), else the path.
 async fn audit_actions(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let peer = req
