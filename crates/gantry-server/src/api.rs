@@ -1381,3 +1381,68 @@ async fn dashboard() -> Response {
     );
     resp
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{read_at_most, ReadBody};
+    use axum::body::{Body, Bytes};
+
+    fn chunks(parts: &[&'static [u8]]) -> Body {
+        let items: Vec<Result<Bytes, std::io::Error>> =
+            parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        Body::from_stream(futures_util::stream::iter(items))
+    }
+
+    async fn bytes_of(body: Body) -> Result<Bytes, axum::Error> {
+        axum::body::to_bytes(body, usize::MAX).await
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_within_the_limit_is_read_whole() {
+        match read_at_most(chunks(&[b"ab", b"cd"]), 4).await {
+            ReadBody::Whole(b) => assert_eq!(&b[..], b"abcd"),
+            ReadBody::Unread { why, .. } => panic!("unread: {why}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_over_the_limit_passes_on_byte_for_byte() {
+        match read_at_most(chunks(&[b"ab", b"cd", b"ef", b"gh"]), 3).await {
+            ReadBody::Unread { body, why } => {
+                assert!(why.contains("over 3 bytes"), "{why}");
+                assert_eq!(&bytes_of(body).await.unwrap()[..], b"abcdefgh");
+            }
+            ReadBody::Whole(b) => panic!("read whole: {b:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_of_known_size_over_the_limit_is_not_read_at_all() {
+        let body = Body::from(vec![7u8; 10]);
+        match read_at_most(body, 9).await {
+            ReadBody::Unread { body, .. } => {
+                use axum::body::HttpBody as _;
+                assert_eq!(body.size_hint().exact(), Some(10), "its length is kept");
+                assert_eq!(bytes_of(body).await.unwrap().len(), 10);
+            }
+            ReadBody::Whole(b) => panic!("read whole: {b:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broken_body_stays_broken_after_what_was_read() {
+        let items: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"ab")),
+            Err(std::io::Error::other("peer went away")),
+        ];
+        let body = Body::from_stream(futures_util::stream::iter(items));
+        match read_at_most(body, 100).await {
+            ReadBody::Unread { body, why } => {
+                assert!(why.contains("broken after 2 bytes"), "{why}");
+                let err = bytes_of(body).await.unwrap_err();
+                assert!(err.to_string().contains("peer went away"), "{err}");
+            }
+            ReadBody::Whole(b) => panic!("read whole: {b:?}"),
+        }
+    }
+}
