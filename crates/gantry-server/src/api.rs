@@ -5,7 +5,7 @@
 //! role that grants it (`permission_for`).
 
 use crate::controller::{ControlError, Controller, NewRelease};
-use crate::governance::Identity;
+use crate::governance::{Identity, TokenRefusal};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -314,16 +314,21 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Request and error bodies kept on the audit trail are cut at this size.
+/// The most of a JSON request the audit layer reads (a larger one is
+/// refused 413), and of an answer (a larger one is passed on unread).
 const AUDIT_BODY_LIMIT: usize = 64 * 1024;
 
 /// Puts every action on the audit trail: each request that changes
 /// something (anything but GET and HEAD), whatever its outcome, and every
-/// request refused for its credentials. JSON request bodies are kept (the
-/// API takes no secrets in them); artifacts are not. A refused request is
+/// request refused for its credentials or whose token could not be
+/// checked. JSON request bodies are kept (the API takes no secrets in
+/// them); artifacts are not. A refused request is
 /// kept without its body (method, path, reason, peer), and refusals of
 /// requests without valid credentials are rate-limited per peer
 /// (`RefusalLimiter`), so token-less clients cannot grow the trail at will.
+/// The layer never changes an answer: one over [`AUDIT_BODY_LIMIT`] reaches
+/// the client as it was, and its record says it was not read. The subject
+/// is what the handler names ([`AuditSubject`]), else the path.
 async fn audit_actions(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let peer = req
@@ -365,14 +370,20 @@ async fn audit_actions(State(state): State<AppState>, req: Request, next: Next) 
     let resp = next.run(req).await;
     let status = resp.status();
     let refused_credentials = status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
-    if read_only && !refused_credentials {
+    let unchecked = resp.extensions().get::<CredentialsUnchecked>().is_some();
+    if read_only && !refused_credentials && !unchecked {
         return resp;
     }
     let (parts, body) = resp.into_parts();
-    let bytes = axum::body::to_bytes(body, AUDIT_BODY_LIMIT)
-        .await
-        .unwrap_or_default();
-    let answer: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+    // The answer is read for the trail only when it is small; a larger one
+    // goes to the client as it is, and the record says it was not read.
+    let (body, answer, unread) = match read_at_most(body, AUDIT_BODY_LIMIT).await {
+        ReadBody::Whole(bytes) => {
+            let answer: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
+            (axum::body::Body::from(bytes), answer, None)
+        }
+        ReadBody::Unread { body, why } => (body, None, Some(why)),
+    };
     let who = parts.extensions.get::<Identity>();
     let at = crate::controller::now_ms();
     if status == StatusCode::UNAUTHORIZED && who.is_none() {
@@ -388,7 +399,7 @@ async fn audit_actions(State(state): State<AppState>, req: Request, next: Next) 
                     limiter.flush(&*store, ip, crate::controller::now_ms());
                 });
             }
-            return Response::from_parts(parts, axum::body::Body::from(bytes));
+            return Response::from_parts(parts, body);
         }
     }
     let outcome = if status.is_success() {
@@ -398,14 +409,15 @@ async fn audit_actions(State(state): State<AppState>, req: Request, next: Next) 
     } else {
         "failed"
     };
-    let subject = answer
-        .as_ref()
-        .and_then(|a| a.get("id"))
-        .and_then(|id| id.as_i64())
-        .map_or_else(|| path.clone(), |id| format!("deployment {id}"));
+    // What the handler says it acted on; the path when it names nothing
+    // (errors, and routes whose path says it all).
+    let subject = parts
+        .extensions
+        .get::<AuditSubject>()
+        .map_or_else(|| path.clone(), |s| s.0.clone());
     let error = answer.as_ref().and_then(|a| a.pointer("/error/message"));
     let token = who.and_then(|w| w.token.as_deref());
-    let detail = if refused_credentials {
+    let mut detail = if refused_credentials || unchecked {
         // Not the body: what was refused, why, and from where is enough.
         json!({
             "error": error,
@@ -422,6 +434,9 @@ async fn audit_actions(State(state): State<AppState>, req: Request, next: Next) 
             "token": token,
         })
     };
+    if let Some(why) = unread {
+        detail["answer"] = json!(why);
+    }
     let entry = gantry_core::audit::AuditEntry {
         at,
         actor: who.map_or_else(|| "anonymous".to_owned(), |who| who.user.clone()),
@@ -433,7 +448,75 @@ async fn audit_actions(State(state): State<AppState>, req: Request, next: Next) 
     if let Err(e) = state.controller.store.append_audit(entry) {
         tracing::error!(error = %e, "cannot write the audit record");
     }
-    Response::from_parts(parts, axum::body::Body::from(bytes))
+    Response::from_parts(parts, body)
+}
+
+/// What a handler acted on, put on its answer for the audit trail
+/// ("deployment 7", "release 1.2.0 evidence unit"), so the trail need not
+/// guess it from the answer's fields.
+#[derive(Clone, Debug)]
+pub struct AuditSubject(pub String);
+
+/// The answer part that names what a handler acted on.
+fn acted_on(subject: impl Into<String>) -> Extension<AuditSubject> {
+    Extension(AuditSubject(subject.into()))
+}
+
+/// Put on an answer when the token could not be checked (the store
+/// failed): the audit layer records it even for a read.
+#[derive(Clone, Copy, Debug)]
+struct CredentialsUnchecked;
+
+/// A body as the audit layer read it.
+enum ReadBody {
+    /// The whole body, no larger than the limit.
+    Whole(axum::body::Bytes),
+    /// Not read whole (over the limit, or broken): the same bytes, in
+    /// order, still to reach the client, and why it was not read.
+    Unread { body: axum::body::Body, why: String },
+}
+
+/// Reads `body` whole if it is at most `limit` bytes. A larger one is
+/// handed back untouched when its size is known, or with the part read put
+/// back in front of the rest, so that it reaches the client byte for byte.
+async fn read_at_most(body: axum::body::Body, limit: usize) -> ReadBody {
+    use axum::body::HttpBody as _;
+    use futures_util::StreamExt as _;
+    if body.size_hint().lower() > limit as u64 {
+        let why = format!("over {limit} bytes, passed to the client unread");
+        return ReadBody::Unread { body, why };
+    }
+    let mut stream = body.into_data_stream();
+    let mut read: Vec<axum::body::Bytes> = Vec::new();
+    let mut len = 0;
+    while let Some(chunk) = stream.next().await {
+        let (chunk, why) = match chunk {
+            Ok(chunk) => {
+                len += chunk.len();
+                read.push(chunk);
+                if len <= limit {
+                    continue;
+                }
+                (
+                    None,
+                    format!("over {limit} bytes, passed to the client unread"),
+                )
+            }
+            Err(e) => {
+                let why = format!("broken after {len} bytes: {e}");
+                (Some(e), why)
+            }
+        };
+        let head = futures_util::stream::iter(read.into_iter().map(Ok));
+        let body = match chunk {
+            None => axum::body::Body::from_stream(head.chain(stream)),
+            Some(e) => axum::body::Body::from_stream(
+                head.chain(futures_util::stream::once(async move { Err(e) })),
+            ),
+        };
+        return ReadBody::Unread { body, why };
+    }
+    ReadBody::Whole(read.concat().into())
 }
 
 /// Which permission an API route needs. One table, so that what each
@@ -482,6 +565,19 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
     };
     let who = match state.controller.identify(presented, &state.token) {
         Ok(who) => who,
+        // The token may be good: the controller cannot tell now. Its
+        // fault, not the client's; the cause goes to the log, not the client.
+        Err(TokenRefusal::Store(e)) => {
+            tracing::error!(error = %e, "cannot check a bearer token");
+            let mut resp = ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "cannot check the bearer token now: the controller's store failed (see its log)",
+            )
+            .into_response();
+            resp.extensions_mut().insert(CredentialsUnchecked);
+            return resp;
+        }
         Err(e) => {
             return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
                 .into_response()
@@ -568,7 +664,8 @@ async fn create_release(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(record)).into_response())
+    let subject = acted_on(format!("release {}", record.version));
+    Ok((status, subject, Json(record)).into_response())
 }
 
 fn artifact_too_large() -> ApiError {
@@ -676,7 +773,8 @@ async fn create_deployment(
             body.reason,
         )
         .await?;
-    Ok((StatusCode::CREATED, Json(d)).into_response())
+    let subject = acted_on(format!("deployment {}", d.id));
+    Ok((StatusCode::CREATED, subject, Json(d)).into_response())
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -695,7 +793,8 @@ async fn create_rollback(
         .controller
         .rollback(&body.env, body.to.as_deref(), &who.user)
         .await?;
-    Ok((StatusCode::CREATED, Json(d)).into_response())
+    let subject = acted_on(format!("deployment {}", d.id));
+    Ok((StatusCode::CREATED, subject, Json(d)).into_response())
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -772,7 +871,8 @@ async fn act_on_deployment(
         }
     };
     s.controller.request(id, event)?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ doing: id }))).into_response())
+    let subject = acted_on(format!("deployment {id}"));
+    Ok((StatusCode::ACCEPTED, subject, Json(json!({ doing: id }))).into_response())
 }
 
 async fn status(State(s): State<AppState>) -> ApiResult<Response> {
@@ -959,7 +1059,8 @@ async fn create_user(
     Body(body): Body<NewUser>,
 ) -> ApiResult<Response> {
     let user = s.controller.add_user(&body.name, &body.roles, &who.user)?;
-    Ok((StatusCode::CREATED, Json(user)).into_response())
+    let subject = acted_on(format!("user {}", user.name));
+    Ok((StatusCode::CREATED, subject, Json(user)).into_response())
 }
 
 async fn list_users(State(s): State<AppState>) -> ApiResult<Response> {
@@ -1001,7 +1102,8 @@ async fn create_token(
     let issued = s
         .controller
         .create_token(&body.user, body.label, expires, &who)?;
-    Ok((StatusCode::CREATED, Json(issued)).into_response())
+    let subject = acted_on(format!("token {} for {}", issued.id, issued.user));
+    Ok((StatusCode::CREATED, subject, Json(issued)).into_response())
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -1021,7 +1123,9 @@ async fn revoke_token(
     Extension(who): Extension<Identity>,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    Ok(Json(s.controller.revoke_token(&id, &who.user)?).into_response())
+    let revoked = s.controller.revoke_token(&id, &who.user)?;
+    let subject = acted_on(format!("token {} for {}", revoked.id, revoked.user));
+    Ok((subject, Json(revoked)).into_response())
 }
 
 #[derive(Deserialize, Default, schemars::JsonSchema)]
@@ -1042,6 +1146,7 @@ async fn give_verdict(
     let verdict = if approved { "approved" } else { "rejected" };
     Ok((
         StatusCode::ACCEPTED,
+        acted_on(format!("deployment {id}")),
         Json(json!({ verdict: id, "by": who.user })),
     )
         .into_response())
@@ -1092,7 +1197,13 @@ async fn add_evidence(
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-    Ok((StatusCode::CREATED, Json(record)).into_response())
+    let subject = acted_on(format!(
+        "release {} evidence {} ({})",
+        record.version,
+        record.kind.as_str(),
+        record.file_name
+    ));
+    Ok((StatusCode::CREATED, subject, Json(record)).into_response())
 }
 
 async fn list_evidence(
@@ -1141,6 +1252,10 @@ async fn start_rehearsal(
         .start_rehearsal(&body.env, &body.version, &who.user)?;
     Ok((
         StatusCode::ACCEPTED,
+        acted_on(format!(
+            "release {} rehearsed in {}",
+            body.version, body.env
+        )),
         Json(RehearsalAnswer {
             rehearsing: body.version,
             env: body.env,
@@ -1174,6 +1289,7 @@ async fn approve_plan(
             .approve_plan(&body.version, &body.env, &who.user, &body.comment)?;
     Ok((
         StatusCode::CREATED,
+        acted_on(format!("plan of release {} for {}", plan.version, plan.env)),
         Json(PlanApproved {
             version: plan.version,
             env: plan.env,
@@ -1264,4 +1380,69 @@ async fn dashboard() -> Response {
         axum::http::HeaderValue::from_static("no-store"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{read_at_most, ReadBody};
+    use axum::body::{Body, Bytes};
+
+    fn chunks(parts: &[&'static [u8]]) -> Body {
+        let items: Vec<Result<Bytes, std::io::Error>> =
+            parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        Body::from_stream(futures_util::stream::iter(items))
+    }
+
+    async fn bytes_of(body: Body) -> Result<Bytes, axum::Error> {
+        axum::body::to_bytes(body, usize::MAX).await
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_within_the_limit_is_read_whole() {
+        match read_at_most(chunks(&[b"ab", b"cd"]), 4).await {
+            ReadBody::Whole(b) => assert_eq!(&b[..], b"abcd"),
+            ReadBody::Unread { why, .. } => panic!("unread: {why}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_over_the_limit_passes_on_byte_for_byte() {
+        match read_at_most(chunks(&[b"ab", b"cd", b"ef", b"gh"]), 3).await {
+            ReadBody::Unread { body, why } => {
+                assert!(why.contains("over 3 bytes"), "{why}");
+                assert_eq!(&bytes_of(body).await.unwrap()[..], b"abcdefgh");
+            }
+            ReadBody::Whole(b) => panic!("read whole: {b:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_of_known_size_over_the_limit_is_not_read_at_all() {
+        let body = Body::from(vec![7u8; 10]);
+        match read_at_most(body, 9).await {
+            ReadBody::Unread { body, .. } => {
+                use axum::body::HttpBody as _;
+                assert_eq!(body.size_hint().exact(), Some(10), "its length is kept");
+                assert_eq!(bytes_of(body).await.unwrap().len(), 10);
+            }
+            ReadBody::Whole(b) => panic!("read whole: {b:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broken_body_stays_broken_after_what_was_read() {
+        let items: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"ab")),
+            Err(std::io::Error::other("peer went away")),
+        ];
+        let body = Body::from_stream(futures_util::stream::iter(items));
+        match read_at_most(body, 100).await {
+            ReadBody::Unread { body, why } => {
+                assert!(why.contains("broken after 2 bytes"), "{why}");
+                let err = bytes_of(body).await.unwrap_err();
+                assert!(err.to_string().contains("peer went away"), "{err}");
+            }
+            ReadBody::Whole(b) => panic!("read whole: {b:?}"),
+        }
+    }
 }

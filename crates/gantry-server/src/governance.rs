@@ -108,7 +108,8 @@ pub struct IssuedToken {
     pub revoked: Option<String>,
 }
 
-/// Why a presented token was refused (answered 401).
+/// Why a presented token was refused (answered 401), or could not be
+/// checked (`Store`, answered 500: the token may be good).
 #[derive(Debug, thiserror::Error)]
 pub enum TokenRefusal {
     #[error("the bearer token is not valid")]

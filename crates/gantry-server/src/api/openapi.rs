@@ -594,7 +594,9 @@ pub fn document() -> Value {
             );
             responses.insert(
                 "500".into(),
-                error_response("an internal error (never expected)"),
+                error_response(
+                    "an internal error: the store failed, also while checking the token (which may be good)",
+                ),
             );
         }
         if has_input {

@@ -384,3 +384,126 @@ fn token_less_requests_are_refused_without_growing_the_audit_trail_much() {
     assert!(!detail.contains("9999"), "{detail}");
     assert!(g.api("/deployments").as_array().unwrap().is_empty());
 }
+
+/// PUTs `body` as it is (no JSON content type, as the CLI sends a report)
+/// and reads the whole answer: status, `Content-Length` if any, body.
+fn put_raw(base: &str, path: &str, token: &str, body: &[u8]) -> (u16, Option<usize>, Vec<u8>) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let head = format!(
+        "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP answer");
+    let head = String::from_utf8_lossy(&resp[..split]).to_ascii_lowercase();
+    assert!(
+        !head.contains("transfer-encoding: chunked"),
+        "a known-length answer keeps its length: {head}"
+    );
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let length = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|n| n.trim().parse().unwrap());
+    (status, length, resp[split + 4..].to_vec())
+}
+
+/// The audit record of the last request with `action`.
+fn last_record(g: &Gantry, action: &str) -> serde_json::Value {
+    let page = g.api("/audit?limit=10000");
+    page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|r| r["action"] == action)
+        .unwrap_or_else(|| panic!("no {action:?} on the trail: {page}"))
+        .clone()
+}
+
+#[test]
+fn an_answer_too_large_to_read_for_the_trail_reaches_the_client_whole() {
+    let g = Gantry::start();
+    g.register("1.0.0", "");
+    // Twenty failing cases with long names: the answer lists them all, and
+    // is far over the 64 KiB the audit layer reads.
+    let long = "n".repeat(5000);
+    let cases: String = (0..20)
+        .map(|i| format!("<testcase classname=\"c{i}\" name=\"{long}\"><failure/></testcase>"))
+        .collect();
+    let report = format!("<testsuite name=\"s\">{cases}</testsuite>");
+    let (status, length, body) = put_raw(
+        &g.api_url(),
+        "/api/v1/releases/1.0.0/evidence/unit?file=big.xml",
+        &g.token(),
+        report.as_bytes(),
+    );
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    assert!(body.len() > 100_000, "the answer is {} bytes", body.len());
+    assert_eq!(length, Some(body.len()), "the answer's length is kept");
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let failed = answer["report"]["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 20);
+    assert_eq!(failed[19], format!("c19.{long}"));
+    // The action is on the trail all the same, saying its answer was not read.
+    let record = last_record(&g, "PUT /api/v1/releases/1.0.0/evidence/unit");
+    assert_eq!(record["outcome"], "done 201");
+    assert_eq!(record["subject"], "release 1.0.0 evidence unit (big.xml)");
+    let detail: serde_json::Value =
+        serde_json::from_str(record["detail"].as_str().unwrap()).unwrap();
+    let unread = detail["answer"].as_str().unwrap_or_default();
+    assert!(
+        unread.contains("over 65536 bytes, passed to the client unread"),
+        "{detail}"
+    );
+    assert!(verify_ok(&g));
+}
+
+fn verify_ok(g: &Gantry) -> bool {
+    g.gantry(&["audit", "verify"])
+        .ok()
+        .stdout
+        .starts_with("audit trail intact")
+}
+
+#[test]
+fn the_trail_names_what_each_action_acted_on() {
+    let g = Gantry::start();
+    g.register("1.0.0", "");
+    g.gantry(&["deploy", "1.0.0", "--env", "development"]).ok();
+    let report = "<testsuite name=\"s\"><testcase name=\"t\"/></testsuite>";
+    let (status, _, body) = put_raw(
+        &g.api_url(),
+        "/api/v1/releases/1.0.0/evidence/unit?file=unit.xml",
+        &g.token(),
+        report.as_bytes(),
+    );
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    // The evidence record's id (1) is not a deployment's.
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["id"], 1);
+    let evidence = last_record(&g, "PUT /api/v1/releases/1.0.0/evidence/unit");
+    assert_eq!(
+        evidence["subject"],
+        "release 1.0.0 evidence unit (unit.xml)"
+    );
+    let release = last_record(&g, "PUT /api/v1/releases/1.0.0");
+    assert_eq!(release["subject"], "release 1.0.0");
+    let deployment = last_record(&g, "POST /api/v1/deployments");
+    assert_eq!(deployment["subject"], "deployment 1");
+    // A refused action names what was asked for: its path.
+    g.gantry(&["abort", "1"]).fails_with(1, "already finished");
+    let refused = last_record(&g, "POST /api/v1/deployments/1/abort");
+    assert_eq!(refused["outcome"], "refused 409");
+    assert_eq!(refused["subject"], "/api/v1/deployments/1/abort");
+}

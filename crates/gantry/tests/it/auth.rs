@@ -157,3 +157,43 @@ fn every_refusal_is_json_and_changes_nothing() {
     assert_eq!(code, 403);
     assert!(msg.contains("vera (viewer) may not approve"), "{msg}");
 }
+
+/// A real store failure: the tokens table is renamed away under the running
+/// controller, so looking up a user's token fails inside SQLite.
+#[test]
+fn a_token_the_store_cannot_check_is_a_server_error_on_the_trail() {
+    let g = Gantry::start();
+    let url = g.api_url();
+    let bob = g.enrol("bob", &["viewer"]);
+    assert_eq!(http(&url, "GET", "/api/v1/whoami", Some(&bob), "").0, 200);
+    let db = rusqlite::Connection::open(g.data().join("gantry.db")).unwrap();
+    db.execute_batch("ALTER TABLE tokens RENAME TO tokens_away")
+        .unwrap();
+    let (status, body) = http(&url, "GET", "/api/v1/whoami", Some(&bob), "");
+    assert_eq!(status, 500, "the token may be good: {body}");
+    assert!(
+        body.contains("\"code\":\"internal\"") && body.contains("cannot check the bearer token"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("tokens"),
+        "SQLite's words stay in the log: {body}"
+    );
+    db.execute_batch("ALTER TABLE tokens_away RENAME TO tokens")
+        .unwrap();
+    assert_eq!(http(&url, "GET", "/api/v1/whoami", Some(&bob), "").0, 200);
+    // The failure is on the trail, though the request only read.
+    let page = g.api("/audit?limit=10000");
+    let failed: Vec<_> = page["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "GET /api/v1/whoami")
+        .collect();
+    assert_eq!(failed.len(), 1, "{page}");
+    assert_eq!(failed[0]["outcome"], "failed 500");
+    assert!(
+        g.controller_log().contains("no such table: tokens"),
+        "the cause is in the controller's log"
+    );
+}
