@@ -231,7 +231,7 @@ pub enum Command {
     /// fish: `gantry completions fish > ~/.config/fish/completions/gantry.fish`.
     Completions { shell: clap_complete::Shell },
     /// Print the man page gantry(1), or with --output write it and one page per
-    /// subcommand (gantry-deploy(1), …) into DIR.
+    /// subcommand (gantry-deploy(1) and so on) into DIR.
     Man {
         #[arg(long, value_name = "DIR")]
         output: Option<PathBuf>,
