@@ -224,15 +224,16 @@ pub enum Command {
         #[arg(long)]
         workloads: bool,
     },
-    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    /// Print the shell completion script for SHELL.
     ///
-    /// bash: `gantry completions bash > ~/.local/share/bash-completion/completions/gantry`;
-    /// zsh: write `_gantry` into a directory on `$fpath`;
-    /// fish: `gantry completions fish > ~/.config/fish/completions/gantry.fish`.
+    /// Install it for bash with `gantry completions bash >
+    /// ~/.local/share/bash-completion/completions/gantry`, for zsh as `_gantry` in a
+    /// directory on `$fpath`, for fish with `gantry completions fish >
+    /// ~/.config/fish/completions/gantry.fish`.
     Completions { shell: clap_complete::Shell },
-    /// Print the man page gantry(1), or with --output write it and one page per
-    /// subcommand (gantry-deploy(1) and so on) into DIR.
+    /// Print the man page gantry(1); --output writes it and a page per subcommand.
     Man {
+        /// Write gantry.1 and gantry-SUBCOMMAND.1 pages into DIR (made if missing).
         #[arg(long, value_name = "DIR")]
         output: Option<PathBuf>,
     },
