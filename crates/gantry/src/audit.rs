@@ -3,16 +3,13 @@
 
 use crate::client::Client;
 use crate::term::{errln, outln};
-use crate::Exit;
+use crate::{Exit, ExitCode};
 use anyhow::{bail, Context};
 use gantry_core::audit::{verify_trail, AuditRecord, Checkpoint, Trail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::io::{BufRead, Write};
 use std::path::Path;
-
-/// Exit code of `gantry audit verify` when the chain is broken.
-pub const EXIT_CHAIN_BROKEN: i32 = 5;
 
 #[derive(clap::Subcommand)]
 pub enum AuditCommand {
@@ -123,7 +120,7 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
                     e.subject
                 );
             }
-            Ok(0)
+            Ok(ExitCode::Success)
         }
         AuditCommand::Show { seq } => {
             let page: Page = connect()?
@@ -138,7 +135,7 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
                 v["detail"] = detail;
             }
             outln!("{}", serde_json::to_string_pretty(&v)?);
-            Ok(0)
+            Ok(ExitCode::Success)
         }
         AuditCommand::Export { output } => {
             let Fetched {
@@ -161,7 +158,7 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
             if let Some(p) = output {
                 errln!("{} record(s) written to {}", records.len(), p.display());
             }
-            Ok(0)
+            Ok(ExitCode::Success)
         }
         AuditCommand::Checkpoint { output } => {
             let cp: Checkpoint = connect()?.get("/audit/checkpoint").await?;
@@ -178,12 +175,12 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
                 }
                 None => print!("{text}"),
             }
-            Ok(0)
+            Ok(ExitCode::Success)
         }
         AuditCommand::PublicKey => {
             let k: PublicKey = connect()?.get("/audit/public-key").await?;
             outln!("{}", k.public_key);
-            Ok(0)
+            Ok(ExitCode::Success)
         }
         AuditCommand::Verify {
             file,
@@ -223,7 +220,7 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
                     .context("--public-key")?;
                 if let Err(e) = cp.check_signature(pinned.as_ref()) {
                     outln!("audit checkpoint REFUSED: {e}");
-                    return Ok(EXIT_CHAIN_BROKEN);
+                    return Ok(ExitCode::AuditBroken);
                 }
             }
             let trail = Trail {
@@ -255,11 +252,11 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
                     if let Some((from, to, by)) = v.pruned_since_checkpoint {
                         outln!("records {from}..{to} were pruned since, as record {by} says");
                     }
-                    Ok(0)
+                    Ok(ExitCode::Success)
                 }
                 Err(b) => {
                     outln!("audit trail BROKEN at record {}: {}", b.seq, b.reason);
-                    Ok(EXIT_CHAIN_BROKEN)
+                    Ok(ExitCode::AuditBroken)
                 }
             }
         }

@@ -2,7 +2,7 @@
 
 use crate::client::{self, Client};
 use crate::term::{errln, out, outln};
-use crate::{Cli, Command, Exit, ReleaseCommand, EXIT_DEPLOY_FAILED, EXIT_INVALID_CONFIG};
+use crate::{Cli, Command, Exit, ExitCode, ReleaseCommand};
 use anyhow::{bail, Context};
 use base64::Engine as _;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -19,11 +19,13 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Validate { config } => validate(&config),
         Command::Schema => {
             out!("{}", gantry_config::json_schema());
-            Ok(0)
+            Ok(ExitCode::Success)
         }
+        Command::Completions { shell } => crate::cli_docs::completions(shell),
+        Command::Man { output } => crate::cli_docs::man(output.as_deref()),
         Command::Openapi => {
             out!("{}", gantry_server::openapi_document());
-            Ok(0)
+            Ok(ExitCode::Success)
         }
         Command::Server {
             config,
@@ -48,11 +50,11 @@ pub async fn run(cli: Cli) -> Exit {
             })
             .await
             {
-                Ok(()) => Ok(0),
+                Ok(()) => Ok(ExitCode::Success),
                 // An invalid config exits 4, as `gantry validate` does.
                 Err(gantry_server::ServerError::Config(c)) => {
                     errln!("error: {c}");
-                    Ok(crate::EXIT_INVALID_CONFIG)
+                    Ok(ExitCode::InvalidConfig)
                 }
                 Err(other) => Err(other.into()),
             }
@@ -73,9 +75,9 @@ pub async fn run(cli: Cli) -> Exit {
                 limits: gantry_router::listener::ConnectionLimits::PUBLIC,
             })
             .await?;
-            Ok(0)
+            Ok(ExitCode::Success)
         }
-        Command::SampleService(args) => crate::sample::run(args).await.map(|()| 0),
+        Command::SampleService(args) => crate::sample::run(args).await.map(|()| ExitCode::Success),
         Command::Release(rc) => release(&connect()?, rc).await,
         Command::Deploy {
             version,
@@ -127,7 +129,7 @@ pub async fn run(cli: Cli) -> Exit {
                     v["digest"].as_str().unwrap_or("?"),
                     v["evidence"]
                 );
-                return Ok(0);
+                return Ok(ExitCode::Success);
             }
             let v = c
                 .send_get(&format!("/plans?version={version}&env={env}"))
@@ -141,7 +143,7 @@ pub async fn run(cli: Cli) -> Exit {
                 }
                 None => out!("{markdown}"),
             }
-            Ok(0)
+            Ok(ExitCode::Success)
         }
         Command::ReleaseNotes {
             version,
@@ -177,7 +179,7 @@ pub async fn run(cli: Cli) -> Exit {
             })?;
             out!("{text}");
             errln!("wrote {}", path.display());
-            Ok(0)
+            Ok(ExitCode::Success)
         }
         Command::Rehearse { version, env } => {
             crate::governance::rehearse(&connect()?, &version, &env).await
@@ -209,12 +211,12 @@ pub async fn run(cli: Cli) -> Exit {
                     d["last_error"].as_str().unwrap_or("")
                 );
             }
-            Ok(0)
+            Ok(ExitCode::Success)
         }
         Command::Whoami => {
             let v = connect()?.send_get("/whoami").await?;
             outln!("{} ({})", v["user"].as_str().unwrap_or("?"), v["roles"]);
-            Ok(0)
+            Ok(ExitCode::Success)
         }
         Command::Rollback { env, to, detach } => {
             let c = connect()?;
@@ -236,7 +238,7 @@ pub async fn run(cli: Cli) -> Exit {
                     .get_text(&format!("/instances/{instance}/log?bytes={bytes}"))
                     .await?
             );
-            Ok(0)
+            Ok(ExitCode::Success)
         }
         Command::Shutdown { workloads } => {
             connect()?
@@ -250,7 +252,7 @@ pub async fn run(cli: Cli) -> Exit {
                     ""
                 }
             );
-            Ok(0)
+            Ok(ExitCode::Success)
         }
     }
 }
@@ -260,7 +262,7 @@ async fn request(c: &Client, id: i64, what: &str) -> Exit {
     c.post(&format!("/deployments/{id}/{what}"), json!({}))
         .await?;
     outln!("deployment {id}: {what} requested");
-    Ok(0)
+    Ok(ExitCode::Success)
 }
 
 fn init(path: &std::path::Path, force: bool) -> Exit {
@@ -277,7 +279,7 @@ fn init(path: &std::path::Path, force: bool) -> Exit {
         path.display(),
         path.display()
     );
-    Ok(0)
+    Ok(ExitCode::Success)
 }
 
 fn validate(path: &std::path::Path) -> Exit {
@@ -292,7 +294,7 @@ fn validate(path: &std::path::Path) -> Exit {
                 loaded.config.service.name,
                 loaded.config.environment_names().join(", ")
             );
-            Ok(0)
+            Ok(ExitCode::Success)
         }
         Err(gantry_config::ConfigError::Invalid {
             errors,
@@ -307,11 +309,11 @@ fn validate(path: &std::path::Path) -> Exit {
                 errors.len(),
                 warnings.len()
             );
-            Ok(EXIT_INVALID_CONFIG)
+            Ok(ExitCode::InvalidConfig)
         }
         Err(e) => {
             errln!("error: {e}");
-            Ok(EXIT_INVALID_CONFIG)
+            Ok(ExitCode::InvalidConfig)
         }
     }
 }
@@ -349,7 +351,7 @@ async fn release(c: &Client, rc: ReleaseCommand) -> Exit {
                     ", unsigned"
                 }
             );
-            Ok(0)
+            Ok(ExitCode::Success)
         }
         ReleaseCommand::List => {
             let releases: Vec<Value> = c.get("/releases").await?;
@@ -379,12 +381,12 @@ async fn release(c: &Client, rc: ReleaseCommand) -> Exit {
                     time(&r["created_at"])
                 );
             }
-            Ok(0)
+            Ok(ExitCode::Success)
         }
         ReleaseCommand::Show { version } => {
             let r: Value = c.get(&format!("/releases/{version}")).await?;
             outln!("{}", serde_json::to_string_pretty(&r)?);
-            Ok(0)
+            Ok(ExitCode::Success)
         }
         ReleaseCommand::Verify => {
             let results: Vec<Value> =
@@ -404,7 +406,11 @@ async fn release(c: &Client, rc: ReleaseCommand) -> Exit {
                 );
             }
             outln!("{} release(s) checked, {bad} failed", results.len());
-            Ok(if bad == 0 { 0 } else { 1 })
+            Ok(if bad == 0 {
+                ExitCode::Success
+            } else {
+                ExitCode::Error
+            })
         }
     }
 }
@@ -423,7 +429,7 @@ pub async fn follow(c: &Client, d: &Value, detach: bool) -> Exit {
     let id = d["id"].as_i64().context("answer has no deployment id")?;
     if detach {
         outln!("{id}");
-        return Ok(0);
+        return Ok(ExitCode::Success);
     }
     let bar = ProgressBar::new_spinner();
     bar.set_style(
@@ -466,7 +472,7 @@ pub async fn follow(c: &Client, d: &Value, detach: bool) -> Exit {
             outln!(
                 "deployment {id} awaits approval: `gantry approve {id}` by an approver; `gantry log {id}` shows what it waits for"
             );
-            return Ok(0);
+            return Ok(ExitCode::Success);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
@@ -482,7 +488,7 @@ pub async fn follow(c: &Client, d: &Value, detach: bool) -> Exit {
                 finished["version"].as_str().unwrap_or("?"),
                 finished["env"].as_str().unwrap_or("?")
             );
-            Ok(0)
+            Ok(ExitCode::Success)
         }
         _ => {
             outln!(
@@ -490,7 +496,7 @@ pub async fn follow(c: &Client, d: &Value, detach: bool) -> Exit {
                 took as f64 / 1000.0,
                 finished["reason"].as_str().unwrap_or("no reason recorded")
             );
-            Ok(EXIT_DEPLOY_FAILED)
+            Ok(ExitCode::DeployFailed)
         }
     }
 }
@@ -539,7 +545,7 @@ async fn status(c: &Client) -> Exit {
             }
         );
     }
-    Ok(0)
+    Ok(ExitCode::Success)
 }
 
 async fn history(c: &Client, env: &str, limit: usize) -> Exit {
@@ -574,7 +580,7 @@ async fn history(c: &Client, env: &str, limit: usize) -> Exit {
             d["reason"].as_str().unwrap_or("")
         );
     }
-    Ok(0)
+    Ok(ExitCode::Success)
 }
 
 async fn log(c: &Client, id: i64) -> Exit {
@@ -605,7 +611,7 @@ async fn log(c: &Client, id: i64) -> Exit {
     if let Some(r) = d["reason"].as_str() {
         outln!("reason: {r}");
     }
-    Ok(0)
+    Ok(ExitCode::Success)
 }
 
 impl Client {

@@ -7,6 +7,7 @@
 
 use crate::client::{self, Client};
 use crate::term::{errln, outln};
+use crate::ExitCode;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -46,11 +47,11 @@ pub async fn run(keep: bool) -> crate::Exit {
                 outln!("{:<48} {:<28} {:>8.2}", r.what, r.outcome, r.seconds);
             }
             outln!("\ndemo passed");
-            Ok(0)
+            Ok(ExitCode::Success)
         }
         Err(e) => {
             errln!("demo failed: {e:#}");
-            Ok(1)
+            Ok(ExitCode::Error)
         }
     }
 }

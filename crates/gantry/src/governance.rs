@@ -2,14 +2,11 @@
 
 use crate::client::Client;
 use crate::term::{errln, outln};
-use crate::Exit;
+use crate::{Exit, ExitCode};
 use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{json, Value};
 use std::path::PathBuf;
-
-/// `gantry gates` when a gate fails.
-pub const EXIT_GATES_FAILED: i32 = 6;
 
 #[derive(Subcommand)]
 pub enum UserCommand {
@@ -87,7 +84,7 @@ pub async fn user(c: &Client, cmd: UserCommand) -> Exit {
             }
         }
     }
-    Ok(0)
+    Ok(ExitCode::Success)
 }
 
 pub async fn token(c: &Client, cmd: TokenCommand) -> Exit {
@@ -157,7 +154,7 @@ pub async fn token(c: &Client, cmd: TokenCommand) -> Exit {
             outln!("token {id} revoked");
         }
     }
-    Ok(0)
+    Ok(ExitCode::Success)
 }
 
 pub async fn verdict(c: &Client, id: i64, approve: bool, comment: Option<String>) -> Exit {
@@ -173,14 +170,14 @@ pub async fn verdict(c: &Client, id: i64, approve: bool, comment: Option<String>
         what,
         v["by"].as_str().unwrap_or("?")
     );
-    Ok(0)
+    Ok(ExitCode::Success)
 }
 
 pub async fn approvals(c: &Client) -> Exit {
     let pending: Vec<Value> = c.get("/approvals").await?;
     if pending.is_empty() {
         outln!("nothing awaits approval");
-        return Ok(0);
+        return Ok(ExitCode::Success);
     }
     outln!(
         "{:<6} {:<12} {:<10} {:<10} {:<12} {:<9} {:<22} STATE",
@@ -209,7 +206,7 @@ pub async fn approvals(c: &Client) -> Exit {
             crate::commands::time(&p["review_by"]),
         );
     }
-    Ok(0)
+    Ok(ExitCode::Success)
 }
 
 pub async fn evidence(c: &Client, cmd: EvidenceCommand) -> Exit {
@@ -256,7 +253,7 @@ pub async fn evidence(c: &Client, cmd: EvidenceCommand) -> Exit {
             }
         }
     }
-    Ok(0)
+    Ok(ExitCode::Success)
 }
 
 /// The report's one-line summary, as the core words it.
@@ -285,10 +282,10 @@ pub async fn gates(c: &Client, version: &str, env: &str) -> Exit {
     }
     if v["passed"].as_bool() == Some(true) {
         outln!("all gates pass");
-        Ok(0)
+        Ok(ExitCode::Success)
     } else {
         outln!("{version} may not enter {env} yet");
-        Ok(EXIT_GATES_FAILED)
+        Ok(ExitCode::GateFailed)
     }
 }
 
@@ -312,7 +309,11 @@ pub async fn rehearse(c: &Client, version: &str, env: &str) -> Exit {
         {
             outln!("{}", summary(e));
             let passed = e["report"]["passed"].as_bool() == Some(true);
-            return Ok(if passed { 0 } else { crate::EXIT_DEPLOY_FAILED });
+            return Ok(if passed {
+                ExitCode::Success
+            } else {
+                ExitCode::DeployFailed
+            });
         }
         anyhow::ensure!(
             std::time::Instant::now() < deadline,

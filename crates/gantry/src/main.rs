@@ -4,9 +4,11 @@
 //! workload.
 
 mod audit;
+mod cli_docs;
 mod client;
 mod commands;
 mod demo;
+mod exit_code;
 mod governance;
 mod release_notes;
 mod sample;
@@ -14,13 +16,9 @@ mod term;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+pub use exit_code::ExitCode;
 use std::path::PathBuf;
 use term::errln;
-
-/// Exit codes: 1 error, 2 usage, 3 the deployment did not succeed, 4 invalid config,
-/// 5 the audit trail is broken, 6 a gate fails.
-pub const EXIT_DEPLOY_FAILED: i32 = 3;
-pub const EXIT_INVALID_CONFIG: i32 = 4;
 
 #[derive(Parser)]
 #[command(
@@ -226,6 +224,19 @@ pub enum Command {
         #[arg(long)]
         workloads: bool,
     },
+    /// Print the shell completion script for SHELL.
+    ///
+    /// Install it for bash with `gantry completions bash >
+    /// ~/.local/share/bash-completion/completions/gantry`, for zsh as `_gantry` in a
+    /// directory on `$fpath`, for fish with `gantry completions fish >
+    /// ~/.config/fish/completions/gantry.fish`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page gantry(1); --output writes it and a page per subcommand.
+    Man {
+        /// Write gantry.1 and gantry-SUBCOMMAND.1 pages into DIR (made if missing).
+        #[arg(long, value_name = "DIR")]
+        output: Option<PathBuf>,
+    },
     /// The data plane (started by the controller).
     #[command(hide = true)]
     Router {
@@ -273,7 +284,14 @@ fn main() {
     {
         std::process::exit(gantry_server::confine::launch(&argv[2..]));
     }
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        // clap's own `exit` would do the same; the status is named here.
+        let _ = e.print();
+        if e.use_stderr() {
+            ExitCode::Usage.exit()
+        }
+        ExitCode::Success.exit()
+    });
     let filter = tracing_subscriber::EnvFilter::try_from_env("GANTRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
@@ -294,12 +312,14 @@ fn main() {
                 }
             }
             errln!("error: {e:#}");
-            1
+            ExitCode::Error
         }
     };
     // Do not wait for background tasks (e.g. a router's accept loop) on the way out.
     runtime.shutdown_background();
-    std::process::exit(code);
+    code.exit()
 }
 
-pub type Exit = Result<i32>;
+/// What a command returns: how the process ends, or an error (which exits
+/// [`ExitCode::Error`]).
+pub type Exit = Result<ExitCode>;

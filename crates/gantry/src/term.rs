@@ -13,8 +13,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-/// The exit status of a command whose output pipe was closed (128 + SIGPIPE).
-pub const BROKEN_PIPE_EXIT: i32 = 141;
+use crate::ExitCode;
 
 fn unsafe_char(c: char) -> bool {
     (c.is_control() && c != '\n' && c != '\t')
@@ -42,7 +41,7 @@ pub fn clean(text: &str) -> Cow<'_, str> {
 /// Ends the process quietly when the reader of the output has gone.
 pub fn exit_if_broken_pipe(e: &std::io::Error) {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
-        std::process::exit(BROKEN_PIPE_EXIT);
+        ExitCode::BrokenPipe.exit();
     }
 }
 
@@ -64,7 +63,7 @@ pub fn stdout(args: std::fmt::Arguments<'_>, newline: bool) {
         exit_if_broken_pipe(&e);
         // Any other failure to write output (a full disk): say so and stop.
         let _ = writeln!(std::io::stderr(), "error: cannot write output: {e}");
-        std::process::exit(1);
+        ExitCode::Error.exit();
     }
 }
 

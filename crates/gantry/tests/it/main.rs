@@ -8,6 +8,7 @@ mod artifacts;
 mod audit;
 mod auth;
 mod canary;
+mod cli;
 mod config;
 mod crash;
 mod dashboard;
