@@ -51,7 +51,7 @@ pub async fn run(cli: Cli) -> Exit {
                 Ok(()) => Ok(0),
                 // An invalid config exits 4, as `gantry validate` does.
                 Err(gantry_server::ServerError::Config(c)) => {
-                    errln!("error: {c}");
+                    errln!("{}", c.render());
                     Ok(crate::EXIT_INVALID_CONFIG)
                 }
                 Err(other) => Err(other.into()),
@@ -284,7 +284,7 @@ fn validate(path: &std::path::Path) -> Exit {
     match gantry_config::load(path) {
         Ok(loaded) => {
             for w in &loaded.warnings {
-                errln!("{w}");
+                errln!("{}\n", w.render());
             }
             outln!(
                 "{} is valid: service {:?}, environments {}",
@@ -294,23 +294,8 @@ fn validate(path: &std::path::Path) -> Exit {
             );
             Ok(0)
         }
-        Err(gantry_config::ConfigError::Invalid {
-            errors,
-            warnings,
-            file,
-        }) => {
-            for d in errors.iter().chain(&warnings) {
-                errln!("{d}");
-            }
-            errln!(
-                "{file}: {} error(s), {} warning(s)",
-                errors.len(),
-                warnings.len()
-            );
-            Ok(EXIT_INVALID_CONFIG)
-        }
         Err(e) => {
-            errln!("error: {e}");
+            errln!("{}", e.render());
             Ok(EXIT_INVALID_CONFIG)
         }
     }
