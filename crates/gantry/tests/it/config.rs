@@ -108,6 +108,38 @@ fn validate_reports_every_error_with_location_and_exits_4() {
 }
 
 #[test]
+fn validate_shows_warnings_with_their_source_line_and_still_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_secret = gantry_config::STARTER.replace(
+        "[service.env]\nRUST_LOG = \"info\"\n",
+        "[service.env]\nRUST_LOG = \"info\"\nAPI_TOKEN = \"hunter2\"\n",
+    );
+    assert_ne!(with_secret, gantry_config::STARTER);
+    std::fs::write(dir.path().join("gantry.toml"), with_secret).unwrap();
+    let run = gantry_in(dir.path(), &["validate"]).ok();
+    assert!(
+        run.stdout.contains("gantry.toml is valid"),
+        "{}",
+        run.stdout
+    );
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| {
+            l.starts_with("warning: service.env.API_TOKEN: API_TOKEN looks like a secret")
+        })
+        .unwrap_or_else(|| panic!("{}", run.stderr));
+    let (source, caret) = (lines[at + 3], lines[at + 4]);
+    assert!(
+        source.ends_with(" | API_TOKEN = \"hunter2\""),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(caret.find('^'), source.find("API_TOKEN"), "{}", run.stderr);
+    assert!(caret.ends_with(" ^^^^^^^^^"), "{}", run.stderr);
+}
+
+#[test]
 fn validate_names_a_missing_file() {
     let dir = tempfile::tempdir().unwrap();
     gantry_in(dir.path(), &["validate", "--config", "nope.toml"])
