@@ -8,6 +8,7 @@
 //! Secrets are never values in this file: a secret names an environment
 //! variable or a file, and is resolved only when an instance starts.
 
+mod render;
 mod schema;
 mod walk;
 
@@ -341,6 +342,12 @@ pub struct Diagnostic {
     /// Dotted field path, e.g. `environments.production.instances`.
     pub path: String,
     pub message: String,
+    /// The line the problem starts on, without its line ending, kept so the
+    /// diagnostic can show it ([`Diagnostic::render`]) without the file.
+    pub source_line: String,
+    /// How many characters of `source_line` from `column` the problem spans
+    /// (to the line's end if it runs on; 0 for a point).
+    pub span_chars: usize,
 }
 
 impl fmt::Display for Diagnostic {

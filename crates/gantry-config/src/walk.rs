@@ -93,6 +93,7 @@ struct Walker<'s> {
 impl<'s> Walker<'s> {
     fn push(&mut self, severity: Severity, span: Range<usize>, path: &str, message: String) {
         let (line, column) = line_col(self.source, span.start);
+        let (source_line, span_chars) = span_on_line(self.source, &span);
         self.diags.push(Diagnostic {
             severity,
             file: self.file.to_owned(),
@@ -100,6 +101,8 @@ impl<'s> Walker<'s> {
             column,
             path: path.to_owned(),
             message,
+            source_line,
+            span_chars,
         });
     }
     fn error(&mut self, span: Range<usize>, path: &str, message: impl Into<String>) {
@@ -1269,6 +1272,30 @@ fn line_col(source: &str, offset: usize) -> (usize, usize) {
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     (line, source[line_start..offset].chars().count() + 1)
+}
+
+/// The text of the line `span` starts on (without its line ending) and how
+/// many of its characters the span covers there (a span running onto later
+/// lines is cut at the end of its first).
+fn span_on_line(source: &str, span: &Range<usize>) -> (String, usize) {
+    let start = floor_char_boundary(source, span.start.min(source.len()));
+    let line_start = source[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line_end = source[start..]
+        .find('\n')
+        .map_or(source.len(), |i| start + i);
+    let line = &source[line_start..line_end];
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    let end = floor_char_boundary(source, span.end.min(line_start + line.len()).max(start));
+    (line.to_owned(), source[start..end].chars().count())
+}
+
+/// The nearest char boundary at or before `at` (spans from the parser may
+/// point inside a multi-byte character of invalid input).
+fn floor_char_boundary(source: &str, mut at: usize) -> usize {
+    while !source.is_char_boundary(at) {
+        at -= 1;
+    }
+    at
 }
 
 /// The allowed key closest to a mistyped one, if it is plausibly a typo.

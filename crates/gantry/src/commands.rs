@@ -53,7 +53,7 @@ pub async fn run(cli: Cli) -> Exit {
                 Ok(()) => Ok(ExitCode::Success),
                 // An invalid config exits 4, as `gantry validate` does.
                 Err(gantry_server::ServerError::Config(c)) => {
-                    errln!("error: {c}");
+                    errln!("{}", c.render());
                     Ok(ExitCode::InvalidConfig)
                 }
                 Err(other) => Err(other.into()),
@@ -286,7 +286,7 @@ fn validate(path: &std::path::Path) -> Exit {
     match gantry_config::load(path) {
         Ok(loaded) => {
             for w in &loaded.warnings {
-                errln!("{w}");
+                errln!("{}\n", w.render());
             }
             outln!(
                 "{} is valid: service {:?}, environments {}",
@@ -296,23 +296,8 @@ fn validate(path: &std::path::Path) -> Exit {
             );
             Ok(ExitCode::Success)
         }
-        Err(gantry_config::ConfigError::Invalid {
-            errors,
-            warnings,
-            file,
-        }) => {
-            for d in errors.iter().chain(&warnings) {
-                errln!("{d}");
-            }
-            errln!(
-                "{file}: {} error(s), {} warning(s)",
-                errors.len(),
-                warnings.len()
-            );
-            Ok(ExitCode::InvalidConfig)
-        }
         Err(e) => {
-            errln!("error: {e}");
+            errln!("{}", e.render());
             Ok(ExitCode::InvalidConfig)
         }
     }

@@ -46,7 +46,43 @@ fn validate_reports_every_error_with_location_and_exits_4() {
     let run = gantry_in(dir.path(), &["validate"]);
     assert_eq!(run.code, 4, "{}", run.stderr);
     let lines: Vec<&str> = run.stderr.lines().collect();
-    assert!(lines.iter().any(|l| l.starts_with("gantry.toml:7:1: error: service.comand: unknown key \"comand\"; did you mean \"command\"?")), "{}", run.stderr);
+    // cargo's form: the message, where, then the line with a caret under the span.
+    let at = lines
+        .iter()
+        .position(|l| {
+            l.starts_with(
+                "error: service.comand: unknown key \"comand\"; did you mean \"command\"?",
+            )
+        })
+        .unwrap_or_else(|| panic!("{}", run.stderr));
+    assert_eq!(
+        lines[at + 1..at + 5],
+        [
+            " --> gantry.toml:7:1",
+            "  |",
+            "7 | comand = \"bin/hello\"",
+            "  | ^^^^^^",
+        ],
+        "{}",
+        run.stderr
+    );
+    let instances = lines
+        .iter()
+        .position(|l| l.contains("environments.production.instances"))
+        .unwrap_or_else(|| panic!("{}", run.stderr));
+    let (source, caret) = (lines[instances + 3], lines[instances + 4]);
+    assert!(
+        source.ends_with(" | instances = \"many\""),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        caret.find('^'),
+        source.find("\"many\""),
+        "the caret is under the value: {}",
+        run.stderr
+    );
+    assert!(caret.ends_with(" ^^^^^^"), "{}", run.stderr);
     assert!(
         lines
             .iter()
@@ -69,6 +105,38 @@ fn validate_reports_every_error_with_location_and_exits_4() {
         run.stderr
     );
     assert!(run.stderr.contains("4 error(s)"), "{}", run.stderr);
+}
+
+#[test]
+fn validate_shows_warnings_with_their_source_line_and_still_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_secret = gantry_config::STARTER.replace(
+        "[service.env]\nRUST_LOG = \"info\"\n",
+        "[service.env]\nRUST_LOG = \"info\"\nAPI_TOKEN = \"hunter2\"\n",
+    );
+    assert_ne!(with_secret, gantry_config::STARTER);
+    std::fs::write(dir.path().join("gantry.toml"), with_secret).unwrap();
+    let run = gantry_in(dir.path(), &["validate"]).ok();
+    assert!(
+        run.stdout.contains("gantry.toml is valid"),
+        "{}",
+        run.stdout
+    );
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| {
+            l.starts_with("warning: service.env.API_TOKEN: API_TOKEN looks like a secret")
+        })
+        .unwrap_or_else(|| panic!("{}", run.stderr));
+    let (source, caret) = (lines[at + 3], lines[at + 4]);
+    assert!(
+        source.ends_with(" | API_TOKEN = \"hunter2\""),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(caret.find('^'), source.find("API_TOKEN"), "{}", run.stderr);
+    assert!(caret.ends_with(" ^^^^^^^^^"), "{}", run.stderr);
 }
 
 #[test]
@@ -108,6 +176,12 @@ fn server_refuses_an_invalid_config_with_every_error() {
     assert!(
         run.stderr.contains("missing required table [health]"),
         "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains(" --> gantry.toml:2:8\n  |\n2 | name = 3\n  |        ^\n"),
+        "the server shows the source line and a caret too: {}",
         run.stderr
     );
 }
