@@ -2,7 +2,7 @@
 //! shape `{"error": {"code": "...", "message": "..."}}`, mapped here and
 //! nowhere else. Every route but `/healthz` needs a bearer token: the
 //! controller's own (`admin.token`) or a user's, and each action needs a
-//! role that grants it (`permission_for`).
+//! role that grants it (the route table, `routes.rs`).
 
 use crate::controller::{ControlError, Controller, NewRelease};
 use crate::governance::{Identity, TokenRefusal};
@@ -168,6 +168,7 @@ struct PlanApproved {
 
 pub mod openapi;
 mod pages;
+mod routes;
 
 /// `Json<T>` whose rejections (bad JSON, unknown or missing fields, wrong
 /// content type) come back in the API's error shape.
@@ -230,50 +231,17 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for Que
     }
 }
 
+/// The whole HTTP surface, built from the route table (`routes.rs`).
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/releases", get(list_releases))
-        .route("/releases/verify", post(verify_releases))
-        .route(
-            "/releases/{version}",
-            // The artifact is streamed to disk, bounded there, not buffered.
-            put(create_release).get(show_release),
-        )
-        .route(
-            "/deployments",
-            post(create_deployment).get(list_deployments),
-        )
-        .route("/deployments/{id}", get(show_deployment))
-        .route("/deployments/{id}/log", get(deployment_log))
-        .route("/deployments/{id}/{action}", post(act_on_deployment))
-        .route("/rollbacks", post(create_rollback))
-        .route("/status", get(status))
-        .route("/traffic", get(traffic))
-        .route("/instances/{id}/log", get(instance_log))
-        .route("/shutdown", post(shutdown))
-        .route("/audit", get(list_audit))
-        .route("/audit/verify", get(verify_audit))
-        .route("/audit/checkpoint", get(audit_checkpoint))
-        .route("/audit/public-key", get(audit_public_key))
-        .route("/whoami", get(whoami))
-        .route("/users", get(list_users).post(create_user))
-        .route("/tokens", get(list_tokens).post(create_token))
-        .route("/tokens/{id}/revoke", post(revoke_token))
-        .route("/deployments/{id}/approve", post(approve))
-        .route("/deployments/{id}/reject", post(reject))
-        .route("/approvals", get(pending_approvals))
-        .route("/releases/{version}/evidence", get(list_evidence))
-        .route(
-            "/releases/{version}/evidence/{kind}",
-            put(add_evidence).layer(DefaultBodyLimit::max(MAX_EVIDENCE_BYTES)),
-        )
-        .route("/gates", get(gates))
-        .route("/rehearsals", post(start_rehearsal))
-        .route("/plans", get(show_plan))
-        .route("/plans/approve", post(approve_plan))
-        .route("/notifications", get(list_deliveries))
-        .route("/events", get(live_events))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+    let mut api = Router::new();
+    let mut top = Router::new();
+    for (path, handlers) in routes::method_routers(&state) {
+        match path.strip_prefix("/api/v1") {
+            Some(nested) => api = api.route(nested, handlers),
+            None => top = top.route(path, handlers),
+        }
+    }
+    let api = api
         .layer(middleware::from_fn_with_state(state.clone(), audit_actions))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such API route")
@@ -285,17 +253,7 @@ pub fn router(state: AppState) -> Router {
                 "this route does not take that method; /openapi.json lists what each takes",
             )
         });
-    let metrics = Router::new()
-        .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
-    Router::new()
-        .nest("/api/v1", api)
-        .merge(metrics)
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/status", get(status_html))
-        .route("/", get(dashboard))
-        .route("/status.json", get(status_json))
-        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+    top.nest("/api/v1", api)
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -519,25 +477,6 @@ async fn read_at_most(body: axum::body::Body, limit: usize) -> ReadBody {
     ReadBody::Whole(read.concat().into())
 }
 
-/// Which permission an API route needs. One table, so that what each
-/// role may do is readable in one place.
-fn permission_for(method: &axum::http::Method, path: &str) -> Permission {
-    let read = method == axum::http::Method::GET || method == axum::http::Method::HEAD;
-    if path == "/tokens" && method == axum::http::Method::POST {
-        // Anyone may mint a token for themself; `create_token` holds minting
-        // for another user to admins.
-        Permission::Read
-    } else if path.starts_with("/users") || path.starts_with("/tokens") || path == "/shutdown" {
-        Permission::Administer
-    } else if path.ends_with("/approve") || path.ends_with("/reject") {
-        Permission::Approve
-    } else if read {
-        Permission::Read
-    } else {
-        Permission::Deploy
-    }
-}
-
 /// The token of an `Authorization: Bearer <token>` header; the scheme's
 /// name is case-insensitive (RFC 6750 §2.1, RFC 9110 §11.1).
 fn bearer_token(header: &str) -> Option<&str> {
@@ -546,10 +485,14 @@ fn bearer_token(header: &str) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-/// Resolves the bearer token to an identity, checks the route's
-/// permission, and hands the identity to the handler and (through the
+/// Resolves the bearer token to an identity, checks the permission the
+/// route table names for the route, and hands the identity to the handler and (through the
 /// response) to the audit trail.
-async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+async fn authenticate(
+    State(routes::Guard { state, needs }): State<routes::Guard>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let presented = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -583,8 +526,7 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
                 .into_response()
         }
     };
-    let needed = permission_for(req.method(), req.uri().path());
-    let mut resp = match who.may(needed) {
+    let mut resp = match who.may(needs) {
         Ok(()) => {
             req.extensions_mut().insert(who.clone());
             next.run(req).await
@@ -1152,7 +1094,7 @@ async fn give_verdict(
         .into_response())
 }
 
-async fn approve(
+async fn approve_deployment(
     State(s): State<AppState>,
     Extension(who): Extension<Identity>,
     Path(id): Path<DeploymentId>,
@@ -1161,7 +1103,7 @@ async fn approve(
     give_verdict(&s, &who, id, true, &body.comment).await
 }
 
-async fn reject(
+async fn reject_deployment(
     State(s): State<AppState>,
     Extension(who): Extension<Identity>,
     Path(id): Path<DeploymentId>,
