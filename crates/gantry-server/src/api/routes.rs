@@ -108,8 +108,13 @@ pub(super) fn routes() -> Vec<Route> {
     use gantry_store::{Delivery, EvidenceRecord, ReleaseRecord, TokenRecord, User};
     use Answer::*;
     use Permission::{Administer, Approve, Deploy, Read};
-    let (read, deploy, approve, administer, public) =
-        (Some(Read), Some(Deploy), Some(Approve), Some(Administer), None);
+    let (read, deploy, approve, administer, public) = (
+        Some(Read),
+        Some(Deploy),
+        Some(Approve),
+        Some(Administer),
+        None,
+    );
     vec![
         route(
             "get",
@@ -546,9 +551,15 @@ mod tests {
         assert_eq!(needs("get", "/api/v1/tokens"), Some(Administer));
         assert_eq!(needs("post", "/api/v1/shutdown"), Some(Administer));
         assert_eq!(needs("post", "/api/v1/users"), Some(Administer));
-        assert_eq!(needs("post", "/api/v1/deployments/{id}/approve"), Some(Approve));
+        assert_eq!(
+            needs("post", "/api/v1/deployments/{id}/approve"),
+            Some(Approve)
+        );
         assert_eq!(needs("post", "/api/v1/plans/approve"), Some(Approve));
-        assert_eq!(needs("post", "/api/v1/deployments/{id}/{action}"), Some(Deploy));
+        assert_eq!(
+            needs("post", "/api/v1/deployments/{id}/{action}"),
+            Some(Deploy)
+        );
         assert_eq!(needs("get", "/api/v1/deployments"), Some(Read));
         assert_eq!(needs("get", "/healthz"), None);
     }

@@ -1,0 +1,144 @@
+//! Handlers for reading and verifying the audit trail.
+
+use super::*;
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub(super) struct AuditAnchor {
+    seq: u64,
+    hash: String,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub(super) struct AuditPage {
+    /// The last pruned record, which the first kept one links to.
+    anchor: Option<AuditAnchor>,
+    /// The last record the store handed out: the trail must reach it.
+    head: AuditAnchor,
+    /// The newest checkpoint the controller signed: the trail must hold it.
+    checkpoint: Option<gantry_core::audit::Checkpoint>,
+    records: Vec<gantry_core::audit::AuditRecord>,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub(super) struct AuditPublicKey {
+    algorithm: &'static str,
+    /// The Ed25519 public key that signs checkpoints, hex.
+    public_key: String,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub(super) struct AuditVerdict {
+    ok: bool,
+    records: usize,
+    first_seq: Option<u64>,
+    last_seq: Option<u64>,
+    /// The first edited, removed or reordered record.
+    first_bad_seq: Option<u64>,
+    reason: Option<String>,
+    /// The newest checkpoint the controller signed, checked too.
+    checkpoint_seq: Option<u64>,
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AuditQuery {
+    #[serde(default)]
+    after: u64,
+    limit: Option<usize>,
+}
+
+/// Records after `after`, oldest first, and the anchor of a pruned trail.
+pub(super) async fn list_audit(
+    State(s): State<AppState>,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<Response> {
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let (seq, hash) = s.controller.store.audit_head()?;
+    let records = s.controller.store.audit_records(q.after, limit)?;
+    let anchor = s.controller.store.audit_anchor()?;
+    let checkpoint = s.controller.store.latest_audit_checkpoint()?;
+    Ok(Json(AuditPage {
+        anchor: anchor.map(|(seq, hash)| AuditAnchor { seq, hash }),
+        head: AuditAnchor { seq, hash },
+        checkpoint,
+        records,
+    })
+    .into_response())
+}
+
+/// A signed checkpoint of the chain's head now, for an auditor to keep.
+pub(super) async fn audit_checkpoint(State(s): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(s.controller.audit_checkpoint()?).into_response())
+}
+
+pub(super) async fn audit_public_key(State(s): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(AuditPublicKey {
+        algorithm: "ed25519",
+        public_key: s.controller.audit_public_key()?,
+    })
+    .into_response())
+}
+
+/// Verifies the whole stored chain, that it reaches the head the store
+/// recorded, and that it holds the newest checkpoint the controller signed;
+/// names the first record that breaks it.
+pub(super) async fn verify_audit(State(s): State<AppState>) -> ApiResult<Response> {
+    let store = &s.controller.store;
+    let head = store.audit_head()?;
+    let anchor = store.audit_anchor()?;
+    let checkpoint = store.latest_audit_checkpoint()?;
+    let mut all = Vec::new();
+    loop {
+        let after = all
+            .last()
+            .map_or(0, |r: &gantry_core::audit::AuditRecord| r.seq);
+        let page = store.audit_records(after, 10_000)?;
+        if page.is_empty() {
+            break;
+        }
+        all.extend(page);
+    }
+    let trail = gantry_core::audit::Trail {
+        records: &all,
+        anchor: anchor.as_ref().map(|(q, h)| (*q, h.as_str())),
+        head: Some((head.0, &head.1)),
+    };
+    // A stored checkpoint counts only if the controller's own key signed it.
+    let key = gantry_core::audit::parse_public_key(&s.controller.audit_public_key()?)
+        .map_err(|e| ControlError::Internal(e.to_string()))?;
+    let checkpoint_bad = checkpoint.as_ref().and_then(|c| {
+        c.check_signature(Some(&key))
+            .err()
+            .map(|e| gantry_core::audit::ChainBreak {
+                seq: c.seq,
+                reason: format!("the stored checkpoint of record {}: {e}", c.seq),
+            })
+    });
+    let result = match checkpoint_bad {
+        Some(b) => Err(b),
+        None => gantry_core::audit::verify_trail(trail, checkpoint.as_ref()),
+    };
+    let (first_seq, last_seq) = (all.first().map(|r| r.seq), all.last().map(|r| r.seq));
+    let checkpoint_seq = checkpoint.as_ref().map(|c| c.seq);
+    Ok(Json(match result {
+        Ok(v) => AuditVerdict {
+            ok: true,
+            records: v.records,
+            first_seq,
+            last_seq,
+            first_bad_seq: None,
+            reason: None,
+            checkpoint_seq,
+        },
+        Err(b) => AuditVerdict {
+            ok: false,
+            records: all.len(),
+            first_seq,
+            last_seq,
+            first_bad_seq: Some(b.seq),
+            reason: Some(b.reason),
+            checkpoint_seq,
+        },
+    })
+    .into_response())
+}

@@ -1,0 +1,167 @@
+//! Handlers for governance: verdicts on deployments, pending approvals,
+//! gates, rehearsals and plans.
+
+use super::*;
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub(super) struct GatesView {
+    version: String,
+    env: String,
+    passed: bool,
+    gates: Vec<gantry_core::evidence::GateResult>,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub(super) struct RehearsalAnswer {
+    rehearsing: String,
+    env: String,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub(super) struct PlanApproved {
+    version: String,
+    env: String,
+    digest: String,
+    evidence: i64,
+    by: String,
+}
+
+#[derive(Deserialize, Default, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct VerdictRequest {
+    #[serde(default)]
+    comment: String,
+}
+
+pub(super) async fn give_verdict(
+    s: &AppState,
+    who: &Identity,
+    id: DeploymentId,
+    approved: bool,
+    comment: &str,
+) -> ApiResult<Response> {
+    s.controller.give_verdict(id, who, approved, comment)?;
+    let verdict = if approved { "approved" } else { "rejected" };
+    Ok((
+        StatusCode::ACCEPTED,
+        acted_on(format!("deployment {id}")),
+        Json(json!({ verdict: id, "by": who.user })),
+    )
+        .into_response())
+}
+
+pub(super) async fn approve_deployment(
+    State(s): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Path(id): Path<DeploymentId>,
+    Body(body): Body<VerdictRequest>,
+) -> ApiResult<Response> {
+    give_verdict(&s, &who, id, true, &body.comment).await
+}
+
+pub(super) async fn reject_deployment(
+    State(s): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Path(id): Path<DeploymentId>,
+    Body(body): Body<VerdictRequest>,
+) -> ApiResult<Response> {
+    give_verdict(&s, &who, id, false, &body.comment).await
+}
+
+/// Deployments waiting for approval and emergency changes still owed theirs.
+pub(super) async fn pending_approvals(State(s): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(s.controller.pending_approvals()?).into_response())
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct GatesQuery {
+    version: String,
+    env: String,
+}
+
+/// Each gate a release must pass to enter an environment.
+pub(super) async fn gates(
+    State(s): State<AppState>,
+    Query(q): Query<GatesQuery>,
+) -> ApiResult<Response> {
+    let env = s.controller.env(&q.env)?.clone();
+    let release = s.controller.release(&q.version)?;
+    let results = s.controller.gates(&release.version, &env)?;
+    Ok(Json(GatesView {
+        version: release.version.to_string(),
+        env: env.name.to_string(),
+        passed: results.iter().all(|g| g.passed),
+        gates: results,
+    })
+    .into_response())
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RehearsalRequest {
+    env: String,
+    version: String,
+}
+
+/// Starts a rollback rehearsal; its outcome becomes `rehearsal` evidence.
+pub(super) async fn start_rehearsal(
+    State(s): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Body(body): Body<RehearsalRequest>,
+) -> ApiResult<Response> {
+    s.controller
+        .start_rehearsal(&body.env, &body.version, &who.user)?;
+    Ok((
+        StatusCode::ACCEPTED,
+        acted_on(format!(
+            "release {} rehearsed in {}",
+            body.version, body.env
+        )),
+        Json(RehearsalAnswer {
+            rehearsing: body.version,
+            env: body.env,
+        }),
+    )
+        .into_response())
+}
+
+/// The deployment plan of a release for an environment, as Markdown.
+pub(super) async fn show_plan(
+    State(s): State<AppState>,
+    Query(q): Query<GatesQuery>,
+) -> ApiResult<Response> {
+    Ok(Json(s.controller.plan(&q.version, &q.env)?).into_response())
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PlanApproval {
+    version: String,
+    env: String,
+    #[serde(default)]
+    comment: String,
+}
+
+/// Approves the plan as it renders now; it is attached to the release.
+pub(super) async fn approve_plan(
+    State(s): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Body(body): Body<PlanApproval>,
+) -> ApiResult<Response> {
+    let (plan, evidence) =
+        s.controller
+            .approve_plan(&body.version, &body.env, &who.user, &body.comment)?;
+    Ok((
+        StatusCode::CREATED,
+        acted_on(format!("plan of release {} for {}", plan.version, plan.env)),
+        Json(PlanApproved {
+            version: plan.version,
+            env: plan.env,
+            digest: plan.digest,
+            evidence: evidence.id,
+            by: who.user,
+        }),
+    )
+        .into_response())
+}

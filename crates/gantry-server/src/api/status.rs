@@ -1,0 +1,149 @@
+//! Handlers for what runs: status, traffic, instance logs, notifications,
+//! live events, metrics, shutdown.
+
+use super::*;
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub(super) struct StatusView {
+    service: String,
+    environments: Vec<crate::controller::EnvStatus>,
+}
+
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub(super) struct ShutdownAnswer {
+    shutting_down: bool,
+    stopped_workloads: bool,
+}
+
+pub(super) async fn status(State(s): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(StatusView {
+        service: s.controller.config.service.name.clone(),
+        environments: s.controller.status().await?,
+    })
+    .into_response())
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+pub(super) struct LogQuery {
+    bytes: Option<u64>,
+}
+
+pub(super) async fn instance_log(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Response> {
+    let text = s
+        .controller
+        .target
+        .logs(&id, q.bytes.unwrap_or(64 * 1024))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()))?;
+    Ok(text.into_response())
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ShutdownRequest {
+    #[serde(default)]
+    stop_workloads: bool,
+}
+
+pub(super) async fn shutdown(
+    State(s): State<AppState>,
+    Body(req): Body<ShutdownRequest>,
+) -> ApiResult<Response> {
+    if req.stop_workloads {
+        s.controller.stop_workloads().await;
+    }
+    s.shutdown.notify_one();
+    Ok(Json(ShutdownAnswer {
+        shutting_down: true,
+        stopped_workloads: req.stop_workloads,
+    })
+    .into_response())
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+pub(super) struct TrafficQuery {
+    env: String,
+    /// Comma-separated latency limits in milliseconds.
+    above_ms: Option<String>,
+}
+
+/// What each release pool of an environment served, from its router.
+pub(super) async fn traffic(
+    State(s): State<AppState>,
+    Query(q): Query<TrafficQuery>,
+) -> ApiResult<Response> {
+    let env = s.controller.env(&q.env)?;
+    let limits = gantry_router::parse_latency_limits(q.above_ms.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e))?;
+    let stats = s
+        .controller
+        .metrics
+        .pool_stats(&env.name, &limits)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "unavailable", e.to_string()))?;
+    Ok(Json(stats).into_response())
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct DeliveryQuery {
+    deployment: Option<DeploymentId>,
+    limit: Option<usize>,
+}
+
+/// Notification deliveries and their outcomes, newest first.
+pub(super) async fn list_deliveries(
+    State(s): State<AppState>,
+    Query(q): Query<DeliveryQuery>,
+) -> ApiResult<Response> {
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    Ok(Json(s.controller.store.deliveries(q.deployment, limit)?).into_response())
+}
+
+/// Server-sent events: every recorded step of every deployment, and every
+/// notice, as they happen. A subscriber that falls behind is told how many
+/// it missed and goes on.
+pub(super) async fn live_events(State(s): State<AppState>) -> Response {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let rx = s.controller.events.subscribe();
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let event = match rx.recv().await {
+            Ok(e) => {
+                let kind = match &e {
+                    crate::controller::LiveEvent::Step { .. } => "step",
+                    crate::controller::LiveEvent::Notice(_) => "notice",
+                };
+                let data = serde_json::to_string(&e).unwrap_or_default();
+                SseEvent::default().event(kind).data(data)
+            }
+            Err(RecvError::Lagged(n)) => SseEvent::default().event("lagged").data(n.to_string()),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok::<_, std::convert::Infallible>(event), rx))
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+pub(super) async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
+    let c = s.controller.clone();
+    let text = tokio::task::spawn_blocking(move || c.metrics_text())
+        .await
+        .map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })??;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
