@@ -2,6 +2,9 @@
 
 use super::*;
 
+// Answers that are not a domain type of their own, named so the OpenAPI
+// document can describe them.
+
 #[derive(serde::Serialize, schemars::JsonSchema)]
 pub(super) struct AuditAnchor {
     seq: u64,

@@ -12,8 +12,8 @@ pub(super) fn bearer_token(header: &str) -> Option<&str> {
 }
 
 /// Resolves the bearer token to an identity, checks the permission the
-/// route table names for the route, and hands the identity to the handler and (through the
-/// response) to the audit trail.
+/// route table names for the route, and hands the identity to the handler
+/// and (through the response) to the audit trail.
 pub(super) async fn authenticate(
     State(routes::Guard { state, needs }): State<routes::Guard>,
     mut req: Request,

@@ -62,3 +62,57 @@ fn the_api_holds_to_its_openapi_document() {
     // It really ran the operations.
     assert!(report.contains("passed"), "{report}");
 }
+
+/// The router, the permission check and the document come from one route
+/// table; this holds the served API to it from outside: every documented
+/// operation is routed (no 404), asks for a token when the document says
+/// so, refuses a viewer what the document says needs more than `read`, and
+/// a documented path takes no method the document does not list.
+#[test]
+fn every_documented_operation_is_routed_behind_the_permission_it_names() {
+    let g = Gantry::start();
+    let viewer = g.enrol("vic", &["viewer"]);
+    let url = g.api_url();
+    let (code, doc) = http(&url, "GET", "/openapi.json", None, "");
+    assert_eq!(code, 200);
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() > 30, "{} paths", paths.len());
+    for (path, ops) in paths {
+        let concrete = path
+            .replace("{id}", "1")
+            .replace("{version}", "1.0.0")
+            .replace("{action}", "pause")
+            .replace("{kind}", "unit");
+        let ops = ops.as_object().unwrap();
+        for (method, op) in ops {
+            let method = method.to_uppercase();
+            let what = format!("{method} {path}");
+            let (anonymous, body) = http(&url, &method, &concrete, None, "");
+            match op["x-gantry-permission"].as_str() {
+                Some(permission) => {
+                    assert_eq!(anonymous, 401, "{what} without a token: {body}");
+                    if path == "/api/v1/events" {
+                        continue; // a stream that never ends
+                    }
+                    let (as_viewer, body) = http(&url, &method, &concrete, Some(&viewer), "");
+                    if permission == "read" {
+                        let routed = as_viewer != 405 && !body.contains("no such API route");
+                        assert!(
+                            routed && as_viewer != 401 && as_viewer != 403,
+                            "{what} as a viewer: {as_viewer} {body}"
+                        );
+                    } else {
+                        assert_eq!(as_viewer, 403, "{what} ({permission}) as a viewer: {body}");
+                    }
+                }
+                None => assert_eq!(anonymous, 200, "{what} is public: {body}"),
+            }
+        }
+        // A method the document does not list is not routed either.
+        if !ops.contains_key("delete") {
+            let (code, body) = http(&url, "DELETE", &concrete, Some(&g.token()), "");
+            assert_eq!(code, 405, "DELETE {path}: {body}");
+        }
+    }
+}
