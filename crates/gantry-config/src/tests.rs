@@ -1,4 +1,5 @@
 use super::*;
+use std::collections::BTreeSet;
 
 fn errors_of(src: &str) -> Vec<String> {
     match parse("gantry.toml", src) {
@@ -1269,4 +1270,91 @@ fn one_bad_field_gives_exactly_one_error_at_that_field() {
     let errors = diagnostics_of(&src);
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert_eq!(errors[0].path, "environments");
+}
+
+/// Every table with its required keys left out (and what a table needs to be
+/// walked at all, such as a channel's kind).
+const NO_REQUIRED_KEY: &str = r#"
+[service]
+[health]
+[[notify]]
+name = "mail"
+kind = "email"
+from = "gantry@example.com"
+to = ["ops@example.com"]
+[notify.smtp]
+[[notify]]
+[environments.production]
+strategy = "canary"
+[environments.production.canary]
+[[environments.production.canary.steps]]
+[environments.production.smoke]
+[environments.staging]
+[environments.staging.smoke]
+[[environments.staging.smoke.checks]]
+path = "/ready"
+[environments.staging.smoke.checks.json]
+[[environments.staging.freeze]]
+[environments.staging.freeze.weekly]
+"#;
+
+/// The walker demands exactly the keys the schema marks required: for every
+/// table it checks, each required key left out is reported, and nothing else
+/// is reported missing. (The walker's own checks stay the judge of *how* a key
+/// is required; this keeps them and the schema from drifting apart.)
+#[test]
+fn walker_demands_exactly_the_keys_the_schema_requires() {
+    let schema: serde_json::Value = serde_json::from_str(&json_schema()).unwrap();
+    let required = |v: &serde_json::Value| -> Vec<String> {
+        v.get("required")
+            .and_then(|r| r.as_array())
+            .map(|r| r.iter().map(|k| k.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    let mut required_by_type: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    required_by_type.insert("File".into(), required(&schema));
+    for (name, def) in schema["$defs"].as_object().unwrap() {
+        required_by_type.insert(name.clone(), required(def));
+    }
+
+    let mut types_with_a_missing_key = BTreeSet::new();
+    for src in [NO_REQUIRED_KEY, "[signing]\n"] {
+        walk::checked_tables::take();
+        let errors = errors_of(src);
+        let tables = walk::checked_tables::take_paths();
+        let mut expected = BTreeSet::new();
+        for (type_name, path, present) in &tables {
+            for key in &required_by_type[type_name] {
+                if !present.contains(key) {
+                    expected.insert((path.clone(), key.clone()));
+                    types_with_a_missing_key.insert(type_name.clone());
+                }
+            }
+        }
+        let mut reported = BTreeSet::new();
+        for e in &errors {
+            let Some((head, tail)) = e.split_once(": missing required ") else {
+                continue;
+            };
+            // `key "K"` for a value, `table [K]` for a root section.
+            let key = tail.split(['"', '[', ']']).nth(1).unwrap().to_string();
+            let path = head.rsplit(": ").next().unwrap();
+            let table = match path.strip_suffix(&key) {
+                Some("") => "",
+                Some(rest) if rest.ends_with('.') => &rest[..rest.len() - 1],
+                _ => path,
+            };
+            reported.insert((table.to_string(), key));
+        }
+        assert_eq!(reported, expected, "{errors:#?}");
+    }
+    let types_with_required: BTreeSet<String> = required_by_type
+        .iter()
+        .filter(|(_, keys)| !keys.is_empty())
+        .map(|(name, _)| name.clone())
+        .collect();
+    assert_eq!(
+        types_with_a_missing_key, types_with_required,
+        "the fixtures leave out a required key of every table type that has one"
+    );
 }

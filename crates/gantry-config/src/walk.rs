@@ -52,7 +52,7 @@ impl<'s> Walker<'s> {
     fn check_keys<S: schemars::JsonSchema>(&mut self, table: &DeTable<'_>, path: &str) {
         let allowed = crate::schema::keys::<S>();
         #[cfg(test)]
-        checked_tables::record::<S>(table);
+        checked_tables::record::<S>(table, path);
         for (key, _) in table.iter() {
             let k: &str = key.get_ref();
             if !allowed.iter().any(|a| a == k) {
@@ -1255,20 +1255,32 @@ pub(crate) mod checked_tables {
     use std::collections::{BTreeMap, BTreeSet};
     use toml::de::DeTable;
 
+    /// A checked table: its schema type, its path and the keys it held.
+    type Table = (String, String, BTreeSet<String>);
+
     thread_local! {
-        static SEEN: RefCell<BTreeMap<String, BTreeSet<String>>> = RefCell::default();
+        static SEEN: RefCell<Vec<Table>> = RefCell::default();
     }
 
-    pub(super) fn record<S: schemars::JsonSchema>(table: &DeTable<'_>) {
+    pub(super) fn record<S: schemars::JsonSchema>(table: &DeTable<'_>, path: &str) {
+        let keys = table.iter().map(|(k, _)| k.get_ref().to_string()).collect();
         SEEN.with(|seen| {
-            let mut seen = seen.borrow_mut();
-            let keys = seen.entry(S::schema_name().into_owned()).or_default();
-            keys.extend(table.iter().map(|(k, _)| k.get_ref().to_string()));
+            let entry = (S::schema_name().into_owned(), path.to_string(), keys);
+            seen.borrow_mut().push(entry);
         });
     }
 
-    /// The record so far, emptied.
-    pub(crate) fn take() -> BTreeMap<String, BTreeSet<String>> {
+    /// Every table checked so far, emptied.
+    pub(crate) fn take_paths() -> Vec<Table> {
         SEEN.with(|seen| std::mem::take(&mut *seen.borrow_mut()))
+    }
+
+    /// The keys seen in the tables of each schema type so far, emptied.
+    pub(crate) fn take() -> BTreeMap<String, BTreeSet<String>> {
+        let mut by_type: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (type_name, _, keys) in take_paths() {
+            by_type.entry(type_name).or_default().extend(keys);
+        }
+        by_type
     }
 }
