@@ -1,12 +1,19 @@
 //! The JSON Schema of `gantry.toml`, generated from the file-shaped types
 //! below. They describe the file as written (durations as strings); the
 //! decoder in `walk.rs` turns that into the validated [`crate::Config`].
-//! A test keeps the keys of both in step.
+//! They are also the one list of keys: the walker asks [`keys`] which keys a
+//! table accepts, so the schema and the decoder cannot disagree about them.
 
-#![allow(dead_code)] // The types exist to be described, not constructed.
+// The types are used (the walker names them for their keys) but their fields
+// and variants are only described, never read: a file is decoded by the walker.
+#![expect(
+    dead_code,
+    reason = "fields and variants exist to be described, not read"
+)]
 
 use schemars::JsonSchema;
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 /// One service, its health check, its signing keys and its environments.
 #[derive(JsonSchema)]
@@ -36,14 +43,14 @@ pub(crate) struct File {
 /// A secret as a plain string (warned about) or a reference.
 #[derive(JsonSchema)]
 #[serde(untagged)]
-enum CredentialValue {
+pub(crate) enum CredentialValue {
     Plain(String),
     Secret(SecretSection),
 }
 
 #[derive(JsonSchema)]
 #[serde(rename_all = "lowercase")]
-enum ChannelKindName {
+pub(crate) enum ChannelKindName {
     Slack,
     Pagerduty,
     Email,
@@ -52,7 +59,7 @@ enum ChannelKindName {
 
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct NotifySection {
+pub(crate) struct NotifySection {
     /// Unique among channels; names the channel in delivery records.
     name: String,
     kind: ChannelKindName,
@@ -83,7 +90,7 @@ struct NotifySection {
 
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct SmtpSection {
+pub(crate) struct SmtpSection {
     host: String,
     /// Default 587 (starttls), 465 (tls), 25 (none).
     #[serde(default)]
@@ -99,7 +106,7 @@ struct SmtpSection {
 
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RetentionSection {
+pub(crate) struct RetentionSection {
     /// Audit records older than this are pruned, e.g. "365d" (the default; at least a day).
     #[serde(default)]
     audit: Option<String>,
@@ -112,14 +119,14 @@ struct RetentionSection {
 /// A size: a number of bytes, or a string such as "512MiB" or "2GiB".
 #[derive(JsonSchema)]
 #[serde(untagged)]
-enum SizeValue {
+pub(crate) enum SizeValue {
     Bytes(u64),
     Text(String),
 }
 
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ArtifactsSection {
+pub(crate) struct ArtifactsSection {
     /// The most an archive may unpack to, all entries together (default "2GiB").
     #[serde(default)]
     max_unpacked_size: Option<SizeValue>,
@@ -130,7 +137,7 @@ struct ArtifactsSection {
 
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ServiceSection {
+pub(crate) struct ServiceSection {
     /// Letters, digits, '-' and '_'.
     name: String,
     /// Program to run, relative to the release directory or absolute.
@@ -159,15 +166,14 @@ struct ServiceSection {
 /// directories and its scratch directory.
 #[derive(JsonSchema)]
 #[serde(untagged)]
-#[allow(dead_code)]
-enum SandboxSection {
+pub(crate) enum SandboxSection {
     Enabled(bool),
     Paths(SandboxPaths),
 }
 
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct SandboxPaths {
+pub(crate) struct SandboxPaths {
     /// Absolute paths the instance may read (and execute).
     #[serde(default)]
     read: Vec<String>,
@@ -179,7 +185,7 @@ struct SandboxPaths {
 /// Exactly one of `env` or `file`.
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct SecretSection {
+pub(crate) struct SecretSection {
     /// Name of a variable in the controller's environment.
     #[serde(default)]
     env: Option<String>,
@@ -190,7 +196,7 @@ struct SecretSection {
 
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct HealthSection {
+pub(crate) struct HealthSection {
     /// HTTP path probed on each instance; 2xx is healthy.
     path: String,
     /// Duration between probes, e.g. "1s" (default 1s).
@@ -210,7 +216,7 @@ struct HealthSection {
 
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct SigningSection {
+pub(crate) struct SigningSection {
     /// minisign public keys: the 56-character base64 line of a .pub file.
     #[serde(default)]
     public_keys: Vec<String>,
@@ -218,7 +224,7 @@ struct SigningSection {
 
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct EnvironmentSection {
+pub(crate) struct EnvironmentSection {
     /// Public address of the environment's router, IP:PORT.
     listen: String,
     /// Number of instances (default 1).
@@ -269,7 +275,7 @@ struct EnvironmentSection {
 
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct ApprovalSection {
+pub(crate) struct ApprovalSection {
     /// Approvals from the approver role (default 1; the requester's own never counts).
     #[serde(default)]
     #[schemars(range(min = 0, max = 10))]
@@ -288,7 +294,7 @@ struct ApprovalSection {
 /// Either `from` and `to`, or `weekly`.
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct FreezeSection {
+pub(crate) struct FreezeSection {
     name: String,
     /// RFC 3339 instant, e.g. "2026-12-20T00:00:00Z".
     #[serde(default)]
@@ -301,7 +307,7 @@ struct FreezeSection {
 
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct WeeklySection {
+pub(crate) struct WeeklySection {
     /// Weekday and time in UTC, e.g. "fri 16:00".
     from: String,
     /// Weekday and time in UTC, e.g. "mon 08:00".
@@ -310,7 +316,7 @@ struct WeeklySection {
 
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct GatesSection {
+pub(crate) struct GatesSection {
     /// Unit test pass rate in percent (default 100), or false.
     #[serde(default)]
     unit: Option<Threshold>,
@@ -333,7 +339,7 @@ struct GatesSection {
 
 #[derive(JsonSchema)]
 #[serde(rename_all = "kebab-case")]
-enum StrategyName {
+pub(crate) enum StrategyName {
     BlueGreen,
     Canary,
     Rolling,
@@ -341,7 +347,7 @@ enum StrategyName {
 
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RollingSection {
+pub(crate) struct RollingSection {
     /// Instances that may run above `instances` during the update (default 1).
     #[serde(default)]
     max_surge: Option<u32>,
@@ -352,7 +358,7 @@ struct RollingSection {
 
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct SmokeSection {
+pub(crate) struct SmokeSection {
     /// The whole suite's time limit (default 5m).
     #[serde(default)]
     timeout: Option<String>,
@@ -366,7 +372,7 @@ struct SmokeSection {
 /// One check: exactly one of `path` (HTTP) or `command`.
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct CheckSection {
+pub(crate) struct CheckSection {
     /// Unique within the environment.
     name: String,
     /// A failure rolls back at once (default true).
@@ -398,7 +404,7 @@ struct CheckSection {
 
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct JsonCheckSection {
+pub(crate) struct JsonCheckSection {
     /// RFC 6901 pointer, e.g. "/status".
     pointer: String,
     /// The value the field must equal.
@@ -407,7 +413,7 @@ struct JsonCheckSection {
 
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct StickySection {
+pub(crate) struct StickySection {
     /// Cookie the router sets on a user's first answer and reads after.
     #[serde(default)]
     cookie: Option<String>,
@@ -418,7 +424,7 @@ struct StickySection {
 
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct CanarySection {
+pub(crate) struct CanarySection {
     /// Rising weights, the last 100.
     #[serde(default)]
     steps: Vec<StepSection>,
@@ -432,7 +438,7 @@ struct CanarySection {
 
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct StepSection {
+pub(crate) struct StepSection {
     /// Percent of traffic to the new release.
     #[schemars(range(min = 1, max = 100))]
     weight: u32,
@@ -444,14 +450,14 @@ struct StepSection {
 /// A rule's threshold, or false to turn the rule off.
 #[derive(JsonSchema)]
 #[serde(untagged)]
-enum Threshold {
+pub(crate) enum Threshold {
     Number(f64),
     Off(bool),
 }
 
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct AnalysisSection {
+pub(crate) struct AnalysisSection {
     /// Chance of rolling back a canary that is no worse, over a whole rollout (default 0.01).
     #[serde(default)]
     alpha: Option<f64>,
@@ -493,4 +499,40 @@ struct AnalysisSection {
 pub fn json_schema() -> String {
     let schema = schemars::schema_for!(File);
     serde_json::to_string_pretty(&schema).expect("a schema always serializes") + "\n"
+}
+
+/// The keys a table described by `T` accepts, in the schema's order, read once
+/// from the generated schema (the root's and each `$defs` entry's `properties`).
+///
+/// Panics if `T` is not part of the file's schema: a programming error that the
+/// test walking every table catches, never a consequence of the input.
+pub(crate) fn keys<T: JsonSchema>() -> &'static [String] {
+    static BY_TYPE: OnceLock<BTreeMap<String, Vec<String>>> = OnceLock::new();
+    let by_type = BY_TYPE.get_or_init(keys_by_type);
+    let name = T::schema_name();
+    match by_type.get(name.as_ref()) {
+        Some(keys) => keys,
+        None => panic!("{name} is not a table of the gantry.toml schema"),
+    }
+}
+
+/// Every table type's keys by its schema name, the root under `File`.
+fn keys_by_type() -> BTreeMap<String, Vec<String>> {
+    let schema = schemars::schema_for!(File);
+    let root = schema.as_value();
+    let property_names = |v: &serde_json::Value| -> Option<Vec<String>> {
+        Some(v.get("properties")?.as_object()?.keys().cloned().collect())
+    };
+    let mut by_type = BTreeMap::new();
+    if let Some(keys) = property_names(root) {
+        by_type.insert(File::schema_name().into_owned(), keys);
+    }
+    if let Some(defs) = root.get("$defs").and_then(|d| d.as_object()) {
+        for (name, def) in defs {
+            if let Some(keys) = property_names(def) {
+                by_type.insert(name.clone(), keys);
+            }
+        }
+    }
+    by_type
 }

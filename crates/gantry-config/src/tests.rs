@@ -8,6 +8,8 @@ fn errors_of(src: &str) -> Vec<String> {
     }
 }
 
+mod schema_keys;
+
 #[test]
 fn starter_file_is_valid_and_has_the_four_environments() {
     let loaded = parse("gantry.toml", STARTER).expect("starter validates");
@@ -115,58 +117,6 @@ fn require_signature_needs_keys() {
     assert!(
         errors[0].contains("environments.production.require_signature: requires at least one key")
     );
-}
-
-#[test]
-fn schema_and_decoder_know_the_same_keys() {
-    let schema: serde_json::Value = serde_json::from_str(&json_schema()).unwrap();
-    let props = |v: &serde_json::Value| -> Vec<String> {
-        let mut keys: Vec<String> = v["properties"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .cloned()
-            .collect();
-        keys.sort();
-        keys
-    };
-    let sorted = |k: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = k.iter().map(|s| s.to_string()).collect();
-        v.sort();
-        v
-    };
-    let defs = &schema["$defs"];
-    assert_eq!(props(&schema), sorted(walk::ROOT_KEYS));
-    assert_eq!(props(&defs["ServiceSection"]), sorted(walk::SERVICE_KEYS));
-    assert_eq!(props(&defs["HealthSection"]), sorted(walk::HEALTH_KEYS));
-    assert_eq!(props(&defs["SigningSection"]), sorted(walk::SIGNING_KEYS));
-    assert_eq!(props(&defs["EnvironmentSection"]), sorted(walk::ENV_KEYS));
-    assert_eq!(props(&defs["SecretSection"]), sorted(walk::SECRET_KEYS));
-    assert_eq!(props(&defs["CanarySection"]), sorted(walk::CANARY_KEYS));
-    assert_eq!(props(&defs["StepSection"]), sorted(walk::STEP_KEYS));
-    assert_eq!(props(&defs["AnalysisSection"]), sorted(walk::ANALYSIS_KEYS));
-    assert_eq!(props(&defs["RollingSection"]), sorted(walk::ROLLING_KEYS));
-    assert_eq!(props(&defs["ApprovalSection"]), sorted(walk::APPROVAL_KEYS));
-    assert_eq!(props(&defs["FreezeSection"]), sorted(walk::FREEZE_KEYS));
-    assert_eq!(props(&defs["WeeklySection"]), sorted(walk::WEEKLY_KEYS));
-    assert_eq!(props(&defs["GatesSection"]), sorted(walk::GATE_KEYS));
-    assert_eq!(props(&defs["NotifySection"]), sorted(walk::NOTIFY_KEYS));
-    assert_eq!(props(&defs["SmtpSection"]), sorted(walk::SMTP_KEYS));
-    assert_eq!(
-        props(&defs["RetentionSection"]),
-        sorted(walk::RETENTION_KEYS)
-    );
-    assert_eq!(
-        props(&defs["ArtifactsSection"]),
-        sorted(walk::ARTIFACT_KEYS)
-    );
-    assert_eq!(props(&defs["SmokeSection"]), sorted(walk::SMOKE_KEYS));
-    assert_eq!(props(&defs["CheckSection"]), sorted(walk::CHECK_KEYS));
-    assert_eq!(
-        props(&defs["JsonCheckSection"]),
-        sorted(walk::JSON_CHECK_KEYS)
-    );
-    assert_eq!(props(&defs["StickySection"]), sorted(walk::STICKY_KEYS));
 }
 
 #[test]

@@ -8,74 +8,8 @@ mod artifacts;
 mod governance;
 mod notify;
 mod rollout;
-#[cfg(test)]
-pub(crate) use artifacts::ARTIFACT_KEYS;
-#[cfg(test)]
-pub(crate) use governance::{APPROVAL_KEYS, FREEZE_KEYS, GATE_KEYS, WEEKLY_KEYS};
-#[cfg(test)]
-pub(crate) use notify::{NOTIFY_KEYS, SMTP_KEYS};
-#[cfg(test)]
-pub(crate) use rollout::{CHECK_KEYS, JSON_CHECK_KEYS, ROLLING_KEYS, SMOKE_KEYS, STICKY_KEYS};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
-
-pub(crate) const ROOT_KEYS: &[&str] = &[
-    "service",
-    "health",
-    "signing",
-    "analysis",
-    "retention",
-    "artifacts",
-    "notify",
-    "environments",
-];
-pub(crate) const RETENTION_KEYS: &[&str] = &["audit", "deployments"];
-pub(crate) const SERVICE_KEYS: &[&str] = &[
-    "name", "command", "args", "port_env", "env", "secrets", "run_as", "sandbox",
-];
-const SANDBOX_KEYS: &[&str] = &["read", "write"];
-pub(crate) const HEALTH_KEYS: &[&str] = &[
-    "path",
-    "interval",
-    "timeout",
-    "failure_threshold",
-    "start_timeout",
-];
-pub(crate) const SIGNING_KEYS: &[&str] = &["public_keys"];
-pub(crate) const ENV_KEYS: &[&str] = &[
-    "listen",
-    "instances",
-    "strategy",
-    "bake",
-    "require_signature",
-    "env",
-    "secrets",
-    "canary",
-    "rolling",
-    "smoke",
-    "sticky",
-    "optional",
-    "auto_deploy",
-    "approval",
-    "freeze",
-    "gates",
-];
-pub(crate) const SECRET_KEYS: &[&str] = &["env", "file"];
-pub(crate) const CANARY_KEYS: &[&str] = &["steps", "interval", "max_wait"];
-pub(crate) const STEP_KEYS: &[&str] = &["weight", "pause"];
-pub(crate) const ANALYSIS_KEYS: &[&str] = &[
-    "alpha",
-    "min_requests",
-    "max_error_rate",
-    "max_error_rate_increase",
-    "max_error_rate_ratio",
-    "max_p99_factor",
-    "max_p50_factor",
-    "compare_errors",
-    "compare_client_errors",
-    "compare_slow_factor",
-    "promotion_margin",
-];
 
 const DAY_MS: u64 = 86_400_000;
 
@@ -113,10 +47,15 @@ impl<'s> Walker<'s> {
     }
 
     /// Reports keys of `table` that are not in `allowed`, with a suggestion.
-    fn check_keys(&mut self, table: &DeTable<'_>, path: &str, allowed: &[&str]) {
+    /// Reports each key of `table` that the schema type `S` does not list:
+    /// the schema types are the one list of allowed keys.
+    fn check_keys<S: schemars::JsonSchema>(&mut self, table: &DeTable<'_>, path: &str) {
+        let allowed = crate::schema::keys::<S>();
+        #[cfg(test)]
+        checked_tables::record::<S>(table, path);
         for (key, _) in table.iter() {
             let k: &str = key.get_ref();
-            if !allowed.contains(&k) {
+            if !allowed.iter().any(|a| a == k) {
                 let hint = match closest(k, allowed) {
                     Some(s) => format!("; did you mean {s:?}?"),
                     None => String::new(),
@@ -393,7 +332,7 @@ impl<'s> Walker<'s> {
     /// `{ env = "VARIABLE" }` or `{ file = "/path" }`.
     fn secret_ref(&mut self, value: &Val<'_>, p: &str) -> Option<SecretRef> {
         let st = self.table(value, p)?;
-        self.check_keys(st, p, SECRET_KEYS);
+        self.check_keys::<crate::schema::SecretSection>(st, p);
         match (st.get("env"), st.get("file")) {
             (Some(e), None) => {
                 let ep = join(p, "env");
@@ -490,7 +429,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
     };
     let root_span = root.span();
     let root = root.get_ref();
-    w.check_keys(root, "", ROOT_KEYS);
+    w.check_keys::<crate::schema::File>(root, "");
 
     let at_start = root_span.start..root_span.start;
     let service = required_table(&mut w, root, &at_start, "service", decode_service);
@@ -505,7 +444,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
     };
     let retention = match root.get("retention") {
         Some(v) => w.table(v, "retention").and_then(|t| {
-            w.check_keys(t, "retention", RETENTION_KEYS);
+            w.check_keys::<crate::schema::RetentionSection>(t, "retention");
             let mut at_least_a_day = |key: &str, default: u64| match t.get(key) {
                 Some(a) => {
                     let path = join("retention", key);
@@ -606,7 +545,7 @@ fn required_table<T>(
 
 fn decode_analysis(w: &mut Walker<'_>, v: &Val<'_>) -> Option<AnalysisPolicy> {
     let t = w.table(v, "analysis")?;
-    w.check_keys(t, "analysis", ANALYSIS_KEYS);
+    w.check_keys::<crate::schema::AnalysisSection>(t, "analysis");
     // Rule thresholds: a number in range, or false to turn the rule off.
     type Field = fn(&mut AnalysisPolicy) -> &mut Option<f64>;
     let thresholds: [(&str, f64, f64, Field); 6] = [
@@ -661,7 +600,7 @@ fn decode_analysis(w: &mut Walker<'_>, v: &Val<'_>) -> Option<AnalysisPolicy> {
 
 fn decode_canary(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<Canary> {
     let t = w.table(v, path)?;
-    w.check_keys(t, path, CANARY_KEYS);
+    w.check_keys::<crate::schema::CanarySection>(t, path);
     let std = Canary::standard();
     let interval_ms = optional_duration(w, t, &join(path, "interval"), "interval", std.interval_ms);
     let max_wait_ms = optional_duration(w, t, &join(path, "max_wait"), "max_wait", std.max_wait_ms);
@@ -699,7 +638,7 @@ fn decode_steps(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<Vec<Canar
             ok = false;
             continue;
         };
-        w.check_keys(st, &p, STEP_KEYS);
+        w.check_keys::<crate::schema::StepSection>(st, &p);
         let weight = match st.get("weight") {
             Some(wv) => w.count(wv, &join(&p, "weight"), 1, 100),
             None => {
@@ -764,7 +703,7 @@ fn decode_steps(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<Vec<Canar
 
 fn decode_service(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Service> {
     let t = w.table(v, "service")?;
-    w.check_keys(t, "service", SERVICE_KEYS);
+    w.check_keys::<crate::schema::ServiceSection>(t, "service");
     let name = required(w, t, v, "service", "name", |w, v, p| {
         let s = w.non_empty_string(v, p)?;
         if !s
@@ -859,7 +798,7 @@ fn decode_sandbox(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Sandbox> {
         });
     }
     let t = w.table(v, "service.sandbox")?;
-    w.check_keys(t, "service.sandbox", SANDBOX_KEYS);
+    w.check_keys::<crate::schema::SandboxPaths>(t, "service.sandbox");
     let mut paths = |key: &str| -> Option<Vec<PathBuf>> {
         let Some(list) = t.get(key) else {
             return Some(Vec::new());
@@ -890,7 +829,7 @@ fn decode_sandbox(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Sandbox> {
 
 fn decode_health(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Health> {
     let t = w.table(v, "health")?;
-    w.check_keys(t, "health", HEALTH_KEYS);
+    w.check_keys::<crate::schema::HealthSection>(t, "health");
     let path = required(w, t, v, "health", "path", |w, v, p| w.request_path(v, p));
     let interval = optional_duration(w, t, "health.interval", "interval", 1000);
     let timeout = optional_duration(w, t, "health.timeout", "timeout", 1000);
@@ -910,7 +849,7 @@ fn decode_health(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Health> {
 
 fn decode_signing(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Signing> {
     let t = w.table(v, "signing")?;
-    w.check_keys(t, "signing", SIGNING_KEYS);
+    w.check_keys::<crate::schema::SigningSection>(t, "signing");
     let Some(keys_v) = t.get("public_keys") else {
         return Some(Signing::default());
     };
@@ -1065,7 +1004,7 @@ fn decode_environment(
     let Some(t) = w.table(v, path) else {
         return (None, None);
     };
-    w.check_keys(t, path, ENV_KEYS);
+    w.check_keys::<crate::schema::EnvironmentSection>(t, path);
     let listen = required(w, t, v, path, "listen", |w, v, p| {
         let s = w.string(v, p)?;
         match s.parse::<SocketAddr>() {
@@ -1299,11 +1238,49 @@ fn floor_char_boundary(source: &str, mut at: usize) -> usize {
 }
 
 /// The allowed key closest to a mistyped one, if it is plausibly a typo.
-fn closest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
+fn closest<'a>(key: &str, allowed: &'a [String]) -> Option<&'a str> {
     allowed
         .iter()
-        .map(|a| (strsim::levenshtein(key, a), *a))
+        .map(|a| (strsim::levenshtein(key, a), a.as_str()))
         .filter(|(d, a)| *d <= 2.max(a.len() / 4))
         .min_by_key(|(d, _)| *d)
         .map(|(_, a)| a)
+}
+
+/// Which schema types the walker checked tables against, and the keys those
+/// tables held, on this thread: lets a test prove every table is checked.
+#[cfg(test)]
+pub(crate) mod checked_tables {
+    use std::cell::RefCell;
+    use std::collections::{BTreeMap, BTreeSet};
+    use toml::de::DeTable;
+
+    /// A checked table: its schema type, its path and the keys it held.
+    type Table = (String, String, BTreeSet<String>);
+
+    thread_local! {
+        static SEEN: RefCell<Vec<Table>> = RefCell::default();
+    }
+
+    pub(super) fn record<S: schemars::JsonSchema>(table: &DeTable<'_>, path: &str) {
+        let keys = table.iter().map(|(k, _)| k.get_ref().to_string()).collect();
+        SEEN.with(|seen| {
+            let entry = (S::schema_name().into_owned(), path.to_string(), keys);
+            seen.borrow_mut().push(entry);
+        });
+    }
+
+    /// Every table checked so far, emptied.
+    pub(crate) fn take_paths() -> Vec<Table> {
+        SEEN.with(|seen| std::mem::take(&mut *seen.borrow_mut()))
+    }
+
+    /// The keys seen in the tables of each schema type so far, emptied.
+    pub(crate) fn take() -> BTreeMap<String, BTreeSet<String>> {
+        let mut by_type: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (type_name, _, keys) in take_paths() {
+            by_type.entry(type_name).or_default().extend(keys);
+        }
+        by_type
+    }
 }

@@ -43,7 +43,7 @@ fn a_span_at_the_start_of_a_line_is_underlined_from_the_gutter() {
     assert_eq!(
         rendered_with(&src, "service.comand"),
         "error: service.comand: unknown key \"comand\"; did you mean \"command\"? \
-         (expected one of: name, command, args, port_env, env, secrets, run_as, sandbox)\n \
+         (expected one of: args, command, env, name, port_env, run_as, sandbox, secrets)\n \
          --> gantry.toml:4:1\n  \
          |\n\
          4 | comand = \"c\"\n  \

@@ -4,8 +4,6 @@ use super::{describe, join, Val, Walker};
 use crate::ArtifactLimits;
 use toml::de::DeValue;
 
-pub(crate) const ARTIFACT_KEYS: &[&str] = &["max_unpacked_size", "max_entries"];
-
 /// Units a size may be written in, with their factors. Binary and decimal
 /// both, since people write either.
 const SIZE_UNITS: &[(&str, u64)] = &[
@@ -22,7 +20,7 @@ const SIZE_UNITS: &[(&str, u64)] = &[
 
 pub(super) fn decode_artifacts(w: &mut Walker<'_>, v: &Val<'_>) -> Option<ArtifactLimits> {
     let t = w.table(v, "artifacts")?;
-    w.check_keys(t, "artifacts", ARTIFACT_KEYS);
+    w.check_keys::<crate::schema::ArtifactsSection>(t, "artifacts");
     let standard = ArtifactLimits::standard();
     let size = match t.get("max_unpacked_size") {
         Some(v) => size(w, v, &join("artifacts", "max_unpacked_size")),

@@ -6,23 +6,6 @@ use gantry_core::evidence::{FindingSeverity, GatePolicy};
 use gantry_core::governance::{ApprovalPolicy, FreezeSpan, FreezeWindow, LeadTime};
 use toml::de::DeValue;
 
-pub(crate) const APPROVAL_KEYS: &[&str] = &[
-    "required",
-    "lead_time",
-    "emergency_review",
-    "allow_standard",
-];
-pub(crate) const FREEZE_KEYS: &[&str] = &["name", "from", "to", "weekly"];
-pub(crate) const WEEKLY_KEYS: &[&str] = &["from", "to"];
-pub(crate) const GATE_KEYS: &[&str] = &[
-    "unit",
-    "integration",
-    "coverage",
-    "max_severity",
-    "rehearsal_in",
-    "plan",
-];
-
 const DAYS: &[&str] = &["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 /// The standards: changes need approval, five business days ahead, and
@@ -33,7 +16,7 @@ pub(super) fn decode_approval(
     path: &str,
 ) -> Option<ApprovalPolicy> {
     let t = w.table(v, path)?;
-    w.check_keys(t, path, APPROVAL_KEYS);
+    w.check_keys::<crate::schema::ApprovalSection>(t, path);
     let required = match t.get("required") {
         Some(r) => w.count(r, &join(path, "required"), 0, 10),
         None => Some(1),
@@ -108,7 +91,7 @@ pub(super) fn decode_freezes(
 
 fn decode_freeze(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<FreezeWindow> {
     let t = w.table(v, path)?;
-    w.check_keys(t, path, FREEZE_KEYS);
+    w.check_keys::<crate::schema::FreezeSection>(t, path);
     let name = super::required(w, t, v, path, "name", |w, v, p| w.non_empty_string(v, p));
     let when = match (t.get("from"), t.get("to"), t.get("weekly")) {
         (Some(f), Some(to), None) => {
@@ -161,7 +144,7 @@ fn instant(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<i64> {
 
 fn weekly(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<FreezeSpan> {
     let t = w.table(v, path)?;
-    w.check_keys(t, path, WEEKLY_KEYS);
+    w.check_keys::<crate::schema::WeeklySection>(t, path);
     let mut point = |key: &str| -> Option<(u32, u32)> {
         let p = join(path, key);
         let Some(pv) = t.get(key) else {
@@ -201,7 +184,7 @@ fn weekly(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<FreezeSpan> {
 /// Each gate defaults to the standards' number; `false` turns it off.
 pub(super) fn decode_gates(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<GatePolicy> {
     let t = w.table(v, path)?;
-    w.check_keys(t, path, GATE_KEYS);
+    w.check_keys::<crate::schema::GatesSection>(t, path);
     let std = GatePolicy::standard();
     let mut pct = |key: &str, default: Option<f64>| match t.get(key) {
         Some(pv) => w.threshold(pv, &join(path, key), 0.0, 100.0),

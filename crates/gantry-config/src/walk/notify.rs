@@ -7,20 +7,6 @@ use gantry_core::EnvName;
 use std::net::IpAddr;
 use toml::de::DeValue;
 
-pub(crate) const NOTIFY_KEYS: &[&str] = &[
-    "name",
-    "kind",
-    "events",
-    "environments",
-    "url",
-    "routing_key",
-    "secret",
-    "smtp",
-    "from",
-    "to",
-];
-pub(crate) const SMTP_KEYS: &[&str] = &["host", "port", "tls", "username", "password"];
-
 const KINDS: &[&str] = &["slack", "pagerduty", "email", "webhook"];
 const PAGERDUTY_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 
@@ -104,7 +90,7 @@ fn decode_channel(
     env_names: Option<&[String]>,
 ) -> Option<NotifyChannel> {
     let t = w.table(v, path)?;
-    w.check_keys(t, path, NOTIFY_KEYS);
+    w.check_keys::<crate::schema::NotifySection>(t, path);
     let name = super::required(w, t, v, path, "name", |w, v, p| w.non_empty_string(v, p));
     let kind = match t.get("kind") {
         Some(k) => {
@@ -239,7 +225,7 @@ fn decode_email(
     let smtp_v = required(w, t, v, path, "smtp", "email")?;
     let sp = join(path, "smtp");
     let st = w.table(smtp_v, &sp)?;
-    w.check_keys(st, &sp, SMTP_KEYS);
+    w.check_keys::<crate::schema::SmtpSection>(st, &sp);
     let host = super::required(w, st, smtp_v, &sp, "host", |w, v, p| {
         let host = w.non_empty_string(v, p)?;
         let ok = host.parse::<IpAddr>().is_ok()

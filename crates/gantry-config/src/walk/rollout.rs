@@ -4,22 +4,6 @@ use super::{describe, join, optional_duration, Val, Walker};
 use crate::{Rolling, SmokeCheck, SmokeProbe, SmokeSettings, Sticky};
 use toml::de::DeValue;
 
-pub(crate) const ROLLING_KEYS: &[&str] = &["max_surge", "max_unavailable"];
-pub(crate) const SMOKE_KEYS: &[&str] = &["timeout", "max_noncritical_failure_ratio", "checks"];
-pub(crate) const CHECK_KEYS: &[&str] = &[
-    "name",
-    "critical",
-    "timeout",
-    "method",
-    "path",
-    "expect_status",
-    "body_contains",
-    "json",
-    "command",
-];
-pub(crate) const JSON_CHECK_KEYS: &[&str] = &["pointer", "equals"];
-pub(crate) const STICKY_KEYS: &[&str] = &["cookie", "header"];
-
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"];
 
 pub(super) fn decode_rolling(
@@ -32,7 +16,7 @@ pub(super) fn decode_rolling(
         return Some(Rolling::standard());
     };
     let t = w.table(v, path)?;
-    w.check_keys(t, path, ROLLING_KEYS);
+    w.check_keys::<crate::schema::RollingSection>(t, path);
     let max = instances.unwrap_or(64) as u64;
     let std = Rolling::standard();
     let surge = match t.get("max_surge") {
@@ -60,7 +44,7 @@ pub(super) fn decode_rolling(
 
 pub(super) fn decode_sticky(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<Sticky> {
     let t = w.table(v, path)?;
-    w.check_keys(t, path, STICKY_KEYS);
+    w.check_keys::<crate::schema::StickySection>(t, path);
     let token = |w: &mut Walker<'_>, v: &Val<'_>, p: &str| -> Option<String> {
         let s = w.non_empty_string(v, p)?;
         if s.bytes()
@@ -94,7 +78,7 @@ pub(super) fn decode_sticky(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Opti
 
 pub(super) fn decode_smoke(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<SmokeSettings> {
     let t = w.table(v, path)?;
-    w.check_keys(t, path, SMOKE_KEYS);
+    w.check_keys::<crate::schema::SmokeSection>(t, path);
     let timeout_ms = optional_duration(w, t, &join(path, "timeout"), "timeout", 300_000);
     let ratio = match t.get("max_noncritical_failure_ratio") {
         Some(rv) => w.number(rv, &join(path, "max_noncritical_failure_ratio"), 0.0, 1.0),
@@ -154,7 +138,7 @@ fn decode_checks(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<Vec<Smok
 
 fn decode_check(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<SmokeCheck> {
     let t = w.table(v, path)?;
-    w.check_keys(t, path, CHECK_KEYS);
+    w.check_keys::<crate::schema::CheckSection>(t, path);
     let name = match t.get("name") {
         Some(nv) => w.non_empty_string(nv, &join(path, "name")),
         None => {
@@ -272,7 +256,7 @@ fn decode_http(
 /// expected value as JSON text.
 fn decode_json_check(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<(String, String)> {
     let t = w.table(v, path)?;
-    w.check_keys(t, path, JSON_CHECK_KEYS);
+    w.check_keys::<crate::schema::JsonCheckSection>(t, path);
     let pointer = match t.get("pointer") {
         Some(pv) => {
             let p = join(path, "pointer");
