@@ -9,53 +9,27 @@
 use crate::routing::{MetricProvider, TrafficRouter};
 use crate::target::Target;
 use gantry_config::{Config, Environment};
-use gantry_core::{DeploymentId, Event, Millis, Version};
-use gantry_store::{Blobs, ReleaseRecord, Store, StoreError};
+use gantry_core::{DeploymentId, Event, Version};
+use gantry_store::{Blobs, ReleaseRecord, Store};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
+mod access;
 mod drive;
 mod effects;
+mod governance;
+mod notices;
 mod recovery;
+mod rehearsal;
 mod releases;
 mod views;
 mod watchdog;
 
+pub use crate::clock::now_ms;
+pub use crate::error::ControlError;
 pub use releases::{NewRelease, VerifyResult, MAX_SIGNATURE_LEN, MAX_VERSION_LEN};
 pub use views::{DeploymentSummary, EnvStatus, InstanceStatus, LiveEvent};
-
-/// Why a request was refused. The API maps each kind to one HTTP status.
-#[derive(Debug, thiserror::Error)]
-pub enum ControlError {
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Conflict(String),
-    /// The caller's roles do not allow it, or a rule forbids this caller.
-    #[error("{0}")]
-    Forbidden(String),
-    #[error("{0}")]
-    Internal(String),
-}
-
-impl From<StoreError> for ControlError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::EnvironmentBusy { .. } => ControlError::Conflict(e.to_string()),
-            other => ControlError::Internal(other.to_string()),
-        }
-    }
-}
-
-pub fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as Millis)
-        .unwrap_or(0)
-}
 
 pub struct Controller {
     pub store: Arc<dyn Store>,
