@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 mod access;
+mod audit;
 mod drive;
 mod effects;
 mod governance;
