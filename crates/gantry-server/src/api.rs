@@ -393,10 +393,10 @@ async fn audit_actions(State(state): State<AppState>, req: Request, next: Next) 
             limiter.admit(ip, std::time::Instant::now(), at)
         {
             if first {
-                let (limiter, store) = (limiter.clone(), state.controller.store.clone());
+                let (limiter, c) = (limiter.clone(), state.controller.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(limiter.limits().window).await;
-                    limiter.flush(&*store, ip, crate::controller::now_ms());
+                    c.flush_refusals(&limiter, ip, crate::controller::now_ms());
                 });
             }
             return Response::from_parts(parts, body);
@@ -445,7 +445,7 @@ async fn audit_actions(State(state): State<AppState>, req: Request, next: Next) 
         outcome: format!("{outcome} {}", status.as_u16()),
         detail: detail.to_string(),
     };
-    if let Err(e) = state.controller.store.append_audit(entry) {
+    if let Err(e) = state.controller.append_audit(entry) {
         tracing::error!(error = %e, "cannot write the audit record");
     }
     Response::from_parts(parts, body)
@@ -600,7 +600,7 @@ async fn whoami(Extension(who): Extension<Identity>) -> Response {
 }
 
 async fn list_releases(State(s): State<AppState>) -> ApiResult<Response> {
-    Ok(Json(s.controller.store.releases()?).into_response())
+    Ok(Json(s.controller.releases()?).into_response())
 }
 
 async fn create_release(
@@ -643,7 +643,7 @@ async fn create_release(
     if declared.is_some_and(|n| n > MAX_ARTIFACT_BYTES as u64) {
         return Err(artifact_too_large());
     }
-    let artifact = receive_artifact(&s.controller.blobs, body).await?;
+    let artifact = receive_artifact(s.controller.blobs(), body).await?;
     let controller = s.controller.clone();
     let (record, created) = tokio::task::spawn_blocking(move || {
         controller.register_release(NewRelease {
@@ -812,11 +812,11 @@ async fn list_deployments(
         None => None,
     };
     let limit = q.limit.unwrap_or(50).min(1000);
-    Ok(Json(s.controller.store.deployments(env.as_ref(), limit)?).into_response())
+    Ok(Json(s.controller.deployments(env.as_ref(), limit)?).into_response())
 }
 
 fn deployment_or_404(s: &AppState, id: DeploymentId) -> ApiResult<gantry_core::Deployment> {
-    s.controller.store.deployment(id)?.ok_or_else(|| {
+    s.controller.deployment(id)?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -833,7 +833,7 @@ async fn show_deployment(
 ) -> ApiResult<Response> {
     Ok(Json(DeploymentView {
         deployment: deployment_or_404(&s, id)?,
-        approvals: s.controller.store.approvals(id)?,
+        approvals: s.controller.approvals(id)?,
     })
     .into_response())
 }
@@ -843,7 +843,7 @@ async fn deployment_log(
     Path(id): Path<DeploymentId>,
 ) -> ApiResult<Response> {
     let d = deployment_or_404(&s, id)?;
-    let log = s.controller.store.log(id)?;
+    let log = s.controller.deployment_log(id)?;
     Ok(Json(DeploymentLog { deployment: d, log }).into_response())
 }
 
@@ -877,7 +877,7 @@ async fn act_on_deployment(
 
 async fn status(State(s): State<AppState>) -> ApiResult<Response> {
     Ok(Json(StatusView {
-        service: s.controller.config.service.name.clone(),
+        service: s.controller.config().service.name.clone(),
         environments: s.controller.status().await?,
     })
     .into_response())
@@ -895,8 +895,7 @@ async fn instance_log(
 ) -> ApiResult<Response> {
     let text = s
         .controller
-        .target
-        .logs(&id, q.bytes.unwrap_or(64 * 1024))
+        .instance_log(&id, q.bytes.unwrap_or(64 * 1024))
         .await
         .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()))?;
     Ok(text.into_response())
@@ -938,8 +937,7 @@ async fn traffic(State(s): State<AppState>, Query(q): Query<TrafficQuery>) -> Ap
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e))?;
     let stats = s
         .controller
-        .metrics
-        .pool_stats(&env.name, &limits)
+        .traffic(&env.name, &limits)
         .await
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "unavailable", e.to_string()))?;
     Ok(Json(stats).into_response())
@@ -956,10 +954,10 @@ struct AuditQuery {
 /// Records after `after`, oldest first, and the anchor of a pruned trail.
 async fn list_audit(State(s): State<AppState>, Query(q): Query<AuditQuery>) -> ApiResult<Response> {
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
-    let (seq, hash) = s.controller.store.audit_head()?;
-    let records = s.controller.store.audit_records(q.after, limit)?;
-    let anchor = s.controller.store.audit_anchor()?;
-    let checkpoint = s.controller.store.latest_audit_checkpoint()?;
+    let (seq, hash) = s.controller.audit_head()?;
+    let records = s.controller.audit_records(q.after, limit)?;
+    let anchor = s.controller.audit_anchor()?;
+    let checkpoint = s.controller.latest_audit_checkpoint()?;
     Ok(Json(AuditPage {
         anchor: anchor.map(|(seq, hash)| AuditAnchor { seq, hash }),
         head: AuditAnchor { seq, hash },
@@ -986,7 +984,7 @@ async fn audit_public_key(State(s): State<AppState>) -> ApiResult<Response> {
 /// recorded, and that it holds the newest checkpoint the controller signed;
 /// names the first record that breaks it.
 async fn verify_audit(State(s): State<AppState>) -> ApiResult<Response> {
-    let store = &s.controller.store;
+    let store = &s.controller;
     let head = store.audit_head()?;
     let anchor = store.audit_anchor()?;
     let checkpoint = store.latest_audit_checkpoint()?;
@@ -1064,7 +1062,7 @@ async fn create_user(
 }
 
 async fn list_users(State(s): State<AppState>) -> ApiResult<Response> {
-    Ok(Json(s.controller.store.users()?).into_response())
+    Ok(Json(s.controller.users()?).into_response())
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -1115,7 +1113,7 @@ async fn list_tokens(
     State(s): State<AppState>,
     Query(q): Query<TokenQuery>,
 ) -> ApiResult<Response> {
-    Ok(Json(s.controller.store.tokens(q.user.as_deref())?).into_response())
+    Ok(Json(s.controller.tokens(q.user.as_deref())?).into_response())
 }
 
 async fn revoke_token(
@@ -1211,7 +1209,7 @@ async fn list_evidence(
     Path(version): Path<String>,
 ) -> ApiResult<Response> {
     let release = s.controller.release(&version)?;
-    Ok(Json(s.controller.store.evidence(&release.version)?).into_response())
+    Ok(Json(s.controller.evidence(&release.version)?).into_response())
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -1314,7 +1312,7 @@ async fn list_deliveries(
     Query(q): Query<DeliveryQuery>,
 ) -> ApiResult<Response> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    Ok(Json(s.controller.store.deliveries(q.deployment, limit)?).into_response())
+    Ok(Json(s.controller.deliveries(q.deployment, limit)?).into_response())
 }
 
 /// Server-sent events: every recorded step of every deployment, and every
@@ -1323,7 +1321,7 @@ async fn list_deliveries(
 async fn live_events(State(s): State<AppState>) -> Response {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
     use tokio::sync::broadcast::error::RecvError;
-    let rx = s.controller.events.subscribe();
+    let rx = s.controller.subscribe();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         let event = match rx.recv().await {
             Ok(e) => {

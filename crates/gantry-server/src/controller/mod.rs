@@ -21,6 +21,7 @@ mod drive;
 mod effects;
 mod governance;
 mod notices;
+mod queries;
 mod recovery;
 mod rehearsal;
 mod releases;
@@ -32,23 +33,38 @@ pub use crate::error::ControlError;
 pub use releases::{NewRelease, VerifyResult, MAX_SIGNATURE_LEN, MAX_VERSION_LEN};
 pub use views::{DeploymentSummary, EnvStatus, InstanceStatus, LiveEvent};
 
+/// The deployment controller. Its parts (store, blobs, target, router,
+/// metrics, config) are private: the API asks it by name (see `queries.rs`),
+/// so a second implementation of a seam changes nothing above it.
+///
+/// ```compile_fail
+/// fn reach(c: &gantry_server::Controller) {
+///     let _ = &c.store; // private: use a named method
+/// }
+/// ```
+///
+/// ```compile_fail
+/// fn reach(c: &gantry_server::Controller) {
+///     let _ = &c.config; // private: `c.config()` reads it
+/// }
+/// ```
 pub struct Controller {
-    pub store: Arc<dyn Store>,
-    pub blobs: Blobs,
-    pub target: Arc<dyn Target>,
-    pub router: Arc<dyn TrafficRouter>,
-    pub metrics: Arc<dyn MetricProvider>,
-    pub config: Arc<Config>,
+    store: Arc<dyn Store>,
+    blobs: Blobs,
+    target: Arc<dyn Target>,
+    router: Arc<dyn TrafficRouter>,
+    metrics: Arc<dyn MetricProvider>,
+    config: Arc<Config>,
     inboxes: Mutex<HashMap<DeploymentId, mpsc::UnboundedSender<Event>>>,
-    pub(crate) http: reqwest::Client,
+    http: reqwest::Client,
     /// Live deployment events for server-sent-event subscribers.
-    pub events: tokio::sync::broadcast::Sender<LiveEvent>,
+    events: tokio::sync::broadcast::Sender<LiveEvent>,
     /// Wakes the notification dispatcher.
-    pub(crate) dispatch: Arc<tokio::sync::Notify>,
+    dispatch: Arc<tokio::sync::Notify>,
     /// Set once workloads are being stopped on purpose: no router revival.
     stopping: std::sync::atomic::AtomicBool,
     /// Signs audit checkpoints; loaded from `audit.key` at start.
-    pub(crate) audit_key: std::sync::OnceLock<gantry_core::audit::SigningKey>,
+    audit_key: std::sync::OnceLock<gantry_core::audit::SigningKey>,
     /// Lines for a deployment's log that an effect produced besides its
     /// event; the drive loop records them with that event.
     notes: Mutex<HashMap<DeploymentId, Vec<String>>>,
