@@ -2,63 +2,15 @@
 //! deployment is driven by stepping the machine, persisting, then acting.
 
 use super::{now_ms, ControlError, Controller, LiveEvent};
-use gantry_config::{Environment, Strategy};
-use gantry_core::machine::{CanarySettings, CanaryStep, RollStage, RollingSettings};
-use gantry_core::{
-    step, DeploySettings, Deployment, DeploymentId, DeploymentKind, Event, HealthSettings, Version,
-};
+use gantry_config::Environment;
+use gantry_core::machine::RollStage;
+use gantry_core::{step, Deployment, DeploymentId, DeploymentKind, Event, Version};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 impl Controller {
     // ---- deployments ----
-
-    fn settings_for(&self, env: &Environment, kind: DeploymentKind) -> DeploySettings {
-        let h = &self.config.health;
-        DeploySettings {
-            instances: env.instances,
-            health: HealthSettings {
-                interval_ms: h.interval_ms,
-                startup_interval_ms: h.interval_ms.min(50),
-                failure_threshold: h.failure_threshold,
-                start_timeout_ms: h.start_timeout_ms,
-            },
-            // A rollback returns to a release already proven; keeping the
-            // faulty one warm would only delay stopping it.
-            bake_ms: match kind {
-                DeploymentKind::Deploy => env.bake_ms,
-                DeploymentKind::Rollback => 0,
-            },
-            // A rollback goes straight back: no canary steps on the way.
-            canary: match (&env.strategy, kind) {
-                (Strategy::Canary(c), DeploymentKind::Deploy) => Some(CanarySettings {
-                    steps: c
-                        .steps
-                        .iter()
-                        .map(|s| CanaryStep {
-                            weight: s.weight,
-                            pause: s.pause,
-                        })
-                        .collect(),
-                    analysis: self.config.analysis.clone(),
-                    interval_ms: c.interval_ms,
-                    max_wait_ms: c.max_wait_ms,
-                }),
-                _ => None,
-            },
-            // A rollback returns to what served before, all at once.
-            rolling: match (&env.strategy, kind) {
-                (Strategy::Rolling(r), DeploymentKind::Deploy) => Some(RollingSettings {
-                    max_surge: r.max_surge,
-                    max_unavailable: r.max_unavailable,
-                }),
-                _ => None,
-            },
-            smoke: env.smoke.clone(),
-            freezes: env.freezes.clone(),
-        }
-    }
 
     async fn check_listen_free(&self, env: &Environment) -> Result<(), ControlError> {
         // A deployment in progress may be starting the router this very
@@ -164,7 +116,7 @@ impl Controller {
         change: Option<gantry_core::governance::ChangeControl>,
     ) -> Result<Deployment, ControlError> {
         let current = self.store.env_state(&env.name)?;
-        let settings = self.settings_for(env, kind);
+        let settings = self.config.deploy_settings(env, kind);
         let now = now_ms();
         let d = self.store.create_deployment(&env.name, &mut |id| {
             let d = Deployment::new(
