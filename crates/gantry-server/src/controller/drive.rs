@@ -3,7 +3,7 @@
 
 use super::{now_ms, ControlError, Controller, LiveEvent};
 use gantry_config::Environment;
-use gantry_core::machine::RollStage;
+use gantry_core::machine::RequestRefusal;
 use gantry_core::{step, Deployment, DeploymentId, DeploymentKind, Event, Version};
 use std::sync::Arc;
 use std::time::Duration;
@@ -215,30 +215,20 @@ impl Controller {
             .store
             .deployment(id)?
             .ok_or_else(|| ControlError::NotFound(format!("deployment {id} does not exist")))?;
-        if d.phase.is_terminal() {
-            return Err(ControlError::Conflict(format!(
-                "deployment {id} already finished ({})",
-                d.phase.as_str()
-            )));
-        }
-        use gantry_core::Phase;
-        let held_smoke = d.smoke.as_ref().is_some_and(|s| s.held)
-            && (d.phase == Phase::Smoke
-                || d.rolling
-                    .as_ref()
-                    .is_some_and(|r| r.stage == RollStage::Smoke));
-        let allowed = match event {
-            Event::PromoteRequested { .. } => d.phase == Phase::Canary || held_smoke,
-            Event::PauseRequested { .. } | Event::ResumeRequested { .. } => {
-                d.phase == Phase::Canary
+        match d.accepts(&event) {
+            Ok(()) => {}
+            Err(RequestRefusal::Finished) => {
+                return Err(ControlError::Conflict(format!(
+                    "deployment {id} already finished ({})",
+                    d.phase.as_str()
+                )))
             }
-            _ => true,
-        };
-        if !allowed {
-            return Err(ControlError::Conflict(format!(
-                "deployment {id} is {}: promote acts on a canary step or on smoke checks waiting for a decision; pause and resume act on canary steps",
-                d.phase.as_str()
-            )));
+            Err(RequestRefusal::NotInThisPhase) => {
+                return Err(ControlError::Conflict(format!(
+                    "deployment {id} is {}: promote acts on a canary step or on smoke checks waiting for a decision; pause and resume act on canary steps",
+                    d.phase.as_str()
+                )))
+            }
         }
         let inboxes = self.inboxes.lock().unwrap_or_else(|p| p.into_inner());
         match inboxes.get(&id) {
