@@ -100,7 +100,7 @@ mod tests {
         ).replace("strategy = \"blue-green\"\nbake = \"30s\"", "strategy = \"canary\"\nbake = \"30s\""));
         let prod = c.environment("production").unwrap();
         let canary = c.deploy_settings(prod, Deploy).canary.expect("canary");
-        let weights: Vec<u32> = canary.steps.iter().map(|s| s.weight as u32).collect();
+        let weights: Vec<u32> = canary.steps.iter().map(|s| s.weight).collect();
         assert_eq!(weights, [10, 50, 100]);
         assert_eq!(canary.steps[1].pause, Pause::UntilPromoted);
         assert_eq!(canary.interval_ms, 500);
