@@ -3,7 +3,7 @@
 
 use super::{now_ms, Controller};
 use crate::artifact;
-use crate::target::LaunchSpec;
+use crate::target::{instance_addr, LaunchSpec};
 use gantry_config::Environment;
 use gantry_core::analysis::{Baseline, Counts, LatencyLimits};
 use gantry_core::machine::Probe;
@@ -287,7 +287,7 @@ impl Controller {
 
     async fn probe(&self, instance: &InstanceRef) -> Event {
         let h = &self.config.health;
-        let url = format!("http://127.0.0.1:{}{}", instance.port, h.path);
+        let url = format!("http://{}{}", instance_addr(instance), h.path);
         let result = self
             .http
             .get(&url)
@@ -354,10 +354,7 @@ fn pool_names(d: &Deployment) -> (String, String) {
 }
 
 fn upstreams(instances: &[InstanceRef]) -> Vec<std::net::SocketAddr> {
-    instances
-        .iter()
-        .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], i.port)))
-        .collect()
+    instances.iter().map(instance_addr).collect()
 }
 
 pub(super) fn pools_for(name: Option<&Version>, instances: &[InstanceRef]) -> Vec<Pool> {
