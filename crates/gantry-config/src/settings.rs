@@ -4,8 +4,10 @@
 //! alter one in flight).
 
 use crate::{Config, Environment, Strategy};
+use gantry_core::evidence::GateResult;
 use gantry_core::machine::{CanarySettings, CanaryStep, RollingSettings};
 use gantry_core::{DeploySettings, DeploymentKind, HealthSettings};
+use gantry_core::{EnvName, Version};
 
 impl Config {
     /// The settings of a new deployment of `kind` into `env`.
@@ -53,6 +55,57 @@ impl Config {
             smoke: env.smoke.clone(),
             freezes: env.freezes.clone(),
         }
+    }
+    /// The promotion-path gate of `version` entering `env`: it must have
+    /// succeeded in every earlier, non-optional environment of the file's
+    /// order. `None` for the first environment (or one not in the config).
+    /// `succeeded_in` answers from the store; its error is passed on.
+    pub fn promotion_path_gate<E>(
+        &self,
+        version: &Version,
+        env: &Environment,
+        mut succeeded_in: impl FnMut(&EnvName) -> Result<bool, E>,
+    ) -> Result<Option<GateResult>, E> {
+        let envs = &self.environments;
+        let Some(pos) = envs.iter().position(|e| e.name == env.name) else {
+            return Ok(None);
+        };
+        if pos == 0 {
+            return Ok(None);
+        }
+        let mut missing = Vec::new();
+        for earlier in envs[..pos].iter().filter(|e| !e.optional) {
+            if !succeeded_in(&earlier.name)? {
+                missing.push(earlier.name.to_string());
+            }
+        }
+        let path: Vec<String> = envs
+            .iter()
+            .map(|e| {
+                if e.optional {
+                    format!("{} (optional)", e.name)
+                } else {
+                    e.name.to_string()
+                }
+            })
+            .collect();
+        Ok(Some(GateResult {
+            gate: "promotion path".to_owned(),
+            passed: missing.is_empty(),
+            detail: if missing.is_empty() {
+                format!(
+                    "succeeded in every earlier environment of {}",
+                    path.join(" → ")
+                )
+            } else {
+                format!(
+                    "{version} has not succeeded in {} yet; the path is {}",
+                    missing.join(", "),
+                    path.join(" → ")
+                )
+            },
+            evidence: None,
+        }))
     }
 }
 
@@ -119,5 +172,32 @@ mod tests {
             assert_eq!(s.instances, env.instances, "{name}");
             assert_eq!(s.freezes, env.freezes, "{name}");
         }
+    }
+
+    #[test]
+    fn the_promotion_path_names_what_is_missing_and_skips_the_first_environment() {
+        let c = config(STARTER);
+        let v = gantry_core::Version::new(1, 2, 0);
+        let first = c.environment("development").unwrap();
+        assert_eq!(
+            c.promotion_path_gate(&v, first, |_| Ok::<_, ()>(false)),
+            Ok(None)
+        );
+        let prod = c.environment("production").unwrap();
+        let g = c
+            .promotion_path_gate(&v, prod, |e| Ok::<_, ()>(e.as_str() == "development"))
+            .unwrap()
+            .expect("production has a path");
+        assert!(!g.passed);
+        assert!(g.detail.contains("integration, staging"), "{}", g.detail);
+        let all = c
+            .promotion_path_gate(&v, prod, |_| Ok::<_, ()>(true))
+            .unwrap()
+            .unwrap();
+        assert!(all.passed, "{}", all.detail);
+        assert_eq!(
+            c.promotion_path_gate(&v, prod, |_| Err("store down")),
+            Err("store down")
+        );
     }
 }

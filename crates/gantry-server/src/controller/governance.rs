@@ -101,55 +101,15 @@ impl Controller {
 
     /// The promotion path as a gate: every earlier, non-optional environment
     /// must have run `version` successfully. `None` for the first environment.
+    /// The promotion-path rule (`Config::promotion_path_gate`), answered from the store.
     fn promotion_gate(
         &self,
         version: &Version,
         env: &Environment,
     ) -> Result<Option<GateResult>, ControlError> {
-        let envs = &self.config.environments;
-        let Some(pos) = envs.iter().position(|e| e.name == env.name) else {
-            return Ok(None);
-        };
-        if pos == 0 {
-            return Ok(None);
-        }
-        let mut missing = Vec::new();
-        for earlier in envs[..pos].iter().filter(|e| !e.optional) {
-            if !self
-                .store
-                .succeeded_versions(&earlier.name)?
-                .contains(version)
-            {
-                missing.push(earlier.name.to_string());
-            }
-        }
-        let path: Vec<String> = envs
-            .iter()
-            .map(|e| {
-                if e.optional {
-                    format!("{} (optional)", e.name)
-                } else {
-                    e.name.to_string()
-                }
-            })
-            .collect();
-        Ok(Some(GateResult {
-            gate: "promotion path".to_owned(),
-            passed: missing.is_empty(),
-            detail: if missing.is_empty() {
-                format!(
-                    "succeeded in every earlier environment of {}",
-                    path.join(" → ")
-                )
-            } else {
-                format!(
-                    "{version} has not succeeded in {} yet; the path is {}",
-                    missing.join(", "),
-                    path.join(" → ")
-                )
-            },
-            evidence: None,
-        }))
+        self.config.promotion_path_gate(version, env, |earlier| {
+            Ok(self.store.succeeded_versions(earlier)?.contains(version))
+        })
     }
 
     /// Everything a new deployment must satisfy before it is created: the
