@@ -10,6 +10,7 @@
 
 mod render;
 mod schema;
+mod settings;
 mod walk;
 
 pub use schema::json_schema;

@@ -25,9 +25,11 @@ use crate::domain::{DeploymentId, EnvName, InstanceRef, Millis, Version};
 use crate::governance::{active_freeze, rfc3339, Approval, ChangeControl, FreezeWindow};
 
 mod canary;
+mod requests;
 mod rolling;
 mod smoke;
 pub use canary::{CanarySettings, CanaryState, CanaryStep, Pause};
+pub use requests::RequestRefusal;
 pub use rolling::{RollStage, RollingSettings, RollingState};
 use serde::{Deserialize, Serialize};
 pub use smoke::{SmokeCheck, SmokeProbe, SmokeResult, SmokeSettings, SmokeState};

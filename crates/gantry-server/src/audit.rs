@@ -1,20 +1,20 @@
-//! The controller's side of the audit trail beyond appending: the
-//! checkpoint key (`audit.key`), signed checkpoints of the chain's head, and
-//! the rate limit on recording refused, unauthenticated requests.
+//! The audit trail beyond appending: the checkpoint key (`audit.key`) and
+//! the rate limit on recording refused, unauthenticated requests. Signing
+//! checkpoints of the chain's head is the controller's
+//! (`controller/audit.rs`).
 //!
 //! The key lives beside `admin.token`, outside the database, so a copy of
 //! the database alone cannot forge checkpoints. Whoever can read the data
 //! directory can read the key too: what protects the trail against them is
 //! the checkpoints an auditor kept elsewhere (`gantry audit checkpoint`).
 
-use crate::controller::{now_ms, ControlError, Controller};
-use gantry_core::audit::{AuditEntry, Checkpoint, SigningKey};
+use gantry_core::audit::{AuditEntry, SigningKey};
 use gantry_core::Millis;
 use gantry_store::Store;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The checkpoint key's file in the data directory (0600, created on first start).
@@ -40,63 +40,6 @@ pub fn load_or_create_key(path: &Path) -> std::io::Result<SigningKey> {
             )
         })?;
     Ok(SigningKey::from_bytes(&seed))
-}
-
-impl Controller {
-    fn audit_key(&self) -> Result<&SigningKey, ControlError> {
-        self.audit_key
-            .get()
-            .ok_or_else(|| ControlError::Internal("the audit key is not loaded".to_owned()))
-    }
-
-    /// The checkpoint key's public half, hex: what an auditor pins.
-    pub fn audit_public_key(&self) -> Result<String, ControlError> {
-        Ok(gantry_core::audit::public_key_hex(self.audit_key()?))
-    }
-
-    /// A signed checkpoint of the chain's head as it is now. Stored too,
-    /// unless the newest stored one already names this head and anchor.
-    pub fn audit_checkpoint(&self) -> Result<Checkpoint, ControlError> {
-        let key = self.audit_key()?;
-        let (seq, hash) = self.store.audit_head()?;
-        let anchor = self.store.audit_anchor()?;
-        let (anchor_seq, anchor_hash) = anchor
-            .clone()
-            .unwrap_or((0, gantry_core::audit::GENESIS.to_owned()));
-        if let Some(last) = self.store.latest_audit_checkpoint()? {
-            let same = last.seq == seq
-                && last.hash == hash
-                && last.anchor_seq == anchor_seq
-                && last.anchor_hash == anchor_hash
-                && last.public_key == gantry_core::audit::public_key_hex(key);
-            if same {
-                return Ok(last);
-            }
-        }
-        let cp = Checkpoint::sign(
-            key,
-            (seq, &hash),
-            anchor.as_ref().map(|(s, h)| (*s, h.as_str())),
-            now_ms(),
-        );
-        self.store.add_audit_checkpoint(&cp)?;
-        Ok(cp)
-    }
-
-    /// Signs the head every `every` while it moves.
-    pub fn spawn_audit_checkpoints(self: &Arc<Self>, every: Duration) {
-        let this = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let Some(c) = this.upgrade() else { return };
-                if let Err(e) = c.audit_checkpoint() {
-                    tracing::error!(error = %e, "cannot sign an audit checkpoint");
-                }
-                drop(c);
-                tokio::time::sleep(every).await;
-            }
-        });
-    }
 }
 
 /// How many refusals of one peer are recorded one by one before the rest

@@ -8,9 +8,11 @@
 mod api;
 pub mod artifact;
 pub mod audit;
+mod clock;
 pub mod confine;
 pub mod controller;
 mod data_dir;
+mod error;
 pub mod governance;
 mod notify;
 mod observe;

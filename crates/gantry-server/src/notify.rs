@@ -6,25 +6,26 @@
 //! is due, retrying with exponential backoff, and records every outcome. It
 //! runs apart from the deployments, so a slow or dead channel never holds
 //! up a deployment or a rollback, and a restart resumes what was pending.
+//! This file sends one delivery; the queueing and the dispatcher task are
+//! the controller's (`controller/notices.rs`).
 
-use crate::controller::{now_ms, Controller};
+use crate::clock::now_ms;
 use gantry_config::{Credential, EmailChannel, NotifyChannel, NotifyTarget, SmtpTls};
 use gantry_core::notify::{Notice, NoticeKind};
-use gantry_core::{Deployment, Event, Millis};
-use gantry_store::{Delivery, Outgoing};
+use gantry_core::Millis;
+use gantry_store::Delivery;
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Attempts before a delivery is given up: after 1, 2, 4, 8 and 16 s.
 pub const MAX_ATTEMPTS: u32 = 6;
 /// How long one attempt may take.
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 /// A delivery being attempted is leased for this long, so that it is not
 /// sent twice; an attempt cut short by a crash is retried after it.
-const LEASE_MS: Millis = 60_000;
+pub(crate) const LEASE_MS: Millis = 60_000;
 
 fn credential(name: &str, c: &Credential) -> Result<String, String> {
     match c {
@@ -159,195 +160,90 @@ pub fn email_text(service: &str, n: &Notice) -> (String, String) {
     (subject, body)
 }
 
-impl Controller {
-    /// The notices a transition gives, each with the channels that want it.
-    /// They are recorded with the transition, so a crash loses none.
-    pub(crate) fn outbox(
-        &self,
-        event: &Event,
-        before: &Deployment,
-        after: &Deployment,
-        now: Millis,
-    ) -> Vec<Outgoing> {
-        gantry_core::notify::notices(event, before, after, now)
-            .into_iter()
-            .map(|notice| Outgoing {
-                channels: self
-                    .config
-                    .notify
-                    .iter()
-                    .filter(|c| c.events.contains(&notice.kind))
-                    .filter(|c| c.environments.is_empty() || c.environments.contains(&after.env))
-                    .map(|c| c.name.clone())
-                    .collect(),
-                notice,
-            })
-            .collect()
-    }
+/// One attempt at a delivery. Whatever goes wrong, the error text is
+/// passed through the channel's [`Redactor`] first: it is stored, shown
+/// to viewers and logged, and a receiver may echo what it was sent.
+pub(crate) async fn send(
+    http: &reqwest::Client,
+    service: &str,
+    channel: &NotifyChannel,
+    d: &Delivery,
+) -> Result<(), String> {
+    let mut secrets = Redactor::default();
+    send_redacting(http, service, channel, d, &mut secrets)
+        .await
+        .map_err(|e| secrets.clean(&e))
+}
 
-    /// After the transition is recorded: live views hear the notices, and the
-    /// dispatcher wakes for the queued deliveries.
-    pub(crate) fn announced(&self, outbox: Vec<Outgoing>) {
-        let queued = outbox.iter().any(|o| !o.channels.is_empty());
-        for o in outbox {
-            let _ = self
-                .events
-                .send(crate::controller::LiveEvent::Notice(o.notice));
+async fn send_redacting(
+    http: &reqwest::Client,
+    service: &str,
+    channel: &NotifyChannel,
+    d: &Delivery,
+    secrets: &mut Redactor,
+) -> Result<(), String> {
+    let n = &d.notice;
+    match &channel.target {
+        NotifyTarget::Slack { url } => {
+            let url = credential(&format!("notify {} url", channel.name), url)?;
+            // The whole address of a Slack webhook is its secret.
+            secrets.add_url(&url, true);
+            post_json(http, &url, &slack_payload(service, n)).await
         }
-        if queued {
-            self.dispatch.notify_one();
+        NotifyTarget::Pagerduty { routing_key, url } => {
+            let key = credential(&format!("notify {} routing_key", channel.name), routing_key)?;
+            secrets.add(&key);
+            secrets.add_url(url, false);
+            match pagerduty_payload(service, &key, n) {
+                Some(body) => post_json(http, url, &body).await,
+                None => Ok(()), // Nothing PagerDuty acts on.
+            }
         }
-    }
-
-    /// Sends due deliveries until the controller goes away.
-    pub fn spawn_notifier(self: &Arc<Self>) {
-        let this = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                let Some(c) = this.upgrade() else { return };
-                let now = now_ms();
-                match c.store.due_deliveries(now, 32) {
-                    Ok(due) => {
-                        for d in due {
-                            // Lease it, then attempt it apart from the others.
-                            let _ = c.store.update_delivery(
-                                d.id,
-                                "pending",
-                                d.attempts,
-                                now + LEASE_MS,
-                                d.last_error.as_deref(),
-                                now,
-                            );
-                            tokio::spawn(c.clone().attempt(d));
-                        }
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot read due notifications"),
-                }
-                let wake = c.dispatch.clone();
-                drop(c);
-                let _ = tokio::time::timeout(Duration::from_millis(250), wake.notified()).await;
-            }
-        });
-    }
-
-    async fn attempt(self: Arc<Self>, d: Delivery) {
-        let Some(channel) = self.config.notify.iter().find(|c| c.name == d.channel) else {
-            let _ = self.store.update_delivery(
-                d.id,
-                "failed",
-                d.attempts,
-                0,
-                Some("the channel is no longer configured"),
-                now_ms(),
-            );
-            return;
-        };
-        let result = match tokio::time::timeout(ATTEMPT_TIMEOUT, self.send(channel, &d)).await {
-            Ok(r) => r,
-            Err(_) => Err(format!("no answer within {}s", ATTEMPT_TIMEOUT.as_secs())),
-        };
-        let attempts = d.attempts + 1;
-        let now = now_ms();
-        let outcome = match &result {
-            Ok(()) => self
-                .store
-                .update_delivery(d.id, "delivered", attempts, now, None, now),
-            Err(e) if attempts >= MAX_ATTEMPTS => {
-                tracing::warn!(channel = %d.channel, error = %e, "notification given up");
-                self.store
-                    .update_delivery(d.id, "failed", attempts, now, Some(e), now)
-            }
-            Err(e) => {
-                tracing::warn!(channel = %d.channel, attempt = attempts, error = %e, "notification attempt failed; will retry");
-                let backoff = 1000 * (1 << (attempts - 1).min(10)) as Millis;
-                self.store
-                    .update_delivery(d.id, "pending", attempts, now + backoff, Some(e), now)
-            }
-        };
-        if let Err(e) = outcome {
-            tracing::error!(error = %e, "cannot record a notification attempt");
+        NotifyTarget::Webhook { url, secret } => {
+            let secret = credential(&format!("notify {} secret", channel.name), secret)?;
+            secrets.add(&secret);
+            secrets.add_url(url, false);
+            let body = serde_json::to_vec(&json!({
+                "service": service,
+                "event": n.kind,
+                "headline": n.headline(service),
+                "delivery": d.id,
+                "notice": n,
+            }))
+            .map_err(|e| e.to_string())?;
+            let timestamp = now_ms() / 1000;
+            let resp = http
+                .post(url)
+                .header("content-type", "application/json")
+                .header("x-gantry-event", n.kind.as_str())
+                .header("x-gantry-delivery", d.id.to_string())
+                .header("x-gantry-timestamp", timestamp.to_string())
+                .header(
+                    "x-gantry-signature",
+                    webhook_signature(secret.as_bytes(), timestamp, &body),
+                )
+                .body(body)
+                .send()
+                .await
+                .map_err(request_error)?;
+            answered(resp).await
         }
-        self.dispatch.notify_one();
+        NotifyTarget::Email(e) => send_email(&channel.name, e, service, n, secrets).await,
     }
+}
 
-    /// One attempt at a delivery. Whatever goes wrong, the error text is
-    /// passed through the channel's [`Redactor`] first: it is stored, shown
-    /// to viewers and logged, and a receiver may echo what it was sent.
-    async fn send(&self, channel: &NotifyChannel, d: &Delivery) -> Result<(), String> {
-        let mut secrets = Redactor::default();
-        self.send_redacting(channel, d, &mut secrets)
-            .await
-            .map_err(|e| secrets.clean(&e))
-    }
-
-    async fn send_redacting(
-        &self,
-        channel: &NotifyChannel,
-        d: &Delivery,
-        secrets: &mut Redactor,
-    ) -> Result<(), String> {
-        let service = &self.config.service.name;
-        let n = &d.notice;
-        match &channel.target {
-            NotifyTarget::Slack { url } => {
-                let url = credential(&format!("notify {} url", channel.name), url)?;
-                // The whole address of a Slack webhook is its secret.
-                secrets.add_url(&url, true);
-                self.post_json(&url, &slack_payload(service, n)).await
-            }
-            NotifyTarget::Pagerduty { routing_key, url } => {
-                let key = credential(&format!("notify {} routing_key", channel.name), routing_key)?;
-                secrets.add(&key);
-                secrets.add_url(url, false);
-                match pagerduty_payload(service, &key, n) {
-                    Some(body) => self.post_json(url, &body).await,
-                    None => Ok(()), // Nothing PagerDuty acts on.
-                }
-            }
-            NotifyTarget::Webhook { url, secret } => {
-                let secret = credential(&format!("notify {} secret", channel.name), secret)?;
-                secrets.add(&secret);
-                secrets.add_url(url, false);
-                let body = serde_json::to_vec(&json!({
-                    "service": service,
-                    "event": n.kind,
-                    "headline": n.headline(service),
-                    "delivery": d.id,
-                    "notice": n,
-                }))
-                .map_err(|e| e.to_string())?;
-                let timestamp = now_ms() / 1000;
-                let resp = self
-                    .http
-                    .post(url)
-                    .header("content-type", "application/json")
-                    .header("x-gantry-event", n.kind.as_str())
-                    .header("x-gantry-delivery", d.id.to_string())
-                    .header("x-gantry-timestamp", timestamp.to_string())
-                    .header(
-                        "x-gantry-signature",
-                        webhook_signature(secret.as_bytes(), timestamp, &body),
-                    )
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(request_error)?;
-                answered(resp).await
-            }
-            NotifyTarget::Email(e) => send_email(&channel.name, e, service, n, secrets).await,
-        }
-    }
-
-    async fn post_json(&self, url: &str, body: &serde_json::Value) -> Result<(), String> {
-        let resp = self
-            .http
-            .post(url)
-            .json(body)
-            .send()
-            .await
-            .map_err(request_error)?;
-        answered(resp).await
-    }
+async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+) -> Result<(), String> {
+    let resp = http
+        .post(url)
+        .json(body)
+        .send()
+        .await
+        .map_err(request_error)?;
+    answered(resp).await
 }
 
 /// A receiver's answer: success, or its status and the start of its body.

@@ -148,11 +148,11 @@ struct DeliveryLabel {
 
 impl Controller {
     pub async fn status_page(&self) -> Result<StatusPage, ControlError> {
-        let states = self.store.env_states()?;
-        let active = self.store.active_deployments()?;
+        let states = self.env_states()?;
+        let active = self.active_deployments()?;
         let now = now_ms();
         let mut environments = Vec::new();
-        for env in &self.config.environments {
+        for env in &self.config().environments {
             let state = states.iter().find(|s| s.env == env.name);
             let running = active.iter().find(|d| d.env == env.name);
             // While a deployment runs, its phase says how things are; at
@@ -160,7 +160,7 @@ impl Controller {
             let mut healthy = true;
             if running.is_none() {
                 for i in state.map(|s| s.instances.as_slice()).unwrap_or_default() {
-                    healthy &= self.target.exited(i).await.is_none();
+                    healthy &= self.instance_running(i).await;
                 }
             }
             let status = environment_status(running, healthy);
@@ -179,7 +179,6 @@ impl Controller {
             });
         }
         let incidents = self
-            .store
             .deployments(None, 200)?
             .into_iter()
             // A rollback touched the service; a failure before anything
@@ -210,7 +209,7 @@ impl Controller {
             .max()
             .unwrap_or(ServiceStatus::Operational);
         Ok(StatusPage {
-            service: self.config.service.name.clone(),
+            service: self.config().service.name.clone(),
             status,
             label: status.label(),
             environments,
@@ -232,14 +231,14 @@ impl Controller {
         let rollbacks = Family::<RollbackReason, Counter>::default();
         let verdicts = Family::<VerdictLabel, Counter>::default();
         let deliveries = Family::<DeliveryLabel, Counter>::default();
-        for env in &self.config.environments {
+        for env in &self.config().environments {
             in_progress
                 .get_or_create(&EnvLabel {
                     env: env.name.to_string(),
                 })
                 .set(0);
         }
-        for d in self.store.deployments(None, 100_000)? {
+        for d in self.deployments(None, 100_000)? {
             let env = d.env.to_string();
             if !d.phase.is_terminal() {
                 in_progress.get_or_create(&EnvLabel { env }).inc();
@@ -282,7 +281,7 @@ impl Controller {
                     .inc();
             }
         }
-        for d in self.store.deliveries(None, 100_000)? {
+        for d in self.deliveries(None, 100_000)? {
             deliveries
                 .get_or_create(&DeliveryLabel {
                     channel: d.channel,

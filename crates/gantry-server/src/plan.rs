@@ -134,7 +134,7 @@ fn steps(env: &Environment, version: &str, previous: Option<&str>) -> Vec<String
 }
 
 fn analysis_rules(c: &Controller) -> Vec<String> {
-    let a = &c.config.analysis;
+    let a = &c.config().analysis;
     let mut out = Vec::new();
     if let Some(x) = a.max_error_rate {
         out.push(format!("error rate above {}% rolls back", x * 100.0));
@@ -178,12 +178,9 @@ impl Controller {
         let env = self.env(env)?.clone();
         let release = self.release(version)?;
         let v = release.version.to_string();
-        let previous = self
-            .store
-            .env_state(&env.name)?
-            .map(|s| s.version.to_string());
+        let previous = self.env_state(&env.name)?.map(|s| s.version.to_string());
         let gates = self.gates(&release.version, &env)?;
-        let evidence = self.store.evidence(&release.version)?;
+        let evidence = self.evidence(&release.version)?;
         let newest = |kind: EvidenceKind| {
             evidence
                 .iter()
@@ -276,10 +273,10 @@ impl Controller {
         } else {
             Vec::new()
         };
-        let h = &self.config.health;
+        let h = &self.config().health;
         let ctx = minijinja::context! {
-            service => self.config.service.name,
-            command => self.config.service.command,
+            service => self.config().service.name,
+            command => self.config().service.command,
             version => v,
             env => env.name.as_str(),
             generated_at => rfc3339(now_ms()),

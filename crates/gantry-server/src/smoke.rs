@@ -96,7 +96,7 @@ async fn run_check(
     instance: &InstanceRef,
 ) -> SmokeResult {
     let started = Instant::now();
-    let base = format!("http://127.0.0.1:{}", instance.port);
+    let base = format!("http://{}", crate::target::instance_addr(instance));
     let limit = Duration::from_millis(check.timeout_ms);
     let outcome = match &check.probe {
         SmokeProbe::Http {

@@ -59,6 +59,13 @@ impl std::fmt::Debug for LaunchSpec {
     }
 }
 
+/// Where an instance answers (probes, smoke checks, the router's upstreams).
+/// Instances run beside the controller today; a target on other hosts
+/// changes this one place, with `InstanceRef` carrying the host.
+pub fn instance_addr(instance: &InstanceRef) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], instance.port))
+}
+
 /// An instance found running on the target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunningInstance {

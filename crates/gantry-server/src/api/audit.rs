@@ -56,10 +56,10 @@ pub(super) async fn list_audit(
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Response> {
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
-    let (seq, hash) = s.controller.store.audit_head()?;
-    let records = s.controller.store.audit_records(q.after, limit)?;
-    let anchor = s.controller.store.audit_anchor()?;
-    let checkpoint = s.controller.store.latest_audit_checkpoint()?;
+    let (seq, hash) = s.controller.audit_head()?;
+    let records = s.controller.audit_records(q.after, limit)?;
+    let anchor = s.controller.audit_anchor()?;
+    let checkpoint = s.controller.latest_audit_checkpoint()?;
     Ok(Json(AuditPage {
         anchor: anchor.map(|(seq, hash)| AuditAnchor { seq, hash }),
         head: AuditAnchor { seq, hash },
@@ -86,7 +86,7 @@ pub(super) async fn audit_public_key(State(s): State<AppState>) -> ApiResult<Res
 /// recorded, and that it holds the newest checkpoint the controller signed;
 /// names the first record that breaks it.
 pub(super) async fn verify_audit(State(s): State<AppState>) -> ApiResult<Response> {
-    let store = &s.controller.store;
+    let store = &s.controller;
     let head = store.audit_head()?;
     let anchor = store.audit_anchor()?;
     let checkpoint = store.latest_audit_checkpoint()?;

@@ -86,10 +86,10 @@ pub(super) async fn audit_actions(
             limiter.admit(ip, std::time::Instant::now(), at)
         {
             if first {
-                let (limiter, store) = (limiter.clone(), state.controller.store.clone());
+                let (limiter, c) = (limiter.clone(), state.controller.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(limiter.limits().window).await;
-                    limiter.flush(&*store, ip, crate::controller::now_ms());
+                    c.flush_refusals(&limiter, ip, crate::controller::now_ms());
                 });
             }
             return Response::from_parts(parts, body);
@@ -138,7 +138,7 @@ pub(super) async fn audit_actions(
         outcome: format!("{outcome} {}", status.as_u16()),
         detail: detail.to_string(),
     };
-    if let Err(e) = state.controller.store.append_audit(entry) {
+    if let Err(e) = state.controller.append_audit(entry) {
         tracing::error!(error = %e, "cannot write the audit record");
     }
     Response::from_parts(parts, body)

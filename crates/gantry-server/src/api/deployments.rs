@@ -85,14 +85,14 @@ pub(super) async fn list_deployments(
         None => None,
     };
     let limit = q.limit.unwrap_or(50).min(1000);
-    Ok(Json(s.controller.store.deployments(env.as_ref(), limit)?).into_response())
+    Ok(Json(s.controller.deployments(env.as_ref(), limit)?).into_response())
 }
 
 pub(super) fn deployment_or_404(
     s: &AppState,
     id: DeploymentId,
 ) -> ApiResult<gantry_core::Deployment> {
-    s.controller.store.deployment(id)?.ok_or_else(|| {
+    s.controller.deployment(id)?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -109,7 +109,7 @@ pub(super) async fn show_deployment(
 ) -> ApiResult<Response> {
     Ok(Json(DeploymentView {
         deployment: deployment_or_404(&s, id)?,
-        approvals: s.controller.store.approvals(id)?,
+        approvals: s.controller.approvals(id)?,
     })
     .into_response())
 }
@@ -119,7 +119,7 @@ pub(super) async fn deployment_log(
     Path(id): Path<DeploymentId>,
 ) -> ApiResult<Response> {
     let d = deployment_or_404(&s, id)?;
-    let log = s.controller.store.log(id)?;
+    let log = s.controller.deployment_log(id)?;
     Ok(Json(DeploymentLog { deployment: d, log }).into_response())
 }
 

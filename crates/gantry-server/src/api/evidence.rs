@@ -39,5 +39,5 @@ pub(super) async fn list_evidence(
     Path(version): Path<String>,
 ) -> ApiResult<Response> {
     let release = s.controller.release(&version)?;
-    Ok(Json(s.controller.store.evidence(&release.version)?).into_response())
+    Ok(Json(s.controller.evidence(&release.version)?).into_response())
 }

@@ -3,7 +3,7 @@
 use super::*;
 
 pub(super) async fn list_releases(State(s): State<AppState>) -> ApiResult<Response> {
-    Ok(Json(s.controller.store.releases()?).into_response())
+    Ok(Json(s.controller.releases()?).into_response())
 }
 
 pub(super) async fn create_release(
@@ -46,7 +46,7 @@ pub(super) async fn create_release(
     if declared.is_some_and(|n| n > MAX_ARTIFACT_BYTES as u64) {
         return Err(artifact_too_large());
     }
-    let artifact = receive_artifact(&s.controller.blobs, body).await?;
+    let artifact = receive_artifact(s.controller.blobs(), body).await?;
     let controller = s.controller.clone();
     let (record, created) = tokio::task::spawn_blocking(move || {
         controller.register_release(NewRelease {

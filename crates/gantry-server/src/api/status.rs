@@ -20,7 +20,7 @@ pub(super) struct ShutdownAnswer {
 
 pub(super) async fn status(State(s): State<AppState>) -> ApiResult<Response> {
     Ok(Json(StatusView {
-        service: s.controller.config.service.name.clone(),
+        service: s.controller.config().service.name.clone(),
         environments: s.controller.status().await?,
     })
     .into_response())
@@ -38,8 +38,7 @@ pub(super) async fn instance_log(
 ) -> ApiResult<Response> {
     let text = s
         .controller
-        .target
-        .logs(&id, q.bytes.unwrap_or(64 * 1024))
+        .instance_log(&id, q.bytes.unwrap_or(64 * 1024))
         .await
         .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()))?;
     Ok(text.into_response())
@@ -84,8 +83,7 @@ pub(super) async fn traffic(
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid", e))?;
     let stats = s
         .controller
-        .metrics
-        .pool_stats(&env.name, &limits)
+        .traffic(&env.name, &limits)
         .await
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "unavailable", e.to_string()))?;
     Ok(Json(stats).into_response())
@@ -104,7 +102,7 @@ pub(super) async fn list_deliveries(
     Query(q): Query<DeliveryQuery>,
 ) -> ApiResult<Response> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    Ok(Json(s.controller.store.deliveries(q.deployment, limit)?).into_response())
+    Ok(Json(s.controller.deliveries(q.deployment, limit)?).into_response())
 }
 
 /// Server-sent events: every recorded step of every deployment, and every
@@ -113,7 +111,7 @@ pub(super) async fn list_deliveries(
 pub(super) async fn live_events(State(s): State<AppState>) -> Response {
     use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
     use tokio::sync::broadcast::error::RecvError;
-    let rx = s.controller.events.subscribe();
+    let rx = s.controller.subscribe();
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         let event = match rx.recv().await {
             Ok(e) => {

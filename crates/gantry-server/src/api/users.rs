@@ -24,7 +24,7 @@ pub(super) async fn create_user(
 }
 
 pub(super) async fn list_users(State(s): State<AppState>) -> ApiResult<Response> {
-    Ok(Json(s.controller.store.users()?).into_response())
+    Ok(Json(s.controller.users()?).into_response())
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -75,7 +75,7 @@ pub(super) async fn list_tokens(
     State(s): State<AppState>,
     Query(q): Query<TokenQuery>,
 ) -> ApiResult<Response> {
-    Ok(Json(s.controller.store.tokens(q.user.as_deref())?).into_response())
+    Ok(Json(s.controller.tokens(q.user.as_deref())?).into_response())
 }
 
 pub(super) async fn revoke_token(

@@ -1,0 +1,378 @@
+//! The effect executor: carries out one effect of the machine against the
+//! target, the router and the metrics, and answers with the event it led to.
+
+use super::{now_ms, Controller};
+use crate::artifact;
+use crate::target::{instance_addr, LaunchSpec};
+use gantry_config::Environment;
+use gantry_core::analysis::{Baseline, Counts, LatencyLimits};
+use gantry_core::machine::Probe;
+use gantry_core::{Deployment, DeploymentId, Effect, EnvName, Event, InstanceRef, Millis, Version};
+use gantry_router::{Affinity, Pool};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+impl Controller {
+    pub(super) async fn execute(
+        self: Arc<Self>,
+        d: Deployment,
+        effect: Effect,
+        tx: mpsc::UnboundedSender<Event>,
+    ) {
+        let event = match effect {
+            Effect::PrepareRelease { version } => match self.prepare(&d, &version).await {
+                Ok(repairs) => {
+                    self.add_notes(d.id, repairs);
+                    Event::Prepared
+                }
+                Err(reason) => Event::PrepareFailed { reason },
+            },
+            Effect::StartInstances { version, count } => {
+                match self.start(&d, &version, count).await {
+                    Ok(instances) => Event::InstancesStarted { instances },
+                    Err(reason) => Event::StartFailed { reason },
+                }
+            }
+            Effect::ProbeHealth { instance, at } => {
+                sleep_until(at).await;
+                self.probe(&instance).await
+            }
+            Effect::RouteTraffic { instances, to_new } => {
+                let name = if to_new {
+                    Some(&d.version)
+                } else {
+                    d.previous_version.as_ref()
+                };
+                let pools = pools_for(name, &instances);
+                match self.route(&d.env, pools).await {
+                    Ok(()) => Event::TrafficRouted { to_new },
+                    Err(reason) => Event::RouteFailed { reason },
+                }
+            }
+            Effect::StopInstances { instances } => loop {
+                match self.target.stop(&instances).await {
+                    Ok(()) => break Event::InstancesStopped,
+                    Err(e) => {
+                        tracing::error!(deployment = d.id, error = %e, "stop failed; retrying in 1s");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            },
+            Effect::WakeAt { at } => {
+                sleep_until(at).await;
+                Event::Tick
+            }
+            Effect::ObserveBaseline => {
+                let (stable_name, _) = pool_names(&d);
+                let baseline = match self.metrics.pool_stats(&d.env, &[]).await {
+                    Ok(pools) => pools
+                        .iter()
+                        .find(|p| p.name == stable_name)
+                        .map(|p| Baseline {
+                            requests: p.requests,
+                            errors: p.errors,
+                            p50_ms: p.p50_ms,
+                            p99_ms: p.p99_ms,
+                        })
+                        .unwrap_or_default(),
+                    Err(e) => {
+                        tracing::warn!(deployment = d.id, error = %e, "no baseline; rules relative to it are off");
+                        Baseline::default()
+                    }
+                };
+                Event::BaselineObserved { baseline }
+            }
+            Effect::ShiftTraffic {
+                weight,
+                stable,
+                canary,
+            } => {
+                let (stable_name, canary_name) = pool_names(&d);
+                let pools = vec![
+                    Pool {
+                        name: stable_name,
+                        weight: 100 - weight.min(100),
+                        upstreams: upstreams(&stable),
+                    },
+                    Pool {
+                        name: canary_name,
+                        weight: weight.min(100),
+                        upstreams: upstreams(&canary),
+                    },
+                ];
+                match self.route(&d.env, pools).await {
+                    Ok(()) => Event::TrafficRouted { to_new: true },
+                    Err(reason) => Event::RouteFailed { reason },
+                }
+            }
+            Effect::ObserveMetrics { limits, at } => {
+                sleep_until(at).await;
+                self.observe_metrics(&d, &limits).await
+            }
+            Effect::RunSmoke { instances } => {
+                crate::smoke::answer(&self.http, d.settings.smoke.as_ref(), &instances).await
+            }
+            Effect::RestoreInstances { version, instances } => {
+                match self.restore(&d, &version, &instances).await {
+                    Ok(()) => Event::InstancesRestored,
+                    Err(reason) => Event::RestoreFailed { reason },
+                }
+            }
+        };
+        let _ = tx.send(event);
+    }
+
+    /// Both pools' cumulative counts, with requests over each latency limit.
+    async fn observe_metrics(&self, d: &Deployment, limits: &LatencyLimits) -> Event {
+        let asked: Vec<f64> = [limits.p99_ms, limits.p50_ms, limits.compare_ms]
+            .into_iter()
+            .flatten()
+            .collect();
+        let pools = match self.metrics.pool_stats(&d.env, &asked).await {
+            Ok(p) => p,
+            Err(e) => {
+                return Event::MetricsUnavailable {
+                    reason: e.to_string(),
+                }
+            }
+        };
+        let (stable_name, canary_name) = pool_names(d);
+        let counts = |name: &str| -> Counts {
+            // A pool that has not served yet has no counters: zero.
+            let Some(p) = pools.iter().find(|p| p.name == name) else {
+                return Counts::default();
+            };
+            let over = |limit: Option<f64>| {
+                limit
+                    .and_then(|l| p.slower_than.iter().find(|s| s.limit_ms == l))
+                    .map_or(0, |s| s.requests)
+            };
+            Counts {
+                requests: p.requests,
+                errors: p.errors,
+                client_errors: p.client_errors,
+                over_p99_limit: over(limits.p99_ms),
+                over_p50_limit: over(limits.p50_ms),
+                over_compare_limit: over(limits.compare_ms),
+            }
+        };
+        Event::MetricsObserved {
+            canary: counts(&canary_name),
+            stable: counts(&stable_name),
+        }
+    }
+
+    /// Re-hashes the artifact, checks its signature where the environment
+    /// requires one, and has the target unpack (or re-check) it. Returns
+    /// what the target had to repair, for the deployment log.
+    async fn prepare(&self, d: &Deployment, version: &Version) -> Result<Vec<String>, String> {
+        let release = self.registered(version).map_err(|e| e.to_string())?;
+        let env = self.env(d.env.as_str()).map_err(|e| e.to_string())?;
+        let blobs = self.blobs.clone();
+        let digest = release.digest.clone();
+        tokio::task::spawn_blocking(move || blobs.verify(&digest))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("artifact of {version} failed verification: {e}"))?;
+        let path = self.blobs.path(&release.digest);
+        if env.require_signature {
+            let sig = release.signature.clone().ok_or_else(|| {
+                format!(
+                    "environment {} requires a signed release; {version} has no signature",
+                    d.env
+                )
+            })?;
+            let keys = self.config.signing.public_keys.clone();
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || artifact::verify_signature(&path, &sig, &keys))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("signature of {version}: {e}"))?;
+        }
+        self.target
+            .prepare(&release, &path, &self.config.artifacts)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Plain variables and resolved secrets for an environment.
+    pub(super) fn launch_spec(
+        &self,
+        env: &Environment,
+        deployment: DeploymentId,
+        version: &Version,
+        count: u32,
+    ) -> Result<LaunchSpec, String> {
+        let svc = &self.config.service;
+        let mut vars: BTreeMap<String, String> = svc.env.clone();
+        vars.extend(env.env.clone());
+        let mut secrets = svc.secrets.clone();
+        secrets.extend(env.secrets.clone());
+        for (name, source) in secrets {
+            let value = crate::secret_file::resolve(&name, &source)?;
+            vars.insert(name, value);
+        }
+        Ok(LaunchSpec {
+            env: env.name.clone(),
+            deployment,
+            version: version.clone(),
+            count,
+            command: svc.command.clone(),
+            args: svc.args.clone(),
+            port_env: svc.port_env.clone(),
+            vars,
+        })
+    }
+
+    async fn start(
+        &self,
+        d: &Deployment,
+        version: &Version,
+        count: u32,
+    ) -> Result<Vec<InstanceRef>, String> {
+        let env = self.env(d.env.as_str()).map_err(|e| e.to_string())?;
+        let spec = self.launch_spec(env, d.id, version, count)?;
+        self.target
+            .ensure_instances(&spec)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Starts stopped instances again with their old ids and ports, and
+    /// waits until each answers its health check.
+    async fn restore(
+        &self,
+        d: &Deployment,
+        version: &Version,
+        instances: &[InstanceRef],
+    ) -> Result<(), String> {
+        let env = self.env(d.env.as_str()).map_err(|e| e.to_string())?;
+        let spec = self.launch_spec(env, d.id, version, instances.len() as u32)?;
+        for i in instances {
+            self.target
+                .restart_instance(&spec, i)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let deadline = now_ms() + d.settings.health.start_timeout_ms as Millis;
+        for i in instances {
+            loop {
+                match self.probe(i).await {
+                    Event::HealthObserved {
+                        probe: Probe::Healthy,
+                        ..
+                    } => break,
+                    Event::InstanceExited { detail, .. } => {
+                        return Err(format!("{} exited: {detail}", i.id))
+                    }
+                    _ if now_ms() >= deadline => {
+                        return Err(format!(
+                            "{} did not become healthy within {}ms",
+                            i.id, d.settings.health.start_timeout_ms
+                        ))
+                    }
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(
+                            d.settings.health.startup_interval_ms,
+                        ))
+                        .await
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn probe(&self, instance: &InstanceRef) -> Event {
+        let h = &self.config.health;
+        let url = format!("http://{}{}", instance_addr(instance), h.path);
+        let result = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_millis(h.timeout_ms))
+            .send()
+            .await;
+        let probe = match result {
+            Ok(resp) if resp.status().is_success() => Probe::Healthy,
+            Ok(resp) => Probe::Unhealthy(format!(
+                "GET {} answered HTTP {}",
+                h.path,
+                resp.status().as_u16()
+            )),
+            Err(e) if e.is_timeout() => {
+                Probe::Unhealthy(format!("GET {} timed out after {}ms", h.path, h.timeout_ms))
+            }
+            Err(e) => {
+                if let Some(detail) = self.target.exited(instance).await {
+                    return Event::InstanceExited {
+                        instance: instance.id.clone(),
+                        detail,
+                    };
+                }
+                Probe::Unreachable(if e.is_connect() {
+                    "connection refused".to_owned()
+                } else {
+                    e.to_string()
+                })
+            }
+        };
+        Event::HealthObserved {
+            instance: instance.id.clone(),
+            probe,
+        }
+    }
+
+    pub(super) async fn route(&self, env: &EnvName, pools: Vec<Pool>) -> Result<(), String> {
+        let env_config = self.env(env.as_str()).map_err(|e| e.to_string())?;
+        let affinity = env_config.sticky.as_ref().map(|s| match s {
+            gantry_config::Sticky::Cookie(name) => Affinity::Cookie(name.clone()),
+            gantry_config::Sticky::Header(name) => Affinity::Header(name.clone()),
+        });
+        self.router
+            .route(env, env_config.listen, pools, affinity)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Names of the stable and canary pools of a canary rollout; distinct even
+/// when a release is deployed over itself.
+fn pool_names(d: &Deployment) -> (String, String) {
+    let stable = d
+        .previous_version
+        .as_ref()
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "stable".to_owned());
+    let canary = d.version.to_string();
+    if stable == canary {
+        (stable, format!("{canary} (deployment {})", d.id))
+    } else {
+        (stable, canary)
+    }
+}
+
+fn upstreams(instances: &[InstanceRef]) -> Vec<std::net::SocketAddr> {
+    instances.iter().map(instance_addr).collect()
+}
+
+pub(super) fn pools_for(name: Option<&Version>, instances: &[InstanceRef]) -> Vec<Pool> {
+    if instances.is_empty() {
+        return Vec::new();
+    }
+    vec![Pool {
+        name: name
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "unknown".to_owned()),
+        weight: 100,
+        upstreams: upstreams(instances),
+    }]
+}
+
+async fn sleep_until(at: Millis) {
+    let delay = at - now_ms();
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+    }
+}

@@ -1,0 +1,161 @@
+//! The controller: turns requests into deployments and drives each one by
+//! feeding the pure state machine and carrying out its effects.
+//!
+//! The order is always: step the machine, persist the event and new state,
+//! then run the effects. A controller killed anywhere in between finds the
+//! deployment in the store on restart and resumes it (`Event::Resumed`
+//! makes the machine re-emit what its phase still needs).
+
+use crate::routing::{MetricProvider, TrafficRouter};
+use crate::target::Target;
+use gantry_config::{Config, Environment};
+use gantry_core::{DeploymentId, Event, Version};
+use gantry_store::{Blobs, ReleaseRecord, Store};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::mpsc;
+
+mod access;
+mod audit;
+mod drive;
+mod effects;
+mod governance;
+mod notices;
+mod queries;
+mod recovery;
+mod rehearsal;
+mod releases;
+mod views;
+mod watchdog;
+
+pub use crate::clock::now_ms;
+pub use crate::error::ControlError;
+pub use releases::{NewRelease, VerifyResult, MAX_SIGNATURE_LEN, MAX_VERSION_LEN};
+pub use views::{DeploymentSummary, EnvStatus, InstanceStatus, LiveEvent};
+
+/// The deployment controller. Its parts (store, blobs, target, router,
+/// metrics, config) are private: the API asks it by name (see `queries.rs`),
+/// so a second implementation of a seam changes nothing above it.
+///
+/// ```compile_fail
+/// fn reach(c: &gantry_server::Controller) {
+///     let _ = &c.store; // private: use a named method
+/// }
+/// ```
+///
+/// ```compile_fail
+/// fn reach(c: &gantry_server::Controller) {
+///     let _ = &c.config; // private: `c.config()` reads it
+/// }
+/// ```
+pub struct Controller {
+    store: Arc<dyn Store>,
+    blobs: Blobs,
+    target: Arc<dyn Target>,
+    router: Arc<dyn TrafficRouter>,
+    metrics: Arc<dyn MetricProvider>,
+    config: Arc<Config>,
+    inboxes: Mutex<HashMap<DeploymentId, mpsc::UnboundedSender<Event>>>,
+    http: reqwest::Client,
+    /// Live deployment events for server-sent-event subscribers.
+    events: tokio::sync::broadcast::Sender<LiveEvent>,
+    /// Wakes the notification dispatcher.
+    dispatch: Arc<tokio::sync::Notify>,
+    /// Set once workloads are being stopped on purpose: no router revival.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Signs audit checkpoints; loaded from `audit.key` at start.
+    audit_key: std::sync::OnceLock<gantry_core::audit::SigningKey>,
+    /// Lines for a deployment's log that an effect produced besides its
+    /// event; the drive loop records them with that event.
+    notes: Mutex<HashMap<DeploymentId, Vec<String>>>,
+}
+
+impl Controller {
+    pub fn new(
+        store: Arc<dyn Store>,
+        blobs: Blobs,
+        target: Arc<dyn Target>,
+        router: Arc<dyn TrafficRouter>,
+        metrics: Arc<dyn MetricProvider>,
+        config: Arc<Config>,
+    ) -> Arc<Controller> {
+        let http = http_client();
+        Arc::new(Controller {
+            store,
+            blobs,
+            target,
+            router,
+            metrics,
+            config,
+            inboxes: Mutex::default(),
+            http,
+            events: tokio::sync::broadcast::channel(1024).0,
+            dispatch: Arc::new(tokio::sync::Notify::new()),
+            stopping: Default::default(),
+            audit_key: std::sync::OnceLock::new(),
+            notes: Mutex::default(),
+        })
+    }
+
+    /// Installs the key that signs audit checkpoints (once; later calls are ignored).
+    pub fn set_audit_key(&self, key: gantry_core::audit::SigningKey) {
+        let _ = self.audit_key.set(key);
+    }
+
+    /// The environment named `name`, or an error naming the known ones.
+    pub fn env(&self, name: &str) -> Result<&Environment, ControlError> {
+        self.config.environment(name).ok_or_else(|| {
+            ControlError::NotFound(format!(
+                "environment {name:?} is not defined; known: {}",
+                self.config.environment_names().join(", ")
+            ))
+        })
+    }
+
+    fn add_notes(&self, id: DeploymentId, lines: Vec<String>) {
+        if !lines.is_empty() {
+            self.notes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(id)
+                .or_default()
+                .extend(lines);
+        }
+    }
+
+    fn take_notes(&self, id: DeploymentId) -> Vec<String> {
+        self.notes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id)
+            .unwrap_or_default()
+    }
+
+    fn parse_version(s: &str) -> Result<Version, ControlError> {
+        Version::parse(s).map_err(|e| {
+            ControlError::Invalid(format!(
+                "{s:?} is not a semantic version (expected X.Y.Z, e.g. 1.4.2): {e}"
+            ))
+        })
+    }
+
+    fn registered(&self, version: &Version) -> Result<ReleaseRecord, ControlError> {
+        self.store.release(version)?.ok_or_else(|| {
+            ControlError::NotFound(format!(
+                "release {version} is not registered; `gantry release list` shows the registered ones"
+            ))
+        })
+    }
+}
+
+/// The controller's HTTP client. Instances answer its probes and smoke
+/// checks: a release must not be able to send the controller elsewhere, so a
+/// redirect is an answer, never followed (nor for notifications, whose
+/// bodies carry secrets).
+pub(crate) fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("static client config is valid")
+}

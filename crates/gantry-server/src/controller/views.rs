@@ -1,0 +1,79 @@
+//! What the API shows: an environment's status, a deployment's summary and
+//! the live events sent to subscribers.
+
+use super::{ControlError, Controller};
+use gantry_core::{DeploymentId, Millis};
+use serde::Serialize;
+
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct EnvStatus {
+    pub name: String,
+    pub listen: String,
+    pub version: Option<String>,
+    pub since: Option<Millis>,
+    pub instances: Vec<InstanceStatus>,
+    pub active_deployment: Option<DeploymentSummary>,
+}
+
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct InstanceStatus {
+    pub id: String,
+    pub port: u16,
+    pub running: bool,
+}
+
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct DeploymentSummary {
+    pub id: DeploymentId,
+    pub version: String,
+    pub phase: String,
+}
+
+/// What live views hear: each recorded step of a deployment, and each notice.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LiveEvent {
+    Step {
+        deployment: DeploymentId,
+        env: String,
+        version: String,
+        phase: String,
+        log: Vec<String>,
+        at: Millis,
+    },
+    Notice(gantry_core::notify::Notice),
+}
+
+impl Controller {
+    pub async fn status(&self) -> Result<Vec<EnvStatus>, ControlError> {
+        let states = self.store.env_states()?;
+        let active = self.store.active_deployments()?;
+        let mut out = Vec::new();
+        for env in &self.config.environments {
+            let state = states.iter().find(|s| s.env == env.name);
+            let mut instances = Vec::new();
+            for i in state.map(|s| s.instances.as_slice()).unwrap_or_default() {
+                instances.push(InstanceStatus {
+                    id: i.id.clone(),
+                    port: i.port,
+                    running: self.target.exited(i).await.is_none(),
+                });
+            }
+            out.push(EnvStatus {
+                name: env.name.to_string(),
+                listen: env.listen.to_string(),
+                version: state.map(|s| s.version.to_string()),
+                since: state.map(|s| s.since),
+                instances,
+                active_deployment: active.iter().find(|d| d.env == env.name).map(|d| {
+                    DeploymentSummary {
+                        id: d.id,
+                        version: d.version.to_string(),
+                        phase: d.phase.as_str().to_owned(),
+                    }
+                }),
+            });
+        }
+        Ok(out)
+    }
+}
