@@ -244,7 +244,7 @@ impl Report {
                 if *passed { "passed" } else { "failed" },
                 deployments,
                 rollback_ms
-                    .map(|ms| format!(", rollback took {}", crate::machine::seconds(ms)))
+                    .map(|ms| format!(", rollback took {}", crate::time::seconds(ms)))
                     .unwrap_or_default(),
                 if detail.is_empty() {
                     String::new()

@@ -5,6 +5,8 @@
 use crate::domain::Millis;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+/// Kept here too for callers outside the core that name it by its old path.
+pub use crate::time::rfc3339;
 
 const DAY_MS: Millis = 86_400_000;
 
@@ -144,7 +146,7 @@ impl LeadTime {
 impl fmt::Display for LeadTime {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LeadTime::Ms(ms) => write!(f, "{}", crate::machine::seconds(*ms)),
+            LeadTime::Ms(ms) => write!(f, "{}", crate::time::seconds(*ms)),
             LeadTime::BusinessDays(n) => write!(f, "{n} business day(s)"),
         }
     }
@@ -375,12 +377,6 @@ pub fn active_freeze(windows: &[FreezeWindow], now: Millis) -> Option<(&FreezeWi
             inside.then_some((w, ends))
         }
     })
-}
-
-/// `at` as an RFC 3339 UTC timestamp, to the second.
-pub fn rfc3339(at: Millis) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(at.max(0) as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 #[cfg(test)]

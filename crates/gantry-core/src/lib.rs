@@ -14,6 +14,7 @@ pub mod evidence;
 pub mod governance;
 pub mod machine;
 pub mod notify;
+pub mod time;
 
 pub use domain::{DeploymentId, Digest, EnvName, InstanceRef, Millis, NameError, Version};
 pub use machine::{

@@ -22,7 +22,10 @@
 
 use crate::analysis::{Baseline, Counts, LatencyLimits};
 use crate::domain::{DeploymentId, EnvName, InstanceRef, Millis, Version};
-use crate::governance::{active_freeze, rfc3339, Approval, ChangeControl, FreezeWindow};
+use crate::governance::{active_freeze, Approval, ChangeControl, FreezeWindow};
+/// Kept here too for callers outside the core that name it by its old path.
+pub use crate::time::seconds;
+use crate::time::rfc3339;
 
 mod canary;
 mod requests;
@@ -920,14 +923,6 @@ mod approval {
             format!(": {comment}")
         };
         t.log.push(format!("{verdict} by {by}{comment}"));
-    }
-}
-
-pub fn seconds(ms: u64) -> String {
-    if ms.is_multiple_of(1000) {
-        format!("{}s", ms / 1000)
-    } else {
-        format!("{:.1}s", ms as f64 / 1000.0)
     }
 }
 

@@ -126,7 +126,7 @@ impl Notice {
                     "{what} to {} scheduled (deployment {}), not before {}",
                     self.env,
                     self.deployment,
-                    crate::governance::rfc3339(at)
+                    crate::time::rfc3339(at)
                 ),
                 None => format!(
                     "{what} to {} scheduled (deployment {})",

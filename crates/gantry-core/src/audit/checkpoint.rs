@@ -240,7 +240,7 @@ pub fn verify_trail(
     let Some(cp) = checkpoint else {
         return Ok(found);
     };
-    let when = crate::governance::rfc3339(cp.at);
+    let when = crate::time::rfc3339(cp.at);
     if last_seq < cp.seq {
         return Err(ChainBreak {
             seq: last_seq + 1,

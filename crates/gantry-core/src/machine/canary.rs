@@ -12,7 +12,8 @@
 //! began, with `alpha / steps` of the false-rollback budget, so the whole
 //! rollout stays within `alpha` however many times it is looked at.
 
-use super::{enter, roll_back, seconds, Deployment, Effect, Event, Phase, Transition};
+use crate::time::seconds;
+use super::{enter, roll_back, Deployment, Effect, Event, Phase, Transition};
 use crate::analysis::{
     analyse, latency_limits, Analysis, AnalysisPolicy, Baseline, Counts, LatencyLimits, RuleStatus,
     Verdict,

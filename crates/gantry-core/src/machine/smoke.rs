@@ -7,7 +7,8 @@
 //! non-critical checks failing pauses for a person's decision (`gantry
 //! promote` goes on, `gantry abort` rolls back); fewer go on with a warning.
 
-use super::{roll_back, seconds, Effect, Transition};
+use super::{roll_back, Effect, Transition};
+use crate::time::seconds;
 use crate::domain::Millis;
 use serde::{Deserialize, Serialize};
 
