@@ -2,8 +2,8 @@
 //! and take the signed checkpoints an auditor keeps to verify it against.
 
 use crate::client::Client;
+use crate::exit_code::{Exit, ExitCode};
 use crate::term::{errln, outln};
-use crate::{Exit, ExitCode};
 use anyhow::{bail, Context};
 use gantry_core::audit::{verify_trail, AuditRecord, Checkpoint, Trail};
 use serde::{Deserialize, Serialize};
@@ -113,7 +113,7 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
                 outln!(
                     "{:>5}  {:<20} {:<10} {:<14} {:<40} {}",
                     r.seq,
-                    crate::commands::time(&Value::from(e.at)),
+                    crate::time::time(&Value::from(e.at)),
                     e.actor,
                     e.outcome,
                     e.action,

@@ -3,7 +3,8 @@
 //! Hidden subcommands (`router`, `sample-service`: started by the controller
 //! and the demo, not by people) appear in neither.
 
-use crate::{Cli, ExitCode};
+use crate::cli::Cli;
+use crate::exit_code::ExitCode;
 use anyhow::Context;
 use clap::{Command, CommandFactory};
 use clap_complete::Shell;
@@ -11,7 +12,7 @@ use std::io::Write;
 use std::path::Path;
 
 /// The completion script for `shell`, on standard output.
-pub fn completions(shell: Shell) -> crate::Exit {
+pub fn completions(shell: Shell) -> crate::exit_code::Exit {
     write_stdout(&completion_script(shell))?;
     Ok(ExitCode::Success)
 }
@@ -19,7 +20,7 @@ pub fn completions(shell: Shell) -> crate::Exit {
 /// `gantry.1` on standard output, or with `dir` every page (`gantry.1` and
 /// one per subcommand, `gantry-deploy.1`, `gantry-release-create.1`, …)
 /// written there, one path a line on standard output.
-pub fn man(dir: Option<&Path>) -> crate::Exit {
+pub fn man(dir: Option<&Path>) -> crate::exit_code::Exit {
     let pages = man_pages()?;
     let Some(dir) = dir else {
         let (_, root) = pages.first().context("no man page was generated")?;

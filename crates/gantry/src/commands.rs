@@ -1,8 +1,10 @@
 //! One function per command. Each returns the process exit code.
 
+use crate::cli::{Cli, Command, ReleaseCommand};
 use crate::client::{self, Client};
+use crate::exit_code::{Exit, ExitCode};
 use crate::term::{errln, out, outln};
-use crate::{Cli, Command, Exit, ExitCode, ReleaseCommand};
+use crate::time::{clock, time};
 use anyhow::{bail, Context};
 use base64::Engine as _;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -400,15 +402,6 @@ async fn release(c: &Client, rc: ReleaseCommand) -> Exit {
     }
 }
 
-pub fn time(v: &Value) -> String {
-    v.as_i64()
-        .map(|ms| {
-            let t = std::time::UNIX_EPOCH + Duration::from_millis(ms as u64);
-            humantime::format_rfc3339_seconds(t).to_string()
-        })
-        .unwrap_or_else(|| "-".into())
-}
-
 /// Shows a deployment's progress until it finishes; exit 3 unless it succeeded.
 pub async fn follow(c: &Client, d: &Value, detach: bool) -> Exit {
     let id = d["id"].as_i64().context("answer has no deployment id")?;
@@ -484,15 +477,6 @@ pub async fn follow(c: &Client, d: &Value, detach: bool) -> Exit {
             Ok(ExitCode::DeployFailed)
         }
     }
-}
-
-fn clock(v: &Value) -> String {
-    let t = time(v);
-    let ms = v.as_i64().unwrap_or(0) % 1000;
-    // 2026-11-22T15:04:05Z → 15:04:05.123
-    t.get(11..19)
-        .map(|hms| format!("{hms}.{ms:03}"))
-        .unwrap_or(t)
 }
 
 async fn status(c: &Client) -> Exit {

@@ -6,8 +6,8 @@
 //! behaved as expected.
 
 use crate::client::{self, Client};
+use crate::exit_code::ExitCode;
 use crate::term::{errln, outln};
-use crate::ExitCode;
 use anyhow::{bail, ensure, Context, Result};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -23,7 +23,7 @@ struct Row {
     seconds: f64,
 }
 
-pub async fn run(keep: bool) -> crate::Exit {
+pub async fn run(keep: bool) -> crate::exit_code::Exit {
     let tmp = tempfile::Builder::new().prefix("gantry-demo-").tempdir()?;
     let dir = tmp.path().to_owned();
     outln!("gantry demo: data directory {}", dir.display());

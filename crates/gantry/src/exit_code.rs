@@ -68,6 +68,10 @@ impl ExitCode {
     }
 }
 
+/// What a command returns: how the process ends, or an error (which exits
+/// [`ExitCode::Error`]).
+pub type Exit = anyhow::Result<ExitCode>;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,8 +1,8 @@
 //! Commands for people and rules: users, tokens, approvals, evidence, gates.
 
 use crate::client::Client;
+use crate::exit_code::{Exit, ExitCode};
 use crate::term::{errln, outln};
-use crate::{Exit, ExitCode};
 use anyhow::Context;
 use clap::Subcommand;
 use serde_json::{json, Value};
@@ -78,7 +78,7 @@ pub async fn user(c: &Client, cmd: UserCommand) -> Exit {
                     "{:<24} {:<28} {:<22} {}",
                     u["name"].as_str().unwrap_or("?"),
                     roles.join(","),
-                    crate::commands::time(&u["created_at"]),
+                    crate::time::time(&u["created_at"]),
                     u["created_by"].as_str().unwrap_or("?")
                 );
             }
@@ -115,7 +115,7 @@ pub async fn token(c: &Client, cmd: TokenCommand) -> Exit {
             }
             errln!(
                 "token {id} for {user} (expires {}); shown once, store it now:",
-                crate::commands::time(&t["expires_at"])
+                crate::time::time(&t["expires_at"])
             );
             outln!("{}", t["token"].as_str().unwrap_or(""));
         }
@@ -144,8 +144,8 @@ pub async fn token(c: &Client, cmd: TokenCommand) -> Exit {
                     t["id"].as_str().unwrap_or("?"),
                     t["user"].as_str().unwrap_or("?"),
                     t["label"].as_str().unwrap_or("-"),
-                    crate::commands::time(&t["created_at"]),
-                    crate::commands::time(&t["expires_at"]),
+                    crate::time::time(&t["created_at"]),
+                    crate::time::time(&t["expires_at"]),
                 );
             }
         }
@@ -203,7 +203,7 @@ pub async fn approvals(c: &Client) -> Exit {
             p["change"].as_str().unwrap_or("?"),
             p["requested_by"].as_str().unwrap_or("?"),
             format!("{}/{}", p["approved"], p["required"]),
-            crate::commands::time(&p["review_by"]),
+            crate::time::time(&p["review_by"]),
         );
     }
     Ok(ExitCode::Success)
@@ -246,7 +246,7 @@ pub async fn evidence(c: &Client, cmd: EvidenceCommand) -> Exit {
                     e["id"],
                     e["kind"].as_str().unwrap_or("?"),
                     e["file_name"].as_str().unwrap_or("?"),
-                    crate::commands::time(&e["added_at"]),
+                    crate::time::time(&e["added_at"]),
                     e["added_by"].as_str().unwrap_or("?"),
                     summary(&e)
                 );

@@ -13,7 +13,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::io::Write as _;
 
-use crate::ExitCode;
+use crate::exit_code::ExitCode;
 
 fn unsafe_char(c: char) -> bool {
     (c.is_control() && c != '\n' && c != '\t')

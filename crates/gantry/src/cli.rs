@@ -1,0 +1,260 @@
+//! The command line as clap reads it: every command, its arguments and the
+//! help text that `--help`, the completions and the man page show.
+//! `commands::run` acts on what is parsed here; `main` only wires the two.
+
+use crate::{audit, governance, sample};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "gantry",
+    version,
+    about = "Ship releases gradually, watch them, roll them back by themselves."
+)]
+pub struct Cli {
+    /// Controller data directory (finds the controller and its token).
+    #[arg(
+        long,
+        global = true,
+        env = "GANTRY_DATA_DIR",
+        default_value = ".gantry"
+    )]
+    pub data_dir: PathBuf,
+    /// Controller URL, e.g. http://127.0.0.1:7878 (default: from the data directory).
+    #[arg(long, global = true, env = "GANTRY_SERVER")]
+    pub server: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the whole loop on this machine in a temporary directory, and report.
+    Demo {
+        /// Keep the temporary data directory for inspection.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Write a commented starter gantry.toml.
+    Init {
+        #[arg(default_value = "gantry.toml")]
+        path: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Check gantry.toml and report every problem at once.
+    Validate {
+        #[arg(long, default_value = "gantry.toml")]
+        config: PathBuf,
+    },
+    /// Print the JSON Schema of gantry.toml.
+    Schema,
+    /// Print the OpenAPI 3 document of the controller's HTTP API.
+    Openapi,
+    /// Run the controller.
+    Server {
+        #[arg(long, default_value = "gantry.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7878")]
+        listen: std::net::SocketAddr,
+        /// Time a client has to send a request's headers; an idle HTTP/1
+        /// connection waits as long for its next request [default: 10s].
+        #[arg(long)]
+        header_timeout: Option<humantime::Duration>,
+        /// Time a connection may stay open with no request in flight [default: 60s].
+        #[arg(long)]
+        idle_timeout: Option<humantime::Duration>,
+        /// Connections served at once; more wait to be accepted [default: 256].
+        #[arg(long)]
+        max_connections: Option<usize>,
+    },
+    /// Register and inspect releases.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// Deploy a registered release to an environment.
+    Deploy {
+        version: String,
+        #[arg(long)]
+        env: String,
+        /// Print the deployment id and return at once.
+        #[arg(long)]
+        detach: bool,
+        /// standard, normal or emergency (default: normal where approvals are
+        /// required, standard elsewhere).
+        #[arg(long)]
+        change: Option<String>,
+        /// Why: kept on the deployment and the audit trail.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Approve a deployment (approver role; never your own).
+    Approve {
+        id: i64,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject a deployment: a waiting one fails, a running emergency change rolls back.
+    Reject {
+        id: i64,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Deployments awaiting approval and emergency changes still owed theirs.
+    Approvals,
+    /// Users and their roles.
+    #[command(subcommand)]
+    User(governance::UserCommand),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(governance::TokenCommand),
+    /// Test, security and coverage reports attached to a release.
+    #[command(subcommand)]
+    Evidence(governance::EvidenceCommand),
+    /// Whether a release may enter an environment: each gate, pass or fail and why.
+    Gates {
+        version: String,
+        #[arg(long)]
+        env: String,
+    },
+    /// Who the API token belongs to.
+    Whoami,
+    /// Notification deliveries and their outcomes, newest first.
+    Notifications {
+        #[arg(long)]
+        deployment: Option<i64>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// The deployment plan of VERSION for ENV (Markdown), or approve it with --approve.
+    Plan {
+        version: String,
+        #[arg(long)]
+        env: String,
+        /// Write the plan to this file instead of standard output.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Approve the plan as it stands (approver role); it is attached to the release.
+        #[arg(long)]
+        approve: bool,
+        #[arg(long, requires = "approve")]
+        comment: Option<String>,
+    },
+    /// Release notes from the conventional commits since the previous release,
+    /// written to docs/releases/VERSION.md of the repository.
+    ReleaseNotes {
+        version: String,
+        /// The service's git repository.
+        #[arg(long, default_value = ".")]
+        repo: PathBuf,
+        /// Start of the range (default: the previous registered release's commit, else the
+        /// newest v* tag before it).
+        #[arg(long)]
+        since: Option<String>,
+        /// End of the range (default: the release's registered commit, else HEAD).
+        #[arg(long)]
+        until: Option<String>,
+        /// A known issue to list (repeatable); those already in the file are kept.
+        #[arg(long = "known-issue")]
+        known_issues: Vec<String>,
+        /// The release date (default: today, UTC).
+        #[arg(long)]
+        date: Option<String>,
+    },
+    /// Rollback rehearsal: deploy VERSION, roll back, deploy it again; recorded as evidence.
+    Rehearse {
+        version: String,
+        #[arg(long)]
+        env: String,
+    },
+    /// Return an environment to its last good release (or --to one).
+    Rollback {
+        #[arg(long)]
+        env: String,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Stop a running deployment and roll it back.
+    Abort { id: i64 },
+    /// Move a canary to its next step now.
+    Promote { id: i64 },
+    /// Hold a canary at its current step (analysis goes on and can still roll back).
+    Pause { id: i64 },
+    /// Let a paused canary's step clock run again.
+    Resume { id: i64 },
+    /// What runs where.
+    Status,
+    /// Deployments of an environment, newest first.
+    History {
+        #[arg(long)]
+        env: String,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// The deployment log: every step with its time.
+    Log { id: i64 },
+    /// The audit trail: who did what, when, to what, with which outcome.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
+    /// Output of one instance.
+    Logs {
+        instance: String,
+        #[arg(long, default_value_t = 65536)]
+        bytes: u64,
+    },
+    /// Stop the controller (and with --workloads, every instance and router).
+    Shutdown {
+        #[arg(long)]
+        workloads: bool,
+    },
+    /// Print the shell completion script for SHELL.
+    ///
+    /// Install it for bash with `gantry completions bash >
+    /// ~/.local/share/bash-completion/completions/gantry`, for zsh as `_gantry` in a
+    /// directory on `$fpath`, for fish with `gantry completions fish >
+    /// ~/.config/fish/completions/gantry.fish`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page gantry(1); --output writes it and a page per subcommand.
+    Man {
+        /// Write gantry.1 and gantry-SUBCOMMAND.1 pages into DIR (made if missing).
+        #[arg(long, value_name = "DIR")]
+        output: Option<PathBuf>,
+    },
+    /// The data plane (started by the controller).
+    #[command(hide = true)]
+    Router {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        token_file: PathBuf,
+    },
+    /// The sample HTTP service used by the demo and tests.
+    #[command(hide = true)]
+    SampleService(sample::SampleArgs),
+}
+
+#[derive(Subcommand)]
+pub enum ReleaseCommand {
+    /// Register an artifact (tarball or executable) as VERSION.
+    Create {
+        version: String,
+        #[arg(long)]
+        artifact: PathBuf,
+        #[arg(long)]
+        git_sha: Option<String>,
+        /// A minisign signature of the artifact (.minisig).
+        #[arg(long)]
+        signature: Option<PathBuf>,
+    },
+    List,
+    Show {
+        version: String,
+    },
+    /// Re-check every stored artifact's checksum.
+    Verify,
+}
