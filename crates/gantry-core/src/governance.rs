@@ -3,10 +3,10 @@
 //! windows. Pure rules; the controller supplies identities and the clock.
 
 use crate::domain::Millis;
-use serde::{Deserialize, Serialize};
-use std::fmt;
 /// Kept here too for callers outside the core that name it by its old path.
 pub use crate::time::rfc3339;
+use serde::{Deserialize, Serialize};
+use std::fmt;
 
 const DAY_MS: Millis = 86_400_000;
 

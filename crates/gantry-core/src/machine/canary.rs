@@ -12,13 +12,13 @@
 //! began, with `alpha / steps` of the false-rollback budget, so the whole
 //! rollout stays within `alpha` however many times it is looked at.
 
-use crate::time::seconds;
 use super::{enter, roll_back, Deployment, Effect, Event, Phase, Transition};
 use crate::analysis::{
     analyse, latency_limits, Analysis, AnalysisPolicy, Baseline, Counts, LatencyLimits, RuleStatus,
     Verdict,
 };
 use crate::domain::Millis;
+use crate::time::seconds;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]

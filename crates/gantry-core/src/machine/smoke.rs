@@ -8,8 +8,8 @@
 //! promote` goes on, `gantry abort` rolls back); fewer go on with a warning.
 
 use super::{roll_back, Effect, Transition};
-use crate::time::seconds;
 use crate::domain::Millis;
+use crate::time::seconds;
 use serde::{Deserialize, Serialize};
 
 /// The checks of an environment and the time the whole suite may take.

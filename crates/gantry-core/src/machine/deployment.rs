@@ -1,0 +1,205 @@
+//! What a deployment is: its settings, frozen at creation, its phase and
+//! what the engine knows of its new instances.
+
+use super::*;
+
+/// How the health of new instances is judged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HealthSettings {
+    /// Time between probes once an instance is serving.
+    pub interval_ms: u64,
+    /// Time between probes while waiting for a new instance to come up.
+    pub startup_interval_ms: u64,
+    /// Consecutive failed probes that make an instance unhealthy.
+    pub failure_threshold: u32,
+    /// How long new instances may take to become healthy.
+    pub start_timeout_ms: u64,
+}
+
+/// Everything about the environment that shapes one deployment, frozen at
+/// creation so that a config change cannot alter a deployment mid-flight.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DeploySettings {
+    pub instances: u32,
+    pub health: HealthSettings,
+    /// How long the new release serves alone, old instances still warm,
+    /// before the old ones are stopped.
+    pub bake_ms: u64,
+    /// Shift traffic in steps with live analysis instead of all at once.
+    /// Used only when a previous release serves (there is nothing to compare with otherwise).
+    #[serde(default)]
+    pub canary: Option<CanarySettings>,
+    /// Replace instances in batches instead of starting a whole new pool.
+    /// Used only when a previous release serves.
+    #[serde(default)]
+    pub rolling: Option<RollingSettings>,
+    /// Checks run against the new instances before they take traffic.
+    #[serde(default)]
+    pub smoke: Option<SmokeSettings>,
+    /// Windows in which only emergency changes start.
+    #[serde(default)]
+    pub freezes: Vec<FreezeWindow>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeploymentKind {
+    /// A new release requested by someone.
+    Deploy,
+    /// A return to an earlier release.
+    Rollback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Waiting for approvals, a lead time or the end of a freeze; nothing has changed yet.
+    AwaitingApproval,
+    Preparing,
+    Starting,
+    Verifying,
+    /// Smoke checks on the new instances, which take no traffic yet.
+    Smoke,
+    /// Canary: snapshotting the stable release's health before any traffic moves.
+    Baselining,
+    /// Canary: a share of traffic on the new release, judged live.
+    Canary,
+    Switching,
+    Baking,
+    /// Rolling update: batches of old instances replaced by new ones.
+    Rolling,
+    Draining,
+    Succeeded,
+    RollingBack,
+    RolledBack,
+    /// Stopped before anything changed in the environment (or a rollback
+    /// itself could not complete; the reason says which).
+    Failed,
+}
+
+impl Phase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::RolledBack | Phase::Failed)
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::AwaitingApproval => "awaiting_approval",
+            Phase::Preparing => "preparing",
+            Phase::Starting => "starting",
+            Phase::Verifying => "verifying",
+            Phase::Smoke => "smoke",
+            Phase::Rolling => "rolling",
+            Phase::Baselining => "baselining",
+            Phase::Canary => "canary",
+            Phase::Switching => "switching",
+            Phase::Baking => "baking",
+            Phase::Draining => "draining",
+            Phase::Succeeded => "succeeded",
+            Phase::RollingBack => "rolling_back",
+            Phase::RolledBack => "rolled_back",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// What the engine knows about one new instance's health.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct InstanceHealth {
+    /// Has answered healthy at least once.
+    pub up: bool,
+    pub consecutive_failures: u32,
+    pub last_detail: String,
+}
+
+/// One deployment of one release into one environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Deployment {
+    pub id: DeploymentId,
+    pub env: EnvName,
+    pub kind: DeploymentKind,
+    pub version: Version,
+    /// The release serving the environment when this deployment began.
+    pub previous_version: Option<Version>,
+    pub settings: DeploySettings,
+    pub phase: Phase,
+    pub phase_since: Millis,
+    pub created_at: Millis,
+    pub finished_at: Option<Millis>,
+    pub requested_by: String,
+    /// Instances of the previous release, kept until the new one has baked.
+    pub old_instances: Vec<InstanceRef>,
+    /// Instances of the release being deployed.
+    pub new_instances: Vec<InstanceRef>,
+    /// Whether the router currently sends traffic to `new_instances`.
+    pub traffic_on_new: bool,
+    pub health: BTreeMap<String, InstanceHealth>,
+    /// Why the deployment failed or was rolled back.
+    pub reason: Option<String>,
+    /// Progress of a canary rollout.
+    #[serde(default)]
+    pub canary: Option<CanaryState>,
+    /// Progress of a rolling update.
+    #[serde(default)]
+    pub rolling: Option<RollingState>,
+    /// Results of the smoke checks.
+    #[serde(default)]
+    pub smoke: Option<SmokeState>,
+    /// The change type and its approvals (none for a rollback or an
+    /// environment without an approval policy).
+    #[serde(default)]
+    pub change: Option<ChangeControl>,
+}
+
+impl Deployment {
+    /// A deployment as it is created: nothing has happened yet. Feed it
+    /// `Event::Created` to get its first effects.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: DeploymentId,
+        env: EnvName,
+        kind: DeploymentKind,
+        version: Version,
+        previous_version: Option<Version>,
+        old_instances: Vec<InstanceRef>,
+        settings: DeploySettings,
+        requested_by: String,
+        now: Millis,
+    ) -> Deployment {
+        Deployment {
+            id,
+            env,
+            kind,
+            version,
+            previous_version,
+            settings,
+            phase: Phase::Preparing,
+            phase_since: now,
+            created_at: now,
+            finished_at: None,
+            requested_by,
+            old_instances,
+            new_instances: Vec::new(),
+            traffic_on_new: false,
+            health: BTreeMap::new(),
+            reason: None,
+            canary: None,
+            rolling: None,
+            smoke: None,
+            change: None,
+        }
+    }
+
+    /// The same deployment, carrying out `change`.
+    pub fn with_change(mut self, change: ChangeControl) -> Deployment {
+        self.change = Some(change);
+        self
+    }
+
+    /// Names of those who approved or rejected, in order.
+    pub fn approvers(&self) -> Vec<String> {
+        self.change
+            .iter()
+            .flat_map(|c| c.approvals.iter().map(|a| a.by.clone()))
+            .collect()
+    }
+}

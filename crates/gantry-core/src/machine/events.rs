@@ -1,0 +1,160 @@
+//! What goes into a step and what comes out: events in; effects, the next
+//! deployment and log lines out.
+
+use super::*;
+
+/// The answer of one health probe.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "status", content = "detail", rename_all = "snake_case")]
+pub enum Probe {
+    Healthy,
+    /// The instance answered, and the answer was bad (status, timeout).
+    Unhealthy(String),
+    /// Nothing listens yet. Counts as a failure only once the instance was up.
+    Unreachable(String),
+}
+
+/// Something that happened: the outcome of an effect, the passing of time,
+/// or a request from a person.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// The deployment was just created.
+    Created,
+    /// The controller restarted while the deployment was in progress.
+    Resumed,
+    Prepared,
+    PrepareFailed {
+        reason: String,
+    },
+    InstancesStarted {
+        instances: Vec<InstanceRef>,
+    },
+    StartFailed {
+        reason: String,
+    },
+    HealthObserved {
+        instance: String,
+        probe: Probe,
+    },
+    InstanceExited {
+        instance: String,
+        detail: String,
+    },
+    TrafficRouted {
+        to_new: bool,
+    },
+    RouteFailed {
+        reason: String,
+    },
+    InstancesStopped,
+    /// Time has passed; deadlines are checked against `now`.
+    Tick,
+    AbortRequested {
+        by: String,
+    },
+    /// Canary: the stable release's health before the shift.
+    BaselineObserved {
+        baseline: Baseline,
+    },
+    /// Canary: cumulative counts of both pools, from the metric provider.
+    MetricsObserved {
+        canary: Counts,
+        stable: Counts,
+    },
+    MetricsUnavailable {
+        reason: String,
+    },
+    PromoteRequested {
+        by: String,
+    },
+    PauseRequested {
+        by: String,
+    },
+    ResumeRequested {
+        by: String,
+    },
+    /// Every smoke check ran against every new instance.
+    SmokeFinished {
+        results: Vec<SmokeResult>,
+    },
+    /// Rollback of a rolling update: the retired old instances run again.
+    InstancesRestored,
+    RestoreFailed {
+        reason: String,
+    },
+    /// A person with the approver role approved the change.
+    Approved {
+        by: String,
+        comment: String,
+    },
+    Rejected {
+        by: String,
+        comment: String,
+    },
+}
+
+/// Work for the runtime. Each is idempotent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Effect {
+    /// Verify the artifact and unpack it into its release directory.
+    PrepareRelease {
+        version: Version,
+    },
+    /// Make sure `count` instances of `version` run for this deployment,
+    /// adopting any already started; answer with `InstancesStarted`.
+    StartInstances {
+        version: Version,
+        count: u32,
+    },
+    /// Probe one instance at `at` (or at once if that has passed).
+    ProbeHealth {
+        instance: InstanceRef,
+        at: Millis,
+    },
+    /// Point the environment's router at `instances` (possibly none).
+    RouteTraffic {
+        instances: Vec<InstanceRef>,
+        to_new: bool,
+    },
+    StopInstances {
+        instances: Vec<InstanceRef>,
+    },
+    /// Deliver `Event::Tick` at `at`.
+    WakeAt {
+        at: Millis,
+    },
+    /// Canary: measure the stable pool; answer with `BaselineObserved`.
+    ObserveBaseline,
+    /// Canary: send `weight`% of traffic to the new instances, the rest to the old.
+    ShiftTraffic {
+        weight: u32,
+        stable: Vec<InstanceRef>,
+        canary: Vec<InstanceRef>,
+    },
+    /// Canary: read both pools' counts at `at`; answer with `MetricsObserved`.
+    ObserveMetrics {
+        limits: LatencyLimits,
+        at: Millis,
+    },
+    /// Run the smoke checks against `instances`; answer with `SmokeFinished`.
+    RunSmoke {
+        instances: Vec<InstanceRef>,
+    },
+    /// Start these stopped instances of `version` again with their old
+    /// identities and ports, and wait until they answer healthy.
+    RestoreInstances {
+        version: Version,
+        instances: Vec<InstanceRef>,
+    },
+}
+
+/// The result of one step.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub deployment: Deployment,
+    pub effects: Vec<Effect>,
+    /// Lines for the deployment log (the standards' record of every step).
+    pub log: Vec<String>,
+}
