@@ -1,3 +1,7 @@
+//! Tests of loading and checking `gantry.toml`. Kept as one file though
+//! long: the cases share the same minimal configs and diagnostic helpers;
+//! one test module per concern would scatter those fixtures.
+
 use super::*;
 
 fn errors_of(src: &str) -> Vec<String> {

@@ -1,3 +1,7 @@
+//! Tests of reading evidence reports (JUnit, coverage, SARIF, ...). Kept as
+//! one file though long: the sample reports are shared fixtures; one test
+//! module per format would scatter them.
+
 use super::*;
 
 const JUNIT: &str = r#"<?xml version="1.0" encoding="UTF-8"?>

@@ -1,3 +1,7 @@
+//! Kept as one file though long: every transcript builds on the same
+//! fixtures (settings, deployments, event scripts); one test module per
+//! concern would scatter them.
+//!
 //! Scripted transcripts of the state machine: events in, states and effects
 //! out, checked as snapshots (`INSTA_UPDATE=always cargo test` rewrites them).
 

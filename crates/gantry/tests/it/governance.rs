@@ -1,3 +1,7 @@
+//! Kept as one file though long: the governance stories share helpers
+//! (tokens minted by the admin, calls as a user, the audit records, sample
+//! reports); one file per concern would scatter those fixtures.
+//!
 //! Governance as a user meets it: users, roles and tokens; approvals and
 //! change types; freezes; evidence, gates and the promotion path.
 

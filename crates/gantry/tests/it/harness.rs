@@ -1,3 +1,7 @@
+//! Long on purpose: it is the one shared fixture of every integration test
+//! (process control, polling with deadlines, CLI calls); split, each test
+//! file would have to know where each helper lives.
+//!
 //! A controller in a temporary directory, and helpers to drive it through the CLI.
 
 use serde_json::Value;
