@@ -460,13 +460,15 @@ pub fn evaluate(policy: &GatePolicy, env: &str, evidence: &[Evidence]) -> Vec<Ga
     out
 }
 
+mod error;
 mod input;
 mod parse;
 #[cfg(test)]
 mod tests;
 
+pub use error::ParseError;
 pub use input::{
     MAX_JSON_DEPTH, MAX_JSON_VALUES, MAX_REPORT_BYTES, MAX_XML_ATTRIBUTES, MAX_XML_DEPTH,
     MAX_XML_NODES,
 };
-pub use parse::{parse, ParseError};
+pub use parse::parse;

@@ -8,7 +8,7 @@
 //! how deep it nests. The depth limits sit far below what the parsers' stack
 //! can take: real reports nest about ten levels deep.
 
-use super::parse::{err, ParseError};
+use super::error::{err, ParseError};
 use std::borrow::Cow;
 
 /// The largest report accepted, in bytes (the API's body limit too).

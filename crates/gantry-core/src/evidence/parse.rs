@@ -5,6 +5,7 @@
 //! `<line>` elements and the LCOV `DA:` lines. A summary that disagrees with
 //! its records is refused with both figures, since one of them is a lie.
 
+use super::error::{err, ParseError};
 use super::input::{self, MAX_XML_NODES};
 use super::{EvidenceKind, FindingSeverity, Report};
 use std::collections::{BTreeMap, HashMap};
@@ -13,21 +14,6 @@ const JUNIT: &str = "JUnit XML";
 const SARIF: &str = "SARIF";
 const COBERTURA: &str = "Cobertura XML";
 const LCOV: &str = "LCOV";
-
-/// Why a report could not be read.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{format}: {message}")]
-pub struct ParseError {
-    pub format: &'static str,
-    pub message: String,
-}
-
-pub(super) fn err(format: &'static str, message: impl Into<String>) -> ParseError {
-    ParseError {
-        format,
-        message: message.into(),
-    }
-}
 
 /// Parses `bytes` as the report format `kind` expects, recognising the
 /// format from the content (coverage may be Cobertura or LCOV). The size
