@@ -18,6 +18,6 @@ pub mod time;
 
 pub use domain::{DeploymentId, Digest, EnvName, InstanceRef, Millis, NameError, Version};
 pub use machine::{
-    step, DeploySettings, Deployment, DeploymentKind, Effect, Event, HealthSettings, Phase,
-    Transition,
+    step, DeploySettings, Deployment, DeploymentKind, Effect, Event, HealthSettings, NewDeployment,
+    Phase, Transition,
 };

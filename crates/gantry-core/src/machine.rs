@@ -36,7 +36,8 @@ mod rolling;
 mod smoke;
 pub use canary::{CanarySettings, CanaryState, CanaryStep, Pause};
 pub use deployment::{
-    DeploySettings, Deployment, DeploymentKind, HealthSettings, InstanceHealth, Phase,
+    DeploySettings, Deployment, DeploymentKind, HealthSettings, InstanceHealth, NewDeployment,
+    Phase,
 };
 pub use events::{Effect, Event, Probe, Transition};
 pub use requests::RequestRefusal;

@@ -277,27 +277,29 @@ mod tests {
 
     fn deployment() -> Deployment {
         Deployment::new(
-            7,
-            "production".parse().unwrap(),
-            DeploymentKind::Deploy,
-            semver::Version::new(1, 1, 0),
-            Some(semver::Version::new(1, 0, 0)),
-            vec![],
-            DeploySettings {
-                instances: 1,
-                health: HealthSettings {
-                    interval_ms: 100,
-                    startup_interval_ms: 10,
-                    failure_threshold: 1,
-                    start_timeout_ms: 1000,
+            crate::NewDeployment {
+                id: 7,
+                env: "production".parse().unwrap(),
+                kind: DeploymentKind::Deploy,
+                version: semver::Version::new(1, 1, 0),
+                previous_version: Some(semver::Version::new(1, 0, 0)),
+                old_instances: vec![],
+                settings: DeploySettings {
+                    instances: 1,
+                    health: HealthSettings {
+                        interval_ms: 100,
+                        startup_interval_ms: 10,
+                        failure_threshold: 1,
+                        start_timeout_ms: 1000,
+                    },
+                    bake_ms: 0,
+                    canary: None,
+                    rolling: None,
+                    smoke: None,
+                    freezes: vec![],
                 },
-                bake_ms: 0,
-                canary: None,
-                rolling: None,
-                smoke: None,
-                freezes: vec![],
+                requested_by: "alice".into(),
             },
-            "alice".into(),
             0,
         )
     }

@@ -150,21 +150,36 @@ pub struct Deployment {
     pub change: Option<ChangeControl>,
 }
 
+/// What a new deployment is made of: who asked for what, where, replacing
+/// what. Named fields, so no two of the same type can be swapped unseen.
+#[derive(Debug, Clone)]
+pub struct NewDeployment {
+    pub id: DeploymentId,
+    pub env: EnvName,
+    pub kind: DeploymentKind,
+    pub version: Version,
+    /// The release the environment runs now, if any.
+    pub previous_version: Option<Version>,
+    /// Its instances, kept warm until the new release is in.
+    pub old_instances: Vec<InstanceRef>,
+    pub settings: DeploySettings,
+    pub requested_by: String,
+}
+
 impl Deployment {
     /// A deployment as it is created: nothing has happened yet. Feed it
     /// `Event::Created` to get its first effects.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        id: DeploymentId,
-        env: EnvName,
-        kind: DeploymentKind,
-        version: Version,
-        previous_version: Option<Version>,
-        old_instances: Vec<InstanceRef>,
-        settings: DeploySettings,
-        requested_by: String,
-        now: Millis,
-    ) -> Deployment {
+    pub fn new(request: NewDeployment, now: Millis) -> Deployment {
+        let NewDeployment {
+            id,
+            env,
+            kind,
+            version,
+            previous_version,
+            old_instances,
+            settings,
+            requested_by,
+        } = request;
         Deployment {
             id,
             env,

@@ -51,27 +51,29 @@ mod tests {
 
     fn in_phase(phase: Phase) -> Deployment {
         let mut d = Deployment::new(
-            7,
-            "production".parse().unwrap(),
-            DeploymentKind::Deploy,
-            Version::new(1, 1, 0),
-            Some(Version::new(1, 0, 0)),
-            Vec::new(),
-            DeploySettings {
-                instances: 1,
-                health: HealthSettings {
-                    interval_ms: 1000,
-                    startup_interval_ms: 50,
-                    failure_threshold: 3,
-                    start_timeout_ms: 5000,
+            crate::NewDeployment {
+                id: 7,
+                env: "production".parse().unwrap(),
+                kind: DeploymentKind::Deploy,
+                version: Version::new(1, 1, 0),
+                previous_version: Some(Version::new(1, 0, 0)),
+                old_instances: Vec::new(),
+                settings: DeploySettings {
+                    instances: 1,
+                    health: HealthSettings {
+                        interval_ms: 1000,
+                        startup_interval_ms: 50,
+                        failure_threshold: 3,
+                        start_timeout_ms: 5000,
+                    },
+                    bake_ms: 0,
+                    canary: None,
+                    rolling: None,
+                    smoke: None,
+                    freezes: Vec::new(),
                 },
-                bake_ms: 0,
-                canary: None,
-                rolling: None,
-                smoke: None,
-                freezes: Vec::new(),
+                requested_by: "alice".into(),
             },
-            "alice".into(),
             0,
         );
         d.phase = phase;

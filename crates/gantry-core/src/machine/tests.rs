@@ -34,14 +34,16 @@ fn inst(n: u16) -> InstanceRef {
 
 fn first_deploy() -> Deployment {
     Deployment::new(
-        1,
-        "production".parse().unwrap(),
-        DeploymentKind::Deploy,
-        Version::new(1, 1, 0),
-        Some(Version::new(1, 0, 0)),
-        vec![inst(1)],
-        settings(),
-        "alice".into(),
+        NewDeployment {
+            id: 1,
+            env: "production".parse().unwrap(),
+            kind: DeploymentKind::Deploy,
+            version: Version::new(1, 1, 0),
+            previous_version: Some(Version::new(1, 0, 0)),
+            old_instances: vec![inst(1)],
+            settings: settings(),
+            requested_by: "alice".into(),
+        },
         0,
     )
 }
@@ -754,14 +756,16 @@ mod rolling {
             max_unavailable: unavailable,
         });
         Deployment::new(
-            3,
-            "production".parse().unwrap(),
-            DeploymentKind::Deploy,
-            Version::new(1, 1, 0),
-            Some(Version::new(1, 0, 0)),
-            old.iter().map(|n| inst(*n)).collect(),
-            s,
-            "alice".into(),
+            NewDeployment {
+                id: 3,
+                env: "production".parse().unwrap(),
+                kind: DeploymentKind::Deploy,
+                version: Version::new(1, 1, 0),
+                previous_version: Some(Version::new(1, 0, 0)),
+                old_instances: old.iter().map(|n| inst(*n)).collect(),
+                settings: s,
+                requested_by: "alice".into(),
+            },
             0,
         )
     }

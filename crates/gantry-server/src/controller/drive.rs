@@ -120,17 +120,19 @@ impl Controller {
         let now = now_ms();
         let d = self.store.create_deployment(&env.name, &mut |id| {
             let d = Deployment::new(
-                id,
-                env.name.clone(),
-                kind,
-                version.clone(),
-                current.as_ref().map(|c| c.version.clone()),
-                current
-                    .as_ref()
-                    .map(|c| c.instances.clone())
-                    .unwrap_or_default(),
-                settings.clone(),
-                by.to_owned(),
+                gantry_core::NewDeployment {
+                    id,
+                    env: env.name.clone(),
+                    kind,
+                    version: version.clone(),
+                    previous_version: current.as_ref().map(|c| c.version.clone()),
+                    old_instances: current
+                        .as_ref()
+                        .map(|c| c.instances.clone())
+                        .unwrap_or_default(),
+                    settings: settings.clone(),
+                    requested_by: by.to_owned(),
+                },
                 now,
             );
             match &change {

@@ -17,27 +17,29 @@ fn release(v: &str, fill: char) -> ReleaseRecord {
 
 fn new_deployment(id: DeploymentId, env: &str, v: &str) -> Deployment {
     Deployment::new(
-        id,
-        env.parse().unwrap(),
-        DeploymentKind::Deploy,
-        Version::parse(v).unwrap(),
-        None,
-        vec![],
-        DeploySettings {
-            instances: 1,
-            health: HealthSettings {
-                interval_ms: 1000,
-                startup_interval_ms: 100,
-                failure_threshold: 3,
-                start_timeout_ms: 1000,
+        gantry_core::NewDeployment {
+            id,
+            env: env.parse().unwrap(),
+            kind: DeploymentKind::Deploy,
+            version: Version::parse(v).unwrap(),
+            previous_version: None,
+            old_instances: vec![],
+            settings: DeploySettings {
+                instances: 1,
+                health: HealthSettings {
+                    interval_ms: 1000,
+                    startup_interval_ms: 100,
+                    failure_threshold: 3,
+                    start_timeout_ms: 1000,
+                },
+                bake_ms: 0,
+                canary: None,
+                rolling: None,
+                smoke: None,
+                freezes: Vec::new(),
             },
-            bake_ms: 0,
-            canary: None,
-            rolling: None,
-            smoke: None,
-            freezes: Vec::new(),
+            requested_by: "admin".into(),
         },
-        "admin".into(),
         100,
     )
 }
