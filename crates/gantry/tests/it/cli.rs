@@ -2,7 +2,6 @@
 //! completions (run in a real bash) and man pages.
 
 use crate::harness::*;
-use std::io::Read;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -182,28 +181,9 @@ fn man_writes_gantry_1_and_a_page_per_visible_subcommand() {
 #[test]
 fn generated_output_to_a_closed_pipe_ends_quietly_with_141() {
     for args in [&["completions", "bash"][..], &["man"]] {
-        let mut child = Command::new(GANTRY)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // The reader goes away before anything is written, as `head` does after its lines.
-        drop(child.stdout.take());
-        let mut stderr = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        let mut status = None;
-        wait_until("the CLI to exit", Duration::from_secs(60), || {
-            status = child.try_wait().unwrap();
-            status.is_some()
-        });
-        let status = status.unwrap();
+        let mut cmd = Command::new(GANTRY);
+        cmd.args(args);
+        let (status, stderr) = run_with_closed_stdout(cmd, Duration::from_secs(60));
         assert_eq!(status.code(), Some(141), "gantry {args:?}: {status}");
         assert!(stderr.is_empty(), "gantry {args:?} ends quietly: {stderr}");
     }

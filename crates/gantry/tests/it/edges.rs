@@ -370,7 +370,7 @@ fn text_from_others_cannot_drive_the_terminal() {
 
 #[test]
 fn a_closed_pipe_ends_the_cli_quietly() {
-    use std::process::{Command, Stdio};
+    use std::process::Command;
     let g = Gantry::start();
     g.register("1.0.0", "");
     let id = deploy_id(
@@ -382,31 +382,12 @@ fn a_closed_pipe_ends_the_cli_quietly() {
         vec!["log".to_owned(), id.to_string()],
         vec!["release".into(), "list".into()],
     ] {
-        let mut child = Command::new(GANTRY)
-            .arg("--data-dir")
+        let mut cmd = Command::new(GANTRY);
+        cmd.arg("--data-dir")
             .arg(g.data())
             .args(&args)
-            .env_remove("GANTRY_TOKEN")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // The reader goes away before the first line is written, as `head` does after its lines.
-        drop(child.stdout.take());
-        let mut stderr = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        let mut status = None;
-        wait_until("the CLI to exit", Duration::from_secs(30), || {
-            status = child.try_wait().unwrap();
-            status.is_some()
-        });
-        let status = status.unwrap();
+            .env_remove("GANTRY_TOKEN");
+        let (status, stderr) = run_with_closed_stdout(cmd, Duration::from_secs(30));
         assert!(!stderr.contains("panicked"), "gantry {args:?}: {stderr}");
         assert!(stderr.is_empty(), "gantry {args:?} ends quietly: {stderr}");
         assert_eq!(status.code(), Some(141), "gantry {args:?}: {status}");

@@ -621,29 +621,62 @@ pub fn instance_binary() -> &'static str {
 }
 
 pub fn make_artifact(path: &Path, version: &str, settings: &str) {
-    let file = std::fs::File::create(path).unwrap();
-    let mut tar = tar::Builder::new(file);
     // A script that becomes the test build: links out of a release are
     // refused, and copying the binary into every artifact would be slow. The
     // test configs let instances read and run that binary (`service.sandbox`).
     let script = format!("#!/bin/sh\nexec '{}' \"$@\"\n", instance_binary());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(script.len() as u64);
-    header.set_mode(0o755);
-    header.set_cksum();
-    tar.append_data(&mut header, "bin/gantry", script.as_bytes())
-        .unwrap();
     let json = if settings.is_empty() {
         format!("{{\"version\": \"{version}\"}}")
     } else {
         format!("{{\"version\": \"{version}\", {settings}}}")
     };
-    let mut header = tar::Header::new_gnu();
-    header.set_size(json.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    tar.append_data(&mut header, "sample.json", json.as_bytes())
+    make_tar(
+        path,
+        &[
+            ("bin/gantry", 0o755, script.as_bytes()),
+            ("sample.json", 0o644, json.as_bytes()),
+        ],
+    );
+}
+
+/// Runs `cmd` with its stdout closed before anything is written (as `head`
+/// does after its lines) and returns how it ended and what it said on stderr.
+pub fn run_with_closed_stdout(
+    mut cmd: Command,
+    deadline: Duration,
+) -> (std::process::ExitStatus, String) {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .unwrap();
+    drop(child.stdout.take());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    let mut status = None;
+    wait_until("the CLI to exit", deadline, || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    (status.unwrap(), stderr)
+}
+
+/// A plain tar of regular files: (path in the archive, mode, content).
+pub fn make_tar(path: &Path, files: &[(&str, u32, &[u8])]) {
+    let mut tar = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for (name, mode, content) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(content.len() as u64);
+        header.set_mode(*mode);
+        header.set_cksum();
+        tar.append_data(&mut header, name, *content).unwrap();
+    }
     tar.finish().unwrap();
 }
 

@@ -33,22 +33,13 @@ exec '{gantry}' "$@"
         gantry = instance_binary()
     );
     let path = g.dir.path().join("attacker.tar");
-    let file = std::fs::File::create(&path).unwrap();
-    let mut tar = tar::Builder::new(file);
-    let mut header = tar::Header::new_gnu();
-    header.set_size(script.len() as u64);
-    header.set_mode(0o755);
-    header.set_cksum();
-    tar.append_data(&mut header, "bin/gantry", script.as_bytes())
-        .unwrap();
-    let json = br#"{"version": "1.1.0"}"#;
-    let mut header = tar::Header::new_gnu();
-    header.set_size(json.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    tar.append_data(&mut header, "sample.json", &json[..])
-        .unwrap();
-    tar.finish().unwrap();
+    make_tar(
+        &path,
+        &[
+            ("bin/gantry", 0o755, script.as_bytes()),
+            ("sample.json", 0o644, br#"{"version": "1.1.0"}"#),
+        ],
+    );
     path
 }
 
