@@ -3,7 +3,8 @@
 //!
 //! Only this crate speaks HTTP and JSON to the outside. It depends on the
 //! core for the rules, on the store for durability and on the router crate
-//! only for the routing types it sends to router processes.
+//! for the routing types it sends to router processes and for the bounded
+//! accept loop (`gantry_router::listener`) that serves its API too.
 
 mod api;
 pub mod artifact;
@@ -203,15 +204,19 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    // The peer's address goes on the audit trail with a refused request.
+    // The peer's address goes on the audit trail with a refused request:
+    // each request carries it, as `axum::serve` with connect info does,
+    // without building the router again for every connection.
+    let app = hyper_util::service::TowerToHyperService::new(app);
     let with_peer = move |peer: Option<SocketAddr>| {
-        let app = match peer {
-            Some(peer) => app
-                .clone()
-                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
-            None => app.clone(),
-        };
-        hyper_util::service::TowerToHyperService::new(app)
+        let app = app.clone();
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            if let Some(peer) = peer {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+            }
+            hyper::service::Service::call(&app, req)
+        })
     };
     gantry_router::listener::serve_per_peer(
         listener,
