@@ -9,7 +9,7 @@
 //! `openapi`, `pages` (security headers), and the handlers by resource.
 
 use crate::controller::{ControlError, Controller, NewRelease};
-use crate::governance::{Identity, TokenRefusal};
+use crate::governance::{Authorize, Identity, TokenRefusal};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -18,7 +18,6 @@ use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use gantry_core::governance::Permission;
 use gantry_core::DeploymentId;
-use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
 use tokio::sync::Notify;

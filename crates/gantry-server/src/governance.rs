@@ -4,41 +4,33 @@
 //! rules themselves are pure, in `gantry_core::governance` and
 //! `gantry_core::evidence`; this module feeds them from the store.
 
+pub use gantry_api::{Identity, IssuedToken, PendingApproval};
+
 use crate::error::ControlError;
-use gantry_core::governance::{allowed, Approval, ChangeType, Permission, Role};
-use gantry_core::{DeploymentId, Millis};
-use serde::Serialize;
+use gantry_core::governance::{allowed, Permission, Role};
 use sha2::{Digest as _, Sha256};
 
-/// The caller of an API request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
-pub struct Identity {
-    pub user: String,
-    pub roles: Vec<Role>,
-    /// The id of the token presented (none for the controller's own token).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
-    /// Who minted that token, when it was not its user: such a token may do
-    /// what the user's roles allow except give verdicts.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub minted_by: Option<String>,
+/// The holder of the controller's own token (`admin.token`).
+pub fn bootstrap_admin() -> Identity {
+    Identity {
+        user: "admin".to_owned(),
+        roles: vec![Role::Admin],
+        token: None,
+        minted_by: None,
+    }
 }
 
-impl Identity {
-    /// The holder of the controller's own token (`admin.token`).
-    pub fn bootstrap_admin() -> Identity {
-        Identity {
-            user: "admin".to_owned(),
-            roles: vec![Role::Admin],
-            token: None,
-            minted_by: None,
-        }
-    }
-
+/// What an identity may do. A trait because [`Identity`] is a wire type of
+/// `gantry-api`; the rule that reads it belongs to the controller.
+pub trait Authorize {
     /// Whether the roles grant `p`. Separation of duties: a verdict needs a
     /// token its holder minted themself, so whoever minted a token for
     /// someone else (an admin, typically) cannot approve as them with it.
-    pub fn may(&self, p: Permission) -> Result<(), ControlError> {
+    fn may(&self, p: Permission) -> Result<(), ControlError>;
+}
+
+impl Authorize for Identity {
+    fn may(&self, p: Permission) -> Result<(), ControlError> {
         if allowed(&self.roles, p) {
             if let (Permission::Approve, Some(minter)) = (p, &self.minted_by) {
                 return Err(ControlError::Forbidden(format!(
@@ -84,21 +76,6 @@ pub(crate) fn random_hex(bytes: usize) -> Result<String, ControlError> {
     Ok(hex::encode(buf))
 }
 
-/// A token as issued: shown once, never stored.
-#[derive(Debug, Serialize, schemars::JsonSchema)]
-pub struct IssuedToken {
-    pub id: String,
-    pub user: String,
-    pub token: String,
-    pub expires_at: Option<Millis>,
-    /// Who minted it; when not `user`, it may not give verdicts.
-    pub minted_by: String,
-    /// The token this one was exchanged for: minted by someone else, and
-    /// revoked by the exchange.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub revoked: Option<String>,
-}
-
 /// Why a presented token was refused (answered 401), or could not be
 /// checked (`Store`, answered 500: the token may be good).
 #[derive(Debug, thiserror::Error)]
@@ -111,20 +88,4 @@ pub enum TokenRefusal {
     Expired { id: String, at: String },
     #[error("cannot check the token: {0}")]
     Store(String),
-}
-
-#[derive(Debug, Serialize, schemars::JsonSchema)]
-pub struct PendingApproval {
-    pub deployment: DeploymentId,
-    pub env: String,
-    pub version: String,
-    pub change: ChangeType,
-    pub requested_by: String,
-    pub phase: String,
-    pub approved: u32,
-    pub required: u32,
-    pub review_by: Option<Millis>,
-    /// An emergency change past its review time without its approvals.
-    pub overdue: bool,
-    pub approvals: Vec<Approval>,
 }

@@ -6,6 +6,8 @@
 //! for the routing types it sends to router processes and for the bounded
 //! accept loop (`gantry_router::listener`) that serves its API too.
 
+pub use gantry_api::ServerInfo;
+
 mod api;
 pub mod artifact;
 pub mod audit;
@@ -30,17 +32,9 @@ pub fn openapi_document() -> String {
     api::openapi::document_text()
 }
 
-use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-/// Written to `DATA_DIR/server.json` so the CLI can find a running controller.
-#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct ServerInfo {
-    pub pid: u32,
-    pub url: String,
-}
 
 pub const SERVER_FILE: &str = "server.json";
 pub const TOKEN_FILE: &str = "admin.token";

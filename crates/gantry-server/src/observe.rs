@@ -2,6 +2,8 @@
 //! JSON, and Prometheus metrics. Both are derived from the store on each
 //! request, so they agree with the records and survive restarts.
 
+pub use gantry_api::{ActiveDeployment, EnvironmentStatus, Incident, StatusPage};
+
 use crate::controller::{now_ms, ControlError, Controller};
 use gantry_core::analysis::Verdict;
 use gantry_core::notify::{environment_status, ServiceStatus};
@@ -16,48 +18,6 @@ use serde::Serialize;
 
 /// How far back the status page lists incidents.
 const INCIDENT_WINDOW_MS: i64 = 30 * 86_400_000;
-
-#[derive(Debug, Serialize, schemars::JsonSchema)]
-pub struct StatusPage {
-    pub service: String,
-    /// The worst of the environments.
-    pub status: ServiceStatus,
-    pub label: &'static str,
-    pub environments: Vec<EnvironmentStatus>,
-    /// Rollbacks and failures of the last 30 days, newest first.
-    pub incidents: Vec<Incident>,
-    pub generated_at: i64,
-}
-
-#[derive(Debug, Serialize, schemars::JsonSchema)]
-pub struct EnvironmentStatus {
-    pub name: String,
-    pub status: ServiceStatus,
-    pub label: &'static str,
-    pub version: Option<String>,
-    pub since: Option<i64>,
-    /// The deployment in progress or scheduled, if any.
-    pub deployment: Option<ActiveDeployment>,
-}
-
-#[derive(Debug, Serialize, schemars::JsonSchema)]
-pub struct ActiveDeployment {
-    pub id: i64,
-    pub version: String,
-    pub phase: String,
-    pub weight: Option<u32>,
-}
-
-#[derive(Debug, Serialize, schemars::JsonSchema)]
-pub struct Incident {
-    pub env: String,
-    pub deployment: i64,
-    pub version: String,
-    pub outcome: String,
-    pub reason: Option<String>,
-    pub started_at: i64,
-    pub resolved_at: Option<i64>,
-}
 
 /// Why a deployment did not succeed, as a small set of metric labels.
 pub fn reason_class(d: &Deployment) -> &'static str {
@@ -167,7 +127,7 @@ impl Controller {
             environments.push(EnvironmentStatus {
                 name: env.name.to_string(),
                 status,
-                label: status.label(),
+                label: status.label().to_owned(),
                 version: state.map(|s| s.version.to_string()),
                 since: state.map(|s| s.since),
                 deployment: running.map(|d| ActiveDeployment {
@@ -211,7 +171,7 @@ impl Controller {
         Ok(StatusPage {
             service: self.config().service.name.clone(),
             status,
-            label: status.label(),
+            label: status.label().to_owned(),
             environments,
             incidents,
             generated_at: now,

@@ -3,6 +3,8 @@
 //! and approval), rendered as Markdown from the config, the release, its
 //! gates and its evidence. Approving a plan attaches it as evidence.
 
+pub use gantry_api::Plan;
+
 use crate::controller::{now_ms, ControlError, Controller};
 use gantry_config::{Environment, Strategy};
 use gantry_core::evidence::{EvidenceKind, Report};
@@ -13,15 +15,6 @@ use serde::Serialize;
 
 const TEMPLATE: &str = include_str!("plan.md");
 const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
-
-/// A rendered plan and the SHA-256 of its text.
-#[derive(Debug, Serialize, schemars::JsonSchema)]
-pub struct Plan {
-    pub version: String,
-    pub env: String,
-    pub digest: String,
-    pub markdown: String,
-}
 
 #[derive(Serialize, schemars::JsonSchema)]
 struct Freeze {

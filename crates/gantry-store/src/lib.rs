@@ -13,15 +13,15 @@ mod blobs;
 mod sqlite;
 
 pub use blobs::{hash_bytes, hash_reader, BlobError, Blobs, Incoming, Staged};
+pub use gantry_api::records::{
+    Delivery, EnvState, EvidenceRecord, LogEntry, ReleaseRecord, TokenRecord, User,
+};
 pub use gantry_core::audit::{AuditEntry, AuditRecord, Checkpoint};
 pub use gantry_core::evidence::{EvidenceKind, Report};
 pub use gantry_core::governance::{Approval, Role};
 pub use sqlite::SqliteStore;
 
-use gantry_core::{
-    Deployment, DeploymentId, Digest, EnvName, Event, InstanceRef, Millis, Transition, Version,
-};
-use serde::{Deserialize, Serialize};
+use gantry_core::{Deployment, DeploymentId, Digest, EnvName, Event, Millis, Transition, Version};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -39,23 +39,6 @@ pub enum StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// A registered release: an immutable artifact and where it came from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct ReleaseRecord {
-    pub version: Version,
-    pub digest: Digest,
-    pub size: u64,
-    /// `tar.gz`, `tar` or `executable`.
-    pub artifact_kind: String,
-    pub git_sha: Option<String>,
-    /// The minisign signature file, as text, if one was given.
-    pub signature: Option<String>,
-    /// The public key that verified the signature.
-    pub signed_by: Option<String>,
-    pub created_at: Millis,
-    pub created_by: String,
-}
-
 /// What inserting a release did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InsertOutcome {
@@ -66,62 +49,6 @@ pub enum InsertOutcome {
     Conflict {
         existing: Digest,
     },
-}
-
-/// What serves an environment now.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct EnvState {
-    pub env: EnvName,
-    pub version: Version,
-    pub instances: Vec<InstanceRef>,
-    pub deployment: DeploymentId,
-    pub since: Millis,
-}
-
-/// One line of a deployment's log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct LogEntry {
-    pub at: Millis,
-    pub phase: String,
-    pub message: String,
-}
-
-/// A person who may use the API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct User {
-    pub name: String,
-    pub roles: Vec<Role>,
-    pub created_at: Millis,
-    pub created_by: String,
-}
-
-/// An API token. The secret is never stored, only its SHA-256.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct TokenRecord {
-    pub id: String,
-    pub user: String,
-    pub label: Option<String>,
-    #[serde(skip_serializing, default)]
-    pub secret_hash: String,
-    pub created_at: Millis,
-    pub created_by: String,
-    pub expires_at: Option<Millis>,
-    pub revoked_at: Option<Millis>,
-    pub revoked_by: Option<String>,
-}
-
-/// A report attached to a release.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct EvidenceRecord {
-    pub id: i64,
-    pub version: Version,
-    pub kind: EvidenceKind,
-    /// SHA-256 of the file as uploaded (kept among the blobs).
-    pub digest: Digest,
-    pub file_name: String,
-    pub report: Report,
-    pub added_at: Millis,
-    pub added_by: String,
 }
 
 /// Users, tokens, approvals and evidence.
@@ -150,22 +77,6 @@ pub trait GovernanceStore: Send + Sync {
 pub struct Outgoing {
     pub notice: gantry_core::notify::Notice,
     pub channels: Vec<String>,
-}
-
-/// One notice to one channel, until it is delivered or given up on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct Delivery {
-    pub id: i64,
-    pub channel: String,
-    pub notice: gantry_core::notify::Notice,
-    /// `pending`, `delivered` or `failed` (given up after the last attempt).
-    pub status: String,
-    pub attempts: u32,
-    /// When the next attempt is due (pending ones).
-    pub next_at: Millis,
-    pub last_error: Option<String>,
-    pub created_at: Millis,
-    pub updated_at: Millis,
 }
 
 /// Notification deliveries: queued with the transition that gives them

@@ -1,54 +1,11 @@
 //! Handlers for reading and verifying the audit trail.
 
+use gantry_api::{AuditAnchor, AuditPage, AuditPublicKey, AuditQuery, AuditVerdict};
+
 use super::*;
 
 // Answers that are not a domain type of their own, named so the OpenAPI
 // document can describe them.
-
-#[derive(serde::Serialize, schemars::JsonSchema)]
-pub(super) struct AuditAnchor {
-    seq: u64,
-    hash: String,
-}
-
-#[derive(serde::Serialize, schemars::JsonSchema)]
-pub(super) struct AuditPage {
-    /// The last pruned record, which the first kept one links to.
-    anchor: Option<AuditAnchor>,
-    /// The last record the store handed out: the trail must reach it.
-    head: AuditAnchor,
-    /// The newest checkpoint the controller signed: the trail must hold it.
-    checkpoint: Option<gantry_core::audit::Checkpoint>,
-    records: Vec<gantry_core::audit::AuditRecord>,
-}
-
-#[derive(serde::Serialize, schemars::JsonSchema)]
-pub(super) struct AuditPublicKey {
-    algorithm: &'static str,
-    /// The Ed25519 public key that signs checkpoints, hex.
-    public_key: String,
-}
-
-#[derive(serde::Serialize, schemars::JsonSchema)]
-pub(super) struct AuditVerdict {
-    ok: bool,
-    records: usize,
-    first_seq: Option<u64>,
-    last_seq: Option<u64>,
-    /// The first edited, removed or reordered record.
-    first_bad_seq: Option<u64>,
-    reason: Option<String>,
-    /// The newest checkpoint the controller signed, checked too.
-    checkpoint_seq: Option<u64>,
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct AuditQuery {
-    #[serde(default)]
-    after: u64,
-    limit: Option<usize>,
-}
 
 /// Records after `after`, oldest first, and the anchor of a pruned trail.
 pub(super) async fn list_audit(
@@ -76,7 +33,7 @@ pub(super) async fn audit_checkpoint(State(s): State<AppState>) -> ApiResult<Res
 
 pub(super) async fn audit_public_key(State(s): State<AppState>) -> ApiResult<Response> {
     Ok(Json(AuditPublicKey {
-        algorithm: "ed25519",
+        algorithm: "ed25519".to_owned(),
         public_key: s.controller.audit_public_key()?,
     })
     .into_response())

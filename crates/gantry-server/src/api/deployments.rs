@@ -1,35 +1,13 @@
 //! Handlers for deployments and rollbacks: start, list, show, act on.
 
+use gantry_api::{
+    Action, ActionTaken, DeployRequest, DeploymentLog, DeploymentView, ListQuery, RollbackRequest,
+};
+
 use super::*;
 
 // Answers that are not a domain type of their own, named so the OpenAPI
 // document can describe them.
-
-#[derive(serde::Serialize, schemars::JsonSchema)]
-pub(super) struct DeploymentView {
-    #[serde(flatten)]
-    deployment: gantry_core::Deployment,
-    /// Every verdict, including those given after an emergency change finished.
-    approvals: Vec<gantry_core::governance::Approval>,
-}
-
-#[derive(serde::Serialize, schemars::JsonSchema)]
-pub(super) struct DeploymentLog {
-    deployment: gantry_core::Deployment,
-    log: Vec<gantry_store::LogEntry>,
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct DeployRequest {
-    env: String,
-    version: String,
-    /// standard, normal or emergency; by default normal where approvals are
-    /// required, standard elsewhere.
-    change: Option<String>,
-    /// Why the change is made (kept on the deployment and the audit trail).
-    reason: Option<String>,
-}
 
 pub(super) async fn create_deployment(
     State(s): State<AppState>,
@@ -50,13 +28,6 @@ pub(super) async fn create_deployment(
     Ok((StatusCode::CREATED, subject, Json(d)).into_response())
 }
 
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RollbackRequest {
-    env: String,
-    to: Option<String>,
-}
-
 pub(super) async fn create_rollback(
     State(s): State<AppState>,
     Extension(who): Extension<Identity>,
@@ -68,12 +39,6 @@ pub(super) async fn create_rollback(
         .await?;
     let subject = acted_on(format!("deployment {}", d.id));
     Ok((StatusCode::CREATED, subject, Json(d)).into_response())
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-pub(super) struct ListQuery {
-    env: Option<String>,
-    limit: Option<usize>,
 }
 
 pub(super) async fn list_deployments(
@@ -130,23 +95,26 @@ pub(super) async fn act_on_deployment(
     Extension(who): Extension<Identity>,
     Path((id, action)): Path<(DeploymentId, String)>,
 ) -> ApiResult<Response> {
+    let Some(action) = Action::parse(&action) else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no action {action:?} on a deployment; known: abort, promote, pause, resume"),
+        ));
+    };
     let by = who.user;
-    let (event, doing) = match action.as_str() {
-        "abort" => (gantry_core::Event::AbortRequested { by }, "aborting"),
-        "promote" => (gantry_core::Event::PromoteRequested { by }, "promoting"),
-        "pause" => (gantry_core::Event::PauseRequested { by }, "pausing"),
-        "resume" => (gantry_core::Event::ResumeRequested { by }, "resuming"),
-        other => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!(
-                    "no action {other:?} on a deployment; known: abort, promote, pause, resume"
-                ),
-            ))
-        }
+    let event = match action {
+        Action::Abort => gantry_core::Event::AbortRequested { by },
+        Action::Promote => gantry_core::Event::PromoteRequested { by },
+        Action::Pause => gantry_core::Event::PauseRequested { by },
+        Action::Resume => gantry_core::Event::ResumeRequested { by },
     };
     s.controller.request(id, event)?;
     let subject = acted_on(format!("deployment {id}"));
-    Ok((StatusCode::ACCEPTED, subject, Json(json!({ doing: id }))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        subject,
+        Json(ActionTaken::new(action, id)),
+    )
+        .into_response())
 }

@@ -1,13 +1,9 @@
 //! Handlers for the evidence attached to releases (test, security and
 //! coverage reports).
 
-use super::*;
+use gantry_api::EvidenceQuery;
 
-#[derive(Deserialize, schemars::JsonSchema)]
-pub(super) struct EvidenceQuery {
-    /// The report's file name, kept with it.
-    file: Option<String>,
-}
+use super::*;
 
 pub(super) async fn add_evidence(
     State(s): State<AppState>,

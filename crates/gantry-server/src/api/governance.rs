@@ -1,40 +1,12 @@
 //! Handlers for governance: verdicts on deployments, pending approvals,
 //! gates, rehearsals and plans.
 
+use gantry_api::{
+    GatesQuery, GatesView, PlanApproval, PlanApproved, RehearsalAnswer, RehearsalRequest,
+    VerdictGiven, VerdictRequest,
+};
+
 use super::*;
-
-// Answers that are not a domain type of their own, named so the OpenAPI
-// document can describe them.
-
-#[derive(serde::Serialize, schemars::JsonSchema)]
-pub(super) struct GatesView {
-    version: String,
-    env: String,
-    passed: bool,
-    gates: Vec<gantry_core::evidence::GateResult>,
-}
-
-#[derive(serde::Serialize, schemars::JsonSchema)]
-pub(super) struct RehearsalAnswer {
-    rehearsing: String,
-    env: String,
-}
-
-#[derive(serde::Serialize, schemars::JsonSchema)]
-pub(super) struct PlanApproved {
-    version: String,
-    env: String,
-    digest: String,
-    evidence: i64,
-    by: String,
-}
-
-#[derive(Deserialize, Default, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct VerdictRequest {
-    #[serde(default)]
-    comment: String,
-}
 
 pub(super) async fn give_verdict(
     s: &AppState,
@@ -44,11 +16,15 @@ pub(super) async fn give_verdict(
     comment: &str,
 ) -> ApiResult<Response> {
     s.controller.give_verdict(id, who, approved, comment)?;
-    let verdict = if approved { "approved" } else { "rejected" };
+    let verdict = VerdictGiven {
+        approved: approved.then_some(id),
+        rejected: (!approved).then_some(id),
+        by: who.user.clone(),
+    };
     Ok((
         StatusCode::ACCEPTED,
         acted_on(format!("deployment {id}")),
-        Json(json!({ verdict: id, "by": who.user })),
+        Json(verdict),
     )
         .into_response())
 }
@@ -76,13 +52,6 @@ pub(super) async fn pending_approvals(State(s): State<AppState>) -> ApiResult<Re
     Ok(Json(s.controller.pending_approvals()?).into_response())
 }
 
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct GatesQuery {
-    version: String,
-    env: String,
-}
-
 /// Each gate a release must pass to enter an environment.
 pub(super) async fn gates(
     State(s): State<AppState>,
@@ -98,13 +67,6 @@ pub(super) async fn gates(
         gates: results,
     })
     .into_response())
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct RehearsalRequest {
-    env: String,
-    version: String,
 }
 
 /// Starts a rollback rehearsal; its outcome becomes `rehearsal` evidence.
@@ -135,15 +97,6 @@ pub(super) async fn show_plan(
     Query(q): Query<GatesQuery>,
 ) -> ApiResult<Response> {
     Ok(Json(s.controller.plan(&q.version, &q.env)?).into_response())
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct PlanApproval {
-    version: String,
-    env: String,
-    #[serde(default)]
-    comment: String,
 }
 
 /// Approves the plan as it renders now; it is attached to the release.

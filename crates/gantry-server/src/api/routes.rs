@@ -6,6 +6,7 @@
 
 use super::*;
 use axum::routing::MethodRouter;
+use gantry_api::*;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 
 /// Makes the JSON Schema of a request or answer type.
@@ -47,16 +48,6 @@ pub(super) fn schema<T: JsonSchema>(g: &mut SchemaGenerator) -> Schema {
 /// An answer of any JSON shape.
 fn any_json(_: &mut SchemaGenerator) -> Schema {
     schemars::json_schema!({})
-}
-
-/// `{"aborting": 12}`: the word for what was asked, and the deployment.
-fn ids_by_word(_: &mut SchemaGenerator) -> Schema {
-    schemars::json_schema!({"type": "object", "additionalProperties": {"type": "integer", "format": "int64"}, "minProperties": 1, "maxProperties": 1})
-}
-
-/// `{"approved": 12, "by": "bob"}` or `{"rejected": 12, "by": "bob"}`.
-fn verdict_answer(_: &mut SchemaGenerator) -> Schema {
-    schemars::json_schema!({"type": "object", "required": ["by"], "properties": {"approved": {"type": "integer", "format": "int64"}, "rejected": {"type": "integer", "format": "int64"}, "by": {"type": "string"}}})
 }
 
 fn route(
@@ -197,7 +188,7 @@ pub(super) fn routes() -> Vec<Route> {
             "/api/v1/deployments/{id}/{action}",
             deploy,
             "abort, promote, pause or resume a running deployment",
-            Json(202, "what was asked", ids_by_word),
+            Json(202, "what was asked", schema::<ActionTaken>),
             || post(act_on_deployment),
         ),
         route(
@@ -205,7 +196,7 @@ pub(super) fn routes() -> Vec<Route> {
             "/api/v1/deployments/{id}/approve",
             approve,
             "Approve a deployment (never your own)",
-            Json(202, "the verdict", verdict_answer),
+            Json(202, "the verdict", schema::<VerdictGiven>),
             || post(approve_deployment),
         )
         .body::<VerdictRequest>(),
@@ -214,7 +205,7 @@ pub(super) fn routes() -> Vec<Route> {
             "/api/v1/deployments/{id}/reject",
             approve,
             "Reject a deployment",
-            Json(202, "the verdict", verdict_answer),
+            Json(202, "the verdict", schema::<VerdictGiven>),
             || post(reject_deployment),
         )
         .body::<VerdictRequest>(),

@@ -1,22 +1,14 @@
 //! Handlers for what runs: status, traffic, instance logs, notifications,
 //! live events, metrics, shutdown.
 
+use gantry_api::{
+    DeliveryQuery, LogQuery, ShutdownAnswer, ShutdownRequest, StatusView, TrafficQuery,
+};
+
 use super::*;
 
 // Answers that are not a domain type of their own, named so the OpenAPI
 // document can describe them.
-
-#[derive(serde::Serialize, schemars::JsonSchema)]
-pub(super) struct StatusView {
-    service: String,
-    environments: Vec<crate::controller::EnvStatus>,
-}
-
-#[derive(serde::Serialize, schemars::JsonSchema)]
-pub(super) struct ShutdownAnswer {
-    shutting_down: bool,
-    stopped_workloads: bool,
-}
 
 pub(super) async fn status(State(s): State<AppState>) -> ApiResult<Response> {
     Ok(Json(StatusView {
@@ -24,11 +16,6 @@ pub(super) async fn status(State(s): State<AppState>) -> ApiResult<Response> {
         environments: s.controller.status().await?,
     })
     .into_response())
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-pub(super) struct LogQuery {
-    bytes: Option<u64>,
 }
 
 pub(super) async fn instance_log(
@@ -42,13 +29,6 @@ pub(super) async fn instance_log(
         .await
         .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()))?;
     Ok(text.into_response())
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct ShutdownRequest {
-    #[serde(default)]
-    stop_workloads: bool,
 }
 
 pub(super) async fn shutdown(
@@ -66,13 +46,6 @@ pub(super) async fn shutdown(
     .into_response())
 }
 
-#[derive(Deserialize, schemars::JsonSchema)]
-pub(super) struct TrafficQuery {
-    env: String,
-    /// Comma-separated latency limits in milliseconds.
-    above_ms: Option<String>,
-}
-
 /// What each release pool of an environment served, from its router.
 pub(super) async fn traffic(
     State(s): State<AppState>,
@@ -87,13 +60,6 @@ pub(super) async fn traffic(
         .await
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "unavailable", e.to_string()))?;
     Ok(Json(stats).into_response())
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct DeliveryQuery {
-    deployment: Option<DeploymentId>,
-    limit: Option<usize>,
 }
 
 /// Notification deliveries and their outcomes, newest first.

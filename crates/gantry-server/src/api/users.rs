@@ -1,16 +1,11 @@
 //! Handlers for users and tokens, and who the caller is.
 
+use gantry_api::{NewToken, NewUser, TokenQuery};
+
 use super::*;
 
 pub(super) async fn whoami(Extension(who): Extension<Identity>) -> Response {
     Json(who).into_response()
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NewUser {
-    name: String,
-    roles: Vec<String>,
 }
 
 pub(super) async fn create_user(
@@ -25,15 +20,6 @@ pub(super) async fn create_user(
 
 pub(super) async fn list_users(State(s): State<AppState>) -> ApiResult<Response> {
     Ok(Json(s.controller.users()?).into_response())
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-#[serde(deny_unknown_fields)]
-pub(super) struct NewToken {
-    user: String,
-    label: Option<String>,
-    /// A duration such as "90d"; no expiry if absent.
-    expires_in: Option<String>,
 }
 
 /// Issues a token. Its secret is in this answer only; the store keeps a hash.
@@ -64,11 +50,6 @@ pub(super) async fn create_token(
         .create_token(&body.user, body.label, expires, &who)?;
     let subject = acted_on(format!("token {} for {}", issued.id, issued.user));
     Ok((StatusCode::CREATED, subject, Json(issued)).into_response())
-}
-
-#[derive(Deserialize, schemars::JsonSchema)]
-pub(super) struct TokenQuery {
-    user: Option<String>,
 }
 
 pub(super) async fn list_tokens(

@@ -2,7 +2,7 @@
 
 use super::{now_ms, ControlError, Controller};
 use crate::governance::{
-    hash_secret, random_hex, Identity, IssuedToken, TokenRefusal, TOKEN_PREFIX,
+    hash_secret, random_hex, Authorize, Identity, IssuedToken, TokenRefusal, TOKEN_PREFIX,
 };
 use gantry_core::governance::{self, Permission, Role};
 use gantry_core::Millis;
@@ -14,7 +14,7 @@ impl Controller {
     /// `admin_token`) or a user with a live token.
     pub fn identify(&self, presented: &str, admin_token: &str) -> Result<Identity, TokenRefusal> {
         if bool::from(presented.as_bytes().ct_eq(admin_token.as_bytes())) {
-            return Ok(Identity::bootstrap_admin());
+            return Ok(crate::governance::bootstrap_admin());
         }
         let (id, secret) = presented
             .strip_prefix(TOKEN_PREFIX)

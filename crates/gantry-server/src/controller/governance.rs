@@ -4,7 +4,7 @@
 //! this module feeds them from the store.
 
 use super::{now_ms, ControlError, Controller};
-use crate::governance::{Identity, PendingApproval, AUTO_ACTOR};
+use crate::governance::{Authorize, Identity, PendingApproval, AUTO_ACTOR};
 use gantry_config::Environment;
 use gantry_core::evidence::{self, Evidence, EvidenceKind, GateResult, Report};
 use gantry_core::governance::{self, Approval, ChangeControl, ChangeType, Permission};

@@ -1,10 +1,11 @@
 //! Releases: registering an uploaded artifact (checks, signature, immutability)
 //! and re-verifying the stored ones.
 
+pub use gantry_api::VerifyResult;
+
 use super::{now_ms, ControlError, Controller};
 use crate::artifact;
 use gantry_store::{InsertOutcome, ReleaseRecord};
-use serde::Serialize;
 
 /// The longest version accepted: it names the release's directory (and
 /// its manifest), which must fit a file name (255 bytes) with room to spare.
@@ -22,14 +23,6 @@ pub struct NewRelease<'a> {
     /// The `.minisig` file's text.
     pub signature: Option<String>,
     pub by: &'a str,
-}
-
-#[derive(Debug, Serialize, schemars::JsonSchema)]
-pub struct VerifyResult {
-    pub version: String,
-    pub digest: String,
-    pub ok: bool,
-    pub detail: String,
 }
 
 impl Controller {

@@ -1,48 +1,9 @@
 //! What the API shows: an environment's status, a deployment's summary and
 //! the live events sent to subscribers.
 
+pub use gantry_api::{DeploymentSummary, EnvStatus, InstanceStatus, LiveEvent};
+
 use super::{ControlError, Controller};
-use gantry_core::{DeploymentId, Millis};
-use serde::Serialize;
-
-#[derive(Debug, Serialize, schemars::JsonSchema)]
-pub struct EnvStatus {
-    pub name: String,
-    pub listen: String,
-    pub version: Option<String>,
-    pub since: Option<Millis>,
-    pub instances: Vec<InstanceStatus>,
-    pub active_deployment: Option<DeploymentSummary>,
-}
-
-#[derive(Debug, Serialize, schemars::JsonSchema)]
-pub struct InstanceStatus {
-    pub id: String,
-    pub port: u16,
-    pub running: bool,
-}
-
-#[derive(Debug, Serialize, schemars::JsonSchema)]
-pub struct DeploymentSummary {
-    pub id: DeploymentId,
-    pub version: String,
-    pub phase: String,
-}
-
-/// What live views hear: each recorded step of a deployment, and each notice.
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum LiveEvent {
-    Step {
-        deployment: DeploymentId,
-        env: String,
-        version: String,
-        phase: String,
-        log: Vec<String>,
-        at: Millis,
-    },
-    Notice(gantry_core::notify::Notice),
-}
 
 impl Controller {
     pub async fn status(&self) -> Result<Vec<EnvStatus>, ControlError> {

@@ -1,0 +1,45 @@
+//! The shapes that cross a process boundary, in one place both sides use:
+//! the HTTP API's requests and answers, the records the store keeps and the
+//! API returns as they are, and the traffic counts a router reports.
+//!
+//! The server builds its answers from these types and its route table
+//! names them for the OpenAPI document; the CLI, the demo and the tests read
+//! them through [`client::Client`] (feature `client`). A renamed field is a
+//! compile error on both sides, not a surprise at run time.
+//!
+//! Domain types the API carries as they are (a [`gantry_core::Deployment`],
+//! an audit record, a checkpoint) stay in `gantry-core`; this crate adds only
+//! what exists for the wire.
+
+pub mod access;
+pub mod audit;
+pub mod deployments;
+pub mod error;
+pub mod governance;
+pub mod records;
+pub mod releases;
+pub mod status;
+pub mod traffic;
+
+#[cfg(feature = "client")]
+pub mod client;
+
+pub use access::{Identity, IssuedToken, NewToken, NewUser, TokenQuery};
+pub use audit::{AuditAnchor, AuditPage, AuditPublicKey, AuditQuery, AuditVerdict};
+pub use deployments::{
+    Action, ActionTaken, DeployRequest, DeploymentLog, DeploymentView, ListQuery, RollbackRequest,
+    VerdictGiven, VerdictRequest,
+};
+pub use error::{ErrorBody, ErrorDetail};
+pub use governance::{
+    DeliveryQuery, EvidenceQuery, GatesQuery, GatesView, PendingApproval, Plan, PlanApproval,
+    PlanApproved, RehearsalAnswer, RehearsalRequest,
+};
+pub use records::{Delivery, EnvState, EvidenceRecord, LogEntry, ReleaseRecord, TokenRecord, User};
+pub use releases::VerifyResult;
+pub use status::{
+    ActiveDeployment, DeploymentSummary, EnvStatus, EnvironmentStatus, Incident, InstanceStatus,
+    LiveEvent, LogQuery, ServerInfo, ShutdownAnswer, ShutdownRequest, StatusPage, StatusView,
+    TrafficQuery,
+};
+pub use traffic::{PoolStats, SlowerThan};
