@@ -5,6 +5,7 @@ use crate::client::Client;
 use crate::exit_code::{Exit, ExitCode};
 use crate::term::{errln, outln};
 use anyhow::{bail, Context};
+use gantry_api::{AuditAnchor as Anchor, AuditQuery};
 use gantry_core::audit::{verify_trail, AuditRecord, Checkpoint, Trail};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -20,6 +21,8 @@ pub enum AuditCommand {
         after: u64,
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        #[command(flatten)]
+        output: crate::output::Output,
     },
     /// One record, whole.
     Show { seq: u64 },
@@ -57,21 +60,6 @@ pub enum AuditCommand {
     PublicKey,
 }
 
-#[derive(Deserialize)]
-struct Page {
-    anchor: Option<Anchor>,
-    /// Absent from controllers older than the checkpoints.
-    head: Option<Anchor>,
-    /// The newest checkpoint the controller signed.
-    checkpoint: Option<Checkpoint>,
-    records: Vec<AuditRecord>,
-}
-
-#[derive(Deserialize)]
-struct PublicKey {
-    public_key: String,
-}
-
 /// A trail as fetched or read: its anchor, the head the store recorded (not
 /// in an export) and its records.
 struct Fetched {
@@ -82,12 +70,6 @@ struct Fetched {
     records: Vec<AuditRecord>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Anchor {
-    seq: u64,
-    hash: String,
-}
-
 /// The first line of an export of a pruned trail.
 #[derive(Serialize, Deserialize)]
 struct AnchorLine {
@@ -96,10 +78,20 @@ struct AnchorLine {
 
 pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand) -> Exit {
     match cmd {
-        AuditCommand::List { after, limit } => {
-            let page: Page = connect()?
-                .get(&format!("/audit?after={after}&limit={limit}"))
+        AuditCommand::List {
+            after,
+            limit,
+            output,
+        } => {
+            let page = connect()?
+                .audit(&AuditQuery {
+                    after,
+                    limit: Some(limit),
+                })
                 .await?;
+            if output.is_json() {
+                return output.show(&page, |_| ()).map(|()| ExitCode::Success);
+            }
             outln!(
                 "{:>5}  {:<20} {:<10} {:<14} {:<40} SUBJECT",
                 "SEQ",
@@ -113,7 +105,7 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
                 outln!(
                     "{:>5}  {:<20} {:<10} {:<14} {:<40} {}",
                     r.seq,
-                    crate::time::time(&Value::from(e.at)),
+                    crate::time::time(e.at),
                     e.actor,
                     e.outcome,
                     e.action,
@@ -123,8 +115,11 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
             Ok(ExitCode::Success)
         }
         AuditCommand::Show { seq } => {
-            let page: Page = connect()?
-                .get(&format!("/audit?after={}&limit=1", seq.saturating_sub(1)))
+            let page = connect()?
+                .audit(&AuditQuery {
+                    after: seq.saturating_sub(1),
+                    limit: Some(1),
+                })
                 .await?;
             let Some(r) = page.records.into_iter().find(|r| r.seq == seq) else {
                 bail!("audit record {seq} does not exist (or was pruned)");
@@ -161,7 +156,7 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
             Ok(ExitCode::Success)
         }
         AuditCommand::Checkpoint { output } => {
-            let cp: Checkpoint = connect()?.get("/audit/checkpoint").await?;
+            let cp = connect()?.audit_checkpoint().await?;
             let text = serde_json::to_string_pretty(&cp)? + "\n";
             match output {
                 Some(p) => {
@@ -178,7 +173,7 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
             Ok(ExitCode::Success)
         }
         AuditCommand::PublicKey => {
-            let k: PublicKey = connect()?.get("/audit/public-key").await?;
+            let k = connect()?.audit_public_key().await?;
             outln!("{}", k.public_key);
             Ok(ExitCode::Success)
         }
@@ -204,9 +199,7 @@ pub async fn run(connect: impl Fn() -> anyhow::Result<Client>, cmd: AuditCommand
             if let Some(cp) = &checkpoint {
                 let pinned = match (&public_key, &client) {
                     (Some(k), _) => Some(read_public_key(k)?),
-                    (None, Some(c)) => {
-                        Some(c.get::<PublicKey>("/audit/public-key").await?.public_key)
-                    }
+                    (None, Some(c)) => Some(c.audit_public_key().await?.public_key),
                     (None, None) => {
                         errln!(
                             "warning: the checkpoint's signature is checked against the key written in it; pass --public-key to pin the key"
@@ -290,10 +283,15 @@ async fn fetch_all(c: &Client) -> anyhow::Result<Fetched> {
     let (mut anchor, mut head, mut stored) = (None, None, None);
     loop {
         let after = records.last().map_or(0, |r| r.seq);
-        let page: Page = c.get(&format!("/audit?after={after}&limit=10000")).await?;
+        let page = c
+            .audit(&AuditQuery {
+                after,
+                limit: Some(10_000),
+            })
+            .await?;
         anchor = anchor.or(page.anchor);
         // The head as first seen: records appended while paging are past it.
-        head = head.or(page.head);
+        head = head.or(Some(page.head));
         stored = stored.or(page.checkpoint);
         if page.records.is_empty() {
             return Ok(Fetched {

@@ -2,6 +2,7 @@
 //! help text that `--help`, the completions and the man page show.
 //! `commands::run` acts on what is parsed here; `main` only wires the two.
 
+use crate::output::Output;
 use crate::{audit, governance, sample};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -102,7 +103,10 @@ pub enum Command {
         comment: Option<String>,
     },
     /// Deployments awaiting approval and emergency changes still owed theirs.
-    Approvals,
+    Approvals {
+        #[command(flatten)]
+        output: Output,
+    },
     /// Users and their roles.
     #[command(subcommand)]
     User(governance::UserCommand),
@@ -117,24 +121,33 @@ pub enum Command {
         version: String,
         #[arg(long)]
         env: String,
+        #[command(flatten)]
+        output: Output,
     },
     /// Who the API token belongs to.
-    Whoami,
+    Whoami {
+        #[command(flatten)]
+        output: Output,
+    },
     /// Notification deliveries and their outcomes, newest first.
     Notifications {
         #[arg(long)]
         deployment: Option<i64>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        #[command(flatten)]
+        output: Output,
     },
     /// The deployment plan of VERSION for ENV (Markdown), or approve it with --approve.
     Plan {
         version: String,
         #[arg(long)]
         env: String,
-        /// Write the plan to this file instead of standard output.
-        #[arg(long)]
-        output: Option<PathBuf>,
+        /// Write the plan's Markdown to this file instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        write: Option<PathBuf>,
+        #[command(flatten)]
+        output: Output,
         /// Approve the plan as it stands (approver role); it is attached to the release.
         #[arg(long)]
         approve: bool,
@@ -186,16 +199,25 @@ pub enum Command {
     /// Let a paused canary's step clock run again.
     Resume { id: i64 },
     /// What runs where.
-    Status,
+    Status {
+        #[command(flatten)]
+        output: Output,
+    },
     /// Deployments of an environment, newest first.
     History {
         #[arg(long)]
         env: String,
         #[arg(long, default_value_t = 20)]
         limit: usize,
+        #[command(flatten)]
+        output: Output,
     },
     /// The deployment log: every step with its time.
-    Log { id: i64 },
+    Log {
+        id: i64,
+        #[command(flatten)]
+        output: Output,
+    },
     /// The audit trail: who did what, when, to what, with which outcome.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -251,10 +273,20 @@ pub enum ReleaseCommand {
         #[arg(long)]
         signature: Option<PathBuf>,
     },
-    List,
+    /// Registered releases, oldest version first.
+    List {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// One release: its digest, commit and signature.
     Show {
         version: String,
+        #[command(flatten)]
+        output: Output,
     },
     /// Re-check every stored artifact's checksum.
-    Verify,
+    Verify {
+        #[command(flatten)]
+        output: Output,
+    },
 }

@@ -9,6 +9,10 @@ use crate::client::{self, Client};
 use crate::exit_code::ExitCode;
 use crate::term::{errln, outln};
 use anyhow::{bail, ensure, Context, Result};
+use gantry_api::{
+    DeployRequest, ListQuery, NewToken, NewUser, RollbackRequest, ShutdownRequest, VerdictRequest,
+};
+use gantry_core::{Deployment, Phase};
 use serde_json::{json, Value};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -31,7 +35,11 @@ pub async fn run(keep: bool) -> crate::exit_code::Exit {
     let result = scenario(&dir).await;
     // Stop everything the demo started, whatever happened.
     if let Ok(c) = client::connect(&dir.join("data"), None) {
-        let _ = c.post("/shutdown", json!({"stop_workloads": true})).await;
+        let _ = c
+            .shutdown(&ShutdownRequest {
+                stop_workloads: true,
+            })
+            .await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(10), server.wait()).await;
     let _ = server.start_kill();
@@ -169,21 +177,21 @@ fn git_head() -> Option<String> {
 
 /// Deploys and waits for the outcome; a deployment that waits for approval
 /// is approved by `approver` (someone other than the requester).
-async fn deploy(c: &Client, approver: &Client, env: &str, version: &str) -> Result<Value> {
+async fn deploy(c: &Client, approver: &Client, env: &str, version: &str) -> Result<Deployment> {
     let d = c
-        .post("/deployments", json!({"env": env, "version": version}))
+        .deploy(&DeployRequest {
+            env: env.to_owned(),
+            version: version.to_owned(),
+            ..DeployRequest::default()
+        })
         .await?;
-    let id = d["id"].as_i64().context("no id")?;
+    let id = d.id;
     if wait_started(c, id).await? {
-        let v = approver
-            .post(
-                &format!("/deployments/{id}/approve"),
-                json!({"comment": "reviewed in the demo"}),
-            )
-            .await?;
+        let comment = "reviewed in the demo".to_owned();
+        let v = approver.approve(id, &VerdictRequest { comment }).await?;
         outln!(
             "  {env:<12} deployment {id} awaited approval; approved by {}",
-            v["by"].as_str().unwrap_or("?")
+            v.by
         );
     }
     wait_finished(c, id).await
@@ -193,24 +201,20 @@ async fn deploy(c: &Client, approver: &Client, env: &str, version: &str) -> Resu
 async fn wait_started(c: &Client, id: i64) -> Result<bool> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let d: Value = c.get(&format!("/deployments/{id}")).await?;
-        match d["phase"].as_str() {
-            Some("awaiting_approval") => return Ok(true),
-            Some("preparing") if Instant::now() < deadline => {}
+        match c.deployment(id).await?.deployment.phase {
+            Phase::AwaitingApproval => return Ok(true),
+            Phase::Preparing if Instant::now() < deadline => {}
             _ => return Ok(false),
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
-async fn wait_finished(c: &Client, id: i64) -> Result<Value> {
+async fn wait_finished(c: &Client, id: i64) -> Result<Deployment> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let d: Value = c.get(&format!("/deployments/{id}")).await?;
-        if matches!(
-            d["phase"].as_str(),
-            Some("succeeded" | "rolled_back" | "failed")
-        ) {
+        let d = c.deployment(id).await?.deployment;
+        if d.phase.is_terminal() {
             return Ok(d);
         }
         ensure!(
@@ -221,8 +225,17 @@ async fn wait_finished(c: &Client, id: i64) -> Result<Value> {
     }
 }
 
-fn took(d: &Value) -> f64 {
-    (d["finished_at"].as_i64().unwrap_or(0) - d["created_at"].as_i64().unwrap_or(0)) as f64 / 1000.0
+fn took(d: &Deployment) -> f64 {
+    d.finished_at
+        .map_or(0.0, |f| (f - d.created_at) as f64 / 1000.0)
+}
+
+/// A serde enum's word (`rolled_back`, `error_rate`), as the API spells it.
+fn word(v: &impl serde::Serialize) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        _ => "?".to_owned(),
+    }
 }
 
 async fn scenario(dir: &Path) -> Result<Vec<Row>> {
@@ -232,28 +245,22 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
     let sha = git_head();
 
     outln!("\n== an approver for production (the requester may not approve their own change)");
-    c.post("/users", json!({"name": "avery", "roles": ["approver"]}))
-        .await?;
-    let issued = c
-        .post("/tokens", json!({"user": "avery", "expires_in": "1h"}))
-        .await?;
-    let enrolment = c.as_holder_of(
-        issued["token"]
-            .as_str()
-            .context("no token in the answer")?
-            .to_owned(),
-    );
+    c.create_user(&NewUser {
+        name: "avery".into(),
+        roles: vec!["approver".into()],
+    })
+    .await?;
+    let avery = NewToken {
+        user: "avery".into(),
+        label: None,
+        expires_in: Some("1h".into()),
+    };
+    let issued = c.create_token(&avery).await?;
+    let enrolment = c.as_holder_of(issued.token);
     // A token the admin minted may not give verdicts: avery mints her own
     // with it (which revokes it), so nobody else holds what she approves with.
-    let own = enrolment
-        .post("/tokens", json!({"user": "avery", "expires_in": "1h"}))
-        .await?;
-    let approver = c.as_holder_of(
-        own["token"]
-            .as_str()
-            .context("no token in the answer")?
-            .to_owned(),
-    );
+    let own = enrolment.create_token(&avery).await?;
+    let approver = c.as_holder_of(own.token);
     outln!("  user avery (approver) with a token she minted herself, expiring in an hour");
 
     outln!("\n== registering four releases of the sample service");
@@ -267,11 +274,12 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
     for (version, settings) in releases {
         let artifact = build_artifact(dir, version, settings)?;
         let bytes = std::fs::read(&artifact)?;
-        let r = c.put_artifact(version, bytes, sha.as_deref(), None).await?;
+        let r = c.put_release(version, bytes, sha.as_deref(), None).await?;
+        let digest = r.digest.to_string();
         outln!(
             "  {version}: sha256 {} ({} bytes)",
-            &r["digest"].as_str().unwrap_or("?")[..16],
-            r["size"]
+            &digest[..digest.len().min(16)],
+            r.size
         );
     }
 
@@ -279,16 +287,16 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
         outln!("\n== deploying {version} through the environments");
         for env in ENVIRONMENTS {
             let d = deploy(&c, &approver, env, version).await?;
-            let phase = d["phase"].as_str().unwrap_or("?");
+            let phase = d.phase.as_str();
             outln!(
                 "  {env:<12} {phase} in {:.2}s (deployment {})",
                 took(&d),
-                d["id"]
+                d.id
             );
             ensure!(
-                phase == "succeeded",
+                d.phase == Phase::Succeeded,
                 "deploying {version} to {env} ended {phase}: {}",
-                d["reason"]
+                d.reason.as_deref().unwrap_or("")
             );
             rows.push(Row {
                 what: format!("deploy {version} to {env}"),
@@ -305,96 +313,86 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
 
     outln!("\n== deploying 1.2.0, whose health check fails, to development");
     let d = deploy(&c, &approver, "development", "1.2.0").await?;
-    let phase = d["phase"].as_str().unwrap_or("?");
-    let reason = d["reason"].as_str().unwrap_or("");
+    let phase = d.phase.as_str();
+    let reason = d.reason.as_deref().unwrap_or("");
     outln!("  {phase} in {:.2}s: {reason}", took(&d));
     ensure!(
-        phase == "rolled_back",
+        d.phase == Phase::RolledBack,
         "the unhealthy release was not rolled back (phase {phase})"
     );
-    let failed_id = d["id"].as_i64().unwrap_or(0);
+    let failed_id = d.id;
     rows.push(Row {
         what: "deploy 1.2.0 (unhealthy) to development".into(),
         outcome: "rolled back by itself".into(),
         seconds: took(&d),
     });
-    let status: Value = c.get("/status").await?;
-    let dev = status["environments"]
-        .as_array()
-        .and_then(|a| a.iter().find(|e| e["name"] == "development").cloned())
-        .unwrap_or_default();
+    let status = c.status().await?;
+    let serves = |env: &str| {
+        status
+            .environments
+            .iter()
+            .find(|e| e.name == env)
+            .and_then(|e| e.version.clone())
+            .unwrap_or_else(|| "nothing".to_owned())
+    };
+    let dev = serves("development");
     ensure!(
-        dev["version"] == "1.1.0",
-        "development should still run 1.1.0, runs {}",
-        dev["version"]
+        dev == "1.1.0",
+        "development should still run 1.1.0, runs {dev}"
     );
-    outln!(
-        "  development still serves {}",
-        dev["version"].as_str().unwrap_or("?")
-    );
+    outln!("  development still serves {dev}");
 
     outln!("\n== 1.3.0, which fails 5% of requests, on its promotion path (staging is optional)");
     for env in ["development", "integration"] {
         let d = deploy(&c, &approver, env, "1.3.0").await?;
-        let phase = d["phase"].as_str().unwrap_or("?");
+        let phase = d.phase.as_str();
         outln!(
             "  {env:<12} {phase} in {:.2}s (no analysis there: blue-green)",
             took(&d)
         );
         ensure!(
-            phase == "succeeded",
+            d.phase == Phase::Succeeded,
             "deploying 1.3.0 to {env} ended {phase}: {}",
-            d["reason"]
+            d.reason.as_deref().unwrap_or("")
         );
     }
     outln!("\n== deploying 1.3.0 to production as a canary under load");
     let d = deploy(&c, &approver, "production", "1.3.0").await?;
-    let phase = d["phase"].as_str().unwrap_or("?");
-    outln!(
-        "  {phase} in {:.2}s: {}",
-        took(&d),
-        d["reason"].as_str().unwrap_or("")
-    );
+    let phase = d.phase.as_str();
+    let reason = d.reason.as_deref().unwrap_or("");
+    outln!("  {phase} in {:.2}s: {reason}", took(&d));
     ensure!(
-        phase == "rolled_back",
+        d.phase == Phase::RolledBack,
         "the faulty canary was not rolled back (phase {phase})"
     );
     ensure!(
-        d["reason"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("canary analysis at")),
-        "rolled back for another reason than analysis: {}",
-        d["reason"]
+        reason.starts_with("canary analysis at"),
+        "rolled back for another reason than analysis: {reason}"
     );
-    if let Some(reports) = d["canary"]["last"]["reports"].as_array() {
-        for r in reports {
-            outln!(
-                "    {:<15} {:<14} observed {:>6.2}% ({} of {}) vs {:>6.2}%  {}",
-                r["status"].as_str().unwrap_or("?"),
-                r["rule"].as_str().unwrap_or("?"),
-                r["observed"].as_f64().unwrap_or(0.0) * 100.0,
-                r["events"],
-                r["samples"],
-                r["threshold"].as_f64().unwrap_or(0.0) * 100.0,
-                r["description"].as_str().unwrap_or("")
-            );
-        }
+    let canary = d.canary.as_ref();
+    for r in canary
+        .and_then(|c| c.last.as_ref())
+        .map_or(&[][..], |a| &a.reports)
+    {
+        outln!(
+            "    {:<15} {:<14} observed {:>6.2}% ({} of {}) vs {:>6.2}%  {}",
+            word(&r.status),
+            word(&r.rule),
+            r.observed * 100.0,
+            r.events,
+            r.samples,
+            r.threshold * 100.0,
+            r.description
+        );
     }
     rows.push(Row {
         what: "deploy 1.3.0 (5% errors) to production".into(),
-        outcome: format!("caught at {}% by analysis", d["canary"]["weight"]),
+        outcome: format!("caught at {}% by analysis", canary.map_or(0, |c| c.weight)),
         seconds: took(&d),
     });
 
     outln!("\n== rolling production back from 1.1.0 to 1.0.0, timed at the router");
-    let prod = status["environments"]
-        .as_array()
-        .and_then(|a| a.iter().find(|e| e["name"] == "production").cloned())
-        .unwrap_or_default();
-    let listen = prod["listen"]
-        .as_str()
-        .context("production has no address")?
-        .to_owned();
+    let listen = env_listen(&c, "production").await?;
     let http = reqwest::Client::builder().no_proxy().build()?;
     let body = http
         .get(format!("http://{listen}/"))
@@ -407,7 +405,12 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
         "production should serve 1.1.0 before the rollback, got {body:?}"
     );
     let started = Instant::now();
-    let r = c.post("/rollbacks", json!({"env": "production"})).await?;
+    let r = c
+        .rollback(&RollbackRequest {
+            env: "production".into(),
+            to: None,
+        })
+        .await?;
     // Serving "all traffic" = 20 consecutive answers from 1.0.0.
     let mut streak = 0;
     while streak < 20 {
@@ -428,8 +431,12 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
         }
     }
     let serving = started.elapsed().as_secs_f64();
-    let d = wait_finished(&c, r["id"].as_i64().context("no id")?).await?;
-    ensure!(d["phase"] == "succeeded", "rollback ended {}", d["phase"]);
+    let d = wait_finished(&c, r.id).await?;
+    ensure!(
+        d.phase == Phase::Succeeded,
+        "rollback ended {}",
+        d.phase.as_str()
+    );
     outln!("  1.0.0 served all traffic {serving:.2}s after the rollback was requested; the rollback finished in {:.2}s", took(&d));
     rows.push(Row {
         what: "rollback production to 1.0.0 (router serves)".into(),
@@ -457,51 +464,48 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
     }
 
     outln!("\n== the record");
-    let verdict: Value = c.get("/audit/verify").await?;
+    let verdict = c.audit_verify().await?;
     ensure!(
-        verdict["ok"] == true,
-        "the audit trail does not verify: {verdict}"
+        verdict.ok,
+        "the audit trail does not verify: {}",
+        verdict.reason.as_deref().unwrap_or("no reason given")
     );
     outln!(
         "  audit trail: {} records, hash chain verified",
-        verdict["records"]
+        verdict.records
     );
     rows.push(Row {
-        what: format!("audit trail: {} records", verdict["records"]),
+        what: format!("audit trail: {} records", verdict.records),
         outcome: "chain verified".into(),
         seconds: 0.0,
     });
-    let status: Value = c.get("/deployments?limit=1000").await?;
-    let approved = status
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|d| {
-                    d["change"]["approvals"]
-                        .as_array()
-                        .is_some_and(|v| !v.is_empty())
-                })
-                .count()
+    let all = c
+        .deployments(&ListQuery {
+            env: None,
+            limit: Some(1000),
         })
-        .unwrap_or(0);
+        .await?;
+    let approved = all
+        .iter()
+        .filter(|d| d.change.as_ref().is_some_and(|c| !c.approvals.is_empty()))
+        .count();
     outln!("  {approved} production deployment(s) approved by avery; see `gantry audit list`");
 
     outln!("\n== deployment log of the failed release");
-    let log: Value = c.get(&format!("/deployments/{failed_id}/log")).await?;
-    for e in log["log"].as_array().cloned().unwrap_or_default() {
-        outln!("  {}", e["message"].as_str().unwrap_or(""));
+    for e in c.deployment_log(failed_id).await?.log {
+        outln!("  {}", e.message);
     }
     Ok(rows)
 }
 
 async fn env_listen(c: &Client, env: &str) -> Result<String> {
-    let status: Value = c.get("/status").await?;
-    status["environments"]
-        .as_array()
-        .and_then(|a| a.iter().find(|e| e["name"] == env))
-        .and_then(|e| e["listen"].as_str())
-        .map(str::to_owned)
-        .context("environment has no address")
+    c.status()
+        .await?
+        .environments
+        .into_iter()
+        .find(|e| e.name == env)
+        .map(|e| e.listen)
+        .with_context(|| format!("{env} has no address"))
 }
 
 /// Steady user traffic in the background, bounded in time.

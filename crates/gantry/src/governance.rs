@@ -2,10 +2,17 @@
 
 use crate::client::Client;
 use crate::exit_code::{Exit, ExitCode};
-use crate::term::{errln, outln};
+use crate::output::Output;
+use crate::term::{errln, out, outln};
+use crate::time::time;
 use anyhow::Context;
 use clap::Subcommand;
-use serde_json::{json, Value};
+use gantry_api::{
+    DeliveryQuery, EvidenceQuery, EvidenceRecord, GatesQuery, NewToken, NewUser, PlanApproval,
+    RehearsalRequest, TokenQuery, VerdictRequest,
+};
+use gantry_core::evidence::Report;
+use gantry_core::DeploymentId;
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
@@ -16,7 +23,10 @@ pub enum UserCommand {
         #[arg(long = "role", required = true)]
         roles: Vec<String>,
     },
-    List,
+    List {
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -34,6 +44,8 @@ pub enum TokenCommand {
     List {
         #[arg(long)]
         user: Option<String>,
+        #[command(flatten)]
+        output: Output,
     },
     Revoke {
         id: String,
@@ -51,37 +63,35 @@ pub enum EvidenceCommand {
         file: PathBuf,
     },
     /// The evidence attached to a release.
-    List { version: String },
+    List {
+        version: String,
+        #[command(flatten)]
+        output: Output,
+    },
 }
 
 pub async fn user(c: &Client, cmd: UserCommand) -> Exit {
     match cmd {
         UserCommand::Add { name, roles } => {
-            let u = c
-                .post("/users", json!({"name": name, "roles": roles}))
-                .await?;
-            outln!(
-                "user {} added with role(s) {}",
-                u["name"].as_str().unwrap_or("?"),
-                u["roles"]
-            );
+            let u = c.create_user(&NewUser { name, roles }).await?;
+            let roles: Vec<&str> = u.roles.iter().map(|r| r.as_str()).collect();
+            outln!("user {} added with role(s) {}", u.name, roles.join(", "));
         }
-        UserCommand::List => {
-            let users: Vec<Value> = c.get("/users").await?;
-            outln!("{:<24} {:<28} {:<22} BY", "NAME", "ROLES", "CREATED");
-            for u in users {
-                let roles: Vec<&str> = u["roles"]
-                    .as_array()
-                    .map(|r| r.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
-                outln!(
-                    "{:<24} {:<28} {:<22} {}",
-                    u["name"].as_str().unwrap_or("?"),
-                    roles.join(","),
-                    crate::time::time(&u["created_at"]),
-                    u["created_by"].as_str().unwrap_or("?")
-                );
-            }
+        UserCommand::List { output } => {
+            let users = c.users().await?;
+            output.show(&users, |users| {
+                outln!("{:<24} {:<28} {:<22} BY", "NAME", "ROLES", "CREATED");
+                for u in users {
+                    let roles: Vec<&str> = u.roles.iter().map(|r| r.as_str()).collect();
+                    outln!(
+                        "{:<24} {:<28} {:<22} {}",
+                        u.name,
+                        roles.join(","),
+                        time(u.created_at),
+                        u.created_by
+                    );
+                }
+            })?;
         }
     }
     Ok(ExitCode::Success)
@@ -95,117 +105,113 @@ pub async fn token(c: &Client, cmd: TokenCommand) -> Exit {
             expires,
         } => {
             let t = c
-                .post(
-                    "/tokens",
-                    json!({"user": user, "label": label, "expires_in": expires}),
-                )
+                .create_token(&NewToken {
+                    user,
+                    label,
+                    expires_in: expires,
+                })
                 .await?;
-            let (id, user) = (
-                t["id"].as_str().unwrap_or("?"),
-                t["user"].as_str().unwrap_or("?"),
-            );
-            if let Some(old) = t["revoked"].as_str() {
+            let (id, user) = (&t.id, &t.user);
+            if let Some(old) = &t.revoked {
                 errln!("token {old}, which someone else minted for {user}, is revoked: this one replaces it");
             }
-            if t["minted_by"].as_str().is_some_and(|by| by != user) {
+            if t.minted_by != *user {
                 errln!(
                     "minted by {} for {user}: it may not give verdicts; {user} mints their own with it (`gantry token create --user {user}`, which revokes this one)",
-                    t["minted_by"].as_str().unwrap_or("?")
+                    t.minted_by
                 );
             }
             errln!(
                 "token {id} for {user} (expires {}); shown once, store it now:",
-                crate::time::time(&t["expires_at"])
+                time(t.expires_at)
             );
-            outln!("{}", t["token"].as_str().unwrap_or(""));
+            outln!("{}", t.token);
         }
-        TokenCommand::List { user } => {
-            let path = match user {
-                Some(u) => format!("/tokens?user={u}"),
-                None => "/tokens".to_owned(),
-            };
-            let tokens: Vec<Value> = c.get(&path).await?;
-            outln!(
-                "{:<18} {:<16} {:<12} {:<22} {:<22} STATE",
-                "ID",
-                "USER",
-                "LABEL",
-                "CREATED",
-                "EXPIRES"
-            );
-            for t in tokens {
-                let state = if t["revoked_at"].is_i64() {
-                    format!("revoked by {}", t["revoked_by"].as_str().unwrap_or("?"))
-                } else {
-                    "active".to_owned()
-                };
+        TokenCommand::List { user, output } => {
+            let tokens = c.tokens(&TokenQuery { user }).await?;
+            output.show(&tokens, |tokens| {
                 outln!(
-                    "{:<18} {:<16} {:<12} {:<22} {:<22} {state}",
-                    t["id"].as_str().unwrap_or("?"),
-                    t["user"].as_str().unwrap_or("?"),
-                    t["label"].as_str().unwrap_or("-"),
-                    crate::time::time(&t["created_at"]),
-                    crate::time::time(&t["expires_at"]),
+                    "{:<18} {:<16} {:<12} {:<22} {:<22} STATE",
+                    "ID",
+                    "USER",
+                    "LABEL",
+                    "CREATED",
+                    "EXPIRES"
                 );
-            }
+                for t in tokens {
+                    let state = if t.revoked_at.is_some() {
+                        format!("revoked by {}", t.revoked_by.as_deref().unwrap_or("?"))
+                    } else {
+                        "active".to_owned()
+                    };
+                    outln!(
+                        "{:<18} {:<16} {:<12} {:<22} {:<22} {state}",
+                        t.id,
+                        t.user,
+                        t.label.as_deref().unwrap_or("-"),
+                        time(t.created_at),
+                        time(t.expires_at),
+                    );
+                }
+            })?;
         }
         TokenCommand::Revoke { id } => {
-            c.post(&format!("/tokens/{id}/revoke"), json!({})).await?;
+            c.revoke_token(&id).await?;
             outln!("token {id} revoked");
         }
     }
     Ok(ExitCode::Success)
 }
 
-pub async fn verdict(c: &Client, id: i64, approve: bool, comment: Option<String>) -> Exit {
-    let what = if approve { "approve" } else { "reject" };
-    let v = c
-        .post(
-            &format!("/deployments/{id}/{what}"),
-            json!({"comment": comment.unwrap_or_default()}),
-        )
-        .await?;
-    outln!(
-        "deployment {id}: {}d by {}",
-        what,
-        v["by"].as_str().unwrap_or("?")
-    );
+pub async fn verdict(c: &Client, id: DeploymentId, approve: bool, comment: Option<String>) -> Exit {
+    let request = VerdictRequest {
+        comment: comment.unwrap_or_default(),
+    };
+    let v = if approve {
+        c.approve(id, &request).await?
+    } else {
+        c.reject(id, &request).await?
+    };
+    let what = if approve { "approved" } else { "rejected" };
+    outln!("deployment {id}: {what} by {}", v.by);
     Ok(ExitCode::Success)
 }
 
-pub async fn approvals(c: &Client) -> Exit {
-    let pending: Vec<Value> = c.get("/approvals").await?;
-    if pending.is_empty() {
-        outln!("nothing awaits approval");
-        return Ok(ExitCode::Success);
-    }
-    outln!(
-        "{:<6} {:<12} {:<10} {:<10} {:<12} {:<9} {:<22} STATE",
-        "ID",
-        "ENV",
-        "VERSION",
-        "CHANGE",
-        "BY",
-        "APPROVED",
-        "REVIEW BY"
-    );
-    for p in pending {
-        let state = if p["overdue"].as_bool() == Some(true) {
-            "OVERDUE".to_owned()
-        } else {
-            p["phase"].as_str().unwrap_or("?").to_owned()
-        };
+pub async fn approvals(c: &Client, output: Output) -> Exit {
+    let pending = c.approvals().await?;
+    output.show(&pending, |pending| {
+        if pending.is_empty() {
+            outln!("nothing awaits approval");
+            return;
+        }
         outln!(
-            "{:<6} {:<12} {:<10} {:<10} {:<12} {:<9} {:<22} {state}",
-            p["deployment"],
-            p["env"].as_str().unwrap_or("?"),
-            p["version"].as_str().unwrap_or("?"),
-            p["change"].as_str().unwrap_or("?"),
-            p["requested_by"].as_str().unwrap_or("?"),
-            format!("{}/{}", p["approved"], p["required"]),
-            crate::time::time(&p["review_by"]),
+            "{:<6} {:<12} {:<10} {:<10} {:<12} {:<9} {:<22} STATE",
+            "ID",
+            "ENV",
+            "VERSION",
+            "CHANGE",
+            "BY",
+            "APPROVED",
+            "REVIEW BY"
         );
-    }
+        for p in pending {
+            let state = if p.overdue {
+                "OVERDUE".to_owned()
+            } else {
+                p.phase.clone()
+            };
+            outln!(
+                "{:<6} {:<12} {:<10} {:<10} {:<12} {:<9} {:<22} {state}",
+                p.deployment,
+                p.env,
+                p.version,
+                p.change.as_str(),
+                p.requested_by,
+                format!("{}/{}", p.approved, p.required),
+                time(p.review_by),
+            );
+        }
+    })?;
     Ok(ExitCode::Success)
 }
 
@@ -216,99 +222,184 @@ pub async fn evidence(c: &Client, cmd: EvidenceCommand) -> Exit {
             kind,
             file,
         } => {
-            let bytes =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let body = tokio::fs::File::open(&file)
+                .await
+                .with_context(|| format!("cannot read {}", file.display()))?;
             let name = file
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "report".to_owned());
             let e = c
-                .put_bytes(
-                    &format!("/releases/{version}/evidence/{kind}"),
-                    &[("file", name.as_str())],
-                    bytes,
-                )
+                .put_evidence(&version, &kind, &EvidenceQuery { file: Some(name) }, body)
                 .await?;
+            let digest = e.digest.to_string();
             outln!(
                 "evidence {} attached to {version}: {} ({}, sha256 {})",
-                e["id"],
-                summary(&e),
-                e["kind"].as_str().unwrap_or("?"),
-                &e["digest"].as_str().unwrap_or("?")
-                    [..12.min(e["digest"].as_str().unwrap_or("?").len())]
+                e.id,
+                e.report.summary(),
+                e.kind.as_str(),
+                &digest[..digest.len().min(12)]
             );
         }
-        EvidenceCommand::List { version } => {
-            let list: Vec<Value> = c.get(&format!("/releases/{version}/evidence")).await?;
-            for e in list {
-                outln!(
-                    "{:<4} {:<12} {:<24} {:<22} {:<10} {}",
-                    e["id"],
-                    e["kind"].as_str().unwrap_or("?"),
-                    e["file_name"].as_str().unwrap_or("?"),
-                    crate::time::time(&e["added_at"]),
-                    e["added_by"].as_str().unwrap_or("?"),
-                    summary(&e)
-                );
-            }
+        EvidenceCommand::List { version, output } => {
+            let list = c.evidence(&version).await?;
+            output.show(&list, |list| {
+                for e in list {
+                    outln!(
+                        "{:<4} {:<12} {:<24} {:<22} {:<10} {}",
+                        e.id,
+                        e.kind.as_str(),
+                        e.file_name,
+                        time(e.added_at),
+                        e.added_by,
+                        e.report.summary()
+                    );
+                }
+            })?;
         }
     }
     Ok(ExitCode::Success)
 }
 
-/// The report's one-line summary, as the core words it.
-fn summary(e: &Value) -> String {
-    serde_json::from_value::<gantry_core::evidence::Report>(e["report"].clone())
-        .map(|r| r.summary())
-        .unwrap_or_else(|_| e["report"].to_string())
+pub async fn gates(c: &Client, version: &str, env: &str, output: Output) -> Exit {
+    let v = c
+        .gates(&GatesQuery {
+            version: version.to_owned(),
+            env: env.to_owned(),
+        })
+        .await?;
+    output.show(&v, |v| {
+        outln!("gates for {version} → {env}:");
+        for g in &v.gates {
+            outln!(
+                "  {} {:<20} {}",
+                if g.passed { "PASS" } else { "FAIL" },
+                g.gate,
+                g.detail
+            );
+        }
+        if v.passed {
+            outln!("all gates pass");
+        } else {
+            outln!("{version} may not enter {env} yet");
+        }
+    })?;
+    Ok(if v.passed {
+        ExitCode::Success
+    } else {
+        ExitCode::GateFailed
+    })
 }
 
-pub async fn gates(c: &Client, version: &str, env: &str) -> Exit {
-    let v = c
-        .send_get(&format!("/gates?version={version}&env={env}"))
+/// The plan of `version` for `env`, printed, written to a file, or approved.
+pub async fn plan(
+    c: &Client,
+    query: GatesQuery,
+    write: Option<PathBuf>,
+    approve: Option<String>,
+    output: Output,
+) -> Exit {
+    if let Some(comment) = approve {
+        let v = c
+            .approve_plan(&PlanApproval {
+                version: query.version.clone(),
+                env: query.env.clone(),
+                comment,
+            })
+            .await?;
+        return output
+            .show(&v, |v| {
+                outln!(
+                    "plan for {} → {} approved by {} (sha256 {}), attached as evidence {}",
+                    v.version,
+                    v.env,
+                    v.by,
+                    v.digest,
+                    v.evidence
+                );
+            })
+            .map(|()| ExitCode::Success);
+    }
+    let plan = c.plan(&query).await?;
+    match write {
+        Some(path) => {
+            std::fs::write(&path, &plan.markdown)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            outln!("wrote the plan to {}", path.display());
+        }
+        None => output.show(&plan, |p| out!("{}", p.markdown))?,
+    }
+    Ok(ExitCode::Success)
+}
+
+pub async fn notifications(
+    c: &Client,
+    deployment: Option<DeploymentId>,
+    limit: usize,
+    output: Output,
+) -> Exit {
+    let list = c
+        .notifications(&DeliveryQuery {
+            deployment,
+            limit: Some(limit),
+        })
         .await?;
-    outln!("gates for {version} → {env}:");
-    for g in v["gates"].as_array().cloned().unwrap_or_default() {
+    output.show(&list, |list| {
         outln!(
-            "  {} {:<20} {}",
-            if g["passed"].as_bool() == Some(true) {
-                "PASS"
-            } else {
-                "FAIL"
-            },
-            g["gate"].as_str().unwrap_or("?"),
-            g["detail"].as_str().unwrap_or("")
+            "{:<6} {:<14} {:<20} {:<6} {:<10} {:<8} LAST ERROR",
+            "ID",
+            "CHANNEL",
+            "EVENT",
+            "DEPL",
+            "STATUS",
+            "ATTEMPTS"
         );
-    }
-    if v["passed"].as_bool() == Some(true) {
-        outln!("all gates pass");
-        Ok(ExitCode::Success)
-    } else {
-        outln!("{version} may not enter {env} yet");
-        Ok(ExitCode::GateFailed)
-    }
+        for d in list {
+            outln!(
+                "{:<6} {:<14} {:<20} {:<6} {:<10} {:<8} {}",
+                d.id,
+                d.channel,
+                d.notice.kind.as_str(),
+                d.notice.deployment,
+                d.status,
+                d.attempts,
+                d.last_error.as_deref().unwrap_or("")
+            );
+        }
+    })?;
+    Ok(ExitCode::Success)
+}
+
+pub async fn whoami(c: &Client, output: Output) -> Exit {
+    let who = c.whoami().await?;
+    output.show(&who, |who| {
+        let roles: Vec<&str> = who.roles.iter().map(|r| r.as_str()).collect();
+        outln!("{} ({})", who.user, roles.join(", "));
+    })?;
+    Ok(ExitCode::Success)
 }
 
 /// Starts a rehearsal and waits for its evidence.
 pub async fn rehearse(c: &Client, version: &str, env: &str) -> Exit {
-    let before: Vec<Value> = c.get(&format!("/releases/{version}/evidence")).await?;
-    let last = before
-        .iter()
-        .filter_map(|e| e["id"].as_i64())
-        .max()
-        .unwrap_or(0);
-    c.post("/rehearsals", json!({"env": env, "version": version}))
-        .await?;
+    let last = newest_id(&c.evidence(version).await?);
+    c.rehearse(&RehearsalRequest {
+        env: env.to_owned(),
+        version: version.to_owned(),
+    })
+    .await?;
     outln!("rehearsing {version} in {env}: deploy, roll back, deploy again");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3600);
     loop {
-        let list: Vec<Value> = c.get(&format!("/releases/{version}/evidence")).await?;
-        if let Some(e) = list
+        let list = c.evidence(version).await?;
+        let outcome = list
             .iter()
-            .find(|e| e["kind"] == "rehearsal" && e["id"].as_i64().unwrap_or(0) > last)
-        {
-            outln!("{}", summary(e));
-            let passed = e["report"]["passed"].as_bool() == Some(true);
+            .filter(|e| e.id > last)
+            .find_map(|e| match &e.report {
+                Report::Rehearsal { passed, .. } => Some((e, *passed)),
+                _ => None,
+            });
+        if let Some((e, passed)) = outcome {
+            outln!("{}", e.report.summary());
             return Ok(if passed {
                 ExitCode::Success
             } else {
@@ -321,4 +412,8 @@ pub async fn rehearse(c: &Client, version: &str, env: &str) -> Exit {
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
+}
+
+fn newest_id(list: &[EvidenceRecord]) -> i64 {
+    list.iter().map(|e| e.id).max().unwrap_or(0)
 }

@@ -1,25 +1,29 @@
 //! Moments as the CLI prints them. The API sends milliseconds since the epoch;
 //! tables show RFC 3339 to the second, event logs a wall clock to the millisecond.
 
-use serde_json::Value;
+use gantry_core::Millis;
 use std::time::Duration;
 
-/// `v` (milliseconds since the epoch) as RFC 3339 UTC, or `-` when absent.
-pub fn time(v: &Value) -> String {
-    v.as_i64()
+/// `ms` (since the epoch) as RFC 3339 UTC, or `-` when absent.
+pub fn time(ms: impl Into<Option<Millis>>) -> String {
+    ms.into()
         .map(|ms| {
-            let t = std::time::UNIX_EPOCH + Duration::from_millis(ms as u64);
+            let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
             humantime::format_rfc3339_seconds(t).to_string()
         })
         .unwrap_or_else(|| "-".into())
 }
 
-/// `v` as `HH:MM:SS.mmm` (UTC), for event logs.
-pub fn clock(v: &Value) -> String {
-    let t = time(v);
-    let ms = v.as_i64().unwrap_or(0) % 1000;
+/// `ms` as RFC 3339 UTC to the millisecond, for logs.
+pub fn time_ms(ms: Millis) -> String {
+    time(ms).replace('Z', &format!(".{:03}Z", ms.rem_euclid(1000)))
+}
+
+/// `ms` as `HH:MM:SS.mmm` (UTC), for event logs.
+pub fn clock(ms: Millis) -> String {
+    let t = time(ms);
     // 2026-11-22T15:04:05Z → 15:04:05.123
     t.get(11..19)
-        .map(|hms| format!("{hms}.{ms:03}"))
+        .map(|hms| format!("{hms}.{:03}", ms.rem_euclid(1000)))
         .unwrap_or(t)
 }

@@ -744,7 +744,7 @@ lead_time = "0s"
         "1.0.0",
         "--env",
         "production",
-        "--output",
+        "--write",
         out.to_str().unwrap(),
     ])
     .ok();

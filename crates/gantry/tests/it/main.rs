@@ -20,5 +20,6 @@ mod isolation;
 mod notes;
 mod notify;
 mod openapi;
+mod output;
 mod releases;
 mod rollout;
