@@ -88,10 +88,20 @@ impl Confinement {
         launcher: PathBuf,
         service: &gantry_config::Service,
     ) -> Result<(Confinement, Vec<String>), ConfineError> {
+        Self::plan_for(launcher, service.run_as.as_deref(), &service.sandbox)
+    }
+
+    /// [`Confinement::plan`] from the two settings it reads, for a host
+    /// that gets them over the fleet channel rather than from a config file.
+    pub fn plan_for(
+        launcher: PathBuf,
+        run_as: Option<&str>,
+        sandbox: &gantry_config::Sandbox,
+    ) -> Result<(Confinement, Vec<String>), ConfineError> {
         let euid = nix::unistd::geteuid();
         let mut warnings = Vec::new();
         let run_as = if euid.is_root() {
-            let name = service.run_as.clone().unwrap_or_else(|| "nobody".into());
+            let name = run_as.unwrap_or("nobody").to_owned();
             let user = nix::unistd::User::from_name(&name)
                 .map_err(|e| ConfineError::Lookup {
                     name: name.clone(),
@@ -111,10 +121,10 @@ impl Confinement {
                 .ok()
                 .flatten()
                 .map(|u| u.name);
-            match &service.run_as {
-                Some(name) if Some(name) != own.as_ref() => {
+            match run_as {
+                Some(name) if Some(name) != own.as_deref() => {
                     return Err(ConfineError::NotRoot {
-                        name: name.clone(),
+                        name: name.to_owned(),
                         uid: euid.as_raw(),
                     })
                 }
@@ -126,7 +136,7 @@ impl Confinement {
             }
             None
         };
-        if !service.sandbox.enabled {
+        if !sandbox.enabled {
             warnings.push(
                 "service.sandbox = false: instances are not confined in the file system".into(),
             );
@@ -135,9 +145,9 @@ impl Confinement {
             Confinement {
                 launcher,
                 run_as,
-                landlock: service.sandbox.enabled,
-                read: service.sandbox.read.clone(),
-                write: service.sandbox.write.clone(),
+                landlock: sandbox.enabled,
+                read: sandbox.read.clone(),
+                write: sandbox.write.clone(),
             },
             warnings,
         ))

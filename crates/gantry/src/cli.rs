@@ -245,6 +245,12 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         output: Option<PathBuf>,
     },
+    /// A fleet host's end of the controller's channel (started over SSH).
+    #[command(hide = true)]
+    Host {
+        #[command(subcommand)]
+        command: HostCommand,
+    },
     /// The data plane (started by the controller).
     #[command(hide = true)]
     Router {
@@ -288,5 +294,17 @@ pub enum ReleaseCommand {
     Verify {
         #[command(flatten)]
         output: Output,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum HostCommand {
+    /// Serve the controller's typed requests on stdin, answering on stdout,
+    /// until stdin closes; on the host's data directory (--data-dir).
+    /// Logs go to stderr.
+    Serve {
+        /// Speak the protocol on stdin and stdout (the one transport there is).
+        #[arg(long, required = true)]
+        stdio: bool,
     },
 }

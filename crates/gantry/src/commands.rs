@@ -1,6 +1,6 @@
 //! One function per command. Each returns the process exit code.
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, HostCommand};
 use crate::client;
 use crate::deployments as deploy;
 use crate::exit_code::{Exit, ExitCode};
@@ -58,6 +58,14 @@ pub async fn run(cli: Cli) -> Exit {
                 }
                 Err(other) => Err(other.into()),
             }
+        }
+        Command::Host {
+            command: HostCommand::Serve { stdio: _ },
+        } => {
+            let exe = std::env::current_exe().context("cannot find the gantry executable")?;
+            let options = gantry_server::fleet::ServeOptions { data_dir, exe };
+            gantry_server::fleet::serve(tokio::io::stdin(), tokio::io::stdout(), options).await?;
+            Ok(ExitCode::Success)
         }
         Command::Router {
             state_dir,

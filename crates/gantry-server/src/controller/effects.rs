@@ -287,37 +287,21 @@ impl Controller {
 
     async fn probe(&self, instance: &InstanceRef) -> Event {
         let h = &self.config.health;
-        let url = format!("http://{}{}", instance_addr(instance), h.path);
-        let result = self
-            .http
-            .get(&url)
-            .timeout(Duration::from_millis(h.timeout_ms))
-            .send()
-            .await;
-        let probe = match result {
-            Ok(resp) if resp.status().is_success() => Probe::Healthy,
-            Ok(resp) => Probe::Unhealthy(format!(
-                "GET {} answered HTTP {}",
-                h.path,
-                resp.status().as_u16()
-            )),
-            Err(e) if e.is_timeout() => {
-                Probe::Unhealthy(format!("GET {} timed out after {}ms", h.path, h.timeout_ms))
+        let probe = crate::probe::http_probe(
+            &self.http,
+            instance_addr(instance),
+            &h.path,
+            Duration::from_millis(h.timeout_ms),
+        )
+        .await;
+        if let Probe::Unreachable(_) = probe {
+            if let Some(detail) = self.target.exited(instance).await {
+                return Event::InstanceExited {
+                    instance: instance.id.clone(),
+                    detail,
+                };
             }
-            Err(e) => {
-                if let Some(detail) = self.target.exited(instance).await {
-                    return Event::InstanceExited {
-                        instance: instance.id.clone(),
-                        detail,
-                    };
-                }
-                Probe::Unreachable(if e.is_connect() {
-                    "connection refused".to_owned()
-                } else {
-                    e.to_string()
-                })
-            }
-        };
+        }
         Event::HealthObserved {
             instance: instance.id.clone(),
             probe,

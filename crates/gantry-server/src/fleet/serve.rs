@@ -1,0 +1,719 @@
+//! `gantry host serve --stdio`: the host's end of the fleet channel.
+//!
+//! A thin dispatcher over the local code: a [`LocalTarget`] on the host's
+//! data directory (so instances are confined and adopted exactly as beside
+//! a controller, and the marker, a digest of the data directory, keeps two
+//! hosts sharing one process table apart) and a [`ProcessRouter`] for the
+//! host's router. Requests run concurrently (bounded) and are answered as
+//! they finish; upload chunks are handled in arrival order.
+//!
+//! Fencing: `<data_dir>/epoch` holds the controller id and the highest
+//! epoch seen, written durably before `Welcome`. A lower epoch or another
+//! controller is answered `Fenced`, and every later request of a session is
+//! checked against the file again, so a controller that has been superseded
+//! while connected is refused from its next request on.
+
+use super::protocol::{
+    self, Answer, Call, ErrorKind, FrameError, Hello, ProbeOutcome, ReleaseState, RemoteError,
+    Reply, Request, Welcome, PROTOCOL,
+};
+use crate::confine::Confinement;
+use crate::routing::{MetricProvider, ProcessRouter, RouteError, TrafficRouter};
+use crate::target::{LocalTarget, Target, TargetError};
+use gantry_core::{Digest, InstanceRef};
+use gantry_store::{Blobs, Incoming};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, Semaphore};
+
+/// Requests carried out at once; the reader waits for a slot beyond it.
+const MAX_IN_FLIGHT: usize = 64;
+/// Uploads of different artifacts open at once on one channel.
+const MAX_UPLOADS: usize = 4;
+/// How long requests still running get when the channel closes.
+const DRAIN: Duration = Duration::from_secs(30);
+/// The fencing file in the data directory.
+pub const EPOCH_FILE: &str = "epoch";
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// The data directory served (made if missing).
+    pub data_dir: PathBuf,
+    /// The gantry executable: the instances' confinement launcher and the
+    /// host's `gantry router`.
+    pub exe: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("data directory {path}: {reason}")]
+    DataDir { path: String, reason: String },
+    #[error("cannot write to the channel: {0}")]
+    Channel(FrameError),
+}
+
+/// The controller and epoch the host last accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Fence {
+    controller: String,
+    epoch: u64,
+}
+
+/// What one accepted `Hello` sets up.
+struct Session {
+    fence: Fence,
+    data_dir: PathBuf,
+    target: LocalTarget,
+    router: ProcessRouter,
+    blobs: Blobs,
+    http: reqwest::Client,
+}
+
+/// Serves requests from `reader`, answering on `writer`, until `reader`
+/// ends. Instances and routers it started keep running after it returns.
+pub async fn serve<R, W>(reader: R, writer: W, options: ServeOptions) -> Result<(), ServeError>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let data_err = |path: &Path| {
+        let path = path.display().to_string();
+        move |e: std::io::Error| ServeError::DataDir {
+            path: path.clone(),
+            reason: e.to_string(),
+        }
+    };
+    // As the controller: what the host side creates is its own alone.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    std::fs::create_dir_all(&options.data_dir).map_err(data_err(&options.data_dir))?;
+    let data_dir = options
+        .data_dir
+        .canonicalize()
+        .map_err(data_err(&options.data_dir))?;
+    tracing::info!(data_dir = %data_dir.display(), "host serving on stdio");
+
+    let (tx, mut rx) = mpsc::channel::<Reply>(MAX_IN_FLIGHT);
+    let writer_task = tokio::spawn(async move {
+        let mut writer = writer;
+        while let Some(reply) = rx.recv().await {
+            let frame = protocol::encode(&reply).or_else(|e| {
+                // An answer too large for a frame becomes an error the
+                // waiting request can read.
+                protocol::encode(&Reply {
+                    id: reply.id,
+                    answer: error(ErrorKind::Protocol, format!("answer not sent: {e}")),
+                })
+            });
+            let frame = match frame {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode an answer");
+                    continue;
+                }
+            };
+            protocol::write_frame(&mut writer, &frame).await?;
+        }
+        Ok::<(), FrameError>(())
+    });
+
+    let mut host = Host {
+        data_dir,
+        exe: options.exe,
+        session: None,
+        uploads: HashMap::new(),
+        tx: tx.clone(),
+        slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        tasks: tokio::task::JoinSet::new(),
+    };
+    let mut reader = reader;
+    loop {
+        let body = match protocol::read_frame(&mut reader).await {
+            Ok(body) => body,
+            Err(FrameError::TooLarge { len }) => {
+                tracing::warn!(len, "refused a frame above the limit");
+                host.reply(0, error(ErrorKind::Protocol, FrameError::TooLarge { len }.to_string()))
+                    .await;
+                if protocol::skip(&mut reader, len).await.is_err() {
+                    break;
+                }
+                continue;
+            }
+            Err(FrameError::Closed) => break,
+            Err(e) => {
+                tracing::warn!(error = %e, "channel ended");
+                break;
+            }
+        };
+        match protocol::decode::<Request>(&body) {
+            Ok(request) => host.take(request).await,
+            Err(e) => {
+                // Answer the request it was meant to be if its id is readable,
+                // so the controller's side does not wait for its timeout.
+                #[derive(Deserialize)]
+                struct IdOnly {
+                    id: u64,
+                }
+                let id = protocol::decode::<IdOnly>(&body).map_or(0, |r| r.id);
+                tracing::warn!(id, error = %e, "refused a malformed request");
+                host.reply(id, error(ErrorKind::Protocol, e.to_string()))
+                    .await;
+            }
+        }
+    }
+    tracing::info!("channel closed; finishing requests in flight");
+    let _ = tokio::time::timeout(DRAIN, async {
+        while host.tasks.join_next().await.is_some() {}
+    })
+    .await;
+    drop(host);
+    drop(tx);
+    match writer_task.await {
+        Ok(Ok(())) => Ok(()),
+        // The controller went away first: nothing to answer to.
+        Ok(Err(FrameError::Io(e))) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Ok(Err(e)) => Err(ServeError::Channel(e)),
+        Err(e) => Err(ServeError::Channel(FrameError::Io(std::io::Error::other(e)))),
+    }
+}
+
+struct Host {
+    data_dir: PathBuf,
+    exe: PathBuf,
+    session: Option<Arc<Session>>,
+    uploads: HashMap<Digest, Incoming>,
+    tx: mpsc::Sender<Reply>,
+    slots: Arc<Semaphore>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Host {
+    async fn reply(&self, id: u64, answer: Answer) {
+        let _ = self.tx.send(Reply { id, answer }).await;
+    }
+
+    /// Takes one request: the greeting and upload chunks in order, the rest
+    /// on their own tasks.
+    async fn take(&mut self, Request { id, call }: Request) {
+        tracing::debug!(id, call = call.name(), "request");
+        if let Err(why) = call.check() {
+            return self.reply(id, error(ErrorKind::Protocol, why)).await;
+        }
+        if let Call::Hello(hello) = call {
+            let answer = self.hello(hello).await;
+            return self.reply(id, answer).await;
+        }
+        let Some(session) = self.session.clone() else {
+            return self
+                .reply(
+                    id,
+                    error(
+                        ErrorKind::Protocol,
+                        format!("{} before hello: greet the host first", call.name()),
+                    ),
+                )
+                .await;
+        };
+        if let Some(reason) = session.fenced() {
+            return self.reply(id, Answer::Fenced { reason }).await;
+        }
+        if let Call::UploadChunk {
+            digest,
+            size,
+            offset,
+            data,
+        } = call
+        {
+            let answer = self.chunk(&session, digest, size, offset, data).await;
+            return self.reply(id, answer).await;
+        }
+        // Bounded: the reader waits here for a slot, which slows the
+        // controller down rather than queueing without end.
+        let Ok(permit) = self.slots.clone().acquire_owned().await else {
+            return;
+        };
+        let tx = self.tx.clone();
+        self.tasks.spawn(async move {
+            let answer = session.answer(call).await;
+            let _ = tx.send(Reply { id, answer }).await;
+            drop(permit);
+        });
+        // Keep finished tasks from piling up.
+        while self.tasks.try_join_next().is_some() {}
+    }
+
+    async fn hello(&mut self, hello: Hello) -> Answer {
+        if hello.protocol != PROTOCOL {
+            return error(
+                ErrorKind::Protocol,
+                format!(
+                    "protocol {} is not spoken here: this host ({} {}) speaks protocol {PROTOCOL}",
+                    hello.protocol,
+                    env!("CARGO_PKG_NAME"),
+                    env!("CARGO_PKG_VERSION")
+                ),
+            );
+        }
+        let asked = resolve_data_dir(&hello.data_dir);
+        if asked != self.data_dir {
+            return error(
+                ErrorKind::Protocol,
+                format!(
+                    "hello.data_dir {} is not the data directory served here ({})",
+                    asked.display(),
+                    self.data_dir.display()
+                ),
+            );
+        }
+        let fence = Fence {
+            controller: hello.controller.clone(),
+            epoch: hello.epoch,
+        };
+        let dir = self.data_dir.clone();
+        let f = fence.clone();
+        let admitted = tokio::task::spawn_blocking(move || admit(&dir, &f))
+            .await
+            .unwrap_or_else(|e| Err(Admission::Failed(e.to_string())));
+        match admitted {
+            Ok(()) => {}
+            Err(Admission::Fenced(reason)) => {
+                tracing::warn!(controller = %fence.controller, epoch = fence.epoch, "{reason}");
+                self.session = None;
+                return Answer::Fenced { reason };
+            }
+            Err(Admission::Failed(reason)) => return error(ErrorKind::Io, reason),
+        }
+        let sandbox = gantry_config::Sandbox {
+            enabled: hello.confinement.sandbox,
+            read: hello.confinement.read.clone(),
+            write: hello.confinement.write.clone(),
+        };
+        let confinement = match Confinement::plan_for(
+            self.exe.clone(),
+            hello.confinement.run_as.as_deref(),
+            &sandbox,
+        ) {
+            Ok((c, warnings)) => {
+                for w in warnings {
+                    tracing::warn!("{w}");
+                }
+                c
+            }
+            Err(e) => return error(ErrorKind::Start, format!("cannot confine instances: {e}")),
+        };
+        let setup = || -> Result<Session, String> {
+            crate::data_dir::tighten(&self.data_dir, confinement.switches_user())
+                .map_err(|e| format!("data directory {}: {e}", self.data_dir.display()))?;
+            let token = crate::secret_file::load_or_create_token(&self.data_dir.join("router.token"))
+                .map_err(|e| format!("router token: {e}"))?;
+            let blobs = Blobs::open(self.data_dir.join("artifacts")).map_err(|e| e.to_string())?;
+            Ok(Session {
+                fence: fence.clone(),
+                data_dir: self.data_dir.clone(),
+                target: LocalTarget::new(&self.data_dir, confinement.clone()),
+                router: ProcessRouter::new(&self.data_dir, self.exe.clone(), token),
+                blobs,
+                http: crate::controller::http_client(),
+            })
+        };
+        let session = match setup() {
+            Ok(s) => Arc::new(s),
+            Err(reason) => return error(ErrorKind::Io, reason),
+        };
+        tracing::info!(controller = %fence.controller, epoch = fence.epoch, "controller admitted");
+        let running = session.target.running().await;
+        self.session = Some(session);
+        Answer::Welcome(Welcome {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            data_dir: self.data_dir.display().to_string(),
+            running,
+            free_bytes: free_bytes(&self.data_dir),
+        })
+    }
+
+    /// One chunk of an upload; the last one verifies and stores the whole.
+    async fn chunk(
+        &mut self,
+        session: &Session,
+        digest: Digest,
+        size: u64,
+        offset: u64,
+        data: Vec<u8>,
+    ) -> Answer {
+        let refuse = |uploads: &mut HashMap<Digest, Incoming>, digest: &Digest, why: String| {
+            uploads.remove(digest);
+            error(ErrorKind::Upload, format!("upload of artifact {digest}: {why}"))
+        };
+        if offset == 0 {
+            // A fresh start (also after an interrupted upload of the same digest).
+            self.uploads.remove(&digest);
+            if self.uploads.len() >= MAX_UPLOADS {
+                return refuse(
+                    &mut self.uploads,
+                    &digest,
+                    format!("{MAX_UPLOADS} uploads are already open on this channel"),
+                );
+            }
+            let free = free_bytes(&session.data_dir);
+            if size > free {
+                return refuse(
+                    &mut self.uploads,
+                    &digest,
+                    format!("{size} bytes do not fit: {free} bytes free in {}", session.data_dir.display()),
+                );
+            }
+            match session.blobs.incoming() {
+                Ok(incoming) => {
+                    self.uploads.insert(digest.clone(), incoming);
+                }
+                Err(e) => return refuse(&mut self.uploads, &digest, e.to_string()),
+            }
+        }
+        let Some(incoming) = self.uploads.get_mut(&digest) else {
+            return refuse(
+                &mut self.uploads,
+                &digest,
+                format!("chunk at offset {offset} but no upload is open (start at offset 0)"),
+            );
+        };
+        if incoming.size() != offset {
+            let expected = incoming.size();
+            return refuse(
+                &mut self.uploads,
+                &digest,
+                format!("chunk at offset {offset}, expected offset {expected}"),
+            );
+        }
+        if let Err(e) = incoming.write(&data) {
+            return refuse(&mut self.uploads, &digest, e.to_string());
+        }
+        let received = incoming.size();
+        if received < size {
+            return Answer::Received {
+                received,
+                complete: false,
+            };
+        }
+        let Some(incoming) = self.uploads.remove(&digest) else {
+            return refuse(&mut self.uploads, &digest, "upload vanished".to_owned());
+        };
+        let blobs = session.blobs.clone();
+        let expected = digest.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let staged = incoming.finish().map_err(|e| e.to_string())?;
+            if staged.digest() != &expected {
+                // Dropped, the staged file is removed: nothing is stored.
+                return Err(format!(
+                    "the {} bytes received hash to {}, not to the digest announced; nothing was stored",
+                    staged.size(),
+                    staged.digest()
+                ));
+            }
+            blobs.commit(staged).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match stored {
+            Ok(_) => {
+                tracing::info!(digest = %digest, size, "artifact stored");
+                Answer::Received {
+                    received,
+                    complete: true,
+                }
+            }
+            Err(why) => refuse(&mut self.uploads, &digest, why),
+        }
+    }
+}
+
+impl Session {
+    /// Why this session may no longer act, if a newer or other controller
+    /// has been admitted since.
+    fn fenced(&self) -> Option<String> {
+        match read_fence(&self.data_dir) {
+            Ok(Some(stored)) if stored == self.fence => None,
+            Ok(Some(stored)) => Some(fenced_reason(&stored, &self.fence)),
+            Ok(None) => Some("the host's fencing file is gone: greet it again".to_owned()),
+            Err(e) => Some(format!("cannot read the host's fencing file: {e}")),
+        }
+    }
+
+    async fn answer(&self, call: Call) -> Answer {
+        match call {
+            // Handled in order by the reader.
+            Call::Hello(_) | Call::UploadChunk { .. } => {
+                error(ErrorKind::Protocol, format!("{} out of turn", call.name()))
+            }
+            Call::HaveArtifact { digest } => {
+                let blobs = self.blobs.clone();
+                let present = tokio::task::spawn_blocking(move || have(&blobs, &digest))
+                    .await
+                    .unwrap_or(false);
+                Answer::Have { present }
+            }
+            Call::Prepare { release, limits } => {
+                let blobs = self.blobs.clone();
+                let digest = release.digest.clone();
+                let verified = tokio::task::spawn_blocking(move || blobs.verify(&digest))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                if let Err(why) = verified {
+                    return error(
+                        ErrorKind::Unpack,
+                        format!("cannot prepare release {}: {why}", release.version),
+                    );
+                }
+                let artifact = self.blobs.path(&release.digest);
+                match self
+                    .target
+                    .prepare(&release.record(), &artifact, &limits.into())
+                    .await
+                {
+                    Ok(repairs) => Answer::Prepared { repairs },
+                    Err(e) => target_error(e),
+                }
+            }
+            Call::CheckRelease { release } => Answer::Release {
+                state: ReleaseState::from_check(self.target.check_release(&release.record()).await),
+            },
+            Call::EnsureInstances { spec } => {
+                match self.target.ensure_instances(&spec.to_spec()).await {
+                    Ok(instances) => Answer::Instances { instances },
+                    Err(e) => target_error(e),
+                }
+            }
+            Call::RestartInstance { spec, instance } => {
+                match self.target.restart_instance(&spec.to_spec(), &instance).await {
+                    Ok(()) => Answer::Done,
+                    Err(e) => target_error(e),
+                }
+            }
+            Call::Stop { instances } => match self.target.stop(&instances).await {
+                Ok(()) => Answer::Done,
+                Err(e) => target_error(e),
+            },
+            Call::Exited { instance } => Answer::Exited {
+                detail: self.target.exited(&instance).await,
+            },
+            Call::Running => Answer::Running {
+                instances: self.target.running().await,
+            },
+            Call::Logs {
+                instance,
+                max_bytes,
+            } => match self.target.logs(&instance, max_bytes).await {
+                Ok(text) => Answer::Logs { text },
+                Err(e) => target_error(e),
+            },
+            Call::Route {
+                env,
+                listen,
+                pools,
+                affinity,
+            } => match self.router.route(&env, listen, pools, affinity).await {
+                Ok(()) => Answer::Done,
+                Err(e) => route_error(e),
+            },
+            Call::Revive { env, listen } => match self.router.revive(&env, listen).await {
+                Ok(started) => Answer::Revived { started },
+                Err(e) => route_error(e),
+            },
+            Call::RouterRunning { env } => Answer::RouterRunning {
+                running: self.router.is_running(&env).await,
+            },
+            Call::StopRouter { env } => {
+                self.router.stop(&env).await;
+                Answer::Done
+            }
+            Call::Stats {
+                env,
+                slower_than_ms,
+            } => match self.router.pool_stats(&env, &slower_than_ms).await {
+                Ok(pools) => Answer::Stats { pools },
+                Err(e) => error(ErrorKind::Metric, e.to_string()),
+            },
+            Call::Probe {
+                instance,
+                path,
+                timeout_ms,
+            } => Answer::Probe {
+                outcome: self.probe(&instance, &path, timeout_ms).await,
+            },
+        }
+    }
+
+    async fn probe(&self, instance: &InstanceRef, path: &str, timeout_ms: u64) -> ProbeOutcome {
+        let addr = crate::target::instance_addr(instance);
+        let probe = crate::probe::http_probe(
+            &self.http,
+            addr,
+            path,
+            Duration::from_millis(timeout_ms),
+        )
+        .await;
+        if let gantry_core::machine::Probe::Unreachable(_) = probe {
+            if let Some(detail) = self.target.exited(instance).await {
+                return ProbeOutcome::Exited(detail);
+            }
+        }
+        ProbeOutcome::Probe(probe)
+    }
+}
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> Answer {
+    Answer::Error(RemoteError {
+        kind,
+        message: message.into(),
+    })
+}
+
+fn target_error(e: TargetError) -> Answer {
+    let kind = match &e {
+        TargetError::Unpack { .. } => ErrorKind::Unpack,
+        TargetError::Start { .. } => ErrorKind::Start,
+        TargetError::Stop { .. } => ErrorKind::Stop,
+        TargetError::Io(_) => ErrorKind::Io,
+    };
+    error(kind, e.to_string())
+}
+
+fn route_error(e: RouteError) -> Answer {
+    let kind = match &e {
+        RouteError::Start { .. } => ErrorKind::RouteStart,
+        RouteError::Refused { .. } => ErrorKind::RouteRefused,
+    };
+    error(kind, e.to_string())
+}
+
+/// Whether the artifact is stored and still hashes to its name; a corrupt
+/// copy is removed so the controller sends it again.
+fn have(blobs: &Blobs, digest: &Digest) -> bool {
+    match blobs.verify(digest) {
+        Ok(()) => true,
+        Err(gantry_store::BlobError::Mismatch { .. }) => {
+            tracing::warn!(digest = %digest, "stored artifact is corrupt; removing it");
+            let _ = std::fs::remove_file(blobs.path(digest));
+            false
+        }
+        Err(_) => false,
+    }
+}
+
+/// A data directory named in `Hello`: relative ones are under the host
+/// user's `HOME`, as the SSH launcher resolves them.
+fn resolve_data_dir(asked: &str) -> PathBuf {
+    let path = Path::new(asked);
+    let path = if path.is_absolute() {
+        path.to_owned()
+    } else {
+        std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(path)
+    };
+    path.canonicalize().unwrap_or(path)
+}
+
+fn free_bytes(dir: &Path) -> u64 {
+    nix::sys::statvfs::statvfs(dir)
+        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+        .unwrap_or(0)
+}
+
+enum Admission {
+    Fenced(String),
+    Failed(String),
+}
+
+fn fenced_reason(stored: &Fence, asked: &Fence) -> String {
+    if stored.controller != asked.controller {
+        format!(
+            "this host is held by controller {:?}; controller {:?} is refused (a host serves one controller)",
+            stored.controller, asked.controller
+        )
+    } else {
+        format!(
+            "epoch {} of controller {:?} is stale: epoch {} has been seen (a newer controller process took over)",
+            asked.epoch, asked.controller, stored.epoch
+        )
+    }
+}
+
+fn read_fence(dir: &Path) -> std::io::Result<Option<Fence>> {
+    match std::fs::read(dir.join(EPOCH_FILE)) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| std::io::Error::other(format!("{EPOCH_FILE} is not valid: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Admits `asked` if it is the controller already seen with an epoch at
+/// least as high (or the first), recording the epoch durably first.
+/// Serialised by a lock file: two `host serve` processes may greet at once.
+fn admit(dir: &Path, asked: &Fence) -> Result<(), Admission> {
+    let failed = |e: std::io::Error| Admission::Failed(format!("fencing file in {}: {e}", dir.display()));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("epoch.lock"))
+        .map_err(failed)?;
+    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| failed(e.into()))?;
+    match read_fence(dir).map_err(failed)? {
+        Some(stored) if stored.controller != asked.controller || stored.epoch > asked.epoch => {
+            return Err(Admission::Fenced(fenced_reason(&stored, asked)))
+        }
+        Some(stored) if stored == *asked => return Ok(()),
+        _ => {}
+    }
+    // Written, synced and renamed, then the directory synced: the epoch is
+    // on disk before the controller hears it was admitted.
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(failed)?;
+    tmp.write_all(&serde_json::to_vec(asked).unwrap_or_default())
+        .map_err(failed)?;
+    tmp.as_file().sync_all().map_err(failed)?;
+    tmp.persist(dir.join(EPOCH_FILE))
+        .map_err(|e| failed(e.error))?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(failed)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fence(controller: &str, epoch: u64) -> Fence {
+        Fence {
+            controller: controller.into(),
+            epoch,
+        }
+    }
+
+    #[test]
+    fn the_fence_admits_the_same_controller_at_its_epoch_or_higher_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        assert!(admit(dir, &fence("a", 2)).is_ok());
+        assert!(admit(dir, &fence("a", 2)).is_ok(), "a reconnect at the same epoch");
+        match admit(dir, &fence("a", 1)) {
+            Err(Admission::Fenced(r)) => assert!(r.contains("epoch 1") && r.contains("stale"), "{r}"),
+            _ => panic!("a lower epoch must be fenced"),
+        }
+        match admit(dir, &fence("b", 9)) {
+            Err(Admission::Fenced(r)) => assert!(r.contains("\"b\" is refused"), "{r}"),
+            _ => panic!("another controller must be fenced"),
+        }
+        assert!(admit(dir, &fence("a", 3)).is_ok());
+        assert_eq!(read_fence(dir).unwrap(), Some(fence("a", 3)));
+    }
+}

@@ -1,0 +1,34 @@
+//! The health probe's HTTP part, shared by the controller (instances beside
+//! it) and `gantry host serve` (instances on a fleet host's loopback).
+
+use gantry_core::machine::Probe;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// `GET path` on the instance at `addr`: healthy on a 2xx answer, unhealthy
+/// on another answer or a timeout, unreachable when nothing answered (the
+/// caller then asks the target whether the process is gone).
+pub async fn http_probe(
+    http: &reqwest::Client,
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> Probe {
+    let url = format!("http://{addr}{path}");
+    match http.get(&url).timeout(timeout).send().await {
+        Ok(resp) if resp.status().is_success() => Probe::Healthy,
+        Ok(resp) => Probe::Unhealthy(format!(
+            "GET {path} answered HTTP {}",
+            resp.status().as_u16()
+        )),
+        Err(e) if e.is_timeout() => Probe::Unhealthy(format!(
+            "GET {path} timed out after {}ms",
+            timeout.as_millis()
+        )),
+        Err(e) => Probe::Unreachable(if e.is_connect() {
+            "connection refused".to_owned()
+        } else {
+            e.to_string()
+        }),
+    }
+}
