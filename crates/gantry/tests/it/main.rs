@@ -16,6 +16,7 @@ mod demo;
 mod deploy;
 mod edges;
 mod governance;
+mod host;
 mod isolation;
 mod notes;
 mod notify;
