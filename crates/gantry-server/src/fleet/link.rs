@@ -9,8 +9,8 @@
 //! later one too: nothing hangs.
 
 use super::protocol::{
-    self, Answer, Call, ErrorKind, FrameError, Hello, ProbeOutcome, ReleaseSpec, RemoteError, Reply,
-    Request, Welcome, WireLaunchSpec, WireLimits, CHUNK_SIZE,
+    self, Answer, Call, ErrorKind, FrameError, Hello, ProbeOutcome, ReleaseSpec, RemoteError,
+    Reply, Request, Welcome, WireLaunchSpec, WireLimits, CHUNK_SIZE,
 };
 use crate::routing::{MetricError, RouteError};
 use crate::target::{LaunchSpec, RunningInstance, TargetError};
@@ -380,7 +380,9 @@ impl HostLink {
             in_flight.push_back(pending);
             offset += want as u64;
             let last = offset >= size;
-            while in_flight.len() >= self.options.upload_window.max(1) || (last && !in_flight.is_empty()) {
+            while in_flight.len() >= self.options.upload_window.max(1)
+                || (last && !in_flight.is_empty())
+            {
                 if let Some(p) = in_flight.pop_front() {
                     match p.answer().await? {
                         Answer::Received { complete: c, .. } => complete = c,
@@ -553,7 +555,10 @@ impl HostLink {
     }
 
     pub async fn stop_router(&self, env: &EnvName) -> Result<(), LinkError> {
-        done("stop_router", self.call(Call::StopRouter { env: env.clone() }).await?)
+        done(
+            "stop_router",
+            self.call(Call::StopRouter { env: env.clone() }).await?,
+        )
     }
 
     pub async fn pool_stats(

@@ -79,7 +79,9 @@ pub enum Call {
     /// The first request of a channel; nothing else is served before it.
     Hello(Hello),
     /// Whether the host's artifact store holds this digest (checked by hash).
-    HaveArtifact { digest: Digest },
+    HaveArtifact {
+        digest: Digest,
+    },
     /// One piece of an artifact upload, in order from offset 0; the chunk
     /// that reaches `size` completes it: the host re-hashes the whole and
     /// stores it only when it matches `digest`.
@@ -95,16 +97,27 @@ pub enum Call {
         release: ReleaseSpec,
         limits: WireLimits,
     },
-    CheckRelease { release: ReleaseSpec },
-    EnsureInstances { spec: WireLaunchSpec },
+    CheckRelease {
+        release: ReleaseSpec,
+    },
+    EnsureInstances {
+        spec: WireLaunchSpec,
+    },
     RestartInstance {
         spec: WireLaunchSpec,
         instance: InstanceRef,
     },
-    Stop { instances: Vec<InstanceRef> },
-    Exited { instance: InstanceRef },
+    Stop {
+        instances: Vec<InstanceRef>,
+    },
+    Exited {
+        instance: InstanceRef,
+    },
     Running,
-    Logs { instance: String, max_bytes: u64 },
+    Logs {
+        instance: String,
+        max_bytes: u64,
+    },
     /// `TrafficRouter::route` on the host's own router.
     Route {
         env: EnvName,
@@ -112,9 +125,16 @@ pub enum Call {
         pools: Vec<Pool>,
         affinity: Option<Affinity>,
     },
-    Revive { env: EnvName, listen: SocketAddr },
-    RouterRunning { env: EnvName },
-    StopRouter { env: EnvName },
+    Revive {
+        env: EnvName,
+        listen: SocketAddr,
+    },
+    RouterRunning {
+        env: EnvName,
+    },
+    StopRouter {
+        env: EnvName,
+    },
     /// `MetricProvider::pool_stats` of the host's router.
     Stats {
         env: EnvName,
@@ -303,22 +323,49 @@ impl WireLaunchSpec {
 pub enum Answer {
     Welcome(Welcome),
     /// A stale or foreign controller: nothing it asks is done.
-    Fenced { reason: String },
+    Fenced {
+        reason: String,
+    },
     /// The request was done; nothing to report.
     Done,
-    Have { present: bool },
+    Have {
+        present: bool,
+    },
     /// An upload chunk was written; `complete` once the artifact is stored.
-    Received { received: u64, complete: bool },
-    Prepared { repairs: Vec<String> },
-    Release { state: ReleaseState },
-    Instances { instances: Vec<InstanceRef> },
-    Exited { detail: Option<String> },
-    Running { instances: Vec<RunningInstance> },
-    Logs { text: String },
-    Revived { started: bool },
-    RouterRunning { running: bool },
-    Stats { pools: Vec<PoolStats> },
-    Probe { outcome: ProbeOutcome },
+    Received {
+        received: u64,
+        complete: bool,
+    },
+    Prepared {
+        repairs: Vec<String>,
+    },
+    Release {
+        state: ReleaseState,
+    },
+    Instances {
+        instances: Vec<InstanceRef>,
+    },
+    Exited {
+        detail: Option<String>,
+    },
+    Running {
+        instances: Vec<RunningInstance>,
+    },
+    Logs {
+        text: String,
+    },
+    Revived {
+        started: bool,
+    },
+    RouterRunning {
+        running: bool,
+    },
+    Stats {
+        pools: Vec<PoolStats>,
+    },
+    Probe {
+        outcome: ProbeOutcome,
+    },
     Error(RemoteError),
 }
 
@@ -476,11 +523,7 @@ impl Call {
                 count("hello.confinement.read", h.confinement.read.len(), 64)?;
                 count("hello.confinement.write", h.confinement.write.len(), 64)?;
                 for p in h.confinement.read.iter().chain(&h.confinement.write) {
-                    text(
-                        "hello.confinement path",
-                        &p.to_string_lossy(),
-                        bounds::PATH,
-                    )?;
+                    text("hello.confinement path", &p.to_string_lossy(), bounds::PATH)?;
                 }
                 Ok(())
             }
@@ -517,7 +560,9 @@ impl Call {
             }
             Call::Stop { instances } => {
                 count("stop.instances", instances.len(), bounds::INSTANCES)?;
-                instances.iter().try_for_each(|i| instance_ok("stop.instances[]", i))
+                instances
+                    .iter()
+                    .try_for_each(|i| instance_ok("stop.instances[]", i))
             }
             Call::Exited { instance } => instance_ok("exited.instance", instance),
             Call::Logs {
@@ -538,11 +583,17 @@ impl Call {
                 }
                 Ok(())
             }
-            Call::Route { pools, affinity, .. } => {
+            Call::Route {
+                pools, affinity, ..
+            } => {
                 count("route.pools", pools.len(), bounds::POOLS)?;
                 for p in pools {
                     text("route.pools[].name", &p.name, bounds::NAME)?;
-                    count("route.pools[].upstreams", p.upstreams.len(), bounds::UPSTREAMS)?;
+                    count(
+                        "route.pools[].upstreams",
+                        p.upstreams.len(),
+                        bounds::UPSTREAMS,
+                    )?;
                 }
                 match affinity {
                     Some(Affinity::Cookie(n)) | Some(Affinity::Header(n)) => {
@@ -553,7 +604,11 @@ impl Call {
             }
             Call::Revive { .. } | Call::RouterRunning { .. } | Call::StopRouter { .. } => Ok(()),
             Call::Stats { slower_than_ms, .. } => {
-                count("stats.slower_than_ms", slower_than_ms.len(), bounds::LATENCY_LIMITS)?;
+                count(
+                    "stats.slower_than_ms",
+                    slower_than_ms.len(),
+                    bounds::LATENCY_LIMITS,
+                )?;
                 if slower_than_ms.iter().any(|l| !l.is_finite() || *l < 0.0) {
                     return Err("stats.slower_than_ms: every limit must be a finite, non-negative number of milliseconds".to_owned());
                 }
@@ -743,10 +798,13 @@ mod tests {
         let back: Request = decode(&body).unwrap();
         assert_eq!(back.id, 7);
         match back.call {
-            Call::Hello(h) => assert_eq!(h, match hello().call {
-                Call::Hello(h) => h,
-                _ => unreachable!(),
-            }),
+            Call::Hello(h) => assert_eq!(
+                h,
+                match hello().call {
+                    Call::Hello(h) => h,
+                    _ => unreachable!(),
+                }
+            ),
             other => panic!("got {other:?}"),
         }
         // And then a clean end of the stream.
@@ -783,7 +841,8 @@ mod tests {
 
     #[test]
     fn malformed_json_names_the_position_but_never_quotes_the_frame() {
-        let body = br#"{"id": 1, "call": {"call": "logs", "instance": "x", "max_bytes": "hunter2"}}"#;
+        let body =
+            br#"{"id": 1, "call": {"call": "logs", "instance": "x", "max_bytes": "hunter2"}}"#;
         let e = decode::<Request>(body).unwrap_err();
         let text = e.to_string();
         assert!(text.contains("data error at line 1"), "{text}");
@@ -837,7 +896,10 @@ mod tests {
             offset: 8,
             data: vec![0; 4],
         };
-        assert!(call.check().unwrap_err().contains("runs past the declared size"));
+        assert!(call
+            .check()
+            .unwrap_err()
+            .contains("runs past the declared size"));
     }
 
     #[test]

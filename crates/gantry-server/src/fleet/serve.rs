@@ -136,8 +136,14 @@ where
             Ok(body) => body,
             Err(FrameError::TooLarge { len }) => {
                 tracing::warn!(len, "refused a frame above the limit");
-                host.reply(0, error(ErrorKind::Protocol, FrameError::TooLarge { len }.to_string()))
-                    .await;
+                host.reply(
+                    0,
+                    error(
+                        ErrorKind::Protocol,
+                        FrameError::TooLarge { len }.to_string(),
+                    ),
+                )
+                .await;
                 if protocol::skip(&mut reader, len).await.is_err() {
                     break;
                 }
@@ -177,7 +183,9 @@ where
         // The controller went away first: nothing to answer to.
         Ok(Err(FrameError::Io(e))) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Ok(Err(e)) => Err(ServeError::Channel(e)),
-        Err(e) => Err(ServeError::Channel(FrameError::Io(std::io::Error::other(e)))),
+        Err(e) => Err(ServeError::Channel(FrameError::Io(std::io::Error::other(
+            e,
+        )))),
     }
 }
 
@@ -308,8 +316,9 @@ impl Host {
         let setup = || -> Result<Session, String> {
             crate::data_dir::tighten(&self.data_dir, confinement.switches_user())
                 .map_err(|e| format!("data directory {}: {e}", self.data_dir.display()))?;
-            let token = crate::secret_file::load_or_create_token(&self.data_dir.join("router.token"))
-                .map_err(|e| format!("router token: {e}"))?;
+            let token =
+                crate::secret_file::load_or_create_token(&self.data_dir.join("router.token"))
+                    .map_err(|e| format!("router token: {e}"))?;
             let blobs = Blobs::open(self.data_dir.join("artifacts")).map_err(|e| e.to_string())?;
             Ok(Session {
                 fence: fence.clone(),
@@ -346,7 +355,10 @@ impl Host {
     ) -> Answer {
         let refuse = |uploads: &mut HashMap<Digest, Incoming>, digest: &Digest, why: String| {
             uploads.remove(digest);
-            error(ErrorKind::Upload, format!("upload of artifact {digest}: {why}"))
+            error(
+                ErrorKind::Upload,
+                format!("upload of artifact {digest}: {why}"),
+            )
         };
         if offset == 0 {
             // A fresh start (also after an interrupted upload of the same digest).
@@ -363,7 +375,10 @@ impl Host {
                 return refuse(
                     &mut self.uploads,
                     &digest,
-                    format!("{size} bytes do not fit: {free} bytes free in {}", session.data_dir.display()),
+                    format!(
+                        "{size} bytes do not fit: {free} bytes free in {}",
+                        session.data_dir.display()
+                    ),
                 );
             }
             match session.blobs.incoming() {
@@ -488,7 +503,11 @@ impl Session {
                 }
             }
             Call::RestartInstance { spec, instance } => {
-                match self.target.restart_instance(&spec.to_spec(), &instance).await {
+                match self
+                    .target
+                    .restart_instance(&spec.to_spec(), &instance)
+                    .await
+                {
                     Ok(()) => Answer::Done,
                     Err(e) => target_error(e),
                 }
@@ -549,13 +568,9 @@ impl Session {
 
     async fn probe(&self, instance: &InstanceRef, path: &str, timeout_ms: u64) -> ProbeOutcome {
         let addr = crate::target::instance_addr(instance);
-        let probe = crate::probe::http_probe(
-            &self.http,
-            addr,
-            path,
-            Duration::from_millis(timeout_ms),
-        )
-        .await;
+        let probe =
+            crate::probe::http_probe(&self.http, addr, path, Duration::from_millis(timeout_ms))
+                .await;
         if let gantry_core::machine::Probe::Unreachable(_) = probe {
             if let Some(detail) = self.target.exited(instance).await {
                 return ProbeOutcome::Exited(detail);
@@ -621,7 +636,7 @@ fn resolve_data_dir(asked: &str) -> PathBuf {
 
 fn free_bytes(dir: &Path) -> u64 {
     nix::sys::statvfs::statvfs(dir)
-        .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
         .unwrap_or(0)
 }
 
@@ -658,7 +673,8 @@ fn read_fence(dir: &Path) -> std::io::Result<Option<Fence>> {
 /// least as high (or the first), recording the epoch durably first.
 /// Serialised by a lock file: two `host serve` processes may greet at once.
 fn admit(dir: &Path, asked: &Fence) -> Result<(), Admission> {
-    let failed = |e: std::io::Error| Admission::Failed(format!("fencing file in {}: {e}", dir.display()));
+    let failed =
+        |e: std::io::Error| Admission::Failed(format!("fencing file in {}: {e}", dir.display()));
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -704,9 +720,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
         assert!(admit(dir, &fence("a", 2)).is_ok());
-        assert!(admit(dir, &fence("a", 2)).is_ok(), "a reconnect at the same epoch");
+        assert!(
+            admit(dir, &fence("a", 2)).is_ok(),
+            "a reconnect at the same epoch"
+        );
         match admit(dir, &fence("a", 1)) {
-            Err(Admission::Fenced(r)) => assert!(r.contains("epoch 1") && r.contains("stale"), "{r}"),
+            Err(Admission::Fenced(r)) => {
+                assert!(r.contains("epoch 1") && r.contains("stale"), "{r}")
+            }
             _ => panic!("a lower epoch must be fenced"),
         }
         match admit(dir, &fence("b", 9)) {

@@ -4,6 +4,7 @@
 //! data directory).
 
 use crate::harness::{free_port, http, instance_binary, make_artifact, GANTRY};
+use gantry_api::ReleaseRecord;
 use gantry_config::ArtifactLimits;
 use gantry_core::machine::Probe;
 use gantry_core::{Digest, EnvName, InstanceRef, Version};
@@ -15,7 +16,6 @@ use gantry_server::fleet::protocol::{
 };
 use gantry_server::fleet::{HostLink, LinkError, LinkOptions};
 use gantry_server::target::LaunchSpec;
-use gantry_api::ReleaseRecord;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -101,10 +101,7 @@ impl Drop for Workloads {
                 let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
                     continue;
                 };
-                if environ
-                    .split(|b| *b == 0)
-                    .any(|v| v == needle.as_bytes())
-                {
+                if environ.split(|b| *b == 0).any(|v| v == needle.as_bytes()) {
                     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
                 }
             }
@@ -149,9 +146,15 @@ fn spec(version: &str, count: u32) -> LaunchSpec {
         version: Version::parse(version).unwrap(),
         count,
         command: "bin/gantry".to_owned(),
-        args: ["sample-service", "--port", "{port}", "--settings", "sample.json"]
-            .map(String::from)
-            .to_vec(),
+        args: [
+            "sample-service",
+            "--port",
+            "{port}",
+            "--settings",
+            "sample.json",
+        ]
+        .map(String::from)
+        .to_vec(),
         port_env: "PORT".to_owned(),
         vars: BTreeMap::from([("SECRET_TOKEN".to_owned(), SECRET.to_owned())]),
     }
@@ -195,15 +198,12 @@ fn files_containing(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
         };
         for e in entries.flatten() {
             let p = e.path();
+            let contains = |p: &Path| {
+                std::fs::read(p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+            };
             match e.file_type() {
                 Ok(t) if t.is_dir() => stack.push(p),
-                Ok(t) if t.is_file() => {
-                    if std::fs::read(&p)
-                        .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
-                    {
-                        found.push(p);
-                    }
-                }
+                Ok(t) if t.is_file() && contains(&p) => found.push(p),
                 _ => {}
             }
         }
@@ -221,7 +221,8 @@ fn a_host_prepares_starts_probes_routes_counts_and_stops_over_the_channel() {
     make_artifact(&artifact, "1.0.0", "");
     let release = release_of(&artifact, "1.0.0");
     runtime().block_on(async {
-        let (mut child, link) = connect(&data, &log, "controller-a", 1, LinkOptions::default()).await;
+        let (mut child, link) =
+            connect(&data, &log, "controller-a", 1, LinkOptions::default()).await;
         let link = link.unwrap();
         assert_eq!(link.welcome().running, vec![]);
         assert!(link.welcome().free_bytes > 0);
@@ -236,7 +237,10 @@ fn a_host_prepares_starts_probes_routes_counts_and_stops_over_the_channel() {
             }
         );
         assert!(data.join("releases/1.0.0/bin/gantry").is_file());
-        assert!(data.join("artifacts/sha256").join(release.digest.as_hex()).is_file());
+        assert!(data
+            .join("artifacts/sha256")
+            .join(release.digest.as_hex())
+            .is_file());
         // A second prepare of the same digest sends nothing.
         let again = link.prepare(&release, &artifact, &limits).await.unwrap();
         assert_eq!(again.uploaded_bytes, 0);
@@ -288,10 +292,21 @@ fn a_host_prepares_starts_probes_routes_counts_and_stops_over_the_channel() {
         assert!(link.exited(&instances[0]).await.unwrap().is_some());
         link.stop_router(&env()).await.unwrap();
         assert!(!link.router_running(&env()).await.unwrap());
+        // Revived, the router serves its last routing again.
+        assert!(link.revive(&env(), listen).await.unwrap());
+        assert!(link.router_running(&env()).await.unwrap());
+        assert!(
+            !link.revive(&env(), listen).await.unwrap(),
+            "already running"
+        );
+        link.stop_router(&env()).await.unwrap();
         drop(link);
         assert!(exits(&mut child).await.success());
     });
-    assert_eq!(files_containing(&data, SECRET.as_bytes()), Vec::<PathBuf>::new());
+    assert_eq!(
+        files_containing(&data, SECRET.as_bytes()),
+        Vec::<PathBuf>::new()
+    );
     let host_log = std::fs::read_to_string(&log).unwrap();
     assert!(!host_log.contains(SECRET));
     assert!(host_log.contains("controller admitted"), "{host_log}");
@@ -349,7 +364,11 @@ fn a_wrong_digest_or_a_truncated_upload_is_refused_and_nothing_is_unpacked() {
             .flatten()
             .map(|e| e.file_name())
             .collect();
-        assert_eq!(stored, Vec::<std::ffi::OsString>::new(), "nothing stored, no leftovers");
+        assert_eq!(
+            stored,
+            Vec::<std::ffi::OsString>::new(),
+            "nothing stored, no leftovers"
+        );
 
         // The real upload still works on the same channel.
         let done = link.prepare(&release, &artifact, &limits).await.unwrap();
@@ -369,11 +388,16 @@ fn a_stale_epoch_or_another_controller_is_fenced() {
         let link_a = link_a.unwrap();
         let fence: serde_json::Value =
             serde_json::from_slice(&std::fs::read(data.join("epoch")).unwrap()).unwrap();
-        assert_eq!(fence, serde_json::json!({"controller": "controller-a", "epoch": 2}));
+        assert_eq!(
+            fence,
+            serde_json::json!({"controller": "controller-a", "epoch": 2})
+        );
 
         let (_b, stale) = connect(&data, &log, "controller-a", 1, o).await;
         match stale {
-            Err(LinkError::Fenced(why)) => assert!(why.contains("epoch 1") && why.contains("stale"), "{why}"),
+            Err(LinkError::Fenced(why)) => {
+                assert!(why.contains("epoch 1") && why.contains("stale"), "{why}")
+            }
             Err(e) => panic!("expected fenced, got {e}"),
             Ok(_) => panic!("expected fenced, got admitted"),
         }
@@ -471,14 +495,24 @@ fn an_oversized_frame_and_malformed_json_are_answered_and_the_host_carries_on() 
         .unwrap();
         let reply = raw_exchange(&mut stdin, &mut stdout, &greet).await;
         assert_eq!(reply.id, 9);
-        assert!(matches!(reply.answer, Answer::Welcome(_)), "{:?}", reply.answer);
-        assert!(child.try_wait().unwrap().is_none(), "host serve is still running");
+        assert!(
+            matches!(reply.answer, Answer::Welcome(_)),
+            "{:?}",
+            reply.answer
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "host serve is still running"
+        );
 
         drop(stdin);
         assert!(exits(&mut child).await.success());
     });
     let host_log = std::fs::read_to_string(&log).unwrap();
-    assert!(host_log.contains("refused a frame above the limit"), "{host_log}");
+    assert!(
+        host_log.contains("refused a frame above the limit"),
+        "{host_log}"
+    );
 }
 
 #[test]
@@ -516,7 +550,9 @@ fn a_request_in_flight_is_answered_with_an_error_when_the_channel_dies() {
             let instance = instance.clone();
             async move {
                 let started = Instant::now();
-                let r = link.probe(&instance, "/healthz", Duration::from_secs(30)).await;
+                let r = link
+                    .probe(&instance, "/healthz", Duration::from_secs(30))
+                    .await;
                 (r, started.elapsed())
             }
         });
@@ -547,7 +583,7 @@ fn a_request_in_flight_is_answered_with_an_error_when_the_channel_dies() {
 }
 
 #[test]
-fn instances_outlive_host_serve_and_only_their_own_host_adopts_them() {
+fn instances_outlive_a_killed_host_serve_and_only_their_own_host_adopts_them() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let other = tmp.path().join("other-host");
@@ -565,15 +601,24 @@ fn instances_outlive_host_serve_and_only_their_own_host_adopts_them() {
             .unwrap();
         let started = link.ensure_instances(&spec("1.0.0", 2)).await.unwrap();
         wait_healthy(&link, &started).await;
+        // host serve dies; nothing it started holds its end of the channel,
+        // so the controller's side sees the end at once.
+        child.start_kill().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while link.closed().is_none() {
+            assert!(Instant::now() < deadline, "the channel did not close");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         drop(link);
-        assert!(exits(&mut child).await.success());
+        child.wait().await.unwrap();
 
         // host serve is gone; its instances still answer.
         for i in &started {
             let base = format!("http://127.0.0.1:{}", i.port);
-            let (status, _) = tokio::task::spawn_blocking(move || http(&base, "GET", "/healthz", None, ""))
-                .await
-                .unwrap();
+            let (status, _) =
+                tokio::task::spawn_blocking(move || http(&base, "GET", "/healthz", None, ""))
+                    .await
+                    .unwrap();
             assert_eq!(status, 200);
         }
 
@@ -586,10 +631,33 @@ fn instances_outlive_host_serve_and_only_their_own_host_adopts_them() {
         // The next host serve on this data directory finds and adopts them.
         let (_c, link) = connect(&data, &log, "controller-a", 2, o).await;
         let link = link.unwrap();
-        let ids: Vec<_> = link.welcome().running.iter().map(|r| r.id.clone()).collect();
+        let ids: Vec<_> = link
+            .welcome()
+            .running
+            .iter()
+            .map(|r| r.id.clone())
+            .collect();
         assert_eq!(ids, vec!["production-d1-1", "production-d1-2"]);
         let adopted = link.ensure_instances(&spec("1.0.0", 2)).await.unwrap();
-        assert_eq!(adopted, started, "same ids and ports: adopted, not started again");
+        assert_eq!(
+            adopted, started,
+            "same ids and ports: adopted, not started again"
+        );
+        // One stopped, then started again with its old id and port.
+        link.stop(&adopted[..1]).await.unwrap();
+        assert_eq!(link.running().await.unwrap().len(), 1);
+        link.restart_instance(&spec("1.0.0", 2), &adopted[0])
+            .await
+            .unwrap();
+        wait_healthy(&link, &adopted[..1]).await;
+        let ports: Vec<u16> = link
+            .running()
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.port)
+            .collect();
+        assert_eq!(ports, adopted.iter().map(|i| i.port).collect::<Vec<_>>());
         link.stop(&adopted).await.unwrap();
         assert_eq!(link.running().await.unwrap(), vec![]);
     });
