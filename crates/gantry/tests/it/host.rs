@@ -662,3 +662,59 @@ fn instances_outlive_a_killed_host_serve_and_only_their_own_host_adopts_them() {
         assert_eq!(link.running().await.unwrap(), vec![]);
     });
 }
+
+/// A figure, not a check: a 48 MiB release sent and unpacked over the
+/// channel (pipes here; SSH adds its encryption). `cargo test -p gantry
+/// --test it upload_figure -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn upload_figure() {
+    use rand_like::bytes;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let log = tmp.path().join("host.log");
+    let artifact = tmp.path().join("big.tar");
+    let payload = bytes(48 << 20);
+    crate::harness::make_tar(&artifact, &[("blob", 0o644, payload.as_slice())]);
+    let release = release_of(&artifact, "1.0.0");
+    runtime().block_on(async {
+        let (_child, link) = connect(&data, &log, "controller-a", 1, LinkOptions::default()).await;
+        let link = link.unwrap();
+        let started = Instant::now();
+        let sent = link.upload(&artifact, &release.digest).await.unwrap();
+        let upload = started.elapsed();
+        let started = Instant::now();
+        link.prepare(&release, &artifact, &ArtifactLimits::standard())
+            .await
+            .unwrap();
+        let unpack = started.elapsed();
+        let started = Instant::now();
+        let again = link.prepare(&release, &artifact, &ArtifactLimits::standard())
+            .await
+            .unwrap();
+        println!(
+            "upload {} MiB: {:?} ({:.0} MiB/s); verify+unpack: {:?}; second prepare (nothing sent: {}): {:?}",
+            sent >> 20,
+            upload,
+            (sent as f64 / (1 << 20) as f64) / upload.as_secs_f64(),
+            unpack,
+            again.uploaded_bytes == 0,
+            started.elapsed()
+        );
+    });
+}
+
+/// Incompressible bytes without a random-number crate: SHA-256 in counter mode.
+mod rand_like {
+    pub fn bytes(n: usize) -> Vec<u8> {
+        use sha2::Digest as _;
+        let mut out = Vec::with_capacity(n + 32);
+        let mut i = 0u64;
+        while out.len() < n {
+            out.extend_from_slice(&sha2::Sha256::digest(i.to_le_bytes()));
+            i += 1;
+        }
+        out.truncate(n);
+        out
+    }
+}
