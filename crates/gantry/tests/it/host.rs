@@ -566,6 +566,11 @@ fn a_request_in_flight_is_answered_with_an_error_when_the_channel_dies() {
             .await
             .expect("the host's probe connects")
             .unwrap();
+        // Requests share the channel: one asked later is answered first.
+        let quick = Instant::now();
+        assert_eq!(link.running().await.unwrap(), vec![]);
+        assert!(quick.elapsed() < Duration::from_secs(5));
+        assert!(!waiting.is_finished(), "the probe is still waiting");
         child.start_kill().unwrap();
         let (result, after) = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await
