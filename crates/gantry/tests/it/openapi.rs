@@ -75,6 +75,7 @@ fn every_documented_operation_is_routed_behind_the_permission_it_names() {
     let url = g.api_url();
     let (code, doc) = http(&url, "GET", "/openapi.json", None, "");
     assert_eq!(code, 200);
+    // The OpenAPI document itself: untyped JSON.
     let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() > 30, "{} paths", paths.len());
