@@ -1,4 +1,5 @@
 use crate::harness::*;
+use gantry_api::TrafficQuery;
 
 #[test]
 fn deploy_then_roll_back_serves_the_previous_release() {
@@ -336,15 +337,13 @@ fn the_router_counts_what_each_release_served() {
     let g = Gantry::start();
     g.register("1.0.0", "\"error_rate\": 0.25");
     g.gantry(&["deploy", "1.0.0", "--env", "integration"]).ok();
-    let url = g.api_url();
-    let (status, body) = http(
-        &url,
-        "GET",
-        "/api/v1/traffic?env=integration&above_ms=abc",
-        Some(&g.token()),
-        "",
-    );
-    assert_eq!(status, 400, "{body}");
+    let refused = g
+        .try_call(g.client().traffic(&TrafficQuery {
+            env: "integration".into(),
+            above_ms: Some("abc".into()),
+        }))
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(400), "{refused}");
     for _ in 0..40 {
         let _ = g.get_env("integration");
     }
@@ -366,13 +365,19 @@ fn the_router_counts_what_each_release_served() {
         pool.slower_than[1].requests, 0,
         "none takes a minute: {pool:?}"
     );
-    let (status, body) = http(
-        &url,
-        "GET",
-        "/api/v1/traffic?env=staging",
-        Some(&g.token()),
-        "",
+    let refused = g
+        .try_call(g.client().traffic(&TrafficQuery {
+            env: "staging".into(),
+            above_ms: None,
+        }))
+        .unwrap_err();
+    assert_eq!(
+        refused.status(),
+        Some(409),
+        "nothing deployed there yet: {refused}"
     );
-    assert_eq!(status, 409, "nothing deployed there yet: {body}");
-    assert!(body.contains("its router is not running"), "{body}");
+    assert!(
+        refused.to_string().contains("its router is not running"),
+        "{refused}"
+    );
 }

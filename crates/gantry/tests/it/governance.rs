@@ -43,7 +43,6 @@ fn roles_decide_what_each_token_may_do() {
     let viewer = g.enrol("vic", &["viewer"]);
     let deployer = g.enrol("alice", &["deployer"]);
     g.register("1.0.0", "");
-    let url = g.api_url();
 
     as_user(&g, &viewer, &["release", "list"]).ok();
     as_user(&g, &viewer, &["whoami"]).ok();
@@ -101,11 +100,13 @@ fn roles_decide_what_each_token_may_do() {
         .trim()
         .to_owned();
     as_user(&g, &short, &["release", "list"]).ok();
+    let as_short = g.client().as_holder_of(&short);
     wait_until("the token to expire", Duration::from_secs(5), || {
-        http(&url, "GET", "/api/v1/releases", Some(&short), "").0 == 401
+        g.try_call(as_short.releases())
+            .is_err_and(|e| e.status() == Some(401))
     });
-    let (_, body) = http(&url, "GET", "/api/v1/releases", Some(&short), "");
-    assert!(body.contains("expired at"), "{body}");
+    let refused = g.try_call(as_short.releases()).unwrap_err();
+    assert!(refused.to_string().contains("expired at"), "{refused}");
 
     // Bad input: unknown role, duplicate user, token for nobody.
     g.gantry(&["user", "add", "x", "--role", "superuser"])

@@ -2,7 +2,8 @@
 //! (process control, polling with deadlines, CLI calls); split, each test
 //! file would have to know where each helper lives.
 //!
-//! A controller in a temporary directory, and helpers to drive it through the CLI.
+//! A controller in a temporary directory, and helpers to drive it through
+//! the CLI and to read its answers through the typed client (`gantry-api`).
 
 use gantry_api::client::{Client, ClientError};
 use gantry_api::{
