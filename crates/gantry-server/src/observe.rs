@@ -133,7 +133,7 @@ impl Controller {
                 deployment: running.map(|d| ActiveDeployment {
                     id: d.id,
                     version: d.version.to_string(),
-                    phase: d.phase.as_str().to_owned(),
+                    phase: d.phase,
                     weight: d.canary.as_ref().map(|c| c.weight),
                 }),
             });

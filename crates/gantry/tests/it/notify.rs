@@ -355,7 +355,7 @@ fn metrics_and_the_live_event_stream() {
 
     let mut phases = Vec::new();
     let mut line = String::new();
-    while !phases.iter().any(|p: &String| p == "rolled_back") {
+    while !phases.contains(&Phase::RolledBack) {
         line.clear();
         assert!(reader.read_line(&mut line).unwrap() > 0, "stream ended");
         if let Some(data) = line.trim_end().strip_prefix("data:") {
@@ -364,8 +364,8 @@ fn metrics_and_the_live_event_stream() {
             }
         }
     }
-    assert!(phases.contains(&"succeeded".to_owned()), "{phases:?}");
-    assert!(phases.contains(&"rolling_back".to_owned()), "{phases:?}");
+    assert!(phases.contains(&Phase::Succeeded), "{phases:?}");
+    assert!(phases.contains(&Phase::RollingBack), "{phases:?}");
 
     let (code, text) = http(&url, "GET", "/metrics", Some(&g.token()), "");
     assert_eq!(code, 200);
