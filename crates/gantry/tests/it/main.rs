@@ -22,3 +22,4 @@ mod notify;
 mod openapi;
 mod releases;
 mod rollout;
+mod upgrade;
