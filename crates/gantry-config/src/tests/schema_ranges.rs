@@ -180,3 +180,88 @@ fn walker_holds_every_number_to_the_range_the_schema_gives() {
     all.sort();
     assert_eq!(probed, all, "the fixture holds every bounded number");
 }
+
+/// The JSON types a property's schema accepts (one level of `$ref` and
+/// `anyOf` resolved); `null` stands for "may be left out" and is dropped.
+fn accepted_types(schema: &Value, p: &Value) -> Vec<String> {
+    let resolve = |s: &Value| -> Value {
+        match s["$ref"].as_str() {
+            Some(r) => schema["$defs"][r.trim_start_matches("#/$defs/")].clone(),
+            None => s.clone(),
+        }
+    };
+    let mut out = Vec::new();
+    let mut add = |s: &Value| match &s["type"] {
+        Value::String(t) => out.push(t.clone()),
+        Value::Array(ts) => out.extend(ts.iter().filter_map(Value::as_str).map(String::from)),
+        _ => {}
+    };
+    let p = resolve(p);
+    add(&p);
+    for branch in p["anyOf"].as_array().into_iter().flatten() {
+        let b = resolve(branch);
+        add(&b);
+        for inner in b["anyOf"].as_array().into_iter().flatten() {
+            add(&resolve(inner));
+        }
+    }
+    out.retain(|t| t != "null");
+    out
+}
+
+/// The walker refuses a value of a type the schema does not give a key,
+/// at that key: for each key of each table in a file that uses every key,
+/// a value of another type is reported there.
+#[test]
+fn walker_refuses_every_key_a_value_of_a_type_the_schema_does_not_give() {
+    let schema: Value = serde_json::from_str(&json_schema()).unwrap();
+    let mut base: toml::Table = toml::from_str(EVERY_KEY).unwrap();
+    table_at(&mut base, "environments.production.gates").remove("rehearsal_in");
+    walk::checked_tables::take();
+    errors_of(EVERY_KEY);
+    let tables = walk::checked_tables::take_paths();
+    let probes: [(&str, toml::Value); 5] = [
+        ("boolean", toml::Value::Boolean(true)),
+        ("integer", toml::Value::Integer(7)),
+        ("string", toml::Value::String("x".into())),
+        ("array", toml::Value::Array(vec![])),
+        ("object", toml::Value::Table(toml::Table::new())),
+    ];
+    let mut probed = 0;
+    for (type_name, path, keys) in &tables {
+        let def = if type_name == "File" {
+            &schema
+        } else {
+            &schema["$defs"][type_name]
+        };
+        for key in keys.iter().filter(|k| *k != "zz_unknown") {
+            let accepted = accepted_types(&schema, &def["properties"][key]);
+            if accepted.is_empty() {
+                continue; // any value (a JSON check's `equals`)
+            }
+            let Some((kind, wrong)) = probes.iter().find(|(kind, _)| {
+                !accepted
+                    .iter()
+                    .any(|a| a == kind || (a == "number" && *kind == "integer"))
+            }) else {
+                continue;
+            };
+            let mut file = base.clone();
+            table_at(&mut file, path).insert(key.clone(), wrong.clone());
+            let errors = errors_of(&toml::to_string(&file).unwrap());
+            let at = if path.is_empty() {
+                format!(": {key}")
+            } else {
+                format!("{path}.{key}")
+            };
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.contains(&at) && !e.contains("zz_unknown")),
+                "{at} = {kind} (the schema gives {accepted:?}) is refused there: {errors:#?}"
+            );
+            probed += 1;
+        }
+    }
+    assert!(probed > 80, "{probed} keys probed");
+}
