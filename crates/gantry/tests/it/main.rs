@@ -23,3 +23,4 @@ mod openapi;
 mod output;
 mod releases;
 mod rollout;
+mod upgrade;
