@@ -49,6 +49,15 @@ pub struct DeploymentView {
     pub approvals: Vec<Approval>,
 }
 
+/// The deployment's own fields read as if the view were the deployment
+/// (`view.phase`), as they are on the wire (flattened).
+impl std::ops::Deref for DeploymentView {
+    type Target = Deployment;
+    fn deref(&self) -> &Deployment {
+        &self.deployment
+    }
+}
+
 /// `GET /deployments/{id}/log`.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DeploymentLog {

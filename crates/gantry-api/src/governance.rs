@@ -2,7 +2,7 @@
 
 use gantry_core::evidence::GateResult;
 use gantry_core::governance::{Approval, ChangeType};
-use gantry_core::{DeploymentId, Millis};
+use gantry_core::{DeploymentId, Millis, Phase};
 use serde::{Deserialize, Serialize};
 
 /// `GET /gates?version=…&env=…` and `GET /plans?version=…&env=…`.
@@ -81,7 +81,7 @@ pub struct PendingApproval {
     pub version: String,
     pub change: ChangeType,
     pub requested_by: String,
-    pub phase: String,
+    pub phase: Phase,
     pub approved: u32,
     pub required: u32,
     pub review_by: Option<Millis>,

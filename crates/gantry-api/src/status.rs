@@ -1,7 +1,7 @@
 //! The controller's view of its environments, traffic and itself.
 
 use gantry_core::notify::{Notice, ServiceStatus};
-use gantry_core::{DeploymentId, Millis};
+use gantry_core::{DeploymentId, Millis, Phase};
 use serde::{Deserialize, Serialize};
 
 /// `GET /status`.
@@ -32,7 +32,7 @@ pub struct InstanceStatus {
 pub struct DeploymentSummary {
     pub id: DeploymentId,
     pub version: String,
-    pub phase: String,
+    pub phase: Phase,
 }
 
 /// What live views hear (`GET /events`): each recorded step of a
@@ -44,7 +44,7 @@ pub enum LiveEvent {
         deployment: DeploymentId,
         env: String,
         version: String,
-        phase: String,
+        phase: Phase,
         log: Vec<String>,
         at: Millis,
     },
@@ -109,16 +109,16 @@ pub struct EnvironmentStatus {
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ActiveDeployment {
-    pub id: i64,
+    pub id: DeploymentId,
     pub version: String,
-    pub phase: String,
+    pub phase: Phase,
     pub weight: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Incident {
     pub env: String,
-    pub deployment: i64,
+    pub deployment: DeploymentId,
     pub version: String,
     pub outcome: String,
     pub reason: Option<String>,

@@ -1,8 +1,9 @@
 //! The JSON Schema of `gantry.toml`, generated from the file-shaped types
 //! below. They describe the file as written (durations as strings); the
 //! decoder in `walk.rs` turns that into the validated [`crate::Config`].
-//! They are also the one list of keys: the walker asks [`keys`] which keys a
-//! table accepts, so the schema and the decoder cannot disagree about them.
+//! They are also the one list of keys and of numeric ranges: the walker asks
+//! [`keys`] which keys a table accepts and [`range`] which values a number
+//! may take, so the schema and the decoder cannot disagree about them.
 
 // The types are used (the walker names them for their keys) but their fields
 // and variants are only described, never read: a file is decoded by the walker.
@@ -94,6 +95,7 @@ pub(crate) struct SmtpSection {
     host: String,
     /// Default 587 (starttls), 465 (tls), 25 (none).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 65_535))]
     port: Option<u16>,
     /// none, starttls (default) or tls.
     #[serde(default)]
@@ -132,6 +134,7 @@ pub(crate) struct ArtifactsSection {
     max_unpacked_size: Option<SizeValue>,
     /// The most entries (files, directories, links) an archive may hold (default 100000).
     #[serde(default)]
+    #[schemars(range(min = 1, max = u32::MAX))]
     max_entries: Option<u32>,
 }
 
@@ -319,12 +322,15 @@ pub(crate) struct WeeklySection {
 pub(crate) struct GatesSection {
     /// Unit test pass rate in percent (default 100), or false.
     #[serde(default)]
+    #[schemars(extend("minimum" = 0, "maximum" = 100))]
     unit: Option<Threshold>,
     /// Integration test pass rate in percent (default 95), or false.
     #[serde(default)]
+    #[schemars(extend("minimum" = 0, "maximum" = 100))]
     integration: Option<Threshold>,
     /// Line coverage in percent (default 80), or false.
     #[serde(default)]
+    #[schemars(extend("minimum" = 0, "maximum" = 100))]
     coverage: Option<Threshold>,
     /// Worst security finding allowed: low, medium (default), high, critical; or false.
     #[serde(default)]
@@ -348,11 +354,13 @@ pub(crate) enum StrategyName {
 #[derive(JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RollingSection {
-    /// Instances that may run above `instances` during the update (default 1).
+    /// Instances that may run above `instances` during the update (default 1; at most `instances`).
     #[serde(default)]
+    #[schemars(range(min = 0, max = 64))]
     max_surge: Option<u32>,
-    /// Instances that may be out of service below `instances` (default 0).
+    /// Instances that may be out of service below `instances` (default 0; at most `instances`).
     #[serde(default)]
+    #[schemars(range(min = 0, max = 64))]
     max_unavailable: Option<u32>,
 }
 
@@ -447,7 +455,9 @@ pub(crate) struct StepSection {
     pause: Option<String>,
 }
 
-/// A rule's threshold, or false to turn the rule off.
+/// A rule's threshold, or false to turn the rule off. Its range is given
+/// where it is used, with `extend` (schemars puts `range` only on numbers):
+/// `minimum` and `maximum` beside the `anyOf` bound its number.
 #[derive(JsonSchema)]
 #[serde(untagged)]
 pub(crate) enum Threshold {
@@ -460,24 +470,31 @@ pub(crate) enum Threshold {
 pub(crate) struct AnalysisSection {
     /// Chance of rolling back a canary that is no worse, over a whole rollout (default 0.01).
     #[serde(default)]
+    #[schemars(range(min = 1e-9, max = 0.5))]
     alpha: Option<f64>,
     /// Canary requests before any rule judges (default 50).
     #[serde(default)]
+    #[schemars(range(min = 1, max = 1_000_000))]
     min_requests: Option<u64>,
     /// Absolute error rate (default 0.01).
     #[serde(default)]
+    #[schemars(extend("minimum" = 0, "maximum" = 1))]
     max_error_rate: Option<Threshold>,
     /// Error rate above the baseline, as a fraction (default 0.005, i.e. 0.5 points).
     #[serde(default)]
+    #[schemars(extend("minimum" = 0, "maximum" = 1))]
     max_error_rate_increase: Option<Threshold>,
     /// Error rate as a multiple of the baseline (default 1.5).
     #[serde(default)]
+    #[schemars(extend("minimum" = 1, "maximum" = 1000))]
     max_error_rate_ratio: Option<Threshold>,
     /// P99 latency as a multiple of the baseline P99 (default 3).
     #[serde(default)]
+    #[schemars(extend("minimum" = 1, "maximum" = 1000))]
     max_p99_factor: Option<Threshold>,
     /// P50 latency as a multiple of the baseline P50 (default 1.5).
     #[serde(default)]
+    #[schemars(extend("minimum" = 1, "maximum" = 1000))]
     max_p50_factor: Option<Threshold>,
     /// Compare canary errors with stable's live (default true).
     #[serde(default)]
@@ -489,9 +506,11 @@ pub(crate) struct AnalysisSection {
     compare_client_errors: Option<bool>,
     /// Compare requests slower than this multiple of the baseline P99 (default 3).
     #[serde(default)]
+    #[schemars(extend("minimum" = 1, "maximum" = 1000))]
     compare_slow_factor: Option<Threshold>,
     /// Relative worsening still called "no worse" for early promotion (default 0.5).
     #[serde(default)]
+    #[schemars(range(min = 0, max = 10))]
     promotion_margin: Option<f64>,
 }
 
@@ -501,36 +520,75 @@ pub fn json_schema() -> String {
     serde_json::to_string_pretty(&schema).expect("a schema always serializes") + "\n"
 }
 
-/// The keys a table described by `T` accepts, in the schema's order, read once
-/// from the generated schema (the root's and each `$defs` entry's `properties`).
+/// What the schema says of one table type: its keys in the schema's order,
+/// and the inclusive range of each key it bounds.
+struct TableSchema {
+    keys: Vec<String>,
+    ranges: BTreeMap<String, (f64, f64)>,
+}
+
+/// The table type `T`'s schema, read once from the generated schema (the
+/// root's and each `$defs` entry's `properties`).
 ///
 /// Panics if `T` is not part of the file's schema: a programming error that the
 /// test walking every table catches, never a consequence of the input.
-pub(crate) fn keys<T: JsonSchema>() -> &'static [String] {
-    static BY_TYPE: OnceLock<BTreeMap<String, Vec<String>>> = OnceLock::new();
-    let by_type = BY_TYPE.get_or_init(keys_by_type);
+fn table<T: JsonSchema>() -> &'static TableSchema {
+    static BY_TYPE: OnceLock<BTreeMap<String, TableSchema>> = OnceLock::new();
+    let by_type = BY_TYPE.get_or_init(tables_by_type);
     let name = T::schema_name();
     match by_type.get(name.as_ref()) {
-        Some(keys) => keys,
+        Some(table) => table,
         None => panic!("{name} is not a table of the gantry.toml schema"),
     }
 }
 
-/// Every table type's keys by its schema name, the root under `File`.
-fn keys_by_type() -> BTreeMap<String, Vec<String>> {
+/// The keys a table described by `T` accepts, in the schema's order.
+pub(crate) fn keys<T: JsonSchema>() -> &'static [String] {
+    &table::<T>().keys
+}
+
+/// The inclusive range the schema gives `key` of the table type `T` (its
+/// `minimum` and `maximum`): the one statement of that range, which the
+/// walker enforces and the JSON Schema publishes.
+///
+/// Panics if the schema bounds no such key: a programming error that the
+/// test walking every key of every table catches.
+pub(crate) fn range<T: JsonSchema>(key: &str) -> (f64, f64) {
+    match table::<T>().ranges.get(key) {
+        Some(range) => *range,
+        None => panic!(
+            "{}.{key} has no minimum and maximum in the gantry.toml schema",
+            T::schema_name()
+        ),
+    }
+}
+
+/// Every table type's schema by its schema name, the root under `File`.
+fn tables_by_type() -> BTreeMap<String, TableSchema> {
     let schema = schemars::schema_for!(File);
     let root = schema.as_value();
-    let property_names = |v: &serde_json::Value| -> Option<Vec<String>> {
-        Some(v.get("properties")?.as_object()?.keys().cloned().collect())
+    let table = |v: &serde_json::Value| -> Option<TableSchema> {
+        let properties = v.get("properties")?.as_object()?;
+        let ranges = properties
+            .iter()
+            .filter_map(|(key, p)| {
+                let bound = |k: &str| p.get(k).and_then(serde_json::Value::as_f64);
+                Some((key.clone(), (bound("minimum")?, bound("maximum")?)))
+            })
+            .collect();
+        Some(TableSchema {
+            keys: properties.keys().cloned().collect(),
+            ranges,
+        })
     };
     let mut by_type = BTreeMap::new();
-    if let Some(keys) = property_names(root) {
-        by_type.insert(File::schema_name().into_owned(), keys);
+    if let Some(t) = table(root) {
+        by_type.insert(File::schema_name().into_owned(), t);
     }
     if let Some(defs) = root.get("$defs").and_then(|d| d.as_object()) {
         for (name, def) in defs {
-            if let Some(keys) = property_names(def) {
-                by_type.insert(name.clone(), keys);
+            if let Some(t) = table(def) {
+                by_type.insert(name.clone(), t);
             }
         }
     }

@@ -6,7 +6,7 @@
 use crate::{Config, Environment, Strategy};
 use gantry_core::evidence::GateResult;
 use gantry_core::machine::{CanarySettings, CanaryStep, RollingSettings};
-use gantry_core::{DeploySettings, DeploymentKind, HealthSettings};
+use gantry_core::{DeploySettings, DeploymentKind, HealthSettings, StrategySettings};
 use gantry_core::{EnvName, Version};
 
 impl Config {
@@ -27,30 +27,33 @@ impl Config {
                 DeploymentKind::Deploy => env.bake_ms,
                 DeploymentKind::Rollback => 0,
             },
-            // A rollback goes straight back: no canary steps on the way.
-            canary: match (&env.strategy, kind) {
-                (Strategy::Canary(c), DeploymentKind::Deploy) => Some(CanarySettings {
-                    steps: c
-                        .steps
-                        .iter()
-                        .map(|s| CanaryStep {
-                            weight: s.weight,
-                            pause: s.pause,
-                        })
-                        .collect(),
-                    analysis: self.analysis.clone(),
-                    interval_ms: c.interval_ms,
-                    max_wait_ms: c.max_wait_ms,
-                }),
-                _ => None,
-            },
-            // A rollback returns to what served before, all at once.
-            rolling: match (&env.strategy, kind) {
-                (Strategy::Rolling(r), DeploymentKind::Deploy) => Some(RollingSettings {
-                    max_surge: r.max_surge,
-                    max_unavailable: r.max_unavailable,
-                }),
-                _ => None,
+            // A rollback returns to what served before, all at once: no
+            // canary steps or batches on the way.
+            strategy: match (&env.strategy, kind) {
+                (_, DeploymentKind::Rollback) | (Strategy::BlueGreen, _) => {
+                    StrategySettings::BlueGreen
+                }
+                (Strategy::Canary(c), DeploymentKind::Deploy) => {
+                    StrategySettings::Canary(CanarySettings {
+                        steps: c
+                            .steps
+                            .iter()
+                            .map(|s| CanaryStep {
+                                weight: s.weight,
+                                pause: s.pause,
+                            })
+                            .collect(),
+                        analysis: self.analysis.clone(),
+                        interval_ms: c.interval_ms,
+                        max_wait_ms: c.max_wait_ms,
+                    })
+                }
+                (Strategy::Rolling(r), DeploymentKind::Deploy) => {
+                    StrategySettings::Rolling(RollingSettings {
+                        max_surge: r.max_surge,
+                        max_unavailable: r.max_unavailable,
+                    })
+                }
             },
             smoke: env.smoke.clone(),
             freezes: env.freezes.clone(),
@@ -127,8 +130,9 @@ mod tests {
         assert_eq!(s.instances, staging.instances);
         assert_eq!(s.bake_ms, staging.bake_ms);
         assert!(s.bake_ms > 0);
-        assert!(s.canary.is_none());
-        let rolling = s.rolling.expect("staging rolls");
+        let gantry_core::StrategySettings::Rolling(rolling) = s.strategy else {
+            panic!("staging rolls: {:?}", s.strategy)
+        };
         let crate::Strategy::Rolling(r) = &staging.strategy else {
             panic!("the starter's staging is rolling")
         };
@@ -152,7 +156,11 @@ mod tests {
             "[environments.production]\ncanary = { steps = [{ weight = 10, pause = \"30s\" }, { weight = 50, pause = \"until-promoted\" }, { weight = 100 }], interval = \"500ms\" }\n",
         ).replace("strategy = \"blue-green\"\nbake = \"30s\"", "strategy = \"canary\"\nbake = \"30s\""));
         let prod = c.environment("production").unwrap();
-        let canary = c.deploy_settings(prod, Deploy).canary.expect("canary");
+        let gantry_core::StrategySettings::Canary(canary) =
+            c.deploy_settings(prod, Deploy).strategy
+        else {
+            panic!("production is a canary")
+        };
         let weights: Vec<u32> = canary.steps.iter().map(|s| s.weight).collect();
         assert_eq!(weights, [10, 50, 100]);
         assert_eq!(canary.steps[1].pause, Pause::UntilPromoted);
@@ -167,8 +175,11 @@ mod tests {
             let env = c.environment(&name).unwrap();
             let s = c.deploy_settings(env, Rollback);
             assert_eq!(s.bake_ms, 0, "{name}");
-            assert!(s.canary.is_none(), "{name}");
-            assert!(s.rolling.is_none(), "{name}");
+            assert_eq!(
+                s.strategy,
+                gantry_core::StrategySettings::BlueGreen,
+                "{name}"
+            );
             assert_eq!(s.instances, env.instances, "{name}");
             assert_eq!(s.freezes, env.freezes, "{name}");
         }

@@ -13,6 +13,7 @@ fn errors_of(src: &str) -> Vec<String> {
 }
 
 mod schema_keys;
+mod schema_ranges;
 
 #[test]
 fn starter_file_is_valid_and_has_the_four_environments() {

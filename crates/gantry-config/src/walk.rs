@@ -130,7 +130,22 @@ impl<'s> Walker<'s> {
         }
     }
 
-    fn count(&mut self, v: &Val<'_>, path: &str, min: u64, max: u64) -> Option<u32> {
+    /// An integer in the range the schema gives `key` of the table type
+    /// `S` (at `table`): the schema is the one statement of the range.
+    fn count<S: schemars::JsonSchema>(
+        &mut self,
+        v: &Val<'_>,
+        table: &str,
+        key: &str,
+    ) -> Option<u32> {
+        let (min, max) = crate::schema::range::<S>(key);
+        self.count_within(v, &join(table, key), min as u64, max as u64)
+    }
+
+    /// An integer within `min..=max`. Only for a range narrower than the
+    /// schema's, read from it and narrowed by another key (a rolling
+    /// update's surge is at most the environment's instances).
+    fn count_within(&mut self, v: &Val<'_>, path: &str, min: u64, max: u64) -> Option<u32> {
         let n = match v.get_ref() {
             DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix()).ok(),
             other => {
@@ -155,8 +170,20 @@ impl<'s> Walker<'s> {
         }
     }
 
+    /// A number (integer or float) in the range the schema gives `key` of
+    /// the table type `S` (at `table`).
+    fn number<S: schemars::JsonSchema>(
+        &mut self,
+        v: &Val<'_>,
+        table: &str,
+        key: &str,
+    ) -> Option<f64> {
+        let (min, max) = crate::schema::range::<S>(key);
+        self.number_within(v, &join(table, key), min, max)
+    }
+
     /// A number (integer or float) within `min..=max`.
-    fn number(&mut self, v: &Val<'_>, path: &str, min: f64, max: f64) -> Option<f64> {
+    fn number_within(&mut self, v: &Val<'_>, path: &str, min: f64, max: f64) -> Option<f64> {
         let n = match v.get_ref() {
             DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
                 .ok()
@@ -184,8 +211,15 @@ impl<'s> Walker<'s> {
         }
     }
 
-    /// A rule threshold: a number, or `false` to turn the rule off.
-    fn threshold(&mut self, v: &Val<'_>, path: &str, min: f64, max: f64) -> Option<Option<f64>> {
+    /// A rule threshold: a number in the range the schema gives `key` of
+    /// the table type `S` (at `table`), or `false` to turn the rule off.
+    fn threshold<S: schemars::JsonSchema>(
+        &mut self,
+        v: &Val<'_>,
+        table: &str,
+        key: &str,
+    ) -> Option<Option<f64>> {
+        let path = &join(table, key);
         match v.get_ref() {
             DeValue::Boolean(false) => Some(None),
             DeValue::Boolean(true) => {
@@ -196,7 +230,7 @@ impl<'s> Walker<'s> {
                 );
                 None
             }
-            _ => self.number(v, path, min, max).map(Some),
+            _ => self.number::<S>(v, table, key).map(Some),
         }
     }
 

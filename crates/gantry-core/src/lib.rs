@@ -19,5 +19,5 @@ pub mod time;
 pub use domain::{DeploymentId, Digest, EnvName, InstanceRef, Millis, NameError, Version};
 pub use machine::{
     step, DeploySettings, Deployment, DeploymentKind, Effect, Event, HealthSettings, NewDeployment,
-    Phase, Transition,
+    Phase, StrategySettings, Transition,
 };

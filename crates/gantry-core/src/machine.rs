@@ -37,7 +37,7 @@ mod smoke;
 pub use canary::{CanarySettings, CanaryState, CanaryStep, Pause};
 pub use deployment::{
     DeploySettings, Deployment, DeploymentKind, HealthSettings, InstanceHealth, NewDeployment,
-    Phase,
+    Phase, StrategySettings,
 };
 pub use events::{Effect, Event, Probe, Transition};
 pub use requests::RequestRefusal;
@@ -144,8 +144,11 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
                 t.deployment.version
             ));
             let d = &t.deployment;
-            if d.settings.rolling.is_some() && !d.old_instances.is_empty() {
-                rolling::begin(t, now);
+            if let (StrategySettings::Rolling(s), false) =
+                (&d.settings.strategy, d.old_instances.is_empty())
+            {
+                let s = *s;
+                rolling::begin(t, &s, now);
             } else {
                 enter(t, Phase::Starting, now);
             }
@@ -380,7 +383,7 @@ fn go_on_after_smoke(t: &mut Transition, passed: bool, now: Millis) {
 
 /// Where a deployment goes once its new instances are healthy and smoke-checked.
 fn after_verified(d: &Deployment) -> Phase {
-    if d.settings.canary.is_some() && !d.old_instances.is_empty() {
+    if matches!(d.settings.strategy, StrategySettings::Canary(_)) && !d.old_instances.is_empty() {
         Phase::Baselining
     } else {
         Phase::Switching

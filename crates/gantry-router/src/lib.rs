@@ -105,3 +105,37 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()?;
     std::fs::rename(&tmp, path)
 }
+
+#[cfg(test)]
+mod tests {
+    /// Files by concern: past ~600 lines a file holds two concerns, unless
+    /// its first comment says why it is kept whole.
+    #[test]
+    fn no_source_file_is_over_600_lines_without_a_stated_reason() {
+        fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    rust_files(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(path);
+                }
+            }
+        }
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        rust_files(&src, &mut files);
+        let too_long: Vec<String> = files
+            .iter()
+            .filter_map(|f| {
+                let text = std::fs::read_to_string(f).unwrap();
+                let lines = text.lines().count();
+                let first_comment = text.lines().next().unwrap_or_default();
+                let reason = first_comment.contains("Kept as one file");
+                (lines > 600 && !reason).then(|| format!("{} ({lines} lines)", f.display()))
+            })
+            .collect();
+        assert!(files.len() >= 5, "{files:?}");
+        assert_eq!(too_long, Vec::<String>::new());
+    }
+}

@@ -1,6 +1,7 @@
 //! What the controller shows about itself: the public status page and its
 //! JSON, and Prometheus metrics. Both are derived from the store on each
-//! request, so they agree with the records and survive restarts.
+//! request, so they agree with the records and survive restarts. Functions
+//! over the controller's public reads: they add nothing to the controller.
 
 pub use gantry_api::{ActiveDeployment, EnvironmentStatus, Incident, StatusPage};
 
@@ -106,181 +107,180 @@ struct DeliveryLabel {
     status: String,
 }
 
-impl Controller {
-    pub async fn status_page(&self) -> Result<StatusPage, ControlError> {
-        let states = self.env_states()?;
-        let active = self.active_deployments()?;
-        let now = now_ms();
-        let mut environments = Vec::new();
-        for env in &self.config().environments {
-            let state = states.iter().find(|s| s.env == env.name);
-            let running = active.iter().find(|d| d.env == env.name);
-            // While a deployment runs, its phase says how things are; at
-            // rest, every serving instance must be up.
-            let mut healthy = true;
-            if running.is_none() {
-                for i in state.map(|s| s.instances.as_slice()).unwrap_or_default() {
-                    healthy &= self.instance_running(i).await;
-                }
+/// The status page, from what the controller reads out.
+pub async fn status_page(c: &Controller) -> Result<StatusPage, ControlError> {
+    let states = c.env_states()?;
+    let active = c.active_deployments()?;
+    let now = now_ms();
+    let mut environments = Vec::new();
+    for env in &c.config().environments {
+        let state = states.iter().find(|s| s.env == env.name);
+        let running = active.iter().find(|d| d.env == env.name);
+        // While a deployment runs, its phase says how things are; at
+        // rest, every serving instance must be up.
+        let mut healthy = true;
+        if running.is_none() {
+            for i in state.map(|s| s.instances.as_slice()).unwrap_or_default() {
+                healthy &= c.instance_running(i).await;
             }
-            let status = environment_status(running, healthy);
-            environments.push(EnvironmentStatus {
-                name: env.name.to_string(),
-                status,
-                label: status.label().to_owned(),
-                version: state.map(|s| s.version.to_string()),
-                since: state.map(|s| s.since),
-                deployment: running.map(|d| ActiveDeployment {
-                    id: d.id,
-                    version: d.version.to_string(),
-                    phase: d.phase.as_str().to_owned(),
-                    weight: d.canary.as_ref().map(|c| c.weight),
-                }),
-            });
         }
-        let incidents = self
-            .deployments(None, 200)?
-            .into_iter()
-            // A rollback touched the service; a failure before anything
-            // changed (refused, rejected, bad artifact) did not, unless the
-            // rollback itself failed.
-            .filter(|d| {
-                let failed_rollback = d.phase == Phase::Failed
-                    && d.reason
-                        .as_deref()
-                        .is_some_and(|r| r.starts_with("rollback could not"));
-                (matches!(d.phase, Phase::RolledBack | Phase::RollingBack) || failed_rollback)
-                    && d.created_at >= now - INCIDENT_WINDOW_MS
-            })
-            .take(20)
-            .map(|d| Incident {
-                env: d.env.to_string(),
-                deployment: d.id,
-                version: d.version.to_string(),
-                outcome: d.phase.as_str().to_owned(),
-                reason: public_reason(&d).map(str::to_owned),
-                started_at: d.created_at,
-                resolved_at: d.finished_at,
-            })
-            .collect();
-        let status = environments
-            .iter()
-            .map(|e| e.status)
-            .max()
-            .unwrap_or(ServiceStatus::Operational);
-        Ok(StatusPage {
-            service: self.config().service.name.clone(),
+        let status = environment_status(running, healthy);
+        environments.push(EnvironmentStatus {
+            name: env.name.to_string(),
             status,
             label: status.label().to_owned(),
-            environments,
-            incidents,
-            generated_at: now,
-        })
-    }
-
-    /// Gantry's own metrics in the Prometheus text format.
-    pub fn metrics_text(&self) -> Result<String, ControlError> {
-        let mut registry = Registry::with_prefix("gantry");
-        let deployments = Family::<Outcome, Counter>::default();
-        let in_progress = Family::<EnvLabel, Gauge>::default();
-        let durations = Family::<Outcome, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0,
-            ])
+            version: state.map(|s| s.version.to_string()),
+            since: state.map(|s| s.since),
+            deployment: running.map(|d| ActiveDeployment {
+                id: d.id,
+                version: d.version.to_string(),
+                phase: d.phase,
+                weight: d.canary.as_ref().map(|c| c.weight),
+            }),
         });
-        let rollbacks = Family::<RollbackReason, Counter>::default();
-        let verdicts = Family::<VerdictLabel, Counter>::default();
-        let deliveries = Family::<DeliveryLabel, Counter>::default();
-        for env in &self.config().environments {
-            in_progress
-                .get_or_create(&EnvLabel {
-                    env: env.name.to_string(),
-                })
-                .set(0);
+    }
+    let incidents = c
+        .deployments(None, 200)?
+        .into_iter()
+        // A rollback touched the service; a failure before anything
+        // changed (refused, rejected, bad artifact) did not, unless the
+        // rollback itself failed.
+        .filter(|d| {
+            let failed_rollback = d.phase == Phase::Failed
+                && d.reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("rollback could not"));
+            (matches!(d.phase, Phase::RolledBack | Phase::RollingBack) || failed_rollback)
+                && d.created_at >= now - INCIDENT_WINDOW_MS
+        })
+        .take(20)
+        .map(|d| Incident {
+            env: d.env.to_string(),
+            deployment: d.id,
+            version: d.version.to_string(),
+            outcome: d.phase.as_str().to_owned(),
+            reason: public_reason(&d).map(str::to_owned),
+            started_at: d.created_at,
+            resolved_at: d.finished_at,
+        })
+        .collect();
+    let status = environments
+        .iter()
+        .map(|e| e.status)
+        .max()
+        .unwrap_or(ServiceStatus::Operational);
+    Ok(StatusPage {
+        service: c.config().service.name.clone(),
+        status,
+        label: status.label().to_owned(),
+        environments,
+        incidents,
+        generated_at: now,
+    })
+}
+
+/// Gantry's own metrics in the Prometheus text format.
+pub fn metrics_text(c: &Controller) -> Result<String, ControlError> {
+    let mut registry = Registry::with_prefix("gantry");
+    let deployments = Family::<Outcome, Counter>::default();
+    let in_progress = Family::<EnvLabel, Gauge>::default();
+    let durations = Family::<Outcome, Histogram>::new_with_constructor(|| {
+        Histogram::new([
+            1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0,
+        ])
+    });
+    let rollbacks = Family::<RollbackReason, Counter>::default();
+    let verdicts = Family::<VerdictLabel, Counter>::default();
+    let deliveries = Family::<DeliveryLabel, Counter>::default();
+    for env in &c.config().environments {
+        in_progress
+            .get_or_create(&EnvLabel {
+                env: env.name.to_string(),
+            })
+            .set(0);
+    }
+    for d in c.deployments(None, 100_000)? {
+        let env = d.env.to_string();
+        if !d.phase.is_terminal() {
+            in_progress.get_or_create(&EnvLabel { env }).inc();
+            continue;
         }
-        for d in self.deployments(None, 100_000)? {
-            let env = d.env.to_string();
-            if !d.phase.is_terminal() {
-                in_progress.get_or_create(&EnvLabel { env }).inc();
-                continue;
+        let labels = Outcome {
+            env: env.clone(),
+            kind: match d.kind {
+                DeploymentKind::Deploy => "deploy",
+                DeploymentKind::Rollback => "rollback",
             }
-            let labels = Outcome {
-                env: env.clone(),
-                kind: match d.kind {
-                    DeploymentKind::Deploy => "deploy",
-                    DeploymentKind::Rollback => "rollback",
-                }
-                .to_owned(),
-                outcome: d.phase.as_str().to_owned(),
-            };
-            deployments.get_or_create(&labels).inc();
-            if let Some(f) = d.finished_at {
-                durations
-                    .get_or_create(&labels)
-                    .observe((f - d.created_at).max(0) as f64 / 1000.0);
-            }
-            if d.phase == Phase::RolledBack {
-                rollbacks
-                    .get_or_create(&RollbackReason {
-                        env: env.clone(),
-                        reason: reason_class(&d).to_owned(),
-                    })
-                    .inc();
-            }
-            if let Some(a) = d.canary.as_ref().and_then(|c| c.last.as_ref()) {
-                let verdict = match a.verdict {
-                    Verdict::Fail { .. } => "fail",
-                    Verdict::NoWorse { .. } => "no_worse",
-                    Verdict::Continue { .. } => "continue",
-                };
-                verdicts
-                    .get_or_create(&VerdictLabel {
-                        env,
-                        verdict: verdict.to_owned(),
-                    })
-                    .inc();
-            }
+            .to_owned(),
+            outcome: d.phase.as_str().to_owned(),
+        };
+        deployments.get_or_create(&labels).inc();
+        if let Some(f) = d.finished_at {
+            durations
+                .get_or_create(&labels)
+                .observe((f - d.created_at).max(0) as f64 / 1000.0);
         }
-        for d in self.deliveries(None, 100_000)? {
-            deliveries
-                .get_or_create(&DeliveryLabel {
-                    channel: d.channel,
-                    event: d.notice.kind.as_str().to_owned(),
-                    status: d.status,
+        if d.phase == Phase::RolledBack {
+            rollbacks
+                .get_or_create(&RollbackReason {
+                    env: env.clone(),
+                    reason: reason_class(&d).to_owned(),
                 })
                 .inc();
         }
-        registry.register(
-            "deployments",
-            "Finished deployments by environment, kind and outcome",
-            deployments,
-        );
-        registry.register(
-            "deployments_in_progress",
-            "Deployments in progress or waiting, by environment",
-            in_progress,
-        );
-        registry.register(
-            "deployment_duration_seconds",
-            "Time from request to outcome of finished deployments",
-            durations,
-        );
-        registry.register("rollbacks", "Deployments rolled back, by reason", rollbacks);
-        registry.register(
-            "analysis_verdicts",
-            "The last canary analysis verdict of each canary deployment",
-            verdicts,
-        );
-        registry.register(
-            "notification_deliveries",
-            "Notification deliveries by channel, event and status",
-            deliveries,
-        );
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &registry)
-            .map_err(|e| ControlError::Internal(format!("metrics: {e}")))?;
-        Ok(out)
+        if let Some(a) = d.canary.as_ref().and_then(|c| c.last.as_ref()) {
+            let verdict = match a.verdict {
+                Verdict::Fail { .. } => "fail",
+                Verdict::NoWorse { .. } => "no_worse",
+                Verdict::Continue { .. } => "continue",
+            };
+            verdicts
+                .get_or_create(&VerdictLabel {
+                    env,
+                    verdict: verdict.to_owned(),
+                })
+                .inc();
+        }
     }
+    for d in c.deliveries(None, 100_000)? {
+        deliveries
+            .get_or_create(&DeliveryLabel {
+                channel: d.channel,
+                event: d.notice.kind.as_str().to_owned(),
+                status: d.status,
+            })
+            .inc();
+    }
+    registry.register(
+        "deployments",
+        "Finished deployments by environment, kind and outcome",
+        deployments,
+    );
+    registry.register(
+        "deployments_in_progress",
+        "Deployments in progress or waiting, by environment",
+        in_progress,
+    );
+    registry.register(
+        "deployment_duration_seconds",
+        "Time from request to outcome of finished deployments",
+        durations,
+    );
+    registry.register("rollbacks", "Deployments rolled back, by reason", rollbacks);
+    registry.register(
+        "analysis_verdicts",
+        "The last canary analysis verdict of each canary deployment",
+        verdicts,
+    );
+    registry.register(
+        "notification_deliveries",
+        "Notification deliveries by channel, event and status",
+        deliveries,
+    );
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .map_err(|e| ControlError::Internal(format!("metrics: {e}")))?;
+    Ok(out)
 }
 
 const STATUS_HTML: &str = r#"<!doctype html>

@@ -2,6 +2,7 @@
 //! preconditions, steps, validation, rollback plan, communications, review
 //! and approval), rendered as Markdown from the config, the release, its
 //! gates and its evidence. Approving a plan attaches it as evidence.
+//! Functions over the controller's public reads and `record_evidence`.
 
 pub use gantry_api::Plan;
 
@@ -166,178 +167,177 @@ fn analysis_rules(c: &Controller) -> Vec<String> {
     out
 }
 
-impl Controller {
-    pub fn plan(&self, version: &str, env: &str) -> Result<Plan, ControlError> {
-        let env = self.env(env)?.clone();
-        let release = self.release(version)?;
-        let v = release.version.to_string();
-        let previous = self.env_state(&env.name)?.map(|s| s.version.to_string());
-        let gates = self.gates(&release.version, &env)?;
-        let evidence = self.evidence(&release.version)?;
-        let newest = |kind: EvidenceKind| {
-            evidence
-                .iter()
-                .filter(|e| e.kind == kind)
-                .max_by_key(|e| e.id)
-        };
-        let rehearsal = newest(EvidenceKind::Rehearsal).map(|e| e.report.summary());
-        let plan_approvals: Vec<PlanApproval> = evidence
+/// The deployment plan of `version` into `env`, from what the controller reads out.
+pub fn plan(c: &Controller, version: &str, env: &str) -> Result<Plan, ControlError> {
+    let env = c.env(env)?.clone();
+    let release = c.release(version)?;
+    let v = release.version.to_string();
+    let previous = c.env_state(&env.name)?.map(|s| s.version.to_string());
+    let gates = c.gates(&release.version, &env)?;
+    let evidence = c.evidence(&release.version)?;
+    let newest = |kind: EvidenceKind| {
+        evidence
             .iter()
-            .filter_map(|e| match &e.report {
-                Report::Plan {
-                    env: p, comment, ..
-                } if p == env.name.as_str() => Some(PlanApproval {
-                    by: e.added_by.clone(),
-                    at: rfc3339(e.added_at),
-                    comment: comment.clone(),
-                }),
-                _ => None,
-            })
-            .collect();
-        let a = &env.approval;
-        let change_control = if a.required == 0 {
-            "no approval needed; standard changes go at once".to_owned()
-        } else {
-            format!(
-                "a normal change needs {} approval(s) from approvers other than the requester and a lead time of {}; emergency changes go at once and need their approvals within {}{}",
-                a.required,
-                a.lead_time,
-                humantime::format_duration(std::time::Duration::from_millis(a.emergency_review_ms)),
-                if a.allow_standard { "; standard changes are pre-approved" } else { "" }
-            )
-        };
-        let freezes: Vec<Freeze> = env
-            .freezes
-            .iter()
-            .map(|f| Freeze {
-                name: f.name.clone(),
-                when: match f.when {
-                    FreezeSpan::Once { from, to } => {
-                        format!("{} to {}", rfc3339(from), rfc3339(to))
-                    }
-                    FreezeSpan::Weekly {
-                        from_day,
-                        from_minute,
-                        to_day,
-                        to_minute,
-                    } => format!(
-                        "every week, {} {:02}:{:02} to {} {:02}:{:02} UTC",
-                        DAYS[from_day as usize % 7],
-                        from_minute / 60,
-                        from_minute % 60,
-                        DAYS[to_day as usize % 7],
-                        to_minute / 60,
-                        to_minute % 60
-                    ),
-                },
-            })
-            .collect();
-        let smoke: Vec<Check> = env
-            .smoke
-            .iter()
-            .flat_map(|s| s.checks.iter())
-            .map(|c| Check {
-                name: c.name.clone(),
-                critical: c.critical,
-                what: match &c.probe {
-                    SmokeProbe::Http {
-                        method,
-                        path,
-                        expect_status,
-                        body_contains,
-                        json_pointer,
-                        json_equals,
-                    } => {
-                        let mut w = format!("`{method} {path}` answers {expect_status}");
-                        if let Some(b) = body_contains {
-                            w.push_str(&format!(" with {b:?} in the body"));
-                        }
-                        if let (Some(p), Some(v)) = (json_pointer, json_equals) {
-                            w.push_str(&format!(" and JSON `{p}` = `{v}`"));
-                        }
-                        w
-                    }
-                    SmokeProbe::Command { argv } => format!("`{}` exits 0", argv.join(" ")),
-                },
-            })
-            .collect();
-        let analysis = if matches!(env.strategy, Strategy::Canary(_)) {
-            analysis_rules(self)
-        } else {
-            Vec::new()
-        };
-        let h = &self.config().health;
-        let ctx = minijinja::context! {
-            service => self.config().service.name,
-            command => self.config().service.command,
-            version => v,
-            env => env.name.as_str(),
-            generated_at => rfc3339(now_ms()),
-            git_sha => release.git_sha,
-            digest => release.digest.as_hex(),
-            size => release.size,
-            artifact_kind => release.artifact_kind,
-            signed_by => release.signed_by,
-            signature => match &release.signed_by {
-                Some(key) => format!("signed (minisign key `{key}`)"),
-                None => "not signed".to_owned(),
-            },
-            require_signature => env.require_signature,
-            previous => previous,
-            listen => env.listen.to_string(),
-            instances => env.instances,
-            strategy => strategy_text(&env),
-            gates => gates,
-            change_control => change_control,
-            freezes => freezes,
-            steps => steps(&env, &v, previous.as_deref()),
-            health_path => h.path,
-            failure_threshold => h.failure_threshold,
-            start_timeout => seconds(h.start_timeout_ms),
-            smoke => smoke,
-            analysis => analysis,
-            rehearsal => rehearsal,
-            approvals_needed => if a.required == 0 { "none".to_owned() } else { format!("{} from the approver role", a.required) },
-            plan_approvals => plan_approvals,
-        };
-        let mut engine = minijinja::Environment::new();
-        engine.set_trim_blocks(true);
-        let markdown = engine
-            .render_str(TEMPLATE, ctx)
-            .map_err(|e| ControlError::Internal(format!("plan template: {e}")))?;
-        let (digest, _) = gantry_store::hash_bytes(markdown.as_bytes());
-        Ok(Plan {
-            version: v,
-            env: env.name.to_string(),
-            digest: digest.to_string(),
-            markdown,
+            .filter(|e| e.kind == kind)
+            .max_by_key(|e| e.id)
+    };
+    let rehearsal = newest(EvidenceKind::Rehearsal).map(|e| e.report.summary());
+    let plan_approvals: Vec<PlanApproval> = evidence
+        .iter()
+        .filter_map(|e| match &e.report {
+            Report::Plan {
+                env: p, comment, ..
+            } if p == env.name.as_str() => Some(PlanApproval {
+                by: e.added_by.clone(),
+                at: rfc3339(e.added_at),
+                comment: comment.clone(),
+            }),
+            _ => None,
         })
-    }
+        .collect();
+    let a = &env.approval;
+    let change_control = if a.required == 0 {
+        "no approval needed; standard changes go at once".to_owned()
+    } else {
+        format!(
+            "a normal change needs {} approval(s) from approvers other than the requester and a lead time of {}; emergency changes go at once and need their approvals within {}{}",
+            a.required,
+            a.lead_time,
+            humantime::format_duration(std::time::Duration::from_millis(a.emergency_review_ms)),
+            if a.allow_standard { "; standard changes are pre-approved" } else { "" }
+        )
+    };
+    let freezes: Vec<Freeze> = env
+        .freezes
+        .iter()
+        .map(|f| Freeze {
+            name: f.name.clone(),
+            when: match f.when {
+                FreezeSpan::Once { from, to } => {
+                    format!("{} to {}", rfc3339(from), rfc3339(to))
+                }
+                FreezeSpan::Weekly {
+                    from_day,
+                    from_minute,
+                    to_day,
+                    to_minute,
+                } => format!(
+                    "every week, {} {:02}:{:02} to {} {:02}:{:02} UTC",
+                    DAYS[from_day as usize % 7],
+                    from_minute / 60,
+                    from_minute % 60,
+                    DAYS[to_day as usize % 7],
+                    to_minute / 60,
+                    to_minute % 60
+                ),
+            },
+        })
+        .collect();
+    let smoke: Vec<Check> = env
+        .smoke
+        .iter()
+        .flat_map(|s| s.checks.iter())
+        .map(|c| Check {
+            name: c.name.clone(),
+            critical: c.critical,
+            what: match &c.probe {
+                SmokeProbe::Http {
+                    method,
+                    path,
+                    expect_status,
+                    body_contains,
+                    json_pointer,
+                    json_equals,
+                } => {
+                    let mut w = format!("`{method} {path}` answers {expect_status}");
+                    if let Some(b) = body_contains {
+                        w.push_str(&format!(" with {b:?} in the body"));
+                    }
+                    if let (Some(p), Some(v)) = (json_pointer, json_equals) {
+                        w.push_str(&format!(" and JSON `{p}` = `{v}`"));
+                    }
+                    w
+                }
+                SmokeProbe::Command { argv } => format!("`{}` exits 0", argv.join(" ")),
+            },
+        })
+        .collect();
+    let analysis = if matches!(env.strategy, Strategy::Canary(_)) {
+        analysis_rules(c)
+    } else {
+        Vec::new()
+    };
+    let h = &c.config().health;
+    let ctx = minijinja::context! {
+        service => c.config().service.name,
+        command => c.config().service.command,
+        version => v,
+        env => env.name.as_str(),
+        generated_at => rfc3339(now_ms()),
+        git_sha => release.git_sha,
+        digest => release.digest.as_hex(),
+        size => release.size,
+        artifact_kind => release.artifact_kind,
+        signed_by => release.signed_by,
+        signature => match &release.signed_by {
+            Some(key) => format!("signed (minisign key `{key}`)"),
+            None => "not signed".to_owned(),
+        },
+        require_signature => env.require_signature,
+        previous => previous,
+        listen => env.listen.to_string(),
+        instances => env.instances,
+        strategy => strategy_text(&env),
+        gates => gates,
+        change_control => change_control,
+        freezes => freezes,
+        steps => steps(&env, &v, previous.as_deref()),
+        health_path => h.path,
+        failure_threshold => h.failure_threshold,
+        start_timeout => seconds(h.start_timeout_ms),
+        smoke => smoke,
+        analysis => analysis,
+        rehearsal => rehearsal,
+        approvals_needed => if a.required == 0 { "none".to_owned() } else { format!("{} from the approver role", a.required) },
+        plan_approvals => plan_approvals,
+    };
+    let mut engine = minijinja::Environment::new();
+    engine.set_trim_blocks(true);
+    let markdown = engine
+        .render_str(TEMPLATE, ctx)
+        .map_err(|e| ControlError::Internal(format!("plan template: {e}")))?;
+    let (digest, _) = gantry_store::hash_bytes(markdown.as_bytes());
+    Ok(Plan {
+        version: v,
+        env: env.name.to_string(),
+        digest: digest.to_string(),
+        markdown,
+    })
+}
 
-    /// Approves the plan as it renders now and attaches it to the release.
-    pub fn approve_plan(
-        &self,
-        version: &str,
-        env: &str,
-        by: &str,
-        comment: &str,
-    ) -> Result<(Plan, EvidenceRecord), ControlError> {
-        let plan = self.plan(version, env)?;
-        let release = self.release(version)?;
-        let report = Report::Plan {
-            env: plan.env.clone(),
-            approved_by: by.to_owned(),
-            comment: comment.to_owned(),
-        };
-        let name = format!("plan-{}-{}.md", plan.env, plan.version);
-        let record = self.record_evidence(
-            &release.version,
-            EvidenceKind::Plan,
-            &name,
-            plan.markdown.as_bytes(),
-            report,
-            by,
-        )?;
-        Ok((plan, record))
-    }
+/// Approves the plan as it renders now and attaches it to the release.
+pub fn approve_plan(
+    c: &Controller,
+    version: &str,
+    env: &str,
+    by: &str,
+    comment: &str,
+) -> Result<(Plan, EvidenceRecord), ControlError> {
+    let plan = plan(c, version, env)?;
+    let release = c.release(version)?;
+    let report = Report::Plan {
+        env: plan.env.clone(),
+        approved_by: by.to_owned(),
+        comment: comment.to_owned(),
+    };
+    let name = format!("plan-{}-{}.md", plan.env, plan.version);
+    let record = c.record_evidence(
+        &release.version,
+        EvidenceKind::Plan,
+        &name,
+        plan.markdown.as_bytes(),
+        report,
+        by,
+    )?;
+    Ok((plan, record))
 }

@@ -198,7 +198,7 @@ pub async fn approvals(c: &Client, output: Output) -> Exit {
             let state = if p.overdue {
                 "OVERDUE".to_owned()
             } else {
-                p.phase.clone()
+                p.phase.to_string()
             };
             outln!(
                 "{:<6} {:<12} {:<10} {:<10} {:<12} {:<9} {:<22} {state}",

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 /// Every key the schema documents, in every table it describes, and one key
 /// no table knows (`zz_unknown`) in each table.
-const EVERY_KEY: &str = r#"
+pub(super) const EVERY_KEY: &str = r#"
 zz_unknown = 1
 
 [service]

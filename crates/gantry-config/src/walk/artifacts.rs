@@ -28,7 +28,7 @@ pub(super) fn decode_artifacts(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Artifa
     };
     let entries = match t.get("max_entries") {
         Some(v) => w
-            .count(v, "artifacts.max_entries", 1, u32::MAX as u64)
+            .count::<crate::schema::ArtifactsSection>(v, "artifacts", "max_entries")
             .map(u64::from),
         None => Some(standard.max_entries),
     };

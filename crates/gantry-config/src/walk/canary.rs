@@ -7,38 +7,36 @@ pub(super) fn decode_analysis(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Analysi
     let t = w.table(v, "analysis")?;
     w.check_keys::<crate::schema::AnalysisSection>(t, "analysis");
     // Rule thresholds: a number in range, or false to turn the rule off.
+    // (Their ranges, like every number's, are the schema's.)
+    type Section = crate::schema::AnalysisSection;
     type Field = fn(&mut AnalysisPolicy) -> &mut Option<f64>;
-    let thresholds: [(&str, f64, f64, Field); 6] = [
-        ("max_error_rate", 0.0, 1.0, |p| &mut p.max_error_rate),
-        ("max_error_rate_increase", 0.0, 1.0, |p| {
+    let thresholds: [(&str, Field); 6] = [
+        ("max_error_rate", |p| &mut p.max_error_rate),
+        ("max_error_rate_increase", |p| {
             &mut p.max_error_rate_increase
         }),
-        ("max_error_rate_ratio", 1.0, 1000.0, |p| {
-            &mut p.max_error_rate_ratio
-        }),
-        ("max_p99_factor", 1.0, 1000.0, |p| &mut p.max_p99_factor),
-        ("max_p50_factor", 1.0, 1000.0, |p| &mut p.max_p50_factor),
-        ("compare_slow_factor", 1.0, 1000.0, |p| {
-            &mut p.compare_slow_factor
-        }),
+        ("max_error_rate_ratio", |p| &mut p.max_error_rate_ratio),
+        ("max_p99_factor", |p| &mut p.max_p99_factor),
+        ("max_p50_factor", |p| &mut p.max_p50_factor),
+        ("compare_slow_factor", |p| &mut p.compare_slow_factor),
     ];
     let mut p = AnalysisPolicy::default();
     let mut ok = true;
     for (key, value) in t.iter() {
         let key: &str = key.get_ref();
         let path = join("analysis", key);
-        let good = if let Some((_, min, max, field)) = thresholds.iter().find(|(k, ..)| *k == key) {
-            w.threshold(value, &path, *min, *max)
+        let good = if let Some((_, field)) = thresholds.iter().find(|(k, _)| *k == key) {
+            w.threshold::<Section>(value, "analysis", key)
                 .map(|n| *field(&mut p) = n)
                 .is_some()
         } else {
             match key {
                 "alpha" => w
-                    .number(value, &path, 1e-9, 0.5)
+                    .number::<Section>(value, "analysis", key)
                     .map(|n| p.alpha = n)
                     .is_some(),
                 "min_requests" => w
-                    .count(value, &path, 1, 1_000_000)
+                    .count::<Section>(value, "analysis", key)
                     .map(|n| p.min_requests = n as u64)
                     .is_some(),
                 "compare_errors" => w.bool(value, &path).map(|b| p.compare_errors = b).is_some(),
@@ -47,7 +45,7 @@ pub(super) fn decode_analysis(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Analysi
                     .map(|b| p.compare_client_errors = b)
                     .is_some(),
                 "promotion_margin" => w
-                    .number(value, &path, 0.0, 10.0)
+                    .number::<Section>(value, "analysis", key)
                     .map(|n| p.promotion_margin = n)
                     .is_some(),
                 _ => true, // reported by check_keys
@@ -100,7 +98,7 @@ fn decode_steps(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<Vec<Canar
         };
         w.check_keys::<crate::schema::StepSection>(st, &p);
         let weight = match st.get("weight") {
-            Some(wv) => w.count(wv, &join(&p, "weight"), 1, 100),
+            Some(wv) => w.count::<crate::schema::StepSection>(wv, &p, "weight"),
             None => {
                 w.error(
                     item.span(),

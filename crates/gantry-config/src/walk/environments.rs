@@ -154,7 +154,7 @@ fn decode_environment(
         }
     });
     let instances = match t.get("instances") {
-        Some(v) => w.count(v, &join(path, "instances"), 1, 64),
+        Some(v) => w.count::<crate::schema::EnvironmentSection>(v, path, "instances"),
         None => Some(1),
     };
     let strategy = match t.get("strategy") {

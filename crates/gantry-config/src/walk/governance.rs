@@ -18,7 +18,7 @@ pub(super) fn decode_approval(
     let t = w.table(v, path)?;
     w.check_keys::<crate::schema::ApprovalSection>(t, path);
     let required = match t.get("required") {
-        Some(r) => w.count(r, &join(path, "required"), 0, 10),
+        Some(r) => w.count::<crate::schema::ApprovalSection>(r, path, "required"),
         None => Some(1),
     };
     let lead_time = match t.get("lead_time") {
@@ -187,7 +187,7 @@ pub(super) fn decode_gates(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Optio
     w.check_keys::<crate::schema::GatesSection>(t, path);
     let std = GatePolicy::standard();
     let mut pct = |key: &str, default: Option<f64>| match t.get(key) {
-        Some(pv) => w.threshold(pv, &join(path, key), 0.0, 100.0),
+        Some(pv) => w.threshold::<crate::schema::GatesSection>(pv, path, key),
         None => Some(default),
     };
     let unit = pct("unit", std.unit_pass_pct);

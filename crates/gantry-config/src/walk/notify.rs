@@ -261,7 +261,9 @@ fn decode_email(
         None => Some(SmtpTls::StartTls),
     };
     let port = match st.get("port") {
-        Some(p) => w.count(p, &join(&sp, "port"), 1, 65_535).map(|p| p as u16),
+        Some(p) => w
+            .count::<crate::schema::SmtpSection>(p, &sp, "port")
+            .map(|p| p as u16),
         None => Some(match tls {
             Some(SmtpTls::Tls) => 465,
             Some(SmtpTls::None) => 25,

@@ -17,16 +17,16 @@ pub(super) fn decode_rolling(
     };
     let t = w.table(v, path)?;
     w.check_keys::<crate::schema::RollingSection>(t, path);
-    let max = instances.unwrap_or(64) as u64;
     let std = Rolling::standard();
-    let surge = match t.get("max_surge") {
-        Some(sv) => w.count(sv, &join(path, "max_surge"), 0, max),
-        None => Some(std.max_surge),
+    // The schema's range, narrowed to the environment's instances.
+    let mut bounded = |key: &str| {
+        let (min, max) = crate::schema::range::<crate::schema::RollingSection>(key);
+        let max = instances.map_or(max as u64, |n| u64::from(n).min(max as u64));
+        t.get(key)
+            .map(|v| w.count_within(v, &join(path, key), min as u64, max))
     };
-    let unavailable = match t.get("max_unavailable") {
-        Some(uv) => w.count(uv, &join(path, "max_unavailable"), 0, max),
-        None => Some(std.max_unavailable),
-    };
+    let surge = bounded("max_surge").unwrap_or(Some(std.max_surge));
+    let unavailable = bounded("max_unavailable").unwrap_or(Some(std.max_unavailable));
     let (surge, unavailable) = (surge?, unavailable?);
     if surge == 0 && unavailable == 0 {
         w.error(
@@ -81,7 +81,9 @@ pub(super) fn decode_smoke(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Optio
     w.check_keys::<crate::schema::SmokeSection>(t, path);
     let timeout_ms = optional_duration(w, t, &join(path, "timeout"), "timeout", 300_000);
     let ratio = match t.get("max_noncritical_failure_ratio") {
-        Some(rv) => w.number(rv, &join(path, "max_noncritical_failure_ratio"), 0.0, 1.0),
+        Some(rv) => {
+            w.number::<crate::schema::SmokeSection>(rv, path, "max_noncritical_failure_ratio")
+        }
         None => Some(0.1),
     };
     let checks = match t.get("checks") {
@@ -229,7 +231,7 @@ fn decode_http(
     };
     let status = match t.get("expect_status") {
         Some(sv) => w
-            .count(sv, &join(path, "expect_status"), 100, 599)
+            .count::<crate::schema::CheckSection>(sv, path, "expect_status")
             .map(|s| s as u16),
         None => Some(200),
     };

@@ -137,7 +137,7 @@ pub(super) fn decode_health(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Health> {
     let timeout = optional_duration(w, t, "health.timeout", "timeout", 1000);
     let start_timeout = optional_duration(w, t, "health.start_timeout", "start_timeout", 30_000);
     let threshold = match t.get("failure_threshold") {
-        Some(v) => w.count(v, "health.failure_threshold", 1, 100),
+        Some(v) => w.count::<crate::schema::HealthSection>(v, "health", "failure_threshold"),
         None => Some(3),
     };
     Some(Health {

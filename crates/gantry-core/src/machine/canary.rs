@@ -12,7 +12,7 @@
 //! began, with `alpha / steps` of the false-rollback budget, so the whole
 //! rollout stays within `alpha` however many times it is looked at.
 
-use super::{enter, roll_back, Deployment, Effect, Event, Phase, Transition};
+use super::{enter, roll_back, Deployment, Effect, Event, Phase, StrategySettings, Transition};
 use crate::analysis::{
     analyse, latency_limits, Analysis, AnalysisPolicy, Baseline, Counts, LatencyLimits, RuleStatus,
     Verdict,
@@ -77,11 +77,13 @@ pub(super) fn handles(event: &Event) -> bool {
     )
 }
 
-fn settings(d: &Deployment) -> &CanarySettings {
-    d.settings
-        .canary
-        .as_ref()
-        .expect("canary phases only run with canary settings")
+/// The canary settings of a canary deployment. The canary phases are
+/// entered only by one, so for any other the entry points do nothing.
+fn settings(d: &Deployment) -> Option<CanarySettings> {
+    match &d.settings.strategy {
+        StrategySettings::Canary(s) => Some(s.clone()),
+        StrategySettings::BlueGreen | StrategySettings::Rolling(_) => None,
+    }
 }
 
 fn state(t: &mut Transition) -> &mut CanaryState {
@@ -115,9 +117,13 @@ fn delta(now: &Counts, start: &Counts) -> Counts {
 }
 
 pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
+    let Some(s) = settings(&t.deployment) else {
+        return;
+    };
+    let s = &s;
     match (t.deployment.phase, event) {
         (Phase::Baselining, Event::BaselineObserved { baseline }) => {
-            let limits = latency_limits(&settings(&t.deployment).analysis, baseline);
+            let limits = latency_limits(&s.analysis, baseline);
             t.log.push(if baseline.requests == 0 {
                 "health baseline: the stable release has served no traffic yet; baseline rules are off".to_owned()
             } else {
@@ -141,7 +147,7 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
             let first = !t.deployment.traffic_on_new;
             t.deployment.traffic_on_new = true;
             let step = state(t).step;
-            let weight = settings(&t.deployment).steps[step].weight;
+            let weight = s.steps[step].weight;
             let st = state(t);
             st.weight = weight;
             st.step_start = None;
@@ -153,28 +159,28 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
                 probe_all(t, now);
             }
             // A step without a pause is a pass-through: nothing to wait for.
-            if settings(&t.deployment).steps[step].pause == (Pause::For { ms: 0 }) {
-                return advance(t, now);
+            if s.steps[step].pause == (Pause::For { ms: 0 }) {
+                return advance(t, s, now);
             }
             observe(t, now);
         }
         (Phase::Canary, Event::MetricsObserved { canary, stable }) => {
-            on_metrics(t, canary, stable, now)
+            on_metrics(t, s, canary, stable, now)
         }
         (Phase::Canary, Event::MetricsUnavailable { reason }) => {
             if !state(t).waiting_logged {
                 t.log.push(format!("metrics unavailable: {reason}"));
                 state(t).waiting_logged = true;
             }
-            check_wait(t, now, "metrics are unavailable".to_owned());
+            check_wait(t, s, now, "metrics are unavailable".to_owned());
             if t.deployment.phase == Phase::Canary {
-                schedule(t, now);
+                schedule(t, s, now);
             }
         }
         (Phase::Canary, Event::PromoteRequested { by }) => {
             let weight = state(t).weight;
             t.log.push(format!("promoted by {by} at {weight}%"));
-            advance(t, now);
+            advance(t, s, now);
         }
         (Phase::Canary, Event::PauseRequested { by })
             if t.deployment
@@ -200,10 +206,16 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
     }
 }
 
-fn on_metrics(t: &mut Transition, canary: &Counts, stable: &Counts, now: Millis) {
+fn on_metrics(
+    t: &mut Transition,
+    s: &CanarySettings,
+    canary: &Counts,
+    stable: &Counts,
+    now: Millis,
+) {
     let Some((c0, s0)) = state(t).step_start else {
         state(t).step_start = Some((*canary, *stable));
-        schedule(t, now);
+        schedule(t, s, now);
         return;
     };
     if canary.requests < c0.requests || stable.requests < s0.requests {
@@ -214,14 +226,13 @@ fn on_metrics(t: &mut Transition, canary: &Counts, stable: &Counts, now: Millis)
             "traffic counters restarted (router restart?); step {weight}% is judged from here"
         ));
         state(t).step_start = Some((*canary, *stable));
-        schedule(t, now);
+        schedule(t, s, now);
         return;
     }
-    let s = settings(&t.deployment).clone();
     let st = state(t).clone();
     let step = &s.steps[st.step];
     let (dc, ds) = (delta(canary, &c0), delta(stable, &s0));
-    let analysis = analyse(&step_policy(&s, st.weight), &st.baseline, &dc, &ds);
+    let analysis = analyse(&step_policy(s, st.weight), &st.baseline, &dc, &ds);
     let verdict = analysis.verdict.clone();
     let waiting_rules: Vec<String> = analysis
         .reports
@@ -243,7 +254,7 @@ fn on_metrics(t: &mut Transition, canary: &Counts, stable: &Counts, now: Millis)
                 "canary no worse than stable at {}% (evidence {evidence:.0}, {} canary requests)",
                 st.weight, dc.requests
             ));
-            return advance(t, now);
+            return advance(t, s, now);
         }
         Verdict::NoWorse { .. } | Verdict::Continue { .. } => {}
     }
@@ -258,7 +269,7 @@ fn on_metrics(t: &mut Transition, canary: &Counts, stable: &Counts, now: Millis)
                     seconds(elapsed),
                     dc.requests
                 ));
-                return advance(t, now);
+                return advance(t, s, now);
             }
             if elapsed >= ms && waiting && !st.waiting_logged {
                 t.log.push(format!(
@@ -271,6 +282,7 @@ fn on_metrics(t: &mut Transition, canary: &Counts, stable: &Counts, now: Millis)
             if waiting {
                 check_wait(
                     t,
+                    s,
                     now,
                     format!("not enough data ({})", waiting_rules.join(", ")),
                 );
@@ -280,12 +292,11 @@ fn on_metrics(t: &mut Transition, canary: &Counts, stable: &Counts, now: Millis)
             }
         }
     }
-    schedule(t, now);
+    schedule(t, s, now);
 }
 
 /// Rolls back a timed step that has waited too long for data.
-fn check_wait(t: &mut Transition, now: Millis, why: String) {
-    let s = settings(&t.deployment);
+fn check_wait(t: &mut Transition, s: &CanarySettings, now: Millis, why: String) {
     let st = t.deployment.canary.clone().unwrap_or_default();
     if st.paused_at.is_some() || !matches!(s.steps[st.step].pause, Pause::For { .. }) {
         return;
@@ -301,22 +312,21 @@ fn check_wait(t: &mut Transition, now: Millis, why: String) {
     }
 }
 
-fn advance(t: &mut Transition, now: Millis) {
-    let steps = settings(&t.deployment).steps.clone();
+fn advance(t: &mut Transition, s: &CanarySettings, now: Millis) {
     let st = state(t);
     st.step += 1;
     st.paused_at = None;
-    if st.step >= steps.len() {
+    if st.step >= s.steps.len() {
         t.log
             .push("canary complete: all traffic on the new release".to_owned());
         return enter(t, Phase::Draining, now);
     }
-    emit_phase_effects(t, now);
+    emit_canary_effects(t, s, now);
 }
 
 /// The next look at the metrics, one interval from now.
-fn schedule(t: &mut Transition, now: Millis) {
-    let at = now + settings(&t.deployment).interval_ms as Millis;
+fn schedule(t: &mut Transition, s: &CanarySettings, now: Millis) {
+    let at = now + s.interval_ms as Millis;
     observe(t, at);
 }
 
@@ -335,12 +345,17 @@ fn probe_all(t: &mut Transition, now: Millis) {
 
 /// What the canary phases need, from state alone (also after a restart).
 pub(super) fn emit_phase_effects(t: &mut Transition, now: Millis) {
+    if let Some(s) = settings(&t.deployment) {
+        emit_canary_effects(t, &s, now);
+    }
+}
+
+fn emit_canary_effects(t: &mut Transition, s: &CanarySettings, now: Millis) {
     match t.deployment.phase {
         Phase::Baselining => t.effects.push(Effect::ObserveBaseline),
         Phase::Canary => {
-            let steps = &settings(&t.deployment).steps;
             let st = t.deployment.canary.clone().unwrap_or_default();
-            let wanted = steps[st.step].weight;
+            let wanted = s.steps[st.step].weight;
             if st.weight != wanted {
                 t.effects.push(Effect::ShiftTraffic {
                     weight: wanted,

@@ -25,20 +25,42 @@ pub struct DeploySettings {
     /// How long the new release serves alone, old instances still warm,
     /// before the old ones are stopped.
     pub bake_ms: u64,
-    /// Shift traffic in steps with live analysis instead of all at once.
-    /// Used only when a previous release serves (there is nothing to compare with otherwise).
-    #[serde(default)]
-    pub canary: Option<CanarySettings>,
-    /// Replace instances in batches instead of starting a whole new pool.
-    /// Used only when a previous release serves.
-    #[serde(default)]
-    pub rolling: Option<RollingSettings>,
+    /// How the new release replaces the old one.
+    pub strategy: StrategySettings,
     /// Checks run against the new instances before they take traffic.
     #[serde(default)]
     pub smoke: Option<SmokeSettings>,
     /// Windows in which only emergency changes start.
     #[serde(default)]
     pub freezes: Vec<FreezeWindow>,
+}
+
+/// How a deployment replaces the release that serves: one value, so a
+/// deployment cannot carry the settings of two strategies, or of none.
+///
+/// Canary and rolling need a release to compare with or replace: on a first
+/// deployment (no old instances) both run as blue-green.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum StrategySettings {
+    /// Start a whole new pool beside the old, verify it, switch all traffic
+    /// at once, keep the old pool warm through the bake. Also every rollback.
+    BlueGreen,
+    /// Shift traffic in steps, each judged live against the stable release.
+    Canary(CanarySettings),
+    /// Replace instances in batches, each healthy before the next.
+    Rolling(RollingSettings),
+}
+
+impl StrategySettings {
+    /// The name used in `gantry.toml` and in the API (`kind`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            StrategySettings::BlueGreen => "blue-green",
+            StrategySettings::Canary(_) => "canary",
+            StrategySettings::Rolling(_) => "rolling",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -99,6 +121,12 @@ impl Phase {
             Phase::RolledBack => "rolled_back",
             Phase::Failed => "failed",
         }
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -19,7 +19,7 @@
 //! to all of them, then stops the new ones.
 
 use super::{check_start_deadline, enter, on_health, roll_back, smoke, Effect, Event, Phase};
-use super::{Deployment, Transition};
+use super::{Deployment, StrategySettings, Transition};
 use crate::domain::{InstanceRef, Millis};
 use serde::{Deserialize, Serialize};
 
@@ -67,12 +67,6 @@ pub struct RollingState {
     pub rollback_routed: bool,
 }
 
-fn settings(d: &Deployment) -> RollingSettings {
-    d.settings
-        .rolling
-        .expect("rolling phases only run with rolling settings")
-}
-
 /// Old instances not retired yet.
 fn survivors(d: &Deployment) -> Vec<InstanceRef> {
     let retired = d
@@ -103,11 +97,11 @@ fn weight(new: usize, old: usize) -> u32 {
     }
 }
 
-/// Enters the rolling phase from `Preparing`.
-pub(super) fn begin(t: &mut Transition, now: Millis) {
+/// Enters the rolling phase from `Preparing`, with the deployment's own
+/// rolling settings.
+pub(super) fn begin(t: &mut Transition, s: &RollingSettings, now: Millis) {
     t.deployment.phase = Phase::Rolling;
     t.deployment.phase_since = now;
-    let s = settings(&t.deployment);
     t.log.push(format!(
         "phase rolling: {} instance(s), max surge {}, max unavailable {}",
         t.deployment.settings.instances, s.max_surge, s.max_unavailable
@@ -121,7 +115,7 @@ pub(super) fn begin(t: &mut Transition, now: Millis) {
         restored_unrouted: false,
         rollback_routed: false,
     });
-    plan_next(t, now);
+    plan_next(t, s, now);
 }
 
 fn set_stage(t: &mut Transition, stage: RollStage, now: Millis) {
@@ -133,9 +127,8 @@ fn set_stage(t: &mut Transition, stage: RollStage, now: Millis) {
 }
 
 /// The next batch, or the end of the update.
-fn plan_next(t: &mut Transition, now: Millis) {
+fn plan_next(t: &mut Transition, s: &RollingSettings, now: Millis) {
     let d = &t.deployment;
-    let s = settings(d);
     let n = d.settings.instances as usize;
     let routed = d.rolling.as_ref().map_or(0, |r| r.routed) as usize;
     let old = survivors(d);
@@ -170,7 +163,13 @@ fn stage(t: &Transition) -> Option<RollStage> {
     t.deployment.rolling.as_ref().map(|r| r.stage.clone())
 }
 
+/// An event in the rolling phase. Only a rolling deployment enters it, so
+/// any other is left alone.
 pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
+    let StrategySettings::Rolling(s) = t.deployment.settings.strategy else {
+        return;
+    };
+    let s = &s;
     let Some(current) = stage(t) else { return };
     match (current, event) {
         (RollStage::Unroute { retire }, Event::TrafficRouted { to_new: true }) => {
@@ -189,7 +188,7 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
                     }
                 }
             }
-            plan_next(t, now);
+            plan_next(t, s, now);
         }
         (RollStage::Start { .. }, Event::InstancesStarted { instances }) => {
             let d = &mut t.deployment;
@@ -250,7 +249,7 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
                 weight(n, serving_old)
             ));
             if retire.is_empty() {
-                plan_next(t, now);
+                plan_next(t, s, now);
             } else {
                 set_stage(t, RollStage::Stop { retire }, now);
             }

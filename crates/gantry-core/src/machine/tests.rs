@@ -18,8 +18,7 @@ fn settings() -> DeploySettings {
             start_timeout_ms: 5000,
         },
         bake_ms: 3000,
-        canary: None,
-        rolling: None,
+        strategy: StrategySettings::BlueGreen,
         smoke: None,
         freezes: Vec::new(),
     }
@@ -383,7 +382,7 @@ mod properties {
                 }
                 2 => {
                     d.old_instances = vec![inst(1), inst(4)];
-                    d.settings.rolling = Some(RollingSettings {
+                    d.settings.strategy = StrategySettings::Rolling(RollingSettings {
                         max_surge: 1,
                         max_unavailable: 0,
                     })
@@ -440,7 +439,7 @@ mod canary {
 
     fn canary_deploy(pause: Pause) -> Deployment {
         let mut d = first_deploy();
-        d.settings.canary = Some(CanarySettings {
+        d.settings.strategy = StrategySettings::Canary(CanarySettings {
             steps: vec![
                 CanaryStep { weight: 10, pause },
                 CanaryStep { weight: 50, pause },
@@ -649,7 +648,10 @@ mod canary {
     #[test]
     fn at_the_last_step_there_is_no_stable_traffic_to_compare_4xx_with() {
         let mut d = up(canary_deploy(Pause::For { ms: 60_000 }));
-        d.settings.canary.as_mut().unwrap().steps = vec![CanaryStep {
+        let StrategySettings::Canary(c) = &mut d.settings.strategy else {
+            panic!("a canary deployment")
+        };
+        c.steps = vec![CanaryStep {
             weight: 100,
             pause: Pause::For { ms: 60_000 },
         }];
@@ -751,7 +753,7 @@ mod rolling {
     fn rolling_deploy(old: &[u16], surge: u32, unavailable: u32) -> Deployment {
         let mut s = settings();
         s.instances = old.len() as u32;
-        s.rolling = Some(RollingSettings {
+        s.strategy = StrategySettings::Rolling(RollingSettings {
             max_surge: surge,
             max_unavailable: unavailable,
         });
@@ -1127,7 +1129,7 @@ mod smoke_checks {
 fn counters_that_start_again_at_zero_restart_the_step_judgement() {
     use crate::analysis::{AnalysisPolicy, Counts};
     let mut d = first_deploy();
-    d.settings.canary = Some(CanarySettings {
+    d.settings.strategy = StrategySettings::Canary(CanarySettings {
         steps: vec![
             CanaryStep {
                 weight: 10,
@@ -1264,4 +1266,53 @@ fn an_approved_change_waits_out_a_freeze() {
     );
     let t = step(&t.deployment, &Event::Tick, 60_000);
     assert_eq!(t.deployment.phase, Phase::Preparing);
+}
+
+/// The strategy's settings are one value, so the canary and rolling phases
+/// find their own or none; a deployment stored in a phase of another
+/// strategy (a hand-edited row) is left as it is instead of panicking.
+#[test]
+fn a_phase_of_another_strategy_is_left_alone_without_panicking() {
+    for phase in [Phase::Baselining, Phase::Canary, Phase::Rolling] {
+        let mut d = first_deploy();
+        d.old_instances = vec![inst(1)];
+        d.phase = phase;
+        for event in [
+            Event::Resumed,
+            Event::TrafficRouted { to_new: true },
+            Event::InstancesStopped,
+            Event::PromoteRequested { by: "bob".into() },
+        ] {
+            let t = step(&d, &event, 10);
+            assert_eq!(t.deployment.phase, phase, "{phase:?} {event:?}");
+            assert!(
+                !t.effects.iter().any(|e| matches!(
+                    e,
+                    Effect::ShiftTraffic { .. } | Effect::ObserveMetrics { .. }
+                )),
+                "{phase:?} {event:?}: {:?}",
+                t.effects
+            );
+        }
+    }
+}
+
+#[test]
+fn the_strategy_is_one_tagged_value_in_the_stored_state() {
+    let mut d = first_deploy();
+    let json = serde_json::to_value(&d.settings).unwrap();
+    assert_eq!(json["strategy"], serde_json::json!({"kind": "blue-green"}));
+    assert!(json.get("canary").is_none() && json.get("rolling").is_none());
+    d.settings.strategy = StrategySettings::Rolling(RollingSettings {
+        max_surge: 2,
+        max_unavailable: 1,
+    });
+    let json = serde_json::to_value(&d.settings).unwrap();
+    assert_eq!(
+        json["strategy"],
+        serde_json::json!({"kind": "rolling", "max_surge": 2, "max_unavailable": 1})
+    );
+    let back: DeploySettings = serde_json::from_value(json).unwrap();
+    assert_eq!(back, d.settings);
+    assert_eq!(d.settings.strategy.name(), "rolling");
 }

@@ -4,11 +4,11 @@ use super::*;
 
 /// The public status page: no token, nothing but states and incidents.
 pub(super) async fn status_json(State(s): State<AppState>) -> ApiResult<Response> {
-    Ok(Json(s.controller.status_page().await?).into_response())
+    Ok(Json(crate::observe::status_page(&s.controller).await?).into_response())
 }
 
 pub(super) async fn status_html(State(s): State<AppState>) -> ApiResult<Response> {
-    let page = s.controller.status_page().await?;
+    let page = crate::observe::status_page(&s.controller).await?;
     Ok(pages::html(crate::observe::status_html(&page)?))
 }
 

@@ -96,7 +96,7 @@ pub(super) async fn show_plan(
     State(s): State<AppState>,
     Query(q): Query<GatesQuery>,
 ) -> ApiResult<Response> {
-    Ok(Json(s.controller.plan(&q.version, &q.env)?).into_response())
+    Ok(Json(crate::plan::plan(&s.controller, &q.version, &q.env)?).into_response())
 }
 
 /// Approves the plan as it renders now; it is attached to the release.
@@ -105,9 +105,13 @@ pub(super) async fn approve_plan(
     Extension(who): Extension<Identity>,
     Body(body): Body<PlanApproval>,
 ) -> ApiResult<Response> {
-    let (plan, evidence) =
-        s.controller
-            .approve_plan(&body.version, &body.env, &who.user, &body.comment)?;
+    let (plan, evidence) = crate::plan::approve_plan(
+        &s.controller,
+        &body.version,
+        &body.env,
+        &who.user,
+        &body.comment,
+    )?;
     Ok((
         StatusCode::CREATED,
         acted_on(format!("plan of release {} for {}", plan.version, plan.env)),

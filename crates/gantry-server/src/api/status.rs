@@ -100,7 +100,7 @@ pub(super) async fn live_events(State(s): State<AppState>) -> Response {
 
 pub(super) async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
     let c = s.controller.clone();
-    let text = tokio::task::spawn_blocking(move || c.metrics_text())
+    let text = tokio::task::spawn_blocking(move || crate::observe::metrics_text(&c))
         .await
         .map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())

@@ -190,7 +190,7 @@ impl Controller {
                 deployment: d.id,
                 env: d.env.to_string(),
                 version: d.version.to_string(),
-                phase: t.deployment.phase.as_str().to_owned(),
+                phase: t.deployment.phase,
                 log: t.log.clone(),
                 at: now,
             });

@@ -344,7 +344,7 @@ impl Controller {
                 version: d.version.to_string(),
                 change: c.change,
                 requested_by: d.requested_by.clone(),
-                phase: d.phase.as_str().to_owned(),
+                phase: d.phase,
                 approved,
                 required: c.required_before.max(c.required_after),
                 review_by: c.review_by,

@@ -159,3 +159,38 @@ pub(crate) fn http_client() -> reqwest::Client {
         .build()
         .expect("static client config is valid")
 }
+
+#[cfg(test)]
+mod tests {
+    /// A struct's methods live with the struct: every `impl Controller` is
+    /// under `controller/`; the rest of the crate uses its public methods.
+    #[test]
+    fn every_impl_of_the_controller_lives_under_controller() {
+        fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    rust_files(&path, out);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    out.push(path);
+                }
+            }
+        }
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        rust_files(&src, &mut files);
+        let outside: Vec<String> = files
+            .iter()
+            .filter(|f| !f.starts_with(src.join("controller")))
+            .filter(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap()
+                    .lines()
+                    .any(|l| l.trim_start().starts_with("impl Controller"))
+            })
+            .map(|f| f.strip_prefix(&src).unwrap().display().to_string())
+            .collect();
+        assert!(files.len() > 20, "{files:?}");
+        assert_eq!(outside, Vec::<String>::new());
+    }
+}

@@ -30,7 +30,7 @@ impl Controller {
                     DeploymentSummary {
                         id: d.id,
                         version: d.version.to_string(),
-                        phase: d.phase.as_str().to_owned(),
+                        phase: d.phase,
                     }
                 }),
             });

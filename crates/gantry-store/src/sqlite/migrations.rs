@@ -188,4 +188,23 @@ CREATE TRIGGER audit_checkpoints_below_anchor BEFORE DELETE ON audit_checkpoints
 WHEN OLD.seq > COALESCE((SELECT seq FROM audit_anchor WHERE id = 1), 0)
 BEGIN SELECT RAISE(ABORT, 'audit checkpoints are dropped only with the records they name'); END;
 "#,
+    r#"
+-- A deployment's strategy is one tagged value, `settings.strategy` (`kind`:
+-- blue-green, canary or rolling, beside that strategy's own settings), where
+-- earlier versions kept two optional ones, `settings.canary` and
+-- `settings.rolling`. Rows they wrote, finished or in flight, are rewritten
+-- once here, so the deployment type knows one shape only.
+UPDATE deployments SET state = json_set(
+    json_remove(state, '$.settings.canary', '$.settings.rolling'),
+    '$.settings.strategy',
+    CASE
+        WHEN json_type(state, '$.settings.canary') = 'object'
+            THEN json_set(json_extract(state, '$.settings.canary'), '$.kind', 'canary')
+        WHEN json_type(state, '$.settings.rolling') = 'object'
+            THEN json_set(json_extract(state, '$.settings.rolling'), '$.kind', 'rolling')
+        ELSE json_object('kind', 'blue-green')
+    END
+)
+WHERE json_type(state, '$.settings.strategy') IS NULL;
+"#,
 ];

@@ -33,8 +33,7 @@ fn new_deployment(id: DeploymentId, env: &str, v: &str) -> Deployment {
                     start_timeout_ms: 1000,
                 },
                 bake_ms: 0,
-                canary: None,
-                rolling: None,
+                strategy: gantry_core::StrategySettings::BlueGreen,
                 smoke: None,
                 freezes: Vec::new(),
             },
@@ -390,3 +389,5 @@ fn notices_are_queued_with_the_transition_that_gives_them() {
     assert_eq!(store.due_deliveries(200, 100).unwrap().len(), due.len() - 1);
     assert_eq!(store.deliveries(Some(d.id), 100).unwrap().len(), due.len());
 }
+
+mod upgrade;

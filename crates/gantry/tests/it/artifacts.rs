@@ -101,7 +101,7 @@ fn archive_bombs_and_entry_floods_are_refused_and_leave_nothing() {
             1,
             "release 1.0.1 refused: archive holds more than 50 entries (the limit set by artifacts.max_entries)",
         );
-    assert_eq!(g.api("/releases"), serde_json::json!([]));
+    assert!(g.releases().is_empty());
     assert!(
         names_in(&g.data().join("artifacts/sha256")).is_empty(),
         "no blob, no upload left"
@@ -131,8 +131,8 @@ fn archive_bombs_and_entry_floods_are_refused_and_leave_nothing() {
             .ok(),
     );
     let d = g.wait_finished(id);
-    assert_eq!(d["phase"], "failed");
-    let reason = d["reason"].as_str().unwrap();
+    assert_eq!(d.phase, Phase::Failed);
+    let reason = d.reason.as_deref().unwrap();
     assert!(
         reason.contains("cannot unpack release 1.0.0: archive unpacks to more than 16 MiB (the limit set by artifacts.max_unpacked_size)"),
         "{reason}"
@@ -180,7 +180,7 @@ fn bad_artifacts_and_overlong_fields_are_refused_at_registration() {
         1,
         "version is 306 characters long; at most 128 are accepted",
     );
-    assert_eq!(g.api("/releases"), serde_json::json!([]));
+    assert!(g.releases().is_empty());
     assert!(names_in(&g.data().join("artifacts/sha256")).is_empty());
 }
 
@@ -235,12 +235,12 @@ fn a_large_upload_is_streamed_to_disk_not_held_in_memory() {
         growth_mib < 40,
         "the controller's peak memory grew by {growth_mib} MiB for a 200 MiB upload"
     );
-    let r = g.api("/releases/2.0.0");
-    assert_eq!(r["size"], length);
-    assert_eq!(r["artifact_kind"], "tar");
+    let r = g.release("2.0.0");
+    assert_eq!(r.size, length);
+    assert_eq!(r.artifact_kind, "tar");
     assert_eq!(
         names_in(&g.data().join("artifacts/sha256")),
-        [r["digest"].as_str().unwrap()]
+        [r.digest.as_hex()]
     );
 }
 
@@ -304,7 +304,7 @@ fn an_edited_release_directory_is_found_and_unpacked_again_before_it_runs() {
         &g.gantry(&["deploy", "1.0.0", "--env", "integration", "--detach"])
             .ok(),
     );
-    assert_eq!(g.wait_finished(id)["phase"], "succeeded");
+    assert_eq!(g.wait_finished(id).phase, Phase::Succeeded);
     assert_eq!(
         g.get_env("integration"),
         (200, "hello from 1.0.0\n".to_owned()),

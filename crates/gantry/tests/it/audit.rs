@@ -2,6 +2,10 @@
 //! outcome, refused requests too, and tampering found wherever it happens.
 
 use crate::harness::*;
+use gantry_api::EvidenceRecord;
+use gantry_core::audit::{AuditRecord, Checkpoint};
+use gantry_core::evidence::Report;
+use serde_json::Value;
 
 fn export(g: &Gantry) -> Vec<String> {
     let path = g.data().join("../audit.jsonl");
@@ -56,15 +60,15 @@ fn actions_and_refusals_are_recorded_and_any_tampering_is_named() {
 
     // The rollback's reason is on the trail, with who asked for the deployment.
     let lines = export(&g);
-    let finished: Vec<serde_json::Value> = lines
+    let finished: Vec<AuditRecord> = lines
         .iter()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["action"] == "deployment.finished")
+        .map(|l| serde_json::from_str::<AuditRecord>(l).unwrap())
+        .filter(|r| r.entry.action == "deployment.finished")
         .collect();
     assert_eq!(finished.len(), 2);
-    let detail: serde_json::Value =
-        serde_json::from_str(finished[1]["detail"].as_str().unwrap()).unwrap();
-    assert_eq!(finished[1]["outcome"], "rolled_back");
+    // `detail` is free-form JSON text.
+    let detail: Value = serde_json::from_str(&finished[1].entry.detail).unwrap();
+    assert_eq!(finished[1].entry.outcome, "rolled_back");
     assert_eq!(detail["requested_by"], "admin");
     assert!(detail["reason"]
         .as_str()
@@ -135,8 +139,9 @@ fn trail_with_checkpoint() -> (Gantry, std::path::PathBuf, String) {
 }
 
 fn checkpoint_seq(cp: &std::path::Path) -> u64 {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cp).unwrap()).unwrap();
-    v["seq"].as_u64().unwrap()
+    let checkpoint: Checkpoint =
+        serde_json::from_str(&std::fs::read_to_string(cp).unwrap()).unwrap();
+    checkpoint.seq
 }
 
 fn verify_against(g: &Gantry, cp: &std::path::Path, key: &str) -> Run {
@@ -262,7 +267,7 @@ fn a_rewrite_with_every_later_hash_recomputed_is_found_by_the_checkpoint() {
     // Rewrite record 3 and recompute every hash after it, as someone with
     // the database file can.
     db.execute_batch("DROP TRIGGER audit_append_only;").unwrap();
-    let mut rows: Vec<gantry_core::audit::AuditRecord> = std::fs::read_to_string(&export)
+    let mut rows: Vec<AuditRecord> = std::fs::read_to_string(&export)
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -382,7 +387,7 @@ fn token_less_requests_are_refused_without_growing_the_audit_trail_much() {
     assert!(detail.contains("missing bearer token"), "{detail}");
     assert!(detail.contains("\"peer\":\"127.0.0.1\""), "{detail}");
     assert!(!detail.contains("9999"), "{detail}");
-    assert!(g.api("/deployments").as_array().unwrap().is_empty());
+    assert!(g.deployments(None).is_empty());
 }
 
 /// PUTs `body` as it is (no JSON content type, as the CLI sends a report)
@@ -419,15 +424,13 @@ fn put_raw(base: &str, path: &str, token: &str, body: &[u8]) -> (u16, Option<usi
 }
 
 /// The audit record of the last request with `action`.
-fn last_record(g: &Gantry, action: &str) -> serde_json::Value {
-    let page = g.api("/audit?limit=10000");
-    page["records"]
-        .as_array()
-        .unwrap()
+fn last_record(g: &Gantry, action: &str) -> AuditRecord {
+    let page = g.audit_page(Some(10_000));
+    page.records
         .iter()
         .rev()
-        .find(|r| r["action"] == action)
-        .unwrap_or_else(|| panic!("no {action:?} on the trail: {page}"))
+        .find(|r| r.entry.action == action)
+        .unwrap_or_else(|| panic!("no {action:?} on the trail: {:?}", page.records))
         .clone()
 }
 
@@ -451,16 +454,20 @@ fn an_answer_too_large_to_read_for_the_trail_reaches_the_client_whole() {
     assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
     assert!(body.len() > 100_000, "the answer is {} bytes", body.len());
     assert_eq!(length, Some(body.len()), "the answer's length is kept");
-    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    let failed = answer["report"]["failed"].as_array().unwrap();
+    let answer: EvidenceRecord = serde_json::from_slice(&body).unwrap();
+    let Report::Junit { failed, .. } = answer.report else {
+        panic!("a JUnit report: {:?}", answer.report)
+    };
     assert_eq!(failed.len(), 20);
     assert_eq!(failed[19], format!("c19.{long}"));
     // The action is on the trail all the same, saying its answer was not read.
     let record = last_record(&g, "PUT /api/v1/releases/1.0.0/evidence/unit");
-    assert_eq!(record["outcome"], "done 201");
-    assert_eq!(record["subject"], "release 1.0.0 evidence unit (big.xml)");
-    let detail: serde_json::Value =
-        serde_json::from_str(record["detail"].as_str().unwrap()).unwrap();
+    assert_eq!(record.entry.outcome, "done 201");
+    assert_eq!(
+        record.entry.subject,
+        "release 1.0.0 evidence unit (big.xml)"
+    );
+    let detail: Value = serde_json::from_str(&record.entry.detail).unwrap();
     let unread = detail["answer"].as_str().unwrap_or_default();
     assert!(
         unread.contains("over 65536 bytes, passed to the client unread"),
@@ -490,20 +497,20 @@ fn the_trail_names_what_each_action_acted_on() {
     );
     assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
     // The evidence record's id (1) is not a deployment's.
-    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
-    assert_eq!(answer["id"], 1);
+    let answer: EvidenceRecord = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer.id, 1);
     let evidence = last_record(&g, "PUT /api/v1/releases/1.0.0/evidence/unit");
     assert_eq!(
-        evidence["subject"],
+        evidence.entry.subject,
         "release 1.0.0 evidence unit (unit.xml)"
     );
     let release = last_record(&g, "PUT /api/v1/releases/1.0.0");
-    assert_eq!(release["subject"], "release 1.0.0");
+    assert_eq!(release.entry.subject, "release 1.0.0");
     let deployment = last_record(&g, "POST /api/v1/deployments");
-    assert_eq!(deployment["subject"], "deployment 1");
+    assert_eq!(deployment.entry.subject, "deployment 1");
     // A refused action names what was asked for: its path.
     g.gantry(&["abort", "1"]).fails_with(1, "already finished");
     let refused = last_record(&g, "POST /api/v1/deployments/1/abort");
-    assert_eq!(refused["outcome"], "refused 409");
-    assert_eq!(refused["subject"], "/api/v1/deployments/1/abort");
+    assert_eq!(refused.entry.outcome, "refused 409");
+    assert_eq!(refused.entry.subject, "/api/v1/deployments/1/abort");
 }

@@ -1,8 +1,15 @@
 //! Canary rollouts end to end: real router, real instances, constant load.
 
 use crate::harness::*;
+use gantry_core::analysis::{RuleKind, RuleStatus};
+use gantry_core::Deployment;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+/// The share of traffic the canary has now, if it is one.
+fn canary_weight(d: &Deployment) -> Option<u32> {
+    d.canary.as_ref().map(|c| c.weight)
+}
 
 const CANARY: &str = r#"strategy = "canary"
 canary = { steps = [{ weight = 10, pause = "2s" }, { weight = 50, pause = "2s" }, { weight = 100 }], interval = "250ms", max_wait = "20s" }
@@ -31,12 +38,10 @@ fn a_healthy_canary_is_promoted_step_by_step_without_failed_requests() {
     assert_eq!(failed, 0, "no user request failed ({ok} succeeded)");
     assert_eq!(g.get_env("production").1, "hello from 1.1.0\n");
     // The router counted both pools.
-    let pools = g.api("/traffic?env=production");
-    let served: u64 = pools
-        .as_array()
-        .unwrap()
+    let served: u64 = g
+        .traffic("production", None)
         .iter()
-        .map(|p| p["requests"].as_u64().unwrap())
+        .map(|p| p.requests)
         .sum();
     assert!(served >= ok, "router saw {served}, users got {ok}");
 }
@@ -48,26 +53,23 @@ fn an_error_regression_in_the_canary_is_caught_and_rolled_back() {
     let run = g.gantry(&["deploy", "1.2.0", "--env", "production"]);
     let (_, failed) = load.finish();
     run.fails_with(3, "rolled_back");
-    let d = g.api("/deployments?env=production&limit=1")[0].clone();
-    let reason = d["reason"].as_str().unwrap();
+    let d = g.latest("production");
+    let reason = d.reason.as_deref().unwrap();
     assert!(reason.starts_with("canary analysis at 10%: "), "{reason}");
     assert!(
         reason.contains("observed") && reason.contains("evidence"),
         "the figures are recorded: {reason}"
     );
-    assert_eq!(d["canary"]["weight"], 10, "caught before the 50% step");
-    let last = &d["canary"]["last"]["reports"];
+    assert_eq!(canary_weight(&d), Some(10), "caught before the 50% step");
+    let last = &d.canary.as_ref().unwrap().last.as_ref().unwrap().reports;
     assert!(
-        last.as_array()
-            .unwrap()
-            .iter()
-            .any(|r| r["status"] == "failing"),
-        "{last}"
+        last.iter().any(|r| r.status == RuleStatus::Failing),
+        "{last:?}"
     );
     assert_eq!(g.get_env("production").1, "hello from 1.0.0\n");
     // Only the canary's share of requests could fail: about 10% × 10%.
     assert!(failed > 0 && failed < 60, "{failed} user requests failed");
-    let log = g.gantry(&["log", &d["id"].to_string()]).ok();
+    let log = g.gantry(&["log", &d.id.to_string()]).ok();
     assert!(
         log.stdout.contains("rolling back: canary analysis at 10%"),
         "{}",
@@ -90,8 +92,8 @@ fn a_canary_answering_404_to_a_fifth_of_its_requests_is_rolled_back_by_the_4xx_r
     let run = g.gantry(&["deploy", "1.2.0", "--env", "production"]);
     let (_, failed) = load.finish();
     run.fails_with(3, "rolled_back");
-    let d = g.api("/deployments?env=production&limit=1")[0].clone();
-    let reason = d["reason"].as_str().unwrap();
+    let d = g.latest("production");
+    let reason = d.reason.as_deref().unwrap();
     assert!(
         reason.starts_with(
             "canary analysis at 10%: canary's share of 4xx answers above its share of traffic ("
@@ -102,19 +104,19 @@ fn a_canary_answering_404_to_a_fifth_of_its_requests_is_rolled_back_by_the_4xx_r
         reason.contains("observed") && reason.contains("evidence"),
         "the figures are recorded: {reason}"
     );
-    assert_eq!(d["canary"]["weight"], 10, "caught before the 50% step");
-    let reports = d["canary"]["last"]["reports"].as_array().unwrap();
-    let status = |rule: &str| {
+    assert_eq!(canary_weight(&d), Some(10), "caught before the 50% step");
+    let reports = &d.canary.as_ref().unwrap().last.as_ref().unwrap().reports;
+    let status = |rule: RuleKind| {
         reports
             .iter()
-            .find(|r| r["rule"] == rule)
-            .unwrap_or_else(|| panic!("no {rule} in {reports:?}"))["status"]
-            .clone()
+            .find(|r| r.rule == rule)
+            .unwrap_or_else(|| panic!("no {rule:?} in {reports:?}"))
+            .status
     };
-    assert_eq!(status("client_errors_vs_stable"), "failing");
+    assert_eq!(status(RuleKind::ClientErrorsVsStable), RuleStatus::Failing);
     // A 404 is no error for the absolute rules.
-    assert_eq!(status("error_rate"), "passing");
-    assert_eq!(status("errors_vs_stable"), "passing");
+    assert_eq!(status(RuleKind::ErrorRate), RuleStatus::Passing);
+    assert_eq!(status(RuleKind::ErrorsVsStable), RuleStatus::Passing);
     assert_eq!(g.get_env("production").1, "hello from 1.0.0\n");
     // Only the canary's 404s reached users: about a fifth of its 10%.
     assert!(
@@ -122,16 +124,14 @@ fn a_canary_answering_404_to_a_fifth_of_its_requests_is_rolled_back_by_the_4xx_r
         "{failed} user requests got no 200"
     );
     // The router counted them per pool, apart from errors.
-    let pools = g.api("/traffic?env=production");
+    let pools = g.traffic("production", None);
     let canary = pools
-        .as_array()
-        .unwrap()
         .iter()
-        .find(|p| p["name"] == "1.2.0")
-        .unwrap_or_else(|| panic!("{pools}"));
-    assert!(canary["client_errors"].as_u64().unwrap() > 0, "{canary}");
-    assert_eq!(canary["errors"], 0, "{canary}");
-    let log = g.gantry(&["log", &d["id"].to_string()]).ok();
+        .find(|p| p.name == "1.2.0")
+        .unwrap_or_else(|| panic!("{pools:?}"));
+    assert!(canary.client_errors > 0, "{canary:?}");
+    assert_eq!(canary.errors, 0, "{canary:?}");
+    let log = g.gantry(&["log", &d.id.to_string()]).ok();
     assert!(
         log.stdout
             .contains("rolling back: canary analysis at 10%: canary's share of 4xx answers"),
@@ -152,7 +152,7 @@ fn a_step_held_for_promotion_waits_for_gantry_promote() {
             .ok(),
     );
     wait_until("the 50% step", Duration::from_secs(20), || {
-        g.deployment(id)["canary"]["weight"] == 50
+        canary_weight(&g.deployment(id).deployment) == Some(50)
     });
     // A property over a window, not a wait: for longer than any timed step
     // (2 s here) the step must not move; checked at every poll of the window.
@@ -160,8 +160,8 @@ fn a_step_held_for_promotion_waits_for_gantry_promote() {
         "the held step to stay at 50%",
         Duration::from_secs(3),
         || {
-            let d = g.deployment(id);
-            d["phase"] == "canary" && d["canary"]["weight"] == 50
+            let d = g.deployment(id).deployment;
+            d.phase == Phase::Canary && canary_weight(&d) == Some(50)
         },
     );
     g.gantry(&["pause", &id.to_string()]).ok();
@@ -169,7 +169,7 @@ fn a_step_held_for_promotion_waits_for_gantry_promote() {
     g.gantry(&["promote", &id.to_string()]).ok();
     let d = g.wait_finished(id);
     let (_, failed) = load.finish();
-    assert_eq!(d["phase"], "succeeded", "{d}");
+    assert_eq!(d.phase, Phase::Succeeded, "{d:?}");
     assert_eq!(failed, 0);
     let log = g.gantry(&["log", &id.to_string()]).ok();
     for line in [
@@ -199,7 +199,7 @@ fn a_controller_killed_mid_canary_resumes_and_no_user_request_fails() {
             .ok(),
     );
     wait_until("the 10% step", Duration::from_secs(20), || {
-        g.deployment(id)["canary"]["weight"] == 10
+        canary_weight(&g.deployment(id).deployment) == Some(10)
     });
     g.kill_server();
     // With the controller down the router keeps serving both pools: users
@@ -228,7 +228,7 @@ fn a_controller_killed_mid_canary_resumes_and_no_user_request_fails() {
     g.start_server();
     let d = g.wait_finished(id);
     let (ok, failed) = load.finish();
-    assert_eq!(d["phase"], "succeeded", "{d}");
+    assert_eq!(d.phase, Phase::Succeeded, "{d:?}");
     assert_eq!(failed, 0, "no user request failed ({ok} succeeded)");
     let log = g.gantry(&["log", &id.to_string()]).ok();
     assert!(

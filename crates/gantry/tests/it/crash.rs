@@ -15,7 +15,7 @@ fn killed_mid_bake_the_deployment_resumes_and_users_see_no_failure() {
         &g.gantry(&["deploy", "1.1.0", "--env", "production", "--detach"])
             .ok(),
     );
-    g.wait_phase(id, "baking");
+    g.wait_phase(id, Phase::Baking);
 
     // Constant user traffic while the controller dies and comes back.
     let port = g.port("production");
@@ -46,7 +46,7 @@ fn killed_mid_bake_the_deployment_resumes_and_users_see_no_failure() {
     stop.store(true, Ordering::Relaxed);
     load.join().unwrap();
 
-    assert_eq!(d["phase"], "succeeded", "{d}");
+    assert_eq!(d.phase, Phase::Succeeded, "{d:?}");
     let log = g.gantry(&["log", &id.to_string()]).ok();
     assert!(
         log.stdout
@@ -96,31 +96,23 @@ fn killed_at_any_point_a_deployment_ends_cleanly_after_restart() {
         g.kill_server();
         g.start_server();
         let d = g.wait_finished(id);
-        let phase = d["phase"].as_str().unwrap().to_owned();
         let expected = if version == "1.2.0" {
-            "rolled_back"
+            Phase::RolledBack
         } else {
-            "succeeded"
+            Phase::Succeeded
         };
         assert_eq!(
-            phase, expected,
-            "round {n}: deploying {version}, killed after {delay_ms}ms: {d}"
+            d.phase, expected,
+            "round {n}: deploying {version}, killed after {delay_ms}ms: {d:?}"
         );
         // Exactly the instances that serve the environment run.
-        let state = g.api("/status");
-        let env = state["environments"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == "staging")
-            .unwrap()
-            .clone();
-        let mut serving: Vec<String> = env["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["id"].as_str().unwrap().to_owned())
-            .collect();
+        let env = g
+            .status()
+            .environments
+            .into_iter()
+            .find(|e| e.name == "staging")
+            .unwrap();
+        let mut serving: Vec<String> = env.instances.iter().map(|i| i.id.clone()).collect();
         serving.sort();
         wait_until(
             "only serving instances to run",
@@ -131,7 +123,7 @@ fn killed_at_any_point_a_deployment_ends_cleanly_after_restart() {
         assert_eq!(status, 200, "round {n}");
         assert_eq!(
             body,
-            format!("hello from {}\n", env["version"].as_str().unwrap()),
+            format!("hello from {}\n", env.version.as_deref().unwrap()),
             "round {n}"
         );
     }

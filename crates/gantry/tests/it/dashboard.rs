@@ -118,7 +118,7 @@ fn sign_in_approve_and_watch_a_rollout_live() {
         )
         .ok(),
     );
-    g.wait_phase(id, "awaiting_approval");
+    g.wait_phase(id, Phase::AwaitingApproval);
 
     let (_driver, port) = chromedriver();
     let url = g.api_url();

@@ -1,4 +1,5 @@
 use crate::harness::*;
+use gantry_api::TrafficQuery;
 
 #[test]
 fn deploy_then_roll_back_serves_the_previous_release() {
@@ -104,12 +105,14 @@ fn an_instance_that_never_becomes_healthy_is_rolled_back_with_the_reason() {
     g.gantry(&["deploy", "1.0.0", "--env", "staging"]).ok();
     let run = g.gantry(&["deploy", "1.1.0", "--env", "staging"]);
     run.fails_with(3, "rolled_back");
-    let d = g.api("/deployments?env=staging&limit=1")[0].clone();
-    assert_eq!(d["phase"], "rolled_back");
+    let d = g.latest("staging");
+    assert_eq!(d.phase, Phase::RolledBack);
     // It never answered healthy, so only the start timeout fails it (warm-up is not failure).
     assert_eq!(
-        d["reason"],
-        "instances did not become healthy within 5s: staging-d2-1 (GET /healthz answered HTTP 503)"
+        d.reason.as_deref(),
+        Some(
+            "instances did not become healthy within 5s: staging-d2-1 (GET /healthz answered HTTP 503)"
+        )
     );
     assert_eq!(
         g.get_env("staging"),
@@ -130,8 +133,7 @@ fn a_service_that_answers_503_while_warming_up_is_not_rolled_back() {
     let g = Gantry::start();
     g.register("1.0.0", "\"warmup_ms\": 1500");
     g.gantry(&["deploy", "1.0.0", "--env", "staging"]).ok();
-    let d = g.api("/deployments?env=staging&limit=1")[0].clone();
-    assert_eq!(d["phase"], "succeeded");
+    assert_eq!(g.latest("staging").phase, Phase::Succeeded);
     assert_eq!(g.get_env("staging"), (200, "hello from 1.0.0\n".to_owned()));
 }
 
@@ -158,19 +160,19 @@ fn a_release_that_crashes_under_traffic_during_the_bake_is_rolled_back() {
         &g.gantry(&["deploy", "1.1.0", "--env", "development", "--detach"])
             .ok(),
     );
-    g.wait_phase(id, "baking");
+    g.wait_phase(id, Phase::Baking);
     // Three user requests: the third makes 1.1.0 exit.
     for _ in 0..3 {
         let _ = g.get_env("development");
     }
     let d = g.wait_finished(id);
-    assert_eq!(d["phase"], "rolled_back");
+    assert_eq!(d.phase, Phase::RolledBack);
     assert!(
-        d["reason"]
-            .as_str()
+        d.reason
+            .as_deref()
             .unwrap()
             .contains("exited: process exited with status 3"),
-        "{d}"
+        "{d:?}"
     );
     assert_eq!(
         g.get_env("development"),
@@ -203,7 +205,7 @@ fn unknown_environments_and_versions_are_refused() {
     g.gantry(&["rollback", "--env", "staging", "--to", "1.1.0"])
         .fails_with(1, "1.1.0 never succeeded in staging");
     assert_eq!(
-        g.api("/deployments").as_array().unwrap().len(),
+        g.deployments(None).len(),
         1,
         "no refused request created a deployment"
     );
@@ -229,8 +231,8 @@ fn one_deployment_per_environment_at_a_time() {
             .ok(),
     );
     let (first, second) = (g.wait_finished(id), g.wait_finished(other));
-    assert_eq!(first["phase"], "succeeded", "{first}");
-    assert_eq!(second["phase"], "succeeded", "{second}");
+    assert_eq!(first.phase, Phase::Succeeded, "{first:?}");
+    assert_eq!(second.phase, Phase::Succeeded, "{second:?}");
 }
 
 #[test]
@@ -247,7 +249,7 @@ fn a_port_already_in_use_is_refused_before_anything_starts() {
             ),
         );
     assert!(g.running_instances().is_empty());
-    assert_eq!(g.api("/deployments"), serde_json::json!([]));
+    assert!(g.deployments(None).is_empty());
 }
 
 #[test]
@@ -260,11 +262,11 @@ fn abort_rolls_back_a_running_deployment() {
         &g.gantry(&["deploy", "1.1.0", "--env", "development", "--detach"])
             .ok(),
     );
-    g.wait_phase(id, "baking");
+    g.wait_phase(id, Phase::Baking);
     g.gantry(&["abort", &id.to_string()]).ok();
     let d = g.wait_finished(id);
-    assert_eq!(d["phase"], "rolled_back");
-    assert_eq!(d["reason"], "aborted by admin");
+    assert_eq!(d.phase, Phase::RolledBack);
+    assert_eq!(d.reason.as_deref(), Some("aborted by admin"));
     assert_eq!(
         g.get_env("development"),
         (200, "hello from 1.0.0\n".to_owned())
@@ -313,7 +315,8 @@ fn a_resolved_secret_is_given_to_the_instance_and_nowhere_else() {
         );
     }
     assert!(!g.controller_log().contains(secret));
-    assert!(!g.api("/deployments/1").to_string().contains(secret));
+    // The answer as sent, every field of it.
+    assert!(!g.api_json("/deployments/1").to_string().contains(secret));
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
@@ -334,46 +337,47 @@ fn the_router_counts_what_each_release_served() {
     let g = Gantry::start();
     g.register("1.0.0", "\"error_rate\": 0.25");
     g.gantry(&["deploy", "1.0.0", "--env", "integration"]).ok();
-    let url = g.api_url();
-    let (status, body) = http(
-        &url,
-        "GET",
-        "/api/v1/traffic?env=integration&above_ms=abc",
-        Some(&g.token()),
-        "",
-    );
-    assert_eq!(status, 400, "{body}");
+    let refused = g
+        .try_call(g.client().traffic(&TrafficQuery {
+            env: "integration".into(),
+            above_ms: Some("abc".into()),
+        }))
+        .unwrap_err();
+    assert_eq!(refused.status(), Some(400), "{refused}");
     for _ in 0..40 {
         let _ = g.get_env("integration");
     }
-    let pools = g.api("/traffic?env=integration&above_ms=0,60000");
+    let pools = g.traffic("integration", Some("0,60000"));
     let pool = pools
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "1.0.0")
-        .expect("a pool named after the release")
-        .clone();
-    assert_eq!(pool["requests"], 40, "{pool}");
+        .into_iter()
+        .find(|p| p.name == "1.0.0")
+        .expect("a pool named after the release");
+    assert_eq!(pool.requests, 40, "{pool:?}");
     assert_eq!(
-        pool["errors"], 10,
-        "one request in four fails by design: {pool}"
+        pool.errors, 10,
+        "one request in four fails by design: {pool:?}"
     );
     assert_eq!(
-        pool["slower_than"][0]["requests"], 40,
-        "every answer takes some time: {pool}"
+        pool.slower_than[0].requests, 40,
+        "every answer takes some time: {pool:?}"
     );
     assert_eq!(
-        pool["slower_than"][1]["requests"], 0,
-        "none takes a minute: {pool}"
+        pool.slower_than[1].requests, 0,
+        "none takes a minute: {pool:?}"
     );
-    let (status, body) = http(
-        &url,
-        "GET",
-        "/api/v1/traffic?env=staging",
-        Some(&g.token()),
-        "",
+    let refused = g
+        .try_call(g.client().traffic(&TrafficQuery {
+            env: "staging".into(),
+            above_ms: None,
+        }))
+        .unwrap_err();
+    assert_eq!(
+        refused.status(),
+        Some(409),
+        "nothing deployed there yet: {refused}"
     );
-    assert_eq!(status, 409, "nothing deployed there yet: {body}");
-    assert!(body.contains("its router is not running"), "{body}");
+    assert!(
+        refused.to_string().contains("its router is not running"),
+        "{refused}"
+    );
 }

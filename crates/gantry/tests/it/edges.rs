@@ -141,7 +141,7 @@ fn the_public_status_page_names_no_one_and_quotes_no_comment() {
         )
         .ok(),
     );
-    g.wait_phase(id, "baking");
+    g.wait_phase(id, Phase::Baking);
     let comment = "the payments team says the vault key is wrong";
     g.gantry_env(
         &["reject", &id.to_string(), "--comment", comment],
@@ -149,17 +149,19 @@ fn the_public_status_page_names_no_one_and_quotes_no_comment() {
     )
     .ok();
     let d = g.wait_finished(id);
-    assert_eq!(d["phase"], "rolled_back", "{d}");
+    assert_eq!(d.phase, Phase::RolledBack, "{d:?}");
     // The API (behind a token) keeps the whole story.
-    assert!(d["reason"].as_str().unwrap().contains(comment), "{d}");
+    assert!(d.reason.as_deref().unwrap().contains(comment), "{d:?}");
 
     let url = g.api_url();
     let (_, json) = http(&url, "GET", "/status.json", None, "");
     let (_, html) = http(&url, "GET", "/status", None, "");
-    let page: serde_json::Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(page["incidents"][0]["deployment"], id, "{json}");
+    // Fetched raw: the text itself must hold no secret.
+    let page: gantry_api::StatusPage = serde_json::from_str(&json).unwrap();
+    assert_eq!(page.incidents[0].deployment, id, "{json}");
     assert_eq!(
-        page["incidents"][0]["reason"], "stopped at review",
+        page.incidents[0].reason.as_deref(),
+        Some("stopped at review"),
         "{json}"
     );
     assert!(html.contains("stopped at review"), "{html}");
@@ -209,12 +211,11 @@ fn pages_outside_the_api_answer_with_bodies_and_security_headers() {
     ] {
         let (got, head, body) = head(&url, method, path, None);
         assert_eq!(got, code, "{method} {path}: {head}");
-        let v: serde_json::Value = serde_json::from_str(&body)
+        // The API's error shape, even outside the API.
+        let v: gantry_api::ErrorBody = serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("{method} {path}: {e}: {body:?}"));
-        assert_eq!(v["error"]["code"], needle, "{body}");
-        assert!(v["error"]["message"]
-            .as_str()
-            .is_some_and(|m| !m.is_empty()));
+        assert_eq!(v.error.code, needle, "{body}");
+        assert!(!v.error.message.is_empty());
     }
 
     // The dashboard: a policy allowing exactly its own inline script and
@@ -334,7 +335,7 @@ fn text_from_others_cannot_drive_the_terminal() {
         )
         .ok(),
     );
-    g.wait_phase(id, "awaiting_approval");
+    g.wait_phase(id, Phase::AwaitingApproval);
     g.gantry_env(
         &["reject", &id.to_string(), "--comment", nasty],
         &[("GANTRY_TOKEN", &bob)],

@@ -6,6 +6,11 @@
 //! change types; freezes; evidence, gates and the promotion path.
 
 use crate::harness::*;
+use gantry_api::EvidenceRecord;
+use gantry_core::audit::AuditRecord;
+use gantry_core::evidence::EvidenceKind;
+use gantry_core::governance::ChangeType;
+use gantry_core::DeploymentKind;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -23,8 +28,13 @@ fn as_user(g: &Gantry, token: &str, args: &[&str]) -> Run {
     g.gantry_env(args, &[("GANTRY_TOKEN", token)])
 }
 
-fn audit_records(g: &Gantry) -> Vec<Value> {
-    g.api("/audit")["records"].as_array().unwrap().clone()
+/// An audit record's `detail`: free-form JSON text, so read as a `Value`.
+fn detail(r: &AuditRecord) -> Value {
+    serde_json::from_str(&r.entry.detail).unwrap()
+}
+
+fn evidence(g: &Gantry, version: &str) -> Vec<EvidenceRecord> {
+    g.call(g.client().evidence(version))
 }
 
 #[test]
@@ -33,7 +43,6 @@ fn roles_decide_what_each_token_may_do() {
     let viewer = g.enrol("vic", &["viewer"]);
     let deployer = g.enrol("alice", &["deployer"]);
     g.register("1.0.0", "");
-    let url = g.api_url();
 
     as_user(&g, &viewer, &["release", "list"]).ok();
     as_user(&g, &viewer, &["whoami"]).ok();
@@ -50,11 +59,12 @@ fn roles_decide_what_each_token_may_do() {
         "a refused action changes nothing"
     );
     // The refusal is on the audit trail, with who was refused.
-    let refused = audit_records(&g)
+    let refused = g
+        .audit_records()
         .into_iter()
-        .find(|r| r["actor"] == "vic" && r["outcome"] == "refused 403")
+        .find(|r| r.entry.actor == "vic" && r.entry.outcome == "refused 403")
         .expect("the refused deploy is audited");
-    assert_eq!(refused["action"], "POST /api/v1/deployments");
+    assert_eq!(refused.entry.action, "POST /api/v1/deployments");
 
     // The deployer deploys under their own name.
     let d = deploy_id(&as_user(
@@ -62,7 +72,7 @@ fn roles_decide_what_each_token_may_do() {
         &deployer,
         &["deploy", "1.0.0", "--env", "development", "--detach"],
     ));
-    assert_eq!(g.wait_finished(d)["requested_by"], "alice");
+    assert_eq!(g.wait_finished(d).requested_by, "alice");
 
     // Only a hash of the secret is stored, and never shown.
     let tokens = g.gantry(&["token", "list"]).ok().stdout;
@@ -90,11 +100,13 @@ fn roles_decide_what_each_token_may_do() {
         .trim()
         .to_owned();
     as_user(&g, &short, &["release", "list"]).ok();
+    let as_short = g.client().as_holder_of(&short);
     wait_until("the token to expire", Duration::from_secs(5), || {
-        http(&url, "GET", "/api/v1/releases", Some(&short), "").0 == 401
+        g.try_call(as_short.releases())
+            .is_err_and(|e| e.status() == Some(401))
     });
-    let (_, body) = http(&url, "GET", "/api/v1/releases", Some(&short), "");
-    assert!(body.contains("expired at"), "{body}");
+    let refused = g.try_call(as_short.releases()).unwrap_err();
+    assert!(refused.to_string().contains("expired at"), "{refused}");
 
     // Bad input: unknown role, duplicate user, token for nobody.
     g.gantry(&["user", "add", "x", "--role", "superuser"])
@@ -117,7 +129,7 @@ fn a_token_minted_for_someone_else_gives_no_verdicts_and_every_mint_is_audited()
         &alice,
         &["deploy", "1.0.0", "--env", "production", "--detach"],
     ));
-    g.wait_phase(d, "awaiting_approval");
+    g.wait_phase(d, Phase::AwaitingApproval);
 
     // The admin who minted bob's token cannot approve as bob with it.
     let bob_id = for_bob.split('_').nth(1).unwrap().to_owned();
@@ -140,39 +152,36 @@ fn a_token_minted_for_someone_else_gives_no_verdicts_and_every_mint_is_audited()
     let bob = run.stdout.trim().to_owned();
     as_user(&g, &for_bob, &["whoami"]).fails_with(1, &format!("token {bob_id} was revoked"));
     as_user(&g, &bob, &["approve", &d.to_string()]).ok();
-    assert_eq!(g.wait_finished(d)["phase"], "succeeded");
+    assert_eq!(g.wait_finished(d).phase, Phase::Succeeded);
 
     // The trail says who minted which token for whom, and with which.
-    let minted: Vec<Value> = audit_records(&g)
+    // (who minted, the record's free-form detail)
+    let minted: Vec<(String, Value)> = g
+        .audit_records()
         .into_iter()
-        .filter(|r| {
-            r["action"] == "token.created" && r["subject"].as_str().unwrap().ends_with("for bob")
-        })
-        .map(|r| {
-            let mut detail: Value = serde_json::from_str(r["detail"].as_str().unwrap()).unwrap();
-            detail["actor"] = r["actor"].clone();
-            detail
-        })
+        .filter(|r| r.entry.action == "token.created" && r.entry.subject.ends_with("for bob"))
+        .map(|r| (r.entry.actor.clone(), detail(&r)))
         .collect();
     assert_eq!(minted.len(), 2, "{minted:?}");
-    assert_eq!(minted[0]["actor"], "admin");
-    assert_eq!(minted[0]["may_give_verdicts"], false);
-    assert_eq!(minted[1]["actor"], "bob");
-    assert_eq!(minted[1]["may_give_verdicts"], true);
-    assert_eq!(minted[1]["with_token"], bob_id.as_str());
-    assert_eq!(minted[1]["with_token_minted_by"], "admin");
-    assert_eq!(minted[1]["revoked"], bob_id.as_str());
+    assert_eq!(minted[0].0, "admin");
+    assert_eq!(minted[0].1["may_give_verdicts"], false);
+    assert_eq!(minted[1].0, "bob");
+    assert_eq!(minted[1].1["may_give_verdicts"], true);
+    assert_eq!(minted[1].1["with_token"], bob_id.as_str());
+    assert_eq!(minted[1].1["with_token_minted_by"], "admin");
+    assert_eq!(minted[1].1["revoked"], bob_id.as_str());
     let bob_own_id = bob.split('_').nth(1).unwrap();
-    let approval = audit_records(&g)
+    let approval = g
+        .audit_records()
         .into_iter()
         .find(|r| {
-            r["action"] == format!("POST /api/v1/deployments/{d}/approve")
-                && r["outcome"] == "done 202"
+            r.entry.action == format!("POST /api/v1/deployments/{d}/approve")
+                && r.entry.outcome == "done 202"
         })
         .unwrap();
-    let detail: Value = serde_json::from_str(approval["detail"].as_str().unwrap()).unwrap();
     assert_eq!(
-        detail["token"], bob_own_id,
+        detail(&approval)["token"],
+        bob_own_id,
         "the verdict names the token it was given with"
     );
 }
@@ -221,8 +230,8 @@ fn production_waits_for_an_approver_who_is_not_the_requester() {
     )
     .ok();
     assert!(run.stdout.contains("awaits approval"), "{}", run.stdout);
-    let d = g.api("/approvals")[0]["deployment"].as_i64().unwrap();
-    g.wait_phase(d, "awaiting_approval");
+    let d = g.call(g.client().approvals())[0].deployment;
+    g.wait_phase(d, Phase::AwaitingApproval);
     assert!(
         g.running_instances().is_empty(),
         "nothing starts before approval"
@@ -240,16 +249,17 @@ fn production_waits_for_an_approver_who_is_not_the_requester() {
     .ok();
     as_user(&g, &bob, &["approve", &d.to_string()]).fails_with(1, "bob already gave a verdict");
     let done = g.wait_finished(d);
-    assert_eq!(done["phase"], "succeeded", "{done}");
-    assert_eq!(done["change"]["change"], "normal");
-    assert_eq!(done["approvals"][0]["by"], "bob");
-    assert_eq!(done["approvals"][0]["comment"], "plan reviewed");
+    assert_eq!(done.phase, Phase::Succeeded, "{done:?}");
+    assert_eq!(done.change.as_ref().unwrap().change, ChangeType::Normal);
+    let approvals = g.deployment(d).approvals;
+    assert_eq!(approvals[0].by, "bob");
+    assert_eq!(approvals[0].comment, "plan reviewed");
     let log = g.gantry(&["log", &d.to_string()]).ok().stdout;
     assert!(log.contains("approved by bob: plan reviewed"), "{log}");
     assert!(log.contains("(normal change: first release)"), "{log}");
-    assert!(audit_records(&g).iter().any(|r| r["actor"] == "bob"
-        && r["action"] == format!("POST /api/v1/deployments/{d}/approve")
-        && r["outcome"] == "done 202"));
+    assert!(g.audit_records().iter().any(|r| r.entry.actor == "bob"
+        && r.entry.action == format!("POST /api/v1/deployments/{d}/approve")
+        && r.entry.outcome == "done 202"));
 
     // A rejection ends a waiting deployment before anything starts.
     let d2 = deploy_id(&as_user(
@@ -257,7 +267,7 @@ fn production_waits_for_an_approver_who_is_not_the_requester() {
         &alice,
         &["deploy", "1.1.0", "--env", "production", "--detach"],
     ));
-    g.wait_phase(d2, "awaiting_approval");
+    g.wait_phase(d2, Phase::AwaitingApproval);
     as_user(
         &g,
         &bob,
@@ -265,8 +275,11 @@ fn production_waits_for_an_approver_who_is_not_the_requester() {
     )
     .ok();
     let rejected = g.wait_finished(d2);
-    assert_eq!(rejected["phase"], "failed");
-    assert_eq!(rejected["reason"], "rejected by bob: not today");
+    assert_eq!(rejected.phase, Phase::Failed);
+    assert_eq!(
+        rejected.reason.as_deref(),
+        Some("rejected by bob: not today")
+    );
     assert_eq!(g.get_env("production").1, "hello from 1.0.0\n");
 
     // An emergency goes at once, even past a change still waiting for approval,
@@ -276,7 +289,7 @@ fn production_waits_for_an_approver_who_is_not_the_requester() {
         &alice,
         &["deploy", "1.1.0", "--env", "production", "--detach"],
     ));
-    g.wait_phase(waiting, "awaiting_approval");
+    g.wait_phase(waiting, Phase::AwaitingApproval);
     let d3 = deploy_id(&as_user(
         &g,
         &alice,
@@ -290,12 +303,12 @@ fn production_waits_for_an_approver_who_is_not_the_requester() {
             "--detach",
         ],
     ));
-    assert_eq!(g.wait_finished(d3)["phase"], "succeeded");
-    let superseded = g.deployment(waiting);
-    assert_eq!(superseded["phase"], "failed");
+    assert_eq!(g.wait_finished(d3).phase, Phase::Succeeded);
+    let superseded = g.deployment(waiting).deployment;
+    assert_eq!(superseded.phase, Phase::Failed);
     assert_eq!(
-        superseded["reason"],
-        "aborted by alice, superseded by an emergency change"
+        superseded.reason.as_deref(),
+        Some("aborted by alice, superseded by an emergency change")
     );
     let owed = g.gantry(&["approvals"]).ok().stdout;
     assert!(owed.contains("emergency"), "{owed}");
@@ -303,11 +316,9 @@ fn production_waits_for_an_approver_who_is_not_the_requester() {
         "the emergency review to be overdue",
         Duration::from_secs(10),
         || {
-            g.api("/approvals")
-                .as_array()
-                .unwrap()
+            g.call(g.client().approvals())
                 .iter()
-                .any(|p| p["deployment"] == d3 && p["overdue"] == true)
+                .any(|p| p.deployment == d3 && p.overdue)
         },
     );
     assert!(g.gantry(&["approvals"]).ok().stdout.contains("OVERDUE"));
@@ -318,12 +329,10 @@ fn production_waits_for_an_approver_who_is_not_the_requester() {
     )
     .ok();
     assert!(!g
-        .api("/approvals")
-        .as_array()
-        .unwrap()
+        .call(g.client().approvals())
         .iter()
-        .any(|p| p["deployment"] == d3));
-    assert_eq!(g.deployment(d3)["approvals"][0]["by"], "bob");
+        .any(|p| p.deployment == d3));
+    assert_eq!(g.deployment(d3).approvals[0].by, "bob");
 }
 
 #[test]
@@ -343,7 +352,7 @@ to = "2999-01-01T00:00:00Z"
             1,
             "production is frozen (the long freeze) until 2999-01-01T00:00:00Z",
         );
-    assert!(g.api("/deployments").as_array().unwrap().is_empty());
+    assert!(g.deployments(None).is_empty());
     // Other environments are not frozen.
     g.gantry(&["deploy", "1.0.0", "--env", "staging"]).ok();
     let run = g
@@ -415,11 +424,7 @@ fn evidence_gates_and_the_promotion_path() {
         .fails_with(1, "release 9.9.9 is not registered");
     g.gantry(&["evidence", "add", "1.0.0", "--kind", "rehearsal", &good])
         .fails_with(1, "recorded by Gantry itself");
-    assert!(g
-        .api("/releases/1.0.0/evidence")
-        .as_array()
-        .unwrap()
-        .is_empty());
+    assert!(evidence(&g, "1.0.0").is_empty());
 
     // Evidence that fails the standards' numbers.
     let failing_unit = write(&g, "unit-fail.xml", &junit(99, 1));
@@ -560,18 +565,11 @@ fn hostile_reports_are_refused_and_the_controller_keeps_answering() {
         );
     // The controller is still there, nothing was attached, and a sound
     // report is still taken.
-    assert!(g
-        .api("/releases/1.0.0/evidence")
-        .as_array()
-        .unwrap()
-        .is_empty());
+    assert!(evidence(&g, "1.0.0").is_empty());
     let good = write(&g, "unit.xml", &junit(3, 0));
     g.gantry(&["evidence", "add", "1.0.0", "--kind", "unit", &good])
         .ok();
-    assert_eq!(
-        g.api("/releases/1.0.0/evidence").as_array().unwrap().len(),
-        1
-    );
+    assert_eq!(evidence(&g, "1.0.0").len(), 1);
 }
 
 #[test]
@@ -581,29 +579,21 @@ fn new_releases_deploy_themselves_along_the_automatic_part_of_the_path() {
     wait_until(
         "1.0.0 to reach integration by itself",
         Duration::from_secs(30),
-        || g.api("/status")["environments"][1]["version"] == "1.0.0",
+        || g.status().environments[1].version.as_deref() == Some("1.0.0"),
     );
-    let history = g.api("/deployments");
-    let envs: Vec<&str> = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .rev()
-        .map(|d| d["env"].as_str().unwrap())
-        .collect();
+    let history = g.deployments(None);
+    let envs: Vec<&str> = history.iter().rev().map(|d| d.env.as_str()).collect();
     assert_eq!(
         envs,
         ["development", "integration"],
         "staging never deploys by itself"
     );
-    assert!(history
-        .as_array()
-        .unwrap()
+    assert!(history.iter().all(|d| d.requested_by == "gantry"));
+    assert!(g
+        .audit_records()
         .iter()
-        .all(|d| d["requested_by"] == "gantry"));
-    assert!(audit_records(&g).iter().any(
-        |r| r["action"] == "deployment.auto" && r["subject"] == "release 1.0.0 to integration"
-    ));
+        .any(|r| r.entry.action == "deployment.auto"
+            && r.entry.subject == "release 1.0.0 to integration"));
 }
 
 #[test]
@@ -636,21 +626,19 @@ rehearsal_in = "staging"
         "{}",
         run.stdout
     );
-    let history = g.api("/deployments?env=staging");
-    let kinds: Vec<(&str, &str)> = history
-        .as_array()
-        .unwrap()
+    let history = g.deployments(Some("staging"));
+    let kinds: Vec<(DeploymentKind, String)> = history
         .iter()
         .take(3)
         .rev()
-        .map(|d| (d["kind"].as_str().unwrap(), d["version"].as_str().unwrap()))
+        .map(|d| (d.kind, d.version.to_string()))
         .collect();
     assert_eq!(
         kinds,
         [
-            ("deploy", "1.1.0"),
-            ("rollback", "1.0.0"),
-            ("deploy", "1.1.0")
+            (DeploymentKind::Deploy, "1.1.0".to_owned()),
+            (DeploymentKind::Rollback, "1.0.0".to_owned()),
+            (DeploymentKind::Deploy, "1.1.0".to_owned())
         ]
     );
     assert_eq!(g.get_env("staging").1, "hello from 1.1.0\n");
@@ -758,13 +746,11 @@ lead_time = "0s"
         "{written}"
     );
     // The approved text itself is kept, checksummed, as evidence.
-    let evidence = g.api("/releases/1.0.0/evidence");
+    let evidence = evidence(&g, "1.0.0");
     let plan_evidence = evidence
-        .as_array()
-        .unwrap()
         .iter()
-        .find(|e| e["kind"] == "plan")
+        .find(|e| e.kind == EvidenceKind::Plan)
         .unwrap();
-    assert_eq!(plan_evidence["added_by"], "bob");
-    assert_eq!(plan_evidence["file_name"], "plan-production-1.0.0.md");
+    assert_eq!(plan_evidence.added_by, "bob");
+    assert_eq!(plan_evidence.file_name, "plan-production-1.0.0.md");
 }

@@ -2,9 +2,20 @@
 //! (process control, polling with deadlines, CLI calls); split, each test
 //! file would have to know where each helper lives.
 //!
-//! A controller in a temporary directory, and helpers to drive it through the CLI.
+//! A controller in a temporary directory, and helpers to drive it through
+//! the CLI and to read its answers through the typed client (`gantry-api`).
 
+use gantry_api::client::{Client, ClientError};
+use gantry_api::{
+    AuditPage, AuditQuery, DeploymentView, ListQuery, PoolStats, ReleaseRecord, StatusView,
+    TrafficQuery,
+};
+use gantry_core::audit::AuditRecord;
+/// Every test compares phases.
+pub use gantry_core::Phase;
+use gantry_core::{Deployment, DeploymentId};
 use serde_json::Value;
+use std::future::Future;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -180,6 +191,11 @@ pub struct Gantry {
     pub server_env: Vec<(String, String)>,
     /// Extra arguments of `gantry server`.
     pub server_args: Vec<String>,
+    /// Runs the typed client's futures for these blocking tests.
+    runtime: tokio::runtime::Runtime,
+    /// The admin's client, kept while the controller's address stays the
+    /// same (a restarted controller listens on a new port).
+    admin: std::sync::Mutex<Option<Client>>,
 }
 
 /// How strictly a test config enforces the promotion path.
@@ -299,6 +315,11 @@ impl Gantry {
             ports,
             server_env,
             server_args: server_args.iter().map(|a| a.to_string()).collect(),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+            admin: std::sync::Mutex::new(None),
         };
         std::fs::write(g.config_path(), &g.config).unwrap();
         g.start_server();
@@ -449,14 +470,15 @@ impl Gantry {
     }
 
     pub fn api_url(&self) -> String {
-        let v: Value =
+        let info: gantry_api::ServerInfo =
             serde_json::from_slice(&std::fs::read(self.data().join("server.json")).unwrap())
                 .unwrap();
-        v["url"].as_str().unwrap().to_owned()
+        info.url
     }
 
-    /// GET on the API with the admin token, parsed.
-    pub fn api(&self, path: &str) -> Value {
+    /// GET on the API with the admin token, as untyped JSON: only for tests
+    /// that probe the wire format itself; the others use [`Gantry::client`].
+    pub fn api_json(&self, path: &str) -> Value {
         let (status, body) = http(
             &self.api_url(),
             "GET",
@@ -468,41 +490,121 @@ impl Gantry {
         serde_json::from_str(&body).unwrap()
     }
 
-    pub fn deployment(&self, id: i64) -> Value {
-        self.api(&format!("/deployments/{id}"))
+    /// The typed client, as the admin.
+    pub fn client(&self) -> Client {
+        let url = self.api_url();
+        let mut admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        match admin.as_ref() {
+            Some(c) if c.base() == url.trim_end_matches('/') => c.clone(),
+            _ => {
+                let c = Client::new(&url, self.token()).unwrap();
+                *admin = Some(c.clone());
+                c
+            }
+        }
     }
 
-    pub fn wait_finished(&self, id: i64) -> Value {
-        let mut last = Value::Null;
+    /// Blocks on a client call and fails the test, with the controller's
+    /// answer, if it fails.
+    #[track_caller]
+    pub fn call<T>(&self, call: impl Future<Output = Result<T, ClientError>>) -> T {
+        match self.try_call(call) {
+            Ok(answer) => answer,
+            Err(e) => panic!("API call failed: {e} ({e:?})"),
+        }
+    }
+
+    /// Blocks on a client call, for tests that expect it to be refused.
+    pub fn try_call<T>(
+        &self,
+        call: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        self.runtime.block_on(call)
+    }
+
+    pub fn deployment(&self, id: DeploymentId) -> DeploymentView {
+        self.call(self.client().deployment(id))
+    }
+
+    /// Deployments, newest first, of `env` (of every environment if `None`).
+    pub fn deployments(&self, env: Option<&str>) -> Vec<Deployment> {
+        let query = ListQuery {
+            env: env.map(str::to_owned),
+            limit: None,
+        };
+        self.call(self.client().deployments(&query))
+    }
+
+    /// The newest deployment to `env`.
+    pub fn latest(&self, env: &str) -> Deployment {
+        let query = ListQuery {
+            env: Some(env.to_owned()),
+            limit: Some(1),
+        };
+        self.call(self.client().deployments(&query))
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no deployment to {env}"))
+    }
+
+    pub fn status(&self) -> StatusView {
+        self.call(self.client().status())
+    }
+
+    pub fn releases(&self) -> Vec<ReleaseRecord> {
+        self.call(self.client().releases())
+    }
+
+    pub fn release(&self, version: &str) -> ReleaseRecord {
+        self.call(self.client().release(version))
+    }
+
+    /// What `env`'s router counted, per pool.
+    pub fn traffic(&self, env: &str, above_ms: Option<&str>) -> Vec<PoolStats> {
+        let query = TrafficQuery {
+            env: env.to_owned(),
+            above_ms: above_ms.map(str::to_owned),
+        };
+        self.call(self.client().traffic(&query))
+    }
+
+    /// One page of the audit trail, from the start, of at most `limit` records.
+    pub fn audit_page(&self, limit: Option<usize>) -> AuditPage {
+        self.call(self.client().audit(&AuditQuery { after: 0, limit }))
+    }
+
+    /// The audit trail's records (the first page, as the API sends it by default).
+    pub fn audit_records(&self) -> Vec<AuditRecord> {
+        self.audit_page(None).records
+    }
+
+    pub fn wait_finished(&self, id: DeploymentId) -> Deployment {
+        let mut last = None;
         wait_until(
             &format!("deployment {id} to finish"),
             Duration::from_secs(30),
             || {
-                last = self.deployment(id);
-                matches!(
-                    last["phase"].as_str(),
-                    Some("succeeded" | "rolled_back" | "failed")
-                )
+                let d = self.deployment(id).deployment;
+                let done = d.phase.is_terminal();
+                last = Some(d);
+                done
             },
         );
-        last
+        last.unwrap()
     }
 
     /// Waits for deployment `id` to reach `phase`; fails at once if it finishes first.
-    pub fn wait_phase(&self, id: i64, phase: &str) {
+    pub fn wait_phase(&self, id: DeploymentId, phase: Phase) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let d = self.deployment(id);
-            if d["phase"] == phase {
+            let d = self.deployment(id).deployment;
+            if d.phase == phase {
                 return;
             }
-            let finished = matches!(
-                d["phase"].as_str(),
-                Some("succeeded" | "rolled_back" | "failed")
-            );
             assert!(
-                !finished && Instant::now() < deadline,
-                "deployment {id} never reached {phase}: {d}"
+                !d.phase.is_terminal() && Instant::now() < deadline,
+                "deployment {id} never reached {}: {d:?}",
+                phase.as_str()
             );
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -24,3 +24,4 @@ mod openapi;
 mod output;
 mod releases;
 mod rollout;
+mod upgrade;

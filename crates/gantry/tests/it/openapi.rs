@@ -75,6 +75,7 @@ fn every_documented_operation_is_routed_behind_the_permission_it_names() {
     let url = g.api_url();
     let (code, doc) = http(&url, "GET", "/openapi.json", None, "");
     assert_eq!(code, 200);
+    // The OpenAPI document itself: untyped JSON.
     let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
     let paths = doc["paths"].as_object().unwrap();
     assert!(paths.len() > 30, "{} paths", paths.len());
@@ -115,4 +116,78 @@ fn every_documented_operation_is_routed_behind_the_permission_it_names() {
             assert_eq!(code, 405, "DELETE {path}: {body}");
         }
     }
+}
+
+/// The typed answers the tests and the CLI read lose nothing the controller
+/// sends: each read operation's answer, read through the typed client and
+/// written back, is the very JSON the controller sent. A field the server
+/// adds without adding it to `gantry-api` fails here, not silently.
+#[test]
+fn typed_answers_carry_every_field_the_controller_sends() {
+    use gantry_api::{AuditQuery, DeliveryQuery, GatesQuery, ListQuery, TokenQuery, TrafficQuery};
+    fn same(g: &Gantry, path: &str, typed: impl serde::Serialize) {
+        let typed = serde_json::to_value(typed).unwrap();
+        assert_eq!(
+            typed,
+            g.api_json(path),
+            "{path}: typed (left), as sent (right)"
+        );
+    }
+    let g = Gantry::start();
+    g.register("1.0.0", "");
+    g.gantry(&["deploy", "1.0.0", "--env", "development"]).ok();
+    g.gantry(&["user", "add", "vic", "--role", "viewer"]).ok();
+    g.gantry(&["token", "create", "--user", "vic"]).ok();
+    let c = g.client();
+    let gates = GatesQuery {
+        version: "1.0.0".into(),
+        env: "production".into(),
+    };
+    same(&g, "/releases", g.call(c.releases()));
+    same(&g, "/releases/1.0.0", g.call(c.release("1.0.0")));
+    same(&g, "/releases/1.0.0/evidence", g.call(c.evidence("1.0.0")));
+    same(
+        &g,
+        "/deployments",
+        g.call(c.deployments(&ListQuery::default())),
+    );
+    same(&g, "/deployments/1", g.call(c.deployment(1)));
+    same(&g, "/deployments/1/log", g.call(c.deployment_log(1)));
+    same(&g, "/status", g.call(c.status()));
+    let traffic = TrafficQuery {
+        env: "development".into(),
+        above_ms: None,
+    };
+    same(&g, "/traffic?env=development", g.call(c.traffic(&traffic)));
+    same(&g, "/audit", g.call(c.audit(&AuditQuery::default())));
+    same(&g, "/audit/verify", g.call(c.audit_verify()));
+    same(&g, "/audit/checkpoint", g.call(c.audit_checkpoint()));
+    same(&g, "/audit/public-key", g.call(c.audit_public_key()));
+    same(&g, "/whoami", g.call(c.whoami()));
+    same(&g, "/users", g.call(c.users()));
+    same(&g, "/tokens", g.call(c.tokens(&TokenQuery::default())));
+    same(&g, "/approvals", g.call(c.approvals()));
+    let notifications = DeliveryQuery::default();
+    same(
+        &g,
+        "/notifications",
+        g.call(c.notifications(&notifications)),
+    );
+    same(
+        &g,
+        "/gates?version=1.0.0&env=production",
+        g.call(c.gates(&gates)),
+    );
+    same(
+        &g,
+        "/plans?version=1.0.0&env=production",
+        g.call(c.plan(&gates)),
+    );
+    // The public status page, but for the moment it was made.
+    let mut page = serde_json::to_value(g.call(c.status_page())).unwrap();
+    let (_, body) = http(&g.api_url(), "GET", "/status.json", None, "");
+    let mut sent: serde_json::Value = serde_json::from_str(&body).unwrap();
+    page["generated_at"] = 0.into();
+    sent["generated_at"] = 0.into();
+    assert_eq!(page, sent, "/status.json: typed (left), as sent (right)");
 }

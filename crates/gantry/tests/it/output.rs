@@ -35,7 +35,10 @@ fn read_commands_print_the_api_answer_as_json() {
     let releases: Vec<ReleaseRecord> = json(&g, &["release", "list"]);
     assert_eq!(releases.len(), 1);
     assert_eq!(releases[0].version.to_string(), "1.0.0");
-    assert_eq!(serde_json::to_value(&releases).unwrap(), g.api("/releases"));
+    assert_eq!(
+        serde_json::to_value(&releases).unwrap(),
+        g.api_json("/releases")
+    );
     let one: ReleaseRecord = json(&g, &["release", "show", "1.0.0"]);
     assert_eq!(one, releases[0]);
 
@@ -58,9 +61,12 @@ fn read_commands_print_the_api_answer_as_json() {
     let me: Identity = json(&g, &["whoami"]);
     assert_eq!(me.user, "admin");
     let users: Vec<User> = json(&g, &["user", "list"]);
-    assert_eq!(serde_json::to_value(&users).unwrap(), g.api("/users"));
+    assert_eq!(serde_json::to_value(&users).unwrap(), g.api_json("/users"));
     let tokens: Vec<TokenRecord> = json(&g, &["token", "list"]);
-    assert_eq!(serde_json::to_value(&tokens).unwrap(), g.api("/tokens"));
+    assert_eq!(
+        serde_json::to_value(&tokens).unwrap(),
+        g.api_json("/tokens")
+    );
     let audit: AuditPage = json(&g, &["audit", "list"]);
     assert!(
         audit
@@ -78,7 +84,7 @@ fn read_commands_print_the_api_answer_as_json() {
     let notices: Vec<gantry_api::Delivery> = json(&g, &["notifications"]);
     assert_eq!(
         serde_json::to_value(&notices).unwrap(),
-        g.api("/notifications?limit=50")
+        g.api_json("/notifications?limit=50")
     );
 
     // The same commands print tables by default.

@@ -40,12 +40,12 @@ fn releases_are_registered_content_addressed_and_immutable() {
         other.to_str().unwrap(),
     ])
     .fails_with(1, "release 1.0.0 already exists with different content");
-    let r = g.api("/releases/1.0.0");
-    assert_eq!(r["git_sha"], "0123456789abcdef0123456789abcdef01234567");
-    let blob = g
-        .data()
-        .join("artifacts/sha256")
-        .join(r["digest"].as_str().unwrap());
+    let r = g.release("1.0.0");
+    assert_eq!(
+        r.git_sha.as_deref(),
+        Some("0123456789abcdef0123456789abcdef01234567")
+    );
+    let blob = g.data().join("artifacts/sha256").join(r.digest.as_hex());
     assert_eq!(
         std::fs::read(&blob).unwrap(),
         std::fs::read(&a).unwrap(),
@@ -99,11 +99,7 @@ fn bad_release_input_is_refused_and_changes_nothing() {
     .fails_with(1, "git SHA \"not-a-sha\" is not a hex commit id");
     g.gantry(&["release", "show", "9.9.9"])
         .fails_with(1, "release 9.9.9 is not registered");
-    assert_eq!(
-        g.api("/releases"),
-        serde_json::json!([]),
-        "nothing was registered"
-    );
+    assert!(g.releases().is_empty(), "nothing was registered");
     let blobs: Vec<_> = std::fs::read_dir(g.data().join("artifacts/sha256"))
         .unwrap()
         .collect();
@@ -116,10 +112,7 @@ fn verify_detects_a_tampered_artifact() {
     g.register("1.0.0", "");
     g.register("1.1.0", "");
     g.gantry(&["release", "verify"]).ok();
-    let digest = g.api("/releases/1.1.0")["digest"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let digest = g.release("1.1.0").digest.as_hex().to_owned();
     let blob = g.data().join("artifacts/sha256").join(&digest);
     let mut perms = std::fs::metadata(&blob).unwrap().permissions();
     #[allow(clippy::permissions_set_readonly_false)]
@@ -146,13 +139,10 @@ fn verify_detects_a_tampered_artifact() {
             .ok(),
     );
     let d = g.wait_finished(id);
-    assert_eq!(d["phase"], "failed");
+    assert_eq!(d.phase, Phase::Failed);
     assert!(
-        d["reason"]
-            .as_str()
-            .unwrap()
-            .contains("failed verification"),
-        "{d}"
+        d.reason.as_deref().unwrap().contains("failed verification"),
+        "{d:?}"
     );
 }
 
@@ -234,8 +224,8 @@ fn minisign_signatures_are_verified_and_required_where_configured() {
         .ok();
     assert!(run.stdout.contains("signature verified"), "{}", run.stdout);
     assert_eq!(
-        g.api("/releases/2.0.0")["signed_by"],
-        key.public_line.as_str()
+        g.release("2.0.0").signed_by.as_deref(),
+        Some(key.public_line.as_str())
     );
 
     // A tampered artifact with the original signature is refused.
@@ -275,10 +265,6 @@ fn minisign_signatures_are_verified_and_required_where_configured() {
     g.register("2.1.0", "");
     g.gantry(&["deploy", "2.1.0", "--env", "production"])
         .fails_with(1, "environment production requires a signed release; 2.1.0 was registered without a signature");
-    assert_eq!(
-        g.api("/deployments"),
-        serde_json::json!([]),
-        "no deployment was created"
-    );
+    assert!(g.deployments(None).is_empty(), "no deployment was created");
     g.gantry(&["deploy", "2.0.0", "--env", "production"]).ok();
 }

@@ -2,6 +2,7 @@
 //! mid-rollout, end to end: real router, real instances, constant load.
 
 use crate::harness::*;
+use gantry_router::{AdminInfo, Affinity, Routing};
 use std::time::Duration;
 
 fn log_of(g: &Gantry, id: i64) -> String {
@@ -21,9 +22,7 @@ fn a_rolling_update_replaces_instances_one_by_one_without_failed_requests() {
     g.gantry(&["deploy", "1.1.0", "--env", "production"]).ok();
     let (ok, failed) = load.finish();
     assert_eq!(failed, 0, "no user request failed ({ok} succeeded)");
-    let id = g.api("/deployments?env=production&limit=1")[0]["id"]
-        .as_i64()
-        .unwrap();
+    let id = g.latest("production").id;
     assert_lines(
         &log_of(&g, id),
         &[
@@ -43,14 +42,11 @@ fn a_rolling_update_replaces_instances_one_by_one_without_failed_requests() {
     );
     assert_eq!(g.get_env("production").1, "hello from 1.1.0\n");
     // The sticky setting reached the router with the routing.
-    let routing: serde_json::Value = serde_json::from_slice(
+    let routing: Routing = serde_json::from_slice(
         &std::fs::read(g.data().join("routers/production/routing.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(
-        routing["affinity"],
-        serde_json::json!({"by": "cookie", "name": "sid"})
-    );
+    assert_eq!(routing.affinity, Some(Affinity::Cookie("sid".into())));
 }
 
 #[test]
@@ -66,16 +62,16 @@ fn a_failed_rolling_batch_restarts_the_retired_instances_and_rolls_back() {
         failed, 0,
         "the remaining old instance served alone ({ok} succeeded)"
     );
-    let d = g.api("/deployments?env=production&limit=1")[0].clone();
+    let d = g.latest("production");
     assert!(
-        d["reason"]
-            .as_str()
+        d.reason
+            .as_deref()
             .unwrap()
             .contains("did not become healthy within 5s: production-d2-1"),
-        "{d}"
+        "{d:?}"
     );
     assert_lines(
-        &log_of(&g, d["id"].as_i64().unwrap()),
+        &log_of(&g, d.id),
         &[
             "took production-d1-2 out of the routing",
             "stopped production-d1-2",
@@ -115,8 +111,8 @@ fn blue_green_smoke_checks_run_before_traffic_and_a_critical_failure_rolls_back(
     let (_, failed) = load.finish();
     run.fails_with(3, "rolled_back");
     assert_eq!(failed, 0);
-    let d = g.api("/deployments?env=production&limit=1")[0].clone();
-    let reason = d["reason"].as_str().unwrap();
+    let d = g.latest("production");
+    let reason = d.reason.as_deref().unwrap();
     assert!(
         reason.starts_with("critical smoke check failed: still-on-1.0 on production-d2-"),
         "{reason}"
@@ -125,19 +121,15 @@ fn blue_green_smoke_checks_run_before_traffic_and_a_critical_failure_rolls_back(
         reason.contains(r#"body does not contain "from 1.0""#),
         "{reason}"
     );
-    let results = d["smoke"]["results"].as_array().unwrap();
+    let results = &d.smoke.as_ref().unwrap().results;
     assert_eq!(results.len(), 6, "3 checks × 2 instances: {results:?}");
-    assert_eq!(results.iter().filter(|r| r["passed"] == true).count(), 4);
+    assert_eq!(results.iter().filter(|r| r.passed).count(), 4);
     // The new release never took a user request.
-    let pools = g.api("/traffic?env=production");
-    let new_pool = pools
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "1.1.0");
+    let pools = g.traffic("production", None);
+    let new_pool = pools.iter().find(|p| p.name == "1.1.0");
     assert!(
-        new_pool.is_none_or(|p| p["requests"] == 0),
-        "1.1.0 got traffic: {pools}"
+        new_pool.is_none_or(|p| p.requests == 0),
+        "1.1.0 got traffic: {pools:?}"
     );
 }
 
@@ -152,16 +144,16 @@ fn failed_noncritical_smoke_checks_wait_for_a_decision() {
             .ok(),
     );
     wait_until("the smoke hold", Duration::from_secs(20), || {
-        g.deployment(id)["smoke"]["held"] == true
+        g.deployment(id).deployment.smoke.is_some_and(|s| s.held)
     });
-    assert_eq!(g.deployment(id)["phase"], "smoke");
+    assert_eq!(g.deployment(id).deployment.phase, Phase::Smoke);
     assert_eq!(g.get_env("production").1, "hello from 1.0.0\n");
     g.gantry(&["pause", &id.to_string()])
         .fails_with(1, "pause and resume act on canary steps");
     g.gantry(&["promote", &id.to_string()]).ok();
     let d = g.wait_finished(id);
     let (_, failed) = load.finish();
-    assert_eq!(d["phase"], "succeeded", "{d}");
+    assert_eq!(d.phase, Phase::Succeeded, "{d:?}");
     assert_eq!(failed, 0);
     assert_lines(
         &log_of(&g, id),
@@ -185,11 +177,14 @@ canary = { steps = [{ weight = 10, pause = "3s" }, { weight = 50, pause = "2s" }
             .ok(),
     );
     wait_until("the 10% step", Duration::from_secs(20), || {
-        g.deployment(id)["canary"]["weight"] == 10
+        g.deployment(id)
+            .deployment
+            .canary
+            .is_some_and(|c| c.weight == 10)
     });
     let admin = g.data().join("routers/production/admin.json");
-    let info: serde_json::Value = serde_json::from_slice(&std::fs::read(&admin).unwrap()).unwrap();
-    let pid = info["pid"].as_i64().unwrap() as i32;
+    let info: AdminInfo = serde_json::from_slice(&std::fs::read(&admin).unwrap()).unwrap();
+    let pid = info.pid as i32;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -213,14 +208,14 @@ canary = { steps = [{ weight = 10, pause = "3s" }, { weight = 50, pause = "2s" }
     wait_until("a new router", Duration::from_secs(10), || {
         std::fs::read(&admin)
             .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .is_some_and(|v| v["pid"].as_i64() != Some(pid as i64))
+            .and_then(|b| serde_json::from_slice::<AdminInfo>(&b).ok())
+            .is_some_and(|v| v.pid as i32 != pid)
     });
     let d = g.wait_finished(id);
     let (ok, _failed) = load.finish();
     assert!(
-        d["phase"] == "succeeded" || d["phase"] == "rolled_back",
-        "ends promoted or rolled back: {d}"
+        d.phase == Phase::Succeeded || d.phase == Phase::RolledBack,
+        "ends promoted or rolled back: {d:?}"
     );
     assert!(ok > 0);
     assert!(g
