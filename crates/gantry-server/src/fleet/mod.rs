@@ -7,9 +7,13 @@
 //! (SSH) and the fleet's `Target`/`TrafficRouter`/`MetricProvider` build
 //! on these.
 
+pub mod bounds;
+mod fence;
+pub mod frame;
 pub mod link;
 pub mod protocol;
 pub mod serve;
+mod upload;
 
 pub use link::{HostLink, LinkError, LinkOptions};
 pub use serve::{serve, ServeError, ServeOptions};

@@ -7,24 +7,24 @@
 //! host's router. Requests run concurrently (bounded) and are answered as
 //! they finish; upload chunks are handled in arrival order.
 //!
-//! Fencing: `<data_dir>/epoch` holds the controller id and the highest
+//! Fencing (`fence.rs`): `<data_dir>/epoch` holds the controller id and the highest
 //! epoch seen, written durably before `Welcome`. A lower epoch or another
 //! controller is answered `Fenced`, and every later request of a session is
 //! checked against the file again, so a controller that has been superseded
 //! while connected is refused from its next request on.
 
+use super::fence::{admit, fenced_reason, read_fence, Admission, Fence};
 use super::protocol::{
     self, Answer, Call, ErrorKind, FrameError, Hello, ProbeOutcome, ReleaseState, RemoteError,
     Reply, Request, Welcome, PROTOCOL,
 };
+use super::upload::Uploads;
 use crate::confine::Confinement;
 use crate::routing::{MetricProvider, ProcessRouter, RouteError, TrafficRouter};
 use crate::target::{LocalTarget, Target, TargetError};
 use gantry_core::{Digest, InstanceRef};
-use gantry_store::{Blobs, Incoming};
-use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
-use std::io::Write as _;
+use gantry_store::Blobs;
+use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,12 +33,8 @@ use tokio::sync::{mpsc, Semaphore};
 
 /// Requests carried out at once; the reader waits for a slot beyond it.
 const MAX_IN_FLIGHT: usize = 64;
-/// Uploads of different artifacts open at once on one channel.
-const MAX_UPLOADS: usize = 4;
 /// How long requests still running get when the channel closes.
 const DRAIN: Duration = Duration::from_secs(30);
-/// The fencing file in the data directory.
-pub const EPOCH_FILE: &str = "epoch";
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -55,13 +51,6 @@ pub enum ServeError {
     DataDir { path: String, reason: String },
     #[error("cannot write to the channel: {0}")]
     Channel(FrameError),
-}
-
-/// The controller and epoch the host last accepted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Fence {
-    controller: String,
-    epoch: u64,
 }
 
 /// What one accepted `Hello` sets up.
@@ -125,7 +114,7 @@ where
         data_dir,
         exe: options.exe,
         session: None,
-        uploads: HashMap::new(),
+        uploads: Uploads::default(),
         tx: tx.clone(),
         slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
         tasks: tokio::task::JoinSet::new(),
@@ -193,7 +182,7 @@ struct Host {
     data_dir: PathBuf,
     exe: PathBuf,
     session: Option<Arc<Session>>,
-    uploads: HashMap<Digest, Incoming>,
+    uploads: Uploads,
     tx: mpsc::Sender<Reply>,
     slots: Arc<Semaphore>,
     tasks: tokio::task::JoinSet<()>,
@@ -236,7 +225,17 @@ impl Host {
             data,
         } = call
         {
-            let answer = self.chunk(&session, digest, size, offset, data).await;
+            let answer = self
+                .uploads
+                .chunk(
+                    &session.blobs,
+                    &session.data_dir,
+                    digest,
+                    size,
+                    offset,
+                    data,
+                )
+                .await;
             return self.reply(id, answer).await;
         }
         // Bounded: the reader waits here for a slot, which slows the
@@ -342,106 +341,6 @@ impl Host {
             running,
             free_bytes: free_bytes(&self.data_dir),
         })
-    }
-
-    /// One chunk of an upload; the last one verifies and stores the whole.
-    async fn chunk(
-        &mut self,
-        session: &Session,
-        digest: Digest,
-        size: u64,
-        offset: u64,
-        data: Vec<u8>,
-    ) -> Answer {
-        let refuse = |uploads: &mut HashMap<Digest, Incoming>, digest: &Digest, why: String| {
-            uploads.remove(digest);
-            error(
-                ErrorKind::Upload,
-                format!("upload of artifact {digest}: {why}"),
-            )
-        };
-        if offset == 0 {
-            // A fresh start (also after an interrupted upload of the same digest).
-            self.uploads.remove(&digest);
-            if self.uploads.len() >= MAX_UPLOADS {
-                return refuse(
-                    &mut self.uploads,
-                    &digest,
-                    format!("{MAX_UPLOADS} uploads are already open on this channel"),
-                );
-            }
-            let free = free_bytes(&session.data_dir);
-            if size > free {
-                return refuse(
-                    &mut self.uploads,
-                    &digest,
-                    format!(
-                        "{size} bytes do not fit: {free} bytes free in {}",
-                        session.data_dir.display()
-                    ),
-                );
-            }
-            match session.blobs.incoming() {
-                Ok(incoming) => {
-                    self.uploads.insert(digest.clone(), incoming);
-                }
-                Err(e) => return refuse(&mut self.uploads, &digest, e.to_string()),
-            }
-        }
-        let Some(incoming) = self.uploads.get_mut(&digest) else {
-            return refuse(
-                &mut self.uploads,
-                &digest,
-                format!("chunk at offset {offset} but no upload is open (start at offset 0)"),
-            );
-        };
-        if incoming.size() != offset {
-            let expected = incoming.size();
-            return refuse(
-                &mut self.uploads,
-                &digest,
-                format!("chunk at offset {offset}, expected offset {expected}"),
-            );
-        }
-        if let Err(e) = incoming.write(&data) {
-            return refuse(&mut self.uploads, &digest, e.to_string());
-        }
-        let received = incoming.size();
-        if received < size {
-            return Answer::Received {
-                received,
-                complete: false,
-            };
-        }
-        let Some(incoming) = self.uploads.remove(&digest) else {
-            return refuse(&mut self.uploads, &digest, "upload vanished".to_owned());
-        };
-        let blobs = session.blobs.clone();
-        let expected = digest.clone();
-        let stored = tokio::task::spawn_blocking(move || {
-            let staged = incoming.finish().map_err(|e| e.to_string())?;
-            if staged.digest() != &expected {
-                // Dropped, the staged file is removed: nothing is stored.
-                return Err(format!(
-                    "the {} bytes received hash to {}, not to the digest announced; nothing was stored",
-                    staged.size(),
-                    staged.digest()
-                ));
-            }
-            blobs.commit(staged).map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-        match stored {
-            Ok(_) => {
-                tracing::info!(digest = %digest, size, "artifact stored");
-                Answer::Received {
-                    received,
-                    complete: true,
-                }
-            }
-            Err(why) => refuse(&mut self.uploads, &digest, why),
-        }
     }
 }
 
@@ -580,7 +479,7 @@ impl Session {
     }
 }
 
-fn error(kind: ErrorKind, message: impl Into<String>) -> Answer {
+pub(super) fn error(kind: ErrorKind, message: impl Into<String>) -> Answer {
     Answer::Error(RemoteError {
         kind,
         message: message.into(),
@@ -634,107 +533,8 @@ fn resolve_data_dir(asked: &str) -> PathBuf {
     path.canonicalize().unwrap_or(path)
 }
 
-fn free_bytes(dir: &Path) -> u64 {
+pub(super) fn free_bytes(dir: &Path) -> u64 {
     nix::sys::statvfs::statvfs(dir)
         .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
         .unwrap_or(0)
-}
-
-enum Admission {
-    Fenced(String),
-    Failed(String),
-}
-
-fn fenced_reason(stored: &Fence, asked: &Fence) -> String {
-    if stored.controller != asked.controller {
-        format!(
-            "this host is held by controller {:?}; controller {:?} is refused (a host serves one controller)",
-            stored.controller, asked.controller
-        )
-    } else {
-        format!(
-            "epoch {} of controller {:?} is stale: epoch {} has been seen (a newer controller process took over)",
-            asked.epoch, asked.controller, stored.epoch
-        )
-    }
-}
-
-fn read_fence(dir: &Path) -> std::io::Result<Option<Fence>> {
-    match std::fs::read(dir.join(EPOCH_FILE)) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| std::io::Error::other(format!("{EPOCH_FILE} is not valid: {e}"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Admits `asked` if it is the controller already seen with an epoch at
-/// least as high (or the first), recording the epoch durably first.
-/// Serialised by a lock file: two `host serve` processes may greet at once.
-fn admit(dir: &Path, asked: &Fence) -> Result<(), Admission> {
-    let failed =
-        |e: std::io::Error| Admission::Failed(format!("fencing file in {}: {e}", dir.display()));
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("epoch.lock"))
-        .map_err(failed)?;
-    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| failed(e.into()))?;
-    match read_fence(dir).map_err(failed)? {
-        Some(stored) if stored.controller != asked.controller || stored.epoch > asked.epoch => {
-            return Err(Admission::Fenced(fenced_reason(&stored, asked)))
-        }
-        Some(stored) if stored == *asked => return Ok(()),
-        _ => {}
-    }
-    // Written, synced and renamed, then the directory synced: the epoch is
-    // on disk before the controller hears it was admitted.
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(failed)?;
-    tmp.write_all(&serde_json::to_vec(asked).unwrap_or_default())
-        .map_err(failed)?;
-    tmp.as_file().sync_all().map_err(failed)?;
-    tmp.persist(dir.join(EPOCH_FILE))
-        .map_err(|e| failed(e.error))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(failed)?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn fence(controller: &str, epoch: u64) -> Fence {
-        Fence {
-            controller: controller.into(),
-            epoch,
-        }
-    }
-
-    #[test]
-    fn the_fence_admits_the_same_controller_at_its_epoch_or_higher_only() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        assert!(admit(dir, &fence("a", 2)).is_ok());
-        assert!(
-            admit(dir, &fence("a", 2)).is_ok(),
-            "a reconnect at the same epoch"
-        );
-        match admit(dir, &fence("a", 1)) {
-            Err(Admission::Fenced(r)) => {
-                assert!(r.contains("epoch 1") && r.contains("stale"), "{r}")
-            }
-            _ => panic!("a lower epoch must be fenced"),
-        }
-        match admit(dir, &fence("b", 9)) {
-            Err(Admission::Fenced(r)) => assert!(r.contains("\"b\" is refused"), "{r}"),
-            _ => panic!("another controller must be fenced"),
-        }
-        assert!(admit(dir, &fence("a", 3)).is_ok());
-        assert_eq!(read_fence(dir).unwrap(), Some(fence("a", 3)));
-    }
 }
