@@ -142,13 +142,28 @@ impl fmt::Display for Digest {
 }
 
 /// One running instance of a release, as the engine sees it: an id the
-/// target can find it by and the port it serves on.
+/// target can find it by, the port it serves on, and on a fleet the host
+/// it runs on (ids are unique across hosts: the host's name leads them).
 #[derive(
     Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, schemars::JsonSchema,
 )]
 pub struct InstanceRef {
     pub id: String,
     pub port: u16,
+    /// The fleet host; none for an instance beside the controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+impl InstanceRef {
+    /// An instance on the controller's own machine.
+    pub fn local(id: impl Into<String>, port: u16) -> InstanceRef {
+        InstanceRef {
+            id: id.into(),
+            port,
+            host: None,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -321,6 +321,7 @@ mod tests {
                 instances: vec![crate::InstanceRef {
                     id: "i1".into(),
                     port: 9001,
+                    host: None,
                 }],
             },
             &d,

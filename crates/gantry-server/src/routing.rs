@@ -3,8 +3,9 @@
 //! runs one `gantry router` process per environment and re-adopts it after
 //! a controller restart.
 
+use crate::target::instance_addr;
 use async_trait::async_trait;
-use gantry_core::EnvName;
+use gantry_core::{EnvName, InstanceRef};
 use gantry_router::{AdminInfo, Affinity, Pool, PoolStats, Routing, ADMIN_FILE};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,6 +38,27 @@ pub trait MetricProvider: Send + Sync {
     ) -> Result<Vec<PoolStats>, MetricError>;
 }
 
+/// A share of an environment's traffic and the instances that serve it.
+/// Instances rather than addresses: on a fleet each host's router gets its
+/// own instances, reached on that host's loopback.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstancePool {
+    pub name: String,
+    pub weight: u32,
+    pub instances: Vec<InstanceRef>,
+}
+
+impl InstancePool {
+    /// The router's pool for instances on the router's own machine.
+    pub fn local_pool(&self) -> Pool {
+        Pool {
+            name: self.name.clone(),
+            weight: self.weight,
+            upstreams: self.instances.iter().map(instance_addr).collect(),
+        }
+    }
+}
+
 #[async_trait]
 pub trait TrafficRouter: Send + Sync {
     /// Sends the environment's traffic to `pools`, starting its router if needed.
@@ -44,7 +66,7 @@ pub trait TrafficRouter: Send + Sync {
         &self,
         env: &EnvName,
         listen: SocketAddr,
-        pools: Vec<Pool>,
+        pools: Vec<InstancePool>,
         affinity: Option<Affinity>,
     ) -> Result<(), RouteError>;
     /// Starts the environment's router again if it is not running, serving
@@ -171,9 +193,11 @@ impl ProcessRouter {
     }
 }
 
-#[async_trait]
-impl TrafficRouter for ProcessRouter {
-    async fn route(
+impl ProcessRouter {
+    /// Sets the routing of the environment's router on this machine to
+    /// `pools` of upstream addresses (what `gantry host serve` asks for on
+    /// a fleet host, its instances on its loopback).
+    pub async fn route_pools(
         &self,
         env: &EnvName,
         listen: SocketAddr,
@@ -212,6 +236,20 @@ impl TrafficRouter for ProcessRouter {
             return Err(refused(resp.text().await.unwrap_or_default()));
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl TrafficRouter for ProcessRouter {
+    async fn route(
+        &self,
+        env: &EnvName,
+        listen: SocketAddr,
+        pools: Vec<InstancePool>,
+        affinity: Option<Affinity>,
+    ) -> Result<(), RouteError> {
+        let pools = pools.iter().map(InstancePool::local_pool).collect();
+        self.route_pools(env, listen, pools, affinity).await
     }
 
     async fn is_running(&self, env: &EnvName) -> bool {

@@ -313,6 +313,7 @@ mod tests {
         let instances = [InstanceRef {
             id: "i1".into(),
             port,
+            host: None,
         }];
         // Without settings: an empty suite, not silence (which left the
         // deployment waiting for ever).

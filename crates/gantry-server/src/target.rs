@@ -66,6 +66,15 @@ pub fn instance_addr(instance: &InstanceRef) -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], instance.port))
 }
 
+/// What a health probe found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", content = "detail", rename_all = "snake_case")]
+pub enum ProbeOutcome {
+    Probe(gantry_core::machine::Probe),
+    /// Nothing answered because the process ended (why).
+    Exited(String),
+}
+
 /// An instance found running on the target.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunningInstance {
@@ -109,6 +118,9 @@ pub trait Target: Send + Sync {
     async fn running(&self) -> Vec<RunningInstance>;
     /// The last `max_bytes` of an instance's output.
     async fn logs(&self, instance_id: &str, max_bytes: u64) -> Result<String, TargetError>;
+    /// `GET path` on the instance, where it listens (a fleet host's loopback
+    /// is reached from that host); when nothing answers, whether it exited.
+    async fn probe(&self, instance: &InstanceRef, path: &str, timeout: Duration) -> ProbeOutcome;
 }
 
 /// Runs instances as processes on this machine.
@@ -131,6 +143,8 @@ pub struct LocalTarget {
     exits: Arc<Mutex<HashMap<String, String>>>,
     /// Instances this controller process started (and so will reap).
     spawned: Mutex<HashSet<String>>,
+    /// For health probes.
+    http: reqwest::Client,
 }
 
 impl LocalTarget {
@@ -141,6 +155,7 @@ impl LocalTarget {
             marker: controller_marker(data_dir),
             exits: Arc::default(),
             spawned: Mutex::default(),
+            http: crate::controller::http_client(),
         }
     }
 
@@ -414,7 +429,7 @@ impl Target for LocalTarget {
             let id = format!("{}-d{}-{n}", spec.env, spec.deployment);
             if let Some(r) = running.iter().find(|r| r.id == id) {
                 tracing::info!(instance = %id, pid = r.pid, "adopted running instance");
-                out.push(InstanceRef { id, port: r.port });
+                out.push(InstanceRef::local(id, r.port));
                 continue;
             }
             let port = free_port().map_err(|e| TargetError::Start {
@@ -422,7 +437,7 @@ impl Target for LocalTarget {
                 reason: e.to_string(),
             })?;
             self.spawn(spec, &id, port)?;
-            out.push(InstanceRef { id, port });
+            out.push(InstanceRef::local(id, port));
         }
         Ok(out)
     }
@@ -509,6 +524,17 @@ impl Target for LocalTarget {
 
     async fn running(&self) -> Vec<RunningInstance> {
         self.scan()
+    }
+
+    async fn probe(&self, instance: &InstanceRef, path: &str, timeout: Duration) -> ProbeOutcome {
+        let probe =
+            crate::probe::http_probe(&self.http, instance_addr(instance), path, timeout).await;
+        if let gantry_core::machine::Probe::Unreachable(_) = probe {
+            if let Some(detail) = self.exited(instance).await {
+                return ProbeOutcome::Exited(detail);
+            }
+        }
+        ProbeOutcome::Probe(probe)
     }
 
     async fn logs(&self, instance_id: &str, max_bytes: u64) -> Result<String, TargetError> {

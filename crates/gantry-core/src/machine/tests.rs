@@ -28,6 +28,7 @@ fn inst(n: u16) -> InstanceRef {
     InstanceRef {
         id: format!("i{n}"),
         port: 9000 + n,
+        host: None,
     }
 }
 

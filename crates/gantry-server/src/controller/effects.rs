@@ -3,12 +3,13 @@
 
 use super::{now_ms, Controller};
 use crate::artifact;
-use crate::target::{instance_addr, LaunchSpec};
+use crate::routing::InstancePool;
+use crate::target::{LaunchSpec, ProbeOutcome};
 use gantry_config::Environment;
 use gantry_core::analysis::{Baseline, Counts, LatencyLimits};
 use gantry_core::machine::Probe;
 use gantry_core::{Deployment, DeploymentId, Effect, EnvName, Event, InstanceRef, Millis, Version};
-use gantry_router::{Affinity, Pool};
+use gantry_router::Affinity;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,15 +92,15 @@ impl Controller {
             } => {
                 let (stable_name, canary_name) = pool_names(&d);
                 let pools = vec![
-                    Pool {
+                    InstancePool {
                         name: stable_name,
                         weight: 100 - weight.min(100),
-                        upstreams: upstreams(&stable),
+                        instances: stable,
                     },
-                    Pool {
+                    InstancePool {
                         name: canary_name,
                         weight: weight.min(100),
-                        upstreams: upstreams(&canary),
+                        instances: canary,
                     },
                 ];
                 match self.route(&d.env, pools).await {
@@ -287,28 +288,24 @@ impl Controller {
 
     async fn probe(&self, instance: &InstanceRef) -> Event {
         let h = &self.config.health;
-        let probe = crate::probe::http_probe(
-            &self.http,
-            instance_addr(instance),
-            &h.path,
-            Duration::from_millis(h.timeout_ms),
-        )
-        .await;
-        if let Probe::Unreachable(_) = probe {
-            if let Some(detail) = self.target.exited(instance).await {
-                return Event::InstanceExited {
-                    instance: instance.id.clone(),
-                    detail,
-                };
-            }
-        }
-        Event::HealthObserved {
-            instance: instance.id.clone(),
-            probe,
+        let timeout = Duration::from_millis(h.timeout_ms);
+        match self.target.probe(instance, &h.path, timeout).await {
+            ProbeOutcome::Exited(detail) => Event::InstanceExited {
+                instance: instance.id.clone(),
+                detail,
+            },
+            ProbeOutcome::Probe(probe) => Event::HealthObserved {
+                instance: instance.id.clone(),
+                probe,
+            },
         }
     }
 
-    pub(super) async fn route(&self, env: &EnvName, pools: Vec<Pool>) -> Result<(), String> {
+    pub(super) async fn route(
+        &self,
+        env: &EnvName,
+        pools: Vec<InstancePool>,
+    ) -> Result<(), String> {
         let env_config = self.env(env.as_str()).map_err(|e| e.to_string())?;
         let affinity = env_config.sticky.as_ref().map(|s| match s {
             gantry_config::Sticky::Cookie(name) => Affinity::Cookie(name.clone()),
@@ -337,20 +334,16 @@ fn pool_names(d: &Deployment) -> (String, String) {
     }
 }
 
-fn upstreams(instances: &[InstanceRef]) -> Vec<std::net::SocketAddr> {
-    instances.iter().map(instance_addr).collect()
-}
-
-pub(super) fn pools_for(name: Option<&Version>, instances: &[InstanceRef]) -> Vec<Pool> {
+pub(super) fn pools_for(name: Option<&Version>, instances: &[InstanceRef]) -> Vec<InstancePool> {
     if instances.is_empty() {
         return Vec::new();
     }
-    vec![Pool {
+    vec![InstancePool {
         name: name
             .map(|v| v.to_string())
             .unwrap_or_else(|| "unknown".to_owned()),
         weight: 100,
-        upstreams: upstreams(instances),
+        instances: instances.to_vec(),
     }]
 }
 

@@ -39,6 +39,7 @@ impl Controller {
             .map(|r| InstanceRef {
                 id: r.id,
                 port: r.port,
+                host: None,
             })
             .collect();
         if !orphans.is_empty() {
@@ -113,6 +114,7 @@ impl Controller {
             .map(|r| InstanceRef {
                 id: r.id,
                 port: r.port,
+                host: None,
             })
             .collect();
         let _ = self.target.stop(&running).await;

@@ -109,6 +109,7 @@ impl Call {
                     &InstanceRef {
                         id: instance.clone(),
                         port: 0,
+                        host: None,
                     },
                 )?;
                 if *max_bytes > MAX_LOG_BYTES {
@@ -208,6 +209,7 @@ mod tests {
             instance: InstanceRef {
                 id: "../x".into(),
                 port: 1,
+                host: None,
             },
         };
         assert!(call.check().unwrap_err().contains("exited.instance"));

@@ -14,7 +14,6 @@ pub use super::bounds;
 pub use super::frame::{decode, encode, read_frame, skip, write_frame, FrameError};
 use crate::target::{LaunchSpec, RunningInstance};
 use gantry_api::PoolStats;
-use gantry_core::machine::Probe;
 use gantry_core::{DeploymentId, Digest, EnvName, InstanceRef, Version};
 use gantry_router::{Affinity, Pool};
 use serde::{Deserialize, Serialize};
@@ -392,13 +391,7 @@ impl ReleaseState {
 }
 
 /// A probe's result: what the instance answered, or that it is gone.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "outcome", content = "detail", rename_all = "snake_case")]
-pub enum ProbeOutcome {
-    Probe(Probe),
-    /// Nothing answered because the process ended (why).
-    Exited(String),
-}
+pub use crate::target::ProbeOutcome;
 
 /// A failure on the host, with the kind of local error it came from so the
 /// controller's end can map it back to `TargetError`/`RouteError`/`MetricError`.

@@ -60,7 +60,6 @@ struct Session {
     target: LocalTarget,
     router: ProcessRouter,
     blobs: Blobs,
-    http: reqwest::Client,
 }
 
 /// Serves requests from `reader`, answering on `writer`, until `reader`
@@ -325,7 +324,6 @@ impl Host {
                 target: LocalTarget::new(&self.data_dir, confinement.clone()),
                 router: ProcessRouter::new(&self.data_dir, self.exe.clone(), token),
                 blobs,
-                http: crate::controller::http_client(),
             })
         };
         let session = match setup() {
@@ -433,7 +431,7 @@ impl Session {
                 listen,
                 pools,
                 affinity,
-            } => match self.router.route(&env, listen, pools, affinity).await {
+            } => match self.router.route_pools(&env, listen, pools, affinity).await {
                 Ok(()) => Answer::Done,
                 Err(e) => route_error(e),
             },
@@ -466,16 +464,8 @@ impl Session {
     }
 
     async fn probe(&self, instance: &InstanceRef, path: &str, timeout_ms: u64) -> ProbeOutcome {
-        let addr = crate::target::instance_addr(instance);
-        let probe =
-            crate::probe::http_probe(&self.http, addr, path, Duration::from_millis(timeout_ms))
-                .await;
-        if let gantry_core::machine::Probe::Unreachable(_) = probe {
-            if let Some(detail) = self.target.exited(instance).await {
-                return ProbeOutcome::Exited(detail);
-            }
-        }
-        ProbeOutcome::Probe(probe)
+        let timeout = Duration::from_millis(timeout_ms);
+        self.target.probe(instance, path, timeout).await
     }
 }
 

@@ -527,6 +527,7 @@ fn a_request_in_flight_is_answered_with_an_error_when_the_channel_dies() {
         let instance = InstanceRef {
             id: "production-d1-1".to_owned(),
             port,
+            host: None,
         };
         let options = LinkOptions {
             long_timeout: Duration::from_millis(700),

@@ -151,7 +151,8 @@ fn canary_and_rolling_deployments_stored_mid_flight_by_the_previous_version_resu
         Some(&RollStage::Route {
             retire: vec![gantry_core::InstanceRef {
                 id: "i1".into(),
-                port: 9001
+                port: 9001,
+                host: None,
             }]
         })
     );
