@@ -284,20 +284,74 @@ fn equal_shares_of_4xx_pass_and_the_switch_turns_the_rule_off() {
 }
 
 #[test]
-fn the_false_rollback_budget_is_split_across_every_rule_including_client_errors() {
+fn the_false_rollback_budget_is_shared_by_weight_across_every_rule_including_client_errors() {
     let policy = AnalysisPolicy::default();
     let a = analyse(&policy, &baseline(), &counts(2_000, 2), &counts(18_000, 18));
     assert_eq!(a.reports.len(), 8, "{:#?}", a.reports);
-    for r in &a.reports {
-        assert!((r.needed - 8.0 / policy.alpha).abs() < 1e-6, "{r:?}");
-    }
+    // A rule alone fires at 1/(alpha·w); the weights over the rules that run sum to one.
+    let shares: f64 = a
+        .reports
+        .iter()
+        .map(|r| 1.0 / (r.needed * policy.alpha))
+        .sum();
+    assert!((shares - 1.0).abs() < 1e-9, "{shares}");
+    let comparison = report(&a, RuleKind::ErrorsVsStable).needed;
+    let absolute = report(&a, RuleKind::ErrorRate).needed;
+    assert!(
+        comparison < 8.0 / policy.alpha && absolute > comparison,
+        "the live comparison gets a larger share than an even split: {comparison} vs {absolute}"
+    );
     let off = AnalysisPolicy {
         compare_client_errors: false,
         ..policy.clone()
     };
-    let a = analyse(&off, &baseline(), &counts(2_000, 2), &counts(18_000, 18));
-    assert_eq!(a.reports.len(), 7);
-    assert!((a.reports[0].needed - 7.0 / policy.alpha).abs() < 1e-6);
+    let b = analyse(&off, &baseline(), &counts(2_000, 2), &counts(18_000, 18));
+    assert_eq!(b.reports.len(), 7);
+    assert!(
+        report(&b, RuleKind::ErrorsVsStable).needed < comparison,
+        "a rule turned off leaves its share to the others"
+    );
+}
+
+#[test]
+fn rules_rising_together_fail_on_their_combined_evidence() {
+    // Two errors, two slow requests and three 4xx answers, every one of them
+    // the canary's: no rule is past its own share of the budget, but their
+    // weighted evidence together is past 1/alpha.
+    let policy = AnalysisPolicy::default();
+    let canary = Counts {
+        requests: 200,
+        errors: 2,
+        client_errors: 3,
+        over_p99_limit: 2,
+        over_compare_limit: 2,
+        ..Counts::default()
+    };
+    let a = analyse(&policy, &baseline(), &canary, &counts(1_800, 0));
+    let alone = a.reports.iter().filter(|r| r.evidence >= r.needed).count();
+    // Σ w·E ≥ 1/alpha, with w = 1/(alpha·needed): Σ E/needed ≥ 1.
+    let combined: f64 = a.reports.iter().map(|r| r.evidence / r.needed).sum();
+    assert_eq!(alone, 0, "{:#?}", a.reports);
+    assert!(combined >= 1.0, "{combined}");
+    let Verdict::Fail { rule, summary } = &a.verdict else {
+        panic!("{:?}", a.verdict)
+    };
+    // Named: the rule closest to firing alone.
+    assert_eq!(*rule, RuleKind::ClientErrorsVsStable, "{summary}");
+    assert!(summary.contains("combined"), "{summary}");
+    // One kind alone is not enough.
+    let errors_only = Counts {
+        client_errors: 0,
+        over_p99_limit: 0,
+        over_compare_limit: 0,
+        ..canary
+    };
+    let a = analyse(&policy, &baseline(), &errors_only, &counts(1_800, 0));
+    assert!(
+        !matches!(a.verdict, Verdict::Fail { .. }),
+        "{:?}",
+        a.verdict
+    );
 }
 
 /// Canary and stable answer 4xx alike (a fixed share of requests); the
@@ -328,10 +382,17 @@ fn simulated_client_error_alarms(canary_rate: f64, stable_rate: f64, runs: u64) 
 
 #[test]
 fn equal_4xx_shares_stay_within_the_rules_false_alarm_budget_in_a_seeded_simulation() {
-    // The rule's share of the budget is alpha / 8 = 0.125% per rollout, so
-    // over 1,000 two-minute rollouts at most 1.25 alarms are allowed.
+    // The rule's share of the budget is alpha·w per rollout (w its weight
+    // among the eight rules), so over 1,000 two-minute rollouts at most
+    // 1,000·alpha·w alarms are allowed.
     let runs = 1000;
-    let budget = runs as f64 * AnalysisPolicy::default().alpha / 8.0;
+    let policy = AnalysisPolicy::default();
+    let needed = report(
+        &analyse(&policy, &baseline(), &counts(2_000, 2), &counts(18_000, 18)),
+        RuleKind::ClientErrorsVsStable,
+    )
+    .needed;
+    let budget = runs as f64 / needed;
     let alarms = simulated_client_error_alarms(0.05, 0.05, runs);
     assert!(
         alarms as f64 <= budget,
