@@ -100,6 +100,35 @@ pub fn evidence_at_least(successes: u64, trials: u64, p1: f64) -> f64 {
     evidence(trials - successes, trials, 1.0 - p1)
 }
 
+/// An anytime-valid upper confidence bound of the rate after `successes` of
+/// `trials`: the rates `q` that the evidence against "rate ≥ q" has not yet
+/// ruled out at level `alpha` form a confidence sequence, and this is its top.
+pub fn upper_confidence(successes: u64, trials: u64, alpha: f64) -> f64 {
+    if trials == 0 {
+        return 1.0;
+    }
+    let target = (1.0 / alpha).ln();
+    let ruled_out = |q: f64| log_evidence(trials - successes, trials, 1.0 - q) >= target;
+    let (mut lo, mut hi) = (successes as f64 / trials as f64, 1.0);
+    if !ruled_out(hi - 1e-12) {
+        return 1.0;
+    }
+    for _ in 0..40 {
+        let mid = 0.5 * (lo + hi);
+        if ruled_out(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    hi
+}
+
+/// The matching lower bound: the rates below it are ruled out.
+pub fn lower_confidence(successes: u64, trials: u64, alpha: f64) -> f64 {
+    1.0 - upper_confidence(trials - successes, trials, alpha)
+}
+
 /// The fewest trials, all successes, that could reach `threshold`: below
 /// this, a test cannot fire whatever happens, so it has "not enough data".
 pub fn min_trials_to_reach(p0: f64, threshold: f64) -> u64 {
@@ -173,6 +202,23 @@ mod tests {
     fn strong_evidence_keeps_its_precision() {
         let e = log_evidence(600, 600, 0.3);
         assert!(e.is_finite() && e > 600.0, "{e}");
+    }
+
+    #[test]
+    fn confidence_bounds_hold_the_rate_and_narrow_with_data() {
+        assert_eq!(upper_confidence(0, 0, 0.01), 1.0);
+        let (u1, u2) = (
+            upper_confidence(2, 2_000, 0.01),
+            upper_confidence(20, 20_000, 0.01),
+        );
+        assert!(u1 > 0.001 && u2 > 0.001 && u2 < u1, "{u1} {u2}");
+        assert!(u2 < 0.003, "{u2}");
+        let l = lower_confidence(20, 20_000, 0.01);
+        assert!(l > 0.0 && l < 0.001, "{l}");
+        assert_eq!(lower_confidence(0, 20_000, 0.01), 0.0);
+        // The bound is where the evidence against "rate ≥ u" reaches 1/alpha.
+        let at = log_evidence(20_000 - 20, 20_000, 1.0 - u2);
+        assert!((at - 100f64.ln()).abs() < 1e-6, "{at}");
     }
 
     #[test]

@@ -178,6 +178,64 @@ pub enum Verdict {
 pub struct Analysis {
     pub reports: Vec<RuleReport>,
     pub verdict: Verdict,
+    /// What the data rules out so far: the evidence a promotion needs.
+    /// Absent in analyses stored before it was computed.
+    #[serde(default)]
+    pub bounds: Option<Bounds>,
+}
+
+/// Anytime-valid confidence bounds (each at level `alpha`) of the canary's
+/// rates and stable's, over the whole rollout: the canary is shown within a
+/// tolerance of stable when its upper bound is at most stable's lower bound
+/// plus the tolerance. The upper bound is also the effect the data could
+/// have caught: a canary erring more often than that would have been seen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Bounds {
+    pub canary_requests: u64,
+    /// The canary's error rate is at most this.
+    pub error_rate_upper: f64,
+    /// Stable's error rate is at least this (0 without stable traffic).
+    pub stable_error_rate_lower: f64,
+    /// Requests slower than the comparison limit (or the P99 limit), when latency is judged.
+    pub slow_rate_upper: Option<f64>,
+    pub stable_slow_rate_lower: Option<f64>,
+}
+
+impl Bounds {
+    /// The largest excess over stable (in rate points) the data has not ruled
+    /// out, errors and slow requests alike.
+    pub fn excess(&self) -> f64 {
+        let errors = self.error_rate_upper - self.stable_error_rate_lower;
+        match (self.slow_rate_upper, self.stable_slow_rate_lower) {
+            (Some(u), Some(l)) => errors.max(u - l),
+            _ => errors,
+        }
+    }
+}
+
+/// The confidence bounds over every window so far (kept apart from
+/// [`analyse_windows`], which runs on every look of the benchmark's
+/// simulations, as each bound is a search).
+pub fn bounds(policy: &AnalysisPolicy, baseline: &Baseline, windows: &[Window]) -> Bounds {
+    let canary = &sum(windows.iter().map(|w| w.canary));
+    let stable = &sum(windows.iter().map(|w| w.stable));
+    let limits = latency_limits(policy, baseline);
+    let upper = |x, n| e_values::upper_confidence(x, n, policy.alpha);
+    let lower = |x, n| e_values::lower_confidence(x, n, policy.alpha);
+    let slow: Option<fn(&Counts) -> u64> = if limits.compare_ms.is_some() {
+        Some(|c| c.over_compare_limit)
+    } else if limits.p99_ms.is_some() {
+        Some(|c| c.over_p99_limit)
+    } else {
+        None
+    };
+    Bounds {
+        canary_requests: canary.requests,
+        error_rate_upper: upper(canary.errors, canary.requests),
+        stable_error_rate_lower: lower(stable.errors, stable.requests),
+        slow_rate_upper: slow.map(|f| upper(f(canary), canary.requests)),
+        stable_slow_rate_lower: slow.map(|f| lower(f(stable), stable.requests)),
+    }
 }
 
 /// An upper confidence bound of a rate (Wilson, z = 2.576 ≈ 99%), so that a
@@ -200,6 +258,9 @@ struct Test {
     events: u64,
     samples: u64,
     p0: f64,
+    /// A comparison's windows, each with its own null (the canary's share of
+    /// traffic then); empty for a one-sample rule (one stretch at `p0`).
+    stretches: Vec<e_values::Stretch>,
     /// A live comparison: judged once there is traffic, even with no events
     /// (none on either side is a pass, not a lack of data).
     comparison: bool,
@@ -212,12 +273,74 @@ pub fn analyse(
     canary: &Counts,
     stable: &Counts,
 ) -> Analysis {
-    let base_ucb = upper_bound(baseline.errors, baseline.requests);
-    let share = if canary.requests + stable.requests == 0 {
-        0.0
-    } else {
-        canary.requests as f64 / (canary.requests + stable.requests) as f64
+    analyse_windows(
+        policy,
+        baseline,
+        &[Window {
+            canary: *canary,
+            stable: *stable,
+        }],
+    )
+}
+
+/// What both pools served over a stretch of the rollout with one traffic
+/// split (a canary step, or part of one).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub struct Window {
+    pub canary: Counts,
+    pub stable: Counts,
+}
+
+fn sum(counts: impl Iterator<Item = Counts>) -> Counts {
+    counts.fold(Counts::default(), |a, c| Counts {
+        requests: a.requests + c.requests,
+        errors: a.errors + c.errors,
+        client_errors: a.client_errors + c.client_errors,
+        over_p99_limit: a.over_p99_limit + c.over_p99_limit,
+        over_p50_limit: a.over_p50_limit + c.over_p50_limit,
+        over_compare_limit: a.over_compare_limit + c.over_compare_limit,
+    })
+}
+
+/// Judges the canary over every window of the rollout so far: the evidence
+/// carries from one step to the next instead of starting again, so the whole
+/// rollout has one budget. One-sample rules pool the canary's counts (their
+/// null does not depend on the split); comparisons multiply each window's
+/// likelihood ratios under its own share.
+pub fn analyse_windows(
+    policy: &AnalysisPolicy,
+    baseline: &Baseline,
+    windows: &[Window],
+) -> Analysis {
+    let canary = &sum(windows.iter().map(|w| w.canary));
+    let stable = &sum(windows.iter().map(|w| w.stable));
+    let share_of = |w: &Window| {
+        let all = w.canary.requests + w.stable.requests;
+        (all > 0).then(|| w.canary.requests as f64 / all as f64)
     };
+    let comparison = |event: fn(&Counts) -> u64| -> Vec<e_values::Stretch> {
+        windows
+            .iter()
+            .filter_map(|w| {
+                let p0 = share_of(w).filter(|p| *p > 0.0 && *p < 1.0)?;
+                let (c, s) = (event(&w.canary), event(&w.stable));
+                Some(e_values::Stretch {
+                    successes: c,
+                    trials: c + s,
+                    p0,
+                })
+            })
+            .collect()
+    };
+    let base_ucb = upper_bound(baseline.errors, baseline.requests);
+    // The share named in the comparisons: the latest split with stable traffic.
+    let share = windows
+        .iter()
+        .rev()
+        .find_map(|w| share_of(w).filter(|p| *p < 1.0))
+        .unwrap_or(0.0);
     let limits = latency_limits(policy, baseline);
     let pct = |r: f64| format!("{:.2}%", r * 100.0);
     let mut tests = Vec::new();
@@ -227,6 +350,7 @@ pub fn analyse(
         events,
         samples: canary.requests,
         p0,
+        stretches: Vec::new(),
         comparison: false,
     };
     if let Some(max) = policy.max_error_rate {
@@ -291,6 +415,7 @@ pub fn analyse(
             events: canary.errors,
             samples: canary.errors + stable.errors,
             p0: share,
+            stretches: comparison(|c| c.errors),
             comparison: true,
         });
     }
@@ -304,6 +429,7 @@ pub fn analyse(
             events: canary.client_errors,
             samples: canary.client_errors + stable.client_errors,
             p0: share,
+            stretches: comparison(|c| c.client_errors),
             comparison: true,
         });
     }
@@ -316,6 +442,7 @@ pub fn analyse(
             events: canary.over_compare_limit,
             samples: canary.over_compare_limit + stable.over_compare_limit,
             p0: share,
+            stretches: comparison(|c| c.over_compare_limit),
             comparison: true,
         });
     }
@@ -333,9 +460,18 @@ pub fn analyse(
     for t in tests {
         let w = budget_weight(t.rule) / total_weight;
         let needed = 1.0 / (policy.alpha * w);
-        let e = e_values::evidence(t.events, t.samples, t.p0);
+        let e = if t.comparison {
+            e_values::evidence_over(&t.stretches)
+        } else {
+            e_values::evidence(t.events, t.samples, t.p0)
+        };
+        let judgeable = if t.comparison {
+            !t.stretches.is_empty()
+        } else {
+            t.p0 < 1.0
+        };
         let enough = canary.requests >= policy.min_requests
-            && t.p0 < 1.0
+            && judgeable
             && (t.comparison || e >= needed || could_reach(t.samples, t.p0, needed));
         let status = if !enough {
             waiting = true;
@@ -418,7 +554,11 @@ pub fn analyse(
             }
         }
     };
-    Analysis { reports, verdict }
+    Analysis {
+        reports,
+        verdict,
+        bounds: None,
+    }
 }
 
 /// A rule's share of the false-rollback budget, before normalising over the

@@ -401,3 +401,63 @@ fn equal_4xx_shares_stay_within_the_rules_false_alarm_budget_in_a_seeded_simulat
     // The same simulation catches every canary answering a fifth of its requests with 404.
     assert_eq!(simulated_client_error_alarms(0.20, 0.05, 50), 50);
 }
+#[test]
+fn evidence_carries_across_windows_with_different_splits() {
+    // 3 of 4 errors the canary's at a 10% split, then 3 of 3 at 50%: neither
+    // window alone is enough, both together are.
+    let p = AnalysisPolicy::default();
+    let at_10 = Window {
+        canary: counts(400, 3),
+        stable: counts(3_600, 1),
+    };
+    let at_50 = Window {
+        canary: counts(400, 3),
+        stable: counts(400, 0),
+    };
+    for alone in [at_10, at_50] {
+        let a = analyse_windows(&p, &baseline(), &[alone]);
+        assert!(
+            !matches!(a.verdict, Verdict::Fail { .. }),
+            "{:?}",
+            a.verdict
+        );
+    }
+    let a = analyse_windows(&p, &baseline(), &[at_10, at_50]);
+    let Verdict::Fail { rule, summary } = &a.verdict else {
+        panic!("{:?}", a.verdict)
+    };
+    assert_eq!(*rule, RuleKind::ErrorsVsStable);
+    assert!(
+        summary.contains("observed 85.71% (6 of 7) against 50.00%"),
+        "{summary}"
+    );
+}
+
+#[test]
+fn bounds_show_how_much_the_data_rules_out() {
+    let p = AnalysisPolicy::default();
+    let thin = bounds(
+        &p,
+        &baseline(),
+        &[Window {
+            canary: counts(200, 0),
+            stable: counts(1_800, 2),
+        }],
+    );
+    let ample = bounds(
+        &p,
+        &baseline(),
+        &[Window {
+            canary: counts(20_000, 20),
+            stable: counts(180_000, 180),
+        }],
+    );
+    assert_eq!(thin.canary_requests, 200);
+    // 200 requests without an error cannot rule out a rate of 1%.
+    assert!(thin.error_rate_upper > 0.01, "{thin:?}");
+    assert!(thin.excess() > 0.005, "{thin:?}");
+    // 20,000 at stable's 0.1% bound the excess well within half a point.
+    assert!(ample.error_rate_upper > 0.001 && ample.stable_error_rate_lower < 0.001);
+    assert!(ample.excess() < 0.005, "{ample:?}");
+    assert!(ample.slow_rate_upper.is_some());
+}
