@@ -461,3 +461,63 @@ fn bounds_show_how_much_the_data_rules_out() {
     assert!(ample.excess() < 0.005, "{ample:?}");
     assert!(ample.slow_rate_upper.is_some());
 }
+
+/// Healthy rollouts through every rule: 60 s at 10% then 60 s at 50% of 200
+/// requests/s, judged every second with the evidence carried across the two
+/// windows (as the canary machine does), seeds fixed. The benchmark runs
+/// 10,000 of these in release; here a few hundred, against the same 1% budget.
+#[test]
+fn healthy_rollouts_over_two_steps_stay_within_the_false_rollback_budget() {
+    use rand::rngs::SmallRng;
+    use rand::{Rng, SeedableRng};
+    let policy = AnalysisPolicy::default();
+    let base = baseline();
+    let limits = latency_limits(&policy, &base);
+    let runs = 400u64;
+    let mut alarms = 0;
+    for seed in 0..runs {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let mut windows: Vec<Window> = Vec::new();
+        'rollout: for share in [0.1, 0.5] {
+            windows.push(Window::default());
+            for _second in 0..60 {
+                let canary_requests = (200.0 * share) as u64;
+                let w = windows.last_mut().unwrap();
+                for (n, pool) in [
+                    (canary_requests, &mut w.canary),
+                    (200 - canary_requests, &mut w.stable),
+                ] {
+                    for _ in 0..n {
+                        pool.requests += 1;
+                        if rng.random::<f64>() < 0.001 {
+                            pool.errors += 1;
+                        } else if rng.random::<f64>() < 0.02 {
+                            pool.client_errors += 1;
+                        }
+                        let ms = if rng.random::<f64>() < 0.99 {
+                            rng.random_range(5.0..20.0)
+                        } else {
+                            rng.random_range(20.0..40.0)
+                        };
+                        let over = |l: Option<f64>| u64::from(l.is_some_and(|l| ms > l));
+                        pool.over_p99_limit += over(limits.p99_ms);
+                        pool.over_p50_limit += over(limits.p50_ms);
+                        pool.over_compare_limit += over(limits.compare_ms);
+                    }
+                }
+                if matches!(
+                    analyse_windows(&policy, &base, &windows).verdict,
+                    Verdict::Fail { .. }
+                ) {
+                    alarms += 1;
+                    break 'rollout;
+                }
+            }
+        }
+    }
+    let budget = runs as f64 * policy.alpha;
+    assert!(
+        alarms as f64 <= budget,
+        "{alarms} of {runs} healthy rollouts rolled back; budget {budget}"
+    );
+}
