@@ -302,10 +302,17 @@ fn on_metrics(t: &mut Transition, canary: &Counts, stable: &Counts, now: Millis)
                 now,
             );
         }
-        Verdict::NoWorse { evidence } if st.weight < 100 && st.paused_at.is_none() => {
+        // Early promotion needs the same bounds as a timed step's end.
+        Verdict::NoWorse { evidence }
+            if st.weight < 100
+                && st.paused_at.is_none()
+                && bounds.excess() <= s.promotion_tolerance =>
+        {
             t.log.push(format!(
-                "canary no worse than stable at {}% (evidence {evidence:.0}, {} canary requests)",
-                st.weight, dc.requests
+                "canary no worse than stable at {}% (evidence {evidence:.0}, {} canary requests; {})",
+                st.weight,
+                dc.requests,
+                describe_bounds(&bounds)
             ));
             return advance(t, now);
         }
