@@ -10,8 +10,12 @@
 //! are when the canary answers them out of proportion. Each count is
 //! judged by the same anytime-valid test ([`e_values`]), so a rule fires as
 //! soon as the evidence is strong, and checking every second costs no extra
-//! false alarms. The false-rollback budget `alpha` is split evenly between
-//! the enabled rules, so together they stay within it.
+//! false alarms. The false-rollback budget `alpha` is shared by weight
+//! ([`budget_weight`]) and the rules' e-values are combined (their weighted
+//! average is an e-value), so together they stay within it; the evidence runs
+//! over every window of the rollout ([`analyse_windows`]), not step by step.
+//! [`bounds`] turns the same mixture into confidence bounds: what the data
+//! rules out, which a promotion needs.
 //!
 //! A rule without enough data says so ([`RuleStatus::NotEnoughData`])
 //! instead of passing on silence.
