@@ -11,7 +11,7 @@
 //! judged by the same anytime-valid test ([`e_values`]), so a rule fires as
 //! soon as the evidence is strong, and checking every second costs no extra
 //! false alarms. The false-rollback budget `alpha` is shared by weight
-//! ([`budget_weight`]) and the rules' e-values are combined (their weighted
+//! (`budget_weight`) and the rules' e-values are combined (their weighted
 //! average is an e-value), so together they stay within it; the evidence runs
 //! over every window of the rollout ([`analyse_windows`]), not step by step.
 //! [`bounds`] turns the same mixture into confidence bounds: what the data
