@@ -222,7 +222,7 @@ impl Default for ArtifactLimits {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Strategy {
     /// Start the new release beside the old, verify, switch all traffic,
     /// keep the old warm through the bake window.
@@ -264,11 +264,16 @@ pub enum Sticky {
 
 pub use gantry_core::machine::{SmokeCheck, SmokeProbe, SmokeSettings};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Canary {
     pub steps: Vec<CanaryStep>,
     pub interval_ms: u64,
     pub max_wait_ms: u64,
+    /// How close to stable's (rate points) the data must bound the canary's
+    /// error and slow-request rates before a timed step moves on.
+    pub promotion_tolerance: f64,
+    /// Longest a timed step gathers that evidence before holding for a person.
+    pub max_pause_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -297,6 +302,8 @@ impl Canary {
             ],
             interval_ms: 1000,
             max_wait_ms: 600_000,
+            promotion_tolerance: gantry_core::machine::STANDARD_PROMOTION_TOLERANCE,
+            max_pause_ms: gantry_core::machine::STANDARD_MAX_PAUSE_MS,
         }
     }
 }

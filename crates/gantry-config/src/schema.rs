@@ -442,6 +442,16 @@ pub(crate) struct CanarySection {
     /// Longest a timed step waits for enough data before rolling back (default 10m).
     #[serde(default)]
     max_wait: Option<String>,
+    /// A timed step moves on only when the data bounds the canary's error and
+    /// slow-request rates within this many rate points of stable's (default
+    /// 0.005, the standards' 0.5 points; 1 turns the requirement off).
+    #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    promotion_tolerance: Option<f64>,
+    /// Longest a timed step gathers that evidence; then the deployment holds
+    /// for `gantry promote` or `gantry abort` (default 10m, never less than the pause).
+    #[serde(default)]
+    max_pause: Option<String>,
 }
 
 #[derive(JsonSchema)]

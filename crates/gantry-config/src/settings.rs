@@ -46,6 +46,8 @@ impl Config {
                         analysis: self.analysis.clone(),
                         interval_ms: c.interval_ms,
                         max_wait_ms: c.max_wait_ms,
+                        promotion_tolerance: c.promotion_tolerance,
+                        max_pause_ms: c.max_pause_ms,
                     })
                 }
                 (Strategy::Rolling(r), DeploymentKind::Deploy) => {

@@ -141,7 +141,7 @@ fn checked_in_schema_is_current() {
 fn canary_steps_and_analysis_rules_are_validated() {
     let src = STARTER.replace(
         "[environments.production]\nlisten = \"127.0.0.1:8080\"\ninstances = 2\nstrategy = \"blue-green\"",
-        "[environments.production]\nlisten = \"127.0.0.1:8080\"\ninstances = 2\nstrategy = \"canary\"\ncanary = { steps = [{ weight = 50, pause = \"1m\" }, { weight = 20 }, { weight = 80 }] }",
+        "[environments.production]\nlisten = \"127.0.0.1:8080\"\ninstances = 2\nstrategy = \"canary\"\ncanary = { steps = [{ weight = 50, pause = \"1m\" }, { weight = 20 }, { weight = 80 }], promotion_tolerance = 5, max_pause = \"0s\" }",
     ) + "\n[analysis]\nmax_error_rate = 0.02\nmax_p95_factor = 2\nalpha = 2\n";
     let errors = errors_of(&src);
     let joined = errors.join("\n");
@@ -165,14 +165,24 @@ fn canary_steps_and_analysis_rules_are_validated() {
         joined.contains("analysis.alpha: expected a number from 0.000000001 to 0.5"),
         "{joined}"
     );
-    assert_eq!(errors.len(), 5, "{joined}");
+    assert!(
+        joined.contains(
+            "environments.production.canary.promotion_tolerance: expected a number from 0 to 1"
+        ),
+        "{joined}"
+    );
+    assert!(
+        joined.contains("environments.production.canary.max_pause: must be longer than zero"),
+        "{joined}"
+    );
+    assert_eq!(errors.len(), 7, "{joined}");
 }
 
 #[test]
 fn a_canary_config_becomes_steps_and_rules() {
     let src = STARTER.replace(
         "[environments.production]\nlisten = \"127.0.0.1:8080\"\ninstances = 2\nstrategy = \"blue-green\"",
-        "[environments.production]\nlisten = \"127.0.0.1:8080\"\ninstances = 2\nstrategy = \"canary\"\ncanary = { steps = [{ weight = 10, pause = \"30s\" }, { weight = 50, pause = \"until-promoted\" }, { weight = 100 }], interval = \"500ms\" }",
+        "[environments.production]\nlisten = \"127.0.0.1:8080\"\ninstances = 2\nstrategy = \"canary\"\ncanary = { steps = [{ weight = 10, pause = \"30s\" }, { weight = 50, pause = \"until-promoted\" }, { weight = 100 }], interval = \"500ms\", promotion_tolerance = 0.01, max_pause = \"15m\" }",
     ) + "\n[analysis]\nmax_error_rate = 0.02\nmax_p50_factor = false\n";
     let config = parse("gantry.toml", &src).unwrap().config;
     let Strategy::Canary(c) = &config.environment("production").unwrap().strategy else {
@@ -196,6 +206,7 @@ fn a_canary_config_becomes_steps_and_rules() {
         ]
     );
     assert_eq!(c.interval_ms, 500);
+    assert_eq!((c.promotion_tolerance, c.max_pause_ms), (0.01, 900_000));
     assert_eq!(config.analysis.max_error_rate, Some(0.02));
     assert_eq!(
         config.analysis.max_p50_factor, None,

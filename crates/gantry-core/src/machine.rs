@@ -34,7 +34,10 @@ mod events;
 mod requests;
 mod rolling;
 mod smoke;
-pub use canary::{CanarySettings, CanaryState, CanaryStep, Pause};
+pub use canary::{
+    CanarySettings, CanaryState, CanaryStep, Pause, STANDARD_MAX_PAUSE_MS,
+    STANDARD_PROMOTION_TOLERANCE,
+};
 pub use deployment::{
     DeploySettings, Deployment, DeploymentKind, HealthSettings, InstanceHealth, NewDeployment,
     Phase, StrategySettings,

@@ -99,7 +99,7 @@ start_timeout = "5s"
             // Production changes need an approver who is not the requester.
             config.push_str("approval = { required = 1, lead_time = \"0s\" }\n");
             config.push_str(
-                "strategy = \"canary\"\ncanary = { steps = [{ weight = 10, pause = \"10s\" }, { weight = 50, pause = \"3s\" }, { weight = 100 }], interval = \"200ms\", max_wait = \"20s\" }\n",
+                "strategy = \"canary\"\ncanary = { steps = [{ weight = 10, pause = \"10s\" }, { weight = 50, pause = \"3s\" }, { weight = 100 }], interval = \"200ms\", max_wait = \"20s\", promotion_tolerance = 0.05 }\n",
             );
         }
         if env == "staging" {

@@ -144,6 +144,8 @@ zz_unknown = 1
 [environments.production.canary]
 interval = "1s"
 max_wait = "10m"
+promotion_tolerance = 0.005
+max_pause = "10m"
 zz_unknown = 1
 [[environments.production.canary.steps]]
 weight = 10

@@ -62,6 +62,17 @@ pub(super) fn decode_canary(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Opti
     let std = Canary::standard();
     let interval_ms = optional_duration(w, t, &join(path, "interval"), "interval", std.interval_ms);
     let max_wait_ms = optional_duration(w, t, &join(path, "max_wait"), "max_wait", std.max_wait_ms);
+    let max_pause_ms = optional_duration(
+        w,
+        t,
+        &join(path, "max_pause"),
+        "max_pause",
+        std.max_pause_ms,
+    );
+    let promotion_tolerance = match t.get("promotion_tolerance") {
+        None => Some(std.promotion_tolerance),
+        Some(v) => w.number::<crate::schema::CanarySection>(v, path, "promotion_tolerance"),
+    };
     let steps = match t.get("steps") {
         None => Some(std.steps),
         Some(sv) => decode_steps(w, sv, &join(path, "steps")),
@@ -70,6 +81,8 @@ pub(super) fn decode_canary(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Opti
         steps: steps?,
         interval_ms: interval_ms?,
         max_wait_ms: max_wait_ms?,
+        promotion_tolerance: promotion_tolerance?,
+        max_pause_ms: max_pause_ms?,
     })
 }
 

@@ -10,8 +10,12 @@
 //! are when the canary answers them out of proportion. Each count is
 //! judged by the same anytime-valid test ([`e_values`]), so a rule fires as
 //! soon as the evidence is strong, and checking every second costs no extra
-//! false alarms. The false-rollback budget `alpha` is split evenly between
-//! the enabled rules, so together they stay within it.
+//! false alarms. The false-rollback budget `alpha` is shared by weight
+//! (`budget_weight`) and the rules' e-values are combined (their weighted
+//! average is an e-value), so together they stay within it; the evidence runs
+//! over every window of the rollout ([`analyse_windows`]), not step by step.
+//! [`bounds`] turns the same mixture into confidence bounds: what the data
+//! rules out, which a promotion needs.
 //!
 //! A rule without enough data says so ([`RuleStatus::NotEnoughData`])
 //! instead of passing on silence.
@@ -178,6 +182,64 @@ pub enum Verdict {
 pub struct Analysis {
     pub reports: Vec<RuleReport>,
     pub verdict: Verdict,
+    /// What the data rules out so far: the evidence a promotion needs.
+    /// Absent in analyses stored before it was computed.
+    #[serde(default)]
+    pub bounds: Option<Bounds>,
+}
+
+/// Anytime-valid confidence bounds (each at level `alpha`) of the canary's
+/// rates and stable's, over the whole rollout: the canary is shown within a
+/// tolerance of stable when its upper bound is at most stable's lower bound
+/// plus the tolerance. The upper bound is also the effect the data could
+/// have caught: a canary erring more often than that would have been seen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Bounds {
+    pub canary_requests: u64,
+    /// The canary's error rate is at most this.
+    pub error_rate_upper: f64,
+    /// Stable's error rate is at least this (0 without stable traffic).
+    pub stable_error_rate_lower: f64,
+    /// Requests slower than the comparison limit (or the P99 limit), when latency is judged.
+    pub slow_rate_upper: Option<f64>,
+    pub stable_slow_rate_lower: Option<f64>,
+}
+
+impl Bounds {
+    /// The largest excess over stable (in rate points) the data has not ruled
+    /// out, errors and slow requests alike.
+    pub fn excess(&self) -> f64 {
+        let errors = self.error_rate_upper - self.stable_error_rate_lower;
+        match (self.slow_rate_upper, self.stable_slow_rate_lower) {
+            (Some(u), Some(l)) => errors.max(u - l),
+            _ => errors,
+        }
+    }
+}
+
+/// The confidence bounds over every window so far (kept apart from
+/// [`analyse_windows`], which runs on every look of the benchmark's
+/// simulations, as each bound is a search).
+pub fn bounds(policy: &AnalysisPolicy, baseline: &Baseline, windows: &[Window]) -> Bounds {
+    let canary = &sum(windows.iter().map(|w| w.canary));
+    let stable = &sum(windows.iter().map(|w| w.stable));
+    let limits = latency_limits(policy, baseline);
+    let upper = |x, n| e_values::upper_confidence(x, n, policy.alpha);
+    let lower = |x, n| e_values::lower_confidence(x, n, policy.alpha);
+    let slow: Option<fn(&Counts) -> u64> = if limits.compare_ms.is_some() {
+        Some(|c| c.over_compare_limit)
+    } else if limits.p99_ms.is_some() {
+        Some(|c| c.over_p99_limit)
+    } else {
+        None
+    };
+    Bounds {
+        canary_requests: canary.requests,
+        error_rate_upper: upper(canary.errors, canary.requests),
+        stable_error_rate_lower: lower(stable.errors, stable.requests),
+        slow_rate_upper: slow.map(|f| upper(f(canary), canary.requests)),
+        stable_slow_rate_lower: slow.map(|f| lower(f(stable), stable.requests)),
+    }
 }
 
 /// An upper confidence bound of a rate (Wilson, z = 2.576 ≈ 99%), so that a
@@ -200,6 +262,9 @@ struct Test {
     events: u64,
     samples: u64,
     p0: f64,
+    /// A comparison's windows, each with its own null (the canary's share of
+    /// traffic then); empty for a one-sample rule (one stretch at `p0`).
+    stretches: Vec<e_values::Stretch>,
     /// A live comparison: judged once there is traffic, even with no events
     /// (none on either side is a pass, not a lack of data).
     comparison: bool,
@@ -212,12 +277,74 @@ pub fn analyse(
     canary: &Counts,
     stable: &Counts,
 ) -> Analysis {
-    let base_ucb = upper_bound(baseline.errors, baseline.requests);
-    let share = if canary.requests + stable.requests == 0 {
-        0.0
-    } else {
-        canary.requests as f64 / (canary.requests + stable.requests) as f64
+    analyse_windows(
+        policy,
+        baseline,
+        &[Window {
+            canary: *canary,
+            stable: *stable,
+        }],
+    )
+}
+
+/// What both pools served over a stretch of the rollout with one traffic
+/// split (a canary step, or part of one).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub struct Window {
+    pub canary: Counts,
+    pub stable: Counts,
+}
+
+fn sum(counts: impl Iterator<Item = Counts>) -> Counts {
+    counts.fold(Counts::default(), |a, c| Counts {
+        requests: a.requests + c.requests,
+        errors: a.errors + c.errors,
+        client_errors: a.client_errors + c.client_errors,
+        over_p99_limit: a.over_p99_limit + c.over_p99_limit,
+        over_p50_limit: a.over_p50_limit + c.over_p50_limit,
+        over_compare_limit: a.over_compare_limit + c.over_compare_limit,
+    })
+}
+
+/// Judges the canary over every window of the rollout so far: the evidence
+/// carries from one step to the next instead of starting again, so the whole
+/// rollout has one budget. One-sample rules pool the canary's counts (their
+/// null does not depend on the split); comparisons multiply each window's
+/// likelihood ratios under its own share.
+pub fn analyse_windows(
+    policy: &AnalysisPolicy,
+    baseline: &Baseline,
+    windows: &[Window],
+) -> Analysis {
+    let canary = &sum(windows.iter().map(|w| w.canary));
+    let stable = &sum(windows.iter().map(|w| w.stable));
+    let share_of = |w: &Window| {
+        let all = w.canary.requests + w.stable.requests;
+        (all > 0).then(|| w.canary.requests as f64 / all as f64)
     };
+    let comparison = |event: fn(&Counts) -> u64| -> Vec<e_values::Stretch> {
+        windows
+            .iter()
+            .filter_map(|w| {
+                let p0 = share_of(w).filter(|p| *p > 0.0 && *p < 1.0)?;
+                let (c, s) = (event(&w.canary), event(&w.stable));
+                Some(e_values::Stretch {
+                    successes: c,
+                    trials: c + s,
+                    p0,
+                })
+            })
+            .collect()
+    };
+    let base_ucb = upper_bound(baseline.errors, baseline.requests);
+    // The share named in the comparisons: the latest split with stable traffic.
+    let share = windows
+        .iter()
+        .rev()
+        .find_map(|w| share_of(w).filter(|p| *p < 1.0))
+        .unwrap_or(0.0);
     let limits = latency_limits(policy, baseline);
     let pct = |r: f64| format!("{:.2}%", r * 100.0);
     let mut tests = Vec::new();
@@ -227,6 +354,7 @@ pub fn analyse(
         events,
         samples: canary.requests,
         p0,
+        stretches: Vec::new(),
         comparison: false,
     };
     if let Some(max) = policy.max_error_rate {
@@ -291,6 +419,7 @@ pub fn analyse(
             events: canary.errors,
             samples: canary.errors + stable.errors,
             p0: share,
+            stretches: comparison(|c| c.errors),
             comparison: true,
         });
     }
@@ -304,6 +433,7 @@ pub fn analyse(
             events: canary.client_errors,
             samples: canary.client_errors + stable.client_errors,
             p0: share,
+            stretches: comparison(|c| c.client_errors),
             comparison: true,
         });
     }
@@ -316,18 +446,36 @@ pub fn analyse(
             events: canary.over_compare_limit,
             samples: canary.over_compare_limit + stable.over_compare_limit,
             p0: share,
+            stretches: comparison(|c| c.over_compare_limit),
             comparison: true,
         });
     }
 
-    let needed = tests.len().max(1) as f64 / policy.alpha;
+    // The budget is shared by weight (`budget_weight`), and the rules'
+    // evidence is combined: their weighted average is itself an e-value, so
+    // the analysis fails when it reaches `1/alpha`. A rule alone reaches that
+    // at `1/(alpha·w)` (its `needed`), exactly where an even split would have
+    // fired it, and rules rising together (the error rules on one regression)
+    // add up before any of them gets there.
+    let total_weight: f64 = tests.iter().map(|t| budget_weight(t.rule)).sum();
     let mut reports = Vec::with_capacity(tests.len());
     let mut waiting = false;
-    let mut failed: Option<(RuleKind, String)> = None;
+    let mut combined = 0.0;
     for t in tests {
-        let e = e_values::evidence(t.events, t.samples, t.p0);
+        let w = budget_weight(t.rule) / total_weight;
+        let needed = 1.0 / (policy.alpha * w);
+        let e = if t.comparison {
+            e_values::evidence_over(&t.stretches)
+        } else {
+            e_values::evidence(t.events, t.samples, t.p0)
+        };
+        let judgeable = if t.comparison {
+            !t.stretches.is_empty()
+        } else {
+            t.p0 < 1.0
+        };
         let enough = canary.requests >= policy.min_requests
-            && t.p0 < 1.0
+            && judgeable
             && (t.comparison || e >= needed || could_reach(t.samples, t.p0, needed));
         let status = if !enough {
             waiting = true;
@@ -337,26 +485,14 @@ pub fn analyse(
         } else {
             RuleStatus::Passing
         };
+        if enough {
+            combined += w * e;
+        }
         let observed = if t.samples == 0 {
             0.0
         } else {
             t.events as f64 / t.samples as f64
         };
-        if status == RuleStatus::Failing && failed.is_none() {
-            failed = Some((
-                t.rule,
-                format!(
-                    "{}: observed {} ({} of {}) against {}, evidence {:.0} ≥ {:.0}",
-                    t.description,
-                    pct(observed),
-                    t.events,
-                    t.samples,
-                    pct(t.p0),
-                    e.min(1e12),
-                    needed
-                ),
-            ));
-        }
         reports.push(RuleReport {
             rule: t.rule,
             description: t.description,
@@ -369,18 +505,80 @@ pub fn analyse(
             needed,
         });
     }
+    let needed = 1.0 / policy.alpha;
+    // The first rule failing on its own evidence is the one named, else the
+    // one that carries most of the combined evidence.
+    let named = if combined < needed {
+        None
+    } else {
+        match reports.iter().position(|r| r.status == RuleStatus::Failing) {
+            Some(i) => Some(i),
+            None => reports
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.status != RuleStatus::NotEnoughData)
+                .max_by(|(_, a), (_, b)| {
+                    (a.evidence / a.needed).total_cmp(&(b.evidence / b.needed))
+                })
+                .map(|(i, _)| i),
+        }
+    };
+    let failed = named.map(|i| &mut reports[i]).map(|r| {
+        r.status = RuleStatus::Failing;
+        let alone = if r.evidence >= r.needed {
+            format!("evidence {:.0} ≥ {:.0}", r.evidence.min(1e12), r.needed)
+        } else {
+            format!(
+                "evidence {:.0} (with the other rules', {:.0} ≥ {:.0} combined)",
+                r.evidence,
+                combined.min(1e12),
+                needed
+            )
+        };
+        (
+            r.rule,
+            format!(
+                "{}: observed {} ({} of {}) against {}, {alone}",
+                r.description,
+                pct(r.observed),
+                r.events,
+                r.samples,
+                pct(r.threshold),
+            ),
+        )
+    });
     let verdict = match failed {
         Some((rule, summary)) => Verdict::Fail { rule, summary },
         None => {
             let no_worse = no_worse_evidence(policy, canary, stable, share);
-            if !waiting && no_worse >= needed {
+            if !waiting && no_worse >= needed * reports.len().max(1) as f64 {
                 Verdict::NoWorse { evidence: no_worse }
             } else {
                 Verdict::Continue { waiting }
             }
         }
     };
-    Analysis { reports, verdict }
+    Analysis {
+        reports,
+        verdict,
+        bounds: None,
+    }
+}
+
+/// A rule's share of the false-rollback budget, before normalising over the
+/// rules that run. Rules that test the same excess share one budget: the
+/// errors' (the live comparison, which sees a shared incident for what it is,
+/// takes most of it), the slow requests' likewise, the 4xx answers' and the
+/// median's. The shares were set by the detection benchmark.
+fn budget_weight(rule: RuleKind) -> f64 {
+    match rule {
+        RuleKind::ErrorsVsStable => 0.4,
+        RuleKind::ErrorRate | RuleKind::ErrorRateIncrease | RuleKind::ErrorRateRatio => 0.03,
+        RuleKind::SlowVsStable => 0.3,
+        RuleKind::P99Latency => 0.03,
+        RuleKind::ClientErrorsVsStable => 0.12,
+        RuleKind::P50Latency => 0.06,
+    }
 }
 
 /// Whether `samples` trials could ever reach `needed` (all of them events).

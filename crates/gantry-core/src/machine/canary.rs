@@ -8,14 +8,21 @@
 //!                         RollingBack
 //! ```
 //!
-//! Each step has its own anytime-valid tests on the counts since the step
-//! began, with `alpha / steps` of the false-rollback budget, so the whole
-//! rollout stays within `alpha` however many times it is looked at.
+//! The anytime-valid tests run over the whole rollout: each step's counts
+//! are a window the evidence carries across (`CanaryState::windows`), so the
+//! whole rollout has one false-rollback budget `alpha` however many steps it
+//! has and however often it is looked at.
+//!
+//! A timed step moves on only on evidence: when its pause is over, no rule
+//! fails, and the confidence bounds show the canary's error and slow-request
+//! rates within `promotion_tolerance` of stable's. Short of that it keeps
+//! gathering data until `max_pause`, then holds for `gantry promote` (or
+//! `abort`), saying how little the data could rule out.
 
 use super::{enter, roll_back, Deployment, Effect, Event, Phase, StrategySettings, Transition};
 use crate::analysis::{
-    analyse, latency_limits, Analysis, AnalysisPolicy, Baseline, Counts, LatencyLimits, RuleStatus,
-    Verdict,
+    self, analyse_windows, latency_limits, Analysis, AnalysisPolicy, Baseline, Bounds, Counts,
+    LatencyLimits, RuleStatus, Verdict, Window,
 };
 use crate::domain::Millis;
 use crate::time::seconds;
@@ -30,6 +37,28 @@ pub struct CanarySettings {
     pub interval_ms: u64,
     /// Longest a timed step waits for enough data before rolling back.
     pub max_wait_ms: u64,
+    /// How far above stable's (in rate points, errors and slow requests) the
+    /// data must bound the canary's rates before a timed step moves on
+    /// (standards: 0.5 points).
+    #[serde(default = "standard_promotion_tolerance")]
+    pub promotion_tolerance: f64,
+    /// Longest a timed step gathers evidence for promotion; then it holds
+    /// for a person. Never shorter than the step's pause.
+    #[serde(default = "standard_max_pause_ms")]
+    pub max_pause_ms: u64,
+}
+
+/// The standards' tolerance: no more than 0.5 points above the baseline.
+pub const STANDARD_PROMOTION_TOLERANCE: f64 = 0.005;
+/// Ten minutes of evidence gathering before a step holds for a person.
+pub const STANDARD_MAX_PAUSE_MS: u64 = 600_000;
+
+fn standard_promotion_tolerance() -> f64 {
+    STANDARD_PROMOTION_TOLERANCE
+}
+
+fn standard_max_pause_ms() -> u64 {
+    STANDARD_MAX_PAUSE_MS
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -62,6 +91,19 @@ pub struct CanaryState {
     pub waiting_logged: bool,
     /// The latest judgement, for status and the log.
     pub last: Option<Analysis>,
+    /// Finished windows (earlier steps, or counts before a router restart):
+    /// the evidence the rollout carries forward.
+    #[serde(default)]
+    pub windows: Vec<Window>,
+    /// Cumulative counts (canary, stable) at the latest look.
+    #[serde(default)]
+    pub latest: Option<(Counts, Counts)>,
+    /// The step's pause is over without evidence enough to promote (logged once).
+    #[serde(default)]
+    pub short_logged: bool,
+    /// Held for a person at `max_pause`: only promote, resume or abort moves it.
+    #[serde(default)]
+    pub held: bool,
 }
 
 pub(super) fn handles(event: &Event) -> bool {
@@ -90,12 +132,13 @@ fn state(t: &mut Transition) -> &mut CanaryState {
     t.deployment.canary.get_or_insert_with(CanaryState::default)
 }
 
-/// The policy for one step: its share of the budget; at 100% there is no
-/// stable traffic left to compare with.
-fn step_policy(s: &CanarySettings, weight: u32) -> AnalysisPolicy {
+/// The policy for the rollout: the whole budget, as the evidence carries
+/// across steps. The comparisons are off only when the first step already
+/// sends all traffic (no stable to compare with, ever); otherwise the rules
+/// stay the same at every step so the budget's weights never move.
+fn rollout_policy(s: &CanarySettings) -> AnalysisPolicy {
     let mut p = s.analysis.clone();
-    p.alpha /= s.steps.len().max(1) as f64;
-    if weight >= 100 {
+    if s.steps.first().is_none_or(|st| st.weight >= 100) {
         p.compare_errors = false;
         p.compare_client_errors = false;
         p.compare_slow_factor = None;
@@ -193,6 +236,17 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
                 "paused by {by}; analysis continues and can still roll back"
             ));
         }
+        (Phase::Canary, Event::ResumeRequested { by }) if state(t).held => {
+            // A held step gathers evidence for another full pause.
+            let st = state(t);
+            st.held = false;
+            st.paused_at = None;
+            st.step_started_at = now;
+            st.short_logged = false;
+            t.log.push(format!(
+                "resumed by {by}: gathering evidence for another pause"
+            ));
+        }
         (Phase::Canary, Event::ResumeRequested { by }) => {
             if let Some(at) = state(t).paused_at.take() {
                 state(t).step_started_at += now - at;
@@ -225,14 +279,24 @@ fn on_metrics(
         t.log.push(format!(
             "traffic counters restarted (router restart?); step {weight}% is judged from here"
         ));
+        close_window(state(t));
         state(t).step_start = Some((*canary, *stable));
         schedule(t, s, now);
         return;
     }
+    state(t).latest = Some((*canary, *stable));
     let st = state(t).clone();
     let step = &s.steps[st.step];
     let (dc, ds) = (delta(canary, &c0), delta(stable, &s0));
-    let analysis = analyse(&step_policy(s, st.weight), &st.baseline, &dc, &ds);
+    let mut windows = st.windows.clone();
+    windows.push(Window {
+        canary: dc,
+        stable: ds,
+    });
+    let policy = rollout_policy(s);
+    let mut analysis = analyse_windows(&policy, &st.baseline, &windows);
+    let bounds = analysis::bounds(&policy, &st.baseline, &windows);
+    analysis.bounds = Some(bounds.clone());
     let verdict = analysis.verdict.clone();
     let waiting_rules: Vec<String> = analysis
         .reports
@@ -249,10 +313,17 @@ fn on_metrics(
                 now,
             );
         }
-        Verdict::NoWorse { evidence } if st.weight < 100 && st.paused_at.is_none() => {
+        // Early promotion needs the same bounds as a timed step's end.
+        Verdict::NoWorse { evidence }
+            if st.weight < 100
+                && st.paused_at.is_none()
+                && bounds.excess() <= s.promotion_tolerance =>
+        {
             t.log.push(format!(
-                "canary no worse than stable at {}% (evidence {evidence:.0}, {} canary requests)",
-                st.weight, dc.requests
+                "canary no worse than stable at {}% (evidence {evidence:.0}, {} canary requests; {})",
+                st.weight,
+                dc.requests,
+                describe_bounds(&bounds)
             ));
             return advance(t, s, now);
         }
@@ -263,13 +334,38 @@ fn on_metrics(
         if let Pause::For { ms } = step.pause {
             let elapsed = (now - st.step_started_at).max(0) as u64;
             if elapsed >= ms && !waiting {
-                t.log.push(format!(
-                    "step {}% passed: no rule failed in {} ({} canary requests)",
-                    st.weight,
-                    seconds(elapsed),
-                    dc.requests
-                ));
-                return advance(t, s, now);
+                let b = bounds;
+                if b.excess() <= s.promotion_tolerance {
+                    t.log.push(format!(
+                        "step {}% passed: no rule failed in {}, and the canary is within {} of stable: {}",
+                        st.weight,
+                        seconds(elapsed),
+                        points(s.promotion_tolerance),
+                        describe_bounds(&b)
+                    ));
+                    return advance(t, s, now);
+                }
+                if elapsed >= ms.max(s.max_pause_ms) {
+                    let held = state(t);
+                    held.held = true;
+                    held.paused_at = Some(now);
+                    t.log.push(format!(
+                        "not enough evidence to promote: {} requests, could only rule out an error rate above {}; holding at {}% for `gantry promote` or `gantry abort` (analysis continues and can still roll back)",
+                        b.canary_requests,
+                        pct(b.error_rate_upper),
+                        st.weight
+                    ));
+                } else if !st.short_logged {
+                    t.log.push(format!(
+                        "step {}%: no rule failed in {}, but the data cannot yet show the canary within {} of stable ({}); gathering evidence for up to {}",
+                        st.weight,
+                        seconds(elapsed),
+                        points(s.promotion_tolerance),
+                        describe_bounds(&b),
+                        seconds(ms.max(s.max_pause_ms))
+                    ));
+                    state(t).short_logged = true;
+                }
             }
             if elapsed >= ms && waiting && !st.waiting_logged {
                 t.log.push(format!(
@@ -295,6 +391,50 @@ fn on_metrics(
     schedule(t, s, now);
 }
 
+fn pct(rate: f64) -> String {
+    format!("{:.2}%", rate * 100.0)
+}
+
+fn points(rate: f64) -> String {
+    format!("{:.2} points", rate * 100.0)
+}
+
+/// What the data rules out, and so what effect it could have caught.
+fn describe_bounds(b: &Bounds) -> String {
+    let mut s = format!(
+        "{} canary requests, error rate at most {} (stable at least {})",
+        b.canary_requests,
+        pct(b.error_rate_upper),
+        pct(b.stable_error_rate_lower)
+    );
+    if let (Some(u), Some(l)) = (b.slow_rate_upper, b.stable_slow_rate_lower) {
+        s.push_str(&format!(
+            ", slow requests at most {} (stable at least {})",
+            pct(u),
+            pct(l)
+        ));
+    }
+    s.push_str(&format!(
+        "; could have caught an excess of {} or more",
+        points(b.excess())
+    ));
+    s
+}
+
+/// Ends the current window: its counts join the evidence carried forward.
+fn close_window(st: &mut CanaryState) {
+    if let (Some((c0, s0)), Some((c, s))) = (st.step_start, st.latest) {
+        if c.requests >= c0.requests && s.requests >= s0.requests {
+            st.windows.push(Window {
+                canary: delta(&c, &c0),
+                stable: delta(&s, &s0),
+            });
+        }
+    }
+    st.step_start = None;
+    st.latest = None;
+}
+
 /// Rolls back a timed step that has waited too long for data.
 fn check_wait(t: &mut Transition, s: &CanarySettings, now: Millis, why: String) {
     let st = t.deployment.canary.clone().unwrap_or_default();
@@ -314,8 +454,11 @@ fn check_wait(t: &mut Transition, s: &CanarySettings, now: Millis, why: String) 
 
 fn advance(t: &mut Transition, s: &CanarySettings, now: Millis) {
     let st = state(t);
+    close_window(st);
     st.step += 1;
     st.paused_at = None;
+    st.held = false;
+    st.short_logged = false;
     if st.step >= s.steps.len() {
         t.log
             .push("canary complete: all traffic on the new release".to_owned());

@@ -452,6 +452,8 @@ mod canary {
             analysis: AnalysisPolicy::default(),
             interval_ms: 1000,
             max_wait_ms: 60_000,
+            promotion_tolerance: STANDARD_PROMOTION_TOLERANCE,
+            max_pause_ms: STANDARD_MAX_PAUSE_MS,
         });
         d
     }
@@ -497,19 +499,116 @@ mod canary {
                 ),
                 (50, Event::TrafficRouted { to_new: true }),
                 (50, metrics((0, 0), (0, 0))),
-                (1050, metrics((100, 0), (900, 1))),
-                (2050, metrics((200, 0), (1800, 2))),
+                (1050, metrics((2_500, 1), (22_500, 20))),
+                (2050, metrics((5_000, 2), (45_000, 45))),
                 (2060, Event::TrafficRouted { to_new: true }),
-                (2060, metrics((200, 0), (1800, 2))),
-                (4060, metrics((1200, 1), (2800, 3))),
+                (2060, metrics((5_000, 2), (45_000, 45))),
+                (4060, metrics((10_000, 5), (50_000, 50))),
                 (4070, Event::TrafficRouted { to_new: true }),
-                (4070, metrics((1200, 1), (2800, 3))),
-                (4080, metrics((1300, 1), (2800, 3))),
+                (4070, metrics((10_000, 5), (50_000, 50))),
+                (4080, metrics((10_100, 5), (50_000, 50))),
                 (4090, Event::InstancesStopped),
             ],
         );
         insta::assert_snapshot!(transcript);
         assert_eq!(d.phase, Phase::Succeeded);
+    }
+
+    #[test]
+    fn a_step_without_evidence_gathers_then_holds_for_a_person() {
+        let mut d = canary_deploy(Pause::For { ms: 2000 });
+        let StrategySettings::Canary(c) = &mut d.settings.strategy else {
+            unreachable!("a canary deployment")
+        };
+        c.max_pause_ms = 10_000;
+        let (transcript, d) = run(
+            up(d),
+            &[
+                (
+                    40,
+                    Event::BaselineObserved {
+                        baseline: baseline(),
+                    },
+                ),
+                (50, Event::TrafficRouted { to_new: true }),
+                (50, metrics((0, 0), (0, 0))),
+                // The pause is over, nothing failed, but 200 requests prove little.
+                (2050, metrics((200, 0), (1800, 2))),
+                (6050, metrics((400, 0), (3600, 4))),
+                // The cap: hold, saying what the data could rule out.
+                (10_050, metrics((700, 0), (6300, 6))),
+                (11_050, metrics((800, 0), (7200, 7))),
+                (12_000, Event::PromoteRequested { by: "ana".into() }),
+            ],
+        );
+        insta::assert_snapshot!(transcript);
+        assert!(
+            transcript.contains("not enough evidence to promote: 700 requests, could only rule out an error rate above"),
+            "{transcript}"
+        );
+        assert_eq!(
+            transcript.matches("gathering evidence").count(),
+            1,
+            "said once: {transcript}"
+        );
+        let c = d.canary.as_ref().unwrap();
+        assert_eq!((c.step, c.held), (1, false), "moved on when promoted");
+        assert_eq!(d.phase, Phase::Canary);
+    }
+
+    #[test]
+    fn a_held_step_still_rolls_back_a_regression() {
+        let mut d = canary_deploy(Pause::For { ms: 2000 });
+        let StrategySettings::Canary(c) = &mut d.settings.strategy else {
+            unreachable!("a canary deployment")
+        };
+        c.max_pause_ms = 4000;
+        let (_, d) = run(
+            up(d),
+            &[
+                (
+                    40,
+                    Event::BaselineObserved {
+                        baseline: baseline(),
+                    },
+                ),
+                (50, Event::TrafficRouted { to_new: true }),
+                (50, metrics((0, 0), (0, 0))),
+                (4050, metrics((400, 0), (3600, 4))),
+                (5050, metrics((800, 40), (7200, 7))),
+            ],
+        );
+        assert_eq!(d.phase, Phase::RollingBack);
+        assert!(d.reason.unwrap().starts_with("canary analysis at 10%"));
+    }
+
+    #[test]
+    fn evidence_carries_from_one_step_to_the_next() {
+        // Neither step's counts alone fail the comparison; together they do.
+        let (_, d) = run(
+            up(canary_deploy(Pause::UntilPromoted)),
+            &[
+                (
+                    40,
+                    Event::BaselineObserved {
+                        baseline: baseline(),
+                    },
+                ),
+                (50, Event::TrafficRouted { to_new: true }),
+                (50, metrics((0, 0), (0, 0))),
+                (5050, metrics((400, 3), (3600, 1))),
+                (5060, Event::PromoteRequested { by: "ana".into() }),
+                (5070, Event::TrafficRouted { to_new: true }),
+                (5070, metrics((400, 3), (3600, 1))),
+                (9070, metrics((800, 6), (4000, 1))),
+            ],
+        );
+        assert_eq!(d.phase, Phase::RollingBack);
+        let reason = d.reason.unwrap();
+        assert!(
+            reason.contains("canary analysis at 50%: canary's share of errors above its share of traffic (50.00%): observed 85.71% (6 of 7)"),
+            "{reason}"
+        );
     }
 
     #[test]
@@ -1144,6 +1243,8 @@ fn counters_that_start_again_at_zero_restart_the_step_judgement() {
         analysis: AnalysisPolicy::default(),
         interval_ms: 1000,
         max_wait_ms: 120_000,
+        promotion_tolerance: STANDARD_PROMOTION_TOLERANCE,
+        max_pause_ms: STANDARD_MAX_PAUSE_MS,
     });
     d.phase = Phase::Canary;
     d.traffic_on_new = true;

@@ -12,7 +12,7 @@ fn canary_weight(d: &Deployment) -> Option<u32> {
 }
 
 const CANARY: &str = r#"strategy = "canary"
-canary = { steps = [{ weight = 10, pause = "2s" }, { weight = 50, pause = "2s" }, { weight = 100 }], interval = "250ms", max_wait = "20s" }
+canary = { steps = [{ weight = 10, pause = "2s" }, { weight = 50, pause = "2s" }, { weight = 100 }], interval = "250ms", max_wait = "20s", promotion_tolerance = 0.1 }
 "#;
 
 #[test]
@@ -185,6 +185,73 @@ fn a_step_held_for_promotion_waits_for_gantry_promote() {
     }
     g.gantry(&["promote", &id.to_string()])
         .fails_with(1, "already finished");
+}
+
+#[test]
+fn a_step_without_evidence_enough_holds_for_a_person_instead_of_passing_on_silence() {
+    // Half a point of tolerance needs about a thousand canary requests; a 1 s
+    // pause capped at 2 s sees far fewer, so the 10% step must hold.
+    let tail = CANARY
+        .replace(
+            r#"{ weight = 10, pause = "2s" }"#,
+            r#"{ weight = 10, pause = "1s" }"#,
+        )
+        .replace(
+            "promotion_tolerance = 0.1 }",
+            r#"promotion_tolerance = 0.005, max_pause = "2s" }"#,
+        );
+    let (g, load) = serving(&tail, &[("1.1.0", "")]);
+    let id = deploy_id(
+        &g.gantry(&["deploy", "1.1.0", "--env", "production", "--detach"])
+            .ok(),
+    );
+    wait_until("the 10% step to hold", Duration::from_secs(20), || {
+        g.deployment(id).canary.as_ref().is_some_and(|c| c.held)
+    });
+    let d = g.deployment(id);
+    let canary = d.canary.as_ref().expect("canary progress");
+    assert_eq!((d.phase, canary.weight), (Phase::Canary, 10), "{d:?}");
+    let bounds = canary
+        .last
+        .as_ref()
+        .and_then(|a| a.bounds.as_ref())
+        .expect("the last look's bounds");
+    assert!(
+        bounds.error_rate_upper > 0.005,
+        "the data could not rule out half a point: {d:?}"
+    );
+    holds_throughout(
+        "the held step to stay at 10%",
+        Duration::from_secs(2),
+        || {
+            let d = g.deployment(id);
+            d.phase == Phase::Canary && d.canary.as_ref().is_some_and(|c| c.weight == 10)
+        },
+    );
+    g.gantry(&["promote", &id.to_string()]).ok();
+    wait_until("the 50% step", Duration::from_secs(20), || {
+        g.deployment(id)
+            .canary
+            .as_ref()
+            .is_some_and(|c| c.weight == 50)
+    });
+    g.gantry(&["promote", &id.to_string()]).ok();
+    let d = g.wait_finished(id);
+    let (_, failed) = load.finish();
+    assert_eq!(d.phase, Phase::Succeeded, "{d:?}");
+    assert_eq!(failed, 0);
+    let log = g.gantry(&["log", &id.to_string()]).ok();
+    for line in [
+        "not enough evidence to promote: ",
+        "requests, could only rule out an error rate above ",
+        "promoted by admin at 10%",
+    ] {
+        assert!(
+            log.stdout.contains(line),
+            "missing {line:?}:\n{}",
+            log.stdout
+        );
+    }
 }
 
 #[test]

@@ -157,6 +157,15 @@ fn sign_in_approve_and_watch_a_rollout_live() {
         )
         .await;
         until(&c, "judged rules", "document.querySelectorAll('#rules tr[data-rule]').length >= 3").await;
+        // The promotion evidence: the bound of canary minus stable, narrowing as requests come in.
+        until(&c, "the promotion evidence", "document.querySelector('#promotion').textContent.includes('could rule out an error rate above')").await;
+        until(
+            &c,
+            "the evidence chart narrowing",
+            "(() => { const p = document.querySelector('#chart-evidence polyline.canary'); if (!p) return false; const ys = p.getAttribute('points').split(' ').map(xy => +xy.split(',')[1]); return ys.length >= 4 && ys[ys.length - 1] > ys[0]; })()",
+        )
+        .await;
+        until(&c, "the tolerance line", "document.querySelector('#chart-evidence polyline.tolerance')").await;
         until(&c, "the 4xx rule listed", "document.querySelector('#rules tr[data-rule=client_errors_vs_stable]')").await;
         // Under the Content-Security-Policy the page's own style applies and
         // its bars get their widths (set through the DOM, not style attributes).

@@ -169,7 +169,7 @@ fn failed_noncritical_smoke_checks_wait_for_a_decision() {
 #[test]
 fn a_router_killed_mid_canary_is_restarted_and_the_rollout_finishes() {
     let tail = r#"strategy = "canary"
-canary = { steps = [{ weight = 10, pause = "3s" }, { weight = 50, pause = "2s" }, { weight = 100 }], interval = "250ms", max_wait = "20s" }
+canary = { steps = [{ weight = 10, pause = "3s" }, { weight = 50, pause = "2s" }, { weight = 100 }], interval = "250ms", max_wait = "20s", promotion_tolerance = 0.1 }
 "#;
     let (g, load) = serving(tail, &[("1.1.0", "")]);
     let id = deploy_id(
