@@ -16,6 +16,7 @@ pub mod confine;
 pub mod controller;
 mod data_dir;
 mod error;
+pub mod fleet;
 pub mod governance;
 mod notify;
 mod observe;
