@@ -521,17 +521,30 @@ impl std::fmt::Debug for HostServe {
 }
 
 impl HostServe {
-    /// Waits for the remote process to end (close `stdin` first to ask it to)
-    /// and returns its exit code.
-    pub async fn wait(self) -> Result<Option<i32>, HostError> {
-        let host = self.host.clone();
-        drop(self.stdin);
-        let status = self
-            .child
+    /// Closes its stdin (asking it to end), drains its output, and returns
+    /// its exit code (None: ended by a signal) and the end of its stderr.
+    pub async fn finish(self) -> Result<(Option<i32>, String), HostError> {
+        let HostServe {
+            stdin,
+            mut stdout,
+            mut stderr,
+            child,
+            host,
+            ..
+        } = self;
+        drop(stdin);
+        let mut text = String::new();
+        let mut sink = Vec::new();
+        let mut stderr = (&mut stderr).take(64 * 1024);
+        let (_, _) = tokio::join!(
+            stderr.read_to_string(&mut text),
+            stdout.read_to_end(&mut sink)
+        );
+        let status = child
             .wait()
             .await
             .map_err(|e| remote(&host, format!("host serve: {e}")))?;
-        Ok(status.code())
+        Ok((status.code(), text))
     }
 }
 
