@@ -484,3 +484,20 @@ async fn the_connecting_cap_holds() {
     }
     eprintln!("connecting {} hosts: {}", hosts.len(), figures.join(", "));
 }
+
+/// The fencing token hosts will see: one more at every controller start,
+/// kept in the controller's SQLite store.
+#[test]
+fn every_controller_start_raises_the_epoch() {
+    let mut g = crate::harness::Gantry::start();
+    let epoch = |g: &crate::harness::Gantry| -> i64 {
+        let db = rusqlite::Connection::open(g.data().join("gantry.db")).unwrap();
+        db.query_row("SELECT epoch FROM controller_epoch", [], |r| r.get(0))
+            .unwrap()
+    };
+    let first = epoch(&g);
+    assert!(first >= 1);
+    g.kill_server();
+    g.start_server();
+    assert_eq!(epoch(&g), first + 1);
+}
