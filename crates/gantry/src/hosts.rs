@@ -303,7 +303,11 @@ async fn list(data_dir: &Path, config_path: &Path, output: Output) -> Exit {
                 r.name,
                 format!("{}:{}", r.address, r.port),
                 r.site.as_deref().unwrap_or("-"),
-                if labels.is_empty() { "-".to_owned() } else { labels.join(",") },
+                if labels.is_empty() {
+                    "-".to_owned()
+                } else {
+                    labels.join(",")
+                },
                 if r.pinned.is_empty() { "no" } else { "yes" },
                 match (&r.connect_ms, &r.error) {
                     (Some(ms), _) => format!("yes ({ms} ms)"),
@@ -322,8 +326,6 @@ async fn list(data_dir: &Path, config_path: &Path, output: Output) -> Exit {
 
 /// Runs the futures at once and returns their outputs in order (the
 /// fleet-wide caps live in `SshHosts`; this only waits for all of them).
-async fn futures_join<F: std::future::Future>(
-    futures: impl Iterator<Item = F>,
-) -> Vec<F::Output> {
+async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
     futures_util::future::join_all(futures).await
 }

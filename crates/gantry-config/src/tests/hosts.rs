@@ -15,7 +15,10 @@ fn with_hosts(extra: &str, list: &str) -> String {
 
 /// A file that exists, standing in for a key file (only its presence is checked).
 fn key_file() -> ((), String) {
-    ((), concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml").to_owned())
+    (
+        (),
+        concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml").to_owned(),
+    )
 }
 
 fn fleet(key: &str) -> String {
@@ -51,7 +54,10 @@ max_connecting = 4
 #[test]
 fn hosts_ssh_and_environment_hosts_are_decoded_and_resolved() {
     let (_dir, key) = key_file();
-    let src = with_hosts(&fleet(&key), r#"["db-1", { labels = { tier = "web" } }, "web-eu-2"]"#);
+    let src = with_hosts(
+        &fleet(&key),
+        r#"["db-1", { labels = { tier = "web" } }, "web-eu-2"]"#,
+    );
     let loaded = parse("gantry.toml", &src).expect("valid");
     let c = &loaded.config;
     assert_eq!(
@@ -67,7 +73,10 @@ fn hosts_ssh_and_environment_hosts_are_decoded_and_resolved() {
     assert_eq!(eu1.key, SshKey::File(key.clone().into()));
     assert_eq!(eu1.data_dir, DEFAULT_HOST_DATA_DIR);
     let eu2 = c.host("web-eu-2").unwrap();
-    assert_eq!((eu2.port, &eu2.key, eu2.data_dir.as_str()), (2222, &SshKey::Agent, "/srv/gantry"));
+    assert_eq!(
+        (eu2.port, &eu2.key, eu2.data_dir.as_str()),
+        (2222, &SshKey::Agent, "/srv/gantry")
+    );
     assert_eq!(eu2.user, None);
     // Listed order, a selector's hosts by name, no repeats.
     assert_eq!(

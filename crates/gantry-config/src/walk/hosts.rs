@@ -271,7 +271,11 @@ pub(super) fn decode_ssh(w: &mut Walker<'_>, v: &Val<'_>) -> Option<SshSettings>
             if (1_000..=300_000).contains(&ms) {
                 return Some(ms);
             }
-            w.error(c.span(), "ssh.connect_timeout", "expected a duration from 1s to 5m");
+            w.error(
+                c.span(),
+                "ssh.connect_timeout",
+                "expected a duration from 1s to 5m",
+            );
             None
         }),
         None => Some(d.connect_timeout_ms),
@@ -391,7 +395,11 @@ fn resolve_list(
                             &p,
                             format!(
                                 "no host named {name:?} in [hosts]; {hint}known: {}",
-                                if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                                if known.is_empty() {
+                                    "none".to_owned()
+                                } else {
+                                    known.join(", ")
+                                }
                             ),
                         );
                         ok = false;
@@ -468,13 +476,30 @@ mod tests {
         for good in ["web-1", "h1", "eu-west.a", "A_b"] {
             assert!(is_plain_name(good, MAX_NAME), "{good}");
         }
-        for bad in ["", "-x", ".x", "a b", "a;b", "a$(x)", "a'b", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "-x",
+            ".x",
+            "a b",
+            "a;b",
+            "a$(x)",
+            "a'b",
+            &"x".repeat(64),
+        ] {
             assert!(!is_plain_name(bad, MAX_NAME), "{bad}");
         }
         for good in ["10.0.0.5", "::1", "fe80::1", "web-1.example.com", "h1"] {
             assert!(is_address(good), "{good}");
         }
-        for bad in ["-oProxyCommand=x", "a..b", "a b", "web_1.example", "x-", "", "a;b"] {
+        for bad in [
+            "-oProxyCommand=x",
+            "a..b",
+            "a b",
+            "web_1.example",
+            "x-",
+            "",
+            "a;b",
+        ] {
             assert!(!is_address(bad), "{bad}");
         }
         for good in [".gantry", "/srv/gantry", "a/b-c_d.e"] {

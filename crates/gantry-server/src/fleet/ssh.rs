@@ -178,7 +178,10 @@ impl BinaryImage {
     /// Hashes the file at `path`.
     pub fn of(path: &Path) -> Result<BinaryImage, HostError> {
         let unreadable = |e: std::io::Error| {
-            HostError::Local(format!("cannot read the gantry binary {}: {e}", path.display()))
+            HostError::Local(format!(
+                "cannot read the gantry binary {}: {e}",
+                path.display()
+            ))
         };
         let mut file = std::fs::File::open(path).map_err(unreadable)?;
         let mut hasher = Sha256::new();
@@ -192,9 +195,8 @@ impl BinaryImage {
 
     /// The binary running now: what the controller puts on its hosts.
     pub fn current() -> Result<BinaryImage, HostError> {
-        let exe = std::env::current_exe().map_err(|e| {
-            HostError::Local(format!("cannot find the running gantry binary: {e}"))
-        })?;
+        let exe = std::env::current_exe()
+            .map_err(|e| HostError::Local(format!("cannot find the running gantry binary: {e}")))?;
         BinaryImage::of(&exe)
     }
 }
@@ -408,7 +410,9 @@ impl SshHosts {
         Ok(HostSession {
             host: host.clone(),
             session: Arc::new(session),
-            sessions: Arc::new(Semaphore::new(inner.settings.max_sessions_per_host as usize)),
+            sessions: Arc::new(Semaphore::new(
+                inner.settings.max_sessions_per_host as usize,
+            )),
             hosts: self.clone(),
         })
     }
@@ -445,7 +449,8 @@ fn classify_connect_error(host: &Host, known_hosts: &Path, e: openssh::Error) ->
             known_hosts: known_hosts.to_path_buf(),
             detail: one_line,
         }
-    } else if detail.contains("Host key verification failed") || detail.contains("host key is known")
+    } else if detail.contains("Host key verification failed")
+        || detail.contains("host key is known")
     {
         HostError::UnknownHostKey {
             host: name,
@@ -563,11 +568,14 @@ impl HostSession {
 
     /// Whether the master connection still works (no remote command).
     pub async fn check(&self) -> Result<(), HostError> {
-        self.session.check().await.map_err(|e| HostError::Unreachable {
-            host: self.host.name.clone(),
-            address: endpoint(&self.host),
-            detail: format!("the connection is gone ({e})"),
-        })
+        self.session
+            .check()
+            .await
+            .map_err(|e| HostError::Unreachable {
+                host: self.host.name.clone(),
+                address: endpoint(&self.host),
+                detail: format!("the connection is gone ({e})"),
+            })
     }
 
     /// Ends the master connection.
@@ -699,7 +707,11 @@ impl HostSession {
             .map_err(|e| upload_err(format!("waiting for the host: {e}")))?;
         let stderr = stderr_text.await.unwrap_or_default();
         let stderr = stderr.trim();
-        let stderr = if stderr.is_empty() { "no message" } else { stderr };
+        let stderr = if stderr.is_empty() {
+            "no message"
+        } else {
+            stderr
+        };
         match (status.code(), outcome) {
             (Some(0), Some(outcome)) => Ok(outcome),
             (Some(c), _) if c as u32 == EXIT_DIGEST_MISMATCH => Err(upload_err(format!(
@@ -752,7 +764,10 @@ mod tests {
         }
         for cmd in RemoteCommand::ALL {
             let line = cmd.line();
-            assert!(line.starts_with("sh -c '") && line.matches('\'').count() == 2, "{line}");
+            assert!(
+                line.starts_with("sh -c '") && line.matches('\'').count() == 2,
+                "{line}"
+            );
         }
     }
 
@@ -769,7 +784,14 @@ mod tests {
             code.contains("Session::arc_raw_command(self.session.clone(), cmd.line())"),
             "and it sends a constant line"
         );
-        for forbidden in [".command(", ".shell(", ".subsystem(", ".arg(", ".raw_arg(", ".args("] {
+        for forbidden in [
+            ".command(",
+            ".shell(",
+            ".subsystem(",
+            ".arg(",
+            ".raw_arg(",
+            ".args(",
+        ] {
             assert!(!code.contains(forbidden), "{forbidden} builds a command");
         }
         // Nothing else in the server reaches a host's shell.
@@ -825,13 +847,23 @@ mod tests {
         };
         let e = err("No ED25519 host key is known for 10.0.0.5 and you have requested strict checking.\nHost key verification failed.");
         assert!(matches!(e, HostError::UnknownHostKey { .. }), "{e:?}");
-        assert!(e.to_string().contains("run `gantry hosts trust web-1`"), "{e}");
+        assert!(
+            e.to_string().contains("run `gantry hosts trust web-1`"),
+            "{e}"
+        );
         let e = err("@@@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\nHost key verification failed.");
         assert!(matches!(e, HostError::HostKey { .. }), "{e:?}");
-        assert!(e.to_string().contains("`gantry hosts trust web-1 --replace`"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("`gantry hosts trust web-1 --replace`"),
+            "{e}"
+        );
         let e = err("deploy@10.0.0.5: Permission denied (publickey).");
         assert!(matches!(e, HostError::Auth { .. }), "{e:?}");
-        assert!(e.to_string().contains("as deploy with the agent's keys"), "{e}");
+        assert!(
+            e.to_string().contains("as deploy with the agent's keys"),
+            "{e}"
+        );
         let e = err("ssh: connect to host 10.0.0.5 port 22: Connection timed out");
         assert!(matches!(e, HostError::Unreachable { .. }), "{e:?}");
         assert!(e.to_string().contains("web-1 (10.0.0.5:22)"), "{e}");

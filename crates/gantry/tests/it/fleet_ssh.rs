@@ -227,29 +227,56 @@ fn hosts_trust_pins_exactly_the_lab_fingerprints_and_changing_one_needs_replace(
     // Before trust: every host refused, naming the command to run.
     let before = gantry(&data, &["hosts", "--config", config]);
     assert_eq!(before.code, 1, "{}{}", before.stdout, before.stderr);
-    assert!(before.stdout.contains("run `gantry hosts trust h1`"), "{}", before.stdout);
+    assert!(
+        before.stdout.contains("run `gantry hosts trust h1`"),
+        "{}",
+        before.stdout
+    );
 
     // No terminal and no --yes: fingerprints shown, nothing pinned.
     let shown = gantry(&data, &["hosts", "trust", "--config", config]);
     assert_eq!(shown.code, 1, "{}", shown.stderr);
     for h in &lab.hosts {
-        assert!(shown.stdout.contains(&h.host_key_fingerprint), "{}", shown.stdout);
+        assert!(
+            shown.stdout.contains(&h.host_key_fingerprint),
+            "{}",
+            shown.stdout
+        );
     }
-    assert!(shown.stderr.contains("not pinning without confirmation"), "{}", shown.stderr);
+    assert!(
+        shown.stderr.contains("not pinning without confirmation"),
+        "{}",
+        shown.stderr
+    );
     assert!(!data.join("known_hosts").exists());
 
     // A wrong --expect pins nothing for that host.
     let wrong = gantry(
         &data,
-        &["hosts", "trust", "h1", "--config", config, "--expect", "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"],
+        &[
+            "hosts",
+            "trust",
+            "h1",
+            "--config",
+            config,
+            "--expect",
+            "SHA256:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ],
     );
     assert_eq!(wrong.code, 1);
-    assert!(wrong.stderr.contains("no key matches --expect"), "{}", wrong.stderr);
+    assert!(
+        wrong.stderr.contains("no key matches --expect"),
+        "{}",
+        wrong.stderr
+    );
     assert!(!data.join("known_hosts").exists());
 
     // The right --expect for h1, --yes for the rest.
     let h1 = &lab.hosts[0].host_key_fingerprint;
-    let r = gantry(&data, &["hosts", "trust", "h1", "--config", config, "--expect", h1]);
+    let r = gantry(
+        &data,
+        &["hosts", "trust", "h1", "--config", config, "--expect", h1],
+    );
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let r = gantry(&data, &["hosts", "trust", "--config", config, "--yes"]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
@@ -258,10 +285,17 @@ fn hosts_trust_pins_exactly_the_lab_fingerprints_and_changing_one_needs_replace(
         .lines()
         .map(|l| trust::fingerprint(l.split_whitespace().nth(2).unwrap()).unwrap())
         .collect();
-    let mut expected: Vec<String> = lab.hosts.iter().map(|h| h.host_key_fingerprint.clone()).collect();
+    let mut expected: Vec<String> = lab
+        .hosts
+        .iter()
+        .map(|h| h.host_key_fingerprint.clone())
+        .collect();
     pinned.sort();
     expected.sort();
-    assert_eq!(pinned, expected, "exactly the lab's keys, once each:\n{pins}");
+    assert_eq!(
+        pinned, expected,
+        "exactly the lab's keys, once each:\n{pins}"
+    );
 
     let listed = gantry(&data, &["hosts", "--config", config, "--output", "json"]);
     assert_eq!(listed.code, 0, "{}{}", listed.stdout, listed.stderr);
@@ -277,12 +311,38 @@ fn hosts_trust_pins_exactly_the_lab_fingerprints_and_changing_one_needs_replace(
     lab.fault("h2", "rekey");
     let listed = gantry(&data, &["hosts", "--config", config]);
     assert_eq!(listed.code, 1);
-    assert!(listed.stdout.contains("NOT the one pinned"), "{}", listed.stdout);
-    let r = gantry(&data, &["hosts", "trust", "h2", "--config", config, "--yes"]);
+    assert!(
+        listed.stdout.contains("NOT the one pinned"),
+        "{}",
+        listed.stdout
+    );
+    let r = gantry(
+        &data,
+        &["hosts", "trust", "h2", "--config", config, "--yes"],
+    );
     assert_eq!(r.code, 1);
-    assert!(r.stdout.contains("(CHANGED)") && r.stderr.contains("--replace"), "{}{}", r.stdout, r.stderr);
-    assert_eq!(std::fs::read_to_string(data.join("known_hosts")).unwrap(), pins);
-    let r = gantry(&data, &["hosts", "trust", "h2", "--config", config, "--yes", "--replace"]);
+    assert!(
+        r.stdout.contains("(CHANGED)") && r.stderr.contains("--replace"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("known_hosts")).unwrap(),
+        pins
+    );
+    let r = gantry(
+        &data,
+        &[
+            "hosts",
+            "trust",
+            "h2",
+            "--config",
+            config,
+            "--yes",
+            "--replace",
+        ],
+    );
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert_eq!(gantry(&data, &["hosts", "--config", config]).code, 0);
 }
@@ -300,7 +360,10 @@ async fn unknown_and_changed_host_keys_refuse_that_host_only() {
     pin(&ssh, &hosts[1..]).await;
 
     let e = ssh.connect(&hosts[0]).await.unwrap_err();
-    assert!(matches!(&e, HostError::UnknownHostKey { host, .. } if host == "h1"), "{e:?}");
+    assert!(
+        matches!(&e, HostError::UnknownHostKey { host, .. } if host == "h1"),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("run `gantry hosts trust h1`"), "{e}");
     for h in &hosts[1..] {
         let s = ssh.connect(h).await.unwrap_or_else(|e| panic!("{e}"));
@@ -311,14 +374,23 @@ async fn unknown_and_changed_host_keys_refuse_that_host_only() {
     // h2 gets a new key: refused; h3 unaffected.
     lab.fault("h2", "rekey");
     let e = ssh.connect(&hosts[1]).await.unwrap_err();
-    assert!(matches!(&e, HostError::HostKey { host, .. } if host == "h2"), "{e:?}");
-    assert!(e.to_string().contains("gantry hosts trust h2 --replace"), "{e}");
+    assert!(
+        matches!(&e, HostError::HostKey { host, .. } if host == "h2"),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string().contains("gantry hosts trust h2 --replace"),
+        "{e}"
+    );
     ssh.connect(&hosts[2]).await.unwrap().close().await.unwrap();
 
     // A key in the system-wide known_hosts would not count, nor would ~/.ssh/config:
     // ssh runs with Gantry's own config file only.
     let config = std::fs::read_to_string(ssh.config_file(&hosts[0].key)).unwrap();
-    assert!(config.contains("GlobalKnownHostsFile /dev/null"), "{config}");
+    assert!(
+        config.contains("GlobalKnownHostsFile /dev/null"),
+        "{config}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,7 +408,10 @@ async fn the_binary_is_uploaded_once_verified_and_launched() {
     let stored = home.join(".gantry/bin").join(&gantry.sha256);
 
     let session = ssh.connect(&hosts[0]).await.unwrap();
-    let first = session.bootstrap(&gantry).await.unwrap_or_else(|e| panic!("{e}"));
+    let first = session
+        .bootstrap(&gantry)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let Bootstrapped::Uploaded { bytes, took } = first else {
         panic!("first bootstrap uploads, got {first:?}");
     };
@@ -348,15 +423,28 @@ async fn the_binary_is_uploaded_once_verified_and_launched() {
     );
     assert_eq!(std::fs::read(&stored).unwrap().len() as u64, gantry.len);
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&stored).unwrap().permissions().mode() & 0o777, 0o555);
+    assert_eq!(
+        std::fs::metadata(&stored).unwrap().permissions().mode() & 0o777,
+        0o555
+    );
     session.close().await.unwrap();
 
     // A new connection: the host says present, nothing is sent.
     let session = ssh.connect(&hosts[0]).await.unwrap();
     let started = Instant::now();
-    assert_eq!(session.bootstrap(&gantry).await.unwrap(), Bootstrapped::Present);
-    eprintln!("bootstrap, binary present: {:.3} s", started.elapsed().as_secs_f64());
-    assert_eq!(ssh.cap_use().peak_transfers, 1, "the second bootstrap transferred nothing");
+    assert_eq!(
+        session.bootstrap(&gantry).await.unwrap(),
+        Bootstrapped::Present
+    );
+    eprintln!(
+        "bootstrap, binary present: {:.3} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        ssh.cap_use().peak_transfers,
+        1,
+        "the second bootstrap transferred nothing"
+    );
 
     // Bytes that do not have the claimed digest: refused, nothing left behind.
     let fake = tempfile::NamedTempFile::new().unwrap();
@@ -368,29 +456,45 @@ async fn the_binary_is_uploaded_once_verified_and_launched() {
         len: 21,
     };
     let e = session.bootstrap(&lie).await.unwrap_err();
-    assert!(matches!(&e, HostError::Upload { host, .. } if host == "h1"), "{e:?}");
+    assert!(
+        matches!(&e, HostError::Upload { host, .. } if host == "h1"),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("SHA-256"), "{e}");
     let left: Vec<_> = std::fs::read_dir(home.join(".gantry/bin"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(left, [gantry.sha256.clone()], "no file for the bad digest, no temp file");
+    assert_eq!(
+        left,
+        [gantry.sha256.as_str()],
+        "no file for the bad digest, no temp file"
+    );
 
     // The launcher execs <dir>/bin/<sha256> host serve --stdio with the rest of stdin:
     // a stand-in binary that shows its arguments and echoes its input.
     let echo = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(echo.path(), "#!/bin/sh\necho \"args: $*\"\nexec cat\n").unwrap();
     let echo = BinaryImage::of(echo.path()).unwrap();
-    assert!(matches!(session.bootstrap(&echo).await.unwrap(), Bootstrapped::Uploaded { .. }));
+    assert!(matches!(
+        session.bootstrap(&echo).await.unwrap(),
+        Bootstrapped::Uploaded { .. }
+    ));
     let mut serve = session.launch_host_serve(&echo.sha256).await.unwrap();
     let mut out = BufReader::new(&mut serve.stdout);
     let mut line = String::new();
-    tokio::time::timeout(Duration::from_secs(10), out.read_line(&mut line)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), out.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(line, "args: host serve --stdio\n");
     serve.stdin.write_all(b"ping\n").await.unwrap();
     serve.stdin.flush().await.unwrap();
     line.clear();
-    tokio::time::timeout(Duration::from_secs(10), out.read_line(&mut line)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), out.read_line(&mut line))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(line, "ping\n", "the channel carries bytes both ways");
     let (code, _) = tokio::time::timeout(Duration::from_secs(10), serve.finish())
         .await
@@ -430,7 +534,10 @@ async fn a_wrong_key_is_explained_and_a_cut_host_fails_within_the_timeout() {
     assert!(ok.success());
     hosts[0].key = SshKey::File(other.clone());
     let e = ssh.connect(&hosts[0]).await.unwrap_err();
-    assert!(matches!(&e, HostError::Auth { host, .. } if host == "h1"), "{e:?}");
+    assert!(
+        matches!(&e, HostError::Auth { host, .. } if host == "h1"),
+        "{e:?}"
+    );
     let text = e.to_string();
     assert!(
         text.contains("refused login as gantry-lab")
@@ -444,10 +551,19 @@ async fn a_wrong_key_is_explained_and_a_cut_host_fails_within_the_timeout() {
     let started = Instant::now();
     let e = ssh.connect(&hosts[1]).await.unwrap_err();
     let took = started.elapsed();
-    eprintln!("cut host refused after {:.2} s (connect_timeout 2 s)", took.as_secs_f64());
-    assert!(matches!(&e, HostError::Unreachable { host, .. } if host == "h2"), "{e:?}");
+    eprintln!(
+        "cut host refused after {:.2} s (connect_timeout 2 s)",
+        took.as_secs_f64()
+    );
+    assert!(
+        matches!(&e, HostError::Unreachable { host, .. } if host == "h2"),
+        "{e:?}"
+    );
     assert!(took < Duration::from_millis(4000), "{took:?}");
-    assert!(took >= Duration::from_millis(1900), "it waited for the timeout: {took:?}");
+    assert!(
+        took >= Duration::from_millis(1900),
+        "it waited for the timeout: {took:?}"
+    );
     ssh.connect(&hosts[2]).await.unwrap().close().await.unwrap();
 }
 
@@ -472,7 +588,12 @@ async fn the_connecting_cap_holds() {
             .collect();
         let peak = ssh.cap_use().peak_connecting;
         assert!(peak <= cap as usize, "cap {cap}, peak {peak}");
-        assert_eq!(peak, cap as usize, "with {} hosts waiting the cap fills", hosts.len());
+        assert_eq!(
+            peak,
+            cap as usize,
+            "with {} hosts waiting the cap fills",
+            hosts.len()
+        );
         // Every master is open and usable at once.
         for s in &sessions {
             s.check().await.unwrap();
