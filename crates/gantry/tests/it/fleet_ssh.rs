@@ -114,6 +114,32 @@ impl FleetLab {
         assert!(ok.success(), "fleet-lab fault {host} {what} failed");
     }
 
+    /// `fault rekey`, then waits (10 s deadline) until the restarted sshd
+    /// offers the new key: `rekey` HUPs sshd, which is briefly not listening.
+    pub async fn rekey(&self, host: &Host) {
+        self.fault(&host.name, "rekey");
+        let old = &self
+            .hosts
+            .iter()
+            .find(|h| h.name == host.name)
+            .unwrap()
+            .host_key_fingerprint;
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(keys) = trust::scan(host, Duration::from_secs(2)).await {
+                if keys.iter().all(|k| &k.fingerprint != old) {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < end,
+                "{} never offered its new key",
+                host.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The lab's hosts as the config would describe them.
     pub fn config_hosts(&self) -> Vec<Host> {
         self.hosts
@@ -308,7 +334,9 @@ fn hosts_trust_pins_exactly_the_lab_fingerprints_and_changing_one_needs_replace(
     }
 
     // A new key on h2: refused by `hosts`, and trust will not overwrite the pin without --replace.
-    lab.fault("h2", "rekey");
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(lab.rekey(&lab.config_hosts()[1]));
     let listed = gantry(&data, &["hosts", "--config", config]);
     assert_eq!(listed.code, 1);
     assert!(
@@ -372,7 +400,7 @@ async fn unknown_and_changed_host_keys_refuse_that_host_only() {
     }
 
     // h2 gets a new key: refused; h3 unaffected.
-    lab.fault("h2", "rekey");
+    lab.rekey(&hosts[1]).await;
     let e = ssh.connect(&hosts[1]).await.unwrap_err();
     assert!(
         matches!(&e, HostError::HostKey { host, .. } if host == "h2"),
@@ -510,6 +538,85 @@ async fn the_binary_is_uploaded_once_verified_and_launched() {
         .unwrap();
     assert!(!matches!(code, Some(126) | Some(127)), "{code:?}: {stderr}");
     assert!(!stderr.contains("not found"), "{stderr}");
+
+    // One session per host at most: while host serve holds it, another
+    // command on that host waits; it goes through once the channel ends.
+    let data = tempfile::tempdir().unwrap();
+    let one = SshHosts::open(
+        data.path(),
+        &SshSettings {
+            max_sessions_per_host: 1,
+            ..settings(3000, 16)
+        },
+    )
+    .unwrap();
+    pin(&one, &hosts[..1]).await;
+    let session = one.connect(&hosts[0]).await.unwrap();
+    let serve = session.launch_host_serve(&echo.sha256).await.unwrap();
+    let waiting = tokio::time::timeout(Duration::from_millis(1500), session.bootstrap(&echo)).await;
+    assert!(waiting.is_err(), "a second session waited for the slot");
+    serve.finish().await.unwrap();
+    let after = tokio::time::timeout(Duration::from_secs(10), session.bootstrap(&echo))
+        .await
+        .expect("the slot is free once host serve ends")
+        .unwrap();
+    assert_eq!(after, Bootstrapped::Present);
+}
+
+/// Figures for the report (not run by default): connecting and bootstrapping
+/// 10 hosts with and without the caps. `cargo test -p gantry --test it
+/// fleet_ssh::figures -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run by hand"]
+async fn figures() {
+    let lab = FleetLab::start(10, &[], LAB_UP);
+    let hosts = lab.config_hosts();
+    let gantry = BinaryImage::of(Path::new(GANTRY)).unwrap();
+    for (max_connecting, max_transfers) in [(1u32, 1u32), (4, 4), (10, 10)] {
+        let data = tempfile::tempdir().unwrap();
+        let ssh = SshHosts::open(
+            data.path(),
+            &SshSettings {
+                max_transfers,
+                ..settings(5000, max_connecting)
+            },
+        )
+        .unwrap();
+        pin(&ssh, &hosts).await;
+        let started = Instant::now();
+        let sessions: Vec<_> = futures_util::future::join_all(hosts.iter().map(|h| ssh.connect(h)))
+            .await
+            .into_iter()
+            .map(|s| s.unwrap())
+            .collect();
+        let connect = started.elapsed();
+        let started = Instant::now();
+        for r in futures_util::future::join_all(sessions.iter().map(|s| s.bootstrap(&gantry))).await
+        {
+            r.unwrap();
+        }
+        let upload = started.elapsed();
+        let started = Instant::now();
+        for r in futures_util::future::join_all(sessions.iter().map(|s| s.bootstrap(&gantry))).await
+        {
+            assert_eq!(r.unwrap(), Bootstrapped::Present);
+        }
+        let present = started.elapsed();
+        eprintln!(
+            "10 hosts, max_connecting {max_connecting}, max_transfers {max_transfers}: connect {:.2} s, upload {:.1} MB each {:.2} s, again (present) {:.3} s",
+            connect.as_secs_f64(),
+            gantry.len as f64 / 1e6,
+            upload.as_secs_f64(),
+            present.as_secs_f64()
+        );
+        for s in sessions {
+            s.close().await.unwrap();
+        }
+        // A fresh home for the next round's uploads.
+        for h in &lab.hosts {
+            let _ = std::fs::remove_dir_all(h.home.join(".gantry"));
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -559,7 +666,7 @@ async fn a_wrong_key_is_explained_and_a_cut_host_fails_within_the_timeout() {
         matches!(&e, HostError::Unreachable { host, .. } if host == "h2"),
         "{e:?}"
     );
-    assert!(took < Duration::from_millis(4000), "{took:?}");
+    assert!(took < Duration::from_secs(6), "not hanging: {took:?}");
     assert!(
         took >= Duration::from_millis(1900),
         "it waited for the timeout: {took:?}"
