@@ -64,3 +64,39 @@ impl Default for SshSettings {
 
 /// The data directory on a host when `data_dir` is not set.
 pub const DEFAULT_HOST_DATA_DIR: &str = ".gantry";
+
+/// How an environment's rollout walks its hosts (`fleet = { … }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetPlan {
+    /// Cumulative batch targets within a wave, the last 100%.
+    pub batches: Vec<HostShare>,
+    /// Hosts that may fail before the whole rollout rolls back.
+    pub max_failed: HostShare,
+    /// Sites in rollout order, each with its hosts of this environment;
+    /// empty: one wave of every host.
+    pub waves: Vec<Wave>,
+}
+
+/// A number of hosts, or a share of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostShare {
+    Count(u32),
+    Percent(u32),
+}
+
+impl HostShare {
+    /// How many of `total` hosts this is (a share rounded up, at most `total`).
+    pub fn of(self, total: u32) -> u32 {
+        match self {
+            HostShare::Count(n) => n.min(total),
+            HostShare::Percent(p) => (u64::from(total) * u64::from(p)).div_ceil(100) as u32,
+        }
+    }
+}
+
+/// One wave: a site and the environment's hosts there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wave {
+    pub site: String,
+    pub hosts: Vec<String>,
+}

@@ -14,7 +14,7 @@ mod schema;
 mod settings;
 mod walk;
 
-pub use hosts::{Host, SshKey, SshSettings, DEFAULT_HOST_DATA_DIR};
+pub use hosts::{FleetPlan, Host, HostShare, SshKey, SshSettings, Wave, DEFAULT_HOST_DATA_DIR};
 pub use schema::json_schema;
 
 use gantry_core::EnvName;
@@ -337,6 +337,8 @@ pub struct Environment {
     /// The fleet hosts it runs on, names resolved from `hosts` (names and
     /// label selectors); empty: it runs on the controller's machine.
     pub hosts: Vec<String>,
+    /// Batches, failure budget and waves over `hosts` (None: not set).
+    pub fleet: Option<FleetPlan>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -359,6 +359,33 @@ pub(crate) struct EnvironmentSection {
     /// Fleet hosts it runs on: names and { labels = {...} } selectors. Absent: the controller's machine.
     #[serde(default)]
     hosts: Vec<HostRefValue>,
+    /// How a rollout walks the hosts: batches, failure budget, waves by site.
+    #[serde(default)]
+    fleet: Option<FleetSection>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FleetSection {
+    /// Cumulative batch targets within a wave, e.g. [1, "10%", "50%", "100%"]; the last "100%".
+    #[serde(default)]
+    batches: Vec<HostShareValue>,
+    /// Hosts (a count or "N%") that may fail before the whole rollout rolls back (default 0);
+    /// below the number of hosts.
+    #[serde(default)]
+    max_failed: Option<HostShareValue>,
+    /// Sites in rollout order; each a full rollout, the next only once it is healthy.
+    /// Every host of the environment must have one of these sites.
+    #[serde(default)]
+    waves: Vec<String>,
+}
+
+/// A number of hosts, or a share such as "10%".
+#[derive(JsonSchema)]
+#[serde(untagged)]
+pub(crate) enum HostShareValue {
+    Count(u32),
+    Percent(String),
 }
 
 #[derive(JsonSchema)]

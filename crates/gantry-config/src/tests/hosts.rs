@@ -189,3 +189,76 @@ fn an_environment_listing_a_good_host_or_selector_adds_no_error() {
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert!(errors[0].contains("lists no host"), "{errors:#?}");
 }
+
+#[test]
+fn a_fleet_plan_is_decoded_with_waves_resolved_to_hosts() {
+    let (_dir, key) = key_file();
+    let src = with_hosts(
+        &fleet(&key),
+        "[\"web-eu-1\", \"web-eu-2\"]\nfleet = { batches = [1, \"50%\", \"100%\"], max_failed = \"50%\", waves = [\"eu-west\"] }",
+    );
+    let c = parse("gantry.toml", &src).expect("valid").config;
+    let prod = c.environment("production").unwrap();
+    assert_eq!(
+        prod.fleet,
+        Some(FleetPlan {
+            batches: vec![
+                HostShare::Count(1),
+                HostShare::Percent(50),
+                HostShare::Percent(100)
+            ],
+            max_failed: HostShare::Percent(50),
+            waves: vec![Wave {
+                site: "eu-west".into(),
+                hosts: vec!["web-eu-1".into(), "web-eu-2".into()],
+            }],
+        })
+    );
+    assert_eq!(HostShare::Percent(10).of(25), 3, "rounded up");
+    assert_eq!(HostShare::Count(5).of(3), 3);
+    // Without `fleet`, nothing is assumed here.
+    let plain = with_hosts(&fleet(&key), "[\"db-1\"]");
+    assert_eq!(
+        parse("gantry.toml", &plain)
+            .unwrap()
+            .config
+            .environment("production")
+            .unwrap()
+            .fleet,
+        None
+    );
+}
+
+#[test]
+fn bad_fleet_plans_are_refused_at_their_field() {
+    let (_dir, key) = key_file();
+    let mut all = Vec::new();
+    for plan in [
+        // a site with no host of this environment; a host in no wave
+        r#"{ waves = ["us-east"] }"#,
+        r#"{ waves = ["eu-west", "eu-west"] }"#,
+        r#"{ waves = ["eu-west"] }"#,
+        // max_failed at the fleet size
+        r#"{ max_failed = 3 }"#,
+        r#"{ max_failed = "100%" }"#,
+        // batches not ending at 100%, not rising, a count of the whole fleet, bad shares
+        r#"{ batches = [1, "50%"] }"#,
+        r#"{ batches = ["50%", "10%", "100%"] }"#,
+        r#"{ batches = [3, "100%"] }"#,
+        r#"{ batches = ["0%", "150%", "ten", "100%"] }"#,
+    ] {
+        let src = with_hosts(
+            &fleet(&key),
+            &format!("[\"db-1\", \"web-eu-1\", \"web-eu-2\"]\nfleet = {plan}"),
+        );
+        all.push(format!("{plan}\n{}", errors_of(&src).join("\n")));
+    }
+    // fleet without hosts
+    let src = STARTER.replacen(
+        "[environments.production]\n",
+        "[environments.production]\nfleet = { max_failed = 1 }\n",
+        1,
+    );
+    all.push(format!("no hosts\n{}", errors_of(&src).join("\n")));
+    insta::assert_snapshot!(all.join("\n\n"));
+}

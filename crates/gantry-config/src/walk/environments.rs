@@ -272,6 +272,7 @@ fn decode_environment(
             gates: gates?,
             // Resolved against `[hosts]` afterwards (walk/hosts.rs).
             hosts: Vec::new(),
+            fleet: None,
         })
     })();
     (listen, env)
