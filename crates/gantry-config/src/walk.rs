@@ -8,6 +8,7 @@ mod artifacts;
 mod canary;
 mod env_vars;
 mod environments;
+mod fleet;
 mod governance;
 mod hosts;
 mod notify;

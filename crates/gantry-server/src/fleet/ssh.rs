@@ -11,7 +11,6 @@
 
 use gantry_config::{Host, SshKey, SshSettings};
 use openssh::{ControlPersist, KnownHosts, Session, SessionBuilder, Stdio};
-use sha2::{Digest, Sha256};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,77 +19,14 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+mod error;
+mod remote;
+pub use error::HostError;
+use error::{classify_connect_error, endpoint, remote};
+use remote::EXIT_DIGEST_MISMATCH;
+pub use remote::{BinaryImage, Bootstrapped, RemoteCommand};
+
 pub use openssh::{ChildStderr, ChildStdin, ChildStdout};
-
-/// Why a host could not be reached or used. Each names the host, its address
-/// and what to do; the other hosts are unaffected.
-#[derive(Debug, thiserror::Error)]
-pub enum HostError {
-    #[error("host {host} ({address}) has no pinned host key in {}: refusing it; run `gantry hosts trust {host}` (it shows the fingerprints before pinning)", known_hosts.display())]
-    UnknownHostKey {
-        host: String,
-        address: String,
-        known_hosts: PathBuf,
-    },
-    #[error("host {host} ({address}) offered a host key that is NOT the one pinned in {}: refusing it (the host was reinstalled, or something is impersonating it); check its new fingerprint out of band, then run `gantry hosts trust {host} --replace`", known_hosts.display())]
-    HostKey {
-        host: String,
-        address: String,
-        known_hosts: PathBuf,
-        detail: String,
-    },
-    #[error("host {host} ({address}) is unreachable: {detail}; check that it is up, that sshd listens on that port and that the network between lets it through")]
-    Unreachable {
-        host: String,
-        address: String,
-        detail: String,
-    },
-    #[error("host {host} ({address}) refused login as {user} with {key}: {detail}; add the key's public half to that user's ~/.ssh/authorized_keys on the host, or fix `hosts.{host}.key`/`user`")]
-    Auth {
-        host: String,
-        address: String,
-        user: String,
-        key: String,
-        detail: String,
-    },
-    #[error("uploading gantry to host {host} ({address}) failed: {detail}")]
-    Upload {
-        host: String,
-        address: String,
-        detail: String,
-    },
-    #[error("host {host} ({address}): {detail}")]
-    Remote {
-        host: String,
-        address: String,
-        detail: String,
-    },
-    #[error("ssh to host {host} ({address}) failed: {detail}")]
-    Ssh {
-        host: String,
-        address: String,
-        detail: String,
-    },
-    /// A problem on the controller's side, before any host is involved.
-    #[error("{0}")]
-    Local(String),
-}
-
-impl HostError {
-    /// The host the error is about, if any.
-    pub fn host(&self) -> Option<&str> {
-        match self {
-            HostError::UnknownHostKey { host, .. }
-            | HostError::HostKey { host, .. }
-            | HostError::Unreachable { host, .. }
-            | HostError::Auth { host, .. }
-            | HostError::Upload { host, .. }
-            | HostError::Remote { host, .. }
-            | HostError::Ssh { host, .. } => Some(host),
-            HostError::Local(_) => None,
-        }
-    }
-}
 
 /// `sun_path` holds 108 bytes with its NUL. Below the control directory the
 /// crate makes `.ssh-connectionXXXXXX/master` and ssh binds a temporary
@@ -104,111 +40,6 @@ const SERVER_ALIVE: Duration = Duration::from_secs(5);
 /// How long an idle master outlives its last use: a killed controller's
 /// masters go away by themselves.
 const CONTROL_PERSIST_S: usize = 300;
-
-/// The constant command lines sent to hosts: the only ones there are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RemoteCommand {
-    /// Stores the binary by digest (or answers `present`).
-    Bootstrap,
-    /// `exec`s `<dir>/bin/<sha256> host serve --stdio`.
-    Launch,
-}
-
-macro_rules! bootstrap_script {
-    () => {
-        r#"set -eu
-IFS= read -r dir
-IFS= read -r sum
-case $dir in "") echo "gantry-bootstrap: no data directory" >&2; exit 4;; /*) ;; *) dir=$HOME/$dir;; esac
-case $sum in *[!0-9a-f]*) echo "gantry-bootstrap: bad digest" >&2; exit 4;; esac
-[ ${#sum} -eq 64 ] || { echo "gantry-bootstrap: bad digest" >&2; exit 4; }
-bin=$dir/bin
-if [ -x "$bin/$sum" ]; then echo present; exit 0; fi
-mkdir -p "$bin"
-tmp=$(mktemp "$bin/.upload.XXXXXX")
-echo send
-if ! cat > "$tmp"; then rm -f "$tmp"; echo "gantry-bootstrap: upload interrupted" >&2; exit 5; fi
-if ! printf "%s  %s\n" "$sum" "$tmp" | sha256sum -c --status -; then rm -f "$tmp"; echo "gantry-bootstrap: the bytes received do not have the digest $sum; nothing was stored" >&2; exit 3; fi
-chmod 0555 "$tmp"
-mv -f "$tmp" "$bin/$sum"
-echo stored"#
-    };
-}
-
-macro_rules! launch_script {
-    () => {
-        r#"IFS= read -r dir
-IFS= read -r sum
-case $dir in "") echo "gantry-launch: no data directory" >&2; exit 4;; /*) ;; *) dir=$HOME/$dir;; esac
-case $sum in ""|*[!0-9a-f]*) echo "gantry-launch: bad digest" >&2; exit 4;; esac
-exec "$dir/bin/$sum" host serve --stdio"#
-    };
-}
-
-/// The scripts hold no `'`, so one pair of single quotes carries each whole
-/// to `sh` through the login shell (a unit test checks).
-const BOOTSTRAP_LINE: &str = concat!("sh -c '", bootstrap_script!(), "' gantry-bootstrap");
-const LAUNCH_LINE: &str = concat!("sh -c '", launch_script!(), "' gantry-launch");
-
-/// The bootstrap script's exit code when the bytes do not match the digest.
-const EXIT_DIGEST_MISMATCH: u32 = 3;
-
-impl RemoteCommand {
-    pub const ALL: [RemoteCommand; 2] = [RemoteCommand::Bootstrap, RemoteCommand::Launch];
-
-    /// The command line the host's login shell receives.
-    pub fn line(self) -> &'static str {
-        match self {
-            RemoteCommand::Bootstrap => BOOTSTRAP_LINE,
-            RemoteCommand::Launch => LAUNCH_LINE,
-        }
-    }
-}
-
-/// A `gantry` binary to put on hosts, named by its content.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BinaryImage {
-    pub path: PathBuf,
-    /// Lowercase hex SHA-256 of the file.
-    pub sha256: String,
-    pub len: u64,
-}
-
-impl BinaryImage {
-    /// Hashes the file at `path`.
-    pub fn of(path: &Path) -> Result<BinaryImage, HostError> {
-        let unreadable = |e: std::io::Error| {
-            HostError::Local(format!(
-                "cannot read the gantry binary {}: {e}",
-                path.display()
-            ))
-        };
-        let mut file = std::fs::File::open(path).map_err(unreadable)?;
-        let mut hasher = Sha256::new();
-        let len = std::io::copy(&mut file, &mut hasher).map_err(unreadable)?;
-        Ok(BinaryImage {
-            path: path.to_path_buf(),
-            sha256: hex::encode(hasher.finalize()),
-            len,
-        })
-    }
-
-    /// The binary running now: what the controller puts on its hosts.
-    pub fn current() -> Result<BinaryImage, HostError> {
-        let exe = std::env::current_exe()
-            .map_err(|e| HostError::Local(format!("cannot find the running gantry binary: {e}")))?;
-        BinaryImage::of(&exe)
-    }
-}
-
-/// What [`HostSession::bootstrap`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Bootstrapped {
-    /// The host had this binary already: nothing was sent.
-    Present,
-    /// The binary was sent, checked on the host and stored.
-    Uploaded { bytes: u64, took: Duration },
-}
 
 /// Peaks of the caps' use since [`SshHosts::open`], for tests and figures.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -418,86 +249,6 @@ impl SshHosts {
     }
 }
 
-fn endpoint(host: &Host) -> String {
-    if host.address.contains(':') {
-        format!("[{}]:{}", host.address, host.port)
-    } else {
-        format!("{}:{}", host.address, host.port)
-    }
-}
-
-/// Turns ssh's words into a typed error. ssh reports in text only, so this
-/// reads the lines OpenSSH has printed for these cases for many years.
-fn classify_connect_error(host: &Host, known_hosts: &Path, e: openssh::Error) -> HostError {
-    let detail = match &e {
-        openssh::Error::Connect(io) | openssh::Error::Master(io) => io.to_string(),
-        other => other.to_string(),
-    };
-    let one_line = detail
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("@@@"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let (name, address) = (host.name.clone(), endpoint(host));
-    if detail.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
-        || detail.contains("HOST KEY HAS CHANGED")
-    {
-        HostError::HostKey {
-            host: name,
-            address,
-            known_hosts: known_hosts.to_path_buf(),
-            detail: one_line,
-        }
-    } else if detail.contains("Host key verification failed")
-        || detail.contains("host key is known")
-    {
-        HostError::UnknownHostKey {
-            host: name,
-            address,
-            known_hosts: known_hosts.to_path_buf(),
-        }
-    } else if detail.contains("Permission denied") {
-        let user = host.user.clone().unwrap_or_else(|| {
-            std::env::var("USER").unwrap_or_else(|_| "the controller's user".into())
-        });
-        let key = match &host.key {
-            SshKey::File(p) => format!("key {}", p.display()),
-            SshKey::Agent => "the agent's keys".to_owned(),
-        };
-        HostError::Auth {
-            host: name,
-            address,
-            user,
-            key,
-            detail: one_line,
-        }
-    } else if [
-        "timed out",
-        "Connection refused",
-        "No route to host",
-        "Network is unreachable",
-        "Could not resolve",
-        "Connection closed",
-        "Connection reset",
-    ]
-    .iter()
-    .any(|s| detail.contains(s))
-    {
-        HostError::Unreachable {
-            host: name,
-            address,
-            detail: one_line,
-        }
-    } else {
-        HostError::Ssh {
-            host: name,
-            address,
-            detail: one_line,
-        }
-    }
-}
-
 /// One host's open master connection.
 #[derive(Debug)]
 pub struct HostSession {
@@ -550,14 +301,6 @@ impl HostServe {
             .await
             .map_err(|e| remote(&host, format!("host serve: {e}")))?;
         Ok((status.code(), text))
-    }
-}
-
-fn remote(host: &Host, detail: String) -> HostError {
-    HostError::Remote {
-        host: host.name.clone(),
-        address: endpoint(host),
-        detail,
     }
 }
 
@@ -757,27 +500,19 @@ impl HostSession {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_scripts_fit_in_one_pair_of_single_quotes() {
-        for script in [bootstrap_script!(), launch_script!()] {
-            assert!(!script.contains('\''), "{script}");
-        }
-        for cmd in RemoteCommand::ALL {
-            let line = cmd.line();
-            assert!(
-                line.starts_with("sh -c '") && line.matches('\'').count() == 2,
-                "{line}"
-            );
-        }
-    }
-
     /// Every command line sent to a host is one of the constants: the
     /// module's code sends commands in exactly one place, with `cmd.line()`,
     /// and never through the crate's other ways to build a command.
     #[test]
     fn every_command_line_sent_is_a_constant() {
-        let source = include_str!("ssh.rs");
-        let code = source.split("#[cfg(test)]").next().unwrap();
+        let code: String = [
+            include_str!("ssh.rs"),
+            include_str!("ssh/error.rs"),
+            include_str!("ssh/remote.rs"),
+        ]
+        .iter()
+        .map(|source| source.split("#[cfg(test)]").next().unwrap())
+        .collect();
         let sends: Vec<_> = code.match_indices("_command(").collect();
         assert_eq!(sends.len(), 1, "one place sends a command");
         assert!(
@@ -823,49 +558,5 @@ mod tests {
         let e = SshHosts::open(&long, &SshSettings::default()).unwrap_err();
         assert!(e.to_string().contains("Unix socket path"), "{e}");
         assert!(!long.exists(), "nothing made");
-    }
-
-    #[test]
-    fn ssh_errors_become_typed_errors_naming_the_host() {
-        let host = Host {
-            name: "web-1".into(),
-            address: "10.0.0.5".into(),
-            user: Some("deploy".into()),
-            port: 22,
-            site: None,
-            labels: Default::default(),
-            key: SshKey::Agent,
-            data_dir: ".gantry".into(),
-        };
-        let kh = Path::new("/d/known_hosts");
-        let err = |text: &str| {
-            classify_connect_error(
-                &host,
-                kh,
-                openssh::Error::Connect(std::io::Error::other(text.to_owned())),
-            )
-        };
-        let e = err("No ED25519 host key is known for 10.0.0.5 and you have requested strict checking.\nHost key verification failed.");
-        assert!(matches!(e, HostError::UnknownHostKey { .. }), "{e:?}");
-        assert!(
-            e.to_string().contains("run `gantry hosts trust web-1`"),
-            "{e}"
-        );
-        let e = err("@@@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\nHost key verification failed.");
-        assert!(matches!(e, HostError::HostKey { .. }), "{e:?}");
-        assert!(
-            e.to_string()
-                .contains("`gantry hosts trust web-1 --replace`"),
-            "{e}"
-        );
-        let e = err("deploy@10.0.0.5: Permission denied (publickey).");
-        assert!(matches!(e, HostError::Auth { .. }), "{e:?}");
-        assert!(
-            e.to_string().contains("as deploy with the agent's keys"),
-            "{e}"
-        );
-        let e = err("ssh: connect to host 10.0.0.5 port 22: Connection timed out");
-        assert!(matches!(e, HostError::Unreachable { .. }), "{e:?}");
-        assert!(e.to_string().contains("web-1 (10.0.0.5:22)"), "{e}");
     }
 }
