@@ -8,11 +8,13 @@
 //! Secrets are never values in this file: a secret names an environment
 //! variable or a file, and is resolved only when an instance starts.
 
+mod hosts;
 mod render;
 mod schema;
 mod settings;
 mod walk;
 
+pub use hosts::{FleetPlan, Host, HostShare, SshKey, SshSettings, Wave, DEFAULT_HOST_DATA_DIR};
 pub use schema::json_schema;
 
 use gantry_core::EnvName;
@@ -47,6 +49,10 @@ pub struct Config {
     pub environments: Vec<Environment>,
     /// Who hears about deployments, and how.
     pub notify: Vec<NotifyChannel>,
+    /// Fleet hosts (`[hosts.NAME]`), sorted by name; empty when all runs locally.
+    pub hosts: Vec<Host>,
+    /// How hosts are reached (`[ssh]`).
+    pub ssh: SshSettings,
 }
 
 /// A secret-bearing setting: written in the file (warned about) or referenced.
@@ -111,6 +117,9 @@ pub enum SmtpTls {
 impl Config {
     pub fn environment(&self, name: &str) -> Option<&Environment> {
         self.environments.iter().find(|e| e.name.as_str() == name)
+    }
+    pub fn host(&self, name: &str) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.name == name)
     }
     pub fn environment_names(&self) -> Vec<String> {
         self.environments
@@ -332,6 +341,11 @@ pub struct Environment {
     pub freezes: Vec<FreezeWindow>,
     /// Evidence a release needs before it deploys here.
     pub gates: GatePolicy,
+    /// The fleet hosts it runs on, names resolved from `hosts` (names and
+    /// label selectors); empty: it runs on the controller's machine.
+    pub hosts: Vec<String>,
+    /// Batches, failure budget and waves over `hosts` (None: not set).
+    pub fleet: Option<FleetPlan>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

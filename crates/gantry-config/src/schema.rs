@@ -37,8 +37,93 @@ pub(crate) struct File {
     /// Channels that hear about deployments: Slack, PagerDuty, email, signed webhooks.
     #[serde(default)]
     notify: Vec<NotifySection>,
+    /// Fleet hosts by name, reached over SSH; environments list them in `hosts`.
+    #[serde(default)]
+    hosts: BTreeMap<String, HostSection>,
+    /// How the controller reaches hosts, and how many at once.
+    #[serde(default)]
+    ssh: Option<SshSection>,
     /// Environments in promotion order, e.g. development, integration, staging, production.
     environments: BTreeMap<String, EnvironmentSection>,
+}
+
+/// A fleet host. Names, sites and labels: letters, digits, '.', '-', '_'.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HostSection {
+    /// IP address or DNS name; (address, port) is unique across hosts.
+    address: String,
+    /// SSH login (default: the controller's user).
+    #[serde(default)]
+    user: Option<String>,
+    /// SSH port (default 22).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 65535))]
+    port: Option<u16>,
+    /// Region or zone, the unit of waves.
+    #[serde(default)]
+    site: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    /// "agent" (SSH_AUTH_SOCK) or { file = "/abs/path" }; the key is never stored.
+    key: HostKeyValue,
+    /// Gantry's directory on the host, relative to its HOME or absolute (default ".gantry").
+    #[serde(default)]
+    data_dir: Option<String>,
+}
+
+/// "agent", or a private key file.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+pub(crate) enum HostKeyValue {
+    Agent(String),
+    File(KeyFileSection),
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct KeyFileSection {
+    /// Absolute path of the private key on the controller's machine.
+    file: String,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SshSection {
+    /// Pinned host keys, relative to the data directory or absolute (default "known_hosts");
+    /// written only by `gantry hosts trust`.
+    #[serde(default)]
+    known_hosts: Option<String>,
+    /// How long opening a connection may take (default 10s).
+    #[serde(default)]
+    connect_timeout: Option<String>,
+    /// Connections being opened at once, fleet-wide (default 16).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 256))]
+    max_connecting: Option<u32>,
+    /// Sessions at once on one host's connection; keep below sshd's MaxSessions (default 8).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 64))]
+    max_sessions_per_host: Option<u32>,
+    /// Uploads at once, fleet-wide (default 8).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 256))]
+    max_transfers: Option<u32>,
+}
+
+/// A host's name, or a selector of every host carrying all the given labels.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+pub(crate) enum HostRefValue {
+    Name(String),
+    Selector(HostSelectorSection),
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HostSelectorSection {
+    /// Every host whose labels include all of these.
+    labels: BTreeMap<String, String>,
 }
 
 /// A secret as a plain string (warned about) or a reference.
@@ -274,6 +359,36 @@ pub(crate) struct EnvironmentSection {
     /// Evidence a release needs before it deploys here; each gate defaults to the standards' number.
     #[serde(default)]
     gates: Option<GatesSection>,
+    /// Fleet hosts it runs on: names and { labels = {...} } selectors. Absent: the controller's machine.
+    #[serde(default)]
+    hosts: Vec<HostRefValue>,
+    /// How a rollout walks the hosts: batches, failure budget, waves by site.
+    #[serde(default)]
+    fleet: Option<FleetSection>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FleetSection {
+    /// Cumulative batch targets within a wave, e.g. [1, "10%", "50%", "100%"]; the last "100%".
+    #[serde(default)]
+    batches: Vec<HostShareValue>,
+    /// Hosts (a count or "N%") that may fail before the whole rollout rolls back (default 0);
+    /// below the number of hosts.
+    #[serde(default)]
+    max_failed: Option<HostShareValue>,
+    /// Sites in rollout order; each a full rollout, the next only once it is healthy.
+    /// Every host of the environment must have one of these sites.
+    #[serde(default)]
+    waves: Vec<String>,
+}
+
+/// A number of hosts, or a share such as "10%".
+#[derive(JsonSchema)]
+#[serde(untagged)]
+pub(crate) enum HostShareValue {
+    Count(u32),
+    Percent(String),
 }
 
 #[derive(JsonSchema)]

@@ -12,6 +12,7 @@ fn errors_of(src: &str) -> Vec<String> {
     }
 }
 
+mod hosts;
 mod schema_keys;
 mod schema_ranges;
 

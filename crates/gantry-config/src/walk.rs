@@ -8,7 +8,9 @@ mod artifacts;
 mod canary;
 mod env_vars;
 mod environments;
+mod fleet;
 mod governance;
+mod hosts;
 mod notify;
 mod rollout;
 mod service;
@@ -402,6 +404,19 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
             (None, None)
         }
     };
+    let hosts = match root.get("hosts") {
+        Some(v) => hosts::decode_hosts(&mut w, v),
+        None => Some(Vec::new()),
+    };
+    let ssh = match root.get("ssh") {
+        Some(v) => hosts::decode_ssh(&mut w, v),
+        None => Some(SshSettings::default()),
+    };
+    let mut environments = environments;
+    let env_hosts_ok = match root.get("environments") {
+        Some(v) => hosts::resolve_environment_hosts(&mut w, v, hosts.as_deref(), &mut environments),
+        None => true,
+    };
     let notify = match root.get("notify") {
         Some(v) => notify::decode_notify(&mut w, v, env_names.as_deref()),
         None => Some(Vec::new()),
@@ -415,6 +430,8 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
         artifacts,
         environments,
         notify,
+        hosts,
+        ssh,
     ) {
         (
             Some(service),
@@ -425,7 +442,9 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
             Some(artifacts),
             Some(environments),
             Some(notify),
-        ) => Some(Config {
+            Some(hosts),
+            Some(ssh),
+        ) if env_hosts_ok => Some(Config {
             service,
             health,
             signing,
@@ -434,6 +453,8 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
             artifacts,
             environments,
             notify,
+            hosts,
+            ssh,
         }),
         _ => None,
     };

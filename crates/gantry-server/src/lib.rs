@@ -120,6 +120,10 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
     }
     let config = Arc::new(loaded.config);
     let store = Arc::new(gantry_store::SqliteStore::open(&dir.join("gantry.db"))?);
+    // The fencing token fleet hosts see in `Hello` (read back with
+    // `SqliteStore::controller_epoch`); raised under the lock above.
+    let epoch = store.begin_controller_epoch()?;
+    tracing::info!(epoch, "controller epoch");
     let blobs = gantry_store::Blobs::open(dir.join("artifacts"))?;
     let token = secret_file::load_or_create_token(&dir.join(TOKEN_FILE)).map_err(data_err(&dir))?;
     let router_token =

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 mod audit;
 mod deliveries;
 mod deployments;
+mod epoch;
 mod governance;
 mod migrations;
 use audit::{append_audit_tx, audit_head_tx};

@@ -52,6 +52,8 @@ pub enum Command {
     },
     /// Print the JSON Schema of gantry.toml.
     Schema,
+    /// Fleet hosts from the config: address, site, labels, pinned key, reachability.
+    Hosts(crate::hosts::HostsArgs),
     /// Print the OpenAPI 3 document of the controller's HTTP API.
     Openapi,
     /// Run the controller.

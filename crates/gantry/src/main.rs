@@ -12,6 +12,7 @@ mod demo;
 mod deployments;
 mod exit_code;
 mod governance;
+mod hosts;
 mod output;
 mod release_notes;
 mod releases;

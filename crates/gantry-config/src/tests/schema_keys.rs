@@ -95,8 +95,28 @@ username = "gantry"
 password = { env = "SMTP_PASSWORD" }
 zz_unknown = 1
 
+[hosts.web-1]
+address = "10.0.0.5"
+user = "deploy"
+port = 22
+site = "eu-west"
+labels = { tier = "web" }
+key = { file = "/etc/passwd", zz_unknown = 1 }
+data_dir = ".gantry"
+zz_unknown = 1
+
+[ssh]
+known_hosts = "known_hosts"
+connect_timeout = "10s"
+max_connecting = 16
+max_sessions_per_host = 8
+max_transfers = 8
+zz_unknown = 1
+
 [environments.staging]
 listen = "127.0.0.1:18080"
+hosts = ["web-1", { labels = { tier = "web" }, zz_unknown = 1 }]
+fleet = { batches = ["100%"], max_failed = 0, waves = ["eu-west"], zz_unknown = 1 }
 instances = 2
 strategy = "rolling"
 bake = "10s"
@@ -257,8 +277,12 @@ from = "gantry@example.com"
 to = ["ops@example.com"]
 [notify.smtp]
 [[notify]]
+[hosts.web-1]
+key = {}
+[hosts.web-2]
 [environments.production]
 strategy = "canary"
+hosts = [{}]
 [environments.production.canary]
 [[environments.production.canary.steps]]
 [environments.production.smoke]

@@ -270,6 +270,9 @@ fn decode_environment(
             approval: approval?,
             freezes: freezes?,
             gates: gates?,
+            // Resolved against `[hosts]` afterwards (walk/hosts.rs).
+            hosts: Vec::new(),
+            fleet: None,
         })
     })();
     (listen, env)

@@ -1,11 +1,14 @@
-//! Fleets: the controller driving other hosts through `gantry host serve`.
+//! Fleets: the controller driving other hosts over OpenSSH through
+//! `gantry host serve` (design: docs/design/fleets.md).
 //!
-//! [`protocol`] holds the typed messages both ends share; [`serve`] is the
-//! host's end, a thin dispatcher over the local target and router;
-//! [`link`] is the controller's end over any byte stream (an SSH channel's
-//! stdin/stdout in production, a child's pipes in tests). Reaching hosts
-//! (SSH) and the fleet's `Target`/`TrafficRouter`/`MetricProvider` build
-//! on these.
+//! [`ssh`] reaches hosts (one ControlMaster each, Gantry's own pinned
+//! `known_hosts`, the binary uploaded by content hash, two constant command
+//! lines) and [`trust`] pins their keys; [`protocol`] holds the typed
+//! messages both ends share; [`serve`] is the host's end, a thin dispatcher
+//! over the local target and router; [`link`] is the controller's end over
+//! any byte stream (an SSH channel's stdin/stdout in production, a child's
+//! pipes in tests). The fleet's `Target`/`TrafficRouter`/`MetricProvider`
+//! build on these.
 
 pub mod bounds;
 mod fence;
@@ -13,6 +16,8 @@ pub mod frame;
 pub mod link;
 pub mod protocol;
 pub mod serve;
+pub mod ssh;
+pub mod trust;
 mod upload;
 
 pub use link::{HostLink, LinkError, LinkOptions};

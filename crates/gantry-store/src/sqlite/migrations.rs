@@ -188,6 +188,15 @@ CREATE TRIGGER audit_checkpoints_below_anchor BEFORE DELETE ON audit_checkpoints
 WHEN OLD.seq > COALESCE((SELECT seq FROM audit_anchor WHERE id = 1), 0)
 BEGIN SELECT RAISE(ABORT, 'audit checkpoints are dropped only with the records they name'); END;
 "#,
+    // The controller's epoch: one more at every start, sent to fleet hosts in
+    // `Hello` as a fencing token (a host refuses a lower one).
+    r#"
+CREATE TABLE controller_epoch (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch INTEGER NOT NULL
+);
+"#,
+    // Kept last for now: the upgrade tests replay it as the newest migration.
     r#"
 -- A deployment's strategy is one tagged value, `settings.strategy` (`kind`:
 -- blue-green, canary or rolling, beside that strategy's own settings), where
