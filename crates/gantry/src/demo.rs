@@ -64,10 +64,25 @@ pub async fn run(keep: bool) -> crate::exit_code::Exit {
     }
 }
 
+/// A free port for an environment's router, below the kernel's ephemeral
+/// range (32768 and up on Linux): a port the kernel hands out for `:0` or
+/// for an outgoing connection can be taken again before the router binds
+/// it, and the demo runs beside busy test suites.
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    for _ in 0..200 {
+        let n = seed.wrapping_add(NEXT.fetch_add(7919, Ordering::Relaxed));
+        let port = 20_000 + (n % 10_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port between 20000 and 29999 on 127.0.0.1")
 }
 
 async fn start_controller(dir: &Path) -> Result<tokio::process::Child> {
