@@ -381,3 +381,28 @@ fn the_router_counts_what_each_release_served() {
         "{refused}"
     );
 }
+
+#[test]
+fn an_environment_on_fleet_hosts_is_refused_until_fleets_deploy() {
+    // The config may name hosts (and `gantry hosts` reaches them), but the
+    // drive loop does not deploy to them yet: nothing may start locally in
+    // their stead.
+    let key = tempfile::NamedTempFile::new().unwrap();
+    let tail = format!(
+        "hosts = [\"web-1\"]\n\n[hosts.web-1]\naddress = \"192.0.2.10\"\nkey = {{ file = \"{}\" }}\n",
+        key.path().display()
+    );
+    let g = Gantry::start_with_tail("300ms", &tail);
+    g.register("1.0.0", "");
+    g.gantry(&["deploy", "1.0.0", "--env", "production"])
+        .fails_with(
+        1,
+        "environment production runs on hosts (web-1): deploying to fleet hosts is not available",
+    );
+    assert!(g.running_instances().is_empty(), "nothing started locally");
+    assert!(
+        g.call(g.client().deployments(&Default::default()))
+            .is_empty(),
+        "no deployment recorded"
+    );
+}
