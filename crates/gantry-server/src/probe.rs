@@ -32,3 +32,15 @@ pub async fn http_probe(
         }),
     }
 }
+
+/// The controller's HTTP client. Instances answer its probes and smoke
+/// checks: a release must not be able to send the controller elsewhere, so a
+/// redirect is an answer, never followed (nor for notifications, whose
+/// bodies carry secrets).
+pub(crate) fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("static client config is valid")
+}

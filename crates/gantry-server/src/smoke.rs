@@ -250,7 +250,7 @@ mod tests {
     }
 
     fn client() -> reqwest::Client {
-        crate::controller::http_client()
+        crate::probe::http_client()
     }
 
     fn expect_ok() -> HttpExpectation<'static> {

@@ -155,7 +155,7 @@ impl LocalTarget {
             marker: controller_marker(data_dir),
             exits: Arc::default(),
             spawned: Mutex::default(),
-            http: crate::controller::http_client(),
+            http: crate::probe::http_client(),
         }
     }
 

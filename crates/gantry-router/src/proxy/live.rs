@@ -2,8 +2,10 @@
 //! first), read by every request, which picks its pool and upstream from it.
 
 use super::counters::PoolCounters;
-use super::sticky::STICKY_SCALE;
 use super::RouterOptions;
+
+/// Sticky hashes are spread over this many points.
+pub(super) const STICKY_SCALE: u64 = 1 << 32;
 use crate::{write_atomic, Routing, CONFIG_FILE};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

@@ -5,8 +5,6 @@ use super::live::Live;
 use crate::Affinity;
 use hyper::header::COOKIE;
 
-pub(super) const STICKY_SCALE: u64 = 1 << 32;
-
 /// FNV-1a with a final mix: a stable hash (the same in every router process
 /// and version), so a user's key maps to the same point after a restart.
 fn stable_hash(bytes: &[u8]) -> u64 {

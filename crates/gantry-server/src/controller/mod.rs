@@ -79,7 +79,7 @@ impl Controller {
         metrics: Arc<dyn MetricProvider>,
         config: Arc<Config>,
     ) -> Arc<Controller> {
-        let http = http_client();
+        let http = crate::probe::http_client();
         Arc::new(Controller {
             store,
             blobs,
@@ -146,18 +146,6 @@ impl Controller {
             ))
         })
     }
-}
-
-/// The controller's HTTP client. Instances answer its probes and smoke
-/// checks: a release must not be able to send the controller elsewhere, so a
-/// redirect is an answer, never followed (nor for notifications, whose
-/// bodies carry secrets).
-pub(crate) fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .expect("static client config is valid")
 }
 
 #[cfg(test)]

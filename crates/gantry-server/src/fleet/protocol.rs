@@ -478,6 +478,14 @@ mod base64_bytes {
     }
 }
 
+/// An error answer of `kind`.
+pub(super) fn error(kind: ErrorKind, message: impl Into<String>) -> Answer {
+    Answer::Error(RemoteError {
+        kind,
+        message: message.into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

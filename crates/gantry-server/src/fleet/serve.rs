@@ -14,11 +14,12 @@
 //! while connected is refused from its next request on.
 
 use super::fence::{admit, fenced_reason, read_fence, Admission, Fence};
+use super::protocol::error;
 use super::protocol::{
-    self, Answer, Call, ErrorKind, FrameError, Hello, ProbeOutcome, ReleaseState, RemoteError,
-    Reply, Request, Welcome, PROTOCOL,
+    self, Answer, Call, ErrorKind, FrameError, Hello, ProbeOutcome, ReleaseState, Reply, Request,
+    Welcome, PROTOCOL,
 };
-use super::upload::Uploads;
+use super::upload::{free_bytes, Uploads};
 use crate::confine::Confinement;
 use crate::routing::{MetricProvider, ProcessRouter, RouteError, TrafficRouter};
 use crate::target::{LocalTarget, Target, TargetError};
@@ -469,13 +470,6 @@ impl Session {
     }
 }
 
-pub(super) fn error(kind: ErrorKind, message: impl Into<String>) -> Answer {
-    Answer::Error(RemoteError {
-        kind,
-        message: message.into(),
-    })
-}
-
 fn target_error(e: TargetError) -> Answer {
     let kind = match &e {
         TargetError::Unpack { .. } => ErrorKind::Unpack,
@@ -521,10 +515,4 @@ fn resolve_data_dir(asked: &str) -> PathBuf {
             .join(path)
     };
     path.canonicalize().unwrap_or(path)
-}
-
-pub(super) fn free_bytes(dir: &Path) -> u64 {
-    nix::sys::statvfs::statvfs(dir)
-        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
-        .unwrap_or(0)
 }

@@ -3,8 +3,8 @@
 //! against the digest announced and only then stores it under that name.
 //! A mismatch, a gap or a channel closed midway leaves nothing stored.
 
+use super::protocol::error;
 use super::protocol::{Answer, ErrorKind};
-use super::serve::{error, free_bytes};
 use gantry_core::Digest;
 use gantry_store::{Blobs, Incoming};
 use std::collections::HashMap;
@@ -120,4 +120,10 @@ impl Uploads {
             Err(why) => refuse(&mut self.open, &digest, why),
         }
     }
+}
+
+pub(super) fn free_bytes(dir: &Path) -> u64 {
+    nix::sys::statvfs::statvfs(dir)
+        .map(|s| s.blocks_available().saturating_mul(s.fragment_size()))
+        .unwrap_or(0)
 }
