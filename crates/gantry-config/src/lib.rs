@@ -207,7 +207,8 @@ impl Retention {
 
 /// Bounds on what an artifact may unpack to (`[artifacts]`), so a small
 /// archive cannot fill the disk or the inode table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Sent as it is to fleet hosts, which unpack within the same bounds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ArtifactLimits {
     /// The most bytes an archive's entries may hold altogether.
     pub max_unpacked_bytes: u64,

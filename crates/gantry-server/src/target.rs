@@ -29,8 +29,9 @@ pub enum TargetError {
     Io(String),
 }
 
-/// Everything needed to start the instances of one deployment.
-#[derive(Clone)]
+/// Everything needed to start the instances of one deployment; sent as it
+/// is to a fleet host (`vars` go into the instance's environment only).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct LaunchSpec {
     pub env: EnvName,
     pub deployment: DeploymentId,

@@ -2,7 +2,8 @@
 //! acted on (counts and string lengths), on top of the frame limit. The
 //! error names the field and the limit; never a value (it may be a secret).
 
-use super::protocol::{Call, WireLaunchSpec, CHUNK_SIZE, MAX_ARTIFACT_BYTES, MAX_LOG_BYTES};
+use super::protocol::{Call, CHUNK_SIZE, MAX_ARTIFACT_BYTES, MAX_LOG_BYTES};
+use crate::target::LaunchSpec;
 use gantry_core::InstanceRef;
 use gantry_router::Affinity;
 
@@ -21,7 +22,7 @@ pub const LATENCY_LIMITS: usize = 16;
 /// A probe's timeout, in milliseconds.
 pub const PROBE_TIMEOUT_MS: u64 = 60_000;
 
-impl WireLaunchSpec {
+impl LaunchSpec {
     pub(super) fn check(&self) -> Result<(), String> {
         count("spec.count", self.count as usize, INSTANCES)?;
         text("spec.command", &self.command, PATH)?;

@@ -10,7 +10,7 @@
 
 use super::protocol::{
     self, Answer, Call, ErrorKind, FrameError, Hello, ProbeOutcome, ReleaseSpec, RemoteError,
-    Reply, Request, Welcome, WireLaunchSpec, WireLimits, CHUNK_SIZE,
+    Reply, Request, Welcome, CHUNK_SIZE,
 };
 use crate::routing::{MetricError, RouteError};
 use crate::target::{LaunchSpec, RunningInstance, TargetError};
@@ -411,7 +411,7 @@ impl HostLink {
     ) -> Result<Vec<String>, LinkError> {
         let call = Call::Prepare {
             release,
-            limits: WireLimits::from(limits),
+            limits: *limits,
         };
         match self.call(call).await? {
             Answer::Prepared { repairs } => Ok(repairs),
@@ -458,9 +458,7 @@ impl HostLink {
 
     pub async fn ensure_instances(&self, spec: &LaunchSpec) -> Result<Vec<InstanceRef>, LinkError> {
         match self
-            .call(Call::EnsureInstances {
-                spec: WireLaunchSpec::from(spec),
-            })
+            .call(Call::EnsureInstances { spec: spec.clone() })
             .await?
         {
             Answer::Instances { instances } => Ok(instances),
@@ -474,7 +472,7 @@ impl HostLink {
         instance: &InstanceRef,
     ) -> Result<(), LinkError> {
         let call = Call::RestartInstance {
-            spec: WireLaunchSpec::from(spec),
+            spec: spec.clone(),
             instance: instance.clone(),
         };
         done("restart_instance", self.call(call).await?)

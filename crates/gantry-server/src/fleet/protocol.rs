@@ -14,10 +14,10 @@ pub use super::bounds;
 pub use super::frame::{decode, encode, read_frame, skip, write_frame, FrameError};
 use crate::target::{LaunchSpec, RunningInstance};
 use gantry_api::PoolStats;
-use gantry_core::{DeploymentId, Digest, EnvName, InstanceRef, Version};
+use gantry_config::ArtifactLimits;
+use gantry_core::{Digest, EnvName, InstanceRef, Version};
 use gantry_router::{Affinity, Pool};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -75,16 +75,16 @@ pub enum Call {
     /// `Target::prepare` from an artifact the host already holds.
     Prepare {
         release: ReleaseSpec,
-        limits: WireLimits,
+        limits: ArtifactLimits,
     },
     CheckRelease {
         release: ReleaseSpec,
     },
     EnsureInstances {
-        spec: WireLaunchSpec,
+        spec: LaunchSpec,
     },
     RestartInstance {
-        spec: WireLaunchSpec,
+        spec: LaunchSpec,
         instance: InstanceRef,
     },
     Stop {
@@ -196,81 +196,6 @@ impl ReleaseSpec {
             signed_by: None,
             created_at: 0,
             created_by: String::new(),
-        }
-    }
-}
-
-/// `ArtifactLimits` on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WireLimits {
-    pub max_unpacked_bytes: u64,
-    pub max_entries: u64,
-}
-
-impl From<&gantry_config::ArtifactLimits> for WireLimits {
-    fn from(l: &gantry_config::ArtifactLimits) -> WireLimits {
-        WireLimits {
-            max_unpacked_bytes: l.max_unpacked_bytes,
-            max_entries: l.max_entries,
-        }
-    }
-}
-
-impl From<WireLimits> for gantry_config::ArtifactLimits {
-    fn from(l: WireLimits) -> gantry_config::ArtifactLimits {
-        gantry_config::ArtifactLimits {
-            max_unpacked_bytes: l.max_unpacked_bytes,
-            max_entries: l.max_entries,
-        }
-    }
-}
-
-/// `LaunchSpec` on the wire. `vars` may hold secrets: the host puts them in
-/// the instance's environment only, and `Debug` shows their names.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct WireLaunchSpec {
-    pub env: EnvName,
-    pub deployment: DeploymentId,
-    pub version: Version,
-    pub count: u32,
-    pub command: String,
-    pub args: Vec<String>,
-    pub port_env: String,
-    pub vars: BTreeMap<String, String>,
-}
-
-impl std::fmt::Debug for WireLaunchSpec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        std::fmt::Debug::fmt(&self.to_spec(), f)
-    }
-}
-
-impl From<&LaunchSpec> for WireLaunchSpec {
-    fn from(s: &LaunchSpec) -> WireLaunchSpec {
-        WireLaunchSpec {
-            env: s.env.clone(),
-            deployment: s.deployment,
-            version: s.version.clone(),
-            count: s.count,
-            command: s.command.clone(),
-            args: s.args.clone(),
-            port_env: s.port_env.clone(),
-            vars: s.vars.clone(),
-        }
-    }
-}
-
-impl WireLaunchSpec {
-    pub fn to_spec(&self) -> LaunchSpec {
-        LaunchSpec {
-            env: self.env.clone(),
-            deployment: self.deployment,
-            version: self.version.clone(),
-            count: self.count,
-            command: self.command.clone(),
-            args: self.args.clone(),
-            port_env: self.port_env.clone(),
-            vars: self.vars.clone(),
         }
     }
 }
@@ -512,7 +437,7 @@ mod tests {
 
     #[test]
     fn a_secret_in_a_launch_spec_never_shows_in_debug() {
-        let spec = WireLaunchSpec {
+        let spec = LaunchSpec {
             env: EnvName::try_from("production".to_owned()).unwrap(),
             deployment: 1,
             version: Version::new(1, 0, 0),
@@ -520,7 +445,7 @@ mod tests {
             command: "bin/x".into(),
             args: vec![],
             port_env: "PORT".into(),
-            vars: BTreeMap::from([("TOKEN".to_owned(), "hunter2".to_owned())]),
+            vars: std::collections::BTreeMap::from([("TOKEN".to_owned(), "hunter2".to_owned())]),
         };
         let shown = format!("{:?}", Call::EnsureInstances { spec });
         assert!(shown.contains("TOKEN"), "{shown}");

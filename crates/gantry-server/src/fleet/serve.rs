@@ -384,7 +384,7 @@ impl Session {
                 let artifact = self.blobs.path(&release.digest);
                 match self
                     .target
-                    .prepare(&release.record(), &artifact, &limits.into())
+                    .prepare(&release.record(), &artifact, &limits)
                     .await
                 {
                     Ok(repairs) => Answer::Prepared { repairs },
@@ -394,18 +394,12 @@ impl Session {
             Call::CheckRelease { release } => Answer::Release {
                 state: ReleaseState::from_check(self.target.check_release(&release.record()).await),
             },
-            Call::EnsureInstances { spec } => {
-                match self.target.ensure_instances(&spec.to_spec()).await {
-                    Ok(instances) => Answer::Instances { instances },
-                    Err(e) => target_error(e),
-                }
-            }
+            Call::EnsureInstances { spec } => match self.target.ensure_instances(&spec).await {
+                Ok(instances) => Answer::Instances { instances },
+                Err(e) => target_error(e),
+            },
             Call::RestartInstance { spec, instance } => {
-                match self
-                    .target
-                    .restart_instance(&spec.to_spec(), &instance)
-                    .await
-                {
+                match self.target.restart_instance(&spec, &instance).await {
                     Ok(()) => Answer::Done,
                     Err(e) => target_error(e),
                 }
