@@ -59,6 +59,7 @@ impl Config {
             },
             smoke: env.smoke.clone(),
             freezes: env.freezes.clone(),
+            fleet: None,
         }
     }
     /// The promotion-path gate of `version` entering `env`: it must have

@@ -39,8 +39,8 @@ pub use canary::{
     STANDARD_PROMOTION_TOLERANCE,
 };
 pub use deployment::{
-    DeploySettings, Deployment, DeploymentKind, HealthSettings, InstanceHealth, NewDeployment,
-    Phase, StrategySettings,
+    DeploySettings, Deployment, DeploymentKind, FleetSettings, FleetWave, HealthSettings,
+    InstanceHealth, NewDeployment, Phase, StrategySettings,
 };
 pub use events::{Effect, Event, Probe, Transition};
 pub use requests::RequestRefusal;
@@ -158,7 +158,7 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
         }
         (Phase::Preparing, Event::PrepareFailed { reason }) => fail(t, reason.clone(), now),
 
-        (Phase::Starting, Event::InstancesStarted { instances }) => {
+        (Phase::Starting, Event::InstancesStarted { instances, .. }) => {
             let d = &mut t.deployment;
             d.new_instances = instances.clone();
             d.health = instances
@@ -454,6 +454,7 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
         Phase::Starting => effects.push(Effect::StartInstances {
             version: d.version.clone(),
             count: d.settings.instances,
+            hosts: Vec::new(),
         }),
         Phase::Verifying => {
             for i in &d.new_instances {

@@ -44,6 +44,18 @@ pub struct LaunchSpec {
     pub port_env: String,
     /// Plain variables and resolved secrets. Never logged, never stored.
     pub vars: BTreeMap<String, String>,
+    /// On a fleet, the hosts to run `count` instances each on (empty:
+    /// every host of the environment). Not used on one machine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+}
+
+/// What `ensure_instances` found or started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Started {
+    pub instances: Vec<InstanceRef>,
+    /// Fleet hosts where starting failed, and why; the others started.
+    pub failed_hosts: BTreeMap<String, String>,
 }
 
 impl std::fmt::Debug for LaunchSpec {
@@ -104,7 +116,9 @@ pub trait Target: Send + Sync {
     async fn check_release(&self, release: &ReleaseRecord) -> Option<Result<(), String>>;
     /// Ensures `spec.count` instances of this deployment run, adopting the
     /// ones already running, and returns all of them.
-    async fn ensure_instances(&self, spec: &LaunchSpec) -> Result<Vec<InstanceRef>, TargetError>;
+    /// On a fleet, hosts that fail are reported in `Started::failed_hosts`
+    /// as long as one host started.
+    async fn ensure_instances(&self, spec: &LaunchSpec) -> Result<Started, TargetError>;
     /// Starts one instance again with its old id and port (after it died).
     async fn restart_instance(
         &self,
@@ -423,7 +437,7 @@ impl Target for LocalTarget {
         Some(checked.unwrap_or_else(|e| Err(e.to_string())))
     }
 
-    async fn ensure_instances(&self, spec: &LaunchSpec) -> Result<Vec<InstanceRef>, TargetError> {
+    async fn ensure_instances(&self, spec: &LaunchSpec) -> Result<Started, TargetError> {
         let running = self.scan();
         let mut out = Vec::new();
         for n in 1..=spec.count {
@@ -440,7 +454,10 @@ impl Target for LocalTarget {
             self.spawn(spec, &id, port)?;
             out.push(InstanceRef::local(id, port));
         }
-        Ok(out)
+        Ok(Started {
+            instances: out,
+            failed_hosts: BTreeMap::new(),
+        })
     }
 
     async fn restart_instance(

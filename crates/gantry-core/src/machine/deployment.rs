@@ -33,6 +33,38 @@ pub struct DeploySettings {
     /// Windows in which only emergency changes start.
     #[serde(default)]
     pub freezes: Vec<FreezeWindow>,
+    /// The hosts of a fleet environment and how the rollout walks them;
+    /// `None` when the environment runs on the controller's machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetSettings>,
+}
+
+/// How a deployment walks a fleet, resolved from the config at creation:
+/// explicit hosts per batch, so the plan cannot shift under a deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct FleetSettings {
+    /// Waves in rollout order (sites); each a full rollout over its hosts,
+    /// the next begun only once the previous is healthy and baked.
+    pub waves: Vec<FleetWave>,
+    /// Hosts that may fail (not start, not become healthy, exit) before
+    /// the whole rollout rolls back.
+    pub max_failed: u32,
+}
+
+/// One wave of a fleet rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct FleetWave {
+    /// The site (or `all` when the environment has no waves).
+    pub name: String,
+    /// The wave's hosts, batch by batch: each batch lists the hosts it adds.
+    pub batches: Vec<Vec<String>>,
+}
+
+impl FleetSettings {
+    /// Every host of the fleet, in rollout order.
+    pub fn hosts(&self) -> impl Iterator<Item = &String> {
+        self.waves.iter().flat_map(|w| w.batches.iter().flatten())
+    }
 }
 
 /// How a deployment replaces the release that serves: one value, so a
@@ -176,6 +208,10 @@ pub struct Deployment {
     /// environment without an approval policy).
     #[serde(default)]
     pub change: Option<ChangeControl>,
+    /// Fleet hosts that failed in this deployment, and why; they count
+    /// against `fleet.max_failed` and keep (or return to) the old release.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub failed_hosts: BTreeMap<String, String>,
 }
 
 /// What a new deployment is made of: who asked for what, where, replacing
@@ -229,6 +265,7 @@ impl Deployment {
             rolling: None,
             smoke: None,
             change: None,
+            failed_hosts: BTreeMap::new(),
         }
     }
 

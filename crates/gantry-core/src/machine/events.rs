@@ -29,6 +29,9 @@ pub enum Event {
     },
     InstancesStarted {
         instances: Vec<InstanceRef>,
+        /// Fleet hosts where starting failed, and why (the others started).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        failed_hosts: BTreeMap<String, String>,
     },
     StartFailed {
         reason: String,
@@ -102,11 +105,15 @@ pub enum Effect {
     PrepareRelease {
         version: Version,
     },
-    /// Make sure `count` instances of `version` run for this deployment,
-    /// adopting any already started; answer with `InstancesStarted`.
+    /// Make sure `count` instances of `version` run for this deployment
+    /// (on a fleet: `count` on each of `hosts`, or on every host of the
+    /// environment when `hosts` is empty), adopting any already started;
+    /// answer with `InstancesStarted`.
     StartInstances {
         version: Version,
         count: u32,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        hosts: Vec<String>,
     },
     /// Probe one instance at `at` (or at once if that has passed).
     ProbeHealth {

@@ -70,6 +70,7 @@ mod tests {
                     strategy: crate::machine::StrategySettings::BlueGreen,
                     smoke: None,
                     freezes: Vec::new(),
+                    fleet: None,
                 },
                 requested_by: "alice".into(),
             },

@@ -38,8 +38,13 @@ pub enum RollStage {
     Unroute { retire: Vec<InstanceRef> },
     /// Stopping old instances no longer routed.
     Stop { retire: Vec<InstanceRef> },
-    /// Starting the batch: `count` new instances in all.
-    Start { count: u32 },
+    /// Starting the batch: `count` new instances in all (on a fleet:
+    /// `count` on each of `hosts`, the hosts begun so far).
+    Start {
+        count: u32,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        hosts: Vec<String>,
+    },
     /// Waiting for the batch to answer healthy.
     Verify,
     /// Smoke checks on the first batch, before it takes traffic.
@@ -156,7 +161,14 @@ fn plan_next(t: &mut Transition, s: &RollingSettings, now: Millis) {
         "batch {batch_no}: starting {k} instance(s) of {} ({count} of {n})",
         t.deployment.version
     ));
-    set_stage(t, RollStage::Start { count }, now);
+    set_stage(
+        t,
+        RollStage::Start {
+            count,
+            hosts: Vec::new(),
+        },
+        now,
+    );
 }
 
 fn stage(t: &Transition) -> Option<RollStage> {
@@ -190,7 +202,7 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
             }
             plan_next(t, s, now);
         }
-        (RollStage::Start { .. }, Event::InstancesStarted { instances }) => {
+        (RollStage::Start { .. }, Event::InstancesStarted { instances, .. }) => {
             let d = &mut t.deployment;
             let fresh: Vec<String> = instances
                 .iter()
@@ -343,9 +355,10 @@ pub(super) fn emit_phase_effects(t: &mut Transition, now: Millis) {
             });
         }
         RollStage::Stop { retire } => t.effects.push(Effect::StopInstances { instances: retire }),
-        RollStage::Start { count } => t.effects.push(Effect::StartInstances {
+        RollStage::Start { count, hosts } => t.effects.push(Effect::StartInstances {
             version: d.version.clone(),
             count,
+            hosts,
         }),
         RollStage::Verify => {
             // Instances already up keep their own chain of probes.

@@ -21,6 +21,7 @@ fn settings() -> DeploySettings {
         strategy: StrategySettings::BlueGreen,
         smoke: None,
         freezes: Vec::new(),
+        fleet: None,
     }
 }
 
@@ -72,7 +73,13 @@ fn started_then(ids: &[u16], rest: Vec<(Millis, Event)>) -> Vec<(Millis, Event)>
     let mut script = vec![
         (0, Event::Created),
         (10, Event::Prepared),
-        (20, Event::InstancesStarted { instances }),
+        (
+            20,
+            Event::InstancesStarted {
+                instances,
+                failed_hosts: Default::default(),
+            },
+        ),
     ];
     script.extend(rest);
     script
@@ -313,7 +320,8 @@ mod properties {
             Just(Event::Prepared),
             Just(Event::PrepareFailed { reason: "x".into() }),
             Just(Event::InstancesStarted {
-                instances: vec![inst(2), inst(3)]
+                instances: vec![inst(2), inst(3)],
+                failed_hosts: Default::default(),
             }),
             Just(Event::StartFailed { reason: "x".into() }),
             id.clone().prop_map(|i| Event::HealthObserved {
@@ -875,6 +883,7 @@ mod rolling {
     fn started(ids: &[u16]) -> Event {
         Event::InstancesStarted {
             instances: ids.iter().map(|n| inst(*n)).collect(),
+            failed_hosts: Default::default(),
         }
     }
 
@@ -931,7 +940,8 @@ mod rolling {
         let t = step(&t.deployment, &Event::InstancesStopped, 30);
         assert!(t.effects.contains(&Effect::StartInstances {
             version: Version::new(1, 1, 0),
-            count: 1
+            count: 1,
+            hosts: Vec::new(),
         }));
     }
 

@@ -4,7 +4,7 @@
 use super::{now_ms, Controller};
 use crate::artifact;
 use crate::routing::InstancePool;
-use crate::target::{LaunchSpec, ProbeOutcome};
+use crate::target::{LaunchSpec, ProbeOutcome, Started};
 use gantry_config::Environment;
 use gantry_core::analysis::{Baseline, Counts, LatencyLimits};
 use gantry_core::machine::Probe;
@@ -30,12 +30,17 @@ impl Controller {
                 }
                 Err(reason) => Event::PrepareFailed { reason },
             },
-            Effect::StartInstances { version, count } => {
-                match self.start(&d, &version, count).await {
-                    Ok(instances) => Event::InstancesStarted { instances },
-                    Err(reason) => Event::StartFailed { reason },
-                }
-            }
+            Effect::StartInstances {
+                version,
+                count,
+                hosts,
+            } => match self.start(&d, &version, count, hosts).await {
+                Ok(started) => Event::InstancesStarted {
+                    instances: started.instances,
+                    failed_hosts: started.failed_hosts,
+                },
+                Err(reason) => Event::StartFailed { reason },
+            },
             Effect::ProbeHealth { instance, at } => {
                 sleep_until(at).await;
                 self.probe(&instance).await
@@ -224,6 +229,7 @@ impl Controller {
             args: svc.args.clone(),
             port_env: svc.port_env.clone(),
             vars,
+            hosts: Vec::new(),
         })
     }
 
@@ -232,9 +238,11 @@ impl Controller {
         d: &Deployment,
         version: &Version,
         count: u32,
-    ) -> Result<Vec<InstanceRef>, String> {
+        hosts: Vec<String>,
+    ) -> Result<Started, String> {
         let env = self.env(d.env.as_str()).map_err(|e| e.to_string())?;
-        let spec = self.launch_spec(env, d.id, version, count)?;
+        let mut spec = self.launch_spec(env, d.id, version, count)?;
+        spec.hosts = hosts;
         self.target
             .ensure_instances(&spec)
             .await

@@ -446,6 +446,7 @@ mod tests {
             args: vec![],
             port_env: "PORT".into(),
             vars: std::collections::BTreeMap::from([("TOKEN".to_owned(), "hunter2".to_owned())]),
+            hosts: Vec::new(),
         };
         let shown = format!("{:?}", Call::EnsureInstances { spec });
         assert!(shown.contains("TOKEN"), "{shown}");

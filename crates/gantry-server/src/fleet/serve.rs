@@ -394,7 +394,12 @@ impl Session {
             Call::CheckRelease { release } => Answer::Release {
                 state: ReleaseState::from_check(self.target.check_release(&release.record()).await),
             },
-            Call::EnsureInstances { spec } => match self.target.ensure_instances(&spec).await {
+            Call::EnsureInstances { spec } => match self
+                .target
+                .ensure_instances(&spec)
+                .await
+                .map(|s| s.instances)
+            {
                 Ok(instances) => Answer::Instances { instances },
                 Err(e) => target_error(e),
             },

@@ -36,6 +36,7 @@ fn new_deployment(id: DeploymentId, env: &str, v: &str) -> Deployment {
                 strategy: gantry_core::StrategySettings::BlueGreen,
                 smoke: None,
                 freezes: Vec::new(),
+                fleet: None,
             },
             requested_by: "admin".into(),
         },

@@ -157,6 +157,7 @@ fn spec(version: &str, count: u32) -> LaunchSpec {
         .to_vec(),
         port_env: "PORT".to_owned(),
         vars: BTreeMap::from([("SECRET_TOKEN".to_owned(), SECRET.to_owned())]),
+        hosts: Vec::new(),
     }
 }
 
