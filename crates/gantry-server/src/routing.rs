@@ -76,6 +76,11 @@ pub trait TrafficRouter: Send + Sync {
     async fn is_running(&self, env: &EnvName) -> bool;
     /// Stops the environment's router (used on shutdown with workloads).
     async fn stop(&self, env: &EnvName);
+    /// Lines for the deployment log that the last routing left (on a
+    /// fleet: how many hosts, and the switch skew).
+    fn take_notes(&self, _env: &EnvName) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 pub struct ProcessRouter {

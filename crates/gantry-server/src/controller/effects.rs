@@ -53,7 +53,10 @@ impl Controller {
                 };
                 let pools = pools_for(name, &instances);
                 match self.route(&d.env, pools).await {
-                    Ok(()) => Event::TrafficRouted { to_new },
+                    Ok(()) => {
+                        self.add_notes(d.id, self.router.take_notes(&d.env));
+                        Event::TrafficRouted { to_new }
+                    }
                     Err(reason) => Event::RouteFailed { reason },
                 }
             }
@@ -109,7 +112,10 @@ impl Controller {
                     },
                 ];
                 match self.route(&d.env, pools).await {
-                    Ok(()) => Event::TrafficRouted { to_new: true },
+                    Ok(()) => {
+                        self.add_notes(d.id, self.router.take_notes(&d.env));
+                        Event::TrafficRouted { to_new: true }
+                    }
                     Err(reason) => Event::RouteFailed { reason },
                 }
             }
@@ -198,7 +204,7 @@ impl Controller {
                 .map_err(|e| format!("signature of {version}: {e}"))?;
         }
         self.target
-            .prepare(&release, &path, &self.config.artifacts)
+            .prepare(&d.env, &release, &path, &self.config.artifacts)
             .await
             .map_err(|e| e.to_string())
     }
