@@ -13,7 +13,9 @@
 use super::link::HostLink;
 use super::links::FleetLinks;
 use crate::routing::TrafficRouter;
-use crate::routing::{InstancePool, MetricError, MetricProvider, ProcessRouter, RouteError};
+use crate::routing::{
+    sum_pools, InstancePool, MetricError, MetricProvider, ProcessRouter, RouteError,
+};
 use crate::target::TargetError;
 use crate::target::{LaunchSpec, LocalTarget, ProbeOutcome, RunningInstance, Started, Target};
 use async_trait::async_trait;
@@ -21,7 +23,7 @@ use futures_util::future::join_all;
 use gantry_config::ArtifactLimits;
 use gantry_core::machine::Probe;
 use gantry_core::{EnvName, InstanceRef};
-use gantry_router::{Affinity, Pool, PoolStats, SlowerThan};
+use gantry_router::{Affinity, Pool, PoolStats};
 use gantry_store::ReleaseRecord;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -555,8 +557,19 @@ impl MetricProvider for Placement {
         env: &EnvName,
         slower_than_ms: &[f64],
     ) -> Result<Vec<PoolStats>, MetricError> {
+        match self.pool_stats_by_host(env, slower_than_ms).await? {
+            Some(by_host) => Ok(sum_pools(by_host.into_values())),
+            None => self.router.pool_stats(env, slower_than_ms).await,
+        }
+    }
+
+    async fn pool_stats_by_host(
+        &self,
+        env: &EnvName,
+        slower_than_ms: &[f64],
+    ) -> Result<Option<BTreeMap<String, Vec<PoolStats>>>, MetricError> {
         let Some((links, hosts)) = self.fleet_of(env) else {
-            return self.router.pool_stats(env, slower_than_ms).await;
+            return Ok(None);
         };
         let results = Self::each(links, hosts, |host, link| async move {
             link.pool_stats(env, slower_than_ms)
@@ -581,49 +594,19 @@ impl MetricProvider for Placement {
                 ),
             });
         }
-        Ok(sum_pools(results.into_iter().filter_map(|(_, r)| r.ok())))
+        Ok(Some(
+            results
+                .into_iter()
+                .filter_map(|(h, r)| r.ok().map(|p| (h, p)))
+                .collect(),
+        ))
     }
-}
-
-/// Every host's pools added by name: counts add; a pool's P50/P99 is the
-/// highest of the hosts that served it (an upper bound of the fleet's,
-/// until the routers export their histograms to merge).
-pub fn sum_pools(hosts: impl IntoIterator<Item = Vec<PoolStats>>) -> Vec<PoolStats> {
-    let mut by_name: BTreeMap<String, PoolStats> = BTreeMap::new();
-    for pools in hosts {
-        for p in pools {
-            let sum = by_name.entry(p.name.clone()).or_insert_with(|| PoolStats {
-                name: p.name.clone(),
-                ..PoolStats::default()
-            });
-            sum.requests += p.requests;
-            sum.errors += p.errors;
-            sum.client_errors += p.client_errors;
-            if p.requests > 0 {
-                sum.p50_ms = sum.p50_ms.max(p.p50_ms);
-                sum.p99_ms = sum.p99_ms.max(p.p99_ms);
-            }
-            for s in p.slower_than {
-                match sum
-                    .slower_than
-                    .iter_mut()
-                    .find(|x| x.limit_ms == s.limit_ms)
-                {
-                    Some(x) => x.requests += s.requests,
-                    None => sum.slower_than.push(SlowerThan {
-                        limit_ms: s.limit_ms,
-                        requests: s.requests,
-                    }),
-                }
-            }
-        }
-    }
-    by_name.into_values().collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gantry_router::SlowerThan;
 
     fn inst(id: &str, port: u16, host: &str) -> InstanceRef {
         InstanceRef {

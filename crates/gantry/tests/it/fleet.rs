@@ -179,3 +179,72 @@ fn a_fleet_deploys_on_every_host_and_rolls_back_on_every_host_without_a_failed_r
     assert!(ok > 100, "only {ok} requests answered");
     assert_eq!(failed, 0, "failed requests: {failures:?}");
 }
+
+const CANARY: &str = r#"strategy = "canary"
+canary = { steps = [{ weight = 10, pause = "2s" }, { weight = 50, pause = "2s" }, { weight = 100 }], interval = "250ms", max_wait = "20s", promotion_tolerance = 0.1 }
+"#;
+
+#[test]
+fn a_fleet_canary_is_judged_on_every_hosts_counts_and_names_a_bad_host() {
+    if skipped() {
+        return;
+    }
+    let lab = FleetLab::start(5, &[], LAB_UP);
+    let g = fleet_gantry(&lab, CANARY, "");
+    let port = g.port("production");
+    g.register("1.0.0", "");
+    g.register("2.0.0", "");
+    // 3.0.0 fails three requests in ten, on host h3 only.
+    g.register(
+        "3.0.0",
+        "\"error_rate\": 0.3, \"errors_where_home_contains\": \"/h3/\"",
+    );
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let load = FleetLoad::start(&lab, port);
+    wait_until(
+        "stable traffic on every host",
+        Duration::from_secs(10),
+        || load.ok.load(Ordering::Relaxed) > 300,
+    );
+
+    // A healthy canary walks its steps on every host's router at once.
+    let run = g.gantry(&["deploy", "2.0.0", "--env", "production"]).ok();
+    for line in [
+        "traffic: 10% to 2.0.0",
+        "traffic: 50% to 2.0.0",
+        "canary complete",
+        "routing set on 5 host(s)",
+    ] {
+        assert!(
+            run.stdout.contains(line),
+            "missing {line:?} in:\n{}",
+            run.stdout
+        );
+    }
+    assert!(all_serve(&lab, port, "2.0.0"), "{:?}", answers(&lab, port));
+    // The figures judged are the sum of every host's router.
+    let judged = g.latest("production").canary.unwrap();
+    let canary: u64 = judged.windows.iter().map(|w| w.canary.requests).sum();
+    let served: u64 = g
+        .traffic("production", None)
+        .iter()
+        .filter(|p| p.name == "2.0.0")
+        .map(|p| p.requests)
+        .sum();
+    assert!(
+        canary > 0 && served >= canary,
+        "judged {canary} canary requests, the fleet's routers counted {served}"
+    );
+
+    // A release bad on one host only is rolled back everywhere, the host named.
+    g.gantry(&["deploy", "3.0.0", "--env", "production"])
+        .fails_with(3, "rolled_back");
+    let d = g.latest("production");
+    let reason = d.reason.unwrap();
+    assert!(reason.starts_with("canary analysis at 10%"), "{reason}");
+    assert!(reason.contains("h3"), "the bad host is named: {reason}");
+    assert!(all_serve(&lab, port, "2.0.0"), "{:?}", answers(&lab, port));
+    let (ok, failed, failures) = load.finish();
+    // Only h3's canary share could fail: 30% of a tenth of a fifth.
+    assert!(failed * 100 < ok, "{failed} failed of {ok}: {failures:?}");
+}
