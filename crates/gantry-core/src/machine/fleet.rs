@@ -676,6 +676,10 @@ pub(super) fn route_batch(t: &mut Transition, now: Millis) {
                 .collect()
         })
         .unwrap_or_default();
+    if batch.is_empty() {
+        // Every host of the batch failed: nothing moves.
+        return plan_next(t, now);
+    }
     let retire = on_hosts(&survivors(&t.deployment), &batch);
     push_new(&mut p.switched, &batch);
     set_progress(t, p);

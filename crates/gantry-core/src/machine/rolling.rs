@@ -295,7 +295,13 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
             check_start_deadline(t, since, now);
         }
         (RollStage::Smoke, Event::SmokeFinished { results }) => {
-            let passed = smoke::judge(t, results, now) == smoke::SmokeOutcome::Pass;
+            // On a fleet, results for instances of hosts failed since are moot.
+            let results: Vec<_> = results
+                .iter()
+                .filter(|r| !on_fleet || t.deployment.health.contains_key(&r.instance))
+                .cloned()
+                .collect();
+            let passed = smoke::judge(t, &results, now) == smoke::SmokeOutcome::Pass;
             route_batch_if(t, passed, now);
         }
         (RollStage::Smoke, Event::PromoteRequested { by }) => {

@@ -529,6 +529,15 @@ fn a_host_failing_within_max_failed_is_recorded_skipped_and_keeps_the_old_releas
         .log
         .iter()
         .any(|l| l == "1 of at most 1 host(s) failed; going on without h2"));
+    // What serves afterwards: every new instance, and h2's old one.
+    let serving: BTreeSet<String> = d
+        .serving_after_success()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    let running: BTreeSet<String> = w.running.keys().cloned().collect();
+    assert_eq!(serving, running);
+    assert!(serving.contains("h2-old1"));
 }
 
 #[test]
@@ -894,4 +903,41 @@ proptest! {
             prop_assert!(t.effects.is_empty());
         }
     }
+}
+
+#[test]
+fn smoke_checks_run_once_on_the_first_batch_before_it_takes_traffic() {
+    let mut d = fleet_deploy(TWO_WAVES, 0, 1);
+    d.settings.smoke = Some(SmokeSettings {
+        checks: vec![SmokeCheck {
+            name: "home".into(),
+            critical: true,
+            timeout_ms: 100,
+            probe: SmokeProbe::Command {
+                argv: vec!["true".into()],
+            },
+        }],
+        timeout_ms: 1000,
+        max_noncritical_failure_ratio: 0.1,
+    });
+    let mut w = World::new(&d, BTreeMap::new());
+    let d = w.run(d, 2000);
+    assert_eq!(d.phase, Phase::Succeeded, "{}", w.log.join("\n"));
+    let smokes: Vec<(usize, &Vec<InstanceRef>)> = w
+        .effects
+        .iter()
+        .enumerate()
+        .filter_map(|(n, e)| match e {
+            Effect::RunSmoke { instances } => Some((n, instances)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(smokes.len(), 1, "first batch only");
+    assert_eq!(smokes[0].1, &vec![new_of("h1", 1)]);
+    let first_route = w
+        .effects
+        .iter()
+        .position(|e| matches!(e, Effect::ShiftTraffic { .. }))
+        .unwrap();
+    assert!(smokes[0].0 < first_route);
 }
