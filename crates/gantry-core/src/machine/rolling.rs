@@ -100,10 +100,13 @@ pub struct RollingState {
 /// every effect in flight.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Strays {
+    /// `InstancesStopped` answers to let pass.
     #[serde(default)]
     pub stopped: u32,
+    /// `InstancesRestored` (or `RestoreFailed`) answers to let pass.
     #[serde(default)]
     pub restored: u32,
+    /// `TrafficRouted { to_new: false }` answers to let pass.
     #[serde(default)]
     pub routed_back: u32,
 }
