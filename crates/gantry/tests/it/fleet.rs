@@ -14,17 +14,29 @@ use std::time::Duration;
 /// A controller whose production runs on every lab host (listening on
 /// each host's own address), configured by `production` (extra keys of
 /// its table) and `extra` (tables after it).
-fn fleet_gantry(lab: &FleetLab, production: &str, extra: &str) -> Gantry {
+pub(crate) fn fleet_gantry(lab: &FleetLab, production: &str, extra: &str) -> Gantry {
+    fleet_gantry_edited(lab, production, extra, |c| c)
+}
+
+/// [`fleet_gantry`], with the config text passed through `edit` first.
+fn fleet_gantry_edited(
+    lab: &FleetLab,
+    production: &str,
+    extra: &str,
+    edit: impl FnOnce(String) -> String,
+) -> Gantry {
     let g = Gantry::start_custom(|ports| {
         let port = ports.iter().find(|(e, _)| e == "production").unwrap().1;
-        lifecycle_config(ports, "300ms", "", Lifecycle::Loose).replace(
-            &format!("listen = \"127.0.0.1:{port}\""),
-            &format!("listen = \"0.0.0.0:{port}\""),
-        ) + "hosts = [{ labels = { tier = \"web\" } }]\n"
-            + production
-            + extra
-            + &lab.hosts_toml()
-            + "\n[ssh]\nconnect_timeout = \"3s\"\n"
+        edit(
+            lifecycle_config(ports, "300ms", "", Lifecycle::Loose).replace(
+                &format!("listen = \"127.0.0.1:{port}\""),
+                &format!("listen = \"0.0.0.0:{port}\""),
+            ) + "hosts = [{ labels = { tier = \"web\" } }]\n"
+                + production
+                + extra
+                + &lab.hosts_toml()
+                + "\n[ssh]\nconnect_timeout = \"2s\"\n",
+        )
     });
     let config = g.config_path();
     g.gantry(&[
@@ -424,4 +436,52 @@ fn rolling_by_waves_of_host_batches_tolerates_max_failed_and_rolls_every_wave_ba
     }
     let (ok, failed, failures) = load.finish();
     assert_eq!(failed, 0, "{failures:?} ({ok} answered)");
+}
+
+#[test]
+fn unreachable_and_refused_hosts_are_failed_hosts_within_max_failed_each_explained() {
+    if skipped() {
+        return;
+    }
+    let lab = FleetLab::start(3, &[], LAB_UP);
+    // h2 logs in with a key it does not know; h3 is cut off the network.
+    let keys = tempfile::tempdir().unwrap();
+    let stranger = keys.path().join("stranger");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&stranger)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let lab_key = format!("{:?}", lab.hosts[1].key);
+    let g = fleet_gantry_edited(&lab, "fleet = { max_failed = 2 }\n", "", |c| {
+        let at = c.find("[hosts.h2]").unwrap();
+        let (before, after) = c.split_at(at);
+        before.to_owned() + &after.replacen(&lab_key, &format!("{stranger:?}"), 1)
+    });
+    lab.fault("h3", "cut");
+    let port = g.port("production");
+    g.register("1.0.0", "");
+    let run = g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let d = g.latest("production");
+    assert_eq!(d.phase, Phase::Succeeded, "{}", run.stdout);
+    let failed: Vec<&str> = d.failed_hosts.keys().map(String::as_str).collect();
+    assert_eq!(failed, ["h2", "h3"], "{:?}", d.failed_hosts);
+    assert!(
+        d.failed_hosts["h2"].contains("refused login"),
+        "{}",
+        d.failed_hosts["h2"]
+    );
+    assert!(
+        d.failed_hosts["h3"].contains("unreachable"),
+        "{}",
+        d.failed_hosts["h3"]
+    );
+    assert_eq!(answers(&lab, port)[0], "200 hello from 1.0.0");
+    assert!(d
+        .new_instances
+        .iter()
+        .all(|i| i.host.as_deref() == Some("h1")));
+    let log = g.gantry(&["log", &d.id.to_string()]).ok().stdout;
+    assert!(log.contains("host h3"), "{log}");
 }
