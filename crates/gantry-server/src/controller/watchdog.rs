@@ -54,7 +54,7 @@ impl Controller {
                 let Some(c) = this.upgrade() else { return };
                 c.revive_routers().await;
                 ticks += 1;
-                if ticks % CONVERGE_EVERY_TICKS == 0 {
+                if ticks.is_multiple_of(CONVERGE_EVERY_TICKS) {
                     c.converge_fleet_instances().await;
                 }
             }
