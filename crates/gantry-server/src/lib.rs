@@ -86,6 +86,8 @@ pub enum ServerError {
     Confine(String),
     #[error("recovery failed: {0}")]
     Recovery(String),
+    #[error("fleet: {0}")]
+    Fleet(String),
 }
 
 fn data_err(path: &Path) -> impl Fn(std::io::Error) -> ServerError + '_ {
@@ -93,6 +95,39 @@ fn data_err(path: &Path) -> impl Fn(std::io::Error) -> ServerError + '_ {
         path: path.display().to_string(),
         reason: e.to_string(),
     }
+}
+
+/// The channels to the config's fleet hosts (none without `[hosts]`):
+/// nothing is connected yet, each host on its first use.
+fn open_fleet(
+    dir: &Path,
+    exe: &Path,
+    config: &gantry_config::Config,
+    epoch: u64,
+) -> Result<Option<Arc<fleet::FleetLinks>>, ServerError> {
+    if config.hosts.is_empty() {
+        return Ok(None);
+    }
+    let fleet_err = |reason: String| ServerError::Fleet(reason);
+    let binary = fleet::ssh::BinaryImage::of(exe).map_err(|e| fleet_err(e.to_string()))?;
+    // Who this controller is to its hosts: one id per data directory.
+    let id =
+        secret_file::load_or_create_token(&dir.join("controller.id")).map_err(data_err(dir))?;
+    let identity = fleet::ControllerIdentity {
+        id: format!("gantry-{}", &id[..id.len().min(16)]),
+        epoch,
+        confinement: fleet::protocol::HostConfinement::from_service(&config.service),
+    };
+    let links = fleet::FleetLinks::open(
+        dir,
+        &config.ssh,
+        &config.hosts,
+        binary,
+        identity,
+        fleet::LinkOptions::default(),
+    )
+    .map_err(|e| fleet_err(e.to_string()))?;
+    Ok(Some(Arc::new(links)))
 }
 
 /// Runs the controller until SIGTERM, SIGINT or `POST /api/v1/shutdown`.
@@ -143,15 +178,29 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
         Err(e) => tracing::warn!("instances are not confined by Landlock: {e}"),
     }
     data_dir::tighten(&dir, confinement.switches_user()).map_err(data_err(&dir))?;
-    let target = Arc::new(target::LocalTarget::new(&dir, confinement));
+    let local = Arc::new(target::LocalTarget::new(&dir, confinement));
     let router = Arc::new(routing::ProcessRouter::new(
         &dir,
         options.exe.clone(),
         router_token,
     ));
+    let fleet = open_fleet(&dir, &options.exe, &config, epoch)?;
+    let env_hosts = config
+        .environments
+        .iter()
+        .map(|e| (e.name.clone(), e.hosts.clone()))
+        .collect();
+    let placement = Arc::new(fleet::Placement::new(local, router, fleet, env_hosts));
     let audit_key =
         audit::load_or_create_key(&dir.join(audit::KEY_FILE)).map_err(data_err(&dir))?;
-    let controller = Controller::new(store, blobs, target, router.clone(), router, config);
+    let controller = Controller::new(
+        store,
+        blobs,
+        placement.clone(),
+        placement.clone(),
+        placement,
+        config,
+    );
     controller.set_audit_key(audit_key);
 
     let listener = tokio::net::TcpListener::bind(options.listen)

@@ -6,7 +6,8 @@
 use crate::target::instance_addr;
 use async_trait::async_trait;
 use gantry_core::{EnvName, InstanceRef};
-use gantry_router::{AdminInfo, Affinity, Pool, PoolStats, Routing, ADMIN_FILE};
+use gantry_router::{AdminInfo, Affinity, Pool, PoolStats, Routing, SlowerThan, ADMIN_FILE};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -36,6 +37,52 @@ pub trait MetricProvider: Send + Sync {
         env: &EnvName,
         slower_than_ms: &[f64],
     ) -> Result<Vec<PoolStats>, MetricError>;
+    /// The same figures host by host, where the environment runs on a
+    /// fleet (`None` otherwise): the analysis judges their sum, and looks
+    /// for one host much worse than the rest.
+    async fn pool_stats_by_host(
+        &self,
+        _env: &EnvName,
+        _slower_than_ms: &[f64],
+    ) -> Result<Option<BTreeMap<String, Vec<PoolStats>>>, MetricError> {
+        Ok(None)
+    }
+}
+
+/// Every host's pools added by name: counts add; a pool's P50/P99 is the
+/// highest of the hosts that served it (an upper bound of the fleet's,
+/// until the routers export their histograms to merge).
+pub fn sum_pools(hosts: impl IntoIterator<Item = Vec<PoolStats>>) -> Vec<PoolStats> {
+    let mut by_name: BTreeMap<String, PoolStats> = BTreeMap::new();
+    for pools in hosts {
+        for p in pools {
+            let sum = by_name.entry(p.name.clone()).or_insert_with(|| PoolStats {
+                name: p.name.clone(),
+                ..PoolStats::default()
+            });
+            sum.requests += p.requests;
+            sum.errors += p.errors;
+            sum.client_errors += p.client_errors;
+            if p.requests > 0 {
+                sum.p50_ms = sum.p50_ms.max(p.p50_ms);
+                sum.p99_ms = sum.p99_ms.max(p.p99_ms);
+            }
+            for s in p.slower_than {
+                match sum
+                    .slower_than
+                    .iter_mut()
+                    .find(|x| x.limit_ms == s.limit_ms)
+                {
+                    Some(x) => x.requests += s.requests,
+                    None => sum.slower_than.push(SlowerThan {
+                        limit_ms: s.limit_ms,
+                        requests: s.requests,
+                    }),
+                }
+            }
+        }
+    }
+    by_name.into_values().collect()
 }
 
 /// A share of an environment's traffic and the instances that serve it.
@@ -76,6 +123,11 @@ pub trait TrafficRouter: Send + Sync {
     async fn is_running(&self, env: &EnvName) -> bool;
     /// Stops the environment's router (used on shutdown with workloads).
     async fn stop(&self, env: &EnvName);
+    /// Lines for the deployment log that the last routing left (on a
+    /// fleet: how many hosts, and the switch skew).
+    fn take_notes(&self, _env: &EnvName) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 pub struct ProcessRouter {

@@ -97,15 +97,20 @@ pub struct RunningInstance {
     pub env: String,
     pub version: String,
     pub deployment: DeploymentId,
+    /// The fleet host it runs on (None: this machine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 #[async_trait]
 pub trait Target: Send + Sync {
-    /// Makes the release's files available, unpacked within `limits`, and
-    /// checks that files already there are still what was unpacked. Returns
-    /// what it had to repair (for the deployment log); nothing if all was well.
+    /// Makes the release's files available where `env` runs, unpacked
+    /// within `limits`, and checks that files already there are still what
+    /// was unpacked. Returns what it had to repair (for the deployment
+    /// log); nothing if all was well.
     async fn prepare(
         &self,
+        env: &EnvName,
         release: &ReleaseRecord,
         artifact: &Path,
         limits: &ArtifactLimits,
@@ -308,6 +313,7 @@ impl LocalTarget {
             env: spec.env.to_string(),
             version: spec.version.to_string(),
             deployment: spec.deployment,
+            host: None,
         };
         fs::write(
             dir.join("meta.json"),
@@ -397,9 +403,9 @@ fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-#[async_trait]
-impl Target for LocalTarget {
-    async fn prepare(
+impl LocalTarget {
+    /// `Target::prepare` on this machine, whichever environment asks.
+    pub async fn unpack(
         &self,
         release: &ReleaseRecord,
         artifact: &Path,
@@ -421,6 +427,19 @@ impl Target for LocalTarget {
             reason: e.to_string(),
         })?
         .map_err(|reason| TargetError::Unpack { version, reason })
+    }
+}
+
+#[async_trait]
+impl Target for LocalTarget {
+    async fn prepare(
+        &self,
+        _env: &EnvName,
+        release: &ReleaseRecord,
+        artifact: &Path,
+        limits: &ArtifactLimits,
+    ) -> Result<Vec<String>, TargetError> {
+        self.unpack(release, artifact, limits).await
     }
 
     async fn check_release(&self, release: &ReleaseRecord) -> Option<Result<(), String>> {

@@ -38,6 +38,10 @@ pub struct SampleSettings {
     /// loading a cache does.
     #[arg(long)]
     pub warmup_ms: Option<u64>,
+    /// Apply `error_rate` only where `$HOME` contains this text: a release
+    /// that fails on one host of a lab fleet (each host's home names it).
+    #[arg(long)]
+    pub errors_where_home_contains: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -74,6 +78,15 @@ pub async fn run(args: SampleArgs) -> Result<()> {
     s.crash_after = f.crash_after.or(s.crash_after);
     s.unhealthy = f.unhealthy.or(s.unhealthy);
     s.warmup_ms = f.warmup_ms.or(s.warmup_ms);
+    s.errors_where_home_contains = f
+        .errors_where_home_contains
+        .or(s.errors_where_home_contains);
+    if let Some(text) = &s.errors_where_home_contains {
+        let home = std::env::var("HOME").unwrap_or_default();
+        if !home.contains(text.as_str()) {
+            s.error_rate = None;
+        }
+    }
     for (flag, rate) in [
         ("--error-rate", s.error_rate),
         ("--client-error-rate", s.client_error_rate),

@@ -21,6 +21,7 @@
 //! instead of passing on silence.
 
 pub mod e_values;
+pub mod outlier;
 
 use serde::{Deserialize, Serialize};
 

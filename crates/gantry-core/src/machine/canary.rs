@@ -27,6 +27,7 @@ use crate::analysis::{
 use crate::domain::Millis;
 use crate::time::seconds;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct CanarySettings {
@@ -104,6 +105,52 @@ pub struct CanaryState {
     /// Held for a person at `max_pause`: only promote, resume or abort moves it.
     #[serde(default)]
     pub held: bool,
+    /// On a fleet: each host's cumulative canary counts at its first look.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub host_start: BTreeMap<String, Counts>,
+}
+
+/// On a fleet: each host's canary counts since its first look (a host
+/// whose router restarted counts from there).
+fn hosts_since_start(
+    t: &mut Transition,
+    hosts: &BTreeMap<String, Counts>,
+) -> BTreeMap<String, Counts> {
+    let st = state(t);
+    let mut since = BTreeMap::new();
+    for (host, now_counts) in hosts {
+        let start = st.host_start.entry(host.clone()).or_insert(*now_counts);
+        if now_counts.requests < start.requests {
+            *start = *now_counts;
+        }
+        since.insert(host.clone(), delta(now_counts, start));
+    }
+    since
+}
+
+/// For a fleet's failed verdict: the host with the highest canary error
+/// rate against the rest, so an operator sees whether one host or all fail.
+fn worst_host(hosts: &BTreeMap<String, Counts>) -> Option<String> {
+    let rate = |c: &Counts| c.errors as f64 / c.requests.max(1) as f64;
+    let (host, worst) = hosts
+        .iter()
+        .filter(|(_, c)| c.requests > 0)
+        .max_by(|a, b| rate(a.1).total_cmp(&rate(b.1)))?;
+    if hosts.len() < 2 || worst.errors == 0 {
+        return None;
+    }
+    let (e, r) = hosts
+        .iter()
+        .filter(|(h, _)| *h != host)
+        .fold((0, 0), |(e, r), (_, c)| (e + c.errors, r + c.requests));
+    Some(format!(
+        "by host: {host} has the highest canary error rate, {} of {} ({:.1}%), the other {} host(s) {e} of {r} ({:.1}%)",
+        worst.errors,
+        worst.requests,
+        100.0 * rate(worst),
+        hosts.len() - 1,
+        100.0 * e as f64 / r.max(1) as f64
+    ))
 }
 
 pub(super) fn handles(event: &Event) -> bool {
@@ -207,8 +254,35 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
             }
             observe(t, now);
         }
-        (Phase::Canary, Event::MetricsObserved { canary, stable }) => {
-            on_metrics(t, s, canary, stable, now)
+        (
+            Phase::Canary,
+            Event::MetricsObserved {
+                canary,
+                stable,
+                hosts,
+            },
+        ) => {
+            let by_host = hosts_since_start(t, hosts);
+            if let Some(o) = crate::analysis::outlier::outlier_host(
+                &by_host,
+                s.analysis.alpha,
+                s.analysis.min_requests,
+            ) {
+                let weight = state(t).weight;
+                return roll_back(
+                    t,
+                    format!("canary analysis at {weight}%: {}", o.describe()),
+                    now,
+                );
+            }
+            on_metrics(t, s, canary, stable, now);
+            if t.deployment.phase == Phase::RollingBack {
+                if let (Some(reason), Some(worst)) =
+                    (t.deployment.reason.as_mut(), worst_host(&by_host))
+                {
+                    reason.push_str(&format!("; {worst}"));
+                }
+            }
         }
         (Phase::Canary, Event::MetricsUnavailable { reason }) => {
             if !state(t).waiting_logged {

@@ -64,6 +64,10 @@ pub enum Event {
     MetricsObserved {
         canary: Counts,
         stable: Counts,
+        /// On a fleet: each host's cumulative canary counts, to find one
+        /// host much worse than the rest.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        hosts: BTreeMap<String, Counts>,
     },
     MetricsUnavailable {
         reason: String,

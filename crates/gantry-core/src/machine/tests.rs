@@ -491,6 +491,7 @@ mod canary {
                 errors: stable.1,
                 ..Counts::default()
             },
+            hosts: Default::default(),
         }
     }
 
@@ -520,6 +521,107 @@ mod canary {
         );
         insta::assert_snapshot!(transcript);
         assert_eq!(d.phase, Phase::Succeeded);
+    }
+
+    fn fleet_metrics(hosts: &[(u64, u64)], stable: (u64, u64)) -> Event {
+        let by_host: BTreeMap<String, Counts> = hosts
+            .iter()
+            .enumerate()
+            .map(|(i, (r, e))| {
+                (
+                    format!("h{}", i + 1),
+                    Counts {
+                        requests: *r,
+                        errors: *e,
+                        ..Counts::default()
+                    },
+                )
+            })
+            .collect();
+        let Event::MetricsObserved { stable, .. } = metrics((0, 0), stable) else {
+            unreachable!()
+        };
+        Event::MetricsObserved {
+            canary: Counts {
+                requests: hosts.iter().map(|h| h.0).sum(),
+                errors: hosts.iter().map(|h| h.1).sum(),
+                ..Counts::default()
+            },
+            stable,
+            hosts: by_host,
+        }
+    }
+
+    #[test]
+    fn one_host_much_worse_than_the_rest_rolls_the_canary_back_named() {
+        // The fleet's sum stays under every fleet-wide rule (0.9% errors
+        // against a 1% limit and a stable at 0.9%), but h3 fails 4.5% of
+        // its requests where the others fail none.
+        let (transcript, d) = run(
+            up(canary_deploy(Pause::For { ms: 600_000 })),
+            &[
+                (
+                    40,
+                    Event::BaselineObserved {
+                        baseline: Baseline {
+                            requests: 10_000,
+                            errors: 90,
+                            p50_ms: 10.0,
+                            p99_ms: 40.0,
+                        },
+                    },
+                ),
+                (50, Event::TrafficRouted { to_new: true }),
+                (50, fleet_metrics(&[(0, 0); 5], (0, 0))),
+                (
+                    1050,
+                    fleet_metrics(
+                        &[(400, 0), (400, 0), (400, 4), (400, 0), (400, 0)],
+                        (18_000, 162),
+                    ),
+                ),
+                (
+                    2050,
+                    fleet_metrics(
+                        &[(1600, 0), (1600, 0), (1600, 72), (1600, 0), (1600, 0)],
+                        (72_000, 648),
+                    ),
+                ),
+            ],
+        );
+        assert_eq!(d.phase, Phase::RollingBack, "{transcript}");
+        let reason = d.reason.unwrap();
+        assert!(
+            reason.contains("the canary on host h3 is much worse than on the rest of the fleet: 72 errors in 1600 requests"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_fleet_wide_failure_names_the_worst_host_too() {
+        let (_, d) = run(
+            up(canary_deploy(Pause::For { ms: 600_000 })),
+            &[
+                (
+                    40,
+                    Event::BaselineObserved {
+                        baseline: baseline(),
+                    },
+                ),
+                (50, Event::TrafficRouted { to_new: true }),
+                (50, fleet_metrics(&[(0, 0); 3], (0, 0))),
+                (
+                    1050,
+                    fleet_metrics(&[(500, 25), (500, 30), (500, 27)], (13_500, 13)),
+                ),
+            ],
+        );
+        assert_eq!(d.phase, Phase::RollingBack);
+        let reason = d.reason.unwrap();
+        assert!(
+            reason.contains("by host: h2 has the highest canary error rate, 30 of 500 (6.0%), the other 2 host(s) 52 of 1000 (5.2%)"),
+            "{reason}"
+        );
     }
 
     #[test]
@@ -722,6 +824,7 @@ mod canary {
                 client_errors: stable.1,
                 ..Counts::default()
             },
+            hosts: Default::default(),
         }
     }
 
@@ -1283,6 +1386,7 @@ fn counters_that_start_again_at_zero_restart_the_step_judgement() {
                 requests: 30,
                 ..Counts::default()
             },
+            hosts: Default::default(),
         },
         5000,
     );

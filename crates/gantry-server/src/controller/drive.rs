@@ -12,23 +12,11 @@ use tokio::sync::mpsc;
 impl Controller {
     // ---- deployments ----
 
-    /// Fleets are configured and reachable (`gantry hosts`), but the drive
-    /// loop does not deploy to hosts yet: refuse rather than deploy on this
-    /// machine what the config places elsewhere.
-    fn refuse_fleet(env: &Environment) -> Result<(), ControlError> {
-        if env.hosts.is_empty() {
+    async fn check_listen_free(&self, env: &Environment) -> Result<(), ControlError> {
+        // A fleet environment listens on its hosts, not here.
+        if !env.hosts.is_empty() {
             return Ok(());
         }
-        Err(ControlError::Invalid(format!(
-            "environment {} runs on hosts ({}): deploying to fleet hosts is not available in this version yet \
-             (`gantry hosts` and `gantry hosts trust` are); nothing was started",
-            env.name,
-            env.hosts.join(", ")
-        )))
-    }
-
-    async fn check_listen_free(&self, env: &Environment) -> Result<(), ControlError> {
-        Self::refuse_fleet(env)?;
         // A deployment in progress may be starting the router this very
         // moment; the store refuses the second deployment with a clearer reason.
         let busy = self
@@ -131,7 +119,6 @@ impl Controller {
         by: &str,
         change: Option<gantry_core::governance::ChangeControl>,
     ) -> Result<Deployment, ControlError> {
-        Self::refuse_fleet(env)?;
         let current = self.store.env_state(&env.name)?;
         let settings = self.config.deploy_settings(env, kind);
         let now = now_ms();

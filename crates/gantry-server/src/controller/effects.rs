@@ -9,7 +9,7 @@ use gantry_config::Environment;
 use gantry_core::analysis::{Baseline, Counts, LatencyLimits};
 use gantry_core::machine::Probe;
 use gantry_core::{Deployment, DeploymentId, Effect, EnvName, Event, InstanceRef, Millis, Version};
-use gantry_router::Affinity;
+use gantry_router::{Affinity, PoolStats};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +53,10 @@ impl Controller {
                 };
                 let pools = pools_for(name, &instances);
                 match self.route(&d.env, pools).await {
-                    Ok(()) => Event::TrafficRouted { to_new },
+                    Ok(()) => {
+                        self.add_notes(d.id, self.router.take_notes(&d.env));
+                        Event::TrafficRouted { to_new }
+                    }
                     Err(reason) => Event::RouteFailed { reason },
                 }
             }
@@ -109,7 +112,10 @@ impl Controller {
                     },
                 ];
                 match self.route(&d.env, pools).await {
-                    Ok(()) => Event::TrafficRouted { to_new: true },
+                    Ok(()) => {
+                        self.add_notes(d.id, self.router.take_notes(&d.env));
+                        Event::TrafficRouted { to_new: true }
+                    }
                     Err(reason) => Event::RouteFailed { reason },
                 }
             }
@@ -130,43 +136,35 @@ impl Controller {
         let _ = tx.send(event);
     }
 
-    /// Both pools' cumulative counts, with requests over each latency limit.
+    /// Both pools' cumulative counts, with requests over each latency limit
+    /// (on a fleet: summed over the hosts, with each host's canary counts).
     async fn observe_metrics(&self, d: &Deployment, limits: &LatencyLimits) -> Event {
         let asked: Vec<f64> = [limits.p99_ms, limits.p50_ms, limits.compare_ms]
             .into_iter()
             .flatten()
             .collect();
-        let pools = match self.metrics.pool_stats(&d.env, &asked).await {
-            Ok(p) => p,
-            Err(e) => {
-                return Event::MetricsUnavailable {
-                    reason: e.to_string(),
-                }
-            }
+        let unavailable = |e: crate::routing::MetricError| Event::MetricsUnavailable {
+            reason: e.to_string(),
+        };
+        let (pools, by_host) = match self.metrics.pool_stats_by_host(&d.env, &asked).await {
+            Ok(Some(by_host)) => (
+                crate::routing::sum_pools(by_host.values().cloned()),
+                by_host,
+            ),
+            Ok(None) => match self.metrics.pool_stats(&d.env, &asked).await {
+                Ok(p) => (p, BTreeMap::new()),
+                Err(e) => return unavailable(e),
+            },
+            Err(e) => return unavailable(e),
         };
         let (stable_name, canary_name) = pool_names(d);
-        let counts = |name: &str| -> Counts {
-            // A pool that has not served yet has no counters: zero.
-            let Some(p) = pools.iter().find(|p| p.name == name) else {
-                return Counts::default();
-            };
-            let over = |limit: Option<f64>| {
-                limit
-                    .and_then(|l| p.slower_than.iter().find(|s| s.limit_ms == l))
-                    .map_or(0, |s| s.requests)
-            };
-            Counts {
-                requests: p.requests,
-                errors: p.errors,
-                client_errors: p.client_errors,
-                over_p99_limit: over(limits.p99_ms),
-                over_p50_limit: over(limits.p50_ms),
-                over_compare_limit: over(limits.compare_ms),
-            }
-        };
         Event::MetricsObserved {
-            canary: counts(&canary_name),
-            stable: counts(&stable_name),
+            canary: counts(&pools, &canary_name, limits),
+            stable: counts(&pools, &stable_name, limits),
+            hosts: by_host
+                .iter()
+                .map(|(host, pools)| (host.clone(), counts(pools, &canary_name, limits)))
+                .collect(),
         }
     }
 
@@ -198,7 +196,7 @@ impl Controller {
                 .map_err(|e| format!("signature of {version}: {e}"))?;
         }
         self.target
-            .prepare(&release, &path, &self.config.artifacts)
+            .prepare(&d.env, &release, &path, &self.config.artifacts)
             .await
             .map_err(|e| e.to_string())
     }
@@ -323,6 +321,27 @@ impl Controller {
             .route(env, env_config.listen, pools, affinity)
             .await
             .map_err(|e| e.to_string())
+    }
+}
+
+/// One pool's cumulative counts; a pool that has not served yet has no
+/// counters: zero.
+fn counts(pools: &[PoolStats], name: &str, limits: &LatencyLimits) -> Counts {
+    let Some(p) = pools.iter().find(|p| p.name == name) else {
+        return Counts::default();
+    };
+    let over = |limit: Option<f64>| {
+        limit
+            .and_then(|l| p.slower_than.iter().find(|s| s.limit_ms == l))
+            .map_or(0, |s| s.requests)
+    };
+    Counts {
+        requests: p.requests,
+        errors: p.errors,
+        client_errors: p.client_errors,
+        over_p99_limit: over(limits.p99_ms),
+        over_p50_limit: over(limits.p50_ms),
+        over_compare_limit: over(limits.compare_ms),
     }
 }
 

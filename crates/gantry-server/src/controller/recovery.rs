@@ -39,7 +39,7 @@ impl Controller {
             .map(|r| InstanceRef {
                 id: r.id,
                 port: r.port,
-                host: None,
+                host: r.host,
             })
             .collect();
         if !orphans.is_empty() {
@@ -114,7 +114,7 @@ impl Controller {
             .map(|r| InstanceRef {
                 id: r.id,
                 port: r.port,
-                host: None,
+                host: r.host,
             })
             .collect();
         let _ = self.target.stop(&running).await;

@@ -7,13 +7,16 @@
 //! messages both ends share; [`serve`] is the host's end, a thin dispatcher
 //! over the local target and router; [`link`] is the controller's end over
 //! any byte stream (an SSH channel's stdin/stdout in production, a child's
-//! pipes in tests). The fleet's `Target`/`TrafficRouter`/`MetricProvider`
-//! build on these.
+//! pipes in tests). [`links`] keeps one open channel per host, and
+//! [`placement`] is the controller's `Target`/`TrafficRouter`/`MetricProvider`:
+//! local for environments without hosts, fanned out to the hosts otherwise.
 
 pub mod bounds;
 mod fence;
 pub mod frame;
 pub mod link;
+pub mod links;
+pub mod placement;
 pub mod protocol;
 pub mod serve;
 pub mod ssh;
@@ -21,4 +24,6 @@ pub mod trust;
 mod upload;
 
 pub use link::{HostLink, LinkError, LinkOptions};
+pub use links::{ControllerIdentity, FleetLinks};
+pub use placement::Placement;
 pub use serve::{serve, ServeError, ServeOptions};

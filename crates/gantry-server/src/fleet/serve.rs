@@ -384,7 +384,7 @@ impl Session {
                 let artifact = self.blobs.path(&release.digest);
                 match self
                     .target
-                    .prepare(&release.record(), &artifact, &limits)
+                    .unpack(&release.record(), &artifact, &limits)
                     .await
                 {
                     Ok(repairs) => Answer::Prepared { repairs },

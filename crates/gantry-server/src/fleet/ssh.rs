@@ -63,6 +63,12 @@ impl Gauge {
 }
 
 struct GaugeGuard(Arc<Gauge>);
+
+/// A transfer slot, given back when dropped.
+pub struct TransferSlot {
+    _permit: OwnedSemaphorePermit,
+    _gauge: GaugeGuard,
+}
 impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.now.fetch_sub(1, Ordering::SeqCst);
@@ -186,6 +192,22 @@ impl SshHosts {
         })
     }
 
+    /// One of the `max_transfers` slots, held while bytes go to a host
+    /// (the binary here, artifacts over the host channel).
+    pub async fn transfer_slot(&self) -> Result<TransferSlot, HostError> {
+        let permit = self
+            .inner
+            .transfers
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| HostError::Local("the transfer cap was closed".into()))?;
+        Ok(TransferSlot {
+            _permit: permit,
+            _gauge: self.inner.transfers_gauge.enter(),
+        })
+    }
+
     pub fn cap_use(&self) -> CapUse {
         CapUse {
             peak_connecting: self.inner.connecting_gauge.peak.load(Ordering::SeqCst),
@@ -276,7 +298,31 @@ impl std::fmt::Debug for HostServe {
     }
 }
 
+/// What keeps a `host serve` running once its pipes are taken: its ssh
+/// child and its session slot. Dropped, the slot is given back.
+pub struct HostServeGuard {
+    _child: openssh::Child<Arc<Session>>,
+    _slot: OwnedSemaphorePermit,
+}
+
 impl HostServe {
+    /// The pipes, and the guard that must live as long as they are used.
+    pub fn into_parts(self) -> (ChildStdin, ChildStdout, ChildStderr, HostServeGuard) {
+        let HostServe {
+            stdin,
+            stdout,
+            stderr,
+            child,
+            _slot,
+            ..
+        } = self;
+        let guard = HostServeGuard {
+            _child: child,
+            _slot,
+        };
+        (stdin, stdout, stderr, guard)
+    }
+
     /// Closes its stdin (asking it to end), drains its output, and returns
     /// its exit code (None: ended by a signal) and the end of its stderr.
     pub async fn finish(self) -> Result<(Option<i32>, String), HostError> {
@@ -414,15 +460,7 @@ impl HostSession {
                 Some(Bootstrapped::Present)
             }
             "send" => {
-                let _transfer = self
-                    .hosts
-                    .inner
-                    .transfers
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| HostError::Local("the transfer cap was closed".into()))?;
-                let _gauge = self.hosts.inner.transfers_gauge.enter();
+                let _transfer = self.hosts.transfer_slot().await?;
                 let started = Instant::now();
                 let mut file = tokio::fs::File::open(&binary.path).await.map_err(|e| {
                     HostError::Local(format!("cannot read {}: {e}", binary.path.display()))
@@ -470,7 +508,7 @@ impl HostSession {
         }
     }
 
-    /// Runs `<data_dir>/bin/<sha256> host serve --stdio` on the host through
+    /// Runs `<data_dir>/bin/<sha256> --data-dir <data_dir> host serve --stdio` on the host through
     /// the constant launcher, and hands back its stdin/stdout/stderr.
     pub async fn launch_host_serve(&self, sha256: &str) -> Result<HostServe, HostError> {
         let (mut child, slot) = self.spawn(RemoteCommand::Launch).await?;

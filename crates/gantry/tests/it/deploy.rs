@@ -383,26 +383,21 @@ fn the_router_counts_what_each_release_served() {
 }
 
 #[test]
-fn an_environment_on_fleet_hosts_is_refused_until_fleets_deploy() {
-    // The config may name hosts (and `gantry hosts` reaches them), but the
-    // drive loop does not deploy to them yet: nothing may start locally in
-    // their stead.
+fn a_fleet_whose_hosts_cannot_be_reached_fails_naming_them_and_nothing_starts_here() {
+    // The environment runs on a host that does not exist (TEST-NET-1): the
+    // deployment fails before anything changes, saying which host and what
+    // to check, and nothing starts on the controller's machine in its stead.
     let key = tempfile::NamedTempFile::new().unwrap();
     let tail = format!(
-        "hosts = [\"web-1\"]\n\n[hosts.web-1]\naddress = \"192.0.2.10\"\nkey = {{ file = \"{}\" }}\n",
+        "hosts = [\"web-1\"]\n\n[hosts.web-1]\naddress = \"192.0.2.10\"\nkey = {{ file = \"{}\" }}\n\n[ssh]\nconnect_timeout = \"1s\"\n",
         key.path().display()
     );
     let g = Gantry::start_with_tail("300ms", &tail);
     g.register("1.0.0", "");
     g.gantry(&["deploy", "1.0.0", "--env", "production"])
-        .fails_with(
-        1,
-        "environment production runs on hosts (web-1): deploying to fleet hosts is not available",
-    );
+        .fails_with(3, "no host could prepare it: host web-1 (192.0.2.10:22)");
     assert!(g.running_instances().is_empty(), "nothing started locally");
-    assert!(
-        g.call(g.client().deployments(&Default::default()))
-            .is_empty(),
-        "no deployment recorded"
-    );
+    let d = g.latest("production");
+    assert_eq!(d.phase, gantry_core::Phase::Failed);
+    assert!(d.new_instances.is_empty());
 }

@@ -46,7 +46,7 @@ fn repo() -> PathBuf {
 }
 
 /// Whether the fleet tests are to be skipped here (no root, no namespaces).
-fn skipped() -> bool {
+pub(crate) fn skipped() -> bool {
     std::env::var("GANTRY_FLEET_TESTS").as_deref() == Ok("skip")
 }
 
@@ -184,7 +184,7 @@ impl Drop for FleetLab {
 }
 
 /// Lab bring-up deadline: each host is up in well under a second.
-const LAB_UP: Duration = Duration::from_secs(20);
+pub(crate) const LAB_UP: Duration = Duration::from_secs(20);
 
 fn settings(connect_timeout_ms: u64, max_connecting: u32) -> SshSettings {
     SshSettings {
@@ -515,7 +515,10 @@ async fn the_binary_is_uploaded_once_verified_and_launched() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(line, "args: host serve --stdio\n");
+    assert!(
+        line.starts_with("args: --data-dir /") && line.ends_with(" host serve --stdio\n"),
+        "{line}"
+    );
     serve.stdin.write_all(b"ping\n").await.unwrap();
     serve.stdin.flush().await.unwrap();
     line.clear();

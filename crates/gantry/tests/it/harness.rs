@@ -296,6 +296,17 @@ impl Gantry {
         Self::start_args(bake, extra, server_env, tail, lifecycle, &[])
     }
 
+    /// A controller whose whole config `make` writes, given the
+    /// environments' ports.
+    pub fn start_custom(make: impl FnOnce(&[(String, u16)]) -> String) -> Gantry {
+        let ports: Vec<(String, u16)> = ["development", "integration", "staging", "production"]
+            .iter()
+            .map(|e| (e.to_string(), free_port()))
+            .collect();
+        let config = make(&ports);
+        Self::start_made(ports, config, Vec::new(), Vec::new())
+    }
+
     fn start_args(
         bake: &str,
         extra: &str,
@@ -313,13 +324,23 @@ impl Gantry {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        let server_args = server_args.iter().map(|a| a.to_string()).collect();
+        Self::start_made(ports, config, server_env, server_args)
+    }
+
+    fn start_made(
+        ports: Vec<(String, u16)>,
+        config: String,
+        server_env: Vec<(String, String)>,
+        server_args: Vec<String>,
+    ) -> Gantry {
         let mut g = Gantry {
             dir: tempfile::tempdir().unwrap(),
             config,
             server: None,
             ports,
             server_env,
-            server_args: server_args.iter().map(|a| a.to_string()).collect(),
+            server_args,
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -15,6 +15,7 @@ mod dashboard;
 mod demo;
 mod deploy;
 mod edges;
+mod fleet;
 mod fleet_ssh;
 mod governance;
 mod host;

@@ -11,7 +11,7 @@ use std::time::Duration;
 pub enum RemoteCommand {
     /// Stores the binary by digest (or answers `present`).
     Bootstrap,
-    /// `exec`s `<dir>/bin/<sha256> host serve --stdio`.
+    /// `exec`s `<dir>/bin/<sha256> --data-dir <dir> host serve --stdio`.
     Launch,
 }
 
@@ -42,7 +42,7 @@ macro_rules! launch_script {
 IFS= read -r sum
 case $dir in "") echo "gantry-launch: no data directory" >&2; exit 4;; /*) ;; *) dir=$HOME/$dir;; esac
 case $sum in ""|*[!0-9a-f]*) echo "gantry-launch: bad digest" >&2; exit 4;; esac
-exec "$dir/bin/$sum" host serve --stdio"#
+exec "$dir/bin/$sum" --data-dir "$dir" host serve --stdio"#
     };
 }
 

@@ -1,0 +1,213 @@
+//! The controller's open channels to its fleet: one [`HostLink`] per host,
+//! made on first use (master connection, binary bootstrapped by digest,
+//! `host serve` launched, greeted with the controller's fencing token) and
+//! made again when it has closed. Hosts are connected concurrently, each
+//! at most once at a time; the caps of `[ssh]` hold below (`ssh.rs`).
+
+use super::link::{HostLink, LinkError, LinkOptions};
+use super::protocol::{Hello, HostConfinement, PROTOCOL};
+use super::ssh::{BinaryImage, HostServeGuard, HostSession, SshHosts};
+use gantry_config::{Host, SshSettings};
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncBufReadExt;
+
+/// Who the controller is to its hosts.
+#[derive(Debug, Clone)]
+pub struct ControllerIdentity {
+    /// Stable across restarts of one controller (its data directory's id).
+    pub id: String,
+    /// Raised at every start: a host refuses a lower one.
+    pub epoch: u64,
+    pub confinement: HostConfinement,
+}
+
+/// A live channel and what keeps it open.
+struct Open {
+    link: Arc<HostLink>,
+    _guard: HostServeGuard,
+    _session: HostSession,
+}
+
+/// One slot per host: connecting holds its lock, so a host is never
+/// connected twice at once, while other hosts connect in parallel.
+type Slot = Arc<tokio::sync::Mutex<Option<Open>>>;
+
+pub struct FleetLinks {
+    ssh: SshHosts,
+    hosts: HashMap<String, Host>,
+    binary: BinaryImage,
+    identity: ControllerIdentity,
+    options: LinkOptions,
+    slots: HashMap<String, Slot>,
+    /// Hosts whose connection failed slowly (a timeout), until when they
+    /// are not tried again, and why: an unreachable host costs one
+    /// `connect_timeout` per backoff period, not one per request.
+    down: std::sync::Mutex<HashMap<String, Down>>,
+}
+
+struct Down {
+    until: Instant,
+    backoff: Duration,
+    reason: String,
+}
+
+/// The first wait after a failed connection; it doubles up to the cap.
+const FIRST_BACKOFF: Duration = Duration::from_secs(2);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A failed connection faster than this is not backed off.
+const QUICK_FAILURE: Duration = Duration::from_secs(1);
+
+impl FleetLinks {
+    /// Channels to `hosts`, reached as `[ssh]` says, carrying `binary` (the
+    /// controller's own executable) to each.
+    pub fn open(
+        data_dir: &Path,
+        settings: &SshSettings,
+        hosts: &[Host],
+        binary: BinaryImage,
+        identity: ControllerIdentity,
+        options: LinkOptions,
+    ) -> Result<FleetLinks, super::ssh::HostError> {
+        let ssh = SshHosts::open(data_dir, settings)?;
+        Ok(FleetLinks {
+            ssh,
+            hosts: hosts.iter().map(|h| (h.name.clone(), h.clone())).collect(),
+            binary,
+            identity,
+            options,
+            slots: hosts
+                .iter()
+                .map(|h| (h.name.clone(), Slot::default()))
+                .collect(),
+            down: Default::default(),
+        })
+    }
+
+    pub fn ssh(&self) -> &SshHosts {
+        &self.ssh
+    }
+
+    /// The open channel to `host`, connecting (or reconnecting) first.
+    /// The error names the host and what to do.
+    pub async fn link(&self, host: &str) -> Result<Arc<HostLink>, String> {
+        let (Some(slot), Some(config)) = (self.slots.get(host), self.hosts.get(host)) else {
+            return Err(format!("host {host:?} is not in the config's [hosts]"));
+        };
+        let mut open = slot.lock().await;
+        if let Some(o) = open.as_ref() {
+            if o.link.closed().is_none() {
+                return Ok(o.link.clone());
+            }
+            tracing::warn!(host, reason = ?o.link.closed(), "channel to host closed; reconnecting");
+            *open = None;
+        }
+        if let Some(d) = self.down_lock().get(host) {
+            let now = Instant::now();
+            if d.until > now {
+                return Err(format!(
+                    "{} (not tried again for {} s)",
+                    d.reason,
+                    (d.until - now).as_secs().max(1)
+                ));
+            }
+        }
+        let attempt = Instant::now();
+        match self.connect(config).await {
+            // A refusal that came at once (a key not pinned yet, a login
+            // refused) is cheap to ask again, and may be fixed any moment.
+            Err(reason) if attempt.elapsed() < QUICK_FAILURE => Err(reason),
+            Ok(fresh) => {
+                self.down_lock().remove(host);
+                let link = fresh.link.clone();
+                *open = Some(fresh);
+                Ok(link)
+            }
+            Err(reason) => {
+                let mut down = self.down_lock();
+                let backoff = down
+                    .get(host)
+                    .map_or(FIRST_BACKOFF, |d| (d.backoff * 2).min(MAX_BACKOFF));
+                down.insert(
+                    host.to_owned(),
+                    Down {
+                        until: Instant::now() + backoff,
+                        backoff,
+                        reason: reason.clone(),
+                    },
+                );
+                Err(reason)
+            }
+        }
+    }
+
+    fn down_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Down>> {
+        self.down.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets that `host` was unreachable, so the next request tries it at once.
+    pub fn retry_now(&self, host: &str) {
+        self.down_lock().remove(host);
+    }
+
+    /// Every host the controller knows, by name.
+    pub fn host_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.hosts.keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    /// The channel to `host` if one is open now, without connecting.
+    pub async fn open_link(&self, host: &str) -> Option<Arc<HostLink>> {
+        let slot = self.slots.get(host)?;
+        let open = slot.lock().await;
+        open.as_ref()
+            .filter(|o| o.link.closed().is_none())
+            .map(|o| o.link.clone())
+    }
+
+    async fn connect(&self, host: &Host) -> Result<Open, String> {
+        let session = self.ssh.connect(host).await.map_err(|e| e.to_string())?;
+        session
+            .bootstrap(&self.binary)
+            .await
+            .map_err(|e| e.to_string())?;
+        let serve = session
+            .launch_host_serve(&self.binary.sha256)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (stdin, stdout, stderr, guard) = serve.into_parts();
+        // The host's log lines, bounded per line, into the controller's log.
+        let name = host.name.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let line: String = line.chars().take(2000).collect();
+                tracing::info!(host = %name, "{line}");
+            }
+        });
+        let hello = Hello {
+            protocol: PROTOCOL,
+            controller: self.identity.id.clone(),
+            epoch: self.identity.epoch,
+            data_dir: host.data_dir.clone(),
+            confinement: self.identity.confinement.clone(),
+        };
+        let link = HostLink::connect(stdout, stdin, hello, self.options)
+            .await
+            .map_err(|e| describe(&host.name, e))?;
+        tracing::info!(host = %host.name, data_dir = %link.welcome().data_dir, "host connected");
+        Ok(Open {
+            link: Arc::new(link),
+            _guard: guard,
+            _session: session,
+        })
+    }
+}
+
+/// A link error with the host's name in front.
+pub fn describe(host: &str, e: LinkError) -> String {
+    format!("host {host}: {e}")
+}

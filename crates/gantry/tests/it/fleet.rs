@@ -1,0 +1,250 @@
+//! Deployments on a fleet: a controller driving lab hosts (network
+//! namespaces, each with Debian's sshd, its own home and data directory)
+//! through `gantry host serve` over real OpenSSH. Every host runs its own
+//! router; a client spreads requests across all of them, as an external load
+//! balancer would. Needs root, like `fleet_ssh.rs`.
+
+use crate::fleet_ssh::{skipped, FleetLab, LAB_UP};
+use crate::harness::{lifecycle_config, try_http, wait_until, Gantry, Lifecycle};
+use gantry_core::Phase;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A controller whose production runs on every lab host (listening on
+/// each host's own address), configured by `production` (extra keys of
+/// its table) and `extra` (tables after it).
+fn fleet_gantry(lab: &FleetLab, production: &str, extra: &str) -> Gantry {
+    let g = Gantry::start_custom(|ports| {
+        let port = ports.iter().find(|(e, _)| e == "production").unwrap().1;
+        lifecycle_config(ports, "300ms", "", Lifecycle::Loose).replace(
+            &format!("listen = \"127.0.0.1:{port}\""),
+            &format!("listen = \"0.0.0.0:{port}\""),
+        ) + "hosts = [{ labels = { tier = \"web\" } }]\n"
+            + production
+            + extra
+            + &lab.hosts_toml()
+            + "\n[ssh]\nconnect_timeout = \"3s\"\n"
+    });
+    let config = g.config_path();
+    g.gantry(&[
+        "hosts",
+        "trust",
+        "--yes",
+        "--config",
+        config.to_str().unwrap(),
+    ])
+    .ok();
+    g
+}
+
+/// What each host's router answers on `/`, host by host.
+fn answers(lab: &FleetLab, port: u16) -> Vec<String> {
+    lab.hosts
+        .iter()
+        .map(|h| {
+            match try_http(
+                &format!("http://{}:{port}", h.address),
+                "GET",
+                "/",
+                None,
+                "",
+            ) {
+                Ok((status, body)) => format!("{status} {}", body.trim()),
+                Err(e) => format!("unreachable: {e}"),
+            }
+        })
+        .collect()
+}
+
+fn all_serve(lab: &FleetLab, port: u16, version: &str) -> bool {
+    answers(lab, port)
+        .iter()
+        .all(|a| a == &format!("200 hello from {version}"))
+}
+
+/// Requests round-robin across every host's router until stopped (at most
+/// 120 s of them), counting answers that are not 200.
+struct FleetLoad {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl FleetLoad {
+    fn start(lab: &FleetLab, port: u16) -> FleetLoad {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let bases: Vec<String> = lab
+            .hosts
+            .iter()
+            .map(|h| format!("http://{}:{port}", h.address))
+            .collect();
+        let thread = {
+            let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+            std::thread::spawn(move || {
+                let mut failures = Vec::new();
+                let deadline = std::time::Instant::now() + Duration::from_secs(120);
+                let mut n = 0usize;
+                while !stop.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                    let base = &bases[n % bases.len()];
+                    n += 1;
+                    match try_http(base, "GET", "/", None, "") {
+                        Ok((200, _)) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        other => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            if failures.len() < 10 {
+                                failures.push(format!("{base}: {other:?}"));
+                            }
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                failures
+            })
+        };
+        FleetLoad {
+            stop,
+            ok,
+            failed,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> (u64, u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        let failures = self.thread.take().unwrap().join().unwrap();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            failures,
+        )
+    }
+}
+
+#[test]
+fn a_fleet_deploys_on_every_host_and_rolls_back_on_every_host_without_a_failed_request() {
+    if skipped() {
+        return;
+    }
+    let lab = FleetLab::start(5, &[], LAB_UP);
+    let g = fleet_gantry(&lab, "", "");
+    let port = g.port("production");
+    g.register("1.0.0", "");
+    g.register("2.0.0", "");
+
+    let first = g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    assert!(first.stdout.contains("succeeded"), "{}", first.stdout);
+    assert!(all_serve(&lab, port, "1.0.0"), "{:?}", answers(&lab, port));
+    let d = g.latest("production");
+    assert_eq!(d.phase, Phase::Succeeded);
+    // Two instances on each host, each named with its host.
+    assert_eq!(
+        d.new_instances.len(),
+        2 * lab.hosts.len(),
+        "{:?}",
+        d.new_instances
+    );
+    for h in &lab.hosts {
+        let on = d
+            .new_instances
+            .iter()
+            .filter(|i| i.host.as_deref() == Some(h.name.as_str()))
+            .count();
+        assert_eq!(on, 2, "instances on {}", h.name);
+    }
+    // Every host got the release once, and the log says so.
+    let log = g.gantry(&["log", &d.id.to_string()]).ok().stdout;
+    assert!(log.contains("release 1.0.0 on 5 of 5 host(s)"), "{log}");
+    assert!(log.contains("switch skew"), "{log}");
+
+    // Deploy and roll back under a client that spreads across every host.
+    let load = FleetLoad::start(&lab, port);
+    wait_until("traffic on every host", Duration::from_secs(10), || {
+        load.ok.load(Ordering::Relaxed) > 50
+    });
+    g.gantry(&["deploy", "2.0.0", "--env", "production"]).ok();
+    assert!(all_serve(&lab, port, "2.0.0"), "{:?}", answers(&lab, port));
+    let rolled = g.gantry(&["rollback", "--env", "production"]).ok();
+    assert!(
+        rolled.stdout.contains("1.0.0 serves production"),
+        "{}",
+        rolled.stdout
+    );
+    assert!(all_serve(&lab, port, "1.0.0"), "{:?}", answers(&lab, port));
+    let (ok, failed, failures) = load.finish();
+    assert!(ok > 100, "only {ok} requests answered");
+    assert_eq!(failed, 0, "failed requests: {failures:?}");
+}
+
+const CANARY: &str = r#"strategy = "canary"
+canary = { steps = [{ weight = 10, pause = "2s" }, { weight = 50, pause = "2s" }, { weight = 100 }], interval = "250ms", max_wait = "20s", promotion_tolerance = 0.1 }
+"#;
+
+#[test]
+fn a_fleet_canary_is_judged_on_every_hosts_counts_and_names_a_bad_host() {
+    if skipped() {
+        return;
+    }
+    let lab = FleetLab::start(5, &[], LAB_UP);
+    let g = fleet_gantry(&lab, CANARY, "");
+    let port = g.port("production");
+    g.register("1.0.0", "");
+    g.register("2.0.0", "");
+    // 3.0.0 fails three requests in ten, on host h3 only.
+    g.register(
+        "3.0.0",
+        "\"error_rate\": 0.3, \"errors_where_home_contains\": \"/h3/\"",
+    );
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let load = FleetLoad::start(&lab, port);
+    wait_until(
+        "stable traffic on every host",
+        Duration::from_secs(10),
+        || load.ok.load(Ordering::Relaxed) > 300,
+    );
+
+    // A healthy canary walks its steps on every host's router at once.
+    let run = g.gantry(&["deploy", "2.0.0", "--env", "production"]).ok();
+    for line in [
+        "traffic: 10% to 2.0.0",
+        "traffic: 50% to 2.0.0",
+        "canary complete",
+        "routing set on 5 host(s)",
+    ] {
+        assert!(
+            run.stdout.contains(line),
+            "missing {line:?} in:\n{}",
+            run.stdout
+        );
+    }
+    assert!(all_serve(&lab, port, "2.0.0"), "{:?}", answers(&lab, port));
+    // The figures judged are the sum of every host's router.
+    let judged = g.latest("production").canary.unwrap();
+    let canary: u64 = judged.windows.iter().map(|w| w.canary.requests).sum();
+    let served: u64 = g
+        .traffic("production", None)
+        .iter()
+        .filter(|p| p.name == "2.0.0")
+        .map(|p| p.requests)
+        .sum();
+    assert!(
+        canary > 0 && served >= canary,
+        "judged {canary} canary requests, the fleet's routers counted {served}"
+    );
+
+    // A release bad on one host only is rolled back everywhere, the host named.
+    g.gantry(&["deploy", "3.0.0", "--env", "production"])
+        .fails_with(3, "rolled_back");
+    let d = g.latest("production");
+    let reason = d.reason.unwrap();
+    assert!(reason.starts_with("canary analysis at 10%"), "{reason}");
+    assert!(reason.contains("h3"), "the bad host is named: {reason}");
+    assert!(all_serve(&lab, port, "2.0.0"), "{:?}", answers(&lab, port));
+    let (ok, failed, failures) = load.finish();
+    // Only h3's canary share could fail: 30% of a tenth of a fifth.
+    assert!(failed * 100 < ok, "{failed} failed of {ok}: {failures:?}");
+}
