@@ -248,3 +248,48 @@ fn a_fleet_canary_is_judged_on_every_hosts_counts_and_names_a_bad_host() {
     // Only h3's canary share could fail: 30% of a tenth of a fifth.
     assert!(failed * 100 < ok, "{failed} failed of {ok}: {failures:?}");
 }
+
+#[test]
+fn a_controller_killed_mid_fleet_canary_resumes_it_on_every_host() {
+    if skipped() {
+        return;
+    }
+    let lab = FleetLab::start(5, &[], LAB_UP);
+    let slow = CANARY.replace("pause = \"2s\"", "pause = \"4s\"");
+    let mut g = fleet_gantry(&lab, &slow, "");
+    let port = g.port("production");
+    g.register("1.0.0", "");
+    g.register("2.0.0", "");
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let load = FleetLoad::start(&lab, port);
+    wait_until(
+        "stable traffic on every host",
+        Duration::from_secs(10),
+        || load.ok.load(Ordering::Relaxed) > 300,
+    );
+    let id = crate::harness::deploy_id(
+        &g.gantry(&["deploy", "2.0.0", "--env", "production", "--detach"])
+            .ok(),
+    );
+    g.wait_phase(id, Phase::Canary);
+    g.kill_server();
+    // Every host keeps serving while the controller is gone.
+    let served = load.ok.load(Ordering::Relaxed);
+    wait_until(
+        "100 more requests with the controller down",
+        Duration::from_secs(20),
+        || load.ok.load(Ordering::Relaxed) >= served + 100,
+    );
+    g.start_server();
+    let d = g.wait_finished(id);
+    let (ok, failed, failures) = load.finish();
+    assert_eq!(d.phase, Phase::Succeeded, "{:?}", d.reason);
+    let log = g.gantry(&["log", &id.to_string()]).ok().stdout;
+    assert!(
+        log.contains("controller restarted; resuming in phase canary"),
+        "{log}"
+    );
+    assert!(all_serve(&lab, port, "2.0.0"), "{:?}", answers(&lab, port));
+    assert_eq!(d.new_instances.len(), 10, "{:?}", d.new_instances);
+    assert_eq!(failed, 0, "{failures:?} ({ok} answered)");
+}
