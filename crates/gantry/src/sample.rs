@@ -44,6 +44,13 @@ pub struct SampleSettings {
     /// host's home names it).
     #[arg(long)]
     pub errors_where_home_contains: Option<String>,
+    /// Draw each request's error (and 404) independently at its rate,
+    /// instead of the even spacing: several instances' errors are then
+    /// independent, as a real fault's are, and not all at the same request
+    /// counts (which would hide how much faster a fleet's summed counts
+    /// show a fault).
+    #[arg(long)]
+    pub random_errors: Option<bool>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -83,6 +90,7 @@ pub async fn run(args: SampleArgs) -> Result<()> {
     s.errors_where_home_contains = f
         .errors_where_home_contains
         .or(s.errors_where_home_contains);
+    s.random_errors = f.random_errors.or(s.random_errors);
     if let Some(text) = &s.errors_where_home_contains {
         let home = std::env::var("HOME").unwrap_or_default();
         if !text.split(',').any(|t| !t.is_empty() && home.contains(t)) {
@@ -146,16 +154,33 @@ async fn root(State(app): State<Arc<App>>) -> impl IntoResponse {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     let version = app.s.version.clone().unwrap_or_else(|| "unknown".into());
-    if steps_up(n, app.s.error_rate) {
+    let random = app.s.random_errors == Some(true);
+    if picked(n, app.s.error_rate, random) {
         (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("error from {version}\n"),
         )
-    } else if steps_up(n, app.s.client_error_rate) {
+    } else if picked(n, app.s.client_error_rate, random) {
         (StatusCode::NOT_FOUND, format!("not found in {version}\n"))
     } else {
         (StatusCode::OK, format!("hello from {version}\n"))
     }
+}
+
+/// Whether request `n` fails: evenly spaced, or drawn at random.
+fn picked(n: u64, rate: Option<f64>, random: bool) -> bool {
+    if random {
+        draw(rate.unwrap_or(0.0))
+    } else {
+        steps_up(n, rate)
+    }
+}
+
+/// True with probability `rate`, from the OS's random source.
+fn draw(rate: f64) -> bool {
+    let u = getrandom::u64().expect("the OS random source is available");
+    // 53 random bits as a fraction in [0, 1).
+    ((u >> 11) as f64) / ((1u64 << 53) as f64) < rate
 }
 
 /// Deterministic spacing: request `n` is picked when `floor(n * rate)` steps up.
@@ -175,5 +200,28 @@ async fn health(State(app): State<Arc<App>>) -> impl IntoResponse {
         (StatusCode::SERVICE_UNAVAILABLE, "unhealthy\n")
     } else {
         (StatusCode::OK, "ok\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_errors_keep_the_rate_and_are_not_evenly_spaced() {
+        let n = 100_000;
+        let hits = (1..=n).filter(|&i| picked(i, Some(0.05), true)).count();
+        // 5,000 expected; the standard deviation is ~69.
+        assert!((4_600..=5_400).contains(&hits), "{hits} of {n}");
+        // Evenly spaced, the first 19 requests never fail; drawn, a fifth
+        // of 1,000 instances' first 19 requests hold at least one error
+        // with near certainty (1 - 0.95^19 = 62% each).
+        assert!(!(1..20).any(|i| picked(i, Some(0.05), false)));
+        let early = (0..1_000)
+            .filter(|_| (1..20).any(|i| picked(i, Some(0.05), true)))
+            .count();
+        assert!(early > 500, "{early} of 1000");
+        assert!(!(1..=1_000).any(|i| picked(i, Some(0.0), true)));
+        assert!((1..=1_000).all(|i| picked(i, Some(1.0), true)));
     }
 }
