@@ -277,15 +277,16 @@ impl HostLink {
 
     async fn send(&self, call: Call) -> Result<Pending, LinkError> {
         let name = call.name();
+        // A probe or a smoke suite is as long as its own timeout, plus the
+        // way there and back (a host gone quiet fails it, not the whole
+        // step); `long_timeout` caps every call.
+        let margin = self.options.timeout.min(PROBE_MARGIN);
         let timeout = match &call {
-            // A probe is as long as its own timeout, plus the way there and
-            // back: a host gone quiet fails the probe, not the whole step.
             Call::Probe { timeout_ms, .. } => {
-                Duration::from_millis(*timeout_ms) + self.options.timeout.min(PROBE_MARGIN)
+                (Duration::from_millis(*timeout_ms) + margin).min(self.options.long_timeout)
             }
-            // A suite is bounded by its own timeout.
             Call::Smoke { settings, .. } => {
-                Duration::from_millis(settings.timeout_ms) + self.options.timeout.min(PROBE_MARGIN)
+                (Duration::from_millis(settings.timeout_ms) + margin).min(self.options.long_timeout)
             }
             call if call.is_long() => self.options.long_timeout,
             _ => self.options.timeout,

@@ -26,6 +26,7 @@ use crate::target::{LocalTarget, Target, TargetError};
 use gantry_core::{Digest, InstanceRef};
 use gantry_store::Blobs;
 use serde::Deserialize;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,6 +62,11 @@ struct Session {
     target: LocalTarget,
     router: ProcessRouter,
     blobs: Blobs,
+    /// Releases this session verified and unpacked: a later prepare of the
+    /// same one (a rollback's) does not hash the artifact and tree again.
+    /// Instances cannot write a release directory (read-only, confined), so
+    /// what could change it also could change this process.
+    prepared: std::sync::Mutex<HashSet<(String, String)>>,
 }
 
 /// Serves requests from `reader`, answering on `writer`, until `reader`
@@ -325,6 +331,7 @@ impl Host {
                 target: LocalTarget::new(&self.data_dir, confinement.clone()),
                 router: ProcessRouter::new(&self.data_dir, self.exe.clone(), token),
                 blobs,
+                prepared: Default::default(),
             })
         };
         let session = match setup() {
@@ -344,6 +351,10 @@ impl Host {
 }
 
 impl Session {
+    fn prepared_lock(&self) -> std::sync::MutexGuard<'_, HashSet<(String, String)>> {
+        self.prepared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Why this session may no longer act, if a newer or other controller
     /// has been admitted since.
     fn fenced(&self) -> Option<String> {
@@ -369,6 +380,12 @@ impl Session {
                 Answer::Have { present }
             }
             Call::Prepare { release, limits } => {
+                let key = (release.version.to_string(), release.digest.to_string());
+                if self.prepared_lock().contains(&key) {
+                    return Answer::Prepared {
+                        repairs: Vec::new(),
+                    };
+                }
                 let blobs = self.blobs.clone();
                 let digest = release.digest.clone();
                 let verified = tokio::task::spawn_blocking(move || blobs.verify(&digest))
@@ -387,7 +404,10 @@ impl Session {
                     .unpack(&release.record(), &artifact, &limits)
                     .await
                 {
-                    Ok(repairs) => Answer::Prepared { repairs },
+                    Ok(repairs) => {
+                        self.prepared_lock().insert(key);
+                        Answer::Prepared { repairs }
+                    }
                     Err(e) => target_error(e),
                 }
             }

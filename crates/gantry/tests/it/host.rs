@@ -246,6 +246,17 @@ fn a_host_prepares_starts_probes_routes_counts_and_stops_over_the_channel() {
         let again = link.prepare(&release, &artifact, &limits).await.unwrap();
         assert_eq!(again.uploaded_bytes, 0);
         assert_eq!(link.check_release(&release).await.unwrap(), Some(Ok(())));
+        // Within one channel a release is verified once: a rollback's prepare
+        // does not hash it all again (here, it does not even miss the blob).
+        let blob = data.join("artifacts/sha256").join(release.digest.as_hex());
+        let kept = std::fs::read(&blob).unwrap();
+        std::fs::remove_file(&blob).unwrap();
+        let cached = link
+            .prepare_release(ReleaseSpec::of(&release), &limits)
+            .await
+            .unwrap();
+        assert_eq!(cached, Vec::<String>::new());
+        std::fs::write(&blob, kept).unwrap();
 
         let instances = link.ensure_instances(&spec("1.0.0", 2)).await.unwrap();
         assert_eq!(instances.len(), 2);
