@@ -16,6 +16,7 @@ pub mod audit;
 pub mod deployments;
 pub mod error;
 pub mod governance;
+pub mod hosts;
 pub mod records;
 pub mod releases;
 pub mod status;
@@ -35,6 +36,7 @@ pub use governance::{
     DeliveryQuery, EvidenceQuery, GatesQuery, GatesView, PendingApproval, Plan, PlanApproval,
     PlanApproved, RehearsalAnswer, RehearsalRequest,
 };
+pub use hosts::{HostEnvView, HostInstanceView, HostView, HostsView, InstanceHealthView};
 pub use records::{Delivery, EnvState, EvidenceRecord, LogEntry, ReleaseRecord, TokenRecord, User};
 pub use releases::VerifyResult;
 pub use status::{

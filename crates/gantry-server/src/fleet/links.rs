@@ -46,6 +46,19 @@ pub struct FleetLinks {
     /// are not tried again, and why: an unreachable host costs one
     /// `connect_timeout` per backoff period, not one per request.
     down: std::sync::Mutex<HashMap<String, Down>>,
+    /// What `gantry hosts` shows of each host's channel (observation only).
+    presence: std::sync::Mutex<HashMap<String, Presence>>,
+}
+
+/// When a host was last connected, last answered and last failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Presence {
+    /// Since when the current channel is open (`None`: no channel open).
+    pub connected_since: Option<gantry_core::Millis>,
+    /// When the host last answered (a connection's greeting or any reply).
+    pub last_seen: Option<gantry_core::Millis>,
+    /// Why the last connection attempt failed, if it did.
+    pub last_error: Option<String>,
 }
 
 struct Down {
@@ -83,6 +96,7 @@ impl FleetLinks {
                 .map(|h| (h.name.clone(), Slot::default()))
                 .collect(),
             down: Default::default(),
+            presence: Default::default(),
         })
     }
 
@@ -102,6 +116,7 @@ impl FleetLinks {
                 return Ok(o.link.clone());
             }
             tracing::warn!(host, reason = ?o.link.closed(), "channel to host closed; reconnecting");
+            self.note_closed(host, &o.link);
             *open = None;
         }
         if let Some(d) = self.down_lock().get(host) {
@@ -115,7 +130,7 @@ impl FleetLinks {
             }
         }
         let attempt = Instant::now();
-        match self.connect(config).await {
+        match self.connect_noted(config).await {
             // A refusal that came at once (a key not pinned yet, a login
             // refused) is cheap to ask again, and may be fixed any moment.
             Err(reason) if attempt.elapsed() < QUICK_FAILURE => Err(reason),
@@ -204,6 +219,78 @@ impl FleetLinks {
             _guard: guard,
             _session: session,
         })
+    }
+}
+
+/// Observation: what `gantry hosts` reads of the channels. Kept apart
+/// from the connecting code above, which only calls the `note_*` functions.
+impl FleetLinks {
+    fn presence_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Presence>> {
+        self.presence.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn connect_noted(&self, host: &Host) -> Result<Open, String> {
+        let result = self.connect(host).await;
+        let now = crate::clock::now_ms();
+        let mut presence = self.presence_lock();
+        let p = presence.entry(host.name.clone()).or_default();
+        match &result {
+            Ok(_) => {
+                p.connected_since = Some(now);
+                p.last_seen = Some(now);
+                p.last_error = None;
+            }
+            Err(e) => {
+                p.connected_since = None;
+                p.last_error = Some(e.clone());
+            }
+        }
+        result
+    }
+
+    /// Keeps a closing channel's last answer, so "last seen" survives it.
+    fn note_closed(&self, host: &str, link: &HostLink) {
+        let mut presence = self.presence_lock();
+        let p = presence.entry(host.to_owned()).or_default();
+        p.connected_since = None;
+        p.last_seen = p.last_seen.max(link.last_answer());
+        if let Some(reason) = link.closed() {
+            p.last_error = Some(reason);
+        }
+    }
+
+    /// What is known of `host`'s channel now, without asking it anything:
+    /// the open channel's last answer counts as seen.
+    pub async fn presence(&self, host: &str) -> Presence {
+        let open = match self.slots.get(host) {
+            // A host being connected holds its slot: nothing open to read.
+            Some(slot) => slot
+                .try_lock()
+                .ok()
+                .and_then(|o| o.as_ref().map(|o| o.link.clone())),
+            None => None,
+        };
+        let mut p = self.presence_lock().get(host).cloned().unwrap_or_default();
+        if let Some(link) = open {
+            p.last_seen = p.last_seen.max(link.last_answer());
+            if let Some(reason) = link.closed() {
+                p.connected_since = None;
+                p.last_error = Some(reason);
+            }
+        }
+        p
+    }
+
+    /// Why `host` is not being connected now, if it is backed off.
+    pub fn backed_off(&self, host: &str) -> Option<String> {
+        let down = self.down_lock();
+        let d = down.get(host)?;
+        (d.until > Instant::now()).then(|| d.reason.clone())
+    }
+
+    /// The host's config entry.
+    pub fn host(&self, host: &str) -> Option<&Host> {
+        self.hosts.get(host)
     }
 }
 

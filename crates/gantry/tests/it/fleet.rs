@@ -14,7 +14,7 @@ use std::time::Duration;
 /// A controller whose production runs on every lab host (listening on
 /// each host's own address), configured by `production` (extra keys of
 /// its table) and `extra` (tables after it).
-fn fleet_gantry(lab: &FleetLab, production: &str, extra: &str) -> Gantry {
+pub(crate) fn fleet_gantry(lab: &FleetLab, production: &str, extra: &str) -> Gantry {
     let g = Gantry::start_custom(|ports| {
         let port = ports.iter().find(|(e, _)| e == "production").unwrap().1;
         lifecycle_config(ports, "300ms", "", Lifecycle::Loose).replace(
