@@ -40,8 +40,8 @@ pub use hosts::{HostEnvView, HostInstanceView, HostView, HostsView, InstanceHeal
 pub use records::{Delivery, EnvState, EvidenceRecord, LogEntry, ReleaseRecord, TokenRecord, User};
 pub use releases::VerifyResult;
 pub use status::{
-    ActiveDeployment, DeploymentSummary, EnvStatus, EnvironmentStatus, Incident, InstanceStatus,
-    LiveEvent, LogQuery, ServerInfo, ShutdownAnswer, ShutdownRequest, StatusPage, StatusView,
-    TrafficQuery,
+    ActiveDeployment, DeploymentSummary, EnvHostStatus, EnvStatus, EnvironmentStatus, FleetStatus,
+    Incident, InstanceStatus, LiveEvent, LogQuery, ServerInfo, ShutdownAnswer, ShutdownRequest,
+    StatusPage, StatusView, TrafficQuery,
 };
 pub use traffic::{PoolStats, SlowerThan};

@@ -118,3 +118,122 @@ fn hosts_shows_each_host_before_and_after_a_deploy_and_a_cut_host_with_when_it_w
     let run = g.gantry(&["hosts"]).fails_with(1, "NO, last seen");
     assert!(run.stdout.contains(&format!("{cut}: ")), "{}", run.stdout);
 }
+
+#[test]
+fn status_and_deploy_show_each_host_and_a_cut_host_counts_down_without_holding_the_status() {
+    if skipped() {
+        return;
+    }
+    let lab = FleetLab::start(3, &[], LAB_UP);
+    let g = fleet_gantry(&lab, "", "");
+    g.register("1.0.0", "");
+
+    // `gantry deploy` (output not a terminal): a plain line per host
+    // whenever its stage changes, ending with what it serves.
+    let run = g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    for h in &lab.hosts {
+        let lines: Vec<&str> = run
+            .stdout
+            .lines()
+            .filter(|l| l.contains(&format!("host {}: ", h.name)))
+            .collect();
+        assert!(
+            lines.last().is_some_and(|l| l.ends_with("serves 1.0.0")),
+            "{}: {lines:?}\n{}",
+            h.name,
+            run.stdout
+        );
+        // Each line says something new about the host.
+        let stages: std::collections::BTreeSet<&str> = lines
+            .iter()
+            .map(|l| l.split_once(": ").unwrap().1)
+            .collect();
+        assert_eq!(stages.len(), lines.len(), "{lines:?}");
+    }
+
+    // `gantry status`: a row per host with its release and instances.
+    let status = g.status();
+    let production = status
+        .environments
+        .iter()
+        .find(|e| e.name == "production")
+        .unwrap();
+    assert_eq!(production.hosts.len(), 3, "{production:?}");
+    for row in &production.hosts {
+        assert_eq!(row.release.as_deref(), Some("1.0.0"), "{row:?}");
+        assert_eq!((row.up, row.expected), (2, 2), "{row:?}");
+        assert_eq!(row.failed, None, "{row:?}");
+    }
+    assert!(production.instances.iter().all(|i| i.host.is_some()));
+    let table = g.gantry(&["status"]).ok().stdout;
+    assert!(table.contains("production on 3 host(s)"), "{table}");
+    for h in &lab.hosts {
+        assert!(
+            table.lines().any(|l| l.trim_start().starts_with(&h.name)
+                && l.contains("1.0.0")
+                && l.contains("2/2")),
+            "no row for {}:\n{table}",
+            h.name
+        );
+    }
+    // The public status page: counts of hosts, never their names.
+    let page = g.call(g.client().status_page());
+    let env = page
+        .environments
+        .iter()
+        .find(|e| e.name == "production")
+        .unwrap();
+    assert_eq!(
+        env.fleet,
+        Some(gantry_api::FleetStatus {
+            hosts: 3,
+            serving: 3,
+            failed: 0
+        })
+    );
+    let (_, html) = crate::harness::http(&g.api_url(), "GET", "/status", None, "");
+    assert!(html.contains("3 of 3 hosts serving"), "{html}");
+    for h in &lab.hosts {
+        // (a lab host is named like `h1`, as the page's heading tag is)
+        for shown in [
+            format!(">{}<", h.name),
+            format!("@{}", h.name),
+            h.address.to_string(),
+        ] {
+            assert!(!html.contains(&shown), "{shown} on the public page: {html}");
+        }
+    }
+
+    // A host cut off: its instances count as down within seconds, the
+    // others stay up, and no status call waits on the lost host for long.
+    let cut = lab.hosts[0].name.clone();
+    lab.fault(&cut, "cut");
+    let mut slowest = Duration::ZERO;
+    wait_until(
+        "the cut host's instances counted down",
+        Duration::from_secs(30),
+        || {
+            let started = std::time::Instant::now();
+            let status = g.status();
+            slowest = slowest.max(started.elapsed());
+            let rows = &status
+                .environments
+                .iter()
+                .find(|e| e.name == "production")
+                .unwrap()
+                .hosts;
+            rows.iter().all(|r| (r.up == 0) == (r.host == cut))
+        },
+    );
+    assert!(
+        slowest < Duration::from_secs(8),
+        "a status call took {slowest:?}"
+    );
+    let page = g.call(g.client().status_page());
+    let env = page
+        .environments
+        .iter()
+        .find(|e| e.name == "production")
+        .unwrap();
+    assert_eq!(env.fleet.map(|f| f.serving), Some(2), "{env:?}");
+}
