@@ -1,7 +1,11 @@
-//! `gantry hosts` and `gantry hosts trust`: the fleet as the config names it,
-//! seen from the controller's machine (its config and data directory; no
-//! controller API needed: pinning a key is a local act of trust, and the
+//! `gantry hosts` and `gantry hosts trust`. With a controller running
+//! (`--server`, or `server.json` in the data directory), `gantry hosts`
+//! shows the controller's view (`GET /api/v1/hosts`: reachable and since
+//! when, last seen, releases, instances and their health, routers, free
+//! disk). Without one, it shows the fleet as the config names it, seen from
+//! the controller's machine (its config and data directory: the
 //! reachability check opens the same SSH connections the controller would).
+//! `trust` never needs the controller: pinning a key is a local act of trust.
 
 use crate::client::Client;
 use crate::exit_code::{Exit, ExitCode};
