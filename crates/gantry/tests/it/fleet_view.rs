@@ -24,6 +24,18 @@ fn host<'v>(view: &'v HostsView, name: &str) -> &'v HostView {
     view.hosts.iter().find(|h| h.name == name).unwrap()
 }
 
+/// Waits (60 s at most) until `gantry hosts` finds every host reachable:
+/// the controller started before `hosts trust` pinned the keys, and a
+/// refused first attempt may be backed off for a few seconds.
+fn all_reachable(g: &Gantry) -> HostsView {
+    let mut view = hosts(g);
+    wait_until("every host reachable", Duration::from_secs(60), || {
+        view = hosts(g);
+        view.hosts.iter().all(|h| h.reachable)
+    });
+    view
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -42,11 +54,7 @@ fn hosts_shows_each_host_before_and_after_a_deploy_and_a_cut_host_with_when_it_w
 
     // Before any deployment: every host answers (the first look may find
     // them still connecting), serves production, runs nothing.
-    let mut before = hosts(&g);
-    wait_until("every host reachable", Duration::from_secs(60), || {
-        before = hosts(&g);
-        before.hosts.iter().all(|h| h.reachable)
-    });
+    let before = all_reachable(&g);
     assert_eq!(before.hosts.len(), 3);
     for h in &before.hosts {
         assert!(
@@ -127,6 +135,7 @@ fn status_and_deploy_show_each_host_and_a_cut_host_counts_down_without_holding_t
     let lab = FleetLab::start(3, &[], LAB_UP);
     let g = fleet_gantry(&lab, "", "");
     g.register("1.0.0", "");
+    all_reachable(&g);
 
     // `gantry deploy` (output not a terminal): a plain line per host
     // whenever its stage changes, ending with what it serves.
