@@ -13,6 +13,7 @@ use crate::governance::{
     DeliveryQuery, EvidenceQuery, GatesQuery, GatesView, PendingApproval, Plan, PlanApproval,
     PlanApproved, RehearsalAnswer, RehearsalRequest,
 };
+use crate::hosts::HostsView;
 use crate::records::{Delivery, EvidenceRecord, ReleaseRecord, TokenRecord, User};
 use crate::releases::{headers, VerifyResult};
 use crate::status::{
@@ -280,6 +281,11 @@ impl Client {
 
     pub async fn status(&self) -> Result<StatusView> {
         self.get(&["status"], &()).await
+    }
+
+    /// The fleet's hosts as the controller sees them now.
+    pub async fn hosts(&self) -> Result<HostsView> {
+        self.get(&["hosts"], &()).await
     }
 
     pub async fn traffic(&self, query: &TrafficQuery) -> Result<Vec<PoolStats>> {

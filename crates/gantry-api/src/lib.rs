@@ -16,6 +16,7 @@ pub mod audit;
 pub mod deployments;
 pub mod error;
 pub mod governance;
+pub mod hosts;
 pub mod records;
 pub mod releases;
 pub mod status;
@@ -35,11 +36,12 @@ pub use governance::{
     DeliveryQuery, EvidenceQuery, GatesQuery, GatesView, PendingApproval, Plan, PlanApproval,
     PlanApproved, RehearsalAnswer, RehearsalRequest,
 };
+pub use hosts::{HostEnvView, HostInstanceView, HostView, HostsView, InstanceHealthView};
 pub use records::{Delivery, EnvState, EvidenceRecord, LogEntry, ReleaseRecord, TokenRecord, User};
 pub use releases::VerifyResult;
 pub use status::{
-    ActiveDeployment, DeploymentSummary, EnvStatus, EnvironmentStatus, Incident, InstanceStatus,
-    LiveEvent, LogQuery, ServerInfo, ShutdownAnswer, ShutdownRequest, StatusPage, StatusView,
-    TrafficQuery,
+    ActiveDeployment, DeploymentSummary, EnvHostStatus, EnvStatus, EnvironmentStatus, FleetStatus,
+    Incident, InstanceStatus, LiveEvent, LogQuery, ServerInfo, ShutdownAnswer, ShutdownRequest,
+    StatusPage, StatusView, TrafficQuery,
 };
 pub use traffic::{PoolStats, SlowerThan};

@@ -19,13 +19,40 @@ pub struct EnvStatus {
     pub since: Option<Millis>,
     pub instances: Vec<InstanceStatus>,
     pub active_deployment: Option<DeploymentSummary>,
+    /// On a fleet, one row per host of the environment (empty when it runs
+    /// on the controller's machine).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<EnvHostStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct InstanceStatus {
     pub id: String,
     pub port: u16,
+    /// Whether it is known to run (an instance on a host that does not
+    /// answer within a few seconds counts as not running).
     pub running: bool,
+    /// The fleet host it runs on (absent: the controller's machine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+/// One host of a fleet environment.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct EnvHostStatus {
+    pub host: String,
+    /// The release the environment's state has on this host (absent: none
+    /// of its instances are here, e.g. the host failed in the deployment).
+    pub release: Option<String>,
+    /// Instances of the state on this host that run, and how many there are.
+    pub up: u32,
+    pub expected: u32,
+    /// Why the host failed in the deployment in progress or, at rest, the
+    /// last one; and which deployment that was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_in: Option<DeploymentId>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
@@ -105,6 +132,20 @@ pub struct EnvironmentStatus {
     pub since: Option<i64>,
     /// The deployment in progress or scheduled, if any.
     pub deployment: Option<ActiveDeployment>,
+    /// On a fleet, how many of its hosts serve (counts only: host names
+    /// are internal and this page is public).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetStatus>,
+}
+
+/// A fleet environment's hosts on the public status page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct FleetStatus {
+    pub hosts: u32,
+    /// Hosts whose every instance of the current release runs.
+    pub serving: u32,
+    /// Hosts that failed in the current (or last) deployment.
+    pub failed: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]

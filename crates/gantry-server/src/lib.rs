@@ -190,6 +190,7 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
         .iter()
         .map(|e| (e.name.clone(), e.hosts.clone()))
         .collect();
+    let observer = fleet.clone().map(fleet::FleetObserver::new);
     let placement = Arc::new(fleet::Placement::new(local, router, fleet, env_hosts));
     let audit_key =
         audit::load_or_create_key(&dir.join(audit::KEY_FILE)).map_err(data_err(&dir))?;
@@ -202,6 +203,9 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
         config,
     );
     controller.set_audit_key(audit_key);
+    if let Some(observer) = observer {
+        controller.set_host_observer(Arc::new(observer));
+    }
 
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await

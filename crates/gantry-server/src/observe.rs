@@ -3,7 +3,7 @@
 //! request, so they agree with the records and survive restarts. Functions
 //! over the controller's public reads: they add nothing to the controller.
 
-pub use gantry_api::{ActiveDeployment, EnvironmentStatus, Incident, StatusPage};
+pub use gantry_api::{ActiveDeployment, EnvironmentStatus, FleetStatus, Incident, StatusPage};
 
 use crate::controller::{now_ms, ControlError, Controller};
 use gantry_core::analysis::Verdict;
@@ -112,18 +112,26 @@ pub async fn status_page(c: &Controller) -> Result<StatusPage, ControlError> {
     let states = c.env_states()?;
     let active = c.active_deployments()?;
     let now = now_ms();
+    // Each instance asked at once, a host that does not answer bounded.
+    let statuses = c.status().await?;
     let mut environments = Vec::new();
     for env in &c.config().environments {
         let state = states.iter().find(|s| s.env == env.name);
         let running = active.iter().find(|d| d.env == env.name);
+        let seen = statuses.iter().find(|s| s.name == env.name.as_str());
         // While a deployment runs, its phase says how things are; at
         // rest, every serving instance must be up.
-        let mut healthy = true;
-        if running.is_none() {
-            for i in state.map(|s| s.instances.as_slice()).unwrap_or_default() {
-                healthy &= c.instance_running(i).await;
-            }
-        }
+        let healthy =
+            running.is_some() || seen.is_none_or(|s| s.instances.iter().all(|i| i.running));
+        let fleet = seen.filter(|s| !s.hosts.is_empty()).map(|s| FleetStatus {
+            hosts: s.hosts.len() as u32,
+            serving: s
+                .hosts
+                .iter()
+                .filter(|h| h.expected > 0 && h.up == h.expected)
+                .count() as u32,
+            failed: s.hosts.iter().filter(|h| h.failed.is_some()).count() as u32,
+        });
         let status = environment_status(running, healthy);
         environments.push(EnvironmentStatus {
             name: env.name.to_string(),
@@ -137,6 +145,7 @@ pub async fn status_page(c: &Controller) -> Result<StatusPage, ControlError> {
                 phase: d.phase,
                 weight: d.canary.as_ref().map(|c| c.weight),
             }),
+            fleet,
         });
     }
     let incidents = c
@@ -300,7 +309,7 @@ small{color:#57606a}
 <h2>Environments</h2>
 <table><tr><th>Environment</th><th>Status</th><th>Release</th><th>Now</th></tr>
 {% for e in page.environments %}<tr id="env-{{ e.name }}"><td>{{ e.name }}</td><td><span class="badge {{ e.status }}">{{ e.label }}</span></td>
-<td>{{ e.version or "—" }}</td><td>{% if e.deployment %}deploying {{ e.deployment.version }} ({{ e.deployment.phase }}{% if e.deployment.weight %}, {{ e.deployment.weight }}%{% endif %}){% endif %}</td></tr>
+<td>{{ e.version or "—" }}{% if e.fleet %}<br><small class="fleet">{{ e.fleet.serving }} of {{ e.fleet.hosts }} hosts serving{% if e.fleet.failed %}, {{ e.fleet.failed }} failed{% endif %}</small>{% endif %}</td><td>{% if e.deployment %}deploying {{ e.deployment.version }} ({{ e.deployment.phase }}{% if e.deployment.weight %}, {{ e.deployment.weight }}%{% endif %}){% endif %}</td></tr>
 {% endfor %}</table>
 <h2>Recent incidents</h2>
 {% for i in page.incidents %}<p class="incident"><b>{{ i.env }}</b>: {{ i.version }} {{ i.outcome | replace("_", " ") }}{% if i.reason %}: {{ i.reason }}{% endif %}<br><small>deployment {{ i.deployment }}, {{ i.started }}{% if i.resolved %} – {{ i.resolved }}{% endif %}</small></p>

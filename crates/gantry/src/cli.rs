@@ -52,7 +52,9 @@ pub enum Command {
     },
     /// Print the JSON Schema of gantry.toml.
     Schema,
-    /// Fleet hosts from the config: address, site, labels, pinned key, reachability.
+    /// Fleet hosts: with a controller running, what each runs and how (reachable, last seen,
+    /// releases, instances and health, routers, free disk); without one, the config's hosts,
+    /// their pinned keys and whether this machine reaches them.
     Hosts(crate::hosts::HostsArgs),
     /// Print the OpenAPI 3 document of the controller's HTTP API.
     Openapi,

@@ -17,7 +17,7 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Demo { keep } => crate::demo::run(keep).await,
         Command::Init { path, force } => init(&path, force),
         Command::Validate { config } => validate(&config),
-        Command::Hosts(args) => crate::hosts::run(&data_dir, args).await,
+        Command::Hosts(args) => crate::hosts::run(&data_dir, server.as_deref(), args).await,
         Command::Schema => {
             out!("{}", gantry_config::json_schema());
             Ok(ExitCode::Success)

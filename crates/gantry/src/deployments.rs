@@ -7,7 +7,8 @@ use crate::term::{out, outln};
 use crate::time::{clock, time, time_ms};
 use gantry_api::{Action, DeployRequest, ListQuery, LogQuery, RollbackRequest, ShutdownRequest};
 use gantry_core::{Deployment, DeploymentId, Phase};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub async fn deploy(c: &Client, request: DeployRequest, detach: bool) -> Exit {
@@ -33,12 +34,14 @@ pub async fn follow(c: &Client, id: DeploymentId, detach: bool) -> Exit {
         outln!("{id}");
         return Ok(ExitCode::Success);
     }
-    let bar = ProgressBar::new_spinner();
+    let multi = MultiProgress::new();
+    let bar = multi.add(ProgressBar::new_spinner());
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
             .expect("valid template"),
     );
     bar.enable_steady_tick(Duration::from_millis(100));
+    let mut hosts = HostLines::default();
     let mut shown = 0;
     let finished = loop {
         let v = c.deployment_log(id).await?;
@@ -48,11 +51,12 @@ pub async fn follow(c: &Client, id: DeploymentId, detach: bool) -> Exit {
             if bar.is_hidden() {
                 outln!("{line}");
             } else {
-                bar.println(crate::term::clean(&line));
+                let _ = multi.println(crate::term::clean(&line));
             }
         }
         shown = shown.max(v.log.len());
         let d = v.deployment;
+        hosts.show(&multi, &bar, &d);
         let status = format!(
             "deployment {id}: {} {} → {}",
             d.phase.as_str(),
@@ -73,6 +77,7 @@ pub async fn follow(c: &Client, id: DeploymentId, detach: bool) -> Exit {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     bar.finish_and_clear();
+    hosts.finish();
     let took = took_secs(&finished).unwrap_or(0.0);
     if finished.phase == Phase::Succeeded {
         outln!(
@@ -88,6 +93,54 @@ pub async fn follow(c: &Client, id: DeploymentId, detach: bool) -> Exit {
             finished.reason.as_deref().unwrap_or("no reason recorded")
         );
         Ok(ExitCode::DeployFailed)
+    }
+}
+
+/// Per-host progress of a fleet deployment: a bar per host in a terminal
+/// (healthy instances of expected, and the host's stage), or a plain line
+/// whenever a host's stage changes.
+#[derive(Default)]
+struct HostLines {
+    bars: BTreeMap<String, ProgressBar>,
+    stages: BTreeMap<String, String>,
+}
+
+impl HostLines {
+    fn show(&mut self, multi: &MultiProgress, spinner: &ProgressBar, d: &Deployment) {
+        for p in crate::fleet_progress::hosts(d) {
+            if spinner.is_hidden() {
+                if self.stages.get(&p.host) != Some(&p.stage) {
+                    outln!(
+                        "  {}  host {}: {}",
+                        clock(crate::time::now_ms()),
+                        p.host,
+                        p.stage
+                    );
+                    self.stages.insert(p.host.clone(), p.stage.clone());
+                }
+                continue;
+            }
+            let bar = self.bars.entry(p.host.clone()).or_insert_with(|| {
+                let bar = multi.insert_before(spinner, ProgressBar::new(p.expected));
+                bar.set_style(
+                    ProgressStyle::with_template("  {prefix:<16} [{bar:20}] {pos}/{len} {msg}")
+                        .expect("valid template")
+                        .progress_chars("=> "),
+                );
+                bar.set_prefix(crate::term::clean(&p.host).into_owned());
+                bar
+            });
+            bar.set_length(p.expected);
+            bar.set_position(p.healthy);
+            bar.set_message(crate::term::clean(&p.stage).into_owned());
+        }
+    }
+
+    /// Leaves each host's last state on the screen.
+    fn finish(&self) {
+        for bar in self.bars.values() {
+            bar.abandon();
+        }
     }
 }
 
@@ -119,6 +172,29 @@ pub async fn status(c: &Client, output: Output) -> Exit {
                     None => "-".into(),
                 }
             );
+        }
+        for e in v.environments.iter().filter(|e| !e.hosts.is_empty()) {
+            outln!();
+            outln!("{} on {} host(s)", e.name, e.hosts.len());
+            outln!(
+                "  {:<16} {:<12} {:<10} FAILED",
+                "HOST",
+                "RELEASE",
+                "INSTANCES"
+            );
+            for h in &e.hosts {
+                outln!(
+                    "  {:<16} {:<12} {:<10} {}",
+                    h.host,
+                    h.release.as_deref().unwrap_or("-"),
+                    format!("{}/{}", h.up, h.expected),
+                    match (&h.failed, h.failed_in) {
+                        (Some(why), Some(id)) => format!("in #{id}: {why}"),
+                        (Some(why), None) => why.clone(),
+                        _ => "-".into(),
+                    }
+                );
+            }
         }
     })?;
     Ok(ExitCode::Success)

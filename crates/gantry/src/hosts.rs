@@ -1,12 +1,19 @@
-//! `gantry hosts` and `gantry hosts trust`: the fleet as the config names it,
-//! seen from the controller's machine (its config and data directory; no
-//! controller API needed: pinning a key is a local act of trust, and the
+//! `gantry hosts` and `gantry hosts trust`. With a controller running
+//! (`--server`, or `server.json` in the data directory), `gantry hosts`
+//! shows the controller's view (`GET /api/v1/hosts`: reachable and since
+//! when, last seen, releases, instances and their health, routers, free
+//! disk). Without one, it shows the fleet as the config names it, seen from
+//! the controller's machine (its config and data directory: the
 //! reachability check opens the same SSH connections the controller would).
+//! `trust` never needs the controller: pinning a key is a local act of trust.
 
+use crate::client::Client;
 use crate::exit_code::{Exit, ExitCode};
 use crate::output::Output;
 use crate::term::{errln, outln};
+use crate::time::time;
 use anyhow::{bail, Context};
+use gantry_api::{HostView, HostsView, InstanceHealthView};
 use gantry_config::{Config, Host};
 use gantry_server::fleet::ssh::SshHosts;
 use gantry_server::fleet::trust::{self, ScannedKey};
@@ -48,9 +55,19 @@ pub enum HostsCommand {
     },
 }
 
-pub async fn run(data_dir: &Path, args: HostsArgs) -> Exit {
+pub async fn run(data_dir: &Path, server: Option<&str>, args: HostsArgs) -> Exit {
     match args.command {
-        None => list(data_dir, &args.config, args.output).await,
+        None => match controller(data_dir, server) {
+            Some(client) => match client.hosts().await {
+                Ok(view) => show_observed(&view, args.output),
+                Err(e) if server.is_some() => Err(e.into()),
+                Err(e) => {
+                    errln!("no answer from the controller ({e}); showing the config's hosts as this machine reaches them");
+                    list(data_dir, &args.config, args.output).await
+                }
+            },
+            None => list(data_dir, &args.config, args.output).await,
+        },
         Some(HostsCommand::Trust {
             hosts,
             config,
@@ -328,4 +345,145 @@ async fn list(data_dir: &Path, config_path: &Path, output: Output) -> Exit {
 /// fleet-wide caps live in `SshHosts`; this only waits for all of them).
 async fn futures_join<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
     futures_util::future::join_all(futures).await
+}
+
+/// The running controller, when there is one to ask: `--server`, or the
+/// data directory's `server.json`. Without one, `gantry hosts` shows the
+/// config's hosts as this machine reaches them.
+fn controller(data_dir: &Path, server: Option<&str>) -> Option<Client> {
+    if server.is_none() && !data_dir.join(gantry_server::SERVER_FILE).exists() {
+        return None;
+    }
+    match crate::client::connect(data_dir, server) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            errln!("{e:#}");
+            None
+        }
+    }
+}
+
+/// `1.2 GB`-style sizes for the FREE column.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KB", "MB", "GB", "TB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit < UNITS.len() - 1 {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// How long ago `ms` was, relative to `now`, to the second.
+fn ago(now: gantry_core::Millis, ms: gantry_core::Millis) -> String {
+    format!("{}s ago", ((now - ms).max(0) + 500) / 1000)
+}
+
+/// The REACHABLE column: since when, or when last seen.
+fn reachability(now: gantry_core::Millis, h: &HostView) -> String {
+    match (h.reachable, h.connected_since, h.last_seen) {
+        (true, Some(since), _) => format!("yes, since {}", time(since)),
+        (true, None, _) => "yes".to_owned(),
+        (false, _, Some(seen)) => format!("NO, last seen {} ({})", time(seen), ago(now, seen)),
+        (false, _, None) => "NO, never seen".to_owned(),
+    }
+}
+
+/// The controller's view: one row per host and environment, then what is
+/// wrong (unreachable hosts, instances not healthy) line by line.
+fn show_observed(view: &HostsView, output: Output) -> Exit {
+    output.show(view, |view| {
+        let now = view.observed_at;
+        outln!(
+            "{:<14} {:<10} {:<40} {:<12} {:<14} {:<10} {:<8} {:<7} FREE",
+            "HOST",
+            "SITE",
+            "REACHABLE",
+            "ENVIRONMENT",
+            "RELEASE",
+            "INSTANCES",
+            "HEALTHY",
+            "ROUTER"
+        );
+        for h in &view.hosts {
+            let reach = reachability(now, h);
+            let free = h.free_bytes.map_or("-".to_owned(), bytes);
+            let site = h.site.as_deref().unwrap_or("-");
+            if h.environments.is_empty() {
+                outln!(
+                    "{:<14} {:<10} {:<40} {:<12} {:<14} {:<10} {:<8} {:<7} {free}",
+                    h.name,
+                    site,
+                    reach,
+                    "-",
+                    "-",
+                    "-",
+                    "-",
+                    "-"
+                );
+            }
+            for e in &h.environments {
+                let release = if e.releases.is_empty() {
+                    "-".to_owned()
+                } else {
+                    e.releases.join("+")
+                };
+                let healthy = e
+                    .instances
+                    .iter()
+                    .filter(|i| i.health == InstanceHealthView::Healthy)
+                    .count();
+                outln!(
+                    "{:<14} {:<10} {:<40} {:<12} {:<14} {:<10} {:<8} {:<7} {free}",
+                    h.name,
+                    site,
+                    reach,
+                    e.env,
+                    release,
+                    format!("{}/{}", e.instances.len(), e.expected_instances),
+                    if h.reachable {
+                        format!("{healthy}/{}", e.instances.len())
+                    } else {
+                        "-".to_owned()
+                    },
+                    match e.router_running {
+                        Some(true) => "yes",
+                        Some(false) => "NO",
+                        None => "-",
+                    }
+                );
+            }
+        }
+        for h in &view.hosts {
+            if let Some(error) = &h.error {
+                outln!("{}: {error}", h.name);
+            }
+            for e in &h.environments {
+                for i in e
+                    .instances
+                    .iter()
+                    .filter(|i| i.health != InstanceHealthView::Healthy)
+                {
+                    outln!(
+                        "{}: {} ({}) {:?}: {}",
+                        h.name,
+                        i.id,
+                        i.version,
+                        i.health,
+                        i.detail.as_deref().unwrap_or("-")
+                    );
+                }
+            }
+        }
+    })?;
+    Ok(if view.hosts.iter().all(|h| h.reachable) {
+        ExitCode::Success
+    } else {
+        ExitCode::Error
+    })
 }

@@ -11,6 +11,7 @@ mod commands;
 mod demo;
 mod deployments;
 mod exit_code;
+mod fleet_progress;
 mod governance;
 mod hosts;
 mod output;

@@ -27,3 +27,10 @@ pub fn clock(ms: Millis) -> String {
         .map(|hms| format!("{hms}.{:03}", ms.rem_euclid(1000)))
         .unwrap_or(t)
 }
+
+/// Now, in milliseconds since the epoch.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}

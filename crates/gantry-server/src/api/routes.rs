@@ -228,6 +228,14 @@ pub(super) fn routes() -> Vec<Route> {
         ),
         route(
             "get",
+            "/api/v1/hosts",
+            read,
+            "The fleet's hosts: reachable, last seen, releases, instances and their health, routers",
+            Json(200, "hosts", schema::<gantry_api::HostsView>),
+            || get(hosts),
+        ),
+        route(
+            "get",
             "/api/v1/traffic",
             read,
             "What each release pool of an environment served",

@@ -2,7 +2,7 @@
 //! live events, metrics, shutdown.
 
 use gantry_api::{
-    DeliveryQuery, LogQuery, ShutdownAnswer, ShutdownRequest, StatusView, TrafficQuery,
+    DeliveryQuery, HostsView, LogQuery, ShutdownAnswer, ShutdownRequest, StatusView, TrafficQuery,
 };
 
 use super::*;
@@ -16,6 +16,12 @@ pub(super) async fn status(State(s): State<AppState>) -> ApiResult<Response> {
         environments: s.controller.status().await?,
     })
     .into_response())
+}
+
+/// The fleet's hosts, each asked now (a host that does not answer within
+/// a few seconds is shown unreachable, with when it was last seen).
+pub(super) async fn hosts(State(s): State<AppState>) -> ApiResult<Json<HostsView>> {
+    Ok(Json(s.controller.hosts().await?))
 }
 
 pub(super) async fn instance_log(

@@ -20,6 +20,7 @@ mod audit;
 mod drive;
 mod effects;
 mod governance;
+mod hosts;
 mod notices;
 mod queries;
 mod recovery;
@@ -68,6 +69,8 @@ pub struct Controller {
     /// Lines for a deployment's log that an effect produced besides its
     /// event; the drive loop records them with that event.
     notes: Mutex<HashMap<DeploymentId, Vec<String>>>,
+    /// How `GET /hosts` sees the fleet; unset when the config has no hosts.
+    host_observer: std::sync::OnceLock<Arc<dyn crate::fleet::HostObserver>>,
 }
 
 impl Controller {
@@ -94,12 +97,19 @@ impl Controller {
             stopping: Default::default(),
             audit_key: std::sync::OnceLock::new(),
             notes: Mutex::default(),
+            host_observer: std::sync::OnceLock::new(),
         })
     }
 
     /// Installs the key that signs audit checkpoints (once; later calls are ignored).
     pub fn set_audit_key(&self, key: gantry_core::audit::SigningKey) {
         let _ = self.audit_key.set(key);
+    }
+
+    /// Gives the controller its view of the fleet's hosts (once; later
+    /// calls are ignored). Without it, `hosts()` lists the config only.
+    pub fn set_host_observer(&self, observer: Arc<dyn crate::fleet::HostObserver>) {
+        let _ = self.host_observer.set(observer);
     }
 
     /// The environment named `name`, or an error naming the known ones.

@@ -126,6 +126,9 @@ struct Waiters {
     /// Why the channel is closed, once it is.
     closed: Option<String>,
     waiting: HashMap<u64, Waiter>,
+    /// When the host last answered anything (wall clock, ms): what
+    /// `gantry hosts` shows as "last seen".
+    last_answer: Option<gantry_core::Millis>,
 }
 
 type Shared = Arc<Mutex<Waiters>>;
@@ -234,7 +237,11 @@ impl HostLink {
                     tracing::warn!(answer = ?reply.answer, "host answered a frame it could not read");
                     continue;
                 }
-                let waiter = lock(&reader_shared).waiting.remove(&reply.id);
+                let waiter = {
+                    let mut w = lock(&reader_shared);
+                    w.last_answer = Some(crate::clock::now_ms());
+                    w.waiting.remove(&reply.id)
+                };
                 if let Some(tx) = waiter {
                     let _ = tx.send(Ok(reply.answer));
                 }
@@ -268,6 +275,11 @@ impl HostLink {
     /// What the host said when it admitted this controller.
     pub fn welcome(&self) -> &Welcome {
         &self.welcome
+    }
+
+    /// When the host last answered a request on this channel.
+    pub fn last_answer(&self) -> Option<gantry_core::Millis> {
+        lock(&self.shared).last_answer
     }
 
     /// Why the channel is closed, if it is.

@@ -6,7 +6,7 @@
 
 use super::link::{HostLink, LinkError, LinkOptions};
 use super::protocol::{Hello, HostConfinement, PROTOCOL};
-use super::ssh::{BinaryImage, HostServeGuard, HostSession, SshHosts};
+use super::ssh::{BinaryImage, HostError, HostServeGuard, HostSession, SshHosts};
 use gantry_config::{Host, SshSettings};
 use std::collections::HashMap;
 use std::path::Path;
@@ -46,12 +46,41 @@ pub struct FleetLinks {
     /// are not tried again, and why: an unreachable host costs one
     /// `connect_timeout` per backoff period, not one per request.
     down: std::sync::Mutex<HashMap<String, Down>>,
+    /// What `gantry hosts` shows of each host's channel (observation only).
+    presence: std::sync::Mutex<HashMap<String, Presence>>,
+}
+
+/// When a host was last connected, last answered and last failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Presence {
+    /// Since when the current channel is open (`None`: no channel open).
+    pub connected_since: Option<gantry_core::Millis>,
+    /// When the host last answered (a connection's greeting or any reply).
+    pub last_seen: Option<gantry_core::Millis>,
+    /// Why the last connection attempt failed, if it did.
+    pub last_error: Option<String>,
 }
 
 struct Down {
     until: Instant,
     backoff: Duration,
     reason: String,
+}
+
+/// Why a connection failed, and whether the host refused it (a key or a
+/// login), which is answered at once and not backed off.
+struct Failure {
+    reason: String,
+    refused: bool,
+}
+
+impl From<String> for Failure {
+    fn from(reason: String) -> Failure {
+        Failure {
+            reason,
+            refused: false,
+        }
+    }
 }
 
 /// The first wait after a failed connection; it doubles up to the cap.
@@ -83,6 +112,7 @@ impl FleetLinks {
                 .map(|h| (h.name.clone(), Slot::default()))
                 .collect(),
             down: Default::default(),
+            presence: Default::default(),
         })
     }
 
@@ -102,6 +132,7 @@ impl FleetLinks {
                 return Ok(o.link.clone());
             }
             tracing::warn!(host, reason = ?o.link.closed(), "channel to host closed; reconnecting");
+            self.note_closed(host, &o.link);
             *open = None;
         }
         if let Some(d) = self.down_lock().get(host) {
@@ -115,17 +146,17 @@ impl FleetLinks {
             }
         }
         let attempt = Instant::now();
-        match self.connect(config).await {
-            // A refusal that came at once (a key not pinned yet, a login
-            // refused) is cheap to ask again, and may be fixed any moment.
-            Err(reason) if attempt.elapsed() < QUICK_FAILURE => Err(reason),
+        match self.connect_noted(config).await {
+            // A refusal (a key not pinned yet, a login refused) or any quick
+            // failure is cheap to ask again, and may be fixed any moment.
+            Err(f) if f.refused || attempt.elapsed() < QUICK_FAILURE => Err(f.reason),
             Ok(fresh) => {
                 self.down_lock().remove(host);
                 let link = fresh.link.clone();
                 *open = Some(fresh);
                 Ok(link)
             }
-            Err(reason) => {
+            Err(Failure { reason, .. }) => {
                 let mut down = self.down_lock();
                 let backoff = down
                     .get(host)
@@ -168,8 +199,16 @@ impl FleetLinks {
             .map(|o| o.link.clone())
     }
 
-    async fn connect(&self, host: &Host) -> Result<Open, String> {
-        let session = self.ssh.connect(host).await.map_err(|e| e.to_string())?;
+    async fn connect(&self, host: &Host) -> Result<Open, Failure> {
+        let session = self.ssh.connect(host).await.map_err(|e| Failure {
+            refused: matches!(
+                e,
+                HostError::UnknownHostKey { .. }
+                    | HostError::HostKey { .. }
+                    | HostError::Auth { .. }
+            ),
+            reason: e.to_string(),
+        })?;
         session
             .bootstrap(&self.binary)
             .await
@@ -204,6 +243,78 @@ impl FleetLinks {
             _guard: guard,
             _session: session,
         })
+    }
+}
+
+/// Observation: what `gantry hosts` reads of the channels. Kept apart
+/// from the connecting code above, which only calls the `note_*` functions.
+impl FleetLinks {
+    fn presence_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Presence>> {
+        self.presence.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn connect_noted(&self, host: &Host) -> Result<Open, Failure> {
+        let result = self.connect(host).await;
+        let now = crate::clock::now_ms();
+        let mut presence = self.presence_lock();
+        let p = presence.entry(host.name.clone()).or_default();
+        match &result {
+            Ok(_) => {
+                p.connected_since = Some(now);
+                p.last_seen = Some(now);
+                p.last_error = None;
+            }
+            Err(e) => {
+                p.connected_since = None;
+                p.last_error = Some(e.reason.clone());
+            }
+        }
+        result
+    }
+
+    /// Keeps a closing channel's last answer, so "last seen" survives it.
+    fn note_closed(&self, host: &str, link: &HostLink) {
+        let mut presence = self.presence_lock();
+        let p = presence.entry(host.to_owned()).or_default();
+        p.connected_since = None;
+        p.last_seen = p.last_seen.max(link.last_answer());
+        if let Some(reason) = link.closed() {
+            p.last_error = Some(reason);
+        }
+    }
+
+    /// What is known of `host`'s channel now, without asking it anything:
+    /// the open channel's last answer counts as seen.
+    pub async fn presence(&self, host: &str) -> Presence {
+        let open = match self.slots.get(host) {
+            // A host being connected holds its slot: nothing open to read.
+            Some(slot) => slot
+                .try_lock()
+                .ok()
+                .and_then(|o| o.as_ref().map(|o| o.link.clone())),
+            None => None,
+        };
+        let mut p = self.presence_lock().get(host).cloned().unwrap_or_default();
+        if let Some(link) = open {
+            p.last_seen = p.last_seen.max(link.last_answer());
+            if let Some(reason) = link.closed() {
+                p.connected_since = None;
+                p.last_error = Some(reason);
+            }
+        }
+        p
+    }
+
+    /// Why `host` is not being connected now, if it is backed off.
+    pub fn backed_off(&self, host: &str) -> Option<String> {
+        let down = self.down_lock();
+        let d = down.get(host)?;
+        (d.until > Instant::now()).then(|| d.reason.clone())
+    }
+
+    /// The host's config entry.
+    pub fn host(&self, host: &str) -> Option<&Host> {
+        self.hosts.get(host)
     }
 }
 

@@ -8,7 +8,7 @@
 //! over the local target and router; [`link`] is the controller's end over
 //! any byte stream (an SSH channel's stdin/stdout in production, a child's
 //! pipes in tests). [`links`] keeps one open channel per host, and
-//! [`placement`] is the controller's `Target`/`TrafficRouter`/`MetricProvider`:
+//! [`observe`] answers `gantry hosts`; [`placement`] is the controller's `Target`/`TrafficRouter`/`MetricProvider`:
 //! local for environments without hosts, fanned out to the hosts otherwise.
 
 pub mod bounds;
@@ -16,6 +16,7 @@ mod fence;
 pub mod frame;
 pub mod link;
 pub mod links;
+pub mod observe;
 pub mod placement;
 pub mod protocol;
 pub mod serve;
@@ -25,5 +26,6 @@ mod upload;
 
 pub use link::{HostLink, LinkError, LinkOptions};
 pub use links::{ControllerIdentity, FleetLinks};
+pub use observe::{FleetObserver, HostObserver};
 pub use placement::Placement;
 pub use serve::{serve, ServeError, ServeOptions};

@@ -17,6 +17,7 @@ mod deploy;
 mod edges;
 mod fleet;
 mod fleet_ssh;
+mod fleet_view;
 mod governance;
 mod host;
 mod isolation;
