@@ -457,12 +457,7 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
         "production should serve 1.1.0 before the rollback, got {body:?}"
     );
     let started = Instant::now();
-    let r = c
-        .rollback(&RollbackRequest {
-            env: "production".into(),
-            to: None,
-        })
-        .await?;
+    let id = roll_back(&c, "production").await?;
     // Serving "all traffic" = 20 consecutive answers from 1.0.0.
     let mut streak = 0;
     while streak < 20 {
@@ -483,7 +478,7 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
         }
     }
     let serving = started.elapsed().as_secs_f64();
-    let d = wait_finished(&c, r.id, DEPLOY_WITHIN).await?;
+    let d = wait_finished(&c, id, DEPLOY_WITHIN).await?;
     ensure!(
         d.phase == Phase::Succeeded,
         "rollback ended {}",
@@ -548,6 +543,17 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
         outln!("  {}", e.message);
     }
     Ok(rows)
+}
+
+/// Asks for `env` to return to its previous release; the rollback's id.
+pub(crate) async fn roll_back(c: &Client, env: &str) -> Result<i64> {
+    let r = c
+        .rollback(&RollbackRequest {
+            env: env.to_owned(),
+            to: None,
+        })
+        .await?;
+    Ok(r.id)
 }
 
 async fn env_listen(c: &Client, env: &str) -> Result<String> {

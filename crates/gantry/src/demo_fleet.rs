@@ -11,13 +11,12 @@
 
 use crate::client::{self, Client};
 use crate::demo::{
-    build_artifact, deploy, free_port, git_head, report, start_controller, stop_controller, took,
-    wait_finished, Load, Row, SERVICE,
+    build_artifact, deploy, free_port, git_head, report, roll_back, start_controller,
+    stop_controller, took, wait_finished, Load, Row, SERVICE,
 };
 use crate::exit_code::{Exit, ExitCode};
 use crate::term::{errln, outln};
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use gantry_api::RollbackRequest;
 use gantry_core::Phase;
 use serde::Deserialize;
 use serde_json::json;
@@ -562,16 +561,11 @@ async fn scenario(dir: &Path, config: &Path, lab: &Lab, port: u16) -> Result<Vec
 
     outln!("\n== rolling the fleet back from 1.1.0 to 1.0.0, timed at every host's router");
     let started = Instant::now();
-    let r = c
-        .rollback(&RollbackRequest {
-            env: "production".into(),
-            to: None,
-        })
-        .await?;
+    let id = roll_back(&c, "production").await?;
     // Served fleet-wide = every router answered 1.0.0 five times in a row.
     until_all_serve(&http, lab, port, "1.0.0", 5, within).await?;
     let serving = started.elapsed().as_secs_f64();
-    let d = wait_finished(&c, r.id, within).await?;
+    let d = wait_finished(&c, id, within).await?;
     ensure!(
         d.phase == Phase::Succeeded,
         "the rollback ended {}: {}",
