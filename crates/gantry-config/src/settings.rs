@@ -3,9 +3,10 @@
 //! (they are stored with the deployment, so a later config change does not
 //! alter one in flight).
 
-use crate::{Config, Environment, Strategy};
+use crate::{Config, Environment, FleetPlan, HostShare, Strategy};
 use gantry_core::evidence::GateResult;
 use gantry_core::machine::{CanarySettings, CanaryStep, RollingSettings};
+use gantry_core::machine::{FleetSettings, FleetWave};
 use gantry_core::{DeploySettings, DeploymentKind, HealthSettings, StrategySettings};
 use gantry_core::{EnvName, Version};
 
@@ -59,7 +60,7 @@ impl Config {
             },
             smoke: env.smoke.clone(),
             freezes: env.freezes.clone(),
-            fleet: None,
+            fleet: fleet_settings(env, kind),
         }
     }
     /// The promotion-path gate of `version` entering `env`: it must have
@@ -113,6 +114,80 @@ impl Config {
             evidence: None,
         }))
     }
+}
+
+/// The batches of an environment with hosts but no `fleet` plan: one host
+/// first, then a quarter, half, all.
+pub const DEFAULT_FLEET_BATCHES: [HostShare; 4] = [
+    HostShare::Count(1),
+    HostShare::Percent(25),
+    HostShare::Percent(50),
+    HostShare::Percent(100),
+];
+
+/// The fleet plan resolved into explicit hosts per batch, so a later change
+/// of the config (or of the hosts) cannot shift a deployment's plan.
+fn fleet_settings(env: &Environment, kind: DeploymentKind) -> Option<FleetSettings> {
+    if env.hosts.is_empty() {
+        return None;
+    }
+    let total = env.hosts.len() as u32;
+    if kind == DeploymentKind::Rollback {
+        // Every host goes back at once; one that cannot is left to
+        // convergence rather than holding the others on the faulty release.
+        return Some(FleetSettings {
+            waves: vec![FleetWave {
+                name: "all".to_owned(),
+                batches: vec![env.hosts.clone()],
+            }],
+            max_failed: total - 1,
+        });
+    }
+    let default_plan = FleetPlan {
+        batches: DEFAULT_FLEET_BATCHES.to_vec(),
+        max_failed: HostShare::Count(0),
+        waves: Vec::new(),
+    };
+    let plan = env.fleet.as_ref().unwrap_or(&default_plan);
+    let waves: Vec<(String, &[String])> = if plan.waves.is_empty() {
+        vec![("all".to_owned(), env.hosts.as_slice())]
+    } else {
+        plan.waves
+            .iter()
+            .map(|w| (w.site.clone(), w.hosts.as_slice()))
+            .collect()
+    };
+    Some(FleetSettings {
+        waves: waves
+            .into_iter()
+            .map(|(name, hosts)| FleetWave {
+                name,
+                batches: batches(&plan.batches, hosts),
+            })
+            .collect(),
+        max_failed: plan.max_failed.of(total),
+    })
+}
+
+/// A wave's hosts cut by cumulative `shares` of the wave: batches that add
+/// no host are skipped, and the last takes whatever is left.
+fn batches(shares: &[HostShare], hosts: &[String]) -> Vec<Vec<String>> {
+    let mut out: Vec<Vec<String>> = Vec::new();
+    let mut done = 0;
+    for share in shares {
+        let upto = (share.of(hosts.len() as u32) as usize).min(hosts.len());
+        if upto > done {
+            out.push(hosts[done..upto].to_vec());
+            done = upto;
+        }
+    }
+    if done < hosts.len() {
+        match out.last_mut() {
+            Some(last) => last.extend_from_slice(&hosts[done..]),
+            None => out.push(hosts.to_vec()),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -186,6 +261,161 @@ mod tests {
             assert_eq!(s.instances, env.instances, "{name}");
             assert_eq!(s.freezes, env.freezes, "{name}");
         }
+    }
+
+    /// The starter with seven hosts (eu: 4, us: 3) and production on all
+    /// of them, with `fleet` (a TOML inline table) unless empty.
+    fn fleet_config(fleet: &str) -> Config {
+        let mut hosts = String::new();
+        for (n, site) in ["eu", "eu", "eu", "eu", "us", "us", "us"]
+            .iter()
+            .enumerate()
+        {
+            hosts.push_str(&format!(
+                "\n[hosts.h{}]\naddress = \"10.0.0.{}\"\nsite = \"{site}\"\nkey = \"agent\"\n",
+                n + 1,
+                n + 1
+            ));
+        }
+        let plan = if fleet.is_empty() {
+            String::new()
+        } else {
+            format!("fleet = {fleet}\n")
+        };
+        let src = STARTER.replacen(
+            "[environments.production]\n",
+            &format!(
+                "[environments.production]\nhosts = [\"h1\", \"h2\", \"h3\", \"h4\", \"h5\", \"h6\", \"h7\"]\n{plan}"
+            ),
+            1,
+        );
+        config(&format!("{src}{hosts}"))
+    }
+
+    fn batches_of(s: &gantry_core::DeploySettings) -> Vec<(String, Vec<Vec<String>>)> {
+        s.fleet
+            .as_ref()
+            .expect("a fleet")
+            .waves
+            .iter()
+            .map(|w| (w.name.clone(), w.batches.clone()))
+            .collect()
+    }
+
+    fn hosts(list: &[&str]) -> Vec<String> {
+        list.iter().map(|h| (*h).to_owned()).collect()
+    }
+
+    #[test]
+    fn fleet_batches_resolve_per_wave_into_explicit_hosts() {
+        let c = fleet_config(
+            r#"{ batches = [1, "50%", "100%"], max_failed = "30%", waves = ["us", "eu"] }"#,
+        );
+        let s = c.deploy_settings(c.environment("production").unwrap(), Deploy);
+        // Per wave: 1 host, then up to half (rounded up), then the rest.
+        assert_eq!(
+            batches_of(&s),
+            [
+                (
+                    "us".to_owned(),
+                    vec![hosts(&["h5"]), hosts(&["h6"]), hosts(&["h7"])]
+                ),
+                (
+                    "eu".to_owned(),
+                    vec![hosts(&["h1"]), hosts(&["h2"]), hosts(&["h3", "h4"])]
+                ),
+            ]
+        );
+        // 30% of 7 hosts, rounded up.
+        assert_eq!(s.fleet.as_ref().unwrap().max_failed, 3);
+        assert_eq!(s.fleet.as_ref().unwrap().hosts().count(), 7);
+    }
+
+    #[test]
+    fn shares_that_add_no_host_are_skipped() {
+        // 10% and 20% of 4 (eu) or 3 (us) hosts are both 1: one batch.
+        let c = fleet_config(r#"{ batches = ["10%", "20%", "100%"], waves = ["eu", "us"] }"#);
+        let s = c.deploy_settings(c.environment("production").unwrap(), Deploy);
+        assert_eq!(
+            batches_of(&s),
+            [
+                (
+                    "eu".to_owned(),
+                    vec![hosts(&["h1"]), hosts(&["h2", "h3", "h4"])]
+                ),
+                ("us".to_owned(), vec![hosts(&["h5"]), hosts(&["h6", "h7"])]),
+            ]
+        );
+        assert_eq!(s.fleet.unwrap().max_failed, 0, "none may fail unless said");
+    }
+
+    #[test]
+    fn without_a_plan_the_fleet_rolls_one_host_then_quarters_in_one_wave() {
+        let c = fleet_config("");
+        let s = c.deploy_settings(c.environment("production").unwrap(), Deploy);
+        // 1, then 25% (2), 50% (4) and 100% (7) of 7.
+        assert_eq!(
+            batches_of(&s),
+            [(
+                "all".to_owned(),
+                vec![
+                    hosts(&["h1"]),
+                    hosts(&["h2"]),
+                    hosts(&["h3", "h4"]),
+                    hosts(&["h5", "h6", "h7"])
+                ]
+            )]
+        );
+        assert_eq!(s.fleet.unwrap().max_failed, 0);
+        // Local environments stay local.
+        let staging = c.environment("staging").unwrap();
+        assert_eq!(c.deploy_settings(staging, Deploy).fleet, None);
+        assert_eq!(c.deploy_settings(staging, Rollback).fleet, None);
+    }
+
+    #[test]
+    fn a_fleet_rollback_returns_every_host_at_once() {
+        let c = fleet_config(r#"{ batches = [1, "100%"], waves = ["eu", "us"] }"#);
+        let s = c.deploy_settings(c.environment("production").unwrap(), Rollback);
+        assert_eq!(s.strategy, gantry_core::StrategySettings::BlueGreen);
+        assert_eq!(
+            batches_of(&s),
+            [(
+                "all".to_owned(),
+                vec![hosts(&["h1", "h2", "h3", "h4", "h5", "h6", "h7"])]
+            )]
+        );
+        // A host that cannot go back does not hold the others on the faulty release.
+        assert_eq!(s.fleet.unwrap().max_failed, 6);
+    }
+
+    #[test]
+    fn batches_cut_cumulative_shares_and_give_the_rest_to_the_last() {
+        use super::batches;
+        use crate::HostShare::{Count, Percent};
+        let h: Vec<String> = (1..=10).map(|n| format!("h{n}")).collect();
+        let sizes = |shares: &[crate::HostShare], n: usize| -> Vec<usize> {
+            batches(shares, &h[..n]).iter().map(Vec::len).collect()
+        };
+        assert_eq!(
+            sizes(&[Count(1), Percent(10), Percent(50), Percent(100)], 10),
+            [1, 4, 5]
+        );
+        assert_eq!(sizes(&[Percent(34), Percent(100)], 10), [4, 6]);
+        assert_eq!(
+            sizes(&[Count(2), Percent(100)], 1),
+            [1],
+            "a count beyond the wave"
+        );
+        assert_eq!(
+            sizes(&[Count(1), Percent(50)], 5),
+            [1, 4],
+            "the rest goes last"
+        );
+        assert_eq!(sizes(&[Count(3)], 3), [3]);
+        // Every host once, in order.
+        let all: Vec<String> = batches(&[Count(1), Percent(25), Percent(100)], &h).concat();
+        assert_eq!(all, h);
     }
 
     #[test]

@@ -31,6 +31,7 @@ mod approval;
 mod canary;
 mod deployment;
 mod events;
+mod fleet;
 mod requests;
 mod rolling;
 mod smoke;
@@ -43,8 +44,9 @@ pub use deployment::{
     InstanceHealth, NewDeployment, Phase, StrategySettings,
 };
 pub use events::{Effect, Event, Probe, Transition};
+pub use fleet::FleetProgress;
 pub use requests::RequestRefusal;
-pub use rolling::{RollStage, RollingSettings, RollingState};
+pub use rolling::{RollStage, RollingSettings, RollingState, Strays};
 use serde::{Deserialize, Serialize};
 pub use smoke::{SmokeCheck, SmokeProbe, SmokeResult, SmokeSettings, SmokeState};
 use std::collections::BTreeMap;
@@ -58,6 +60,9 @@ pub fn step(deployment: &Deployment, event: &Event, now: Millis) -> Transition {
     };
     if deployment.phase.is_terminal() {
         // A finished deployment never moves again.
+        return t;
+    }
+    if fleet::stray(&mut t, event) {
         return t;
     }
     on_event(&mut t, event, now);
@@ -127,6 +132,7 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
                 "controller restarted; resuming in phase {}",
                 phase.as_str()
             ));
+            fleet::forget_strays(t);
             emit_phase_effects(t, now);
             if phase == Phase::Rolling {
                 rolling::reprobe_up(t, now);
@@ -158,7 +164,13 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
         }
         (Phase::Preparing, Event::PrepareFailed { reason }) => fail(t, reason.clone(), now),
 
-        (Phase::Starting, Event::InstancesStarted { instances, .. }) => {
+        (
+            Phase::Starting,
+            Event::InstancesStarted {
+                instances,
+                failed_hosts,
+            },
+        ) => {
             let d = &mut t.deployment;
             d.new_instances = instances.clone();
             d.health = instances
@@ -174,7 +186,9 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
                 instances.len(),
                 list.join(", ")
             ));
-            enter(t, Phase::Verifying, now);
+            if fleet::start_failures(t, failed_hosts, now) {
+                enter(t, Phase::Verifying, now);
+            }
         }
         (Phase::Starting, Event::StartFailed { reason }) => {
             roll_back(t, format!("could not start instances: {reason}"), now)
@@ -260,6 +274,9 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
             now,
         ),
         (Phase::RollingBack, Event::InstancesRestored) => rolling::on_restored(t),
+        (Phase::RollingBack, Event::InstancesStarted { instances, .. }) => {
+            fleet::stop_late_starts(t, instances)
+        }
         (Phase::RollingBack, Event::RestoreFailed { reason }) => fail(
             t,
             format!("rollback could not restart the previous instances: {reason}"),
@@ -323,7 +340,11 @@ pub(crate) fn on_health(t: &mut Transition, instance: &str, probe: &Probe, now: 
                         "health check failed {} consecutive times on {instance} (threshold {}): {detail}",
                         h.consecutive_failures, settings.failure_threshold
                     );
-                    roll_back(t, reason, now);
+                    if phase == Phase::Rolling && t.deployment.settings.fleet.is_some() {
+                        fleet::instance_failed(t, instance, reason, now);
+                    } else {
+                        roll_back(t, reason, now);
+                    }
                     return;
                 }
             }
@@ -419,6 +440,7 @@ fn fail(t: &mut Transition, reason: String, now: Millis) {
 }
 
 pub(crate) fn roll_back(t: &mut Transition, reason: String, now: Millis) {
+    fleet::before_rollback(t);
     t.log.push(format!("rolling back: {reason}"));
     if t.deployment.reason.is_none() {
         t.deployment.reason = Some(reason);
@@ -502,7 +524,7 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
                 return;
             }
             effects.push(Effect::StopInstances {
-                instances: d.old_instances.clone(),
+                instances: fleet::drained(d),
             });
         }
         Phase::RollingBack => {

@@ -6,7 +6,7 @@
 //! shell, with `GANTRY_SMOKE_URL` naming the instance.
 
 use gantry_core::machine::{SmokeCheck, SmokeProbe, SmokeResult, SmokeSettings};
-use gantry_core::{Event, InstanceRef};
+use gantry_core::InstanceRef;
 use std::time::{Duration, Instant};
 
 /// Output kept from a failed command, for the log.
@@ -36,28 +36,7 @@ async fn read_bounded(mut resp: reqwest::Response, limit: usize) -> Result<Strin
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
-/// The answer to a `RunSmoke` effect: always an event, so the deployment
-/// never waits for one that cannot come. The machine emits `RunSmoke` only
-/// with checks configured; should a deployment arrive without them anyway,
-/// an empty suite is reported, which the machine judges as nothing failed
-/// (the same rule as a deployment with no checks, which skips the phase).
-pub async fn answer(
-    http: &reqwest::Client,
-    settings: Option<&SmokeSettings>,
-    instances: &[InstanceRef],
-) -> Event {
-    let results = match settings {
-        Some(settings) => run_suite(http, settings, instances).await,
-        None => {
-            tracing::warn!(
-                "smoke checks asked for without any configured; reporting an empty suite"
-            );
-            Vec::new()
-        }
-    };
-    Event::SmokeFinished { results }
-}
-
+/// Every check against every instance, at once, within the suite's timeout.
 pub async fn run_suite(
     http: &reqwest::Client,
     settings: &SmokeSettings,
@@ -307,7 +286,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn run_smoke_is_always_answered_with_an_event_even_without_settings() {
+    async fn the_suite_really_runs_its_checks_against_the_instance() {
         let url = instance("HTTP/1.1 200 OK\r\n", 10).await;
         let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
         let instances = [InstanceRef {
@@ -315,15 +294,6 @@ mod tests {
             port,
             host: None,
         }];
-        // Without settings: an empty suite, not silence (which left the
-        // deployment waiting for ever).
-        assert_eq!(
-            answer(&client(), None, &instances).await,
-            Event::SmokeFinished {
-                results: Vec::new()
-            }
-        );
-        // With settings: the checks really run against the instance.
         let settings = SmokeSettings {
             checks: vec![SmokeCheck {
                 name: "home".into(),
@@ -341,10 +311,7 @@ mod tests {
             timeout_ms: 10_000,
             max_noncritical_failure_ratio: 0.1,
         };
-        let Event::SmokeFinished { results } = answer(&client(), Some(&settings), &instances).await
-        else {
-            panic!("RunSmoke must be answered with SmokeFinished");
-        };
+        let results = run_suite(&client(), &settings, &instances).await;
         assert_eq!(results.len(), 1);
         assert!(results[0].passed, "{:?}", results[0]);
     }

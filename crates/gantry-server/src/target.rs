@@ -6,6 +6,7 @@
 use crate::confine::{self, Confinement};
 use async_trait::async_trait;
 use gantry_config::ArtifactLimits;
+use gantry_core::machine::{SmokeResult, SmokeSettings};
 use gantry_core::{DeploymentId, EnvName, InstanceRef, Version};
 use gantry_store::ReleaseRecord;
 use serde::{Deserialize, Serialize};
@@ -141,6 +142,9 @@ pub trait Target: Send + Sync {
     /// `GET path` on the instance, where it listens (a fleet host's loopback
     /// is reached from that host); when nothing answers, whether it exited.
     async fn probe(&self, instance: &InstanceRef, path: &str, timeout: Duration) -> ProbeOutcome;
+    /// The smoke suite against `instances`, run where they listen (a fleet
+    /// host runs it against its loopback; command checks run there too).
+    async fn smoke(&self, settings: &SmokeSettings, instances: &[InstanceRef]) -> Vec<SmokeResult>;
 }
 
 /// Runs instances as processes on this machine.
@@ -561,6 +565,10 @@ impl Target for LocalTarget {
 
     async fn running(&self) -> Vec<RunningInstance> {
         self.scan()
+    }
+
+    async fn smoke(&self, settings: &SmokeSettings, instances: &[InstanceRef]) -> Vec<SmokeResult> {
+        crate::smoke::run_suite(&self.http, settings, instances).await
     }
 
     async fn probe(&self, instance: &InstanceRef, path: &str, timeout: Duration) -> ProbeOutcome {

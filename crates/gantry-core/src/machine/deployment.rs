@@ -275,6 +275,24 @@ impl Deployment {
         self
     }
 
+    /// The instances that serve the environment once this deployment has
+    /// succeeded: the new ones, and on a fleet the old ones of hosts that
+    /// failed within `max_failed` (they kept the previous release).
+    pub fn serving_after_success(&self) -> Vec<InstanceRef> {
+        let mut out = self.new_instances.clone();
+        out.extend(
+            self.old_instances
+                .iter()
+                .filter(|i| {
+                    i.host
+                        .as_ref()
+                        .is_some_and(|h| self.failed_hosts.contains_key(h))
+                })
+                .cloned(),
+        );
+        out
+    }
+
     /// Names of those who approved or rejected, in order.
     pub fn approvers(&self) -> Vec<String> {
         self.change

@@ -18,6 +18,7 @@
 //! retired ones again with their old identities (`RestoreInstances`), routes
 //! to all of them, then stops the new ones.
 
+use super::fleet::{self, FleetProgress};
 use super::{check_start_deadline, enter, on_health, roll_back, smoke, Effect, Event, Phase};
 use super::{Deployment, StrategySettings, Transition};
 use crate::domain::{InstanceRef, Millis};
@@ -51,6 +52,20 @@ pub enum RollStage {
     Smoke,
     /// Giving the batch its share, and taking `retire` out of the routing.
     Route { retire: Vec<InstanceRef> },
+    /// Fleet: a wave is done; its hosts serve the new release through the
+    /// bake (health still probed) before the next wave begins.
+    Bake,
+    /// Fleet: hosts failed within `max_failed`; they go back to the old
+    /// release before `resume` goes on: `restore` (their stopped old
+    /// instances) run again, `reroute` (their old instances) take their
+    /// hosts' traffic back, then `stop` (their new instances) stop.
+    Recover {
+        restore: Vec<InstanceRef>,
+        reroute: Vec<InstanceRef>,
+        stop: Vec<InstanceRef>,
+        resume: Box<RollStage>,
+        resume_since: Millis,
+    },
 }
 
 /// Where a rolling update stands.
@@ -70,10 +85,40 @@ pub struct RollingState {
     /// Rollback: traffic went back to the old instances still running.
     #[serde(default)]
     pub rollback_routed: bool,
+    /// Fleet: where the walk over waves and host batches stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetProgress>,
+    /// Fleet: answers still due to effects of an interrupted stage, to be
+    /// let pass so that they are not taken for the answers of the next.
+    #[serde(default, skip_serializing_if = "Strays::is_none")]
+    pub strays: Strays,
+}
+
+/// Answers due to effects whose stage was interrupted (by a recovery or a
+/// rollback): each effect answers once, so waiting for one answer more
+/// means waiting until both are done. Forgotten on a restart, which loses
+/// every effect in flight.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Strays {
+    /// `InstancesStopped` answers to let pass.
+    #[serde(default)]
+    pub stopped: u32,
+    /// `InstancesRestored` (or `RestoreFailed`) answers to let pass.
+    #[serde(default)]
+    pub restored: u32,
+    /// `TrafficRouted { to_new: false }` answers to let pass.
+    #[serde(default)]
+    pub routed_back: u32,
+}
+
+impl Strays {
+    pub fn is_none(&self) -> bool {
+        *self == Strays::default()
+    }
 }
 
 /// Old instances not retired yet.
-fn survivors(d: &Deployment) -> Vec<InstanceRef> {
+pub(super) fn survivors(d: &Deployment) -> Vec<InstanceRef> {
     let retired = d
         .rolling
         .as_ref()
@@ -86,7 +131,7 @@ fn survivors(d: &Deployment) -> Vec<InstanceRef> {
         .collect()
 }
 
-fn without(list: &[InstanceRef], remove: &[InstanceRef]) -> Vec<InstanceRef> {
+pub(super) fn without(list: &[InstanceRef], remove: &[InstanceRef]) -> Vec<InstanceRef> {
     list.iter()
         .filter(|i| !remove.contains(i))
         .cloned()
@@ -94,7 +139,7 @@ fn without(list: &[InstanceRef], remove: &[InstanceRef]) -> Vec<InstanceRef> {
 }
 
 /// Percent of traffic for `new` instances next to `old` ones: equal shares.
-fn weight(new: usize, old: usize) -> u32 {
+pub(super) fn weight(new: usize, old: usize) -> u32 {
     match (new, old) {
         (0, _) => 0,
         (_, 0) => 100,
@@ -119,11 +164,16 @@ pub(super) fn begin(t: &mut Transition, s: &RollingSettings, now: Millis) {
         stage_since: now,
         restored_unrouted: false,
         rollback_routed: false,
+        fleet: None,
+        strays: Strays::default(),
     });
+    if t.deployment.settings.fleet.is_some() {
+        return fleet::begin(t, now);
+    }
     plan_next(t, s, now);
 }
 
-fn set_stage(t: &mut Transition, stage: RollStage, now: Millis) {
+pub(super) fn set_stage(t: &mut Transition, stage: RollStage, now: Millis) {
     if let Some(r) = t.deployment.rolling.as_mut() {
         r.stage = stage;
         r.stage_since = now;
@@ -133,6 +183,9 @@ fn set_stage(t: &mut Transition, stage: RollStage, now: Millis) {
 
 /// The next batch, or the end of the update.
 fn plan_next(t: &mut Transition, s: &RollingSettings, now: Millis) {
+    if t.deployment.settings.fleet.is_some() {
+        return fleet::plan_next(t, now);
+    }
     let d = &t.deployment;
     let n = d.settings.instances as usize;
     let routed = d.rolling.as_ref().map_or(0, |r| r.routed) as usize;
@@ -171,7 +224,7 @@ fn plan_next(t: &mut Transition, s: &RollingSettings, now: Millis) {
     );
 }
 
-fn stage(t: &Transition) -> Option<RollStage> {
+pub(super) fn stage(t: &Transition) -> Option<RollStage> {
     t.deployment.rolling.as_ref().map(|r| r.stage.clone())
 }
 
@@ -183,6 +236,7 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
     };
     let s = &s;
     let Some(current) = stage(t) else { return };
+    let on_fleet = t.deployment.settings.fleet.is_some();
     match (current, event) {
         (RollStage::Unroute { retire }, Event::TrafficRouted { to_new: true }) => {
             let ids: Vec<&str> = retire.iter().map(|i| i.id.as_str()).collect();
@@ -202,6 +256,13 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
             }
             plan_next(t, s, now);
         }
+        (
+            RollStage::Start { .. },
+            Event::InstancesStarted {
+                instances,
+                failed_hosts,
+            },
+        ) if on_fleet => fleet::on_started(t, instances, failed_hosts, now),
         (RollStage::Start { .. }, Event::InstancesStarted { instances, .. }) => {
             let d = &mut t.deployment;
             let fresh: Vec<String> = instances
@@ -223,15 +284,27 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
         (_, Event::InstanceExited { instance, detail })
             if t.deployment.health.contains_key(instance) =>
         {
-            roll_back(t, format!("instance {instance} exited: {detail}"), now);
+            let reason = format!("instance {instance} exited: {detail}");
+            if on_fleet {
+                fleet::instance_failed(t, instance, reason, now);
+            } else {
+                roll_back(t, reason, now);
+            }
         }
+        (RollStage::Verify, Event::Tick) if on_fleet => fleet::verify_deadline(t, now),
         (RollStage::Verify, Event::Tick) => {
             let d = &t.deployment;
             let since = d.rolling.as_ref().map_or(d.phase_since, |r| r.stage_since);
             check_start_deadline(t, since, now);
         }
         (RollStage::Smoke, Event::SmokeFinished { results }) => {
-            let passed = smoke::judge(t, results, now) == smoke::SmokeOutcome::Pass;
+            // On a fleet, results for instances of hosts failed since are moot.
+            let results: Vec<_> = results
+                .iter()
+                .filter(|r| !on_fleet || t.deployment.health.contains_key(&r.instance))
+                .cloned()
+                .collect();
+            let passed = smoke::judge(t, &results, now) == smoke::SmokeOutcome::Pass;
             route_batch_if(t, passed, now);
         }
         (RollStage::Smoke, Event::PromoteRequested { by }) => {
@@ -269,6 +342,8 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
         (_, Event::RouteFailed { reason }) => {
             roll_back(t, format!("could not route traffic: {reason}"), now)
         }
+        (RollStage::Bake, Event::Tick) => fleet::on_bake_tick(t, now),
+        (stage @ RollStage::Recover { .. }, _) => fleet::on_recover_event(t, stage, event, now),
         _ => {}
     }
 }
@@ -281,6 +356,9 @@ fn route_batch_if(t: &mut Transition, go: bool, now: Millis) {
 
 /// After the batch is healthy (and smoke-checked): its share of traffic.
 fn route_batch(t: &mut Transition, now: Millis) {
+    if t.deployment.settings.fleet.is_some() {
+        return fleet::route_batch(t, now);
+    }
     let d = &t.deployment;
     let n = d.settings.instances as usize;
     let old = survivors(d);
@@ -299,12 +377,7 @@ pub(super) fn after_probe(t: &mut Transition, inst: InstanceRef, up: bool, now: 
             .iter()
             .all(|i| t.deployment.health.get(&i.id).is_some_and(|h| h.up));
         if all_up {
-            t.log.push("batch healthy".to_owned());
-            let first = t.deployment.rolling.as_ref().is_some_and(|r| r.routed == 0);
-            if first && smoke::configured(t) {
-                return set_stage(t, RollStage::Smoke, now);
-            }
-            route_batch(t, now);
+            batch_verified(t, now);
         }
     }
     // Every new instance stays watched through the later batches.
@@ -317,6 +390,17 @@ pub(super) fn after_probe(t: &mut Transition, inst: InstanceRef, up: bool, now: 
         instance: inst,
         at: now + wait as Millis,
     });
+}
+
+/// Every new instance of the batch answered healthy: smoke checks on the
+/// first batch, else its share of traffic.
+pub(super) fn batch_verified(t: &mut Transition, now: Millis) {
+    t.log.push("batch healthy".to_owned());
+    let first = t.deployment.rolling.as_ref().is_some_and(|r| r.routed == 0);
+    if first && smoke::configured(t) {
+        return set_stage(t, RollStage::Smoke, now);
+    }
+    route_batch(t, now);
 }
 
 /// After a restart: the probes of instances already up were lost with the
@@ -387,6 +471,15 @@ pub(super) fn emit_phase_effects(t: &mut Transition, now: Millis) {
                 canary: d.new_instances.clone(),
             });
         }
+        RollStage::Bake => t.effects.push(Effect::WakeAt {
+            at: r.stage_since + d.settings.bake_ms as Millis,
+        }),
+        RollStage::Recover {
+            restore,
+            reroute,
+            stop,
+            ..
+        } => fleet::emit_recover(t, restore, reroute, stop),
     }
 }
 

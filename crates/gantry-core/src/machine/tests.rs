@@ -1532,3 +1532,5 @@ fn the_strategy_is_one_tagged_value_in_the_stored_state() {
     assert_eq!(back, d.settings);
     assert_eq!(d.settings.strategy.name(), "rolling");
 }
+
+mod fleet;

@@ -123,9 +123,18 @@ impl Controller {
                 sleep_until(at).await;
                 self.observe_metrics(&d, &limits).await
             }
-            Effect::RunSmoke { instances } => {
-                crate::smoke::answer(&self.http, d.settings.smoke.as_ref(), &instances).await
-            }
+            Effect::RunSmoke { instances } => Event::SmokeFinished {
+                results: match d.settings.smoke.as_ref() {
+                    Some(settings) => self.target.smoke(settings, &instances).await,
+                    None => {
+                        tracing::warn!(
+                            deployment = d.id,
+                            "smoke checks asked for without any configured; reporting an empty suite"
+                        );
+                        Vec::new()
+                    }
+                },
+            },
             Effect::RestoreInstances { version, instances } => {
                 match self.restore(&d, &version, &instances).await {
                     Ok(()) => Event::InstancesRestored,

@@ -6,6 +6,9 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Fleet instances are checked every this many router-watchdog ticks.
+const CONVERGE_EVERY_TICKS: u32 = 6;
+
 impl Controller {
     /// Prunes audit records and finished deployments past the configured
     /// retention, now and then daily; the store keeps an anchor so the audit
@@ -45,12 +48,61 @@ impl Controller {
     pub fn spawn_router_watchdog(self: &Arc<Self>, every: Duration) {
         let this = Arc::downgrade(self);
         tokio::spawn(async move {
+            let mut ticks = 0u32;
             loop {
                 tokio::time::sleep(every).await;
                 let Some(c) = this.upgrade() else { return };
                 c.revive_routers().await;
+                ticks += 1;
+                if ticks % CONVERGE_EVERY_TICKS == 0 {
+                    c.converge_fleet_instances().await;
+                }
             }
         });
+    }
+
+    /// On fleets, between deployments: instances of the release an
+    /// environment runs that are gone from their host (the host crashed,
+    /// was cut off, rebooted) are started again with their ids and ports,
+    /// so a host that comes back serves the current release again. A host
+    /// still unreachable is skipped (its channel backs off).
+    async fn converge_fleet_instances(&self) {
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let (Ok(states), Ok(active)) = (self.store.env_states(), self.store.active_deployments())
+        else {
+            return;
+        };
+        for s in states {
+            let Ok(env) = self.env(s.env.as_str()) else {
+                continue;
+            };
+            if env.hosts.is_empty() || active.iter().any(|d| d.env == s.env) {
+                continue;
+            }
+            let Ok(spec) =
+                self.launch_spec(env, s.deployment, &s.version, s.instances.len() as u32)
+            else {
+                continue;
+            };
+            for i in s.instances.iter().filter(|i| i.host.is_some()) {
+                let Some(why) = self.target.exited(i).await else {
+                    continue;
+                };
+                match self.target.restart_instance(&spec, i).await {
+                    Ok(()) => tracing::warn!(
+                        env = %s.env,
+                        instance = %i.id,
+                        "instance of {} was gone ({why}); started it again",
+                        s.version
+                    ),
+                    Err(e) => {
+                        tracing::debug!(instance = %i.id, error = %e, "instance not restarted yet")
+                    }
+                }
+            }
+        }
     }
 
     async fn revive_routers(&self) {

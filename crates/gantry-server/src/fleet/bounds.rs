@@ -21,6 +21,9 @@ pub const UPSTREAMS: usize = 1024;
 pub const LATENCY_LIMITS: usize = 16;
 /// A probe's timeout, in milliseconds.
 pub const PROBE_TIMEOUT_MS: u64 = 60_000;
+/// Smoke checks per suite, and the longest suite a host runs.
+pub const SMOKE_CHECKS: usize = 64;
+pub const SMOKE_TIMEOUT_MS: u64 = 600_000;
 
 impl LaunchSpec {
     pub(super) fn check(&self) -> Result<(), String> {
@@ -157,6 +160,23 @@ impl Call {
                     return Err(format!(
                         "probe.timeout_ms: {timeout_ms} is not within 1..={}",
                         PROBE_TIMEOUT_MS
+                    ));
+                }
+                Ok(())
+            }
+            Call::Smoke {
+                settings,
+                instances,
+            } => {
+                count("smoke.instances", instances.len(), INSTANCES)?;
+                count("smoke.settings.checks", settings.checks.len(), SMOKE_CHECKS)?;
+                for i in instances {
+                    instance_ok("smoke.instances", i)?;
+                }
+                if settings.timeout_ms == 0 || settings.timeout_ms > SMOKE_TIMEOUT_MS {
+                    return Err(format!(
+                        "smoke.settings.timeout_ms: {} is not within 1..={SMOKE_TIMEOUT_MS}",
+                        settings.timeout_ms
                     ));
                 }
                 Ok(())

@@ -16,6 +16,7 @@ use crate::routing::{MetricError, RouteError};
 use crate::target::{LaunchSpec, RunningInstance, TargetError};
 use gantry_api::PoolStats;
 use gantry_config::ArtifactLimits;
+use gantry_core::machine::{SmokeResult, SmokeSettings};
 use gantry_core::{Digest, EnvName, InstanceRef};
 use gantry_router::{Affinity, Pool};
 use gantry_store::ReleaseRecord;
@@ -84,6 +85,9 @@ impl From<LinkError> for TargetError {
         TargetError::Io(e.to_string())
     }
 }
+
+/// What a probe's answer may take beyond the probe's own timeout.
+const PROBE_MARGIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, Copy)]
 pub struct LinkOptions {
@@ -273,10 +277,18 @@ impl HostLink {
 
     async fn send(&self, call: Call) -> Result<Pending, LinkError> {
         let name = call.name();
-        let timeout = if call.is_long() {
-            self.options.long_timeout
-        } else {
-            self.options.timeout
+        let timeout = match &call {
+            // A probe is as long as its own timeout, plus the way there and
+            // back: a host gone quiet fails the probe, not the whole step.
+            Call::Probe { timeout_ms, .. } => {
+                Duration::from_millis(*timeout_ms) + self.options.timeout.min(PROBE_MARGIN)
+            }
+            // A suite is bounded by its own timeout.
+            Call::Smoke { settings, .. } => {
+                Duration::from_millis(settings.timeout_ms) + self.options.timeout.min(PROBE_MARGIN)
+            }
+            call if call.is_long() => self.options.long_timeout,
+            _ => self.options.timeout,
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = protocol::encode(&Request { id, call }).map_err(|e| LinkError::Send {
@@ -589,6 +601,24 @@ impl HostLink {
         match self.call(call).await? {
             Answer::Probe { outcome } => Ok(outcome),
             other => unexpected("probe", other),
+        }
+    }
+}
+
+impl HostLink {
+    /// The smoke suite, run on the host against its own instances.
+    pub async fn smoke(
+        &self,
+        settings: &SmokeSettings,
+        instances: &[InstanceRef],
+    ) -> Result<Vec<SmokeResult>, LinkError> {
+        let call = Call::Smoke {
+            settings: settings.clone(),
+            instances: instances.to_vec(),
+        };
+        match self.call(call).await? {
+            Answer::Smoke { results } => Ok(results),
+            other => unexpected("smoke", other),
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::target::{LaunchSpec, LocalTarget, ProbeOutcome, RunningInstance, Star
 use async_trait::async_trait;
 use futures_util::future::join_all;
 use gantry_config::ArtifactLimits;
-use gantry_core::machine::Probe;
+use gantry_core::machine::{Probe, SmokeResult, SmokeSettings};
 use gantry_core::{EnvName, InstanceRef};
 use gantry_router::{Affinity, Pool, PoolStats};
 use gantry_store::ReleaseRecord;
@@ -381,6 +381,57 @@ impl Target for Placement {
             }
             _ => self.local.logs(instance_id, max_bytes).await,
         }
+    }
+
+    async fn smoke(&self, settings: &SmokeSettings, instances: &[InstanceRef]) -> Vec<SmokeResult> {
+        let mut by_host: BTreeMap<String, Vec<InstanceRef>> = BTreeMap::new();
+        let mut local = Vec::new();
+        for i in instances {
+            match &i.host {
+                Some(h) => by_host.entry(h.clone()).or_default().push(on_host(i)),
+                None => local.push(i.clone()),
+            }
+        }
+        let mut results = if local.is_empty() {
+            Vec::new()
+        } else {
+            self.local.smoke(settings, &local).await
+        };
+        let Some(links) = self.fleet.as_deref() else {
+            return results;
+        };
+        let hosts: Vec<String> = by_host.keys().cloned().collect();
+        let by_host = &by_host;
+        for (host, result) in Self::each(links, &hosts, |host, link| async move {
+            link.smoke(settings, &by_host[&host])
+                .await
+                .map_err(|e| super::links::describe(&host, e))
+        })
+        .await
+        {
+            match result {
+                Ok(list) => results.extend(list.into_iter().map(|r| SmokeResult {
+                    instance: fleet_id(&host, &r.instance),
+                    ..r
+                })),
+                // Every check of that host's instances failed, saying why.
+                Err(e) => {
+                    for i in &by_host[&host] {
+                        for check in &settings.checks {
+                            results.push(SmokeResult {
+                                check: check.name.clone(),
+                                instance: fleet_id(&host, &i.id),
+                                critical: check.critical,
+                                passed: false,
+                                detail: e.clone(),
+                                elapsed_ms: 0,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        results
     }
 
     async fn probe(&self, instance: &InstanceRef, path: &str, timeout: Duration) -> ProbeOutcome {

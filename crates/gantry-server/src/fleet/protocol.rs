@@ -15,6 +15,7 @@ pub use super::frame::{decode, encode, read_frame, skip, write_frame, FrameError
 use crate::target::{LaunchSpec, RunningInstance};
 use gantry_api::PoolStats;
 use gantry_config::ArtifactLimits;
+use gantry_core::machine::{SmokeResult, SmokeSettings};
 use gantry_core::{Digest, EnvName, InstanceRef, Version};
 use gantry_router::{Affinity, Pool};
 use serde::{Deserialize, Serialize};
@@ -126,6 +127,12 @@ pub enum Call {
         instance: InstanceRef,
         path: String,
         timeout_ms: u64,
+    },
+    /// The smoke suite against the host's instances, run on the host
+    /// (they listen on its loopback; command checks run there too).
+    Smoke {
+        settings: SmokeSettings,
+        instances: Vec<InstanceRef>,
     },
 }
 
@@ -249,6 +256,9 @@ pub enum Answer {
     Probe {
         outcome: ProbeOutcome,
     },
+    Smoke {
+        results: Vec<SmokeResult>,
+    },
     Error(RemoteError),
 }
 
@@ -271,6 +281,7 @@ impl Answer {
             Answer::RouterRunning { .. } => "router_running",
             Answer::Stats { .. } => "stats",
             Answer::Probe { .. } => "probe",
+            Answer::Smoke { .. } => "smoke",
             Answer::Error(_) => "error",
         }
     }
@@ -365,6 +376,7 @@ impl Call {
             Call::StopRouter { .. } => "stop_router",
             Call::Stats { .. } => "stats",
             Call::Probe { .. } => "probe",
+            Call::Smoke { .. } => "smoke",
         }
     }
 
@@ -382,6 +394,7 @@ impl Call {
                 | Call::Revive { .. }
                 | Call::StopRouter { .. }
                 | Call::Probe { .. }
+                | Call::Smoke { .. }
         )
     }
 }

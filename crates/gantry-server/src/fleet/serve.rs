@@ -460,6 +460,12 @@ impl Session {
             } => Answer::Probe {
                 outcome: self.probe(&instance, &path, timeout_ms).await,
             },
+            Call::Smoke {
+                settings,
+                instances,
+            } => Answer::Smoke {
+                results: self.target.smoke(&settings, &instances).await,
+            },
         }
     }
 

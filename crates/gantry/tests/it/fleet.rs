@@ -131,7 +131,9 @@ fn a_fleet_deploys_on_every_host_and_rolls_back_on_every_host_without_a_failed_r
         return;
     }
     let lab = FleetLab::start(5, &[], LAB_UP);
-    let g = fleet_gantry(&lab, "", "");
+    // Smoke checks run on each host against its own instances.
+    let smoke = "\n[environments.production.smoke]\ntimeout = \"20s\"\n\n[[environments.production.smoke.checks]]\nname = \"home\"\npath = \"/\"\nbody_contains = \"hello from\"\n";
+    let g = fleet_gantry(&lab, "", smoke);
     let port = g.port("production");
     g.register("1.0.0", "");
     g.register("2.0.0", "");
@@ -160,6 +162,7 @@ fn a_fleet_deploys_on_every_host_and_rolls_back_on_every_host_without_a_failed_r
     let log = g.gantry(&["log", &d.id.to_string()]).ok().stdout;
     assert!(log.contains("release 1.0.0 on 5 of 5 host(s)"), "{log}");
     assert!(log.contains("switch skew"), "{log}");
+    assert!(log.contains("smoke checks: 10 of 10 passed"), "{log}");
 
     // Deploy and roll back under a client that spreads across every host.
     let load = FleetLoad::start(&lab, port);
@@ -292,4 +295,31 @@ fn a_controller_killed_mid_fleet_canary_resumes_it_on_every_host() {
     assert!(all_serve(&lab, port, "2.0.0"), "{:?}", answers(&lab, port));
     assert_eq!(d.new_instances.len(), 10, "{:?}", d.new_instances);
     assert_eq!(failed, 0, "{failures:?} ({ok} answered)");
+}
+
+#[test]
+fn a_host_that_crashed_and_comes_back_serves_the_current_release_again() {
+    if skipped() {
+        return;
+    }
+    let lab = FleetLab::start(3, &[], LAB_UP);
+    let g = fleet_gantry(&lab, "", "");
+    let port = g.port("production");
+    g.register("1.0.0", "");
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    assert!(all_serve(&lab, port, "1.0.0"), "{:?}", answers(&lab, port));
+
+    // Every process of h2 dies: its sshd, host serve, router, instances.
+    lab.fault("h2", "crash");
+    let down = answers(&lab, port);
+    assert!(down[1].starts_with("unreachable"), "{down:?}");
+    assert_eq!(down[0], "200 hello from 1.0.0", "the others serve on");
+    lab.fault("h2", "heal");
+    // The controller reconnects, revives its router and restarts the
+    // instances of the current release, with nobody asking.
+    wait_until("h2 serves 1.0.0 again", Duration::from_secs(60), || {
+        all_serve(&lab, port, "1.0.0")
+    });
+    let log = g.controller_log();
+    assert!(log.contains("started it again"), "{log}");
 }

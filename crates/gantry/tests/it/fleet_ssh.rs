@@ -105,13 +105,16 @@ impl FleetLab {
 
     /// `cut`, `crash`, `stop-sshd`, `rekey` or `heal` one host.
     pub fn fault(&self, host: &str, what: &str) {
-        let ok = Command::new(&self.script)
+        let out = Command::new(&self.script)
             .args(["fault", &self.id, host, what])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
+            .stdin(Stdio::null())
+            .output()
             .expect("run fleet-lab fault");
-        assert!(ok.success(), "fleet-lab fault {host} {what} failed");
+        assert!(
+            out.status.success(),
+            "fleet-lab fault {host} {what} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// `fault rekey`, then waits (10 s deadline) until the restarted sshd
