@@ -1,10 +1,11 @@
 //! `gantry demo --fleet N`: a fleet rollout end to end on lab hosts made on
 //! this machine. The lab script (`scripts/fleet-lab`, carried inside the
 //! binary) makes N network namespaces, each running Debian's real sshd with
-//! its own host key and home; a real controller deploys production to every
-//! one of them over OpenSSH: host keys pinned against the fingerprints the
-//! lab printed, a first deploy, a canary across the fleet under load from a
-//! client spreading over every host's router, a release that fails on one
+//! its own host key and home; a real controller deploys to every one of them
+//! over OpenSSH: host keys pinned against the fingerprints the lab printed,
+//! first deploys, under load from a client spreading over every host's
+//! routers a rolling update by host batches (in waves by site) on staging
+//! and a canary across the fleet on production, a release that fails on one
 //! host only (rolled back everywhere, that host named), and a fleet-wide
 //! rollback timed until every router answers the old release. The lab is
 //! torn down at the end, on failure and on Ctrl-C too.
@@ -292,9 +293,12 @@ pub async fn run(n: u16, keep: bool) -> Exit {
 
 /// The controller's whole life in the lab, bounded in time and by a signal.
 async fn run_in_lab(dir: &Path, lab: &Lab, interrupt: &Interrupt) -> Result<Vec<Row>> {
-    let port = free_port()?;
+    let ports = Ports {
+        staging: free_port()?,
+        production: free_port()?,
+    };
     let config = dir.join("gantry.toml");
-    std::fs::write(&config, fleet_config(lab, port))?;
+    std::fs::write(&config, fleet_config(lab, ports.staging, ports.production))?;
     let server = tokio::select! {
         s = start_controller(dir, &config) => s?,
         () = interrupt.fired() => bail!("interrupted"),
@@ -302,7 +306,7 @@ async fn run_in_lab(dir: &Path, lab: &Lab, interrupt: &Interrupt) -> Result<Vec<
     let hosts = lab.hosts.len() as u64;
     let bound = Duration::from_secs(150 + 4 * hosts);
     let result = tokio::select! {
-        r = tokio::time::timeout(bound, scenario(dir, &config, lab, port)) => {
+        r = tokio::time::timeout(bound, scenario(dir, &config, lab, ports)) => {
             r.unwrap_or_else(|_| Err(anyhow!("the scenario took longer than {}s", bound.as_secs())))
         }
         () = interrupt.fired() => Err(anyhow!("interrupted")),
@@ -311,17 +315,38 @@ async fn run_in_lab(dir: &Path, lab: &Lab, interrupt: &Interrupt) -> Result<Vec<
     result
 }
 
-/// Production only, on every lab host: one instance per host, each host's
-/// router on its own address, a canary whose steps set the weight on every
-/// host's router at once.
-fn fleet_config(lab: &Lab, port: u16) -> String {
+/// Two environments on every lab host, one instance each, each host's
+/// routers on its own address: staging (optional on the promotion path)
+/// rolls by host batches, in waves by site when the hosts have sites;
+/// production is a canary whose steps set the weight on every host's router
+/// at once.
+fn fleet_config(lab: &Lab, staging: u16, production: u16) -> String {
+    let batches = if lab.hosts.len() >= 2 {
+        r#"[1, "50%", "100%"]"#
+    } else {
+        r#"["100%"]"#
+    };
+    let waves = if lab.hosts.iter().all(|h| h.site.is_some()) {
+        r#", waves = ["eu", "us"]"#
+    } else {
+        ""
+    };
     format!(
         r#"{SERVICE}
 [ssh]
 connect_timeout = "5s"
 
+[environments.staging]
+listen = "0.0.0.0:{staging}"
+instances = 1
+bake = "500ms"
+optional = true
+hosts = [{{ labels = {{ tier = "web" }} }}]
+strategy = "rolling"
+fleet = {{ batches = {batches}{waves} }}
+
 [environments.production]
-listen = "0.0.0.0:{port}"
+listen = "0.0.0.0:{production}"
 instances = 1
 bake = "1s"
 hosts = [{{ labels = {{ tier = "web" }} }}]
@@ -424,7 +449,15 @@ fn pin_host_keys(data: &Path, config: &Path, lab: &Lab) -> Result<()> {
     Ok(())
 }
 
-async fn scenario(dir: &Path, config: &Path, lab: &Lab, port: u16) -> Result<Vec<Row>> {
+/// Each environment's router port (the same on every host).
+#[derive(Clone, Copy)]
+struct Ports {
+    staging: u16,
+    production: u16,
+}
+
+async fn scenario(dir: &Path, config: &Path, lab: &Lab, ports: Ports) -> Result<Vec<Row>> {
+    let port = ports.production;
     let data = dir.join("data");
     let c = client::connect(&data, None)?;
     let http = reqwest::Client::builder().no_proxy().build()?;
@@ -470,7 +503,7 @@ async fn scenario(dir: &Path, config: &Path, lab: &Lab, port: u16) -> Result<Vec
     }
 
     outln!("\n== deploying 1.0.0 to production on all {n} hosts (first deploy: each host gets the gantry binary and the release over SSH)");
-    let d = deploy_ok(&c, "1.0.0", within).await?;
+    let d = deploy_ok(&c, "production", "1.0.0", within).await?;
     for h in &lab.hosts {
         ensure!(
             d.new_instances
@@ -487,16 +520,37 @@ async fn scenario(dir: &Path, config: &Path, lab: &Lab, port: u16) -> Result<Vec
         took(&d)
     );
     rows.push(Row {
-        what: format!("deploy 1.0.0 to {n} hosts (first)"),
+        what: format!("deploy 1.0.0 to production, {n} hosts (first)"),
         outcome: "succeeded".into(),
         seconds: took(&d),
     });
 
-    outln!("  (user traffic starts now: one client spreading requests over every host's router)");
-    let urls = lab
-        .hosts
-        .iter()
-        .map(|h| format!("http://{}:{port}/", h.address))
+    outln!("\n== deploying 1.0.0 to staging on all {n} hosts (each host has the release already)");
+    let d = deploy_ok(&c, "staging", "1.0.0", within).await?;
+    until_all_serve(
+        &http,
+        lab,
+        ports.staging,
+        "1.0.0",
+        1,
+        Duration::from_secs(10),
+    )
+    .await?;
+    outln!("  succeeded in {:.2}s", took(&d));
+    rows.push(Row {
+        what: format!("deploy 1.0.0 to staging, {n} hosts (first)"),
+        outcome: "succeeded".into(),
+        seconds: took(&d),
+    });
+
+    outln!("  (user traffic starts now: one client spreading requests over every host's routers, staging and production)");
+    let urls = [ports.staging, ports.production]
+        .into_iter()
+        .flat_map(|p| {
+            lab.hosts
+                .iter()
+                .map(move |h| format!("http://{}:{p}/", h.address))
+        })
         .collect();
     let load = Load::start(
         urls,
@@ -513,9 +567,44 @@ async fn scenario(dir: &Path, config: &Path, lab: &Lab, port: u16) -> Result<Vec
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
-    outln!("\n== deploying 1.1.0 as a canary across the fleet, under load");
+    outln!("\n== deploying 1.1.0 to staging, rolling by host batches, under load");
     let before = load.counts();
-    let d = deploy_ok(&c, "1.1.0", within).await?;
+    let d = deploy_ok(&c, "staging", "1.1.0", within).await?;
+    until_all_serve(
+        &http,
+        lab,
+        ports.staging,
+        "1.1.0",
+        1,
+        Duration::from_secs(10),
+    )
+    .await?;
+    let failed = load.counts().2 - before.2;
+    let mut batches = 0;
+    for e in c.deployment_log(d.id).await?.log {
+        if e.message.starts_with("wave ") || e.message.starts_with("rolling update complete") {
+            batches += usize::from(e.message.contains(": batch "));
+            outln!("  {}", e.message);
+        }
+    }
+    outln!(
+        "  succeeded in {:.2}s; {failed} user requests failed meanwhile",
+        took(&d)
+    );
+    ensure!(batches > 0, "the rolling update logged no host batch");
+    ensure!(
+        failed == 0,
+        "{failed} user requests failed during the rolling update"
+    );
+    rows.push(Row {
+        what: format!("rolling 1.1.0 to staging: {batches} host batches"),
+        outcome: "succeeded; 0 failed".into(),
+        seconds: took(&d),
+    });
+
+    outln!("\n== deploying 1.1.0 to production as a canary across the fleet, under load");
+    let before = load.counts();
+    let d = deploy_ok(&c, "production", "1.1.0", within).await?;
     until_all_serve(&http, lab, port, "1.1.0", 1, Duration::from_secs(10)).await?;
     let after = load.counts();
     let (answered, failed) = (after.0 - before.0, after.2 - before.2);
@@ -533,13 +622,13 @@ async fn scenario(dir: &Path, config: &Path, lab: &Lab, port: u16) -> Result<Vec
         "{failed} user requests failed during the 1.1.0 canary"
     );
     rows.push(Row {
-        what: format!("canary 1.1.0 across {n} hosts"),
+        what: format!("canary 1.1.0 to production, {n} hosts"),
         outcome: format!("promoted; 0 of {answered} failed"),
         seconds: took(&d),
     });
 
     outln!("\n== deploying 1.2.0, which fails 30% of requests on {bad} only");
-    let d = deploy_to(&c, "1.2.0", within).await?;
+    let d = deploy(&c, &c, "production", "1.2.0", within).await?;
     let reason = d.reason.as_deref().unwrap_or("");
     outln!("  {} in {:.2}s: {reason}", d.phase.as_str(), took(&d));
     ensure!(
@@ -554,7 +643,7 @@ async fn scenario(dir: &Path, config: &Path, lab: &Lab, port: u16) -> Result<Vec
     until_all_serve(&http, lab, port, "1.1.0", 1, Duration::from_secs(10)).await?;
     outln!("  every host's router serves 1.1.0 again");
     rows.push(Row {
-        what: format!("deploy 1.2.0 (bad on {bad} only)"),
+        what: format!("canary 1.2.0 (bad on {bad} only)"),
         outcome: format!("rolled back, {bad} named"),
         seconds: took(&d),
     });
@@ -584,35 +673,36 @@ async fn scenario(dir: &Path, config: &Path, lab: &Lab, port: u16) -> Result<Vec
 
     let (ok, faulty, other) = load.finish().await;
     outln!(
-        "\n== user traffic over {n} hosts: {ok} answered, {faulty} errors from 1.2.0's canary on {bad}, {other} other failures"
+        "\n== user traffic over {n} hosts' routers: {ok} answered, {faulty} errors from 1.2.0's canary on {bad}, {other} other failures"
     );
     ensure!(
         other == 0,
         "{other} user requests failed outside the faulty canary"
     );
     rows.push(Row {
-        what: format!("user requests across {n} routers: {}", ok + faulty),
+        what: format!("user requests across {} routers: {}", 2 * n, ok + faulty),
         outcome: format!("{other} failed (+{faulty} from 1.2.0)"),
         seconds: 0.0,
     });
     Ok(rows)
 }
 
-/// Deploys `version` to production; it must succeed.
-async fn deploy_ok(c: &Client, version: &str, within: Duration) -> Result<gantry_core::Deployment> {
-    let d = deploy_to(c, version, within).await?;
+/// Deploys `version` to `env`, which must succeed (no approval is
+/// configured, so the requester is never asked to approve).
+async fn deploy_ok(
+    c: &Client,
+    env: &str,
+    version: &str,
+    within: Duration,
+) -> Result<gantry_core::Deployment> {
+    let d = deploy(c, c, env, version, within).await?;
     ensure!(
         d.phase == Phase::Succeeded,
-        "deploying {version} ended {}: {}",
+        "deploying {version} to {env} ended {}: {}",
         d.phase.as_str(),
         d.reason.as_deref().unwrap_or("")
     );
     Ok(d)
-}
-
-/// Production needs no approval here, so the requester is never asked to approve.
-async fn deploy_to(c: &Client, version: &str, within: Duration) -> Result<gantry_core::Deployment> {
-    deploy(c, c, "production", version, within).await
 }
 
 #[cfg(test)]

@@ -81,7 +81,10 @@ fn the_fleet_demo_rolls_out_on_three_lab_hosts_and_tears_the_lab_down() {
     );
     for line in [
         "demo passed",
-        "canary 1.1.0 across 3 hosts",
+        "wave all: batch 1/3: hosts h1",
+        "rolling update complete: 3 of 3 host(s) serve 1.1.0",
+        "rolling 1.1.0 to staging: 3 host batches",
+        "canary 1.1.0 to production, 3 hosts",
         "promoted; 0 of",
         "rolled back, h3 named",
         "fleet-wide rollback to 1.0.0 (3 routers serve)",
