@@ -67,6 +67,9 @@ impl ClientError {
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
+/// How long a pooled connection is kept: under the controller's 10 s.
+const IDLE_BEFORE_THE_SERVER_CLOSES: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// One controller, reached as the holder of one token.
 #[derive(Clone)]
 pub struct Client {
@@ -92,12 +95,17 @@ impl Client {
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && !u.cannot_be_a_base())
             .ok_or_else(|| ClientError::BadBase(base.to_owned()))?;
-        let http = reqwest::Client::builder().no_proxy().build().map_err(|e| {
-            ClientError::Unreachable {
+        // The controller closes a connection idle for 10 s (its header
+        // timeout covers the wait for the next request); a pooled one kept
+        // longer may be reused just as it closes, and the request is lost.
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .pool_idle_timeout(IDLE_BEFORE_THE_SERVER_CLOSES)
+            .build()
+            .map_err(|e| ClientError::Unreachable {
                 base: trimmed.to_owned(),
                 source: e,
-            }
-        })?;
+            })?;
         Ok(Client {
             base,
             token: token.into(),

@@ -38,8 +38,10 @@ pub struct SampleSettings {
     /// loading a cache does.
     #[arg(long)]
     pub warmup_ms: Option<u64>,
-    /// Apply `error_rate` only where `$HOME` contains this text: a release
-    /// that fails on one host of a lab fleet (each host's home names it).
+    /// Apply the faults set here (error rates, latency, crash, unhealthy,
+    /// warm-up) only where `$HOME` contains one of these comma-separated
+    /// texts: a release that fails on some hosts of a lab fleet only (each
+    /// host's home names it).
     #[arg(long)]
     pub errors_where_home_contains: Option<String>,
 }
@@ -83,8 +85,13 @@ pub async fn run(args: SampleArgs) -> Result<()> {
         .or(s.errors_where_home_contains);
     if let Some(text) = &s.errors_where_home_contains {
         let home = std::env::var("HOME").unwrap_or_default();
-        if !home.contains(text.as_str()) {
+        if !text.split(',').any(|t| !t.is_empty() && home.contains(t)) {
             s.error_rate = None;
+            s.client_error_rate = None;
+            s.latency_ms = None;
+            s.crash_after = None;
+            s.unhealthy = None;
+            s.warmup_ms = None;
         }
     }
     for (flag, rate) in [

@@ -82,7 +82,10 @@ impl Controller {
     async fn restore_env(&self, env: &Environment, s: &EnvState) {
         match self.launch_spec(env, s.deployment, &s.version, s.instances.len() as u32) {
             Ok(spec) => {
-                for i in &s.instances {
+                // Instances of an earlier release (fleet hosts that failed
+                // within `max_failed`) are not restarted as this one.
+                let own = format!("-d{}-", s.deployment);
+                for i in s.instances.iter().filter(|i| i.id.contains(&own)) {
                     if self.target.exited(i).await.is_some() {
                         tracing::warn!(instance = %i.id, "instance was not running; starting it again");
                         if let Err(e) = self.target.restart_instance(&spec, i).await {

@@ -86,7 +86,14 @@ impl Controller {
             else {
                 continue;
             };
-            for i in s.instances.iter().filter(|i| i.host.is_some()) {
+            // Only the release the state names: a host that failed within
+            // `max_failed` keeps instances of the one before, not restarted here.
+            let own = format!("-d{}-", s.deployment);
+            for i in s
+                .instances
+                .iter()
+                .filter(|i| i.host.is_some() && i.id.contains(&own))
+            {
                 let Some(why) = self.target.exited(i).await else {
                     continue;
                 };

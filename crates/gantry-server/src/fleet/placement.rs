@@ -199,11 +199,12 @@ impl Target for Placement {
         notes.insert(
             0,
             format!(
-                "release {} on {} of {} host(s) in {:.1} s ({uploaded} uploaded to, the others had it)",
+                "release {} on {} of {} host(s) in {:.1} s (sent to {uploaded}, already on {})",
                 release.version,
                 hosts.len() - failed.len(),
                 hosts.len(),
-                started.elapsed().as_secs_f64()
+                started.elapsed().as_secs_f64(),
+                hosts.len() - failed.len() - uploaded
             ),
         );
         let key = (env.clone(), release.version.to_string());

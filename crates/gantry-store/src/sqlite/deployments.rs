@@ -208,7 +208,8 @@ impl Store for SqliteStore {
                 params![
                     d.env.as_str(),
                     d.version.to_string(),
-                    serde_json::to_string(&d.new_instances).map_err(|e| corrupt("instances", e))?,
+                    serde_json::to_string(&d.serving_after_success())
+                        .map_err(|e| corrupt("instances", e))?,
                     d.id,
                     at
                 ],

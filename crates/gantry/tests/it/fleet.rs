@@ -14,17 +14,29 @@ use std::time::Duration;
 /// A controller whose production runs on every lab host (listening on
 /// each host's own address), configured by `production` (extra keys of
 /// its table) and `extra` (tables after it).
-fn fleet_gantry(lab: &FleetLab, production: &str, extra: &str) -> Gantry {
+pub(crate) fn fleet_gantry(lab: &FleetLab, production: &str, extra: &str) -> Gantry {
+    fleet_gantry_edited(lab, production, extra, |c| c)
+}
+
+/// [`fleet_gantry`], with the config text passed through `edit` first.
+fn fleet_gantry_edited(
+    lab: &FleetLab,
+    production: &str,
+    extra: &str,
+    edit: impl FnOnce(String) -> String,
+) -> Gantry {
     let g = Gantry::start_custom(|ports| {
         let port = ports.iter().find(|(e, _)| e == "production").unwrap().1;
-        lifecycle_config(ports, "300ms", "", Lifecycle::Loose).replace(
-            &format!("listen = \"127.0.0.1:{port}\""),
-            &format!("listen = \"0.0.0.0:{port}\""),
-        ) + "hosts = [{ labels = { tier = \"web\" } }]\n"
-            + production
-            + extra
-            + &lab.hosts_toml()
-            + "\n[ssh]\nconnect_timeout = \"3s\"\n"
+        edit(
+            lifecycle_config(ports, "300ms", "", Lifecycle::Loose).replace(
+                &format!("listen = \"127.0.0.1:{port}\""),
+                &format!("listen = \"0.0.0.0:{port}\""),
+            ) + "hosts = [{ labels = { tier = \"web\" } }]\n"
+                + production
+                + extra
+                + &lab.hosts_toml()
+                + "\n[ssh]\nconnect_timeout = \"2s\"\n",
+        )
     });
     let config = g.config_path();
     g.gantry(&[
@@ -322,4 +334,154 @@ fn a_host_that_crashed_and_comes_back_serves_the_current_release_again() {
     });
     let log = g.controller_log();
     assert!(log.contains("started it again"), "{log}");
+}
+
+const ROLLING: &str = r#"strategy = "rolling"
+fleet = { batches = [1, "100%"], max_failed = 1, waves = ["eu", "us"] }
+"#;
+
+#[test]
+fn rolling_by_waves_of_host_batches_tolerates_max_failed_and_rolls_every_wave_back_beyond() {
+    if skipped() {
+        return;
+    }
+    let lab = FleetLab::start(5, &["eu", "us"], LAB_UP);
+    let sites: Vec<(String, String)> = lab
+        .hosts
+        .iter()
+        .map(|h| (h.name.clone(), h.site.clone().unwrap()))
+        .collect();
+    let in_site = |site: &str| -> Vec<String> {
+        sites
+            .iter()
+            .filter(|(_, s)| s == site)
+            .map(|(h, _)| h.clone())
+            .collect()
+    };
+    let (eu, us) = (in_site("eu"), in_site("us"));
+    assert!(eu.len() >= 2 && us.len() >= 2, "{sites:?}");
+    let g = fleet_gantry(&lab, ROLLING, "");
+    let port = g.port("production");
+    let bad_us = us[1].clone();
+    g.register("1.0.0", "");
+    // 2.0.0 never becomes healthy on one us host; 3.0.0 on two eu hosts.
+    g.register(
+        "2.0.0",
+        &format!("\"unhealthy\": true, \"errors_where_home_contains\": \"/{bad_us}/\""),
+    );
+    // 3.0.0 never becomes healthy on either us host.
+    g.register(
+        "3.0.0",
+        &format!(
+            "\"unhealthy\": true, \"errors_where_home_contains\": \"/{}/,/{}/\"",
+            us[0], us[1]
+        ),
+    );
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let load = FleetLoad::start(&lab, port);
+    wait_until("traffic on every host", Duration::from_secs(10), || {
+        load.ok.load(Ordering::Relaxed) > 100
+    });
+
+    // Within the budget: the bad host keeps 1.0.0, the rest move on, wave by wave.
+    let run = g.gantry(&["deploy", "2.0.0", "--env", "production"]).ok();
+    let d = g.latest("production");
+    assert_eq!(d.phase, Phase::Succeeded, "{}", run.stdout);
+    assert_eq!(
+        d.failed_hosts.keys().cloned().collect::<Vec<_>>(),
+        vec![bad_us.clone()],
+        "{}",
+        run.stdout
+    );
+    let log = g.gantry(&["log", &d.id.to_string()]).ok().stdout;
+    let eu_at = log.find("wave eu").expect("wave eu in the log");
+    let us_at = log.find("wave us").expect("wave us in the log");
+    assert!(eu_at < us_at, "eu before us:\n{log}");
+    assert!(
+        log.contains(&format!("batch 1/2: hosts {}", eu[0])),
+        "{log}"
+    );
+    for (i, h) in lab.hosts.iter().enumerate() {
+        let want = if h.name == bad_us { "1.0.0" } else { "2.0.0" };
+        assert_eq!(
+            answers(&lab, port)[i],
+            format!("200 hello from {want}"),
+            "{}",
+            h.name
+        );
+    }
+
+    // One failure more than the budget allows, in the second wave: every
+    // host of the first wave, already switched and baked, goes back too.
+    g.gantry(&["deploy", "3.0.0", "--env", "production"])
+        .fails_with(3, "rolled_back");
+    let d = g.latest("production");
+    let reason = d.reason.clone().unwrap_or_default();
+    assert!(
+        reason.contains("more than max_failed (1) allows")
+            && reason.contains(&us[0])
+            && reason.contains(&us[1]),
+        "{reason}"
+    );
+    let log = g.gantry(&["log", &d.id.to_string()]).ok().stdout;
+    assert!(log.contains("wave eu"), "{log}");
+    for (i, h) in lab.hosts.iter().enumerate() {
+        let want = if h.name == bad_us { "1.0.0" } else { "2.0.0" };
+        assert_eq!(
+            answers(&lab, port)[i],
+            format!("200 hello from {want}"),
+            "{} after the rollback:\n{log}",
+            h.name
+        );
+    }
+    let (ok, failed, failures) = load.finish();
+    assert_eq!(failed, 0, "{failures:?} ({ok} answered)");
+}
+
+#[test]
+fn unreachable_and_refused_hosts_are_failed_hosts_within_max_failed_each_explained() {
+    if skipped() {
+        return;
+    }
+    let lab = FleetLab::start(3, &[], LAB_UP);
+    // h2 logs in with a key it does not know; h3 is cut off the network.
+    let keys = tempfile::tempdir().unwrap();
+    let stranger = keys.path().join("stranger");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&stranger)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let lab_key = format!("{:?}", lab.hosts[1].key);
+    let g = fleet_gantry_edited(&lab, "fleet = { max_failed = 2 }\n", "", |c| {
+        let at = c.find("[hosts.h2]").unwrap();
+        let (before, after) = c.split_at(at);
+        before.to_owned() + &after.replacen(&lab_key, &format!("{stranger:?}"), 1)
+    });
+    lab.fault("h3", "cut");
+    let port = g.port("production");
+    g.register("1.0.0", "");
+    let run = g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let d = g.latest("production");
+    assert_eq!(d.phase, Phase::Succeeded, "{}", run.stdout);
+    let failed: Vec<&str> = d.failed_hosts.keys().map(String::as_str).collect();
+    assert_eq!(failed, ["h2", "h3"], "{:?}", d.failed_hosts);
+    assert!(
+        d.failed_hosts["h2"].contains("refused login"),
+        "{}",
+        d.failed_hosts["h2"]
+    );
+    assert!(
+        d.failed_hosts["h3"].contains("unreachable"),
+        "{}",
+        d.failed_hosts["h3"]
+    );
+    assert_eq!(answers(&lab, port)[0], "200 hello from 1.0.0");
+    assert!(d
+        .new_instances
+        .iter()
+        .all(|i| i.host.as_deref() == Some("h1")));
+    let log = g.gantry(&["log", &d.id.to_string()]).ok().stdout;
+    assert!(log.contains("host h3"), "{log}");
 }
