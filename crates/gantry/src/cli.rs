@@ -36,6 +36,12 @@ pub enum Command {
         /// Keep the temporary data directory for inspection.
         #[arg(long)]
         keep: bool,
+        /// Run a fleet rollout instead, on N lab hosts made on this machine
+        /// (network namespaces, each with its own sshd; needs root), torn
+        /// down at the end.
+        #[arg(long, value_name = "N", num_args = 0..=1, default_missing_value = "5",
+              value_parser = clap::value_parser!(u16).range(1..=50))]
+        fleet: Option<u16>,
     },
     /// Write a commented starter gantry.toml.
     Init {

@@ -14,7 +14,11 @@ pub async fn run(cli: Cli) -> Exit {
     let server = cli.server.clone();
     let connect = || client::connect(&data_dir, server.as_deref());
     match cli.command {
-        Command::Demo { keep } => crate::demo::run(keep).await,
+        Command::Demo { keep, fleet: None } => crate::demo::run(keep).await,
+        Command::Demo {
+            keep,
+            fleet: Some(hosts),
+        } => crate::demo_fleet::run(hosts, keep).await,
         Command::Init { path, force } => init(&path, force),
         Command::Validate { config } => validate(&config),
         Command::Hosts(args) => crate::hosts::run(&data_dir, server.as_deref(), args).await,

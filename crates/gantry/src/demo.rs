@@ -21,19 +21,32 @@ use std::time::{Duration, Instant};
 
 const ENVIRONMENTS: [&str; 4] = ["development", "integration", "staging", "production"];
 
-struct Row {
-    what: String,
-    outcome: String,
-    seconds: f64,
+/// One line of the summary table.
+pub(crate) struct Row {
+    pub(crate) what: String,
+    pub(crate) outcome: String,
+    pub(crate) seconds: f64,
 }
 
 pub async fn run(keep: bool) -> crate::exit_code::Exit {
     let tmp = tempfile::Builder::new().prefix("gantry-demo-").tempdir()?;
     let dir = tmp.path().to_owned();
     outln!("gantry demo: data directory {}", dir.display());
-    let mut server = start_controller(&dir).await?;
+    let config = dir.join("gantry.toml");
+    std::fs::write(&config, local_config()?)?;
+    let server = start_controller(&dir, &config).await?;
     let result = scenario(&dir).await;
     // Stop everything the demo started, whatever happened.
+    stop_controller(&dir, server).await;
+    if keep {
+        let kept = tmp.keep();
+        outln!("kept {}", kept.display());
+    }
+    Ok(report(result))
+}
+
+/// Stops the controller and every instance and router it runs.
+pub(crate) async fn stop_controller(dir: &Path, mut server: tokio::process::Child) {
     if let Ok(c) = client::connect(&dir.join("data"), None) {
         let _ = c
             .shutdown(&ShutdownRequest {
@@ -43,10 +56,10 @@ pub async fn run(keep: bool) -> crate::exit_code::Exit {
     }
     let _ = tokio::time::timeout(Duration::from_secs(10), server.wait()).await;
     let _ = server.start_kill();
-    if keep {
-        let kept = tmp.keep();
-        outln!("kept {}", kept.display());
-    }
+}
+
+/// Prints the summary table of a passed demo, or why it failed.
+pub(crate) fn report(result: Result<Vec<Row>>) -> ExitCode {
     match result {
         Ok(rows) => {
             outln!("\nsummary");
@@ -55,11 +68,11 @@ pub async fn run(keep: bool) -> crate::exit_code::Exit {
                 outln!("{:<48} {:<28} {:>8.2}", r.what, r.outcome, r.seconds);
             }
             outln!("\ndemo passed");
-            Ok(ExitCode::Success)
+            ExitCode::Success
         }
         Err(e) => {
             errln!("demo failed: {e:#}");
-            Ok(ExitCode::Error)
+            ExitCode::Error
         }
     }
 }
@@ -68,7 +81,7 @@ pub async fn run(keep: bool) -> crate::exit_code::Exit {
 /// range (32768 and up on Linux): a port the kernel hands out for `:0` or
 /// for an outgoing connection can be taken again before the router binds
 /// it, and the demo runs beside busy test suites.
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let seed = std::process::id()
@@ -85,9 +98,8 @@ fn free_port() -> Result<u16> {
     bail!("no free port between 20000 and 29999 on 127.0.0.1")
 }
 
-async fn start_controller(dir: &Path) -> Result<tokio::process::Child> {
-    let mut config = String::from(
-        r#"[service]
+/// The sample service (its release carries the gantry binary) and its health check.
+pub(crate) const SERVICE: &str = r#"[service]
 name = "sample"
 command = "bin/gantry"
 args = ["sample-service", "--port", "{port}", "--settings", "sample.json"]
@@ -98,8 +110,11 @@ interval = "200ms"
 timeout = "500ms"
 failure_threshold = 3
 start_timeout = "5s"
-"#,
-    );
+"#;
+
+/// The four environments on this machine.
+fn local_config() -> Result<String> {
+    let mut config = String::from(SERVICE);
     for env in ENVIRONMENTS {
         let (instances, bake) = match env {
             "production" => (2, "1s"),
@@ -126,8 +141,15 @@ start_timeout = "5s"
             );
         }
     }
-    let config_path = dir.join("gantry.toml");
-    std::fs::write(&config_path, config)?;
+    Ok(config)
+}
+
+/// Starts `gantry server` on `config` with its data directory in `dir/data`
+/// and its log in `dir/controller.log`, and waits until it serves.
+pub(crate) async fn start_controller(
+    dir: &Path,
+    config_path: &Path,
+) -> Result<tokio::process::Child> {
     let exe = std::env::current_exe()?;
     let data = dir.join("data");
     let log = std::fs::File::create(dir.join("controller.log"))?;
@@ -135,7 +157,7 @@ start_timeout = "5s"
         .arg("--data-dir")
         .arg(&data)
         .args(["server", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config_path)
+        .arg(config_path)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -160,7 +182,7 @@ start_timeout = "5s"
 }
 
 /// A release tarball of the sample service: the gantry binary and its settings.
-fn build_artifact(dir: &Path, version: &str, settings: Value) -> Result<PathBuf> {
+pub(crate) fn build_artifact(dir: &Path, version: &str, settings: Value) -> Result<PathBuf> {
     let path = dir.join(format!("sample-{version}.tar.gz"));
     let file = std::fs::File::create(&path)?;
     let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
@@ -180,7 +202,7 @@ fn build_artifact(dir: &Path, version: &str, settings: Value) -> Result<PathBuf>
     Ok(path)
 }
 
-fn git_head() -> Option<String> {
+pub(crate) fn git_head() -> Option<String> {
     let out = std::process::Command::new("git")
         .args(["rev-parse", "HEAD"])
         .stderr(Stdio::null())
@@ -191,8 +213,15 @@ fn git_head() -> Option<String> {
 }
 
 /// Deploys and waits for the outcome; a deployment that waits for approval
-/// is approved by `approver` (someone other than the requester).
-async fn deploy(c: &Client, approver: &Client, env: &str, version: &str) -> Result<Deployment> {
+/// is approved by `approver` (someone other than the requester), and one
+/// still running after `within` is an error.
+pub(crate) async fn deploy(
+    c: &Client,
+    approver: &Client,
+    env: &str,
+    version: &str,
+    within: Duration,
+) -> Result<Deployment> {
     let d = c
         .deploy(&DeployRequest {
             env: env.to_owned(),
@@ -209,7 +238,7 @@ async fn deploy(c: &Client, approver: &Client, env: &str, version: &str) -> Resu
             v.by
         );
     }
-    wait_finished(c, id).await
+    wait_finished(c, id, within).await
 }
 
 /// Whether the deployment waits for approval (true) or has started (false).
@@ -225,8 +254,8 @@ async fn wait_started(c: &Client, id: i64) -> Result<bool> {
     }
 }
 
-async fn wait_finished(c: &Client, id: i64) -> Result<Deployment> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+pub(crate) async fn wait_finished(c: &Client, id: i64, within: Duration) -> Result<Deployment> {
+    let deadline = Instant::now() + within;
     loop {
         let d = c.deployment(id).await?.deployment;
         if d.phase.is_terminal() {
@@ -234,24 +263,28 @@ async fn wait_finished(c: &Client, id: i64) -> Result<Deployment> {
         }
         ensure!(
             Instant::now() < deadline,
-            "deployment {id} did not finish within 60s"
+            "deployment {id} did not finish within {}s",
+            within.as_secs()
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
-fn took(d: &Deployment) -> f64 {
+pub(crate) fn took(d: &Deployment) -> f64 {
     d.finished_at
         .map_or(0.0, |f| (f - d.created_at) as f64 / 1000.0)
 }
 
 /// A serde enum's word (`rolled_back`, `error_rate`), as the API spells it.
-fn word(v: &impl serde::Serialize) -> String {
+pub(crate) fn word(v: &impl serde::Serialize) -> String {
     match serde_json::to_value(v) {
         Ok(Value::String(s)) => s,
         _ => "?".to_owned(),
     }
 }
+
+/// How long one deployment of the local demo may take.
+const DEPLOY_WITHIN: Duration = Duration::from_secs(60);
 
 async fn scenario(dir: &Path) -> Result<Vec<Row>> {
     let data = dir.join("data");
@@ -301,7 +334,7 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
     for version in ["1.0.0", "1.1.0"] {
         outln!("\n== deploying {version} through the environments");
         for env in ENVIRONMENTS {
-            let d = deploy(&c, &approver, env, version).await?;
+            let d = deploy(&c, &approver, env, version, DEPLOY_WITHIN).await?;
             let phase = d.phase.as_str();
             outln!(
                 "  {env:<12} {phase} in {:.2}s (deployment {})",
@@ -321,13 +354,17 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
             if env == "production" && load.is_none() {
                 let prod = env_listen(&c, "production").await?;
                 outln!("  (user traffic to production starts now: ~200 requests/s, bounded to 2 minutes)");
-                load = Some(Load::start(format!("http://{prod}/")));
+                load = Some(Load::start(
+                    vec![format!("http://{prod}/")],
+                    "error from 1.3.0".into(),
+                    Duration::from_secs(120),
+                ));
             }
         }
     }
 
     outln!("\n== deploying 1.2.0, whose health check fails, to development");
-    let d = deploy(&c, &approver, "development", "1.2.0").await?;
+    let d = deploy(&c, &approver, "development", "1.2.0", DEPLOY_WITHIN).await?;
     let phase = d.phase.as_str();
     let reason = d.reason.as_deref().unwrap_or("");
     outln!("  {phase} in {:.2}s: {reason}", took(&d));
@@ -359,7 +396,7 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
 
     outln!("\n== 1.3.0, which fails 5% of requests, on its promotion path (staging is optional)");
     for env in ["development", "integration"] {
-        let d = deploy(&c, &approver, env, "1.3.0").await?;
+        let d = deploy(&c, &approver, env, "1.3.0", DEPLOY_WITHIN).await?;
         let phase = d.phase.as_str();
         outln!(
             "  {env:<12} {phase} in {:.2}s (no analysis there: blue-green)",
@@ -372,7 +409,7 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
         );
     }
     outln!("\n== deploying 1.3.0 to production as a canary under load");
-    let d = deploy(&c, &approver, "production", "1.3.0").await?;
+    let d = deploy(&c, &approver, "production", "1.3.0", DEPLOY_WITHIN).await?;
     let phase = d.phase.as_str();
     let reason = d.reason.as_deref().unwrap_or("");
     outln!("  {phase} in {:.2}s: {reason}", took(&d));
@@ -420,12 +457,7 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
         "production should serve 1.1.0 before the rollback, got {body:?}"
     );
     let started = Instant::now();
-    let r = c
-        .rollback(&RollbackRequest {
-            env: "production".into(),
-            to: None,
-        })
-        .await?;
+    let id = roll_back(&c, "production").await?;
     // Serving "all traffic" = 20 consecutive answers from 1.0.0.
     let mut streak = 0;
     while streak < 20 {
@@ -446,7 +478,7 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
         }
     }
     let serving = started.elapsed().as_secs_f64();
-    let d = wait_finished(&c, r.id).await?;
+    let d = wait_finished(&c, id, DEPLOY_WITHIN).await?;
     ensure!(
         d.phase == Phase::Succeeded,
         "rollback ended {}",
@@ -513,6 +545,17 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
+/// Asks for `env` to return to its previous release; the rollback's id.
+pub(crate) async fn roll_back(c: &Client, env: &str) -> Result<i64> {
+    let r = c
+        .rollback(&RollbackRequest {
+            env: env.to_owned(),
+            to: None,
+        })
+        .await?;
+    Ok(r.id)
+}
+
 async fn env_listen(c: &Client, env: &str) -> Result<String> {
     c.status()
         .await?
@@ -523,46 +566,82 @@ async fn env_listen(c: &Client, env: &str) -> Result<String> {
         .with_context(|| format!("{env} has no address"))
 }
 
-/// Steady user traffic in the background, bounded in time.
-struct Load {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    task: tokio::task::JoinHandle<(u64, u64, u64)>,
+/// Steady user traffic in the background, bounded in time: one request
+/// every few milliseconds, round-robin over `urls` (every host's router on a
+/// fleet, as an external load balancer would spread them).
+pub(crate) struct Load {
+    counts: std::sync::Arc<LoadCounts>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Answers so far: successes, errors whose body carries the faulty
+/// release's marker (`error from 1.3.0`), and every other failure.
+#[derive(Default)]
+pub(crate) struct LoadCounts {
+    stop: std::sync::atomic::AtomicBool,
+    ok: std::sync::atomic::AtomicU64,
+    faulty: std::sync::atomic::AtomicU64,
+    other: std::sync::atomic::AtomicU64,
 }
 
 impl Load {
-    fn start(url: String) -> Load {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+    pub(crate) fn start(urls: Vec<String>, faulty_marker: String, bound: Duration) -> Load {
+        use std::sync::atomic::Ordering;
+        let counts = std::sync::Arc::new(LoadCounts::default());
+        let c = counts.clone();
         let task = tokio::spawn(async move {
             let http = reqwest::Client::builder()
                 .no_proxy()
                 .build()
                 .expect("static client config");
-            let (mut ok, mut canary_errors, mut other) = (0u64, 0u64, 0u64);
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !flag.load(Ordering::Relaxed) && Instant::now() < deadline {
-                match http.get(&url).send().await {
-                    Ok(r) if r.status().is_success() => ok += 1,
+            let deadline = Instant::now() + bound;
+            for url in urls.iter().cycle() {
+                if c.stop.load(Ordering::Relaxed) || Instant::now() >= deadline {
+                    break;
+                }
+                let counter = match http.get(url).send().await {
+                    Ok(r) if r.status().is_success() => &c.ok,
                     Ok(r) => {
                         let body = r.text().await.unwrap_or_default();
-                        if body.contains("error from 1.3.0") {
-                            canary_errors += 1
+                        if body.contains(&faulty_marker) {
+                            &c.faulty
                         } else {
-                            other += 1
+                            &c.other
                         }
                     }
-                    Err(_) => other += 1,
-                }
+                    Err(_) => &c.other,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(4)).await;
             }
-            (ok, canary_errors, other)
         });
-        Load { stop, task }
+        Load { counts, task }
     }
 
-    async fn finish(self) -> (u64, u64, u64) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.task.await.unwrap_or((0, 0, u64::MAX))
+    /// (answered, errors from the faulty release, other failures) so far.
+    pub(crate) fn counts(&self) -> (u64, u64, u64) {
+        self.counts.snapshot()
+    }
+
+    pub(crate) async fn finish(self) -> (u64, u64, u64) {
+        let Load { counts, task } = self;
+        counts
+            .stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        match task.await {
+            Ok(()) => counts.snapshot(),
+            Err(_) => (0, 0, u64::MAX),
+        }
+    }
+}
+
+impl LoadCounts {
+    fn snapshot(&self) -> (u64, u64, u64) {
+        use std::sync::atomic::Ordering;
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.faulty.load(Ordering::Relaxed),
+            self.other.load(Ordering::Relaxed),
+        )
     }
 }

@@ -9,6 +9,7 @@ mod cli_docs;
 mod client;
 mod commands;
 mod demo;
+mod demo_fleet;
 mod deployments;
 mod exit_code;
 mod fleet_progress;
