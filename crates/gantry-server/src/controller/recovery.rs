@@ -80,21 +80,25 @@ impl Controller {
     }
 
     async fn restore_env(&self, env: &Environment, s: &EnvState) {
-        match self.launch_spec(env, s.deployment, &s.version, s.instances.len() as u32) {
-            Ok(spec) => {
-                // Instances of an earlier release (fleet hosts that failed
-                // within `max_failed`) are not restarted as this one.
-                let own = format!("-d{}-", s.deployment);
-                for i in s.instances.iter().filter(|i| i.id.contains(&own)) {
-                    if self.target.exited(i).await.is_some() {
-                        tracing::warn!(instance = %i.id, "instance was not running; starting it again");
-                        if let Err(e) = self.target.restart_instance(&spec, i).await {
-                            tracing::error!(instance = %i.id, error = %e, "could not restart instance");
-                        }
+        for i in &s.instances {
+            if self.target.exited(i).await.is_none() {
+                continue;
+            }
+            // Each with the release it ran: on a fleet, a host that failed
+            // within `max_failed` kept an earlier one.
+            let Some((deployment, version)) = self.instance_release(s, i) else {
+                tracing::error!(instance = %i.id, "cannot tell which deployment started it; not restarted");
+                continue;
+            };
+            match self.launch_spec(env, deployment, &version, 1) {
+                Ok(spec) => {
+                    tracing::warn!(instance = %i.id, "instance was not running; starting it again");
+                    if let Err(e) = self.target.restart_instance(&spec, i).await {
+                        tracing::error!(instance = %i.id, error = %e, "could not restart instance");
                     }
                 }
+                Err(e) => tracing::error!(env = %env.name, error = %e, "cannot restart instances"),
             }
-            Err(e) => tracing::error!(env = %env.name, error = %e, "cannot restart instances"),
         }
         if !self.router.is_running(&env.name).await {
             if let Err(e) = self

@@ -61,11 +61,12 @@ impl Controller {
         });
     }
 
-    /// On fleets, between deployments: instances of the release an
-    /// environment runs that are gone from their host (the host crashed,
-    /// was cut off, rebooted) are started again with their ids and ports,
-    /// so a host that comes back serves the current release again. A host
-    /// still unreachable is skipped (its channel backs off).
+    /// On fleets, between deployments: instances an environment runs that
+    /// are gone from their host (the host crashed, was cut off, rebooted)
+    /// are started again with their ids, ports and releases, so a host that
+    /// comes back serves what it served (the current release, or the one a
+    /// failed host kept). A host still unreachable is skipped (its channel
+    /// backs off).
     async fn converge_fleet_instances(&self) {
         if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return;
@@ -81,28 +82,21 @@ impl Controller {
             if env.hosts.is_empty() || active.iter().any(|d| d.env == s.env) {
                 continue;
             }
-            let Ok(spec) =
-                self.launch_spec(env, s.deployment, &s.version, s.instances.len() as u32)
-            else {
-                continue;
-            };
-            // Only the release the state names: a host that failed within
-            // `max_failed` keeps instances of the one before, not restarted here.
-            let own = format!("-d{}-", s.deployment);
-            for i in s
-                .instances
-                .iter()
-                .filter(|i| i.host.is_some() && i.id.contains(&own))
-            {
+            for i in s.instances.iter().filter(|i| i.host.is_some()) {
                 let Some(why) = self.target.exited(i).await else {
+                    continue;
+                };
+                let Some((deployment, version)) = self.instance_release(&s, i) else {
+                    continue;
+                };
+                let Ok(spec) = self.launch_spec(env, deployment, &version, 1) else {
                     continue;
                 };
                 match self.target.restart_instance(&spec, i).await {
                     Ok(()) => tracing::warn!(
                         env = %s.env,
                         instance = %i.id,
-                        "instance of {} was gone ({why}); started it again",
-                        s.version
+                        "instance of {version} was gone ({why}); started it again"
                     ),
                     Err(e) => {
                         tracing::debug!(instance = %i.id, error = %e, "instance not restarted yet")
@@ -110,6 +104,26 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// The deployment that started an instance the environment runs, and
+    /// its release: the state's own, or, for a fleet host that failed
+    /// within `max_failed`, the earlier one it kept. The id names it
+    /// (`<env>-d<N>-<n>`, with `@host` on a fleet).
+    pub(super) fn instance_release(
+        &self,
+        s: &gantry_store::EnvState,
+        i: &gantry_core::InstanceRef,
+    ) -> Option<(gantry_core::DeploymentId, gantry_core::Version)> {
+        let local = i.id.split('@').next()?;
+        let mut parts = local.rsplitn(3, '-');
+        let _ordinal = parts.next()?;
+        let deployment = parts.next()?.strip_prefix('d')?.parse().ok()?;
+        if deployment == s.deployment {
+            return Some((deployment, s.version.clone()));
+        }
+        let started_by = self.store.deployment(deployment).ok()??;
+        Some((deployment, started_by.version))
     }
 
     async fn revive_routers(&self) {

@@ -501,28 +501,54 @@ impl TrafficRouter for Placement {
         let plan: HashMap<String, Vec<Pool>> = plan.into_iter().collect();
         let (plan, affinity) = (&plan, &affinity);
         let started = Instant::now();
+        // Ok(Ok(ack)): set; Ok(Err(why)): the host refused it; Err(why): the
+        // host could not be reached.
         let results = Self::each(links, &targets, |host, link| async move {
-            link.route(env, listen, plan[&host].clone(), affinity.clone())
-                .await
-                .map_err(|e| super::links::describe(&host, e))?;
-            Ok(started.elapsed())
+            Ok(
+                match link
+                    .route(env, listen, plan[&host].clone(), affinity.clone())
+                    .await
+                {
+                    Ok(()) => Ok(started.elapsed()),
+                    Err(e @ super::link::LinkError::Remote(_)) => {
+                        Err(super::links::describe(&host, e))
+                    }
+                    Err(e) => return Err(super::links::describe(&host, e)),
+                },
+            )
         })
         .await;
         let mut acks = Vec::new();
-        let mut failed = BTreeMap::new();
+        let mut refused = BTreeMap::new();
+        let mut unreachable = BTreeMap::new();
         for (host, result) in results {
             match result {
-                Ok(at) => acks.push(at),
+                Ok(Ok(at)) => acks.push(at),
+                Ok(Err(e)) => {
+                    refused.insert(host, e);
+                }
                 Err(e) => {
-                    failed.insert(host, e);
+                    unreachable.insert(host, e);
                 }
             }
         }
-        if !failed.is_empty() {
+        // A host that refuses the routing fails it. One that cannot be
+        // reached keeps the routing its router has (it serves nobody while
+        // away) and is not allowed to hold every other host: the rollout
+        // counts it failed where it needs it (its start, its probes), and
+        // its router is revived with its routing when it is back.
+        if !refused.is_empty() || (acks.is_empty() && !unreachable.is_empty()) {
+            refused.extend(unreachable);
             return Err(RouteError::Refused {
                 env: env.to_string(),
-                reason: joined(&failed),
+                reason: joined(&refused),
             });
+        }
+        for (host, why) in &unreachable {
+            self.add_note(
+                env,
+                format!("routing not set on unreachable host {host}: {why}"),
+            );
         }
         if let (Some(first), Some(last)) = (acks.iter().min(), acks.iter().max()) {
             self.add_note(

@@ -453,6 +453,7 @@ impl HostSession {
             .read_line(&mut answer)
             .await
             .map_err(|e| upload_err(format!("reading the answer: {e}")))?;
+        let mut send_failed = None;
         // What the script said: None when it said something else.
         let outcome = match answer.trim() {
             "present" => {
@@ -465,20 +466,27 @@ impl HostSession {
                 let mut file = tokio::fs::File::open(&binary.path).await.map_err(|e| {
                     HostError::Local(format!("cannot read {}: {e}", binary.path.display()))
                 })?;
-                let sent = tokio::io::copy(&mut file, &mut stdin)
-                    .await
-                    .map_err(|e| upload_err(format!("sending the binary: {e}")))?;
-                stdin
-                    .shutdown()
-                    .await
-                    .map_err(|e| upload_err(format!("sending the binary: {e}")))?;
+                // A failed send (the host's disk is full, its script ended)
+                // is reported with what the host said, once it has ended.
+                let sent = match tokio::io::copy(&mut file, &mut stdin).await {
+                    Ok(sent) => stdin.shutdown().await.map(|()| sent),
+                    Err(e) => Err(e),
+                };
                 drop(stdin);
-                let mut rest = String::new();
-                let _ = stdout.read_to_string(&mut rest).await;
-                (rest.trim() == "stored").then(|| Bootstrapped::Uploaded {
-                    bytes: sent,
-                    took: started.elapsed(),
-                })
+                match sent {
+                    Ok(sent) => {
+                        let mut rest = String::new();
+                        let _ = stdout.read_to_string(&mut rest).await;
+                        (rest.trim() == "stored").then(|| Bootstrapped::Uploaded {
+                            bytes: sent,
+                            took: started.elapsed(),
+                        })
+                    }
+                    Err(e) => {
+                        send_failed = Some(e.to_string());
+                        None
+                    }
+                }
             }
             _ => None,
         };
@@ -493,6 +501,11 @@ impl HostSession {
         } else {
             stderr
         };
+        if let Some(e) = send_failed {
+            return Err(upload_err(format!(
+                "sending the binary: {e}; the host said: {stderr}"
+            )));
+        }
         match (status.code(), outcome) {
             (Some(0), Some(outcome)) => Ok(outcome),
             (Some(c), _) if c as u32 == EXIT_DIGEST_MISMATCH => Err(upload_err(format!(

@@ -485,3 +485,74 @@ fn unreachable_and_refused_hosts_are_failed_hosts_within_max_failed_each_explain
     let log = g.gantry(&["log", &d.id.to_string()]).ok().stdout;
     assert!(log.contains("host h3"), "{log}");
 }
+
+#[test]
+fn a_host_that_dies_mid_rollout_is_a_failed_host_and_serves_its_release_again_when_back() {
+    if skipped() {
+        return;
+    }
+    let lab = FleetLab::start(4, &[], LAB_UP);
+    let g = fleet_gantry(
+        &lab,
+        "strategy = \"rolling\"\nfleet = { batches = [1, \"50%\", \"100%\"], max_failed = 1 }\n",
+        "",
+    );
+    let port = g.port("production");
+    g.register("1.0.0", "");
+    // Slow to warm up, so the rollout is still in its first batch when h4 dies.
+    g.register("2.0.0", "\"warmup_ms\": 1500");
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let id = crate::harness::deploy_id(
+        &g.gantry(&["deploy", "2.0.0", "--env", "production", "--detach"])
+            .ok(),
+    );
+    wait_until("the first batch begins", Duration::from_secs(30), || {
+        g.gantry(&["log", &id.to_string()])
+            .stdout
+            .contains("batch 1/3")
+    });
+    lab.fault("h4", "crash");
+    let d = g.wait_finished(id);
+    assert_eq!(d.phase, Phase::Succeeded, "{:?}", d.reason);
+    assert_eq!(
+        d.failed_hosts.keys().cloned().collect::<Vec<_>>(),
+        vec!["h4".to_owned()],
+        "{:?}",
+        d.failed_hosts
+    );
+    let now = answers(&lab, port);
+    assert_eq!(&now[..3], ["200 hello from 2.0.0"; 3], "{now:?}");
+    // Back, h4 serves what it kept, 1.0.0, with nobody asking.
+    lab.fault("h4", "heal");
+    wait_until("h4 serves 1.0.0 again", Duration::from_secs(60), || {
+        answers(&lab, port)[3] == "200 hello from 1.0.0"
+    });
+}
+
+#[test]
+fn a_full_disk_on_the_hosts_fails_the_deployment_saying_so_and_changes_nothing() {
+    if skipped() {
+        return;
+    }
+    // Each host's home (its data directory) is a 32 MiB file system: the
+    // gantry binary alone does not fit.
+    let lab = FleetLab::start_with(2, &[], &["--home-mb", "32"], LAB_UP);
+    let g = fleet_gantry(&lab, "", "");
+    g.register("1.0.0", "");
+    let run = g.gantry(&["deploy", "1.0.0", "--env", "production"]);
+    assert_eq!(run.code, 3, "{}{}", run.stdout, run.stderr);
+    let d = g.latest("production");
+    assert_eq!(d.phase, Phase::Failed);
+    let reason = d.reason.unwrap();
+    assert!(
+        reason.contains("no host could prepare it")
+            && reason.contains("h1")
+            && reason.contains("h2"),
+        "{reason}"
+    );
+    assert!(
+        reason.to_lowercase().contains("space"),
+        "the reason says the disk is full: {reason}"
+    );
+    assert!(d.new_instances.is_empty());
+}

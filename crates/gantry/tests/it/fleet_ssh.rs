@@ -53,9 +53,14 @@ pub(crate) fn skipped() -> bool {
 impl FleetLab {
     /// Starts `n` hosts, failing the test if that takes longer than `deadline`.
     pub fn start(n: usize, sites: &[&str], deadline: Duration) -> FleetLab {
+        Self::start_with(n, sites, &[], deadline)
+    }
+
+    /// [`FleetLab::start`] with more `fleet-lab up` arguments (`--home-mb M`).
+    pub fn start_with(n: usize, sites: &[&str], more: &[&str], deadline: Duration) -> FleetLab {
         let script = repo().join("scripts/fleet-lab");
         let mut cmd = Command::new(&script);
-        cmd.arg("up").arg(n.to_string());
+        cmd.arg("up").arg(n.to_string()).args(more);
         if !sites.is_empty() {
             cmd.arg("--sites").arg(sites.join(","));
         }
