@@ -64,22 +64,31 @@ pub fn output_within(mut child: Child, deadline: Duration, what: &[&str]) -> Out
 }
 
 /// A port nothing listens on now, and that this test process has not
-/// handed out before: the kernel may offer a just-released port again, and
-/// two environments of one config (or two tests) must not get the same one.
+/// handed out before (two environments of one config, or two tests, must
+/// not get the same one). Below the kernel's ephemeral range (32768 and up):
+/// a port the kernel hands out for `:0` or for an outgoing connection can be
+/// taken by some client's connection before the router binds it, and the
+/// fleet and load tests open thousands of them.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
-    loop {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        if !given.contains(&port) {
+    let seed = std::process::id() as usize
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() as usize);
+    for i in 0..20_000usize {
+        let port = 12_000 + (seed.wrapping_add(i.wrapping_mul(7919)) % 20_000) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+        {
             given.push(port);
             return port;
         }
     }
+    panic!("no free port between 12000 and 31999")
 }
 
 /// Waits for `cond` to hold, polling, and fails the test with `what` at the deadline.
