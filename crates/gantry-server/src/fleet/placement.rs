@@ -63,6 +63,22 @@ fn on_host(instance: &InstanceRef) -> InstanceRef {
     InstanceRef::local(id.to_owned(), instance.port)
 }
 
+/// Instances by the host they run on (each as its host knows it), and the
+/// ones on this machine.
+fn split_by_host(
+    instances: &[InstanceRef],
+) -> (BTreeMap<String, Vec<InstanceRef>>, Vec<InstanceRef>) {
+    let mut by_host: BTreeMap<String, Vec<InstanceRef>> = BTreeMap::new();
+    let mut local = Vec::new();
+    for i in instances {
+        match &i.host {
+            Some(h) => by_host.entry(h.clone()).or_default().push(on_host(i)),
+            None => local.push(i.clone()),
+        }
+    }
+    (by_host, local)
+}
+
 fn from_host(host: &str, instance: InstanceRef) -> InstanceRef {
     InstanceRef {
         id: fleet_id(host, &instance.id),
@@ -300,14 +316,7 @@ impl Target for Placement {
     }
 
     async fn stop(&self, instances: &[InstanceRef]) -> Result<(), TargetError> {
-        let mut by_host: BTreeMap<String, Vec<InstanceRef>> = BTreeMap::new();
-        let mut local = Vec::new();
-        for i in instances {
-            match &i.host {
-                Some(h) => by_host.entry(h.clone()).or_default().push(on_host(i)),
-                None => local.push(i.clone()),
-            }
-        }
+        let (by_host, local) = split_by_host(instances);
         if let Some(links) = self.fleet.as_deref() {
             let hosts: Vec<String> = by_host.keys().cloned().collect();
             let by_host = &by_host;
@@ -385,14 +394,7 @@ impl Target for Placement {
     }
 
     async fn smoke(&self, settings: &SmokeSettings, instances: &[InstanceRef]) -> Vec<SmokeResult> {
-        let mut by_host: BTreeMap<String, Vec<InstanceRef>> = BTreeMap::new();
-        let mut local = Vec::new();
-        for i in instances {
-            match &i.host {
-                Some(h) => by_host.entry(h.clone()).or_default().push(on_host(i)),
-                None => local.push(i.clone()),
-            }
-        }
+        let (by_host, local) = split_by_host(instances);
         let mut results = if local.is_empty() {
             Vec::new()
         } else {
