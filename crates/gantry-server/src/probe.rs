@@ -44,3 +44,10 @@ pub(crate) fn http_client() -> reqwest::Client {
         .build()
         .expect("static client config is valid")
 }
+
+/// Where an instance answers (probes, smoke checks, the router's upstreams).
+/// On a fleet host this is the host's own loopback: only code running on
+/// that host (`gantry host serve`) uses it there.
+pub fn instance_addr(instance: &gantry_core::InstanceRef) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], instance.port))
+}

@@ -3,7 +3,7 @@
 //! runs one `gantry router` process per environment and re-adopts it after
 //! a controller restart.
 
-use crate::target::instance_addr;
+use crate::probe::instance_addr;
 use async_trait::async_trait;
 use gantry_core::{EnvName, InstanceRef};
 use gantry_router::{AdminInfo, Affinity, Pool, PoolStats, Routing, SlowerThan, ADMIN_FILE};

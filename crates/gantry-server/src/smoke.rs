@@ -75,7 +75,7 @@ async fn run_check(
     instance: &InstanceRef,
 ) -> SmokeResult {
     let started = Instant::now();
-    let base = format!("http://{}", crate::target::instance_addr(instance));
+    let base = format!("http://{}", crate::probe::instance_addr(instance));
     let limit = Duration::from_millis(check.timeout_ms);
     let outcome = match &check.probe {
         SmokeProbe::Http {

@@ -73,13 +73,6 @@ impl std::fmt::Debug for LaunchSpec {
     }
 }
 
-/// Where an instance answers (probes, smoke checks, the router's upstreams).
-/// Instances run beside the controller today; a target on other hosts
-/// changes this one place, with `InstanceRef` carrying the host.
-pub fn instance_addr(instance: &InstanceRef) -> std::net::SocketAddr {
-    std::net::SocketAddr::from(([127, 0, 0, 1], instance.port))
-}
-
 /// What a health probe found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", content = "detail", rename_all = "snake_case")]
@@ -572,8 +565,13 @@ impl Target for LocalTarget {
     }
 
     async fn probe(&self, instance: &InstanceRef, path: &str, timeout: Duration) -> ProbeOutcome {
-        let probe =
-            crate::probe::http_probe(&self.http, instance_addr(instance), path, timeout).await;
+        let probe = crate::probe::http_probe(
+            &self.http,
+            crate::probe::instance_addr(instance),
+            path,
+            timeout,
+        )
+        .await;
         if let gantry_core::machine::Probe::Unreachable(_) = probe {
             if let Some(detail) = self.exited(instance).await {
                 return ProbeOutcome::Exited(detail);
