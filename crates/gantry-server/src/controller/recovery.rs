@@ -80,24 +80,14 @@ impl Controller {
     }
 
     async fn restore_env(&self, env: &Environment, s: &EnvState) {
-        for i in &s.instances {
-            if self.target.exited(i).await.is_none() {
-                continue;
-            }
-            // Each with the release it ran: on a fleet, a host that failed
-            // within `max_failed` kept an earlier one.
-            let Some((deployment, version)) = self.instance_release(s, i) else {
-                tracing::error!(instance = %i.id, "cannot tell which deployment started it; not restarted");
-                continue;
-            };
-            match self.launch_spec(env, deployment, &version, 1) {
-                Ok(spec) => {
-                    tracing::warn!(instance = %i.id, "instance was not running; starting it again");
-                    if let Err(e) = self.target.restart_instance(&spec, i).await {
-                        tracing::error!(instance = %i.id, error = %e, "could not restart instance");
-                    }
+        for gone in self.restart_gone(env, s, |_| true).await {
+            match gone.restarted {
+                Ok(()) => {
+                    tracing::warn!(instance = %gone.id, "instance was not running ({}); started it again", gone.why)
                 }
-                Err(e) => tracing::error!(env = %env.name, error = %e, "cannot restart instances"),
+                Err(e) => {
+                    tracing::error!(instance = %gone.id, error = %e, "could not restart instance")
+                }
             }
         }
         if !self.router.is_running(&env.name).await {
@@ -109,6 +99,44 @@ impl Controller {
             }
         }
     }
+    /// Starts again the instances of `s` (those `which` selects) that are
+    /// gone, each with its id, port and the release of the deployment that
+    /// started it: on a fleet, a host that failed within `max_failed` kept
+    /// an earlier one. Returns what it found gone and how each restart went,
+    /// for the caller to log at its own level.
+    pub(super) async fn restart_gone(
+        &self,
+        env: &Environment,
+        s: &EnvState,
+        which: impl Fn(&InstanceRef) -> bool,
+    ) -> Vec<GoneInstance> {
+        let mut gone = Vec::new();
+        for i in s.instances.iter().filter(|i| which(i)) {
+            let Some(why) = self.target.exited(i).await else {
+                continue;
+            };
+            let restarted = match self.instance_release(s, i) {
+                None => Err("cannot tell which deployment started it".to_owned()),
+                Some((deployment, version)) => {
+                    match self.launch_spec(env, deployment, &version, 1) {
+                        Ok(spec) => self
+                            .target
+                            .restart_instance(&spec, i)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e),
+                    }
+                }
+            };
+            gone.push(GoneInstance {
+                id: i.id.clone(),
+                why,
+                restarted,
+            });
+        }
+        gone
+    }
+
     /// Stops every instance and router this controller runs.
     pub async fn stop_workloads(&self) {
         self.stopping
@@ -129,4 +157,11 @@ impl Controller {
             self.router.stop(&env.name).await;
         }
     }
+}
+
+/// An instance found gone, and whether starting it again worked.
+pub(super) struct GoneInstance {
+    pub id: String,
+    pub why: String,
+    pub restarted: Result<(), String>,
 }

@@ -82,24 +82,17 @@ impl Controller {
             if env.hosts.is_empty() || active.iter().any(|d| d.env == s.env) {
                 continue;
             }
-            for i in s.instances.iter().filter(|i| i.host.is_some()) {
-                let Some(why) = self.target.exited(i).await else {
-                    continue;
-                };
-                let Some((deployment, version)) = self.instance_release(&s, i) else {
-                    continue;
-                };
-                let Ok(spec) = self.launch_spec(env, deployment, &version, 1) else {
-                    continue;
-                };
-                match self.target.restart_instance(&spec, i).await {
+            // An unreachable host fails every look until it is back: quiet.
+            for gone in self.restart_gone(env, &s, |i| i.host.is_some()).await {
+                match gone.restarted {
                     Ok(()) => tracing::warn!(
                         env = %s.env,
-                        instance = %i.id,
-                        "instance of {version} was gone ({why}); started it again"
+                        instance = %gone.id,
+                        "instance was gone ({}); started it again",
+                        gone.why
                     ),
                     Err(e) => {
-                        tracing::debug!(instance = %i.id, error = %e, "instance not restarted yet")
+                        tracing::debug!(instance = %gone.id, error = %e, "instance not restarted yet")
                     }
                 }
             }
