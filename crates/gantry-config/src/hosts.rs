@@ -70,6 +70,8 @@ pub const DEFAULT_HOST_DATA_DIR: &str = ".gantry";
 pub struct FleetPlan {
     /// Cumulative batch targets within a wave, the last 100%.
     pub batches: Vec<HostShare>,
+    /// Instead of `batches`: batches of this many hosts (of each wave).
+    pub max_unavailable: Option<HostShare>,
     /// Hosts that may fail before the whole rollout rolls back.
     pub max_failed: HostShare,
     /// Sites in rollout order, each with its hosts of this environment;

@@ -373,6 +373,10 @@ pub(crate) struct FleetSection {
     /// Cumulative batch targets within a wave, e.g. [1, "10%", "50%", "100%"]; the last "100%".
     #[serde(default)]
     batches: Vec<HostShareValue>,
+    /// Instead of `batches`: at most this many hosts (a count or "N%" of each wave) out of
+    /// service at once; batches of that size, one after another.
+    #[serde(default)]
+    max_unavailable: Option<HostShareValue>,
     /// Hosts (a count or "N%") that may fail before the whole rollout rolls back (default 0);
     /// below the number of hosts.
     #[serde(default)]

@@ -145,6 +145,7 @@ fn fleet_settings(env: &Environment, kind: DeploymentKind) -> Option<FleetSettin
     }
     let default_plan = FleetPlan {
         batches: DEFAULT_FLEET_BATCHES.to_vec(),
+        max_unavailable: None,
         max_failed: HostShare::Count(0),
         waves: Vec::new(),
     };
@@ -162,7 +163,13 @@ fn fleet_settings(env: &Environment, kind: DeploymentKind) -> Option<FleetSettin
             .into_iter()
             .map(|(name, hosts)| FleetWave {
                 name,
-                batches: batches(&plan.batches, hosts),
+                batches: match plan.max_unavailable {
+                    Some(m) => hosts
+                        .chunks(m.of(hosts.len() as u32).max(1) as usize)
+                        .map(<[String]>::to_vec)
+                        .collect(),
+                    None => batches(&plan.batches, hosts),
+                },
             })
             .collect(),
         max_failed: plan.max_failed.of(total),
@@ -329,6 +336,32 @@ mod tests {
         // 30% of 7 hosts, rounded up.
         assert_eq!(s.fleet.as_ref().unwrap().max_failed, 3);
         assert_eq!(s.fleet.as_ref().unwrap().hosts().count(), 7);
+    }
+
+    #[test]
+    fn max_unavailable_cuts_each_wave_into_batches_of_that_many_hosts() {
+        let c = fleet_config(r#"{ max_unavailable = 2, waves = ["eu", "us"] }"#);
+        let s = c.deploy_settings(c.environment("production").unwrap(), Deploy);
+        assert_eq!(
+            batches_of(&s),
+            [
+                (
+                    "eu".to_owned(),
+                    vec![hosts(&["h1", "h2"]), hosts(&["h3", "h4"])]
+                ),
+                ("us".to_owned(), vec![hosts(&["h5", "h6"]), hosts(&["h7"])]),
+            ]
+        );
+        // A share is of each wave, rounded up: 25% of 4 is 1, of 3 is 1.
+        let c = fleet_config(r#"{ max_unavailable = "25%", waves = ["eu", "us"] }"#);
+        let s = c.deploy_settings(c.environment("production").unwrap(), Deploy);
+        assert_eq!(
+            batches_of(&s)
+                .iter()
+                .map(|(_, b)| b.len())
+                .collect::<Vec<_>>(),
+            [4, 3]
+        );
     }
 
     #[test]

@@ -35,6 +35,7 @@ mod fleet;
 mod requests;
 mod rolling;
 mod smoke;
+pub mod waves;
 pub use canary::{
     CanarySettings, CanaryState, CanaryStep, Pause, STANDARD_MAX_PAUSE_MS,
     STANDARD_PROMOTION_TOLERANCE,
@@ -171,12 +172,7 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
                 failed_hosts,
             },
         ) => {
-            let d = &mut t.deployment;
-            d.new_instances = instances.clone();
-            d.health = instances
-                .iter()
-                .map(|i| (i.id.clone(), InstanceHealth::default()))
-                .collect();
+            waves::add_started(&mut t.deployment, instances);
             let list: Vec<String> = instances
                 .iter()
                 .map(|i| format!("{} on port {}", i.id, i.port))
@@ -243,10 +239,10 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
 
         (Phase::Baking, Event::Tick) => {
             let d = &t.deployment;
-            if now >= d.phase_since + d.settings.bake_ms as Millis {
+            if now >= d.phase_since + d.settings.bake_ms as Millis && !waves::next(t, now) {
                 t.log.push(format!(
                     "healthy through the {} bake",
-                    seconds(d.settings.bake_ms)
+                    seconds(t.deployment.settings.bake_ms)
                 ));
                 enter(t, Phase::Draining, now);
             }
@@ -476,7 +472,7 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
         Phase::Starting => effects.push(Effect::StartInstances {
             version: d.version.clone(),
             count: d.settings.instances,
-            hosts: Vec::new(),
+            hosts: waves::start_hosts(d),
         }),
         Phase::Verifying => {
             for i in &d.new_instances {
@@ -505,7 +501,9 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
         }),
         Phase::Baking => {
             if d.settings.bake_ms == 0 {
-                enter(t, Phase::Draining, now);
+                if !waves::next(t, now) {
+                    enter(t, Phase::Draining, now);
+                }
                 return;
             }
             for i in &d.new_instances {

@@ -207,6 +207,7 @@ fn a_fleet_plan_is_decoded_with_waves_resolved_to_hosts() {
                 HostShare::Percent(50),
                 HostShare::Percent(100)
             ],
+            max_unavailable: None,
             max_failed: HostShare::Percent(50),
             waves: vec![Wave {
                 site: "eu-west".into(),
@@ -246,6 +247,9 @@ fn bad_fleet_plans_are_refused_at_their_field() {
         r#"{ batches = ["50%", "10%", "100%"] }"#,
         r#"{ batches = [3, "100%"] }"#,
         r#"{ batches = ["0%", "150%", "ten", "100%"] }"#,
+        // max_unavailable beside batches, or of no host
+        r#"{ batches = ["100%"], max_unavailable = 1 }"#,
+        r#"{ max_unavailable = 0 }"#,
     ] {
         let src = with_hosts(
             &fleet(&key),

@@ -160,6 +160,8 @@ zz_unknown = 1
 [environments.production]
 listen = "127.0.0.1:18081"
 strategy = "canary"
+hosts = ["web-1"]
+fleet = { max_unavailable = 1 }
 zz_unknown = 1
 [environments.production.canary]
 interval = "1s"

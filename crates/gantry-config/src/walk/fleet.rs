@@ -18,6 +18,22 @@ pub(super) fn decode_fleet(
         Some(b) => decode_batches(w, b, &join(path, "batches"), total),
         None => Some(vec![HostShare::Percent(100)]),
     };
+    let max_unavailable = match t.get("max_unavailable") {
+        Some(m) => {
+            let p = join(path, "max_unavailable");
+            if t.get("batches").is_some() {
+                w.error(
+                    m.span(),
+                    &p,
+                    "set `batches` or `max_unavailable`, not both: each cuts the hosts into batches",
+                );
+                None
+            } else {
+                host_share(w, m, &p, 1).map(Some)
+            }
+        }
+        None => Some(None),
+    };
     let max_failed = match t.get("max_failed") {
         Some(m) => {
             let p = join(path, "max_failed");
@@ -41,6 +57,7 @@ pub(super) fn decode_fleet(
     };
     Some(FleetPlan {
         batches: batches?,
+        max_unavailable: max_unavailable?,
         max_failed: max_failed?,
         waves: waves?,
     })

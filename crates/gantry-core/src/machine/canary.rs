@@ -183,8 +183,9 @@ fn state(t: &mut Transition) -> &mut CanaryState {
 /// across steps. The comparisons are off only when the first step already
 /// sends all traffic (no stable to compare with, ever); otherwise the rules
 /// stay the same at every step so the budget's weights never move.
-fn rollout_policy(s: &CanarySettings) -> AnalysisPolicy {
+fn rollout_policy(d: &Deployment, s: &CanarySettings) -> AnalysisPolicy {
     let mut p = s.analysis.clone();
+    p.alpha *= super::waves::budget_share(d);
     if s.steps.first().is_none_or(|st| st.weight >= 100) {
         p.compare_errors = false;
         p.compare_client_errors = false;
@@ -234,7 +235,8 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
             enter(t, Phase::Canary, now);
         }
         (Phase::Canary, Event::TrafficRouted { to_new: true }) => {
-            let first = !t.deployment.traffic_on_new;
+            // The first shift of the rollout, or of a wave after the first.
+            let first = !t.deployment.traffic_on_new || state(t).weight == 0;
             t.deployment.traffic_on_new = true;
             let step = state(t).step;
             let weight = s.steps[step].weight;
@@ -265,7 +267,7 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
             let by_host = hosts_since_start(t, hosts);
             if let Some(o) = crate::analysis::outlier::outlier_host(
                 &by_host,
-                s.analysis.alpha,
+                s.analysis.alpha * super::waves::budget_share(&t.deployment),
                 s.analysis.min_requests,
             ) {
                 let weight = state(t).weight;
@@ -367,7 +369,7 @@ fn on_metrics(
         canary: dc,
         stable: ds,
     });
-    let policy = rollout_policy(s);
+    let policy = rollout_policy(&t.deployment, s);
     let mut analysis = analyse_windows(&policy, &st.baseline, &windows);
     let bounds = analysis::bounds(&policy, &st.baseline, &windows);
     analysis.bounds = Some(bounds.clone());
@@ -534,6 +536,12 @@ fn advance(t: &mut Transition, s: &CanarySettings, now: Millis) {
     st.held = false;
     st.short_logged = false;
     if st.step >= s.steps.len() {
+        if super::waves::more(&t.deployment) {
+            t.log.push(
+                "canary complete in this wave: all its traffic on the new release".to_owned(),
+            );
+            return enter(t, Phase::Baking, now);
+        }
         t.log
             .push("canary complete: all traffic on the new release".to_owned());
         return enter(t, Phase::Draining, now);
@@ -574,10 +582,12 @@ fn emit_canary_effects(t: &mut Transition, s: &CanarySettings, now: Millis) {
             let st = t.deployment.canary.clone().unwrap_or_default();
             let wanted = s.steps[st.step].weight;
             if st.weight != wanted {
+                // On a fleet in waves, only the wave's hosts' routers.
+                let d = &t.deployment;
                 t.effects.push(Effect::ShiftTraffic {
                     weight: wanted,
-                    stable: t.deployment.old_instances.clone(),
-                    canary: t.deployment.new_instances.clone(),
+                    stable: super::waves::in_wave(d, &d.old_instances),
+                    canary: super::waves::in_wave(d, &d.new_instances),
                 });
             } else {
                 // Resumed mid-step: keep judging from the same step start, probe again.

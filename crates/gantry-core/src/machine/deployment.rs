@@ -212,6 +212,14 @@ pub struct Deployment {
     /// against `fleet.max_failed` and keep (or return to) the old release.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub failed_hosts: BTreeMap<String, String>,
+    /// Canary or blue-green over a fleet in waves: the wave under way (an
+    /// index into `settings.fleet.waves`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub wave: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// What a new deployment is made of: who asked for what, where, replacing
@@ -266,6 +274,7 @@ impl Deployment {
             smoke: None,
             change: None,
             failed_hosts: BTreeMap::new(),
+            wave: 0,
         }
     }
 

@@ -130,7 +130,7 @@ pub(super) fn emit(t: &mut Transition, started: Millis) -> SmokeStart {
     }
     let timeout = suite_timeout(t);
     t.effects.push(Effect::RunSmoke {
-        instances: t.deployment.new_instances.clone(),
+        instances: super::waves::in_wave(&t.deployment, &t.deployment.new_instances),
     });
     t.effects.push(Effect::WakeAt {
         at: started + timeout as Millis,

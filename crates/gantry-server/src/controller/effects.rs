@@ -75,7 +75,7 @@ impl Controller {
             }
             Effect::ObserveBaseline => {
                 let (stable_name, _) = pool_names(&d);
-                let baseline = match self.metrics.pool_stats(&d.env, &[]).await {
+                let baseline = match self.wave_pool_stats(&d, &[]).await {
                     Ok(pools) => pools
                         .iter()
                         .find(|p| p.name == stable_name)
@@ -156,10 +156,15 @@ impl Controller {
             reason: e.to_string(),
         };
         let (pools, by_host) = match self.metrics.pool_stats_by_host(&d.env, &asked).await {
-            Ok(Some(by_host)) => (
-                crate::routing::sum_pools(by_host.values().cloned()),
-                by_host,
-            ),
+            Ok(Some(mut by_host)) => {
+                if let Some(wave) = gantry_core::machine::waves::current_hosts(d) {
+                    by_host.retain(|host, _| wave.contains(host));
+                }
+                (
+                    crate::routing::sum_pools(by_host.values().cloned()),
+                    by_host,
+                )
+            }
             Ok(None) => match self.metrics.pool_stats(&d.env, &asked).await {
                 Ok(p) => (p, BTreeMap::new()),
                 Err(e) => return unavailable(e),
@@ -175,6 +180,23 @@ impl Controller {
                 .map(|(host, pools)| (host.clone(), counts(pools, &canary_name, limits)))
                 .collect(),
         }
+    }
+
+    /// The environment's pools, counted on the hosts of the wave under way
+    /// when a canary walks a fleet in waves (hosts of earlier waves serve
+    /// the new release in full and would blur the comparison).
+    async fn wave_pool_stats(
+        &self,
+        d: &Deployment,
+        asked: &[f64],
+    ) -> Result<Vec<PoolStats>, crate::routing::MetricError> {
+        if let Some(wave) = gantry_core::machine::waves::current_hosts(d) {
+            if let Some(mut by_host) = self.metrics.pool_stats_by_host(&d.env, asked).await? {
+                by_host.retain(|host, _| wave.contains(host));
+                return Ok(crate::routing::sum_pools(by_host.into_values()));
+            }
+        }
+        self.metrics.pool_stats(&d.env, asked).await
     }
 
     /// Re-hashes the artifact, checks its signature where the environment

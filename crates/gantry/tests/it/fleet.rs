@@ -562,3 +562,74 @@ fn a_full_disk_on_the_hosts_fails_the_deployment_saying_so_and_changes_nothing()
     );
     assert!(d.new_instances.is_empty());
 }
+
+#[test]
+fn a_fleet_canary_walks_its_waves_site_by_site_and_a_bad_second_wave_returns_every_host() {
+    if skipped() {
+        return;
+    }
+    let lab = FleetLab::start(5, &["eu", "us"], LAB_UP);
+    let site_of = |name: &str| {
+        lab.hosts
+            .iter()
+            .find(|h| h.name == name)
+            .and_then(|h| h.site.clone())
+            .unwrap()
+    };
+    let us: Vec<String> = lab
+        .hosts
+        .iter()
+        .filter(|h| h.site.as_deref() == Some("us"))
+        .map(|h| h.name.clone())
+        .collect();
+    let g = fleet_gantry(
+        &lab,
+        &format!("{CANARY}fleet = {{ waves = [\"eu\", \"us\"] }}\n"),
+        NO_LATENCY_RULES,
+    );
+    let port = g.port("production");
+    g.register("1.0.0", "");
+    g.register("2.0.0", "");
+    // 3.0.0 fails three requests in ten on one us host only.
+    g.register(
+        "3.0.0",
+        &format!(
+            "\"error_rate\": 0.3, \"errors_where_home_contains\": \"/{}/\"",
+            us[0]
+        ),
+    );
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let load = FleetLoad::start(&lab, port);
+    wait_until("traffic on every host", Duration::from_secs(10), || {
+        load.ok.load(Ordering::Relaxed) > 300
+    });
+
+    // Healthy: eu's canary steps and bake, then us's, each on its own routers.
+    let run = g.gantry(&["deploy", "2.0.0", "--env", "production"]).ok();
+    let d = g.latest("production");
+    assert_eq!(d.phase, Phase::Succeeded, "{}", run.stdout);
+    let log = g.gantry(&["log", &d.id.to_string()]).ok().stdout;
+    let at = |part: &str| {
+        log.find(part)
+            .unwrap_or_else(|| panic!("{part:?} missing from:\n{log}"))
+    };
+    assert!(at("canary complete in this wave") < at("wave eu (1/2) done"));
+    assert!(at("wave eu (1/2) done") < at("wave us (2/2) begins"));
+    assert!(at("wave us (2/2) begins") < at("canary complete: all traffic"));
+    assert!(all_serve(&lab, port, "2.0.0"), "{:?}", answers(&lab, port));
+
+    // Bad in the second wave: every host, eu's baked ones too, back on 2.0.0.
+    g.gantry(&["deploy", "3.0.0", "--env", "production"])
+        .fails_with(3, "rolled_back");
+    let d = g.latest("production");
+    let reason = d.reason.clone().unwrap();
+    assert!(reason.starts_with("canary analysis at"), "{reason}");
+    assert!(reason.contains(&us[0]), "the bad host is named: {reason}");
+    assert_eq!(site_of(&us[0]), "us");
+    let log = g.gantry(&["log", &d.id.to_string()]).ok().stdout;
+    assert!(log.contains("wave us (2/2) begins"), "{log}");
+    assert!(all_serve(&lab, port, "2.0.0"), "{:?}", answers(&lab, port));
+    let (ok, failed, failures) = load.finish();
+    // Only the bad host's canary share could fail.
+    assert!(failed * 100 < ok, "{failed} failed of {ok}: {failures:?}");
+}

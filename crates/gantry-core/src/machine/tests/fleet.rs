@@ -85,6 +85,8 @@ enum Fault {
     Sick,
     /// Its new instances never answer healthy.
     NeverUp,
+    /// Its new instances are up but fail 5% of the requests they serve.
+    Errors,
 }
 
 enum Item {
@@ -111,6 +113,12 @@ struct World {
     log: Vec<String>,
     effects: Vec<Effect>,
     transcript: String,
+    /// Each host's canary weight (its last `ShiftTraffic`).
+    weights: BTreeMap<String, u32>,
+    /// Cumulative counts each host's router gave the new and the old release.
+    served: BTreeMap<String, (Counts, Counts)>,
+    /// The hosts the runtime counts for the analysis (`waves::current_hosts`).
+    scope: Option<Vec<String>>,
 }
 
 impl World {
@@ -135,6 +143,9 @@ impl World {
             log: Vec::new(),
             effects: Vec::new(),
             transcript: String::new(),
+            weights: BTreeMap::new(),
+            served: BTreeMap::new(),
+            scope: None,
         };
         for i in &d.old_instances {
             let h = i.host.clone().unwrap();
@@ -186,6 +197,7 @@ impl World {
                 .filter(|i| Self::host_of(i) == h)
                 .map(|i| i.id.clone())
                 .collect();
+            self.weights.insert(h.clone(), weight);
             let to = match (s.is_empty(), c.is_empty()) {
                 (true, true) => continue,
                 (false, true) => s,
@@ -281,8 +293,55 @@ impl World {
             Effect::RunSmoke { .. } => Event::SmokeFinished {
                 results: Vec::new(),
             },
-            Effect::ObserveBaseline | Effect::ObserveMetrics { .. } => return None,
+            Effect::ObserveBaseline => Event::BaselineObserved {
+                baseline: Baseline {
+                    requests: 10_000,
+                    errors: 10,
+                    p50_ms: 5.0,
+                    p99_ms: 20.0,
+                },
+            },
+            Effect::ObserveMetrics { .. } => self.observe(),
         })
+    }
+
+    /// A second of traffic, 1,000 requests per host split by its routing
+    /// (errors: 0.1%, 5% for new instances on a host with `Fault::Errors`),
+    /// then the cumulative counts on the hosts in scope.
+    fn observe(&mut self) -> Event {
+        for h in self.hosts.clone() {
+            let new_share = match self.serves(&h) {
+                Some(true) => 1000,
+                Some(false) => 0,
+                None => 10 * self.weights.get(&h).copied().unwrap_or(0) as u64,
+            };
+            let bad = self.faults.get(&h) == Some(&Fault::Errors);
+            let (new, old) = self.served.entry(h).or_default();
+            new.requests += new_share;
+            new.errors += if bad {
+                new_share / 20
+            } else {
+                new_share / 1000
+            };
+            old.requests += 1000 - new_share;
+            old.errors += (1000 - new_share) / 1000;
+        }
+        let scope = self.scope.clone().unwrap_or_else(|| self.hosts.clone());
+        let (mut canary, mut stable) = (Counts::default(), Counts::default());
+        let mut hosts = BTreeMap::new();
+        for h in &scope {
+            let (new, old) = self.served.get(h).copied().unwrap_or_default();
+            canary.requests += new.requests;
+            canary.errors += new.errors;
+            stable.requests += old.requests;
+            stable.errors += old.errors;
+            hosts.insert(h.clone(), new);
+        }
+        Event::MetricsObserved {
+            canary,
+            stable,
+            hosts,
+        }
     }
 
     fn schedule(&mut self, effects: Vec<Effect>) {
@@ -323,6 +382,7 @@ impl World {
             }
         }
         self.log.extend(t.log.iter().cloned());
+        self.scope = waves::current_hosts(&t.deployment);
         self.schedule(t.effects);
         t.deployment
     }
@@ -940,4 +1000,174 @@ fn smoke_checks_run_once_on_the_first_batch_before_it_takes_traffic() {
         .position(|e| matches!(e, Effect::ShiftTraffic { .. }))
         .unwrap();
     assert!(smokes[0].0 < first_route);
+}
+
+/// A canary of 10% then 50% (5 s each) then 100% over `plan`.
+fn fleet_canary(plan: Plan<'_>) -> Deployment {
+    use crate::analysis::AnalysisPolicy;
+    let mut d = fleet_deploy(plan, 0, 1);
+    let pause = Pause::For { ms: 5_000 };
+    d.settings.strategy = StrategySettings::Canary(CanarySettings {
+        steps: vec![
+            CanaryStep { weight: 10, pause },
+            CanaryStep { weight: 50, pause },
+            CanaryStep {
+                weight: 100,
+                pause: Pause::For { ms: 0 },
+            },
+        ],
+        analysis: AnalysisPolicy::default(),
+        interval_ms: 1000,
+        max_wait_ms: 60_000,
+        promotion_tolerance: STANDARD_PROMOTION_TOLERANCE,
+        max_pause_ms: STANDARD_MAX_PAUSE_MS,
+    });
+    d
+}
+
+/// The hosts named by each `ShiftTraffic`, in order.
+fn shifted_hosts(effects: &[Effect]) -> Vec<BTreeSet<String>> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::ShiftTraffic { stable, canary, .. } => Some(
+                stable
+                    .iter()
+                    .chain(canary)
+                    .map(World::host_of)
+                    .collect::<BTreeSet<_>>(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+fn set(hosts: &[&str]) -> BTreeSet<String> {
+    hosts.iter().map(|h| (*h).to_owned()).collect()
+}
+
+#[test]
+fn a_canary_walks_the_waves_one_after_another_each_on_its_own_hosts() {
+    let d = fleet_canary(TWO_WAVES);
+    let mut w = World::new(&d, BTreeMap::new());
+    let done = w.run(d, 5000);
+    assert_eq!(done.phase, Phase::Succeeded, "{}", w.log.join("\n"));
+    assert_eq!(
+        w.starts(),
+        [vec!["h1", "h2", "h3"], vec!["h4", "h5", "h6"]],
+        "each wave starts the new release on its own hosts only"
+    );
+    let shifts = shifted_hosts(&w.effects);
+    let (eu, us) = (set(&["h1", "h2", "h3"]), set(&["h4", "h5", "h6"]));
+    assert_eq!(shifts.len(), 6, "three steps per wave: {shifts:?}");
+    assert!(shifts[..3].iter().all(|s| *s == eu), "{shifts:?}");
+    assert!(shifts[3..].iter().all(|s| *s == us), "{shifts:?}");
+    // The second wave begins only after the first baked.
+    let order: Vec<&String> = w
+        .log
+        .iter()
+        .filter(|l| l.starts_with("wave ") || l.starts_with("canary complete"))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "canary complete in this wave: all its traffic on the new release",
+            "wave eu (1/2) done: healthy through the 3s bake; 3 host(s) serve 1.1.0",
+            "wave us (2/2) begins: 3 host(s)",
+            "canary complete: all traffic on the new release",
+        ],
+        "{}",
+        w.log.join("\n")
+    );
+    for h in &w.hosts {
+        assert_eq!(w.serves(h), Some(true), "{h}");
+    }
+    assert!(
+        w.running.values().all(|(_, new)| *new),
+        "old instances drained after the last wave only"
+    );
+    // Each wave's analysis spends half the budget.
+    assert_eq!(waves::budget_share(&done), 0.5);
+}
+
+#[test]
+fn a_bad_canary_in_the_second_wave_returns_every_host_of_every_wave_at_once() {
+    let d = fleet_canary(TWO_WAVES);
+    let mut w = World::new(&d, faults(&[("h5", Fault::Errors)]));
+    let done = w.run(d, 5000);
+    assert_eq!(done.phase, Phase::RolledBack, "{}", w.log.join("\n"));
+    let reason = done.reason.clone().unwrap();
+    assert!(reason.contains("canary analysis at"), "{reason}");
+    assert!(reason.contains("h5"), "the bad host is named: {reason}");
+    assert!(
+        w.log.iter().any(|l| l == "wave us (2/2) begins: 3 host(s)"),
+        "failed in the second wave"
+    );
+    for h in &w.hosts {
+        assert_eq!(w.serves(h), Some(false), "{h}");
+    }
+    assert!(w.running.values().all(|(_, new)| !new));
+    assert!(
+        !w.effects
+            .iter()
+            .any(|e| matches!(e, Effect::RestoreInstances { .. })),
+        "the first wave's old instances were still warm: one routing change"
+    );
+    // The rollback's routing names every host's old instances in one effect.
+    let back: Vec<&Effect> = w
+        .effects
+        .iter()
+        .filter(|e| matches!(e, Effect::RouteTraffic { to_new: false, .. }))
+        .collect();
+    assert_eq!(back.len(), 1);
+    if let Effect::RouteTraffic { instances, .. } = back[0] {
+        assert_eq!(instances.len(), 6);
+    }
+}
+
+#[test]
+fn blue_green_switches_wave_by_wave_with_a_bake_each() {
+    let mut d = fleet_deploy(TWO_WAVES, 0, 2);
+    d.settings.strategy = StrategySettings::BlueGreen;
+    let mut w = World::new(&d, BTreeMap::new());
+    let done = w.run(d, 5000);
+    assert_eq!(done.phase, Phase::Succeeded, "{}", w.log.join("\n"));
+    assert_eq!(w.starts(), [vec!["h1", "h2", "h3"], vec!["h4", "h5", "h6"]]);
+    let switches: Vec<BTreeSet<String>> = w
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::RouteTraffic {
+                instances,
+                to_new: true,
+            } => Some(instances.iter().map(World::host_of).collect()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        switches,
+        [
+            set(&["h1", "h2", "h3"]),
+            set(&["h1", "h2", "h3", "h4", "h5", "h6"])
+        ]
+    );
+    assert_eq!(
+        lines_with(&w.log, "bake").len(),
+        2,
+        "a bake per wave: {}",
+        w.log.join("\n")
+    );
+    assert_eq!(done.new_instances.len(), 12);
+    for h in &w.hosts {
+        assert_eq!(w.serves(h), Some(true), "{h}");
+    }
+
+    // One wave of the fleet: nothing changes from a fleet without waves.
+    let mut d = fleet_deploy(&[("all", &[&["h1", "h2"]])], 0, 1);
+    d.settings.strategy = StrategySettings::BlueGreen;
+    assert!(!waves::active(&d));
+    let mut w = World::new(&d, BTreeMap::new());
+    let done = w.run(d, 5000);
+    assert_eq!(done.phase, Phase::Succeeded);
+    assert_eq!(w.starts(), [Vec::<String>::new()]);
 }
