@@ -251,6 +251,8 @@ impl Strategy {
 pub struct Rolling {
     pub max_surge: u32,
     pub max_unavailable: u32,
+    /// How long each batch is judged before the next (0: not judged).
+    pub analysis_ms: u64,
 }
 
 impl Rolling {
@@ -259,6 +261,7 @@ impl Rolling {
         Rolling {
             max_surge: 1,
             max_unavailable: 0,
+            analysis_ms: 0,
         }
     }
 }

@@ -481,6 +481,11 @@ pub(crate) struct RollingSection {
     #[serde(default)]
     #[schemars(range(min = 0, max = 64))]
     max_unavailable: Option<u32>,
+    /// After each batch takes traffic, and while the old release still serves beside it: judge
+    /// the new release against the old on their live counts (the `[analysis]` rules) this long,
+    /// e.g. "30s", before the next batch. Absent: batches go on once healthy.
+    #[serde(default)]
+    analysis: Option<String>,
 }
 
 #[derive(JsonSchema)]

@@ -5,7 +5,7 @@
 
 use crate::{Config, Environment, FleetPlan, HostShare, Strategy};
 use gantry_core::evidence::GateResult;
-use gantry_core::machine::{CanarySettings, CanaryStep, RollingSettings};
+use gantry_core::machine::{BatchJudge, CanarySettings, CanaryStep, RollingSettings};
 use gantry_core::machine::{FleetSettings, FleetWave};
 use gantry_core::{DeploySettings, DeploymentKind, HealthSettings, StrategySettings};
 use gantry_core::{EnvName, Version};
@@ -55,6 +55,11 @@ impl Config {
                     StrategySettings::Rolling(RollingSettings {
                         max_surge: r.max_surge,
                         max_unavailable: r.max_unavailable,
+                        judge: (r.analysis_ms > 0).then(|| BatchJudge {
+                            window_ms: r.analysis_ms,
+                            interval_ms: (r.analysis_ms / 10).clamp(250, 5_000),
+                            policy: self.analysis.clone(),
+                        }),
                     })
                 }
             },

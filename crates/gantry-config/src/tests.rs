@@ -296,7 +296,8 @@ timeout = "30s"
         prod.strategy,
         Strategy::Rolling(Rolling {
             max_surge: 2,
-            max_unavailable: 0
+            max_unavailable: 0,
+            analysis_ms: 0,
         })
     );
     assert_eq!(prod.sticky, Some(Sticky::Header("x-user".into())));

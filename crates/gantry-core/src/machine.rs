@@ -32,6 +32,7 @@ mod canary;
 mod deployment;
 mod events;
 mod fleet;
+mod judge;
 mod requests;
 mod rolling;
 mod smoke;
@@ -46,6 +47,7 @@ pub use deployment::{
 };
 pub use events::{Effect, Event, Probe, Transition};
 pub use fleet::FleetProgress;
+pub use judge::BatchJudge;
 pub use requests::RequestRefusal;
 pub use rolling::{RollStage, RollingSettings, RollingState, Strays};
 use serde::{Deserialize, Serialize};
@@ -157,7 +159,7 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
             if let (StrategySettings::Rolling(s), false) =
                 (&d.settings.strategy, d.old_instances.is_empty())
             {
-                let s = *s;
+                let s = s.clone();
                 rolling::begin(t, &s, now);
             } else {
                 enter(t, Phase::Starting, now);

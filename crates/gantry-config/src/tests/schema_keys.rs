@@ -131,6 +131,7 @@ zz_unknown = 1
 [environments.staging.rolling]
 max_surge = 1
 max_unavailable = 0
+analysis = "30s"
 zz_unknown = 1
 [environments.staging.sticky]
 cookie = "gantry_release"

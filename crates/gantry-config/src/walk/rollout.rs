@@ -27,7 +27,8 @@ pub(super) fn decode_rolling(
     };
     let surge = bounded("max_surge").unwrap_or(Some(std.max_surge));
     let unavailable = bounded("max_unavailable").unwrap_or(Some(std.max_unavailable));
-    let (surge, unavailable) = (surge?, unavailable?);
+    let analysis_ms = optional_duration(w, t, &join(path, "analysis"), "analysis", 0);
+    let (surge, unavailable, analysis_ms) = (surge?, unavailable?, analysis_ms?);
     if surge == 0 && unavailable == 0 {
         w.error(
             v.span(),
@@ -39,6 +40,7 @@ pub(super) fn decode_rolling(
     Some(Rolling {
         max_surge: surge,
         max_unavailable: unavailable,
+        analysis_ms,
     })
 }
 

@@ -5,8 +5,16 @@
 //! ```text
 //! Preparing → Rolling: for each batch
 //!   [Unroute → Stop]   old instances, only when the surge leaves no room
-//!   Start → Verify → [Smoke, first batch] → Route → [Stop]   surplus old instances
+//!   Start → Verify → [Smoke, first batch] → Route → [Judge] → [Stop]   surplus old instances
 //! → Draining → Succeeded
+//! ```
+//!
+//! `Judge` (with `rolling.analysis` set, while the old release still serves
+//! beside the new) compares both releases' live counts for a window before
+//! the old instances the batch replaced stop, so a batch that fails the
+//! rules goes back with its old instances still warm.
+//!
+//! ```text
 //! ```
 //!
 //! Kubernetes' two numbers bound each batch: at most `instances + max_surge`
@@ -19,17 +27,22 @@
 //! to all of them, then stops the new ones.
 
 use super::fleet::{self, FleetProgress};
+use super::judge::{self, BatchJudge, Judgement};
 use super::{check_start_deadline, enter, on_health, roll_back, smoke, Effect, Event, Phase};
 use super::{Deployment, StrategySettings, Transition};
+use crate::analysis::{Counts, LatencyLimits};
 use crate::domain::{InstanceRef, Millis};
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RollingSettings {
     /// Instances that may run above the configured count during the update.
     pub max_surge: u32,
     /// Instances that may be out of service below the configured count.
     pub max_unavailable: u32,
+    /// How each batch is judged before the next; `None`: not judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judge: Option<BatchJudge>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -52,6 +65,13 @@ pub enum RollStage {
     Smoke,
     /// Giving the batch its share, and taking `retire` out of the routing.
     Route { retire: Vec<InstanceRef> },
+    /// Judging the batch against the old release (`retire` still running,
+    /// out of the routing); `start`: both releases' counts at the first look.
+    Judge {
+        retire: Vec<InstanceRef>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        start: Option<(Counts, Counts)>,
+    },
     /// Fleet: a wave is done; its hosts serve the new release through the
     /// bake (health still probed) before the next wave begins.
     Bake,
@@ -231,7 +251,7 @@ pub(super) fn stage(t: &Transition) -> Option<RollStage> {
 /// An event in the rolling phase. Only a rolling deployment enters it, so
 /// any other is left alone.
 pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
-    let StrategySettings::Rolling(s) = t.deployment.settings.strategy else {
+    let StrategySettings::Rolling(s) = t.deployment.settings.strategy.clone() else {
         return;
     };
     let s = &s;
@@ -333,11 +353,60 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
                     .unwrap_or_default(),
                 weight(n, serving_old)
             ));
-            if retire.is_empty() {
-                plan_next(t, s, now);
+            let judged =
+                s.judge.is_some() && !without(&survivors(&t.deployment), &retire).is_empty();
+            if judged {
+                set_stage(
+                    t,
+                    RollStage::Judge {
+                        retire,
+                        start: None,
+                    },
+                    now,
+                );
             } else {
-                set_stage(t, RollStage::Stop { retire }, now);
+                after_batch(t, s, retire, now);
             }
+        }
+        (RollStage::Judge { retire, start }, Event::MetricsObserved { canary, stable, .. }) => {
+            let Some(j) = s.judge.as_ref() else { return };
+            let (batch, since) = t
+                .deployment
+                .rolling
+                .as_ref()
+                .map_or((0, now), |r| (r.batch, r.stage_since));
+            let share = judge_share(&t.deployment, s);
+            match judge::judge(j, share, batch, start, canary, stable, since, now) {
+                Judgement::Look { start } => {
+                    if let Some(r) = t.deployment.rolling.as_mut() {
+                        r.stage = RollStage::Judge {
+                            retire,
+                            start: Some(start),
+                        };
+                    }
+                    look(t, j, now + j.interval_ms as Millis);
+                }
+                Judgement::Pass(line) => {
+                    t.log.push(line);
+                    after_batch(t, s, retire, now);
+                }
+                Judgement::Fail(reason) => roll_back(t, reason, now),
+            }
+        }
+        (RollStage::Judge { .. }, Event::MetricsUnavailable { reason }) => {
+            let Some(j) = s.judge.as_ref() else { return };
+            let since = t.deployment.rolling.as_ref().map_or(now, |r| r.stage_since);
+            if (now - since).max(0) as u64 >= j.max_wait_ms() {
+                return roll_back(
+                    t,
+                    format!(
+                        "batch could not be judged within {}: metrics are unavailable: {reason}",
+                        super::seconds(j.max_wait_ms())
+                    ),
+                    now,
+                );
+            }
+            look(t, j, now + j.interval_ms as Millis);
         }
         (_, Event::RouteFailed { reason }) => {
             roll_back(t, format!("could not route traffic: {reason}"), now)
@@ -346,6 +415,36 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
         (stage @ RollStage::Recover { .. }, _) => fleet::on_recover_event(t, stage, event, now),
         _ => {}
     }
+}
+
+/// The batch serves (and passed its judging, if any): the old instances it
+/// replaced stop, or the next batch begins.
+fn after_batch(t: &mut Transition, s: &RollingSettings, retire: Vec<InstanceRef>, now: Millis) {
+    if retire.is_empty() {
+        plan_next(t, s, now);
+    } else {
+        set_stage(t, RollStage::Stop { retire }, now);
+    }
+}
+
+/// The part of the false-rollback budget one batch's judging may spend:
+/// an equal share of every batch the update can judge (all but the last).
+fn judge_share(d: &Deployment, s: &RollingSettings) -> f64 {
+    let batches = match &d.settings.fleet {
+        Some(f) => f.waves.iter().map(|w| w.batches.len()).sum::<usize>(),
+        None => (d.settings.instances as usize)
+            .div_ceil((s.max_surge + s.max_unavailable).max(1) as usize),
+    };
+    1.0 / batches.saturating_sub(1).max(1) as f64
+}
+
+/// A look at both releases' counts at `at` (no latency limits: a rolling
+/// update takes no baseline).
+fn look(t: &mut Transition, _j: &BatchJudge, at: Millis) {
+    t.effects.push(Effect::ObserveMetrics {
+        limits: LatencyLimits::default(),
+        at,
+    });
 }
 
 fn route_batch_if(t: &mut Transition, go: bool, now: Millis) {
@@ -471,6 +570,10 @@ pub(super) fn emit_phase_effects(t: &mut Transition, now: Millis) {
                 canary: d.new_instances.clone(),
             });
         }
+        RollStage::Judge { .. } => t.effects.push(Effect::ObserveMetrics {
+            limits: LatencyLimits::default(),
+            at: now,
+        }),
         RollStage::Bake => t.effects.push(Effect::WakeAt {
             at: r.stage_since + d.settings.bake_ms as Millis,
         }),

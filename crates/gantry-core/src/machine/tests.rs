@@ -394,6 +394,7 @@ mod properties {
                     d.settings.strategy = StrategySettings::Rolling(RollingSettings {
                         max_surge: 1,
                         max_unavailable: 0,
+                        judge: None,
                     })
                 }
                 _ => {}
@@ -967,6 +968,7 @@ mod rolling {
         s.strategy = StrategySettings::Rolling(RollingSettings {
             max_surge: surge,
             max_unavailable: unavailable,
+            judge: None,
         });
         Deployment::new(
             NewDeployment {
@@ -1522,6 +1524,7 @@ fn the_strategy_is_one_tagged_value_in_the_stored_state() {
     d.settings.strategy = StrategySettings::Rolling(RollingSettings {
         max_surge: 2,
         max_unavailable: 1,
+        judge: None,
     });
     let json = serde_json::to_value(&d.settings).unwrap();
     assert_eq!(

@@ -87,6 +87,46 @@ fn a_failed_rolling_batch_restarts_the_retired_instances_and_rolls_back() {
     assert_eq!(g.get_env("production").1, "hello from 1.0.0\n");
 }
 
+#[test]
+fn a_judged_rolling_update_compares_each_batch_with_the_old_release_and_rolls_back_a_worse_one() {
+    let tail = "strategy = \"rolling\"\nrolling = { max_surge = 1, max_unavailable = 0, analysis = \"2s\" }\n";
+    let (g, load) = serving(tail, &[("1.1.0", ""), ("1.2.0", "\"error_rate\": 0.3")]);
+    // Healthy: the first batch is judged beside the old release, then the second goes.
+    g.gantry(&["deploy", "1.1.0", "--env", "production"]).ok();
+    let id = g.latest("production").id;
+    let log = log_of(&g, id);
+    let judged = log
+        .find("batch 1 judged over")
+        .unwrap_or_else(|| panic!("{log}"));
+    let second = log
+        .find("batch 2: starting")
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(judged < second, "judged before the next batch:\n{log}");
+    assert!(
+        !log.contains("batch 2 judged"),
+        "the last batch has no old release beside it:\n{log}"
+    );
+
+    // 30% errors on the new release's half: rolled back, its old instance still warm.
+    g.gantry(&["deploy", "1.2.0", "--env", "production"])
+        .fails_with(3, "rolled_back");
+    let d = g.latest("production");
+    let reason = d.reason.clone().unwrap();
+    assert!(reason.starts_with("analysis of batch 1: "), "{reason}");
+    let log = log_of(&g, d.id);
+    assert!(!log.contains("batch 2: starting"), "{log}");
+    assert!(
+        !log.contains("restarted"),
+        "nothing had to be restarted:\n{log}"
+    );
+    assert_eq!(g.get_env("production").1, "hello from 1.1.0\n");
+    let (ok, failed) = load.finish();
+    assert!(
+        failed * 10 < ok,
+        "only the judged batch's share failed: {failed} of {ok}"
+    );
+}
+
 const SMOKE: &str = r#"
 [environments.production.smoke]
 timeout = "20s"

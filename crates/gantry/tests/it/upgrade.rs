@@ -134,7 +134,8 @@ critical = false
         d.settings.strategy,
         StrategySettings::Rolling(RollingSettings {
             max_surge: 1,
-            max_unavailable: 0
+            max_unavailable: 0,
+            judge: None,
         }),
         "{d:?}"
     );

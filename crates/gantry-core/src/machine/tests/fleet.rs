@@ -47,6 +47,7 @@ fn fleet_deploy(plan: Plan<'_>, max_failed: u32, per_host: u32) -> Deployment {
     s.strategy = StrategySettings::Rolling(RollingSettings {
         max_surge: 1,
         max_unavailable: 0,
+        judge: None,
     });
     let old_instances = fleet
         .hosts()
@@ -197,7 +198,6 @@ impl World {
                 .filter(|i| Self::host_of(i) == h)
                 .map(|i| i.id.clone())
                 .collect();
-            self.weights.insert(h.clone(), weight);
             let to = match (s.is_empty(), c.is_empty()) {
                 (true, true) => continue,
                 (false, true) => s,
@@ -206,6 +206,7 @@ impl World {
                 _ if weight >= 100 => c,
                 _ => s.union(&c).cloned().collect(),
             };
+            self.weights.insert(h.clone(), weight);
             self.routing.insert(h, to);
         }
     }
@@ -1170,4 +1171,73 @@ fn blue_green_switches_wave_by_wave_with_a_bake_each() {
     let done = w.run(d, 5000);
     assert_eq!(done.phase, Phase::Succeeded);
     assert_eq!(w.starts(), [Vec::<String>::new()]);
+}
+
+/// Rolling over TWO_WAVES with each batch judged for 5 s.
+fn judged_rolling(max_failed: u32) -> Deployment {
+    use crate::analysis::AnalysisPolicy;
+    let mut d = fleet_deploy(TWO_WAVES, max_failed, 1);
+    d.settings.strategy = StrategySettings::Rolling(RollingSettings {
+        max_surge: 1,
+        max_unavailable: 0,
+        judge: Some(BatchJudge {
+            window_ms: 5_000,
+            interval_ms: 1_000,
+            policy: AnalysisPolicy::default(),
+        }),
+    });
+    d
+}
+
+#[test]
+fn a_judged_rolling_update_compares_each_batch_with_the_old_release_before_the_next() {
+    let d = judged_rolling(0);
+    let mut w = World::new(&d, BTreeMap::new());
+    let done = w.run(d, 5000);
+    assert_eq!(done.phase, Phase::Succeeded, "{}", w.log.join("\n"));
+    let judged = lines_with(&w.log, "judged over");
+    // Five batches; the last has no old release left beside it to compare with.
+    assert_eq!(judged.len(), 4, "{judged:#?}");
+    assert!(
+        judged[0].starts_with("batch 1 judged over 5s: no rule failed"),
+        "{}",
+        judged[0]
+    );
+    // Each batch is judged before the next starts.
+    let order: Vec<&String> = w
+        .log
+        .iter()
+        .filter(|l| l.contains("judged over") || l.contains(": batch "))
+        .collect();
+    assert!(order[0].contains("batch 1/2: hosts h1"), "{order:#?}");
+    assert!(order[1].starts_with("batch 1 judged"), "{order:#?}");
+    assert!(order[2].contains("batch 2/2: hosts h2, h3"), "{order:#?}");
+    for h in &w.hosts {
+        assert_eq!(w.serves(h), Some(true), "{h}");
+    }
+}
+
+#[test]
+fn a_judged_batch_worse_than_the_old_release_rolls_back_with_its_old_instances_warm() {
+    // h1's new instance fails 5% of its requests; health checks pass.
+    let d = judged_rolling(1);
+    let mut w = World::new(&d, faults(&[("h1", Fault::Errors)]));
+    let done = w.run(d, 5000);
+    assert_eq!(done.phase, Phase::RolledBack, "{}", w.log.join("\n"));
+    let reason = done.reason.clone().unwrap();
+    assert!(reason.starts_with("analysis of batch 1: "), "{reason}");
+    assert!(
+        lines_with(&w.log, ": batch 2/2").is_empty(),
+        "no batch after the judged one: {}",
+        w.log.join("\n")
+    );
+    for h in &w.hosts {
+        assert_eq!(w.serves(h), Some(false), "{h}");
+    }
+    assert!(
+        !w.effects
+            .iter()
+            .any(|e| matches!(e, Effect::RestoreInstances { .. })),
+        "h1's old instance was judged beside, not stopped: nothing to restart"
+    );
 }

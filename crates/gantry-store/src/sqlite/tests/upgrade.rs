@@ -124,7 +124,8 @@ fn canary_and_rolling_deployments_stored_mid_flight_by_the_previous_version_resu
         rolling.settings.strategy,
         StrategySettings::Rolling(gantry_core::machine::RollingSettings {
             max_surge: 1,
-            max_unavailable: 0
+            max_unavailable: 0,
+            judge: None,
         })
     );
     let r = rolling.rolling.as_ref().unwrap();

@@ -1,0 +1,217 @@
+//! Judging a rolling update between batches: once a batch takes traffic and
+//! the old release still serves beside it, both releases' live counts are
+//! compared with the analysis rules for a window before the next batch.
+//!
+//! The functions here decide; `rolling.rs` acts on the decision, so the
+//! judge knows nothing of stages.
+
+use crate::analysis::{analyse_windows, AnalysisPolicy, Baseline, Counts, Verdict, Window};
+use crate::domain::Millis;
+use crate::time::seconds;
+use serde::{Deserialize, Serialize};
+
+/// How each batch of a rolling update is judged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct BatchJudge {
+    /// How long a batch is judged before the next begins.
+    pub window_ms: u64,
+    /// Time between two looks at the counts.
+    pub interval_ms: u64,
+    /// The rules; those relative to a baseline are off (a rolling update
+    /// takes none), the absolute and the new-against-old ones judge.
+    pub policy: AnalysisPolicy,
+}
+
+impl BatchJudge {
+    /// Longest a batch waits for data enough to judge before the update
+    /// rolls back: never a promotion on silence.
+    pub fn max_wait_ms(&self) -> u64 {
+        self.window_ms.saturating_mul(3).max(30_000)
+    }
+}
+
+/// What a look at the counts decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Judgement {
+    /// Keep looking (the counts at the window's start when first seen).
+    Look { start: (Counts, Counts) },
+    /// The batch passed: the line for the log.
+    Pass(String),
+    /// Roll back: the reason.
+    Fail(String),
+}
+
+fn delta(now: &Counts, start: &Counts) -> Counts {
+    Counts {
+        requests: now.requests.saturating_sub(start.requests),
+        errors: now.errors.saturating_sub(start.errors),
+        client_errors: now.client_errors.saturating_sub(start.client_errors),
+        over_p99_limit: now.over_p99_limit.saturating_sub(start.over_p99_limit),
+        over_p50_limit: now.over_p50_limit.saturating_sub(start.over_p50_limit),
+        over_compare_limit: now
+            .over_compare_limit
+            .saturating_sub(start.over_compare_limit),
+    }
+}
+
+/// Judges the counts (`new`, `old` releases, cumulative) seen at `now` for
+/// batch `batch`, whose window began at `since` with `start` (none before
+/// the first look). `share` is the part of the false-rollback budget this
+/// batch may spend.
+#[allow(clippy::too_many_arguments)]
+pub fn judge(
+    j: &BatchJudge,
+    share: f64,
+    batch: u32,
+    start: Option<(Counts, Counts)>,
+    new: &Counts,
+    old: &Counts,
+    since: Millis,
+    now: Millis,
+) -> Judgement {
+    let Some((n0, o0)) = start else {
+        return Judgement::Look {
+            start: (*new, *old),
+        };
+    };
+    if new.requests < n0.requests || old.requests < o0.requests {
+        // A router restarted and counts from zero: the window starts again.
+        return Judgement::Look {
+            start: (*new, *old),
+        };
+    }
+    let mut policy = j.policy.clone();
+    policy.alpha *= share;
+    let window = Window {
+        canary: delta(new, &n0),
+        stable: delta(old, &o0),
+    };
+    let analysis = analyse_windows(&policy, &Baseline::default(), &[window]);
+    let elapsed = (now - since).max(0) as u64;
+    match analysis.verdict {
+        Verdict::Fail { summary, .. } => {
+            Judgement::Fail(format!("analysis of batch {batch}: {summary}"))
+        }
+        Verdict::Continue { waiting: true } if elapsed >= j.max_wait_ms() => {
+            Judgement::Fail(format!(
+                "batch {batch} could not be judged within {}: {} request(s) on the new release, {} needed",
+                seconds(j.max_wait_ms()),
+                window.canary.requests,
+                policy.min_requests
+            ))
+        }
+        Verdict::NoWorse { .. } | Verdict::Continue { waiting: false }
+            if elapsed >= j.window_ms =>
+        {
+            Judgement::Pass(format!(
+                "batch {batch} judged over {}: no rule failed ({} request(s) on the new release, {} errors; {} on the old, {} errors)",
+                seconds(elapsed),
+                window.canary.requests,
+                window.canary.errors,
+                window.stable.requests,
+                window.stable.errors
+            ))
+        }
+        _ => Judgement::Look { start: (n0, o0) },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(requests: u64, errors: u64) -> Counts {
+        Counts {
+            requests,
+            errors,
+            ..Counts::default()
+        }
+    }
+
+    fn j() -> BatchJudge {
+        BatchJudge {
+            window_ms: 10_000,
+            interval_ms: 1_000,
+            policy: AnalysisPolicy::default(),
+        }
+    }
+
+    #[test]
+    fn the_first_look_only_sets_the_window_s_start() {
+        let got = judge(&j(), 1.0, 1, None, &counts(50, 0), &counts(500, 0), 0, 0);
+        assert_eq!(
+            got,
+            Judgement::Look {
+                start: (counts(50, 0), counts(500, 0))
+            }
+        );
+    }
+
+    #[test]
+    fn a_batch_as_good_as_the_old_release_passes_once_the_window_is_over() {
+        let start = Some((counts(0, 0), counts(0, 0)));
+        let (new, old) = (counts(2_000, 2), counts(6_000, 6));
+        let early = judge(&j(), 1.0, 2, start, &new, &old, 0, 5_000);
+        assert!(matches!(early, Judgement::Look { .. }), "{early:?}");
+        let Judgement::Pass(line) = judge(&j(), 1.0, 2, start, &new, &old, 0, 10_000) else {
+            panic!("a healthy batch passes")
+        };
+        assert!(line.starts_with("batch 2 judged over 10s: no rule failed (2000 request(s)"));
+    }
+
+    #[test]
+    fn a_batch_worse_than_the_old_release_fails_naming_the_rule() {
+        let start = Some((counts(0, 0), counts(0, 0)));
+        let got = judge(
+            &j(),
+            1.0,
+            3,
+            start,
+            &counts(2_000, 100),
+            &counts(6_000, 6),
+            0,
+            2_000,
+        );
+        let Judgement::Fail(reason) = got else {
+            panic!("5% errors against 0.1%: {got:?}")
+        };
+        assert!(reason.starts_with("analysis of batch 3: "), "{reason}");
+    }
+
+    #[test]
+    fn silence_is_never_a_pass_it_rolls_back_at_the_deadline() {
+        let start = Some((counts(0, 0), counts(0, 0)));
+        let quiet = (counts(3, 0), counts(10, 0));
+        let got = judge(&j(), 1.0, 1, start, &quiet.0, &quiet.1, 0, 10_000);
+        assert!(matches!(got, Judgement::Look { .. }), "{got:?}");
+        let Judgement::Fail(reason) = judge(&j(), 1.0, 1, start, &quiet.0, &quiet.1, 0, 30_000)
+        else {
+            panic!("no data by the deadline fails")
+        };
+        assert_eq!(
+            reason,
+            "batch 1 could not be judged within 30s: 3 request(s) on the new release, 50 needed"
+        );
+    }
+
+    #[test]
+    fn counters_that_went_back_start_the_window_again() {
+        let start = Some((counts(500, 0), counts(500, 0)));
+        let got = judge(
+            &j(),
+            1.0,
+            1,
+            start,
+            &counts(10, 0),
+            &counts(600, 0),
+            0,
+            20_000,
+        );
+        assert_eq!(
+            got,
+            Judgement::Look {
+                start: (counts(10, 0), counts(600, 0))
+            }
+        );
+    }
+}
