@@ -329,6 +329,8 @@ pub struct Environment {
     pub instances: u32,
     pub strategy: Strategy,
     pub bake_ms: u64,
+    /// The watch after a full rollout (0: none).
+    pub watch_ms: u64,
     pub require_signature: bool,
     pub env: BTreeMap<String, String>,
     pub secrets: BTreeMap<String, SecretRef>,

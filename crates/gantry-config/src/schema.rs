@@ -325,6 +325,11 @@ pub(crate) struct EnvironmentSection {
     /// How long the new release serves with the old kept warm (default 10s).
     #[serde(default)]
     bake: Option<String>,
+    /// After the full rollout, judge the new release against the health baseline this long
+    /// (old instances still warm), e.g. "30m" as the standards ask; "0s" or absent: no watch.
+    /// At least 1s: the rules look every watch/60 (between 250ms and 10s).
+    #[serde(default)]
+    watch: Option<String>,
     /// Refuse releases without a valid minisign signature.
     #[serde(default)]
     require_signature: Option<bool>,

@@ -5,7 +5,9 @@
 
 use crate::{Config, Environment, FleetPlan, HostShare, Strategy};
 use gantry_core::evidence::GateResult;
-use gantry_core::machine::{BatchJudge, CanarySettings, CanaryStep, RollingSettings};
+use gantry_core::machine::{
+    BatchJudge, CanarySettings, CanaryStep, RollingSettings, WatchSettings,
+};
 use gantry_core::machine::{FleetSettings, FleetWave};
 use gantry_core::{DeploySettings, DeploymentKind, HealthSettings, StrategySettings};
 use gantry_core::{EnvName, Version};
@@ -66,6 +68,12 @@ impl Config {
             smoke: env.smoke.clone(),
             freezes: env.freezes.clone(),
             fleet: fleet_settings(env, kind),
+            // A rollback returns to a release already proven: not watched.
+            watch: (env.watch_ms > 0 && kind == DeploymentKind::Deploy).then(|| WatchSettings {
+                duration_ms: env.watch_ms,
+                interval_ms: (env.watch_ms / 60).clamp(250, 10_000),
+                policy: self.analysis.clone(),
+            }),
         }
     }
     /// The promotion-path gate of `version` entering `env`: it must have

@@ -1053,3 +1053,36 @@ fn one_bad_field_gives_exactly_one_error_at_that_field() {
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert_eq!(errors[0].path, "environments");
 }
+
+#[test]
+fn the_watch_after_a_full_rollout_is_the_standards_30_minutes_in_the_starter_and_bounded() {
+    let starter = parse("gantry.toml", STARTER).unwrap().config;
+    let prod = starter.environment("production").unwrap();
+    assert_eq!(prod.watch_ms, 30 * 60_000);
+    let s = starter.deploy_settings(prod, gantry_core::DeploymentKind::Deploy);
+    assert_eq!(s.watch.as_ref().unwrap().duration_ms, 30 * 60_000);
+    assert_eq!(
+        s.watch.unwrap().interval_ms,
+        10_000,
+        "30 looks… every 10 s at most"
+    );
+    let rollback = starter.deploy_settings(prod, gantry_core::DeploymentKind::Rollback);
+    assert!(rollback.watch.is_none(), "a rollback is not watched");
+    assert_eq!(starter.environment("staging").unwrap().watch_ms, 0);
+
+    let with = |watch: &str| STARTER.replacen("watch = \"30m\"", &format!("watch = {watch}"), 1);
+    assert!(errors_of(&with("\"0s\"")).is_empty(), "0s: no watch");
+    assert_eq!(
+        errors_of(&with("\"500ms\"")),
+        [format!(
+            "gantry.toml:{}:9: error: environments.production.watch: shorter than the analysis needs to look at the release even once; expected \"0s\" (no watch) or at least \"1s\"",
+            STARTER.lines().position(|l| l.starts_with("watch = ")).unwrap() + 1
+        )]
+    );
+    let errors = errors_of(&with("30"));
+    assert_eq!(errors.len(), 1);
+    assert!(
+        errors[0].contains("environments.production.watch"),
+        "{errors:?}"
+    );
+}

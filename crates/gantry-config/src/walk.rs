@@ -513,7 +513,7 @@ fn optional_duration(
     match t.get(key) {
         Some(v) => {
             let ms = w.duration(v, path)?;
-            if ms == 0 && key != "bake" {
+            if ms == 0 && key != "bake" && key != "watch" {
                 w.error(v.span(), path, "must be longer than zero");
                 return None;
             }

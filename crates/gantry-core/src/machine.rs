@@ -36,6 +36,7 @@ mod judge;
 mod requests;
 mod rolling;
 mod smoke;
+mod watch;
 pub mod waves;
 pub use canary::{
     CanarySettings, CanaryState, CanaryStep, Pause, STANDARD_MAX_PAUSE_MS,
@@ -53,6 +54,7 @@ pub use rolling::{RollStage, RollingSettings, RollingState, Strays};
 use serde::{Deserialize, Serialize};
 pub use smoke::{SmokeCheck, SmokeProbe, SmokeResult, SmokeSettings, SmokeState};
 use std::collections::BTreeMap;
+pub use watch::{WatchSettings, WatchState};
 
 /// Advance `deployment` by one event.
 pub fn step(deployment: &Deployment, event: &Event, now: Millis) -> Transition {
@@ -74,6 +76,13 @@ pub fn step(deployment: &Deployment, event: &Event, now: Millis) -> Transition {
 
 fn on_event(t: &mut Transition, event: &Event, now: Millis) {
     let phase = t.deployment.phase;
+    if let Event::BaselineObserved { baseline } = event {
+        // Asked for while preparing (for the watch), or by a canary.
+        watch::keep_baseline(t, baseline);
+        if phase != Phase::Baselining {
+            return;
+        }
+    }
     match (phase, event) {
         (Phase::Preparing, Event::Created) => {
             let d = &t.deployment;
@@ -206,6 +215,7 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
         }
 
         (Phase::Rolling, _) => rolling::on_event(t, event, now),
+        (Phase::Watching, _) => watch::on_event(t, event, now),
         (Phase::Smoke, Event::SmokeFinished { results }) => {
             let passed = smoke::judge(t, results, now) == smoke::SmokeOutcome::Pass;
             go_on_after_smoke(t, passed, now);
@@ -413,6 +423,12 @@ fn after_verified(d: &Deployment) -> Phase {
 }
 
 pub(crate) fn enter(t: &mut Transition, phase: Phase, now: Millis) {
+    // Every strategy ends its rollout by draining: a watched one watches first.
+    let phase = if phase == Phase::Draining && watch::due(&t.deployment) {
+        Phase::Watching
+    } else {
+        phase
+    };
     let d = &mut t.deployment;
     d.phase = phase;
     d.phase_since = now;
@@ -468,9 +484,15 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
                 enter(t, Phase::Preparing, now);
             }
         },
-        Phase::Preparing => effects.push(Effect::PrepareRelease {
-            version: d.version.clone(),
-        }),
+        Phase::Preparing => {
+            effects.push(Effect::PrepareRelease {
+                version: d.version.clone(),
+            });
+            // The watch's baseline, before anything changes.
+            if watch::wants_baseline(d) {
+                effects.push(Effect::ObserveBaseline);
+            }
+        }
         Phase::Starting => effects.push(Effect::StartInstances {
             version: d.version.clone(),
             count: d.settings.instances,
@@ -496,6 +518,7 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
             }
         }
         Phase::Rolling => rolling::emit_phase_effects(t, now),
+        Phase::Watching => watch::emit(t, now),
         Phase::Baselining | Phase::Canary => canary::emit_phase_effects(t, now),
         Phase::Switching => effects.push(Effect::RouteTraffic {
             instances: d.new_instances.clone(),

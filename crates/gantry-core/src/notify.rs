@@ -297,6 +297,7 @@ mod tests {
                     smoke: None,
                     freezes: vec![],
                     fleet: None,
+                    watch: None,
                 },
                 requested_by: "alice".into(),
             },

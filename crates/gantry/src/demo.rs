@@ -128,6 +128,8 @@ fn local_config() -> Result<String> {
         if env == "production" {
             // Production changes need an approver who is not the requester.
             config.push_str("approval = { required = 1, lead_time = \"0s\" }\n");
+            // The standards watch a full rollout 30 minutes; the demo, a few seconds.
+            config.push_str("watch = \"3s\"\n");
             config.push_str(
                 "strategy = \"canary\"\ncanary = { steps = [{ weight = 10, pause = \"10s\" }, { weight = 50, pause = \"3s\" }, { weight = 100 }], interval = \"200ms\", max_wait = \"20s\", promotion_tolerance = 0.05 }\n",
             );

@@ -123,6 +123,7 @@ mod tests {
                         }],
                         max_failed: 1,
                     }),
+                    watch: None,
                 },
                 requested_by: "t".into(),
             },

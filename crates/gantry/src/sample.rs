@@ -51,6 +51,10 @@ pub struct SampleSettings {
     /// show a fault).
     #[arg(long)]
     pub random_errors: Option<bool>,
+    /// Answer without errors (5xx and 404) for this long after start: a
+    /// regression that shows only once the release has run a while.
+    #[arg(long)]
+    pub errors_after_ms: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -91,6 +95,7 @@ pub async fn run(args: SampleArgs) -> Result<()> {
         .errors_where_home_contains
         .or(s.errors_where_home_contains);
     s.random_errors = f.random_errors.or(s.random_errors);
+    s.errors_after_ms = f.errors_after_ms.or(s.errors_after_ms);
     if let Some(text) = &s.errors_where_home_contains {
         let home = std::env::var("HOME").unwrap_or_default();
         if !text.split(',').any(|t| !t.is_empty() && home.contains(t)) {
@@ -155,12 +160,16 @@ async fn root(State(app): State<Arc<App>>) -> impl IntoResponse {
     }
     let version = app.s.version.clone().unwrap_or_else(|| "unknown".into());
     let random = app.s.random_errors == Some(true);
-    if picked(n, app.s.error_rate, random) {
+    let erring = app
+        .s
+        .errors_after_ms
+        .is_none_or(|ms| app.started.elapsed() >= Duration::from_millis(ms));
+    if erring && picked(n, app.s.error_rate, random) {
         (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("error from {version}\n"),
         )
-    } else if picked(n, app.s.client_error_rate, random) {
+    } else if erring && picked(n, app.s.client_error_rate, random) {
         (StatusCode::NOT_FOUND, format!("not found in {version}\n"))
     } else {
         (StatusCode::OK, format!("hello from {version}\n"))

@@ -120,6 +120,7 @@ fleet = { batches = ["100%"], max_failed = 0, waves = ["eu-west"], zz_unknown = 
 instances = 2
 strategy = "rolling"
 bake = "10s"
+watch = "5m"
 require_signature = false
 env = { RUST_LOG = "debug" }
 optional = false

@@ -210,6 +210,18 @@ fn decode_environment(
         None => Some(None),
     };
     let bake = optional_duration(w, t, &join(path, "bake"), "bake", 10_000);
+    let watch = optional_duration(w, t, &join(path, "watch"), "watch", 0).and_then(|ms| {
+        if ms > 0 && ms < 1_000 {
+            let v = t.get("watch")?;
+            w.error(
+                v.span(),
+                &join(path, "watch"),
+                "shorter than the analysis needs to look at the release even once; expected \"0s\" (no watch) or at least \"1s\"",
+            );
+            return None;
+        }
+        Some(ms)
+    });
     let flag = |w: &mut Walker<'_>, key: &str| match t.get(key) {
         Some(b) => w.bool(b, &join(path, key)),
         None => Some(false),
@@ -260,6 +272,7 @@ fn decode_environment(
             instances: instances?,
             strategy: strategy?,
             bake_ms: bake?,
+            watch_ms: watch?,
             require_signature: require_signature?,
             env,
             secrets,

@@ -130,6 +130,22 @@ pub struct Counts {
     pub over_compare_limit: u64,
 }
 
+impl Counts {
+    /// What was counted between `start` and these (later, cumulative) counts.
+    pub fn since(&self, start: &Counts) -> Counts {
+        Counts {
+            requests: self.requests.saturating_sub(start.requests),
+            errors: self.errors.saturating_sub(start.errors),
+            client_errors: self.client_errors.saturating_sub(start.client_errors),
+            over_p99_limit: self.over_p99_limit.saturating_sub(start.over_p99_limit),
+            over_p50_limit: self.over_p50_limit.saturating_sub(start.over_p50_limit),
+            over_compare_limit: self
+                .over_compare_limit
+                .saturating_sub(start.over_compare_limit),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RuleKind {

@@ -123,7 +123,7 @@ fn hosts_since_start(
         if now_counts.requests < start.requests {
             *start = *now_counts;
         }
-        since.insert(host.clone(), delta(now_counts, start));
+        since.insert(host.clone(), now_counts.since(start));
     }
     since
 }
@@ -192,19 +192,6 @@ fn rollout_policy(d: &Deployment, s: &CanarySettings) -> AnalysisPolicy {
         p.compare_slow_factor = None;
     }
     p
-}
-
-fn delta(now: &Counts, start: &Counts) -> Counts {
-    Counts {
-        requests: now.requests.saturating_sub(start.requests),
-        errors: now.errors.saturating_sub(start.errors),
-        client_errors: now.client_errors.saturating_sub(start.client_errors),
-        over_p99_limit: now.over_p99_limit.saturating_sub(start.over_p99_limit),
-        over_p50_limit: now.over_p50_limit.saturating_sub(start.over_p50_limit),
-        over_compare_limit: now
-            .over_compare_limit
-            .saturating_sub(start.over_compare_limit),
-    }
 }
 
 pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
@@ -363,7 +350,7 @@ fn on_metrics(
     state(t).latest = Some((*canary, *stable));
     let st = state(t).clone();
     let step = &s.steps[st.step];
-    let (dc, ds) = (delta(canary, &c0), delta(stable, &s0));
+    let (dc, ds) = (canary.since(&c0), stable.since(&s0));
     let mut windows = st.windows.clone();
     windows.push(Window {
         canary: dc,
@@ -502,8 +489,8 @@ fn close_window(st: &mut CanaryState) {
     if let (Some((c0, s0)), Some((c, s))) = (st.step_start, st.latest) {
         if c.requests >= c0.requests && s.requests >= s0.requests {
             st.windows.push(Window {
-                canary: delta(&c, &c0),
-                stable: delta(&s, &s0),
+                canary: c.since(&c0),
+                stable: s.since(&s0),
             });
         }
     }

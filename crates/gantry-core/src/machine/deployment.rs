@@ -37,6 +37,10 @@ pub struct DeploySettings {
     /// `None` when the environment runs on the controller's machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetSettings>,
+    /// How long and by which rules the release is watched once it takes
+    /// all traffic; `None`: not watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchSettings>,
 }
 
 /// How a deployment walks a fleet, resolved from the config at creation:
@@ -122,6 +126,9 @@ pub enum Phase {
     Baking,
     /// Rolling update: batches of old instances replaced by new ones.
     Rolling,
+    /// The new release takes all traffic and is judged against the
+    /// baseline for the configured watch; old instances still warm.
+    Watching,
     Draining,
     Succeeded,
     RollingBack,
@@ -147,6 +154,7 @@ impl Phase {
             Phase::Canary => "canary",
             Phase::Switching => "switching",
             Phase::Baking => "baking",
+            Phase::Watching => "watching",
             Phase::Draining => "draining",
             Phase::Succeeded => "succeeded",
             Phase::RollingBack => "rolling_back",
@@ -216,6 +224,9 @@ pub struct Deployment {
     /// index into `settings.fleet.waves`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub wave: u32,
+    /// The watch after the full rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchState>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -275,6 +286,7 @@ impl Deployment {
             change: None,
             failed_hosts: BTreeMap::new(),
             wave: 0,
+            watch: None,
         }
     }
 

@@ -41,19 +41,6 @@ pub enum Judgement {
     Fail(String),
 }
 
-fn delta(now: &Counts, start: &Counts) -> Counts {
-    Counts {
-        requests: now.requests.saturating_sub(start.requests),
-        errors: now.errors.saturating_sub(start.errors),
-        client_errors: now.client_errors.saturating_sub(start.client_errors),
-        over_p99_limit: now.over_p99_limit.saturating_sub(start.over_p99_limit),
-        over_p50_limit: now.over_p50_limit.saturating_sub(start.over_p50_limit),
-        over_compare_limit: now
-            .over_compare_limit
-            .saturating_sub(start.over_compare_limit),
-    }
-}
-
 /// Judges the counts (`new`, `old` releases, cumulative) seen at `now` for
 /// batch `batch`, whose window began at `since` with `start` (none before
 /// the first look). `share` is the part of the false-rollback budget this
@@ -83,8 +70,8 @@ pub fn judge(
     let mut policy = j.policy.clone();
     policy.alpha *= share;
     let window = Window {
-        canary: delta(new, &n0),
-        stable: delta(old, &o0),
+        canary: new.since(&n0),
+        stable: old.since(&o0),
     };
     let analysis = analyse_windows(&policy, &Baseline::default(), &[window]);
     let elapsed = (now - since).max(0) as u64;

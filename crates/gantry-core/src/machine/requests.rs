@@ -10,8 +10,8 @@ use super::{Deployment, Event, Phase, RollStage};
 pub enum RequestRefusal {
     /// The deployment has finished; nothing acts on it any more.
     Finished,
-    /// Promote acts on a canary step or on smoke checks waiting for a
-    /// decision; pause and resume act on canary steps.
+    /// Promote acts on a canary step, on smoke checks waiting for a
+    /// decision, or ends a watch; pause and resume act on canary steps.
     NotInThisPhase,
 }
 
@@ -29,7 +29,9 @@ impl Deployment {
                     .as_ref()
                     .is_some_and(|r| r.stage == RollStage::Smoke));
         let allowed = match request {
-            Event::PromoteRequested { .. } => self.phase == Phase::Canary || held_smoke,
+            Event::PromoteRequested { .. } => {
+                matches!(self.phase, Phase::Canary | Phase::Watching) || held_smoke
+            }
             Event::PauseRequested { .. } | Event::ResumeRequested { .. } => {
                 self.phase == Phase::Canary
             }
@@ -71,6 +73,7 @@ mod tests {
                     smoke: None,
                     freezes: Vec::new(),
                     fleet: None,
+                    watch: None,
                 },
                 requested_by: "alice".into(),
             },

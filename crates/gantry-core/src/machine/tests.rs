@@ -22,6 +22,7 @@ fn settings() -> DeploySettings {
         smoke: None,
         freezes: Vec::new(),
         fleet: None,
+        watch: None,
     }
 }
 

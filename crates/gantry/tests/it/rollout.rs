@@ -264,3 +264,51 @@ canary = { steps = [{ weight = 10, pause = "3s" }, { weight = 50, pause = "2s" }
     let (status, _) = g.get_env("production");
     assert_eq!(status, 200, "the environment serves after the rollout");
 }
+
+#[test]
+fn the_watch_after_a_full_rollout_catches_a_late_regression_and_promote_ends_it_early() {
+    // 1.1.0 starts failing a fifth of its requests 3 s after it starts:
+    // after the switch, during the watch.
+    let (g, load) = serving(
+        "watch = \"30s\"\n",
+        &[
+            ("1.1.0", "\"error_rate\": 0.2, \"errors_after_ms\": 3000"),
+            ("1.2.0", ""),
+        ],
+    );
+    g.gantry(&["deploy", "1.1.0", "--env", "production"])
+        .fails_with(3, "rolled_back");
+    let d = g.latest("production");
+    let reason = d.reason.clone().unwrap();
+    assert!(
+        reason.starts_with("watch after the full rollout, "),
+        "{reason}"
+    );
+    let log = log_of(&g, d.id);
+    assert_lines(
+        &log,
+        &[
+            "traffic switched to 1.1.0",
+            "watching 1.1.0 for 30s against the baseline of 1.0.0",
+            "rolled back: 1.0.0 serves production",
+        ],
+    );
+    assert_eq!(g.get_env("production").1, "hello from 1.0.0\n");
+
+    // A healthy release: `gantry promote` ends its watch early.
+    let id = deploy_id(
+        &g.gantry(&["deploy", "1.2.0", "--env", "production", "--detach"])
+            .ok(),
+    );
+    g.wait_phase(id, gantry_core::Phase::Watching);
+    g.gantry(&["promote", &id.to_string()]).ok();
+    let d = g.wait_finished(id);
+    assert_eq!(d.phase, gantry_core::Phase::Succeeded);
+    assert_lines(
+        &log_of(&g, id),
+        &["watch ended early by", "1.2.0 is live in production"],
+    );
+    assert_eq!(g.get_env("production").1, "hello from 1.2.0\n");
+    let (ok, failed) = load.finish();
+    assert!(failed * 10 < ok, "{failed} failed of {ok}");
+}

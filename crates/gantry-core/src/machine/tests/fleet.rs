@@ -1241,3 +1241,112 @@ fn a_judged_batch_worse_than_the_old_release_rolls_back_with_its_old_instances_w
         "h1's old instance was judged beside, not stopped: nothing to restart"
     );
 }
+
+/// Blue-green over one wave of three hosts, watched for `watch_ms`.
+fn watched(watch_ms: u64) -> Deployment {
+    use crate::analysis::AnalysisPolicy;
+    let mut d = fleet_deploy(&[("all", &[&["h1", "h2", "h3"]])], 0, 1);
+    d.settings.strategy = StrategySettings::BlueGreen;
+    d.settings.watch = Some(WatchSettings {
+        duration_ms: watch_ms,
+        interval_ms: 1_000,
+        policy: AnalysisPolicy::default(),
+    });
+    d
+}
+
+#[test]
+fn a_watched_release_is_judged_after_the_full_rollout_then_the_old_drain() {
+    let d = watched(20_000);
+    let mut w = World::new(&d, BTreeMap::new());
+    let first = w.feed(&d, &Event::Created);
+    assert!(
+        w.effects.contains(&Effect::ObserveBaseline),
+        "the baseline is taken while preparing, before anything changes"
+    );
+    let done = w.run(first, 5000);
+    assert_eq!(done.phase, Phase::Succeeded, "{}", w.log.join("\n"));
+    let watching = lines_with(
+        &w.log,
+        "watching 1.1.0 for 20s against the baseline of 1.0.0",
+    );
+    assert_eq!(watching.len(), 1, "{}", w.log.join("\n"));
+    let over = lines_with(&w.log, "watch over: no rule failed in 20s");
+    assert_eq!(over.len(), 1, "{}", w.log.join("\n"));
+    let at = |part: &str| w.log.iter().position(|l| l.contains(part)).unwrap();
+    assert!(at("traffic switched") < at("watching 1.1.0"));
+    assert!(at("watch over") < at("previous instances stopped"));
+    assert!(w.running.values().all(|(_, new)| *new));
+    assert!(
+        done.watch.unwrap().judged > 10_000,
+        "three hosts' traffic judged"
+    );
+}
+
+#[test]
+fn a_regression_during_the_watch_rolls_back_to_the_warm_old_instances() {
+    let d = watched(60_000);
+    let mut w = World::new(&d, faults(&[("h2", Fault::Errors)]));
+    let done = w.run(d, 5000);
+    assert_eq!(done.phase, Phase::RolledBack, "{}", w.log.join("\n"));
+    let reason = done.reason.unwrap();
+    assert!(
+        reason.starts_with("watch after the full rollout, "),
+        "{reason}"
+    );
+    for h in &w.hosts {
+        assert_eq!(w.serves(h), Some(false), "{h}");
+    }
+    assert!(!w
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::RestoreInstances { .. })));
+
+    // A rolling update had stopped its old instances: they start again.
+    let mut d = watched(60_000);
+    d.settings.strategy = StrategySettings::Rolling(RollingSettings {
+        max_surge: 1,
+        max_unavailable: 0,
+        judge: None,
+    });
+    let mut w = World::new(&d, faults(&[("h2", Fault::Errors)]));
+    let done = w.run(d, 5000);
+    assert_eq!(done.phase, Phase::RolledBack, "{}", w.log.join("\n"));
+    assert!(done
+        .reason
+        .unwrap()
+        .starts_with("watch after the full rollout"));
+    assert!(w
+        .effects
+        .iter()
+        .any(|e| matches!(e, Effect::RestoreInstances { .. })));
+    for h in &w.hosts {
+        assert_eq!(w.serves(h), Some(false), "{h}");
+    }
+}
+
+#[test]
+fn promote_ends_a_watch_early_and_a_rollback_is_never_watched() {
+    let d = watched(600_000);
+    let mut w = World::new(&d, BTreeMap::new());
+    w.push(
+        8_000,
+        Item::Send(Event::PromoteRequested { by: "alice".into() }),
+    );
+    let done = w.run(d, 5000);
+    assert_eq!(done.phase, Phase::Succeeded, "{}", w.log.join("\n"));
+    assert_eq!(
+        lines_with(&w.log, "watch ended early by alice after").len(),
+        1,
+        "{}",
+        w.log.join("\n")
+    );
+    assert!(done.finished_at.unwrap() < 60_000);
+
+    let mut rollback = watched(600_000);
+    rollback.kind = DeploymentKind::Rollback;
+    let mut w = World::new(&rollback, BTreeMap::new());
+    let done = w.run(rollback, 5000);
+    assert_eq!(done.phase, Phase::Succeeded);
+    assert!(lines_with(&w.log, "watching").is_empty());
+}
