@@ -53,6 +53,23 @@ pub struct Config {
     pub hosts: Vec<Host>,
     /// How hosts are reached (`[ssh]`).
     pub ssh: SshSettings,
+    /// Where metrics beyond the routers' come from (`[metrics]`).
+    pub metrics: Metrics,
+}
+
+/// Metric sources beyond the routers' own counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metrics {
+    pub prometheus: Option<Prometheus>,
+}
+
+/// A Prometheus server the analysis' queries are asked of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prometheus {
+    /// Base URL, such as `http://127.0.0.1:9090`.
+    pub url: String,
+    pub bearer_token: Option<Credential>,
+    pub timeout_ms: u64,
 }
 
 /// A secret-bearing setting: written in the file (warned about) or referenced.

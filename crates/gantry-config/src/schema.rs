@@ -43,6 +43,9 @@ pub(crate) struct File {
     /// How the controller reaches hosts, and how many at once.
     #[serde(default)]
     ssh: Option<SshSection>,
+    /// Metric sources beyond the routers' own counts.
+    #[serde(default)]
+    metrics: Option<MetricsSection>,
     /// Environments in promotion order, e.g. development, integration, staging, production.
     environments: BTreeMap<String, EnvironmentSection>,
 }
@@ -124,6 +127,66 @@ pub(crate) enum HostRefValue {
 pub(crate) struct HostSelectorSection {
     /// Every host whose labels include all of these.
     labels: BTreeMap<String, String>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MetricsSection {
+    /// A Prometheus server the analysis' queries ask.
+    #[serde(default)]
+    prometheus: Option<PrometheusSection>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PrometheusSection {
+    /// Base URL, e.g. "http://127.0.0.1:9090".
+    url: String,
+    /// Sent as `Authorization: Bearer …`; a reference ({ env = … } / { file = … }).
+    #[serde(default)]
+    bearer_token: Option<CredentialValue>,
+    /// Longest a query may take (default 5s, 100ms to 1m).
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+/// A rule on a metric query's value, read at each look of the analysis.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct QuerySection {
+    /// Named in verdicts and the log; unique.
+    name: String,
+    /// PromQL; placeholders {env}, {release}, {pool}, {interval} are filled in (the release
+    /// judged: the new one; the previous one for the baseline).
+    query: String,
+    /// Bad when the value is above this.
+    #[serde(default)]
+    #[schemars(range(min = -1e15, max = 1e15))]
+    above: Option<f64>,
+    /// Bad when the value is below this.
+    #[serde(default)]
+    #[schemars(range(min = -1e15, max = 1e15))]
+    below: Option<f64>,
+    /// Bad when the value is above this multiple of its value before the rollout.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1e6))]
+    above_baseline: Option<f64>,
+    /// Bad when the value is below this multiple of its value before the rollout.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1e6))]
+    below_baseline: Option<f64>,
+    /// Bad readings in a row that fail the rule (default 3).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 100))]
+    consecutive: Option<u32>,
+    /// When the query returns no series, fails, or Prometheus is unreachable: "wait" (default:
+    /// no promotion meanwhile, then roll back at no_data_timeout), "fail" (at once) or "pass"
+    /// (said in the log).
+    #[serde(default)]
+    no_data: Option<String>,
+    /// How long no data may last before no_data decides (default 2m).
+    #[serde(default)]
+    no_data_timeout: Option<String>,
 }
 
 /// A secret as a plain string (warned about) or a reference.
@@ -651,6 +714,10 @@ pub(crate) struct AnalysisSection {
     #[serde(default)]
     #[schemars(range(min = 0, max = 10))]
     promotion_margin: Option<f64>,
+    /// Rules on metric queries (needs [metrics.prometheus]), judged at every look of a canary
+    /// step and of the watch; at most 32.
+    #[serde(default)]
+    queries: Vec<QuerySection>,
 }
 
 /// The schema as pretty JSON, as checked in under `schema/`.

@@ -1086,3 +1086,60 @@ fn the_watch_after_a_full_rollout_is_the_standards_30_minutes_in_the_starter_and
         "{errors:?}"
     );
 }
+
+#[test]
+fn metric_queries_are_checked_at_their_field() {
+    let base = STARTER.replacen(
+        "[environments.development]",
+        "[metrics.prometheus]\nurl = \"http://127.0.0.1:9090\"\n\n[environments.development]",
+        1,
+    );
+    let with = |src: &str, q: &str| format!("{src}\n[[analysis.queries]]\n{q}\n");
+    let ok = with(
+        &base,
+        "name = \"q\"\nquery = 'max(x{release=\"{release}\"})'\nabove = 1",
+    );
+    assert!(errors_of(&ok).is_empty(), "{:?}", errors_of(&ok));
+    for (q, expected) in [
+        (
+            "name = \"q\"\nquery = 'max(x{release=\"{version}\"})'\nabove = 1",
+            "analysis.queries[0].query: unknown placeholder {version}; expected one of {env}, {release}, {pool}, {interval}",
+        ),
+        (
+            "name = \"q\"\nquery = 'max(x)'",
+            "analysis.queries[0]: no condition; set one of above, below, above_baseline",
+        ),
+        (
+            "name = \"q\"\nquery = 'max(x)'\nabove = 1\nbelow_baseline = 0.5",
+            "analysis.queries[0]: 2 conditions (above, below_baseline); set exactly one",
+        ),
+        (
+            "name = \"q\"\nquery = 'max(x)'\nabove = \"high\"",
+            "analysis.queries[0].above: expected a number, found string",
+        ),
+        (
+            "name = \"q\"\nquery = 'max(x)'\nabove = 1\nno_data = \"ignore\"",
+            "analysis.queries[0].no_data: \"ignore\" is not a no-data policy; expected \"wait\", \"fail\" or \"pass\"",
+        ),
+    ] {
+        let errors = errors_of(&with(&base, q));
+        assert!(
+            errors.len() == 1 && errors[0].contains(expected),
+            "{q}: {errors:#?}"
+        );
+    }
+    // Queries with no server to ask.
+    let errors = errors_of(&with(STARTER, "name = \"q\"\nquery = 'max(x)'\nabove = 1"));
+    assert!(
+        errors.iter().any(|e| e.contains(
+            "analysis.queries: queries need a metrics server to ask; add [metrics.prometheus]"
+        )),
+        "{errors:#?}"
+    );
+    // A URL that is not http(s).
+    let errors = errors_of(&base.replace("http://127.0.0.1:9090", "ftp://x"));
+    assert!(
+        errors[0].contains("metrics.prometheus.url: its scheme \"ftp\" is not http or https"),
+        "{errors:#?}"
+    );
+}

@@ -11,6 +11,7 @@ mod environments;
 mod fleet;
 mod governance;
 mod hosts;
+mod metrics;
 mod notify;
 mod rollout;
 mod service;
@@ -417,6 +418,23 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
         Some(v) => hosts::resolve_environment_hosts(&mut w, v, hosts.as_deref(), &mut environments),
         None => true,
     };
+    let metrics = match root.get("metrics") {
+        Some(v) => metrics::decode_metrics(&mut w, v),
+        None => Some(Metrics::default()),
+    };
+    if let (Some(a), Some(m)) = (&analysis, &metrics) {
+        if !a.queries.is_empty() && m.prometheus.is_none() {
+            let at = root
+                .get("analysis")
+                .map(|v| v.span())
+                .unwrap_or(root_span.start..root_span.start);
+            w.error(
+                at,
+                "analysis.queries",
+                "queries need a metrics server to ask; add [metrics.prometheus] with its url",
+            );
+        }
+    }
     let notify = match root.get("notify") {
         Some(v) => notify::decode_notify(&mut w, v, env_names.as_deref()),
         None => Some(Vec::new()),
@@ -432,6 +450,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
         notify,
         hosts,
         ssh,
+        metrics,
     ) {
         (
             Some(service),
@@ -444,6 +463,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
             Some(notify),
             Some(hosts),
             Some(ssh),
+            Some(metrics),
         ) if env_hosts_ok => Some(Config {
             service,
             health,
@@ -455,6 +475,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
             notify,
             hosts,
             ssh,
+            metrics,
         }),
         _ => None,
     };

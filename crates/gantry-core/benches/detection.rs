@@ -74,6 +74,7 @@ fn baseline(rng: &mut SmallRng) -> Baseline {
         errors,
         p50_ms: q(0.50),
         p99_ms: q(0.99),
+        queries: Default::default(),
     }
 }
 

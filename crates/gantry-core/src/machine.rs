@@ -56,6 +56,22 @@ pub use smoke::{SmokeCheck, SmokeProbe, SmokeResult, SmokeSettings, SmokeState};
 use std::collections::BTreeMap;
 pub use watch::{WatchSettings, WatchState};
 
+/// The metric query rules the deployment's analysis reads now, and its
+/// look interval: the watch's while watching (or before, for the
+/// baseline), else a canary's.
+pub fn query_rules(d: &Deployment) -> (Vec<crate::analysis::queries::QueryRule>, u64) {
+    let watch = d
+        .settings
+        .watch
+        .as_ref()
+        .map(|w| (w.policy.queries.clone(), w.interval_ms));
+    match (&d.settings.strategy, d.phase) {
+        (_, Phase::Watching) => watch.unwrap_or_default(),
+        (StrategySettings::Canary(c), _) => (c.analysis.queries.clone(), c.interval_ms),
+        _ => watch.unwrap_or_default(),
+    }
+}
+
 /// Advance `deployment` by one event.
 pub fn step(deployment: &Deployment, event: &Event, now: Millis) -> Transition {
     let mut t = Transition {

@@ -22,6 +22,7 @@ mod notify;
 mod observe;
 mod plan;
 mod probe;
+pub mod prometheus;
 pub mod routing;
 mod secret_file;
 mod smoke;
@@ -194,6 +195,7 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
     let placement = Arc::new(fleet::Placement::new(local, router, fleet, env_hosts));
     let audit_key =
         audit::load_or_create_key(&dir.join(audit::KEY_FILE)).map_err(data_err(&dir))?;
+    let scrapes_instances = config.metrics.prometheus.is_some();
     let controller = Controller::new(
         store,
         blobs,
@@ -226,6 +228,12 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
         .map_err(|e| ServerError::Recovery(e.to_string()))?;
     controller.spawn_router_watchdog(std::time::Duration::from_millis(500));
     controller.spawn_retention();
+    if scrapes_instances {
+        controller.spawn_scrape_targets(
+            dir.join("prometheus").join("instances.json"),
+            std::time::Duration::from_millis(500),
+        );
+    }
     controller.spawn_notifier();
     controller.spawn_audit_checkpoints(audit::CHECKPOINT_EVERY);
 

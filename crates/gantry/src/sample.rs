@@ -55,6 +55,10 @@ pub struct SampleSettings {
     /// regression that shows only once the release has run a while.
     #[arg(long)]
     pub errors_after_ms: Option<u64>,
+    /// The depth of its work queue, a gauge on `/metrics` (default 3): a
+    /// release whose queue backs up.
+    #[arg(long)]
+    pub queue_depth: Option<f64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -96,6 +100,7 @@ pub async fn run(args: SampleArgs) -> Result<()> {
         .or(s.errors_where_home_contains);
     s.random_errors = f.random_errors.or(s.random_errors);
     s.errors_after_ms = f.errors_after_ms.or(s.errors_after_ms);
+    s.queue_depth = f.queue_depth.or(s.queue_depth);
     if let Some(text) = &s.errors_where_home_contains {
         let home = std::env::var("HOME").unwrap_or_default();
         if !text.split(',').any(|t| !t.is_empty() && home.contains(t)) {
@@ -126,6 +131,7 @@ pub async fn run(args: SampleArgs) -> Result<()> {
     let router = axum::Router::new()
         .route("/", get(root))
         .route("/healthz", get(health))
+        .route("/metrics", get(metrics))
         .with_state(app.clone());
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
         .await
@@ -174,6 +180,20 @@ async fn root(State(app): State<Arc<App>>) -> impl IntoResponse {
     } else {
         (StatusCode::OK, format!("hello from {version}\n"))
     }
+}
+
+/// A business counter and a queue gauge in Prometheus' text format, as a
+/// real service exports them.
+async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
+    let version = app.s.version.clone().unwrap_or_else(|| "unknown".into());
+    let served = app.served.load(Ordering::Relaxed);
+    let depth = app.s.queue_depth.unwrap_or(3.0);
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        format!(
+            "# HELP sample_orders_total Orders taken (requests to /).\n# TYPE sample_orders_total counter\nsample_orders_total{{version=\"{version}\"}} {served}\n# HELP sample_queue_depth Jobs waiting in the work queue.\n# TYPE sample_queue_depth gauge\nsample_queue_depth{{version=\"{version}\"}} {depth}\n"
+        ),
+    )
 }
 
 /// Whether request `n` fails: evenly spaced, or drawn at random.

@@ -56,6 +56,42 @@ compare_slow_factor = 3
 promotion_margin = 0.5
 zz_unknown = 1
 
+[[analysis.queries]]
+name = "queue"
+query = 'max(queue{release="{release}"})'
+above_baseline = 10
+consecutive = 3
+no_data = "wait"
+no_data_timeout = "2m"
+zz_unknown = 1
+
+[[analysis.queries]]
+name = "orders"
+query = 'sum(rate(orders_total{env="{env}",pool="{pool}"}[{interval}]))'
+below_baseline = 0.8
+zz_unknown = 1
+
+[[analysis.queries]]
+name = "cpu"
+query = "max(cpu)"
+above = 0.8
+zz_unknown = 1
+
+[[analysis.queries]]
+name = "idle"
+query = "min(idle)"
+below = 0.1
+zz_unknown = 1
+
+[metrics]
+zz_unknown = 1
+
+[metrics.prometheus]
+url = "http://127.0.0.1:9090"
+bearer_token = { env = "PROM_TOKEN" }
+timeout = "5s"
+zz_unknown = 1
+
 [retention]
 audit = "365d"
 deployments = "365d"
@@ -274,6 +310,10 @@ fn walker_accepts_exactly_the_keys_the_schema_lists_in_every_table() {
 const NO_REQUIRED_KEY: &str = r#"
 [service]
 [health]
+[analysis]
+[[analysis.queries]]
+above = 1
+[metrics.prometheus]
 [[notify]]
 name = "mail"
 kind = "email"

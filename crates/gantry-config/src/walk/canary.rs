@@ -48,6 +48,9 @@ pub(super) fn decode_analysis(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Analysi
                     .number::<Section>(value, "analysis", key)
                     .map(|n| p.promotion_margin = n)
                     .is_some(),
+                "queries" => super::metrics::decode_queries(w, value, &path)
+                    .map(|q| p.queries = q)
+                    .is_some(),
                 _ => true, // reported by check_keys
             }
         };

@@ -48,7 +48,12 @@ pub(super) fn decode_notify(
 
 /// A value that is a secret: `{ env = ".." }` / `{ file = ".." }`, or a
 /// plain string (warned about: it ends up in the config file).
-fn credential(w: &mut Walker<'_>, v: &Val<'_>, path: &str, secretive: bool) -> Option<Credential> {
+pub(super) fn credential(
+    w: &mut Walker<'_>,
+    v: &Val<'_>,
+    path: &str,
+    secretive: bool,
+) -> Option<Credential> {
     match v.get_ref() {
         DeValue::String(s) => {
             if secretive {
@@ -341,7 +346,7 @@ fn decode_email(
 /// Spaces and control characters are refused before parsing, because URL
 /// parsing silently drops line breaks and tabs (what runs would differ from
 /// what was written). The value is not echoed: a Slack URL is itself a secret.
-fn http_url(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<String> {
+pub(super) fn http_url(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<String> {
     let s = w.non_empty_string(v, path)?;
     let problem = if s.contains(|c: char| c.is_control()) {
         "it contains control characters (such as a line break)".to_owned()

@@ -22,8 +22,10 @@
 
 pub mod e_values;
 pub mod outlier;
+pub mod queries;
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Which rules run and their thresholds. Defaults are the standards' numbers,
 /// the stricter where two documents differ.
@@ -56,6 +58,10 @@ pub struct AnalysisPolicy {
     pub compare_slow_factor: Option<f64>,
     /// Relative worsening of the error rate still called "no worse" for early promotion.
     pub promotion_margin: f64,
+    /// Rules on metric queries (Prometheus): gauges held to a threshold or
+    /// to their value before the rollout.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queries: Vec<queries::QueryRule>,
 }
 
 impl Default for AnalysisPolicy {
@@ -72,6 +78,7 @@ impl Default for AnalysisPolicy {
             compare_client_errors: true,
             compare_slow_factor: Some(3.0),
             promotion_margin: 0.5,
+            queries: Vec::new(),
         }
     }
 }
@@ -83,6 +90,9 @@ pub struct Baseline {
     pub errors: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// Each metric query's value for the stable release, by rule.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub queries: BTreeMap<String, f64>,
 }
 
 /// Latency limits derived from the baseline; the runtime counts requests above each.

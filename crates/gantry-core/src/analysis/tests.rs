@@ -6,6 +6,7 @@ fn baseline() -> Baseline {
         errors: 20,
         p50_ms: 10.0,
         p99_ms: 40.0,
+        queries: Default::default(),
     }
 }
 
@@ -99,6 +100,7 @@ fn a_healthy_canary_passes_and_is_eventually_called_no_worse() {
             errors: 200,
             p50_ms: 10.0,
             p99_ms: 40.0,
+            queries: Default::default(),
         },
         &counts(20_000, 200),
         &counts(180_000, 1_800),
@@ -180,6 +182,7 @@ fn latency_limits_follow_the_baseline_above_a_floor() {
         errors: 0,
         p50_ms: 0.4,
         p99_ms: 1.0,
+        queries: Default::default(),
     };
     let l = latency_limits(&p, &fast);
     assert_eq!(

@@ -20,6 +20,7 @@
 //! `abort`), saying how little the data could rule out.
 
 use super::{enter, roll_back, Deployment, Effect, Event, Phase, StrategySettings, Transition};
+use crate::analysis::queries::{self, QueryState, QueryVerdict};
 use crate::analysis::{
     self, analyse_windows, latency_limits, Analysis, AnalysisPolicy, Baseline, Bounds, Counts,
     LatencyLimits, RuleStatus, Verdict, Window,
@@ -108,6 +109,16 @@ pub struct CanaryState {
     /// On a fleet: each host's cumulative canary counts at its first look.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub host_start: BTreeMap<String, Counts>,
+    /// The metric query rules' standing.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub queries: QueryState,
+    /// Some query rule has no data yet: no promotion meanwhile.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub queries_waiting: bool,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// On a fleet: each host's canary counts since its first look (a host
@@ -249,6 +260,7 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
                 canary,
                 stable,
                 hosts,
+                queries,
             },
         ) => {
             let by_host = hosts_since_start(t, hosts);
@@ -263,6 +275,22 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
                     format!("canary analysis at {weight}%: {}", o.describe()),
                     now,
                 );
+            }
+            if !s.analysis.queries.is_empty() {
+                let baseline = state(t).baseline.queries.clone();
+                let mut qs = std::mem::take(&mut state(t).queries);
+                let verdict = queries::judge(&s.analysis.queries, &baseline, queries, &mut qs, now);
+                state(t).queries = qs;
+                match verdict {
+                    QueryVerdict::Fail(why) => {
+                        let weight = state(t).weight;
+                        return roll_back(t, format!("canary analysis at {weight}%: {why}"), now);
+                    }
+                    QueryVerdict::Continue { waiting, notes } => {
+                        t.log.extend(notes);
+                        state(t).queries_waiting = waiting;
+                    }
+                }
             }
             on_metrics(t, s, canary, stable, now);
             if t.deployment.phase == Phase::RollingBack {
@@ -361,12 +389,18 @@ fn on_metrics(
     let bounds = analysis::bounds(&policy, &st.baseline, &windows);
     analysis.bounds = Some(bounds.clone());
     let verdict = analysis.verdict.clone();
-    let waiting_rules: Vec<String> = analysis
+    let mut waiting_rules: Vec<String> = analysis
         .reports
         .iter()
         .filter(|r| r.status == RuleStatus::NotEnoughData)
         .map(|r| format!("{:?}", r.rule))
         .collect();
+    for (name, since) in &st.queries.no_data_since {
+        waiting_rules.push(format!(
+            "query {name:?} without data for {}",
+            seconds((now - since).max(0) as u64)
+        ));
+    }
     state(t).last = Some(analysis);
     match verdict {
         Verdict::Fail { summary, .. } => {
@@ -379,6 +413,7 @@ fn on_metrics(
         // Early promotion needs the same bounds as a timed step's end.
         Verdict::NoWorse { evidence }
             if st.weight < 100
+                && !st.queries_waiting
                 && st.paused_at.is_none()
                 && bounds.excess() <= s.promotion_tolerance =>
         {
@@ -392,7 +427,7 @@ fn on_metrics(
         }
         Verdict::NoWorse { .. } | Verdict::Continue { .. } => {}
     }
-    let waiting = matches!(verdict, Verdict::Continue { waiting: true });
+    let waiting = matches!(verdict, Verdict::Continue { waiting: true }) || st.queries_waiting;
     if st.paused_at.is_none() {
         if let Pause::For { ms } = step.pause {
             let elapsed = (now - st.step_started_at).max(0) as u64;

@@ -68,6 +68,9 @@ pub enum Event {
         /// host much worse than the rest.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         hosts: BTreeMap<String, Counts>,
+        /// The analysis' metric queries, read for the new release.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        queries: Vec<crate::analysis::queries::QueryReading>,
     },
     MetricsUnavailable {
         reason: String,

@@ -478,6 +478,7 @@ mod canary {
             errors: 10,
             p50_ms: 10.0,
             p99_ms: 40.0,
+            queries: Default::default(),
         }
     }
 
@@ -494,6 +495,7 @@ mod canary {
                 ..Counts::default()
             },
             hosts: Default::default(),
+            queries: Default::default(),
         }
     }
 
@@ -551,6 +553,7 @@ mod canary {
             },
             stable,
             hosts: by_host,
+            queries: Default::default(),
         }
     }
 
@@ -570,6 +573,7 @@ mod canary {
                             errors: 90,
                             p50_ms: 10.0,
                             p99_ms: 40.0,
+                            queries: Default::default(),
                         },
                     },
                 ),
@@ -827,6 +831,7 @@ mod canary {
                 ..Counts::default()
             },
             hosts: Default::default(),
+            queries: Default::default(),
         }
     }
 
@@ -1390,6 +1395,7 @@ fn counters_that_start_again_at_zero_restart_the_step_judgement() {
                 ..Counts::default()
             },
             hosts: Default::default(),
+            queries: Default::default(),
         },
         5000,
     );

@@ -17,6 +17,7 @@
 
 use super::{enter, on_health, roll_back, Deployment, DeploymentKind, Effect, Event, Phase};
 use super::{seconds, Transition};
+use crate::analysis::queries::{self, QueryState, QueryVerdict};
 use crate::analysis::{
     analyse_windows, latency_limits, Analysis, AnalysisPolicy, Baseline, Counts, LatencyLimits,
     Verdict, Window,
@@ -55,6 +56,9 @@ pub struct WatchState {
     /// Requests of the new release judged so far.
     #[serde(default)]
     pub judged: u64,
+    /// The metric query rules' standing.
+    #[serde(default)]
+    pub queries: QueryState,
 }
 
 /// Whether `d` watches its release once it takes all traffic: a deployment
@@ -150,7 +154,28 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
     };
     let end = t.deployment.phase_since + s.duration_ms as Millis;
     match event {
-        Event::MetricsObserved { canary, .. } => {
+        Event::MetricsObserved {
+            canary, queries, ..
+        } => {
+            if !s.policy.queries.is_empty() {
+                let w = t.deployment.watch.get_or_insert_with(WatchState::default);
+                let baseline = w.baseline.clone().unwrap_or_default().queries;
+                let verdict =
+                    queries::judge(&s.policy.queries, &baseline, queries, &mut w.queries, now);
+                match verdict {
+                    QueryVerdict::Fail(why) => {
+                        return roll_back(
+                            t,
+                            format!(
+                                "watch after the full rollout, {} in: {why}",
+                                seconds((now - t.deployment.phase_since).max(0) as u64)
+                            ),
+                            now,
+                        );
+                    }
+                    QueryVerdict::Continue { notes, .. } => t.log.extend(notes),
+                }
+            }
             let w = t.deployment.watch.get_or_insert_with(WatchState::default);
             let start = match w.start {
                 Some(start) if canary.requests >= start.requests => start,

@@ -6,6 +6,7 @@ use crate::artifact;
 use crate::routing::InstancePool;
 use crate::target::{LaunchSpec, ProbeOutcome, Started};
 use gantry_config::Environment;
+use gantry_core::analysis::queries::{QueryReading, Reading};
 use gantry_core::analysis::{Baseline, Counts, LatencyLimits};
 use gantry_core::machine::Probe;
 use gantry_core::{Deployment, DeploymentId, Effect, EnvName, Event, InstanceRef, Millis, Version};
@@ -75,7 +76,7 @@ impl Controller {
             }
             Effect::ObserveBaseline => {
                 let (stable_name, _) = pool_names(&d);
-                let baseline = match self.wave_pool_stats(&d, &[]).await {
+                let mut baseline = match self.wave_pool_stats(&d, &[]).await {
                     Ok(pools) => pools
                         .iter()
                         .find(|p| p.name == stable_name)
@@ -84,6 +85,7 @@ impl Controller {
                             errors: p.errors,
                             p50_ms: p.p50_ms,
                             p99_ms: p.p99_ms,
+                            queries: Default::default(),
                         })
                         .unwrap_or_default(),
                     Err(e) => {
@@ -91,6 +93,14 @@ impl Controller {
                         Baseline::default()
                     }
                 };
+                // The queries' values for the release that serves now.
+                if let Some(previous) = d.previous_version.clone() {
+                    for r in self.read_queries(&d, &previous).await {
+                        if let Reading::Value { value } = r.reading {
+                            baseline.queries.insert(r.rule, value);
+                        }
+                    }
+                }
                 Event::BaselineObserved { baseline }
             }
             Effect::ShiftTraffic {
@@ -179,6 +189,48 @@ impl Controller {
                 .iter()
                 .map(|(host, pools)| (host.clone(), counts(pools, &canary_name, limits)))
                 .collect(),
+            queries: self.read_queries(d, &d.version).await,
+        }
+    }
+
+    /// The analysis' metric queries for `version` (the new release at a
+    /// look, the previous one for the baseline), as the deployment's phase
+    /// asks for them; none when it has no query rules.
+    async fn read_queries(&self, d: &Deployment, version: &Version) -> Vec<QueryReading> {
+        let (rules, interval_ms) = gantry_core::machine::query_rules(d);
+        if rules.is_empty() {
+            return Vec::new();
+        }
+        let (stable_name, canary_name) = pool_names(d);
+        let pool = if Some(version) == d.previous_version.as_ref() && version != &d.version {
+            stable_name
+        } else {
+            canary_name
+        };
+        let scope = crate::prometheus::QueryScope {
+            env: d.env.as_str(),
+            release: &version.to_string(),
+            pool: &pool,
+            interval_ms,
+        };
+        match &self.prometheus {
+            Some(Ok(client)) => client.read_all(&rules, &scope).await,
+            failed => {
+                let reason = match failed {
+                    Some(Err(e)) => e.clone(),
+                    _ => "no metrics server is configured ([metrics.prometheus])".to_owned(),
+                };
+                rules
+                    .iter()
+                    .map(|r| QueryReading {
+                        rule: r.name.clone(),
+                        resolved: crate::prometheus::resolve(&r.query, &scope),
+                        reading: Reading::Error {
+                            reason: reason.clone(),
+                        },
+                    })
+                    .collect()
+            }
         }
     }
 

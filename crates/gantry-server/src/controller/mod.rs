@@ -71,6 +71,9 @@ pub struct Controller {
     notes: Mutex<HashMap<DeploymentId, Vec<String>>>,
     /// How `GET /hosts` sees the fleet; unset when the config has no hosts.
     host_observer: std::sync::OnceLock<Arc<dyn crate::fleet::HostObserver>>,
+    /// The analysis' metric queries' server (`[metrics.prometheus]`), or
+    /// why it cannot be asked (a token reference that does not resolve).
+    prometheus: Option<Result<crate::prometheus::PrometheusClient, String>>,
 }
 
 impl Controller {
@@ -83,7 +86,13 @@ impl Controller {
         config: Arc<Config>,
     ) -> Arc<Controller> {
         let http = crate::probe::http_client();
+        let prometheus = config
+            .metrics
+            .prometheus
+            .as_ref()
+            .map(crate::prometheus::PrometheusClient::new);
         Arc::new(Controller {
+            prometheus,
             store,
             blobs,
             target,

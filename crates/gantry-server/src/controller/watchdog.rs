@@ -150,3 +150,90 @@ impl Controller {
         }
     }
 }
+
+/// One group of Prometheus file-based service discovery: an instance and
+/// the labels its series get.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+struct ScrapeGroup {
+    targets: Vec<String>,
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+impl Controller {
+    /// With `[metrics.prometheus]`, keeps `path` a Prometheus `file_sd`
+    /// list of every local instance (labels env, release, instance), so a
+    /// Prometheus started with it scrapes each release's own metrics, the
+    /// canary's apart from stable's. Written only on change, atomically.
+    pub fn spawn_scrape_targets(self: &Arc<Self>, path: std::path::PathBuf, every: Duration) {
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut last: Option<Vec<ScrapeGroup>> = None;
+            loop {
+                let Some(c) = this.upgrade() else { return };
+                match c.scrape_groups() {
+                    Ok(groups) if last.as_ref() != Some(&groups) => {
+                        match write_atomically(&path, &groups) {
+                            Ok(()) => last = Some(groups),
+                            Err(e) => {
+                                tracing::warn!(path = %path.display(), error = %e, "cannot write the Prometheus targets file")
+                            }
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot list instances for Prometheus"),
+                }
+                drop(c);
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
+    fn scrape_groups(&self) -> Result<Vec<ScrapeGroup>, gantry_store::StoreError> {
+        let mut seen = HashSet::new();
+        let mut groups = Vec::new();
+        let mut add =
+            |env: &EnvName, release: &gantry_core::Version, i: &gantry_core::InstanceRef| {
+                // Fleet instances answer on their host's loopback only.
+                if i.host.is_some() || !seen.insert(i.id.clone()) {
+                    return;
+                }
+                groups.push(ScrapeGroup {
+                    targets: vec![format!("127.0.0.1:{}", i.port)],
+                    labels: [
+                        ("env", env.to_string()),
+                        ("release", release.to_string()),
+                        ("instance", i.id.clone()),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect(),
+                });
+            };
+        for d in self.store.active_deployments()? {
+            for i in &d.new_instances {
+                add(&d.env, &d.version, i);
+            }
+            if let Some(previous) = &d.previous_version {
+                for i in &d.old_instances {
+                    add(&d.env, previous, i);
+                }
+            }
+        }
+        for s in self.store.env_states()? {
+            for i in &s.instances {
+                add(&s.env, &s.version, i);
+            }
+        }
+        groups.sort();
+        Ok(groups)
+    }
+}
+
+fn write_atomically(path: &std::path::Path, groups: &[ScrapeGroup]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(groups)?)?;
+    std::fs::rename(&tmp, path)
+}

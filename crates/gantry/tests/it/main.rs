@@ -25,6 +25,7 @@ mod notes;
 mod notify;
 mod openapi;
 mod output;
+mod query_rules;
 mod releases;
 mod rollout;
 mod upgrade;

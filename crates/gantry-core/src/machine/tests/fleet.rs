@@ -300,6 +300,7 @@ impl World {
                     errors: 10,
                     p50_ms: 5.0,
                     p99_ms: 20.0,
+                    queries: Default::default(),
                 },
             },
             Effect::ObserveMetrics { .. } => self.observe(),
@@ -342,6 +343,7 @@ impl World {
             canary,
             stable,
             hosts,
+            queries: Default::default(),
         }
     }
 

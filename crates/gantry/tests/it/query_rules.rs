@@ -1,0 +1,227 @@
+//! The analysis' metric query rules against Debian's real Prometheus: the
+//! controller writes a `file_sd` list of its instances, Prometheus scrapes
+//! each release's own `/metrics`, and a canary is judged on its queries.
+//! Skipped, with the reason printed, where `prometheus` is not installed.
+
+use crate::harness::*;
+use gantry_core::Phase;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A Prometheus of the test's own, scraping every second the instances
+/// the controller lists in `targets`; stopped when dropped.
+struct Prometheus {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn installed() -> bool {
+        let found = Command::new("prometheus")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            eprintln!("skipped: Debian's prometheus is not installed (apt-get install prometheus)");
+        }
+        found
+    }
+
+    fn start(port: u16, targets: &Path) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: gantry-instances\n    file_sd_configs:\n      - files: ['{}']\n        refresh_interval: 1s\n",
+                targets.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("prometheus starts");
+        let p = Prometheus {
+            child,
+            port,
+            _dir: dir,
+        };
+        wait_until("prometheus ready", Duration::from_secs(30), || {
+            matches!(
+                try_http(&p.base(), "GET", "/-/ready", None, ""),
+                Ok((200, _))
+            )
+        });
+        p
+    }
+
+    fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// How many series `query` returns now.
+    fn series(&self, query: &str) -> usize {
+        let path = format!("/api/v1/query?query={}", encode(query));
+        match try_http(&self.base(), "GET", &path, None, "") {
+            Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["data"]["result"].as_array().map(Vec::len))
+                .unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A canary on production judged by `queries` (TOML of
+/// `[[analysis.queries]]` tables) asked of a Prometheus on `prom_port`.
+fn gantry_with_queries(prom_port: u16, queries: &str) -> Gantry {
+    Gantry::start_custom(|ports| {
+        lifecycle_config(
+            ports,
+            "300ms",
+            &format!(
+                "\n[metrics.prometheus]\nurl = \"http://127.0.0.1:{prom_port}\"\ntimeout = \"2s\"\n\n[analysis]\nmax_p99_factor = false\nmax_p50_factor = false\ncompare_slow_factor = false\n{queries}"
+            ),
+            Lifecycle::Loose,
+        ) + "strategy = \"canary\"\ncanary = { steps = [{ weight = 50, pause = \"5s\" }, { weight = 100 }], interval = \"250ms\", max_wait = \"60s\" }\n"
+    })
+}
+
+const QUEUE: &str = r#"
+[[analysis.queries]]
+name = "queue depth"
+query = 'max(sample_queue_depth{env="{env}",release="{release}"})'
+above_baseline = 10
+consecutive = 2
+no_data_timeout = "20s"
+"#;
+
+#[test]
+fn a_canary_whose_queue_backs_up_twentyfold_is_rolled_back_naming_the_query_and_values() {
+    if !Prometheus::installed() {
+        return;
+    }
+    let prom_port = free_port();
+    let g = gantry_with_queries(prom_port, QUEUE);
+    let prom = Prometheus::start(prom_port, &g.data().join("prometheus/instances.json"));
+    g.register("1.0.0", "");
+    g.register("1.1.0", "\"queue_depth\": 4");
+    g.register("1.2.0", "\"queue_depth\": 60");
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let load = Load::start(g.port("production"));
+    wait_until(
+        "Prometheus scrapes 1.0.0's instances by the controller's targets file",
+        Duration::from_secs(30),
+        || prom.series(r#"sample_queue_depth{env="production",release="1.0.0"}"#) == 2,
+    );
+
+    // A healthy queue: promoted once the query has data.
+    g.gantry(&["deploy", "1.1.0", "--env", "production"]).ok();
+    let d = g.latest("production");
+    assert_eq!(d.phase, Phase::Succeeded);
+    let judged = d.canary.unwrap().queries.last["queue depth"].clone();
+    assert_eq!(
+        judged.reading,
+        gantry_core::analysis::queries::Reading::Value { value: 4.0 },
+        "{judged:?}"
+    );
+
+    // 20× the queue: rolled back, the verdict names the query and the figures.
+    g.gantry(&["deploy", "1.2.0", "--env", "production"])
+        .fails_with(3, "rolled_back");
+    let d = g.latest("production");
+    let reason = d.reason.clone().unwrap();
+    assert!(
+        reason.starts_with("canary analysis at 50%: query rule \"queue depth\": above 10× the baseline 4 = 40 for 2 reading(s) in a row, latest 60 (query max(sample_queue_depth{env=\"production\",release=\"1.2.0\"}); baseline 4)"),
+        "{reason}"
+    );
+    assert_eq!(g.get_env("production").1, "hello from 1.1.0\n");
+    let (ok, failed) = load.finish();
+    assert_eq!(failed, 0, "{ok} answered");
+}
+
+#[test]
+fn no_data_waits_then_rolls_back_saying_so_and_a_stopped_prometheus_is_explained() {
+    if !Prometheus::installed() {
+        return;
+    }
+    let prom_port = free_port();
+    let g = gantry_with_queries(
+        prom_port,
+        r#"
+[[analysis.queries]]
+name = "checkout latency"
+query = 'max(no_such_metric{release="{release}"})'
+below = 1
+no_data_timeout = "3s"
+"#,
+    );
+    let mut prom = Prometheus::start(prom_port, &g.data().join("prometheus/instances.json"));
+    g.register("1.0.0", "");
+    g.register("1.1.0", "");
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let load = Load::start(g.port("production"));
+
+    // The query returns no series: no promotion on silence; rolled back at its deadline.
+    g.gantry(&["deploy", "1.1.0", "--env", "production"])
+        .fails_with(3, "rolled_back");
+    let reason = g.latest("production").reason.unwrap();
+    assert!(
+        reason.contains(
+            "query rule \"checkout latency\": no data: the query returned no series for 3"
+        ) && reason.contains("no_data = \"wait\" gives up after 3s"),
+        "{reason}"
+    );
+
+    // Prometheus gone mid-rollout: an explained state, never a promotion.
+    let id = deploy_id(
+        &g.gantry(&["deploy", "1.1.0", "--env", "production", "--detach"])
+            .ok(),
+    );
+    g.wait_phase(id, Phase::Canary);
+    prom.stop();
+    let d = g.wait_finished(id);
+    assert_eq!(d.phase, Phase::RolledBack);
+    let reason = d.reason.unwrap();
+    assert!(
+        reason.contains("query failed: cannot connect to Prometheus"),
+        "{reason}"
+    );
+    assert_eq!(g.get_env("production").1, "hello from 1.0.0\n");
+    let (ok, failed) = load.finish();
+    assert_eq!(failed, 0, "{ok} answered");
+}
