@@ -20,6 +20,7 @@ mod audit;
 mod drive;
 mod effects;
 mod governance;
+mod hashed;
 mod hosts;
 mod notices;
 mod queries;
@@ -71,6 +72,8 @@ pub struct Controller {
     notes: Mutex<HashMap<DeploymentId, Vec<String>>>,
     /// How `GET /hosts` sees the fleet; unset when the config has no hosts.
     host_observer: std::sync::OnceLock<Arc<dyn crate::fleet::HostObserver>>,
+    /// Artifacts hashed since this start and unchanged since.
+    hashed: hashed::HashedOnce,
 }
 
 impl Controller {
@@ -98,6 +101,7 @@ impl Controller {
             audit_key: std::sync::OnceLock::new(),
             notes: Mutex::default(),
             host_observer: std::sync::OnceLock::new(),
+            hashed: Default::default(),
         })
     }
 
