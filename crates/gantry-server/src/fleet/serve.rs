@@ -69,10 +69,10 @@ struct Session {
     prepared: std::sync::Mutex<HashSet<(String, String)>>,
     /// Artifacts this session hashed whole: received by its upload (hashed
     /// as the bytes were written) or checked by `HaveArtifact`/`Prepare`.
-    /// Asked again (every prepare asks, and a 50-host rollback asked 50
-    /// times for 50 MB: 2.5 GB of SHA-256 on the controller's cores'
-    /// neighbours), the answer is the file's presence, not another hash. A
-    /// new channel (a controller restart, a reconnection) hashes again.
+    /// Asked again (every prepare asks; a 50-host rollback of a 50 MB
+    /// release hashed 2.5 GB across the fleet to answer), the answer is the
+    /// file's presence, not another hash. A new channel (a controller
+    /// restart, a reconnection) hashes again.
     verified: std::sync::Mutex<HashSet<Digest>>,
 }
 
