@@ -259,11 +259,15 @@ impl Controller {
         let env = self.env(d.env.as_str()).map_err(|e| e.to_string())?;
         let blobs = self.blobs.clone();
         let digest = release.digest.clone();
-        tokio::task::spawn_blocking(move || blobs.verify(&digest))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| format!("artifact of {version} failed verification: {e}"))?;
         let path = self.blobs.path(&release.digest);
+        // A rollback's release was hashed when it was deployed: unchanged,
+        // it is not hashed again (`hashed.rs`).
+        self.hashed
+            .verify(&release.digest, &path, move || {
+                blobs.verify(&digest).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| format!("artifact of {version} failed verification: {e}"))?;
         if env.require_signature {
             let sig = release.signature.clone().ok_or_else(|| {
                 format!(

@@ -20,6 +20,7 @@ mod audit;
 mod drive;
 mod effects;
 mod governance;
+mod hashed;
 mod hosts;
 mod notices;
 mod queries;
@@ -74,6 +75,8 @@ pub struct Controller {
     /// The analysis' metric queries' server (`[metrics.prometheus]`), or
     /// why it cannot be asked (a token reference that does not resolve).
     prometheus: Option<Result<crate::prometheus::PrometheusClient, String>>,
+    /// Artifacts hashed since this start and unchanged since.
+    hashed: hashed::HashedOnce,
 }
 
 impl Controller {
@@ -107,6 +110,7 @@ impl Controller {
             audit_key: std::sync::OnceLock::new(),
             notes: Mutex::default(),
             host_observer: std::sync::OnceLock::new(),
+            hashed: Default::default(),
         })
     }
 

@@ -67,6 +67,13 @@ struct Session {
     /// Instances cannot write a release directory (read-only, confined), so
     /// what could change it also could change this process.
     prepared: std::sync::Mutex<HashSet<(String, String)>>,
+    /// Artifacts this session hashed whole: received by its upload (hashed
+    /// as the bytes were written) or checked by `HaveArtifact`/`Prepare`.
+    /// Asked again (every prepare asks; a 50-host rollback of a 50 MB
+    /// release hashed 2.5 GB across the fleet to answer), the answer is the
+    /// file's presence, not another hash. A new channel (a controller
+    /// restart, a reconnection) hashes again.
+    verified: std::sync::Mutex<HashSet<Digest>>,
 }
 
 /// Serves requests from `reader`, answering on `writer`, until `reader`
@@ -236,12 +243,15 @@ impl Host {
                 .chunk(
                     &session.blobs,
                     &session.data_dir,
-                    digest,
+                    digest.clone(),
                     size,
                     offset,
                     data,
                 )
                 .await;
+            if matches!(answer, Answer::Received { complete: true, .. }) {
+                session.verified_lock().insert(digest);
+            }
             return self.reply(id, answer).await;
         }
         // Bounded: the reader waits here for a slot, which slows the
@@ -332,6 +342,7 @@ impl Host {
                 router: ProcessRouter::new(&self.data_dir, self.exe.clone(), token),
                 blobs,
                 prepared: Default::default(),
+                verified: Default::default(),
             })
         };
         let session = match setup() {
@@ -355,6 +366,35 @@ impl Session {
         self.prepared.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn verified_lock(&self) -> std::sync::MutexGuard<'_, HashSet<Digest>> {
+        self.verified.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the stored artifact is `digest`'s: hashed once per session,
+    /// then only looked for (see `verified`).
+    async fn artifact_verified(&self, digest: &Digest) -> Result<(), gantry_store::BlobError> {
+        if self.verified_lock().contains(digest) {
+            if self.blobs.path(digest).is_file() {
+                return Ok(());
+            }
+            self.verified_lock().remove(digest);
+        }
+        let blobs = self.blobs.clone();
+        let d = digest.clone();
+        let result = tokio::task::spawn_blocking(move || blobs.verify(&d))
+            .await
+            .unwrap_or_else(|e| {
+                Err(gantry_store::BlobError::Io {
+                    path: self.blobs.path(digest).display().to_string(),
+                    source: std::io::Error::other(e),
+                })
+            });
+        if result.is_ok() {
+            self.verified_lock().insert(digest.clone());
+        }
+        result
+    }
+
     /// Why this session may no longer act, if a newer or other controller
     /// has been admitted since.
     fn fenced(&self) -> Option<String> {
@@ -372,13 +412,9 @@ impl Session {
             Call::Hello(_) | Call::UploadChunk { .. } => {
                 error(ErrorKind::Protocol, format!("{} out of turn", call.name()))
             }
-            Call::HaveArtifact { digest } => {
-                let blobs = self.blobs.clone();
-                let present = tokio::task::spawn_blocking(move || have(&blobs, &digest))
-                    .await
-                    .unwrap_or(false);
-                Answer::Have { present }
-            }
+            Call::HaveArtifact { digest } => Answer::Have {
+                present: have(&self.blobs, &digest, self.artifact_verified(&digest).await),
+            },
             Call::Prepare { release, limits } => {
                 let key = (release.version.to_string(), release.digest.to_string());
                 if self.prepared_lock().contains(&key) {
@@ -386,13 +422,7 @@ impl Session {
                         repairs: Vec::new(),
                     };
                 }
-                let blobs = self.blobs.clone();
-                let digest = release.digest.clone();
-                let verified = tokio::task::spawn_blocking(move || blobs.verify(&digest))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
-                if let Err(why) = verified {
+                if let Err(why) = self.artifact_verified(&release.digest).await {
                     return error(
                         ErrorKind::Unpack,
                         format!("cannot prepare release {}: {why}", release.version),
@@ -513,10 +543,10 @@ fn route_error(e: RouteError) -> Answer {
     error(kind, e.to_string())
 }
 
-/// Whether the artifact is stored and still hashes to its name; a corrupt
-/// copy is removed so the controller sends it again.
-fn have(blobs: &Blobs, digest: &Digest) -> bool {
-    match blobs.verify(digest) {
+/// Whether the artifact is stored and hashes to its name (`verified`); a
+/// corrupt copy is removed so the controller sends it again.
+fn have(blobs: &Blobs, digest: &Digest, verified: Result<(), gantry_store::BlobError>) -> bool {
+    match verified {
         Ok(()) => true,
         Err(gantry_store::BlobError::Mismatch { .. }) => {
             tracing::warn!(digest = %digest, "stored artifact is corrupt; removing it");

@@ -389,6 +389,60 @@ fn a_wrong_digest_or_a_truncated_upload_is_refused_and_nothing_is_unpacked() {
     });
 }
 
+/// Every prepare asks whether the host has the artifact; a fleet rollback
+/// asks every host at once. A channel hashes an artifact once (its upload,
+/// or the first question) and then only looks for the file; a new channel
+/// hashes it again.
+#[test]
+fn an_artifact_is_hashed_once_per_channel_and_again_by_a_new_channel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let log = tmp.path().join("host.log");
+    let _cleanup = Workloads(vec![data.clone()]);
+    let artifact = tmp.path().join("v1.tar");
+    make_artifact(&artifact, "1.0.0", "");
+    let release = release_of(&artifact, "1.0.0");
+    let blob = data.join("artifacts/sha256").join(release.digest.as_hex());
+    let bytes = std::fs::read(&artifact).unwrap();
+    let mut corrupt = bytes.clone();
+    let last = corrupt.len() - 1;
+    corrupt[last] ^= 0xff;
+    runtime().block_on(async {
+        let (child, link) = connect(&data, &log, "controller-a", 1, LinkOptions::default()).await;
+        let link = link.unwrap();
+        assert_eq!(
+            link.upload(&artifact, &release.digest).await.unwrap(),
+            release.size
+        );
+        // Verified by its upload: a changed copy is not hashed again...
+        std::fs::write(&blob, &corrupt).unwrap();
+        assert!(link.have_artifact(&release.digest).await.unwrap());
+        // ...but a missing one is missed, and one put back is hashed again.
+        std::fs::remove_file(&blob).unwrap();
+        assert!(!link.have_artifact(&release.digest).await.unwrap());
+        std::fs::write(&blob, &corrupt).unwrap();
+        assert!(!link.have_artifact(&release.digest).await.unwrap());
+        assert!(!blob.exists(), "a corrupt copy is removed");
+        std::fs::write(&blob, &bytes).unwrap();
+        assert!(link.have_artifact(&release.digest).await.unwrap());
+        std::fs::write(&blob, &corrupt).unwrap();
+        assert!(link.have_artifact(&release.digest).await.unwrap());
+        drop(link);
+        drop(child);
+
+        // A new channel trusts nothing of the last one's.
+        let (_child, link) = connect(&data, &log, "controller-a", 2, LinkOptions::default()).await;
+        let link = link.unwrap();
+        assert!(!link.have_artifact(&release.digest).await.unwrap());
+        assert!(!blob.exists(), "a corrupt copy is removed");
+        let limits = ArtifactLimits::standard();
+        let done = link.prepare(&release, &artifact, &limits).await.unwrap();
+        assert_eq!(done.uploaded_bytes, release.size);
+        assert_eq!(std::fs::read(&blob).unwrap(), bytes);
+        assert!(data.join("releases/1.0.0/bin/gantry").is_file());
+    });
+}
+
 #[test]
 fn a_stale_epoch_or_another_controller_is_fenced() {
     let tmp = tempfile::tempdir().unwrap();

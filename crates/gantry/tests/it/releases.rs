@@ -146,6 +146,42 @@ fn verify_detects_a_tampered_artifact() {
     );
 }
 
+/// The controller hashes a release once while its file stays unchanged; a
+/// copy changed after it served (here, before a rollback to it) is hashed
+/// again and refused.
+#[test]
+fn a_rollback_refuses_a_release_tampered_with_after_it_served() {
+    let g = Gantry::start();
+    g.register("1.0.0", "");
+    g.register("1.1.0", "");
+    for v in ["1.0.0", "1.1.0"] {
+        let id = deploy_id(
+            &g.gantry(&["deploy", v, "--env", "development", "--detach"])
+                .ok(),
+        );
+        assert_eq!(g.wait_finished(id).phase, Phase::Succeeded);
+    }
+    let digest = g.release("1.0.0").digest.as_hex().to_owned();
+    let blob = g.data().join("artifacts/sha256").join(&digest);
+    let mut perms = std::fs::metadata(&blob).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&blob, perms).unwrap();
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[600] ^= 1;
+    std::fs::write(&blob, bytes).unwrap();
+    let id = deploy_id(
+        &g.gantry(&["rollback", "--env", "development", "--detach"])
+            .ok(),
+    );
+    let d = g.wait_finished(id);
+    assert_eq!(d.phase, Phase::Failed, "{d:?}");
+    assert!(
+        d.reason.as_deref().unwrap().contains("failed verification"),
+        "{d:?}"
+    );
+}
+
 struct KeyPair {
     public_line: String,
     secret: std::path::PathBuf,
