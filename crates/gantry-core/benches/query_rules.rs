@@ -5,7 +5,9 @@
 //!
 //! Run: `cargo bench -p gantry-core --bench query_rules` (figures in docs/benchmarks.md).
 
-use gantry_core::analysis::queries::{self, Condition, NoData, QueryReading, QueryRule, QueryState, Reading};
+use gantry_core::analysis::queries::{
+    self, Condition, NoData, QueryReading, QueryRule, QueryState, Reading,
+};
 use gantry_core::analysis::{analyse_windows, AnalysisPolicy, Baseline, Counts, Window};
 use std::collections::BTreeMap;
 use std::hint::black_box;

@@ -20,7 +20,7 @@ pub async fn run(cli: Cli) -> Exit {
             fleet: Some(hosts),
         } => crate::demo_fleet::run(hosts, keep).await,
         Command::Init { path, force } => init(&path, force),
-        Command::Validate { config } => validate(&config),
+        Command::Validate { config } => validate(&config).await,
         Command::Hosts(args) => crate::hosts::run(&data_dir, server.as_deref(), args).await,
         Command::Schema => {
             out!("{}", gantry_config::json_schema());
@@ -210,11 +210,58 @@ fn init(path: &std::path::Path, force: bool) -> Exit {
     Ok(ExitCode::Success)
 }
 
-fn validate(path: &std::path::Path) -> Exit {
+/// With a Prometheus configured and reachable, each query rule's PromQL
+/// (placeholders filled with sample values) goes to its parser; what it
+/// refuses is returned by field. An unreachable server is only a warning:
+/// the file is still valid where the server runs.
+async fn check_queries(config: &gantry_config::Config) -> Vec<String> {
+    use gantry_core::analysis::queries::Reading;
+    let (Some(p), false) = (
+        &config.metrics.prometheus,
+        config.analysis.queries.is_empty(),
+    ) else {
+        return Vec::new();
+    };
+    let client = match gantry_server::prometheus::PrometheusClient::new(p) {
+        Ok(c) => c,
+        Err(e) => return vec![e],
+    };
+    let scope = gantry_server::prometheus::QueryScope {
+        env: "validate",
+        release: "0.0.0",
+        pool: "0.0.0",
+        interval_ms: 1_000,
+    };
+    let mut refused = Vec::new();
+    for (n, rule) in config.analysis.queries.iter().enumerate() {
+        let resolved = gantry_server::prometheus::resolve(&rule.query, &scope);
+        match client.instant(&resolved).await {
+            Reading::Error { reason }
+                if reason.starts_with("Prometheus refused the query (HTTP 400)") =>
+            {
+                refused.push(format!("analysis.queries[{n}].query: {reason}"));
+            }
+            Reading::Error { reason } => {
+                errln!("warning: analysis.queries[{n}].query not checked by Prometheus: {reason}");
+            }
+            _ => {}
+        }
+    }
+    refused
+}
+
+async fn validate(path: &std::path::Path) -> Exit {
     match gantry_config::load(path) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 errln!("{}\n", w.render());
+            }
+            let refused = check_queries(&loaded.config).await;
+            if !refused.is_empty() {
+                for line in &refused {
+                    errln!("{}: error: {line}", path.display());
+                }
+                return Ok(ExitCode::InvalidConfig);
             }
             outln!(
                 "{} is valid: service {:?}, environments {}",

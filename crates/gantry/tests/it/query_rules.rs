@@ -225,3 +225,34 @@ no_data_timeout = "3s"
     let (ok, failed) = load.finish();
     assert_eq!(failed, 0, "{ok} answered");
 }
+
+#[test]
+fn validate_asks_prometheus_to_parse_each_query() {
+    if !Prometheus::installed() {
+        return;
+    }
+    let prom_port = free_port();
+    let g = gantry_with_queries(
+        prom_port,
+        "\n[[analysis.queries]]\nname = \"broken\"\nquery = 'max(sample_queue_depth{release=\"{release}\"}'\nabove = 1\n",
+    );
+    let config = g.config_path();
+    // No server to ask: valid, with a warning that the query went unchecked.
+    let run = g
+        .gantry(&["validate", "--config", config.to_str().unwrap()])
+        .ok();
+    assert!(
+        run.stderr
+            .contains("analysis.queries[0].query not checked by Prometheus: cannot connect"),
+        "{}",
+        run.stderr
+    );
+    let _prom = Prometheus::start(prom_port, &g.data().join("prometheus/instances.json"));
+    let run = g
+        .gantry(&["validate", "--config", config.to_str().unwrap()])
+        .fails_with(
+            4,
+            "analysis.queries[0].query: Prometheus refused the query (HTTP 400)",
+        );
+    assert!(run.stderr.contains("parse error"), "{}", run.stderr);
+}
