@@ -33,6 +33,7 @@ mod deployment;
 mod events;
 mod fleet;
 mod requests;
+mod resources;
 mod rolling;
 mod smoke;
 pub use canary::{

@@ -297,6 +297,7 @@ mod tests {
                     smoke: None,
                     freezes: vec![],
                     fleet: None,
+                    resources: Default::default(),
                 },
                 requested_by: "alice".into(),
             },

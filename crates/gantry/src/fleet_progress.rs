@@ -123,6 +123,7 @@ mod tests {
                         }],
                         max_failed: 1,
                     }),
+                    resources: Default::default(),
                 },
                 requested_by: "t".into(),
             },

@@ -22,6 +22,7 @@
 
 pub mod e_values;
 pub mod outlier;
+pub mod resources;
 
 use serde::{Deserialize, Serialize};
 

@@ -2,6 +2,7 @@
 //! what the engine knows of its new instances.
 
 use super::*;
+use crate::analysis::resources::{ResourcePolicy, ResourceWatch};
 
 /// How the health of new instances is judged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -37,6 +38,10 @@ pub struct DeploySettings {
     /// `None` when the environment runs on the controller's machine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetSettings>,
+    /// CPU and memory rules on the target's own readings of each instance
+    /// (the standards' numbers unless configured).
+    #[serde(default)]
+    pub resources: ResourcePolicy,
 }
 
 /// How a deployment walks a fleet, resolved from the config at creation:
@@ -212,6 +217,9 @@ pub struct Deployment {
     /// against `fleet.max_failed` and keep (or return to) the old release.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub failed_hosts: BTreeMap<String, String>,
+    /// What the resource rules remember between looks, and the latest figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceWatch>,
 }
 
 /// What a new deployment is made of: who asked for what, where, replacing
@@ -266,6 +274,7 @@ impl Deployment {
             smoke: None,
             change: None,
             failed_hosts: BTreeMap::new(),
+            resources: None,
         }
     }
 

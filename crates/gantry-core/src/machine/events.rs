@@ -2,6 +2,7 @@
 //! deployment and log lines out.
 
 use super::*;
+use crate::analysis::resources::InstanceUsage;
 
 /// The answer of one health probe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -68,6 +69,9 @@ pub enum Event {
         /// host much worse than the rest.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         hosts: BTreeMap<String, Counts>,
+        /// The target's readings of the new and old instances' CPU and memory.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        resources: Vec<InstanceUsage>,
     },
     MetricsUnavailable {
         reason: String,

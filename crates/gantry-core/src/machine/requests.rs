@@ -71,6 +71,7 @@ mod tests {
                     smoke: None,
                     freezes: Vec::new(),
                     fleet: None,
+                    resources: Default::default(),
                 },
                 requested_by: "alice".into(),
             },

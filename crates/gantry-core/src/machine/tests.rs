@@ -22,6 +22,7 @@ fn settings() -> DeploySettings {
         smoke: None,
         freezes: Vec::new(),
         fleet: None,
+        resources: Default::default(),
     }
 }
 
@@ -492,6 +493,7 @@ mod canary {
                 ..Counts::default()
             },
             hosts: Default::default(),
+            resources: Vec::new(),
         }
     }
 
@@ -549,6 +551,7 @@ mod canary {
             },
             stable,
             hosts: by_host,
+            resources: Vec::new(),
         }
     }
 
@@ -825,6 +828,7 @@ mod canary {
                 ..Counts::default()
             },
             hosts: Default::default(),
+            resources: Vec::new(),
         }
     }
 
@@ -1387,6 +1391,7 @@ fn counters_that_start_again_at_zero_restart_the_step_judgement() {
                 ..Counts::default()
             },
             hosts: Default::default(),
+            resources: Vec::new(),
         },
         5000,
     );

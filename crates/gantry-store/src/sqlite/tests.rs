@@ -37,6 +37,7 @@ fn new_deployment(id: DeploymentId, env: &str, v: &str) -> Deployment {
                 smoke: None,
                 freezes: Vec::new(),
                 fleet: None,
+                resources: Default::default(),
             },
             requested_by: "admin".into(),
         },
