@@ -61,6 +61,7 @@ impl Config {
             smoke: env.smoke.clone(),
             freezes: env.freezes.clone(),
             fleet: fleet_settings(env, kind),
+            resources: env.resources.clone(),
         }
     }
     /// The promotion-path gate of `version` entering `env`: it must have

@@ -155,7 +155,18 @@ impl Controller {
         let unavailable = |e: crate::routing::MetricError| Event::MetricsUnavailable {
             reason: e.to_string(),
         };
-        let (pools, by_host) = match self.metrics.pool_stats_by_host(&d.env, &asked).await {
+        // Both releases' instances, read where they run, beside the counts.
+        let instances: Vec<InstanceRef> = d
+            .new_instances
+            .iter()
+            .chain(&d.old_instances)
+            .cloned()
+            .collect();
+        let (stats, resources) = tokio::join!(
+            self.metrics.pool_stats_by_host(&d.env, &asked),
+            self.target.usage(&instances)
+        );
+        let (pools, by_host) = match stats {
             Ok(Some(by_host)) => (
                 crate::routing::sum_pools(by_host.values().cloned()),
                 by_host,
@@ -174,6 +185,7 @@ impl Controller {
                 .iter()
                 .map(|(host, pools)| (host.clone(), counts(pools, &canary_name, limits)))
                 .collect(),
+            resources,
         }
     }
 
