@@ -26,5 +26,6 @@ mod notify;
 mod openapi;
 mod output;
 mod releases;
+mod resources;
 mod rollout;
 mod upgrade;
