@@ -242,6 +242,11 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
             roll_back(t, format!("could not switch traffic: {reason}"), now)
         }
 
+        (Phase::Baking, Event::ResourcesObserved { resources }) => {
+            if !resources::judge_look(t, resources, "resource rules during the bake", now) {
+                resources::schedule_look(t, now);
+            }
+        }
         (Phase::Baking, Event::Tick) => {
             let d = &t.deployment;
             if now >= d.phase_since + d.settings.bake_ms as Millis {
@@ -518,6 +523,7 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
             effects.push(Effect::WakeAt {
                 at: d.phase_since + d.settings.bake_ms as Millis,
             });
+            resources::schedule_look(t, now);
         }
         Phase::Draining => {
             if d.old_instances.is_empty() {

@@ -76,6 +76,11 @@ pub enum Event {
     MetricsUnavailable {
         reason: String,
     },
+    /// Blue-green bake: the target's readings of the new and old instances'
+    /// CPU and memory, judged by the resource rules.
+    ResourcesObserved {
+        resources: Vec<InstanceUsage>,
+    },
     PromoteRequested {
         by: String,
     },
@@ -151,6 +156,11 @@ pub enum Effect {
     /// Canary: read both pools' counts at `at`; answer with `MetricsObserved`.
     ObserveMetrics {
         limits: LatencyLimits,
+        at: Millis,
+    },
+    /// Read the CPU and memory of the new and old instances at `at`; answer
+    /// with `ResourcesObserved`.
+    ObserveResources {
         at: Millis,
     },
     /// Run the smoke checks against `instances`; answer with `SmokeFinished`.

@@ -2,9 +2,25 @@
 //! judged by [`crate::analysis::resources`]; a failure rolls back like any
 //! other rule, with `context` ("canary analysis at 10%") before the reason.
 
-use super::{roll_back, Transition};
+use super::{roll_back, Effect, Transition};
 use crate::analysis::resources::{judge, InstanceUsage};
 use crate::domain::Millis;
+
+/// The next look at the instances' resources during a bake, one health
+/// interval (at least [`LOOK_EVERY_MS`]) from now, if any rule is on.
+pub(super) fn schedule_look(t: &mut Transition, now: Millis) {
+    let s = &t.deployment.settings;
+    if s.resources.is_on() {
+        let every = s.health.interval_ms.max(LOOK_EVERY_MS);
+        t.effects.push(Effect::ObserveResources {
+            at: now + every as Millis,
+        });
+    }
+}
+
+/// The shortest time between two looks: shorter windows make the CPU rate
+/// a count of a few clock ticks.
+pub const LOOK_EVERY_MS: u64 = 250;
 
 /// Judges one look; true when it rolled the deployment back.
 pub(super) fn judge_look(
@@ -159,5 +175,61 @@ mod tests {
         }
         assert_eq!(d.phase, Phase::Canary);
         assert_eq!(d.reason, None);
+    }
+
+    /// A blue-green deployment baking: `new-1` serves, `old-1` is warm.
+    fn baking() -> Deployment {
+        let mut d = canary_at_10();
+        d.settings.strategy = StrategySettings::BlueGreen;
+        d.settings.bake_ms = 10_000;
+        d.canary = None;
+        d.phase = Phase::Baking;
+        d
+    }
+
+    fn observed(t: f64, new_cpu: f64) -> Event {
+        let Event::MetricsObserved { resources, .. } = look(t, new_cpu, 0.0) else {
+            unreachable!()
+        };
+        Event::ResourcesObserved { resources }
+    }
+
+    #[test]
+    fn a_release_burning_its_cpu_through_the_bake_is_rolled_back() {
+        let mut d = baking();
+        // Entering the bake schedules the first look.
+        let entered = step(&d, &Event::Resumed, 0);
+        assert!(
+            entered
+                .effects
+                .contains(&Effect::ObserveResources { at: 1000 }),
+            "{:?}",
+            entered.effects
+        );
+        for (i, now) in [1000, 2000, 3000].into_iter().enumerate() {
+            let t = step(&d, &observed(i as f64, 0.425 * i as f64), now);
+            assert_eq!(t.deployment.phase, Phase::Baking);
+            assert_eq!(
+                t.effects,
+                [Effect::ObserveResources { at: now + 1000 }],
+                "the next look"
+            );
+            d = t.deployment;
+        }
+        let t = step(&d, &observed(3.0, 1.275), 4000);
+        assert_eq!(t.deployment.phase, Phase::RollingBack);
+        assert_eq!(
+            t.deployment.reason.as_deref(),
+            Some("resource rules during the bake: CPU of new-1 at 85% of its limit (0.42 of its 0.50 cores), above 80%, for 3 readings in a row; the old release's instances at most 0%")
+        );
+    }
+
+    #[test]
+    fn a_look_answered_after_the_bake_changes_nothing() {
+        let mut d = baking();
+        d.phase = Phase::Draining;
+        let t = step(&d, &observed(1.0, 5.0), 1000);
+        assert_eq!(t.deployment, d);
+        assert!(t.effects.is_empty() && t.log.is_empty());
     }
 }

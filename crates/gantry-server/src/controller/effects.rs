@@ -123,6 +123,14 @@ impl Controller {
                 sleep_until(at).await;
                 self.observe_metrics(&d, &limits).await
             }
+            Effect::ObserveResources { at } => {
+                sleep_until(at).await;
+                let instances: Vec<InstanceRef> =
+                    d.new_instances.iter().chain(&d.old_instances).cloned().collect();
+                Event::ResourcesObserved {
+                    resources: self.target.usage(&instances).await,
+                }
+            }
             Effect::RunSmoke { instances } => Event::SmokeFinished {
                 results: match d.settings.smoke.as_ref() {
                     Some(settings) => self.target.smoke(settings, &instances).await,

@@ -113,3 +113,23 @@ fn a_canary_holding_too_much_memory_is_rolled_back_by_the_memory_rule() {
         "{reason}"
     );
 }
+
+#[test]
+fn a_release_burning_cpu_through_a_blue_green_bake_is_rolled_back() {
+    let g = Gantry::start_with_tail("3s", "resources = { cpu_cores = 0.25 }\n");
+    g.register("1.0.0", "");
+    g.register("1.1.0", "\"burn_cpu_threads\": 2");
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let run = g.gantry(&["deploy", "1.1.0", "--env", "production"]);
+    run.fails_with(3, "rolled_back");
+    let d = g.latest("production");
+    let reason = d.reason.as_deref().unwrap();
+    let instance = named_instance(&d, reason);
+    assert!(
+        reason.starts_with("resource rules during the bake: ")
+            && reason.contains(&format!("CPU of {instance} at "))
+            && reason.contains("of its 0.25 cores"),
+        "{reason}"
+    );
+    assert_eq!(g.get_env("production").1, "hello from 1.0.0\n");
+}

@@ -281,7 +281,9 @@ impl World {
             Effect::RunSmoke { .. } => Event::SmokeFinished {
                 results: Vec::new(),
             },
-            Effect::ObserveBaseline | Effect::ObserveMetrics { .. } => return None,
+            Effect::ObserveBaseline
+            | Effect::ObserveMetrics { .. }
+            | Effect::ObserveResources { .. } => return None,
         })
     }
 
