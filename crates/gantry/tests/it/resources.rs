@@ -72,6 +72,14 @@ fn a_cpu_burning_canary_is_rolled_back_by_the_built_in_resource_rule() {
         log.stdout
     );
     assert!(log.stdout.contains(&format!("CPU of {instance}")), "{}", log.stdout);
+    // The latest figures of both releases, under the log.
+    assert!(
+        log.stdout.contains("resources at the latest look:")
+            && log.stdout.contains(&format!("  {instance} (new): CPU "))
+            && log.stdout.contains(" (old): CPU "),
+        "{}",
+        log.stdout
+    );
 }
 
 #[test]
