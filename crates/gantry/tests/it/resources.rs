@@ -141,3 +141,39 @@ fn a_release_burning_cpu_through_a_blue_green_bake_is_rolled_back() {
     );
     assert_eq!(g.get_env("production").1, "hello from 1.0.0\n");
 }
+
+/// On a fleet the readings are taken on each host by `gantry host serve`
+/// (real OpenSSH into lab hosts, as in `fleet.rs`): a release burning CPU on
+/// one host only is rolled back, the reason naming that host's instance.
+#[test]
+fn a_canary_burning_cpu_on_one_fleet_host_is_rolled_back_naming_that_hosts_instance() {
+    use crate::fleet_ssh::{skipped, FleetLab, LAB_UP};
+    if skipped() {
+        return;
+    }
+    let lab = FleetLab::start(2, &[], LAB_UP);
+    let g = crate::fleet::fleet_gantry(&lab, CANARY_LIMITED, "");
+    g.register("1.0.0", "");
+    g.register(
+        "2.0.0",
+        "\"burn_cpu_threads\": 2, \"errors_where_home_contains\": \"/h2/\"",
+    );
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let run = g.gantry(&["deploy", "2.0.0", "--env", "production"]);
+    run.fails_with(3, "rolled_back");
+    let d = g.latest("production");
+    let reason = d.reason.as_deref().unwrap();
+    let instance = named_instance(&d, reason);
+    assert!(
+        instance.ends_with("@h2") && reason.starts_with("canary analysis at 10%: "),
+        "{reason}"
+    );
+    // h1's instances of 2.0.0 were read too, and were quiet.
+    let watch = d.resources.as_ref().unwrap();
+    let quiet = watch
+        .latest
+        .iter()
+        .find(|f| f.side == Side::New && f.instance.ends_with("@h1"))
+        .unwrap_or_else(|| panic!("{watch:?}"));
+    assert!(quiet.cpu_share().unwrap() < 0.8, "{quiet:?}");
+}
