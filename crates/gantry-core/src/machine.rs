@@ -243,9 +243,7 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
         }
 
         (Phase::Baking, Event::ResourcesObserved { resources }) => {
-            if !resources::judge_look(t, resources, "resource rules during the bake", now) {
-                resources::schedule_look(t, now);
-            }
+            resources::on_bake_look(t, resources, now)
         }
         (Phase::Baking, Event::Tick) => {
             let d = &t.deployment;

@@ -203,7 +203,10 @@ mod tests {
             })
         );
         assert_eq!(parse_stat("12 (short) S 1"), None);
-        assert_eq!(kib_field("VmPeak:\t 10 kB\nVmRSS:\t  2048 kB\n", "VmRSS:"), Some(2 << 20));
+        assert_eq!(
+            kib_field("VmPeak:\t 10 kB\nVmRSS:\t  2048 kB\n", "VmRSS:"),
+            Some(2 << 20)
+        );
     }
 
     #[test]

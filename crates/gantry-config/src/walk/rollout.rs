@@ -325,7 +325,11 @@ fn toml_to_json(v: &DeValue<'_>) -> Option<serde_json::Value> {
 
 /// `[environments.*.resources]`: limits and thresholds, each within the
 /// schema's range; what is not set keeps the standards' number.
-pub(super) fn decode_resources(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<ResourcePolicy> {
+pub(super) fn decode_resources(
+    w: &mut Walker<'_>,
+    v: &Val<'_>,
+    path: &str,
+) -> Option<ResourcePolicy> {
     use crate::schema::ResourcesSection as S;
     let t = w.table(v, path)?;
     w.check_keys::<S>(t, path);

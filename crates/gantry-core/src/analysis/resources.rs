@@ -497,7 +497,9 @@ mod tests {
     #[test]
     fn under_the_thresholds_nothing_fails() {
         let (watch, looks) = run(&policy(), 10, 0.79, Some(0.5), (GIB * 84 / 100, 0));
-        assert!(looks.iter().all(|l| l.failure.is_none() && l.notes.is_empty()));
+        assert!(looks
+            .iter()
+            .all(|l| l.failure.is_none() && l.notes.is_empty()));
         assert_eq!(watch.streaks["new-1 cpu"], 0);
         let lines = describe(&watch.latest);
         assert_eq!(

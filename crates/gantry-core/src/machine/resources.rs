@@ -18,6 +18,14 @@ pub(super) fn schedule_look(t: &mut Transition, now: Millis) {
     }
 }
 
+/// A look during a bake: judged, and the next one scheduled unless it
+/// rolled back.
+pub(super) fn on_bake_look(t: &mut Transition, readings: &[InstanceUsage], now: Millis) {
+    if !judge_look(t, readings, "resource rules during the bake", now) {
+        schedule_look(t, now);
+    }
+}
+
 /// The shortest time between two looks: shorter windows make the CPU rate
 /// a count of a few clock ticks.
 pub const LOOK_EVERY_MS: u64 = 250;

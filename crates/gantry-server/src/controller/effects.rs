@@ -125,8 +125,12 @@ impl Controller {
             }
             Effect::ObserveResources { at } => {
                 sleep_until(at).await;
-                let instances: Vec<InstanceRef> =
-                    d.new_instances.iter().chain(&d.old_instances).cloned().collect();
+                let instances: Vec<InstanceRef> = d
+                    .new_instances
+                    .iter()
+                    .chain(&d.old_instances)
+                    .cloned()
+                    .collect();
                 Event::ResourcesObserved {
                     resources: self.target.usage(&instances).await,
                 }

@@ -452,7 +452,10 @@ impl Target for Placement {
         };
         let Some(links) = self.fleet.as_deref() else {
             for (host, list) in &by_host {
-                readings.extend(list.iter().map(|i| unread(host, i, "no fleet is configured")));
+                readings.extend(
+                    list.iter()
+                        .map(|i| unread(host, i, "no fleet is configured")),
+                );
             }
             return readings;
         };

@@ -71,7 +71,11 @@ fn a_cpu_burning_canary_is_rolled_back_by_the_built_in_resource_rule() {
         "{}",
         log.stdout
     );
-    assert!(log.stdout.contains(&format!("CPU of {instance}")), "{}", log.stdout);
+    assert!(
+        log.stdout.contains(&format!("CPU of {instance}")),
+        "{}",
+        log.stdout
+    );
     // The latest figures of both releases, under the log.
     assert!(
         log.stdout.contains("resources at the latest look:")
@@ -90,7 +94,10 @@ fn a_healthy_canary_under_explicit_limits_passes_the_resource_rules() {
     assert!(run.stdout.contains("canary complete"), "{}", run.stdout);
     assert_eq!(failed, 0);
     let d = g.latest("production");
-    let watch = d.resources.as_ref().expect("the canary's looks read both releases");
+    let watch = d
+        .resources
+        .as_ref()
+        .expect("the canary's looks read both releases");
     // It was measured, and stayed below the threshold.
     let new = watch
         .latest
