@@ -32,6 +32,17 @@ fn named_instance(d: &Deployment, reason: &str) -> String {
 #[test]
 fn a_cpu_burning_canary_is_rolled_back_by_the_built_in_resource_rule() {
     let (g, load) = serving(CANARY_LIMITED, &[("1.2.0", "\"burn_cpu_threads\": 2")]);
+    let plan = g
+        .gantry(&["plan", "1.2.0", "--env", "production"])
+        .ok()
+        .stdout;
+    assert!(
+        plan.contains("CPU of a new instance above 80% of its limit (0.25 cores) rolls back")
+            && plan
+                .contains("memory of a new instance above 85% of its limit (1024 MiB) rolls back")
+            && plan.contains("above 90% of either limit is resource exhaustion"),
+        "the plan says what counts:\n{plan}"
+    );
     let run = g.gantry(&["deploy", "1.2.0", "--env", "production"]);
     let (_, failed) = load.finish();
     run.fails_with(3, "rolled_back");
