@@ -312,6 +312,7 @@ pub struct CanaryStep {
     pub pause: Pause,
 }
 
+pub use gantry_core::analysis::resources::ResourcePolicy;
 pub use gantry_core::analysis::AnalysisPolicy;
 pub use gantry_core::evidence::GatePolicy;
 pub use gantry_core::governance::{ApprovalPolicy, FreezeWindow};
@@ -369,6 +370,8 @@ pub struct Environment {
     pub hosts: Vec<String>,
     /// Batches, failure budget and waves over `hosts` (None: not set).
     pub fleet: Option<FleetPlan>,
+    /// Each instance's limits and the resource rules (`[environments.*.resources]`).
+    pub resources: ResourcePolicy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

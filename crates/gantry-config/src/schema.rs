@@ -433,6 +433,42 @@ pub(crate) struct EnvironmentSection {
     /// How a rollout walks the hosts: batches, failure budget, waves by site.
     #[serde(default)]
     fleet: Option<FleetSection>,
+    /// Each instance's CPU and memory limits and the rules on Gantry's own
+    /// readings of them during a rollout (default: the host's size, the standards' numbers).
+    #[serde(default)]
+    resources: Option<ResourcesSection>,
+}
+
+/// The standards' resource triggers, judged on the target's own readings of
+/// each instance (its process tree): CPU above 80% and memory above 85% of the
+/// instance's limit roll back; above 90% is "resource exhaustion".
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResourcesSection {
+    /// CPU limit of one instance in cores, e.g. 0.5 (default: the host's cores).
+    #[serde(default)]
+    #[schemars(range(min = 0.01, max = 1024))]
+    cpu_cores: Option<f64>,
+    /// Memory limit of one instance in MiB (default: the host's memory).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 16_777_216))]
+    memory_mb: Option<u32>,
+    /// Share of the CPU limit above which a reading is bad (default 0.8), or false.
+    #[serde(default)]
+    #[schemars(extend("minimum" = 0.01, "maximum" = 1))]
+    max_cpu: Option<Threshold>,
+    /// Share of the memory limit above which a reading is bad (default 0.85), or false.
+    #[serde(default)]
+    #[schemars(extend("minimum" = 0.01, "maximum" = 1))]
+    max_memory: Option<Threshold>,
+    /// Share of either limit called "resource exhaustion" (default 0.9), or false.
+    #[serde(default)]
+    #[schemars(extend("minimum" = 0.01, "maximum" = 1))]
+    exhaustion: Option<Threshold>,
+    /// Bad readings in a row of one instance that roll back (default 3).
+    #[serde(default)]
+    #[schemars(range(min = 1, max = 100))]
+    consecutive: Option<u32>,
 }
 
 #[derive(JsonSchema)]

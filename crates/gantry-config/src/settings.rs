@@ -74,6 +74,7 @@ impl Config {
                 interval_ms: (env.watch_ms / 60).clamp(250, 10_000),
                 policy: self.analysis.clone(),
             }),
+            resources: env.resources.clone(),
         }
     }
     /// The promotion-path gate of `version` entering `env`: it must have

@@ -34,6 +34,7 @@ mod events;
 mod fleet;
 mod judge;
 mod requests;
+mod resources;
 mod rolling;
 mod smoke;
 mod watch;
@@ -265,6 +266,9 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
             roll_back(t, format!("could not switch traffic: {reason}"), now)
         }
 
+        (Phase::Baking, Event::ResourcesObserved { resources }) => {
+            resources::on_bake_look(t, resources, now)
+        }
         (Phase::Baking, Event::Tick) => {
             let d = &t.deployment;
             if now >= d.phase_since + d.settings.bake_ms as Millis && !waves::next(t, now) {
@@ -556,6 +560,7 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
             effects.push(Effect::WakeAt {
                 at: d.phase_since + d.settings.bake_ms as Millis,
             });
+            resources::schedule_look(t, now);
         }
         Phase::Draining => {
             if d.old_instances.is_empty() {

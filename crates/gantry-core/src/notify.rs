@@ -298,6 +298,7 @@ mod tests {
                     freezes: vec![],
                     fleet: None,
                     watch: None,
+                    resources: Default::default(),
                 },
                 requested_by: "alice".into(),
             },

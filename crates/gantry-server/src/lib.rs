@@ -27,6 +27,7 @@ pub mod routing;
 mod secret_file;
 mod smoke;
 pub mod target;
+mod usage;
 
 pub use controller::Controller;
 

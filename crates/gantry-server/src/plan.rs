@@ -167,6 +167,44 @@ fn analysis_rules(c: &Controller) -> Vec<String> {
     out
 }
 
+/// The resource rules judged on the target's own readings during a canary
+/// or a bake, each with its limit.
+fn resource_rules(r: &gantry_config::ResourcePolicy) -> Vec<String> {
+    let cpu_limit = r
+        .cpu_cores
+        .map_or("the host's cores".to_owned(), |c| format!("{c} cores"));
+    let memory_limit = r.memory_bytes.map_or("the host's memory".to_owned(), |b| {
+        format!("{} MiB", b >> 20)
+    });
+    let mut out = Vec::new();
+    let pct = |x: f64| format!("{:.0}%", x * 100.0);
+    if let Some(x) = r.max_cpu {
+        out.push(format!(
+            "CPU of a new instance above {} of its limit ({cpu_limit}) rolls back",
+            pct(x)
+        ));
+    }
+    if let Some(x) = r.max_memory {
+        out.push(format!(
+            "memory of a new instance above {} of its limit ({memory_limit}) rolls back",
+            pct(x)
+        ));
+    }
+    if let Some(x) = r.exhaustion {
+        out.push(format!(
+            "above {} of either limit is resource exhaustion",
+            pct(x)
+        ));
+    }
+    if !out.is_empty() {
+        out.push(format!(
+            "resource rules fire after {} bad readings in a row, and not when the old release's instances are as far over (the load, not the release)",
+            r.consecutive
+        ));
+    }
+    out
+}
+
 /// The deployment plan of `version` into `env`, from what the controller reads out.
 pub fn plan(c: &Controller, version: &str, env: &str) -> Result<Plan, ControlError> {
     let env = c.env(env)?.clone();
@@ -262,11 +300,14 @@ pub fn plan(c: &Controller, version: &str, env: &str) -> Result<Plan, ControlErr
             },
         })
         .collect();
-    let analysis = if matches!(env.strategy, Strategy::Canary(_)) {
+    let mut analysis = if matches!(env.strategy, Strategy::Canary(_)) {
         analysis_rules(c)
     } else {
         Vec::new()
     };
+    if !matches!(env.strategy, Strategy::Rolling(_)) {
+        analysis.extend(resource_rules(&env.resources));
+    }
     let h = &c.config().health;
     let ctx = minijinja::context! {
         service => c.config().service.name,

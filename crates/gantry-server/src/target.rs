@@ -6,6 +6,7 @@
 use crate::confine::{self, Confinement};
 use async_trait::async_trait;
 use gantry_config::ArtifactLimits;
+use gantry_core::analysis::resources::InstanceUsage;
 use gantry_core::machine::{SmokeResult, SmokeSettings};
 use gantry_core::{DeploymentId, EnvName, InstanceRef, Version};
 use gantry_store::ReleaseRecord;
@@ -138,6 +139,9 @@ pub trait Target: Send + Sync {
     /// The smoke suite against `instances`, run where they listen (a fleet
     /// host runs it against its loopback; command checks run there too).
     async fn smoke(&self, settings: &SmokeSettings, instances: &[InstanceRef]) -> Vec<SmokeResult>;
+    /// Each instance's cumulative CPU time and resident memory (its whole
+    /// process tree), read where it runs; one that cannot be read says why.
+    async fn usage(&self, instances: &[InstanceRef]) -> Vec<InstanceUsage>;
 }
 
 /// Runs instances as processes on this machine.
@@ -562,6 +566,31 @@ impl Target for LocalTarget {
 
     async fn smoke(&self, settings: &SmokeSettings, instances: &[InstanceRef]) -> Vec<SmokeResult> {
         crate::smoke::run_suite(&self.http, settings, instances).await
+    }
+
+    async fn usage(&self, instances: &[InstanceRef]) -> Vec<InstanceUsage> {
+        let running = self.scan();
+        let ids: Vec<String> = instances.iter().map(|i| i.id.clone()).collect();
+        let pids: Vec<(String, u32)> = ids
+            .iter()
+            .filter_map(|id| Some((id.clone(), running.iter().find(|r| &r.id == id)?.pid)))
+            .collect();
+        let read = tokio::task::spawn_blocking(move || crate::usage::read(&pids))
+            .await
+            .unwrap_or_default();
+        // In the order asked; one not found (or not read) says why.
+        ids.into_iter()
+            .map(|id| {
+                read.iter()
+                    .find(|u| u.instance == id)
+                    .cloned()
+                    .unwrap_or_else(|| InstanceUsage {
+                        instance: id,
+                        unavailable: Some("process is not running".to_owned()),
+                        ..InstanceUsage::default()
+                    })
+            })
+            .collect()
     }
 
     async fn probe(&self, instance: &InstanceRef, path: &str, timeout: Duration) -> ProbeOutcome {

@@ -261,6 +261,12 @@ pub async fn log(c: &Client, id: DeploymentId, output: Output) -> Exit {
         if let Some(r) = &d.reason {
             outln!("reason: {r}");
         }
+        if let Some(watch) = d.resources.as_ref().filter(|w| !w.latest.is_empty()) {
+            outln!("resources at the latest look:");
+            for line in gantry_core::analysis::resources::describe(&watch.latest) {
+                outln!("  {line}");
+            }
+        }
     })?;
     Ok(ExitCode::Success)
 }

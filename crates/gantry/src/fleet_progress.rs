@@ -124,6 +124,7 @@ mod tests {
                         max_failed: 1,
                     }),
                     watch: None,
+                    resources: Default::default(),
                 },
                 requested_by: "t".into(),
             },

@@ -59,6 +59,14 @@ pub struct SampleSettings {
     /// release whose queue backs up.
     #[arg(long)]
     pub queue_depth: Option<f64>,
+    /// Threads that spin on the CPU for as long as the service runs (at
+    /// most 4): a release that burns CPU, for the resource rules.
+    #[arg(long)]
+    pub burn_cpu_threads: Option<u32>,
+    /// Mebibytes allocated and touched at start, and held (at most 4096):
+    /// a release that needs more memory, for the resource rules.
+    #[arg(long)]
+    pub hold_memory_mb: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,6 +109,8 @@ pub async fn run(args: SampleArgs) -> Result<()> {
     s.random_errors = f.random_errors.or(s.random_errors);
     s.errors_after_ms = f.errors_after_ms.or(s.errors_after_ms);
     s.queue_depth = f.queue_depth.or(s.queue_depth);
+    s.burn_cpu_threads = f.burn_cpu_threads.or(s.burn_cpu_threads);
+    s.hold_memory_mb = f.hold_memory_mb.or(s.hold_memory_mb);
     if let Some(text) = &s.errors_where_home_contains {
         let home = std::env::var("HOME").unwrap_or_default();
         if !text.split(',').any(|t| !t.is_empty() && home.contains(t)) {
@@ -110,8 +120,32 @@ pub async fn run(args: SampleArgs) -> Result<()> {
             s.crash_after = None;
             s.unhealthy = None;
             s.warmup_ms = None;
+            s.burn_cpu_threads = None;
+            s.hold_memory_mb = None;
         }
     }
+    let burners = s.burn_cpu_threads.unwrap_or(0);
+    anyhow::ensure!(
+        burners <= 4,
+        "--burn-cpu-threads must be at most 4, got {burners}"
+    );
+    let held_mb = s.hold_memory_mb.unwrap_or(0);
+    anyhow::ensure!(
+        held_mb <= 4096,
+        "--hold-memory-mb must be at most 4096, got {held_mb}"
+    );
+    for _ in 0..burners {
+        // Ends with the process (the instance is stopped at the end anyway).
+        std::thread::spawn(|| {
+            let mut x = 1u64;
+            loop {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        });
+    }
+    // Touched, so it is resident, not only reserved.
+    let held: Vec<u8> = vec![1u8; (held_mb as usize) << 20];
+    std::hint::black_box(&held);
     for (flag, rate) in [
         ("--error-rate", s.error_rate),
         ("--client-error-rate", s.client_error_rate),
@@ -150,6 +184,7 @@ pub async fn run(args: SampleArgs) -> Result<()> {
             eprintln!("SIGTERM: finishing in-flight requests");
         })
         .await?;
+    drop(held);
     Ok(())
 }
 

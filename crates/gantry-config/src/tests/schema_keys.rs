@@ -201,6 +201,14 @@ strategy = "canary"
 hosts = ["web-1"]
 fleet = { max_unavailable = 1 }
 zz_unknown = 1
+[environments.production.resources]
+cpu_cores = 0.5
+memory_mb = 512
+max_cpu = 0.8
+max_memory = 0.85
+exhaustion = 0.9
+consecutive = 3
+zz_unknown = 1
 [environments.production.canary]
 interval = "1s"
 max_wait = "10m"

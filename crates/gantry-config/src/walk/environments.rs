@@ -209,6 +209,10 @@ fn decode_environment(
         Some(sv) => rollout::decode_sticky(w, sv, &join(path, "sticky")).map(Some),
         None => Some(None),
     };
+    let resources = match t.get("resources") {
+        Some(rv) => rollout::decode_resources(w, rv, &join(path, "resources")),
+        None => Some(ResourcePolicy::default()),
+    };
     let bake = optional_duration(w, t, &join(path, "bake"), "bake", 10_000);
     let watch = optional_duration(w, t, &join(path, "watch"), "watch", 0).and_then(|ms| {
         if ms > 0 && ms < 1_000 {
@@ -286,6 +290,7 @@ fn decode_environment(
             // Resolved against `[hosts]` afterwards (walk/hosts.rs).
             hosts: Vec::new(),
             fleet: None,
+            resources: resources?,
         })
     })();
     (listen, env)

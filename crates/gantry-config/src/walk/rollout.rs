@@ -1,7 +1,8 @@
-//! Decoding the rollout tables of an environment: `rolling`, `smoke` and `sticky`.
+//! Decoding the rollout tables of an environment: `rolling`, `smoke`,
+//! `sticky` and `resources`.
 
 use super::{describe, join, optional_duration, Val, Walker};
-use crate::{Rolling, SmokeCheck, SmokeProbe, SmokeSettings, Sticky};
+use crate::{ResourcePolicy, Rolling, SmokeCheck, SmokeProbe, SmokeSettings, Sticky};
 use toml::de::DeValue;
 
 const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"];
@@ -322,4 +323,50 @@ fn toml_to_json(v: &DeValue<'_>) -> Option<serde_json::Value> {
                 .collect::<Option<serde_json::Map<_, _>>>()?,
         ),
     })
+}
+
+/// `[environments.*.resources]`: limits and thresholds, each within the
+/// schema's range; what is not set keeps the standards' number.
+pub(super) fn decode_resources(
+    w: &mut Walker<'_>,
+    v: &Val<'_>,
+    path: &str,
+) -> Option<ResourcePolicy> {
+    use crate::schema::ResourcesSection as S;
+    let t = w.table(v, path)?;
+    w.check_keys::<S>(t, path);
+    let std = ResourcePolicy::default();
+    let mut ok = true;
+    let mut policy = std.clone();
+    if let Some(v) = t.get("cpu_cores") {
+        match w.number::<S>(v, path, "cpu_cores") {
+            Some(n) => policy.cpu_cores = Some(n),
+            None => ok = false,
+        }
+    }
+    if let Some(v) = t.get("memory_mb") {
+        match w.count::<S>(v, path, "memory_mb") {
+            Some(n) => policy.memory_bytes = Some(u64::from(n) << 20),
+            None => ok = false,
+        }
+    }
+    for (key, slot) in [
+        ("max_cpu", &mut policy.max_cpu),
+        ("max_memory", &mut policy.max_memory),
+        ("exhaustion", &mut policy.exhaustion),
+    ] {
+        if let Some(v) = t.get(key) {
+            match w.threshold::<S>(v, path, key) {
+                Some(n) => *slot = n,
+                None => ok = false,
+            }
+        }
+    }
+    if let Some(v) = t.get("consecutive") {
+        match w.count::<S>(v, path, "consecutive") {
+            Some(n) => policy.consecutive = n,
+            None => ok = false,
+        }
+    }
+    ok.then_some(policy)
 }

@@ -23,6 +23,7 @@
 pub mod e_values;
 pub mod outlier;
 pub mod queries;
+pub mod resources;
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

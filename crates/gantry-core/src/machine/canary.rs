@@ -261,8 +261,13 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
                 stable,
                 hosts,
                 queries,
+                resources,
             },
         ) => {
+            let context = format!("canary analysis at {}%", state(t).weight);
+            if super::resources::judge_look(t, resources, &context, now) {
+                return;
+            }
             let by_host = hosts_since_start(t, hosts);
             if let Some(o) = crate::analysis::outlier::outlier_host(
                 &by_host,

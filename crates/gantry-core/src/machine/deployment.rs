@@ -2,6 +2,7 @@
 //! what the engine knows of its new instances.
 
 use super::*;
+use crate::analysis::resources::{ResourcePolicy, ResourceWatch};
 
 /// How the health of new instances is judged.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -41,6 +42,10 @@ pub struct DeploySettings {
     /// all traffic; `None`: not watched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<WatchSettings>,
+    /// CPU and memory rules on the target's own readings of each instance
+    /// (the standards' numbers unless configured).
+    #[serde(default)]
+    pub resources: ResourcePolicy,
 }
 
 /// How a deployment walks a fleet, resolved from the config at creation:
@@ -227,6 +232,9 @@ pub struct Deployment {
     /// The watch after the full rollout.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<WatchState>,
+    /// What the resource rules remember between looks, and the latest figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceWatch>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -287,6 +295,7 @@ impl Deployment {
             failed_hosts: BTreeMap::new(),
             wave: 0,
             watch: None,
+            resources: None,
         }
     }
 

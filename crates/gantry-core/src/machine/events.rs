@@ -2,6 +2,7 @@
 //! deployment and log lines out.
 
 use super::*;
+use crate::analysis::resources::InstanceUsage;
 
 /// The answer of one health probe.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -71,9 +72,17 @@ pub enum Event {
         /// The analysis' metric queries, read for the new release.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         queries: Vec<crate::analysis::queries::QueryReading>,
+        /// The target's readings of the new and old instances' CPU and memory.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        resources: Vec<InstanceUsage>,
     },
     MetricsUnavailable {
         reason: String,
+    },
+    /// Blue-green bake: the target's readings of the new and old instances'
+    /// CPU and memory, judged by the resource rules.
+    ResourcesObserved {
+        resources: Vec<InstanceUsage>,
     },
     PromoteRequested {
         by: String,
@@ -150,6 +159,11 @@ pub enum Effect {
     /// Canary: read both pools' counts at `at`; answer with `MetricsObserved`.
     ObserveMetrics {
         limits: LatencyLimits,
+        at: Millis,
+    },
+    /// Read the CPU and memory of the new and old instances at `at`; answer
+    /// with `ResourcesObserved`.
+    ObserveResources {
         at: Millis,
     },
     /// Run the smoke checks against `instances`; answer with `SmokeFinished`.

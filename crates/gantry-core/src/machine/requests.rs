@@ -74,6 +74,7 @@ mod tests {
                     freezes: Vec::new(),
                     fleet: None,
                     watch: None,
+                    resources: Default::default(),
                 },
                 requested_by: "alice".into(),
             },

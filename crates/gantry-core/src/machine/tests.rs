@@ -23,6 +23,7 @@ fn settings() -> DeploySettings {
         freezes: Vec::new(),
         fleet: None,
         watch: None,
+        resources: Default::default(),
     }
 }
 
@@ -496,6 +497,7 @@ mod canary {
             },
             hosts: Default::default(),
             queries: Default::default(),
+            resources: Vec::new(),
         }
     }
 
@@ -554,6 +556,7 @@ mod canary {
             stable,
             hosts: by_host,
             queries: Default::default(),
+            resources: Vec::new(),
         }
     }
 
@@ -832,6 +835,7 @@ mod canary {
             },
             hosts: Default::default(),
             queries: Default::default(),
+            resources: Vec::new(),
         }
     }
 
@@ -1396,6 +1400,7 @@ fn counters_that_start_again_at_zero_restart_the_step_judgement() {
             },
             hosts: Default::default(),
             queries: Default::default(),
+            resources: Vec::new(),
         },
         5000,
     );

@@ -155,8 +155,20 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
     let end = t.deployment.phase_since + s.duration_ms as Millis;
     match event {
         Event::MetricsObserved {
-            canary, queries, ..
+            canary,
+            queries,
+            resources,
+            ..
         } => {
+            // The standards' CPU and memory rules hold through the watch too.
+            if super::resources::judge_look(
+                t,
+                resources,
+                "resource rules during the watch after the full rollout",
+                now,
+            ) {
+                return;
+            }
             if !s.policy.queries.is_empty() {
                 let w = t.deployment.watch.get_or_insert_with(WatchState::default);
                 let baseline = w.baseline.clone().unwrap_or_default().queries;

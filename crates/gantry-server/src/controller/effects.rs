@@ -133,6 +133,18 @@ impl Controller {
                 sleep_until(at).await;
                 self.observe_metrics(&d, &limits).await
             }
+            Effect::ObserveResources { at } => {
+                sleep_until(at).await;
+                let instances: Vec<InstanceRef> = d
+                    .new_instances
+                    .iter()
+                    .chain(&d.old_instances)
+                    .cloned()
+                    .collect();
+                Event::ResourcesObserved {
+                    resources: self.target.usage(&instances).await,
+                }
+            }
             Effect::RunSmoke { instances } => Event::SmokeFinished {
                 results: match d.settings.smoke.as_ref() {
                     Some(settings) => self.target.smoke(settings, &instances).await,
@@ -165,7 +177,18 @@ impl Controller {
         let unavailable = |e: crate::routing::MetricError| Event::MetricsUnavailable {
             reason: e.to_string(),
         };
-        let (pools, by_host) = match self.metrics.pool_stats_by_host(&d.env, &asked).await {
+        // Both releases' instances, read where they run, beside the counts.
+        let instances: Vec<InstanceRef> = d
+            .new_instances
+            .iter()
+            .chain(&d.old_instances)
+            .cloned()
+            .collect();
+        let (stats, resources) = tokio::join!(
+            self.metrics.pool_stats_by_host(&d.env, &asked),
+            self.target.usage(&instances)
+        );
+        let (pools, by_host) = match stats {
             Ok(Some(mut by_host)) => {
                 if let Some(wave) = gantry_core::machine::waves::current_hosts(d) {
                     by_host.retain(|host, _| wave.contains(host));
@@ -190,6 +213,7 @@ impl Controller {
                 .map(|(host, pools)| (host.clone(), counts(pools, &canary_name, limits)))
                 .collect(),
             queries: self.read_queries(d, &d.version).await,
+            resources,
         }
     }
 

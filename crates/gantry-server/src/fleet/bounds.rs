@@ -164,6 +164,12 @@ impl Call {
                 }
                 Ok(())
             }
+            Call::Usage { instances } => {
+                count("usage.instances", instances.len(), INSTANCES)?;
+                instances
+                    .iter()
+                    .try_for_each(|i| instance_ok("usage.instances[]", i))
+            }
             Call::Smoke {
                 settings,
                 instances,
@@ -234,6 +240,17 @@ mod tests {
             },
         };
         assert!(call.check().unwrap_err().contains("exited.instance"));
+        let call = Call::Usage {
+            instances: vec![
+                InstanceRef {
+                    id: "x".into(),
+                    port: 1,
+                    host: None,
+                };
+                INSTANCES + 1
+            ],
+        };
+        assert!(call.check().unwrap_err().contains("usage.instances"));
         let call = Call::UploadChunk {
             digest: Digest::try_from("a".repeat(64)).unwrap(),
             size: 10,

@@ -16,6 +16,7 @@ use crate::routing::{MetricError, RouteError};
 use crate::target::{LaunchSpec, RunningInstance, TargetError};
 use gantry_api::PoolStats;
 use gantry_config::ArtifactLimits;
+use gantry_core::analysis::resources::InstanceUsage;
 use gantry_core::machine::{SmokeResult, SmokeSettings};
 use gantry_core::{Digest, EnvName, InstanceRef};
 use gantry_router::{Affinity, Pool};
@@ -632,6 +633,17 @@ impl HostLink {
         match self.call(call).await? {
             Answer::Smoke { results } => Ok(results),
             other => unexpected("smoke", other),
+        }
+    }
+
+    /// CPU and memory of the host's instances, read on the host.
+    pub async fn usage(&self, instances: &[InstanceRef]) -> Result<Vec<InstanceUsage>, LinkError> {
+        let call = Call::Usage {
+            instances: instances.to_vec(),
+        };
+        match self.call(call).await? {
+            Answer::Usage { readings } => Ok(readings),
+            other => unexpected("usage", other),
         }
     }
 }

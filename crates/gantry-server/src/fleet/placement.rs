@@ -21,6 +21,7 @@ use crate::target::{LaunchSpec, LocalTarget, ProbeOutcome, RunningInstance, Star
 use async_trait::async_trait;
 use futures_util::future::join_all;
 use gantry_config::ArtifactLimits;
+use gantry_core::analysis::resources::InstanceUsage;
 use gantry_core::machine::{Probe, SmokeResult, SmokeSettings};
 use gantry_core::{EnvName, InstanceRef};
 use gantry_router::{Affinity, Pool, PoolStats};
@@ -435,6 +436,48 @@ impl Target for Placement {
             }
         }
         results
+    }
+
+    async fn usage(&self, instances: &[InstanceRef]) -> Vec<InstanceUsage> {
+        let (by_host, local) = split_by_host(instances);
+        let mut readings = if local.is_empty() {
+            Vec::new()
+        } else {
+            self.local.usage(&local).await
+        };
+        let unread = |host: &str, i: &InstanceRef, why: &str| InstanceUsage {
+            instance: fleet_id(host, &i.id),
+            unavailable: Some(why.to_owned()),
+            ..InstanceUsage::default()
+        };
+        let Some(links) = self.fleet.as_deref() else {
+            for (host, list) in &by_host {
+                readings.extend(
+                    list.iter()
+                        .map(|i| unread(host, i, "no fleet is configured")),
+                );
+            }
+            return readings;
+        };
+        let hosts: Vec<String> = by_host.keys().cloned().collect();
+        let by_host = &by_host;
+        for (host, result) in Self::each(links, &hosts, |host, link| async move {
+            link.usage(&by_host[&host])
+                .await
+                .map_err(|e| super::links::describe(&host, e))
+        })
+        .await
+        {
+            match result {
+                Ok(list) => readings.extend(list.into_iter().map(|r| InstanceUsage {
+                    instance: fleet_id(&host, &r.instance),
+                    ..r
+                })),
+                // No data, and why: never a silent pass.
+                Err(e) => readings.extend(by_host[&host].iter().map(|i| unread(&host, i, &e))),
+            }
+        }
+        readings
     }
 
     async fn probe(&self, instance: &InstanceRef, path: &str, timeout: Duration) -> ProbeOutcome {

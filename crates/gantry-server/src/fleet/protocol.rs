@@ -15,6 +15,7 @@ pub use super::frame::{decode, encode, read_frame, skip, write_frame, FrameError
 use crate::target::{LaunchSpec, RunningInstance};
 use gantry_api::PoolStats;
 use gantry_config::ArtifactLimits;
+use gantry_core::analysis::resources::InstanceUsage;
 use gantry_core::machine::{SmokeResult, SmokeSettings};
 use gantry_core::{Digest, EnvName, InstanceRef, Version};
 use gantry_router::{Affinity, Pool};
@@ -132,6 +133,10 @@ pub enum Call {
     /// (they listen on its loopback; command checks run there too).
     Smoke {
         settings: SmokeSettings,
+        instances: Vec<InstanceRef>,
+    },
+    /// `Target::usage`: CPU and memory of the host's own instances.
+    Usage {
         instances: Vec<InstanceRef>,
     },
 }
@@ -259,6 +264,9 @@ pub enum Answer {
     Smoke {
         results: Vec<SmokeResult>,
     },
+    Usage {
+        readings: Vec<InstanceUsage>,
+    },
     Error(RemoteError),
 }
 
@@ -282,6 +290,7 @@ impl Answer {
             Answer::Stats { .. } => "stats",
             Answer::Probe { .. } => "probe",
             Answer::Smoke { .. } => "smoke",
+            Answer::Usage { .. } => "usage",
             Answer::Error(_) => "error",
         }
     }
@@ -377,6 +386,7 @@ impl Call {
             Call::Stats { .. } => "stats",
             Call::Probe { .. } => "probe",
             Call::Smoke { .. } => "smoke",
+            Call::Usage { .. } => "usage",
         }
     }
 

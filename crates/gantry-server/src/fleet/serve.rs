@@ -516,6 +516,9 @@ impl Session {
             } => Answer::Smoke {
                 results: self.target.smoke(&settings, &instances).await,
             },
+            Call::Usage { instances } => Answer::Usage {
+                readings: self.target.usage(&instances).await,
+            },
         }
     }
 

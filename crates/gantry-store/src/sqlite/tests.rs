@@ -38,6 +38,7 @@ fn new_deployment(id: DeploymentId, env: &str, v: &str) -> Deployment {
                 freezes: Vec::new(),
                 fleet: None,
                 watch: None,
+                resources: Default::default(),
             },
             requested_by: "admin".into(),
         },

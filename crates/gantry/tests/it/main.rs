@@ -27,5 +27,6 @@ mod openapi;
 mod output;
 mod query_rules;
 mod releases;
+mod resources;
 mod rollout;
 mod upgrade;

@@ -304,6 +304,7 @@ impl World {
                 },
             },
             Effect::ObserveMetrics { .. } => self.observe(),
+            Effect::ObserveResources { .. } => return None,
         })
     }
 
@@ -344,6 +345,7 @@ impl World {
             stable,
             hosts,
             queries: Default::default(),
+            resources: Vec::new(),
         }
     }
 

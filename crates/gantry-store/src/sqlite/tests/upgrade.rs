@@ -116,6 +116,7 @@ fn canary_and_rolling_deployments_stored_mid_flight_by_the_previous_version_resu
         },
         hosts: Default::default(),
         queries: Default::default(),
+        resources: Vec::new(),
     };
     let t = step(&t.deployment, &bad, 200);
     assert_eq!(t.deployment.phase, Phase::RollingBack, "{:?}", t.log);
