@@ -8,10 +8,13 @@
 //! bearer token. A configuration change swaps one `Arc`, so requests in
 //! flight finish on the routing they started with.
 
+pub mod latency;
 pub mod listener;
 mod proxy;
 
-pub use gantry_api::traffic::{PoolStats, SlowerThan};
+pub use gantry_api::traffic::{
+    LatencyHistogram, PoolStats, SlowerThan, MAX_LATENCY_BUCKETS, MAX_LATENCY_US,
+};
 pub use proxy::{serve, RouterOptions};
 
 use serde::{Deserialize, Serialize};

@@ -48,6 +48,9 @@ pub enum LinkError {
     Send { call: &'static str, reason: String },
     #[error("artifact {path}: {reason}")]
     Artifact { path: String, reason: String },
+    /// An answer out of bounds (`bounds.rs`); names the field.
+    #[error("host answered out of bounds: {0}")]
+    Invalid(String),
 }
 
 impl LinkError {
@@ -592,9 +595,13 @@ impl HostLink {
         let call = Call::Stats {
             env: env.clone(),
             slower_than_ms: slower_than_ms.to_vec(),
+            histograms: true,
         };
         match self.call(call).await? {
-            Answer::Stats { pools } => Ok(pools),
+            Answer::Stats { pools } => {
+                super::bounds::check_stats(&pools).map_err(LinkError::Invalid)?;
+                Ok(pools)
+            }
             other => unexpected("stats", other),
         }
     }

@@ -120,6 +120,10 @@ pub enum Call {
     Stats {
         env: EnvName,
         slower_than_ms: Vec<f64>,
+        /// Each routed pool's latency histogram too, for the controller to
+        /// merge across hosts (absent from older controllers: none).
+        #[serde(default)]
+        histograms: bool,
     },
     /// The controller's health probe, run on the host (instances listen on
     /// its loopback).

@@ -21,7 +21,7 @@ use super::protocol::{
 };
 use super::upload::{free_bytes, Uploads};
 use crate::confine::Confinement;
-use crate::routing::{MetricProvider, ProcessRouter, RouteError, TrafficRouter};
+use crate::routing::{ProcessRouter, RouteError, TrafficRouter};
 use crate::target::{LocalTarget, Target, TargetError};
 use gantry_core::{Digest, InstanceRef};
 use gantry_store::Blobs;
@@ -469,7 +469,8 @@ impl Session {
             Call::Stats {
                 env,
                 slower_than_ms,
-            } => match self.router.pool_stats(&env, &slower_than_ms).await {
+                histograms,
+            } => match self.router.stats(&env, &slower_than_ms, histograms).await {
                 Ok(pools) => Answer::Stats { pools },
                 Err(e) => error(ErrorKind::Metric, e.to_string()),
             },
