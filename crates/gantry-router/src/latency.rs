@@ -86,7 +86,11 @@ mod tests {
             wide.record(us).unwrap();
         }
         let coarse = encode(&wide);
-        assert!(coarse.significant_digits < 3, "{}", coarse.significant_digits);
+        assert!(
+            coarse.significant_digits < 3,
+            "{}",
+            coarse.significant_digits
+        );
         assert!(coarse.buckets.len() <= MAX_LATENCY_BUCKETS);
         assert_eq!(coarse.total(), wide.len());
         // The percentiles stay within the coarser precision.
@@ -107,7 +111,11 @@ mod tests {
             v = v + v / 2000 + 1;
         }
         let encoded = encode(&every);
-        assert!(encoded.buckets.len() <= MAX_LATENCY_BUCKETS, "{}", encoded.buckets.len());
+        assert!(
+            encoded.buckets.len() <= MAX_LATENCY_BUCKETS,
+            "{}",
+            encoded.buckets.len()
+        );
         assert_eq!(encoded.total(), every.len());
     }
 
@@ -125,7 +133,9 @@ mod tests {
         assert!(bad(vec![(5, 1), (5, 1)], 3).contains("ascending"));
         assert!(bad(vec![(5, u64::MAX), (6, 1)], 3).contains("overflow"));
         assert!(bad(vec![(1, 1)], 9).contains("significant_digits"));
-        let too_many = (1..=MAX_LATENCY_BUCKETS as u64 + 1).map(|v| (v, 1)).collect();
+        let too_many = (1..=MAX_LATENCY_BUCKETS as u64 + 1)
+            .map(|v| (v, 1))
+            .collect();
         assert!(bad(too_many, 3).contains("at most 512"));
     }
 }

@@ -83,6 +83,9 @@ pub struct AdminInfo {
     pub pid: u32,
     pub admin: SocketAddr,
     pub listen: SocketAddr,
+    /// Where `GET /metrics` is served, if anywhere (absent from older routers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Parses `120,60.5` (milliseconds, comma-separated) as asked of `/stats?above_ms=`.

@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod prometheus;
+
 /// An upstream that answers every request with `name`.
 async fn upstream(name: &'static str) -> SocketAddr {
     slow_upstream(name, 0).await
@@ -48,6 +50,8 @@ async fn start_router_with(dir: &Path, limits: ConnectionLimits) -> AdminInfo {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_token: "t0ken".into(),
         limits,
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        environment: "production".into(),
     };
     tokio::spawn(gantry_router::serve(options));
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -197,9 +197,14 @@ pub fn check_stats(pools: &[PoolStats]) -> Result<(), String> {
     count("stats.pools", pools.len(), STATS_POOLS)?;
     for p in pools {
         text("stats.pools[].name", &p.name, NAME)?;
-        count("stats.pools[].slower_than", p.slower_than.len(), LATENCY_LIMITS)?;
+        count(
+            "stats.pools[].slower_than",
+            p.slower_than.len(),
+            LATENCY_LIMITS,
+        )?;
         if let Some(h) = &p.latency_histogram {
-            h.check().map_err(|e| format!("stats.pools[{:?}].{e}", p.name))?;
+            h.check()
+                .map_err(|e| format!("stats.pools[{:?}].{e}", p.name))?;
         }
     }
     Ok(())
@@ -284,7 +289,10 @@ mod tests {
             .map(|v| (v, 1))
             .collect();
         let e = check_stats(&[pool(too_many)]).unwrap_err();
-        assert!(e.contains(r#"stats.pools["2.0.0"].latency_histogram.buckets"#), "{e}");
+        assert!(
+            e.contains(r#"stats.pools["2.0.0"].latency_histogram.buckets"#),
+            "{e}"
+        );
         let e = check_stats(&[pool(vec![(u64::MAX, 1)])]).unwrap_err();
         assert!(e.contains("not within 1..="), "{e}");
         let e = check_stats(&[pool(vec![(20, 1), (10, 1)])]).unwrap_err();
