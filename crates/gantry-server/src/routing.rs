@@ -173,6 +173,9 @@ pub struct ProcessRouter {
     exe: PathBuf,
     token: String,
     http: reqwest::Client,
+    /// Each environment's `metrics_listen`: where its router serves
+    /// `GET /metrics` (from the config; on a fleet host, from the controller).
+    metrics_listen: std::sync::Mutex<BTreeMap<EnvName, SocketAddr>>,
 }
 
 impl ProcessRouter {
@@ -187,7 +190,30 @@ impl ProcessRouter {
             exe,
             token,
             http,
+            metrics_listen: Default::default(),
         }
+    }
+
+    /// Where the environment's router is to serve `GET /metrics` (`None`:
+    /// nowhere); a running router serving elsewhere is replaced on its
+    /// next routing or revival.
+    pub fn set_metrics_listen(&self, env: &EnvName, addr: Option<SocketAddr>) {
+        let mut all = self
+            .metrics_listen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match addr {
+            Some(a) => all.insert(env.clone(), a),
+            None => all.remove(env),
+        };
+    }
+
+    pub fn metrics_listen(&self, env: &EnvName) -> Option<SocketAddr> {
+        self.metrics_listen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(env)
+            .copied()
     }
 
     fn state_dir(&self, env: &EnvName) -> PathBuf {
@@ -218,11 +244,17 @@ impl ProcessRouter {
             env: env.to_string(),
             reason,
         };
+        let metrics = self.metrics_listen(env);
         if let Some(info) = self.live(env).await {
-            if info.listen == listen || listen.port() == 0 {
+            let metrics_same = match (metrics, info.metrics) {
+                (None, None) => true,
+                (Some(want), Some(has)) => want == has || want.port() == 0,
+                _ => false,
+            };
+            if (info.listen == listen || listen.port() == 0) && metrics_same {
                 return Ok(info);
             }
-            // The environment's address changed in the config: replace the router.
+            // The environment's addresses changed in the config: replace the router.
             self.stop(env).await;
         }
         let dir = self.state_dir(env);
@@ -236,7 +268,8 @@ impl ProcessRouter {
             .open(dir.join("router.log"))
             .map_err(|e| start_err(e.to_string()))?;
         let log2 = log.try_clone().map_err(|e| start_err(e.to_string()))?;
-        let mut child = tokio::process::Command::new(&self.exe)
+        let mut command = tokio::process::Command::new(&self.exe);
+        command
             .arg("router")
             .arg("--state-dir")
             .arg(&dir)
@@ -244,6 +277,12 @@ impl ProcessRouter {
             .arg(listen.to_string())
             .arg("--token-file")
             .arg(self.token_file())
+            .arg("--environment")
+            .arg(env.as_str());
+        if let Some(m) = metrics {
+            command.arg("--metrics-listen").arg(m.to_string());
+        }
+        let mut child = command
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log2)

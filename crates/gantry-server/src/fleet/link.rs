@@ -550,21 +550,29 @@ impl HostLink {
         listen: SocketAddr,
         pools: Vec<Pool>,
         affinity: Option<Affinity>,
+        metrics_listen: Option<SocketAddr>,
     ) -> Result<(), LinkError> {
         let call = Call::Route {
             env: env.clone(),
             listen,
             pools,
             affinity,
+            metrics_listen,
         };
         done("route", self.call(call).await?)
     }
 
-    pub async fn revive(&self, env: &EnvName, listen: SocketAddr) -> Result<bool, LinkError> {
+    pub async fn revive(
+        &self,
+        env: &EnvName,
+        listen: SocketAddr,
+        metrics_listen: Option<SocketAddr>,
+    ) -> Result<bool, LinkError> {
         match self
             .call(Call::Revive {
                 env: env.clone(),
                 listen,
+                metrics_listen,
             })
             .await?
         {

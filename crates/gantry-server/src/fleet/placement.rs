@@ -502,13 +502,20 @@ impl TrafficRouter for Placement {
         let targets: Vec<String> = plan.iter().map(|(h, _)| h.clone()).collect();
         let plan: HashMap<String, Vec<Pool>> = plan.into_iter().collect();
         let (plan, affinity) = (&plan, &affinity);
+        let metrics_listen = self.router.metrics_listen(env);
         let started = Instant::now();
         // Ok(Ok(ack)): set; Ok(Err(why)): the host refused it; Err(why): the
         // host could not be reached.
         let results = Self::each(links, &targets, |host, link| async move {
             Ok(
                 match link
-                    .route(env, listen, plan[&host].clone(), affinity.clone())
+                    .route(
+                        env,
+                        listen,
+                        plan[&host].clone(),
+                        affinity.clone(),
+                        metrics_listen,
+                    )
                     .await
                 {
                     Ok(()) => Ok(started.elapsed()),
@@ -570,8 +577,9 @@ impl TrafficRouter for Placement {
             return self.router.revive(env, listen).await;
         };
         let mut started = false;
+        let metrics_listen = self.router.metrics_listen(env);
         for (host, result) in Self::each(links, hosts, |host, link| async move {
-            link.revive(env, listen)
+            link.revive(env, listen, metrics_listen)
                 .await
                 .map_err(|e| super::links::describe(&host, e))
         })

@@ -105,10 +105,15 @@ pub enum Call {
         listen: SocketAddr,
         pools: Vec<Pool>,
         affinity: Option<Affinity>,
+        /// Where the router serves `GET /metrics`, if anywhere.
+        #[serde(default)]
+        metrics_listen: Option<SocketAddr>,
     },
     Revive {
         env: EnvName,
         listen: SocketAddr,
+        #[serde(default)]
+        metrics_listen: Option<SocketAddr>,
     },
     RouterRunning {
         env: EnvName,

@@ -451,14 +451,25 @@ impl Session {
                 listen,
                 pools,
                 affinity,
-            } => match self.router.route_pools(&env, listen, pools, affinity).await {
-                Ok(()) => Answer::Done,
-                Err(e) => route_error(e),
-            },
-            Call::Revive { env, listen } => match self.router.revive(&env, listen).await {
-                Ok(started) => Answer::Revived { started },
-                Err(e) => route_error(e),
-            },
+                metrics_listen,
+            } => {
+                self.router.set_metrics_listen(&env, metrics_listen);
+                match self.router.route_pools(&env, listen, pools, affinity).await {
+                    Ok(()) => Answer::Done,
+                    Err(e) => route_error(e),
+                }
+            }
+            Call::Revive {
+                env,
+                listen,
+                metrics_listen,
+            } => {
+                self.router.set_metrics_listen(&env, metrics_listen);
+                match self.router.revive(&env, listen).await {
+                    Ok(started) => Answer::Revived { started },
+                    Err(e) => route_error(e),
+                }
+            }
             Call::RouterRunning { env } => Answer::RouterRunning {
                 running: self.router.is_running(&env).await,
             },

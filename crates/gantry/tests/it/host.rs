@@ -276,7 +276,9 @@ fn a_host_prepares_starts_probes_routes_counts_and_stops_over_the_channel() {
                 .map(|i| SocketAddr::from(([127, 0, 0, 1], i.port)))
                 .collect(),
         };
-        link.route(&env(), listen, vec![pool], None).await.unwrap();
+        link.route(&env(), listen, vec![pool], None, None)
+            .await
+            .unwrap();
         assert!(link.router_running(&env()).await.unwrap());
         let base = format!("http://{listen}");
         for _ in 0..10 {
@@ -305,10 +307,10 @@ fn a_host_prepares_starts_probes_routes_counts_and_stops_over_the_channel() {
         link.stop_router(&env()).await.unwrap();
         assert!(!link.router_running(&env()).await.unwrap());
         // Revived, the router serves its last routing again.
-        assert!(link.revive(&env(), listen).await.unwrap());
+        assert!(link.revive(&env(), listen, None).await.unwrap());
         assert!(link.router_running(&env()).await.unwrap());
         assert!(
-            !link.revive(&env(), listen).await.unwrap(),
+            !link.revive(&env(), listen, None).await.unwrap(),
             "already running"
         );
         link.stop_router(&env()).await.unwrap();
