@@ -195,8 +195,8 @@ impl ProcessRouter {
     }
 
     /// Where the environment's router is to serve `GET /metrics` (`None`:
-    /// nowhere); a running router serving elsewhere is replaced on its
-    /// next routing or revival.
+    /// nowhere); a running router serving elsewhere is replaced (stopped,
+    /// started again with its last routing) the next time it is routed.
     pub fn set_metrics_listen(&self, env: &EnvName, addr: Option<SocketAddr>) {
         let mut all = self
             .metrics_listen
