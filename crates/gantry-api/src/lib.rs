@@ -44,4 +44,4 @@ pub use status::{
     Incident, InstanceStatus, LiveEvent, LogQuery, ServerInfo, ShutdownAnswer, ShutdownRequest,
     StatusPage, StatusView, TrafficQuery,
 };
-pub use traffic::{PoolStats, SlowerThan};
+pub use traffic::{LatencyHistogram, PoolStats, SlowerThan, MAX_LATENCY_BUCKETS, MAX_LATENCY_US};

@@ -344,6 +344,9 @@ pub struct Environment {
     pub name: EnvName,
     /// The public address the environment's router listens on.
     pub listen: SocketAddr,
+    /// Where the router serves `GET /metrics` (Prometheus text), and
+    /// nothing else; `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
     pub instances: u32,
     pub strategy: Strategy,
     pub bake_ms: u64,

@@ -378,6 +378,10 @@ pub(crate) struct SigningSection {
 pub(crate) struct EnvironmentSection {
     /// Public address of the environment's router, IP:PORT.
     listen: String,
+    /// Where the router serves its counters for Prometheus (`GET /metrics` only, on a
+    /// listener of its own), IP:PORT; on a fleet, on every host. Absent: not served.
+    #[serde(default)]
+    metrics_listen: Option<String>,
     /// Number of instances (default 1).
     #[serde(default)]
     #[schemars(range(min = 1, max = 64))]

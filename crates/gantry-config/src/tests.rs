@@ -1144,3 +1144,33 @@ fn metric_queries_are_checked_at_their_field() {
         "{errors:#?}"
     );
 }
+
+#[test]
+fn a_router_metrics_address_is_decoded_and_a_bad_or_taken_one_named() {
+    let src = STARTER.replace(
+        "listen = \"127.0.0.1:8081\"",
+        "listen = \"127.0.0.1:8081\"\nmetrics_listen = \"127.0.0.1:9464\"",
+    );
+    let config = parse("gantry.toml", &src).unwrap().config;
+    let dev = &config.environments[0];
+    assert_eq!(dev.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+    assert_eq!(config.environments[1].metrics_listen, None);
+    for (value, wanted) in [
+        ("\"nowhere\"", "is not an address; expected IP:PORT"),
+        ("\"127.0.0.1:8081\"", "overlaps \"127.0.0.1:8081\""),
+        ("\"0.0.0.0:8082\"", "overlaps"),
+    ] {
+        let src = STARTER.replace(
+            "listen = \"127.0.0.1:8081\"",
+            &format!("listen = \"127.0.0.1:8081\"\nmetrics_listen = {value}"),
+        );
+        let errors = errors_of(&src);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("metrics_listen") && e.contains(wanted))
+                || errors.iter().any(|e| e.contains(wanted)),
+            "{value}: {errors:#?}"
+        );
+    }
+}

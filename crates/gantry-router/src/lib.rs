@@ -8,10 +8,13 @@
 //! bearer token. A configuration change swaps one `Arc`, so requests in
 //! flight finish on the routing they started with.
 
+pub mod latency;
 pub mod listener;
 mod proxy;
 
-pub use gantry_api::traffic::{PoolStats, SlowerThan};
+pub use gantry_api::traffic::{
+    LatencyHistogram, PoolStats, SlowerThan, MAX_LATENCY_BUCKETS, MAX_LATENCY_US,
+};
 pub use proxy::{serve, RouterOptions};
 
 use serde::{Deserialize, Serialize};
@@ -80,6 +83,9 @@ pub struct AdminInfo {
     pub pid: u32,
     pub admin: SocketAddr,
     pub listen: SocketAddr,
+    /// Where `GET /metrics` is served, if anywhere (absent from older routers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Parses `120,60.5` (milliseconds, comma-separated) as asked of `/stats?above_ms=`.

@@ -54,6 +54,13 @@ impl ConnectionLimits {
         idle_timeout: Duration::from_secs(60),
         max_connections: 4096,
     };
+    /// For a metrics listener a few Prometheus servers scrape: short
+    /// times, few connections (a scrape is one small GET).
+    pub const METRICS: ConnectionLimits = ConnectionLimits {
+        header_timeout: Duration::from_secs(5),
+        idle_timeout: Duration::from_secs(30),
+        max_connections: 16,
+    };
     /// For a loopback admin listener that one controller talks to.
     pub const ADMIN: ConnectionLimits = ConnectionLimits {
         header_timeout: Duration::from_secs(10),

@@ -7,6 +7,7 @@ mod admin;
 mod counters;
 mod forward;
 mod live;
+mod metrics;
 mod sticky;
 
 use crate::listener::{Bounds, ConnectionLimits};
@@ -40,6 +41,12 @@ pub struct RouterOptions {
     /// Timeouts and the connection limit of the public listener (the admin
     /// listener has [`ConnectionLimits::ADMIN`]).
     pub limits: ConnectionLimits,
+    /// Where to serve `GET /metrics` (Prometheus text) and nothing else;
+    /// `None`: not served. Its own listener, never the admin one, so a
+    /// scraper reaches the counts and nothing that changes the routing.
+    pub metrics_listen: Option<SocketAddr>,
+    /// The environment this router serves, as the metrics' `environment` label.
+    pub environment: String,
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
@@ -200,7 +207,16 @@ pub async fn serve(options: RouterOptions) -> Result<(), ServeError> {
                 addr: admin_addr,
                 source,
             })?;
+    let metrics_listener = match options.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Listen { addr, source })?,
+        ),
+        None => None,
+    };
     let info = AdminInfo {
+        metrics: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
         pid: std::process::id(),
         admin: admin_listener
             .local_addr()
@@ -224,12 +240,20 @@ pub async fn serve(options: RouterOptions) -> Result<(), ServeError> {
     // The routing from disk, with its counters.
     let live = Arc::new(state.make_live(routing));
     *state.live.write().unwrap_or_else(|p| p.into_inner()) = live;
-    // Announce only once both listeners are bound.
+    // Announce only once every listener is bound.
     let info_json = serde_json::to_vec(&info).expect("admin info serializes");
     write_atomic(&options.state_dir.join(ADMIN_FILE), &info_json)
         .map_err(|e| state_err(e.to_string()))?;
     tracing::info!(listen = %info.listen, admin = %info.admin, "router serving");
     start_workers(public, state.clone());
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(accept_loop(
+            listener,
+            Bounds::new(ConnectionLimits::METRICS),
+            state.clone(),
+            metrics::metrics,
+        ));
+    }
     accept_loop(
         admin_listener,
         Bounds::new(ConnectionLimits::ADMIN),

@@ -186,6 +186,9 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
         options.exe.clone(),
         router_token,
     ));
+    for env in &config.environments {
+        router.set_metrics_listen(&env.name, env.metrics_listen);
+    }
     let fleet = open_fleet(&dir, &options.exe, &config, epoch)?;
     let env_hosts = config
         .environments

@@ -100,6 +100,30 @@ struct VerdictLabel {
     verdict: String,
 }
 
+/// One deployment: the latest of its environment.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeploymentLabel {
+    env: String,
+    deployment: String,
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    env: String,
+    deployment: String,
+    version: String,
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LastVerdictLabel {
+    env: String,
+    deployment: String,
+    version: String,
+    verdict: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeliveryLabel {
     channel: String,
@@ -188,6 +212,69 @@ pub async fn status_page(c: &Controller) -> Result<StatusPage, ControlError> {
     })
 }
 
+/// Each environment's latest deployment (the highest id).
+fn latest_per_env(all: &[Deployment]) -> Vec<&Deployment> {
+    let mut latest: std::collections::BTreeMap<&str, &Deployment> = Default::default();
+    for d in all {
+        let slot = latest.entry(d.env.as_str()).or_insert(d);
+        if d.id > slot.id {
+            *slot = d;
+        }
+    }
+    latest.into_values().collect()
+}
+
+type RolloutGauges = (
+    Family<PhaseLabel, Gauge>,
+    Family<DeploymentLabel, Gauge>,
+    Family<LastVerdictLabel, Gauge>,
+);
+
+/// Where each environment's latest deployment stands, as gauges a
+/// dashboard or an alert reads (argo-rollouts #2276): its phase, its canary
+/// weight, and its analysis' latest verdict as a state set (1 for the
+/// verdict, 0 for the others, so an alert can watch `verdict="fail"`).
+fn rollout_gauges(latest: &[&Deployment]) -> RolloutGauges {
+    let (phases, weights, verdicts) = RolloutGauges::default();
+    for d in latest {
+        let labels = DeploymentLabel {
+            env: d.env.to_string(),
+            deployment: d.id.to_string(),
+            version: d.version.to_string(),
+        };
+        phases
+            .get_or_create(&PhaseLabel {
+                env: labels.env.clone(),
+                deployment: labels.deployment.clone(),
+                version: labels.version.clone(),
+                phase: d.phase.as_str().to_owned(),
+            })
+            .set(1);
+        let Some(canary) = &d.canary else {
+            continue;
+        };
+        weights.get_or_create(&labels).set(i64::from(canary.weight));
+        if let Some(last) = &canary.last {
+            let now = match last.verdict {
+                Verdict::Fail { .. } => "fail",
+                Verdict::NoWorse { .. } => "no_worse",
+                Verdict::Continue { .. } => "continue",
+            };
+            for verdict in ["continue", "no_worse", "fail"] {
+                verdicts
+                    .get_or_create(&LastVerdictLabel {
+                        env: labels.env.clone(),
+                        deployment: labels.deployment.clone(),
+                        version: labels.version.clone(),
+                        verdict: verdict.to_owned(),
+                    })
+                    .set(i64::from(verdict == now));
+            }
+        }
+    }
+    (phases, weights, verdicts)
+}
+
 /// Gantry's own metrics in the Prometheus text format.
 pub fn metrics_text(c: &Controller) -> Result<String, ControlError> {
     let mut registry = Registry::with_prefix("gantry");
@@ -208,7 +295,8 @@ pub fn metrics_text(c: &Controller) -> Result<String, ControlError> {
             })
             .set(0);
     }
-    for d in c.deployments(None, 100_000)? {
+    let all = c.deployments(None, 100_000)?;
+    for d in &all {
         let env = d.env.to_string();
         if !d.phase.is_terminal() {
             in_progress.get_or_create(&EnvLabel { env }).inc();
@@ -233,7 +321,7 @@ pub fn metrics_text(c: &Controller) -> Result<String, ControlError> {
             rollbacks
                 .get_or_create(&RollbackReason {
                     env: env.clone(),
-                    reason: reason_class(&d).to_owned(),
+                    reason: reason_class(d).to_owned(),
                 })
                 .inc();
         }
@@ -251,6 +339,8 @@ pub fn metrics_text(c: &Controller) -> Result<String, ControlError> {
                 .inc();
         }
     }
+    let latest_of_each = latest_per_env(&all);
+    let (phases, weights, last_verdicts) = rollout_gauges(&latest_of_each);
     for d in c.deliveries(None, 100_000)? {
         deliveries
             .get_or_create(&DeliveryLabel {
@@ -280,6 +370,21 @@ pub fn metrics_text(c: &Controller) -> Result<String, ControlError> {
         "analysis_verdicts",
         "The last canary analysis verdict of each canary deployment",
         verdicts,
+    );
+    registry.register(
+        "deployment_phase",
+        "1 for the phase of each environment's latest deployment (its id, release and phase as labels)",
+        phases,
+    );
+    registry.register(
+        "canary_weight",
+        "Percent of traffic on the new release of each environment's latest deployment, if a canary",
+        weights,
+    );
+    registry.register(
+        "analysis_last_verdict",
+        "The latest analysis verdict of each environment's latest judged deployment: 1 for its verdict, 0 for the others (continue, no_worse, fail)",
+        last_verdicts,
     );
     registry.register(
         "notification_deliveries",

@@ -49,32 +49,52 @@ pub trait MetricProvider: Send + Sync {
     }
 }
 
-/// Every host's pools added by name: counts add; a pool's P50/P99 is the
-/// highest of the hosts that served it (an upper bound of the fleet's,
-/// until the routers export their histograms to merge).
+/// Every host's pools added by name: counts add; a pool's P50/P99 comes
+/// from its hosts' latency histograms merged into one, so a fleet's P99 is
+/// the P99 of all its answers (1000 at 10 ms on one host and 10 at 500 ms
+/// on another make a P99 of 10 ms). When a host that served the pool sent
+/// no histogram (a router older than histograms, or one not asked), the
+/// fleet's P50/P99 fall back to the highest of the hosts': an upper bound,
+/// never lower than the truth.
 pub fn sum_pools(hosts: impl IntoIterator<Item = Vec<PoolStats>>) -> Vec<PoolStats> {
-    let mut by_name: BTreeMap<String, PoolStats> = BTreeMap::new();
+    struct Sum {
+        stats: PoolStats,
+        histograms: Vec<gantry_router::LatencyHistogram>,
+        /// Some host served the pool without sending its histogram.
+        histogram_missing: bool,
+    }
+    let mut by_name: BTreeMap<String, Sum> = BTreeMap::new();
     for pools in hosts {
-        for p in pools {
-            let sum = by_name.entry(p.name.clone()).or_insert_with(|| PoolStats {
-                name: p.name.clone(),
-                ..PoolStats::default()
+        for mut p in pools {
+            let sum = by_name.entry(p.name.clone()).or_insert_with(|| Sum {
+                stats: PoolStats {
+                    name: p.name.clone(),
+                    ..PoolStats::default()
+                },
+                histograms: Vec::new(),
+                histogram_missing: false,
             });
-            sum.requests += p.requests;
-            sum.errors += p.errors;
-            sum.client_errors += p.client_errors;
+            let histogram = p.latency_histogram.take();
+            let sum_stats = &mut sum.stats;
+            sum_stats.requests += p.requests;
+            sum_stats.errors += p.errors;
+            sum_stats.client_errors += p.client_errors;
             if p.requests > 0 {
-                sum.p50_ms = sum.p50_ms.max(p.p50_ms);
-                sum.p99_ms = sum.p99_ms.max(p.p99_ms);
+                sum_stats.p50_ms = sum_stats.p50_ms.max(p.p50_ms);
+                sum_stats.p99_ms = sum_stats.p99_ms.max(p.p99_ms);
+                match histogram {
+                    Some(h) => sum.histograms.push(h),
+                    None => sum.histogram_missing = true,
+                }
             }
             for s in p.slower_than {
-                match sum
+                match sum_stats
                     .slower_than
                     .iter_mut()
                     .find(|x| x.limit_ms == s.limit_ms)
                 {
                     Some(x) => x.requests += s.requests,
-                    None => sum.slower_than.push(SlowerThan {
+                    None => sum_stats.slower_than.push(SlowerThan {
                         limit_ms: s.limit_ms,
                         requests: s.requests,
                     }),
@@ -82,7 +102,24 @@ pub fn sum_pools(hosts: impl IntoIterator<Item = Vec<PoolStats>>) -> Vec<PoolSta
             }
         }
     }
-    by_name.into_values().collect()
+    by_name
+        .into_values()
+        .map(|mut sum| {
+            if !sum.histogram_missing && !sum.histograms.is_empty() {
+                match gantry_router::latency::merge(&sum.histograms) {
+                    Ok(merged) if !merged.is_empty() => {
+                        let ms = |us: u64| us as f64 / 1000.0;
+                        sum.stats.p50_ms = ms(merged.value_at_quantile(0.50));
+                        sum.stats.p99_ms = ms(merged.value_at_quantile(0.99));
+                    }
+                    Ok(_) => {}
+                    // Checked when it was read; should one slip through, the upper bound stands.
+                    Err(e) => tracing::warn!(pool = %sum.stats.name, error = %e, "latency histograms not merged"),
+                }
+            }
+            sum.stats
+        })
+        .collect()
 }
 
 /// A share of an environment's traffic and the instances that serve it.
@@ -136,6 +173,9 @@ pub struct ProcessRouter {
     exe: PathBuf,
     token: String,
     http: reqwest::Client,
+    /// Each environment's `metrics_listen`: where its router serves
+    /// `GET /metrics` (from the config; on a fleet host, from the controller).
+    metrics_listen: std::sync::Mutex<BTreeMap<EnvName, SocketAddr>>,
 }
 
 impl ProcessRouter {
@@ -150,7 +190,30 @@ impl ProcessRouter {
             exe,
             token,
             http,
+            metrics_listen: Default::default(),
         }
+    }
+
+    /// Where the environment's router is to serve `GET /metrics` (`None`:
+    /// nowhere); a running router serving elsewhere is replaced (stopped,
+    /// started again with its last routing) the next time it is routed.
+    pub fn set_metrics_listen(&self, env: &EnvName, addr: Option<SocketAddr>) {
+        let mut all = self
+            .metrics_listen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match addr {
+            Some(a) => all.insert(env.clone(), a),
+            None => all.remove(env),
+        };
+    }
+
+    pub fn metrics_listen(&self, env: &EnvName) -> Option<SocketAddr> {
+        self.metrics_listen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(env)
+            .copied()
     }
 
     fn state_dir(&self, env: &EnvName) -> PathBuf {
@@ -181,11 +244,17 @@ impl ProcessRouter {
             env: env.to_string(),
             reason,
         };
+        let metrics = self.metrics_listen(env);
         if let Some(info) = self.live(env).await {
-            if info.listen == listen || listen.port() == 0 {
+            let metrics_same = match (metrics, info.metrics) {
+                (None, None) => true,
+                (Some(want), Some(has)) => want == has || want.port() == 0,
+                _ => false,
+            };
+            if (info.listen == listen || listen.port() == 0) && metrics_same {
                 return Ok(info);
             }
-            // The environment's address changed in the config: replace the router.
+            // The environment's addresses changed in the config: replace the router.
             self.stop(env).await;
         }
         let dir = self.state_dir(env);
@@ -199,7 +268,8 @@ impl ProcessRouter {
             .open(dir.join("router.log"))
             .map_err(|e| start_err(e.to_string()))?;
         let log2 = log.try_clone().map_err(|e| start_err(e.to_string()))?;
-        let mut child = tokio::process::Command::new(&self.exe)
+        let mut command = tokio::process::Command::new(&self.exe);
+        command
             .arg("router")
             .arg("--state-dir")
             .arg(&dir)
@@ -207,6 +277,12 @@ impl ProcessRouter {
             .arg(listen.to_string())
             .arg("--token-file")
             .arg(self.token_file())
+            .arg("--environment")
+            .arg(env.as_str());
+        if let Some(m) = metrics {
+            command.arg("--metrics-listen").arg(m.to_string());
+        }
+        let mut child = command
             .stdin(std::process::Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -343,6 +419,20 @@ impl MetricProvider for ProcessRouter {
         env: &EnvName,
         slower_than_ms: &[f64],
     ) -> Result<Vec<PoolStats>, MetricError> {
+        self.stats(env, slower_than_ms, false).await
+    }
+}
+
+impl ProcessRouter {
+    /// The router's figures; with `histograms`, each routed pool's latency
+    /// histogram too (what a fleet host sends the controller to merge; a
+    /// single router's P50/P99 need none).
+    pub async fn stats(
+        &self,
+        env: &EnvName,
+        slower_than_ms: &[f64],
+        histograms: bool,
+    ) -> Result<Vec<PoolStats>, MetricError> {
         let err = |reason: String| MetricError {
             env: env.to_string(),
             reason,
@@ -355,9 +445,10 @@ impl MetricProvider for ProcessRouter {
         let resp = self
             .http
             .get(format!(
-                "http://{}/stats?above_ms={}",
+                "http://{}/stats?above_ms={}{}",
                 info.admin,
-                limits.join(",")
+                limits.join(","),
+                if histograms { "&histogram=1" } else { "" }
             ))
             .bearer_auth(&self.token)
             .send()

@@ -270,6 +270,12 @@ pub enum Command {
         listen: std::net::SocketAddr,
         #[arg(long)]
         token_file: PathBuf,
+        /// Serve `GET /metrics` (Prometheus text) on this address.
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
+        /// The environment's name, as the metrics' label.
+        #[arg(long, default_value = "")]
+        environment: String,
     },
     /// The sample HTTP service used by the demo and tests.
     #[command(hide = true)]

@@ -76,6 +76,8 @@ pub async fn run(cli: Cli) -> Exit {
             state_dir,
             listen,
             token_file,
+            metrics_listen,
+            environment,
         } => {
             let admin_token = std::fs::read_to_string(&token_file)
                 .with_context(|| format!("cannot read router token {}", token_file.display()))?
@@ -86,6 +88,8 @@ pub async fn run(cli: Cli) -> Exit {
                 listen,
                 admin_token,
                 limits: gantry_router::listener::ConnectionLimits::PUBLIC,
+                metrics_listen,
+                environment,
             })
             .await?;
             Ok(ExitCode::Success)

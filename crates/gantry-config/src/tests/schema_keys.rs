@@ -151,6 +151,7 @@ zz_unknown = 1
 
 [environments.staging]
 listen = "127.0.0.1:18080"
+metrics_listen = "127.0.0.1:19464"
 hosts = ["web-1", { labels = { tier = "web" }, zz_unknown = 1 }]
 fleet = { batches = ["100%"], max_failed = 0, waves = ["eu-west"], zz_unknown = 1 }
 instances = 2

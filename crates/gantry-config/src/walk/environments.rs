@@ -55,6 +55,20 @@ pub(super) fn decode_environments(
             }
             listens.push((listen, name));
         }
+        if let Some(metrics) = env.as_ref().and_then(|e| e.metrics_listen) {
+            let taken = listens
+                .iter()
+                .find_map(|(a, other)| Some((a, other, overlap(*a, metrics)?)));
+            if let Some((a, other, why)) = taken {
+                w.error(
+                    span_at(value, &["metrics_listen"]).unwrap_or(value.span()),
+                    &join(&path, "metrics_listen"),
+                    format!("\"{metrics}\" overlaps \"{a}\", already used by environment {other:?} ({why}); give the metrics endpoint a port of its own"),
+                );
+                ok = false;
+            }
+            listens.push((metrics, name));
+        }
         match (env_name, env) {
             (Some(n), Some(mut env)) => {
                 env.name = n;
@@ -153,6 +167,25 @@ fn decode_environment(
             }
         }
     });
+    let metrics_listen = match t.get("metrics_listen") {
+        Some(v) => {
+            let p = join(path, "metrics_listen");
+            w.string(v, &p).and_then(|s| match s.parse::<SocketAddr>() {
+                Ok(a) => Some(Some(a)),
+                Err(_) => {
+                    w.error(
+                        v.span(),
+                        &p,
+                        format!(
+                            "{s:?} is not an address; expected IP:PORT such as \"127.0.0.1:9464\""
+                        ),
+                    );
+                    None
+                }
+            })
+        }
+        None => Some(None),
+    };
     let instances = match t.get("instances") {
         Some(v) => w.count::<crate::schema::EnvironmentSection>(v, path, "instances"),
         None => Some(1),
@@ -273,6 +306,7 @@ fn decode_environment(
         Some(Environment {
             name: "placeholder".parse().expect("valid literal"),
             listen: listen?,
+            metrics_listen: metrics_listen?,
             instances: instances?,
             strategy: strategy?,
             bake_ms: bake?,

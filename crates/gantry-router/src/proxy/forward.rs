@@ -100,12 +100,7 @@ pub(super) async fn proxy(
         let started = std::time::Instant::now();
         match client.request(Request::from_parts(p, b)).await {
             Ok(resp) => {
-                counters.record_latency(started);
-                if resp.status().is_server_error() {
-                    counters.errors.fetch_add(1, Ordering::Relaxed);
-                } else if resp.status().is_client_error() {
-                    counters.client_errors.fetch_add(1, Ordering::Relaxed);
-                }
+                counters.count_answer(resp.status(), started);
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 rparts.version = client_version;
@@ -118,7 +113,7 @@ pub(super) async fn proxy(
                 return Response::from_parts(rparts, rbody.boxed());
             }
             Err(e) => {
-                counters.errors.fetch_add(1, Ordering::Relaxed);
+                counters.count_unanswered();
                 tracing::warn!(%upstream, pool = %pool.name, attempt, error = %e, "upstream request failed");
                 let retry = (e.is_connect() || safe) && attempt + 1 < attempts;
                 if !retry {

@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod prometheus;
+
 /// An upstream that answers every request with `name`.
 async fn upstream(name: &'static str) -> SocketAddr {
     slow_upstream(name, 0).await
@@ -48,6 +50,8 @@ async fn start_router_with(dir: &Path, limits: ConnectionLimits) -> AdminInfo {
         listen: "127.0.0.1:0".parse().unwrap(),
         admin_token: "t0ken".into(),
         limits,
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        environment: "production".into(),
     };
     tokio::spawn(gantry_router::serve(options));
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -583,4 +587,69 @@ async fn the_admin_bearer_scheme_is_case_insensitive() {
         let status = client().request(req).await.unwrap().status().as_u16();
         assert_eq!(status, want, "{auth}");
     }
+}
+
+/// Two routers standing for two fleet hosts serve the same pool: one fast
+/// and busy, one slow and quiet. Their histograms, asked for with
+/// `histogram=1`, merge into the fleet's P99, which is the fast one's, where
+/// the highest of the two P99s would be the slow one's.
+#[tokio::test]
+async fn histograms_from_two_routers_merge_into_the_fleets_percentiles() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (
+        start_router(dir_a.path()).await,
+        start_router(dir_b.path()).await,
+    );
+    let (fast, slow) = (upstream("fast").await, slow_upstream("slow", 60).await);
+    assert_eq!(
+        put_routing(&a, "t0ken", &routing(1, vec![("2.0.0", 1, vec![fast])])).await,
+        200
+    );
+    assert_eq!(
+        put_routing(&b, "t0ken", &routing(1, vec![("2.0.0", 1, vec![slow])])).await,
+        200
+    );
+    for _ in 0..150 {
+        assert_eq!(get(a.listen, "/").await.0, 200);
+    }
+    assert_eq!(get(b.listen, "/").await.0, 200);
+
+    let read = |body: String| -> gantry_router::PoolStats {
+        let mut pools: Vec<gantry_router::PoolStats> = serde_json::from_str(&body).unwrap();
+        assert_eq!(pools.len(), 1, "{body}");
+        pools.remove(0)
+    };
+    let (_, plain) = stats(&a, "").await;
+    assert!(
+        read(plain).latency_histogram.is_none(),
+        "no histogram unless asked"
+    );
+    let (sa, sb) = (
+        read(stats(&a, "?histogram=1").await.1),
+        read(stats(&b, "?above_ms=10&histogram=1").await.1),
+    );
+    let (ha, hb) = (
+        sa.latency_histogram.clone().unwrap(),
+        sb.latency_histogram.clone().unwrap(),
+    );
+    assert_eq!((ha.total(), hb.total()), (150, 1));
+    assert!(sb.p99_ms >= 60.0, "the slow host's own P99: {sb:?}");
+    let merged = gantry_router::latency::merge([&ha, &hb]).unwrap();
+    let p99_ms = merged.value_at_quantile(0.99) as f64 / 1000.0;
+    assert!(
+        p99_ms < 30.0 && p99_ms <= sa.p99_ms.max(0.001) * 1.01 + 1.0,
+        "fleet P99 {p99_ms} ms, fast host's {} ms",
+        sa.p99_ms
+    );
+    assert_eq!(merged.len(), 151);
+
+    // A pool no longer routed keeps its counts but sends no histogram.
+    assert_eq!(
+        put_routing(&a, "t0ken", &routing(2, vec![("3.0.0", 1, vec![fast])])).await,
+        200
+    );
+    let (_, body) = stats(&a, "?histogram=1").await;
+    let pools: Vec<gantry_router::PoolStats> = serde_json::from_str(&body).unwrap();
+    let old = pools.iter().find(|p| p.name == "2.0.0").unwrap();
+    assert_eq!((old.requests, old.latency_histogram.is_none()), (150, true));
 }

@@ -4,6 +4,7 @@
 
 use super::protocol::{Call, CHUNK_SIZE, MAX_ARTIFACT_BYTES, MAX_LOG_BYTES};
 use crate::target::LaunchSpec;
+use gantry_api::PoolStats;
 use gantry_core::InstanceRef;
 use gantry_router::Affinity;
 
@@ -191,6 +192,30 @@ impl Call {
     }
 }
 
+/// Pools in one `Stats` answer: a router keeps the counters of every pool
+/// it served since it started, so more than a routing holds.
+pub const STATS_POOLS: usize = 1024;
+
+/// Checks a host's `Stats` answer on the controller before anything uses
+/// it: pool count, names, and each latency histogram
+/// ([`gantry_api::LatencyHistogram::check`]: bucket count, values, counts).
+pub fn check_stats(pools: &[PoolStats]) -> Result<(), String> {
+    count("stats.pools", pools.len(), STATS_POOLS)?;
+    for p in pools {
+        text("stats.pools[].name", &p.name, NAME)?;
+        count(
+            "stats.pools[].slower_than",
+            p.slower_than.len(),
+            LATENCY_LIMITS,
+        )?;
+        if let Some(h) = &p.latency_histogram {
+            h.check()
+                .map_err(|e| format!("stats.pools[{:?}].{e}", p.name))?;
+        }
+    }
+    Ok(())
+}
+
 fn text(field: &str, s: &str, max: usize) -> Result<(), String> {
     if s.len() > max {
         Err(format!("{field}: longer than {max} bytes"))
@@ -218,6 +243,7 @@ fn instance_ok(field: &str, i: &InstanceRef) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gantry_api::LatencyHistogram;
     use gantry_core::{Digest, EnvName};
 
     #[test]
@@ -225,6 +251,7 @@ mod tests {
         let call = Call::Stats {
             env: EnvName::try_from("production".to_owned()).unwrap(),
             slower_than_ms: vec![1.0; LATENCY_LIMITS + 1],
+            histograms: true,
         };
         assert!(call.check().unwrap_err().contains("stats.slower_than_ms"));
         let call = Call::Logs {
@@ -261,5 +288,33 @@ mod tests {
             .check()
             .unwrap_err()
             .contains("runs past the declared size"));
+    }
+
+    #[test]
+    fn a_stats_answer_with_a_bad_histogram_is_refused_naming_the_pool_and_field() {
+        let pool = |buckets: Vec<(u64, u64)>| PoolStats {
+            name: "2.0.0".into(),
+            requests: 3,
+            latency_histogram: Some(LatencyHistogram {
+                significant_digits: 3,
+                buckets,
+            }),
+            ..PoolStats::default()
+        };
+        check_stats(&[pool(vec![(10, 2), (20, 1)])]).unwrap();
+        let too_many: Vec<(u64, u64)> = (1..=gantry_api::MAX_LATENCY_BUCKETS as u64 + 1)
+            .map(|v| (v, 1))
+            .collect();
+        let e = check_stats(&[pool(too_many)]).unwrap_err();
+        assert!(
+            e.contains(r#"stats.pools["2.0.0"].latency_histogram.buckets"#),
+            "{e}"
+        );
+        let e = check_stats(&[pool(vec![(u64::MAX, 1)])]).unwrap_err();
+        assert!(e.contains("not within 1..="), "{e}");
+        let e = check_stats(&[pool(vec![(20, 1), (10, 1)])]).unwrap_err();
+        assert!(e.contains("ascending"), "{e}");
+        let many = vec![PoolStats::default(); STATS_POOLS + 1];
+        assert!(check_stats(&many).unwrap_err().contains("stats.pools"));
     }
 }

@@ -49,6 +49,9 @@ pub enum LinkError {
     Send { call: &'static str, reason: String },
     #[error("artifact {path}: {reason}")]
     Artifact { path: String, reason: String },
+    /// An answer out of bounds (`bounds.rs`); names the field.
+    #[error("host answered out of bounds: {0}")]
+    Invalid(String),
 }
 
 impl LinkError {
@@ -548,21 +551,29 @@ impl HostLink {
         listen: SocketAddr,
         pools: Vec<Pool>,
         affinity: Option<Affinity>,
+        metrics_listen: Option<SocketAddr>,
     ) -> Result<(), LinkError> {
         let call = Call::Route {
             env: env.clone(),
             listen,
             pools,
             affinity,
+            metrics_listen,
         };
         done("route", self.call(call).await?)
     }
 
-    pub async fn revive(&self, env: &EnvName, listen: SocketAddr) -> Result<bool, LinkError> {
+    pub async fn revive(
+        &self,
+        env: &EnvName,
+        listen: SocketAddr,
+        metrics_listen: Option<SocketAddr>,
+    ) -> Result<bool, LinkError> {
         match self
             .call(Call::Revive {
                 env: env.clone(),
                 listen,
+                metrics_listen,
             })
             .await?
         {
@@ -593,9 +604,13 @@ impl HostLink {
         let call = Call::Stats {
             env: env.clone(),
             slower_than_ms: slower_than_ms.to_vec(),
+            histograms: true,
         };
         match self.call(call).await? {
-            Answer::Stats { pools } => Ok(pools),
+            Answer::Stats { pools } => {
+                super::bounds::check_stats(&pools).map_err(LinkError::Invalid)?;
+                Ok(pools)
+            }
             other => unexpected("stats", other),
         }
     }

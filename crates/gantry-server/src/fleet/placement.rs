@@ -545,13 +545,20 @@ impl TrafficRouter for Placement {
         let targets: Vec<String> = plan.iter().map(|(h, _)| h.clone()).collect();
         let plan: HashMap<String, Vec<Pool>> = plan.into_iter().collect();
         let (plan, affinity) = (&plan, &affinity);
+        let metrics_listen = self.router.metrics_listen(env);
         let started = Instant::now();
         // Ok(Ok(ack)): set; Ok(Err(why)): the host refused it; Err(why): the
         // host could not be reached.
         let results = Self::each(links, &targets, |host, link| async move {
             Ok(
                 match link
-                    .route(env, listen, plan[&host].clone(), affinity.clone())
+                    .route(
+                        env,
+                        listen,
+                        plan[&host].clone(),
+                        affinity.clone(),
+                        metrics_listen,
+                    )
                     .await
                 {
                     Ok(()) => Ok(started.elapsed()),
@@ -613,8 +620,9 @@ impl TrafficRouter for Placement {
             return self.router.revive(env, listen).await;
         };
         let mut started = false;
+        let metrics_listen = self.router.metrics_listen(env);
         for (host, result) in Self::each(links, hosts, |host, link| async move {
-            link.revive(env, listen)
+            link.revive(env, listen, metrics_listen)
                 .await
                 .map_err(|e| super::links::describe(&host, e))
         })
@@ -794,6 +802,7 @@ mod tests {
                 limit_ms: 100.0,
                 requests: over,
             }],
+            latency_histogram: None,
         };
         let sum = sum_pools(vec![
             vec![p(100, 2, 9.0, 3)],
@@ -810,5 +819,47 @@ mod tests {
             sum[0].p99_ms, 30.0,
             "a host that served nothing does not set the P99"
         );
+    }
+
+    /// Host A: 1000 answers at 10 ms; host B: 10 at 500 ms. Of the 1010,
+    /// the slowest 1% (10) are B's, so the P99 is 10 ms; the highest of the
+    /// hosts' P99s (B's 500 ms) is not the fleet's. Without a histogram
+    /// from every host that served, the sum keeps that upper bound.
+    #[test]
+    fn fleet_percentiles_come_from_the_hosts_histograms_merged() {
+        use gantry_router::latency::{encode, latency_histogram};
+        let host = |n: u64, at_us: u64, with_histogram: bool| {
+            let mut h = latency_histogram(3);
+            h.record_n(at_us, n).unwrap();
+            vec![PoolStats {
+                name: "2.0.0".into(),
+                requests: n,
+                p50_ms: h.value_at_quantile(0.5) as f64 / 1000.0,
+                p99_ms: h.value_at_quantile(0.99) as f64 / 1000.0,
+                latency_histogram: with_histogram.then(|| encode(&h)),
+                ..PoolStats::default()
+            }]
+        };
+        let merged = sum_pools(vec![host(1000, 10_000, true), host(10, 500_000, true)]);
+        assert_eq!(merged[0].requests, 1010);
+        assert!(
+            (merged[0].p99_ms - 10.0).abs() < 0.02,
+            "P99 of the merge: {}",
+            merged[0].p99_ms
+        );
+        assert!((merged[0].p50_ms - 10.0).abs() < 0.02);
+        assert_eq!(merged[0].latency_histogram, None);
+
+        // One host's router sent no histogram: the highest P99 stands.
+        let bounded = sum_pools(vec![host(1000, 10_000, true), host(10, 500_000, false)]);
+        assert!(
+            (bounded[0].p99_ms - 500.0).abs() < 0.5,
+            "upper bound: {}",
+            bounded[0].p99_ms
+        );
+
+        // 20 slow answers of 1020 are past the 1% mark: the P99 is B's.
+        let slow = sum_pools(vec![host(1000, 10_000, true), host(20, 500_000, true)]);
+        assert!((slow[0].p99_ms - 500.0).abs() < 0.5, "{}", slow[0].p99_ms);
     }
 }

@@ -106,10 +106,15 @@ pub enum Call {
         listen: SocketAddr,
         pools: Vec<Pool>,
         affinity: Option<Affinity>,
+        /// Where the router serves `GET /metrics`, if anywhere.
+        #[serde(default)]
+        metrics_listen: Option<SocketAddr>,
     },
     Revive {
         env: EnvName,
         listen: SocketAddr,
+        #[serde(default)]
+        metrics_listen: Option<SocketAddr>,
     },
     RouterRunning {
         env: EnvName,
@@ -121,6 +126,10 @@ pub enum Call {
     Stats {
         env: EnvName,
         slower_than_ms: Vec<f64>,
+        /// Each routed pool's latency histogram too, for the controller to
+        /// merge across hosts (absent from older controllers: none).
+        #[serde(default)]
+        histograms: bool,
     },
     /// The controller's health probe, run on the host (instances listen on
     /// its loopback).

@@ -21,7 +21,7 @@ use super::protocol::{
 };
 use super::upload::{free_bytes, Uploads};
 use crate::confine::Confinement;
-use crate::routing::{MetricProvider, ProcessRouter, RouteError, TrafficRouter};
+use crate::routing::{ProcessRouter, RouteError, TrafficRouter};
 use crate::target::{LocalTarget, Target, TargetError};
 use gantry_core::{Digest, InstanceRef};
 use gantry_store::Blobs;
@@ -481,14 +481,25 @@ impl Session {
                 listen,
                 pools,
                 affinity,
-            } => match self.router.route_pools(&env, listen, pools, affinity).await {
-                Ok(()) => Answer::Done,
-                Err(e) => route_error(e),
-            },
-            Call::Revive { env, listen } => match self.router.revive(&env, listen).await {
-                Ok(started) => Answer::Revived { started },
-                Err(e) => route_error(e),
-            },
+                metrics_listen,
+            } => {
+                self.router.set_metrics_listen(&env, metrics_listen);
+                match self.router.route_pools(&env, listen, pools, affinity).await {
+                    Ok(()) => Answer::Done,
+                    Err(e) => route_error(e),
+                }
+            }
+            Call::Revive {
+                env,
+                listen,
+                metrics_listen,
+            } => {
+                self.router.set_metrics_listen(&env, metrics_listen);
+                match self.router.revive(&env, listen).await {
+                    Ok(started) => Answer::Revived { started },
+                    Err(e) => route_error(e),
+                }
+            }
             Call::RouterRunning { env } => Answer::RouterRunning {
                 running: self.router.is_running(&env).await,
             },
@@ -499,7 +510,8 @@ impl Session {
             Call::Stats {
                 env,
                 slower_than_ms,
-            } => match self.router.pool_stats(&env, &slower_than_ms).await {
+                histograms,
+            } => match self.router.stats(&env, &slower_than_ms, histograms).await {
                 Ok(pools) => Answer::Stats { pools },
                 Err(e) => error(ErrorKind::Metric, e.to_string()),
             },

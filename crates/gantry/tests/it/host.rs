@@ -276,7 +276,10 @@ fn a_host_prepares_starts_probes_routes_counts_and_stops_over_the_channel() {
                 .map(|i| SocketAddr::from(([127, 0, 0, 1], i.port)))
                 .collect(),
         };
-        link.route(&env(), listen, vec![pool], None).await.unwrap();
+        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        link.route(&env(), listen, vec![pool], None, Some(metrics))
+            .await
+            .unwrap();
         assert!(link.router_running(&env()).await.unwrap());
         let base = format!("http://{listen}");
         for _ in 0..10 {
@@ -293,6 +296,20 @@ fn a_host_prepares_starts_probes_routes_counts_and_stops_over_the_channel() {
         assert_eq!(pool.requests, 10, "{stats:?}");
         assert_eq!(pool.errors, 0);
         assert_eq!(pool.slower_than.len(), 1);
+        // The controller asks for the histogram, to merge across hosts.
+        let histogram = pool.latency_histogram.as_ref().expect("a histogram");
+        assert_eq!(histogram.total(), 10);
+        // The host's router serves Prometheus where the controller said.
+        let (status, text) = tokio::task::spawn_blocking(move || {
+            http(&format!("http://{metrics}"), "GET", "/metrics", None, "")
+        })
+        .await
+        .unwrap();
+        assert_eq!(status, 200);
+        assert!(
+            text.contains(r#"release="1.0.0",pool="stable",code="2xx"} 10"#),
+            "{text}"
+        );
 
         // The instance's output and the router's counters exist, the secret
         // lives only in the instance's environment.
@@ -305,10 +322,10 @@ fn a_host_prepares_starts_probes_routes_counts_and_stops_over_the_channel() {
         link.stop_router(&env()).await.unwrap();
         assert!(!link.router_running(&env()).await.unwrap());
         // Revived, the router serves its last routing again.
-        assert!(link.revive(&env(), listen).await.unwrap());
+        assert!(link.revive(&env(), listen, None).await.unwrap());
         assert!(link.router_running(&env()).await.unwrap());
         assert!(
-            !link.revive(&env(), listen).await.unwrap(),
+            !link.revive(&env(), listen, None).await.unwrap(),
             "already running"
         );
         link.stop_router(&env()).await.unwrap();

@@ -21,6 +21,7 @@ mod fleet_view;
 mod governance;
 mod host;
 mod isolation;
+mod metrics;
 mod notes;
 mod notify;
 mod openapi;
