@@ -155,12 +155,18 @@ fn a_restarted_controller_adopts_running_instances_and_restarts_dead_ones() {
         "the router still serves from the survivor: {body}\nrouter log:\n{router_log}"
     );
     g.start_server();
+    // One reading of /proc, used for the checks too: a restart passes
+    // through a launcher process carrying the same id, so two readings can
+    // disagree.
+    let mut pids_after = Vec::new();
     wait_until(
         "the dead instance to be restarted",
         Duration::from_secs(10),
-        || g.running_instances().len() == 2,
+        || {
+            pids_after = g.instance_processes();
+            pids_after.len() == 2 && pids_after[0].0 != pids_after[1].0
+        },
     );
-    let pids_after = g.instance_processes();
     assert_eq!(
         pids_after[1], pids_before[1],
         "the live instance was adopted, not replaced"
