@@ -25,6 +25,7 @@ mod notes;
 mod notify;
 mod openapi;
 mod output;
+mod postgres;
 mod releases;
 mod rollout;
 mod upgrade;
