@@ -79,6 +79,9 @@ pub enum ServerError {
     Locked(String),
     #[error(transparent)]
     Store(#[from] gantry_store::StoreError),
+    /// `[store] url` names a source that has no value.
+    #[error("store.url: {0}")]
+    StoreUrl(String),
     #[error(transparent)]
     Blobs(#[from] gantry_store::BlobError),
     #[error("cannot listen on {addr}: {source}")]
@@ -161,7 +164,15 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
     // The fencing token fleet hosts see in `Hello` (read back with
     // `controller_epoch`); raised under the lock above (on PostgreSQL, once
     // per start of any controller on the database).
-    let (store, epoch): (Arc<dyn gantry_store::Store>, u64) = match &options.store {
+    // `--store` (or GANTRY_DATABASE_URL) first, then `[store] url`.
+    let database = match (&options.store, &config.store.url) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(source)) => Some(DatabaseUrl::new(
+            secret_file::resolve("store.url", source).map_err(ServerError::StoreUrl)?,
+        )),
+        (None, None) => None,
+    };
+    let (store, epoch): (Arc<dyn gantry_store::Store>, u64) = match &database {
         Some(url) => {
             let store = gantry_store::PgStore::connect(url)?;
             let epoch = store.begin_controller_epoch()?;

@@ -105,6 +105,12 @@ key = { file = "/etc/passwd", zz_unknown = 1 }
 data_dir = ".gantry"
 zz_unknown = 1
 
+[store]
+zz_unknown = 1
+[store.url]
+env = "GANTRY_DATABASE_URL"
+zz_unknown = 1
+
 [ssh]
 known_hosts = "known_hosts"
 connect_timeout = "10s"
@@ -274,6 +280,7 @@ fn walker_accepts_exactly_the_keys_the_schema_lists_in_every_table() {
 const NO_REQUIRED_KEY: &str = r#"
 [service]
 [health]
+[store]
 [[notify]]
 name = "mail"
 kind = "email"

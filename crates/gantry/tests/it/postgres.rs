@@ -133,3 +133,54 @@ fn a_controller_given_a_wrong_password_says_so_without_showing_it() {
     assert!(!text.contains(wrong), "{text}");
     assert!(!text.contains(PASSWORD), "{text}");
 }
+
+#[test]
+fn the_config_names_the_database_by_reference_and_an_unset_one_is_named() {
+    let Some(pg) = server("[store] url") else {
+        return;
+    };
+    let url = pg.fresh_database().unwrap();
+    let store_table = "\n[store]\nurl = { env = \"GANTRY_TEST_STORE_URL\" }\n";
+    let g = Gantry::start_full("300ms", store_table, &[("GANTRY_TEST_STORE_URL", &url)]);
+    g.register("1.0.0", "");
+    assert!(!g.data().join("gantry.db").exists());
+    let store = PgStore::connect(&DatabaseUrl::new(url)).unwrap();
+    assert_eq!(
+        store
+            .releases()
+            .unwrap()
+            .iter()
+            .map(|r| r.version.to_string())
+            .collect::<Vec<_>>(),
+        ["1.0.0"]
+    );
+
+    // Without the variable the controller refuses to start, naming it.
+    let dir = tempfile::tempdir().unwrap();
+    let config = lifecycle_config(
+        &[("production".into(), free_port())],
+        "1s",
+        store_table,
+        Lifecycle::Loose,
+    );
+    std::fs::write(dir.path().join("gantry.toml"), config).unwrap();
+    let child = std::process::Command::new(GANTRY)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["server", "--listen", "127.0.0.1:0", "--config"])
+        .arg(dir.path().join("gantry.toml"))
+        .env_remove("GANTRY_TEST_STORE_URL")
+        .env_remove("GANTRY_DATABASE_URL")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = output_within(child, std::time::Duration::from_secs(30), &["server"]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("store.url: secret store.url: environment variable GANTRY_TEST_STORE_URL is not set on the controller"),
+        "{text}"
+    );
+}
