@@ -7,8 +7,9 @@
 //! The client is the synchronous `postgres` crate, because [`Store`] is
 //! synchronous. It runs a small tokio runtime of its own per connection and
 //! so must not be called on a thread that is inside a tokio runtime (it
-//! panics there); [`PgStore`] runs such calls on a scoped thread (see
-//! [`off_runtime`]). Connections are kept in a small pool and replaced
+//! panics there); [`PgStore`] leaves the runtime for such calls
+//! (`block_in_place` on a multi-threaded runtime, a scoped thread on a
+//! single-threaded one; see [`off_runtime`]). Connections are kept in a small pool and replaced
 //! when the server went away (a restart of PostgreSQL costs the calls in
 //! flight, not the controller).
 
@@ -72,13 +73,18 @@ impl From<postgres::Error> for StoreError {
     }
 }
 
-/// Runs `f` where the `postgres` client may block: on this thread when it is
-/// not inside a tokio runtime, else on a scoped thread of its own (the
-/// client's `block_on` would panic inside one). The caller waits either
-/// way, as it does for SQLite.
+/// Runs `f` where the `postgres` client may block (its `block_on` panics
+/// inside a tokio runtime): on this thread outside a runtime or, on a
+/// multi-threaded one, after leaving it with `block_in_place`; else on a
+/// scoped thread of its own. The caller waits either way, as for SQLite.
 fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    if tokio::runtime::Handle::try_current().is_err() {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return f();
+    };
+    if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+        // Leaves the runtime for the call (its other tasks move to other
+        // workers): no thread to spawn.
+        return tokio::task::block_in_place(f);
     }
     std::thread::scope(|s| match s.spawn(f).join() {
         Ok(v) => v,

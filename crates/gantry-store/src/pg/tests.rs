@@ -123,11 +123,14 @@ fn the_store_can_be_called_from_async_code() {
         }
         .unwrap();
         let s = store.clone();
-        let n = rt.block_on(async move {
-            s.insert_release(&release(&format!("3.{}.0", flavour.len()), 'c'))
-                .unwrap();
-            s.releases().unwrap().len()
-        });
+        // In a task on a worker thread, as the controller's handlers run.
+        let n = rt
+            .block_on(rt.spawn(async move {
+                s.insert_release(&release(&format!("3.{}.0", flavour.len()), 'c'))
+                    .unwrap();
+                s.releases().unwrap().len()
+            }))
+            .unwrap();
         assert!(n >= 1, "{flavour}");
     }
     assert_eq!(store.releases().unwrap().len(), 2);
@@ -246,4 +249,57 @@ fn a_failing_migration_applies_nothing_and_an_older_database_is_brought_up_to_da
     pg.store.migrate(&next).unwrap();
     assert_eq!(pg.store.schema_version().unwrap(), next.len() as i64);
     pg.store.execute_raw("SELECT * FROM later").unwrap();
+}
+
+/// Figures, not a check: `cargo test -p gantry-store --release -- --ignored
+/// --nocapture step_latency`. The mean time of one `record` (an event, its
+/// state and log line in one transaction) on SQLite (a file, synchronous =
+/// FULL) and on the test PostgreSQL (fsync off: it measures round trips and
+/// the client, not a disk), called from a plain thread and from inside a
+/// tokio runtime (where each call takes a scoped thread).
+#[test]
+#[ignore]
+fn step_latency() {
+    let Some(pg) = pg_fixture("step_latency") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStore::open(&dir.path().join("gantry.db")).unwrap();
+    const N: u32 = 500;
+    let time = |name: &str, store: &dyn Store, env: &str| {
+        let env_name: EnvName = env.parse().unwrap();
+        let d = store
+            .create_deployment(&env_name, &mut |id| new_deployment(id, env, "1.0.0"))
+            .unwrap();
+        let t = Transition {
+            deployment: d.clone(),
+            effects: vec![],
+            log: vec!["step".into()],
+        };
+        let start = std::time::Instant::now();
+        for n in 0..N {
+            store
+                .record(&Event::InstancesStopped, &t, n as i64, &[])
+                .unwrap();
+        }
+        let per = start.elapsed() / N;
+        eprintln!("{name}: {per:?} per record");
+        per
+    };
+    let s = time("sqlite", &sqlite, "staging");
+    let p = time("postgres", &pg.store, "staging");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let store = std::sync::Arc::new(pg.store);
+    let in_task = store.clone();
+    let p_rt = rt
+        .block_on(rt.spawn(async move { time("postgres from a runtime", &*in_task, "production") }))
+        .unwrap();
+    eprintln!(
+        "postgres / sqlite: {:.2}; from a runtime / plain: {:.2}",
+        p.as_secs_f64() / s.as_secs_f64(),
+        p_rt.as_secs_f64() / p.as_secs_f64()
+    );
 }
