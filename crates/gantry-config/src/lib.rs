@@ -53,6 +53,8 @@ pub struct Config {
     pub hosts: Vec<Host>,
     /// How hosts are reached (`[ssh]`).
     pub ssh: SshSettings,
+    /// Where the state is kept (`[store]`).
+    pub store: StoreSettings,
     /// Where metrics beyond the routers' come from (`[metrics]`).
     pub metrics: Metrics,
 }
@@ -178,6 +180,14 @@ impl Default for Sandbox {
             write: Vec::new(),
         }
     }
+}
+
+/// Where the controller keeps its state (`[store]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// Where the PostgreSQL URL is read from (it carries a password); SQLite
+    /// in the data directory when `None`.
+    pub url: Option<SecretRef>,
 }
 
 /// Where a secret's value comes from. The value itself is never stored.

@@ -46,8 +46,21 @@ pub(crate) struct File {
     /// Metric sources beyond the routers' own counts.
     #[serde(default)]
     metrics: Option<MetricsSection>,
+    /// Where the controller keeps its state: SQLite in the data directory unless a
+    /// PostgreSQL database is named here.
+    #[serde(default)]
+    store: Option<StoreSection>,
     /// Environments in promotion order, e.g. development, integration, staging, production.
     environments: BTreeMap<String, EnvironmentSection>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct StoreSection {
+    /// The PostgreSQL database's URL (postgres://USER:PASSWORD@HOST:PORT/DATABASE). It
+    /// carries a password, so it is referenced: { env = "GANTRY_DATABASE_URL" } or
+    /// { file = "/path" }. `gantry server --store URL` overrides it.
+    url: SecretSection,
 }
 
 /// A fleet host. Names, sites and labels: letters, digits, '.', '-', '_'.

@@ -1174,3 +1174,38 @@ fn a_router_metrics_address_is_decoded_and_a_bad_or_taken_one_named() {
         );
     }
 }
+
+#[test]
+fn the_store_url_is_a_reference_never_a_written_password() {
+    let good = STARTER.to_owned() + "\n[store]\nurl = { env = \"GANTRY_DATABASE_URL\" }\n";
+    let loaded = parse("gantry.toml", &good).expect("a referenced URL");
+    assert_eq!(
+        loaded.config.store.url,
+        Some(SecretRef::Env("GANTRY_DATABASE_URL".into()))
+    );
+    let from_file = STARTER.to_owned() + "\n[store]\nurl = { file = \"/run/gantry/db-url\" }\n";
+    let loaded = parse("gantry.toml", &from_file).expect("a URL in a file");
+    assert_eq!(
+        loaded.config.store.url,
+        Some(SecretRef::File("/run/gantry/db-url".into()))
+    );
+    assert_eq!(
+        parse("gantry.toml", STARTER).unwrap().config.store.url,
+        None,
+        "SQLite in the data directory by default"
+    );
+
+    let written = STARTER.to_owned() + "\n[store]\nurl = \"postgres://gantry:hunter2@db/gantry\"\n";
+    let errors = errors_of(&written).join("\n");
+    assert!(
+        errors.contains("store.url: the database URL carries a password, so it is not written in the config; reference it as { env = \"GANTRY_DATABASE_URL\" }"),
+        "{errors}"
+    );
+    assert!(!errors.contains("hunter2"), "{errors}");
+    let missing = STARTER.to_owned() + "\n[store]\n";
+    let errors = errors_of(&missing).join("\n");
+    assert!(
+        errors.contains("store.url: missing required key \"url\""),
+        "{errors}"
+    );
+}

@@ -439,6 +439,10 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
         Some(v) => notify::decode_notify(&mut w, v, env_names.as_deref()),
         None => Some(Vec::new()),
     };
+    let store = match root.get("store") {
+        Some(v) => decode_store(&mut w, v),
+        None => Some(StoreSettings::default()),
+    };
     let config = match (
         service,
         health,
@@ -451,6 +455,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
         hosts,
         ssh,
         metrics,
+        store,
     ) {
         (
             Some(service),
@@ -464,6 +469,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
             Some(hosts),
             Some(ssh),
             Some(metrics),
+            Some(store),
         ) if env_hosts_ok => Some(Config {
             service,
             health,
@@ -476,12 +482,37 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
             hosts,
             ssh,
             metrics,
+            store,
         }),
         _ => None,
     };
     let mut diags = w.diags;
     diags.sort_by_key(|d| (d.line, d.column));
     (config, diags)
+}
+
+/// `[store]`: the PostgreSQL URL, only as a reference (it carries a password).
+fn decode_store(w: &mut Walker<'_>, v: &Val<'_>) -> Option<StoreSettings> {
+    let t = w.table(v, "store")?;
+    w.check_keys::<crate::schema::StoreSection>(t, "store");
+    let Some(url) = t.get("url") else {
+        w.error(
+            v.span(),
+            "store.url",
+            "missing required key \"url\": the PostgreSQL database's URL, as { env = \"GANTRY_DATABASE_URL\" } or { file = \"/path\" }",
+        );
+        return None;
+    };
+    if let DeValue::String(_) = url.get_ref() {
+        w.error(
+            url.span(),
+            "store.url",
+            "the database URL carries a password, so it is not written in the config; reference it as { env = \"GANTRY_DATABASE_URL\" } or { file = \"/path\" }",
+        );
+        return None;
+    }
+    let url = w.secret_ref(url, "store.url")?;
+    Some(StoreSettings { url: Some(url) })
 }
 
 /// Decodes the top-level table `name`, reporting it missing at `at`.

@@ -7,6 +7,7 @@
 //! accept loop (`gantry_router::listener`) that serves its API too.
 
 pub use gantry_api::ServerInfo;
+pub use gantry_store::DatabaseUrl;
 
 mod api;
 pub mod artifact;
@@ -52,6 +53,9 @@ pub struct ServerOptions {
     pub exe: PathBuf,
     /// Timeouts and the connection limit of the API listener.
     pub limits: ConnectionLimits,
+    /// The PostgreSQL database that holds the state; SQLite in the data
+    /// directory when `None`. Shown with its password hidden.
+    pub store: Option<DatabaseUrl>,
 }
 
 pub use gantry_router::listener::ConnectionLimits;
@@ -77,6 +81,9 @@ pub enum ServerError {
     Locked(String),
     #[error(transparent)]
     Store(#[from] gantry_store::StoreError),
+    /// `[store] url` names a source that has no value.
+    #[error("store.url: {0}")]
+    StoreUrl(String),
     #[error(transparent)]
     Blobs(#[from] gantry_store::BlobError),
     #[error("cannot listen on {addr}: {source}")]
@@ -156,10 +163,30 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
         tracing::warn!("{w}");
     }
     let config = Arc::new(loaded.config);
-    let store = Arc::new(gantry_store::SqliteStore::open(&dir.join("gantry.db"))?);
     // The fencing token fleet hosts see in `Hello` (read back with
-    // `SqliteStore::controller_epoch`); raised under the lock above.
-    let epoch = store.begin_controller_epoch()?;
+    // `controller_epoch`); raised under the lock above (on PostgreSQL, once
+    // per start of any controller on the database).
+    // `--store` (or GANTRY_DATABASE_URL) first, then `[store] url`.
+    let database = match (&options.store, &config.store.url) {
+        (Some(url), _) => Some(url.clone()),
+        (None, Some(source)) => Some(DatabaseUrl::new(
+            secret_file::resolve("store.url", source).map_err(ServerError::StoreUrl)?,
+        )),
+        (None, None) => None,
+    };
+    let (store, epoch): (Arc<dyn gantry_store::Store>, u64) = match &database {
+        Some(url) => {
+            let store = gantry_store::PgStore::connect(url)?;
+            let epoch = store.begin_controller_epoch()?;
+            tracing::info!(store = %url, "state in PostgreSQL");
+            (Arc::new(store), epoch)
+        }
+        None => {
+            let store = gantry_store::SqliteStore::open(&dir.join("gantry.db"))?;
+            let epoch = store.begin_controller_epoch()?;
+            (Arc::new(store), epoch)
+        }
+    };
     tracing::info!(epoch, "controller epoch");
     let blobs = gantry_store::Blobs::open(dir.join("artifacts"))?;
     let token = secret_file::load_or_create_token(&dir.join(TOKEN_FILE)).map_err(data_err(&dir))?;

@@ -1,7 +1,7 @@
 //! Durable state.
 //!
 //! [`Store`] is the seam: the controller talks only to `dyn Store`, so a
-//! PostgreSQL store for several controllers can slot in later. It is
+//! PostgreSQL store ([`PgStore`]) can stand in for the SQLite one. It is
 //! synchronous on purpose: every call is a short transaction, and the
 //! runtime persists an event and the state it leads to in one call before
 //! it carries out any effect.
@@ -10,7 +10,12 @@
 //! once and made read-only.
 
 mod blobs;
+mod pg;
 mod sqlite;
+#[cfg(test)]
+mod suite;
+#[cfg(any(test, feature = "test-postgres"))]
+pub mod test_postgres;
 
 pub use blobs::{hash_bytes, hash_reader, BlobError, Blobs, Incoming, Staged};
 pub use gantry_api::records::{
@@ -19,6 +24,7 @@ pub use gantry_api::records::{
 pub use gantry_core::audit::{AuditEntry, AuditRecord, Checkpoint};
 pub use gantry_core::evidence::{EvidenceKind, Report};
 pub use gantry_core::governance::{Approval, Role};
+pub use pg::{DatabaseUrl, PgStore};
 pub use sqlite::SqliteStore;
 
 use gantry_core::{Deployment, DeploymentId, Digest, EnvName, Event, Millis, Transition, Version};
@@ -31,10 +37,29 @@ pub enum StoreError {
         holder: DeploymentId,
         version: String,
     },
+    /// A statement failed; the text is the database's own message (never a
+    /// connection string).
     #[error("database error: {0}")]
-    Database(#[from] rusqlite::Error),
+    Database(String),
+    /// The database could not be reached or refused us; `url` has its
+    /// password replaced.
+    #[error("cannot connect to the database at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    /// The database was migrated by a newer gantry than this one.
+    #[error("the database at {url} has schema version {found}, newer than the {supported} this gantry knows: upgrade gantry (or restore a backup taken before the upgrade)")]
+    SchemaTooNew {
+        url: String,
+        found: i64,
+        supported: i64,
+    },
     #[error("stored record is unreadable: {0}")]
     Corrupt(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> StoreError {
+        StoreError::Database(e.to_string())
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

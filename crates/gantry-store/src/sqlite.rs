@@ -66,6 +66,12 @@ impl SqliteStore {
         // (transactions roll back on drop), so a poisoned lock is still usable.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Runs SQL as it is, for tests that try to break the rules the schema holds.
+    #[cfg(test)]
+    pub(crate) fn execute_raw(&self, sql: &str) -> Result<()> {
+        Ok(self.conn().execute_batch(sql)?)
+    }
 }
 
 #[cfg(test)]

@@ -70,6 +70,17 @@ pub enum Command {
         config: PathBuf,
         #[arg(long, default_value = "127.0.0.1:7878")]
         listen: std::net::SocketAddr,
+        /// Keep the state in PostgreSQL at this URL
+        /// (postgres://USER:PASSWORD@HOST:PORT/DATABASE) instead of SQLite in
+        /// the data directory. Best given by the environment variable, so the
+        /// password is not on the command line; it is never printed.
+        #[arg(
+            long,
+            env = "GANTRY_DATABASE_URL",
+            hide_env_values = true,
+            value_name = "URL"
+        )]
+        store: Option<gantry_server::DatabaseUrl>,
         /// Time a client has to send a request's headers; an idle HTTP/1
         /// connection waits as long for its next request [default: 10s].
         #[arg(long)]

@@ -35,6 +35,7 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Server {
             config,
             listen,
+            store,
             header_timeout,
             idle_timeout,
             max_connections,
@@ -52,6 +53,7 @@ pub async fn run(cli: Cli) -> Exit {
                 listen,
                 exe,
                 limits,
+                store,
             })
             .await
             {

@@ -141,6 +141,12 @@ key = { file = "/etc/passwd", zz_unknown = 1 }
 data_dir = ".gantry"
 zz_unknown = 1
 
+[store]
+zz_unknown = 1
+[store.url]
+env = "GANTRY_DATABASE_URL"
+zz_unknown = 1
+
 [ssh]
 known_hosts = "known_hosts"
 connect_timeout = "10s"
@@ -323,6 +329,7 @@ const NO_REQUIRED_KEY: &str = r#"
 [[analysis.queries]]
 above = 1
 [metrics.prometheus]
+[store]
 [[notify]]
 name = "mail"
 kind = "email"

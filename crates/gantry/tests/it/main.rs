@@ -26,6 +26,7 @@ mod notes;
 mod notify;
 mod openapi;
 mod output;
+mod postgres;
 mod query_rules;
 mod releases;
 mod resources;

@@ -256,3 +256,58 @@ fn validate_asks_prometheus_to_parse_each_query() {
         );
     assert!(run.stderr.contains("parse error"), "{}", run.stderr);
 }
+
+/// The Grafana dashboard shipped for the routers' metrics: well formed as
+/// Grafana's import expects (no Grafana here to import it into), and every
+/// panel's query accepted by a real Prometheus.
+#[test]
+fn the_grafana_dashboard_is_well_formed_and_prometheus_accepts_every_query() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/grafana/gantry-router.json");
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(d["uid"], "gantry-router");
+    assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(d["schemaVersion"].as_u64().unwrap() >= 30);
+    let vars: Vec<&str> = d["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(vars, ["datasource", "environment"]);
+    let panels = d["panels"].as_array().unwrap();
+    assert!(panels.len() >= 6);
+    let mut ids = std::collections::BTreeSet::new();
+    let mut exprs = Vec::new();
+    for p in panels {
+        assert!(
+            ids.insert(p["id"].as_u64().unwrap()),
+            "panel ids are unique"
+        );
+        assert_eq!(p["type"], "timeseries");
+        for k in ["h", "w", "x", "y"] {
+            assert!(p["gridPos"][k].is_u64(), "{p}");
+        }
+        let targets = p["targets"].as_array().unwrap();
+        assert!(!targets.is_empty());
+        for t in targets {
+            assert!(t["refId"].is_string());
+            exprs.push(t["expr"].as_str().unwrap().to_owned());
+        }
+    }
+    if !Prometheus::installed() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let targets = dir.path().join("none.json");
+    std::fs::write(&targets, "[]").unwrap();
+    let prom = Prometheus::start(free_port(), &targets);
+    for e in exprs {
+        let q = e
+            .replace("$__rate_interval", "1m")
+            .replace("$environment", ".*");
+        let path = format!("/api/v1/query?query={}", encode(&q));
+        let (status, body) = try_http(&prom.base(), "GET", &path, None, "").unwrap();
+        assert_eq!(status, 200, "{q}: {body}");
+    }
+}

@@ -1,0 +1,186 @@
+//! A controller whose state is in PostgreSQL (a throwaway server the test
+//! starts): it deploys, rolls back and restarts as on SQLite, writes no
+//! SQLite file, and never shows the database password.
+
+use crate::harness::*;
+use gantry_store::test_postgres::{TestPostgres, PASSWORD};
+use gantry_store::{DatabaseUrl, PgStore, Store};
+
+/// The shared test server, or `None` (reason printed) without PostgreSQL.
+fn server(test: &str) -> Option<std::sync::Arc<TestPostgres>> {
+    match TestPostgres::shared() {
+        Ok(pg) => Some(pg),
+        Err(reason) if std::env::var_os("GANTRY_REQUIRE_POSTGRES").is_some() => {
+            panic!("{test}: PostgreSQL is required here: {reason}")
+        }
+        Err(reason) => {
+            eprintln!("skipping {test}: {reason}");
+            None
+        }
+    }
+}
+
+#[test]
+fn a_controller_on_postgresql_deploys_rolls_back_and_keeps_its_state_across_a_restart() {
+    let Some(pg) = server("controller on PostgreSQL") else {
+        return;
+    };
+    let url = pg.fresh_database().unwrap();
+    let mut g = Gantry::start_full("300ms", "", &[("GANTRY_DATABASE_URL", &url)]);
+    g.register("1.0.0", "");
+    g.register("1.1.0", "");
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    g.gantry(&["deploy", "1.1.0", "--env", "production"]).ok();
+    assert_eq!(
+        g.get_env("production"),
+        (200, "hello from 1.1.0\n".to_owned())
+    );
+    let run = g.gantry(&["rollback", "--env", "production"]).ok();
+    assert!(
+        run.stdout.contains("1.0.0 serves production"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        g.get_env("production"),
+        (200, "hello from 1.0.0\n".to_owned())
+    );
+
+    // The state is in the database, not in a SQLite file.
+    assert!(!g.data().join("gantry.db").exists());
+    let store = PgStore::connect(&DatabaseUrl::new(url.clone())).unwrap();
+    let production = "production".parse().unwrap();
+    let history = store.deployments(Some(&production), 10).unwrap();
+    assert_eq!(
+        history
+            .iter()
+            .map(|d| (d.id, d.version.to_string(), d.phase.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (3, "1.0.0".to_owned(), "succeeded"),
+            (2, "1.1.0".to_owned(), "succeeded"),
+            (1, "1.0.0".to_owned(), "succeeded"),
+        ]
+    );
+    assert_eq!(store.env_state(&production).unwrap().unwrap().deployment, 3);
+    assert!(store.controller_epoch().unwrap() >= 1);
+    g.gantry(&["audit", "verify"]).ok();
+
+    // A restarted controller resumes from the database.
+    g.kill_server();
+    g.start_server();
+    assert_eq!(store.controller_epoch().unwrap(), 2);
+    let status = g.gantry(&["status"]).ok();
+    let line = status
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("production"))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(line.contains("1.0.0"), "{}", status.stdout);
+    g.gantry(&["deploy", "1.1.0", "--env", "production"]).ok();
+    assert_eq!(
+        g.get_env("production"),
+        (200, "hello from 1.1.0\n".to_owned())
+    );
+    g.gantry(&["audit", "verify"]).ok();
+    let log = g.controller_log();
+    assert!(log.contains("state in PostgreSQL"), "{log}");
+    assert!(!log.contains(PASSWORD), "the password was logged:\n{log}");
+}
+
+#[test]
+fn a_controller_given_a_wrong_password_says_so_without_showing_it() {
+    let Some(pg) = server("wrong password") else {
+        return;
+    };
+    let url = pg.fresh_database().unwrap();
+    let wrong = "Wrong-Password-77";
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("gantry.toml"),
+        lifecycle_config(
+            &[("production".into(), free_port())],
+            "1s",
+            "",
+            Lifecycle::Loose,
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(GANTRY)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["server", "--listen", "127.0.0.1:0", "--config"])
+        .arg(dir.path().join("gantry.toml"))
+        .args(["--store", &url.replace(PASSWORD, wrong)])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = output_within(child, std::time::Duration::from_secs(30), &["server"]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("cannot connect to the database at postgres://gantry:***@127.0.0.1:"),
+        "{text}"
+    );
+    assert!(text.contains("password authentication failed"), "{text}");
+    assert!(!text.contains(wrong), "{text}");
+    assert!(!text.contains(PASSWORD), "{text}");
+}
+
+#[test]
+fn the_config_names_the_database_by_reference_and_an_unset_one_is_named() {
+    let Some(pg) = server("[store] url") else {
+        return;
+    };
+    let url = pg.fresh_database().unwrap();
+    let store_table = "\n[store]\nurl = { env = \"GANTRY_TEST_STORE_URL\" }\n";
+    let g = Gantry::start_full("300ms", store_table, &[("GANTRY_TEST_STORE_URL", &url)]);
+    g.register("1.0.0", "");
+    assert!(!g.data().join("gantry.db").exists());
+    let store = PgStore::connect(&DatabaseUrl::new(url)).unwrap();
+    assert_eq!(
+        store
+            .releases()
+            .unwrap()
+            .iter()
+            .map(|r| r.version.to_string())
+            .collect::<Vec<_>>(),
+        ["1.0.0"]
+    );
+
+    // Without the variable the controller refuses to start, naming it.
+    let dir = tempfile::tempdir().unwrap();
+    let config = lifecycle_config(
+        &[("production".into(), free_port())],
+        "1s",
+        store_table,
+        Lifecycle::Loose,
+    );
+    std::fs::write(dir.path().join("gantry.toml"), config).unwrap();
+    let child = std::process::Command::new(GANTRY)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["server", "--listen", "127.0.0.1:0", "--config"])
+        .arg(dir.path().join("gantry.toml"))
+        .env_remove("GANTRY_TEST_STORE_URL")
+        .env_remove("GANTRY_DATABASE_URL")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = output_within(child, std::time::Duration::from_secs(30), &["server"]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("store.url: secret store.url: environment variable GANTRY_TEST_STORE_URL is not set on the controller"),
+        "{text}"
+    );
+}
