@@ -176,6 +176,9 @@ fn sign_in_approve_and_watch_a_rollout_live() {
         )
         .await;
         until(&c, "healthy instances", "[...document.querySelectorAll('#instances .badge')].some(b => b.textContent === 'healthy')").await;
+        // Infrastructure: each instance's CPU and memory as the resource rules read them.
+        until(&c, "resource figures", "[...document.querySelectorAll('#resources tr[data-instance]')].some(r => /MiB/.test(r.textContent))").await;
+        until(&c, "the queries panel says none are configured", "/No metric query rules/.test(document.querySelector('#queries').textContent)").await;
         until(&c, "the approval in the log", "document.querySelector('#log').textContent.includes('approved by bob')").await;
         let png = c.screenshot().await.unwrap();
         std::fs::write(&shot, &png).unwrap();
