@@ -271,7 +271,7 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
             let by_host = hosts_since_start(t, hosts);
             if let Some(o) = crate::analysis::outlier::outlier_host(
                 &by_host,
-                s.analysis.alpha * super::waves::budget_share(&t.deployment),
+                rollout_policy(&t.deployment, s).alpha,
                 s.analysis.min_requests,
             ) {
                 let weight = state(t).weight;

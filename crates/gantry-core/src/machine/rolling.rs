@@ -384,7 +384,7 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
                             start: Some(start),
                         };
                     }
-                    look(t, j, now + j.interval_ms as Millis);
+                    look(t, now + j.interval_ms as Millis);
                 }
                 Judgement::Pass(line) => {
                     t.log.push(line);
@@ -406,7 +406,7 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
                     now,
                 );
             }
-            look(t, j, now + j.interval_ms as Millis);
+            look(t, now + j.interval_ms as Millis);
         }
         (_, Event::RouteFailed { reason }) => {
             roll_back(t, format!("could not route traffic: {reason}"), now)
@@ -440,7 +440,7 @@ fn judge_share(d: &Deployment, s: &RollingSettings) -> f64 {
 
 /// A look at both releases' counts at `at` (no latency limits: a rolling
 /// update takes no baseline).
-fn look(t: &mut Transition, _j: &BatchJudge, at: Millis) {
+fn look(t: &mut Transition, at: Millis) {
     t.effects.push(Effect::ObserveMetrics {
         limits: LatencyLimits::default(),
         at,
@@ -570,10 +570,7 @@ pub(super) fn emit_phase_effects(t: &mut Transition, now: Millis) {
                 canary: d.new_instances.clone(),
             });
         }
-        RollStage::Judge { .. } => t.effects.push(Effect::ObserveMetrics {
-            limits: LatencyLimits::default(),
-            at: now,
-        }),
+        RollStage::Judge { .. } => look(t, now),
         RollStage::Bake => t.effects.push(Effect::WakeAt {
             at: r.stage_since + d.settings.bake_ms as Millis,
         }),

@@ -184,15 +184,15 @@ impl Controller {
             .chain(&d.old_instances)
             .cloned()
             .collect();
-        let (stats, resources) = tokio::join!(
+        // Counts, resource readings and metric queries are read at once.
+        let (stats, resources, queries) = tokio::join!(
             self.metrics.pool_stats_by_host(&d.env, &asked),
-            self.target.usage(&instances)
+            self.target.usage(&instances),
+            self.read_queries(d, &d.version)
         );
         let (pools, by_host) = match stats {
             Ok(Some(mut by_host)) => {
-                if let Some(wave) = gantry_core::machine::waves::current_hosts(d) {
-                    by_host.retain(|host, _| wave.contains(host));
-                }
+                keep_current_wave(d, &mut by_host);
                 (
                     crate::routing::sum_pools(by_host.values().cloned()),
                     by_host,
@@ -212,7 +212,7 @@ impl Controller {
                 .iter()
                 .map(|(host, pools)| (host.clone(), counts(pools, &canary_name, limits)))
                 .collect(),
-            queries: self.read_queries(d, &d.version).await,
+            queries,
             resources,
         }
     }
@@ -266,9 +266,9 @@ impl Controller {
         d: &Deployment,
         asked: &[f64],
     ) -> Result<Vec<PoolStats>, crate::routing::MetricError> {
-        if let Some(wave) = gantry_core::machine::waves::current_hosts(d) {
+        if gantry_core::machine::waves::active(d) {
             if let Some(mut by_host) = self.metrics.pool_stats_by_host(&d.env, asked).await? {
-                by_host.retain(|host, _| wave.contains(host));
+                keep_current_wave(d, &mut by_host);
                 return Ok(crate::routing::sum_pools(by_host.into_values()));
             }
         }
@@ -453,6 +453,14 @@ fn counts(pools: &[PoolStats], name: &str, limits: &LatencyLimits) -> Counts {
         over_p99_limit: over(limits.p99_ms),
         over_p50_limit: over(limits.p50_ms),
         over_compare_limit: over(limits.compare_ms),
+    }
+}
+
+/// Keeps the hosts of the wave under way when a deployment walks a fleet
+/// in waves (earlier waves' hosts serve the new release in full).
+fn keep_current_wave(d: &Deployment, by_host: &mut BTreeMap<String, Vec<PoolStats>>) {
+    if let Some(wave) = gantry_core::machine::waves::current_hosts(d) {
+        by_host.retain(|host, _| wave.contains(host));
     }
 }
 
