@@ -197,7 +197,7 @@ pub(crate) struct QuerySection {
     /// (said in the log).
     #[serde(default)]
     no_data: Option<String>,
-    /// How long no data may last before no_data decides (default 2m).
+    /// How long no data may last before no_data decides (default 2m, at most 1h).
     #[serde(default)]
     no_data_timeout: Option<String>,
 }
@@ -407,7 +407,7 @@ pub(crate) struct EnvironmentSection {
     bake: Option<String>,
     /// After the full rollout, judge the new release against the health baseline this long
     /// (old instances still warm), e.g. "30m" as the standards ask; "0s" or absent: no watch.
-    /// At least 1s: the rules look every watch/60 (between 250ms and 10s).
+    /// From 1s (the rules look every watch/60, between 250ms and 10s) to 24h.
     #[serde(default)]
     watch: Option<String>,
     /// Refuse releases without a valid minisign signature.
@@ -604,7 +604,7 @@ pub(crate) struct RollingSection {
     max_unavailable: Option<u32>,
     /// After each batch takes traffic, and while the old release still serves beside it: judge
     /// the new release against the old on their live counts (the `[analysis]` rules) this long,
-    /// e.g. "30s", before the next batch. Absent: batches go on once healthy.
+    /// e.g. "30s" (at most 1h), before the next batch. Absent: batches go on once healthy.
     #[serde(default)]
     analysis: Option<String>,
 }

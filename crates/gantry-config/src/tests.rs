@@ -1073,6 +1073,22 @@ fn the_watch_after_a_full_rollout_is_the_standards_30_minutes_in_the_starter_and
 
     let with = |watch: &str| STARTER.replacen("watch = \"30m\"", &format!("watch = {watch}"), 1);
     assert!(errors_of(&with("\"0s\"")).is_empty(), "0s: no watch");
+    let errors = errors_of(&with("\"25h\""));
+    assert!(
+        errors.len() == 1 && errors[0].contains("environments.production.watch: longer than a day"),
+        "{errors:?}"
+    );
+    let rolling = STARTER.replacen(
+        "rolling = { max_surge = 1, max_unavailable = 0 }",
+        "rolling = { max_surge = 1, max_unavailable = 0, analysis = \"2h\" }",
+        1,
+    );
+    let errors = errors_of(&rolling);
+    assert!(
+        errors.len() == 1
+            && errors[0].contains("environments.staging.rolling.analysis: expected at most \"1h\""),
+        "{errors:?}"
+    );
     assert_eq!(
         errors_of(&with("\"500ms\"")),
         [format!(
@@ -1121,6 +1137,10 @@ fn metric_queries_are_checked_at_their_field() {
         (
             "name = \"q\"\nquery = 'max(x)'\nabove = 1\nno_data = \"ignore\"",
             "analysis.queries[0].no_data: \"ignore\" is not a no-data policy; expected \"wait\", \"fail\" or \"pass\"",
+        ),
+        (
+            "name = \"q\"\nquery = 'max(x)'\nabove = 1\nno_data_timeout = \"2h\"",
+            "analysis.queries[0].no_data_timeout: expected a duration from 1ms to 1h",
         ),
     ] {
         let errors = errors_of(&with(&base, q));

@@ -248,6 +248,15 @@ fn decode_environment(
     };
     let bake = optional_duration(w, t, &join(path, "bake"), "bake", 10_000);
     let watch = optional_duration(w, t, &join(path, "watch"), "watch", 0).and_then(|ms| {
+        if ms > 86_400_000 {
+            let v = t.get("watch")?;
+            w.error(
+                v.span(),
+                &join(path, "watch"),
+                "longer than a day; expected at most \"24h\" (the standards watch 30 minutes)",
+            );
+            return None;
+        }
         if ms > 0 && ms < 1_000 {
             let v = t.get("watch")?;
             w.error(

@@ -179,10 +179,10 @@ fn decode_query(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<QueryRule
         Some(d) => {
             let dp = join(path, "no_data_timeout");
             w.duration(d, &dp).and_then(|ms| {
-                if ms > 0 {
+                if (1..=3_600_000).contains(&ms) {
                     Some(ms)
                 } else {
-                    w.error(d.span(), &dp, "must be longer than zero");
+                    w.error(d.span(), &dp, "expected a duration from 1ms to 1h");
                     None
                 }
             })

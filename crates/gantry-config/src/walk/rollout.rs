@@ -28,7 +28,19 @@ pub(super) fn decode_rolling(
     };
     let surge = bounded("max_surge").unwrap_or(Some(std.max_surge));
     let unavailable = bounded("max_unavailable").unwrap_or(Some(std.max_unavailable));
-    let analysis_ms = optional_duration(w, t, &join(path, "analysis"), "analysis", 0);
+    let analysis_ms =
+        optional_duration(w, t, &join(path, "analysis"), "analysis", 0).and_then(|ms| {
+            if ms <= 3_600_000 {
+                return Some(ms);
+            }
+            let v = t.get("analysis")?;
+            w.error(
+                v.span(),
+                &join(path, "analysis"),
+                "expected at most \"1h\" per batch",
+            );
+            None
+        });
     let (surge, unavailable, analysis_ms) = (surge?, unavailable?, analysis_ms?);
     if surge == 0 && unavailable == 0 {
         w.error(
