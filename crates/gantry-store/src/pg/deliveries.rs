@@ -46,7 +46,7 @@ impl DeliveryStore for PgStore {
                     "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE status = 'pending' AND next_at <= $1
                      ORDER BY next_at, id LIMIT $2"
                 ),
-                &[&now, &(limit as i64)],
+                &[&now, &i64::try_from(limit).unwrap_or(i64::MAX)],
             )?
             .iter()
             .map(delivery_from_row)
@@ -80,7 +80,7 @@ impl DeliveryStore for PgStore {
                     "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE ($1::BIGINT IS NULL OR deployment = $1)
                      ORDER BY id DESC LIMIT $2"
                 ),
-                &[&deployment, &(limit as i64)],
+                &[&deployment, &i64::try_from(limit).unwrap_or(i64::MAX)],
             )?
             .iter()
             .map(delivery_from_row)

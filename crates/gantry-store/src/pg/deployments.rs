@@ -254,7 +254,7 @@ impl Store for PgStore {
         self.tx(|tx| {
             tx.query(
                 "SELECT state FROM deployments WHERE ($1::TEXT IS NULL OR env = $1) ORDER BY id DESC LIMIT $2",
-                &[&env, &(limit as i64)],
+                &[&env, &i64::try_from(limit).unwrap_or(i64::MAX)],
             )?
             .iter()
             .map(deployment_from_row)
@@ -370,7 +370,10 @@ impl Store for PgStore {
             tx.query(
                 "SELECT seq, at, actor, action, subject, outcome, detail, prev_hash, hash
                  FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
-                &[&(after_seq.min(i64::MAX as u64) as i64), &(limit as i64)],
+                &[
+                    &i64::try_from(after_seq).unwrap_or(i64::MAX),
+                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                ],
             )?
             .iter()
             .map(audit_record_from_row)

@@ -49,7 +49,10 @@ impl DeliveryStore for SqliteStore {
             "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE status = 'pending' AND next_at <= ?1
              ORDER BY next_at, id LIMIT ?2"
         ))?;
-        let rows = stmt.query_map(params![now, limit as i64], delivery_from_row)?;
+        let rows = stmt.query_map(
+            params![now, i64::try_from(limit).unwrap_or(i64::MAX)],
+            delivery_from_row,
+        )?;
         rows.map(|r| r?).collect()
     }
 
@@ -76,7 +79,10 @@ impl DeliveryStore for SqliteStore {
             "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE (?1 IS NULL OR deployment = ?1)
              ORDER BY id DESC LIMIT ?2"
         ))?;
-        let rows = stmt.query_map(params![deployment, limit as i64], delivery_from_row)?;
+        let rows = stmt.query_map(
+            params![deployment, i64::try_from(limit).unwrap_or(i64::MAX)],
+            delivery_from_row,
+        )?;
         rows.map(|r| r?).collect()
     }
 }

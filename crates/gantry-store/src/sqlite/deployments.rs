@@ -234,9 +234,13 @@ impl Store for SqliteStore {
         let mut stmt = conn.prepare(
             "SELECT state FROM deployments WHERE (?1 IS NULL OR env = ?1) ORDER BY id DESC LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![env.map(|e| e.as_str()), limit as i64], |r| {
-            r.get::<_, String>(0)
-        })?;
+        let rows = stmt.query_map(
+            params![
+                env.map(|e| e.as_str()),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ],
+            |r| r.get::<_, String>(0),
+        )?;
         rows.map(|r| deployment_from_json(&r?)).collect()
     }
 
@@ -347,7 +351,10 @@ impl Store for SqliteStore {
             "SELECT seq, at, actor, action, subject, outcome, detail, prev_hash, hash
              FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![after_seq, limit as i64], |r| {
+        // A sequence number past i64::MAX cannot exist; past it is nothing.
+        let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = stmt.query_map(params![after, limit], |r| {
             Ok(AuditRecord {
                 seq: r.get(0)?,
                 entry: AuditEntry {
