@@ -169,9 +169,30 @@ pub(crate) struct PrometheusSection {
 pub(crate) struct QuerySection {
     /// Named in verdicts and the log; unique.
     name: String,
-    /// PromQL; placeholders {env}, {release}, {pool}, {interval} are filled in (the release
-    /// judged: the new one; the previous one for the baseline).
-    query: String,
+    /// A gauge rule's PromQL; placeholders {env}, {release}, {pool}, {interval} are filled in
+    /// (the release judged: the new one; the previous one for the baseline). A rule has one of
+    /// query, errors or successes.
+    #[serde(default)]
+    query: Option<String>,
+    /// A count rule's PromQL counter of failed events (e.g. sum(checkout_failed_total{release=
+    /// "{release}"})), read for the new release and the old one; with total.
+    #[serde(default)]
+    errors: Option<String>,
+    /// A count rule's counter of successful events (errors are total minus these); with total.
+    #[serde(default)]
+    successes: Option<String>,
+    /// A count rule's counter of every event.
+    #[serde(default)]
+    total: Option<String>,
+    /// A count rule: the new release's error ratio may not be above this (judged with the
+    /// same anytime-valid tests as the router's error rate).
+    #[serde(default)]
+    #[schemars(range(min = 0.0001, max = 0.9999))]
+    max_ratio: Option<f64>,
+    /// A count rule: the new release's share of errors may not be above its share of events
+    /// while both releases serve (default true).
+    #[serde(default)]
+    compare: Option<bool>,
     /// Bad when the value is above this.
     #[serde(default)]
     #[schemars(range(min = -1e15, max = 1e15))]

@@ -1166,6 +1166,89 @@ fn metric_queries_are_checked_at_their_field() {
 }
 
 #[test]
+fn count_rules_are_decoded_and_checked_at_their_field() {
+    use gantry_core::analysis::queries::{Condition, CountCondition};
+    let base = STARTER.replacen(
+        "[environments.development]",
+        "[metrics.prometheus]\nurl = \"http://127.0.0.1:9090\"\n\n[environments.development]",
+        1,
+    );
+    let with = |q: &str| format!("{base}\n[[analysis.queries]]\nname = \"pay\"\n{q}\n");
+    let ok = with("successes = 'sum(ok_total{release=\"{release}\"})'\ntotal = 'sum(all_total{release=\"{release}\"})'\nmax_ratio = 0.02");
+    let config = parse("gantry.toml", &ok).unwrap().config;
+    let rule = &config.analysis.queries[0];
+    assert_eq!(rule.query, "sum(ok_total{release=\"{release}\"})");
+    assert_eq!(
+        rule.condition,
+        Condition::Counts(CountCondition {
+            total: "sum(all_total{release=\"{release}\"})".into(),
+            successes: true,
+            max_ratio: Some(0.02),
+            compare: true,
+        })
+    );
+    assert_eq!(
+        rule.promql(),
+        [
+            ("successes", "sum(ok_total{release=\"{release}\"})"),
+            ("total", "sum(all_total{release=\"{release}\"})")
+        ]
+    );
+    for (q, expected) in [
+        (
+            "errors = 'sum(e)'",
+            "analysis.queries[0].total: missing; a count rule needs the counter of every event",
+        ),
+        (
+            "errors = 'sum(e)'\nquery = 'max(x)'\ntotal = 'sum(t)'",
+            "analysis.queries[0]: 2 (query, errors); set exactly one of query, errors or successes",
+        ),
+        (
+            "no_data = \"wait\"",
+            "analysis.queries[0]: no query; set query (a gauge) or errors or successes with total",
+        ),
+        (
+            "errors = 'sum(e)'\ntotal = 'sum(t{x=\"{version}\"})'",
+            "analysis.queries[0].total: unknown placeholder {version}",
+        ),
+        (
+            "errors = 'sum(e)'\ntotal = 'sum(t)'\nconsecutive = 2",
+            "analysis.queries[0].consecutive: only for a gauge rule",
+        ),
+        (
+            "errors = 'sum(e)'\ntotal = 'sum(t)'\nabove = 2",
+            "analysis.queries[0].above: only for a gauge rule (query)",
+        ),
+        (
+            "errors = 'sum(e)'\ntotal = 'sum(t)'\nmax_ratio = 1.5",
+            "analysis.queries[0].max_ratio:",
+        ),
+        (
+            "errors = 'sum(e)'\ntotal = 'sum(t)'\nmax_ratio = 0",
+            "analysis.queries[0].max_ratio:",
+        ),
+        (
+            "errors = 'sum(e)'\ntotal = 'sum(t)'\ncompare = false",
+            "analysis.queries[0]: judges nothing: compare = false and no max_ratio",
+        ),
+        (
+            "errors = 'sum(e)'\ntotal = 'sum(t)'\ncompare = \"yes\"",
+            "analysis.queries[0].compare: expected true or false",
+        ),
+        (
+            "query = 'max(x)'\nabove = 1\ntotal = 'sum(t)'",
+            "analysis.queries[0].total: only for a count rule",
+        ),
+    ] {
+        let errors = errors_of(&with(q));
+        assert!(
+            errors.len() == 1 && errors[0].contains(expected),
+            "{q}: {errors:#?}"
+        );
+    }
+}
+
+#[test]
 fn a_router_metrics_address_is_decoded_and_a_bad_or_taken_one_named() {
     let src = STARTER.replace(
         "listen = \"127.0.0.1:8081\"",

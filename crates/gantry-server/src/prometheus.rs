@@ -8,7 +8,7 @@
 //! reason, a log line or a URL.
 
 use gantry_config::{Credential, Prometheus};
-use gantry_core::analysis::queries::{QueryReading, QueryRule, Reading};
+use gantry_core::analysis::queries::{Condition, QueryReading, QueryRule, Reading, Tally};
 use std::time::Duration;
 
 /// The largest answer read: a rule's query must aggregate to one series.
@@ -61,18 +61,99 @@ impl PrometheusClient {
         })
     }
 
-    /// Every rule's query for `scope`, asked at once.
-    pub async fn read_all(&self, rules: &[QueryRule], scope: &QueryScope<'_>) -> Vec<QueryReading> {
+    /// Every rule's query for `scope`, asked at once. A count rule's
+    /// counters are read for the new release (`scope`) and the old one
+    /// (`old`; none: no old release serves, its counts are zero).
+    pub async fn read_all(
+        &self,
+        rules: &[QueryRule],
+        scope: &QueryScope<'_>,
+        old: Option<&QueryScope<'_>>,
+    ) -> Vec<QueryReading> {
         let asks = rules.iter().map(|r| async move {
-            let resolved = resolve(&r.query, scope);
-            let reading = self.instant(&resolved).await;
-            QueryReading {
-                rule: r.name.clone(),
-                resolved,
-                reading,
+            match &r.condition {
+                Condition::Counts(c) => {
+                    self.read_counts(r, &c.total, c.successes, scope, old).await
+                }
+                _ => {
+                    let resolved = resolve(&r.query, scope);
+                    let reading = self.instant(&resolved).await;
+                    QueryReading {
+                        rule: r.name.clone(),
+                        resolved,
+                        reading,
+                    }
+                }
             }
         });
         futures_util::future::join_all(asks).await
+    }
+
+    /// A count rule's four counters (its errors or successes, and its
+    /// total, for each release), asked at once. Any of them without a
+    /// value makes the whole reading one without, naming that query.
+    async fn read_counts(
+        &self,
+        rule: &QueryRule,
+        total: &str,
+        successes: bool,
+        scope: &QueryScope<'_>,
+        old: Option<&QueryScope<'_>>,
+    ) -> QueryReading {
+        let pair = |scope: &QueryScope<'_>| (resolve(&rule.query, scope), resolve(total, scope));
+        let (new_q, old_q) = (pair(scope), old.map(pair));
+        let ask = |q: Option<String>| async move {
+            match q {
+                Some(q) => Some(self.instant(&q).await),
+                None => None,
+            }
+        };
+        let (a, b, c, d) = tokio::join!(
+            ask(Some(new_q.0.clone())),
+            ask(Some(new_q.1.clone())),
+            ask(old_q.as_ref().map(|q| q.0.clone())),
+            ask(old_q.as_ref().map(|q| q.1.clone())),
+        );
+        let resolved = format!("{} out of {}", new_q.0, new_q.1);
+        let asked = [
+            (a, new_q.0.clone()),
+            (b, new_q.1.clone()),
+            (c, old_q.as_ref().map(|q| q.0.clone()).unwrap_or_default()),
+            (d, old_q.as_ref().map(|q| q.1.clone()).unwrap_or_default()),
+        ];
+        let mut values = [0.0f64; 4];
+        for (i, (reading, query)) in asked.into_iter().enumerate() {
+            match reading {
+                None => {}
+                Some(Reading::Value { value }) => values[i] = value,
+                Some(Reading::Counts { .. }) => {}
+                Some(other) => {
+                    return QueryReading {
+                        rule: rule.name.clone(),
+                        resolved: query,
+                        reading: other,
+                    }
+                }
+            }
+        }
+        // Successes are turned into errors; a total scraped a moment
+        // behind its successes is no negative count.
+        let tally = |counter: f64, total: f64| Tally {
+            errors: if successes {
+                (total - counter).max(0.0)
+            } else {
+                counter
+            },
+            total,
+        };
+        QueryReading {
+            rule: rule.name.clone(),
+            resolved,
+            reading: Reading::Counts {
+                new: tally(values[0], values[1]),
+                old: tally(values[2], values[3]),
+            },
+        }
     }
 
     /// One instant query's value.

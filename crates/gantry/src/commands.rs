@@ -240,17 +240,19 @@ async fn check_queries(config: &gantry_config::Config) -> Vec<String> {
     };
     let mut refused = Vec::new();
     for (n, rule) in config.analysis.queries.iter().enumerate() {
-        let resolved = gantry_server::prometheus::resolve(&rule.query, &scope);
-        match client.instant(&resolved).await {
-            Reading::Error { reason }
-                if reason.starts_with("Prometheus refused the query (HTTP 400)") =>
-            {
-                refused.push(format!("analysis.queries[{n}].query: {reason}"));
+        for (field, query) in rule.promql() {
+            let resolved = gantry_server::prometheus::resolve(query, &scope);
+            match client.instant(&resolved).await {
+                Reading::Error { reason }
+                    if reason.starts_with("Prometheus refused the query (HTTP 400)") =>
+                {
+                    refused.push(format!("analysis.queries[{n}].{field}: {reason}"));
+                }
+                Reading::Error { reason } => {
+                    errln!("warning: analysis.queries[{n}].{field} not checked by Prometheus: {reason}");
+                }
+                _ => {}
             }
-            Reading::Error { reason } => {
-                errln!("warning: analysis.queries[{n}].query not checked by Prometheus: {reason}");
-            }
-            _ => {}
         }
     }
     refused

@@ -59,6 +59,12 @@ pub struct SampleSettings {
     /// release whose queue backs up.
     #[arg(long)]
     pub queue_depth: Option<f64>,
+    /// The share of payments (each request to `/` is one) that fail while
+    /// the request still answers 200: a business failure the router cannot
+    /// see, counted on `/metrics` (`sample_payments_failed_total` of
+    /// `sample_payments_total`) for a count rule.
+    #[arg(long)]
+    pub payment_failure_rate: Option<f64>,
     /// Threads that spin on the CPU for as long as the service runs (at
     /// most 4): a release that burns CPU, for the resource rules.
     #[arg(long)]
@@ -83,6 +89,7 @@ pub struct SampleArgs {
 struct App {
     s: SampleSettings,
     served: AtomicU64,
+    payments_failed: AtomicU64,
     started: std::time::Instant,
 }
 
@@ -109,6 +116,7 @@ pub async fn run(args: SampleArgs) -> Result<()> {
     s.random_errors = f.random_errors.or(s.random_errors);
     s.errors_after_ms = f.errors_after_ms.or(s.errors_after_ms);
     s.queue_depth = f.queue_depth.or(s.queue_depth);
+    s.payment_failure_rate = f.payment_failure_rate.or(s.payment_failure_rate);
     s.burn_cpu_threads = f.burn_cpu_threads.or(s.burn_cpu_threads);
     s.hold_memory_mb = f.hold_memory_mb.or(s.hold_memory_mb);
     if let Some(text) = &s.errors_where_home_contains {
@@ -160,6 +168,7 @@ pub async fn run(args: SampleArgs) -> Result<()> {
     let app = Arc::new(App {
         s,
         served: AtomicU64::new(0),
+        payments_failed: AtomicU64::new(0),
         started: std::time::Instant::now(),
     });
     let router = axum::Router::new()
@@ -201,6 +210,9 @@ async fn root(State(app): State<Arc<App>>) -> impl IntoResponse {
     }
     let version = app.s.version.clone().unwrap_or_else(|| "unknown".into());
     let random = app.s.random_errors == Some(true);
+    if picked(n, app.s.payment_failure_rate, random) {
+        app.payments_failed.fetch_add(1, Ordering::Relaxed);
+    }
     let erring = app
         .s
         .errors_after_ms
@@ -223,10 +235,11 @@ async fn metrics(State(app): State<Arc<App>>) -> impl IntoResponse {
     let version = app.s.version.clone().unwrap_or_else(|| "unknown".into());
     let served = app.served.load(Ordering::Relaxed);
     let depth = app.s.queue_depth.unwrap_or(3.0);
+    let failed = app.payments_failed.load(Ordering::Relaxed);
     (
         [("content-type", "text/plain; version=0.0.4")],
         format!(
-            "# HELP sample_orders_total Orders taken (requests to /).\n# TYPE sample_orders_total counter\nsample_orders_total{{version=\"{version}\"}} {served}\n# HELP sample_queue_depth Jobs waiting in the work queue.\n# TYPE sample_queue_depth gauge\nsample_queue_depth{{version=\"{version}\"}} {depth}\n"
+            "# HELP sample_orders_total Orders taken (requests to /).\n# TYPE sample_orders_total counter\nsample_orders_total{{version=\"{version}\"}} {served}\n# HELP sample_queue_depth Jobs waiting in the work queue.\n# TYPE sample_queue_depth gauge\nsample_queue_depth{{version=\"{version}\"}} {depth}\n# HELP sample_payments_total Payments attempted (requests to /).\n# TYPE sample_payments_total counter\nsample_payments_total{{version=\"{version}\"}} {served}\n# HELP sample_payments_failed_total Payments that failed, though the request answered.\n# TYPE sample_payments_failed_total counter\nsample_payments_failed_total{{version=\"{version}\"}} {failed}\n"
         ),
     )
 }

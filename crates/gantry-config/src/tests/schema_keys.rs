@@ -83,6 +83,20 @@ query = "min(idle)"
 below = 0.1
 zz_unknown = 1
 
+[[analysis.queries]]
+name = "payments"
+errors = 'sum(payments_failed_total{release="{release}"})'
+total = 'sum(payments_total{release="{release}"})'
+max_ratio = 0.02
+compare = true
+zz_unknown = 1
+
+[[analysis.queries]]
+name = "checkouts"
+successes = 'sum(checkouts_ok_total{release="{release}"})'
+total = 'sum(checkouts_total{release="{release}"})'
+zz_unknown = 1
+
 [metrics]
 zz_unknown = 1
 

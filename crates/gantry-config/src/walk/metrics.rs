@@ -2,7 +2,7 @@
 
 use super::{describe, join, Val, Walker};
 use crate::{Metrics, Prometheus};
-use gantry_core::analysis::queries::{Condition, NoData, QueryRule};
+use gantry_core::analysis::queries::{Condition, CountCondition, NoData, QueryRule};
 use toml::de::DeValue;
 
 /// The placeholders a query may hold; the runtime fills them in.
@@ -100,62 +100,61 @@ fn decode_query(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<QueryRule
     let t = w.table(v, path)?;
     w.check_keys::<Section>(t, path);
     let name = super::required(w, t, v, path, "name", |w, v, p| w.non_empty_string(v, p));
-    let query = super::required(w, t, v, path, "query", |w, q, qp| {
-        let s = w.non_empty_string(q, qp)?;
-        if s.len() > 4096 {
-            w.error(q.span(), qp, "longer than 4096 bytes");
-            return None;
-        }
-        if let Some(bad) = unknown_placeholder(&s) {
-            let known: Vec<String> = PLACEHOLDERS.iter().map(|p| format!("{{{p}}}")).collect();
-            w.error(
-                q.span(),
-                qp,
-                format!(
-                    "unknown placeholder {{{bad}}}; expected one of {}",
-                    known.join(", ")
-                ),
-            );
-            return None;
-        }
-        Some(s)
-    });
-    type MakeCondition = fn(f64) -> Condition;
-    const CONDITIONS: [(&str, MakeCondition); 4] = [
-        ("above", Condition::Above),
-        ("below", Condition::Below),
-        ("above_baseline", Condition::AboveBaseline),
-        ("below_baseline", Condition::BelowBaseline),
-    ];
-    let conditions = CONDITIONS;
-    let set: Vec<&str> = conditions
-        .iter()
-        .map(|(k, _)| *k)
+    let kinds: Vec<&str> = ["query", "errors", "successes"]
+        .into_iter()
         .filter(|k| t.get(*k).is_some())
         .collect();
-    let condition = match set.as_slice() {
-        [key] => {
-            let make = conditions.iter().find(|(k, _)| k == key).map(|(_, f)| *f)?;
-            w.number::<Section>(t.get(*key)?, path, key).map(make)
+    let (query, condition) = match kinds.as_slice() {
+        ["query"] => {
+            let query = promql(w, t.get("query")?, &join(path, "query"));
+            for key in ["total", "max_ratio", "compare"] {
+                if let Some(x) = t.get(key) {
+                    w.error(
+                        x.span(),
+                        &join(path, key),
+                        "only for a count rule (errors or successes with total); a rule with query is a gauge",
+                    );
+                }
+            }
+            let condition = gauge_condition(w, t, v, path);
+            (query, condition)
+        }
+        [counter] => {
+            let key = *counter;
+            let query = promql(w, t.get(key)?, &join(path, key));
+            let condition = count_condition(w, t, v, path, key == "successes");
+            (query, condition.map(Condition::Counts))
         }
         [] => {
-            w.error(v.span(), path, "no condition; set one of above, below, above_baseline (a multiple of the value before the rollout) or below_baseline");
-            None
+            w.error(
+                v.span(),
+                path,
+                "no query; set query (a gauge) or errors or successes with total (a count rule)",
+            );
+            (None, None)
         }
         many => {
             w.error(
                 v.span(),
                 path,
                 format!(
-                    "{} conditions ({}); set exactly one",
+                    "{} ({}); set exactly one of query, errors or successes",
                     many.len(),
                     many.join(", ")
                 ),
             );
-            None
+            (None, None)
         }
     };
     let consecutive = match t.get("consecutive") {
+        Some(c) if matches!(condition, Some(Condition::Counts(_))) => {
+            w.error(
+                c.span(),
+                &join(path, "consecutive"),
+                "only for a gauge rule; a count rule fails on its evidence, not on readings in a row",
+            );
+            None
+        }
         Some(c) => w.count::<Section>(c, path, "consecutive"),
         None => Some(3),
     };
@@ -216,4 +215,126 @@ fn unknown_placeholder(query: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// A query's PromQL: bounded, with known placeholders only.
+fn promql(w: &mut Walker<'_>, q: &Val<'_>, qp: &str) -> Option<String> {
+    let s = w.non_empty_string(q, qp)?;
+    if s.len() > 4096 {
+        w.error(q.span(), qp, "longer than 4096 bytes");
+        return None;
+    }
+    if let Some(bad) = unknown_placeholder(&s) {
+        let known: Vec<String> = PLACEHOLDERS.iter().map(|p| format!("{{{p}}}")).collect();
+        w.error(
+            q.span(),
+            qp,
+            format!(
+                "unknown placeholder {{{bad}}}; expected one of {}",
+                known.join(", ")
+            ),
+        );
+        return None;
+    }
+    Some(s)
+}
+
+/// A gauge rule's one condition.
+fn gauge_condition(
+    w: &mut Walker<'_>,
+    t: &toml::de::DeTable<'_>,
+    v: &Val<'_>,
+    path: &str,
+) -> Option<Condition> {
+    type Section = crate::schema::QuerySection;
+    type MakeCondition = fn(f64) -> Condition;
+    const CONDITIONS: [(&str, MakeCondition); 4] = [
+        ("above", Condition::Above),
+        ("below", Condition::Below),
+        ("above_baseline", Condition::AboveBaseline),
+        ("below_baseline", Condition::BelowBaseline),
+    ];
+    let set: Vec<&str> = CONDITIONS
+        .iter()
+        .map(|(k, _)| *k)
+        .filter(|k| t.get(*k).is_some())
+        .collect();
+    match set.as_slice() {
+        [key] => {
+            let make = CONDITIONS.iter().find(|(k, _)| k == key).map(|(_, f)| *f)?;
+            w.number::<Section>(t.get(*key)?, path, key).map(make)
+        }
+        [] => {
+            w.error(v.span(), path, "no condition; set one of above, below, above_baseline (a multiple of the value before the rollout) or below_baseline");
+            None
+        }
+        many => {
+            w.error(
+                v.span(),
+                path,
+                format!(
+                    "{} conditions ({}); set exactly one",
+                    many.len(),
+                    many.join(", ")
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// A count rule's total and what it is held to.
+fn count_condition(
+    w: &mut Walker<'_>,
+    t: &toml::de::DeTable<'_>,
+    v: &Val<'_>,
+    path: &str,
+    successes: bool,
+) -> Option<CountCondition> {
+    type Section = crate::schema::QuerySection;
+    let mut ok = true;
+    for key in ["above", "below", "above_baseline", "below_baseline"] {
+        if let Some(x) = t.get(key) {
+            w.error(
+                x.span(),
+                &join(path, key),
+                "only for a gauge rule (query); a count rule is held to max_ratio and compare",
+            );
+            ok = false;
+        }
+    }
+    let total = match t.get("total") {
+        Some(q) => promql(w, q, &join(path, "total")),
+        None => {
+            w.error(
+                v.span(),
+                &join(path, "total"),
+                "missing; a count rule needs the counter of every event beside its errors or successes",
+            );
+            None
+        }
+    };
+    let max_ratio = match t.get("max_ratio") {
+        Some(m) => w.number::<Section>(m, path, "max_ratio").map(Some),
+        None => Some(None),
+    };
+    let compare = match t.get("compare") {
+        Some(c) => w.bool(c, &join(path, "compare")),
+        None => Some(true),
+    };
+    let (total, max_ratio, compare) = (total?, max_ratio?, compare?);
+    if !compare && max_ratio.is_none() {
+        w.error(
+            v.span(),
+            path,
+            "judges nothing: compare = false and no max_ratio; set max_ratio or leave compare on",
+        );
+        return None;
+    }
+    ok.then_some(CountCondition {
+        total,
+        successes,
+        max_ratio,
+        compare,
+    })
 }

@@ -168,6 +168,10 @@ pub enum RuleKind {
     ErrorsVsStable,
     ClientErrorsVsStable,
     SlowVsStable,
+    /// A count rule's error ratio (from metric queries) above its bound.
+    QueryErrorRatio,
+    /// A count rule's share of errors above the new release's share of its events.
+    QueryErrorsVsStable,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -289,6 +293,9 @@ struct Test {
     description: String,
     events: u64,
     samples: u64,
+    /// What the rule has seen of the new release (requests, or a count
+    /// rule's events): it judges from `min_requests` on.
+    volume: u64,
     p0: f64,
     /// A comparison's windows, each with its own null (the canary's share of
     /// traffic then); empty for a one-sample rule (one stretch at `p0`).
@@ -346,6 +353,17 @@ pub fn analyse_windows(
     baseline: &Baseline,
     windows: &[Window],
 ) -> Analysis {
+    analyse_with_counts(policy, baseline, windows, &[])
+}
+
+/// [`analyse_windows`], with the count rules' windows (errors and events
+/// from metric queries) judged by the same tests, in the same budget.
+pub fn analyse_with_counts(
+    policy: &AnalysisPolicy,
+    baseline: &Baseline,
+    windows: &[Window],
+    counts: &[queries::CountSeries],
+) -> Analysis {
     let canary = &sum(windows.iter().map(|w| w.canary));
     let stable = &sum(windows.iter().map(|w| w.stable));
     let share_of = |w: &Window| {
@@ -381,6 +399,7 @@ pub fn analyse_windows(
         description,
         events,
         samples: canary.requests,
+        volume: canary.requests,
         p0,
         stretches: Vec::new(),
         comparison: false,
@@ -446,6 +465,7 @@ pub fn analyse_windows(
             ),
             events: canary.errors,
             samples: canary.errors + stable.errors,
+            volume: canary.requests,
             p0: share,
             stretches: comparison(|c| c.errors),
             comparison: true,
@@ -460,6 +480,7 @@ pub fn analyse_windows(
             ),
             events: canary.client_errors,
             samples: canary.client_errors + stable.client_errors,
+            volume: canary.requests,
             p0: share,
             stretches: comparison(|c| c.client_errors),
             comparison: true,
@@ -473,10 +494,14 @@ pub fn analyse_windows(
             ),
             events: canary.over_compare_limit,
             samples: canary.over_compare_limit + stable.over_compare_limit,
+            volume: canary.requests,
             p0: share,
             stretches: comparison(|c| c.over_compare_limit),
             comparison: true,
         });
+    }
+    for series in counts {
+        tests.extend(count_tests(series));
     }
 
     // The budget is shared by weight (`budget_weight`), and the rules'
@@ -502,7 +527,7 @@ pub fn analyse_windows(
         } else {
             t.p0 < 1.0
         };
-        let enough = canary.requests >= policy.min_requests
+        let enough = t.volume >= policy.min_requests
             && judgeable
             && (t.comparison || e >= needed || could_reach(t.samples, t.p0, needed));
         let status = if !enough {
@@ -606,7 +631,70 @@ fn budget_weight(rule: RuleKind) -> f64 {
         RuleKind::P99Latency => 0.03,
         RuleKind::ClientErrorsVsStable => 0.12,
         RuleKind::P50Latency => 0.06,
+        // Each count rule's tests weigh as the router's error rules do.
+        RuleKind::QueryErrorRatio => 0.03,
+        RuleKind::QueryErrorsVsStable => 0.2,
     }
+}
+
+/// A count rule's tests: its error ratio against its bound (the new
+/// release's events pooled), and its share of errors against its share of
+/// the events, window by window (each under the split it was counted in).
+fn count_tests(series: &queries::CountSeries) -> Vec<Test> {
+    let (mut errors, mut total, mut old_errors) = (0, 0, 0);
+    for w in &series.windows {
+        errors += w.errors;
+        total += w.total;
+        old_errors += w.old_errors;
+    }
+    let mut tests = Vec::new();
+    if let Some(max) = series.max_ratio {
+        tests.push(Test {
+            rule: RuleKind::QueryErrorRatio,
+            description: format!(
+                "query rule {:?}: error ratio above {:.2}%",
+                series.rule,
+                max * 100.0
+            ),
+            events: errors,
+            samples: total,
+            volume: total,
+            p0: max,
+            stretches: Vec::new(),
+            comparison: false,
+        });
+    }
+    if series.compare {
+        let stretches: Vec<e_values::Stretch> = series
+            .windows
+            .iter()
+            .filter_map(|w| {
+                let all = w.total + w.old_total;
+                let p0 = (all > 0).then(|| w.total as f64 / all as f64)?;
+                (p0 > 0.0 && p0 < 1.0).then_some(e_values::Stretch {
+                    successes: w.errors,
+                    trials: w.errors + w.old_errors,
+                    p0,
+                })
+            })
+            .collect();
+        let share = stretches.last().map(|s| s.p0).unwrap_or(0.0);
+        tests.push(Test {
+            rule: RuleKind::QueryErrorsVsStable,
+            description: format!(
+                "query rule {:?}: new release's share of errors above its share of events ({:.2}%)",
+                series.rule,
+                share * 100.0
+            ),
+            events: errors,
+            samples: errors + old_errors,
+            volume: total,
+            p0: share,
+            stretches,
+            comparison: true,
+        });
+    }
+    tests
 }
 
 /// Whether `samples` trials could ever reach `needed` (all of them events).

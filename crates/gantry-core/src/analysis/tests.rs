@@ -524,3 +524,106 @@ fn healthy_rollouts_over_two_steps_stay_within_the_false_rollback_budget() {
         "{alarms} of {runs} healthy rollouts rolled back; budget {budget}"
     );
 }
+
+mod count_rules {
+    use super::super::queries::{CountSeries, CountWindow};
+    use super::*;
+
+    fn series(max_ratio: Option<f64>, compare: bool, windows: &[CountWindow]) -> CountSeries {
+        CountSeries {
+            rule: "checkout".into(),
+            max_ratio,
+            compare,
+            windows: windows.to_vec(),
+        }
+    }
+
+    fn window(errors: u64, total: u64, old_errors: u64, old_total: u64) -> CountWindow {
+        CountWindow {
+            errors,
+            total,
+            old_errors,
+            old_total,
+        }
+    }
+
+    /// Router traffic that no built-in rule objects to.
+    fn quiet() -> Vec<Window> {
+        vec![Window {
+            canary: counts(1_000, 1),
+            stable: counts(9_000, 9),
+        }]
+    }
+
+    #[test]
+    fn a_new_release_failing_checkouts_ten_times_as_often_is_named_by_its_query_rule() {
+        // 10% of the canary's checkouts fail against 1% of stable's, under a 10% split.
+        let s = series(None, true, &[window(20, 200, 18, 1_800)]);
+        let a = analyse_with_counts(&AnalysisPolicy::default(), &baseline(), &quiet(), &[s]);
+        let Verdict::Fail { rule, summary } = &a.verdict else {
+            panic!("{:?}", a.verdict)
+        };
+        assert_eq!(*rule, RuleKind::QueryErrorsVsStable);
+        assert!(
+            summary.starts_with("query rule \"checkout\": new release's share of errors above its share of events (10.00%): observed 52.63% (20 of 38)"),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn the_same_error_ratio_on_both_releases_passes_and_counts_toward_nothing_bad() {
+        let s = series(Some(0.05), true, &[window(2, 200, 18, 1_800)]);
+        let a = analyse_with_counts(&AnalysisPolicy::default(), &baseline(), &quiet(), &[s]);
+        assert!(
+            !matches!(a.verdict, Verdict::Fail { .. }),
+            "{:?}",
+            a.verdict
+        );
+        let r = report(&a, RuleKind::QueryErrorsVsStable);
+        assert_eq!(r.status, RuleStatus::Passing);
+        assert_eq!((r.events, r.samples), (2, 20));
+        assert_eq!(
+            report(&a, RuleKind::QueryErrorRatio).status,
+            RuleStatus::Passing
+        );
+    }
+
+    #[test]
+    fn an_error_ratio_above_its_bound_fails_without_an_old_release() {
+        // No old release to compare with: the bound still judges.
+        let s = series(Some(0.01), false, &[window(30, 600, 0, 0)]);
+        let a = analyse_with_counts(&AnalysisPolicy::default(), &baseline(), &quiet(), &[s]);
+        let Verdict::Fail { rule, summary } = &a.verdict else {
+            panic!("{:?}", a.verdict)
+        };
+        assert_eq!(*rule, RuleKind::QueryErrorRatio);
+        assert!(summary.contains("error ratio above 1.00%"), "{summary}");
+        assert!(summary.contains("(30 of 600)"), "{summary}");
+    }
+
+    #[test]
+    fn too_few_events_wait_instead_of_passing_on_silence() {
+        let s = series(Some(0.01), true, &[window(0, 20, 0, 180)]);
+        let a = analyse_with_counts(&AnalysisPolicy::default(), &baseline(), &quiet(), &[s]);
+        assert_eq!(a.verdict, Verdict::Continue { waiting: true });
+        assert_eq!(
+            report(&a, RuleKind::QueryErrorRatio).status,
+            RuleStatus::NotEnoughData
+        );
+    }
+
+    #[test]
+    fn each_window_is_compared_under_its_own_split() {
+        // 10% then 50% of the events on the new release, with the same
+        // error ratio as the old one in both: pooled, the new release's
+        // share of errors (51/102) would look far above its share of the
+        // events in the first window; per window it is exactly its share.
+        let windows = [window(1, 100, 9, 900), window(50, 5_000, 50, 5_000)];
+        let s = series(None, true, &windows);
+        let a = analyse_with_counts(&AnalysisPolicy::default(), &baseline(), &quiet(), &[s]);
+        assert_eq!(
+            report(&a, RuleKind::QueryErrorsVsStable).status,
+            RuleStatus::Passing
+        );
+    }
+}

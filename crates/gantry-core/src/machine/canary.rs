@@ -22,7 +22,7 @@
 use super::{enter, roll_back, Deployment, Effect, Event, Phase, StrategySettings, Transition};
 use crate::analysis::queries::{self, QueryState, QueryVerdict};
 use crate::analysis::{
-    self, analyse_windows, latency_limits, Analysis, AnalysisPolicy, Baseline, Bounds, Counts,
+    self, analyse_with_counts, latency_limits, Analysis, AnalysisPolicy, Baseline, Bounds, Counts,
     LatencyLimits, RuleStatus, Verdict, Window,
 };
 use crate::domain::Millis;
@@ -390,7 +390,11 @@ fn on_metrics(
         stable: ds,
     });
     let policy = rollout_policy(&t.deployment, s);
-    let mut analysis = analyse_windows(&policy, &st.baseline, &windows);
+    let mut counts = st.queries.count_series(&policy.queries);
+    // Without a split (a first step at 100%) there is nothing to compare with.
+    let split = s.steps.first().is_some_and(|st| st.weight < 100);
+    counts.iter_mut().for_each(|c| c.compare &= split);
+    let mut analysis = analyse_with_counts(&policy, &st.baseline, &windows, &counts);
     let bounds = analysis::bounds(&policy, &st.baseline, &windows);
     analysis.bounds = Some(bounds.clone());
     let verdict = analysis.verdict.clone();
@@ -536,6 +540,7 @@ fn close_window(st: &mut CanaryState) {
     }
     st.step_start = None;
     st.latest = None;
+    st.queries.close_count_windows();
 }
 
 /// Rolls back a timed step that has waited too long for data.

@@ -760,6 +760,90 @@ mod canary {
         );
     }
 
+    /// A count rule's counters (checkouts failed, all checkouts) for the
+    /// new release and the old, with router traffic no built-in rule minds.
+    fn with_checkouts(router: (u64, u64), new: (f64, f64), old: (f64, f64)) -> Event {
+        use crate::analysis::queries::{QueryReading, Reading, Tally};
+        let Event::MetricsObserved { canary, stable, .. } = metrics((router.0, 0), (router.1, 0))
+        else {
+            unreachable!()
+        };
+        Event::MetricsObserved {
+            canary,
+            stable,
+            hosts: Default::default(),
+            queries: vec![QueryReading {
+                rule: "checkout".into(),
+                resolved: "sum(checkout_failed_total{release=\"1.1.0\"})".into(),
+                reading: Reading::Counts {
+                    new: Tally {
+                        errors: new.0,
+                        total: new.1,
+                    },
+                    old: Tally {
+                        errors: old.0,
+                        total: old.1,
+                    },
+                },
+            }],
+            resources: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_count_rule_rolls_back_a_canary_whose_checkouts_fail_more_naming_the_rule() {
+        use crate::analysis::queries::{Condition, CountCondition, NoData, QueryRule};
+        let mut d = canary_deploy(Pause::For { ms: 60_000 });
+        if let StrategySettings::Canary(c) = &mut d.settings.strategy {
+            c.analysis.queries = vec![QueryRule {
+                name: "checkout".into(),
+                query: "sum(checkout_failed_total{release=\"{release}\"})".into(),
+                condition: Condition::Counts(CountCondition {
+                    total: "sum(checkout_total{release=\"{release}\"})".into(),
+                    successes: false,
+                    max_ratio: None,
+                    compare: true,
+                }),
+                consecutive: 1,
+                no_data: NoData::Wait,
+                no_data_ms: 60_000,
+            }];
+        }
+        let (_, d) = run(
+            up(d),
+            &[
+                (
+                    40,
+                    Event::BaselineObserved {
+                        baseline: baseline(),
+                    },
+                ),
+                (50, Event::TrafficRouted { to_new: true }),
+                // Counters since each process started: only their rise counts.
+                (50, with_checkouts((0, 0), (3.0, 50.0), (80.0, 9_000.0))),
+                (
+                    1050,
+                    with_checkouts((100, 900), (6.0, 100.0), (84.0, 9_450.0)),
+                ),
+                (
+                    2050,
+                    with_checkouts((200, 1800), (25.0, 250.0), (89.0, 9_900.0)),
+                ),
+                (2060, Event::TrafficRouted { to_new: false }),
+                (2070, Event::InstancesStopped),
+            ],
+        );
+        assert_eq!(d.phase, Phase::RolledBack);
+        let reason = d.reason.unwrap();
+        assert!(
+            reason.starts_with(
+                "canary analysis at 10%: query rule \"checkout\": new release's share of errors above its share of events (18.18%)"
+            ),
+            "{reason}"
+        );
+        assert!(reason.contains("(22 of 31)"), "{reason}");
+    }
+
     #[test]
     fn a_step_that_waits_for_promotion_moves_only_when_promoted() {
         let (_, d) = run(

@@ -19,7 +19,7 @@ use super::{enter, on_health, roll_back, Deployment, DeploymentKind, Effect, Eve
 use super::{seconds, Transition};
 use crate::analysis::queries::{self, QueryState, QueryVerdict};
 use crate::analysis::{
-    analyse_windows, latency_limits, Analysis, AnalysisPolicy, Baseline, Counts, LatencyLimits,
+    analyse_with_counts, latency_limits, Analysis, AnalysisPolicy, Baseline, Counts, LatencyLimits,
     Verdict, Window,
 };
 use crate::domain::Millis;
@@ -202,7 +202,11 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
                 canary: canary.since(&start),
                 stable: Counts::default(),
             };
-            let analysis = analyse_windows(&policy(&s.policy), &baseline, &[window]);
+            // The old release serves nothing now: a count rule holds the new
+            // one to its bound only.
+            let mut counts = w.queries.count_series(&s.policy.queries);
+            counts.iter_mut().for_each(|c| c.compare = false);
+            let analysis = analyse_with_counts(&policy(&s.policy), &baseline, &[window], &counts);
             let verdict = analysis.verdict.clone();
             w.last = Some(analysis);
             w.judged = window.canary.requests;

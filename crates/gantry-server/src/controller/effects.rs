@@ -227,7 +227,7 @@ impl Controller {
         }
         let (stable_name, canary_name) = pool_names(d);
         let pool = if Some(version) == d.previous_version.as_ref() && version != &d.version {
-            stable_name
+            stable_name.clone()
         } else {
             canary_name
         };
@@ -237,8 +237,23 @@ impl Controller {
             pool: &pool,
             interval_ms,
         };
+        // Count rules read the old release's counters too, while it serves
+        // beside the new one.
+        let old_release = d
+            .previous_version
+            .as_ref()
+            .filter(|p| *p != version)
+            .map(|p| p.to_string());
+        let old_scope = old_release
+            .as_deref()
+            .map(|release| crate::prometheus::QueryScope {
+                env: d.env.as_str(),
+                release,
+                pool: &stable_name,
+                interval_ms,
+            });
         match &self.prometheus {
-            Some(Ok(client)) => client.read_all(&rules, &scope).await,
+            Some(Ok(client)) => client.read_all(&rules, &scope, old_scope.as_ref()).await,
             failed => {
                 let reason = match failed {
                     Some(Err(e)) => e.clone(),

@@ -174,6 +174,72 @@ fn a_canary_whose_queue_backs_up_twentyfold_is_rolled_back_naming_the_query_and_
     assert_eq!(failed, 0, "{ok} answered");
 }
 
+/// Payments that fail though every request answers 200: the router sees
+/// nothing, the count rule sees the new release's share of the failures.
+const PAYMENTS: &str = r#"
+[[analysis.queries]]
+name = "payments"
+errors = 'sum(sample_payments_failed_total{env="{env}",release="{release}"})'
+total = 'sum(sample_payments_total{env="{env}",release="{release}"})'
+max_ratio = 0.05
+no_data_timeout = "20s"
+"#;
+
+#[test]
+fn a_count_rule_rolls_back_a_release_whose_payments_fail_unseen_by_the_router() {
+    if !Prometheus::installed() {
+        return;
+    }
+    let prom_port = free_port();
+    let g = gantry_with_queries(prom_port, PAYMENTS);
+    let prom = Prometheus::start(prom_port, &g.data().join("prometheus/instances.json"));
+    g.register("1.0.0", "\"payment_failure_rate\": 0.01");
+    g.register("1.1.0", "\"payment_failure_rate\": 0.01");
+    g.register("1.2.0", "\"payment_failure_rate\": 0.25");
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let load = Load::start(g.port("production"));
+    wait_until(
+        "Prometheus scrapes 1.0.0's payment counters",
+        Duration::from_secs(30),
+        || prom.series(r#"sample_payments_total{env="production",release="1.0.0"}"#) == 2,
+    );
+
+    // As many failures as the old release: promoted, the counts on record.
+    g.gantry(&["deploy", "1.1.0", "--env", "production"]).ok();
+    let d = g.latest("production");
+    assert_eq!(d.phase, Phase::Succeeded);
+    let canary = d.canary.unwrap();
+    let track = &canary.queries.counts["payments"];
+    let judged: u64 = track.windows.iter().map(|w| w.total).sum();
+    assert!(judged >= 50, "{track:?}");
+    let report = canary
+        .last
+        .unwrap()
+        .reports
+        .into_iter()
+        .find(|r| r.rule == gantry_core::analysis::RuleKind::QueryErrorsVsStable)
+        .expect("the count rule is judged with the router's rules");
+    assert_eq!(report.status, gantry_core::analysis::RuleStatus::Passing);
+
+    // A quarter of the payments fail, every request still answers 200.
+    g.gantry(&["deploy", "1.2.0", "--env", "production"])
+        .fails_with(3, "rolled_back");
+    let reason = g.latest("production").reason.unwrap();
+    eprintln!("rolled back: {reason}");
+    assert!(
+        reason.starts_with("canary analysis at 50%: query rule \"payments\": "),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("error ratio above 5.00%")
+            || reason.contains("share of errors above its share of events"),
+        "{reason}"
+    );
+    assert_eq!(g.get_env("production").1, "hello from 1.1.0\n");
+    let (ok, failed) = load.finish();
+    assert_eq!(failed, 0, "{ok} answered");
+}
+
 #[test]
 fn no_data_waits_then_rolls_back_saying_so_and_a_stopped_prometheus_is_explained() {
     if !Prometheus::installed() {
