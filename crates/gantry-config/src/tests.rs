@@ -1073,6 +1073,32 @@ fn the_watch_after_a_full_rollout_is_the_standards_30_minutes_in_the_starter_and
 
     let with = |watch: &str| STARTER.replacen("watch = \"30m\"", &format!("watch = {watch}"), 1);
     assert!(errors_of(&with("\"0s\"")).is_empty(), "0s: no watch");
+    // Absent on the last environment: off, with a warning naming the field;
+    // "0s" says no watch on purpose, without one.
+    let warnings = |src: &str| -> Vec<String> {
+        parse("gantry.toml", src)
+            .unwrap()
+            .warnings
+            .iter()
+            .map(|w| w.to_string())
+            .collect()
+    };
+    let absent = STARTER.replacen("watch = \"30m\"\n", "", 1);
+    assert_eq!(
+        parse("gantry.toml", &absent)
+            .unwrap()
+            .config
+            .environment("production")
+            .unwrap()
+            .watch_ms,
+        0
+    );
+    let said = warnings(&absent);
+    assert!(
+        said.len() == 1 && said[0].contains("environments.production.watch: absent, so the last environment of the promotion order is not watched"),
+        "{said:?}"
+    );
+    assert!(warnings(&with("\"0s\"")).is_empty());
     let errors = errors_of(&with("\"25h\""));
     assert!(
         errors.len() == 1 && errors[0].contains("environments.production.watch: longer than a day"),

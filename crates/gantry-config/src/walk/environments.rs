@@ -30,7 +30,8 @@ pub(super) fn decode_environments(
     let mut out = Vec::new();
     let mut ok = true;
     let mut listens: Vec<(SocketAddr, &str)> = Vec::new();
-    for (key, value) in &entries {
+    let last = entries.len() - 1;
+    for (n, (key, value)) in entries.iter().enumerate() {
         let name: &str = key.get_ref();
         let path = join("environments", name);
         let env_name = match name.parse::<EnvName>() {
@@ -40,7 +41,7 @@ pub(super) fn decode_environments(
                 None
             }
         };
-        let (listen, env) = decode_environment(w, value, &path, signing);
+        let (listen, env) = decode_environment(w, value, &path, signing, n == last && last > 0);
         if let Some(listen) = listen {
             let taken = listens
                 .iter()
@@ -148,10 +149,19 @@ fn decode_environment(
     v: &Val<'_>,
     path: &str,
     signing: Option<&Signing>,
+    last_of_several: bool,
 ) -> (Option<SocketAddr>, Option<Environment>) {
     let Some(t) = w.table(v, path) else {
         return (None, None);
     };
+    // Absent is off, as in every earlier environment; where it matters, say so.
+    if last_of_several && t.get("watch").is_none() {
+        w.warn(
+            v.span(),
+            &join(path, "watch"),
+            "absent, so the last environment of the promotion order is not watched after a full rollout; the standards watch 30 minutes: set watch = \"30m\" (or \"0s\" to say no watch on purpose)",
+        );
+    }
     w.check_keys::<crate::schema::EnvironmentSection>(t, path);
     let listen = required(w, t, v, path, "listen", |w, v, p| {
         let s = w.string(v, p)?;
