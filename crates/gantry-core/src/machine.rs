@@ -59,7 +59,7 @@ pub use watch::{WatchSettings, WatchState};
 
 /// The metric query rules the deployment's analysis reads now, and its
 /// look interval: the watch's while watching (or before, for the
-/// baseline), else a canary's.
+/// baseline), else a canary's or a judged rolling update's.
 pub fn query_rules(d: &Deployment) -> (Vec<crate::analysis::queries::QueryRule>, u64) {
     let watch = d
         .settings
@@ -69,6 +69,10 @@ pub fn query_rules(d: &Deployment) -> (Vec<crate::analysis::queries::QueryRule>,
     match (&d.settings.strategy, d.phase) {
         (_, Phase::Watching) => watch.unwrap_or_default(),
         (StrategySettings::Canary(c), _) => (c.analysis.queries.clone(), c.interval_ms),
+        (StrategySettings::Rolling(r), Phase::Rolling) => match &r.judge {
+            Some(j) => (j.policy.queries.clone(), j.interval_ms),
+            None => watch.unwrap_or_default(),
+        },
         _ => watch.unwrap_or_default(),
     }
 }

@@ -30,9 +30,11 @@ use super::fleet::{self, FleetProgress};
 use super::judge::{self, BatchJudge, Judgement};
 use super::{check_start_deadline, enter, on_health, roll_back, smoke, Effect, Event, Phase};
 use super::{Deployment, StrategySettings, Transition};
+use crate::analysis::queries::{self, QueryVerdict};
 use crate::analysis::{Counts, LatencyLimits};
 use crate::domain::{InstanceRef, Millis};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RollingSettings {
@@ -89,7 +91,7 @@ pub enum RollStage {
 }
 
 /// Where a rolling update stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RollingState {
     /// Batches begun so far.
     pub batch: u32,
@@ -112,6 +114,13 @@ pub struct RollingState {
     /// let pass so that they are not taken for the answers of the next.
     #[serde(default, skip_serializing_if = "Strays::is_none")]
     pub strays: Strays,
+    /// The metric query rules' standing in the batch being judged.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub queries: crate::analysis::queries::QueryState,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// Answers due to effects whose stage was interrupted (by a recovery or a
@@ -186,6 +195,7 @@ pub(super) fn begin(t: &mut Transition, s: &RollingSettings, now: Millis) {
         rollback_routed: false,
         fleet: None,
         strays: Strays::default(),
+        queries: Default::default(),
     });
     if t.deployment.settings.fleet.is_some() {
         return fleet::begin(t, now);
@@ -356,6 +366,10 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
             let judged =
                 s.judge.is_some() && !without(&survivors(&t.deployment), &retire).is_empty();
             if judged {
+                // Each batch's query rules count from its own start.
+                if let Some(r) = t.deployment.rolling.as_mut() {
+                    r.queries = Default::default();
+                }
                 set_stage(
                     t,
                     RollStage::Judge {
@@ -368,15 +382,56 @@ pub(super) fn on_event(t: &mut Transition, event: &Event, now: Millis) {
                 after_batch(t, s, retire, now);
             }
         }
-        (RollStage::Judge { retire, start }, Event::MetricsObserved { canary, stable, .. }) => {
+        (
+            RollStage::Judge { retire, start },
+            Event::MetricsObserved {
+                canary,
+                stable,
+                queries,
+                resources,
+                ..
+            },
+        ) => {
             let Some(j) = s.judge.as_ref() else { return };
             let (batch, since) = t
                 .deployment
                 .rolling
                 .as_ref()
                 .map_or((0, now), |r| (r.batch, r.stage_since));
+            let context = format!("analysis of batch {batch}");
+            if super::resources::judge_look(t, resources, &context, now) {
+                return;
+            }
+            // Query rules: gauges against their thresholds (a rolling update
+            // takes no baseline), counts beside the router's counts.
+            let mut qs = t
+                .deployment
+                .rolling
+                .as_mut()
+                .map(|r| std::mem::take(&mut r.queries))
+                .unwrap_or_default();
+            let verdict =
+                queries::judge(&j.policy.queries, &BTreeMap::new(), queries, &mut qs, now);
+            let counts = qs.count_series(&j.policy.queries);
+            if let Some(r) = t.deployment.rolling.as_mut() {
+                r.queries = qs;
+            }
+            let waiting = match verdict {
+                QueryVerdict::Fail(why) => return roll_back(t, format!("{context}: {why}"), now),
+                QueryVerdict::Continue { waiting, notes } => {
+                    t.log.extend(notes);
+                    waiting
+                }
+            };
             let share = judge_share(&t.deployment, s);
-            match judge::judge(j, share, batch, start, canary, stable, since, now) {
+            let look_at = judge::Look {
+                start,
+                new: canary,
+                old: stable,
+                counts: &counts,
+                queries_waiting: waiting,
+            };
+            match judge::judge(j, share, batch, &look_at, since, now) {
                 Judgement::Look { start } => {
                     if let Some(r) = t.deployment.rolling.as_mut() {
                         r.stage = RollStage::Judge {

@@ -570,6 +570,11 @@ impl Gantry {
         self.call(self.client().deployments(&query))
     }
 
+    /// `gantry log ID`: a deployment's log as an operator reads it.
+    pub fn log_of(&self, id: i64) -> String {
+        self.gantry(&["log", &id.to_string()]).ok().stdout
+    }
+
     /// The newest deployment to `env`.
     pub fn latest(&self, env: &str) -> Deployment {
         let query = ListQuery {

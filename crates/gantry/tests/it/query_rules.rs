@@ -109,6 +109,11 @@ fn encode(s: &str) -> String {
 /// A canary on production judged by `queries` (TOML of
 /// `[[analysis.queries]]` tables) asked of a Prometheus on `prom_port`.
 fn gantry_with_queries(prom_port: u16, queries: &str) -> Gantry {
+    gantry_with(prom_port, queries, "strategy = \"canary\"\ncanary = { steps = [{ weight = 50, pause = \"5s\" }, { weight = 100 }], interval = \"250ms\", max_wait = \"60s\" }\n")
+}
+
+/// Production with `strategy` (TOML lines of its table), judged by `queries`.
+fn gantry_with(prom_port: u16, queries: &str, strategy: &str) -> Gantry {
     Gantry::start_custom(|ports| {
         lifecycle_config(
             ports,
@@ -117,7 +122,7 @@ fn gantry_with_queries(prom_port: u16, queries: &str) -> Gantry {
                 "\n[metrics.prometheus]\nurl = \"http://127.0.0.1:{prom_port}\"\ntimeout = \"2s\"\n\n[analysis]\nmax_p99_factor = false\nmax_p50_factor = false\ncompare_slow_factor = false\n{queries}"
             ),
             Lifecycle::Loose,
-        ) + "strategy = \"canary\"\ncanary = { steps = [{ weight = 50, pause = \"5s\" }, { weight = 100 }], interval = \"250ms\", max_wait = \"60s\" }\n"
+        ) + strategy
     })
 }
 
@@ -236,6 +241,43 @@ fn a_count_rule_rolls_back_a_release_whose_payments_fail_unseen_by_the_router() 
         "{reason}"
     );
     assert_eq!(g.get_env("production").1, "hello from 1.1.0\n");
+    let (ok, failed) = load.finish();
+    assert_eq!(failed, 0, "{ok} answered");
+}
+
+#[test]
+fn a_judged_rolling_batch_is_held_to_the_count_rule_too() {
+    if !Prometheus::installed() {
+        return;
+    }
+    let prom_port = free_port();
+    let g = gantry_with(
+        prom_port,
+        PAYMENTS,
+        "strategy = \"rolling\"\nrolling = { max_surge = 1, max_unavailable = 0, analysis = \"4s\" }\n",
+    );
+    let prom = Prometheus::start(prom_port, &g.data().join("prometheus/instances.json"));
+    g.register("1.0.0", "\"payment_failure_rate\": 0.01");
+    g.register("1.1.0", "\"payment_failure_rate\": 0.25");
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let load = Load::start(g.port("production"));
+    wait_until(
+        "Prometheus scrapes 1.0.0's payment counters",
+        Duration::from_secs(30),
+        || prom.series(r#"sample_payments_total{env="production",release="1.0.0"}"#) == 2,
+    );
+    // Every request answers 200; a quarter of the first batch's payments fail.
+    g.gantry(&["deploy", "1.1.0", "--env", "production"])
+        .fails_with(3, "rolled_back");
+    let d = g.latest("production");
+    let reason = d.reason.clone().unwrap();
+    assert!(
+        reason.starts_with("analysis of batch 1: query rule \"payments\": "),
+        "{reason}"
+    );
+    let log = g.log_of(d.id);
+    assert!(!log.contains("batch 2: starting"), "{log}");
+    assert_eq!(g.get_env("production").1, "hello from 1.0.0\n");
     let (ok, failed) = load.finish();
     assert_eq!(failed, 0, "{ok} answered");
 }

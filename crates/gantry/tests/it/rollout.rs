@@ -5,10 +5,6 @@ use crate::harness::*;
 use gantry_router::{AdminInfo, Affinity, Routing};
 use std::time::Duration;
 
-fn log_of(g: &Gantry, id: i64) -> String {
-    g.gantry(&["log", &id.to_string()]).ok().stdout
-}
-
 fn assert_lines(text: &str, lines: &[&str]) {
     for line in lines {
         assert!(text.contains(line), "missing {line:?} in:\n{text}");
@@ -24,7 +20,7 @@ fn a_rolling_update_replaces_instances_one_by_one_without_failed_requests() {
     assert_eq!(failed, 0, "no user request failed ({ok} succeeded)");
     let id = g.latest("production").id;
     assert_lines(
-        &log_of(&g, id),
+        &g.log_of(id),
         &[
             "phase rolling: 2 instance(s), max surge 1, max unavailable 0",
             "batch 1: starting 1 instance(s) of 1.1.0 (1 of 2)",
@@ -71,7 +67,7 @@ fn a_failed_rolling_batch_restarts_the_retired_instances_and_rolls_back() {
         "{d:?}"
     );
     assert_lines(
-        &log_of(&g, d.id),
+        &g.log_of(d.id),
         &[
             "took production-d1-2 out of the routing",
             "stopped production-d1-2",
@@ -94,7 +90,7 @@ fn a_judged_rolling_update_compares_each_batch_with_the_old_release_and_rolls_ba
     // Healthy: the first batch is judged beside the old release, then the second goes.
     g.gantry(&["deploy", "1.1.0", "--env", "production"]).ok();
     let id = g.latest("production").id;
-    let log = log_of(&g, id);
+    let log = g.log_of(id);
     let judged = log
         .find("batch 1 judged over")
         .unwrap_or_else(|| panic!("{log}"));
@@ -113,7 +109,7 @@ fn a_judged_rolling_update_compares_each_batch_with_the_old_release_and_rolls_ba
     let d = g.latest("production");
     let reason = d.reason.clone().unwrap();
     assert!(reason.starts_with("analysis of batch 1: "), "{reason}");
-    let log = log_of(&g, d.id);
+    let log = g.log_of(d.id);
     assert!(!log.contains("batch 2: starting"), "{log}");
     assert!(
         !log.contains("restarted"),
@@ -196,7 +192,7 @@ fn failed_noncritical_smoke_checks_wait_for_a_decision() {
     assert_eq!(d.phase, Phase::Succeeded, "{d:?}");
     assert_eq!(failed, 0);
     assert_lines(
-        &log_of(&g, id),
+        &g.log_of(id),
         &[
             "smoke checks: 4 of 6 passed",
             "warning: smoke check still-on-1.0 failed on production-d2-1: body does not contain",
@@ -284,7 +280,7 @@ fn the_watch_after_a_full_rollout_catches_a_late_regression_and_promote_ends_it_
         reason.starts_with("watch after the full rollout, "),
         "{reason}"
     );
-    let log = log_of(&g, d.id);
+    let log = g.log_of(d.id);
     assert_lines(
         &log,
         &[
@@ -305,7 +301,7 @@ fn the_watch_after_a_full_rollout_catches_a_late_regression_and_promote_ends_it_
     let d = g.wait_finished(id);
     assert_eq!(d.phase, gantry_core::Phase::Succeeded);
     assert_lines(
-        &log_of(&g, id),
+        &g.log_of(id),
         &["watch ended early by", "1.2.0 is live in production"],
     );
     assert_eq!(g.get_env("production").1, "hello from 1.2.0\n");

@@ -45,10 +45,6 @@ fn as_the_previous_version_left_it(g: &Gantry) {
         .unwrap();
 }
 
-fn log_of(g: &Gantry, id: i64) -> String {
-    g.gantry(&["log", &id.to_string()]).ok().stdout
-}
-
 #[test]
 fn a_canary_held_at_its_step_by_the_previous_version_resumes_and_is_promoted() {
     let tail = r#"strategy = "canary"
@@ -85,7 +81,7 @@ canary = { steps = [{ weight = 10, pause = "until-promoted" }, { weight = 100 }]
     let (_, failed) = load.finish();
     assert_eq!(d.phase, Phase::Succeeded, "{d:?}");
     assert_eq!(failed, 0, "no user request failed across the upgrade");
-    let log = log_of(&g, id);
+    let log = g.log_of(id);
     for line in [
         "controller restarted; resuming in phase canary",
         "promoted by admin at 10%",
@@ -144,7 +140,7 @@ critical = false
     let (_, failed) = load.finish();
     assert_eq!(d.phase, Phase::Succeeded, "{d:?}");
     assert_eq!(failed, 0, "no user request failed across the upgrade");
-    let log = log_of(&g, id);
+    let log = g.log_of(id);
     for line in [
         "controller restarted; resuming in phase rolling",
         "batch 2: starting 1 instance(s) of 1.1.0 (2 of 2)",
