@@ -385,6 +385,16 @@ pub struct Environment {
     pub fleet: Option<FleetPlan>,
     /// Each instance's limits and the resource rules (`[environments.*.resources]`).
     pub resources: ResourcePolicy,
+    /// The operator's hooks at the rollout's points.
+    pub hooks: Vec<HookConfig>,
+}
+
+/// A hook as configured: what the deployment records, and the secret that
+/// signs a URL hook's POST (a reference, kept out of the deployment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookConfig {
+    pub hook: gantry_core::machine::hooks::Hook,
+    pub secret: Option<Credential>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -475,6 +475,40 @@ pub(crate) struct EnvironmentSection {
     /// readings of them during a rollout (default: the host's size, the standards' numbers).
     #[serde(default)]
     resources: Option<ResourcesSection>,
+    /// The operator's checks at the rollout's points, whose answers go on, hold or stop it.
+    #[serde(default)]
+    hooks: Vec<HookSection>,
+}
+
+/// A hook: a program (exit 0 goes on, 75 holds, else stops) or a signed POST (2xx goes on,
+/// 423 holds, else stops), called at one point of the rollout.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HookSection {
+    /// Named in the log; unique in the environment.
+    name: String,
+    /// before_rollout, before_traffic_increase, before_promotion (asked: the rollout waits),
+    /// after_rollout or on_rollback (told).
+    at: String,
+    /// A program and its arguments, run without a shell and with a cleared environment
+    /// (GANTRY_HOOK_POINT, GANTRY_ENV, GANTRY_VERSION, … are set).
+    #[serde(default)]
+    command: Option<Vec<String>>,
+    /// An http(s) URL that receives a JSON POST.
+    #[serde(default)]
+    url: Option<String>,
+    /// Signs the POST (x-gantry-signature, as the webhook notifications); a reference.
+    #[serde(default)]
+    secret: Option<CredentialValue>,
+    /// One call's limit (default 30s, 100ms to 10m).
+    #[serde(default)]
+    timeout: Option<String>,
+    /// How long holds may hold the rollout before counting as a failure (default 10m, at most 24h).
+    #[serde(default)]
+    hold: Option<String>,
+    /// Asked again this long after a hold (default 15s, 1s to 10m).
+    #[serde(default)]
+    retry: Option<String>,
 }
 
 /// The standards' resource triggers, judged on the target's own readings of

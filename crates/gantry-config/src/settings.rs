@@ -75,6 +75,16 @@ impl Config {
                 policy: self.analysis.clone(),
             }),
             resources: env.resources.clone(),
+            // A rollback is never held: only the hooks told of it go with it.
+            hooks: env
+                .hooks
+                .iter()
+                .map(|h| h.hook.clone())
+                .filter(|h| {
+                    kind == DeploymentKind::Deploy
+                        || h.at == gantry_core::machine::hooks::HookPoint::OnRollback
+                })
+                .collect(),
         }
     }
     /// The promotion-path gate of `version` entering `env`: it must have

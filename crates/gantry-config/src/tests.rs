@@ -1338,3 +1338,88 @@ fn the_store_url_is_a_reference_never_a_written_password() {
         "{errors}"
     );
 }
+
+#[test]
+fn hooks_are_decoded_with_their_defaults_and_a_rollback_takes_only_its_own() {
+    use gantry_core::machine::hooks::{HookCall, HookPoint};
+    let src = STARTER.to_owned()
+        + "\n[[environments.production.hooks]]\nname = \"flags\"\nat = \"before_promotion\"\ncommand = [\"/usr/local/bin/check-flags\", \"--env\", \"production\"]\n\n[[environments.production.hooks]]\nname = \"ci\"\nat = \"on_rollback\"\nurl = \"https://ci.example/rolled-back\"\nsecret = { env = \"HOOK_SECRET\" }\ntimeout = \"5s\"\n";
+    let config = parse("gantry.toml", &src).unwrap().config;
+    let prod = config.environment("production").unwrap();
+    let [flags, ci] = &prod.hooks[..] else {
+        panic!("{:?}", prod.hooks)
+    };
+    assert_eq!(flags.hook.at, HookPoint::BeforePromotion);
+    assert_eq!(
+        flags.hook.call,
+        HookCall::Command {
+            argv: vec![
+                "/usr/local/bin/check-flags".into(),
+                "--env".into(),
+                "production".into()
+            ]
+        }
+    );
+    assert_eq!(
+        (
+            flags.hook.timeout_ms,
+            flags.hook.hold_ms,
+            flags.hook.retry_ms
+        ),
+        (30_000, 600_000, 15_000)
+    );
+    assert!(flags.secret.is_none());
+    assert_eq!(ci.hook.timeout_ms, 5_000);
+    assert!(matches!(ci.secret, Some(crate::Credential::Secret(_))));
+    // The secret stays in the config: the deployment records the hook only.
+    let deploy = config.deploy_settings(prod, gantry_core::DeploymentKind::Deploy);
+    assert_eq!(deploy.hooks.len(), 2);
+    assert!(!serde_json::to_string(&deploy)
+        .unwrap()
+        .contains("HOOK_SECRET"));
+    let rollback = config.deploy_settings(prod, gantry_core::DeploymentKind::Rollback);
+    assert_eq!(
+        rollback
+            .hooks
+            .iter()
+            .map(|h| h.name.as_str())
+            .collect::<Vec<_>>(),
+        ["ci"]
+    );
+    // Bad ones, each at its field.
+    for (hook, expected) in [
+        (
+            "name = \"a\"\nat = \"before_rollout\"",
+            "environments.production.hooks[0]: no call; set command",
+        ),
+        (
+            "name = \"a\"\nat = \"before_rollout\"\ncommand = []",
+            "environments.production.hooks[0].command: empty",
+        ),
+        (
+            "name = \"a\"\nat = \"before_rollout\"\ncommand = [\"/bin/true\"]\nsecret = { env = \"K\" }",
+            "environments.production.hooks[0].secret: only for a url hook",
+        ),
+        (
+            "name = \"a\"\nat = \"before_rollout\"\nurl = \"ftp://x\"",
+            "environments.production.hooks[0].url:",
+        ),
+        (
+            "name = \"a\"\nat = \"before_rollout\"\ncommand = [\"/bin/true\"]\ntimeout = \"1h\"",
+            "environments.production.hooks[0].timeout: expected a duration from 100ms to 10m",
+        ),
+    ] {
+        let errors = errors_of(&format!(
+            "{STARTER}\n[[environments.production.hooks]]\n{hook}\n"
+        ));
+        assert!(
+            errors.len() == 1 && errors[0].contains(expected),
+            "{hook}: {errors:#?}"
+        );
+    }
+    let twice = format!(
+        "{STARTER}\n[[environments.production.hooks]]\nname = \"a\"\nat = \"after_rollout\"\ncommand = [\"/bin/true\"]\n\n[[environments.production.hooks]]\nname = \"a\"\nat = \"on_rollback\"\ncommand = [\"/bin/true\"]\n"
+    );
+    assert!(errors_of(&twice)[0]
+        .contains("environments.production.hooks[1].name: \"a\" is already a hook's name"));
+}

@@ -10,6 +10,7 @@ mod env_vars;
 mod environments;
 mod fleet;
 mod governance;
+mod hooks;
 mod hosts;
 mod metrics;
 mod notify;

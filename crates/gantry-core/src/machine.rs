@@ -32,6 +32,7 @@ mod canary;
 mod deployment;
 mod events;
 mod fleet;
+pub mod hooks;
 mod judge;
 mod requests;
 mod resources;
@@ -85,13 +86,21 @@ pub fn step(deployment: &Deployment, event: &Event, now: Millis) -> Transition {
         log: Vec::new(),
     };
     if deployment.phase.is_terminal() {
-        // A finished deployment never moves again.
+        // A finished deployment never moves again; the hooks told of its
+        // end still have their answers logged.
+        hooks::log_late_answers(&mut t, event);
         return t;
     }
     if fleet::stray(&mut t, event) {
         return t;
     }
-    on_event(&mut t, event, now);
+    let before = t.deployment.phase;
+    // While hooks hold an increase, the strategies' timers wait with it.
+    let held = t.deployment.hooks.waiting.is_some() && matches!(event, Event::Tick);
+    if !hooks::on_event(&mut t, event, now) && !held {
+        on_event(&mut t, event, now);
+    }
+    hooks::intercept(&mut t, before, event, now);
     t
 }
 

@@ -299,6 +299,7 @@ mod tests {
                     fleet: None,
                     watch: None,
                     resources: Default::default(),
+                    hooks: Vec::new(),
                 },
                 requested_by: "alice".into(),
             },

@@ -19,6 +19,7 @@ mod data_dir;
 mod error;
 pub mod fleet;
 pub mod governance;
+mod hooks;
 mod notify;
 mod observe;
 mod plan;

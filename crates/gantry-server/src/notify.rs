@@ -27,7 +27,7 @@ pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 /// sent twice; an attempt cut short by a crash is retried after it.
 pub(crate) const LEASE_MS: Millis = 60_000;
 
-fn credential(name: &str, c: &Credential) -> Result<String, String> {
+pub(crate) fn credential(name: &str, c: &Credential) -> Result<String, String> {
     match c {
         Credential::Plain(s) => Ok(s.clone()),
         Credential::Secret(r) => crate::secret_file::resolve(name, r),

@@ -308,8 +308,28 @@ pub fn plan(c: &Controller, version: &str, env: &str) -> Result<Plan, ControlErr
     if !matches!(env.strategy, Strategy::Rolling(_)) {
         analysis.extend(resource_rules(&env.resources));
     }
+    let (hooks_asked, hooks_told): (Vec<_>, Vec<_>) =
+        env.hooks.iter().map(|h| &h.hook).partition(|h| h.at.asks());
+    let hook_line = |h: &&gantry_core::machine::hooks::Hook| {
+        let call = match &h.call {
+            gantry_core::machine::hooks::HookCall::Command { argv } => {
+                format!(
+                    "`{}` (exit 0 goes on, 75 holds, else stops)",
+                    argv.join(" ")
+                )
+            }
+            gantry_core::machine::hooks::HookCall::Http { url } => {
+                format!("a signed POST to {url} (2xx goes on, 423 holds, else stops)")
+            }
+        };
+        format!("hook \"{}\" at {}: {call}", h.name, h.at.as_str())
+    };
+    let hooks_asked: Vec<String> = hooks_asked.iter().map(hook_line).collect();
+    let hooks_told: Vec<String> = hooks_told.iter().map(hook_line).collect();
     let h = &c.config().health;
     let ctx = minijinja::context! {
+        hooks_asked => hooks_asked,
+        hooks_told => hooks_told,
         service => c.config().service.name,
         command => c.config().service.command,
         version => v,

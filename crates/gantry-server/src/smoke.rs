@@ -18,7 +18,10 @@ const BODY_DETAIL_CHARS: usize = 120;
 const MAX_BODY_BYTES: usize = 1 << 20;
 
 /// The body as text, refused past `limit` bytes.
-async fn read_bounded(mut resp: reqwest::Response, limit: usize) -> Result<String, String> {
+pub(crate) async fn read_bounded(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<String, String> {
     let mut body = Vec::new();
     while let Some(chunk) = resp
         .chunk()

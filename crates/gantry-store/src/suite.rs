@@ -129,6 +129,7 @@ pub(crate) fn new_deployment(id: DeploymentId, env: &str, v: &str) -> Deployment
                 fleet: None,
                 watch: None,
                 resources: Default::default(),
+                hooks: Vec::new(),
             },
             requested_by: "admin".into(),
         },

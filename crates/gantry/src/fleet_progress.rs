@@ -125,6 +125,7 @@ mod tests {
                     }),
                     watch: None,
                     resources: Default::default(),
+                    hooks: Vec::new(),
                 },
                 requested_by: "t".into(),
             },

@@ -242,6 +242,20 @@ pause = "2m"
 zz_unknown = 1
 [[environments.production.canary.steps]]
 weight = 100
+[[environments.production.hooks]]
+name = "flags"
+at = "before_promotion"
+command = ["/usr/local/bin/check-flags"]
+timeout = "30s"
+hold = "10m"
+retry = "15s"
+zz_unknown = 1
+[[environments.production.hooks]]
+name = "ci"
+at = "before_traffic_increase"
+url = "https://ci.example/confirm"
+secret = { env = "HOOK_SECRET" }
+zz_unknown = 1
 [environments.production.sticky]
 header = "X-User"
 [environments.production.approval]
@@ -359,6 +373,8 @@ strategy = "canary"
 hosts = [{}]
 [environments.production.canary]
 [[environments.production.canary.steps]]
+[[environments.production.hooks]]
+command = ["/bin/true"]
 [environments.production.smoke]
 [environments.staging]
 [environments.staging.smoke]

@@ -256,6 +256,10 @@ fn decode_environment(
         Some(rv) => rollout::decode_resources(w, rv, &join(path, "resources")),
         None => Some(ResourcePolicy::default()),
     };
+    let hooks = match t.get("hooks") {
+        Some(hv) => super::hooks::decode_hooks(w, hv, &join(path, "hooks")),
+        None => Some(Vec::new()),
+    };
     let bake = optional_duration(w, t, &join(path, "bake"), "bake", 10_000);
     let watch = optional_duration(w, t, &join(path, "watch"), "watch", 0).and_then(|ms| {
         if ms > 86_400_000 {
@@ -344,6 +348,7 @@ fn decode_environment(
             hosts: Vec::new(),
             fleet: None,
             resources: resources?,
+            hooks: hooks?,
         })
     })();
     (listen, env)

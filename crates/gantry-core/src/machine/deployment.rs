@@ -46,6 +46,9 @@ pub struct DeploySettings {
     /// (the standards' numbers unless configured).
     #[serde(default)]
     pub resources: ResourcePolicy,
+    /// The operator's hooks at the rollout's points.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<super::hooks::Hook>,
 }
 
 /// How a deployment walks a fleet, resolved from the config at creation:
@@ -235,6 +238,13 @@ pub struct Deployment {
     /// What the resource rules remember between looks, and the latest figures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceWatch>,
+    /// Where the hooks stand: the increases they passed, the one they hold.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub hooks: super::hooks::HookState,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -296,6 +306,7 @@ impl Deployment {
             wave: 0,
             watch: None,
             resources: None,
+            hooks: Default::default(),
         }
     }
 

@@ -102,6 +102,12 @@ pub enum Event {
     RestoreFailed {
         reason: String,
     },
+    /// The hooks of `point` answered, for the increase keyed `key`.
+    HooksAnswered {
+        point: super::hooks::HookPoint,
+        key: String,
+        outcomes: Vec<super::hooks::HookOutcome>,
+    },
     /// A person with the approver role approved the change.
     Approved {
         by: String,
@@ -169,6 +175,12 @@ pub enum Effect {
     /// Run the smoke checks against `instances`; answer with `SmokeFinished`.
     RunSmoke {
         instances: Vec<InstanceRef>,
+    },
+    /// Call the hooks of `point`; answer with `HooksAnswered` (the same
+    /// `key`). Told points' answers are only logged.
+    RunHooks {
+        point: super::hooks::HookPoint,
+        key: String,
     },
     /// Start these stopped instances of `version` again with their old
     /// identities and ports, and wait until they answer healthy.

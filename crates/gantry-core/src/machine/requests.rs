@@ -75,6 +75,7 @@ mod tests {
                     fleet: None,
                     watch: None,
                     resources: Default::default(),
+                    hooks: Vec::new(),
                 },
                 requested_by: "alice".into(),
             },

@@ -106,6 +106,7 @@ mod tests {
                 cpu_cores: Some(0.5),
                 ..ResourcePolicy::default()
             },
+            hooks: Vec::new(),
         };
         let mut d = Deployment::new(
             NewDeployment {

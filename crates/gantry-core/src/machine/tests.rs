@@ -24,6 +24,7 @@ fn settings() -> DeploySettings {
         fleet: None,
         watch: None,
         resources: Default::default(),
+        hooks: Vec::new(),
     }
 }
 
@@ -1633,3 +1634,4 @@ fn the_strategy_is_one_tagged_value_in_the_stored_state() {
 }
 
 mod fleet;
+mod hooks;

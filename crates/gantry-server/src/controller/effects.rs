@@ -157,6 +157,18 @@ impl Controller {
                     }
                 },
             },
+            Effect::RunHooks { point, key } => {
+                let configured = self
+                    .config
+                    .environment(d.env.as_str())
+                    .map(|e| e.hooks.clone())
+                    .unwrap_or_default();
+                Event::HooksAnswered {
+                    point,
+                    key,
+                    outcomes: crate::hooks::run(&d, point, &configured, &self.http).await,
+                }
+            }
             Effect::RestoreInstances { version, instances } => {
                 match self.restore(&d, &version, &instances).await {
                     Ok(()) => Event::InstancesRestored,

@@ -290,6 +290,11 @@ impl Gantry {
         Self::start_lifecycle("100ms", "", &[], tail, lifecycle)
     }
 
+    /// A controller with `server_env` in its environment, its config ending with `tail`.
+    pub fn start_with_env_and_tail(bake: &str, server_env: &[(&str, &str)], tail: &str) -> Gantry {
+        Self::start_lifecycle(bake, "", server_env, tail, Lifecycle::Loose)
+    }
+
     /// A controller started with extra `gantry server` arguments.
     pub fn start_with_server_args(server_args: &[&str]) -> Gantry {
         Self::start_args("300ms", "", &[], "", Lifecycle::Loose, server_args)

@@ -19,6 +19,7 @@ mod fleet;
 mod fleet_ssh;
 mod fleet_view;
 mod governance;
+mod hooks;
 mod host;
 mod isolation;
 mod metrics;
