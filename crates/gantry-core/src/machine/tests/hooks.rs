@@ -348,3 +348,101 @@ fn a_rollback_deployment_is_never_held_and_tells_its_hooks_at_once() {
         .iter()
         .any(|e| matches!(e, Effect::StartInstances { .. })));
 }
+
+/// Plays `d` to its end, every effect answered as a healthy runtime would
+/// and every hook passing; returns the points asked, in order, and the end.
+fn drive(mut d: Deployment) -> (Vec<HookPoint>, Deployment) {
+    let mut asked_points = Vec::new();
+    let mut queue: std::collections::VecDeque<Event> = [Event::Created].into();
+    let mut next_new = 10u16;
+    let mut now = 0;
+    while let Some(event) = queue.pop_front() {
+        now += 10;
+        let t = step(&d, &event, now);
+        for e in &t.effects {
+            queue.push_back(match e {
+                Effect::PrepareRelease { .. } => Event::Prepared,
+                Effect::StartInstances { count, .. } => {
+                    let instances: Vec<InstanceRef> = (0..*count)
+                        .map(|_| {
+                            next_new += 1;
+                            inst(next_new)
+                        })
+                        .collect();
+                    Event::InstancesStarted {
+                        instances,
+                        failed_hosts: Default::default(),
+                    }
+                }
+                Effect::ProbeHealth { instance, .. } => Event::HealthObserved {
+                    instance: instance.id.clone(),
+                    probe: Probe::Healthy,
+                },
+                Effect::ShiftTraffic { .. } | Effect::RouteTraffic { to_new: true, .. } => {
+                    Event::TrafficRouted { to_new: true }
+                }
+                Effect::RouteTraffic { to_new: false, .. } => {
+                    Event::TrafficRouted { to_new: false }
+                }
+                Effect::StopInstances { .. } => Event::InstancesStopped,
+                Effect::WakeAt { .. } => {
+                    now += 10_000;
+                    Event::Tick
+                }
+                Effect::RunHooks { point, key } => {
+                    asked_points.push(*point);
+                    answered(*point, key, "h", HookAnswer::Pass)
+                }
+                Effect::ObserveResources { .. } => Event::ResourcesObserved {
+                    resources: Vec::new(),
+                },
+                other => panic!("not expected here: {other:?}"),
+            });
+        }
+        d = t.deployment;
+        if d.phase.is_terminal() || asked_points.len() > 20 {
+            break;
+        }
+    }
+    (asked_points, d)
+}
+
+#[test]
+fn each_rolling_batch_is_an_increase_and_the_last_one_the_promotion() {
+    let mut d = with_hooks(&[
+        ("start", HookPoint::BeforeRollout),
+        ("more", HookPoint::BeforeTrafficIncrease),
+        ("all", HookPoint::BeforePromotion),
+        ("done", HookPoint::AfterRollout),
+    ]);
+    d.settings.instances = 3;
+    d.old_instances = vec![inst(1), inst(2), inst(3)];
+    d.settings.strategy = StrategySettings::Rolling(RollingSettings {
+        max_surge: 1,
+        max_unavailable: 0,
+        judge: None,
+    });
+    let (points, d) = drive(d);
+    assert_eq!(d.phase, Phase::Succeeded, "{:?}", d.reason);
+    assert_eq!(
+        points,
+        [
+            HookPoint::BeforeRollout,
+            HookPoint::BeforeTrafficIncrease,
+            HookPoint::BeforeTrafficIncrease,
+            HookPoint::BeforePromotion,
+            HookPoint::AfterRollout,
+        ]
+    );
+    // And blue-green: the switch is the promotion, the start asked first.
+    let (points, d) = drive(with_hooks(&[
+        ("start", HookPoint::BeforeRollout),
+        ("more", HookPoint::BeforeTrafficIncrease),
+        ("all", HookPoint::BeforePromotion),
+    ]));
+    assert_eq!(d.phase, Phase::Succeeded, "{:?}", d.reason);
+    assert_eq!(
+        points,
+        [HookPoint::BeforeRollout, HookPoint::BeforePromotion]
+    );
+}
