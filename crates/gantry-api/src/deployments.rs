@@ -18,6 +18,14 @@ pub struct DeployRequest {
     /// Why the change is made (kept on the deployment and the audit trail).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// A scheduled change: not before this UTC time (RFC 3339, e.g.
+    /// "2026-12-01T10:00Z"). Announced at once and again a day before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// The end of its window: a change that has not started by then does
+    /// not start (needs `at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
 }
 
 /// `POST /rollbacks`.

@@ -223,7 +223,32 @@ pub struct ChangeControl {
     pub review_by: Option<Millis>,
     /// Approvals received while the deployment waited or ran.
     pub approvals: Vec<Approval>,
+    /// A scheduled change's start as asked (`start_after` is the later of
+    /// it and the lead time's end).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<Millis>,
+    /// A scheduled change's window: it starts no earlier than its start
+    /// (`start_after`) and not at all after this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_end: Option<Millis>,
+    /// When the change is announced again before it starts (a day before,
+    /// as the standards ask), if that is still ahead when it is requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announce_at: Option<Millis>,
+    /// The announcement went out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub announced: bool,
 }
+
+/// When a scheduled change may start: from `at`, until `until` if given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    pub at: Millis,
+    pub until: Option<Millis>,
+}
+
+/// How long before a scheduled change it is announced (the standards: 24 h).
+pub const ANNOUNCE_BEFORE_MS: Millis = 24 * 3_600_000;
 
 /// Why a change request is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -236,6 +261,17 @@ pub enum ChangeRefusal {
         freeze: String,
         until: String,
     },
+    #[error("at: {at} is in the past; schedule a change for later, or deploy now without --at")]
+    InThePast { at: String },
+    #[error("until: {until} is not after the start {at}; a window ends after it begins")]
+    EmptyWindow { at: String, until: String },
+    #[error("at: {env} is frozen ({freeze}) at {at}, until {until}; schedule the change outside the freeze, or as an emergency")]
+    ScheduledInFreeze {
+        env: String,
+        freeze: String,
+        at: String,
+        until: String,
+    },
 }
 
 /// Decides what a change request into an environment needs.
@@ -245,14 +281,36 @@ pub fn plan_change(
     change: ChangeType,
     reason: Option<String>,
     freezes: &[FreezeWindow],
+    schedule: Option<Schedule>,
     now: Millis,
 ) -> Result<ChangeControl, ChangeRefusal> {
-    if change != ChangeType::Emergency {
-        if let Some((f, until)) = active_freeze(freezes, now) {
-            return Err(ChangeRefusal::Frozen {
-                env: env.to_owned(),
-                freeze: f.name.clone(),
+    if let Some(s) = schedule {
+        if s.at <= now {
+            return Err(ChangeRefusal::InThePast { at: rfc3339(s.at) });
+        }
+        if let Some(until) = s.until.filter(|u| *u <= s.at) {
+            return Err(ChangeRefusal::EmptyWindow {
+                at: rfc3339(s.at),
                 until: rfc3339(until),
+            });
+        }
+    }
+    if change != ChangeType::Emergency {
+        // A scheduled change is held to the freezes at its start.
+        let start = schedule.map_or(now, |s| s.at);
+        if let Some((f, until)) = active_freeze(freezes, start) {
+            return Err(match schedule {
+                Some(s) => ChangeRefusal::ScheduledInFreeze {
+                    env: env.to_owned(),
+                    freeze: f.name.clone(),
+                    at: rfc3339(s.at),
+                    until: rfc3339(until),
+                },
+                None => ChangeRefusal::Frozen {
+                    env: env.to_owned(),
+                    freeze: f.name.clone(),
+                    until: rfc3339(until),
+                },
             });
         }
     }
@@ -277,6 +335,14 @@ pub fn plan_change(
             (policy.required > 0).then_some(now + policy.emergency_review_ms as Millis),
         ),
     };
+    // Scheduled: not before its start, nor before the lead time ends.
+    let start_after = match (start_after, schedule) {
+        (lead, Some(s)) => Some(lead.map_or(s.at, |l| l.max(s.at))),
+        (lead, None) => lead,
+    };
+    let announce_at = schedule
+        .map(|s| s.at - ANNOUNCE_BEFORE_MS)
+        .filter(|at| *at > now);
     Ok(ChangeControl {
         change,
         reason,
@@ -285,6 +351,10 @@ pub fn plan_change(
         start_after,
         review_by,
         approvals: Vec::new(),
+        scheduled_at: schedule.map(|s| s.at),
+        window_end: schedule.and_then(|s| s.until),
+        announce_at,
+        announced: false,
     })
 }
 
@@ -451,6 +521,7 @@ mod tests {
                 ChangeType::Standard,
                 None,
                 &[],
+                None,
                 FRI_NOON
             ),
             Err(ChangeRefusal::StandardNotAllowed { .. })
@@ -461,6 +532,7 @@ mod tests {
             ChangeType::Normal,
             None,
             &[],
+            None,
             FRI_NOON,
         )
         .expect("normal change");
@@ -479,6 +551,7 @@ mod tests {
             ChangeType::Normal,
             None,
             &freeze,
+            None,
             FRI_NOON,
         );
         assert_eq!(
@@ -491,6 +564,7 @@ mod tests {
             ChangeType::Emergency,
             None,
             &freeze,
+            None,
             FRI_NOON,
         )
         .expect("emergencies go ahead in a freeze");
@@ -510,6 +584,7 @@ mod tests {
             ChangeType::Normal,
             None,
             &[],
+            None,
             0,
         )
         .unwrap();

@@ -506,9 +506,15 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
     let effects = &mut t.effects;
     match d.phase {
         Phase::AwaitingApproval => match approval::waits(d, now) {
+            Some(_) if approval::expired(d, now).is_some() => {
+                let reason = approval::expired(d, now).unwrap_or_default();
+                fail(t, reason, now);
+            }
             Some((why, until)) => {
+                let wake = approval::wake_at(d, until, now);
+                approval::announce(t, now);
                 t.log.push(format!("waiting: {why}"));
-                if let Some(at) = until {
+                if let Some(at) = wake {
                     t.effects.push(Effect::WakeAt { at });
                 }
             }

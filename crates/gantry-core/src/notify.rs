@@ -172,7 +172,9 @@ pub fn notices(event: &Event, before: &Deployment, after: &Deployment, now: Mill
     let mut kinds = Vec::new();
     let created = matches!(event, Event::Created);
     let entered = |p: Phase| after.phase == p && (before.phase != p || created);
-    if created {
+    let announced = |d: &Deployment| d.change.as_ref().is_some_and(|c| c.announced);
+    // At the request, and a day before a scheduled change starts.
+    if created || (announced(after) && !announced(before)) {
         kinds.push(NoticeKind::Scheduled);
     }
     if entered(Phase::AwaitingApproval)
@@ -361,7 +363,16 @@ mod tests {
             emergency_review_ms: 0,
             allow_standard: false,
         };
-        let c = plan_change("production", &policy, ChangeType::Normal, None, &[], 0).unwrap();
+        let c = plan_change(
+            "production",
+            &policy,
+            ChangeType::Normal,
+            None,
+            &[],
+            None,
+            0,
+        )
+        .unwrap();
         let d = deployment().with_change(c);
         let (d, k) = kinds(&Event::Created, &d, 1);
         assert_eq!(k, [NoticeKind::Scheduled, NoticeKind::ApprovalRequested]);

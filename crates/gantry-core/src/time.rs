@@ -30,3 +30,41 @@ mod tests {
         assert_eq!(seconds(2500), "2.5s");
     }
 }
+
+/// An RFC 3339 UTC moment as people write it: `2026-12-01T10:00:00Z`, or
+/// without its seconds (`2026-12-01T10:00Z`).
+pub fn parse_rfc3339(s: &str) -> Result<Millis, String> {
+    let full;
+    let text = match s.strip_suffix('Z') {
+        Some(head) if head.len() == 16 => {
+            full = format!("{head}:00Z");
+            full.as_str()
+        }
+        _ => s,
+    };
+    let at = humantime::parse_rfc3339(text).map_err(|_| {
+        format!("{s:?} is not a UTC time; expected RFC 3339 such as \"2026-12-01T10:00Z\" or \"2026-12-01T10:00:00Z\"")
+    })?;
+    let ms = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| format!("{s:?} is before 1970"))?
+        .as_millis();
+    Millis::try_from(ms).map_err(|_| format!("{s:?} is too far ahead"))
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[test]
+    fn a_utc_moment_parses_with_or_without_seconds_and_anything_else_is_named() {
+        assert_eq!(parse_rfc3339("1970-01-01T01:00Z"), Ok(3_600_000));
+        assert_eq!(parse_rfc3339("1970-01-01T01:00:01Z"), Ok(3_601_000));
+        let err = parse_rfc3339("tomorrow").unwrap_err();
+        assert!(
+            err.starts_with("\"tomorrow\" is not a UTC time; expected RFC 3339"),
+            "{err}"
+        );
+        assert!(parse_rfc3339("2026-12-01T10:00+01:00").is_err());
+    }
+}

@@ -110,6 +110,20 @@ pub enum Command {
         /// Why: kept on the deployment and the audit trail.
         #[arg(long)]
         reason: Option<String>,
+        /// Schedule it: not before this UTC time (e.g. 2026-12-01T10:00Z);
+        /// announced now and again a day before. `gantry abort ID` cancels it.
+        #[arg(long)]
+        at: Option<String>,
+        /// The end of its window: if it has not started by then, it does not start.
+        #[arg(long, requires = "at")]
+        until: Option<String>,
+    },
+    /// Scheduled changes still to start, soonest first.
+    Schedule {
+        #[arg(long)]
+        env: Option<String>,
+        #[command(flatten)]
+        output: Output,
     },
     /// Approve a deployment (approver role; never your own).
     Approve {

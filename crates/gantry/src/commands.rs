@@ -104,15 +104,20 @@ pub async fn run(cli: Cli) -> Exit {
             detach,
             change,
             reason,
+            at,
+            until,
         } => {
             let request = DeployRequest {
                 env,
                 version,
                 change,
                 reason,
+                at,
+                until,
             };
             deploy::deploy(&connect()?, request, detach).await
         }
+        Command::Schedule { env, output } => deploy::schedule(&connect()?, env, output).await,
         Command::Approve { id, comment } => gov::verdict(&connect()?, id, true, comment).await,
         Command::Reject { id, comment } => gov::verdict(&connect()?, id, false, comment).await,
         Command::Approvals { output } => gov::approvals(&connect()?, output).await,

@@ -21,6 +21,56 @@ pub async fn rollback(c: &Client, request: RollbackRequest, detach: bool) -> Exi
     follow(c, d.id, detach).await
 }
 
+/// Scheduled changes still to start: each one's window and what it waits for.
+pub async fn schedule(c: &Client, env: Option<String>, output: Output) -> Exit {
+    let all = c
+        .deployments(&ListQuery {
+            env,
+            limit: Some(1000),
+        })
+        .await?;
+    let mut upcoming: Vec<Deployment> = all
+        .into_iter()
+        .filter(|d| {
+            d.phase == Phase::AwaitingApproval
+                && d.change.as_ref().is_some_and(|c| c.scheduled_at.is_some())
+        })
+        .collect();
+    upcoming.sort_by_key(|d| d.change.as_ref().and_then(|c| c.start_after));
+    output.show(&upcoming, |upcoming| {
+        if upcoming.is_empty() {
+            outln!("no change is scheduled");
+            return;
+        }
+        outln!(
+            "{:<6} {:<12} {:<10} {:<10} {:<22} {:<22} {:<9} BY",
+            "ID",
+            "ENV",
+            "VERSION",
+            "CHANGE",
+            "STARTS",
+            "WINDOW ENDS",
+            "APPROVED"
+        );
+        for d in upcoming {
+            let Some(c) = d.change.as_ref() else { continue };
+            let approved = c.approvals.iter().filter(|a| a.approved).count();
+            outln!(
+                "{:<6} {:<12} {:<10} {:<10} {:<22} {:<22} {:<9} {}",
+                d.id,
+                d.env,
+                d.version,
+                c.change.as_str(),
+                time(c.start_after),
+                time(c.window_end),
+                format!("{approved}/{}", c.required_before),
+                d.requested_by
+            );
+        }
+    })?;
+    Ok(ExitCode::Success)
+}
+
 /// Asks a running deployment to abort, promote, pause or resume.
 pub async fn act(c: &Client, id: DeploymentId, action: Action) -> Exit {
     c.act(id, action).await?;
@@ -69,9 +119,15 @@ pub async fn follow(c: &Client, id: DeploymentId, detach: bool) -> Exit {
         }
         if d.phase == Phase::AwaitingApproval {
             bar.finish_and_clear();
-            outln!(
-                "deployment {id} awaits approval: `gantry approve {id}` by an approver; `gantry log {id}` shows what it waits for"
-            );
+            match d.change.as_ref().and_then(|c| c.scheduled_at) {
+                Some(at) => outln!(
+                    "deployment {id} is scheduled for {}: `gantry schedule` lists it, `gantry abort {id}` cancels it",
+                    time(at)
+                ),
+                None => outln!(
+                    "deployment {id} awaits approval: `gantry approve {id}` by an approver; `gantry log {id}` shows what it waits for"
+                ),
+            }
             return Ok(ExitCode::Success);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -1508,6 +1508,7 @@ fn normal_change(required: u32, lead_ms: u64) -> crate::governance::ChangeContro
         ChangeType::Normal,
         Some("new search".into()),
         &[],
+        None,
         0,
     )
     .unwrap()
@@ -1534,6 +1535,136 @@ fn a_normal_change_waits_for_its_approvals_and_lead_time() {
     assert_eq!(d.phase, Phase::Preparing);
 }
 
+const HOUR: Millis = 3_600_000;
+
+fn scheduled_change(
+    required: u32,
+    at: Millis,
+    until: Option<Millis>,
+) -> crate::governance::ChangeControl {
+    use crate::governance::*;
+    let policy = ApprovalPolicy {
+        required,
+        lead_time: LeadTime::Ms(0),
+        emergency_review_ms: 60_000,
+        allow_standard: true,
+    };
+    let change = if required > 0 {
+        ChangeType::Normal
+    } else {
+        ChangeType::Standard
+    };
+    plan_change(
+        "production",
+        &policy,
+        change,
+        None,
+        &[],
+        Some(Schedule { at, until }),
+        0,
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_scheduled_change_is_announced_a_day_before_and_starts_at_its_time() {
+    let d = first_deploy().with_change(scheduled_change(0, 48 * HOUR, Some(50 * HOUR)));
+    let t = step(&d, &Event::Created, 0);
+    assert_eq!(t.deployment.phase, Phase::AwaitingApproval);
+    // First woken for the announcement, a day before the start.
+    assert_eq!(t.effects, [Effect::WakeAt { at: 24 * HOUR }]);
+    assert!(t
+        .log
+        .iter()
+        .any(|l| l == "waiting: scheduled to start at 1970-01-03T00:00:00Z"));
+    let kinds = |before: &Deployment, t: &Transition, ev: &Event, now| {
+        crate::notify::notices(ev, before, &t.deployment, now)
+            .into_iter()
+            .map(|n| n.kind)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        kinds(&d, &t, &Event::Created, 0),
+        [crate::notify::NoticeKind::Scheduled]
+    );
+    let before = t.deployment.clone();
+    let t = step(&before, &Event::Tick, 24 * HOUR);
+    assert!(t
+        .log
+        .iter()
+        .any(|l| l == "announced: the change starts at 1970-01-03T00:00:00Z"));
+    assert_eq!(
+        kinds(&before, &t, &Event::Tick, 24 * HOUR),
+        [crate::notify::NoticeKind::Scheduled],
+        "announced again a day before"
+    );
+    assert_eq!(t.effects, [Effect::WakeAt { at: 48 * HOUR }]);
+    // A restart in between announces nothing twice.
+    let again = step(&t.deployment, &Event::Resumed, 30 * HOUR);
+    assert!(!again.log.iter().any(|l| l.starts_with("announced")));
+    let t = step(&t.deployment, &Event::Tick, 48 * HOUR);
+    assert_eq!(t.deployment.phase, Phase::Preparing);
+}
+
+#[test]
+fn a_scheduled_change_still_waiting_at_its_window_end_does_not_start() {
+    // It needs an approval nobody gives before the window closes.
+    let d = first_deploy().with_change(scheduled_change(1, HOUR, Some(2 * HOUR)));
+    let t = step(&d, &Event::Created, 0);
+    assert_eq!(t.effects, [Effect::WakeAt { at: HOUR }]);
+    let t = step(&t.deployment, &Event::Tick, HOUR);
+    assert_eq!(t.deployment.phase, Phase::AwaitingApproval);
+    assert_eq!(t.effects, [Effect::WakeAt { at: 2 * HOUR }]);
+    let t = step(&t.deployment, &Event::Tick, 2 * HOUR);
+    assert_eq!(t.deployment.phase, Phase::Failed);
+    assert_eq!(
+        t.deployment.reason.as_deref(),
+        Some("its window ended at 1970-01-01T02:00:00Z before it could start (waiting for: 0 of 1 approval(s) from the approver role)")
+    );
+}
+
+#[test]
+fn a_schedule_in_the_past_empty_or_in_a_freeze_is_refused_and_a_freeze_now_is_not() {
+    use crate::governance::*;
+    let freeze = FreezeWindow {
+        name: "year-end".into(),
+        when: FreezeSpan::Once {
+            from: 10 * HOUR,
+            to: 20 * HOUR,
+        },
+    };
+    let plan = |at, until, now| {
+        plan_change(
+            "production",
+            &ApprovalPolicy::none(),
+            ChangeType::Standard,
+            None,
+            std::slice::from_ref(&freeze),
+            Some(Schedule { at, until }),
+            now,
+        )
+    };
+    assert_eq!(
+        plan(HOUR, None, 2 * HOUR).unwrap_err().to_string(),
+        "at: 1970-01-01T01:00:00Z is in the past; schedule a change for later, or deploy now without --at"
+    );
+    assert!(plan(3 * HOUR, Some(3 * HOUR), 0)
+        .unwrap_err()
+        .to_string()
+        .starts_with("until: 1970-01-01T03:00:00Z is not after the start"));
+    assert_eq!(
+        plan(12 * HOUR, None, 0).unwrap_err().to_string(),
+        "at: production is frozen (year-end) at 1970-01-01T12:00:00Z, until 1970-01-01T20:00:00Z; schedule the change outside the freeze, or as an emergency"
+    );
+    // Asked during the freeze for after it: fine.
+    let c = plan(21 * HOUR, None, 11 * HOUR).unwrap();
+    assert_eq!(c.start_after, Some(21 * HOUR));
+    assert_eq!(
+        c.announce_at, None,
+        "less than a day ahead: announced at the request only"
+    );
+}
+
 #[test]
 fn a_rejection_ends_a_waiting_change_and_rolls_back_a_running_emergency() {
     let d = first_deploy().with_change(normal_change(1, 0));
@@ -1554,8 +1685,16 @@ fn a_rejection_ends_a_waiting_change_and_rolls_back_a_running_emergency() {
         required: 1,
         ..ApprovalPolicy::none()
     };
-    let emergency =
-        plan_change("production", &policy, ChangeType::Emergency, None, &[], 0).unwrap();
+    let emergency = plan_change(
+        "production",
+        &policy,
+        ChangeType::Emergency,
+        None,
+        &[],
+        None,
+        0,
+    )
+    .unwrap();
     let d = first_deploy().with_change(emergency);
     let (_, running) = run(d, &started_then(&[2, 3], vec![(30, reject)]));
     assert_eq!(running.phase, Phase::RollingBack);

@@ -14,6 +14,24 @@ pub(super) async fn create_deployment(
     Extension(who): Extension<Identity>,
     Body(body): Body<DeployRequest>,
 ) -> ApiResult<Response> {
+    let moment = |field: &str, v: &Option<String>| {
+        v.as_deref()
+            .map(|s| {
+                gantry_core::time::parse_rfc3339(s)
+                    .map_err(|e| ControlError::Invalid(format!("{field}: {e}")))
+            })
+            .transpose()
+    };
+    let schedule = match (moment("at", &body.at)?, moment("until", &body.until)?) {
+        (Some(at), until) => Some(gantry_core::governance::Schedule { at, until }),
+        (None, Some(_)) => {
+            return Err(ControlError::Invalid(
+                "until: a window's end needs its start (at)".to_owned(),
+            )
+            .into())
+        }
+        (None, None) => None,
+    };
     let d = s
         .controller
         .deploy(
@@ -22,6 +40,7 @@ pub(super) async fn create_deployment(
             &who.user,
             body.change.as_deref(),
             body.reason,
+            schedule,
         )
         .await?;
     let subject = acted_on(format!("deployment {}", d.id));

@@ -46,6 +46,7 @@ impl Controller {
         by: &str,
         change: Option<&str>,
         reason: Option<String>,
+        schedule: Option<gantry_core::governance::Schedule>,
     ) -> Result<Deployment, ControlError> {
         let env = self.env(env)?.clone();
         let version = Self::parse_version(version)?;
@@ -56,7 +57,7 @@ impl Controller {
                 env.name
             )));
         }
-        let change = self.admit(&env, &version, change, reason)?;
+        let change = self.admit(&env, &version, change, reason, schedule)?;
         if change.change == gantry_core::governance::ChangeType::Emergency {
             self.supersede_waiting(&env.name, by).await?;
         }

@@ -121,6 +121,7 @@ impl Controller {
         version: &Version,
         change: Option<&str>,
         reason: Option<String>,
+        schedule: Option<governance::Schedule>,
     ) -> Result<ChangeControl, ControlError> {
         let change = match change {
             Some(c) => ChangeType::parse(c).map_err(ControlError::Invalid)?,
@@ -146,9 +147,15 @@ impl Controller {
             change,
             reason,
             &env.freezes,
+            schedule,
             now_ms(),
         )
-        .map_err(|e| ControlError::Conflict(e.to_string()))
+        .map_err(|e| match e {
+            // A bad time asked for is the request's fault, not a conflict.
+            governance::ChangeRefusal::InThePast { .. }
+            | governance::ChangeRefusal::EmptyWindow { .. } => ControlError::Invalid(e.to_string()),
+            _ => ControlError::Conflict(e.to_string()),
+        })
     }
 
     /// Deploys `version` to the environment after `from` on the promotion
@@ -175,6 +182,7 @@ impl Controller {
                 next.name.as_str(),
                 &version.to_string(),
                 AUTO_ACTOR,
+                None,
                 None,
                 None,
             )

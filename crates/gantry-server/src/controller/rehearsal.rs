@@ -121,6 +121,7 @@ impl Controller {
                 by,
                 None,
                 Some("rollback rehearsal".into()),
+                None,
             )
             .await
             .map_err(|e| format!("deploy: {e}"))?;
@@ -142,6 +143,7 @@ impl Controller {
                 by,
                 None,
                 Some("rollback rehearsal: redeploy".into()),
+                None,
             )
             .await
             .map_err(|e| format!("redeploy: {e}"))?;

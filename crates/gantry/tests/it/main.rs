@@ -32,4 +32,5 @@ mod query_rules;
 mod releases;
 mod resources;
 mod rollout;
+mod schedule;
 mod upgrade;
