@@ -358,6 +358,28 @@ impl Client {
 
     // Governance
 
+    /// Newest first.
+    pub async fn incidents(&self, query: &crate::IncidentQuery) -> Result<Vec<crate::IncidentRecord>> {
+        self.get(&["incidents"], query).await
+    }
+
+    pub async fn dora(&self, query: &crate::DoraQuery) -> Result<crate::Dora> {
+        self.get(&["dora"], query).await
+    }
+
+    pub async fn incident(&self, id: i64) -> Result<crate::IncidentRecord> {
+        self.get(&["incidents", &id.to_string()], &()).await
+    }
+
+    pub async fn close_incident(
+        &self,
+        id: i64,
+        body: &crate::CloseIncident,
+    ) -> Result<crate::IncidentRecord> {
+        self.post(&["incidents", &id.to_string(), "close"], body)
+            .await
+    }
+
     pub async fn approvals(&self) -> Result<Vec<PendingApproval>> {
         self.get(&["approvals"], &()).await
     }

@@ -17,6 +17,7 @@ pub mod deployments;
 pub mod error;
 pub mod governance;
 pub mod hosts;
+mod incidents;
 pub mod records;
 pub mod releases;
 pub mod status;
@@ -32,11 +33,14 @@ pub use deployments::{
     VerdictGiven, VerdictRequest,
 };
 pub use error::{ErrorBody, ErrorDetail};
+pub use gantry_core::dora::{Dora, Spread};
+pub use gantry_core::incidents::{Incident as IncidentRecord, IncidentClosure, IncidentKind};
 pub use governance::{
     DeliveryQuery, EvidenceQuery, GatesQuery, GatesView, PendingApproval, Plan, PlanApproval,
     PlanApproved, RehearsalAnswer, RehearsalRequest,
 };
 pub use hosts::{HostEnvView, HostInstanceView, HostView, HostsView, InstanceHealthView};
+pub use incidents::{CloseIncident, DoraQuery, IncidentQuery};
 pub use records::{Delivery, EnvState, EvidenceRecord, LogEntry, ReleaseRecord, TokenRecord, User};
 pub use releases::VerifyResult;
 pub use status::{

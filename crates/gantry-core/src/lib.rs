@@ -10,8 +10,10 @@
 pub mod analysis;
 pub mod audit;
 pub mod domain;
+pub mod dora;
 pub mod evidence;
 pub mod governance;
+pub mod incidents;
 pub mod machine;
 pub mod notify;
 pub mod time;

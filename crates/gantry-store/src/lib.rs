@@ -64,6 +64,8 @@ impl From<rusqlite::Error> for StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+use gantry_core::incidents::{Incident, IncidentClosure};
+
 /// What inserting a release did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InsertOutcome {
@@ -95,6 +97,12 @@ pub trait GovernanceStore: Send + Sync {
     fn add_late_approval(&self, deployment: DeploymentId, approval: &Approval) -> Result<bool>;
     fn add_evidence(&self, evidence: &EvidenceRecord) -> Result<i64>;
     fn evidence(&self, version: &Version) -> Result<Vec<EvidenceRecord>>;
+    /// Incidents, newest first: of `env` only, open (not closed) only.
+    /// They are opened and restored by [`Store::record`].
+    fn incidents(&self, env: Option<&str>, open_only: bool, limit: usize) -> Result<Vec<Incident>>;
+    fn incident(&self, id: i64) -> Result<Option<Incident>>;
+    /// False if there is no such incident or it is already closed.
+    fn close_incident(&self, id: i64, closure: &IncidentClosure) -> Result<bool>;
 }
 
 /// A notice and the channels that are to hear it.

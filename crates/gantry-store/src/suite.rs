@@ -89,6 +89,7 @@ on_both_backends!(
     tokens_are_revoked_once_and_users_are_unique,
     pruning_deployments_keeps_what_runs_and_what_is_recent,
     notices_are_queued_with_the_transition_that_gives_them,
+    a_rollback_opens_one_incident_restored_at_its_end_and_closed_once,
 );
 
 pub(crate) fn release(v: &str, fill: char) -> ReleaseRecord {
@@ -455,4 +456,58 @@ fn notices_are_queued_with_the_transition_that_gives_them(store: &dyn TestStore)
         .unwrap();
     assert_eq!(store.due_deliveries(200, 100).unwrap().len(), due.len() - 1);
     assert_eq!(store.deliveries(Some(d.id), 100).unwrap().len(), due.len());
+}
+
+fn a_rollback_opens_one_incident_restored_at_its_end_and_closed_once(store: &dyn TestStore) {
+    use gantry_core::incidents::{IncidentClosure, IncidentKind};
+    let env: EnvName = "production".parse().unwrap();
+    let d = store
+        .create_deployment(&env, &mut |id| new_deployment(id, "production", "1.1.0"))
+        .unwrap();
+    let mut t = gantry_core::step(&d, &Event::Created, 100);
+    store.record(&Event::Created, &t, 100, &[]).unwrap();
+    assert!(store.incidents(None, false, 10).unwrap().is_empty());
+    // Rolling back, recorded twice (a restart replays the state): one incident.
+    let abort = Event::AbortRequested { by: "ann".into() };
+    t.deployment.phase = gantry_core::Phase::RollingBack;
+    t.deployment.reason = Some("canary analysis at 10%: canary error rate above 1.00%".into());
+    store.record(&abort, &t, 200, &[]).unwrap();
+    store.record(&Event::Tick, &t, 250, &[]).unwrap();
+    let all = store.incidents(Some("production"), false, 10).unwrap();
+    assert_eq!(all.len(), 1, "{all:?}");
+    let i = &all[0];
+    assert_eq!(
+        (i.deployment, i.kind, i.opened_at),
+        (d.id, IncidentKind::Automatic, 200)
+    );
+    assert_eq!(i.release.as_deref(), Some("1.1.0"));
+    assert!(i.reason.starts_with("canary analysis at 10%"));
+    assert_eq!(i.restored_at, None);
+    // Rolled back: restored, once.
+    t.deployment.phase = gantry_core::Phase::RolledBack;
+    t.deployment.finished_at = Some(300);
+    store
+        .record(&Event::InstancesStopped, &t, 300, &[])
+        .unwrap();
+    store.record(&Event::Tick, &t, 400, &[]).unwrap();
+    let i = store.incident(i.id).unwrap().unwrap();
+    assert_eq!(i.restored_at, Some(300));
+    assert!(store
+        .incidents(Some("staging"), false, 10)
+        .unwrap()
+        .is_empty());
+    // Closed once; then no longer open.
+    let closure = IncidentClosure {
+        by: "ann".into(),
+        at: 500,
+        summary: "a broken index".into(),
+        follow_up: "a test for it".into(),
+    };
+    assert!(store.close_incident(i.id, &closure).unwrap());
+    assert!(!store.close_incident(i.id, &closure).unwrap());
+    assert!(!store.close_incident(i.id + 100, &closure).unwrap());
+    assert_eq!(store.incident(i.id).unwrap().unwrap().closed, Some(closure));
+    assert!(store.incidents(None, true, 10).unwrap().is_empty());
+    assert_eq!(store.incidents(None, false, 10).unwrap().len(), 1);
+    assert_eq!(store.incident(i.id + 100).unwrap(), None);
 }

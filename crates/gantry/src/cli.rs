@@ -125,6 +125,29 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// Incidents (one per rollback), newest first.
+    Incidents {
+        #[arg(long)]
+        env: Option<String>,
+        /// Only those not closed yet.
+        #[arg(long)]
+        open: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// DORA figures of an environment from Gantry's records.
+    Dora {
+        #[arg(long)]
+        env: String,
+        /// How far back, e.g. 90d (default 30d).
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// One incident: show it, or close it with what was learned.
+    #[command(subcommand)]
+    Incident(IncidentCommand),
     /// Approve a deployment (approver role; never your own).
     Approve {
         id: i64,
@@ -347,5 +370,23 @@ pub enum HostCommand {
         /// Speak the protocol on stdin and stdout (the one transport there is).
         #[arg(long, required = true)]
         stdio: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum IncidentCommand {
+    /// Everything recorded of one incident.
+    Show {
+        id: i64,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Close a restored incident (approver role): what happened, and what follows.
+    Close {
+        id: i64,
+        #[arg(long)]
+        summary: String,
+        #[arg(long)]
+        follow_up: String,
     },
 }

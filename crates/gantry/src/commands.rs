@@ -118,6 +118,13 @@ pub async fn run(cli: Cli) -> Exit {
             deploy::deploy(&connect()?, request, detach).await
         }
         Command::Schedule { env, output } => deploy::schedule(&connect()?, env, output).await,
+        Command::Incidents { env, open, output } => {
+            crate::incidents::list(&connect()?, env, open, output).await
+        }
+        Command::Incident(cmd) => crate::incidents::incident(&connect()?, cmd).await,
+        Command::Dora { env, since, output } => {
+            crate::incidents::dora(&connect()?, env, since, output).await
+        }
         Command::Approve { id, comment } => gov::verdict(&connect()?, id, true, comment).await,
         Command::Reject { id, comment } => gov::verdict(&connect()?, id, false, comment).await,
         Command::Approvals { output } => gov::approvals(&connect()?, output).await,

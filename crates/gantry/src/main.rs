@@ -15,6 +15,7 @@ mod exit_code;
 mod fleet_progress;
 mod governance;
 mod hosts;
+mod incidents;
 mod output;
 mod release_notes;
 mod releases;

@@ -210,6 +210,41 @@ pub(super) fn routes() -> Vec<Route> {
         )
         .body::<VerdictRequest>(),
         route(
+            "get",
+            "/api/v1/incidents",
+            read,
+            "Incidents (one per rollback), newest first",
+            Json(200, "incidents", schema::<Vec<IncidentRecord>>),
+            || get(list_incidents),
+        )
+        .query::<IncidentQuery>(),
+        route(
+            "get",
+            "/api/v1/dora",
+            read,
+            "DORA figures of an environment over a period, from Gantry's records",
+            Json(200, "the figures", schema::<Dora>),
+            || get(dora),
+        )
+        .query::<DoraQuery>(),
+        route(
+            "get",
+            "/api/v1/incidents/{id}",
+            read,
+            "One incident",
+            Json(200, "the incident", schema::<IncidentRecord>),
+            || get(show_incident),
+        ),
+        route(
+            "post",
+            "/api/v1/incidents/{id}/close",
+            approve,
+            "Close a restored incident with its summary and follow-up (approver role)",
+            Json(200, "the closed incident", schema::<IncidentRecord>),
+            || post(close_incident),
+        )
+        .body::<CloseIncident>(),
+        route(
             "post",
             "/api/v1/rollbacks",
             deploy,

@@ -22,6 +22,7 @@ mod effects;
 mod governance;
 mod hashed;
 mod hosts;
+mod incidents;
 mod notices;
 mod queries;
 mod recovery;

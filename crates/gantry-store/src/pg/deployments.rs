@@ -202,6 +202,20 @@ impl Store for PgStore {
                     &state,
                 ],
             )?;
+            if let Some(o) = gantry_core::incidents::opening(d) {
+                // A rollback opens its incident once; its end restores service.
+                tx.execute(
+                    "INSERT INTO incidents (deployment, env, kind, opened_at, release, restored_to, reason)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (deployment) DO NOTHING",
+                    &[&o.deployment, &o.env, &o.kind.as_str(), &at, &o.release, &o.restored_to, &o.reason],
+                )?;
+                if gantry_core::incidents::restored(d) {
+                    tx.execute(
+                        "UPDATE incidents SET restored_at = $2 WHERE deployment = $1 AND restored_at IS NULL",
+                        &[&d.id, &at],
+                    )?;
+                }
+            }
             if d.phase.is_terminal() {
                 // The outcome is on the audit trail in the same transaction as the state.
                 let detail = serde_json::json!({

@@ -1,6 +1,7 @@
 //! The [`GovernanceStore`] trait for PostgreSQL: users, tokens, approvals, evidence.
 
 use super::*;
+use gantry_core::incidents::{Incident, IncidentClosure, IncidentKind};
 
 fn user_from_row(r: &postgres::Row) -> Result<User> {
     let roles: String = r.try_get(1)?;
@@ -9,6 +10,36 @@ fn user_from_row(r: &postgres::Row) -> Result<User> {
         roles: serde_json::from_str(&roles).map_err(|e| corrupt("roles", e))?,
         created_at: r.try_get(2)?,
         created_by: r.try_get(3)?,
+    })
+}
+
+const INCIDENT_COLUMNS: &str =
+    "id, deployment, env, kind, opened_at, release, restored_to, reason, restored_at, closed_at, closed_by, summary, follow_up";
+
+fn incident_from_row(r: &postgres::Row) -> Result<Incident> {
+    let kind: String = r.try_get(3)?;
+    let kind = IncidentKind::parse(&kind)
+        .ok_or_else(|| StoreError::Corrupt(format!("incident kind {kind:?}")))?;
+    let closed_at: Option<Millis> = r.try_get(9)?;
+    Ok(Incident {
+        id: r.try_get(0)?,
+        deployment: r.try_get(1)?,
+        env: r.try_get(2)?,
+        kind,
+        opened_at: r.try_get(4)?,
+        release: r.try_get(5)?,
+        restored_to: r.try_get(6)?,
+        reason: r.try_get(7)?,
+        restored_at: r.try_get(8)?,
+        closed: match closed_at {
+            Some(at) => Some(IncidentClosure {
+                by: r.try_get::<_, Option<String>>(10)?.unwrap_or_default(),
+                at,
+                summary: r.try_get::<_, Option<String>>(11)?.unwrap_or_default(),
+                follow_up: r.try_get::<_, Option<String>>(12)?.unwrap_or_default(),
+            }),
+            None => None,
+        },
     })
 }
 
@@ -216,6 +247,45 @@ impl GovernanceStore for PgStore {
                 })
             })
             .collect()
+        })
+    }
+
+    fn incidents(&self, env: Option<&str>, open_only: bool, limit: usize) -> Result<Vec<Incident>> {
+        self.tx(|tx| {
+            tx.query(
+                &format!(
+                    "SELECT {INCIDENT_COLUMNS} FROM incidents
+                     WHERE ($1::TEXT IS NULL OR env = $1) AND (NOT $2 OR closed_at IS NULL)
+                     ORDER BY id DESC LIMIT $3"
+                ),
+                &[&env, &open_only, &i64::try_from(limit).unwrap_or(i64::MAX)],
+            )?
+            .iter()
+            .map(incident_from_row)
+            .collect()
+        })
+    }
+
+    fn incident(&self, id: i64) -> Result<Option<Incident>> {
+        self.tx(|tx| {
+            tx.query_opt(
+                &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = $1"),
+                &[&id],
+            )?
+            .as_ref()
+            .map(incident_from_row)
+            .transpose()
+        })
+    }
+
+    fn close_incident(&self, id: i64, c: &IncidentClosure) -> Result<bool> {
+        self.tx(|tx| {
+            let n = tx.execute(
+                "UPDATE incidents SET closed_at = $2, closed_by = $3, summary = $4, follow_up = $5
+                 WHERE id = $1 AND closed_at IS NULL",
+                &[&id, &c.at, &c.by, &c.summary, &c.follow_up],
+            )?;
+            Ok(n == 1)
         })
     }
 }

@@ -10,7 +10,8 @@
 /// The advisory lock key under which migrations run ("gantry" in ASCII).
 pub(super) const LOCK_KEY: i64 = 0x67_61_6e_74_72_79;
 
-pub(super) const MIGRATIONS: &[&str] = &[r#"
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE releases (
     version       TEXT PRIMARY KEY,
     digest        TEXT NOT NULL,
@@ -242,4 +243,25 @@ CREATE TABLE controller_epoch (
     id    INTEGER PRIMARY KEY CHECK (id = 1),
     epoch BIGINT NOT NULL
 );
-"#];
+"#,
+    // Incidents: one per rollback, opened and restored with the transition
+    // that records it; closed by a person with what was learned.
+    r#"
+CREATE TABLE incidents (
+    id          BIGSERIAL PRIMARY KEY,
+    deployment  BIGINT NOT NULL UNIQUE,
+    env         TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    opened_at   BIGINT NOT NULL,
+    release     TEXT,
+    restored_to TEXT,
+    reason      TEXT NOT NULL,
+    restored_at BIGINT,
+    closed_at   BIGINT,
+    closed_by   TEXT,
+    summary     TEXT,
+    follow_up   TEXT
+);
+CREATE INDEX incidents_env ON incidents(env, id);
+"#,
+];

@@ -1,6 +1,7 @@
 //! The [`GovernanceStore`] trait for SQLite: users, tokens, approvals, evidence.
 
 use super::*;
+use gantry_core::incidents::{Incident, IncidentClosure, IncidentKind};
 
 pub(super) fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<User>> {
     let roles: String = r.get(1)?;
@@ -12,6 +13,37 @@ pub(super) fn user_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Us
         },
         created_at: r.get(2)?,
         created_by: r.get(3)?,
+    }))
+}
+
+const INCIDENT_COLUMNS: &str =
+    "id, deployment, env, kind, opened_at, release, restored_to, reason, restored_at, closed_at, closed_by, summary, follow_up";
+
+fn incident_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Incident>> {
+    let kind: String = r.get(3)?;
+    let Some(kind) = IncidentKind::parse(&kind) else {
+        return Ok(Err(StoreError::Corrupt(format!("incident kind {kind:?}"))));
+    };
+    let closed_at: Option<Millis> = r.get(9)?;
+    Ok(Ok(Incident {
+        id: r.get(0)?,
+        deployment: r.get(1)?,
+        env: r.get(2)?,
+        kind,
+        opened_at: r.get(4)?,
+        release: r.get(5)?,
+        restored_to: r.get(6)?,
+        reason: r.get(7)?,
+        restored_at: r.get(8)?,
+        closed: match closed_at {
+            Some(at) => Some(IncidentClosure {
+                by: r.get::<_, Option<String>>(10)?.unwrap_or_default(),
+                at,
+                summary: r.get::<_, Option<String>>(11)?.unwrap_or_default(),
+                follow_up: r.get::<_, Option<String>>(12)?.unwrap_or_default(),
+            }),
+            None => None,
+        },
     }))
 }
 
@@ -210,5 +242,39 @@ impl GovernanceStore for SqliteStore {
             });
         }
         Ok(out)
+    }
+
+    fn incidents(&self, env: Option<&str>, open_only: bool, limit: usize) -> Result<Vec<Incident>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {INCIDENT_COLUMNS} FROM incidents
+             WHERE (?1 IS NULL OR env = ?1) AND (?2 = 0 OR closed_at IS NULL)
+             ORDER BY id DESC LIMIT ?3"
+        ))?;
+        let rows = stmt.query_map(
+            params![env, open_only, i64::try_from(limit).unwrap_or(i64::MAX)],
+            incident_from_row,
+        )?;
+        rows.map(|r| r?).collect()
+    }
+
+    fn incident(&self, id: i64) -> Result<Option<Incident>> {
+        let conn = self.conn();
+        conn.query_row(
+            &format!("SELECT {INCIDENT_COLUMNS} FROM incidents WHERE id = ?1"),
+            [id],
+            incident_from_row,
+        )
+        .optional()?
+        .transpose()
+    }
+
+    fn close_incident(&self, id: i64, c: &IncidentClosure) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE incidents SET closed_at = ?2, closed_by = ?3, summary = ?4, follow_up = ?5
+             WHERE id = ?1 AND closed_at IS NULL",
+            params![id, c.at, c.by, c.summary, c.follow_up],
+        )?;
+        Ok(n == 1)
     }
 }

@@ -2,6 +2,11 @@
 //! how many ran. Kept in one place so the order is plain to see.
 
 /// Migrations, applied in order; `PRAGMA user_version` counts how many ran.
+/// The migration that rewrites stored strategies: the upgrade tests build a
+/// database of the version before it.
+#[cfg(test)]
+pub(super) const STRATEGY_REWRITE: usize = 6;
+
 pub(super) const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE releases (
@@ -196,7 +201,7 @@ CREATE TABLE controller_epoch (
     epoch INTEGER NOT NULL
 );
 "#,
-    // Kept last for now: the upgrade tests replay it as the newest migration.
+    // The upgrade tests replay this one (`STRATEGY_REWRITE`) and those after it.
     r#"
 -- A deployment's strategy is one tagged value, `settings.strategy` (`kind`:
 -- blue-green, canary or rolling, beside that strategy's own settings), where
@@ -215,5 +220,25 @@ UPDATE deployments SET state = json_set(
     END
 )
 WHERE json_type(state, '$.settings.strategy') IS NULL;
+"#,
+    // Incidents: one per rollback, opened and restored with the transition
+    // that records it; closed by a person with what was learned.
+    r#"
+CREATE TABLE incidents (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    deployment  INTEGER NOT NULL UNIQUE,
+    env         TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    opened_at   INTEGER NOT NULL,
+    release     TEXT,
+    restored_to TEXT,
+    reason      TEXT NOT NULL,
+    restored_at INTEGER,
+    closed_at   INTEGER,
+    closed_by   TEXT,
+    summary     TEXT,
+    follow_up   TEXT
+);
+CREATE INDEX incidents_env ON incidents(env, id);
 "#,
 ];

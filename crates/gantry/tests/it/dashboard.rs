@@ -137,6 +137,8 @@ fn sign_in_approve_and_watch_a_rollout_live() {
         c.find(Locator::Css("#signin-button")).await.unwrap().click().await.unwrap();
         until(&c, "bob signed in", "document.querySelector('#whoami').textContent.includes('bob')").await;
         until(&c, "the environments", "document.querySelector('tr[data-env=production]')").await;
+        // DORA per environment: production has one deployment gone live so far.
+        until(&c, "the DORA panel", "/no deployments|\\d\\.\\d\\d/.test(document.querySelector('#dora tr[data-env=production]').textContent)").await;
 
         // Approve from the pending list.
         c.goto(&format!("{url}/#/approvals")).await.unwrap();

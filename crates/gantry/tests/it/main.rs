@@ -21,6 +21,7 @@ mod fleet_view;
 mod governance;
 mod hooks;
 mod host;
+mod incidents;
 mod isolation;
 mod metrics;
 mod notes;

@@ -2,7 +2,7 @@
 //! directory of a controller that stopped mid-deployment is opened by the
 //! next version, which resumes where the old one was.
 
-use super::super::migrations::MIGRATIONS;
+use super::super::migrations::{MIGRATIONS, STRATEGY_REWRITE};
 use super::*;
 use gantry_core::machine::{RollStage, StrategySettings};
 use gantry_core::{step, Effect, Event};
@@ -47,7 +47,7 @@ const BLUE_GREEN_DONE: &str = r#"{"id":3,"env":"development","kind":"deploy","ve
 /// these deployment rows.
 fn previous_version_db(path: &std::path::Path, rows: &[(i64, &str, &str, bool, &str)]) {
     let conn = Connection::open(path).unwrap();
-    let previous = MIGRATIONS.len() - 1;
+    let previous = STRATEGY_REWRITE;
     for (n, sql) in MIGRATIONS[..previous].iter().enumerate() {
         conn.execute_batch(sql).unwrap();
         conn.pragma_update(None, "user_version", n + 1).unwrap();
