@@ -359,7 +359,10 @@ impl Client {
     // Governance
 
     /// Newest first.
-    pub async fn incidents(&self, query: &crate::IncidentQuery) -> Result<Vec<crate::IncidentRecord>> {
+    pub async fn incidents(
+        &self,
+        query: &crate::IncidentQuery,
+    ) -> Result<Vec<crate::IncidentRecord>> {
         self.get(&["incidents"], query).await
     }
 

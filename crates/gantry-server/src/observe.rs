@@ -341,13 +341,34 @@ pub fn metrics_text(c: &Controller) -> Result<String, ControlError> {
     }
     // DORA figures over the last 30 days, per environment (absent: nothing to measure).
     let dora = [
-        ("dora_deployments_per_day", "Deployments gone live per day over the last 30 days"),
-        ("dora_lead_time_median_seconds", "Median time from a release's registration to live, last 30 days"),
-        ("dora_change_failure_rate", "Share of changes that failed in the environment (rolled back), last 30 days"),
-        ("dora_time_to_restore_median_seconds", "Median time from an incident's opening to service restored, last 30 days"),
-        ("dora_rework_rate", "Share of deployments that were rollbacks or emergency changes, last 30 days"),
+        (
+            "dora_deployments_per_day",
+            "Deployments gone live per day over the last 30 days",
+        ),
+        (
+            "dora_lead_time_median_seconds",
+            "Median time from a release's registration to live, last 30 days",
+        ),
+        (
+            "dora_change_failure_rate",
+            "Share of changes that failed in the environment (rolled back), last 30 days",
+        ),
+        (
+            "dora_time_to_restore_median_seconds",
+            "Median time from an incident's opening to service restored, last 30 days",
+        ),
+        (
+            "dora_rework_rate",
+            "Share of deployments that were rollbacks or emergency changes, last 30 days",
+        ),
     ]
-    .map(|(name, help)| (name, help, Family::<EnvLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default()));
+    .map(|(name, help)| {
+        (
+            name,
+            help,
+            Family::<EnvLabel, Gauge<f64, std::sync::atomic::AtomicU64>>::default(),
+        )
+    });
     for env in &c.config().environments {
         let f = c.dora(env.name.as_str(), 30 * 86_400_000)?;
         let values = [

@@ -6,7 +6,9 @@ use crate::exit_code::{Exit, ExitCode};
 use crate::output::Output;
 use crate::term::outln;
 use crate::time::time;
-use gantry_api::{CloseIncident, Dora, DoraQuery, IncidentQuery, IncidentRecord as Incident, Spread};
+use gantry_api::{
+    CloseIncident, Dora, DoraQuery, IncidentQuery, IncidentRecord as Incident, Spread,
+};
 
 pub async fn list(c: &Client, env: Option<String>, open: bool, output: Output) -> Exit {
     let incidents = c
