@@ -366,6 +366,14 @@ impl Client {
         self.get(&["incidents"], query).await
     }
 
+    pub async fn drift(&self) -> Result<crate::DriftReport> {
+        self.get(&["drift"], &()).await
+    }
+
+    pub async fn converge(&self) -> Result<crate::ConvergeReport> {
+        self.post(&["converge"], &serde_json::json!({})).await
+    }
+
     pub async fn dora(&self, query: &crate::DoraQuery) -> Result<crate::Dora> {
         self.get(&["dora"], query).await
     }

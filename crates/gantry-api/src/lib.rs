@@ -14,6 +14,7 @@
 pub mod access;
 pub mod audit;
 pub mod deployments;
+mod drift;
 pub mod error;
 pub mod governance;
 pub mod hosts;
@@ -32,6 +33,7 @@ pub use deployments::{
     Action, ActionTaken, DeployRequest, DeploymentLog, DeploymentView, ListQuery, RollbackRequest,
     VerdictGiven, VerdictRequest,
 };
+pub use drift::{ConvergeReport, DriftFinding, DriftKind, DriftReport, Repair};
 pub use error::{ErrorBody, ErrorDetail};
 pub use gantry_core::dora::{Dora, Spread};
 pub use gantry_core::incidents::{Incident as IncidentRecord, IncidentClosure, IncidentKind};

@@ -43,6 +43,8 @@ pub struct Config {
     /// The rules that judge a canary (the standards' numbers by default).
     pub analysis: AnalysisPolicy,
     pub retention: Retention,
+    /// How often drift is looked for (0: never).
+    pub drift_interval_ms: u64,
     /// How large an artifact may unpack.
     pub artifacts: ArtifactLimits,
     /// In the order the file lists them.

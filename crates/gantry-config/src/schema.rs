@@ -31,6 +31,9 @@ pub(crate) struct File {
     /// How long records are kept.
     #[serde(default)]
     retention: Option<RetentionSection>,
+    /// How often drift is looked for (what runs against what should).
+    #[serde(default)]
+    drift: Option<DriftSection>,
     /// How large a release archive may unpack.
     #[serde(default)]
     artifacts: Option<ArtifactsSection>,
@@ -286,6 +289,14 @@ pub(crate) struct SmtpSection {
     username: Option<String>,
     #[serde(default)]
     password: Option<CredentialValue>,
+}
+
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DriftSection {
+    /// How often (default "1m", from 1s to 1d; "0s" turns the periodic check off).
+    #[serde(default)]
+    interval: Option<String>,
 }
 
 #[derive(JsonSchema)]

@@ -1423,3 +1423,26 @@ fn hooks_are_decoded_with_their_defaults_and_a_rollback_takes_only_its_own() {
     assert!(errors_of(&twice)[0]
         .contains("environments.production.hooks[1].name: \"a\" is already a hook's name"));
 }
+
+#[test]
+fn the_drift_interval_is_a_minute_by_default_off_at_zero_and_bounded() {
+    let config = parse("gantry.toml", STARTER).unwrap().config;
+    assert_eq!(config.drift_interval_ms, 60_000);
+    let with = |v: &str| format!("{STARTER}\n[drift]\ninterval = {v}\n");
+    assert_eq!(
+        parse("gantry.toml", &with("\"0s\""))
+            .unwrap()
+            .config
+            .drift_interval_ms,
+        0
+    );
+    for bad in ["\"10ms\"", "\"2d\""] {
+        let errors = errors_of(&with(bad));
+        assert!(
+            errors.len() == 1
+                && errors[0]
+                    .contains("drift.interval: expected \"0s\" (off) or a duration from 1s to 1d"),
+            "{bad}: {errors:#?}"
+        );
+    }
+}

@@ -391,6 +391,27 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
         }),
         None => Some(Retention::standard()),
     };
+    let drift_interval_ms = match root.get("drift") {
+        Some(v) => w.table(v, "drift").and_then(|t| {
+            w.check_keys::<crate::schema::DriftSection>(t, "drift");
+            match t.get("interval") {
+                Some(i) => {
+                    let ms = w.duration(i, "drift.interval")?;
+                    if ms != 0 && !(1_000..=DAY_MS).contains(&ms) {
+                        w.error(
+                            i.span(),
+                            "drift.interval",
+                            "expected \"0s\" (off) or a duration from 1s to 1d",
+                        );
+                        return None;
+                    }
+                    Some(ms)
+                }
+                None => Some(60_000),
+            }
+        }),
+        None => Some(60_000),
+    };
     let artifacts = match root.get("artifacts") {
         Some(v) => artifacts::decode_artifacts(&mut w, v),
         None => Some(ArtifactLimits::standard()),
@@ -450,6 +471,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
         signing,
         analysis,
         retention,
+        drift_interval_ms,
         artifacts,
         environments,
         notify,
@@ -464,6 +486,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
             Some(signing),
             Some(analysis),
             Some(retention),
+            Some(drift_interval_ms),
             Some(artifacts),
             Some(environments),
             Some(notify),
@@ -472,6 +495,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
             Some(metrics),
             Some(store),
         ) if env_hosts_ok => Some(Config {
+            drift_interval_ms,
             service,
             health,
             signing,

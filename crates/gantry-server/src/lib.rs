@@ -268,6 +268,10 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
     }
     controller.spawn_notifier();
     controller.spawn_audit_checkpoints(audit::CHECKPOINT_EVERY);
+    let drift_every = controller.config().drift_interval_ms;
+    if drift_every > 0 {
+        controller.spawn_drift_watch(std::time::Duration::from_millis(drift_every));
+    }
 
     let info = ServerInfo {
         pid: std::process::id(),

@@ -135,6 +135,16 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// What runs against what should: instances, routers, release files, config (exit 7 if any differs).
+    Drift {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Repair what drift finds repairable; each repair is audited (exit 7 if drift remains).
+    Converge {
+        #[command(flatten)]
+        output: Output,
+    },
     /// DORA figures of an environment from Gantry's records.
     Dora {
         #[arg(long)]

@@ -122,6 +122,8 @@ pub async fn run(cli: Cli) -> Exit {
             crate::incidents::list(&connect()?, env, open, output).await
         }
         Command::Incident(cmd) => crate::incidents::incident(&connect()?, cmd).await,
+        Command::Drift { output } => crate::incidents::drift(&connect()?, output).await,
+        Command::Converge { output } => crate::incidents::converge(&connect()?, output).await,
         Command::Dora { env, since, output } => {
             crate::incidents::dora(&connect()?, env, since, output).await
         }

@@ -23,6 +23,9 @@ pub enum ExitCode {
     AuditBroken = 5,
     /// `gates` found at least one gate failing.
     GateFailed = 6,
+    /// `drift` found what runs differing from what should, or `converge`
+    /// left some of it.
+    Drift = 7,
     /// The reader of the output went away (`gantry log 4 | head`): the status
     /// a shell gives a process killed by SIGPIPE (128 + 13).
     BrokenPipe = 141,
@@ -31,7 +34,7 @@ pub enum ExitCode {
 impl ExitCode {
     /// Every status, in numeric order (a new variant goes here too: the
     /// README check and the man page read this list).
-    pub const ALL: [ExitCode; 8] = [
+    pub const ALL: [ExitCode; 9] = [
         ExitCode::Success,
         ExitCode::Error,
         ExitCode::Usage,
@@ -39,6 +42,7 @@ impl ExitCode {
         ExitCode::InvalidConfig,
         ExitCode::AuditBroken,
         ExitCode::GateFailed,
+        ExitCode::Drift,
         ExitCode::BrokenPipe,
     ];
 
@@ -58,6 +62,7 @@ impl ExitCode {
             ExitCode::InvalidConfig => "invalid configuration (`validate` and `server`)",
             ExitCode::AuditBroken => "the audit trail is broken",
             ExitCode::GateFailed => "a gate fails",
+            ExitCode::Drift => "drift found (or left by converge)",
             ExitCode::BrokenPipe => "the output's reader went away",
         }
     }

@@ -1,4 +1,5 @@
-//! `gantry incidents` and `gantry incident show|close`.
+//! `gantry incidents`, `gantry incident show|close`, `gantry dora`,
+//! `gantry drift` and `gantry converge`.
 
 use crate::cli::IncidentCommand;
 use crate::client::Client;
@@ -151,4 +152,68 @@ pub async fn dora(c: &Client, env: String, since: Option<String>, output: Output
         );
     })?;
     Ok(ExitCode::Success)
+}
+
+fn findings(list: &[gantry_api::DriftFinding]) {
+    for f in list {
+        outln!(
+            "  {:<12} {:<15} {}: {}{}",
+            f.env,
+            f.kind.as_str(),
+            f.subject,
+            f.detail,
+            if f.repairable {
+                ""
+            } else {
+                " (not repairable by converge)"
+            }
+        );
+    }
+}
+
+pub async fn drift(c: &Client, output: Output) -> Exit {
+    let r = c.drift().await?;
+    output.show(&r, |r: &gantry_api::DriftReport| {
+        if r.findings.is_empty() {
+            outln!("no drift: what runs is what should");
+        } else {
+            outln!("{} difference(s):", r.findings.len());
+            findings(&r.findings);
+        }
+        for s in &r.skipped {
+            outln!("  not checked: {s}");
+        }
+    })?;
+    Ok(if r.findings.is_empty() {
+        ExitCode::Success
+    } else {
+        ExitCode::Drift
+    })
+}
+
+pub async fn converge(c: &Client, output: Output) -> Exit {
+    let r = c.converge().await?;
+    output.show(&r, |r: &gantry_api::ConvergeReport| {
+        if r.repairs.is_empty() {
+            outln!("nothing to repair");
+        }
+        for rep in &r.repairs {
+            outln!(
+                "  {} {} {}: {}",
+                if rep.repaired { "repaired" } else { "left" },
+                rep.finding.kind.as_str(),
+                rep.finding.subject,
+                rep.outcome
+            );
+        }
+        if !r.remaining.is_empty() {
+            outln!("still differing:");
+            findings(&r.remaining);
+        }
+    })?;
+    Ok(if r.remaining.is_empty() {
+        ExitCode::Success
+    } else {
+        ExitCode::Drift
+    })
 }

@@ -111,6 +111,10 @@ audit = "365d"
 deployments = "365d"
 zz_unknown = 1
 
+[drift]
+interval = "1m"
+zz_unknown = 1
+
 [artifacts]
 max_unpacked_size = "2GiB"
 max_entries = 100000

@@ -61,3 +61,14 @@ pub(super) async fn dora(
     };
     Ok(Json(s.controller.dora(&q.env, since)?).into_response())
 }
+
+pub(super) async fn drift(State(s): State<AppState>) -> ApiResult<Response> {
+    Ok(Json(s.controller.drift().await?).into_response())
+}
+
+pub(super) async fn converge(
+    State(s): State<AppState>,
+    Extension(who): Extension<Identity>,
+) -> ApiResult<Response> {
+    Ok(Json(s.controller.converge(&who.user).await?).into_response())
+}

@@ -220,6 +220,22 @@ pub(super) fn routes() -> Vec<Route> {
         .query::<IncidentQuery>(),
         route(
             "get",
+            "/api/v1/drift",
+            read,
+            "What runs against what the store and config say should (instances, routers, release files, config)",
+            Json(200, "the findings", schema::<DriftReport>),
+            || get(drift),
+        ),
+        route(
+            "post",
+            "/api/v1/converge",
+            deploy,
+            "Repair what drift finds repairable (restart, re-route, re-unpack, stop strays), each repair audited",
+            Json(200, "what was repaired and what remains", schema::<ConvergeReport>),
+            || post(converge),
+        ),
+        route(
+            "get",
             "/api/v1/dora",
             read,
             "DORA figures of an environment over a period, from Gantry's records",

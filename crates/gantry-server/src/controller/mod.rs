@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 mod access;
 mod audit;
+mod drift;
 mod drive;
 mod effects;
 mod governance;

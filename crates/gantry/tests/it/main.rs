@@ -14,6 +14,7 @@ mod crash;
 mod dashboard;
 mod demo;
 mod deploy;
+mod drift;
 mod edges;
 mod fleet;
 mod fleet_ssh;

@@ -1,0 +1,120 @@
+//! Drift against a real controller: an instance killed behind its back, a
+//! file copied by hand into a release, a config changed under a running
+//! environment; found by `gantry drift` and the periodic check (audited),
+//! repaired by `gantry converge` where it can be.
+
+use crate::harness::*;
+use std::time::Duration;
+
+fn drift(g: &Gantry) -> (i32, serde_json::Value) {
+    let run = g.gantry(&["drift", "-o", "json"]);
+    (run.code, serde_json::from_str(&run.stdout).unwrap())
+}
+
+fn kinds(report: &serde_json::Value) -> Vec<String> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn drift_is_found_audited_and_converged_and_a_config_change_is_named() {
+    let mut g = Gantry::start_with_tail("300ms", "\n[drift]\ninterval = \"1s\"\n");
+    g.register("1.0.0", "");
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let (code, report) = drift(&g);
+    assert_eq!((code, kinds(&report)), (0, vec![]), "{report}");
+
+    // An instance killed behind the controller's back, a file copied by hand.
+    let (id, pid) = g
+        .instance_processes()
+        .into_iter()
+        .find(|(id, _)| id.starts_with("production-"))
+        .unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    std::fs::write(
+        g.data().join("releases/1.0.0/copied-by-hand.txt"),
+        "a manual file copy",
+    )
+    .unwrap();
+    wait_until("both differences found", Duration::from_secs(10), || {
+        kinds(&drift(&g).1) == ["instance_gone", "release_files"]
+    });
+    let (code, report) = drift(&g);
+    assert_eq!(code, 7);
+    let gone = &report["findings"][0];
+    assert_eq!(gone["subject"], id.as_str());
+    assert_eq!(gone["repairable"], true);
+    assert!(
+        report["findings"][1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("copied-by-hand.txt"),
+        "{report}"
+    );
+    // The periodic check put it on the audit trail.
+    wait_until("drift on the audit trail", Duration::from_secs(10), || {
+        g.gantry(&["audit", "list"])
+            .ok()
+            .stdout
+            .contains("drift.detected")
+    });
+
+    // Converged: restarted with its id, unpacked again; each repair audited.
+    let run = g.gantry(&["converge"]).ok();
+    assert!(
+        run.stdout.contains(&format!("repaired instance_gone {id}"))
+            && run.stdout.contains("repaired release_files release 1.0.0")
+            && run.stdout.find("release_files") < run.stdout.find("instance_gone"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(drift(&g).0, 0);
+    assert!(g.running_instances().contains(&id));
+    assert!(!g.data().join("releases/1.0.0/copied-by-hand.txt").exists());
+    assert_eq!(g.get_env("production").1, "hello from 1.0.0\n");
+    let audit = g.gantry(&["audit", "list"]).ok().stdout;
+    assert!(audit.contains("drift.repair"), "{audit}");
+    wait_until(
+        "the drift resolved on the audit trail",
+        Duration::from_secs(10),
+        || {
+            g.gantry(&["audit", "list"])
+                .ok()
+                .stdout
+                .contains("drift.resolved")
+        },
+    );
+
+    // The config changed under the running environment: named, not repairable.
+    g.kill_server();
+    let config = std::fs::read_to_string(g.config_path()).unwrap();
+    let changed = config.replacen("bake = \"300ms\"", "bake = \"2s\"", 4);
+    assert_ne!(config, changed);
+    std::fs::write(g.config_path(), changed).unwrap();
+    g.start_server();
+    let (code, report) = drift(&g);
+    assert_eq!(code, 7, "{report}");
+    let f = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["env"] == "production" && f["kind"] == "config")
+        .unwrap_or_else(|| panic!("{report}"));
+    assert_eq!(f["subject"], "bake_ms");
+    assert_eq!(f["repairable"], false);
+    let run = g.gantry(&["converge"]);
+    assert_eq!(run.code, 7, "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("not repairable here: deploy to apply the config"),
+        "{}",
+        run.stdout
+    );
+}
