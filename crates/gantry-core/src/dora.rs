@@ -137,7 +137,6 @@ pub fn compute(
 mod tests {
     use super::*;
     use crate::incidents::IncidentKind;
-    use crate::machine::{DeploySettings, HealthSettings, StrategySettings};
 
     const DAY: Millis = 86_400_000;
     const MIN: Millis = 60_000;
@@ -150,33 +149,12 @@ mod tests {
         phase: Phase,
         at: Millis,
     ) -> Deployment {
-        let mut d = Deployment::new(
-            crate::NewDeployment {
-                id,
-                env: env.parse().unwrap(),
-                kind,
-                version: semver::Version::new(1, v.0, v.1),
-                previous_version: None,
-                old_instances: vec![],
-                settings: DeploySettings {
-                    instances: 1,
-                    health: HealthSettings {
-                        interval_ms: 100,
-                        startup_interval_ms: 10,
-                        failure_threshold: 1,
-                        start_timeout_ms: 1000,
-                    },
-                    bake_ms: 0,
-                    strategy: StrategySettings::BlueGreen,
-                    smoke: None,
-                    freezes: vec![],
-                    fleet: None,
-                    watch: None,
-                    resources: Default::default(),
-                    hooks: Vec::new(),
-                },
-                requested_by: "alice".into(),
-            },
+        let mut d = crate::machine::sample_deployment(
+            id,
+            env,
+            kind,
+            semver::Version::new(1, v.0, v.1),
+            None,
             at - MIN,
         );
         d.phase = phase;

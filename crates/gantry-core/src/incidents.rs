@@ -134,36 +134,14 @@ pub fn check_closing_text(field: &str, text: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::{DeploySettings, HealthSettings, StrategySettings};
 
     fn deploy(kind: DeploymentKind) -> Deployment {
-        Deployment::new(
-            crate::NewDeployment {
-                id: 7,
-                env: "production".parse().unwrap(),
-                kind,
-                version: semver::Version::new(1, 1, 0),
-                previous_version: Some(semver::Version::new(1, 0, 0)),
-                old_instances: vec![],
-                settings: DeploySettings {
-                    instances: 1,
-                    health: HealthSettings {
-                        interval_ms: 100,
-                        startup_interval_ms: 10,
-                        failure_threshold: 1,
-                        start_timeout_ms: 1000,
-                    },
-                    bake_ms: 0,
-                    strategy: StrategySettings::BlueGreen,
-                    smoke: None,
-                    freezes: vec![],
-                    fleet: None,
-                    watch: None,
-                    resources: Default::default(),
-                    hooks: Vec::new(),
-                },
-                requested_by: "alice".into(),
-            },
+        crate::machine::sample_deployment(
+            7,
+            "production",
+            kind,
+            semver::Version::new(1, 1, 0),
+            Some(semver::Version::new(1, 0, 0)),
             0,
         )
     }

@@ -44,6 +44,8 @@ pub use canary::{
     CanarySettings, CanaryState, CanaryStep, Pause, STANDARD_MAX_PAUSE_MS,
     STANDARD_PROMOTION_TOLERANCE,
 };
+#[cfg(test)]
+pub(crate) use deployment::sample_deployment;
 pub use deployment::{
     DeploySettings, Deployment, DeploymentKind, FleetSettings, FleetWave, HealthSettings,
     InstanceHealth, NewDeployment, Phase, StrategySettings,

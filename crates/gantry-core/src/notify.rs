@@ -275,36 +275,15 @@ pub fn environment_status(active: Option<&Deployment>, serving_healthy: bool) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::{step, DeploySettings, HealthSettings};
+    use crate::machine::step;
 
     fn deployment() -> Deployment {
-        Deployment::new(
-            crate::NewDeployment {
-                id: 7,
-                env: "production".parse().unwrap(),
-                kind: DeploymentKind::Deploy,
-                version: semver::Version::new(1, 1, 0),
-                previous_version: Some(semver::Version::new(1, 0, 0)),
-                old_instances: vec![],
-                settings: DeploySettings {
-                    instances: 1,
-                    health: HealthSettings {
-                        interval_ms: 100,
-                        startup_interval_ms: 10,
-                        failure_threshold: 1,
-                        start_timeout_ms: 1000,
-                    },
-                    bake_ms: 0,
-                    strategy: crate::machine::StrategySettings::BlueGreen,
-                    smoke: None,
-                    freezes: vec![],
-                    fleet: None,
-                    watch: None,
-                    resources: Default::default(),
-                    hooks: Vec::new(),
-                },
-                requested_by: "alice".into(),
-            },
+        crate::machine::sample_deployment(
+            7,
+            "production",
+            DeploymentKind::Deploy,
+            semver::Version::new(1, 1, 0),
+            Some(semver::Version::new(1, 0, 0)),
             0,
         )
     }

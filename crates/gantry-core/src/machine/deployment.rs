@@ -342,3 +342,45 @@ impl Deployment {
             .collect()
     }
 }
+
+/// A blue-green deployment for other modules' tests: `version` of `kind`
+/// into `env`, replacing `previous`, created at `now`.
+#[cfg(test)]
+pub(crate) fn sample_deployment(
+    id: DeploymentId,
+    env: &str,
+    kind: DeploymentKind,
+    version: Version,
+    previous: Option<Version>,
+    now: Millis,
+) -> Deployment {
+    Deployment::new(
+        NewDeployment {
+            id,
+            env: env.parse().expect("a valid environment name"),
+            kind,
+            version,
+            previous_version: previous,
+            old_instances: vec![],
+            settings: DeploySettings {
+                instances: 1,
+                health: HealthSettings {
+                    interval_ms: 100,
+                    startup_interval_ms: 10,
+                    failure_threshold: 1,
+                    start_timeout_ms: 1000,
+                },
+                bake_ms: 0,
+                strategy: StrategySettings::BlueGreen,
+                smoke: None,
+                freezes: vec![],
+                fleet: None,
+                watch: None,
+                resources: Default::default(),
+                hooks: Vec::new(),
+            },
+            requested_by: "alice".into(),
+        },
+        now,
+    )
+}
