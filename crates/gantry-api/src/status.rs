@@ -136,6 +136,10 @@ pub struct EnvironmentStatus {
     /// are internal and this page is public).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet: Option<FleetStatus>,
+    /// Differences the latest drift check found between what runs and
+    /// what should (a count only: the details are `GET /drift`'s).
+    #[serde(default)]
+    pub drift: u32,
 }
 
 /// A fleet environment's hosts on the public status page.

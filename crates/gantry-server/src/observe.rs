@@ -170,6 +170,7 @@ pub async fn status_page(c: &Controller) -> Result<StatusPage, ControlError> {
                 weight: d.canary.as_ref().map(|c| c.weight),
             }),
             fleet,
+            drift: c.drift_count(env.name.as_str()),
         });
     }
     let incidents = c
@@ -466,7 +467,7 @@ small{color:#57606a}
 <h2>Environments</h2>
 <table><tr><th>Environment</th><th>Status</th><th>Release</th><th>Now</th></tr>
 {% for e in page.environments %}<tr id="env-{{ e.name }}"><td>{{ e.name }}</td><td><span class="badge {{ e.status }}">{{ e.label }}</span></td>
-<td>{{ e.version or "—" }}{% if e.fleet %}<br><small class="fleet">{{ e.fleet.serving }} of {{ e.fleet.hosts }} hosts serving{% if e.fleet.failed %}, {{ e.fleet.failed }} failed{% endif %}</small>{% endif %}</td><td>{% if e.deployment %}deploying {{ e.deployment.version }} ({{ e.deployment.phase }}{% if e.deployment.weight %}, {{ e.deployment.weight }}%{% endif %}){% endif %}</td></tr>
+<td>{{ e.version or "—" }}{% if e.fleet %}<br><small class="fleet">{{ e.fleet.serving }} of {{ e.fleet.hosts }} hosts serving{% if e.fleet.failed %}, {{ e.fleet.failed }} failed{% endif %}</small>{% endif %}{% if e.drift %}<br><small class="drift">{{ e.drift }} difference(s) from what should run</small>{% endif %}</td><td>{% if e.deployment %}deploying {{ e.deployment.version }} ({{ e.deployment.phase }}{% if e.deployment.weight %}, {{ e.deployment.weight }}%{% endif %}){% endif %}</td></tr>
 {% endfor %}</table>
 <h2>Recent incidents</h2>
 {% for i in page.incidents %}<p class="incident"><b>{{ i.env }}</b>: {{ i.version }} {{ i.outcome | replace("_", " ") }}{% if i.reason %}: {{ i.reason }}{% endif %}<br><small>deployment {{ i.deployment }}, {{ i.started }}{% if i.resolved %} – {{ i.resolved }}{% endif %}</small></p>

@@ -165,7 +165,18 @@ impl Controller {
             });
         }
         let remaining = self.drift().await?.findings;
+        *self.last_drift.lock().unwrap_or_else(|p| p.into_inner()) = remaining.clone();
         Ok(ConvergeReport { repairs, remaining })
+    }
+
+    /// How many differences the latest periodic check found in `env`.
+    pub fn drift_count(&self, env: &str) -> u32 {
+        self.last_drift
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|f| f.env == env)
+            .count() as u32
     }
 
     async fn repair(&self, f: &DriftFinding) -> Result<String, String> {
@@ -244,6 +255,7 @@ impl Controller {
                 let Ok(report) = c.drift().await else {
                     continue;
                 };
+                *c.last_drift.lock().unwrap_or_else(|p| p.into_inner()) = report.findings.clone();
                 let now: BTreeSet<DriftFinding> = report.findings.into_iter().collect();
                 for (f, action) in now
                     .difference(&seen)

@@ -72,6 +72,9 @@ pub struct Controller {
     /// Lines for a deployment's log that an effect produced besides its
     /// event; the drive loop records them with that event.
     notes: Mutex<HashMap<DeploymentId, Vec<String>>>,
+    /// The periodic drift check's latest findings, for the status page
+    /// (which must not check the disk on every request).
+    last_drift: Mutex<Vec<gantry_api::DriftFinding>>,
     /// How `GET /hosts` sees the fleet; unset when the config has no hosts.
     host_observer: std::sync::OnceLock<Arc<dyn crate::fleet::HostObserver>>,
     /// The analysis' metric queries' server (`[metrics.prometheus]`), or
@@ -111,6 +114,7 @@ impl Controller {
             stopping: Default::default(),
             audit_key: std::sync::OnceLock::new(),
             notes: Mutex::default(),
+            last_drift: Mutex::default(),
             host_observer: std::sync::OnceLock::new(),
             hashed: Default::default(),
         })

@@ -66,6 +66,27 @@ fn drift_is_found_audited_and_converged_and_a_config_change_is_named() {
             .contains("drift.detected")
     });
 
+    // The public status page says how many, never what.
+    let public_drift = |g: &Gantry| {
+        let (code, page) = http(&g.api_url(), "GET", "/status.json", None, "");
+        assert_eq!(code, 200, "{page}");
+        let page: serde_json::Value = serde_json::from_str(&page).unwrap();
+        let env = page["environments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "production")
+            .cloned()
+            .unwrap();
+        assert!(!page.to_string().contains("copied-by-hand"), "{page}");
+        env["drift"].as_u64().unwrap()
+    };
+    wait_until(
+        "the status page counts the drift",
+        Duration::from_secs(10),
+        || public_drift(&g) == 2,
+    );
+
     // Converged: restarted with its id, unpacked again; each repair audited.
     let run = g.gantry(&["converge"]).ok();
     assert!(
@@ -76,6 +97,7 @@ fn drift_is_found_audited_and_converged_and_a_config_change_is_named() {
         run.stdout
     );
     assert_eq!(drift(&g).0, 0);
+    assert_eq!(public_drift(&g), 0);
     assert!(g.running_instances().contains(&id));
     assert!(!g.data().join("releases/1.0.0/copied-by-hand.txt").exists());
     assert_eq!(g.get_env("production").1, "hello from 1.0.0\n");
