@@ -13,6 +13,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod cluster;
 pub mod deployments;
 mod drift;
 pub mod error;
@@ -29,6 +30,7 @@ pub mod client;
 
 pub use access::{Identity, IssuedToken, NewToken, NewUser, TokenQuery};
 pub use audit::{AuditAnchor, AuditPage, AuditPublicKey, AuditQuery, AuditVerdict};
+pub use cluster::{ClusterView, ControllerRecord, LeaseRecord};
 pub use deployments::{
     Action, ActionTaken, DeployRequest, DeploymentLog, DeploymentView, ListQuery, RollbackRequest,
     VerdictGiven, VerdictRequest,

@@ -10,6 +10,7 @@
 //! once and made read-only.
 
 mod blobs;
+mod lease;
 mod pg;
 mod sqlite;
 #[cfg(test)]
@@ -24,6 +25,9 @@ pub use gantry_api::records::{
 pub use gantry_core::audit::{AuditEntry, AuditRecord, Checkpoint};
 pub use gantry_core::evidence::{EvidenceKind, Report};
 pub use gantry_core::governance::{Approval, Role};
+pub use lease::{
+    Acquired, Candidate, ClusterSnapshot, ControllerRecord, Fence, LeaseRecord, LeaseStore,
+};
 pub use pg::{DatabaseUrl, PgStore};
 pub use sqlite::SqliteStore;
 
@@ -54,6 +58,11 @@ pub enum StoreError {
     },
     #[error("stored record is unreadable: {0}")]
     Corrupt(String),
+    /// A leader-only write refused because this controller does not lead
+    /// under the epoch it wrote with (it follows, or another controller
+    /// took the lease). Nothing of the write was applied.
+    #[error("fenced: {0}")]
+    Fenced(String),
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -22,6 +22,7 @@ mod audit;
 mod deliveries;
 mod deployments;
 mod governance;
+mod lease;
 mod migrations;
 mod url;
 pub use url::DatabaseUrl;
@@ -34,6 +35,9 @@ pub struct PgStore {
     /// Where the store lives, for messages: shown with its password hidden.
     url: DatabaseUrl,
     idle: Mutex<Vec<Client>>,
+    /// Which leader-only writes go through (`pg/lease.rs`): all until a
+    /// controller says it leads or follows.
+    fence: Mutex<crate::lease::Fence>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -143,6 +147,7 @@ impl PgStore {
             config,
             url: url.clone(),
             idle: Mutex::new(Vec::new()),
+            fence: Mutex::new(crate::lease::Fence::Open),
         };
         store.migrate(migrations::MIGRATIONS)?;
         Ok(store)

@@ -264,4 +264,36 @@ CREATE TABLE incidents (
 );
 CREATE INDEX incidents_env ON incidents(env, id);
 "#,
+    // Leadership among the controllers that share this database (see
+    // `lease.rs`): the lease, one row, taken and renewed on the database's
+    // clock, its epoch drawn from `controller_epoch` and checked (FOR SHARE)
+    // by every leader-only write; and each controller's heartbeat.
+    r#"
+CREATE TABLE leader_lease (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    holder      TEXT NOT NULL,
+    api_url     TEXT NOT NULL,
+    epoch       BIGINT NOT NULL,
+    acquired_at TIMESTAMPTZ NOT NULL,
+    expires_at  TIMESTAMPTZ NOT NULL
+);
+-- Present from the start, expired: taking the lease is always an UPDATE of
+-- a row that exists, serialised by its row lock.
+INSERT INTO leader_lease (id, holder, api_url, epoch, acquired_at, expires_at)
+VALUES (1, '', '', 0, 'epoch', 'epoch');
+CREATE TRIGGER leader_lease_kept BEFORE DELETE ON leader_lease
+FOR EACH ROW EXECUTE FUNCTION gantry_refuse('the leader lease is never deleted');
+CREATE TRIGGER leader_lease_no_truncate BEFORE TRUNCATE ON leader_lease
+FOR EACH STATEMENT EXECUTE FUNCTION gantry_refuse('the leader lease is never deleted');
+CREATE TRIGGER leader_lease_epoch_forward BEFORE UPDATE ON leader_lease
+FOR EACH ROW WHEN (NEW.epoch < OLD.epoch)
+EXECUTE FUNCTION gantry_refuse('the lease epoch never moves back');
+CREATE TABLE controllers (
+    id         TEXT PRIMARY KEY,
+    api_url    TEXT NOT NULL,
+    version    TEXT NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL,
+    last_seen  TIMESTAMPTZ NOT NULL
+);
+"#,
 ];
