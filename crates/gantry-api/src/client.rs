@@ -283,6 +283,11 @@ impl Client {
         self.get(&["status"], &()).await
     }
 
+    /// The controllers sharing the store, the leader, its epoch and lease.
+    pub async fn cluster(&self) -> Result<crate::cluster::ClusterView> {
+        self.get(&["cluster"], &()).await
+    }
+
     /// The fleet's hosts as the controller sees them now.
     pub async fn hosts(&self) -> Result<HostsView> {
         self.get(&["hosts"], &()).await

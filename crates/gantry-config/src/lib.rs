@@ -185,11 +185,32 @@ impl Default for Sandbox {
 }
 
 /// Where the controller keeps its state (`[store]`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreSettings {
     /// Where the PostgreSQL URL is read from (it carries a password); SQLite
     /// in the data directory when `None`.
     pub url: Option<SecretRef>,
+    /// With PostgreSQL, how long the leader's lease holds unless renewed:
+    /// the longest a dead leader keeps the others from taking over.
+    pub lease_ms: u64,
+    /// How often the leader renews its lease (and every controller
+    /// heartbeats, and a follower asks whether the lease is free).
+    pub renew_ms: u64,
+}
+
+/// The lease's default: a leader SIGKILLed is replaced within about this
+/// plus one renewal period, under the 5 s the issue asks of a failover.
+pub const DEFAULT_LEASE_MS: u64 = 3_000;
+pub const DEFAULT_RENEW_MS: u64 = 1_000;
+
+impl Default for StoreSettings {
+    fn default() -> StoreSettings {
+        StoreSettings {
+            url: None,
+            lease_ms: DEFAULT_LEASE_MS,
+            renew_ms: DEFAULT_RENEW_MS,
+        }
+    }
 }
 
 /// Where a secret's value comes from. The value itself is never stored.

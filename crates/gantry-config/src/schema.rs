@@ -64,6 +64,15 @@ pub(crate) struct StoreSection {
     /// carries a password, so it is referenced: { env = "GANTRY_DATABASE_URL" } or
     /// { file = "/path" }. `gantry server --store URL` overrides it.
     url: SecretSection,
+    /// With several controllers on one database: how long the leader's lease holds
+    /// unless renewed, from 1s to 60s (default "3s"). A dead leader is replaced within
+    /// about this plus one renewal period.
+    #[serde(default)]
+    lease: Option<String>,
+    /// How often the leader renews its lease, from 100ms to half of `lease` (default
+    /// "1s"), so that one late renewal does not lose it.
+    #[serde(default)]
+    renew_every: Option<String>,
 }
 
 /// A fleet host. Names, sites and labels: letters, digits, '.', '-', '_'.

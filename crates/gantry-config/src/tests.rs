@@ -1340,6 +1340,37 @@ fn the_store_url_is_a_reference_never_a_written_password() {
 }
 
 #[test]
+fn the_leader_lease_defaults_to_3s_renewed_every_second_and_is_bounded_at_its_fields() {
+    let store = parse("gantry.toml", STARTER).unwrap().config.store;
+    assert_eq!((store.lease_ms, store.renew_ms), (3_000, 1_000));
+    let set = STARTER.to_owned()
+        + "\n[store]\nurl = { env = \"GANTRY_DATABASE_URL\" }\nlease = \"10s\"\nrenew_every = \"2500ms\"\n";
+    let store = parse("gantry.toml", &set).unwrap().config.store;
+    assert_eq!((store.lease_ms, store.renew_ms), (10_000, 2_500));
+    for (table, wanted) in [
+        ("lease = \"500ms\"", "store.lease: expected a duration from 1s to 60s"),
+        ("lease = \"2m\"", "store.lease: expected a duration from 1s to 60s"),
+        ("lease = 3", "store.lease: expected a duration string"),
+        (
+            "renew_every = \"2s\"",
+            "store.renew_every: expected a duration from 100ms to half of store.lease (1500ms), so that one late renewal does not lose the lease; found 2000ms",
+        ),
+        (
+            "renew_every = \"50ms\"",
+            "store.renew_every: expected a duration from 100ms to half of store.lease (1500ms)",
+        ),
+        ("leases = \"3s\"", "leases"),
+    ] {
+        let src = STARTER.to_owned()
+            + "\n[store]\nurl = { env = \"GANTRY_DATABASE_URL\" }\n"
+            + table
+            + "\n";
+        let errors = errors_of(&src).join("\n");
+        assert!(errors.contains(wanted), "{table}: {errors}");
+    }
+}
+
+#[test]
 fn hooks_are_decoded_with_their_defaults_and_a_rollback_takes_only_its_own() {
     use gantry_core::machine::hooks::{HookCall, HookPoint};
     let src = STARTER.to_owned()

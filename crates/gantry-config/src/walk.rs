@@ -516,7 +516,8 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
     (config, diags)
 }
 
-/// `[store]`: the PostgreSQL URL, only as a reference (it carries a password).
+/// `[store]`: the PostgreSQL URL, only as a reference (it carries a
+/// password), and the leader's lease with its renewal period.
 fn decode_store(w: &mut Walker<'_>, v: &Val<'_>) -> Option<StoreSettings> {
     let t = w.table(v, "store")?;
     w.check_keys::<crate::schema::StoreSection>(t, "store");
@@ -536,8 +537,40 @@ fn decode_store(w: &mut Walker<'_>, v: &Val<'_>) -> Option<StoreSettings> {
         );
         return None;
     }
-    let url = w.secret_ref(url, "store.url")?;
-    Some(StoreSettings { url: Some(url) })
+    let url = Some(w.secret_ref(url, "store.url")?);
+    let lease_ms = match t.get("lease") {
+        None => Some(crate::DEFAULT_LEASE_MS),
+        Some(d) => w.duration(d, "store.lease").and_then(|ms| {
+            if (1_000..=60_000).contains(&ms) {
+                Some(ms)
+            } else {
+                w.error(d.span(), "store.lease", "expected a duration from 1s to 60s");
+                None
+            }
+        }),
+    };
+    let renew_ms = match t.get("renew_every") {
+        None => Some(crate::DEFAULT_RENEW_MS),
+        Some(d) => w.duration(d, "store.renew_every"),
+    };
+    let (lease_ms, renew_ms) = (lease_ms?, renew_ms?);
+    if renew_ms < 100 || renew_ms * 2 > lease_ms {
+        let at = t.get("renew_every").map_or(v.span(), |d| d.span());
+        w.error(
+            at,
+            "store.renew_every",
+            format!(
+                "expected a duration from 100ms to half of store.lease ({}ms), so that one late renewal does not lose the lease; found {renew_ms}ms",
+                lease_ms / 2
+            ),
+        );
+        return None;
+    }
+    Some(StoreSettings {
+        url,
+        lease_ms,
+        renew_ms,
+    })
 }
 
 /// Decodes the top-level table `name`, reporting it missing at `at`.

@@ -43,6 +43,7 @@ mod dashboard;
 mod deployments;
 mod errors;
 mod evidence;
+mod forward;
 mod governance;
 mod incidents;
 pub mod openapi;

@@ -17,12 +17,17 @@ pub enum ControlError {
     Forbidden(String),
     #[error("{0}")]
     Internal(String),
+    /// No leader can act on it now (this controller's leadership ended
+    /// under it, or none is elected yet): nothing was applied; try again.
+    #[error("{0}")]
+    NotLeader(String),
 }
 
 impl From<StoreError> for ControlError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::EnvironmentBusy { .. } => ControlError::Conflict(e.to_string()),
+            StoreError::Fenced(_) => ControlError::NotLeader(e.to_string()),
             other => ControlError::Internal(other.to_string()),
         }
     }

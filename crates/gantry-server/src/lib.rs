@@ -57,6 +57,9 @@ pub struct ServerOptions {
     /// The PostgreSQL database that holds the state; SQLite in the data
     /// directory when `None`. Shown with its password hidden.
     pub store: Option<DatabaseUrl>,
+    /// The URL other controllers on the same database forward writes to
+    /// while this one leads; `http://` and the listening address if `None`.
+    pub advertise_url: Option<String>,
 }
 
 pub use gantry_router::listener::ConnectionLimits;
@@ -98,6 +101,8 @@ pub enum ServerError {
     Recovery(String),
     #[error("fleet: {0}")]
     Fleet(String),
+    #[error("--advertise-url: {0}")]
+    AdvertiseUrl(String),
 }
 
 fn data_err(path: &Path) -> impl Fn(std::io::Error) -> ServerError + '_ {
@@ -149,16 +154,6 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
     let dir = &options.data_dir;
     std::fs::create_dir_all(dir).map_err(data_err(dir))?;
     let dir = dir.canonicalize().map_err(data_err(dir))?;
-    // One controller per data directory: the lock lives as long as the process.
-    let lock_file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("controller.lock"))
-        .map_err(data_err(&dir))?;
-    let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusiveNonblock)
-        .map_err(|_| ServerError::Locked(dir.display().to_string()))?;
-
     let loaded = gantry_config::load(&options.config_path)?;
     for w in &loaded.warnings {
         tracing::warn!("{w}");
@@ -175,20 +170,41 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
         )),
         (None, None) => None,
     };
-    let (store, epoch): (Arc<dyn gantry_store::Store>, u64) = match &database {
+    // One controller per data directory, unless they share a database: then
+    // any number may (the lease decides which one acts on the workloads the
+    // directory holds). The lock lives as long as the process.
+    let lock_file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("controller.lock"))
+        .map_err(data_err(&dir))?;
+    let lock_kind = match database {
+        Some(_) => nix::fcntl::FlockArg::LockSharedNonblock,
+        None => nix::fcntl::FlockArg::LockExclusiveNonblock,
+    };
+    let _lock = nix::fcntl::Flock::lock(lock_file, lock_kind)
+        .map_err(|_| ServerError::Locked(dir.display().to_string()))?;
+    // With SQLite the epoch rises at every start (under the lock above);
+    // with PostgreSQL at every taking of the lease (`join_cluster`).
+    let (store, leases, epoch): (
+        Arc<dyn gantry_store::Store>,
+        Option<Arc<dyn gantry_store::LeaseStore>>,
+        u64,
+    ) = match &database {
         Some(url) => {
-            let store = gantry_store::PgStore::connect(url)?;
-            let epoch = store.begin_controller_epoch()?;
+            let store = Arc::new(gantry_store::PgStore::connect(url)?);
             tracing::info!(store = %url, "state in PostgreSQL");
-            (Arc::new(store), epoch)
+            let epoch = store.controller_epoch()?;
+            (store.clone(), Some(store), epoch)
         }
         None => {
             let store = gantry_store::SqliteStore::open(&dir.join("gantry.db"))?;
             let epoch = store.begin_controller_epoch()?;
-            (Arc::new(store), epoch)
+            tracing::info!(epoch, "controller epoch");
+            (Arc::new(store), None, epoch)
         }
     };
-    tracing::info!(epoch, "controller epoch");
     let blobs = gantry_store::Blobs::open(dir.join("artifacts"))?;
     let token = secret_file::load_or_create_token(&dir.join(TOKEN_FILE)).map_err(data_err(&dir))?;
     let router_token =
@@ -218,6 +234,7 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
         router.set_metrics_listen(&env.name, env.metrics_listen);
     }
     let fleet = open_fleet(&dir, &options.exe, &config, epoch)?;
+    let fleet_links = fleet.clone();
     let env_hosts = config
         .environments
         .iter()
@@ -254,39 +271,54 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
             source,
         })?;
 
-    controller
-        .recover()
-        .await
-        .map_err(|e| ServerError::Recovery(e.to_string()))?;
-    controller.spawn_router_watchdog(std::time::Duration::from_millis(500));
-    controller.spawn_retention();
-    if scrapes_instances {
-        controller.spawn_scrape_targets(
-            dir.join("prometheus").join("instances.json"),
-            std::time::Duration::from_millis(500),
-        );
+    let api_url = match &options.advertise_url {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None if leases.is_some() && addr.ip().is_unspecified() => {
+            return Err(ServerError::AdvertiseUrl(format!(
+                "this controller listens on {addr}, which other controllers cannot reach; give the URL they forward writes to (e.g. http://10.0.0.5:{})",
+                addr.port()
+            )))
+        }
+        None => format!("http://{addr}"),
+    };
+    if !(api_url.starts_with("http://") && api_url.len() > "http://".len()) {
+        return Err(ServerError::AdvertiseUrl(format!(
+            "{api_url:?} is not an http:// URL (e.g. http://10.0.0.5:7878)"
+        )));
     }
-    controller.spawn_notifier();
-    controller.spawn_audit_checkpoints(audit::CHECKPOINT_EVERY);
-    let drift_every = controller.config().drift_interval_ms;
-    if drift_every > 0 {
-        controller.spawn_drift_watch(std::time::Duration::from_millis(drift_every));
-    }
-
     let info = ServerInfo {
         pid: std::process::id(),
         url: format!("http://{addr}"),
     };
-    secret_file::write(
-        &dir.join(SERVER_FILE),
-        &serde_json::to_string(&info).unwrap_or_default(),
-    )
-    .map_err(data_err(&dir))?;
+    let info_text = serde_json::to_string(&info).unwrap_or_default();
+    let drift_every = controller.config().drift_interval_ms;
+    let tasks = controller::LeaderTasks {
+        scrape_targets: scrapes_instances.then(|| dir.join("prometheus").join("instances.json")),
+        drift_every: (drift_every > 0).then(|| std::time::Duration::from_millis(drift_every)),
+        server_file: Some((dir.join(SERVER_FILE), info_text.clone())),
+    };
+    match leases {
+        None => controller
+            .lead_alone(&api_url, epoch, tasks)
+            .await
+            .map_err(|e| ServerError::Recovery(e.to_string()))?,
+        Some(leases) => {
+            let store_settings = &controller.config().store;
+            let options = controller::ClusterOptions {
+                leases,
+                lease: std::time::Duration::from_millis(store_settings.lease_ms),
+                renew_every: std::time::Duration::from_millis(store_settings.renew_ms),
+                fleet: fleet_links,
+            };
+            controller.join_cluster(&api_url, options, tasks).await;
+        }
+    }
+    secret_file::write(&dir.join(SERVER_FILE), &info_text).map_err(data_err(&dir))?;
     tracing::info!(url = %info.url, data_dir = %dir.display(), "controller serving");
 
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let state = api::AppState {
-        controller,
+        controller: controller.clone(),
         token: Arc::new(token),
         shutdown: shutdown.clone(),
         refusals: Arc::new(audit::RefusalLimiter::new(audit::RefusalLimits::default())),
@@ -323,6 +355,14 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
         SHUTDOWN_DRAIN,
     )
     .await;
-    let _ = std::fs::remove_file(dir.join(SERVER_FILE));
+    controller.retire().await;
+    // Removed if it still names this controller (others may share the directory).
+    let server_file = dir.join(SERVER_FILE);
+    let named: Option<ServerInfo> = std::fs::read(&server_file)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if named.is_some_and(|n| n.pid == info.pid) {
+        let _ = std::fs::remove_file(&server_file);
+    }
     Ok(())
 }

@@ -81,6 +81,11 @@ pub enum Command {
             value_name = "URL"
         )]
         store: Option<gantry_server::DatabaseUrl>,
+        /// With several controllers on one database: the URL the others
+        /// forward writes to while this one leads [default: http:// and the
+        /// listening address; required when listening on 0.0.0.0].
+        #[arg(long, value_name = "URL")]
+        advertise_url: Option<String>,
         /// Time a client has to send a request's headers; an idle HTTP/1
         /// connection waits as long for its next request [default: 10s].
         #[arg(long)]
@@ -266,8 +271,14 @@ pub enum Command {
     Pause { id: i64 },
     /// Let a paused canary's step clock run again.
     Resume { id: i64 },
-    /// What runs where.
+    /// What runs where (and, with PostgreSQL, which controller leads).
     Status {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// The controllers sharing the store: each one's API and last heartbeat,
+    /// the leader, its epoch and when its lease expires.
+    Cluster {
         #[command(flatten)]
         output: Output,
     },

@@ -36,6 +36,7 @@ pub async fn run(cli: Cli) -> Exit {
             config,
             listen,
             store,
+            advertise_url,
             header_timeout,
             idle_timeout,
             max_connections,
@@ -54,6 +55,7 @@ pub async fn run(cli: Cli) -> Exit {
                 exe,
                 limits,
                 store,
+                advertise_url,
             })
             .await
             {
@@ -201,6 +203,7 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Pause { id } => deploy::act(&connect()?, id, Action::Pause).await,
         Command::Resume { id } => deploy::act(&connect()?, id, Action::Resume).await,
         Command::Status { output } => deploy::status(&connect()?, output).await,
+        Command::Cluster { output } => crate::cluster::show(&connect()?, output).await,
         Command::History { env, limit, output } => {
             deploy::history(&connect()?, &env, limit, output).await
         }

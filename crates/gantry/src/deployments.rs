@@ -253,6 +253,15 @@ pub async fn status(c: &Client, output: Output) -> Exit {
             }
         }
     })?;
+    // Several controllers on one database: which leads, and the others.
+    if !output.is_json() {
+        if let Ok(cluster) = c.cluster().await {
+            if cluster.store == "postgresql" {
+                outln!();
+                crate::cluster::print(&cluster);
+            }
+        }
+    }
     Ok(ExitCode::Success)
 }
 

@@ -6,6 +6,7 @@
 mod audit;
 mod cli;
 mod cli_docs;
+mod cluster;
 mod client;
 mod commands;
 mod demo;

@@ -160,6 +160,8 @@ data_dir = ".gantry"
 zz_unknown = 1
 
 [store]
+lease = "3s"
+renew_every = "1s"
 zz_unknown = 1
 [store.url]
 env = "GANTRY_DATABASE_URL"

@@ -61,6 +61,9 @@ pub(super) async fn audit_actions(
         (req, None)
     };
     let resp = next.run(req).await;
+    if resp.extensions().get::<super::forward::Forwarded>().is_some() {
+        return resp; // The leader that acted on it keeps the record.
+    }
     let status = resp.status();
     let refused_credentials = status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
     let unchecked = resp.extensions().get::<CredentialsUnchecked>().is_some();

@@ -38,6 +38,7 @@ impl From<ControlError> for ApiError {
             ControlError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ControlError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ControlError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ControlError::NotLeader(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_leader"),
         };
         ApiError::new(status, code, e.to_string())
     }

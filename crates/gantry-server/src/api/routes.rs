@@ -37,6 +37,9 @@ pub(super) struct Route {
     pub bytes: Option<&'static str>,
     pub query: Option<SchemaFn>,
     pub answer: Answer,
+    /// Acted on by the leader only: a follower forwards it (`forward.rs`).
+    /// Every method but GET is, unless marked `here`.
+    pub at_leader: bool,
     /// The handler, registered for `method` (with any layer of its own).
     pub handler: fn() -> MethodRouter<AppState>,
 }
@@ -67,6 +70,7 @@ fn route(
         bytes: None,
         query: None,
         answer,
+        at_leader: method != "get",
         handler,
     }
 }
@@ -81,6 +85,20 @@ impl Route {
     fn query<T: JsonSchema>(self) -> Route {
         Route {
             query: Some(schema::<T>),
+            ..self
+        }
+    }
+    /// Acted on by whichever controller receives it.
+    fn here(self) -> Route {
+        Route {
+            at_leader: false,
+            ..self
+        }
+    }
+    /// Read from the leader (what only its running tasks know).
+    fn at_leader(self) -> Route {
+        Route {
+            at_leader: true,
             ..self
         }
     }
@@ -279,6 +297,14 @@ pub(super) fn routes() -> Vec<Route> {
         ),
         route(
             "get",
+            "/api/v1/cluster",
+            read,
+            "The controllers sharing the store, the leader, its epoch and lease",
+            Json(200, "the cluster", schema::<ClusterView>),
+            || get(cluster),
+        ),
+        route(
+            "get",
             "/api/v1/hosts",
             read,
             "The fleet's hosts: reachable, last seen, releases, instances and their health, routers",
@@ -315,7 +341,10 @@ pub(super) fn routes() -> Vec<Route> {
             Json(200, "stopping", schema::<ShutdownAnswer>),
             || post(shutdown),
         )
-        .body::<ShutdownRequest>(),
+        .body::<ShutdownRequest>()
+        // Stops the controller that receives it (a follower's workloads
+        // are the leader's: it refuses to stop them).
+        .here(),
         route(
             "get",
             "/api/v1/audit",
@@ -480,7 +509,9 @@ pub(super) fn routes() -> Vec<Route> {
             "Server-sent events: every deployment step and notice",
             EventStream,
             || get(live_events),
-        ),
+        )
+        // The leader's drive loops send them: a follower passes its stream on.
+        .at_leader(),
         route(
             "get",
             "/metrics",
@@ -533,6 +564,14 @@ pub(super) fn method_routers(state: &AppState) -> Vec<(&'static str, MethodRoute
     let mut by_path: Vec<(&'static str, MethodRouter<AppState>)> = Vec::new();
     for r in routes() {
         let mut handler = (r.handler)();
+        if r.at_leader {
+            // Inside the permission check: a follower forwards only what
+            // the caller may do.
+            handler = handler.route_layer(middleware::from_fn_with_state(
+                state.clone(),
+                forward::to_leader,
+            ));
+        }
         if let Some(needs) = r.needs {
             let guard = Guard {
                 state: state.clone(),

@@ -37,10 +37,22 @@ pub(super) async fn instance_log(
     Ok(text.into_response())
 }
 
+/// The controllers sharing the store, the leader, its epoch and lease.
+pub(super) async fn cluster(State(s): State<AppState>) -> ApiResult<Json<gantry_api::ClusterView>> {
+    Ok(Json(s.controller.cluster_view()?))
+}
+
 pub(super) async fn shutdown(
     State(s): State<AppState>,
     Body(req): Body<ShutdownRequest>,
 ) -> ApiResult<Response> {
+    if req.stop_workloads && !s.controller.leads() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "conflict",
+            "this controller follows: the workloads are the leader's to stop; ask the leader (gantry cluster names it), or shut this controller down without --workloads",
+        ));
+    }
     if req.stop_workloads {
         s.controller.stop_workloads().await;
     }

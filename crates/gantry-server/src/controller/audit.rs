@@ -42,14 +42,21 @@ impl Controller {
             anchor.as_ref().map(|(s, h)| (*s, h.as_str())),
             now_ms(),
         );
-        self.store.add_audit_checkpoint(&cp)?;
+        // Kept by the leader only (a follower's store refuses the write):
+        // a follower signs the head for its caller without keeping it.
+        if self.acting_epoch().is_some() {
+            if let Err(e) = self.store.add_audit_checkpoint(&cp) {
+                self.lost_office(&e);
+                return Err(e.into());
+            }
+        }
         Ok(cp)
     }
 
     /// Signs the head every `every` while it moves.
     pub fn spawn_audit_checkpoints(self: &Arc<Self>, every: Duration) {
         let this = Arc::downgrade(self);
-        tokio::spawn(async move {
+        self.spawn_led(async move {
             loop {
                 let Some(c) = this.upgrade() else { return };
                 if let Err(e) = c.audit_checkpoint() {

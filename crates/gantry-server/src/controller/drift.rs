@@ -244,7 +244,7 @@ impl Controller {
     /// `converge`, or the watchdogs for routers and fleet instances).
     pub fn spawn_drift_watch(self: &Arc<Self>, every: Duration) {
         let this = Arc::downgrade(self);
-        tokio::spawn(async move {
+        self.spawn_led(async move {
             let mut seen: BTreeSet<DriftFinding> = BTreeSet::new();
             loop {
                 tokio::time::sleep(every).await;

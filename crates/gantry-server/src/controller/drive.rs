@@ -153,12 +153,17 @@ impl Controller {
     /// (`Created` for a new one, `Resumed` after a restart).
     pub fn launch(self: &Arc<Self>, d: Deployment, first: Event) {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.inboxes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(d.id, tx.clone());
-        let _ = tx.send(first);
-        tokio::spawn(self.clone().drive(d, tx, rx));
+        let id = d.id;
+        // Only a leader drives; its term's end stops the loop and its effects.
+        if self.spawn_led(self.clone().drive(d, tx.clone(), rx)) {
+            self.inboxes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, tx.clone());
+            let _ = tx.send(first);
+        } else {
+            tracing::warn!(deployment = id, "not driven: this controller does not lead");
+        }
     }
 
     async fn drive(
@@ -182,6 +187,10 @@ impl Controller {
             // Persist before acting. If the store refuses, act on nothing and retry.
             let outbox = self.outbox(&event, &d, &t.deployment, now);
             if let Err(e) = self.store.record(&event, &t, now, &outbox) {
+                if self.lost_office(&e) {
+                    // Another controller leads: it resumes this deployment.
+                    break;
+                }
                 tracing::error!(deployment = d.id, error = %e, "cannot record event; retrying in 1s");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let _ = tx.send(event);
@@ -201,7 +210,7 @@ impl Controller {
             });
             d = t.deployment;
             for effect in t.effects {
-                tokio::spawn(self.clone().execute(d.clone(), effect, tx.clone()));
+                self.spawn_led(self.clone().execute(d.clone(), effect, tx.clone()));
             }
             if d.phase.is_terminal() {
                 break;

@@ -23,6 +23,11 @@ impl Controller {
         effect: Effect,
         tx: mpsc::UnboundedSender<Event>,
     ) {
+        // A leader whose lease may have run out acts on nothing more (its
+        // term is about to end; the next leader re-emits what is needed).
+        if self.acting_epoch().is_none() {
+            return;
+        }
         let event = match effect {
             Effect::PrepareRelease { version } => match self.prepare(&d, &version).await {
                 Ok(repairs) => {

@@ -24,6 +24,7 @@ mod governance;
 mod hashed;
 mod hosts;
 mod incidents;
+mod leadership;
 mod notices;
 mod queries;
 mod recovery;
@@ -34,6 +35,7 @@ mod watchdog;
 
 pub use crate::clock::now_ms;
 pub use crate::error::ControlError;
+pub use leadership::{ClusterOptions, LeaderTasks};
 pub use releases::{NewRelease, VerifyResult, MAX_SIGNATURE_LEN, MAX_VERSION_LEN};
 pub use views::{DeploymentSummary, EnvStatus, InstanceStatus, LiveEvent};
 
@@ -82,6 +84,10 @@ pub struct Controller {
     prometheus: Option<Result<crate::prometheus::PrometheusClient, String>>,
     /// Artifacts hashed since this start and unchanged since.
     hashed: hashed::HashedOnce,
+    /// Whether this controller leads, and the term its tasks run in.
+    leadership: leadership::Leadership,
+    /// When this controller process started.
+    started_at: gantry_core::Millis,
 }
 
 impl Controller {
@@ -117,6 +123,8 @@ impl Controller {
             last_drift: Mutex::default(),
             host_observer: std::sync::OnceLock::new(),
             hashed: Default::default(),
+            leadership: Default::default(),
+            started_at: now_ms(),
         })
     }
 

@@ -50,7 +50,7 @@ impl Controller {
     /// Sends due deliveries until the controller goes away.
     pub fn spawn_notifier(self: &Arc<Self>) {
         let this = Arc::downgrade(self);
-        tokio::spawn(async move {
+        self.spawn_led(async move {
             loop {
                 let Some(c) = this.upgrade() else { return };
                 let now = now_ms();
@@ -58,7 +58,7 @@ impl Controller {
                     Ok(due) => {
                         for d in due {
                             // Lease it, then attempt it apart from the others.
-                            let _ = c.store.update_delivery(
+                            let leased = c.store.update_delivery(
                                 d.id,
                                 "pending",
                                 d.attempts,
@@ -66,7 +66,16 @@ impl Controller {
                                 d.last_error.as_deref(),
                                 now,
                             );
-                            tokio::spawn(c.clone().attempt(d));
+                            match leased {
+                                Ok(()) => {
+                                    c.spawn_led(c.clone().attempt(d));
+                                }
+                                // Another controller leads: it sends them.
+                                Err(e) if c.lost_office(&e) => return,
+                                Err(e) => {
+                                    tracing::error!(error = %e, "cannot lease a notification")
+                                }
+                            }
                         }
                     }
                     Err(e) => tracing::error!(error = %e, "cannot read due notifications"),
@@ -90,6 +99,9 @@ impl Controller {
             );
             return;
         };
+        if self.acting_epoch().is_none() {
+            return; // Leased, so the next leader sends it once the lease ends.
+        }
         let result = match tokio::time::timeout(
             ATTEMPT_TIMEOUT,
             crate::notify::send(&self.http, &self.config.service.name, channel, &d),

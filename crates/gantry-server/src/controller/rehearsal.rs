@@ -47,7 +47,7 @@ impl Controller {
         }
         let this = self.clone();
         let by = by.to_owned();
-        tokio::spawn(async move {
+        self.spawn_led(async move {
             this.rehearse(env, release.version, current.version, by)
                 .await;
         });

@@ -15,7 +15,7 @@ impl Controller {
     /// chain stays verifiable, and never drops what an environment runs.
     pub fn spawn_retention(self: &Arc<Self>) {
         let this = Arc::downgrade(self);
-        tokio::spawn(async move {
+        self.spawn_led(async move {
             loop {
                 let Some(c) = this.upgrade() else { return };
                 let before = now_ms() - c.config.retention.audit_ms as Millis;
@@ -47,7 +47,7 @@ impl Controller {
     /// Deployments in flight see its counters start over and judge on.
     pub fn spawn_router_watchdog(self: &Arc<Self>, every: Duration) {
         let this = Arc::downgrade(self);
-        tokio::spawn(async move {
+        self.spawn_led(async move {
             let mut ticks = 0u32;
             loop {
                 tokio::time::sleep(every).await;
@@ -166,7 +166,7 @@ impl Controller {
     /// canary's apart from stable's. Written only on change, atomically.
     pub fn spawn_scrape_targets(self: &Arc<Self>, path: std::path::PathBuf, every: Duration) {
         let this = Arc::downgrade(self);
-        tokio::spawn(async move {
+        self.spawn_led(async move {
             let mut last: Option<Vec<ScrapeGroup>> = None;
             loop {
                 let Some(c) = this.upgrade() else { return };

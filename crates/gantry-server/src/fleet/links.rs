@@ -40,6 +40,9 @@ pub struct FleetLinks {
     hosts: HashMap<String, Host>,
     binary: BinaryImage,
     identity: ControllerIdentity,
+    /// The epoch greeted with: `identity.epoch` until a new term of
+    /// leadership raises it (`begin_epoch`).
+    epoch: std::sync::atomic::AtomicU64,
     options: LinkOptions,
     slots: HashMap<String, Slot>,
     /// Hosts whose connection failed slowly (a timeout), until when they
@@ -105,6 +108,7 @@ impl FleetLinks {
             ssh,
             hosts: hosts.iter().map(|h| (h.name.clone(), h.clone())).collect(),
             binary,
+            epoch: std::sync::atomic::AtomicU64::new(identity.epoch),
             identity,
             options,
             slots: hosts
@@ -118,6 +122,16 @@ impl FleetLinks {
 
     pub fn ssh(&self) -> &SshHosts {
         &self.ssh
+    }
+
+    /// A new term of leadership under `epoch`: open channels (greeted with
+    /// the old epoch) are closed, and every host is greeted again with the
+    /// new one on its next use, so hosts refuse the previous leader.
+    pub async fn begin_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
+        for slot in self.slots.values() {
+            slot.lock().await.take();
+        }
     }
 
     /// The open channel to `host`, connecting (or reconnecting) first.
@@ -230,7 +244,7 @@ impl FleetLinks {
         let hello = Hello {
             protocol: PROTOCOL,
             controller: self.identity.id.clone(),
-            epoch: self.identity.epoch,
+            epoch: self.epoch.load(std::sync::atomic::Ordering::SeqCst),
             data_dir: host.data_dir.clone(),
             confinement: self.identity.confinement.clone(),
         };

@@ -66,10 +66,15 @@ fn a_controller_on_postgresql_deploys_rolls_back_and_keeps_its_state_across_a_re
     assert!(store.controller_epoch().unwrap() >= 1);
     g.gantry(&["audit", "verify"]).ok();
 
-    // A restarted controller resumes from the database.
+    // A restarted controller resumes from the database, once the killed
+    // one's lease has run out: it takes the lease under the next epoch.
     g.kill_server();
     g.start_server();
-    assert_eq!(store.controller_epoch().unwrap(), 2);
+    wait_until(
+        "the restarted controller to take the lease",
+        std::time::Duration::from_secs(15),
+        || store.controller_epoch().unwrap() == 2,
+    );
     let status = g.gantry(&["status"]).ok();
     let line = status
         .stdout
