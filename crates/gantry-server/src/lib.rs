@@ -313,7 +313,11 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
             controller.join_cluster(&api_url, options, tasks).await;
         }
     }
-    secret_file::write(&dir.join(SERVER_FILE), &info_text).map_err(data_err(&dir))?;
+    // With several controllers on the directory, the leader writes it when
+    // it takes office (`LeaderTasks::server_file`): the CLI finds the leader.
+    if database.is_none() {
+        secret_file::write(&dir.join(SERVER_FILE), &info_text).map_err(data_err(&dir))?;
+    }
     tracing::info!(url = %info.url, data_dir = %dir.display(), "controller serving");
 
     let shutdown = Arc::new(tokio::sync::Notify::new());

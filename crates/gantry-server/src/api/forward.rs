@@ -124,11 +124,12 @@ async fn connect(url: &str) -> Result<Sender, String> {
 /// Sends `req` to the leader at `url` and hands back its answer.
 async fn relay(mut sender: Sender, req: Request, url: &str, me: &str) -> Response {
     let (mut parts, body) = req.into_parts();
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
+    // The layer sits on routes nested under /api/v1 (the table holds every
+    // forwarded route there), which see their paths without it.
+    let path = format!(
+        "/api/v1{}",
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
     parts.uri = path.parse().unwrap_or_default();
     for name in HOP_BY_HOP {
         parts.headers.remove(*name);

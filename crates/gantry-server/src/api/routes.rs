@@ -618,6 +618,20 @@ mod tests {
     }
 
     #[test]
+    fn what_a_follower_forwards_is_under_the_api_and_a_write_unless_said_otherwise() {
+        for r in routes() {
+            if r.at_leader {
+                // forward.rs puts the prefix back that nesting took off.
+                assert!(r.path.starts_with("/api/v1/"), "{} {}", r.method, r.path);
+            }
+            let said_otherwise = [("post", "/api/v1/shutdown"), ("get", "/api/v1/events")];
+            if !said_otherwise.contains(&(r.method, r.path)) {
+                assert_eq!(r.at_leader, r.method != "get", "{} {}", r.method, r.path);
+            }
+        }
+    }
+
+    #[test]
     fn every_api_route_needs_a_permission() {
         for r in routes() {
             if r.path.starts_with("/api/v1/") || r.path == "/metrics" {

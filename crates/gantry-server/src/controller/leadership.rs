@@ -392,6 +392,16 @@ impl Controller {
             ready: false,
         };
         tracing::warn!(epoch, "this controller leads now; recovering");
+        // Each deployment's log says who took it over, before it resumes.
+        if let Ok(active) = self.store.active_deployments() {
+            let id = self.identity().id;
+            for d in active {
+                self.add_notes(
+                    d.id,
+                    vec![format!("controller {id} took the lease under epoch {epoch}")],
+                );
+            }
+        }
         self.leadership.changed.notify_waiters();
         let this = self.clone();
         self.spawn_led(async move {

@@ -63,7 +63,7 @@ impl DeliveryStore for PgStore {
         last_error: Option<&str>,
         at: Millis,
     ) -> Result<()> {
-        self.fenced(|tx| {
+        self.fenced(|tx, _| {
             tx.execute(
                 "UPDATE deliveries SET status = $2, attempts = $3, next_at = $4, last_error = $5, updated_at = $6
                  WHERE id = $1",

@@ -133,7 +133,7 @@ impl Store for PgStore {
             .unwrap_or_default()
             .to_owned();
         let state = to_json("deployment", &d)?;
-        self.fenced(|tx| {
+        self.fenced(|tx, _| {
             let mut sp = tx.savepoint("insert_deployment")?;
             let inserted = sp.execute(
                 "INSERT INTO deployments (id, env, version, kind, phase, active, created_at, finished_at, state)
@@ -172,15 +172,15 @@ impl Store for PgStore {
         } else {
             None
         };
-        self.fenced(|tx| {
+        self.fenced(|tx, epoch| {
             tx.execute(
-                "INSERT INTO events (deployment, at, event) VALUES ($1, $2, $3)",
-                &[&d.id, &at, &event_json],
+                "INSERT INTO events (deployment, at, event, epoch) VALUES ($1, $2, $3, $4)",
+                &[&d.id, &at, &event_json, &epoch],
             )?;
             for line in &t.log {
                 tx.execute(
-                    "INSERT INTO deployment_log (deployment, at, phase, message) VALUES ($1, $2, $3, $4)",
-                    &[&d.id, &at, &d.phase.as_str(), line],
+                    "INSERT INTO deployment_log (deployment, at, phase, message, epoch) VALUES ($1, $2, $3, $4, $5)",
+                    &[&d.id, &at, &d.phase.as_str(), line, &epoch],
                 )?;
             }
             if let Event::Approved { by, comment } | Event::Rejected { by, comment } = event {
@@ -411,7 +411,7 @@ impl Store for PgStore {
     }
 
     fn prune_audit(&self, before: Millis, now: Millis) -> Result<usize> {
-        self.fenced(|tx| {
+        self.fenced(|tx, _| {
             // The head's lock first: no append slips in between choosing
             // the anchor and recording it.
             tx.execute("SELECT 1 FROM audit_head WHERE id = 1 FOR UPDATE", &[])?;
@@ -451,7 +451,7 @@ impl Store for PgStore {
     }
 
     fn add_audit_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
-        self.fenced(|tx| {
+        self.fenced(|tx, _| {
             tx.execute(
                 "INSERT INTO audit_checkpoints (seq, hash, anchor_seq, anchor_hash, at, public_key, signature)
                  VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -492,7 +492,7 @@ impl Store for PgStore {
     }
 
     fn prune_deployments(&self, before: Millis) -> Result<usize> {
-        self.fenced(|tx| {
+        self.fenced(|tx, _| {
             let doomed = "SELECT id FROM deployments WHERE NOT active AND finished_at IS NOT NULL
                   AND finished_at < $1 AND id NOT IN (SELECT deployment FROM env_state)";
             for table in ["events", "deployment_log", "approvals", "deliveries"] {

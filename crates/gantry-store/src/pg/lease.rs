@@ -61,20 +61,22 @@ pub(super) fn check_epoch(tx: &mut Transaction<'_>, epoch: u64) -> Result<()> {
 impl PgStore {
     /// Runs a leader-only write in one transaction, as the fence allows:
     /// refused at once on a follower, checked against the lease's epoch
-    /// first on a leader.
+    /// first on a leader. `job` is given the epoch it writes under (`None`
+    /// with the fence open).
     pub(super) fn fenced<T: Send>(
         &self,
-        job: impl FnOnce(&mut Transaction<'_>) -> Result<T> + Send,
+        job: impl FnOnce(&mut Transaction<'_>, Option<i64>) -> Result<T> + Send,
     ) -> Result<T> {
-        match *self.fence.lock().unwrap_or_else(|p| p.into_inner()) {
-            Fence::Open => self.tx(job),
+        let fence = *self.fence.lock().unwrap_or_else(|p| p.into_inner());
+        match fence {
+            Fence::Open => self.tx(|tx| job(tx, None)),
             Fence::Follower => Err(StoreError::Fenced(
                 "this controller follows: only the leader writes deployment state; nothing was written"
                     .to_owned(),
             )),
             Fence::Leader(epoch) => self.tx(move |tx| {
                 check_epoch(tx, epoch)?;
-                job(tx)
+                job(tx, Some(epoch as i64))
             }),
         }
     }
@@ -376,6 +378,15 @@ mod tests {
         let t = gantry_core::step(&d, &Event::Created, 100);
         a.record(&Event::Created, &t, 100, &[]).unwrap();
         let events_before = a.events(d.id).unwrap().len();
+        let epochs = |id: DeploymentId| -> Vec<Option<i64>> {
+            let mut c = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
+            c.query("SELECT epoch FROM events WHERE deployment = $1 ORDER BY seq", &[&id])
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        };
+        assert_eq!(epochs(d.id), [Some(old as i64)], "each event names its term");
 
         // a pauses past its lease; b takes over.
         wait_expired(&b);
@@ -415,6 +426,7 @@ mod tests {
         // The new leader writes; a follower writes nothing, without asking.
         b.record(&Event::Tick, &next, 300, &[]).unwrap();
         assert_eq!(b.events(d.id).unwrap().len(), events_before + 1);
+        assert_eq!(epochs(d.id), [Some(old as i64), Some(new as i64)]);
         a.set_fence(Fence::Follower);
         assert!(matches!(
             a.record(&Event::Tick, &next, 400, &[]),

@@ -295,5 +295,10 @@ CREATE TABLE controllers (
     started_at TIMESTAMPTZ NOT NULL,
     last_seen  TIMESTAMPTZ NOT NULL
 );
+-- The epoch of the leader that recorded each event and log line (NULL:
+-- recorded with no lease in force, by a tool or a test), so that what each
+-- term wrote can be told apart.
+ALTER TABLE events ADD COLUMN epoch BIGINT;
+ALTER TABLE deployment_log ADD COLUMN epoch BIGINT;
 "#,
 ];

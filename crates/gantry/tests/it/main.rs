@@ -20,6 +20,7 @@ mod fleet;
 mod fleet_ssh;
 mod fleet_view;
 mod governance;
+mod ha;
 mod hooks;
 mod host;
 mod incidents;

@@ -1,0 +1,331 @@
+//! Several controllers on one PostgreSQL database (a throwaway server the
+//! test starts), with real processes: one leads, the other follows and
+//! forwards writes; the leader SIGKILLed mid-canary under load is replaced
+//! within seconds and the rollout ends with no failed request; a leader
+//! SIGSTOPped past its lease and continued writes nothing (checked in the
+//! database, where each event names the epoch it was recorded under).
+//!
+//! The controllers share one data directory, as two controllers on one
+//! machine with a shared volume would: the directory holds what adoption
+//! needs besides the database (the routers' admin files and their token,
+//! the instances' meta files and the marker that finds them in /proc, the
+//! unpacked releases and artifacts, the audit signing key, the admin token).
+
+use crate::harness::*;
+use gantry_api::client::Client;
+use gantry_api::ClusterView;
+use gantry_store::test_postgres::TestPostgres;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// A canary whose first step (10%) lasts long enough to lose a leader in.
+const CANARY: &str = r#"strategy = "canary"
+canary = { steps = [{ weight = 10, pause = "5s" }, { weight = 50, pause = "2s" }, { weight = 100 }], interval = "250ms", max_wait = "20s", promotion_tolerance = 0.1 }
+"#;
+
+/// The shared test server, or `None` (reason printed) without PostgreSQL.
+fn server(test: &str) -> Option<std::sync::Arc<TestPostgres>> {
+    match TestPostgres::shared() {
+        Ok(pg) => Some(pg),
+        Err(reason) if std::env::var_os("GANTRY_REQUIRE_POSTGRES").is_some() => {
+            panic!("{test}: PostgreSQL is required here: {reason}")
+        }
+        Err(reason) => {
+            eprintln!("skipping {test}: {reason}");
+            None
+        }
+    }
+}
+
+/// Another controller on the same data directory and database, listening
+/// on a port of its own; SIGKILLed when dropped.
+struct Peer {
+    child: Option<Child>,
+    url: String,
+    log: PathBuf,
+}
+
+impl Peer {
+    fn start(g: &Gantry, database: &str, name: &str) -> Peer {
+        let port = free_port();
+        let log = g.dir.path().join(format!("controller-{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(GANTRY)
+            .arg("--data-dir")
+            .arg(g.data())
+            .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--config"])
+            .arg(g.config_path())
+            .env("GANTRY_DATABASE_URL", database)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let peer = Peer {
+            child: Some(child),
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        wait_until(
+            &format!("controller {name} to answer"),
+            Duration::from_secs(60),
+            || matches!(try_http(&peer.url, "GET", "/healthz", None, ""), Ok((200, _))),
+        );
+        peer
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+}
+
+/// The cluster as the controller at `url` sees it.
+fn cluster(g: &Gantry, url: &str) -> ClusterView {
+    let client = Client::new(url, g.token()).unwrap();
+    g.call(client.cluster())
+}
+
+/// The deployment as the controller at `url` serves it.
+fn deployment_at(g: &Gantry, url: &str, id: i64) -> gantry_core::Deployment {
+    let client = Client::new(url, g.token()).unwrap();
+    g.call(client.deployment(id)).deployment
+}
+
+/// Production on PostgreSQL with 1.0.0 serving under load, 1.1.0 registered,
+/// and a second controller following the first.
+fn two_controllers(pg: &TestPostgres) -> (Gantry, Peer, String, Load) {
+    let database = pg.fresh_database().unwrap();
+    let g = Gantry::start_with_env_and_tail("300ms", &[("GANTRY_DATABASE_URL", &database)], CANARY);
+    let peer = Peer::start(&g, &database, "b");
+    g.register("1.0.0", "");
+    g.register("1.1.0", "");
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let load = Load::start(g.port("production"));
+    wait_until("stable traffic", Duration::from_secs(10), || {
+        load.ok.load(Ordering::Relaxed) > 200
+    });
+    (g, peer, database, load)
+}
+
+#[test]
+fn a_follower_serves_reads_forwards_writes_and_both_show_the_cluster() {
+    let Some(pg) = server("follower forwards writes") else {
+        return;
+    };
+    let database = pg.fresh_database().unwrap();
+    let g = Gantry::start_full("300ms", "", &[("GANTRY_DATABASE_URL", &database)]);
+    let leader_url = g.api_url();
+    let peer = Peer::start(&g, &database, "b");
+
+    // Both see both, and agree on the leader and its epoch.
+    wait_until("both controllers' heartbeats", Duration::from_secs(10), || {
+        cluster(&g, &peer.url).controllers.len() == 2
+    });
+    let (from_leader, from_peer) = (cluster(&g, &leader_url), cluster(&g, &peer.url));
+    assert_eq!(from_peer.store, "postgresql");
+    assert!(from_leader.this_leads && !from_peer.this_leads);
+    let lease = from_peer.lease.clone().unwrap();
+    assert_eq!(lease.holder, from_leader.this);
+    assert_eq!(lease.api_url, leader_url);
+    assert_eq!(from_leader.lease.unwrap().epoch, lease.epoch);
+    assert!(lease.live);
+    let left = lease.expires_at.unwrap() - from_peer.observed_at;
+    assert!((0..=3_000).contains(&left), "the default lease is 3s: {left} ms left");
+
+    // A write sent to the follower is done by the leader, once.
+    let artifact = g.artifact("1.0.0", "");
+    let at_peer = |args: &[&str]| {
+        let mut all = vec!["--server", peer.url.as_str()];
+        all.extend_from_slice(args);
+        g.gantry(&all)
+    };
+    at_peer(&["release", "create", "1.0.0", "--artifact", artifact.to_str().unwrap()]).ok();
+    let run = at_peer(&["deploy", "1.0.0", "--env", "production"]).ok();
+    assert!(run.stdout.contains("1.0.0 serves production"), "{}", run.stdout);
+    assert_eq!(g.get_env("production"), (200, "hello from 1.0.0\n".to_owned()));
+    let deployed: Vec<_> = g
+        .audit_records()
+        .into_iter()
+        .filter(|r| r.entry.action == "POST /api/v1/deployments")
+        .collect();
+    assert_eq!(deployed.len(), 1, "audited once, by the leader: {deployed:?}");
+    // Reads are the follower's own, from the shared database.
+    let status = at_peer(&["status"]).ok();
+    assert!(status.stdout.contains("1.0.0"), "{}", status.stdout);
+    assert!(
+        status.stdout.contains(&format!(
+            "controllers (PostgreSQL): leader {}, epoch {}",
+            lease.holder, lease.epoch
+        )),
+        "{}",
+        status.stdout
+    );
+    let shown = at_peer(&["cluster"]).ok().stdout;
+    assert!(shown.contains("follower") && shown.contains("(this)"), "{shown}");
+    // A follower does not stop the leader's workloads.
+    at_peer(&["shutdown", "--workloads"]).fails_with(1, "this controller follows");
+    assert!(!peer.log().contains("leads now"), "{}", peer.log());
+}
+
+#[test]
+fn the_leader_killed_mid_canary_under_load_is_replaced_within_seconds_and_the_rollout_ends() {
+    let Some(pg) = server("leader SIGKILL") else {
+        return;
+    };
+    let (mut g, mut peer, _database, load) = two_controllers(&pg);
+    let id = deploy_id(
+        &g.gantry(&["deploy", "1.1.0", "--env", "production", "--detach"])
+            .ok(),
+    );
+    wait_until("the 10% step", Duration::from_secs(30), || {
+        g.deployment(id).deployment.canary.is_some_and(|c| c.weight == 10)
+    });
+    let before = cluster(&g, &peer.url).lease.unwrap();
+    let killed = Instant::now();
+    g.kill_server();
+    // The follower takes the lease once the dead leader's expires, and
+    // resumes the deployment (its log says so) under the new epoch.
+    wait_until("the follower to lead", Duration::from_secs(15), || {
+        cluster(&g, &peer.url).this_leads
+    });
+    let took_over = killed.elapsed();
+    wait_until("the deployment to resume", Duration::from_secs(15), || {
+        g.gantry(&["--server", &peer.url, "log", &id.to_string()])
+            .ok()
+            .stdout
+            .contains("took the lease under epoch")
+    });
+    let resumed = killed.elapsed();
+    eprintln!("failover: leader {took_over:?} after SIGKILL, deployment resumed after {resumed:?}");
+    assert!(took_over < Duration::from_secs(8), "{took_over:?}");
+    let after = cluster(&g, &peer.url).lease.unwrap();
+    assert!(after.epoch > before.epoch, "{after:?} after {before:?}");
+    assert_eq!(after.api_url, peer.url);
+
+    // The follower, now leader, carries the rollout to its end.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let d = loop {
+        let d = deployment_at(&g, &peer.url, id);
+        if d.phase.is_terminal() {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "deployment {id} never finished: {d:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (ok, failed) = load.finish();
+    // The test's Gantry now stops the new leader and its workloads at the end.
+    g.server = peer.child.take();
+    assert_eq!(d.phase, Phase::Succeeded, "{d:?}");
+    assert_eq!(failed, 0, "no user request failed ({ok} succeeded)");
+    assert!(ok > 100, "{ok}");
+    let log = g.gantry(&["log", &id.to_string()]).ok().stdout;
+    for line in [
+        "took the lease under epoch",
+        "resuming in phase canary",
+        "traffic: 50% to 1.1.0",
+        "canary complete",
+    ] {
+        assert!(log.contains(line), "missing {line:?} in:\n{log}");
+    }
+    assert_eq!(g.get_env("production").1, "hello from 1.1.0\n");
+    assert_eq!(g.running_instances(), ["production-d2-1", "production-d2-2"]);
+    g.gantry(&["audit", "verify"]).ok();
+}
+
+/// `SELECT max(seq)` of the rows of `table` recorded under `epoch`.
+fn last_written(database: &str, table: &str, epoch: u64) -> Option<i64> {
+    let mut c = postgres::Client::connect(database, postgres::NoTls).unwrap();
+    c.query_one(
+        &format!("SELECT MAX(seq) FROM {table} WHERE epoch = $1"),
+        &[&(epoch as i64)],
+    )
+    .unwrap()
+    .get(0)
+}
+
+#[test]
+fn a_leader_paused_past_its_lease_writes_nothing_once_continued() {
+    let Some(pg) = server("leader SIGSTOP") else {
+        return;
+    };
+    let (mut g, mut peer, database, load) = two_controllers(&pg);
+    let id = deploy_id(
+        &g.gantry(&["deploy", "1.1.0", "--env", "production", "--detach"])
+            .ok(),
+    );
+    wait_until("the 10% step", Duration::from_secs(30), || {
+        g.deployment(id).deployment.canary.is_some_and(|c| c.weight == 10)
+    });
+    let old = cluster(&g, &peer.url).lease.unwrap();
+    let paused = g.server.take().unwrap();
+    signal(&paused, nix::sys::signal::Signal::SIGSTOP);
+    wait_until("the follower to lead", Duration::from_secs(15), || {
+        cluster(&g, &peer.url).this_leads
+    });
+    let new = cluster(&g, &peer.url).lease.unwrap();
+    assert!(new.epoch > old.epoch);
+    // What the paused leader had written, and nothing after: its term ended.
+    let events_then = last_written(&database, "events", old.epoch);
+    let log_then = last_written(&database, "deployment_log", old.epoch);
+    assert!(events_then.is_some(), "the old leader recorded the canary's start");
+
+    signal(&paused, nix::sys::signal::Signal::SIGCONT);
+    let old_url = old.api_url.clone();
+    wait_until("the old leader to step down", Duration::from_secs(15), || {
+        !cluster(&g, &old_url).this_leads && g.controller_log().contains("stepping down")
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let d = loop {
+        let d = deployment_at(&g, &peer.url, id);
+        if d.phase.is_terminal() {
+            break d;
+        }
+        assert!(Instant::now() < deadline, "deployment {id} never finished: {d:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (ok, failed) = load.finish();
+    // The new leader is the one to stop at the end; the old one is killed.
+    g.server = peer.child.take();
+    let mut paused = paused;
+    let _ = paused.kill();
+    let _ = paused.wait();
+
+    assert_eq!(d.phase, Phase::Succeeded, "{d:?}");
+    assert_eq!(failed, 0, "no user request failed ({ok} succeeded)");
+    // In the database: no event or log line of the old term after the
+    // takeover, and the rest of the rollout under the new epoch.
+    assert_eq!(last_written(&database, "events", old.epoch), events_then);
+    assert_eq!(last_written(&database, "deployment_log", old.epoch), log_then);
+    assert!(last_written(&database, "events", new.epoch) > events_then);
+    let mut c = postgres::Client::connect(&database, postgres::NoTls).unwrap();
+    let foreign: i64 = c
+        .query_one(
+            "SELECT COUNT(*) FROM events WHERE deployment = $1 AND seq > $2 AND epoch IS DISTINCT FROM $3",
+            &[&id, &events_then.unwrap(), &(new.epoch as i64)],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(foreign, 0, "every event after the takeover is the new leader's");
+    let stepped = g.controller_log();
+    let why = stepped
+        .lines()
+        .find(|l| l.contains("stepping down"))
+        .unwrap_or_else(|| panic!("the old leader said why it stopped:\n{stepped}"));
+    eprintln!("the continued leader: {why}");
+    g.gantry(&["audit", "verify"]).ok();
+}
