@@ -544,7 +544,11 @@ fn decode_store(w: &mut Walker<'_>, v: &Val<'_>) -> Option<StoreSettings> {
             if (1_000..=60_000).contains(&ms) {
                 Some(ms)
             } else {
-                w.error(d.span(), "store.lease", "expected a duration from 1s to 60s");
+                w.error(
+                    d.span(),
+                    "store.lease",
+                    "expected a duration from 1s to 60s",
+                );
                 None
             }
         }),

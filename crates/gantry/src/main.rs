@@ -6,8 +6,8 @@
 mod audit;
 mod cli;
 mod cli_docs;
-mod cluster;
 mod client;
+mod cluster;
 mod commands;
 mod demo;
 mod demo_fleet;

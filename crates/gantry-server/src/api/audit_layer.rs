@@ -61,7 +61,11 @@ pub(super) async fn audit_actions(
         (req, None)
     };
     let resp = next.run(req).await;
-    if resp.extensions().get::<super::forward::Forwarded>().is_some() {
+    if resp
+        .extensions()
+        .get::<super::forward::Forwarded>()
+        .is_some()
+    {
         return resp; // The leader that acted on it keeps the record.
     }
     let status = resp.status();

@@ -160,7 +160,12 @@ async fn relay(mut sender: Sender, req: Request, url: &str, me: &str) -> Respons
     };
     let mut resp = match tokio::time::timeout(ANSWER_TIMEOUT, sender.send_request(out)).await {
         Ok(Ok(resp)) => resp.map(axum::body::Body::new),
-        Ok(Err(e)) => return failed(format!("failed while answering ({e})"), StatusCode::BAD_GATEWAY),
+        Ok(Err(e)) => {
+            return failed(
+                format!("failed while answering ({e})"),
+                StatusCode::BAD_GATEWAY,
+            )
+        }
         Err(_) => {
             return failed(
                 format!("did not answer within {}s", ANSWER_TIMEOUT.as_secs()),

@@ -280,7 +280,8 @@ impl Controller {
         let next = self.lease_round().await;
         // Took office: wait for recovery (or for the term to end).
         let deadline = Instant::now() + Duration::from_secs(120);
-        while matches!(&*self.role(), Role::Leading { ready: false, .. }) && Instant::now() < deadline
+        while matches!(&*self.role(), Role::Leading { ready: false, .. })
+            && Instant::now() < deadline
         {
             self.role_change(Duration::from_millis(100)).await;
         }
@@ -357,9 +358,7 @@ impl Controller {
                     }
                     Ok(Acquired::Held { lease: held, now }) => {
                         // Ask again right after it expires, at most a renewal from now.
-                        let left = held
-                            .expires_at
-                            .map_or(0, |e| (e - now).max(0) as u64 + 20);
+                        let left = held.expires_at.map_or(0, |e| (e - now).max(0) as u64 + 20);
                         if let Role::Following { leader } = &mut *self.role() {
                             *leader = Some(held);
                         }
@@ -398,7 +397,9 @@ impl Controller {
             for d in active {
                 self.add_notes(
                     d.id,
-                    vec![format!("controller {id} took the lease under epoch {epoch}")],
+                    vec![format!(
+                        "controller {id} took the lease under epoch {epoch}"
+                    )],
                 );
             }
         }
@@ -415,7 +416,9 @@ impl Controller {
     /// Recovery is done: writes are served and the leader's tasks start.
     fn begin_serving(self: &Arc<Self>, epoch: u64) {
         match &mut *self.role() {
-            Role::Leading { epoch: e, ready, .. } if *e == epoch => *ready = true,
+            Role::Leading {
+                epoch: e, ready, ..
+            } if *e == epoch => *ready = true,
             _ => return,
         }
         let tasks = self.leadership.tasks.get().cloned().unwrap_or_default();

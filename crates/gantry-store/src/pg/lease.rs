@@ -266,7 +266,11 @@ mod tests {
         assert_eq!(a.cluster().unwrap().lease, None, "never taken yet");
         let epoch = leading(a.acquire(&candidate("a"), LEASE).unwrap());
         assert!(epoch >= 1);
-        assert_eq!(pg.store.controller_epoch().unwrap(), epoch, "one epoch counter");
+        assert_eq!(
+            pg.store.controller_epoch().unwrap(),
+            epoch,
+            "one epoch counter"
+        );
         match b.acquire(&candidate("b"), LEASE).unwrap() {
             Acquired::Held { lease, now } => {
                 assert_eq!(
@@ -299,10 +303,16 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(a.renew("b", epoch, LEASE).unwrap(), None, "not the holder");
-        assert_eq!(a.renew("a", epoch + 1, LEASE).unwrap(), None, "another epoch");
+        assert_eq!(
+            a.renew("a", epoch + 1, LEASE).unwrap(),
+            None,
+            "another epoch"
+        );
         // Expired, the holder itself can no longer renew: it must take the
         // lease again, under a new epoch.
-        a.renew("a", epoch, Duration::from_millis(200)).unwrap().unwrap();
+        a.renew("a", epoch, Duration::from_millis(200))
+            .unwrap()
+            .unwrap();
         wait_expired(&a);
         assert_eq!(a.renew("a", epoch, LEASE).unwrap(), None, "expired");
     }
@@ -313,7 +323,10 @@ mod tests {
             return;
         };
         let (a, b) = (controller(&pg.url), controller(&pg.url));
-        let first = leading(a.acquire(&candidate("a"), Duration::from_millis(300)).unwrap());
+        let first = leading(
+            a.acquire(&candidate("a"), Duration::from_millis(300))
+                .unwrap(),
+        );
         assert!(matches!(
             b.acquire(&candidate("b"), LEASE).unwrap(),
             Acquired::Held { .. }
@@ -370,7 +383,10 @@ mod tests {
         };
         let env: EnvName = "production".parse().unwrap();
         let (a, b) = (controller(&pg.url), controller(&pg.url));
-        let old = leading(a.acquire(&candidate("a"), Duration::from_millis(300)).unwrap());
+        let old = leading(
+            a.acquire(&candidate("a"), Duration::from_millis(300))
+                .unwrap(),
+        );
         a.set_fence(Fence::Leader(old));
         let d = a
             .create_deployment(&env, &mut |id| new_deployment(id, "production", "1.0.0"))
@@ -380,13 +396,20 @@ mod tests {
         let events_before = a.events(d.id).unwrap().len();
         let epochs = |id: DeploymentId| -> Vec<Option<i64>> {
             let mut c = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
-            c.query("SELECT epoch FROM events WHERE deployment = $1 ORDER BY seq", &[&id])
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0))
-                .collect()
+            c.query(
+                "SELECT epoch FROM events WHERE deployment = $1 ORDER BY seq",
+                &[&id],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
         };
-        assert_eq!(epochs(d.id), [Some(old as i64)], "each event names its term");
+        assert_eq!(
+            epochs(d.id),
+            [Some(old as i64)],
+            "each event names its term"
+        );
 
         // a pauses past its lease; b takes over.
         wait_expired(&b);
@@ -412,8 +435,14 @@ mod tests {
             }),
             Err(StoreError::Fenced(_))
         ));
-        assert!(matches!(a.prune_deployments(i64::MAX), Err(StoreError::Fenced(_))));
-        assert!(matches!(a.prune_audit(i64::MAX, 1), Err(StoreError::Fenced(_))));
+        assert!(matches!(
+            a.prune_deployments(i64::MAX),
+            Err(StoreError::Fenced(_))
+        ));
+        assert!(matches!(
+            a.prune_audit(i64::MAX, 1),
+            Err(StoreError::Fenced(_))
+        ));
         assert!(matches!(
             a.update_delivery(1, "delivered", 1, 0, None, 1),
             Err(StoreError::Fenced(_))
@@ -421,7 +450,10 @@ mod tests {
         // Nothing of them landed.
         assert_eq!(b.events(d.id).unwrap().len(), events_before);
         assert_eq!(b.deployment(d.id).unwrap().unwrap(), t.deployment);
-        assert!(b.deployments(Some(&"staging".parse().unwrap()), 10).unwrap().is_empty());
+        assert!(b
+            .deployments(Some(&"staging".parse().unwrap()), 10)
+            .unwrap()
+            .is_empty());
 
         // The new leader writes; a follower writes nothing, without asking.
         b.record(&Event::Tick, &next, 300, &[]).unwrap();
@@ -451,7 +483,10 @@ mod tests {
             return;
         };
         let a = controller(&pg.url);
-        let old = leading(a.acquire(&candidate("a"), Duration::from_millis(200)).unwrap());
+        let old = leading(
+            a.acquire(&candidate("a"), Duration::from_millis(200))
+                .unwrap(),
+        );
         wait_expired(&a);
         // A leader's write in flight: its transaction holds the lease row for share.
         let mut writer = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
@@ -476,7 +511,10 @@ mod tests {
         assert!(new > old);
         // A write that starts after the takeover sees the new epoch.
         let mut tx = writer.transaction().unwrap();
-        assert!(matches!(check_epoch(&mut tx, old), Err(StoreError::Fenced(_))));
+        assert!(matches!(
+            check_epoch(&mut tx, old),
+            Err(StoreError::Fenced(_))
+        ));
     }
 
     #[test]
@@ -490,7 +528,13 @@ mod tests {
         let epoch = leading(a.acquire(&candidate("a"), LEASE).unwrap());
         let seen = a.cluster().unwrap();
         assert_eq!(seen.controllers.len(), 2);
-        let by_id = |id: &str| seen.controllers.iter().find(|c| c.id == id).unwrap().clone();
+        let by_id = |id: &str| {
+            seen.controllers
+                .iter()
+                .find(|c| c.id == id)
+                .unwrap()
+                .clone()
+        };
         assert!(by_id("a").leader && !by_id("b").leader);
         assert_eq!(by_id("b").api_url, "http://b.test:7400");
         assert!(by_id("a").last_seen <= seen.now);
@@ -500,7 +544,10 @@ mod tests {
         assert!(taken > epoch);
         let seen = b.cluster().unwrap();
         assert_eq!(
-            seen.controllers.iter().map(|c| (c.id.as_str(), c.leader)).collect::<Vec<_>>(),
+            seen.controllers
+                .iter()
+                .map(|c| (c.id.as_str(), c.leader))
+                .collect::<Vec<_>>(),
             [("b", true)]
         );
     }

@@ -55,7 +55,12 @@ impl Peer {
         let child = Command::new(GANTRY)
             .arg("--data-dir")
             .arg(g.data())
-            .args(["server", "--listen", &format!("127.0.0.1:{port}"), "--config"])
+            .args([
+                "server",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--config",
+            ])
             .arg(g.config_path())
             .env("GANTRY_DATABASE_URL", database)
             .stdin(Stdio::null())
@@ -71,7 +76,12 @@ impl Peer {
         wait_until(
             &format!("controller {name} to answer"),
             Duration::from_secs(60),
-            || matches!(try_http(&peer.url, "GET", "/healthz", None, ""), Ok((200, _))),
+            || {
+                matches!(
+                    try_http(&peer.url, "GET", "/healthz", None, ""),
+                    Ok((200, _))
+                )
+            },
         );
         peer
     }
@@ -133,9 +143,11 @@ fn a_follower_serves_reads_forwards_writes_and_both_show_the_cluster() {
     let peer = Peer::start(&g, &database, "b");
 
     // Both see both, and agree on the leader and its epoch.
-    wait_until("both controllers' heartbeats", Duration::from_secs(10), || {
-        cluster(&g, &peer.url).controllers.len() == 2
-    });
+    wait_until(
+        "both controllers' heartbeats",
+        Duration::from_secs(10),
+        || cluster(&g, &peer.url).controllers.len() == 2,
+    );
     let (from_leader, from_peer) = (cluster(&g, &leader_url), cluster(&g, &peer.url));
     assert_eq!(from_peer.store, "postgresql");
     assert!(from_leader.this_leads && !from_peer.this_leads);
@@ -145,7 +157,10 @@ fn a_follower_serves_reads_forwards_writes_and_both_show_the_cluster() {
     assert_eq!(from_leader.lease.unwrap().epoch, lease.epoch);
     assert!(lease.live);
     let left = lease.expires_at.unwrap() - from_peer.observed_at;
-    assert!((0..=3_000).contains(&left), "the default lease is 3s: {left} ms left");
+    assert!(
+        (0..=3_000).contains(&left),
+        "the default lease is 3s: {left} ms left"
+    );
 
     // A write sent to the follower is done by the leader, once.
     let artifact = g.artifact("1.0.0", "");
@@ -154,16 +169,34 @@ fn a_follower_serves_reads_forwards_writes_and_both_show_the_cluster() {
         all.extend_from_slice(args);
         g.gantry(&all)
     };
-    at_peer(&["release", "create", "1.0.0", "--artifact", artifact.to_str().unwrap()]).ok();
+    at_peer(&[
+        "release",
+        "create",
+        "1.0.0",
+        "--artifact",
+        artifact.to_str().unwrap(),
+    ])
+    .ok();
     let run = at_peer(&["deploy", "1.0.0", "--env", "production"]).ok();
-    assert!(run.stdout.contains("1.0.0 serves production"), "{}", run.stdout);
-    assert_eq!(g.get_env("production"), (200, "hello from 1.0.0\n".to_owned()));
+    assert!(
+        run.stdout.contains("1.0.0 serves production"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        g.get_env("production"),
+        (200, "hello from 1.0.0\n".to_owned())
+    );
     let deployed: Vec<_> = g
         .audit_records()
         .into_iter()
         .filter(|r| r.entry.action == "POST /api/v1/deployments")
         .collect();
-    assert_eq!(deployed.len(), 1, "audited once, by the leader: {deployed:?}");
+    assert_eq!(
+        deployed.len(),
+        1,
+        "audited once, by the leader: {deployed:?}"
+    );
     // Reads are the follower's own, from the shared database.
     let status = at_peer(&["status"]).ok();
     assert!(status.stdout.contains("1.0.0"), "{}", status.stdout);
@@ -176,7 +209,10 @@ fn a_follower_serves_reads_forwards_writes_and_both_show_the_cluster() {
         status.stdout
     );
     let shown = at_peer(&["cluster"]).ok().stdout;
-    assert!(shown.contains("follower") && shown.contains("(this)"), "{shown}");
+    assert!(
+        shown.contains("follower") && shown.contains("(this)"),
+        "{shown}"
+    );
     // A follower does not stop the leader's workloads.
     at_peer(&["shutdown", "--workloads"]).fails_with(1, "this controller follows");
     assert!(!peer.log().contains("leads now"), "{}", peer.log());
@@ -193,7 +229,10 @@ fn the_leader_killed_mid_canary_under_load_is_replaced_within_seconds_and_the_ro
             .ok(),
     );
     wait_until("the 10% step", Duration::from_secs(30), || {
-        g.deployment(id).deployment.canary.is_some_and(|c| c.weight == 10)
+        g.deployment(id)
+            .deployment
+            .canary
+            .is_some_and(|c| c.weight == 10)
     });
     let before = cluster(&g, &peer.url).lease.unwrap();
     let killed = Instant::now();
@@ -224,7 +263,10 @@ fn the_leader_killed_mid_canary_under_load_is_replaced_within_seconds_and_the_ro
         if d.phase.is_terminal() {
             break d;
         }
-        assert!(Instant::now() < deadline, "deployment {id} never finished: {d:?}");
+        assert!(
+            Instant::now() < deadline,
+            "deployment {id} never finished: {d:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let (ok, failed) = load.finish();
@@ -243,7 +285,10 @@ fn the_leader_killed_mid_canary_under_load_is_replaced_within_seconds_and_the_ro
         assert!(log.contains(line), "missing {line:?} in:\n{log}");
     }
     assert_eq!(g.get_env("production").1, "hello from 1.1.0\n");
-    assert_eq!(g.running_instances(), ["production-d2-1", "production-d2-2"]);
+    assert_eq!(
+        g.running_instances(),
+        ["production-d2-1", "production-d2-2"]
+    );
     g.gantry(&["audit", "verify"]).ok();
 }
 
@@ -269,7 +314,10 @@ fn a_leader_paused_past_its_lease_writes_nothing_once_continued() {
             .ok(),
     );
     wait_until("the 10% step", Duration::from_secs(30), || {
-        g.deployment(id).deployment.canary.is_some_and(|c| c.weight == 10)
+        g.deployment(id)
+            .deployment
+            .canary
+            .is_some_and(|c| c.weight == 10)
     });
     let old = cluster(&g, &peer.url).lease.unwrap();
     let paused = g.server.take().unwrap();
@@ -282,20 +330,28 @@ fn a_leader_paused_past_its_lease_writes_nothing_once_continued() {
     // What the paused leader had written, and nothing after: its term ended.
     let events_then = last_written(&database, "events", old.epoch);
     let log_then = last_written(&database, "deployment_log", old.epoch);
-    assert!(events_then.is_some(), "the old leader recorded the canary's start");
+    assert!(
+        events_then.is_some(),
+        "the old leader recorded the canary's start"
+    );
 
     signal(&paused, nix::sys::signal::Signal::SIGCONT);
     let old_url = old.api_url.clone();
-    wait_until("the old leader to step down", Duration::from_secs(15), || {
-        !cluster(&g, &old_url).this_leads && g.controller_log().contains("stepping down")
-    });
+    wait_until(
+        "the old leader to step down",
+        Duration::from_secs(15),
+        || !cluster(&g, &old_url).this_leads && g.controller_log().contains("stepping down"),
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
     let d = loop {
         let d = deployment_at(&g, &peer.url, id);
         if d.phase.is_terminal() {
             break d;
         }
-        assert!(Instant::now() < deadline, "deployment {id} never finished: {d:?}");
+        assert!(
+            Instant::now() < deadline,
+            "deployment {id} never finished: {d:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     let (ok, failed) = load.finish();
@@ -310,7 +366,10 @@ fn a_leader_paused_past_its_lease_writes_nothing_once_continued() {
     // In the database: no event or log line of the old term after the
     // takeover, and the rest of the rollout under the new epoch.
     assert_eq!(last_written(&database, "events", old.epoch), events_then);
-    assert_eq!(last_written(&database, "deployment_log", old.epoch), log_then);
+    assert_eq!(
+        last_written(&database, "deployment_log", old.epoch),
+        log_then
+    );
     assert!(last_written(&database, "events", new.epoch) > events_then);
     let mut c = postgres::Client::connect(&database, postgres::NoTls).unwrap();
     let foreign: i64 = c
@@ -320,7 +379,10 @@ fn a_leader_paused_past_its_lease_writes_nothing_once_continued() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(foreign, 0, "every event after the takeover is the new leader's");
+    assert_eq!(
+        foreign, 0,
+        "every event after the takeover is the new leader's"
+    );
     let stepped = g.controller_log();
     let why = stepped
         .lines()
