@@ -2,6 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 
+/// `GET /migrations?env=…`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationsQuery {
+    pub env: String,
+}
+
 /// `GET /incidents?env=…&open=…&limit=…`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

@@ -44,8 +44,11 @@ pub use governance::{
     PlanApproved, RehearsalAnswer, RehearsalRequest,
 };
 pub use hosts::{HostEnvView, HostInstanceView, HostView, HostsView, InstanceHealthView};
-pub use incidents::{CloseIncident, DoraQuery, IncidentQuery};
-pub use records::{Delivery, EnvState, EvidenceRecord, LogEntry, ReleaseRecord, TokenRecord, User};
+pub use incidents::{CloseIncident, DoraQuery, IncidentQuery, MigrationsQuery};
+pub use records::{
+    AppliedMigration, Delivery, EnvState, EvidenceRecord, LogEntry, ReleaseRecord, TokenRecord,
+    User,
+};
 pub use releases::VerifyResult;
 pub use status::{
     ActiveDeployment, DeploymentSummary, EnvHostStatus, EnvStatus, EnvironmentStatus, FleetStatus,

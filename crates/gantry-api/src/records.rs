@@ -20,6 +20,23 @@ pub struct ReleaseRecord {
     pub signed_by: Option<String>,
     pub created_at: Millis,
     pub created_by: String,
+    /// The database migrations the release carries (its artifact's
+    /// `gantry-migrations.toml`), in the order they run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrations: Vec<gantry_core::machine::migrations::Migration>,
+}
+
+/// A migration applied in an environment and not backed out: it never
+/// runs there again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct AppliedMigration {
+    pub env: EnvName,
+    pub id: String,
+    pub kind: gantry_core::machine::migrations::MigrationKind,
+    /// The release that carried it and the deployment that applied it.
+    pub version: Version,
+    pub deployment: DeploymentId,
+    pub applied_at: Millis,
 }
 
 /// What serves an environment now.

@@ -410,6 +410,44 @@ pub struct Environment {
     pub resources: ResourcePolicy,
     /// The operator's hooks at the rollout's points.
     pub hooks: Vec<HookConfig>,
+    /// The backup and restore that `breaking` migrations need (`None`: a
+    /// release with one is refused here).
+    pub database: Option<DatabaseCommands>,
+}
+
+/// An environment's database commands: the backup taken before a release's
+/// first `breaking` migration and the restore a rollback runs. Argument
+/// vectors run without a shell, from the controller's machine, with the
+/// environment's variables and secrets and `GANTRY_BACKUP_DIR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DatabaseCommands {
+    pub backup: Vec<String>,
+    pub restore: Vec<String>,
+    /// One run's limit.
+    pub timeout_ms: u64,
+}
+
+/// The file in a release's artifact that declares its migrations.
+pub const MIGRATIONS_FILE: &str = "gantry-migrations.toml";
+
+/// Parses a release's migrations file (`file` names it in diagnostics):
+/// every problem at once, each naming its field.
+pub fn parse_migrations(
+    file: &str,
+    source: &str,
+) -> Result<Vec<gantry_core::machine::migrations::Migration>, ConfigError> {
+    let (migrations, diagnostics) = walk::migrations::decode(file, source);
+    let (errors, warnings): (Vec<_>, Vec<_>) = diagnostics
+        .into_iter()
+        .partition(|d| d.severity == Severity::Error);
+    match migrations {
+        Some(m) if errors.is_empty() => Ok(m),
+        _ => Err(ConfigError::Invalid {
+            file: file.to_owned(),
+            errors,
+            warnings,
+        }),
+    }
 }
 
 /// A hook as configured: what the deployment records, and the secret that

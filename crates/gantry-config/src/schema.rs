@@ -498,6 +498,54 @@ pub(crate) struct EnvironmentSection {
     /// The operator's checks at the rollout's points, whose answers go on, hold or stop it.
     #[serde(default)]
     hooks: Vec<HookSection>,
+    /// The backup before a release's first breaking migration and the restore a rollback
+    /// runs; without it, a release with a breaking migration is refused here.
+    #[serde(default)]
+    database: Option<DatabaseSection>,
+}
+
+/// An environment's database commands, each a program and its arguments run without a
+/// shell on the controller's machine, with the environment's variables and secrets and
+/// GANTRY_BACKUP_DIR (a directory kept for the deployment).
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DatabaseSection {
+    /// Takes a backup (point-in-time recovery) before the first breaking migration.
+    backup: Vec<String>,
+    /// Returns the database to that backup when the deployment rolls back.
+    restore: Vec<String>,
+    /// One run's limit (default 30m, 1s to 6h).
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+/// A release's `gantry-migrations.toml` (in its artifact's top directory).
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MigrationsFile {
+    /// In the order they run.
+    #[serde(default)]
+    migration: Vec<MigrationSection>,
+}
+
+/// One migration of a release.
+#[derive(JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct MigrationSection {
+    /// Unique; once applied in an environment it never runs there again.
+    id: String,
+    /// additive (left in place on rollback), breaking (the environment's backup before,
+    /// its restore on rollback) or data (its reverse runs on rollback).
+    kind: String,
+    /// A program and its arguments, run from the release directory, confined as the
+    /// release's instances are, with the environment's variables and secrets.
+    run: Vec<String>,
+    /// Data migrations only: undoes run.
+    #[serde(default)]
+    reverse: Option<Vec<String>>,
+    /// One run's limit (default 10m, 1s to 6h).
+    #[serde(default)]
+    timeout: Option<String>,
 }
 
 /// A hook: a program (exit 0 goes on, 75 holds, else stops) or a signed POST (2xx goes on,
@@ -897,9 +945,19 @@ pub(crate) fn range<T: JsonSchema>(key: &str) -> (f64, f64) {
     }
 }
 
-/// Every table type's schema by its schema name, the root under `File`.
+/// Every table type's schema by its schema name, the root under `File`;
+/// with them, those of a release's migrations file (another file, whose
+/// tables the same walker checks).
 fn tables_by_type() -> BTreeMap<String, TableSchema> {
-    let schema = schemars::schema_for!(File);
+    let mut by_type = tables_of(schemars::schema_for!(File), &File::schema_name());
+    by_type.extend(tables_of(
+        schemars::schema_for!(MigrationsFile),
+        &MigrationsFile::schema_name(),
+    ));
+    by_type
+}
+
+fn tables_of(schema: schemars::Schema, root_name: &str) -> BTreeMap<String, TableSchema> {
     let root = schema.as_value();
     let table = |v: &serde_json::Value| -> Option<TableSchema> {
         let properties = v.get("properties")?.as_object()?;
@@ -917,7 +975,7 @@ fn tables_by_type() -> BTreeMap<String, TableSchema> {
     };
     let mut by_type = BTreeMap::new();
     if let Some(t) = table(root) {
-        by_type.insert(File::schema_name().into_owned(), t);
+        by_type.insert(root_name.to_owned(), t);
     }
     if let Some(defs) = root.get("$defs").and_then(|d| d.as_object()) {
         for (name, def) in defs {

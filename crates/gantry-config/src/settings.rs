@@ -85,6 +85,9 @@ impl Config {
                         || h.at == gantry_core::machine::hooks::HookPoint::OnRollback
                 })
                 .collect(),
+            // Filled in by the controller from the release and the
+            // environment's ledger of applied migrations.
+            migrations: Vec::new(),
         }
     }
     /// The promotion-path gate of `version` entering `env`: it must have

@@ -13,6 +13,7 @@ fn errors_of(src: &str) -> Vec<String> {
 }
 
 mod hosts;
+mod migrations;
 mod resources;
 mod schema_keys;
 mod schema_ranges;

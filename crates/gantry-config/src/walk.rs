@@ -13,6 +13,7 @@ mod governance;
 mod hooks;
 mod hosts;
 mod metrics;
+pub(crate) mod migrations;
 mod notify;
 mod rollout;
 mod service;

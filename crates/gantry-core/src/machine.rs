@@ -34,6 +34,7 @@ mod events;
 mod fleet;
 pub mod hooks;
 mod judge;
+pub mod migrations;
 mod requests;
 mod resources;
 mod rolling;
@@ -98,11 +99,14 @@ pub fn step(deployment: &Deployment, event: &Event, now: Millis) -> Transition {
     }
     let before = t.deployment.phase;
     // While hooks hold an increase, the strategies' timers wait with it.
-    let held = t.deployment.hooks.waiting.is_some() && matches!(event, Event::Tick);
-    if !hooks::on_event(&mut t, event, now) && !held {
+    // So do they while a migration step runs.
+    let held = (t.deployment.hooks.waiting.is_some() || t.deployment.migrations.running.is_some())
+        && matches!(event, Event::Tick);
+    if !hooks::on_event(&mut t, event, now) && !migrations::on_event(&mut t, event, now) && !held {
         on_event(&mut t, event, now);
     }
     hooks::intercept(&mut t, before, event, now);
+    migrations::intercept(&mut t, event, now);
     t
 }
 
@@ -328,7 +332,9 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
         (Phase::RollingBack, Event::InstancesStopped) => {
             t.log.push("new instances stopped".to_owned());
             t.deployment.new_instances.clear();
-            enter(t, Phase::RolledBack, now);
+            if !migrations::back_out(t) {
+                enter(t, Phase::RolledBack, now);
+            }
         }
 
         // Anything else is stale (a probe answered after the phase moved on,
@@ -604,7 +610,7 @@ fn emit_phase_effects(t: &mut Transition, now: Millis) {
                 effects.push(Effect::StopInstances {
                     instances: d.new_instances.clone(),
                 });
-            } else {
+            } else if !migrations::back_out(t) {
                 enter(t, Phase::RolledBack, now);
             }
         }

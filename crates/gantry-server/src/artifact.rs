@@ -86,6 +86,55 @@ fn open_archive(kind: &str, artifact: &Path) -> Result<Box<dyn Read>, String> {
     }
 }
 
+/// The most of a release's migrations file read.
+pub const MAX_MIGRATIONS_FILE_BYTES: u64 = 256 * 1024;
+
+/// The migrations an artifact declares in its top directory's
+/// `gantry-migrations.toml` (none for an executable, or without the file).
+/// The artifact has passed [`check`]; a bad file is refused naming the
+/// file and each field.
+pub fn migrations(
+    kind: &str,
+    artifact: &Path,
+) -> Result<Vec<gantry_core::machine::migrations::Migration>, String> {
+    use std::io::Read as _;
+    if kind == "executable" {
+        return Ok(Vec::new());
+    }
+    let name = gantry_config::MIGRATIONS_FILE;
+    let mut archive = tar::Archive::new(open_archive(kind, artifact)?);
+    let entries = archive
+        .entries()
+        .map_err(|e| format!("cannot read the archive: {e}"))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("cannot read the archive: {e}"))?;
+        let path = entry
+            .path()
+            .map_err(|e| format!("cannot read the archive: {e}"))?
+            .into_owned();
+        let top = path.strip_prefix(".").unwrap_or(&path);
+        if top != Path::new(name) {
+            continue;
+        }
+        if !entry.header().entry_type().is_file() {
+            return Err(format!("{name} is not a regular file in the artifact"));
+        }
+        let size = entry.size();
+        if size > MAX_MIGRATIONS_FILE_BYTES {
+            return Err(format!(
+                "{name} is {size} bytes; at most {MAX_MIGRATIONS_FILE_BYTES} are read"
+            ));
+        }
+        let mut text = String::new();
+        entry
+            .take(MAX_MIGRATIONS_FILE_BYTES)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("{name} is not readable UTF-8 text: {e}"))?;
+        return gantry_config::parse_migrations(name, &text).map_err(|e| e.to_string());
+    }
+    Ok(Vec::new())
+}
+
 /// Checks an artifact against the limits without unpacking it.
 pub fn check(
     kind: &str,

@@ -326,8 +326,11 @@ pub fn plan(c: &Controller, version: &str, env: &str) -> Result<Plan, ControlErr
     };
     let hooks_asked: Vec<String> = hooks_asked.iter().map(hook_line).collect();
     let hooks_told: Vec<String> = hooks_told.iter().map(hook_line).collect();
+    let (migrations_before, migrations_rollback) = migration_lines(c, &env, &release);
     let h = &c.config().health;
     let ctx = minijinja::context! {
+        migrations_before => migrations_before,
+        migrations_rollback => migrations_rollback,
         hooks_asked => hooks_asked,
         hooks_told => hooks_told,
         service => c.config().service.name,
@@ -401,4 +404,92 @@ pub fn approve_plan(
         by,
     )?;
     Ok((plan, record))
+}
+
+/// The plan's lines on the release's migrations: what runs before the
+/// rollout (preconditions) and how each is backed out (rollback plan).
+fn migration_lines(
+    c: &crate::Controller,
+    env: &gantry_config::Environment,
+    release: &gantry_store::ReleaseRecord,
+) -> (Vec<String>, Vec<String>) {
+    use gantry_core::machine::migrations::MigrationKind;
+    let (mut before, mut rollback) = (Vec::new(), Vec::new());
+    if release.migrations.is_empty() {
+        return (before, rollback);
+    }
+    let pending = match c.pending_migrations(env, release) {
+        Ok(p) => p,
+        Err(e) => {
+            before.push(format!("[ ] {e}"));
+            return (before, rollback);
+        }
+    };
+    let cmd = |argv: &[String]| format!("`{}`", argv.join(" "));
+    let db = env.database.as_ref();
+    let mut backed_up = false;
+    for m in &release.migrations {
+        if !pending.iter().any(|p| p.id == m.id) {
+            before.push(format!(
+                "[x] migration {} ({}) was already applied in {}: not run again",
+                m.id,
+                m.kind.as_str(),
+                env.name
+            ));
+            continue;
+        }
+        if m.kind == MigrationKind::Breaking && !backed_up {
+            backed_up = true;
+            if let Some(db) = db {
+                before.push(format!(
+                    "[ ] a database backup by {} succeeds before the first breaking migration",
+                    cmd(&db.backup)
+                ));
+            }
+        }
+        before.push(format!(
+            "[ ] migration {} ({}) runs before any new instance starts: {} from the release directory, within {}",
+            m.id,
+            m.kind.as_str(),
+            cmd(&m.run),
+            gantry_core::machine::seconds(m.timeout_ms)
+        ));
+    }
+    let mut restored = false;
+    for m in release.migrations.iter().rev() {
+        if !pending.iter().any(|p| p.id == m.id) {
+            continue;
+        }
+        match m.kind {
+            MigrationKind::Additive => rollback.push(format!(
+                "Migration {} (additive) stays in place: the previous release ignores it.",
+                m.id
+            )),
+            MigrationKind::Data => rollback.push(format!(
+                "Migration {} (data): its reverse {} runs{}.",
+                m.id,
+                cmd(m.reverse.as_deref().unwrap_or_default()),
+                if backed_up {
+                    " (if it ran before the backup; else the restore undoes it)"
+                } else {
+                    ""
+                }
+            )),
+            MigrationKind::Breaking if !restored => {
+                restored = true;
+                if let Some(db) = db {
+                    rollback.push(format!(
+                        "Migration {} (breaking) and every migration after the backup: the database is restored by {} from the backup taken before it.",
+                        m.id,
+                        cmd(&db.restore)
+                    ));
+                }
+            }
+            MigrationKind::Breaking => {}
+        }
+    }
+    rollback.push(
+        "Migrations are backed out only by an automatic or aborted rollback of this deployment; a later `gantry rollback` leaves them in place (a restore then would lose what was written since).".to_owned(),
+    );
+    (before, rollback)
 }

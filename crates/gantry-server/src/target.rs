@@ -52,6 +52,84 @@ pub struct LaunchSpec {
     pub hosts: Vec<String>,
 }
 
+/// One of a release's own commands (a database migration), run on the
+/// controller's machine from the release directory, confined as the
+/// release's instances are.
+pub struct ReleaseCommand<'a> {
+    pub release: &'a ReleaseRecord,
+    /// The verified artifact, unpacked first if its directory is not there.
+    pub artifact: &'a Path,
+    pub limits: &'a ArtifactLimits,
+    /// A program in the release (a path with a '/', from the release
+    /// directory) or on `PATH`, and its arguments.
+    pub argv: &'a [String],
+    /// Plain variables and resolved secrets. Never logged, never stored.
+    pub vars: BTreeMap<String, String>,
+    pub timeout: Duration,
+    /// Names its scratch directory (its `HOME` and `TMPDIR`).
+    pub name: String,
+}
+
+/// How a command ended: the tail of its output, both streams.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutput {
+    pub ok: bool,
+    pub output: String,
+}
+
+/// The most of a command's output kept (its tail).
+pub const COMMAND_OUTPUT_BYTES: usize = 4096;
+
+/// The last `COMMAND_OUTPUT_BYTES` of `bytes`, as text.
+pub fn output_tail(bytes: &[u8]) -> String {
+    let start = bytes.len().saturating_sub(COMMAND_OUTPUT_BYTES);
+    String::from_utf8_lossy(&bytes[start..]).trim().to_owned()
+}
+
+/// Waits for `child` (started in its own process group, output piped) at
+/// most `timeout`, then kills its whole group.
+pub async fn wait_bounded(
+    child: tokio::process::Child,
+    timeout: Duration,
+    program: &str,
+) -> CommandOutput {
+    let group = child.id();
+    match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        Err(_) => {
+            // Its children too (a script's database client): the whole group.
+            if let Some(pid) = group {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            CommandOutput {
+                ok: false,
+                output: format!(
+                    "{program} did not finish within {}; it was killed",
+                    gantry_core::machine::seconds(timeout.as_millis() as u64)
+                ),
+            }
+        }
+        Ok(Err(e)) => CommandOutput {
+            ok: false,
+            output: format!("{program}: {e}"),
+        },
+        Ok(Ok(out)) => {
+            let mut both = out.stdout;
+            both.extend_from_slice(&out.stderr);
+            let mut output = output_tail(&both);
+            if !out.status.success() {
+                output = format!("{program} {}: {output}", describe_exit(out.status));
+            }
+            CommandOutput {
+                ok: out.status.success(),
+                output,
+            }
+        }
+    }
+}
+
 /// What `ensure_instances` found or started.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Started {
@@ -142,6 +220,12 @@ pub trait Target: Send + Sync {
     /// Each instance's cumulative CPU time and resident memory (its whole
     /// process tree), read where it runs; one that cannot be read says why.
     async fn usage(&self, instances: &[InstanceRef]) -> Vec<InstanceUsage>;
+    /// Runs one of the release's own commands on the controller's machine
+    /// (a fleet's database is reached from there, as `gantry` reaches it).
+    async fn run_release_command(
+        &self,
+        command: ReleaseCommand<'_>,
+    ) -> Result<CommandOutput, TargetError>;
 }
 
 /// Runs instances as processes on this machine.
@@ -199,6 +283,70 @@ impl LocalTarget {
 
     fn scratch_dir(&self, id: &str) -> PathBuf {
         self.data_dir.join("scratch").join(id)
+    }
+
+    /// Runs `c` confined, from its release directory (unpacked and checked
+    /// against its manifest first), with a clean environment.
+    pub async fn run_release_command(
+        &self,
+        c: ReleaseCommand<'_>,
+    ) -> Result<CommandOutput, TargetError> {
+        self.unpack(c.release, c.artifact, c.limits).await?;
+        let release_dir = self.release_dir(&c.release.version);
+        let Some((program, args)) = c.argv.split_first() else {
+            return Err(TargetError::Io("an empty command".to_owned()));
+        };
+        let in_release = program.contains('/') && !Path::new(program).is_absolute();
+        let exec_file = if in_release {
+            let file = release_dir.join(program);
+            if !file.is_file() {
+                return Ok(CommandOutput {
+                    ok: false,
+                    output: format!(
+                        "command {program} does not exist in release {}",
+                        c.release.version
+                    ),
+                });
+            }
+            file.canonicalize()
+                .ok()
+                .filter(|p| !confine::is_within(p, &release_dir))
+        } else {
+            None
+        };
+        let scratch = self
+            .make_scratch(&c.name)
+            .map_err(|e| TargetError::Io(format!("cannot make a scratch directory: {e}")))?;
+        let mut cmd = self.confinement.command(
+            Path::new(program),
+            args.iter().cloned(),
+            exec_file.as_deref(),
+            &scratch,
+        );
+        // Nothing of the controller's environment: what the config names.
+        cmd.current_dir(&release_dir)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", &scratch)
+            .env("TMPDIR", &scratch)
+            .envs(&c.vars)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                return Ok(CommandOutput {
+                    ok: false,
+                    output: format!("cannot run {program}: {e}"),
+                })
+            }
+        };
+        let result = wait_bounded(child, c.timeout, program).await;
+        let _ = fs::remove_dir_all(&scratch);
+        Ok(result)
     }
 
     /// A fresh, empty scratch directory owned by the instance's user.
@@ -433,6 +581,13 @@ impl LocalTarget {
 
 #[async_trait]
 impl Target for LocalTarget {
+    async fn run_release_command(
+        &self,
+        command: ReleaseCommand<'_>,
+    ) -> Result<CommandOutput, TargetError> {
+        LocalTarget::run_release_command(self, command).await
+    }
+
     async fn prepare(
         &self,
         _env: &EnvName,

@@ -179,6 +179,11 @@ impl Blobs {
         self.dir.join(digest.as_hex())
     }
 
+    /// The directory the blobs live in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn contains(&self, digest: &Digest) -> bool {
         self.path(digest).exists()
     }

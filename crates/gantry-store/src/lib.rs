@@ -20,7 +20,8 @@ pub mod test_postgres;
 
 pub use blobs::{hash_bytes, hash_reader, BlobError, Blobs, Incoming, Staged};
 pub use gantry_api::records::{
-    Delivery, EnvState, EvidenceRecord, LogEntry, ReleaseRecord, TokenRecord, User,
+    AppliedMigration, Delivery, EnvState, EvidenceRecord, LogEntry, ReleaseRecord, TokenRecord,
+    User,
 };
 pub use gantry_core::audit::{AuditEntry, AuditRecord, Checkpoint};
 pub use gantry_core::evidence::{EvidenceKind, Report};
@@ -178,6 +179,8 @@ pub trait Store: GovernanceStore + DeliveryStore + Send + Sync {
     fn last_good_other_than(&self, env: &EnvName, current: &Version) -> Result<Option<Version>>;
     /// Every release that has succeeded in `env`.
     fn succeeded_versions(&self, env: &EnvName) -> Result<Vec<Version>>;
+    /// The migrations applied in `env` and not backed out, oldest first.
+    fn applied_migrations(&self, env: &EnvName) -> Result<Vec<AppliedMigration>>;
 
     /// Numbers, chains and stores one audit record.
     fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord>;
@@ -200,4 +203,20 @@ pub trait Store: GovernanceStore + DeliveryStore + Send + Sync {
     /// log lines and approvals, except those an environment's current state
     /// points at. Returns how many were dropped.
     fn prune_deployments(&self, before: Millis) -> Result<usize>;
+}
+
+/// A release's migrations as stored (`NULL` when it carries none).
+fn migrations_json(m: &[gantry_core::machine::migrations::Migration]) -> Result<Option<String>> {
+    if m.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(m)
+        .map(Some)
+        .map_err(|e| StoreError::Corrupt(format!("migrations: {e}")))
+}
+
+/// A stored migration kind.
+fn migration_kind(kind: &str) -> Result<gantry_core::machine::migrations::MigrationKind> {
+    serde_json::from_value(serde_json::Value::String(kind.to_owned()))
+        .map_err(|_| StoreError::Corrupt(format!("migration kind {kind:?}")))
 }

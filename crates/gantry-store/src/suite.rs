@@ -90,6 +90,8 @@ on_both_backends!(
     pruning_deployments_keeps_what_runs_and_what_is_recent,
     notices_are_queued_with_the_transition_that_gives_them,
     a_rollback_opens_one_incident_restored_at_its_end_and_closed_once,
+    the_ledger_of_applied_migrations_follows_the_recorded_steps,
+    a_release_keeps_the_migrations_it_carries,
 );
 
 pub(crate) fn release(v: &str, fill: char) -> ReleaseRecord {
@@ -103,6 +105,7 @@ pub(crate) fn release(v: &str, fill: char) -> ReleaseRecord {
         signed_by: None,
         created_at: 1,
         created_by: "admin".into(),
+        migrations: Vec::new(),
     }
 }
 
@@ -131,6 +134,7 @@ pub(crate) fn new_deployment(id: DeploymentId, env: &str, v: &str) -> Deployment
                 watch: None,
                 resources: Default::default(),
                 hooks: Vec::new(),
+                migrations: Vec::new(),
             },
             requested_by: "admin".into(),
         },
@@ -510,4 +514,110 @@ fn a_rollback_opens_one_incident_restored_at_its_end_and_closed_once(store: &dyn
     assert!(store.incidents(None, true, 10).unwrap().is_empty());
     assert_eq!(store.incidents(None, false, 10).unwrap().len(), 1);
     assert_eq!(store.incident(i.id + 100).unwrap(), None);
+}
+
+fn a_release_keeps_the_migrations_it_carries(store: &dyn TestStore) {
+    use gantry_core::machine::migrations::{Migration, MigrationKind};
+    let mut r = release("2.0.0", 'b');
+    r.migrations = vec![Migration {
+        id: "0002_cents".into(),
+        kind: MigrationKind::Data,
+        run: vec!["sh".into(), "up.sh".into()],
+        reverse: Some(vec!["sh".into(), "down.sh".into()]),
+        timeout_ms: 60_000,
+    }];
+    store.insert_release(&r).unwrap();
+    assert_eq!(store.release(&r.version).unwrap().unwrap(), r);
+    let plain = release("1.0.0", 'a');
+    store.insert_release(&plain).unwrap();
+    assert!(store
+        .release(&plain.version)
+        .unwrap()
+        .unwrap()
+        .migrations
+        .is_empty());
+}
+
+fn the_ledger_of_applied_migrations_follows_the_recorded_steps(store: &dyn TestStore) {
+    use gantry_core::machine::migrations::{
+        MigrationKind, MigrationOutcome, MigrationStep, PlannedMigration,
+    };
+    let env: EnvName = "production".parse().unwrap();
+    let d = store
+        .create_deployment(&env, &mut |id| {
+            let mut d = new_deployment(id, "production", "2.0.0");
+            d.settings.migrations = vec![
+                PlannedMigration {
+                    id: "0001_orders".into(),
+                    kind: MigrationKind::Additive,
+                },
+                PlannedMigration {
+                    id: "0002_cents".into(),
+                    kind: MigrationKind::Data,
+                },
+            ];
+            d
+        })
+        .unwrap();
+    let ran = |step: MigrationStep, ok: bool| Event::MigrationRan {
+        outcome: MigrationOutcome {
+            step,
+            ok,
+            output: String::new(),
+            took_ms: 5,
+        },
+    };
+    let apply = |id: &str| MigrationStep::Apply { id: id.into() };
+    // Each step recorded as the machine takes it (with a failed one among them).
+    let mut d = d;
+    for (at, event) in [
+        (100, Event::Created),
+        (110, Event::Prepared),
+        (120, ran(apply("0001_orders"), true)),
+        (130, ran(apply("0002_cents"), true)),
+    ] {
+        let t = gantry_core::step(&d, &event, at);
+        store.record(&event, &t, at, &[]).unwrap();
+        d = t.deployment;
+    }
+    let ids = |s: &dyn TestStore| -> Vec<(String, MigrationKind, i64)> {
+        s.applied_migrations(&env)
+            .unwrap()
+            .into_iter()
+            .map(|m| (m.id, m.kind, m.applied_at))
+            .collect()
+    };
+    assert_eq!(
+        ids(store),
+        [
+            ("0001_orders".to_owned(), MigrationKind::Additive, 120),
+            ("0002_cents".to_owned(), MigrationKind::Data, 130)
+        ]
+    );
+    assert!(store
+        .applied_migrations(&"staging".parse().unwrap())
+        .unwrap()
+        .is_empty());
+    // Rolled back: 0002 reversed leaves the ledger, 0001 stays.
+    for (at, event) in [
+        (140, Event::AbortRequested { by: "ann".into() }),
+        (
+            150,
+            ran(
+                MigrationStep::Reverse {
+                    id: "0002_cents".into(),
+                },
+                true,
+            ),
+        ),
+    ] {
+        let t = gantry_core::step(&d, &event, at);
+        store.record(&event, &t, at, &[]).unwrap();
+        d = t.deployment;
+    }
+    assert_eq!(d.phase, gantry_core::Phase::RolledBack);
+    assert_eq!(
+        ids(store),
+        [("0001_orders".to_owned(), MigrationKind::Additive, 120)]
+    );
 }

@@ -55,6 +55,10 @@ pub enum Command {
     Validate {
         #[arg(long, default_value = "gantry.toml")]
         config: PathBuf,
+        /// Also check a release artifact's migrations (its gantry-migrations.toml) against the
+        /// config: every breaking one needs each environment's database backup and restore.
+        #[arg(long, value_name = "ARTIFACT")]
+        release: Option<PathBuf>,
     },
     /// Print the JSON Schema of gantry.toml.
     Schema,

@@ -20,7 +20,7 @@ pub async fn run(cli: Cli) -> Exit {
             fleet: Some(hosts),
         } => crate::demo_fleet::run(hosts, keep).await,
         Command::Init { path, force } => init(&path, force),
-        Command::Validate { config } => validate(&config).await,
+        Command::Validate { config, release } => validate(&config, release.as_deref()).await,
         Command::Hosts(args) => crate::hosts::run(&data_dir, server.as_deref(), args).await,
         Command::Schema => {
             out!("{}", gantry_config::json_schema());
@@ -275,13 +275,51 @@ async fn check_queries(config: &gantry_config::Config) -> Vec<String> {
     refused
 }
 
-async fn validate(path: &std::path::Path) -> Exit {
+/// Why a release's migrations could not deploy under `config`: its file's
+/// problems, or each environment without the backup and restore a breaking
+/// migration needs.
+fn check_release_migrations(
+    config: &gantry_config::Config,
+    artifact: &std::path::Path,
+) -> Vec<String> {
+    use gantry_core::machine::migrations::MigrationKind;
+    let migrations = gantry_server::artifact::detect_kind(artifact)
+        .and_then(|kind| gantry_server::artifact::migrations(kind, artifact));
+    let migrations = match migrations {
+        Ok(m) => m,
+        Err(e) => return vec![format!("{}: {e}", artifact.display())],
+    };
+    let Some(breaking) = migrations
+        .iter()
+        .find(|m| m.kind == MigrationKind::Breaking)
+    else {
+        return Vec::new();
+    };
+    config
+        .environments
+        .iter()
+        .filter(|e| e.database.is_none())
+        .map(|e| {
+            format!(
+                "environments.{}.database: not set, but {} carries the breaking migration {} (a backup before it and a restore on rollback are needed)",
+                e.name,
+                artifact.display(),
+                breaking.id
+            )
+        })
+        .collect()
+}
+
+async fn validate(path: &std::path::Path, release: Option<&std::path::Path>) -> Exit {
     match gantry_config::load(path) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 errln!("{}\n", w.render());
             }
-            let refused = check_queries(&loaded.config).await;
+            let mut refused = check_queries(&loaded.config).await;
+            if let Some(artifact) = release {
+                refused.extend(check_release_migrations(&loaded.config, artifact));
+            }
             if !refused.is_empty() {
                 for line in &refused {
                     errln!("{}: error: {line}", path.display());

@@ -126,6 +126,7 @@ mod tests {
                     watch: None,
                     resources: Default::default(),
                     hooks: Vec::new(),
+                    migrations: Vec::new(),
                 },
                 requested_by: "t".into(),
             },

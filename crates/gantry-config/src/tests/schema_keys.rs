@@ -262,6 +262,11 @@ at = "before_traffic_increase"
 url = "https://ci.example/confirm"
 secret = { env = "HOOK_SECRET" }
 zz_unknown = 1
+[environments.production.database]
+backup = ["/usr/local/bin/db-backup"]
+restore = ["/usr/local/bin/db-restore"]
+timeout = "30m"
+zz_unknown = 1
 [environments.production.sticky]
 header = "X-User"
 [environments.production.approval]
@@ -381,6 +386,7 @@ hosts = [{}]
 [[environments.production.canary.steps]]
 [[environments.production.hooks]]
 command = ["/bin/true"]
+[environments.production.database]
 [environments.production.smoke]
 [environments.staging]
 [environments.staging.smoke]

@@ -260,6 +260,10 @@ fn decode_environment(
         Some(hv) => super::hooks::decode_hooks(w, hv, &join(path, "hooks")),
         None => Some(Vec::new()),
     };
+    let database = match t.get("database") {
+        Some(dv) => super::migrations::decode_database(w, dv, &join(path, "database")).map(Some),
+        None => Some(None),
+    };
     let bake = optional_duration(w, t, &join(path, "bake"), "bake", 10_000);
     let watch = optional_duration(w, t, &join(path, "watch"), "watch", 0).and_then(|ms| {
         if ms > 86_400_000 {
@@ -349,6 +353,7 @@ fn decode_environment(
             fleet: None,
             resources: resources?,
             hooks: hooks?,
+            database: database?,
         })
     })();
     (listen, env)

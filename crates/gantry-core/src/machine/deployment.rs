@@ -49,6 +49,10 @@ pub struct DeploySettings {
     /// The operator's hooks at the rollout's points.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hooks: Vec<super::hooks::Hook>,
+    /// The release's migrations not yet applied in the environment, in
+    /// order (none for a rollback deployment).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrations: Vec<super::migrations::PlannedMigration>,
 }
 
 /// How a deployment walks a fleet, resolved from the config at creation:
@@ -241,6 +245,9 @@ pub struct Deployment {
     /// Where the hooks stand: the increases they passed, the one they hold.
     #[serde(default, skip_serializing_if = "is_default")]
     pub hooks: super::hooks::HookState,
+    /// Where the migrations stand: applied, backed up, backed out.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub migrations: super::migrations::MigrationState,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -307,6 +314,7 @@ impl Deployment {
             watch: None,
             resources: None,
             hooks: Default::default(),
+            migrations: Default::default(),
         }
     }
 
@@ -378,6 +386,7 @@ pub(crate) fn sample_deployment(
                 watch: None,
                 resources: Default::default(),
                 hooks: Vec::new(),
+                migrations: Vec::new(),
             },
             requested_by: "alice".into(),
         },

@@ -108,6 +108,10 @@ pub enum Event {
         key: String,
         outcomes: Vec<super::hooks::HookOutcome>,
     },
+    /// A migration step ran (or could not).
+    MigrationRan {
+        outcome: super::migrations::MigrationOutcome,
+    },
     /// A person with the approver role approved the change.
     Approved {
         by: String,
@@ -181,6 +185,11 @@ pub enum Effect {
     RunHooks {
         point: super::hooks::HookPoint,
         key: String,
+    },
+    /// Run one migration step (a migration, its reverse, the environment's
+    /// backup or restore); answer with `MigrationRan`.
+    RunMigration {
+        step: super::migrations::MigrationStep,
     },
     /// Start these stopped instances of `version` again with their old
     /// identities and ports, and wait until they answer healthy.

@@ -76,6 +76,7 @@ mod tests {
                     watch: None,
                     resources: Default::default(),
                     hooks: Vec::new(),
+                    migrations: Vec::new(),
                 },
                 requested_by: "alice".into(),
             },

@@ -107,6 +107,7 @@ mod tests {
                 ..ResourcePolicy::default()
             },
             hooks: Vec::new(),
+            migrations: Vec::new(),
         };
         let mut d = Deployment::new(
             NewDeployment {

@@ -25,6 +25,7 @@ fn settings() -> DeploySettings {
         watch: None,
         resources: Default::default(),
         hooks: Vec::new(),
+        migrations: Vec::new(),
     }
 }
 
@@ -1774,3 +1775,4 @@ fn the_strategy_is_one_tagged_value_in_the_stored_state() {
 
 mod fleet;
 mod hooks;
+mod migrations;

@@ -1,6 +1,6 @@
 //! Handlers for incidents: list, show, close.
 
-use gantry_api::{CloseIncident, DoraQuery, IncidentQuery};
+use gantry_api::{CloseIncident, DoraQuery, IncidentQuery, MigrationsQuery};
 
 use super::*;
 
@@ -10,6 +10,13 @@ pub(super) async fn list_incidents(
 ) -> ApiResult<Response> {
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     Ok(Json(s.controller.incidents(q.env.as_deref(), q.open, limit)?).into_response())
+}
+
+pub(super) async fn list_migrations(
+    State(s): State<AppState>,
+    Query(q): Query<MigrationsQuery>,
+) -> ApiResult<Response> {
+    Ok(Json(s.controller.applied_migrations(&q.env)?).into_response())
 }
 
 pub(super) async fn show_incident(

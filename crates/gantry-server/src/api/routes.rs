@@ -229,6 +229,15 @@ pub(super) fn routes() -> Vec<Route> {
         .body::<VerdictRequest>(),
         route(
             "get",
+            "/api/v1/migrations",
+            read,
+            "The database migrations applied in an environment and not backed out, oldest first",
+            Json(200, "applied migrations", schema::<Vec<AppliedMigration>>),
+            || get(list_migrations),
+        )
+        .query::<MigrationsQuery>(),
+        route(
+            "get",
             "/api/v1/incidents",
             read,
             "Incidents (one per rollback), newest first",

@@ -121,7 +121,12 @@ impl Controller {
         change: Option<gantry_core::governance::ChangeControl>,
     ) -> Result<Deployment, ControlError> {
         let current = self.store.env_state(&env.name)?;
-        let settings = self.config.deploy_settings(env, kind);
+        let mut settings = self.config.deploy_settings(env, kind);
+        // A rollback returns to a release whose migrations already ran; a
+        // deployment applies those of its release not applied here yet.
+        if kind == DeploymentKind::Deploy {
+            settings.migrations = self.pending_migrations(env, &self.registered(&version)?)?;
+        }
         let now = now_ms();
         let d = self.store.create_deployment(&env.name, &mut |id| {
             let d = Deployment::new(

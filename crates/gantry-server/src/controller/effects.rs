@@ -174,6 +174,9 @@ impl Controller {
                     outcomes: crate::hooks::run(&d, point, &configured, &self.http).await,
                 }
             }
+            Effect::RunMigration { step } => Event::MigrationRan {
+                outcome: self.run_migration(&d, step).await,
+            },
             Effect::RestoreInstances { version, instances } => {
                 match self.restore(&d, &version, &instances).await {
                     Ok(()) => Event::InstancesRestored,

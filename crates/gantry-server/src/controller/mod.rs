@@ -25,6 +25,7 @@ mod hashed;
 mod hosts;
 mod incidents;
 mod leadership;
+mod migrations;
 mod notices;
 mod queries;
 mod recovery;

@@ -77,6 +77,9 @@ impl Controller {
         }
         // A release that could never unpack is refused now, not at its first deployment.
         artifact::check(kind, staged.path(), &self.config.artifacts).map_err(refused)?;
+        // Its migrations travel inside the artifact, so its checksum and
+        // signature cover them; a bad declaration is refused now.
+        let migrations = artifact::migrations(kind, staged.path()).map_err(refused)?;
         let record = ReleaseRecord {
             version: version.clone(),
             digest: digest.clone(),
@@ -87,6 +90,7 @@ impl Controller {
             signed_by,
             created_at: now_ms(),
             created_by: r.by.to_owned(),
+            migrations,
         };
         self.blobs
             .commit(staged)

@@ -155,6 +155,13 @@ fn joined(failures: &BTreeMap<String, String>) -> String {
 
 #[async_trait]
 impl Target for Placement {
+    async fn run_release_command(
+        &self,
+        command: crate::target::ReleaseCommand<'_>,
+    ) -> Result<crate::target::CommandOutput, TargetError> {
+        self.local.run_release_command(command).await
+    }
+
     async fn prepare(
         &self,
         env: &EnvName,

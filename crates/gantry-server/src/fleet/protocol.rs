@@ -217,6 +217,7 @@ impl ReleaseSpec {
             signed_by: None,
             created_at: 0,
             created_by: String::new(),
+            migrations: Vec::new(),
         }
     }
 }

@@ -6,7 +6,7 @@ use super::deliveries::insert_deliveries;
 use super::*;
 
 const RELEASE_COLUMNS: &str =
-    "version, digest, size, artifact_kind, git_sha, signature, signed_by, created_at, created_by";
+    "version, digest, size, artifact_kind, git_sha, signature, signed_by, created_at, created_by, migrations";
 
 fn release_from_row(r: &postgres::Row) -> Result<ReleaseRecord> {
     let digest: String = r.try_get(1)?;
@@ -20,6 +20,10 @@ fn release_from_row(r: &postgres::Row) -> Result<ReleaseRecord> {
         signed_by: r.try_get(6)?,
         created_at: r.try_get(7)?,
         created_by: r.try_get(8)?,
+        migrations: match r.try_get::<_, Option<String>>(9)? {
+            Some(m) => serde_json::from_str(&m).map_err(|e| corrupt("migrations", e))?,
+            None => Vec::new(),
+        },
     })
 }
 
@@ -51,7 +55,7 @@ impl Store for PgStore {
             // row that won and compare with it.
             let n = tx.execute(
                 &format!(
-                    "INSERT INTO releases ({RELEASE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                    "INSERT INTO releases ({RELEASE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                      ON CONFLICT (version) DO NOTHING"
                 ),
                 &[
@@ -64,6 +68,7 @@ impl Store for PgStore {
                     &r.signed_by,
                     &r.created_at,
                     &r.created_by,
+                    &crate::migrations_json(&r.migrations)?,
                 ],
             )?;
             if n == 1 {
@@ -202,6 +207,20 @@ impl Store for PgStore {
                     &state,
                 ],
             )?;
+            let ledger = gantry_core::machine::migrations::ledger_change(d, event);
+            for m in &ledger.add {
+                tx.execute(
+                    "INSERT INTO applied_migrations (env, id, kind, version, deployment, applied_at)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (env, id) DO NOTHING",
+                    &[&d.env.as_str(), &m.id, &m.kind.as_str(), &d.version.to_string(), &d.id, &at],
+                )?;
+            }
+            for id in &ledger.remove {
+                tx.execute(
+                    "DELETE FROM applied_migrations WHERE env = $1 AND id = $2",
+                    &[&d.env.as_str(), id],
+                )?;
+            }
             if let Some(o) = gantry_core::incidents::opening(d) {
                 // A rollback opens its incident once; its end restores service.
                 tx.execute(
@@ -371,6 +390,28 @@ impl Store for PgStore {
             )?
             .iter()
             .map(|r| parse_version(&r.try_get::<_, String>(0)?))
+            .collect()
+        })
+    }
+
+    fn applied_migrations(&self, env: &EnvName) -> Result<Vec<AppliedMigration>> {
+        self.tx(|tx| {
+            tx.query(
+                "SELECT id, kind, version, deployment, applied_at FROM applied_migrations
+                 WHERE env = $1 ORDER BY applied_at, id",
+                &[&env.as_str()],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(AppliedMigration {
+                    env: env.clone(),
+                    id: r.try_get(0)?,
+                    kind: crate::migration_kind(&r.try_get::<_, String>(1)?)?,
+                    version: parse_version(&r.try_get::<_, String>(2)?)?,
+                    deployment: r.try_get(3)?,
+                    applied_at: r.try_get(4)?,
+                })
+            })
             .collect()
         })
     }

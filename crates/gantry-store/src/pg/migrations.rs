@@ -301,4 +301,18 @@ CREATE TABLE controllers (
 ALTER TABLE events ADD COLUMN epoch BIGINT;
 ALTER TABLE deployment_log ADD COLUMN epoch BIGINT;
 "#,
+    // Database migrations: those a release carries and those applied in
+    // each environment and not backed out (see the SQLite store).
+    r#"
+ALTER TABLE releases ADD COLUMN migrations TEXT;
+CREATE TABLE applied_migrations (
+    env        TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    version    TEXT NOT NULL,
+    deployment BIGINT NOT NULL,
+    applied_at BIGINT NOT NULL,
+    PRIMARY KEY (env, id)
+);
+"#,
 ];

@@ -10,6 +10,7 @@ pub(super) fn release_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result
     let (size, artifact_kind, git_sha) = (r.get::<_, i64>(2)?, r.get(3)?, r.get(4)?);
     let (signature, signed_by, created_at, created_by) =
         (r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?);
+    let migrations: Option<String> = r.get(9)?;
     Ok((|| {
         Ok(ReleaseRecord {
             version: parse_version(&version)?,
@@ -21,12 +22,16 @@ pub(super) fn release_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result
             signed_by,
             created_at,
             created_by,
+            migrations: match migrations {
+                Some(m) => serde_json::from_str(&m).map_err(|e| corrupt("migrations", e))?,
+                None => Vec::new(),
+            },
         })
     })())
 }
 
 pub(super) const RELEASE_COLUMNS: &str =
-    "version, digest, size, artifact_kind, git_sha, signature, signed_by, created_at, created_by";
+    "version, digest, size, artifact_kind, git_sha, signature, signed_by, created_at, created_by, migrations";
 
 pub(super) fn deployment_from_json(s: &str) -> Result<Deployment> {
     serde_json::from_str(s).map_err(|e| corrupt("deployment state", e))
@@ -50,7 +55,7 @@ impl Store for SqliteStore {
             },
             None => {
                 tx.execute(
-                    &format!("INSERT INTO releases ({RELEASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+                    &format!("INSERT INTO releases ({RELEASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
                     params![
                         r.version.to_string(),
                         r.digest.as_hex(),
@@ -60,7 +65,8 @@ impl Store for SqliteStore {
                         r.signature,
                         r.signed_by,
                         r.created_at,
-                        r.created_by
+                        r.created_by,
+                        crate::migrations_json(&r.migrations)?
                     ],
                 )?;
                 InsertOutcome::Inserted
@@ -174,6 +180,20 @@ impl Store for SqliteStore {
                 serde_json::to_string(d).map_err(|e| corrupt("deployment", e))?
             ],
         )?;
+        let ledger = gantry_core::machine::migrations::ledger_change(d, event);
+        for m in &ledger.add {
+            tx.execute(
+                "INSERT OR IGNORE INTO applied_migrations (env, id, kind, version, deployment, applied_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![d.env.as_str(), m.id, m.kind.as_str(), d.version.to_string(), d.id, at],
+            )?;
+        }
+        for id in &ledger.remove {
+            tx.execute(
+                "DELETE FROM applied_migrations WHERE env = ?1 AND id = ?2",
+                params![d.env.as_str(), id],
+            )?;
+        }
         if let Some(o) = gantry_core::incidents::opening(d) {
             // A rollback opens its incident once; its end restores service.
             tx.execute(
@@ -349,6 +369,35 @@ impl Store for SqliteStore {
         )?;
         let rows = stmt.query_map([env.as_str()], |r| r.get::<_, String>(0))?;
         rows.map(|r| parse_version(&r?)).collect()
+    }
+
+    fn applied_migrations(&self, env: &EnvName) -> Result<Vec<AppliedMigration>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, kind, version, deployment, applied_at FROM applied_migrations
+             WHERE env = ?1 ORDER BY applied_at, rowid",
+        )?;
+        let rows = stmt.query_map([env.as_str()], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (id, kind, version, deployment, applied_at) = r?;
+            Ok(AppliedMigration {
+                env: env.clone(),
+                id,
+                kind: crate::migration_kind(&kind)?,
+                version: parse_version(&version)?,
+                deployment,
+                applied_at,
+            })
+        })
+        .collect()
     }
 
     fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord> {

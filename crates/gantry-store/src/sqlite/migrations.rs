@@ -241,4 +241,19 @@ CREATE TABLE incidents (
 );
 CREATE INDEX incidents_env ON incidents(env, id);
 "#,
+    // Database migrations: those a release carries (JSON, read from its
+    // artifact at registration) and those applied in each environment and
+    // not backed out (written with the transition that applied them).
+    r#"
+ALTER TABLE releases ADD COLUMN migrations TEXT;
+CREATE TABLE applied_migrations (
+    env        TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    version    TEXT NOT NULL,
+    deployment INTEGER NOT NULL,
+    applied_at INTEGER NOT NULL,
+    PRIMARY KEY (env, id)
+);
+"#,
 ];

@@ -132,6 +132,7 @@ fn release_of(artifact: &Path, version: &str) -> ReleaseRecord {
         signed_by: None,
         created_at: 0,
         created_by: "test".to_owned(),
+        migrations: Vec::new(),
     }
 }
 

@@ -26,6 +26,7 @@ mod host;
 mod incidents;
 mod isolation;
 mod metrics;
+mod migrations;
 mod notes;
 mod notify;
 mod openapi;

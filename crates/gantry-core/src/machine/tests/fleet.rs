@@ -216,7 +216,7 @@ impl World {
         let now = self.now;
         Some(match e {
             Effect::PrepareRelease { .. } => Event::Prepared,
-            Effect::RunHooks { .. } => return None,
+            Effect::RunHooks { .. } | Effect::RunMigration { .. } => return None,
             Effect::StartInstances { count, hosts, .. } => {
                 let hosts = if hosts.is_empty() {
                     self.hosts.clone()
