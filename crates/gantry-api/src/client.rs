@@ -306,6 +306,12 @@ impl Client {
             .1)
     }
 
+    /// Instance output or an access log, from `query.cursor` on.
+    pub async fn logs(&self, query: &crate::LogsQuery) -> Result<crate::LogPage> {
+        let url = self.url(&["logs"]);
+        self.send(self.request(Method::GET, url).query(query)).await
+    }
+
     pub async fn shutdown(&self, request: &ShutdownRequest) -> Result<ShutdownAnswer> {
         self.post(&["shutdown"], request).await
     }

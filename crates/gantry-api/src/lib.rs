@@ -52,7 +52,7 @@ pub use records::{
 pub use releases::VerifyResult;
 pub use status::{
     ActiveDeployment, DeploymentSummary, EnvHostStatus, EnvStatus, EnvironmentStatus, FleetStatus,
-    Incident, InstanceStatus, LiveEvent, LogQuery, ServerInfo, ShutdownAnswer, ShutdownRequest,
-    StatusPage, StatusView, TrafficQuery,
+    Incident, InstanceStatus, LiveEvent, LogLine, LogPage, LogQuery, LogsQuery, ServerInfo,
+    ShutdownAnswer, ShutdownRequest, StatusPage, StatusView, TrafficQuery,
 };
 pub use traffic::{LatencyHistogram, PoolStats, SlowerThan, MAX_LATENCY_BUCKETS, MAX_LATENCY_US};

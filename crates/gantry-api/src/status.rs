@@ -95,6 +95,56 @@ pub struct LogQuery {
     pub bytes: Option<u64>,
 }
 
+/// `GET /logs?…`: instance output or an environment's access log, from a
+/// cursor (the previous page's) to follow it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// The environment (needed unless `instance` is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// The routers' access log (JSON lines) instead of instance output.
+    #[serde(default)]
+    pub access: bool,
+    /// Only this release's instances (or access log lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// Only this instance's output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// Access log lines at or after this time (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Millis>,
+    /// Where the previous page ended; absent: the end of each log (less `bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Without a cursor, how much of each log's end to send (default 8 KiB, at most 1 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+}
+
+/// One line of a log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct LogLine {
+    /// The instance that wrote it (instance output).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// When (access log lines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<Millis>,
+    pub text: String,
+}
+
+/// `GET /logs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct LogPage {
+    pub lines: Vec<LogLine>,
+    /// Pass it back to get what was written since.
+    pub cursor: String,
+}
+
 /// `POST /shutdown`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]

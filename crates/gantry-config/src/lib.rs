@@ -243,6 +243,13 @@ pub struct Retention {
     /// Finished deployments (with their events, log and approvals) older than
     /// this are pruned; the one each environment runs is always kept.
     pub deployments_ms: u64,
+    /// The routers' access logs: how long and how much (per environment).
+    pub access_logs_ms: u64,
+    pub access_logs_bytes: u64,
+    /// Instance output: how long after the instance stopped, and how much
+    /// per instance.
+    pub instance_output_ms: u64,
+    pub instance_output_bytes: u64,
 }
 
 impl Retention {
@@ -251,6 +258,10 @@ impl Retention {
         Retention {
             audit_ms: 365 * 86_400_000,
             deployments_ms: 365 * 86_400_000,
+            access_logs_ms: 90 * 86_400_000,
+            access_logs_bytes: 1 << 30,
+            instance_output_ms: 30 * 86_400_000,
+            instance_output_bytes: 64 << 20,
         }
     }
 }

@@ -318,6 +318,21 @@ pub(crate) struct RetentionSection {
     /// day); the one each environment runs is always kept.
     #[serde(default)]
     deployments: Option<String>,
+    /// The routers' access logs (JSON lines, rotated daily and at 64 MiB) are kept this long,
+    /// e.g. "90d" (the default, the standards'; at least a day).
+    #[serde(default)]
+    access_logs: Option<String>,
+    /// And at most this much per environment, all files together (default "1GiB").
+    #[serde(default)]
+    access_logs_size: Option<SizeValue>,
+    /// Instance output is kept this long after the instance stopped, e.g. "30d" (the default,
+    /// the standards'; at least a day).
+    #[serde(default)]
+    instance_output: Option<String>,
+    /// And at most this much per instance while it runs (default "64MiB"): past it, the older
+    /// half is cut away.
+    #[serde(default)]
+    instance_output_size: Option<SizeValue>,
 }
 
 /// A size: a number of bytes, or a string such as "512MiB" or "2GiB".

@@ -374,7 +374,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
                         w.error(
                             a.span(),
                             &path,
-                            "must be at least one day (the standards keep these records a year)",
+                            "must be at least one day (the standards keep the audit trail a year, access logs 90 days, instance output 30 days)",
                         );
                         return None;
                     }
@@ -385,9 +385,31 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
             let standard = Retention::standard();
             let audit_ms = at_least_a_day("audit", standard.audit_ms);
             let deployments_ms = at_least_a_day("deployments", standard.deployments_ms);
+            let access_logs_ms = at_least_a_day("access_logs", standard.access_logs_ms);
+            let instance_output_ms =
+                at_least_a_day("instance_output", standard.instance_output_ms);
+            let mut at_least_a_mib = |key: &str, default: u64| match t.get(key) {
+                Some(v) => {
+                    let path = join("retention", key);
+                    let bytes = artifacts::size(&mut w, v, &path)?;
+                    if bytes < 1 << 20 {
+                        w.error(v.span(), &path, "must be at least \"1MiB\"");
+                        return None;
+                    }
+                    Some(bytes)
+                }
+                None => Some(default),
+            };
+            let access_logs_bytes = at_least_a_mib("access_logs_size", standard.access_logs_bytes);
+            let instance_output_bytes =
+                at_least_a_mib("instance_output_size", standard.instance_output_bytes);
             Some(Retention {
                 audit_ms: audit_ms?,
                 deployments_ms: deployments_ms?,
+                access_logs_ms: access_logs_ms?,
+                access_logs_bytes: access_logs_bytes?,
+                instance_output_ms: instance_output_ms?,
+                instance_output_bytes: instance_output_bytes?,
             })
         }),
         None => Some(Retention::standard()),

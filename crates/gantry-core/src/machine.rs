@@ -81,6 +81,12 @@ pub fn query_rules(d: &Deployment) -> (Vec<crate::analysis::queries::QueryRule>,
     }
 }
 
+/// The deployment log's line (and the notice's reason) for errors an
+/// instance logged.
+pub fn errors_logged_line(instance: &str, lines: u64, first: &str) -> String {
+    format!("instance {instance} logged {lines} line(s) at ERROR level; the first: {first}")
+}
+
 /// Advance `deployment` by one event.
 pub fn step(deployment: &Deployment, event: &Event, now: Millis) -> Transition {
     let mut t = Transition {
@@ -336,6 +342,15 @@ fn on_event(t: &mut Transition, event: &Event, now: Millis) {
                 enter(t, Phase::RolledBack, now);
             }
         }
+
+        (
+            _,
+            Event::ErrorsLogged {
+                instance,
+                lines,
+                first,
+            },
+        ) => t.log.push(errors_logged_line(instance, *lines, first)),
 
         // Anything else is stale (a probe answered after the phase moved on,
         // a tick for an old deadline): ignored on purpose.

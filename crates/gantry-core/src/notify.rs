@@ -29,6 +29,9 @@ pub enum NoticeKind {
     Complete,
     Failed,
     RollbackInitiated,
+    /// A new release's instance logged at ERROR level during its rollout
+    /// (the standards' "alert on ERROR").
+    ErrorsLogged,
 }
 
 impl NoticeKind {
@@ -39,6 +42,7 @@ impl NoticeKind {
         "complete",
         "failed",
         "rollback_initiated",
+        "errors_logged",
     ];
 
     pub fn parse(s: &str) -> Result<NoticeKind, String> {
@@ -53,6 +57,7 @@ impl NoticeKind {
             NoticeKind::Complete => "complete",
             NoticeKind::Failed => "failed",
             NoticeKind::RollbackInitiated => "rollback_initiated",
+            NoticeKind::ErrorsLogged => "errors_logged",
         }
     }
 
@@ -68,6 +73,7 @@ impl NoticeKind {
                 Failed,
                 RollbackInitiated,
                 ApprovalRequested,
+                ErrorsLogged,
             ],
             ChannelKind::Pagerduty => vec![Failed, RollbackInitiated, Complete],
             ChannelKind::Webhook => vec![
@@ -77,6 +83,7 @@ impl NoticeKind {
                 Complete,
                 Failed,
                 RollbackInitiated,
+                ErrorsLogged,
             ],
         }
     }
@@ -163,6 +170,10 @@ impl Notice {
                 "{what} to {}: rollback initiated (deployment {}){why}",
                 self.env, self.deployment
             ),
+            NoticeKind::ErrorsLogged => format!(
+                "{what} to {}: errors logged during the rollout (deployment {}){why}",
+                self.env, self.deployment
+            ),
         }
     }
 }
@@ -199,6 +210,17 @@ pub fn notices(event: &Event, before: &Deployment, after: &Deployment, now: Mill
     if entered(Phase::Failed) || entered(Phase::RolledBack) {
         kinds.push(NoticeKind::Failed);
     }
+    let logged = match event {
+        Event::ErrorsLogged {
+            instance,
+            lines,
+            first,
+        } if !before.phase.is_terminal() => {
+            kinds.push(NoticeKind::ErrorsLogged);
+            Some(crate::machine::errors_logged_line(instance, *lines, first))
+        }
+        _ => None,
+    };
     kinds
         .into_iter()
         .map(|kind| Notice {
@@ -210,7 +232,10 @@ pub fn notices(event: &Event, before: &Deployment, after: &Deployment, now: Mill
             deployment_kind: after.kind,
             requested_by: after.requested_by.clone(),
             phase: after.phase.as_str().to_owned(),
-            reason: after.reason.clone(),
+            reason: match (kind, &logged) {
+                (NoticeKind::ErrorsLogged, Some(line)) => Some(line.clone()),
+                _ => after.reason.clone(),
+            },
             start_after: after
                 .change
                 .as_ref()

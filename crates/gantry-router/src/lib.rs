@@ -8,6 +8,7 @@
 //! bearer token. A configuration change swaps one `Arc`, so requests in
 //! flight finish on the routing they started with.
 
+pub mod access_log;
 pub mod latency;
 pub mod listener;
 mod proxy;

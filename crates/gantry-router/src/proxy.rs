@@ -47,6 +47,9 @@ pub struct RouterOptions {
     pub metrics_listen: Option<SocketAddr>,
     /// The environment this router serves, as the metrics' `environment` label.
     pub environment: String,
+    /// Where and how long the access log is kept (`access.log` in
+    /// `state_dir`); `None`: no access log.
+    pub access_log: Option<crate::access_log::AccessLogSettings>,
 }
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
@@ -226,16 +229,25 @@ pub async fn serve(options: RouterOptions) -> Result<(), ServeError> {
             })?,
         listen: bound,
     };
+    let access_log = match options.access_log {
+        Some(settings) => Some(
+            crate::access_log::AccessLog::start(&options.state_dir, settings)
+                .map_err(|e| state_err(format!("cannot open the access log: {e}")))?,
+        ),
+        None => None,
+    };
     let state = Arc::new(State {
         live: RwLock::new(Arc::new(Live {
             routing: Routing::default(),
             counters: Vec::new(),
             authorities: Vec::new(),
+            names: Vec::new(),
             total_weight: 0,
         })),
         counters: Mutex::new(Vec::new()),
         next: AtomicU64::new(0),
         options: options.clone(),
+        access_log,
     });
     // The routing from disk, with its counters.
     let live = Arc::new(state.make_live(routing));

@@ -232,6 +232,10 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
     ));
     for env in &config.environments {
         router.set_metrics_listen(&env.name, env.metrics_listen);
+        router.set_access_log_retention(
+            std::time::Duration::from_millis(config.retention.access_logs_ms),
+            config.retention.access_logs_bytes,
+        );
     }
     let fleet = open_fleet(&dir, &options.exe, &config, epoch)?;
     let fleet_links = fleet.clone();
@@ -254,6 +258,7 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
         config,
     );
     controller.set_audit_key(audit_key);
+    controller.set_data_dir(&dir);
     if let Some(observer) = observer {
         controller.set_host_observer(Arc::new(observer));
     }

@@ -70,6 +70,7 @@ pub fn slack_payload(service: &str, n: &Notice) -> serde_json::Value {
         NoticeKind::ApprovalRequested => ":raising_hand:",
         NoticeKind::Starting => ":rocket:",
         NoticeKind::Scheduled => ":calendar:",
+        NoticeKind::ErrorsLogged => ":warning:",
     };
     let headline = slack_escape(&n.headline(service));
     let mut facts = vec![
@@ -103,6 +104,7 @@ pub fn pagerduty_payload(
     let dedup_key = format!("gantry/{service}/{}/deployment-{}", n.env, n.deployment);
     let (action, severity) = match (n.kind, n.phase.as_str()) {
         (NoticeKind::RollbackInitiated, _) => ("trigger", "error"),
+        (NoticeKind::ErrorsLogged, _) => ("trigger", "warning"),
         (NoticeKind::Failed, "rolled_back") => ("resolve", "info"),
         (NoticeKind::Failed, _) => ("trigger", "critical"),
         _ => return None,

@@ -176,6 +176,9 @@ pub struct ProcessRouter {
     /// Each environment's `metrics_listen`: where its router serves
     /// `GET /metrics` (from the config; on a fleet host, from the controller).
     metrics_listen: std::sync::Mutex<BTreeMap<EnvName, SocketAddr>>,
+    /// How long and how much access log the routers keep (the config's
+    /// `[retention]`; the standards' 90 days and 1 GiB on a fleet host).
+    access_logs: std::sync::Mutex<(Duration, u64)>,
 }
 
 impl ProcessRouter {
@@ -191,7 +194,13 @@ impl ProcessRouter {
             token,
             http,
             metrics_listen: Default::default(),
+            access_logs: std::sync::Mutex::new((Duration::from_secs(90 * 86_400), 1 << 30)),
         }
+    }
+
+    /// How long and how much access log each router keeps (at its next start).
+    pub fn set_access_log_retention(&self, keep: Duration, max_bytes: u64) {
+        *self.access_logs.lock().unwrap_or_else(|p| p.into_inner()) = (keep, max_bytes);
     }
 
     /// Where the environment's router is to serve `GET /metrics` (`None`:
@@ -279,6 +288,12 @@ impl ProcessRouter {
             .arg(self.token_file())
             .arg("--environment")
             .arg(env.as_str());
+        let (keep, max_bytes) = *self.access_logs.lock().unwrap_or_else(|p| p.into_inner());
+        command
+            .arg("--access-log-keep-secs")
+            .arg(keep.as_secs().to_string())
+            .arg("--access-log-max-bytes")
+            .arg(max_bytes.to_string());
         if let Some(m) = metrics {
             command.arg("--metrics-listen").arg(m.to_string());
         }

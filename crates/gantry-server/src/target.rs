@@ -52,6 +52,15 @@ pub struct LaunchSpec {
     pub hosts: Vec<String>,
 }
 
+/// What [`Target::prune_output`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutputPruned {
+    /// Instances whose directory (output included) was deleted.
+    pub removed: usize,
+    /// Running instances whose output was cut in half.
+    pub trimmed: usize,
+}
+
 /// One of a release's own commands (a database migration), run on the
 /// controller's machine from the release directory, confined as the
 /// release's instances are.
@@ -84,6 +93,59 @@ pub const COMMAND_OUTPUT_BYTES: usize = 4096;
 pub fn output_tail(bytes: &[u8]) -> String {
     let start = bytes.len().saturating_sub(COMMAND_OUTPUT_BYTES);
     String::from_utf8_lossy(&bytes[start..]).trim().to_owned()
+}
+
+/// The output retention over `instances/`: see [`Target::prune_output`].
+fn prune_instance_output(
+    dir: &Path,
+    running: &HashSet<String>,
+    keep: Duration,
+    max_bytes: u64,
+) -> OutputPruned {
+    let mut done = OutputPruned::default();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return done;
+    };
+    let now = std::time::SystemTime::now();
+    for entry in entries.flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        let output = entry.path().join("output.log");
+        let meta = fs::metadata(&output).ok();
+        if !running.contains(&id) {
+            // Gone: kept `keep` after its last line.
+            let last = meta
+                .as_ref()
+                .and_then(|m| m.modified().ok())
+                .or_else(|| entry.metadata().ok()?.modified().ok());
+            let old = last.is_some_and(|t| now.duration_since(t).is_ok_and(|age| age > keep));
+            if old && fs::remove_dir_all(entry.path()).is_ok() {
+                done.removed += 1;
+            }
+            continue;
+        }
+        if meta.is_some_and(|m| m.len() > max_bytes) && trim_output(&output).is_ok() {
+            done.trimmed += 1;
+        }
+    }
+    done
+}
+
+/// Drops the older half of a running instance's output, keeping the newer
+/// half in `output.log.1`, and empties the file: the instance writes with `O_APPEND`, so it goes
+/// on at the new end. Lines written between the copy and the cut are lost
+/// (as with logrotate's copytruncate).
+fn trim_output(output: &Path) -> io::Result<()> {
+    let bytes = fs::read(output)?;
+    let half = bytes.len() / 2;
+    // Cut at a line's end, so both files hold whole lines.
+    let cut = bytes[half..]
+        .iter()
+        .position(|b| *b == b'\n')
+        .map_or(bytes.len(), |p| half + p + 1);
+    let mut kept = output.as_os_str().to_owned();
+    kept.push(".1");
+    fs::write(&kept, &bytes[cut..])?;
+    fs::OpenOptions::new().write(true).open(output)?.set_len(0)
 }
 
 /// Waits for `child` (started in its own process group, output piped) at
@@ -220,6 +282,21 @@ pub trait Target: Send + Sync {
     /// Each instance's cumulative CPU time and resident memory (its whole
     /// process tree), read where it runs; one that cannot be read says why.
     async fn usage(&self, instances: &[InstanceRef]) -> Vec<InstanceUsage>;
+    /// An instance's output from byte `offset` on (at most `max_bytes`;
+    /// `None`: its last `max_bytes`), and the offset after it. A file cut
+    /// shorter than `offset` (trimmed) is read from its start. On a fleet
+    /// host: nothing yet (`Ok` empty).
+    async fn output_since(
+        &self,
+        instance_id: &str,
+        offset: Option<u64>,
+        max_bytes: u64,
+    ) -> Result<(Vec<u8>, u64), TargetError>;
+    /// Applies the output retention: output of instances gone longer than
+    /// `keep` is deleted, and a running one's past `max_bytes` loses its
+    /// older half (the newer half goes to `output.log.1`). Returns what it
+    /// did, for the log.
+    async fn prune_output(&self, keep: Duration, max_bytes: u64) -> OutputPruned;
     /// Runs one of the release's own commands on the controller's machine
     /// (a fleet's database is reached from there, as `gantry` reaches it).
     async fn run_release_command(
@@ -581,6 +658,43 @@ impl LocalTarget {
 
 #[async_trait]
 impl Target for LocalTarget {
+    async fn output_since(
+        &self,
+        instance_id: &str,
+        offset: Option<u64>,
+        max_bytes: u64,
+    ) -> Result<(Vec<u8>, u64), TargetError> {
+        use std::io::{Read, Seek, SeekFrom};
+        if instance_id.contains('/') || instance_id.contains("..") {
+            return Err(TargetError::Io(format!("bad instance id {instance_id:?}")));
+        }
+        let path = self.instance_dir(instance_id).join("output.log");
+        let mut f = fs::File::open(&path)
+            .map_err(|e| TargetError::Io(format!("no output for instance {instance_id}: {e}")))?;
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let from = match offset {
+            Some(o) if o > len => 0,
+            Some(o) => o,
+            None => len.saturating_sub(max_bytes),
+        };
+        f.seek(SeekFrom::Start(from))
+            .map_err(|e| TargetError::Io(e.to_string()))?;
+        let mut buf = Vec::new();
+        f.take(max_bytes)
+            .read_to_end(&mut buf)
+            .map_err(|e| TargetError::Io(e.to_string()))?;
+        let next = from + buf.len() as u64;
+        Ok((buf, next))
+    }
+
+    async fn prune_output(&self, keep: Duration, max_bytes: u64) -> OutputPruned {
+        let running: HashSet<String> = self.running().await.into_iter().map(|r| r.id).collect();
+        let dir = self.data_dir.join("instances");
+        tokio::task::spawn_blocking(move || prune_instance_output(&dir, &running, keep, max_bytes))
+            .await
+            .unwrap_or_default()
+    }
+
     async fn run_release_command(
         &self,
         command: ReleaseCommand<'_>,
@@ -779,5 +893,57 @@ impl Target for LocalTarget {
         f.read_to_end(&mut buf)
             .map_err(|e| TargetError::Io(e.to_string()))?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+}
+
+#[cfg(test)]
+mod output_retention_tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    fn instance(dir: &Path, id: &str, output: &str, age: Duration) {
+        let d = dir.join(id);
+        fs::create_dir_all(&d).unwrap();
+        let f = fs::File::create(d.join("output.log")).unwrap();
+        std::io::Write::write_all(&mut &f, output.as_bytes()).unwrap();
+        f.set_modified(SystemTime::now() - age).unwrap();
+    }
+
+    #[test]
+    fn gone_instances_output_goes_after_keep_and_a_running_ones_is_cut_to_its_newer_half() {
+        let dir = tempfile::tempdir().unwrap();
+        let day = Duration::from_secs(86_400);
+        let lines: String = (0..100)
+            .map(|n| format!("line {n:03} of the output\n"))
+            .collect();
+        instance(dir.path(), "production-d1-1", "old\n", 31 * day);
+        instance(dir.path(), "production-d2-1", "recent\n", day);
+        instance(dir.path(), "production-d3-1", &lines, Duration::ZERO);
+        let running: HashSet<String> = ["production-d3-1".to_owned()].into();
+        let done = prune_instance_output(dir.path(), &running, 30 * day, 1_000);
+        assert_eq!(
+            done,
+            OutputPruned {
+                removed: 1,
+                trimmed: 1
+            }
+        );
+        assert!(!dir.path().join("production-d1-1").exists());
+        assert!(dir.path().join("production-d2-1/output.log").exists());
+        let run = dir.path().join("production-d3-1");
+        assert_eq!(fs::read(run.join("output.log")).unwrap().len(), 0);
+        let kept = fs::read_to_string(run.join("output.log.1")).unwrap();
+        assert!(
+            kept.starts_with("line ") && kept.ends_with("line 099 of the output\n"),
+            "{kept}"
+        );
+        assert!(
+            kept.len() < lines.len() / 2 + 30,
+            "the newer half: {}",
+            kept.len()
+        );
+        // Under its cap, a running instance's output is left alone.
+        let again = prune_instance_output(dir.path(), &running, 30 * day, 1_000);
+        assert_eq!(again, OutputPruned::default());
     }
 }

@@ -304,9 +304,25 @@ pub enum Command {
     /// The audit trail: who did what, when, to what, with which outcome.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
-    /// Output of one instance.
+    /// Instance output (one instance, or every running one of --env), or an environment's
+    /// router access log (--access, JSON lines); --follow goes on printing what is written.
     Logs {
-        instance: String,
+        /// One instance's output.
+        instance: Option<String>,
+        #[arg(long)]
+        env: Option<String>,
+        /// The routers' access log instead of instance output.
+        #[arg(long)]
+        access: bool,
+        /// Only this release's instances (or access log lines).
+        #[arg(long)]
+        release: Option<String>,
+        /// Access log lines from this long ago (e.g. 15m) or from this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(short, long)]
+        follow: bool,
+        /// How much of each log's end to print first, in bytes (at most 1 MiB).
         #[arg(long, default_value_t = 65536)]
         bytes: u64,
     },
@@ -349,6 +365,12 @@ pub enum Command {
         /// The environment's name, as the metrics' label.
         #[arg(long, default_value = "")]
         environment: String,
+        /// How long rotated access logs are kept, in seconds (default: 90 days).
+        #[arg(long, default_value_t = 90 * 86_400)]
+        access_log_keep_secs: u64,
+        /// The most all access logs may take together, in bytes (default: 1 GiB).
+        #[arg(long, default_value_t = 1 << 30)]
+        access_log_max_bytes: u64,
     },
     /// The sample HTTP service used by the demo and tests.
     #[command(hide = true)]

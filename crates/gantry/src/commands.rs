@@ -82,6 +82,8 @@ pub async fn run(cli: Cli) -> Exit {
             token_file,
             metrics_listen,
             environment,
+            access_log_keep_secs,
+            access_log_max_bytes,
         } => {
             let admin_token = std::fs::read_to_string(&token_file)
                 .with_context(|| format!("cannot read router token {}", token_file.display()))?
@@ -94,6 +96,11 @@ pub async fn run(cli: Cli) -> Exit {
                 limits: gantry_router::listener::ConnectionLimits::PUBLIC,
                 metrics_listen,
                 environment,
+                access_log: Some(gantry_router::access_log::AccessLogSettings {
+                    keep: std::time::Duration::from_secs(access_log_keep_secs),
+                    max_bytes: access_log_max_bytes,
+                    ..gantry_router::access_log::AccessLogSettings::STANDARD
+                }),
             })
             .await?;
             Ok(ExitCode::Success)
@@ -209,8 +216,31 @@ pub async fn run(cli: Cli) -> Exit {
         }
         Command::Log { id, output } => deploy::log(&connect()?, id, output).await,
         Command::Audit(cmd) => crate::audit::run(connect, cmd).await,
-        Command::Logs { instance, bytes } => {
-            deploy::instance_log(&connect()?, &instance, bytes).await
+        Command::Logs {
+            instance,
+            env,
+            access,
+            release,
+            since,
+            follow,
+            bytes,
+        } => {
+            let since = match since {
+                Some(s) => {
+                    Some(crate::time::since(&s).map_err(|e| anyhow::anyhow!("--since: {e}"))?)
+                }
+                None => None,
+            };
+            let query = gantry_api::LogsQuery {
+                env,
+                access,
+                release,
+                instance,
+                since,
+                cursor: None,
+                bytes: Some(bytes),
+            };
+            deploy::logs(&connect()?, query, follow).await
         }
         Command::Shutdown { workloads } => deploy::shutdown(&connect()?, workloads).await,
     }

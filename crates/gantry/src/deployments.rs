@@ -3,9 +3,9 @@
 use crate::client::Client;
 use crate::exit_code::{Exit, ExitCode};
 use crate::output::Output;
-use crate::term::{out, outln};
+use crate::term::outln;
 use crate::time::{clock, time, time_ms};
-use gantry_api::{Action, DeployRequest, ListQuery, LogQuery, RollbackRequest, ShutdownRequest};
+use gantry_api::{Action, DeployRequest, ListQuery, RollbackRequest, ShutdownRequest};
 use gantry_core::{Deployment, DeploymentId, Phase};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use std::collections::BTreeMap;
@@ -337,12 +337,29 @@ pub async fn log(c: &Client, id: DeploymentId, output: Output) -> Exit {
 }
 
 /// The end of one instance's output.
-pub async fn instance_log(c: &Client, instance: &str, bytes: u64) -> Exit {
-    let text = c
-        .instance_log(instance, &LogQuery { bytes: Some(bytes) })
-        .await?;
-    out!("{text}");
-    Ok(ExitCode::Success)
+/// Prints a page of lines and, following, each page written since.
+pub async fn logs(c: &Client, mut query: gantry_api::LogsQuery, follow: bool) -> Exit {
+    loop {
+        let page = c.logs(&query).await?;
+        let instances: std::collections::BTreeSet<&str> = page
+            .lines
+            .iter()
+            .filter_map(|l| l.instance.as_deref())
+            .collect();
+        // Prefixed by the instance only when several speak.
+        let prefixed = instances.len() > 1 || (query.instance.is_none() && !query.access);
+        for l in &page.lines {
+            match (&l.instance, prefixed) {
+                (Some(i), true) => outln!("{i} | {}", l.text),
+                _ => outln!("{}", l.text),
+            }
+        }
+        if !follow {
+            return Ok(ExitCode::Success);
+        }
+        query.cursor = Some(page.cursor);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 pub async fn shutdown(c: &Client, stop_workloads: bool) -> Exit {

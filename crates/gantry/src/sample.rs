@@ -73,6 +73,10 @@ pub struct SampleSettings {
     /// a release that needs more memory, for the resource rules.
     #[arg(long)]
     pub hold_memory_mb: Option<u64>,
+    /// Write a line at ERROR level to stderr for each HTTP 500 it answers:
+    /// a release whose errors show in its output, for the ERROR alert.
+    #[arg(long)]
+    pub log_errors: Option<bool>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -119,6 +123,7 @@ pub async fn run(args: SampleArgs) -> Result<()> {
     s.payment_failure_rate = f.payment_failure_rate.or(s.payment_failure_rate);
     s.burn_cpu_threads = f.burn_cpu_threads.or(s.burn_cpu_threads);
     s.hold_memory_mb = f.hold_memory_mb.or(s.hold_memory_mb);
+    s.log_errors = f.log_errors.or(s.log_errors);
     if let Some(text) = &s.errors_where_home_contains {
         let home = std::env::var("HOME").unwrap_or_default();
         if !text.split(',').any(|t| !t.is_empty() && home.contains(t)) {
@@ -218,6 +223,9 @@ async fn root(State(app): State<Arc<App>>) -> impl IntoResponse {
         .errors_after_ms
         .is_none_or(|ms| app.started.elapsed() >= Duration::from_millis(ms));
     if erring && picked(n, app.s.error_rate, random) {
+        if app.s.log_errors == Some(true) {
+            eprintln!("ERROR request {n} failed: injected fault in {version}");
+        }
         (
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("error from {version}\n"),

@@ -34,3 +34,17 @@ pub fn now_ms() -> Millis {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as Millis)
 }
+
+/// `--since`: a duration ago (`15m`, `2h`) or an RFC 3339 time, in ms.
+pub fn since(s: &str) -> Result<Millis, String> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as Millis;
+        return Ok(now - d.as_millis() as Millis);
+    }
+    gantry_core::time::parse_rfc3339(s).map_err(|_| {
+        format!("{s:?} is neither a duration (e.g. 15m) nor an RFC 3339 time (e.g. 2026-12-01T10:00:00Z)")
+    })
+}

@@ -1,5 +1,5 @@
-//! A release's `gantry-migrations.toml`: every problem at once, each
-//! naming its field; and an environment's database commands.
+//! A release's `gantry-migrations.toml`, an environment's database commands, and the
+//! logs' retention: every problem at once, each naming its field.
 
 use crate::parse_migrations;
 use gantry_core::machine::migrations::MigrationKind;
@@ -141,5 +141,45 @@ fn an_environments_database_needs_both_commands() {
     assert_eq!(
         (db.backup.len(), db.restore.len(), db.timeout_ms),
         (1, 3, 1_800_000)
+    );
+}
+
+#[test]
+fn log_retention_is_at_least_a_day_and_a_mebibyte() {
+    let base = crate::STARTER;
+    let e = crate::parse(
+        "gantry.toml",
+        &base.replace(
+            "[retention]",
+            "[retention]\naccess_logs = \"0s\"\ninstance_output_size = \"10KiB\"",
+        ),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("retention.access_logs: must be at least one day"),
+        "{e}"
+    );
+    assert!(
+        e.contains("retention.instance_output_size: must be at least \"1MiB\""),
+        "{e}"
+    );
+    let ok = crate::parse(
+        "gantry.toml",
+        &base.replace(
+            "[retention]",
+            "[retention]\naccess_logs = \"180d\"\naccess_logs_size = \"5GiB\"",
+        ),
+    )
+    .unwrap();
+    let r = &ok.config.retention;
+    assert_eq!(
+        (
+            r.access_logs_ms,
+            r.access_logs_bytes,
+            r.instance_output_ms,
+            r.instance_output_bytes
+        ),
+        (180 * 86_400_000, 5 << 30, 30 * 86_400_000, 64 << 20)
     );
 }

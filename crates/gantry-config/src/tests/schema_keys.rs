@@ -109,6 +109,10 @@ zz_unknown = 1
 [retention]
 audit = "365d"
 deployments = "365d"
+access_logs = "90d"
+access_logs_size = "1GiB"
+instance_output = "30d"
+instance_output_size = 67108864
 zz_unknown = 1
 
 [drift]

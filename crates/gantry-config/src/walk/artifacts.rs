@@ -39,7 +39,7 @@ pub(super) fn decode_artifacts(w: &mut Walker<'_>, v: &Val<'_>) -> Option<Artifa
 }
 
 /// A size in bytes: an integer, or a string such as "512MiB" or "2 GB".
-fn size(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<u64> {
+pub(super) fn size(w: &mut Walker<'_>, v: &Val<'_>, path: &str) -> Option<u64> {
     let expected = "expected a size such as \"512MiB\" or \"2GiB\" (units B, KiB, MiB, GiB, TiB, KB, MB, GB, TB), or a number of bytes";
     let bytes = match v.get_ref() {
         DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())

@@ -108,6 +108,13 @@ pub enum Event {
         key: String,
         outcomes: Vec<super::hooks::HookOutcome>,
     },
+    /// A new instance wrote `lines` lines at ERROR level to its output
+    /// since the last report (`first`: the first of them, shortened).
+    ErrorsLogged {
+        instance: String,
+        lines: u64,
+        first: String,
+    },
     /// A migration step ran (or could not).
     MigrationRan {
         outcome: super::migrations::MigrationOutcome,

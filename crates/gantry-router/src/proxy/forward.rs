@@ -38,6 +38,32 @@ pub(super) async fn proxy(
     let pool = &live.routing.pools[pool_index];
     let counters = &live.counters[pool_index];
     let (mut parts, body) = req.into_parts();
+    // What the access log needs, taken before the request moves on.
+    let mut logged = state.access_log.as_ref().map(|log| {
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        (
+            log,
+            parts.method.clone(),
+            path.to_owned(),
+            std::time::SystemTime::now(),
+        )
+    });
+    let mut access = |status: u16, upstream: std::net::SocketAddr, took: std::time::Duration| {
+        if let Some((log, method, path, at)) = logged.take() {
+            let (release, role) = &live.names[pool_index];
+            log.record(crate::access_log::AccessRecord {
+                at,
+                release: release.clone(),
+                pool: role,
+                method,
+                path,
+                status,
+                duration_us: took.as_micros() as u64,
+                upstream,
+            });
+        }
+    };
+    let began = std::time::Instant::now();
     let client_version = parts.version;
     // HTTP/2 carries the host as the URI's authority; upstreams speak
     // HTTP/1.1 and want it as a Host header.
@@ -101,6 +127,7 @@ pub(super) async fn proxy(
         match client.request(Request::from_parts(p, b)).await {
             Ok(resp) => {
                 counters.count_answer(resp.status(), started);
+                access(resp.status().as_u16(), upstream, began.elapsed());
                 let (mut rparts, rbody) = resp.into_parts();
                 strip_hop_by_hop(&mut rparts.headers);
                 rparts.version = client_version;
@@ -117,6 +144,7 @@ pub(super) async fn proxy(
                 tracing::warn!(%upstream, pool = %pool.name, attempt, error = %e, "upstream request failed");
                 let retry = (e.is_connect() || safe) && attempt + 1 < attempts;
                 if !retry {
+                    access(502, upstream, began.elapsed());
                     return text(
                         StatusCode::BAD_GATEWAY,
                         format!("upstream {upstream} failed: {e}\n"),

@@ -17,6 +17,7 @@ pub(super) struct State {
     pub(super) counters: Mutex<Vec<(String, Arc<PoolCounters>)>>,
     pub(super) next: AtomicU64,
     pub(super) options: RouterOptions,
+    pub(super) access_log: Option<crate::access_log::AccessLog>,
 }
 
 /// A routing ready to serve: pools with their counters and the total weight.
@@ -25,6 +26,8 @@ pub(super) struct Live {
     pub(super) counters: Vec<Arc<PoolCounters>>,
     /// Each pool's upstreams as URI authorities, made once per routing.
     pub(super) authorities: Vec<Vec<hyper::http::uri::Authority>>,
+    /// Each pool's name (its release) and role, for the access log.
+    pub(super) names: Vec<(Arc<str>, &'static str)>,
     pub(super) total_weight: u64,
 }
 
@@ -60,10 +63,21 @@ impl State {
                     .collect()
             })
             .collect();
+        let names = routing
+            .pools
+            .iter()
+            .map(|p| {
+                (
+                    Arc::from(p.name.as_str()),
+                    super::metrics::role(&routing.pools, &p.name),
+                )
+            })
+            .collect();
         Live {
             routing,
             counters,
             authorities,
+            names,
             total_weight,
         }
     }

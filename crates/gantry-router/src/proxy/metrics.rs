@@ -60,7 +60,7 @@ fn escape(value: &str) -> String {
 /// What a pool is in the routing in force: the only one, or of two or
 /// more the oldest ("stable") and the newest ("canary"); "retired" when
 /// no longer routed (its counts stay, as in `/stats`).
-fn role(routed: &[crate::Pool], name: &str) -> &'static str {
+pub(super) fn role(routed: &[crate::Pool], name: &str) -> &'static str {
     match routed.iter().position(|p| p.name == name) {
         None => "retired",
         Some(i) if routed.len() > 1 && i + 1 == routed.len() => "canary",

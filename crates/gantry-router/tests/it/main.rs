@@ -52,6 +52,7 @@ async fn start_router_with(dir: &Path, limits: ConnectionLimits) -> AdminInfo {
         limits,
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         environment: "production".into(),
+        access_log: Some(gantry_router::access_log::AccessLogSettings::STANDARD),
     };
     tokio::spawn(gantry_router::serve(options));
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -116,6 +117,39 @@ async fn traffic_is_split_by_weight_exactly() {
         canary += usize::from(body == "canary");
     }
     assert_eq!(canary, 100, "weight 1 of 4 gets exactly a quarter");
+    // The access log has one line per request, with the pool that served it.
+    let log = dir.path().join(gantry_router::access_log::ACCESS_LOG);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let lines = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if lines.len() >= 400 {
+            break lines;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of 400 lines written",
+            lines.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(lines.len(), 400, "the 503 before any routing is no pool's");
+    let of = |role: &str| lines.iter().filter(|l| l["pool"] == role).count();
+    assert_eq!((of("stable"), of("canary")), (300, 100));
+    let l = lines.iter().find(|l| l["pool"] == "canary").unwrap();
+    assert_eq!(
+        (
+            l["release"].as_str(),
+            l["method"].as_str(),
+            l["path"].as_str(),
+            l["status"].as_u64()
+        ),
+        (Some("canary"), Some("GET"), Some("/"), Some(200))
+    );
+    assert_eq!(l["upstream"], b.to_string());
 }
 
 #[tokio::test]

@@ -335,6 +335,15 @@ pub(super) fn routes() -> Vec<Route> {
         .query::<TrafficQuery>(),
         route(
             "get",
+            "/api/v1/logs",
+            read,
+            "Instance output or an environment's access log, filtered by release and time, from a cursor",
+            Json(200, "a page of lines and the cursor after it", schema::<LogPage>),
+            || get(logs),
+        )
+        .query::<LogsQuery>(),
+        route(
+            "get",
             "/api/v1/instances/{id}/log",
             read,
             "The output of one instance",

@@ -37,6 +37,13 @@ pub(super) async fn instance_log(
     Ok(text.into_response())
 }
 
+pub(super) async fn logs(
+    State(s): State<AppState>,
+    Query(q): Query<gantry_api::LogsQuery>,
+) -> ApiResult<Json<gantry_api::LogPage>> {
+    Ok(Json(s.controller.logs(&q).await?))
+}
+
 /// The controllers sharing the store, the leader, its epoch and lease.
 pub(super) async fn cluster(State(s): State<AppState>) -> ApiResult<Json<gantry_api::ClusterView>> {
     Ok(Json(s.controller.cluster_view()?))

@@ -428,6 +428,7 @@ impl Controller {
             self.spawn_scrape_targets(path, Duration::from_millis(500));
         }
         self.spawn_notifier();
+        self.spawn_output_watch();
         self.spawn_audit_checkpoints(crate::audit::CHECKPOINT_EVERY);
         if let Some(every) = tasks.drift_every {
             self.spawn_drift_watch(every);

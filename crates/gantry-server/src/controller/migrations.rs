@@ -61,9 +61,7 @@ impl Controller {
 
     /// Where a deployment's database backup is kept: `GANTRY_BACKUP_DIR`.
     fn backup_dir(&self, d: &Deployment) -> PathBuf {
-        // The data directory: the blobs' parent.
-        let data = self.blobs.dir().parent().map(PathBuf::from);
-        data.unwrap_or_default()
+        self.data_dir()
             .join("backups")
             .join(d.env.as_str())
             .join(d.id.to_string())

@@ -27,6 +27,7 @@ mod incidents;
 mod leadership;
 mod migrations;
 mod notices;
+mod output;
 mod queries;
 mod recovery;
 mod rehearsal;
@@ -89,9 +90,30 @@ pub struct Controller {
     leadership: leadership::Leadership,
     /// When this controller process started.
     started_at: gantry_core::Millis,
+    /// The data directory.
+    data_dir: std::sync::OnceLock<std::path::PathBuf>,
 }
 
 impl Controller {
+    /// The data directory (set at start; else where the blobs' `artifacts/sha256` is).
+    pub(crate) fn data_dir(&self) -> std::path::PathBuf {
+        match self.data_dir.get() {
+            Some(dir) => dir.clone(),
+            None => self
+                .blobs
+                .dir()
+                .ancestors()
+                .nth(2)
+                .map(std::path::PathBuf::from)
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Where the controller keeps its files: backups, routers' access logs.
+    pub fn set_data_dir(&self, dir: &std::path::Path) {
+        let _ = self.data_dir.set(dir.to_owned());
+    }
+
     pub fn new(
         store: Arc<dyn Store>,
         blobs: Blobs,
@@ -126,6 +148,7 @@ impl Controller {
             hashed: Default::default(),
             leadership: Default::default(),
             started_at: now_ms(),
+            data_dir: std::sync::OnceLock::new(),
         })
     }
 

@@ -155,6 +155,29 @@ fn joined(failures: &BTreeMap<String, String>) -> String {
 
 #[async_trait]
 impl Target for Placement {
+    async fn output_since(
+        &self,
+        instance_id: &str,
+        offset: Option<u64>,
+        max_bytes: u64,
+    ) -> Result<(Vec<u8>, u64), TargetError> {
+        if instance_id.contains('@') {
+            // A host's instance: not read incrementally yet.
+            return Ok((Vec::new(), offset.unwrap_or(0)));
+        }
+        self.local
+            .output_since(instance_id, offset, max_bytes)
+            .await
+    }
+
+    async fn prune_output(
+        &self,
+        keep: std::time::Duration,
+        max_bytes: u64,
+    ) -> crate::target::OutputPruned {
+        self.local.prune_output(keep, max_bytes).await
+    }
+
     async fn run_release_command(
         &self,
         command: crate::target::ReleaseCommand<'_>,

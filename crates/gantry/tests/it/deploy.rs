@@ -94,7 +94,7 @@ fn deploy_then_roll_back_serves_the_previous_release() {
         out.stdout
     );
     g.gantry(&["logs", "nope"])
-        .fails_with(1, "no log for instance nope");
+        .fails_with(1, "no output for instance nope");
 }
 
 #[test]

@@ -25,6 +25,7 @@ mod hooks;
 mod host;
 mod incidents;
 mod isolation;
+mod logs;
 mod metrics;
 mod migrations;
 mod notes;
