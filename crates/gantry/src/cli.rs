@@ -305,7 +305,7 @@ pub enum Command {
     #[command(subcommand)]
     Audit(audit::AuditCommand),
     /// Instance output (one instance, or every running one of --env), or an environment's
-    /// router access log (--access, JSON lines); --follow goes on printing what is written.
+    /// access log (--access: JSON lines); --follow goes on printing what is written.
     Logs {
         /// One instance's output.
         instance: Option<String>,
