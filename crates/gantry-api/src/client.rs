@@ -212,12 +212,16 @@ impl Client {
         body: impl Into<reqwest::Body>,
         git_sha: Option<&str>,
         signature_b64: Option<&str>,
+        commit_time: Option<&str>,
     ) -> Result<ReleaseRecord> {
         let mut req = self
             .request(Method::PUT, self.url(&["releases", version]))
             .body(body);
         if let Some(sha) = git_sha {
             req = req.header(headers::GIT_SHA, sha);
+        }
+        if let Some(at) = commit_time {
+            req = req.header(headers::COMMIT_TIME, at);
         }
         if let Some(sig) = signature_b64 {
             req = req.header(headers::SIGNATURE, sig);
@@ -420,6 +424,31 @@ impl Client {
     ) -> Result<EvidenceRecord> {
         let url = self.url(&["releases", version, "evidence", kind]);
         self.send(self.request(Method::PUT, url).query(query).body(body))
+            .await
+    }
+
+    /// Uploads a validation file for deployment `id`'s close-out.
+    pub async fn add_deployment_evidence(
+        &self,
+        id: i64,
+        name: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<crate::EvidenceFile> {
+        let url = self.url(&["deployments", &id.to_string(), "evidence"]);
+        let query = crate::EvidenceUpload {
+            name: name.to_owned(),
+        };
+        self.send(self.request(Method::POST, url).query(&query).body(body))
+            .await
+    }
+
+    /// Closes deployment `id`'s change record.
+    pub async fn close_deployment(
+        &self,
+        id: i64,
+        request: &crate::CloseDeployment,
+    ) -> Result<crate::DeploymentClosure> {
+        self.post(&["deployments", &id.to_string(), "close"], request)
             .await
     }
 

@@ -55,6 +55,28 @@ pub struct DeploymentView {
     pub deployment: Deployment,
     /// Every verdict, including those given after an emergency change finished.
     pub approvals: Vec<Approval>,
+    /// The change record's close-out, once a person closed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closure: Option<crate::records::DeploymentClosure>,
+}
+
+/// `POST /deployments/{id}/evidence?name=…` (the body is the file).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceUpload {
+    /// The file's name: letters, digits, '.', '_', '-' (at most 128).
+    pub name: String,
+}
+
+/// `POST /deployments/{id}/close`: the change record's final word.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CloseDeployment {
+    /// What was validated and how it went (at most 4000 characters).
+    pub summary: String,
+    /// Files uploaded to `/deployments/{id}/evidence` (at most 20).
+    #[serde(default)]
+    pub evidence: Vec<crate::records::EvidenceFile>,
 }
 
 /// The deployment's own fields read as if the view were the deployment

@@ -32,8 +32,8 @@ pub use access::{Identity, IssuedToken, NewToken, NewUser, TokenQuery};
 pub use audit::{AuditAnchor, AuditPage, AuditPublicKey, AuditQuery, AuditVerdict};
 pub use cluster::{ClusterView, ControllerRecord, LeaseRecord};
 pub use deployments::{
-    Action, ActionTaken, DeployRequest, DeploymentLog, DeploymentView, ListQuery, RollbackRequest,
-    VerdictGiven, VerdictRequest,
+    Action, ActionTaken, CloseDeployment, DeployRequest, DeploymentLog, DeploymentView,
+    EvidenceUpload, ListQuery, RollbackRequest, VerdictGiven, VerdictRequest,
 };
 pub use drift::{ConvergeReport, DriftFinding, DriftKind, DriftReport, Repair};
 pub use error::{ErrorBody, ErrorDetail};
@@ -46,8 +46,8 @@ pub use governance::{
 pub use hosts::{HostEnvView, HostInstanceView, HostView, HostsView, InstanceHealthView};
 pub use incidents::{CloseIncident, DoraQuery, IncidentQuery, MigrationsQuery};
 pub use records::{
-    AppliedMigration, Delivery, EnvState, EvidenceRecord, LogEntry, ReleaseRecord, TokenRecord,
-    User,
+    AppliedMigration, Delivery, DeploymentClosure, EnvState, EvidenceFile, EvidenceRecord,
+    LogEntry, ReleaseRecord, TokenRecord, User,
 };
 pub use releases::VerifyResult;
 pub use status::{

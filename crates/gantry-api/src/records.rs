@@ -20,6 +20,10 @@ pub struct ReleaseRecord {
     pub signed_by: Option<String>,
     pub created_at: Millis,
     pub created_by: String,
+    /// When its git commit was made, if told: DORA's lead time counts from
+    /// it (else from `created_at`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_at: Option<Millis>,
     /// The database migrations the release carries (its artifact's
     /// `gantry-migrations.toml`), in the order they run.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -37,6 +41,28 @@ pub struct AppliedMigration {
     pub version: Version,
     pub deployment: DeploymentId,
     pub applied_at: Millis,
+}
+
+/// A file kept as a deployment's validation evidence (a screenshot, a log).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct EvidenceFile {
+    pub name: String,
+    /// SHA-256 of its bytes, among the blobs.
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// A deployment's change record closed by a person: its final status (the
+/// deployment's outcome), what they validated, and the evidence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DeploymentClosure {
+    pub deployment: DeploymentId,
+    /// The deployment's phase when closed: succeeded, rolled_back or failed.
+    pub status: String,
+    pub summary: String,
+    pub evidence: Vec<EvidenceFile>,
+    pub closed_by: String,
+    pub closed_at: Millis,
 }
 
 /// What serves an environment now.

@@ -18,4 +18,6 @@ pub mod headers {
     pub const GIT_SHA: &str = "x-gantry-git-sha";
     /// The minisign signature file, base64.
     pub const SIGNATURE: &str = "x-gantry-signature";
+    /// When that commit was made (RFC 3339): lead time counts from it.
+    pub const COMMIT_TIME: &str = "x-gantry-commit-time";
 }

@@ -23,6 +23,10 @@ pub struct EnvStatus {
     /// on the controller's machine).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<EnvHostStatus>,
+    /// What the latest periodic drift check found here (`gantry converge`
+    /// repairs what it can).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<crate::DriftFinding>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]

@@ -30,7 +30,8 @@ pub struct Dora {
     pub deployments: u64,
     /// Those per day; none for a period without any.
     pub deployments_per_day: Option<f64>,
-    /// From the release's registration (its build) to live in this environment.
+    /// From the release's commit (or, when its time is unknown, its
+    /// registration) to live in this environment.
     pub lead_time: Option<Spread>,
     /// Changes that reached users (went live, or rolled back after taking traffic).
     pub changes: u64,

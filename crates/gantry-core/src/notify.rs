@@ -32,6 +32,9 @@ pub enum NoticeKind {
     /// A new release's instance logged at ERROR level during its rollout
     /// (the standards' "alert on ERROR").
     ErrorsLogged,
+    /// What runs differs from what the store says (found by the periodic
+    /// drift check, between deployments).
+    DriftDetected,
 }
 
 impl NoticeKind {
@@ -43,6 +46,7 @@ impl NoticeKind {
         "failed",
         "rollback_initiated",
         "errors_logged",
+        "drift_detected",
     ];
 
     pub fn parse(s: &str) -> Result<NoticeKind, String> {
@@ -58,6 +62,7 @@ impl NoticeKind {
             NoticeKind::Failed => "failed",
             NoticeKind::RollbackInitiated => "rollback_initiated",
             NoticeKind::ErrorsLogged => "errors_logged",
+            NoticeKind::DriftDetected => "drift_detected",
         }
     }
 
@@ -74,6 +79,7 @@ impl NoticeKind {
                 RollbackInitiated,
                 ApprovalRequested,
                 ErrorsLogged,
+                DriftDetected,
             ],
             ChannelKind::Pagerduty => vec![Failed, RollbackInitiated, Complete],
             ChannelKind::Webhook => vec![
@@ -84,6 +90,7 @@ impl NoticeKind {
                 Failed,
                 RollbackInitiated,
                 ErrorsLogged,
+                DriftDetected,
             ],
         }
     }
@@ -174,6 +181,7 @@ impl Notice {
                 "{what} to {}: errors logged during the rollout (deployment {}){why}",
                 self.env, self.deployment
             ),
+            NoticeKind::DriftDetected => format!("{} drifted from {what}{why}", self.env),
         }
     }
 }

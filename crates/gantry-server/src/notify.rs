@@ -71,6 +71,7 @@ pub fn slack_payload(service: &str, n: &Notice) -> serde_json::Value {
         NoticeKind::Starting => ":rocket:",
         NoticeKind::Scheduled => ":calendar:",
         NoticeKind::ErrorsLogged => ":warning:",
+        NoticeKind::DriftDetected => ":mag:",
     };
     let headline = slack_escape(&n.headline(service));
     let mut facts = vec![

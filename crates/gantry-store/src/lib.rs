@@ -20,8 +20,8 @@ pub mod test_postgres;
 
 pub use blobs::{hash_bytes, hash_reader, BlobError, Blobs, Incoming, Staged};
 pub use gantry_api::records::{
-    AppliedMigration, Delivery, EnvState, EvidenceRecord, LogEntry, ReleaseRecord, TokenRecord,
-    User,
+    AppliedMigration, Delivery, DeploymentClosure, EnvState, EvidenceRecord, LogEntry,
+    ReleaseRecord, TokenRecord, User,
 };
 pub use gantry_core::audit::{AuditEntry, AuditRecord, Checkpoint};
 pub use gantry_core::evidence::{EvidenceKind, Report};
@@ -139,6 +139,9 @@ pub trait DeliveryStore: Send + Sync {
     ) -> Result<()>;
     /// Newest first; of one deployment if given.
     fn deliveries(&self, deployment: Option<DeploymentId>, limit: usize) -> Result<Vec<Delivery>>;
+    /// Queues notices that no transition gives (drift found between
+    /// deployments), in one transaction; a leader-only write.
+    fn queue_notices(&self, outbox: &[Outgoing], at: Millis) -> Result<()>;
 }
 
 pub trait Store: GovernanceStore + DeliveryStore + Send + Sync {
@@ -181,6 +184,9 @@ pub trait Store: GovernanceStore + DeliveryStore + Send + Sync {
     fn succeeded_versions(&self, env: &EnvName) -> Result<Vec<Version>>;
     /// The migrations applied in `env` and not backed out, oldest first.
     fn applied_migrations(&self, env: &EnvName) -> Result<Vec<AppliedMigration>>;
+    /// Closes a deployment's change record, once: `false` if it was closed.
+    fn close_deployment(&self, closure: &DeploymentClosure) -> Result<bool>;
+    fn closure(&self, id: DeploymentId) -> Result<Option<DeploymentClosure>>;
 
     /// Numbers, chains and stores one audit record.
     fn append_audit(&self, entry: AuditEntry) -> Result<AuditRecord>;

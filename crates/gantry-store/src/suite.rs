@@ -92,6 +92,7 @@ on_both_backends!(
     a_rollback_opens_one_incident_restored_at_its_end_and_closed_once,
     the_ledger_of_applied_migrations_follows_the_recorded_steps,
     a_release_keeps_the_migrations_it_carries,
+    a_deployment_is_closed_once_and_its_record_kept,
 );
 
 pub(crate) fn release(v: &str, fill: char) -> ReleaseRecord {
@@ -106,6 +107,7 @@ pub(crate) fn release(v: &str, fill: char) -> ReleaseRecord {
         created_at: 1,
         created_by: "admin".into(),
         migrations: Vec::new(),
+        committed_at: None,
     }
 }
 
@@ -526,6 +528,7 @@ fn a_release_keeps_the_migrations_it_carries(store: &dyn TestStore) {
         reverse: Some(vec!["sh".into(), "down.sh".into()]),
         timeout_ms: 60_000,
     }];
+    r.committed_at = Some(1_770_091_506_000);
     store.insert_release(&r).unwrap();
     assert_eq!(store.release(&r.version).unwrap().unwrap(), r);
     let plain = release("1.0.0", 'a');
@@ -620,4 +623,31 @@ fn the_ledger_of_applied_migrations_follows_the_recorded_steps(store: &dyn TestS
         ids(store),
         [("0001_orders".to_owned(), MigrationKind::Additive, 120)]
     );
+}
+
+fn a_deployment_is_closed_once_and_its_record_kept(store: &dyn TestStore) {
+    let env: EnvName = "production".parse().unwrap();
+    let d = store
+        .create_deployment(&env, &mut |id| new_deployment(id, "production", "1.0.0"))
+        .unwrap();
+    assert_eq!(store.closure(d.id).unwrap(), None);
+    let closure = crate::DeploymentClosure {
+        deployment: d.id,
+        status: "succeeded".into(),
+        summary: "checked by hand".into(),
+        evidence: vec![gantry_api::records::EvidenceFile {
+            name: "shot.png".into(),
+            digest: Digest::try_from("ab".repeat(32)).unwrap(),
+            size: 42,
+        }],
+        closed_by: "ann".into(),
+        closed_at: 500,
+    };
+    assert!(store.close_deployment(&closure).unwrap());
+    let again = crate::DeploymentClosure {
+        summary: "another word".into(),
+        ..closure.clone()
+    };
+    assert!(!store.close_deployment(&again).unwrap(), "once only");
+    assert_eq!(store.closure(d.id).unwrap(), Some(closure));
 }

@@ -167,6 +167,16 @@ pub enum Command {
     /// One incident: show it, or close it with what was learned.
     #[command(subcommand)]
     Incident(IncidentCommand),
+    /// Close a finished deployment's change record: its final status, what was validated,
+    /// and the evidence (screenshots, logs) as files.
+    Close {
+        id: i64,
+        #[arg(long)]
+        summary: String,
+        /// A file to keep as evidence (repeat for each; at most 20, 16 MiB each).
+        #[arg(long)]
+        evidence: Vec<PathBuf>,
+    },
     /// Approve a deployment (approver role; never your own).
     Approve {
         id: i64,
@@ -389,6 +399,10 @@ pub enum ReleaseCommand {
         /// A minisign signature of the artifact (.minisig).
         #[arg(long)]
         signature: Option<PathBuf>,
+        /// When the commit was made (RFC 3339), for DORA's lead time; by default asked of
+        /// the git repository here when it has --git-sha.
+        #[arg(long)]
+        commit_time: Option<String>,
     },
     /// Registered releases, oldest version first.
     List {

@@ -131,6 +131,11 @@ pub async fn run(cli: Cli) -> Exit {
             crate::incidents::list(&connect()?, env, open, output).await
         }
         Command::Incident(cmd) => crate::incidents::incident(&connect()?, cmd).await,
+        Command::Close {
+            id,
+            summary,
+            evidence,
+        } => crate::incidents::close_deployment(&connect()?, id, summary, evidence).await,
         Command::Drift { output } => crate::incidents::drift(&connect()?, output).await,
         Command::Converge { output } => crate::incidents::converge(&connect()?, output).await,
         Command::Dora { env, since, output } => {

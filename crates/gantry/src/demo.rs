@@ -324,7 +324,9 @@ async fn scenario(dir: &Path) -> Result<Vec<Row>> {
     for (version, settings) in releases {
         let artifact = build_artifact(dir, version, settings)?;
         let bytes = std::fs::read(&artifact)?;
-        let r = c.put_release(version, bytes, sha.as_deref(), None).await?;
+        let r = c
+            .put_release(version, bytes, sha.as_deref(), None, None)
+            .await?;
         let digest = r.digest.to_string();
         outln!(
             "  {version}: sha256 {} ({} bytes)",

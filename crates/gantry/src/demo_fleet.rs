@@ -492,7 +492,13 @@ async fn scenario(dir: &Path, config: &Path, lab: &Lab, ports: Ports) -> Result<
     for (version, settings) in releases {
         let artifact = build_artifact(dir, version, settings)?;
         let r = c
-            .put_release(version, std::fs::read(&artifact)?, sha.as_deref(), None)
+            .put_release(
+                version,
+                std::fs::read(&artifact)?,
+                sha.as_deref(),
+                None,
+                None,
+            )
             .await?;
         let digest = r.digest.to_string();
         outln!(

@@ -229,6 +229,17 @@ pub async fn status(c: &Client, output: Output) -> Exit {
                 }
             );
         }
+        for e in v.environments.iter().filter(|e| !e.drift.is_empty()) {
+            outln!();
+            outln!(
+                "{} has drifted: {} difference(s) (gantry drift; gantry converge repairs what it can)",
+                e.name,
+                e.drift.len()
+            );
+            for f in &e.drift {
+                outln!("  {} {}: {}", f.kind.as_str(), f.subject, f.detail);
+            }
+        }
         for e in v.environments.iter().filter(|e| !e.hosts.is_empty()) {
             outln!();
             outln!("{} on {} host(s)", e.name, e.hosts.len());

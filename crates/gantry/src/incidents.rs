@@ -95,6 +95,36 @@ pub async fn incident(c: &Client, cmd: IncidentCommand) -> Exit {
     Ok(ExitCode::Success)
 }
 
+/// Uploads each evidence file, then closes the record naming them.
+pub async fn close_deployment(
+    c: &Client,
+    id: i64,
+    summary: String,
+    files: Vec<std::path::PathBuf>,
+) -> Exit {
+    use anyhow::Context as _;
+    let mut evidence = Vec::new();
+    for path in &files {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .with_context(|| format!("--evidence {}: not a file", path.display()))?;
+        let bytes = std::fs::read(path)
+            .with_context(|| format!("--evidence {}: cannot read it", path.display()))?;
+        evidence.push(c.add_deployment_evidence(id, &name, bytes).await?);
+    }
+    let closed = c
+        .close_deployment(id, &gantry_api::CloseDeployment { summary, evidence })
+        .await?;
+    outln!(
+        "deployment {} closed ({}) with {} evidence file(s)",
+        closed.deployment,
+        closed.status,
+        closed.evidence.len()
+    );
+    Ok(ExitCode::Success)
+}
+
 fn days(ms: u64) -> String {
     let h = ms as f64 / 3_600_000.0;
     if h < 48.0 {

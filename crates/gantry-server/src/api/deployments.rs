@@ -94,8 +94,53 @@ pub(super) async fn show_deployment(
     Ok(Json(DeploymentView {
         deployment: deployment_or_404(&s, id)?,
         approvals: s.controller.approvals(id)?,
+        closure: s.controller.closure(id)?,
     })
     .into_response())
+}
+
+pub(super) async fn add_deployment_evidence(
+    State(s): State<AppState>,
+    Path(id): Path<DeploymentId>,
+    Query(q): Query<gantry_api::EvidenceUpload>,
+    body: axum::body::Bytes,
+) -> ApiResult<Response> {
+    let controller = s.controller.clone();
+    let name = q.name.clone();
+    let file =
+        tokio::task::spawn_blocking(move || controller.add_deployment_evidence(id, &name, &body))
+            .await
+            .map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })??;
+    let subject = acted_on(format!(
+        "deployment {id} evidence {} ({})",
+        file.name, file.digest
+    ));
+    Ok((StatusCode::CREATED, subject, Json(file)).into_response())
+}
+
+pub(super) async fn close_deployment(
+    State(s): State<AppState>,
+    Extension(who): Extension<Identity>,
+    Path(id): Path<DeploymentId>,
+    Body(req): Body<gantry_api::CloseDeployment>,
+) -> ApiResult<Response> {
+    let closure = s.controller.close_deployment(id, req, &who.user)?;
+    let subject = acted_on(format!("deployment {id} closed ({})", closure.status));
+    Ok((StatusCode::CREATED, subject, Json(closure)).into_response())
+}
+
+pub(super) async fn deployment_evidence(
+    State(s): State<AppState>,
+    Path((id, digest)): Path<(DeploymentId, String)>,
+) -> ApiResult<Response> {
+    let bytes = s.controller.deployment_evidence(id, &digest)?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        bytes,
+    )
+        .into_response())
 }
 
 pub(super) async fn deployment_log(

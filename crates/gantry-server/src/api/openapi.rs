@@ -89,6 +89,10 @@ pub fn document() -> Value {
                 200,
                 json!({"description": d, "content": {"text/html": {"schema": {"type": "string"}}}}),
             ),
+            Bytes(d) => (
+                200,
+                json!({"description": d, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}),
+            ),
             EventStream => (
                 200,
                 json!({"description": "a stream of `step`, `notice` and `lagged` events", "content": {"text/event-stream": {"schema": {"type": "string"}}}}),

@@ -39,6 +39,17 @@ pub(super) async fn create_release(
         })
         .transpose()?;
     let git_sha = header("x-gantry-git-sha")?;
+    let committed_at = header(gantry_api::releases::headers::COMMIT_TIME)?
+        .map(|t| {
+            gantry_core::time::parse_rfc3339(&t).map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid",
+                    format!("header {}: {e}", gantry_api::releases::headers::COMMIT_TIME),
+                )
+            })
+        })
+        .transpose()?;
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -53,6 +64,7 @@ pub(super) async fn create_release(
             version: &version,
             artifact,
             git_sha,
+            committed_at,
             signature,
             by: &who.user,
         })

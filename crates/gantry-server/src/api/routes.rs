@@ -19,6 +19,8 @@ pub(super) enum Answer {
     Json(u16, &'static str, SchemaFn),
     Text(&'static str),
     Html(&'static str),
+    /// A file's bytes, as stored.
+    Bytes(&'static str),
     EventStream,
     Metrics,
 }
@@ -201,6 +203,33 @@ pub(super) fn routes() -> Vec<Route> {
             Json(200, "deployment and log", schema::<DeploymentLog>),
             || get(deployment_log),
         ),
+        route(
+            "post",
+            "/api/v1/deployments/{id}/evidence",
+            deploy,
+            "Upload a validation file (a screenshot, a log) for a finished deployment's close-out",
+            Json(201, "the file as kept", schema::<EvidenceFile>),
+            || post(add_deployment_evidence).layer(DefaultBodyLimit::max(crate::controller::MAX_CLOSE_EVIDENCE_BYTES)),
+        )
+        .bytes("application/octet-stream")
+        .query::<EvidenceUpload>(),
+        route(
+            "get",
+            "/api/v1/deployments/{id}/evidence/{digest}",
+            read,
+            "A file of a deployment's close-out",
+            Bytes("the file"),
+            || get(deployment_evidence),
+        ),
+        route(
+            "post",
+            "/api/v1/deployments/{id}/close",
+            deploy,
+            "Close a finished deployment's change record with a summary and its evidence",
+            Json(201, "the closed record", schema::<DeploymentClosure>),
+            || post(close_deployment),
+        )
+        .body::<CloseDeployment>(),
         route(
             "post",
             "/api/v1/deployments/{id}/{action}",

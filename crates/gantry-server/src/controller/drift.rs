@@ -272,8 +272,70 @@ impl Controller {
                         detail: f.detail.clone(),
                     });
                 }
+                // New findings are notified, one notice per environment.
+                let mut fresh: std::collections::BTreeMap<&str, Vec<&DriftFinding>> =
+                    Default::default();
+                for f in now.difference(&seen) {
+                    fresh.entry(f.env.as_str()).or_default().push(f);
+                }
+                let outbox: Vec<gantry_store::Outgoing> = fresh
+                    .into_iter()
+                    .filter_map(|(env, found)| c.drift_notice(env, &found))
+                    .collect();
+                if !outbox.is_empty() {
+                    match c.store.queue_notices(&outbox, now_ms()) {
+                        Ok(()) => c.announced(outbox),
+                        Err(e) => tracing::warn!(error = %e, "cannot queue the drift notices"),
+                    }
+                }
                 seen = now;
             }
         });
+    }
+
+    /// The `drift_detected` notice of `env`'s new findings, for the channels
+    /// that hear it (`None` when none does).
+    fn drift_notice(&self, env: &str, found: &[&DriftFinding]) -> Option<gantry_store::Outgoing> {
+        use gantry_core::notify::{Notice, NoticeKind};
+        let channels: Vec<String> = self
+            .config
+            .notify
+            .iter()
+            .filter(|c| c.events.contains(&NoticeKind::DriftDetected))
+            .filter(|c| {
+                c.environments.is_empty() || c.environments.iter().any(|e| e.as_str() == env)
+            })
+            .map(|c| c.name.clone())
+            .collect();
+        if channels.is_empty() {
+            return None;
+        }
+        let name: gantry_core::EnvName = env.parse().ok()?;
+        let state = self.store.env_state(&name).ok().flatten();
+        let first = found.first()?;
+        Some(gantry_store::Outgoing {
+            notice: Notice {
+                kind: NoticeKind::DriftDetected,
+                deployment: state.as_ref().map_or(0, |s| s.deployment),
+                env: env.to_owned(),
+                version: state
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |s| s.version.to_string()),
+                previous_version: None,
+                deployment_kind: gantry_core::DeploymentKind::Deploy,
+                requested_by: "gantry".to_owned(),
+                phase: "drift".to_owned(),
+                reason: Some(format!(
+                    "{} difference(s) from the recorded state; {} {}: {} (gantry drift; gantry converge repairs what it can)",
+                    found.len(),
+                    first.kind.as_str(),
+                    first.subject,
+                    first.detail
+                )),
+                start_after: None,
+                at: now_ms(),
+            },
+            channels,
+        })
     }
 }

@@ -76,7 +76,13 @@ impl Controller {
             .store
             .releases()?
             .into_iter()
-            .map(|r| (r.version.to_string(), r.created_at))
+            // From the commit when it is known, else from the build.
+            .map(|r| {
+                (
+                    r.version.to_string(),
+                    r.committed_at.unwrap_or(r.created_at),
+                )
+            })
             .collect();
         Ok(gantry_core::dora::compute(
             env,
@@ -86,5 +92,149 @@ impl Controller {
             &incidents,
             &registered,
         ))
+    }
+}
+
+/// The most files one deployment's close-out keeps.
+pub const MAX_CLOSE_EVIDENCE: usize = 20;
+/// The largest evidence file taken.
+pub const MAX_CLOSE_EVIDENCE_BYTES: usize = 16 << 20;
+
+/// An evidence file's name: letters, digits, '.', '_', '-', at most 128, not hidden.
+fn check_evidence_name(name: &str) -> Result<(), ControlError> {
+    let fits = !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if fits {
+        Ok(())
+    } else {
+        Err(ControlError::Invalid(format!(
+            "name: {name:?}; expected at most 128 letters, digits, '.', '_' or '-', e.g. \"smoke-2026-11-24.png\""
+        )))
+    }
+}
+
+impl Controller {
+    fn closable(
+        &self,
+        id: gantry_core::DeploymentId,
+    ) -> Result<gantry_core::Deployment, ControlError> {
+        let d = self
+            .store
+            .deployment(id)?
+            .ok_or_else(|| ControlError::NotFound(format!("deployment {id} does not exist")))?;
+        if let Some(c) = self.store.closure(id)? {
+            return Err(ControlError::Conflict(format!(
+                "deployment {id} was closed by {} at {}; its record is final",
+                c.closed_by,
+                gantry_core::time::rfc3339(c.closed_at)
+            )));
+        }
+        Ok(d)
+    }
+
+    /// Keeps a validation file (a screenshot, a log) for deployment `id`'s
+    /// close-out, among the blobs.
+    pub fn add_deployment_evidence(
+        &self,
+        id: gantry_core::DeploymentId,
+        name: &str,
+        bytes: &[u8],
+    ) -> Result<gantry_api::EvidenceFile, ControlError> {
+        check_evidence_name(name)?;
+        self.closable(id)?;
+        if bytes.len() > MAX_CLOSE_EVIDENCE_BYTES {
+            return Err(ControlError::Invalid(format!(
+                "{name}: {} bytes; at most {MAX_CLOSE_EVIDENCE_BYTES}",
+                bytes.len()
+            )));
+        }
+        let digest = self
+            .blobs
+            .put(bytes)
+            .map_err(|e| ControlError::Internal(e.to_string()))?;
+        Ok(gantry_api::EvidenceFile {
+            name: name.to_owned(),
+            digest,
+            size: bytes.len() as u64,
+        })
+    }
+
+    /// Closes deployment `id`'s change record with its final status (the
+    /// deployment's outcome), a summary and the evidence uploaded for it.
+    pub fn close_deployment(
+        &self,
+        id: gantry_core::DeploymentId,
+        req: gantry_api::CloseDeployment,
+        by: &str,
+    ) -> Result<gantry_api::DeploymentClosure, ControlError> {
+        let d = self.closable(id)?;
+        if !d.phase.is_terminal() {
+            return Err(ControlError::Conflict(format!(
+                "deployment {id} is {}: its change record is closed once it has finished",
+                d.phase.as_str()
+            )));
+        }
+        check_closing_text("summary", &req.summary).map_err(ControlError::Invalid)?;
+        if req.evidence.len() > MAX_CLOSE_EVIDENCE {
+            return Err(ControlError::Invalid(format!(
+                "evidence: {} files; at most {MAX_CLOSE_EVIDENCE}",
+                req.evidence.len()
+            )));
+        }
+        for f in &req.evidence {
+            check_evidence_name(&f.name)?;
+            let stored = std::fs::metadata(self.blobs.path(&f.digest)).map(|m| m.len());
+            if stored.ok() != Some(f.size) {
+                return Err(ControlError::Invalid(format!(
+                    "evidence {}: no file of sha256 {} and {} bytes was uploaded (POST /deployments/{id}/evidence first)",
+                    f.name, f.digest, f.size
+                )));
+            }
+        }
+        let closure = gantry_api::DeploymentClosure {
+            deployment: id,
+            status: d.phase.as_str().to_owned(),
+            summary: req.summary,
+            evidence: req.evidence,
+            closed_by: by.to_owned(),
+            closed_at: now_ms(),
+        };
+        if !self.store.close_deployment(&closure)? {
+            return Err(ControlError::Conflict(format!(
+                "deployment {id} was closed meanwhile; its record is final"
+            )));
+        }
+        Ok(closure)
+    }
+
+    pub fn closure(
+        &self,
+        id: gantry_core::DeploymentId,
+    ) -> Result<Option<gantry_api::DeploymentClosure>, ControlError> {
+        Ok(self.store.closure(id)?)
+    }
+
+    /// An evidence file of deployment `id`'s close-out, as stored.
+    pub fn deployment_evidence(
+        &self,
+        id: gantry_core::DeploymentId,
+        digest: &str,
+    ) -> Result<Vec<u8>, ControlError> {
+        let closure = self.store.closure(id)?;
+        let file = closure
+            .iter()
+            .flat_map(|c| &c.evidence)
+            .find(|f| f.digest.as_hex() == digest)
+            .ok_or_else(|| {
+                ControlError::NotFound(format!(
+                    "deployment {id}'s close-out has no evidence of sha256 {digest}"
+                ))
+            })?;
+        std::fs::read(self.blobs.path(&file.digest))
+            .map_err(|e| ControlError::Internal(format!("evidence {}: {e}", file.name)))
     }
 }

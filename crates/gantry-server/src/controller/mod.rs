@@ -37,6 +37,7 @@ mod watchdog;
 
 pub use crate::clock::now_ms;
 pub use crate::error::ControlError;
+pub use incidents::{MAX_CLOSE_EVIDENCE, MAX_CLOSE_EVIDENCE_BYTES};
 pub use leadership::{ClusterOptions, LeaderTasks};
 pub use releases::{NewRelease, VerifyResult, MAX_SIGNATURE_LEN, MAX_VERSION_LEN};
 pub use views::{DeploymentSummary, EnvStatus, InstanceStatus, LiveEvent};

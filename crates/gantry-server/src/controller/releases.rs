@@ -20,6 +20,8 @@ pub struct NewRelease<'a> {
     /// The uploaded artifact, hashed, not yet in the store.
     pub artifact: gantry_store::Staged,
     pub git_sha: Option<String>,
+    /// When that commit was made.
+    pub committed_at: Option<gantry_core::Millis>,
     /// The `.minisig` file's text.
     pub signature: Option<String>,
     pub by: &'a str,
@@ -90,6 +92,7 @@ impl Controller {
             signed_by,
             created_at: now_ms(),
             created_by: r.by.to_owned(),
+            committed_at: r.committed_at,
             migrations,
         };
         self.blobs

@@ -18,6 +18,11 @@ impl Controller {
     pub async fn status(&self) -> Result<Vec<EnvStatus>, ControlError> {
         let states = self.store.env_states()?;
         let active = self.store.active_deployments()?;
+        let drift = self
+            .last_drift
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let mut out = Vec::new();
         for env in &self.config.environments {
             let state = states.iter().find(|s| s.env == env.name);
@@ -59,6 +64,11 @@ impl Controller {
                     phase: d.phase,
                 }),
                 hosts,
+                drift: drift
+                    .iter()
+                    .filter(|f| f.env == env.name.as_str())
+                    .cloned()
+                    .collect(),
             });
         }
         Ok(out)

@@ -218,6 +218,7 @@ impl ReleaseSpec {
             created_at: 0,
             created_by: String::new(),
             migrations: Vec::new(),
+            committed_at: None,
         }
     }
 }

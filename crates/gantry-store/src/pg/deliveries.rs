@@ -39,6 +39,15 @@ pub(super) fn insert_deliveries(
 }
 
 impl DeliveryStore for PgStore {
+    fn queue_notices(&self, outbox: &[crate::Outgoing], at: Millis) -> Result<()> {
+        self.fenced(|tx, _| {
+            for o in outbox {
+                insert_deliveries(tx, &o.notice, &o.channels, at)?;
+            }
+            Ok(())
+        })
+    }
+
     fn due_deliveries(&self, now: Millis, limit: usize) -> Result<Vec<Delivery>> {
         self.tx(|tx| {
             tx.query(

@@ -6,7 +6,7 @@ use super::deliveries::insert_deliveries;
 use super::*;
 
 const RELEASE_COLUMNS: &str =
-    "version, digest, size, artifact_kind, git_sha, signature, signed_by, created_at, created_by, migrations";
+    "version, digest, size, artifact_kind, git_sha, signature, signed_by, created_at, created_by, migrations, committed_at";
 
 fn release_from_row(r: &postgres::Row) -> Result<ReleaseRecord> {
     let digest: String = r.try_get(1)?;
@@ -24,6 +24,7 @@ fn release_from_row(r: &postgres::Row) -> Result<ReleaseRecord> {
             Some(m) => serde_json::from_str(&m).map_err(|e| corrupt("migrations", e))?,
             None => Vec::new(),
         },
+        committed_at: r.try_get(10)?,
     })
 }
 
@@ -55,7 +56,7 @@ impl Store for PgStore {
             // row that won and compare with it.
             let n = tx.execute(
                 &format!(
-                    "INSERT INTO releases ({RELEASE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                    "INSERT INTO releases ({RELEASE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                      ON CONFLICT (version) DO NOTHING"
                 ),
                 &[
@@ -69,6 +70,7 @@ impl Store for PgStore {
                     &r.created_at,
                     &r.created_by,
                     &crate::migrations_json(&r.migrations)?,
+                    &r.committed_at,
                 ],
             )?;
             if n == 1 {
@@ -394,6 +396,40 @@ impl Store for PgStore {
         })
     }
 
+    fn close_deployment(&self, c: &DeploymentClosure) -> Result<bool> {
+        let evidence = to_json("evidence", &c.evidence)?;
+        self.tx(|tx| {
+            let n = tx.execute(
+                "INSERT INTO deployment_closures (deployment, status, summary, evidence, closed_by, closed_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (deployment) DO NOTHING",
+                &[&c.deployment, &c.status, &c.summary, &evidence, &c.closed_by, &c.closed_at],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn closure(&self, id: DeploymentId) -> Result<Option<DeploymentClosure>> {
+        self.tx(|tx| {
+            tx.query_opt(
+                "SELECT status, summary, evidence, closed_by, closed_at FROM deployment_closures WHERE deployment = $1",
+                &[&id],
+            )?
+            .map(|r| {
+                let evidence: String = r.try_get(2)?;
+                Ok(DeploymentClosure {
+                    deployment: id,
+                    status: r.try_get(0)?,
+                    summary: r.try_get(1)?,
+                    evidence: serde_json::from_str(&evidence)
+                        .map_err(|e| corrupt("evidence", e))?,
+                    closed_by: r.try_get(3)?,
+                    closed_at: r.try_get(4)?,
+                })
+            })
+            .transpose()
+        })
+    }
+
     fn applied_migrations(&self, env: &EnvName) -> Result<Vec<AppliedMigration>> {
         self.tx(|tx| {
             tx.query(
@@ -536,7 +572,13 @@ impl Store for PgStore {
         self.fenced(|tx, _| {
             let doomed = "SELECT id FROM deployments WHERE NOT active AND finished_at IS NOT NULL
                   AND finished_at < $1 AND id NOT IN (SELECT deployment FROM env_state)";
-            for table in ["events", "deployment_log", "approvals", "deliveries"] {
+            for table in [
+                "events",
+                "deployment_log",
+                "approvals",
+                "deliveries",
+                "deployment_closures",
+            ] {
                 tx.execute(
                     &format!("DELETE FROM {table} WHERE deployment IN ({doomed})"),
                     &[&before],

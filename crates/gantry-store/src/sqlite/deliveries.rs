@@ -43,6 +43,16 @@ pub(super) fn insert_deliveries(
 }
 
 impl DeliveryStore for SqliteStore {
+    fn queue_notices(&self, outbox: &[crate::Outgoing], at: Millis) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for o in outbox {
+            insert_deliveries(&tx, &o.notice, &o.channels, at)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     fn due_deliveries(&self, now: Millis, limit: usize) -> Result<Vec<Delivery>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(

@@ -11,6 +11,7 @@ pub(super) fn release_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result
     let (signature, signed_by, created_at, created_by) =
         (r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?);
     let migrations: Option<String> = r.get(9)?;
+    let committed_at: Option<i64> = r.get(10)?;
     Ok((|| {
         Ok(ReleaseRecord {
             version: parse_version(&version)?,
@@ -22,6 +23,7 @@ pub(super) fn release_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result
             signed_by,
             created_at,
             created_by,
+            committed_at,
             migrations: match migrations {
                 Some(m) => serde_json::from_str(&m).map_err(|e| corrupt("migrations", e))?,
                 None => Vec::new(),
@@ -31,7 +33,7 @@ pub(super) fn release_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result
 }
 
 pub(super) const RELEASE_COLUMNS: &str =
-    "version, digest, size, artifact_kind, git_sha, signature, signed_by, created_at, created_by, migrations";
+    "version, digest, size, artifact_kind, git_sha, signature, signed_by, created_at, created_by, migrations, committed_at";
 
 pub(super) fn deployment_from_json(s: &str) -> Result<Deployment> {
     serde_json::from_str(s).map_err(|e| corrupt("deployment state", e))
@@ -55,7 +57,7 @@ impl Store for SqliteStore {
             },
             None => {
                 tx.execute(
-                    &format!("INSERT INTO releases ({RELEASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                    &format!("INSERT INTO releases ({RELEASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
                     params![
                         r.version.to_string(),
                         r.digest.as_hex(),
@@ -66,7 +68,8 @@ impl Store for SqliteStore {
                         r.signed_by,
                         r.created_at,
                         r.created_by,
-                        crate::migrations_json(&r.migrations)?
+                        crate::migrations_json(&r.migrations)?,
+                        r.committed_at
                     ],
                 )?;
                 InsertOutcome::Inserted
@@ -371,6 +374,46 @@ impl Store for SqliteStore {
         rows.map(|r| parse_version(&r?)).collect()
     }
 
+    fn close_deployment(&self, c: &DeploymentClosure) -> Result<bool> {
+        let evidence = serde_json::to_string(&c.evidence).map_err(|e| corrupt("evidence", e))?;
+        let n = self.conn().execute(
+            "INSERT OR IGNORE INTO deployment_closures (deployment, status, summary, evidence, closed_by, closed_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![c.deployment, c.status, c.summary, evidence, c.closed_by, c.closed_at],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn closure(&self, id: DeploymentId) -> Result<Option<DeploymentClosure>> {
+        let row = self
+            .conn()
+            .query_row(
+                "SELECT status, summary, evidence, closed_by, closed_at FROM deployment_closures WHERE deployment = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, i64>(4)?,
+                    ))
+                },
+            )
+            .optional()?;
+        row.map(|(status, summary, evidence, closed_by, closed_at)| {
+            Ok(DeploymentClosure {
+                deployment: id,
+                status,
+                summary,
+                evidence: serde_json::from_str(&evidence).map_err(|e| corrupt("evidence", e))?,
+                closed_by,
+                closed_at,
+            })
+        })
+        .transpose()
+    }
+
     fn applied_migrations(&self, env: &EnvName) -> Result<Vec<AppliedMigration>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
@@ -534,7 +577,13 @@ impl Store for SqliteStore {
         let tx = conn.transaction()?;
         let doomed = "SELECT id FROM deployments WHERE active = 0 AND finished_at IS NOT NULL
               AND finished_at < ?1 AND id NOT IN (SELECT deployment FROM env_state)";
-        for table in ["events", "deployment_log", "approvals", "deliveries"] {
+        for table in [
+            "events",
+            "deployment_log",
+            "approvals",
+            "deliveries",
+            "deployment_closures",
+        ] {
             tx.execute(
                 &format!("DELETE FROM {table} WHERE deployment IN ({doomed})"),
                 params![before],

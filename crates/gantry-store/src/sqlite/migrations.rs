@@ -256,4 +256,20 @@ CREATE TABLE applied_migrations (
     PRIMARY KEY (env, id)
 );
 "#,
+    // When a release's commit was made (DORA's lead time counts from it).
+    r#"
+ALTER TABLE releases ADD COLUMN committed_at INTEGER;
+"#,
+    // A deployment's change record closed by a person, with its evidence
+    // (files among the blobs, named here).
+    r#"
+CREATE TABLE deployment_closures (
+    deployment INTEGER PRIMARY KEY,
+    status     TEXT NOT NULL,
+    summary    TEXT NOT NULL,
+    evidence   TEXT NOT NULL,
+    closed_by  TEXT NOT NULL,
+    closed_at  INTEGER NOT NULL
+);
+"#,
 ];

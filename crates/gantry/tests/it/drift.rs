@@ -22,7 +22,15 @@ fn kinds(report: &serde_json::Value) -> Vec<String> {
 
 #[test]
 fn drift_is_found_audited_and_converged_and_a_config_change_is_named() {
-    let mut g = Gantry::start_with_tail("300ms", "\n[drift]\ninterval = \"1s\"\n");
+    let hook = Receiver::start(&[200]);
+    let mut g = Gantry::start_with_env_and_tail(
+        "300ms",
+        &[("DRIFT_HOOK_SECRET", "s3cret")],
+        &format!(
+            "\n[drift]\ninterval = \"1s\"\n\n[[notify]]\nname = \"ops\"\nkind = \"webhook\"\nurl = \"{}\"\nsecret = {{ env = \"DRIFT_HOOK_SECRET\" }}\nevents = [\"drift_detected\"]\n",
+            hook.url("/drift")
+        ),
+    );
     g.register("1.0.0", "");
     g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
     let (code, report) = drift(&g);
@@ -58,13 +66,40 @@ fn drift_is_found_audited_and_converged_and_a_config_change_is_named() {
             .contains("copied-by-hand.txt"),
         "{report}"
     );
-    // The periodic check put it on the audit trail.
+    // The periodic check put it on the audit trail, and notified it.
     wait_until("drift on the audit trail", Duration::from_secs(10), || {
         g.gantry(&["audit", "list"])
             .ok()
             .stdout
             .contains("drift.detected")
     });
+    wait_until("the drift_detected notice", Duration::from_secs(20), || {
+        hook.received()
+            .iter()
+            .any(|r| r.json()["event"] == "drift_detected")
+    });
+    let notice = hook
+        .received()
+        .into_iter()
+        .find(|r| r.json()["event"] == "drift_detected")
+        .unwrap()
+        .json();
+    assert_eq!(notice["notice"]["env"], "production", "{notice}");
+    assert!(
+        notice["notice"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("difference(s) from the recorded state")),
+        "{notice}"
+    );
+    // `gantry status` names them (from the latest periodic check).
+    wait_until(
+        "gantry status names the drift",
+        Duration::from_secs(10),
+        || {
+            let status = g.gantry(&["status"]).ok().stdout;
+            status.contains("production has drifted:") && status.contains("release_files")
+        },
+    );
 
     // The public status page says how many, never what.
     let public_drift = |g: &Gantry| {

@@ -133,6 +133,7 @@ fn release_of(artifact: &Path, version: &str) -> ReleaseRecord {
         created_at: 0,
         created_by: "test".to_owned(),
         migrations: Vec::new(),
+        committed_at: None,
     }
 }
 

@@ -186,3 +186,136 @@ fn a_manual_rollback_is_an_incident_restored_when_it_succeeds() {
         "{f}"
     );
 }
+
+/// The runbook's close-out: a finished deployment's change record closed
+/// once with its final status, a summary and evidence files kept as
+/// uploaded; a running one cannot be, nor a closed one again.
+#[test]
+fn a_finished_deployment_is_closed_once_with_its_status_summary_and_evidence() {
+    let g = Gantry::start();
+    g.register("1.0.0", "");
+    let id = deploy_id(
+        &g.gantry(&["deploy", "1.0.0", "--env", "production", "--detach"])
+            .ok(),
+    );
+    g.wait_finished(id);
+    let shot = g.dir.path().join("dashboard.png");
+    let png: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    std::fs::write(&shot, &png).unwrap();
+    let smoke = g.dir.path().join("smoke.log");
+    std::fs::write(&smoke, "GET /orders 200\nGET /pay 200\n").unwrap();
+    let out = g
+        .gantry(&[
+            "close",
+            &id.to_string(),
+            "--summary",
+            "orders and payments checked by hand; dashboards green",
+            "--evidence",
+            shot.to_str().unwrap(),
+            "--evidence",
+            smoke.to_str().unwrap(),
+        ])
+        .ok()
+        .stdout;
+    assert!(
+        out.contains(&format!(
+            "deployment {id} closed (succeeded) with 2 evidence file(s)"
+        )),
+        "{out}"
+    );
+    let closure = g.deployment(id).closure.expect("closed");
+    assert_eq!(closure.status, "succeeded");
+    assert_eq!(closure.closed_by, "admin");
+    let names: Vec<&str> = closure.evidence.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["dashboard.png", "smoke.log"]);
+    // The file comes back as it went in.
+    let (status, body) = http_bytes(
+        &g.api_url(),
+        &format!(
+            "/api/v1/deployments/{id}/evidence/{}",
+            closure.evidence[0].digest
+        ),
+        &g.token(),
+    );
+    assert_eq!((status, body.len()), (200, png.len()));
+    assert_eq!(body, png);
+    // Once only; and the record says so.
+    g.gantry(&["close", &id.to_string(), "--summary", "again"])
+        .fails_with(1, "was closed by admin");
+    g.gantry(&["close", "999", "--summary", "x"])
+        .fails_with(1, "deployment 999 does not exist");
+    // A running deployment is closed once it has finished.
+    g.register("1.1.0", "");
+    let running = deploy_id(
+        &g.gantry(&["deploy", "1.1.0", "--env", "staging", "--detach"])
+            .ok(),
+    );
+    let early = g.gantry(&["close", &running.to_string(), "--summary", "too soon"]);
+    if g.deployment(running).phase.is_terminal() {
+        // It finished first: closing it is allowed, and says so.
+        assert_eq!(early.code, 0, "{}", early.stderr);
+    } else {
+        assert!(
+            early
+                .stderr
+                .contains("its change record is closed once it has finished"),
+            "{}",
+            early.stderr
+        );
+    }
+    // Bad names and empty summaries are refused, naming the field.
+    g.wait_finished(running);
+    let other = deploy_id(
+        &g.gantry(&["deploy", "1.0.0", "--env", "development", "--detach"])
+            .ok(),
+    );
+    g.wait_finished(other);
+    let hidden = g.dir.path().join(".env");
+    std::fs::write(&hidden, "x").unwrap();
+    g.gantry(&[
+        "close",
+        &other.to_string(),
+        "--summary",
+        "ok",
+        "--evidence",
+        hidden.to_str().unwrap(),
+    ])
+    .fails_with(1, "name: \".env\"");
+    g.gantry(&["close", &other.to_string(), "--summary", " "])
+        .fails_with(1, "summary: empty");
+    assert!(
+        g.deployment(other).closure.is_none(),
+        "nothing half-applied"
+    );
+    let audit = g.gantry(&["audit", "list"]).ok().stdout;
+    assert!(
+        audit.contains(&format!("deployment {id} closed (succeeded)")),
+        "{audit}"
+    );
+}
+
+/// GET `path` with `token`: the status and the body's bytes (the answer
+/// carries its length; it is not chunked).
+fn http_bytes(base: &str, path: &str, token: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let end = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&resp[..end]).to_ascii_lowercase();
+    assert!(!head.contains("chunked"), "{head}");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, resp[end + 4..].to_vec())
+}

@@ -304,3 +304,98 @@ fn minisign_signatures_are_verified_and_required_where_configured() {
     assert!(g.deployments(None).is_empty(), "no deployment was created");
     g.gantry(&["deploy", "2.0.0", "--env", "production"]).ok();
 }
+
+/// DORA's lead time counts from the commit: given, or asked of the git
+/// repository `gantry release create` runs in; without one, from the
+/// registration.
+#[test]
+fn lead_time_counts_from_the_commit_the_repository_or_the_flag_names() {
+    let g = Gantry::start();
+    // A real repository with a commit made on 2026-02-03.
+    let repo = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(args)
+            .current_dir(repo.path())
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_DATE", "2026-02-03T04:05:06Z")
+            .env("GIT_AUTHOR_DATE", "2026-02-03T04:05:06Z")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    git(&["init", "-q"]);
+    git(&["commit", "-q", "--allow-empty", "-m", "feat: orders"]);
+    let sha = git(&["rev-parse", "HEAD"]);
+    let artifact = g.artifact("1.0.0", "");
+    let out = Command::new(GANTRY)
+        .arg("--data-dir")
+        .arg(g.data())
+        .args([
+            "release",
+            "create",
+            "1.0.0",
+            "--git-sha",
+            &sha,
+            "--artifact",
+        ])
+        .arg(&artifact)
+        .current_dir(repo.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let committed = |v: &str| g.release(v).committed_at;
+    let feb = 1_770_091_506_000; // 2026-02-03T04:05:06Z
+    assert_eq!(committed("1.0.0"), Some(feb));
+    // Given by flag; refused when it is no time; absent without either.
+    let a2 = g.artifact("1.1.0", "");
+    g.gantry(&[
+        "release",
+        "create",
+        "1.1.0",
+        "--artifact",
+        a2.to_str().unwrap(),
+        "--commit-time",
+        "2026-03-01T00:00:00Z",
+    ])
+    .ok();
+    assert_eq!(committed("1.1.0"), Some(1_772_323_200_000));
+    let a3 = g.artifact("1.2.0", "");
+    g.gantry(&[
+        "release",
+        "create",
+        "1.2.0",
+        "--artifact",
+        a3.to_str().unwrap(),
+        "--commit-time",
+        "last tuesday",
+    ])
+    .fails_with(1, "--commit-time:");
+    g.register("1.2.0", "");
+    assert_eq!(committed("1.2.0"), None);
+    // Lead time of 1.0.0 in production: from February, not from now.
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let dora = g.api_json("/dora?env=production&since=3650d");
+    let median = dora["lead_time"]["median_ms"].as_u64().unwrap();
+    let since_feb = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - feb as u64;
+    assert!(
+        median + 60_000 >= since_feb && median <= since_feb + 60_000,
+        "{median} vs {since_feb}"
+    );
+}

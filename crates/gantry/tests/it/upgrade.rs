@@ -42,7 +42,7 @@ fn as_the_previous_version_left_it(g: &Gantry) {
     // That version had run the first 6 migrations: the strategy rewrite is
     // the 7th, and the tables of later ones did not exist yet.
     conn.execute_batch(
-        "DROP TABLE incidents; DROP TABLE applied_migrations; ALTER TABLE releases DROP COLUMN migrations;",
+        "DROP TABLE incidents; DROP TABLE applied_migrations; ALTER TABLE releases DROP COLUMN migrations; ALTER TABLE releases DROP COLUMN committed_at; DROP TABLE deployment_closures;",
     )
     .unwrap();
     conn.pragma_update(None, "user_version", 6).unwrap();
