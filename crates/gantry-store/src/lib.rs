@@ -9,6 +9,7 @@
 //! [`Blobs`] keeps release artifacts content-addressed by SHA-256, written
 //! once and made read-only.
 
+pub mod backup;
 mod blobs;
 mod lease;
 mod pg;

@@ -62,6 +62,17 @@ pub enum Command {
     },
     /// Print the JSON Schema of gantry.toml.
     Schema,
+    /// Write a consistent snapshot of the state while controllers run: SQLite's online copy
+    /// (its audit chain verified), or pg_dump's custom format for PostgreSQL (--store, or
+    /// GANTRY_DATABASE_URL).
+    Backup {
+        /// The new file (default: backups/store-TIME.db or .pgdump in the data directory).
+        #[arg(long)]
+        to: Option<PathBuf>,
+        /// The PostgreSQL database (else GANTRY_DATABASE_URL, else the data directory's SQLite).
+        #[arg(long)]
+        store: Option<String>,
+    },
     /// Fleet hosts: with a controller running, what each runs and how (reachable, last seen,
     /// releases, instances and health, routers, free disk); without one, the config's hosts,
     /// their pinned keys and whether this machine reaches them.

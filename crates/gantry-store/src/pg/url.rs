@@ -21,6 +21,76 @@ impl DatabaseUrl {
     pub fn redacted(&self) -> String {
         redact(&self.0)
     }
+
+    /// The connection string without its password, and the password
+    /// (percent-decoded from a URL), for a program that takes it from
+    /// `PGPASSWORD` rather than from its command line.
+    pub fn split_password(&self) -> (String, Option<String>) {
+        let s = self.0.trim();
+        if let Some((scheme, rest)) = s.split_once("://") {
+            if let Some(at) = rest.rfind('@') {
+                let (userinfo, host) = (&rest[..at], &rest[at + 1..]);
+                if let Some((user, password)) = userinfo.split_once(':') {
+                    return (
+                        format!("{scheme}://{user}@{host}"),
+                        Some(percent_decode(password)),
+                    );
+                }
+            }
+            return (s.to_owned(), None);
+        }
+        // key=value words: the password word goes (quoted values kept whole).
+        let mut words: Vec<String> = Vec::new();
+        let (mut word, mut quoted) = (String::new(), false);
+        for c in s.chars() {
+            match c {
+                '\'' => {
+                    quoted = !quoted;
+                    word.push(c);
+                }
+                c if c.is_whitespace() && !quoted => {
+                    if !word.is_empty() {
+                        words.push(std::mem::take(&mut word));
+                    }
+                }
+                c => word.push(c),
+            }
+        }
+        if !word.is_empty() {
+            words.push(word);
+        }
+        let mut kept = Vec::new();
+        let mut password = None;
+        for word in words {
+            match word.split_once('=') {
+                Some((k, v)) if k.trim() == "password" => {
+                    password = Some(v.trim_matches('\'').to_owned());
+                }
+                _ => kept.push(word),
+            }
+        }
+        (kept.join(" "), password)
+    }
+}
+
+/// `%XX` escapes decoded (anything else kept as it is).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl std::str::FromStr for DatabaseUrl {
@@ -138,6 +208,33 @@ fn find_password_key(s: &str) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_password_is_split_out_for_pgpassword() {
+        let u =
+            DatabaseUrl::new("postgres://gantry:p%40ss%2Fw@db.example:5432/gantry?sslmode=require");
+        assert_eq!(
+            u.split_password(),
+            (
+                "postgres://gantry@db.example:5432/gantry?sslmode=require".to_owned(),
+                Some("p@ss/w".to_owned())
+            )
+        );
+        let u = DatabaseUrl::new("postgres://gantry@db/gantry");
+        assert_eq!(
+            u.split_password(),
+            ("postgres://gantry@db/gantry".to_owned(), None)
+        );
+        let u = DatabaseUrl::new("host=/tmp dbname=gantry password='se cret' user=g");
+        assert_eq!(
+            u.split_password(),
+            (
+                "host=/tmp dbname=gantry user=g".to_owned(),
+                Some("se cret".to_owned())
+            )
+        );
+    }
+
     use super::*;
 
     #[test]
