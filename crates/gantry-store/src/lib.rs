@@ -30,6 +30,7 @@ pub use gantry_core::governance::{Approval, Role};
 pub use lease::{
     Acquired, Candidate, ClusterSnapshot, ControllerRecord, Fence, LeaseRecord, LeaseStore,
 };
+pub use pg::import::{copy_sqlite_to_postgres, CopySummary};
 pub use pg::{DatabaseUrl, PgStore};
 pub use sqlite::SqliteStore;
 

@@ -22,6 +22,7 @@ mod audit;
 mod deliveries;
 mod deployments;
 mod governance;
+pub(crate) mod import;
 mod lease;
 mod migrations;
 mod url;

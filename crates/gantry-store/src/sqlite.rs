@@ -15,6 +15,8 @@ mod migrations;
 use audit::{append_audit_tx, audit_head_tx};
 use deliveries::insert_deliveries;
 use migrations::MIGRATIONS;
+/// The schema version this gantry migrates a SQLite database to.
+pub(crate) const MIGRATIONS_LEN: usize = MIGRATIONS.len();
 
 pub struct SqliteStore {
     conn: Mutex<Connection>,

@@ -62,6 +62,9 @@ pub enum Command {
     },
     /// Print the JSON Schema of gantry.toml.
     Schema,
+    /// The state's store: copy an installation's SQLite state into PostgreSQL.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Write a consistent snapshot of the state while controllers run: SQLite's online copy
     /// (its audit chain verified), or pg_dump's custom format for PostgreSQL (--store, or
     /// GANTRY_DATABASE_URL).
@@ -442,6 +445,21 @@ pub enum HostCommand {
         /// Speak the protocol on stdin and stdout (the one transport there is).
         #[arg(long, required = true)]
         stdio: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum StoreCommand {
+    /// Copy SQLite state (releases, deployments, the audit chain, users, …) into an empty
+    /// PostgreSQL database, then check it (row counts, the audit chain).
+    Copy {
+        /// `sqlite:PATH` (default: the data directory's gantry.db).
+        #[arg(long)]
+        from: Option<String>,
+        /// The PostgreSQL URL, or `env:VAR` to read it from VAR (keeps the password off the
+        /// command line).
+        #[arg(long)]
+        to: String,
     },
 }
 

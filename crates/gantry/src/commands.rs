@@ -22,6 +22,9 @@ pub async fn run(cli: Cli) -> Exit {
         Command::Init { path, force } => init(&path, force),
         Command::Validate { config, release } => validate(&config, release.as_deref()).await,
         Command::Backup { to, store } => backup(&data_dir, to, store),
+        Command::Store(crate::cli::StoreCommand::Copy { from, to }) => {
+            store_copy(&data_dir, from, to)
+        }
         Command::Hosts(args) => crate::hosts::run(&data_dir, server.as_deref(), args).await,
         Command::Schema => {
             out!("{}", gantry_config::json_schema());
@@ -250,6 +253,38 @@ pub async fn run(cli: Cli) -> Exit {
         }
         Command::Shutdown { workloads } => deploy::shutdown(&connect()?, workloads).await,
     }
+}
+
+/// `gantry store copy`: SQLite state into an empty PostgreSQL database.
+fn store_copy(data_dir: &std::path::Path, from: Option<String>, to: String) -> Exit {
+    let from = match from {
+        Some(f) => match f.strip_prefix("sqlite:") {
+            Some(path) => std::path::PathBuf::from(path),
+            None => bail!("--from: {f:?}; expected sqlite:PATH"),
+        },
+        None => data_dir.join("gantry.db"),
+    };
+    let to = match to.strip_prefix("env:") {
+        Some(var) => std::env::var(var)
+            .map_err(|_| anyhow::anyhow!("--to: the variable {var} is not set"))?,
+        None => to,
+    };
+    let to = gantry_store::DatabaseUrl::new(to);
+    // The PostgreSQL client blocks: off the CLI's async runtime.
+    let (source, target) = (from.clone(), to.clone());
+    let summary =
+        std::thread::spawn(move || gantry_store::copy_sqlite_to_postgres(&source, &target))
+            .join()
+            .map_err(|_| anyhow::anyhow!("the copy panicked"))??;
+    for (table, rows) in &summary.tables {
+        outln!("{table:<20} {rows:>8} row(s)");
+    }
+    outln!(
+        "copied {} into {to}; its audit chain verifies over {} record(s)",
+        from.display(),
+        summary.audit_records
+    );
+    Ok(ExitCode::Success)
 }
 
 /// `gantry backup`: the store's consistent snapshot, checked once written.

@@ -255,3 +255,71 @@ fn gantry_backup_writes_a_consistent_snapshot_of_either_store_under_traffic() {
     assert!(!run.stderr.contains("wrong-password-123"), "{}", run.stderr);
     assert!(run.stderr.contains("pg_dump of"), "{}", run.stderr);
 }
+
+/// Moving over: an installation on SQLite copied with `gantry store copy`
+/// into an empty PostgreSQL database, then taken over by a controller on
+/// it: the same release serves, the audit chain verifies, and it rolls back
+/// to a release it never saw registered.
+#[test]
+fn an_installation_moves_from_sqlite_to_postgresql_with_gantry_store_copy() {
+    let Some(pg) = server("store copy") else {
+        return;
+    };
+    let url = pg.fresh_database().unwrap();
+    let mut g = Gantry::start();
+    g.register("1.0.0", "");
+    g.register("1.1.0", "");
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    g.gantry(&["deploy", "1.1.0", "--env", "production"]).ok();
+    // The SQLite controller stops; its instances go on serving.
+    g.kill_server();
+    let out = g
+        .gantry_env(
+            &["store", "copy", "--to", "env:MOVE_DATABASE_URL"],
+            &[("MOVE_DATABASE_URL", &url)],
+        )
+        .ok()
+        .stdout;
+    assert!(out.contains("its audit chain verifies over"), "{out}");
+    assert!(
+        out.contains("deployments") && !out.contains(PASSWORD),
+        "{out}"
+    );
+    g.gantry(&["store", "copy", "--from", "mysql:x", "--to", "postgres://x"])
+        .fails_with(1, "expected sqlite:PATH");
+
+    // A controller on PostgreSQL takes the installation over.
+    g.server_env
+        .push(("GANTRY_DATABASE_URL".to_owned(), url.clone()));
+    g.start_server();
+    assert_eq!(
+        g.get_env("production"),
+        (200, "hello from 1.1.0\n".to_owned())
+    );
+    assert_eq!(g.deployments(Some("production")).len(), 2);
+    let verify = g.gantry(&["audit", "verify"]).ok().stdout;
+    assert!(
+        verify.contains("intact") || verify.contains("verified"),
+        "{verify}"
+    );
+    let run = g.gantry(&["rollback", "--env", "production"]).ok();
+    assert!(
+        run.stdout.contains("1.0.0 serves production"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(
+        g.get_env("production"),
+        (200, "hello from 1.0.0\n".to_owned())
+    );
+    let ids: Vec<i64> = g
+        .deployments(Some("production"))
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(
+        ids,
+        [3, 2, 1],
+        "numbering goes on after the copied deployments"
+    );
+}
