@@ -391,3 +391,106 @@ fn a_leader_paused_past_its_lease_writes_nothing_once_continued() {
     eprintln!("the continued leader: {why}");
     g.gantry(&["audit", "verify"]).ok();
 }
+
+/// Two controllers asked at the same moment to deploy into one environment
+/// (one directly, one through the follower, which forwards to the leader):
+/// exactly one deployment starts, the other request is told the environment
+/// is busy and by which deployment.
+#[test]
+fn two_controllers_racing_into_one_environment_start_one_deployment_and_name_it_to_the_other() {
+    let Some(pg) = server("racing controllers") else {
+        return;
+    };
+    let (mut g, mut peer, _database, load) = two_controllers(&pg);
+    let urls = [g.api_url(), peer.url.clone()];
+    let runs: Vec<Run> = std::thread::scope(|s| {
+        let g = &g;
+        let handles: Vec<_> = urls
+            .iter()
+            .map(|url| {
+                s.spawn(move || {
+                    g.gantry(&[
+                        "--server", url, "deploy", "1.1.0", "--env", "staging", "--detach",
+                    ])
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let won: Vec<&Run> = runs.iter().filter(|r| r.code == 0).collect();
+    assert_eq!(
+        won.len(),
+        1,
+        "exactly one starts: {:?}",
+        runs.iter()
+            .map(|r| (r.code, &r.stdout, &r.stderr))
+            .collect::<Vec<_>>()
+    );
+    let holder = deploy_id(won[0]);
+    let lost = runs.iter().find(|r| r.code != 0).unwrap();
+    assert!(
+        lost.stderr.contains(&format!(
+            "environment staging already has deployment {holder} of 1.1.0 in progress"
+        )),
+        "{}",
+        lost.stderr
+    );
+    assert_eq!(g.deployments(Some("staging")).len(), 1);
+    let (ok, failed) = load.finish();
+    assert_eq!(failed, 0, "{ok} answered");
+    g.server = peer.child.take().or(g.server.take());
+}
+
+/// Failover figures, run by hand (`cargo test -p gantry --test it -- --ignored
+/// failover_figures --nocapture`): the leader SIGKILLed at a canary's first
+/// step, ten times; how long until the follower leads and until the
+/// deployment resumes (docs/benchmarks.md).
+#[test]
+#[ignore = "a benchmark: run by hand"]
+fn failover_figures() {
+    let Some(pg) = server("failover figures") else {
+        return;
+    };
+    let mut leads = Vec::new();
+    let mut resumes = Vec::new();
+    for round in 0..10 {
+        let (mut g, mut peer, _database, load) = two_controllers(&pg);
+        let id = deploy_id(
+            &g.gantry(&["deploy", "1.1.0", "--env", "production", "--detach"])
+                .ok(),
+        );
+        wait_until("the 10% step", Duration::from_secs(30), || {
+            g.deployment(id)
+                .deployment
+                .canary
+                .is_some_and(|c| c.weight == 10)
+        });
+        let killed = Instant::now();
+        g.kill_server();
+        wait_until("the follower to lead", Duration::from_secs(15), || {
+            cluster(&g, &peer.url).this_leads
+        });
+        leads.push(killed.elapsed());
+        wait_until("the deployment to resume", Duration::from_secs(15), || {
+            g.gantry(&["--server", &peer.url, "log", &id.to_string()])
+                .ok()
+                .stdout
+                .contains("resuming in phase")
+        });
+        resumes.push(killed.elapsed());
+        let (_, failed) = load.finish();
+        eprintln!(
+            "round {round}: leads {:?}, resumed {:?}, failed requests {failed}",
+            leads[round], resumes[round]
+        );
+        assert_eq!(failed, 0);
+        g.server = peer.child.take();
+    }
+    let spread = |v: &mut Vec<Duration>| {
+        v.sort();
+        (v[v.len() / 2], v[(v.len() * 9).div_ceil(10) - 1])
+    };
+    let (lm, lp) = spread(&mut leads);
+    let (rm, rp) = spread(&mut resumes);
+    eprintln!("failover over 10 SIGKILLs (lease 3s, renew 1s): leads median {lm:?} p90 {lp:?}; resumed median {rm:?} p90 {rp:?}");
+}
