@@ -3,7 +3,9 @@
 //! forwards writes; the leader SIGKILLed mid-canary under load is replaced
 //! within seconds and the rollout ends with no failed request; a leader
 //! SIGSTOPped past its lease and continued writes nothing (checked in the
-//! database, where each event names the epoch it was recorded under).
+//! database, where each event names the epoch it was recorded under); a
+//! leader killed mid-rolling update is replaced too; two controllers racing
+//! into one environment start one deployment.
 //!
 //! The controllers share one data directory, as two controllers on one
 //! machine with a shared volume would: the directory holds what adoption
@@ -116,11 +118,21 @@ fn deployment_at(g: &Gantry, url: &str, id: i64) -> gantry_core::Deployment {
     g.call(client.deployment(id)).deployment
 }
 
+/// A rolling update whose batches are judged long enough to lose a leader in.
+const ROLLING: &str = r#"strategy = "rolling"
+rolling = { max_surge = 1, max_unavailable = 0, analysis = "3s" }
+"#;
+
 /// Production on PostgreSQL with 1.0.0 serving under load, 1.1.0 registered,
 /// and a second controller following the first.
 fn two_controllers(pg: &TestPostgres) -> (Gantry, Peer, String, Load) {
+    two_controllers_with(pg, CANARY)
+}
+
+/// [`two_controllers`] with production's strategy set by `tail`.
+fn two_controllers_with(pg: &TestPostgres, tail: &str) -> (Gantry, Peer, String, Load) {
     let database = pg.fresh_database().unwrap();
-    let g = Gantry::start_with_env_and_tail("300ms", &[("GANTRY_DATABASE_URL", &database)], CANARY);
+    let g = Gantry::start_with_env_and_tail("300ms", &[("GANTRY_DATABASE_URL", &database)], tail);
     let peer = Peer::start(&g, &database, "b");
     g.register("1.0.0", "");
     g.register("1.1.0", "");
@@ -493,4 +505,58 @@ fn failover_figures() {
     let (lm, lp) = spread(&mut leads);
     let (rm, rp) = spread(&mut resumes);
     eprintln!("failover over 10 SIGKILLs (lease 3s, renew 1s): leads median {lm:?} p90 {lp:?}; resumed median {rm:?} p90 {rp:?}");
+}
+
+/// The leader SIGKILLed in the middle of a judged rolling update under load:
+/// the follower takes over, resumes the batch it was in, and the update
+/// ends with every instance replaced and no failed request.
+#[test]
+fn the_leader_killed_mid_rolling_update_is_replaced_and_the_update_ends() {
+    let Some(pg) = server("leader SIGKILL mid-rolling") else {
+        return;
+    };
+    let (mut g, mut peer, _database, load) = two_controllers_with(&pg, ROLLING);
+    let id = deploy_id(
+        &g.gantry(&["deploy", "1.1.0", "--env", "production", "--detach"])
+            .ok(),
+    );
+    wait_until(
+        "the first batch to be judged",
+        Duration::from_secs(30),
+        || {
+            g.deployment(id).deployment.phase == Phase::Rolling
+                && !g.deployment(id).deployment.new_instances.is_empty()
+        },
+    );
+    g.kill_server();
+    wait_until("the follower to lead", Duration::from_secs(15), || {
+        cluster(&g, &peer.url).this_leads
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let d = loop {
+        let d = deployment_at(&g, &peer.url, id);
+        if d.phase.is_terminal() {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deployment {id} never finished: {d:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (ok, failed) = load.finish();
+    g.server = peer.child.take();
+    assert_eq!(d.phase, Phase::Succeeded, "{d:?}");
+    assert_eq!(failed, 0, "no user request failed ({ok} succeeded)");
+    let log = g.gantry(&["log", &id.to_string()]).ok().stdout;
+    assert!(log.contains("took the lease under epoch"), "{log}");
+    assert!(log.contains("resuming in phase rolling"), "{log}");
+    assert_eq!(g.get_env("production").1, "hello from 1.1.0\n");
+    assert_eq!(
+        g.running_instances().len(),
+        2,
+        "{:?}",
+        g.running_instances()
+    );
+    g.gantry(&["audit", "verify"]).ok();
 }
