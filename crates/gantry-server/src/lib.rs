@@ -187,6 +187,7 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
         .map_err(|_| ServerError::Locked(dir.display().to_string()))?;
     // With SQLite the epoch rises at every start (under the lock above);
     // with PostgreSQL at every taking of the lease (`join_cluster`).
+    let mut shared_blobs: Option<Arc<dyn gantry_store::SharedBlobs>> = None;
     let (store, leases, epoch): (
         Arc<dyn gantry_store::Store>,
         Option<Arc<dyn gantry_store::LeaseStore>>,
@@ -196,6 +197,7 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
             let store = Arc::new(gantry_store::PgStore::connect(url)?);
             tracing::info!(store = %url, "state in PostgreSQL");
             let epoch = store.controller_epoch()?;
+            shared_blobs = Some(store.clone());
             (store.clone(), Some(store), epoch)
         }
         None => {
@@ -259,6 +261,9 @@ pub async fn run(options: ServerOptions) -> Result<(), ServerError> {
     );
     controller.set_audit_key(audit_key);
     controller.set_data_dir(&dir);
+    if let Some(shared) = shared_blobs {
+        controller.set_shared_blobs(shared);
+    }
     if let Some(observer) = observer {
         controller.set_host_observer(Arc::new(observer));
     }

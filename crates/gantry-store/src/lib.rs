@@ -124,6 +124,16 @@ pub struct Outgoing {
     pub channels: Vec<String>,
 }
 
+/// Artifacts every controller can read: with PostgreSQL, kept in the shared
+/// database beside each controller's local copy (`pg/blobs.rs`).
+pub trait SharedBlobs: Send + Sync {
+    /// Keeps the local blob `digest` of `blobs` in the database too (once).
+    fn upload_blob(&self, blobs: &Blobs, digest: &Digest) -> Result<()>;
+    /// Fetches `digest` into `blobs`, verified; `false` when the database
+    /// has no such blob.
+    fn download_blob(&self, blobs: &Blobs, digest: &Digest) -> Result<bool>;
+}
+
 /// Notification deliveries: queued with the transition that gives them
 /// ([`Store::record`]), before they are sent, so a restart resumes them.
 pub trait DeliveryStore: Send + Sync {

@@ -19,6 +19,7 @@ use postgres::{Client, NoTls, Transaction};
 use std::sync::Mutex;
 
 mod audit;
+mod blobs;
 mod deliveries;
 mod deployments;
 mod governance;

@@ -272,13 +272,28 @@ fn store_copy(data_dir: &std::path::Path, from: Option<String>, to: String) -> E
     let to = gantry_store::DatabaseUrl::new(to);
     // The PostgreSQL client blocks: off the CLI's async runtime.
     let (source, target) = (from.clone(), to.clone());
-    let summary =
-        std::thread::spawn(move || gantry_store::copy_sqlite_to_postgres(&source, &target))
-            .join()
-            .map_err(|_| anyhow::anyhow!("the copy panicked"))??;
+    let artifacts = data_dir.join("artifacts");
+    let (summary, shared) = std::thread::spawn(move || -> anyhow::Result<_> {
+        let summary = gantry_store::copy_sqlite_to_postgres(&source, &target)?;
+        // The artifacts too, so any controller on the database can deploy them.
+        let blobs = gantry_store::Blobs::open(&artifacts)?;
+        let db = gantry_store::PgStore::connect(&target)?;
+        let mut shared = 0;
+        for entry in std::fs::read_dir(blobs.dir())?.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Ok(digest) = gantry_core::Digest::try_from(name) {
+                gantry_store::SharedBlobs::upload_blob(&db, &blobs, &digest)?;
+                shared += 1;
+            }
+        }
+        Ok((summary, shared))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the copy panicked"))??;
     for (table, rows) in &summary.tables {
         outln!("{table:<20} {rows:>8} row(s)");
     }
+    outln!("{:<20} {shared:>8} file(s)", "artifacts");
     outln!(
         "copied {} into {to}; its audit chain verifies over {} record(s)",
         from.display(),

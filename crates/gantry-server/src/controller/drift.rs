@@ -202,7 +202,7 @@ impl Controller {
             DriftKind::ReleaseFiles => {
                 let s = state.ok_or("the environment serves nothing now")?;
                 let release = self.registered(&s.version).map_err(|e| e.to_string())?;
-                let path = self.blobs.path(&release.digest);
+                let path = self.local_blob_in_place(&release.digest)?;
                 self.blobs
                     .verify(&release.digest)
                     .map_err(|e| format!("the artifact itself failed verification: {e}"))?;

@@ -318,7 +318,8 @@ impl Controller {
         let env = self.env(d.env.as_str()).map_err(|e| e.to_string())?;
         let blobs = self.blobs.clone();
         let digest = release.digest.clone();
-        let path = self.blobs.path(&release.digest);
+        // Fetched from the shared database if this controller never had it.
+        let path = self.local_blob_in_place(&release.digest)?;
         // A rollback's release was hashed when it was deployed: unchanged,
         // it is not hashed again (`hashed.rs`).
         self.hashed

@@ -61,6 +61,7 @@ impl Controller {
             .blobs
             .put(bytes)
             .map_err(|e| ControlError::Internal(e.to_string()))?;
+        self.share_blob(&digest)?;
         let mut record = EvidenceRecord {
             id: 0,
             version: version.clone(),

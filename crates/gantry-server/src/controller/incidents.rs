@@ -156,6 +156,7 @@ impl Controller {
             .blobs
             .put(bytes)
             .map_err(|e| ControlError::Internal(e.to_string()))?;
+        self.share_blob(&digest)?;
         Ok(gantry_api::EvidenceFile {
             name: name.to_owned(),
             digest,
@@ -187,7 +188,10 @@ impl Controller {
         }
         for f in &req.evidence {
             check_evidence_name(&f.name)?;
-            let stored = std::fs::metadata(self.blobs.path(&f.digest)).map(|m| m.len());
+            let stored = self
+                .local_blob(&f.digest)
+                .and_then(|p| std::fs::metadata(p).map_err(|e| e.to_string()))
+                .map(|m| m.len());
             if stored.ok() != Some(f.size) {
                 return Err(ControlError::Invalid(format!(
                     "evidence {}: no file of sha256 {} and {} bytes was uploaded (POST /deployments/{id}/evidence first)",
@@ -234,7 +238,10 @@ impl Controller {
                     "deployment {id}'s close-out has no evidence of sha256 {digest}"
                 ))
             })?;
-        std::fs::read(self.blobs.path(&file.digest))
+        let path = self
+            .local_blob(&file.digest)
+            .map_err(ControlError::Internal)?;
+        std::fs::read(path)
             .map_err(|e| ControlError::Internal(format!("evidence {}: {e}", file.name)))
     }
 }

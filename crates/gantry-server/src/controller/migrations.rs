@@ -125,7 +125,7 @@ impl Controller {
                     _ => &m.run,
                 };
                 vars.insert("GANTRY_MIGRATION".to_owned(), id.clone());
-                let artifact = self.blobs.path(&release.digest);
+                let artifact = self.local_blob_in_place(&release.digest)?;
                 self.target
                     .run_release_command(ReleaseCommand {
                         release: &release,

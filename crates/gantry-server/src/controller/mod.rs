@@ -93,6 +93,8 @@ pub struct Controller {
     started_at: gantry_core::Millis,
     /// The data directory.
     data_dir: std::sync::OnceLock<std::path::PathBuf>,
+    /// With PostgreSQL: the blobs every controller can read (local ones are a cache).
+    shared_blobs: std::sync::OnceLock<Arc<dyn gantry_store::SharedBlobs>>,
 }
 
 impl Controller {
@@ -113,6 +115,61 @@ impl Controller {
     /// Where the controller keeps its files: backups, routers' access logs.
     pub fn set_data_dir(&self, dir: &std::path::Path) {
         let _ = self.data_dir.set(dir.to_owned());
+    }
+
+    /// Keeps blobs in the shared database too (several controllers).
+    pub fn set_shared_blobs(&self, shared: Arc<dyn gantry_store::SharedBlobs>) {
+        let _ = self.shared_blobs.set(shared);
+    }
+
+    /// After a blob is stored here: kept in the shared database too, so
+    /// every controller can read it. An error refuses what stored it.
+    pub(crate) fn share_blob(&self, digest: &gantry_core::Digest) -> Result<(), ControlError> {
+        match self.shared_blobs.get() {
+            Some(shared) => shared
+                .upload_blob(&self.blobs, digest)
+                .map_err(|e| ControlError::Internal(format!("cannot share blob {digest}: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Where blob `digest` is on this machine, fetched (verified) from the
+    /// shared database first when this controller never had it.
+    pub(crate) fn local_blob(
+        &self,
+        digest: &gantry_core::Digest,
+    ) -> Result<std::path::PathBuf, String> {
+        let path = self.blobs.path(digest);
+        if path.exists() {
+            return Ok(path);
+        }
+        let Some(shared) = self.shared_blobs.get() else {
+            return Err(format!(
+                "artifact sha256 {digest} is missing from this controller's data directory"
+            ));
+        };
+        match shared.download_blob(&self.blobs, digest) {
+            Ok(true) => {
+                tracing::info!(%digest, "blob fetched from the shared database");
+                Ok(path)
+            }
+            Ok(false) => Err(format!("artifact sha256 {digest} is in neither this controller's data directory nor the database")),
+            Err(e) => Err(format!("cannot fetch artifact sha256 {digest} from the database: {e}")),
+        }
+    }
+
+    /// [`Controller::local_blob`] from async code: a blob already here is
+    /// answered at once; a fetch blocks in place (the controller's runtime
+    /// has several workers).
+    pub(crate) fn local_blob_in_place(
+        &self,
+        digest: &gantry_core::Digest,
+    ) -> Result<std::path::PathBuf, String> {
+        let path = self.blobs.path(digest);
+        if path.exists() {
+            return Ok(path);
+        }
+        tokio::task::block_in_place(|| self.local_blob(digest))
     }
 
     pub fn new(
@@ -150,6 +207,7 @@ impl Controller {
             leadership: Default::default(),
             started_at: now_ms(),
             data_dir: std::sync::OnceLock::new(),
+            shared_blobs: std::sync::OnceLock::new(),
         })
     }
 

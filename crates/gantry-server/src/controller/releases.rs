@@ -98,6 +98,9 @@ impl Controller {
         self.blobs
             .commit(staged)
             .map_err(|e| ControlError::Internal(e.to_string()))?;
+        // In the shared database before the record: a release any
+        // controller can see, any controller can deploy.
+        self.share_blob(&digest)?;
         match self.store.insert_release(&record)? {
             InsertOutcome::Inserted => Ok((record, true)),
             InsertOutcome::AlreadyPresent => Ok((self.registered(&version)?, false)),

@@ -331,4 +331,19 @@ CREATE TABLE deployment_closures (
     closed_at  BIGINT NOT NULL
 );
 "#,
+    // Artifacts every controller can read (`blobs.rs`): each blob
+    // content-addressed, in 1 MiB chunks.
+    r#"
+CREATE TABLE blobs (
+    digest TEXT PRIMARY KEY,
+    size   BIGINT NOT NULL,
+    chunks INTEGER NOT NULL
+);
+CREATE TABLE blob_chunks (
+    digest TEXT NOT NULL REFERENCES blobs(digest),
+    n      INTEGER NOT NULL,
+    bytes  BYTEA NOT NULL,
+    PRIMARY KEY (digest, n)
+);
+"#,
 ];

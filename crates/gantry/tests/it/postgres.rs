@@ -282,6 +282,10 @@ fn an_installation_moves_from_sqlite_to_postgresql_with_gantry_store_copy() {
         .stdout;
     assert!(out.contains("its audit chain verifies over"), "{out}");
     assert!(
+        out.contains("artifacts") && out.contains("2 file(s)"),
+        "{out}"
+    );
+    assert!(
         out.contains("deployments") && !out.contains(PASSWORD),
         "{out}"
     );
@@ -322,4 +326,66 @@ fn an_installation_moves_from_sqlite_to_postgresql_with_gantry_store_copy() {
         [3, 2, 1],
         "numbering goes on after the copied deployments"
     );
+}
+
+/// Artifacts every controller can read: releases registered through one
+/// controller on PostgreSQL are deployed, and rolled back to, by another
+/// that never saw them (its own, empty data directory), each fetched from
+/// the database and verified.
+#[test]
+fn a_controller_that_never_saw_a_release_deploys_it_and_rolls_back_to_it() {
+    let Some(pg) = server("shared artifacts") else {
+        return;
+    };
+    let url = pg.fresh_database().unwrap();
+    let first = Gantry::start_full("300ms", "", &[("GANTRY_DATABASE_URL", &url)]);
+    first.register("1.0.0", "");
+    first.register("1.1.0", "");
+    drop(first); // stopped, its data directory gone with it
+
+    let g = Gantry::start_full("300ms", "", &[("GANTRY_DATABASE_URL", &url)]);
+    assert!(
+        std::fs::read_dir(g.data().join("artifacts/sha256"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "this controller starts with no artifact"
+    );
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    g.gantry(&["deploy", "1.1.0", "--env", "production"]).ok();
+    assert_eq!(g.get_env("production").1, "hello from 1.1.0\n");
+    let run = g.gantry(&["rollback", "--env", "production"]).ok();
+    assert!(
+        run.stdout.contains("1.0.0 serves production"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(g.get_env("production").1, "hello from 1.0.0\n");
+    let fetched: Vec<String> = std::fs::read_dir(g.data().join("artifacts/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(fetched.len(), 2, "{fetched:?}");
+    for digest in &fetched {
+        assert!(
+            g.releases().iter().any(|r| &r.digest.to_string() == digest),
+            "{digest} is a release's"
+        );
+    }
+    // An artifact altered in the database is refused, nothing kept.
+    g.register("2.0.0", "");
+    let digest = g.release("2.0.0").digest.to_string();
+    std::fs::remove_file(g.data().join("artifacts/sha256").join(&digest)).unwrap();
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    db.execute(
+        "UPDATE blob_chunks SET bytes = 'tampered' WHERE digest = $1 AND n = 0",
+        &[&digest],
+    )
+    .unwrap();
+    g.gantry(&["deploy", "2.0.0", "--env", "production"])
+        .fails_with(3, "failed");
+    let reason = g.latest("production").reason.unwrap();
+    assert!(reason.contains("refused, nothing kept"), "{reason}");
+    assert!(!g.data().join("artifacts/sha256").join(&digest).exists());
+    assert_eq!(g.get_env("production").1, "hello from 1.0.0\n");
 }
