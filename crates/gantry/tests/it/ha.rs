@@ -560,3 +560,58 @@ fn the_leader_killed_mid_rolling_update_is_replaced_and_the_update_ends() {
     );
     g.gantry(&["audit", "verify"]).ok();
 }
+
+/// PostgreSQL restarted mid-rollout (its own server, so no other test
+/// feels it): the controller's writes and lease renewals fail while it is
+/// down and are retried; the routers keep serving; once it is back the
+/// controller reconnects, leads again and the canary ends promoted, with
+/// no failed request and the audit chain intact.
+#[test]
+fn postgresql_restarted_mid_rollout_is_reconnected_to_and_the_rollout_ends() {
+    let pg = match TestPostgres::start() {
+        Ok(pg) => pg,
+        Err(reason) if std::env::var_os("GANTRY_REQUIRE_POSTGRES").is_some() => {
+            panic!("PostgreSQL is required here: {reason}")
+        }
+        Err(reason) => return eprintln!("skipping: {reason}"),
+    };
+    let database = pg.fresh_database().unwrap();
+    let g = Gantry::start_with_env_and_tail("300ms", &[("GANTRY_DATABASE_URL", &database)], CANARY);
+    g.register("1.0.0", "");
+    g.register("1.1.0", "");
+    g.gantry(&["deploy", "1.0.0", "--env", "production"]).ok();
+    let load = Load::start(g.port("production"));
+    wait_until("stable traffic", Duration::from_secs(10), || {
+        load.ok.load(Ordering::Relaxed) > 200
+    });
+    let id = deploy_id(
+        &g.gantry(&["deploy", "1.1.0", "--env", "production", "--detach"])
+            .ok(),
+    );
+    wait_until("the 10% step", Duration::from_secs(30), || {
+        g.deployment(id)
+            .deployment
+            .canary
+            .is_some_and(|c| c.weight == 10)
+    });
+    pg.restart().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let d = loop {
+        if let Ok(d) = g.try_call(g.client().deployment(id)) {
+            if d.phase.is_terminal() {
+                break d.deployment;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deployment {id} never finished:\n{}",
+            g.controller_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (ok, failed) = load.finish();
+    assert_eq!(d.phase, Phase::Succeeded, "{d:?}");
+    assert_eq!(failed, 0, "no user request failed ({ok} succeeded)");
+    assert_eq!(g.get_env("production").1, "hello from 1.1.0\n");
+    g.gantry(&["audit", "verify"]).ok();
+}
