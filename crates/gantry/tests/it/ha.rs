@@ -235,7 +235,14 @@ fn the_leader_killed_mid_canary_under_load_is_replaced_within_seconds_and_the_ro
     let Some(pg) = server("leader SIGKILL") else {
         return;
     };
-    let (mut g, mut peer, _database, load) = two_controllers(&pg);
+    // A chat channel hears the deployment start and complete, whichever
+    // controller dispatches: at least once, and not lost to the failover.
+    let chat = Receiver::start(&[200]);
+    let tail = format!(
+        "{CANARY}\n[[notify]]\nname = \"chat\"\nkind = \"slack\"\nurl = \"{}\"\nevents = [\"starting\", \"complete\"]\n",
+        chat.url("/chat")
+    );
+    let (mut g, mut peer, _database, load) = two_controllers_with(&pg, &tail);
     let id = deploy_id(
         &g.gantry(&["deploy", "1.1.0", "--env", "production", "--detach"])
             .ok(),
@@ -302,6 +309,25 @@ fn the_leader_killed_mid_canary_under_load_is_replaced_within_seconds_and_the_ro
         ["production-d2-1", "production-d2-2"]
     );
     g.gantry(&["audit", "verify"]).ok();
+    let heard = |what: &str| {
+        chat.received()
+            .iter()
+            .filter(|r| {
+                r.json()["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains(what) && t.contains(&format!("deployment {id}")))
+            })
+            .count()
+    };
+    wait_until(
+        "the completion told after the failover",
+        Duration::from_secs(20),
+        || heard("is live in production") >= 1,
+    );
+    assert!(
+        heard("starting") >= 1,
+        "the start, told before the kill or after it"
+    );
 }
 
 /// `SELECT max(seq)` of the rows of `table` recorded under `epoch`.
