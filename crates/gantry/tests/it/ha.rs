@@ -481,7 +481,7 @@ fn two_controllers_racing_into_one_environment_start_one_deployment_and_name_it_
 
 /// Failover figures, run by hand (`cargo test -p gantry --test it -- --ignored
 /// failover_figures --nocapture`): the leader SIGKILLed at a canary's first
-/// step, ten times; how long until the follower leads and until the
+/// step, twenty times; how long until the follower leads and until the
 /// deployment resumes (docs/benchmarks.md).
 #[test]
 #[ignore = "a benchmark: run by hand"]
@@ -491,7 +491,7 @@ fn failover_figures() {
     };
     let mut leads = Vec::new();
     let mut resumes = Vec::new();
-    for round in 0..10 {
+    for round in 0..20 {
         let (mut g, mut peer, _database, load) = two_controllers(&pg);
         let id = deploy_id(
             &g.gantry(&["deploy", "1.1.0", "--env", "production", "--detach"])
@@ -530,7 +530,7 @@ fn failover_figures() {
     };
     let (lm, lp) = spread(&mut leads);
     let (rm, rp) = spread(&mut resumes);
-    eprintln!("failover over 10 SIGKILLs (lease 3s, renew 1s): leads median {lm:?} p90 {lp:?}; resumed median {rm:?} p90 {rp:?}");
+    eprintln!("failover over 20 SIGKILLs (lease 3s, renew 1s): leads median {lm:?} p90 {lp:?}; resumed median {rm:?} p90 {rp:?}");
 }
 
 /// The leader SIGKILLed in the middle of a judged rolling update under load:

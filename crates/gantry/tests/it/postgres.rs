@@ -389,3 +389,62 @@ fn a_controller_that_never_saw_a_release_deploys_it_and_rolls_back_to_it() {
     assert!(!g.data().join("artifacts/sha256").join(&digest).exists());
     assert_eq!(g.get_env("production").1, "hello from 1.0.0\n");
 }
+
+/// API write throughput and a deployment's step latency on PostgreSQL
+/// against SQLite, run by hand (`cargo test -p gantry --test it
+/// store_figures -- --ignored --nocapture`; docs/benchmarks.md). Writes:
+/// 300 `POST /users` one after another (each a row and an audit record).
+/// Steps: the time from one recorded event of a blue-green deployment to
+/// the next is mostly the target's; the figure is the whole deployment,
+/// 10 of them, whose every step is persisted before its effect runs.
+#[test]
+#[ignore = "a benchmark: run by hand"]
+fn store_figures() {
+    let Some(pg) = server("store figures") else {
+        return;
+    };
+    let url = pg.fresh_database().unwrap();
+    let mut rows = Vec::new();
+    for (name, env) in [
+        ("sqlite", Vec::new()),
+        ("postgresql", vec![("GANTRY_DATABASE_URL", url.as_str())]),
+    ] {
+        let g = Gantry::start_full("0s", "", &env);
+        let client = g.client();
+        let started = std::time::Instant::now();
+        for n in 0..300 {
+            g.call(client.create_user(&gantry_api::NewUser {
+                name: format!("user-{n}"),
+                roles: vec!["viewer".into()],
+            }));
+        }
+        let writes = 300.0 / started.elapsed().as_secs_f64();
+        g.register("1.0.0", "");
+        g.register("1.1.0", "");
+        let mut deploys = Vec::new();
+        for n in 0..10 {
+            let v = if n % 2 == 0 { "1.0.0" } else { "1.1.0" };
+            let t = std::time::Instant::now();
+            g.gantry(&["deploy", v, "--env", "development"]).ok();
+            deploys.push(t.elapsed());
+        }
+        deploys.sort();
+        let steps = g.deployments(Some("development"))[0].id;
+        let events = g
+            .gantry(&["log", &steps.to_string()])
+            .ok()
+            .stdout
+            .lines()
+            .count();
+        eprintln!(
+            "{name}: {writes:.0} API writes/s; a blue-green deployment (~{events} log lines) median {:?}, p90 {:?}",
+            deploys[5], deploys[8]
+        );
+        rows.push((name, writes, deploys[5]));
+    }
+    eprintln!(
+        "postgresql/sqlite: API writes {:.2}x, deployment time {:.2}x",
+        rows[1].1 / rows[0].1,
+        rows[1].2.as_secs_f64() / rows[0].2.as_secs_f64()
+    );
+}
