@@ -66,31 +66,8 @@ pub fn backup_sqlite(db: &Path, to: &Path) -> Result<BackupSummary> {
     }
     let copy = SqliteStore::open(to)?;
     let deployments = copy.deployments(None, usize::MAX >> 1)?.len();
-    let mut records = Vec::new();
-    loop {
-        let after = records.last().map_or(0, |r: &AuditRecord| r.seq);
-        let page = copy.audit_records(after, 10_000)?;
-        if page.is_empty() {
-            break;
-        }
-        records.extend(page);
-    }
-    let anchor = copy.audit_anchor()?;
-    let head = copy.audit_head()?;
-    let verified = gantry_core::audit::verify_trail(
-        gantry_core::audit::Trail {
-            records: &records,
-            anchor: anchor.as_ref().map(|(q, h)| (*q, h.as_str())),
-            head: Some((head.0, &head.1)),
-        },
-        None,
-    )
-    .map_err(|b| {
-        StoreError::Corrupt(format!(
-            "the backup's audit chain breaks at record {}: {}",
-            b.seq, b.reason
-        ))
-    })?;
+    let verified = verify_chain(&copy)
+        .map_err(|e| StoreError::Corrupt(format!("the backup's audit chain breaks at {e}")))?;
     drop(copy);
     let (bytes, sha256) = file_digest(to)?;
     Ok(BackupSummary {
@@ -98,9 +75,37 @@ pub fn backup_sqlite(db: &Path, to: &Path) -> Result<BackupSummary> {
         bytes,
         sha256,
         deployments: Some(deployments),
-        audit_records: Some(verified.records),
+        audit_records: Some(verified),
         dump_entries: None,
     })
+}
+
+/// Verifies `store`'s whole audit chain against its head and anchor;
+/// returns how many records it holds, or where (and why) it breaks.
+pub fn verify_chain(store: &dyn Store) -> std::result::Result<usize, String> {
+    let mut records = Vec::new();
+    loop {
+        let after = records.last().map_or(0, |r: &AuditRecord| r.seq);
+        let page = store
+            .audit_records(after, 10_000)
+            .map_err(|e| e.to_string())?;
+        if page.is_empty() {
+            break;
+        }
+        records.extend(page);
+    }
+    let anchor = store.audit_anchor().map_err(|e| e.to_string())?;
+    let head = store.audit_head().map_err(|e| e.to_string())?;
+    gantry_core::audit::verify_trail(
+        gantry_core::audit::Trail {
+            records: &records,
+            anchor: anchor.as_ref().map(|(q, h)| (*q, h.as_str())),
+            head: Some((head.0, &head.1)),
+        },
+        None,
+    )
+    .map(|v| v.records)
+    .map_err(|b| format!("record {}: {}", b.seq, b.reason))
 }
 
 /// A PostgreSQL program (`pg_dump`, `pg_restore`): on `PATH`, else the

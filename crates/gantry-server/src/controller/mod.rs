@@ -165,9 +165,8 @@ impl Controller {
         &self,
         digest: &gantry_core::Digest,
     ) -> Result<std::path::PathBuf, String> {
-        let path = self.blobs.path(digest);
-        if path.exists() {
-            return Ok(path);
+        if self.blobs.contains(digest) {
+            return Ok(self.blobs.path(digest));
         }
         tokio::task::block_in_place(|| self.local_blob(digest))
     }

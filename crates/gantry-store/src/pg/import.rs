@@ -222,41 +222,13 @@ impl PgStore {
                     )));
                 }
             }
-            let audit_records = self.verify_audit_chain()?;
+            let audit_records = crate::backup::verify_chain(self).map_err(|e| {
+                StoreError::Corrupt(format!("the copied audit chain breaks at {e}"))
+            })?;
             Ok(CopySummary {
                 tables,
                 audit_records,
             })
-        })
-    }
-
-    /// Verifies this database's whole audit chain against its head.
-    fn verify_audit_chain(&self) -> Result<usize> {
-        let mut records = Vec::new();
-        loop {
-            let after = records.last().map_or(0, |r: &AuditRecord| r.seq);
-            let page = self.audit_records(after, 10_000)?;
-            if page.is_empty() {
-                break;
-            }
-            records.extend(page);
-        }
-        let anchor = self.audit_anchor()?;
-        let head = self.audit_head()?;
-        gantry_core::audit::verify_trail(
-            gantry_core::audit::Trail {
-                records: &records,
-                anchor: anchor.as_ref().map(|(q, h)| (*q, h.as_str())),
-                head: Some((head.0, &head.1)),
-            },
-            None,
-        )
-        .map(|v| v.records)
-        .map_err(|b| {
-            StoreError::Corrupt(format!(
-                "the copied audit chain breaks at record {}: {}",
-                b.seq, b.reason
-            ))
         })
     }
 }

@@ -431,7 +431,8 @@ fn a_leader_paused_past_its_lease_writes_nothing_once_continued() {
 }
 
 /// Two controllers asked at the same moment to deploy into one environment
-/// (one directly, one through the follower, which forwards to the leader):
+/// (production, whose router already holds its address; one request goes
+/// directly, one through the follower, which forwards to the leader):
 /// exactly one deployment starts, the other request is told the environment
 /// is busy and by which deployment.
 #[test]
@@ -448,7 +449,13 @@ fn two_controllers_racing_into_one_environment_start_one_deployment_and_name_it_
             .map(|url| {
                 s.spawn(move || {
                     g.gantry(&[
-                        "--server", url, "deploy", "1.1.0", "--env", "staging", "--detach",
+                        "--server",
+                        url,
+                        "deploy",
+                        "1.1.0",
+                        "--env",
+                        "production",
+                        "--detach",
                     ])
                 })
             })
@@ -468,12 +475,13 @@ fn two_controllers_racing_into_one_environment_start_one_deployment_and_name_it_
     let lost = runs.iter().find(|r| r.code != 0).unwrap();
     assert!(
         lost.stderr.contains(&format!(
-            "environment staging already has deployment {holder} of 1.1.0 in progress"
+            "environment production already has deployment {holder} of 1.1.0 in progress"
         )),
         "{}",
         lost.stderr
     );
-    assert_eq!(g.deployments(Some("staging")).len(), 1);
+    // 1.0.0's deployment, and the one that won.
+    assert_eq!(g.deployments(Some("production")).len(), 2);
     let (ok, failed) = load.finish();
     assert_eq!(failed, 0, "{ok} answered");
     g.server = peer.child.take().or(g.server.take());
