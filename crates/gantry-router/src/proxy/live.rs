@@ -66,12 +66,7 @@ impl State {
         let names = routing
             .pools
             .iter()
-            .map(|p| {
-                (
-                    Arc::from(p.name.as_str()),
-                    super::metrics::role(&routing.pools, &p.name),
-                )
-            })
+            .map(|p| (Arc::from(p.name.as_str()), role(&routing.pools, &p.name)))
             .collect();
         Live {
             routing,
@@ -128,5 +123,16 @@ impl State {
         let live = Arc::new(self.make_live(routing));
         *self.live.write().unwrap_or_else(|p| p.into_inner()) = live;
         Ok(())
+    }
+}
+
+/// What a pool is in the routing in force: the only one, or of two or
+/// more the oldest ("stable") and the newest ("canary"); "retired" when
+/// no longer routed (its counts stay, as in `/stats`).
+pub(super) fn role(routed: &[crate::Pool], name: &str) -> &'static str {
+    match routed.iter().position(|p| p.name == name) {
+        None => "retired",
+        Some(i) if routed.len() > 1 && i + 1 == routed.len() => "canary",
+        Some(_) => "stable",
     }
 }

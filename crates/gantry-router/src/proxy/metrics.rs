@@ -57,17 +57,6 @@ fn escape(value: &str) -> String {
         .replace('\n', r"\n")
 }
 
-/// What a pool is in the routing in force: the only one, or of two or
-/// more the oldest ("stable") and the newest ("canary"); "retired" when
-/// no longer routed (its counts stay, as in `/stats`).
-pub(super) fn role(routed: &[crate::Pool], name: &str) -> &'static str {
-    match routed.iter().position(|p| p.name == name) {
-        None => "retired",
-        Some(i) if routed.len() > 1 && i + 1 == routed.len() => "canary",
-        Some(_) => "stable",
-    }
-}
-
 /// The exposition text of every pool this router has counted.
 pub(super) fn render(state: &State) -> String {
     let live = state.live();
@@ -92,7 +81,7 @@ pub(super) fn render(state: &State) -> String {
             format!(
                 r#"environment="{env}",release="{}",pool="{}""#,
                 escape(name),
-                role(&live.routing.pools, name)
+                super::live::role(&live.routing.pools, name)
             )
         })
         .collect();
