@@ -448,11 +448,21 @@ pub fn parse_migrations(
     source: &str,
 ) -> Result<Vec<gantry_core::machine::migrations::Migration>, ConfigError> {
     let (migrations, diagnostics) = walk::migrations::decode(file, source);
+    settle(file, migrations, diagnostics).map(|(m, _)| m)
+}
+
+/// A decoded value if no diagnostic is an error, else every error (and the
+/// warnings) for `file`.
+fn settle<T>(
+    file: &str,
+    decoded: Option<T>,
+    diagnostics: Vec<Diagnostic>,
+) -> Result<(T, Vec<Diagnostic>), ConfigError> {
     let (errors, warnings): (Vec<_>, Vec<_>) = diagnostics
         .into_iter()
         .partition(|d| d.severity == Severity::Error);
-    match migrations {
-        Some(m) if errors.is_empty() => Ok(m),
+    match decoded {
+        Some(v) if errors.is_empty() => Ok((v, warnings)),
         _ => Err(ConfigError::Invalid {
             file: file.to_owned(),
             errors,
@@ -537,17 +547,8 @@ pub struct Loaded {
 /// Parse and validate `source`, naming it `file` in diagnostics.
 pub fn parse(file: &str, source: &str) -> Result<Loaded, ConfigError> {
     let (config, diagnostics) = walk::decode(file, source);
-    let (errors, warnings): (Vec<_>, Vec<_>) = diagnostics
-        .into_iter()
-        .partition(|d| d.severity == Severity::Error);
-    match config {
-        Some(config) if errors.is_empty() => Ok(Loaded { config, warnings }),
-        _ => Err(ConfigError::Invalid {
-            file: file.to_owned(),
-            errors,
-            warnings,
-        }),
-    }
+    let (config, warnings) = settle(file, config, diagnostics)?;
+    Ok(Loaded { config, warnings })
 }
 
 /// Read and validate the file at `path`.

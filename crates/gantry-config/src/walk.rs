@@ -334,33 +334,49 @@ impl<'s> Walker<'s> {
     }
 }
 
-pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnostic>) {
+/// Parses `source` as TOML and hands its root to `decode`, gathering every
+/// diagnostic (a syntax error is one, located).
+fn decode_toml<T>(
+    file: &str,
+    source: &str,
+    decode: impl FnOnce(&mut Walker<'_>, &Spanned<DeTable<'_>>) -> Option<T>,
+) -> (Option<T>, Vec<Diagnostic>) {
     let mut w = Walker {
         file,
         source,
         diags: Vec::new(),
     };
-    let root = match DeTable::parse(source) {
-        Ok(root) => root,
+    let out = match DeTable::parse(source) {
+        Ok(root) => decode(&mut w, &root),
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
             w.error(span, "", format!("not valid TOML: {}", e.message().trim()));
-            return (None, w.diags);
+            None
         }
     };
+    let mut diags = w.diags;
+    diags.sort_by_key(|d| (d.line, d.column));
+    (out, diags)
+}
+
+pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnostic>) {
+    decode_toml(file, source, decode_config)
+}
+
+fn decode_config(w: &mut Walker<'_>, root: &Spanned<DeTable<'_>>) -> Option<Config> {
     let root_span = root.span();
     let root = root.get_ref();
     w.check_keys::<crate::schema::File>(root, "");
 
     let at_start = root_span.start..root_span.start;
-    let service = required_table(&mut w, root, &at_start, "service", decode_service);
-    let health = required_table(&mut w, root, &at_start, "health", decode_health);
+    let service = required_table(w, root, &at_start, "service", decode_service);
+    let health = required_table(w, root, &at_start, "health", decode_health);
     let signing = match root.get("signing") {
-        Some(v) => decode_signing(&mut w, v),
+        Some(v) => decode_signing(w, v),
         None => Some(Signing::default()),
     };
     let analysis = match root.get("analysis") {
-        Some(v) => decode_analysis(&mut w, v),
+        Some(v) => decode_analysis(w, v),
         None => Some(AnalysisPolicy::default()),
     };
     let retention = match root.get("retention") {
@@ -391,7 +407,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
             let mut at_least_a_mib = |key: &str, default: u64| match t.get(key) {
                 Some(v) => {
                     let path = join("retention", key);
-                    let bytes = artifacts::size(&mut w, v, &path)?;
+                    let bytes = artifacts::size(w, v, &path)?;
                     if bytes < 1 << 20 {
                         w.error(v.span(), &path, "must be at least \"1MiB\"");
                         return None;
@@ -436,11 +452,11 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
         None => Some(60_000),
     };
     let artifacts = match root.get("artifacts") {
-        Some(v) => artifacts::decode_artifacts(&mut w, v),
+        Some(v) => artifacts::decode_artifacts(w, v),
         None => Some(ArtifactLimits::standard()),
     };
     let (env_names, environments) = match root.get("environments") {
-        Some(v) => decode_environments(&mut w, v, signing.as_ref()),
+        Some(v) => decode_environments(w, v, signing.as_ref()),
         None => {
             w.error(
                 at_start,
@@ -451,20 +467,20 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
         }
     };
     let hosts = match root.get("hosts") {
-        Some(v) => hosts::decode_hosts(&mut w, v),
+        Some(v) => hosts::decode_hosts(w, v),
         None => Some(Vec::new()),
     };
     let ssh = match root.get("ssh") {
-        Some(v) => hosts::decode_ssh(&mut w, v),
+        Some(v) => hosts::decode_ssh(w, v),
         None => Some(SshSettings::default()),
     };
     let mut environments = environments;
     let env_hosts_ok = match root.get("environments") {
-        Some(v) => hosts::resolve_environment_hosts(&mut w, v, hosts.as_deref(), &mut environments),
+        Some(v) => hosts::resolve_environment_hosts(w, v, hosts.as_deref(), &mut environments),
         None => true,
     };
     let metrics = match root.get("metrics") {
-        Some(v) => metrics::decode_metrics(&mut w, v),
+        Some(v) => metrics::decode_metrics(w, v),
         None => Some(Metrics::default()),
     };
     if let (Some(a), Some(m)) = (&analysis, &metrics) {
@@ -481,14 +497,14 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
         }
     }
     let notify = match root.get("notify") {
-        Some(v) => notify::decode_notify(&mut w, v, env_names.as_deref()),
+        Some(v) => notify::decode_notify(w, v, env_names.as_deref()),
         None => Some(Vec::new()),
     };
     let store = match root.get("store") {
-        Some(v) => decode_store(&mut w, v),
+        Some(v) => decode_store(w, v),
         None => Some(StoreSettings::default()),
     };
-    let config = match (
+    match (
         service,
         health,
         signing,
@@ -533,10 +549,7 @@ pub(crate) fn decode(file: &str, source: &str) -> (Option<Config>, Vec<Diagnosti
             store,
         }),
         _ => None,
-    };
-    let mut diags = w.diags;
-    diags.sort_by_key(|d| (d.line, d.column));
-    (config, diags)
+    }
 }
 
 /// `[store]`: the PostgreSQL URL, only as a reference (it carries a

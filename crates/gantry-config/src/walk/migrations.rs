@@ -220,19 +220,5 @@ pub(super) fn decode_database(
 
 /// Decodes a release's migrations file, naming it `file` in diagnostics.
 pub(crate) fn decode(file: &str, source: &str) -> (Option<Vec<Migration>>, Vec<crate::Diagnostic>) {
-    let mut w = Walker {
-        file,
-        source,
-        diags: Vec::new(),
-    };
-    let root = match DeTable::parse(source) {
-        Ok(root) => root,
-        Err(e) => {
-            let span = e.span().unwrap_or(0..0);
-            w.error(span, "", format!("not valid TOML: {}", e.message().trim()));
-            return (None, w.diags);
-        }
-    };
-    let out = decode_file(&mut w, root.get_ref());
-    (out, w.diags)
+    super::decode_toml(file, source, |w, root| decode_file(w, root.get_ref()))
 }
