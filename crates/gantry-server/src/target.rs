@@ -362,6 +362,27 @@ impl LocalTarget {
         self.data_dir.join("scratch").join(id)
     }
 
+    /// A release's program, confined, run from its release directory with a
+    /// clean environment: nothing of the controller's (its token, its data
+    /// directory, its secrets) reaches it unless the caller adds it; its
+    /// scratch directory is its `HOME` and `TMPDIR`.
+    fn confined(
+        &self,
+        program: &Path,
+        args: impl IntoIterator<Item = String>,
+        exec_file: Option<&Path>,
+        scratch: &Path,
+        release_dir: &Path,
+    ) -> tokio::process::Command {
+        let mut cmd = self.confinement.command(program, args, exec_file, scratch);
+        cmd.current_dir(release_dir)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", scratch)
+            .env("TMPDIR", scratch);
+        cmd
+    }
+
     /// Runs `c` confined, from its release directory (unpacked and checked
     /// against its manifest first), with a clean environment.
     pub async fn run_release_command(
@@ -394,19 +415,14 @@ impl LocalTarget {
         let scratch = self
             .make_scratch(&c.name)
             .map_err(|e| TargetError::Io(format!("cannot make a scratch directory: {e}")))?;
-        let mut cmd = self.confinement.command(
+        let mut cmd = self.confined(
             Path::new(program),
             args.iter().cloned(),
             exec_file.as_deref(),
             &scratch,
+            &release_dir,
         );
-        // Nothing of the controller's environment: what the config names.
-        cmd.current_dir(&release_dir)
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", &scratch)
-            .env("TMPDIR", &scratch)
-            .envs(&c.vars)
+        cmd.envs(&c.vars)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -555,21 +571,14 @@ impl LocalTarget {
             .open(dir.join("output.log"))
             .map_err(|e| err(format!("cannot open log: {e}")))?;
         let log2 = log.try_clone().map_err(|e| err(e.to_string()))?;
-        let mut cmd = self.confinement.command(
+        let mut cmd = self.confined(
             &run,
             spec.args.iter().map(|a| fill(a)),
             exec_file.as_deref(),
             &scratch,
+            &release_dir,
         );
-        // A clean environment: nothing of the controller's (its token, its
-        // data directory, its secrets) reaches the instance unless the config
-        // names it.
-        cmd.current_dir(&release_dir)
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", &scratch)
-            .env("TMPDIR", &scratch)
-            .envs(spec.vars.iter().map(|(k, v)| (k, fill(v))))
+        cmd.envs(spec.vars.iter().map(|(k, v)| (k, fill(v))))
             .env(&spec.port_env, port.to_string())
             .env("GANTRY_INSTANCE_ID", id)
             .env("GANTRY_CONTROLLER", &self.marker)
