@@ -14,6 +14,7 @@
 //! unpacked releases and artifacts, the audit signing key, the admin token).
 
 use crate::harness::*;
+use crate::postgres::server;
 use gantry_api::client::Client;
 use gantry_api::ClusterView;
 use gantry_store::test_postgres::TestPostgres;
@@ -26,20 +27,6 @@ use std::time::{Duration, Instant};
 const CANARY: &str = r#"strategy = "canary"
 canary = { steps = [{ weight = 10, pause = "5s" }, { weight = 50, pause = "2s" }, { weight = 100 }], interval = "250ms", max_wait = "20s", promotion_tolerance = 0.1 }
 "#;
-
-/// The shared test server, or `None` (reason printed) without PostgreSQL.
-fn server(test: &str) -> Option<std::sync::Arc<TestPostgres>> {
-    match TestPostgres::shared() {
-        Ok(pg) => Some(pg),
-        Err(reason) if std::env::var_os("GANTRY_REQUIRE_POSTGRES").is_some() => {
-            panic!("{test}: PostgreSQL is required here: {reason}")
-        }
-        Err(reason) => {
-            eprintln!("skipping {test}: {reason}");
-            None
-        }
-    }
-}
 
 /// Another controller on the same data directory and database, listening
 /// on a port of its own; SIGKILLed when dropped.
@@ -110,6 +97,23 @@ fn signal(child: &Child, sig: nix::sys::signal::Signal) {
 fn cluster(g: &Gantry, url: &str) -> ClusterView {
     let client = Client::new(url, g.token()).unwrap();
     g.call(client.cluster())
+}
+
+/// Deployment `id` once finished, as the controller at `url` serves it,
+/// polled until `within` has passed.
+fn finished_at(g: &Gantry, url: &str, id: i64, within: Duration) -> gantry_core::Deployment {
+    let deadline = Instant::now() + within;
+    loop {
+        let d = deployment_at(g, url, id);
+        if d.phase.is_terminal() {
+            return d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "deployment {id} never finished: {d:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The deployment as the controller at `url` serves it.
@@ -276,18 +280,7 @@ fn the_leader_killed_mid_canary_under_load_is_replaced_within_seconds_and_the_ro
     assert_eq!(after.api_url, peer.url);
 
     // The follower, now leader, carries the rollout to its end.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let d = loop {
-        let d = deployment_at(&g, &peer.url, id);
-        if d.phase.is_terminal() {
-            break d;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "deployment {id} never finished: {d:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let d = finished_at(&g, &peer.url, id, Duration::from_secs(60));
     let (ok, failed) = load.finish();
     // The test's Gantry now stops the new leader and its workloads at the end.
     g.server = peer.child.take();
@@ -380,18 +373,7 @@ fn a_leader_paused_past_its_lease_writes_nothing_once_continued() {
         Duration::from_secs(15),
         || !cluster(&g, &old_url).this_leads && g.controller_log().contains("stepping down"),
     );
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let d = loop {
-        let d = deployment_at(&g, &peer.url, id);
-        if d.phase.is_terminal() {
-            break d;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "deployment {id} never finished: {d:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let d = finished_at(&g, &peer.url, id, Duration::from_secs(60));
     let (ok, failed) = load.finish();
     // The new leader is the one to stop at the end; the old one is killed.
     g.server = peer.child.take();
@@ -566,18 +548,7 @@ fn the_leader_killed_mid_rolling_update_is_replaced_and_the_update_ends() {
     wait_until("the follower to lead", Duration::from_secs(15), || {
         cluster(&g, &peer.url).this_leads
     });
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let d = loop {
-        let d = deployment_at(&g, &peer.url, id);
-        if d.phase.is_terminal() {
-            break d;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "deployment {id} never finished: {d:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let d = finished_at(&g, &peer.url, id, Duration::from_secs(90));
     let (ok, failed) = load.finish();
     g.server = peer.child.take();
     assert_eq!(d.phase, Phase::Succeeded, "{d:?}");

@@ -7,7 +7,7 @@ use gantry_store::test_postgres::{TestPostgres, PASSWORD};
 use gantry_store::{DatabaseUrl, PgStore, Store};
 
 /// The shared test server, or `None` (reason printed) without PostgreSQL.
-fn server(test: &str) -> Option<std::sync::Arc<TestPostgres>> {
+pub(crate) fn server(test: &str) -> Option<std::sync::Arc<TestPostgres>> {
     match TestPostgres::shared() {
         Ok(pg) => Some(pg),
         Err(reason) if std::env::var_os("GANTRY_REQUIRE_POSTGRES").is_some() => {
